@@ -1,0 +1,142 @@
+//! Claim sets Tessera issues, and the time and audience checks every consumer applies.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::TokenError;
+
+/// The `typ` of RFC 9068 access tokens. `application/at+jwt` is the same type, spelled in full.
+pub const TYP_ACCESS_TOKEN: &str = "at+jwt";
+
+/// RFC 9068 access token claims, kept small: no role lists.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AccessTokenClaims {
+    pub iss: String,
+    pub sub: String,
+    pub aud: String,
+    pub client_id: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub scope: String,
+    pub iat: i64,
+    pub exp: i64,
+    pub jti: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment: Option<String>,
+}
+
+/// Time and audience rules. Leeway is explicit and small.
+#[derive(Debug, Clone)]
+pub struct TimeRules {
+    pub now: i64,
+    pub leeway: i64,
+    /// Refuse tokens whose `exp` is further ahead than this (client assertions: 5 minutes).
+    pub max_ahead: Option<i64>,
+}
+
+/// A time claim, which must be a JSON number if present (strings are a known confusion).
+pub fn numeric_date(claims: &Map<String, Value>, name: &str) -> Result<Option<i64>, TokenError> {
+    match claims.get(name) {
+        None => Ok(None),
+        Some(Value::Number(n)) => n
+            .as_i64()
+            .or_else(|| n.as_f64().filter(|f| f.is_finite()).map(|f| f as i64))
+            .map(Some)
+            .ok_or_else(|| TokenError::Claims(format!("`{name}` is not a valid NumericDate"))),
+        Some(_) => Err(TokenError::Claims(format!("`{name}` must be a number"))),
+    }
+}
+
+/// A string claim that must be present.
+pub fn string_claim<'a>(claims: &'a Map<String, Value>, name: &str) -> Result<&'a str, TokenError> {
+    match claims.get(name) {
+        Some(Value::String(s)) => Ok(s),
+        Some(_) => Err(TokenError::Claims(format!("`{name}` must be a string"))),
+        None => Err(TokenError::Claims(format!("`{name}` is missing"))),
+    }
+}
+
+/// Checks `exp` (required), `nbf` and `iat` against `rules`.
+pub fn check_times(claims: &Map<String, Value>, rules: &TimeRules) -> Result<i64, TokenError> {
+    let exp = numeric_date(claims, "exp")?.ok_or_else(|| TokenError::Claims("`exp` is missing".into()))?;
+    if exp <= rules.now - rules.leeway {
+        return Err(TokenError::Expired);
+    }
+    if let Some(max) = rules.max_ahead {
+        if exp > rules.now + max + rules.leeway {
+            return Err(TokenError::Claims(format!(
+                "`exp` is more than {max} seconds ahead"
+            )));
+        }
+    }
+    if let Some(nbf) = numeric_date(claims, "nbf")? {
+        if nbf > rules.now + rules.leeway {
+            return Err(TokenError::NotYetValid);
+        }
+    }
+    if let Some(iat) = numeric_date(claims, "iat")? {
+        if iat > rules.now + rules.leeway {
+            return Err(TokenError::Claims("`iat` is in the future".into()));
+        }
+    }
+    Ok(exp)
+}
+
+/// `aud` may be a string or an array of strings; it must contain `expected`.
+pub fn audience_contains(claims: &Map<String, Value>, expected: &[&str]) -> Result<(), TokenError> {
+    let ok = match claims.get("aud") {
+        Some(Value::String(a)) => expected.contains(&a.as_str()),
+        Some(Value::Array(list)) => {
+            if list.iter().any(|v| !v.is_string()) {
+                return Err(TokenError::Claims("`aud` holds a value that is not a string".into()));
+            }
+            list.iter().filter_map(Value::as_str).any(|a| expected.contains(&a))
+        }
+        Some(_) => return Err(TokenError::Claims("`aud` must be a string or an array of strings".into())),
+        None => return Err(TokenError::Claims("`aud` is missing".into())),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(TokenError::Audience)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn obj(v: Value) -> Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    const RULES: TimeRules = TimeRules {
+        now: 1_000_000,
+        leeway: 30,
+        max_ahead: None,
+    };
+
+    #[test]
+    fn times() {
+        assert!(check_times(&obj(json!({"exp": 1_000_100})), &RULES).is_ok());
+        assert!(check_times(&obj(json!({"exp": 1_000_000 - 29})), &RULES).is_ok(), "inside leeway");
+        assert!(matches!(check_times(&obj(json!({"exp": 1_000_000 - 30})), &RULES), Err(TokenError::Expired)));
+        assert!(check_times(&obj(json!({})), &RULES).is_err());
+        assert!(check_times(&obj(json!({"exp": "1000100"})), &RULES).unwrap_err().to_string().contains("must be a number"));
+        assert!(matches!(check_times(&obj(json!({"exp": 1_000_100, "nbf": 1_000_031})), &RULES), Err(TokenError::NotYetValid)));
+        assert!(check_times(&obj(json!({"exp": 1_000_100, "iat": 1_000_031})), &RULES).is_err());
+        let strict = TimeRules { max_ahead: Some(300), ..RULES };
+        assert!(check_times(&obj(json!({"exp": 1_000_000 + 331})), &strict).is_err());
+        assert!(check_times(&obj(json!({"exp": 1_000_000 + 300})), &strict).is_ok());
+    }
+
+    #[test]
+    fn audiences() {
+        assert!(audience_contains(&obj(json!({"aud": "a"})), &["a"]).is_ok());
+        assert!(audience_contains(&obj(json!({"aud": ["b", "a"]})), &["a"]).is_ok());
+        assert!(matches!(audience_contains(&obj(json!({"aud": ["b"]})), &["a"]), Err(TokenError::Audience)));
+        assert!(audience_contains(&obj(json!({"aud": ["a", 1]})), &["a"]).is_err());
+        assert!(audience_contains(&obj(json!({"aud": "a/"})), &["a"]).is_err());
+        assert!(audience_contains(&obj(json!({})), &["a"]).is_err());
+    }
+}

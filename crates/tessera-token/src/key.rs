@@ -1,0 +1,417 @@
+//! Signing keys and public keys. The algorithm belongs to the key: a verifier never takes it from a
+//! token's header (RFC 8725 §3.1).
+
+use ring::rand::SystemRandom;
+use ring::signature::{self, EcdsaKeyPair, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use tessera_core::Kid;
+
+use crate::strict::{b64_decode, b64_encode};
+use crate::TokenError;
+
+/// The JWS algorithms Tessera signs and accepts. Only asymmetric ones exist here at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Alg {
+    ES256,
+    EdDSA,
+}
+
+impl Alg {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ES256 => "ES256",
+            Self::EdDSA => "EdDSA",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "ES256" => Some(Self::ES256),
+            "EdDSA" => Some(Self::EdDSA),
+            _ => None,
+        }
+    }
+}
+
+/// A private signing key, held in memory only after it was unsealed.
+pub struct SigningKey {
+    kid: Kid,
+    alg: Alg,
+    inner: Inner,
+    public: PublicKey,
+    rng: SystemRandom,
+}
+
+enum Inner {
+    Es256(EcdsaKeyPair),
+    EdDsa(Ed25519KeyPair),
+}
+
+impl std::fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SigningKey")
+            .field("kid", &self.kid)
+            .field("alg", &self.alg)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SigningKey {
+    /// Generates a key; returns it with its PKCS#8 encoding, which the caller seals and stores.
+    pub fn generate(alg: Alg) -> Result<(Self, Vec<u8>), TokenError> {
+        let rng = SystemRandom::new();
+        let pkcs8 = match alg {
+            Alg::ES256 => EcdsaKeyPair::generate_pkcs8(
+                &signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+                &rng,
+            ),
+            Alg::EdDSA => Ed25519KeyPair::generate_pkcs8(&rng),
+        }
+        .map_err(|_| TokenError::Crypto("key generation failed"))?;
+        let bytes = pkcs8.as_ref().to_vec();
+        Ok((Self::from_pkcs8(alg, &bytes)?, bytes))
+    }
+
+    pub fn from_pkcs8(alg: Alg, pkcs8: &[u8]) -> Result<Self, TokenError> {
+        let rng = SystemRandom::new();
+        let (inner, public) = match alg {
+            Alg::ES256 => {
+                let kp = EcdsaKeyPair::from_pkcs8(
+                    &signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+                    pkcs8,
+                    &rng,
+                )
+                .map_err(|_| TokenError::Crypto("not a P-256 PKCS#8 key"))?;
+                let public = PublicKey::from_ec_point(kp.public_key().as_ref())?;
+                (Inner::Es256(kp), public)
+            }
+            Alg::EdDSA => {
+                let kp = Ed25519KeyPair::from_pkcs8_maybe_unchecked(pkcs8)
+                    .map_err(|_| TokenError::Crypto("not an Ed25519 PKCS#8 key"))?;
+                let public = PublicKey::ed25519(kp.public_key().as_ref())?;
+                (Inner::EdDsa(kp), public)
+            }
+        };
+        Ok(Self {
+            kid: public.kid.clone(),
+            alg,
+            inner,
+            public,
+            rng,
+        })
+    }
+
+    pub fn kid(&self) -> &Kid {
+        &self.kid
+    }
+
+    pub fn alg(&self) -> Alg {
+        self.alg
+    }
+
+    pub fn public(&self) -> &PublicKey {
+        &self.public
+    }
+
+    pub fn sign(&self, message: &[u8]) -> Result<Vec<u8>, TokenError> {
+        match &self.inner {
+            Inner::Es256(kp) => kp
+                .sign(&self.rng, message)
+                .map(|s| s.as_ref().to_vec())
+                .map_err(|_| TokenError::Crypto("signing failed")),
+            Inner::EdDsa(kp) => Ok(kp.sign(message).as_ref().to_vec()),
+        }
+    }
+}
+
+/// A public verification key with the algorithm it is for and its RFC 7638 thumbprint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicKey {
+    kid: Kid,
+    alg: Alg,
+    /// ES256: the uncompressed point `04 || x || y`; EdDSA: the 32-byte key.
+    bytes: Vec<u8>,
+}
+
+impl PublicKey {
+    fn from_ec_point(point: &[u8]) -> Result<Self, TokenError> {
+        match point {
+            [4, rest @ ..] if rest.len() == 64 => {
+                let (x, y) = rest.split_at(32);
+                Self::es256_from_xy(x, y, None)
+            }
+            _ => Err(TokenError::Crypto("not an uncompressed P-256 point")),
+        }
+    }
+
+    fn es256_from_xy(x: &[u8], y: &[u8], kid: Option<Kid>) -> Result<Self, TokenError> {
+        if x.len() != 32 || y.len() != 32 {
+            return Err(TokenError::Jwk("P-256 `x` and `y` must be 32 bytes each".into()));
+        }
+        let mut bytes = Vec::with_capacity(65);
+        bytes.push(4);
+        bytes.extend_from_slice(x);
+        bytes.extend_from_slice(y);
+        let thumb = thumbprint(&[
+            ("crv", "P-256"),
+            ("kty", "EC"),
+            ("x", &b64_encode(x)),
+            ("y", &b64_encode(y)),
+        ]);
+        Ok(Self {
+            kid: kid.unwrap_or(thumb),
+            alg: Alg::ES256,
+            bytes,
+        })
+    }
+
+    fn ed25519(x: &[u8]) -> Result<Self, TokenError> {
+        Self::ed25519_with_kid(x, None)
+    }
+
+    fn ed25519_with_kid(x: &[u8], kid: Option<Kid>) -> Result<Self, TokenError> {
+        if x.len() != 32 {
+            return Err(TokenError::Jwk("Ed25519 `x` must be 32 bytes".into()));
+        }
+        let thumb = thumbprint(&[("crv", "Ed25519"), ("kty", "OKP"), ("x", &b64_encode(x))]);
+        Ok(Self {
+            kid: kid.unwrap_or(thumb),
+            alg: Alg::EdDSA,
+            bytes: x.to_vec(),
+        })
+    }
+
+    pub fn kid(&self) -> &Kid {
+        &self.kid
+    }
+
+    pub fn alg(&self) -> Alg {
+        self.alg
+    }
+
+    /// Checks a signature with this key's own algorithm.
+    pub fn verify(&self, message: &[u8], sig: &[u8]) -> bool {
+        let alg: &dyn signature::VerificationAlgorithm = match self.alg {
+            // Fixed r||s encoding only: a DER signature is refused (RFC 7518 §3.4).
+            Alg::ES256 => &signature::ECDSA_P256_SHA256_FIXED,
+            Alg::EdDSA => &signature::ED25519,
+        };
+        UnparsedPublicKey::new(alg, &self.bytes)
+            .verify(message, sig)
+            .is_ok()
+    }
+
+    /// The public JWK, as published in a JWKS.
+    pub fn to_jwk(&self) -> Map<String, Value> {
+        let mut m = Map::new();
+        match self.alg {
+            Alg::ES256 => {
+                let x = self.bytes.get(1..33).unwrap_or_default();
+                let y = self.bytes.get(33..65).unwrap_or_default();
+                m.insert("kty".into(), "EC".into());
+                m.insert("crv".into(), "P-256".into());
+                m.insert("x".into(), b64_encode(x).into());
+                m.insert("y".into(), b64_encode(y).into());
+            }
+            Alg::EdDSA => {
+                m.insert("kty".into(), "OKP".into());
+                m.insert("crv".into(), "Ed25519".into());
+                m.insert("x".into(), b64_encode(&self.bytes).into());
+            }
+        }
+        m.insert("kid".into(), self.kid.as_str().into());
+        m.insert("alg".into(), self.alg.as_str().into());
+        m.insert("use".into(), "sig".into());
+        m
+    }
+
+    /// Reads a public JWK. Private members are refused: a JWKS is public, and a private key
+    /// pasted into one is a leak we will not propagate.
+    pub fn from_jwk(jwk: &Map<String, Value>) -> Result<Self, TokenError> {
+        let s = |name: &str| jwk.get(name).and_then(Value::as_str);
+        if jwk.contains_key("d") {
+            return Err(TokenError::Jwk("the JWK holds a private key (`d`)".into()));
+        }
+        if let Some(u) = jwk.get("use") {
+            if u.as_str() != Some("sig") {
+                return Err(TokenError::Jwk("the JWK's `use` is not `sig`".into()));
+            }
+        }
+        let kid = match jwk.get("kid") {
+            Some(Value::String(k)) => Some(
+                Kid::parse(k).map_err(|e| TokenError::Jwk(e.to_string()))?,
+            ),
+            Some(_) => return Err(TokenError::Jwk("`kid` is not a string".into())),
+            None => None,
+        };
+        let field = |name: &str| -> Result<Vec<u8>, TokenError> {
+            let v = s(name).ok_or_else(|| TokenError::Jwk(format!("missing `{name}`")))?;
+            b64_decode(v).ok_or_else(|| TokenError::Jwk(format!("`{name}` is not base64url")))
+        };
+        let key = match (s("kty"), s("crv")) {
+            (Some("EC"), Some("P-256")) => {
+                let (x, y) = (field("x")?, field("y")?);
+                let key = Self::es256_from_xy(&x, &y, kid)?;
+                // Reject points that are not on the curve now, not at first use.
+                if !on_curve(&key.bytes) {
+                    return Err(TokenError::Jwk("the point is not on P-256".into()));
+                }
+                key
+            }
+            (Some("OKP"), Some("Ed25519")) => Self::ed25519_with_kid(&field("x")?, kid)?,
+            (Some(kty), crv) => {
+                return Err(TokenError::Jwk(format!(
+                    "key type `{kty}`{} is not accepted (ES256 on P-256 and EdDSA on Ed25519 are)",
+                    crv.map(|c| format!(" on `{c}`")).unwrap_or_default()
+                )))
+            }
+            (None, _) => return Err(TokenError::Jwk("missing `kty`".into())),
+        };
+        if let Some(alg) = jwk.get("alg") {
+            if alg.as_str() != Some(key.alg.as_str()) {
+                return Err(TokenError::Jwk(format!(
+                    "`alg` {alg} does not fit a {} key",
+                    key.alg.as_str()
+                )));
+            }
+        }
+        Ok(key)
+    }
+}
+
+/// ring validates a point only when it verifies with it, so a bad key would fail every token
+/// later. ring's ECDH parses and validates SEC1 P-256 points; an agreement with a throwaway key
+/// performs exactly that check now, when the key set is loaded.
+fn on_curve(point: &[u8]) -> bool {
+    let rng = SystemRandom::new();
+    let Ok(mine) = ring::agreement::EphemeralPrivateKey::generate(&ring::agreement::ECDH_P256, &rng)
+    else {
+        return false;
+    };
+    let peer = ring::agreement::UnparsedPublicKey::new(&ring::agreement::ECDH_P256, point);
+    ring::agreement::agree_ephemeral(mine, &peer, |_| ()).is_ok()
+}
+
+/// RFC 7638: SHA-256 over the required members in lexicographic order, no white space.
+fn thumbprint(members: &[(&str, &str)]) -> Kid {
+    let mut json = String::from("{");
+    for (i, (k, v)) in members.iter().enumerate() {
+        if i > 0 {
+            json.push(',');
+        }
+        json.push_str(&format!("\"{k}\":\"{v}\""));
+    }
+    json.push('}');
+    let digest = ring::digest::digest(&ring::digest::SHA256, json.as_bytes());
+    // INVARIANT: base64url of 32 bytes is 43 characters of the base64url alphabet, a valid Kid.
+    match Kid::parse(&b64_encode(digest.as_ref())) {
+        Ok(k) => k,
+        Err(_) => unreachable_kid(),
+    }
+}
+
+#[expect(clippy::panic, reason = "a base64url SHA-256 digest is always a valid key id")]
+fn unreachable_kid() -> Kid {
+    panic!("thumbprint produced an invalid kid")
+}
+
+/// A JSON Web Key Set, as served at `jwks_uri`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct JwkSet {
+    pub keys: Vec<Map<String, Value>>,
+}
+
+impl JwkSet {
+    pub fn from_keys<'a>(keys: impl IntoIterator<Item = &'a PublicKey>) -> Self {
+        Self {
+            keys: keys.into_iter().map(PublicKey::to_jwk).collect(),
+        }
+    }
+
+    /// Parses a JWKS document strictly. Keys of types we do not accept are skipped (a JWKS may
+    /// carry RSA keys for other consumers); malformed keys of accepted types are errors.
+    pub fn parse_keys(text: &[u8]) -> Result<Vec<PublicKey>, TokenError> {
+        let doc = crate::strict::parse_object(text).map_err(TokenError::Jwk)?;
+        let keys = doc
+            .get("keys")
+            .and_then(Value::as_array)
+            .ok_or_else(|| TokenError::Jwk("a JWKS needs a `keys` array".into()))?;
+        let mut out = Vec::new();
+        for k in keys {
+            let Value::Object(m) = k else {
+                return Err(TokenError::Jwk("a JWKS entry is not an object".into()));
+            };
+            let accepted = matches!(
+                (m.get("kty").and_then(Value::as_str), m.get("crv").and_then(Value::as_str)),
+                (Some("EC"), Some("P-256")) | (Some("OKP"), Some("Ed25519"))
+            );
+            if !accepted {
+                continue;
+            }
+            out.push(PublicKey::from_jwk(m)?);
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc7638_thumbprint_of_ec_key() {
+        // RFC 7638 gives an RSA example only; this EC value is cross-checked with python joserfc
+        // (`ECKey.import_key(jwk).thumbprint()`), an independent implementation.
+        let jwk: Map<String, Value> = serde_json::from_str(
+            r#"{"kty":"EC","crv":"P-256","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}"#,
+        )
+        .unwrap();
+        let key = PublicKey::from_jwk(&jwk).unwrap();
+        assert_eq!(key.kid().as_str(), "oKIywvGUpTVTyxMQ3bwIIeQUudfr_CkLMjCE19ECD-U");
+    }
+
+    #[test]
+    fn generated_keys_sign_and_verify() {
+        for alg in [Alg::ES256, Alg::EdDSA] {
+            let (key, pkcs8) = SigningKey::generate(alg).unwrap();
+            let sig = key.sign(b"msg").unwrap();
+            assert!(key.public().verify(b"msg", &sig));
+            assert!(!key.public().verify(b"msh", &sig));
+            let again = SigningKey::from_pkcs8(alg, &pkcs8).unwrap();
+            assert_eq!(again.kid(), key.kid());
+            let jwk = key.public().to_jwk();
+            let back = PublicKey::from_jwk(&jwk).unwrap();
+            assert_eq!(&back, key.public());
+        }
+    }
+
+    #[test]
+    fn jwk_refusals() {
+        let (key, _) = SigningKey::generate(Alg::ES256).unwrap();
+        let mut jwk = key.public().to_jwk();
+        jwk.insert("d".into(), "AAAA".into());
+        assert!(PublicKey::from_jwk(&jwk).is_err());
+        let mut jwk = key.public().to_jwk();
+        jwk.insert("alg".into(), "HS256".into());
+        assert!(PublicKey::from_jwk(&jwk).is_err());
+        let mut jwk = key.public().to_jwk();
+        jwk.insert("y".into(), b64_encode([7u8; 32]).into());
+        assert!(PublicKey::from_jwk(&jwk).unwrap_err().to_string().contains("not on P-256"));
+        let mut jwk = key.public().to_jwk();
+        jwk.insert("kty".into(), "oct".into());
+        assert!(PublicKey::from_jwk(&jwk).is_err());
+    }
+
+    #[test]
+    fn jwks_skips_foreign_key_types() {
+        let (key, _) = SigningKey::generate(Alg::ES256).unwrap();
+        let set = serde_json::json!({"keys": [
+            {"kty":"RSA","n":"AQAB","e":"AQAB"},
+            key.public().to_jwk(),
+        ]});
+        let keys = JwkSet::parse_keys(set.to_string().as_bytes()).unwrap();
+        assert_eq!(keys.len(), 1);
+        assert!(JwkSet::parse_keys(br#"{"keys":[],"keys":[]}"#).is_err());
+    }
+}
