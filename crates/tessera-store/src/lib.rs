@@ -1,1 +1,621 @@
+//! Storage for the Tessera authority: one interface, two backends (embedded SQLite, PostgreSQL)
+//! that run the same SQL and pass the same tests.
+//!
+//! Every mutation goes through [`Store::commit`], which applies a list of [`Op`]s and appends
+//! their audit records in one transaction: a change is never stored without its record, and a
+//! record never claims a change that was rolled back. The audit trail is a hash chain (each record
+//! commits to the previous one), so [`verify_chain`] finds a changed, removed or reordered record.
 
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::Row;
+use tessera_core::manifest::{Client, Grant, PolicyFile, Trust, Workload};
+
+mod audit;
+pub use audit::{verify_chain, AuditEvent, AuditLog, AuditRecord, ChainError, GENESIS};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("stored data is not readable: {0}")]
+    Corrupt(String),
+    #[error("the audit log is not accepting records: {0}")]
+    AuditUnavailable(String),
+    #[error("cannot prepare the database file `{path}`: {message}")]
+    File { path: String, message: String },
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+enum Db {
+    /// SQLite allows one writer; a one-connection write pool serializes our writes in-process
+    /// instead of meeting `SQLITE_BUSY`, and readers use their own pool under WAL.
+    Sqlite { read: SqlitePool, write: SqlitePool },
+    Pg(PgPool),
+}
+
+/// The handle to the authority's storage. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    db: std::sync::Arc<Db>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Store({})", self.backend())
+    }
+}
+
+/// A signing key as stored: the private part sealed under the key-encryption key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRecord {
+    pub kid: String,
+    pub trust_domain: String,
+    pub alg: String,
+    /// base64 of the sealed PKCS#8 document.
+    pub sealed: String,
+    pub public_jwk: String,
+    pub created_at: i64,
+    /// The key signs from this time on (it is published before, so verifiers know it first).
+    pub activate_at: i64,
+    /// The key is withdrawn from the JWKS after this time (every token it signed has expired).
+    pub retire_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkloadRecord {
+    pub spec: Workload,
+    pub revoked_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretRecord {
+    /// base64 of HMAC-SHA-256(server key, secret).
+    pub hash: String,
+    pub created_at: i64,
+    pub expires_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClientRecord {
+    pub spec: Client,
+    pub secret: Option<SecretRecord>,
+}
+
+/// The configuration state, loaded whole into memory by each server.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StoredState {
+    pub workloads: Vec<WorkloadRecord>,
+    pub grants: Vec<Grant>,
+    pub clients: Vec<ClientRecord>,
+    pub trusts: Vec<Trust>,
+    pub policies: Vec<PolicyFile>,
+}
+
+/// One mutation. Applied only through [`Store::commit`], together with audit records.
+#[derive(Debug, Clone)]
+pub enum Op {
+    UpsertWorkload(Workload),
+    DeleteWorkload(String),
+    UpsertGrant(Grant),
+    DeleteGrant { from: String, to: String },
+    UpsertClient(Client),
+    DeleteClient(String),
+    UpsertTrust(Trust),
+    DeleteTrust(String),
+    UpsertPolicy(PolicyFile),
+    DeletePolicy(String),
+    SetClientSecret { client: String, secret: SecretRecord },
+    RevokeWorkload { id: String, at: i64 },
+    RevokeToken { jti: String, expires_at: i64, at: i64 },
+    InsertKey(KeyRecord),
+    RetireKey { kid: String, retire_at: i64 },
+    DeleteKey(String),
+    SetMeta { key: String, value: String },
+}
+
+impl Op {
+    /// Whether servers must reload their in-memory state after this change.
+    fn changes_state(&self) -> bool {
+        !matches!(self, Op::SetMeta { .. })
+    }
+}
+
+const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/0001_initial.sql"))];
+
+/// Held during every write transaction on PostgreSQL, so that the audit chain of several servers
+/// on one database stays a single chain.
+const PG_WRITE_LOCK: i64 = 0x7465_7373_6572_61;
+
+macro_rules! with_write_tx {
+    ($self:ident, |$tx:ident, $is_pg:ident| $body:block) => {
+        match &*$self.db {
+            Db::Sqlite { write, .. } => {
+                let mut $tx = write.begin().await?;
+                #[allow(unused_variables)]
+                let $is_pg = false;
+                let out = $body;
+                $tx.commit().await?;
+                out
+            }
+            Db::Pg(pool) => {
+                let mut $tx = pool.begin().await?;
+                sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                    .bind(PG_WRITE_LOCK)
+                    .execute(&mut *$tx)
+                    .await?;
+                #[allow(unused_variables)]
+                let $is_pg = true;
+                let out = $body;
+                $tx.commit().await?;
+                out
+            }
+        }
+    };
+}
+
+macro_rules! with_read {
+    ($self:ident, |$pool:ident| $body:expr) => {
+        match &*$self.db {
+            Db::Sqlite { read: $pool, .. } => $body,
+            Db::Pg($pool) => $body,
+        }
+    };
+}
+
+fn json<T: Serialize>(v: &T) -> Result<String> {
+    serde_json::to_string(v).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn from_json<T: for<'de> Deserialize<'de>>(s: &str) -> Result<T> {
+    serde_json::from_str(s).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+/// Executes one [`Op`] inside a transaction; a macro so the same SQL serves both backends.
+macro_rules! apply_op {
+    ($tx:ident, $op:expr, $now:expr) => {
+        match $op {
+            Op::UpsertWorkload(w) => {
+                sqlx::query("INSERT INTO workloads (id, spec, updated_at) VALUES ($1, $2, $3) ON CONFLICT (id) DO UPDATE SET spec = excluded.spec, updated_at = excluded.updated_at")
+                    .bind(w.id.as_str()).bind(json(w)?).bind($now)
+                    .execute(&mut *$tx).await?;
+            }
+            Op::DeleteWorkload(id) => {
+                sqlx::query("DELETE FROM workloads WHERE id = $1").bind(id).execute(&mut *$tx).await?;
+            }
+            Op::UpsertGrant(g) => {
+                sqlx::query("INSERT INTO grants (from_id, to_id, spec) VALUES ($1, $2, $3) ON CONFLICT (from_id, to_id) DO UPDATE SET spec = excluded.spec")
+                    .bind(g.from.as_str()).bind(g.to.as_str()).bind(json(g)?)
+                    .execute(&mut *$tx).await?;
+            }
+            Op::DeleteGrant { from, to } => {
+                sqlx::query("DELETE FROM grants WHERE from_id = $1 AND to_id = $2").bind(from).bind(to).execute(&mut *$tx).await?;
+            }
+            Op::UpsertClient(c) => {
+                sqlx::query("INSERT INTO clients (id, spec) VALUES ($1, $2) ON CONFLICT (id) DO UPDATE SET spec = excluded.spec")
+                    .bind(c.id.as_str()).bind(json(c)?)
+                    .execute(&mut *$tx).await?;
+            }
+            Op::DeleteClient(id) => {
+                sqlx::query("DELETE FROM clients WHERE id = $1").bind(id).execute(&mut *$tx).await?;
+            }
+            Op::UpsertTrust(t) => {
+                sqlx::query("INSERT INTO trusts (name, spec) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET spec = excluded.spec")
+                    .bind(t.name.as_str()).bind(json(t)?)
+                    .execute(&mut *$tx).await?;
+            }
+            Op::DeleteTrust(name) => {
+                sqlx::query("DELETE FROM trusts WHERE name = $1").bind(name).execute(&mut *$tx).await?;
+            }
+            Op::UpsertPolicy(p) => {
+                sqlx::query("INSERT INTO policy_files (name, body) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET body = excluded.body")
+                    .bind(&p.name).bind(&p.text)
+                    .execute(&mut *$tx).await?;
+            }
+            Op::DeletePolicy(name) => {
+                sqlx::query("DELETE FROM policy_files WHERE name = $1").bind(name).execute(&mut *$tx).await?;
+            }
+            Op::SetClientSecret { client, secret } => {
+                let n = sqlx::query("UPDATE clients SET secret_hash = $1, secret_created_at = $2, secret_expires_at = $3 WHERE id = $4")
+                    .bind(&secret.hash).bind(secret.created_at).bind(secret.expires_at).bind(client)
+                    .execute(&mut *$tx).await?.rows_affected();
+                if n != 1 {
+                    return Err(StoreError::Corrupt(format!("client `{client}` does not exist")));
+                }
+            }
+            Op::RevokeWorkload { id, at } => {
+                sqlx::query("UPDATE workloads SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
+                    .bind(at).bind(id)
+                    .execute(&mut *$tx).await?;
+            }
+            Op::RevokeToken { jti, expires_at, at } => {
+                sqlx::query("INSERT INTO revoked_tokens (jti, expires_at, revoked_at) VALUES ($1, $2, $3) ON CONFLICT (jti) DO NOTHING")
+                    .bind(jti).bind(expires_at).bind(at)
+                    .execute(&mut *$tx).await?;
+            }
+            Op::InsertKey(k) => {
+                sqlx::query("INSERT INTO signing_keys (kid, trust_domain, alg, sealed, public_jwk, created_at, activate_at, retire_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
+                    .bind(&k.kid).bind(&k.trust_domain).bind(&k.alg).bind(&k.sealed).bind(&k.public_jwk)
+                    .bind(k.created_at).bind(k.activate_at).bind(k.retire_at)
+                    .execute(&mut *$tx).await?;
+            }
+            Op::RetireKey { kid, retire_at } => {
+                sqlx::query("UPDATE signing_keys SET retire_at = $1 WHERE kid = $2")
+                    .bind(retire_at).bind(kid)
+                    .execute(&mut *$tx).await?;
+            }
+            Op::DeleteKey(kid) => {
+                sqlx::query("DELETE FROM signing_keys WHERE kid = $1").bind(kid).execute(&mut *$tx).await?;
+            }
+            Op::SetMeta { key, value } => {
+                sqlx::query("INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value")
+                    .bind(key).bind(value)
+                    .execute(&mut *$tx).await?;
+            }
+        }
+    };
+}
+
+impl Store {
+    /// Opens (creating if needed) the embedded database at `path`: WAL, `synchronous=FULL`, so
+    /// that anything acknowledged survives a crash or power loss.
+    pub async fn open_sqlite(path: &Path) -> Result<Self> {
+        let opts = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let write = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(opts.clone())
+            .await?;
+        restrict_permissions(path)?;
+        let read = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts.read_only(true))
+            .await?;
+        let store = Self {
+            db: std::sync::Arc::new(Db::Sqlite { read, write }),
+        };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Connects to PostgreSQL. Several servers may share one database.
+    pub async fn open_postgres(url: &str) -> Result<Self> {
+        let opts = sqlx::postgres::PgConnectOptions::from_str(url)?;
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(opts)
+            .await?;
+        let store = Self {
+            db: std::sync::Arc::new(Db::Pg(pool)),
+        };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    pub fn backend(&self) -> &'static str {
+        match &*self.db {
+            Db::Sqlite { .. } => "sqlite",
+            Db::Pg(_) => "postgres",
+        }
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        with_write_tx!(self, |tx, is_pg| {
+            sqlx::query("CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY)")
+                .execute(&mut *tx)
+                .await?;
+            for (version, sql) in MIGRATIONS {
+                let done = sqlx::query("SELECT version FROM schema_migrations WHERE version = $1")
+                    .bind(version)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                if done.is_none() {
+                    sqlx::raw_sql(sql).execute(&mut *tx).await?;
+                    sqlx::query("INSERT INTO schema_migrations (version) VALUES ($1)")
+                        .bind(version)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// A cheap round trip, for readiness.
+    pub async fn ping(&self) -> Result<()> {
+        with_read!(self, |pool| {
+            sqlx::query("SELECT 1").execute(pool).await?;
+        });
+        Ok(())
+    }
+
+    pub async fn meta(&self, key: &str) -> Result<Option<String>> {
+        let row = with_read!(self, |pool| {
+            sqlx::query("SELECT value FROM meta WHERE key = $1")
+                .bind(key)
+                .fetch_optional(pool)
+                .await?
+                .map(|r| r.try_get::<String, _>("value"))
+                .transpose()?
+        });
+        Ok(row)
+    }
+
+    /// Bumped by every state change; servers poll it to learn that another server changed state.
+    pub async fn state_version(&self) -> Result<i64> {
+        Ok(self
+            .meta("state_version")
+            .await?
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0))
+    }
+
+    pub async fn load_state(&self) -> Result<StoredState> {
+        let mut state = StoredState::default();
+        with_read!(self, |pool| {
+            for r in sqlx::query("SELECT spec, revoked_at FROM workloads ORDER BY id")
+                .fetch_all(pool)
+                .await?
+            {
+                state.workloads.push(WorkloadRecord {
+                    spec: from_json(&r.try_get::<String, _>("spec")?)?,
+                    revoked_at: r.try_get("revoked_at")?,
+                });
+            }
+            for r in sqlx::query("SELECT spec FROM grants ORDER BY from_id, to_id")
+                .fetch_all(pool)
+                .await?
+            {
+                state.grants.push(from_json(&r.try_get::<String, _>("spec")?)?);
+            }
+            for r in sqlx::query(
+                "SELECT spec, secret_hash, secret_created_at, secret_expires_at FROM clients ORDER BY id",
+            )
+            .fetch_all(pool)
+            .await?
+            {
+                let hash: Option<String> = r.try_get("secret_hash")?;
+                let secret = match hash {
+                    Some(hash) => Some(SecretRecord {
+                        hash,
+                        created_at: r.try_get::<Option<i64>, _>("secret_created_at")?.unwrap_or(0),
+                        expires_at: r.try_get("secret_expires_at")?,
+                    }),
+                    None => None,
+                };
+                state.clients.push(ClientRecord {
+                    spec: from_json(&r.try_get::<String, _>("spec")?)?,
+                    secret,
+                });
+            }
+            for r in sqlx::query("SELECT spec FROM trusts ORDER BY name").fetch_all(pool).await? {
+                state.trusts.push(from_json(&r.try_get::<String, _>("spec")?)?);
+            }
+            for r in sqlx::query("SELECT name, body FROM policy_files ORDER BY name")
+                .fetch_all(pool)
+                .await?
+            {
+                state.policies.push(PolicyFile {
+                    name: r.try_get("name")?,
+                    text: r.try_get("body")?,
+                });
+            }
+        });
+        Ok(state)
+    }
+
+    pub async fn keys(&self) -> Result<Vec<KeyRecord>> {
+        let rows = with_read!(self, |pool| {
+            sqlx::query(
+                "SELECT kid, trust_domain, alg, sealed, public_jwk, created_at, activate_at, retire_at FROM signing_keys ORDER BY activate_at, kid",
+            )
+            .fetch_all(pool)
+            .await?
+            .into_iter()
+            .map(|r| {
+                Ok(KeyRecord {
+                    kid: r.try_get("kid")?,
+                    trust_domain: r.try_get("trust_domain")?,
+                    alg: r.try_get("alg")?,
+                    sealed: r.try_get("sealed")?,
+                    public_jwk: r.try_get("public_jwk")?,
+                    created_at: r.try_get("created_at")?,
+                    activate_at: r.try_get("activate_at")?,
+                    retire_at: r.try_get("retire_at")?,
+                })
+            })
+            .collect::<std::result::Result<Vec<_>, sqlx::Error>>()?
+        });
+        Ok(rows)
+    }
+
+    /// Revoked token IDs that have not expired yet, with their expiry.
+    pub async fn revoked_tokens(&self, now: i64) -> Result<Vec<(String, i64)>> {
+        let rows = with_read!(self, |pool| {
+            sqlx::query("SELECT jti, expires_at FROM revoked_tokens WHERE expires_at > $1 ORDER BY jti")
+                .bind(now)
+                .fetch_all(pool)
+                .await?
+                .into_iter()
+                .map(|r| Ok((r.try_get("jti")?, r.try_get("expires_at")?)))
+                .collect::<std::result::Result<Vec<_>, sqlx::Error>>()?
+        });
+        Ok(rows)
+    }
+
+    /// Records a client assertion's `jti`; false when it was seen before (a replay).
+    pub async fn claim_assertion(&self, client_id: &str, jti: &str, expires_at: i64) -> Result<bool> {
+        let inserted = with_write_tx!(self, |tx, is_pg| {
+            sqlx::query(
+                "INSERT INTO used_assertions (client_id, jti, expires_at) VALUES ($1, $2, $3) ON CONFLICT (client_id, jti) DO NOTHING",
+            )
+            .bind(client_id)
+            .bind(jti)
+            .bind(expires_at)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+        });
+        Ok(inserted == 1)
+    }
+
+    /// Deletes replay records and revocations whose tokens have expired.
+    pub async fn sweep(&self, now: i64) -> Result<()> {
+        with_write_tx!(self, |tx, is_pg| {
+            sqlx::query("DELETE FROM used_assertions WHERE expires_at < $1")
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("DELETE FROM revoked_tokens WHERE expires_at < $1")
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+        });
+        Ok(())
+    }
+
+    /// Applies `ops` and appends `events` to the audit chain, atomically.
+    pub async fn commit(&self, ops: &[Op], events: &[AuditEvent]) -> Result<Vec<AuditRecord>> {
+        let now = tessera_core::now_unix();
+        let bump = ops.iter().any(Op::changes_state);
+        let records = with_write_tx!(self, |tx, is_pg| {
+            for op in ops {
+                apply_op!(tx, op, now);
+            }
+            if bump {
+                sqlx::query(
+                    "INSERT INTO meta (key, value) VALUES ('state_version', '1') ON CONFLICT (key) DO UPDATE SET value = CAST(CAST(meta.value AS BIGINT) + 1 AS TEXT)",
+                )
+                .execute(&mut *tx)
+                .await?;
+            }
+            let mut records = Vec::with_capacity(events.len());
+            if !events.is_empty() {
+                let head = sqlx::query("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                let (mut seq, mut prev) = match head {
+                    Some(r) => (r.try_get::<i64, _>("seq")?, r.try_get::<String, _>("hash")?),
+                    None => (0, GENESIS.to_owned()),
+                };
+                for event in events {
+                    seq += 1;
+                    let record = AuditRecord::chain(seq, now, event, &prev)?;
+                    prev = record.hash.clone();
+                    records.push(record);
+                }
+                for chunk in records.chunks(400) {
+                    let mut qb = sqlx::QueryBuilder::new(
+                        "INSERT INTO audit (seq, at, kind, actor, subject, outcome, detail, prev_hash, hash) ",
+                    );
+                    qb.push_values(chunk, |mut b, r| {
+                        b.push_bind(r.seq)
+                            .push_bind(r.at)
+                            .push_bind(r.kind.clone())
+                            .push_bind(r.actor.clone())
+                            .push_bind(r.subject.clone())
+                            .push_bind(r.outcome.clone())
+                            .push_bind(r.detail.clone())
+                            .push_bind(r.prev_hash.clone())
+                            .push_bind(r.hash.clone());
+                    });
+                    qb.build().execute(&mut *tx).await?;
+                }
+                // The head, kept apart from the chain, reveals records cut from the end.
+                sqlx::query(
+                    "INSERT INTO meta (key, value) VALUES ('audit_head', $1) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                )
+                .bind(format!("{seq} {prev}"))
+                .execute(&mut *tx)
+                .await?;
+            }
+            records
+        });
+        Ok(records)
+    }
+
+    /// The last `n` audit records, oldest first.
+    pub async fn audit_tail(&self, n: i64) -> Result<Vec<AuditRecord>> {
+        let mut rows = self
+            .audit_query("SELECT * FROM audit ORDER BY seq DESC LIMIT $1", n)
+            .await?;
+        rows.reverse();
+        Ok(rows)
+    }
+
+    /// Up to `limit` records with `seq > after`, in order.
+    pub async fn audit_after(&self, after: i64, limit: i64) -> Result<Vec<AuditRecord>> {
+        let rows = with_read!(self, |pool| {
+            sqlx::query("SELECT * FROM audit WHERE seq > $1 ORDER BY seq LIMIT $2")
+                .bind(after)
+                .bind(limit)
+                .fetch_all(pool)
+                .await?
+                .into_iter()
+                .map(|r| AuditRecord::from_row(&r))
+                .collect::<std::result::Result<Vec<_>, sqlx::Error>>()?
+        });
+        Ok(rows)
+    }
+
+    /// The most recent record of `kind` about `subject`.
+    pub async fn last_audit_for(&self, subject: &str, kind: &str) -> Result<Option<AuditRecord>> {
+        let row = with_read!(self, |pool| {
+            sqlx::query("SELECT * FROM audit WHERE subject = $1 AND kind = $2 ORDER BY seq DESC LIMIT 1")
+                .bind(subject)
+                .bind(kind)
+                .fetch_optional(pool)
+                .await?
+                .map(|r| AuditRecord::from_row(&r))
+                .transpose()?
+        });
+        Ok(row)
+    }
+
+    async fn audit_query(&self, sql: &'static str, n: i64) -> Result<Vec<AuditRecord>> {
+        let rows = with_read!(self, |pool| {
+            sqlx::query(sql)
+                .bind(n)
+                .fetch_all(pool)
+                .await?
+                .into_iter()
+                .map(|r| AuditRecord::from_row(&r))
+                .collect::<std::result::Result<Vec<_>, sqlx::Error>>()?
+        });
+        Ok(rows)
+    }
+
+    /// Runs SQL directly; for tests that tamper with the audit table on purpose.
+    pub async fn danger_execute_raw(&self, sql: &str) -> Result<u64> {
+        let n = with_write_tx!(self, |tx, is_pg| {
+            sqlx::raw_sql(sql).execute(&mut *tx).await?.rows_affected()
+        });
+        Ok(n)
+    }
+}
+
+
+fn restrict_permissions(path: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|e| {
+        StoreError::File {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests;

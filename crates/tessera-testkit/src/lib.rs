@@ -1,1 +1,152 @@
+//! Test support: a real PostgreSQL cluster started on loopback (Debian's binaries), a fresh
+//! database per test, and paths to the real `tessera` binary's helpers.
+//!
+//! The cluster is shared by every test process of a run (a file lock guards its start) and is
+//! left running afterwards so the next run starts fast. Tests never skip PostgreSQL silently:
+//! without a server the test fails, unless `TESSERA_SKIP_POSTGRES=1` says so explicitly.
 
+use std::fs::{self, File};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// Where the shared test cluster lives.
+fn cluster_dir() -> PathBuf {
+    std::env::var_os("TESSERA_TEST_PG_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/tmp/tessera-test-pg"))
+}
+
+fn pg_bin(name: &str) -> PathBuf {
+    let mut dirs: Vec<PathBuf> = fs::read_dir("/usr/lib/postgresql")
+        .map(|rd| rd.flatten().map(|e| e.path().join("bin")).collect())
+        .unwrap_or_default();
+    dirs.sort();
+    dirs.reverse();
+    for d in dirs {
+        let p = d.join(name);
+        if p.exists() {
+            return p;
+        }
+    }
+    PathBuf::from(name)
+}
+
+fn is_root() -> bool {
+    // `id -u` rather than libc::geteuid: this crate forbids unsafe code.
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// Runs a PostgreSQL binary, as the `postgres` user when we are root (PostgreSQL refuses root).
+fn run_pg(bin: &str, args: &[&str]) -> std::process::Output {
+    let path = pg_bin(bin);
+    let mut cmd = if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(&path);
+        c
+    } else {
+        Command::new(&path)
+    };
+    cmd.args(args);
+    cmd.output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", path.display()))
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+fn ensure_cluster() -> u16 {
+    let dir = cluster_dir();
+    fs::create_dir_all(&dir).expect("create the test cluster folder");
+    let lock = File::create(dir.with_extension("lock")).expect("lock file");
+    lock.lock().expect("lock the test cluster");
+    let data = dir.join("data");
+    let port_file = dir.join("port");
+    if is_root() {
+        let _ = Command::new("chown").args(["-R", "postgres:postgres"]).arg(&dir).status();
+    }
+    if !data.join("PG_VERSION").exists() {
+        let out = run_pg(
+            "initdb",
+            &["-D", data.to_str().unwrap(), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-instructions"],
+        );
+        assert!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let running = run_pg("pg_ctl", &["-D", data.to_str().unwrap(), "status"]).status.success();
+    if running {
+        if let Ok(p) = fs::read_to_string(&port_file) {
+            if let Ok(p) = p.trim().parse() {
+                return p;
+            }
+        }
+        let _ = run_pg("pg_ctl", &["-D", data.to_str().unwrap(), "stop", "-m", "fast"]);
+    }
+    let port = free_port();
+    let opts = format!(
+        "-p {port} -k {} -c listen_addresses=127.0.0.1 -c max_connections=300",
+        dir.display()
+    );
+    let log = dir.join("server.log");
+    let out = run_pg(
+        "pg_ctl",
+        &["-D", data.to_str().unwrap(), "-o", &opts, "-l", log.to_str().unwrap(), "-w", "start"],
+    );
+    assert!(
+        out.status.success(),
+        "PostgreSQL did not start: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        fs::read_to_string(&log).unwrap_or_default()
+    );
+    fs::write(&port_file, port.to_string()).expect("write port file");
+    port
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A URL to a fresh, empty PostgreSQL database, or `None` when the run opted out explicitly.
+pub fn postgres_database() -> Option<String> {
+    if std::env::var("TESSERA_SKIP_POSTGRES").as_deref() == Ok("1") {
+        eprintln!("TESSERA_SKIP_POSTGRES=1: skipping the PostgreSQL half of this test");
+        return None;
+    }
+    let base = match std::env::var("TESSERA_TEST_DATABASE_URL") {
+        Ok(url) => url,
+        Err(_) => format!("postgres://postgres@127.0.0.1:{}", ensure_cluster()),
+    };
+    let name = format!(
+        "tessera_test_{}_{}_{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos()
+    );
+    let out = Command::new("psql")
+        .args([base.as_str(), "-v", "ON_ERROR_STOP=1", "-qc"])
+        .arg(format!("CREATE DATABASE {name}"))
+        .output()
+        .expect("psql (the postgresql-client package) is needed for the PostgreSQL tests");
+    assert!(out.status.success(), "CREATE DATABASE failed: {}", String::from_utf8_lossy(&out.stderr));
+    Some(format!("{base}/{name}"))
+}
+
+/// A temporary data folder for a server.
+pub fn data_dir() -> tempfile::TempDir {
+    tempfile::Builder::new().prefix("tessera-test-").tempdir().expect("temp dir")
+}
+
+/// `shared/` beside the checkout, when present.
+pub fn shared_dir() -> Option<PathBuf> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared");
+    p.exists().then_some(p)
+}

@@ -1,0 +1,228 @@
+//! The audit trail: hash-chained records, and a group-commit writer for the hot path.
+
+use serde::{Deserialize, Serialize};
+use sqlx::Row;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{Result, Store, StoreError};
+
+/// The `prev_hash` of the first record.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// What happened. Never a secret or a whole token: a token is named by its `jti`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditEvent {
+    /// e.g. `token.issued`, `token.denied`, `client.auth_failed`, `apply`, `revoke.token`.
+    pub kind: String,
+    /// Who acted: a client ID, a SPIFFE ID, or `admin:uid=1000`.
+    pub actor: String,
+    /// What it was about: usually a SPIFFE ID.
+    pub subject: String,
+    /// `ok` or `denied` or `failed`.
+    pub outcome: String,
+    pub detail: serde_json::Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    pub seq: i64,
+    pub at: i64,
+    pub kind: String,
+    pub actor: String,
+    pub subject: String,
+    pub outcome: String,
+    /// The detail as stored JSON text; the hash covers exactly this text.
+    pub detail: String,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(char::from(HEX[usize::from(b >> 4)]));
+        s.push(char::from(HEX[usize::from(b & 0xf)]));
+    }
+    s
+}
+
+fn record_hash(r: &AuditRecord) -> Result<String> {
+    // A JSON array of the fields is an unambiguous encoding: no field can bleed into the next.
+    let canonical = serde_json::to_vec(&(
+        r.seq, r.at, &r.kind, &r.actor, &r.subject, &r.outcome, &r.detail, &r.prev_hash,
+    ))
+    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    Ok(hex(ring::digest::digest(&ring::digest::SHA256, &canonical).as_ref()))
+}
+
+impl AuditRecord {
+    pub(crate) fn chain(seq: i64, at: i64, e: &AuditEvent, prev: &str) -> Result<Self> {
+        let mut r = Self {
+            seq,
+            at,
+            kind: e.kind.clone(),
+            actor: e.actor.clone(),
+            subject: e.subject.clone(),
+            outcome: e.outcome.clone(),
+            detail: serde_json::to_string(&e.detail).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            prev_hash: prev.to_owned(),
+            hash: String::new(),
+        };
+        r.hash = record_hash(&r)?;
+        Ok(r)
+    }
+
+    pub(crate) fn from_row<R: Row>(r: &R) -> std::result::Result<Self, sqlx::Error>
+    where
+        for<'a> &'a str: sqlx::ColumnIndex<R>,
+        i64: sqlx::Type<R::Database> + for<'a> sqlx::Decode<'a, R::Database>,
+        String: sqlx::Type<R::Database> + for<'a> sqlx::Decode<'a, R::Database>,
+    {
+        Ok(Self {
+            seq: r.try_get("seq")?,
+            at: r.try_get("at")?,
+            kind: r.try_get("kind")?,
+            actor: r.try_get("actor")?,
+            subject: r.try_get("subject")?,
+            outcome: r.try_get("outcome")?,
+            detail: r.try_get("detail")?,
+            prev_hash: r.try_get("prev_hash")?,
+            hash: r.try_get("hash")?,
+        })
+    }
+}
+
+/// Where and how the chain is broken.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChainError {
+    #[error("record {seq}: its content does not match its hash (the record was changed)")]
+    Altered { seq: i64 },
+    #[error("record {seq}: it does not follow record {prev} (a record was removed or reordered)")]
+    Broken { seq: i64, prev: i64 },
+    #[error("record {expected} is missing (found {found} in its place)")]
+    Gap { expected: i64, found: i64 },
+    #[error("the log ends at record {found} but its recorded head is {head} (records were cut from the end)")]
+    Truncated { found: i64, head: i64 },
+    #[error("the recorded head does not match record {seq}")]
+    HeadMismatch { seq: i64 },
+}
+
+/// Checks a run of records that continues from (`prev_seq`, `prev_hash`). Returns the last one.
+pub fn verify_chain(
+    records: &[AuditRecord],
+    mut prev_seq: i64,
+    mut prev_hash: String,
+) -> std::result::Result<(i64, String), ChainError> {
+    for r in records {
+        if r.seq != prev_seq + 1 {
+            return Err(ChainError::Gap {
+                expected: prev_seq + 1,
+                found: r.seq,
+            });
+        }
+        let recomputed = record_hash(r).map_err(|_| ChainError::Altered { seq: r.seq })?;
+        if recomputed != r.hash {
+            return Err(ChainError::Altered { seq: r.seq });
+        }
+        if r.prev_hash != prev_hash {
+            return Err(ChainError::Broken {
+                seq: r.seq,
+                prev: prev_seq,
+            });
+        }
+        prev_seq = r.seq;
+        prev_hash = r.hash.clone();
+    }
+    Ok((prev_seq, prev_hash))
+}
+
+impl Store {
+    /// Walks the whole chain and compares its end with the recorded head.
+    pub async fn verify_audit(&self) -> std::result::Result<i64, VerifyAuditError> {
+        let (mut seq, mut hash) = (0, GENESIS.to_owned());
+        loop {
+            let batch = self.audit_after(seq, 5000).await?;
+            if batch.is_empty() {
+                break;
+            }
+            (seq, hash) = verify_chain(&batch, seq, hash)?;
+        }
+        if let Some(head) = self.meta("audit_head").await? {
+            let (head_seq, head_hash) = head.split_once(' ').unwrap_or(("", ""));
+            let head_seq: i64 = head_seq.parse().unwrap_or(-1);
+            if head_seq != seq {
+                return Err(ChainError::Truncated { found: seq, head: head_seq }.into());
+            }
+            if head_hash != hash {
+                return Err(ChainError::HeadMismatch { seq }.into());
+            }
+        }
+        Ok(seq)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyAuditError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Chain(#[from] ChainError),
+}
+
+type Pending = (AuditEvent, oneshot::Sender<Result<AuditRecord>>);
+
+/// The hot-path audit writer. Concurrent requests hand their records to one task, which makes
+/// everything that queued up durable in one transaction (group commit) and only then answers
+/// each caller: a caller that got `Ok` holds a durable record, and one that got `Err` must not
+/// act (fail closed).
+#[derive(Clone, Debug)]
+pub struct AuditLog {
+    tx: mpsc::Sender<Pending>,
+}
+
+/// How many records one commit takes at most.
+const MAX_BATCH: usize = 1024;
+
+impl AuditLog {
+    pub fn spawn(store: Store) -> Self {
+        let (tx, mut rx) = mpsc::channel::<Pending>(8192);
+        tokio::spawn(async move {
+            let mut batch: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
+            while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+                let events: Vec<AuditEvent> = batch.iter().map(|(e, _)| e.clone()).collect();
+                match store.commit(&[], &events).await {
+                    Ok(records) if records.len() == batch.len() => {
+                        for ((_, reply), record) in batch.drain(..).zip(records) {
+                            let _ = reply.send(Ok(record));
+                        }
+                    }
+                    Ok(_) => {
+                        for (_, reply) in batch.drain(..) {
+                            let _ = reply.send(Err(StoreError::AuditUnavailable("short write".into())));
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, records = batch.len(), "audit commit failed; refusing the requests that needed it");
+                        let msg = e.to_string();
+                        for (_, reply) in batch.drain(..) {
+                            let _ = reply.send(Err(StoreError::AuditUnavailable(msg.clone())));
+                        }
+                    }
+                }
+            }
+        });
+        Self { tx }
+    }
+
+    /// Appends one record and waits until it is durable.
+    pub async fn append(&self, event: AuditEvent) -> Result<AuditRecord> {
+        let (reply, wait) = oneshot::channel();
+        self.tx
+            .send((event, reply))
+            .await
+            .map_err(|_| StoreError::AuditUnavailable("the audit writer has stopped".into()))?;
+        wait.await
+            .map_err(|_| StoreError::AuditUnavailable("the audit writer has stopped".into()))?
+    }
+}

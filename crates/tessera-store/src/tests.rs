@@ -1,0 +1,199 @@
+//! The same suite runs against both backends.
+
+use std::path::Path;
+
+use serde_json::json;
+use tessera_core::manifest::parse_str;
+
+use super::*;
+
+async fn sqlite() -> (Store, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_sqlite(&dir.path().join("t.db")).await.unwrap();
+    (store, dir)
+}
+
+async fn postgres() -> Option<Store> {
+    let url = tessera_testkit::postgres_database()?;
+    Some(Store::open_postgres(&url).await.unwrap())
+}
+
+fn event(kind: &str, n: i64) -> AuditEvent {
+    AuditEvent {
+        kind: kind.into(),
+        actor: "test".into(),
+        subject: format!("s{n}"),
+        outcome: "ok".into(),
+        detail: json!({"n": n}),
+    }
+}
+
+const MESH: &str = r#"
+[[workload]]
+id = "spiffe://example.org/a"
+owner = "o"
+purpose = "p"
+[[workload]]
+id = "spiffe://example.org/b"
+owner = "o"
+purpose = "p"
+scopes = ["r"]
+[[grant]]
+from = "spiffe://example.org/a"
+to = "spiffe://example.org/b"
+scopes = ["r"]
+why = "test"
+[[client]]
+id = "c1"
+workload = "spiffe://example.org/a"
+auth = "client_secret"
+"#;
+
+async fn suite(store: Store) {
+    // Migrations are idempotent.
+    store.migrate().await.unwrap();
+    assert_eq!(store.state_version().await.unwrap(), 0);
+
+    // Apply a state with its audit record, atomically.
+    let s = parse_str(Path::new("m.toml"), MESH).unwrap();
+    let mut ops: Vec<Op> = s.workloads.iter().cloned().map(Op::UpsertWorkload).collect();
+    ops.extend(s.grants.iter().cloned().map(Op::UpsertGrant));
+    ops.extend(s.clients.iter().cloned().map(Op::UpsertClient));
+    let recs = store.commit(&ops, &[event("apply", 0)]).await.unwrap();
+    assert_eq!(recs.len(), 1);
+    assert_eq!(recs[0].seq, 1);
+    assert_eq!(recs[0].prev_hash, GENESIS);
+    assert_eq!(store.state_version().await.unwrap(), 1);
+    let loaded = store.load_state().await.unwrap();
+    assert_eq!(loaded.workloads.len(), 2);
+    assert_eq!(loaded.workloads[0].spec, s.workloads[0]);
+    assert_eq!(loaded.grants, s.grants);
+    assert_eq!(loaded.clients[0].spec, s.clients[0]);
+    assert!(loaded.clients[0].secret.is_none());
+
+    // A failing op rolls back the whole commit, audit record included.
+    let bad = store
+        .commit(
+            &[
+                Op::DeleteGrant { from: "spiffe://example.org/a".into(), to: "spiffe://example.org/b".into() },
+                Op::SetClientSecret { client: "nope".into(), secret: SecretRecord { hash: "h".into(), created_at: 1, expires_at: None } },
+            ],
+            &[event("bad", 0)],
+        )
+        .await;
+    assert!(bad.is_err());
+    assert_eq!(store.load_state().await.unwrap().grants.len(), 1, "rolled back");
+    assert_eq!(store.audit_tail(10).await.unwrap().len(), 1, "no record for a rolled-back change");
+    assert_eq!(store.state_version().await.unwrap(), 1);
+
+    // Secrets and revocations.
+    store
+        .commit(
+            &[
+                Op::SetClientSecret { client: "c1".into(), secret: SecretRecord { hash: "aGFzaA".into(), created_at: 5, expires_at: Some(99) } },
+                Op::RevokeWorkload { id: "spiffe://example.org/a".into(), at: 7 },
+                Op::RevokeToken { jti: "j1".into(), expires_at: i64::MAX, at: 7 },
+                Op::RevokeToken { jti: "j0".into(), expires_at: 10, at: 7 },
+            ],
+            &[event("secret", 1)],
+        )
+        .await
+        .unwrap();
+    let loaded = store.load_state().await.unwrap();
+    assert_eq!(loaded.clients[0].secret.as_ref().unwrap().expires_at, Some(99));
+    assert_eq!(loaded.workloads[0].revoked_at, Some(7));
+    assert_eq!(store.revoked_tokens(100).await.unwrap(), vec![("j1".to_owned(), i64::MAX)]);
+
+    // Replay protection for client assertions.
+    assert!(store.claim_assertion("c1", "x", 100).await.unwrap());
+    assert!(!store.claim_assertion("c1", "x", 100).await.unwrap());
+    assert!(store.claim_assertion("c2", "x", 100).await.unwrap());
+    store.sweep(101).await.unwrap();
+    assert!(store.claim_assertion("c1", "x", 200).await.unwrap(), "expired claims are swept");
+
+    // Keys.
+    let key = KeyRecord {
+        kid: "k1".into(),
+        trust_domain: "example.org".into(),
+        alg: "ES256".into(),
+        sealed: "c2VhbGVk".into(),
+        public_jwk: "{}".into(),
+        created_at: 1,
+        activate_at: 2,
+        retire_at: None,
+    };
+    store.commit(&[Op::InsertKey(key.clone())], &[event("key", 2)]).await.unwrap();
+    store.commit(&[Op::RetireKey { kid: "k1".into(), retire_at: 9 }], &[]).await.unwrap();
+    assert_eq!(store.keys().await.unwrap()[0].retire_at, Some(9));
+
+    // Group commit: concurrent appends are all durable and chained in order.
+    let log = AuditLog::spawn(store.clone());
+    let mut tasks = Vec::new();
+    for n in 0..200 {
+        let log = log.clone();
+        tasks.push(tokio::spawn(async move { log.append(event("token.issued", n)).await }));
+    }
+    let mut seqs = Vec::new();
+    for t in tasks {
+        seqs.push(t.await.unwrap().unwrap().seq);
+    }
+    seqs.sort();
+    assert_eq!(seqs, (4..204).collect::<Vec<i64>>());
+    assert_eq!(store.verify_audit().await.unwrap(), 203);
+    let last = store.last_audit_for("s5", "token.issued").await.unwrap().unwrap();
+    assert_eq!(last.detail, r#"{"n":5}"#);
+
+    // Tampering is found and located.
+    store.danger_execute_raw("UPDATE audit SET outcome = 'denied' WHERE seq = 50").await.unwrap();
+    let err = store.verify_audit().await.unwrap_err().to_string();
+    assert_eq!(err, "record 50: its content does not match its hash (the record was changed)");
+    store.danger_execute_raw("UPDATE audit SET outcome = 'ok' WHERE seq = 50").await.unwrap();
+    store.verify_audit().await.unwrap();
+    store.danger_execute_raw("DELETE FROM audit WHERE seq = 60").await.unwrap();
+    let err = store.verify_audit().await.unwrap_err().to_string();
+    assert_eq!(err, "record 60 is missing (found 61 in its place)");
+    store.danger_execute_raw("DELETE FROM audit WHERE seq > 59").await.unwrap();
+    let err = store.verify_audit().await.unwrap_err().to_string();
+    assert!(err.contains("records were cut from the end"), "{err}");
+}
+
+#[tokio::test]
+async fn sqlite_suite() {
+    let (store, _dir) = sqlite().await;
+    suite(store).await;
+}
+
+#[tokio::test]
+async fn postgres_suite() {
+    if let Some(store) = postgres().await {
+        suite(store).await;
+    }
+}
+
+#[tokio::test]
+async fn reordered_records_are_found() {
+    let recs: Vec<AuditRecord> = {
+        let mut prev = GENESIS.to_owned();
+        (1..=3)
+            .map(|i| {
+                let r = AuditRecord::chain(i, 0, &event("k", i), &prev).unwrap();
+                prev = r.hash.clone();
+                r
+            })
+            .collect()
+    };
+    assert!(verify_chain(&recs, 0, GENESIS.into()).is_ok());
+    // Swap the contents of records 2 and 3 but keep their sequence numbers.
+    let mut swapped = recs.clone();
+    swapped[1] = AuditRecord { seq: 2, ..recs[2].clone() };
+    swapped[2] = AuditRecord { seq: 3, ..recs[1].clone() };
+    assert!(verify_chain(&swapped, 0, GENESIS.into()).is_err());
+}
+
+#[tokio::test]
+async fn sqlite_file_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let (_store, dir) = sqlite().await;
+    let mode = std::fs::metadata(dir.path().join("t.db")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o077, 0, "mode {mode:o}");
+}
