@@ -1,1 +1,471 @@
+//! Verify Tessera tokens where a call lands.
+//!
+//! RFC 8725 in full: the algorithm is taken from the key, never from the header; only
+//! asymmetric algorithms exist; `crit`, `jku`, `x5u` and embedded keys are refused; duplicate JSON
+//! members and non-canonical base64url are refused; size is capped; `typ` separates access tokens
+//! (RFC 9068, `at+jwt`) from JWT-SVIDs; `iss` must match exactly; `aud` must contain the expected
+//! audience; `exp` is required and leeway is explicit and small.
+//!
+//! ```no_run
+//! # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+//! use tessera_verify::{JwksCache, Verifier, VerifierConfig};
+//! let keys = JwksCache::new("http://127.0.0.1:8443/jwks".parse()?);
+//! let verifier = Verifier::new(VerifierConfig::access_token("http://127.0.0.1:8443", "spiffe://example.org/api")?, keys);
+//! let verified = verifier.verify("eyJ...").await?;
+//! verified.require_scope("inventory:read")?;
+//! # Ok(()) }
+//! ```
 
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value};
+use tessera_core::{Audience, Kid};
+use tessera_token::claims::{audience_contains, check_times, numeric_date, string_claim, TimeRules};
+use tessera_token::{JwkSet, PublicKey, TokenError, Unverified};
+use tokio::sync::{Mutex, RwLock};
+
+mod layer;
+mod metrics;
+pub use layer::{RequireToken, RequireTokenLayer};
+pub use metrics::VerifyMetrics;
+
+/// Which kind of token a verifier accepts; the rules of one are never applied to the other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenKind {
+    /// RFC 9068 access token: `typ` must be `at+jwt`.
+    AccessToken,
+    /// SPIFFE JWT-SVID: `typ` absent, `JWT` or `JOSE`; `sub` is a SPIFFE ID.
+    JwtSvid,
+}
+
+#[derive(Debug, Clone)]
+pub struct VerifierConfig {
+    pub issuer: Option<String>,
+    pub audience: Audience,
+    pub kind: TokenKind,
+    /// Allowed clock skew. Default 30 s; refused above 5 minutes.
+    pub leeway: Duration,
+}
+
+impl VerifierConfig {
+    pub fn access_token(issuer: &str, audience: &str) -> Result<Self, VerifyError> {
+        Ok(Self {
+            issuer: Some(issuer.to_owned()),
+            audience: Audience::parse(audience).map_err(|e| VerifyError::Config(e.to_string()))?,
+            kind: TokenKind::AccessToken,
+            leeway: Duration::from_secs(30),
+        })
+    }
+
+    pub fn jwt_svid(audience: &str) -> Result<Self, VerifyError> {
+        Ok(Self {
+            issuer: None,
+            audience: Audience::parse(audience).map_err(|e| VerifyError::Config(e.to_string()))?,
+            kind: TokenKind::JwtSvid,
+            leeway: Duration::from_secs(30),
+        })
+    }
+}
+
+/// Why a token was refused. `reason()` is a short stable label for metrics.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VerifyError {
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    #[error("the token's key `{0}` is not in the issuer's key set")]
+    UnknownKey(String),
+    #[error("the token names no key (`kid`)")]
+    NoKid,
+    #[error("the token's issuer is `{found}`, expected `{expected}`")]
+    Issuer { found: String, expected: String },
+    #[error("the token's `typ` is `{found}`, expected {expected}")]
+    Type { found: String, expected: &'static str },
+    #[error("the token has been revoked")]
+    Revoked,
+    #[error("the token does not carry scope `{0}`")]
+    Scope(String),
+    #[error("the issuer's keys are not available: {0}")]
+    KeysUnavailable(String),
+    #[error("verifier misconfigured: {0}")]
+    Config(String),
+}
+
+impl VerifyError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Token(TokenError::Expired) => "expired",
+            Self::Token(TokenError::NotYetValid) => "not_yet_valid",
+            Self::Token(TokenError::Audience) => "audience",
+            Self::Token(TokenError::Signature) => "signature",
+            Self::Token(TokenError::Header(_)) => "header",
+            Self::Token(TokenError::Claims(_)) => "claims",
+            Self::Token(_) => "malformed",
+            Self::UnknownKey(_) | Self::NoKid => "unknown_key",
+            Self::Issuer { .. } => "issuer",
+            Self::Type { .. } => "type",
+            Self::Revoked => "revoked",
+            Self::Scope(_) => "scope",
+            Self::KeysUnavailable(_) => "keys_unavailable",
+            Self::Config(_) => "config",
+        }
+    }
+}
+
+/// A token that passed every check.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verified {
+    pub subject: String,
+    pub jti: Option<String>,
+    pub expires_at: i64,
+    pub scopes: Vec<String>,
+    pub claims: Map<String, Value>,
+}
+
+impl Verified {
+    pub fn has_scope(&self, scope: &str) -> bool {
+        self.scopes.iter().any(|s| s == scope)
+    }
+
+    pub fn require_scope(&self, scope: &str) -> Result<(), VerifyError> {
+        if self.has_scope(scope) {
+            Ok(())
+        } else {
+            Err(VerifyError::Scope(scope.to_owned()))
+        }
+    }
+}
+
+/// Public keys by `kid`.
+#[derive(Debug, Clone, Default)]
+pub struct KeySet {
+    keys: HashMap<Kid, PublicKey>,
+}
+
+impl KeySet {
+    pub fn from_jwks(text: &[u8]) -> Result<Self, VerifyError> {
+        let keys = JwkSet::parse_keys(text)?;
+        Ok(Self {
+            keys: keys.into_iter().map(|k| (k.kid().clone(), k)).collect(),
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    pub fn get(&self, kid: &Kid) -> Option<&PublicKey> {
+        self.keys.get(kid)
+    }
+}
+
+/// Where a verifier gets keys: a fixed set, or an issuer's JWKS URL through a cache.
+#[derive(Debug, Clone)]
+pub enum Keys {
+    Static(Arc<KeySet>),
+    Remote(Arc<JwksCache>),
+}
+
+impl From<KeySet> for Keys {
+    fn from(k: KeySet) -> Self {
+        Self::Static(Arc::new(k))
+    }
+}
+
+impl From<JwksCache> for Keys {
+    fn from(c: JwksCache) -> Self {
+        Self::Remote(Arc::new(c))
+    }
+}
+
+/// A JWKS cache with the rules that keep verification up through key rotation and outages:
+/// refresh on an unknown `kid` at most once per `min_refresh`; keep the last good set when a
+/// fetch fails (never swap in an empty set); refetch after `max_age` so removed keys go.
+#[derive(Debug)]
+pub struct JwksCache {
+    url: reqwest::Url,
+    client: reqwest::Client,
+    state: RwLock<CacheState>,
+    refresh: Mutex<()>,
+    pub min_refresh: Duration,
+    pub max_age: Duration,
+    /// Past this age without a successful fetch, keys are no longer trusted.
+    pub max_stale: Duration,
+}
+
+#[derive(Debug)]
+struct CacheState {
+    keys: Arc<KeySet>,
+    fetched: Option<Instant>,
+    last_attempt: Option<Instant>,
+}
+
+impl JwksCache {
+    pub fn new(url: reqwest::Url) -> Self {
+        Self::with_client(url, reqwest::Client::new())
+    }
+
+    pub fn with_client(url: reqwest::Url, client: reqwest::Client) -> Self {
+        Self {
+            url,
+            client,
+            state: RwLock::new(CacheState {
+                keys: Arc::new(KeySet::default()),
+                fetched: None,
+                last_attempt: None,
+            }),
+            refresh: Mutex::new(()),
+            min_refresh: Duration::from_secs(10),
+            max_age: Duration::from_secs(300),
+            max_stale: Duration::from_secs(24 * 3600),
+        }
+    }
+
+    async fn fetch(&self) -> Result<KeySet, VerifyError> {
+        let resp = self
+            .client
+            .get(self.url.clone())
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .map_err(|e| VerifyError::KeysUnavailable(e.without_url().to_string()))?;
+        if !resp.status().is_success() {
+            return Err(VerifyError::KeysUnavailable(format!("HTTP {}", resp.status())));
+        }
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| VerifyError::KeysUnavailable(e.without_url().to_string()))?;
+        if body.len() > 1024 * 1024 {
+            return Err(VerifyError::KeysUnavailable("the JWKS is larger than 1 MiB".into()));
+        }
+        let set = KeySet::from_jwks(&body)?;
+        if set.is_empty() {
+            return Err(VerifyError::KeysUnavailable("the JWKS holds no usable key".into()));
+        }
+        Ok(set)
+    }
+
+    /// Refreshes unless another refresh happened within `min_refresh`. Returns the current set.
+    async fn refresh(&self, force: bool) -> Arc<KeySet> {
+        let _one_at_a_time = self.refresh.lock().await;
+        {
+            let st = self.state.read().await;
+            let recent = st.last_attempt.is_some_and(|t| t.elapsed() < self.min_refresh);
+            let fresh = st.fetched.is_some_and(|t| t.elapsed() < self.max_age);
+            if recent || (!force && fresh) {
+                return st.keys.clone();
+            }
+        }
+        let result = self.fetch().await;
+        let mut st = self.state.write().await;
+        st.last_attempt = Some(Instant::now());
+        match result {
+            Ok(set) => {
+                st.keys = Arc::new(set);
+                st.fetched = Some(Instant::now());
+            }
+            Err(e) => tracing::warn!(error = %e, "JWKS refresh failed; keeping the last good key set"),
+        }
+        st.keys.clone()
+    }
+
+    /// The key for `kid`, fetching when it is unknown or the set is old.
+    pub async fn key(&self, kid: &Kid) -> Result<PublicKey, VerifyError> {
+        let (keys, fetched) = {
+            let st = self.state.read().await;
+            (st.keys.clone(), st.fetched)
+        };
+        let stale = fetched.is_none_or(|t| t.elapsed() >= self.max_age);
+        let keys = if stale || keys.get(kid).is_none() {
+            self.refresh(!stale).await
+        } else {
+            keys
+        };
+        let st = self.state.read().await;
+        match st.fetched {
+            None => return Err(VerifyError::KeysUnavailable("no key set was ever fetched".into())),
+            Some(t) if t.elapsed() > self.max_stale => {
+                return Err(VerifyError::KeysUnavailable("the key set is too old to trust".into()))
+            }
+            _ => {}
+        }
+        keys.get(kid)
+            .cloned()
+            .ok_or_else(|| VerifyError::UnknownKey(kid.to_string()))
+    }
+}
+
+/// Verifies tokens for one audience. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Verifier {
+    config: Arc<VerifierConfig>,
+    keys: Keys,
+    revoked: Arc<std::sync::RwLock<std::collections::HashSet<String>>>,
+    metrics: Option<VerifyMetrics>,
+}
+
+impl Verifier {
+    pub fn new(config: VerifierConfig, keys: impl Into<Keys>) -> Self {
+        Self {
+            config: Arc::new(config),
+            keys: keys.into(),
+            revoked: Arc::default(),
+            metrics: None,
+        }
+    }
+
+    pub fn with_metrics(mut self, metrics: VerifyMetrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Replaces the set of revoked token IDs (from the authority's revocation list).
+    pub fn set_revoked(&self, jtis: impl IntoIterator<Item = String>) {
+        if let Ok(mut r) = self.revoked.write() {
+            *r = jtis.into_iter().collect();
+        }
+    }
+
+    /// Polls the authority's revocation list (`GET <issuer>/revocations`) every `every`.
+    pub fn spawn_revocation_poller(&self, url: reqwest::Url, every: Duration) -> tokio::task::JoinHandle<()> {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            loop {
+                match fetch_revocations(&client, &url).await {
+                    Ok(list) => this.set_revoked(list),
+                    Err(e) => tracing::warn!(error = %e, "revocation list fetch failed; keeping the last one"),
+                }
+                tokio::time::sleep(every).await;
+            }
+        })
+    }
+
+    pub async fn verify(&self, token: &str) -> Result<Verified, VerifyError> {
+        let result = self.verify_inner(token, tessera_core::now_unix()).await;
+        if let Some(m) = &self.metrics {
+            m.record(&result);
+        }
+        result
+    }
+
+    /// Verification at a given time, for tests of clock skew.
+    pub async fn verify_at(&self, token: &str, now: i64) -> Result<Verified, VerifyError> {
+        self.verify_inner(token, now).await
+    }
+
+    async fn verify_inner(&self, token: &str, now: i64) -> Result<Verified, VerifyError> {
+        let parsed = Unverified::parse(token)?;
+        self.check_type(parsed.typ.as_deref())?;
+        let kid = parsed.kid.as_ref().ok_or(VerifyError::NoKid)?;
+        match &self.keys {
+            Keys::Static(set) => {
+                let key = set.get(kid).ok_or_else(|| VerifyError::UnknownKey(kid.to_string()))?;
+                parsed.verify_with(key)?;
+            }
+            Keys::Remote(cache) => {
+                let key = cache.key(kid).await?;
+                parsed.verify_with(&key)?;
+            }
+        }
+        self.check_claims(parsed.into_claims(), now)
+    }
+
+    fn check_type(&self, typ: Option<&str>) -> Result<(), VerifyError> {
+        let typ_lower = typ.map(str::to_ascii_lowercase);
+        match self.config.kind {
+            TokenKind::AccessToken => match typ_lower.as_deref() {
+                Some("at+jwt" | "application/at+jwt") => Ok(()),
+                _ => Err(VerifyError::Type {
+                    found: typ.unwrap_or("(none)").chars().take(40).collect(),
+                    expected: "`at+jwt`",
+                }),
+            },
+            TokenKind::JwtSvid => match typ_lower.as_deref() {
+                None | Some("jwt" | "jose") => Ok(()),
+                Some(_) => Err(VerifyError::Type {
+                    found: typ.unwrap_or_default().chars().take(40).collect(),
+                    expected: "`JWT`, `JOSE` or none",
+                }),
+            },
+        }
+    }
+
+    fn check_claims(&self, claims: Map<String, Value>, now: i64) -> Result<Verified, VerifyError> {
+        let leeway = i64::try_from(self.config.leeway.as_secs().min(300)).unwrap_or(30);
+        let exp = check_times(&claims, &TimeRules { now, leeway, max_ahead: None })?;
+        if let Some(expected) = &self.config.issuer {
+            let iss = string_claim(&claims, "iss")?;
+            if iss != expected {
+                return Err(VerifyError::Issuer {
+                    found: iss.chars().take(200).collect(),
+                    expected: expected.clone(),
+                });
+            }
+        }
+        audience_contains(&claims, &[self.config.audience.as_str()])?;
+        let subject = string_claim(&claims, "sub")?.to_owned();
+        let jti = match self.config.kind {
+            TokenKind::AccessToken => {
+                // RFC 9068 §2.2: these are required.
+                string_claim(&claims, "client_id")?;
+                numeric_date(&claims, "iat")?
+                    .ok_or_else(|| TokenError::Claims("`iat` is missing".into()))?;
+                Some(string_claim(&claims, "jti")?.to_owned())
+            }
+            TokenKind::JwtSvid => {
+                tessera_core::SpiffeId::parse(&subject)
+                    .map_err(|e| TokenError::Claims(format!("`sub` is not a SPIFFE ID: {e}")))?;
+                claims.get("jti").and_then(Value::as_str).map(str::to_owned)
+            }
+        };
+        if let Some(j) = &jti {
+            if self.revoked.read().is_ok_and(|r| r.contains(j)) {
+                return Err(VerifyError::Revoked);
+            }
+        }
+        let scopes = match claims.get("scope") {
+            None => Vec::new(),
+            Some(Value::String(s)) => s.split(' ').filter(|s| !s.is_empty()).map(str::to_owned).collect(),
+            Some(_) => return Err(TokenError::Claims("`scope` must be a string".into()).into()),
+        };
+        Ok(Verified {
+            subject,
+            jti,
+            expires_at: exp,
+            scopes,
+            claims,
+        })
+    }
+}
+
+async fn fetch_revocations(client: &reqwest::Client, url: &reqwest::Url) -> Result<Vec<String>, String> {
+    let resp = client
+        .get(url.clone())
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .map_err(|e| e.without_url().to_string())?;
+    if !resp.status().is_success() {
+        return Err(format!("HTTP {}", resp.status()));
+    }
+    let body: Value = resp.json().await.map_err(|e| e.without_url().to_string())?;
+    Ok(body
+        .get("revoked")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|e| e.get("jti").and_then(Value::as_str).map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests;

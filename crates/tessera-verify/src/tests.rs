@@ -1,0 +1,221 @@
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::routing::get;
+use axum::Router;
+use serde_json::json;
+use tessera_token::{sign, Alg, JwkSet, SigningKey};
+
+use super::*;
+
+const ISS: &str = "http://127.0.0.1/example.org";
+const AUD: &str = "spiffe://example.org/api";
+
+fn claims(now: i64) -> Value {
+    json!({"iss": ISS, "sub": "spiffe://example.org/caller", "aud": AUD, "client_id": "c",
+           "scope": "a:read b:write", "iat": now, "exp": now + 300, "jti": "j1"})
+}
+
+fn keyset(keys: &[&SigningKey]) -> KeySet {
+    let set = JwkSet::from_keys(keys.iter().map(|k| k.public()));
+    KeySet::from_jwks(serde_json::to_string(&set).unwrap().as_bytes()).unwrap()
+}
+
+fn verifier(keys: &[&SigningKey]) -> Verifier {
+    Verifier::new(VerifierConfig::access_token(ISS, AUD).unwrap(), keyset(keys))
+}
+
+#[tokio::test]
+async fn accepts_a_good_token() {
+    let (k, _) = SigningKey::generate(Alg::ES256).unwrap();
+    let now = tessera_core::now_unix();
+    let t = sign(&k, "at+jwt", &claims(now)).unwrap();
+    let v = verifier(&[&k]).verify(&t).await.unwrap();
+    assert_eq!(v.subject, "spiffe://example.org/caller");
+    assert!(v.has_scope("b:write"));
+    assert!(v.require_scope("c").is_err());
+}
+
+#[tokio::test]
+async fn refusals_name_their_reason() {
+    let (k, _) = SigningKey::generate(Alg::ES256).unwrap();
+    let (other, _) = SigningKey::generate(Alg::ES256).unwrap();
+    let now = tessera_core::now_unix();
+    let v = verifier(&[&k]);
+    let with = |f: &dyn Fn(&mut Value)| {
+        let mut c = claims(now);
+        f(&mut c);
+        sign(&k, "at+jwt", &c).unwrap()
+    };
+    let cases: Vec<(String, &str)> = vec![
+        (with(&|c| c["iss"] = json!(format!("{ISS}/"))), "issuer"),
+        (with(&|c| c["aud"] = json!("spiffe://example.org/other")), "audience"),
+        (with(&|c| c["aud"] = json!(["x", AUD])), "ok"),
+        (with(&|c| c["exp"] = json!(now - 31)), "expired"),
+        (with(&|c| c["exp"] = json!(now - 29)), "ok"),
+        (with(&|c| c["exp"] = json!((now + 60).to_string())), "claims"),
+        (with(&|c| { c.as_object_mut().unwrap().remove("exp"); }), "claims"),
+        (with(&|c| { c.as_object_mut().unwrap().remove("client_id"); }), "claims"),
+        (with(&|c| c["nbf"] = json!(now + 100)), "not_yet_valid"),
+        (sign(&k, "JWT", &claims(now)).unwrap(), "type"),
+        (sign(&k, "application/at+jwt", &claims(now)).unwrap(), "ok"),
+        (sign(&other, "at+jwt", &claims(now)).unwrap(), "unknown_key"),
+        ("not.a.token".into(), "malformed"),
+    ];
+    for (token, want) in cases {
+        let got = match v.verify(&token).await {
+            Ok(_) => "ok",
+            Err(e) => e.reason(),
+        };
+        assert_eq!(got, want, "token claims {token:.60}");
+    }
+    // A token signed by another key under a known kid fails the signature check.
+    let forged = {
+        let t = sign(&other, "at+jwt", &claims(now)).unwrap();
+        let (_, rest) = t.split_once('.').unwrap();
+        let header = tessera_token::strict::b64_encode(format!(r#"{{"alg":"ES256","kid":"{}","typ":"at+jwt"}}"#, k.kid()));
+        format!("{header}.{rest}")
+    };
+    assert_eq!(v.verify(&forged).await.unwrap_err().reason(), "signature");
+}
+
+#[tokio::test]
+async fn jwt_svid_rules_are_apart() {
+    let (k, _) = SigningKey::generate(Alg::ES256).unwrap();
+    let now = tessera_core::now_unix();
+    let svid = Verifier::new(VerifierConfig::jwt_svid(AUD).unwrap(), keyset(&[&k]));
+    let at = sign(&k, "at+jwt", &claims(now)).unwrap();
+    assert_eq!(svid.verify(&at).await.unwrap_err().reason(), "type", "an access token is no JWT-SVID");
+    let good = sign(&k, "JWT", &json!({"sub": "spiffe://example.org/x", "aud": [AUD], "exp": now + 60})).unwrap();
+    assert!(svid.verify(&good).await.is_ok());
+    let bad_sub = sign(&k, "JWT", &json!({"sub": "x", "aud": AUD, "exp": now + 60})).unwrap();
+    assert_eq!(svid.verify(&bad_sub).await.unwrap_err().reason(), "claims");
+}
+
+#[tokio::test]
+async fn revoked_jti_is_refused() {
+    let (k, _) = SigningKey::generate(Alg::ES256).unwrap();
+    let v = verifier(&[&k]);
+    let t = sign(&k, "at+jwt", &claims(tessera_core::now_unix())).unwrap();
+    v.set_revoked(["j1".to_owned()]);
+    assert_eq!(v.verify(&t).await.unwrap_err(), VerifyError::Revoked);
+}
+
+#[tokio::test]
+async fn clock_skew_matches_leeway() {
+    let (k, _) = SigningKey::generate(Alg::ES256).unwrap();
+    let now = tessera_core::now_unix();
+    let v = verifier(&[&k]);
+    let t = sign(&k, "at+jwt", &claims(now)).unwrap();
+    // Verifier clock 2 minutes behind: iat is 120 s ahead of it, beyond 30 s leeway.
+    assert_eq!(v.verify_at(&t, now - 120).await.unwrap_err().reason(), "claims");
+    assert!(v.verify_at(&t, now - 20).await.is_ok());
+    // Verifier clock 2 minutes ahead: fine until exp + leeway.
+    assert!(v.verify_at(&t, now + 120).await.is_ok());
+    assert_eq!(v.verify_at(&t, now + 331).await.unwrap_err().reason(), "expired");
+}
+
+/// A JWKS server whose key set and availability the test controls.
+async fn jwks_server(body: Arc<Mutex<Option<String>>>, hits: Arc<AtomicUsize>) -> reqwest::Url {
+    let app = Router::new().route(
+        "/jwks",
+        get(move || {
+            let body = body.clone();
+            let hits = hits.clone();
+            async move {
+                hits.fetch_add(1, Ordering::SeqCst);
+                match body.lock().unwrap().clone() {
+                    Some(b) => (http::StatusCode::OK, b),
+                    None => (http::StatusCode::SERVICE_UNAVAILABLE, String::new()),
+                }
+            }
+        }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+    format!("http://{addr}/jwks").parse().unwrap()
+}
+
+fn jwks_json(keys: &[&SigningKey]) -> String {
+    serde_json::to_string(&JwkSet::from_keys(keys.iter().map(|k| k.public()))).unwrap()
+}
+
+#[tokio::test]
+async fn cache_refreshes_on_unknown_kid_and_keeps_last_good_set() {
+    let (k1, _) = SigningKey::generate(Alg::ES256).unwrap();
+    let (k2, _) = SigningKey::generate(Alg::ES256).unwrap();
+    let body = Arc::new(Mutex::new(Some(jwks_json(&[&k1]))));
+    let hits = Arc::new(AtomicUsize::new(0));
+    let url = jwks_server(body.clone(), hits.clone()).await;
+    let mut cache = JwksCache::new(url);
+    cache.min_refresh = Duration::from_millis(200);
+    let v = Verifier::new(VerifierConfig::access_token(ISS, AUD).unwrap(), cache);
+    let now = tessera_core::now_unix();
+    let t1 = sign(&k1, "at+jwt", &claims(now)).unwrap();
+    let t2 = sign(&k2, "at+jwt", &claims(now)).unwrap();
+    v.verify(&t1).await.unwrap();
+    v.verify(&t1).await.unwrap();
+    assert_eq!(hits.load(Ordering::SeqCst), 1, "a warm cache does not fetch");
+
+    // Rotation: k2 appears in the JWKS. Unknown kid triggers one refresh (after min_refresh).
+    *body.lock().unwrap() = Some(jwks_json(&[&k1, &k2]));
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    v.verify(&t2).await.unwrap();
+    assert_eq!(hits.load(Ordering::SeqCst), 2);
+
+    // Unknown kids in a burst cause at most one fetch per interval.
+    let (k3, _) = SigningKey::generate(Alg::ES256).unwrap();
+    let t3 = sign(&k3, "at+jwt", &claims(now)).unwrap();
+    for _ in 0..20 {
+        assert_eq!(v.verify(&t3).await.unwrap_err().reason(), "unknown_key");
+    }
+    assert!(hits.load(Ordering::SeqCst) <= 3, "hits {}", hits.load(Ordering::SeqCst));
+
+    // The JWKS endpoint fails, or serves an empty set: the last good set stays.
+    *body.lock().unwrap() = None;
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(v.verify(&t3).await.unwrap_err().reason(), "unknown_key");
+    v.verify(&t1).await.unwrap();
+    *body.lock().unwrap() = Some(r#"{"keys":[]}"#.into());
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert!(v.verify(&t3).await.is_err());
+    v.verify(&t2).await.unwrap();
+}
+
+#[tokio::test]
+async fn layer_protects_an_axum_service() {
+    use axum::extract::Extension;
+    let (k, _) = SigningKey::generate(Alg::ES256).unwrap();
+    let metrics = VerifyMetrics::default();
+    let v = verifier(&[&k]).with_metrics(metrics.clone());
+    let app = Router::new()
+        .route("/data", get(|Extension(who): Extension<Verified>| async move { who.subject }))
+        .layer(RequireTokenLayer::new(v).scope("a:read"));
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+    let client = reqwest::Client::new();
+    let url = format!("http://{addr}/data");
+    let now = tessera_core::now_unix();
+
+    let r = client.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let good = sign(&k, "at+jwt", &claims(now)).unwrap();
+    let r = client.get(&url).bearer_auth(&good).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "spiffe://example.org/caller");
+
+    let mut c = claims(now);
+    c["scope"] = json!("b:write");
+    let narrow = sign(&k, "at+jwt", &c).unwrap();
+    let r = client.get(&url).bearer_auth(&narrow).send().await.unwrap();
+    assert_eq!(r.status(), 403);
+    assert!(r.headers()["www-authenticate"].to_str().unwrap().contains("insufficient_scope"));
+
+    let r = client.get(&url).bearer_auth("x.y.z").send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(r.headers()["www-authenticate"].to_str().unwrap().contains("invalid_token"));
+    assert_eq!(metrics.count("valid", "ok"), 2);
+    assert_eq!(metrics.count("refused", "malformed"), 1);
+}
