@@ -46,12 +46,12 @@ impl Decision {
             return format!("allowed by {}", self.determined_by.join(", "));
         }
         if !self.errors.is_empty() {
-            return format!("denied: a policy failed to evaluate ({})", self.errors.join("; "));
+            return format!("a policy failed to evaluate, which denies ({})", self.errors.join("; "));
         }
         if self.determined_by.is_empty() {
-            "denied: no grant or policy permits it".to_owned()
+            "no grant or policy permits it".to_owned()
         } else {
-            format!("denied by {}", self.determined_by.join(", "))
+            format!("forbidden by {}", self.determined_by.join(", "))
         }
     }
 }

@@ -89,7 +89,7 @@ fn deny_by_default() {
     let e = engine(&[]);
     let d = e.decide_issue(&id("spiffe://example.org/prod/b"), &id("spiffe://example.org/prod/a"), &[]);
     assert!(!d.allowed);
-    assert_eq!(d.reason(), "denied: no grant or policy permits it");
+    assert_eq!(d.reason(), "no grant or policy permits it");
     let d = e.decide_issue(&id("spiffe://example.org/prod/unknown"), &id("spiffe://example.org/prod/b"), &[]);
     assert!(!d.allowed);
 }

@@ -17,7 +17,7 @@ use sqlx::Row;
 use tessera_core::manifest::{Client, Grant, PolicyFile, Trust, Workload};
 
 mod audit;
-pub use audit::{verify_chain, AuditEvent, AuditLog, AuditRecord, ChainError, GENESIS};
+pub use audit::{verify_chain, AuditEvent, AuditLog, AuditRecord, ChainError, VerifyAuditError, GENESIS};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -118,12 +118,14 @@ pub enum Op {
     RetireKey { kid: String, retire_at: i64 },
     DeleteKey(String),
     SetMeta { key: String, value: String },
+    /// Sets a meta value only if none is stored (first start of the first server wins).
+    InitMeta { key: String, value: String },
 }
 
 impl Op {
     /// Whether servers must reload their in-memory state after this change.
     fn changes_state(&self) -> bool {
-        !matches!(self, Op::SetMeta { .. })
+        !matches!(self, Op::SetMeta { .. } | Op::InitMeta { .. })
     }
 }
 
@@ -252,6 +254,11 @@ macro_rules! apply_op {
             }
             Op::DeleteKey(kid) => {
                 sqlx::query("DELETE FROM signing_keys WHERE kid = $1").bind(kid).execute(&mut *$tx).await?;
+            }
+            Op::InitMeta { key, value } => {
+                sqlx::query("INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING")
+                    .bind(key).bind(value)
+                    .execute(&mut *$tx).await?;
             }
             Op::SetMeta { key, value } => {
                 sqlx::query("INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value")

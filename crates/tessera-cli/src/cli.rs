@@ -1,0 +1,231 @@
+//! The command line. Every flag is documented in `--help`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(name = "tessera", version, about = "Workload identity: short-lived credentials for services, no standing secrets")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, Default, ValueEnum, PartialEq, Eq)]
+pub enum Output {
+    #[default]
+    Text,
+    Json,
+}
+
+/// Where admin commands find the server.
+#[derive(Debug, Args, Clone)]
+pub struct Target {
+    /// The server's data folder; its admin socket is `DATA/admin.sock`.
+    #[arg(long, env = "TESSERA_DATA", default_value = "./.tessera", global = true)]
+    pub data: PathBuf,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Output::Text, global = true)]
+    pub output: Output,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the trust authority.
+    Server(ServerArgs),
+    /// Run a server and a demo mesh on loopback, and show an allowed and a denied call.
+    Dev(DevArgs),
+    /// Apply identity files (a TOML file or a folder of them).
+    Apply(ApplyArgs),
+    /// List workloads, clients, grants, trusts or agents.
+    Get {
+        #[arg(value_parser = ["workloads", "clients", "grants", "trusts", "agents"])]
+        kind: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Explain an identity: owner, purpose, what it can reach and why, how to revoke it.
+    Describe {
+        #[arg(value_parser = ["workload"])]
+        kind: String,
+        /// The workload's SPIFFE ID.
+        id: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Client credentials.
+    Client {
+        #[command(subcommand)]
+        command: ClientCommand,
+    },
+    /// Revoke a workload, a token or an agent.
+    Revoke {
+        #[arg(value_parser = ["workload", "token", "agent"])]
+        kind: String,
+        /// SPIFFE ID, token ID (`jti`) or agent ID.
+        id: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Read and check the audit trail.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// Signing keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Verify a token offline or against an issuer; exit 0 and the claims when valid, 1 when not.
+    Verify(VerifyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// A TOML config file; flags given here win over it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Data folder: embedded database, key-encryption key, admin socket.
+    #[arg(long, env = "TESSERA_DATA")]
+    pub data: Option<PathBuf>,
+    /// Use PostgreSQL instead of the embedded database.
+    #[arg(long, env = "TESSERA_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Address of the HTTP API (port 0 picks a free port).
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// A trust domain to serve (repeatable). The first is also the issuer at the base URL.
+    #[arg(long = "trust-domain")]
+    pub trust_domains: Vec<String>,
+    /// Development mode: plain HTTP on loopback; serves `example.org` when no trust domain is given.
+    #[arg(long)]
+    pub dev: bool,
+    /// The URL clients use to reach this server, when it differs from the listen address.
+    #[arg(long)]
+    pub public_url: Option<String>,
+    /// TLS certificate chain (PEM) for the API.
+    #[arg(long)]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM) for the API.
+    #[arg(long)]
+    pub tls_key: Option<PathBuf>,
+    /// How far ahead of signing a rotated key is published (e.g. `65m`).
+    #[arg(long)]
+    pub key_publish_ahead: Option<String>,
+    /// How often the server checks the database for changes by other servers.
+    #[arg(long, default_value = "1s")]
+    pub poll_interval: String,
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct DevArgs {
+    /// Run the demo once and exit: 0 when every step behaved, 1 when one did not.
+    #[arg(long)]
+    pub once: bool,
+    /// Address of the HTTP API.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub listen: SocketAddr,
+    /// Data folder (default: a fresh temporary folder).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// A TOML identity file or a folder of them.
+    #[arg(short = 'f', long = "file")]
+    pub path: PathBuf,
+    /// Print what would change, change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Also delete stored objects that the files do not mention.
+    #[arg(long)]
+    pub prune: bool,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClientCommand {
+    /// Issue a new client secret, printed once, alone on the first line of stdout.
+    Secret {
+        client_id: String,
+        /// Lifetime of the secret (e.g. `90d`); default the client's `secret_ttl`, or none.
+        #[arg(long)]
+        ttl: Option<String>,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// The latest records.
+    Tail {
+        #[arg(short = 'n', default_value_t = 20)]
+        n: i64,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Check the hash chain; exit 1 and the first broken record when it does not hold.
+    Verify {
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Start a rotation: a new key is published now and signs once verifiers have it.
+    Rotate {
+        #[arg(long)]
+        trust_domain: Option<String>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// List signing keys and their state.
+    List {
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum Kind {
+    AccessToken,
+    JwtSvid,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The expected issuer, exactly.
+    #[arg(long)]
+    pub issuer: Option<String>,
+    /// The audience this verifier stands for.
+    #[arg(long)]
+    pub audience: String,
+    /// A JWKS file or URL (default: discovered from the issuer).
+    #[arg(long)]
+    pub jwks: Option<String>,
+    /// Scopes the token must carry (repeatable).
+    #[arg(long)]
+    pub scope: Vec<String>,
+    #[arg(long, value_enum, default_value_t = Kind::AccessToken)]
+    pub kind: Kind,
+    /// Allowed clock skew.
+    #[arg(long, default_value = "30s")]
+    pub leeway: String,
+    /// The token, or `-` to read it from stdin.
+    pub token: String,
+}

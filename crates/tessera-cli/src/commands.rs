@@ -1,0 +1,343 @@
+//! Each subcommand, wired to the libraries.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use serde_json::{json, Value};
+use tessera_server::{ConfigFile, KekSource, ServerConfig, TrustDomainConfig};
+use tessera_verify::{JwksCache, KeySet, Keys, Verifier, VerifierConfig};
+
+use crate::admin_client::AdminClient;
+use crate::cli::{ApplyArgs, AuditCommand, ClientCommand, Cli, Command, Kind, KeysCommand, LogFormat, Output, ServerArgs, Target, VerifyArgs};
+use crate::{dev, render};
+
+pub async fn run(cli: Cli) -> anyhow::Result<u8> {
+    match cli.command {
+        Command::Server(a) => server(a).await,
+        Command::Dev(a) => dev::run(a).await,
+        Command::Apply(a) => apply(a).await,
+        Command::Get { kind, target } => {
+            let v = admin(&target).get(&format!("/v1/get/{kind}")).await?;
+            print(&target, &v, || render::table(&kind, &v));
+            Ok(0)
+        }
+        Command::Describe { kind: _, id, target } => {
+            let q = form_query("id", &id);
+            let v = admin(&target).get(&format!("/v1/describe/workload?{q}")).await?;
+            print(&target, &v, || render::describe(&v));
+            Ok(0)
+        }
+        Command::Client { command: ClientCommand::Secret { client_id, ttl, target } } => {
+            let ttl_secs = ttl.map(|t| parse_duration(&t)).transpose()?.map(|d| d.as_secs());
+            let v = admin(&target).post("/v1/client/secret", json!({"client_id": client_id, "ttl_secs": ttl_secs})).await?;
+            let secret = v.get("secret").and_then(Value::as_str).ok_or_else(|| anyhow!("the server returned no secret"))?;
+            // The secret alone on the first line, so scripts can take it with `head -1`.
+            println!("{secret}");
+            if target.output == Output::Json {
+                println!("{v}");
+            } else {
+                let exp = v.get("expires_at").map(render::time).filter(|t| t != "-").unwrap_or_else(|| "never".into());
+                eprintln!("client `{client_id}`: new secret issued (expires: {exp}); it is shown once and stored only as a keyed hash");
+            }
+            Ok(0)
+        }
+        Command::Revoke { kind, id, target } => {
+            let (path, body) = match kind.as_str() {
+                "workload" => ("/v1/revoke/workload", json!({"id": id})),
+                "token" => ("/v1/revoke/token", json!({"jti": id})),
+                _ => ("/v1/revoke/agent", json!({"id": id})),
+            };
+            let v = admin(&target).post(path, body).await?;
+            print(&target, &v, || format!("revoked {kind} `{id}`\n"));
+            Ok(0)
+        }
+        Command::Audit { command: AuditCommand::Tail { n, target } } => {
+            let v = admin(&target).get(&format!("/v1/audit/tail?n={n}")).await?;
+            print(&target, &v, || render::audit(&v));
+            Ok(0)
+        }
+        Command::Audit { command: AuditCommand::Verify { target } } => {
+            let v = admin(&target).get("/v1/audit/verify").await?;
+            let ok = v.get("ok") == Some(&Value::Bool(true));
+            print(&target, &v, || {
+                if ok {
+                    format!("audit chain intact: {} records\n", v.get("records").cloned().unwrap_or_default())
+                } else {
+                    format!("audit chain BROKEN: {}\n", v.get("error").and_then(Value::as_str).unwrap_or("?"))
+                }
+            });
+            Ok(if ok { 0 } else { 1 })
+        }
+        Command::Keys { command: KeysCommand::Rotate { trust_domain, target } } => {
+            let v = admin(&target).post("/v1/keys/rotate", json!({"trust_domain": trust_domain})).await?;
+            print(&target, &v, || {
+                v.as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|r| format!(
+                        "{}: new key {} published now, signs from {}\n",
+                        r["trust_domain"].as_str().unwrap_or_default(),
+                        r["kid"].as_str().unwrap_or_default(),
+                        render::time(&r["activate_at"])
+                    ))
+                    .collect()
+            });
+            Ok(0)
+        }
+        Command::Keys { command: KeysCommand::List { target } } => {
+            let v = admin(&target).get("/v1/keys").await?;
+            print(&target, &v, || {
+                let mut o = String::from("TRUST DOMAIN\tKID\tALG\tSTATE\tSIGNS FROM\tWITHDRAWN AT\n");
+                for k in v.as_array().cloned().unwrap_or_default() {
+                    o.push_str(&format!(
+                        "{}\t{}\t{}\t{}\t{}\t{}\n",
+                        k["trust_domain"].as_str().unwrap_or_default(),
+                        k["kid"].as_str().unwrap_or_default(),
+                        k["alg"].as_str().unwrap_or_default(),
+                        k["state"].as_str().unwrap_or_default(),
+                        render::time(&k["activate_at"]),
+                        render::time(&k["retire_at"])
+                    ));
+                }
+                o
+            });
+            Ok(0)
+        }
+        Command::Verify(a) => verify(a).await,
+    }
+}
+
+fn admin(target: &Target) -> AdminClient {
+    AdminClient::for_data_dir(&target.data)
+}
+
+fn print(target: &Target, v: &Value, text: impl FnOnce() -> String) {
+    let out = match target.output {
+        Output::Json => format!("{}\n", serde_json::to_string_pretty(v).unwrap_or_default()),
+        Output::Text => text(),
+    };
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(out.as_bytes());
+}
+
+fn form_query(k: &str, v: &str) -> String {
+    let mut s = String::new();
+    for b in v.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            s.push(char::from(b));
+        } else {
+            s.push_str(&format!("%{b:02X}"));
+        }
+    }
+    format!("{k}={s}")
+}
+
+pub fn parse_duration(s: &str) -> anyhow::Result<Duration> {
+    humantime::parse_duration(s).map_err(|e| anyhow!("`{s}` is not a duration such as `30s` or `5m`: {e}"))
+}
+
+pub fn init_logs(format: LogFormat, default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TESSERA_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+/// The key-encryption key from the environment, if given there.
+pub fn kek_from_env() -> Option<KekSource> {
+    if let Ok(v) = std::env::var("TESSERA_KEK") {
+        return Some(KekSource::Value(v));
+    }
+    std::env::var_os("TESSERA_KEK_FILE").map(|p| KekSource::File(PathBuf::from(p)))
+}
+
+async fn server(a: ServerArgs) -> anyhow::Result<u8> {
+    init_logs(a.log_format, "info,sqlx=warn");
+    let file = match &a.config {
+        Some(p) => ConfigFile::load(p)?,
+        None => ConfigFile::default(),
+    };
+    let data = a.data.clone().or(file.data.clone()).unwrap_or_else(|| PathBuf::from("./.tessera"));
+    let mut cfg = ServerConfig::new(data);
+    cfg.dev = a.dev;
+    cfg.database_url = a.database_url.clone().or(file.database_url.clone());
+    if let Some(l) = a.listen.or(file.listen) {
+        cfg.listen = l;
+    }
+    cfg.public_url = a.public_url.clone().or(file.public_url.clone());
+    cfg.tls_cert = a.tls_cert.clone().or(file.tls_cert.clone());
+    cfg.tls_key = a.tls_key.clone().or(file.tls_key.clone());
+    if let Some(alg) = file.key_alg()? {
+        cfg.key_alg = alg;
+    }
+    if let Some(t) = file.jwks_max_age {
+        cfg.jwks_max_age = t.0;
+    }
+    cfg.key_publish_ahead = match &a.key_publish_ahead {
+        Some(s) => Some(parse_duration(s)?),
+        None => file.key_publish_ahead.map(|t| t.0),
+    };
+    cfg.key_rotation_period = file.key_rotation_period.map(|t| t.0);
+    cfg.admin_uids = file.admin_uids.clone();
+    cfg.poll_interval = parse_duration(&a.poll_interval)?;
+    cfg.trust_domains = if a.trust_domains.is_empty() {
+        file.trust_domains.into_iter().map(TrustDomainConfig::from).collect()
+    } else {
+        a.trust_domains
+            .iter()
+            .map(|t| {
+                Ok(TrustDomainConfig {
+                    name: tessera_core::TrustDomain::parse(t).map_err(|e| anyhow!("--trust-domain: {e}"))?,
+                    environment: None,
+                })
+            })
+            .collect::<anyhow::Result<_>>()?
+    };
+    let running = tessera_server::start(cfg, kek_from_env()).await?;
+    if let Some(ca) = &running.tls_ca {
+        eprintln!("tessera: the API's TLS certificate is signed by `{}`; give that file to clients", ca.display());
+    }
+    println!("tessera: ready url={}", running.url);
+    let _ = std::io::stdout().flush();
+    wait_for_signal().await;
+    running.shutdown();
+    running.wait().await;
+    Ok(0)
+}
+
+pub async fn wait_for_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}
+
+async fn apply(a: ApplyArgs) -> anyhow::Result<u8> {
+    let state = tessera_core::manifest::load(&a.path)?;
+    let v = admin(&a.target)
+        .post("/v1/apply", json!({"state": state, "dry_run": a.dry_run, "prune": a.prune}))
+        .await?;
+    print(&a.target, &v, || {
+        let changes: Vec<String> = v["changes"].as_array().cloned().unwrap_or_default().iter().filter_map(|c| c.as_str().map(str::to_owned)).collect();
+        let mut o = String::new();
+        for c in &changes {
+            o.push_str(c);
+            o.push('\n');
+        }
+        if changes.is_empty() {
+            o.push_str("no changes\n");
+        } else if v["applied"] == Value::Bool(true) {
+            o.push_str(&format!("applied {} change(s)\n", changes.len()));
+        } else {
+            o.push_str(&format!("dry run: {} change(s) not applied\n", changes.len()));
+        }
+        o
+    });
+    Ok(0)
+}
+
+/// RFC 8414 §3: the metadata URL of an issuer, with `/.well-known/...` inserted before its path.
+fn metadata_url(issuer: &str) -> anyhow::Result<reqwest::Url> {
+    let url = reqwest::Url::parse(issuer).with_context(|| format!("issuer `{issuer}` is not a URL"))?;
+    let path = url.path().trim_end_matches('/').to_owned();
+    let mut m = url.clone();
+    m.set_path(&format!("/.well-known/oauth-authorization-server{path}"));
+    Ok(m)
+}
+
+async fn verify(a: VerifyArgs) -> anyhow::Result<u8> {
+    init_logs(LogFormat::Text, "error");
+    let token = if a.token == "-" {
+        let mut s = String::new();
+        std::io::stdin().read_to_string(&mut s).context("reading the token from stdin")?;
+        s.trim().to_owned()
+    } else {
+        a.token.trim().to_owned()
+    };
+    let leeway = parse_duration(&a.leeway)?;
+    if leeway > Duration::from_secs(300) {
+        bail!("--leeway above 5m defeats expiry; keep it small");
+    }
+    let mut config = match a.kind {
+        Kind::AccessToken => {
+            let iss = a.issuer.as_deref().ok_or_else(|| anyhow!("--issuer is required to verify an access token"))?;
+            VerifierConfig::access_token(iss, &a.audience)?
+        }
+        Kind::JwtSvid => {
+            let mut c = VerifierConfig::jwt_svid(&a.audience)?;
+            c.issuer = a.issuer.clone();
+            c
+        }
+    };
+    config.leeway = leeway;
+    let keys: Keys = match &a.jwks {
+        Some(j) if j.starts_with("http://") || j.starts_with("https://") => {
+            JwksCache::new(reqwest::Url::parse(j).with_context(|| format!("`{j}` is not a URL"))?).into()
+        }
+        Some(path) => {
+            let text = std::fs::read(path).with_context(|| format!("cannot read `{path}`"))?;
+            KeySet::from_jwks(&text).with_context(|| format!("`{path}`"))?.into()
+        }
+        None => {
+            let iss = a.issuer.as_deref().ok_or_else(|| anyhow!("give --jwks, or --issuer to discover the keys"))?;
+            let meta_url = metadata_url(iss)?;
+            let meta: Value = reqwest::get(meta_url.clone())
+                .await
+                .and_then(reqwest::Response::error_for_status)
+                .with_context(|| format!("fetching `{meta_url}`"))?
+                .json()
+                .await
+                .with_context(|| format!("`{meta_url}` is not JSON"))?;
+            let jwks = meta.get("jwks_uri").and_then(Value::as_str).ok_or_else(|| anyhow!("`{meta_url}` names no jwks_uri"))?;
+            JwksCache::new(reqwest::Url::parse(jwks)?).into()
+        }
+    };
+    let verifier = Verifier::new(config, keys);
+    match verifier.verify(&token).await {
+        Ok(v) => {
+            for s in &a.scope {
+                if !v.has_scope(s) {
+                    eprintln!("tessera: token refused: it does not carry scope `{s}`");
+                    return Ok(1);
+                }
+            }
+            println!("{}", serde_json::to_string_pretty(&v.claims)?);
+            Ok(0)
+        }
+        Err(tessera_verify::VerifyError::KeysUnavailable(e)) => bail!("the issuer's keys are not available: {e}"),
+        Err(e) => {
+            eprintln!("tessera: token refused: {e}");
+            Ok(1)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metadata_url_inserts_well_known() {
+        assert_eq!(metadata_url("https://a.example/").unwrap().as_str(), "https://a.example/.well-known/oauth-authorization-server");
+        assert_eq!(metadata_url("http://127.0.0.1:8/example.org").unwrap().as_str(), "http://127.0.0.1:8/.well-known/oauth-authorization-server/example.org");
+    }
+
+    #[test]
+    fn query_encoding() {
+        assert_eq!(form_query("id", "spiffe://a/b c"), "id=spiffe%3A%2F%2Fa%2Fb%20c");
+    }
+}

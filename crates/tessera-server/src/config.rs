@@ -1,0 +1,161 @@
+//! Server configuration: command-line flags over an optional TOML file.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use tessera_core::manifest::Ttl;
+use tessera_core::{Label, TrustDomain};
+use tessera_token::Alg;
+
+use crate::error::StartError;
+
+/// A trust domain this authority serves, optionally bound to one environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrustDomainConfig {
+    pub name: TrustDomain,
+    pub environment: Option<Label>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub data_dir: PathBuf,
+    pub database_url: Option<String>,
+    pub listen: SocketAddr,
+    pub trust_domains: Vec<TrustDomainConfig>,
+    pub dev: bool,
+    /// The URL clients use to reach this server; derived from `listen` when absent.
+    pub public_url: Option<String>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub key_alg: Alg,
+    /// How long verifiers may cache the JWKS (`Cache-Control: max-age`).
+    pub jwks_max_age: Duration,
+    /// How far ahead of signing a new key is published. Default: the longest token lifetime
+    /// plus the JWKS cache time, so every verifier has it before the first token it signs.
+    pub key_publish_ahead: Option<Duration>,
+    /// Rotate signing keys on this schedule (none: only `tessera keys rotate`).
+    pub key_rotation_period: Option<Duration>,
+    /// Unix users besides the server's own (and root) allowed on the admin socket.
+    pub admin_uids: Vec<u32>,
+    /// How often a server checks the database for changes made by another server.
+    pub poll_interval: Duration,
+}
+
+impl ServerConfig {
+    pub fn new(data_dir: PathBuf) -> Self {
+        Self {
+            data_dir,
+            database_url: None,
+            listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
+            trust_domains: Vec::new(),
+            dev: false,
+            public_url: None,
+            tls_cert: None,
+            tls_key: None,
+            key_alg: Alg::ES256,
+            jwks_max_age: Duration::from_secs(300),
+            key_publish_ahead: None,
+            key_rotation_period: None,
+            admin_uids: Vec::new(),
+            poll_interval: Duration::from_secs(1),
+        }
+    }
+
+    /// Checks the combination; fills `--dev` defaults.
+    pub fn finish(mut self) -> Result<Self, StartError> {
+        if self.trust_domains.is_empty() {
+            if self.dev {
+                self.trust_domains.push(TrustDomainConfig {
+                    name: TrustDomain::parse("example.org").map_err(|e| StartError::Config(e.to_string()))?,
+                    environment: None,
+                });
+            } else {
+                return Err(StartError::Config(
+                    "no trust domain configured: pass --trust-domain NAME (or use --dev)".into(),
+                ));
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for td in &self.trust_domains {
+            if !seen.insert(td.name.clone()) {
+                return Err(StartError::Config(format!("trust domain `{}` is configured twice", td.name)));
+            }
+        }
+        if self.dev && !self.listen.ip().is_loopback() {
+            return Err(StartError::Config(format!(
+                "--dev serves plain HTTP and so listens on loopback only, not `{}`",
+                self.listen
+            )));
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err(StartError::Config("--tls-cert and --tls-key go together".into()));
+        }
+        Ok(self)
+    }
+
+    pub fn publish_ahead(&self) -> Duration {
+        self.key_publish_ahead
+            .unwrap_or(tessera_core::manifest::MAX_JWT_TTL + self.jwks_max_age)
+    }
+}
+
+/// The config file (`--config FILE`). Flags given on the command line win.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    pub data: Option<PathBuf>,
+    pub database_url: Option<String>,
+    pub listen: Option<SocketAddr>,
+    pub public_url: Option<String>,
+    #[serde(default)]
+    pub trust_domains: Vec<TrustDomainEntry>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub key_algorithm: Option<String>,
+    pub jwks_max_age: Option<Ttl>,
+    pub key_publish_ahead: Option<Ttl>,
+    pub key_rotation_period: Option<Ttl>,
+    #[serde(default)]
+    pub admin_uids: Vec<u32>,
+}
+
+/// `trust_domains = ["prod.example.org", { name = "dev.example.org", environment = "dev" }]`
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum TrustDomainEntry {
+    Name(TrustDomain),
+    Bound {
+        name: TrustDomain,
+        environment: Option<Label>,
+    },
+}
+
+impl From<TrustDomainEntry> for TrustDomainConfig {
+    fn from(e: TrustDomainEntry) -> Self {
+        match e {
+            TrustDomainEntry::Name(name) => Self { name, environment: None },
+            TrustDomainEntry::Bound { name, environment } => Self { name, environment },
+        }
+    }
+}
+
+impl ConfigFile {
+    pub fn load(path: &Path) -> Result<Self, StartError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| StartError::Config(format!("cannot read `{}`: {e}", path.display())))?;
+        toml::from_str(&text).map_err(|e| {
+            StartError::Config(format!("`{}`: {}", path.display(), e.message().trim_end()))
+        })
+    }
+
+    pub fn key_alg(&self) -> Result<Option<Alg>, StartError> {
+        self.key_algorithm
+            .as_deref()
+            .map(|a| {
+                Alg::parse(a).ok_or_else(|| StartError::Config(format!("key_algorithm `{a}` is not ES256 or EdDSA")))
+            })
+            .transpose()
+    }
+}

@@ -1,0 +1,77 @@
+//! The authority's Prometheus metrics: the SLIs of issuance, client authentication, review debt
+//! and key age.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IssueLabels {
+    pub grant_type: &'static str,
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MethodLabels {
+    pub method: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TdLabels {
+    pub trust_domain: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    pub tokens: Family<IssueLabels, Counter>,
+    pub issue_seconds: Histogram,
+    pub client_auth_failures: Family<MethodLabels, Counter>,
+    pub grants_overdue: Gauge,
+    pub key_age_seconds: Family<TdLabels, Gauge>,
+    pub audit_failures: Counter,
+}
+
+impl Metrics {
+    pub fn new(registry: &mut Registry) -> Self {
+        let m = Self {
+            tokens: Family::default(),
+            issue_seconds: Histogram::new(
+                [0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5].into_iter(),
+            ),
+            client_auth_failures: Family::default(),
+            grants_overdue: Gauge::default(),
+            key_age_seconds: Family::default(),
+            audit_failures: Counter::default(),
+        };
+        registry.register("tessera_tokens", "Token requests by grant type and result", m.tokens.clone());
+        registry.register(
+            "tessera_token_issue_duration_seconds",
+            "Time from request to response for token requests",
+            m.issue_seconds.clone(),
+        );
+        registry.register(
+            "tessera_client_auth_failures",
+            "Failed client authentications by method",
+            m.client_auth_failures.clone(),
+        );
+        registry.register(
+            "tessera_grants_overdue_review",
+            "Grants whose review_by date has passed",
+            m.grants_overdue.clone(),
+        );
+        registry.register(
+            "tessera_signing_key_age_seconds",
+            "Age of the key that signs now, per trust domain",
+            m.key_age_seconds.clone(),
+        );
+        registry.register(
+            "tessera_audit_write_failures",
+            "Audit writes that failed (each one refused its request)",
+            m.audit_failures.clone(),
+        );
+        m
+    }
+}

@@ -1,0 +1,100 @@
+//! The in-memory view of stored state that every request reads. Immutable once built; a change
+//! (here or on another server sharing the database) builds a new one and swaps it in.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use tessera_core::manifest::{Client, Grant, PolicyFile, Trust};
+use tessera_core::SpiffeId;
+use tessera_policy::PolicyEngine;
+use tessera_store::{SecretRecord, StoredState, WorkloadRecord};
+use tessera_verify::KeySet;
+
+use crate::keys::KeyRing;
+
+#[derive(Debug)]
+pub struct ClientEntry {
+    pub spec: Client,
+    /// Public keys for `private_key_jwt`.
+    pub keys: KeySet,
+    pub secret: Option<(SecretRecord, Vec<u8>)>,
+}
+
+#[derive(Debug)]
+pub struct Snapshot {
+    pub version: i64,
+    pub workloads: HashMap<SpiffeId, WorkloadRecord>,
+    /// Every name a target may be asked for by: its SPIFFE ID and its aliases.
+    pub targets: HashMap<String, SpiffeId>,
+    pub clients: HashMap<String, ClientEntry>,
+    pub grants: Vec<Grant>,
+    pub trusts: Vec<Trust>,
+    pub policies: Vec<PolicyFile>,
+    pub engine: PolicyEngine,
+    pub revoked_jtis: HashSet<String>,
+    pub keys: KeyRing,
+}
+
+impl Snapshot {
+    pub fn build(
+        version: i64,
+        state: StoredState,
+        revoked: Vec<(String, i64)>,
+        keys: KeyRing,
+    ) -> Result<Arc<Self>, tessera_policy::PolicyError> {
+        let specs: Vec<_> = state.workloads.iter().map(|w| w.spec.clone()).collect();
+        let files: Vec<(String, String)> = state
+            .policies
+            .iter()
+            .map(|p| (p.name.clone(), p.text.clone()))
+            .collect();
+        let engine = PolicyEngine::build(&specs, &state.grants, &files)?;
+        let mut targets = HashMap::new();
+        for w in &state.workloads {
+            targets.insert(w.spec.id.to_string(), w.spec.id.clone());
+            for a in &w.spec.aliases {
+                targets.insert(a.to_string(), w.spec.id.clone());
+            }
+        }
+        let mut clients = HashMap::new();
+        for c in state.clients {
+            let keys = match &c.spec.jwks {
+                // Validated at apply time; a set that no longer parses authenticates nobody.
+                Some(j) => KeySet::from_jwks(j.as_bytes()).unwrap_or_default(),
+                None => KeySet::default(),
+            };
+            let secret = c.secret.and_then(|s| {
+                let tag = STANDARD.decode(&s.hash).ok()?;
+                Some((s, tag))
+            });
+            clients.insert(c.spec.id.to_string(), ClientEntry { spec: c.spec, keys, secret });
+        }
+        Ok(Arc::new(Self {
+            version,
+            workloads: state
+                .workloads
+                .into_iter()
+                .map(|w| (w.spec.id.clone(), w))
+                .collect(),
+            targets,
+            clients,
+            grants: state.grants,
+            trusts: state.trusts,
+            policies: state.policies,
+            engine,
+            revoked_jtis: revoked.into_iter().map(|(j, _)| j).collect(),
+            keys,
+        }))
+    }
+
+    /// Whether a token issued at `iat` to `sub` is cut off by a workload revocation.
+    pub fn workload_revoked(&self, sub: &str, iat: i64) -> bool {
+        SpiffeId::parse(sub)
+            .ok()
+            .and_then(|id| self.workloads.get(&id))
+            .and_then(|w| w.revoked_at)
+            .is_some_and(|at| iat <= at)
+    }
+}

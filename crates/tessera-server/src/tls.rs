@@ -1,0 +1,132 @@
+//! TLS for the API when not in `--dev`: a configured certificate, or one the server makes for
+//! itself on first start under `DATA/tls/` (its CA in `DATA/tls/ca.pem` for clients to trust).
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use axum::Router;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::sync::watch;
+
+use crate::config::ServerConfig;
+use crate::error::StartError;
+
+pub struct Tls {
+    pub config: Arc<rustls::ServerConfig>,
+    pub ca_path: Option<PathBuf>,
+}
+
+fn tls_err(e: impl std::fmt::Display) -> StartError {
+    StartError::Tls(e.to_string())
+}
+
+pub fn load_or_create(config: &ServerConfig) -> Result<Tls, StartError> {
+    let (cert, key, ca_path) = match (&config.tls_cert, &config.tls_key) {
+        (Some(c), Some(k)) => (c.clone(), k.clone(), None),
+        _ => {
+            let dir = config.data_dir.join("tls");
+            let (cert, key, ca) = (dir.join("server.pem"), dir.join("server.key"), dir.join("ca.pem"));
+            if !cert.exists() || !key.exists() {
+                generate(&dir, &cert, &key, &ca, config)?;
+            }
+            (cert, key, Some(ca))
+        }
+    };
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert)
+        .map_err(|e| StartError::Tls(format!("`{}`: {e}", cert.display())))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| StartError::Tls(format!("`{}`: {e}", cert.display())))?;
+    let key_der = PrivateKeyDer::from_pem_file(&key).map_err(|e| StartError::Tls(format!("`{}`: {e}", key.display())))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(tls_err)?
+        .with_no_client_auth()
+        .with_single_cert(chain, key_der)
+        .map_err(tls_err)?;
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Tls { config: Arc::new(cfg), ca_path })
+}
+
+fn generate(dir: &Path, cert: &Path, key: &Path, ca: &Path, config: &ServerConfig) -> Result<(), StartError> {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType};
+    std::fs::create_dir_all(dir).map_err(tls_err)?;
+    let ca_key = KeyPair::generate().map_err(tls_err)?;
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(tls_err)?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, format!("Tessera API CA {}", tessera_core::now_unix()));
+    let ca_cert = ca_params.self_signed(&ca_key).map_err(tls_err)?;
+    let issuer = Issuer::new(ca_params, ca_key);
+
+    let leaf_key = KeyPair::generate().map_err(tls_err)?;
+    let mut leaf = CertificateParams::new(vec!["localhost".to_owned()]).map_err(tls_err)?;
+    leaf.subject_alt_names.push(SanType::IpAddress(config.listen.ip()));
+    if !config.listen.ip().is_loopback() {
+        leaf.subject_alt_names.push(SanType::IpAddress(std::net::IpAddr::from([127, 0, 0, 1])));
+    }
+    leaf.distinguished_name.push(DnType::CommonName, "tessera server");
+    let leaf_cert = leaf.signed_by(&leaf_key, &issuer).map_err(tls_err)?;
+    write_private(key, leaf_key.serialize_pem().as_bytes())?;
+    std::fs::write(cert, leaf_cert.pem()).map_err(tls_err)?;
+    std::fs::write(ca, ca_cert.pem()).map_err(tls_err)?;
+    Ok(())
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), StartError> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(tls_err)?;
+    f.write_all(bytes).map_err(tls_err)
+}
+
+pub fn serve(
+    tcp: tokio::net::TcpListener,
+    config: Arc<rustls::ServerConfig>,
+    router: Router,
+    mut stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = tokio::select! {
+                r = tcp.accept() => match r {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        continue;
+                    }
+                },
+                _ = stop.wait_for(|s| *s) => return,
+            };
+            let acceptor = acceptor.clone();
+            let router = router.clone();
+            tokio::spawn(async move {
+                let handshake = tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(stream)).await;
+                let Ok(Ok(tls)) = handshake else {
+                    tracing::debug!("TLS handshake failed or timed out");
+                    return;
+                };
+                let service = TowerToHyperService::new(router);
+                if let Err(e) = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await
+                {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+            });
+        }
+    })
+}
