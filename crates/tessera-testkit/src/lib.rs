@@ -150,3 +150,67 @@ pub fn shared_dir() -> Option<PathBuf> {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared");
     p.exists().then_some(p)
 }
+
+/// A child process started by a test; killed when dropped.
+pub struct Proc {
+    pub child: std::process::Child,
+    /// The value after `url=` (or `socket=`) on the ready line.
+    pub ready: String,
+    pub stderr_path: PathBuf,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Proc {
+    /// What the process wrote on stderr so far (for assertion messages).
+    pub fn stderr(&self) -> String {
+        fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        self.child.wait().unwrap()
+    }
+}
+
+/// Starts `cmd` and waits (at most 30 s) for a stdout line starting with `prefix`.
+pub fn spawn_ready(mut cmd: Command, prefix: &str) -> Proc {
+    use std::io::BufRead;
+    let stderr_path = tempfile::Builder::new().prefix("tessera-stderr-").tempfile().unwrap().into_temp_path().keep().unwrap();
+    cmd.stdout(std::process::Stdio::piped()).stderr(File::create(&stderr_path).unwrap());
+    let mut child = cmd.spawn().expect("spawn");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let wanted = prefix.to_owned();
+    std::thread::spawn(move || {
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        while let Some(Ok(line)) = lines.next() {
+            if line.starts_with(&wanted) {
+                let _ = tx.send(line);
+                break;
+            }
+        }
+        // Keep draining so the child never blocks on a full pipe.
+        for _ in lines {}
+    });
+    match rx.recv_timeout(std::time::Duration::from_secs(30)) {
+        Ok(line) => {
+            let ready = line.split_once('=').map(|(_, v)| v.split_whitespace().next().unwrap_or("").to_owned()).unwrap_or_default();
+            Proc { child, ready, stderr_path }
+        }
+        Err(_) => {
+            let _ = child.kill();
+            let status = child.wait();
+            panic!(
+                "no ready line `{prefix}` within 30 s ({status:?}); stderr:\n{}",
+                fs::read_to_string(&stderr_path).unwrap_or_default()
+            );
+        }
+    }
+}

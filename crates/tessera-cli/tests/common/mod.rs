@@ -1,0 +1,148 @@
+//! Helpers for tests that run the real `tessera` binary.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+use tessera_testkit::{spawn_ready, Proc};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_tessera");
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+pub struct Server {
+    pub proc: Proc,
+    pub url: String,
+    pub data: PathBuf,
+    _dir: Option<tempfile::TempDir>,
+}
+
+/// Starts `tessera server --dev` on a free loopback port. `None` when PostgreSQL was opted out.
+pub fn server(backend: Backend, extra: &[&str]) -> Option<Server> {
+    let db = match backend {
+        Backend::Sqlite => None,
+        Backend::Postgres => Some(tessera_testkit::postgres_database()?),
+    };
+    let dir = tessera_testkit::data_dir();
+    let data = dir.path().to_path_buf();
+    let mut s = server_on(&data, db.as_deref(), extra);
+    s._dir = Some(dir);
+    Some(s)
+}
+
+pub fn server_on(data: &Path, db: Option<&str>, extra: &[&str]) -> Server {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["server", "--dev", "--listen", "127.0.0.1:0", "--poll-interval", "200ms", "--data"]).arg(data);
+    if let Some(db) = db {
+        cmd.args(["--database-url", db]);
+    }
+    cmd.args(extra);
+    cmd.env("TESSERA_LOG", "warn");
+    let proc = spawn_ready(cmd, "tessera: ready url=");
+    let url = proc.ready.clone();
+    Server { proc, url, data: data.to_path_buf(), _dir: None }
+}
+
+/// Runs an admin or user command against the server's data folder.
+pub fn tessera(data: &Path, args: &[&str]) -> Output {
+    Command::new(BIN).args(args).arg("--data").arg(data).output().unwrap()
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    if let Some(parent) = p.parent() {
+        std::fs::create_dir_all(parent).unwrap();
+    }
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+pub const MESH: &str = r#"
+[[workload]]
+id = "spiffe://example.org/prod/order-processor"
+owner = "team-orders"
+purpose = "Turns checkout events into orders"
+environment = "prod"
+jwt_ttl = "2m"
+
+[[workload]]
+id = "spiffe://example.org/prod/inventory-api"
+owner = "team-warehouse"
+purpose = "Owns stock levels"
+environment = "prod"
+aliases = ["inventory-api", "https://inventory.internal.example.org"]
+scopes = ["inventory:read", "inventory:reserve", "inventory:admin"]
+
+[[workload]]
+id = "spiffe://example.org/prod/payments-api"
+owner = "team-payments"
+purpose = "Charges customers"
+environment = "prod"
+scopes = ["payments:charge"]
+
+[[grant]]
+from = "spiffe://example.org/prod/order-processor"
+to = "spiffe://example.org/prod/inventory-api"
+scopes = ["inventory:read", "inventory:reserve"]
+why = "The order flow checks and reserves stock"
+review_by = "2020-01-31"
+
+[[client]]
+id = "orders"
+workload = "spiffe://example.org/prod/order-processor"
+auth = "client_secret"
+
+[[client]]
+id = "inventory"
+workload = "spiffe://example.org/prod/inventory-api"
+auth = "client_secret"
+"#;
+
+/// Applies `MESH` and returns the secrets of the `orders` and `inventory` clients.
+pub fn setup_mesh(s: &Server) -> (String, String) {
+    let files = tempfile::tempdir().unwrap();
+    let p = write(files.path(), "mesh.toml", MESH);
+    let o = tessera(&s.data, &["apply", "-f", p.to_str().unwrap()]);
+    assert!(o.status.success(), "apply: {}", stderr(&o));
+    let secret = |id: &str| {
+        let o = tessera(&s.data, &["client", "secret", id]);
+        assert!(o.status.success(), "client secret: {}", stderr(&o));
+        stdout(&o).lines().next().unwrap().to_owned()
+    };
+    (secret("orders"), secret("inventory"))
+}
+
+pub async fn post_form(url: &str, auth: Option<(&str, &str)>, form: &[(&str, &str)]) -> (u16, Value) {
+    let mut req = reqwest::Client::new().post(url).form(form);
+    if let Some((id, secret)) = auth {
+        req = req.basic_auth(id, Some(secret));
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+pub async fn token(s: &Server, secret: &str, form: &[(&str, &str)]) -> (u16, Value) {
+    let mut f = vec![("grant_type", "client_credentials")];
+    f.extend_from_slice(form);
+    post_form(&format!("{}/token", s.url), Some(("orders", secret)), &f).await
+}
+
+/// Runs a command that needs no server (e.g. `verify`).
+pub fn cli(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).output().unwrap()
+}
