@@ -16,7 +16,9 @@ pub struct AdminClient {
 
 impl AdminClient {
     pub fn for_data_dir(data: &Path) -> Self {
-        Self { socket: data.join("admin.sock") }
+        Self {
+            socket: data.join("admin.sock"),
+        }
     }
 
     pub fn at(socket: PathBuf) -> Self {
@@ -34,13 +36,18 @@ impl AdminClient {
     async fn call(&self, method: Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
         let stream = match tokio::net::UnixStream::connect(&self.socket).await {
             Ok(s) => s,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound || e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::NotFound
+                    || e.kind() == std::io::ErrorKind::ConnectionRefused =>
+            {
                 bail!(
                     "no server is running on this data folder (no admin socket at `{}`); start one with `tessera server` or pass --data",
                     self.socket.display()
                 )
             }
-            Err(e) => return Err(e).with_context(|| format!("cannot reach `{}`", self.socket.display())),
+            Err(e) => {
+                return Err(e).with_context(|| format!("cannot reach `{}`", self.socket.display()))
+            }
         };
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
@@ -58,7 +65,12 @@ impl AdminClient {
             .body(body)?;
         let resp = sender.send_request(req).await.context("admin request")?;
         let status = resp.status();
-        let bytes = resp.into_body().collect().await.context("admin response")?.to_bytes();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .context("admin response")?
+            .to_bytes();
         let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         if status != StatusCode::OK {
             let msg = value

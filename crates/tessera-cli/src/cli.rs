@@ -6,7 +6,11 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
-#[command(name = "tessera", version, about = "Workload identity: short-lived credentials for services, no standing secrets")]
+#[command(
+    name = "tessera",
+    version,
+    about = "Workload identity: short-lived credentials for services, no standing secrets"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -23,7 +27,12 @@ pub enum Output {
 #[derive(Debug, Args, Clone)]
 pub struct Target {
     /// The server's data folder; its admin socket is `DATA/admin.sock`.
-    #[arg(long, env = "TESSERA_DATA", default_value = "./.tessera", global = true)]
+    #[arg(
+        long,
+        env = "TESSERA_DATA",
+        default_value = "./.tessera",
+        global = true
+    )]
     pub data: PathBuf,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Output::Text, global = true)]

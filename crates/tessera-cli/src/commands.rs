@@ -1,4 +1,8 @@
 //! Each subcommand, wired to the libraries.
+#![expect(
+    clippy::indexing_slicing,
+    reason = "indexing a serde_json::Value by key yields Null for a missing key; it cannot panic"
+)]
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -10,7 +14,10 @@ use tessera_server::{ConfigFile, KekSource, ServerConfig, TrustDomainConfig};
 use tessera_verify::{JwksCache, KeySet, Keys, Verifier, VerifierConfig};
 
 use crate::admin_client::AdminClient;
-use crate::cli::{ApplyArgs, AuditCommand, ClientCommand, Cli, Command, Kind, KeysCommand, LogFormat, Output, ServerArgs, Target, VerifyArgs};
+use crate::cli::{
+    ApplyArgs, AuditCommand, Cli, ClientCommand, Command, KeysCommand, Kind, LogFormat, Output,
+    ServerArgs, Target, VerifyArgs,
+};
 use crate::{dev, render};
 
 pub async fn run(cli: Cli) -> anyhow::Result<u8> {
@@ -23,22 +30,50 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             print(&target, &v, || render::table(&kind, &v));
             Ok(0)
         }
-        Command::Describe { kind: _, id, target } => {
+        Command::Describe {
+            kind: _,
+            id,
+            target,
+        } => {
             let q = form_query("id", &id);
-            let v = admin(&target).get(&format!("/v1/describe/workload?{q}")).await?;
+            let v = admin(&target)
+                .get(&format!("/v1/describe/workload?{q}"))
+                .await?;
             print(&target, &v, || render::describe(&v));
             Ok(0)
         }
-        Command::Client { command: ClientCommand::Secret { client_id, ttl, target } } => {
-            let ttl_secs = ttl.map(|t| parse_duration(&t)).transpose()?.map(|d| d.as_secs());
-            let v = admin(&target).post("/v1/client/secret", json!({"client_id": client_id, "ttl_secs": ttl_secs})).await?;
-            let secret = v.get("secret").and_then(Value::as_str).ok_or_else(|| anyhow!("the server returned no secret"))?;
+        Command::Client {
+            command:
+                ClientCommand::Secret {
+                    client_id,
+                    ttl,
+                    target,
+                },
+        } => {
+            let ttl_secs = ttl
+                .map(|t| parse_duration(&t))
+                .transpose()?
+                .map(|d| d.as_secs());
+            let v = admin(&target)
+                .post(
+                    "/v1/client/secret",
+                    json!({"client_id": client_id, "ttl_secs": ttl_secs}),
+                )
+                .await?;
+            let secret = v
+                .get("secret")
+                .and_then(Value::as_str)
+                .ok_or_else(|| anyhow!("the server returned no secret"))?;
             // The secret alone on the first line, so scripts can take it with `head -1`.
             println!("{secret}");
             if target.output == Output::Json {
                 println!("{v}");
             } else {
-                let exp = v.get("expires_at").map(render::time).filter(|t| t != "-").unwrap_or_else(|| "never".into());
+                let exp = v
+                    .get("expires_at")
+                    .map(render::time)
+                    .filter(|t| t != "-")
+                    .unwrap_or_else(|| "never".into());
                 eprintln!("client `{client_id}`: new secret issued (expires: {exp}); it is shown once and stored only as a keyed hash");
             }
             Ok(0)
@@ -53,44 +88,67 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             print(&target, &v, || format!("revoked {kind} `{id}`\n"));
             Ok(0)
         }
-        Command::Audit { command: AuditCommand::Tail { n, target } } => {
+        Command::Audit {
+            command: AuditCommand::Tail { n, target },
+        } => {
             let v = admin(&target).get(&format!("/v1/audit/tail?n={n}")).await?;
             print(&target, &v, || render::audit(&v));
             Ok(0)
         }
-        Command::Audit { command: AuditCommand::Verify { target } } => {
+        Command::Audit {
+            command: AuditCommand::Verify { target },
+        } => {
             let v = admin(&target).get("/v1/audit/verify").await?;
             let ok = v.get("ok") == Some(&Value::Bool(true));
             print(&target, &v, || {
                 if ok {
-                    format!("audit chain intact: {} records\n", v.get("records").cloned().unwrap_or_default())
+                    format!(
+                        "audit chain intact: {} records\n",
+                        v.get("records").cloned().unwrap_or_default()
+                    )
                 } else {
-                    format!("audit chain BROKEN: {}\n", v.get("error").and_then(Value::as_str).unwrap_or("?"))
+                    format!(
+                        "audit chain BROKEN: {}\n",
+                        v.get("error").and_then(Value::as_str).unwrap_or("?")
+                    )
                 }
             });
             Ok(if ok { 0 } else { 1 })
         }
-        Command::Keys { command: KeysCommand::Rotate { trust_domain, target } } => {
-            let v = admin(&target).post("/v1/keys/rotate", json!({"trust_domain": trust_domain})).await?;
+        Command::Keys {
+            command:
+                KeysCommand::Rotate {
+                    trust_domain,
+                    target,
+                },
+        } => {
+            let v = admin(&target)
+                .post("/v1/keys/rotate", json!({"trust_domain": trust_domain}))
+                .await?;
             print(&target, &v, || {
                 v.as_array()
                     .cloned()
                     .unwrap_or_default()
                     .iter()
-                    .map(|r| format!(
-                        "{}: new key {} published now, signs from {}\n",
-                        r["trust_domain"].as_str().unwrap_or_default(),
-                        r["kid"].as_str().unwrap_or_default(),
-                        render::time(&r["activate_at"])
-                    ))
+                    .map(|r| {
+                        format!(
+                            "{}: new key {} published now, signs from {}\n",
+                            r["trust_domain"].as_str().unwrap_or_default(),
+                            r["kid"].as_str().unwrap_or_default(),
+                            render::time(&r["activate_at"])
+                        )
+                    })
                     .collect()
             });
             Ok(0)
         }
-        Command::Keys { command: KeysCommand::List { target } } => {
+        Command::Keys {
+            command: KeysCommand::List { target },
+        } => {
             let v = admin(&target).get("/v1/keys").await?;
             print(&target, &v, || {
-                let mut o = String::from("TRUST DOMAIN\tKID\tALG\tSTATE\tSIGNS FROM\tWITHDRAWN AT\n");
+                let mut o =
+                    String::from("TRUST DOMAIN\tKID\tALG\tSTATE\tSIGNS FROM\tWITHDRAWN AT\n");
                 for k in v.as_array().cloned().unwrap_or_default() {
                     o.push_str(&format!(
                         "{}\t{}\t{}\t{}\t{}\t{}\n",
@@ -136,13 +194,16 @@ fn form_query(k: &str, v: &str) -> String {
 }
 
 pub fn parse_duration(s: &str) -> anyhow::Result<Duration> {
-    humantime::parse_duration(s).map_err(|e| anyhow!("`{s}` is not a duration such as `30s` or `5m`: {e}"))
+    humantime::parse_duration(s)
+        .map_err(|e| anyhow!("`{s}` is not a duration such as `30s` or `5m`: {e}"))
 }
 
 pub fn init_logs(format: LogFormat, default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TESSERA_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder.try_init(),
@@ -163,7 +224,11 @@ async fn server(a: ServerArgs) -> anyhow::Result<u8> {
         Some(p) => ConfigFile::load(p)?,
         None => ConfigFile::default(),
     };
-    let data = a.data.clone().or(file.data.clone()).unwrap_or_else(|| PathBuf::from("./.tessera"));
+    let data = a
+        .data
+        .clone()
+        .or(file.data.clone())
+        .unwrap_or_else(|| PathBuf::from("./.tessera"));
     let mut cfg = ServerConfig::new(data);
     cfg.dev = a.dev;
     cfg.database_url = a.database_url.clone().or(file.database_url.clone());
@@ -187,13 +252,17 @@ async fn server(a: ServerArgs) -> anyhow::Result<u8> {
     cfg.admin_uids = file.admin_uids.clone();
     cfg.poll_interval = parse_duration(&a.poll_interval)?;
     cfg.trust_domains = if a.trust_domains.is_empty() {
-        file.trust_domains.into_iter().map(TrustDomainConfig::from).collect()
+        file.trust_domains
+            .into_iter()
+            .map(TrustDomainConfig::from)
+            .collect()
     } else {
         a.trust_domains
             .iter()
             .map(|t| {
                 Ok(TrustDomainConfig {
-                    name: tessera_core::TrustDomain::parse(t).map_err(|e| anyhow!("--trust-domain: {e}"))?,
+                    name: tessera_core::TrustDomain::parse(t)
+                        .map_err(|e| anyhow!("--trust-domain: {e}"))?,
                     environment: None,
                 })
             })
@@ -201,7 +270,10 @@ async fn server(a: ServerArgs) -> anyhow::Result<u8> {
     };
     let running = tessera_server::start(cfg, kek_from_env()).await?;
     if let Some(ca) = &running.tls_ca {
-        eprintln!("tessera: the API's TLS certificate is signed by `{}`; give that file to clients", ca.display());
+        eprintln!(
+            "tessera: the API's TLS certificate is signed by `{}`; give that file to clients",
+            ca.display()
+        );
     }
     println!("tessera: ready url={}", running.url);
     let _ = std::io::stdout().flush();
@@ -229,10 +301,19 @@ pub async fn wait_for_signal() {
 async fn apply(a: ApplyArgs) -> anyhow::Result<u8> {
     let state = tessera_core::manifest::load(&a.path)?;
     let v = admin(&a.target)
-        .post("/v1/apply", json!({"state": state, "dry_run": a.dry_run, "prune": a.prune}))
+        .post(
+            "/v1/apply",
+            json!({"state": state, "dry_run": a.dry_run, "prune": a.prune}),
+        )
         .await?;
     print(&a.target, &v, || {
-        let changes: Vec<String> = v["changes"].as_array().cloned().unwrap_or_default().iter().filter_map(|c| c.as_str().map(str::to_owned)).collect();
+        let changes: Vec<String> = v["changes"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|c| c.as_str().map(str::to_owned))
+            .collect();
         let mut o = String::new();
         for c in &changes {
             o.push_str(c);
@@ -243,7 +324,10 @@ async fn apply(a: ApplyArgs) -> anyhow::Result<u8> {
         } else if v["applied"] == Value::Bool(true) {
             o.push_str(&format!("applied {} change(s)\n", changes.len()));
         } else {
-            o.push_str(&format!("dry run: {} change(s) not applied\n", changes.len()));
+            o.push_str(&format!(
+                "dry run: {} change(s) not applied\n",
+                changes.len()
+            ));
         }
         o
     });
@@ -252,7 +336,8 @@ async fn apply(a: ApplyArgs) -> anyhow::Result<u8> {
 
 /// RFC 8414 §3: the metadata URL of an issuer, with `/.well-known/...` inserted before its path.
 fn metadata_url(issuer: &str) -> anyhow::Result<reqwest::Url> {
-    let url = reqwest::Url::parse(issuer).with_context(|| format!("issuer `{issuer}` is not a URL"))?;
+    let url =
+        reqwest::Url::parse(issuer).with_context(|| format!("issuer `{issuer}` is not a URL"))?;
     let path = url.path().trim_end_matches('/').to_owned();
     let mut m = url.clone();
     m.set_path(&format!("/.well-known/oauth-authorization-server{path}"));
@@ -263,7 +348,9 @@ async fn verify(a: VerifyArgs) -> anyhow::Result<u8> {
     init_logs(LogFormat::Text, "error");
     let token = if a.token == "-" {
         let mut s = String::new();
-        std::io::stdin().read_to_string(&mut s).context("reading the token from stdin")?;
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .context("reading the token from stdin")?;
         s.trim().to_owned()
     } else {
         a.token.trim().to_owned()
@@ -274,7 +361,10 @@ async fn verify(a: VerifyArgs) -> anyhow::Result<u8> {
     }
     let mut config = match a.kind {
         Kind::AccessToken => {
-            let iss = a.issuer.as_deref().ok_or_else(|| anyhow!("--issuer is required to verify an access token"))?;
+            let iss = a
+                .issuer
+                .as_deref()
+                .ok_or_else(|| anyhow!("--issuer is required to verify an access token"))?;
             VerifierConfig::access_token(iss, &a.audience)?
         }
         Kind::JwtSvid => {
@@ -286,14 +376,20 @@ async fn verify(a: VerifyArgs) -> anyhow::Result<u8> {
     config.leeway = leeway;
     let keys: Keys = match &a.jwks {
         Some(j) if j.starts_with("http://") || j.starts_with("https://") => {
-            JwksCache::new(reqwest::Url::parse(j).with_context(|| format!("`{j}` is not a URL"))?).into()
+            JwksCache::new(reqwest::Url::parse(j).with_context(|| format!("`{j}` is not a URL"))?)
+                .into()
         }
         Some(path) => {
             let text = std::fs::read(path).with_context(|| format!("cannot read `{path}`"))?;
-            KeySet::from_jwks(&text).with_context(|| format!("`{path}`"))?.into()
+            KeySet::from_jwks(&text)
+                .with_context(|| format!("`{path}`"))?
+                .into()
         }
         None => {
-            let iss = a.issuer.as_deref().ok_or_else(|| anyhow!("give --jwks, or --issuer to discover the keys"))?;
+            let iss = a
+                .issuer
+                .as_deref()
+                .ok_or_else(|| anyhow!("give --jwks, or --issuer to discover the keys"))?;
             let meta_url = metadata_url(iss)?;
             let meta: Value = reqwest::get(meta_url.clone())
                 .await
@@ -302,7 +398,10 @@ async fn verify(a: VerifyArgs) -> anyhow::Result<u8> {
                 .json()
                 .await
                 .with_context(|| format!("`{meta_url}` is not JSON"))?;
-            let jwks = meta.get("jwks_uri").and_then(Value::as_str).ok_or_else(|| anyhow!("`{meta_url}` names no jwks_uri"))?;
+            let jwks = meta
+                .get("jwks_uri")
+                .and_then(Value::as_str)
+                .ok_or_else(|| anyhow!("`{meta_url}` names no jwks_uri"))?;
             JwksCache::new(reqwest::Url::parse(jwks)?).into()
         }
     };
@@ -318,7 +417,9 @@ async fn verify(a: VerifyArgs) -> anyhow::Result<u8> {
             println!("{}", serde_json::to_string_pretty(&v.claims)?);
             Ok(0)
         }
-        Err(tessera_verify::VerifyError::KeysUnavailable(e)) => bail!("the issuer's keys are not available: {e}"),
+        Err(tessera_verify::VerifyError::KeysUnavailable(e)) => {
+            bail!("the issuer's keys are not available: {e}")
+        }
         Err(e) => {
             eprintln!("tessera: token refused: {e}");
             Ok(1)
@@ -332,12 +433,23 @@ mod tests {
 
     #[test]
     fn metadata_url_inserts_well_known() {
-        assert_eq!(metadata_url("https://a.example/").unwrap().as_str(), "https://a.example/.well-known/oauth-authorization-server");
-        assert_eq!(metadata_url("http://127.0.0.1:8/example.org").unwrap().as_str(), "http://127.0.0.1:8/.well-known/oauth-authorization-server/example.org");
+        assert_eq!(
+            metadata_url("https://a.example/").unwrap().as_str(),
+            "https://a.example/.well-known/oauth-authorization-server"
+        );
+        assert_eq!(
+            metadata_url("http://127.0.0.1:8/example.org")
+                .unwrap()
+                .as_str(),
+            "http://127.0.0.1:8/.well-known/oauth-authorization-server/example.org"
+        );
     }
 
     #[test]
     fn query_encoding() {
-        assert_eq!(form_query("id", "spiffe://a/b c"), "id=spiffe%3A%2F%2Fa%2Fb%20c");
+        assert_eq!(
+            form_query("id", "spiffe://a/b c"),
+            "id=spiffe%3A%2F%2Fa%2Fb%20c"
+        );
     }
 }

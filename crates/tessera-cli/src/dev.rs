@@ -1,5 +1,9 @@
 //! `tessera dev`: a server on loopback with embedded storage, a demo mesh applied, and an
 //! allowed and a denied service-to-service token request shown with their audit records.
+#![expect(
+    clippy::indexing_slicing,
+    reason = "indexing a serde_json::Value by key yields Null for a missing key; it cannot panic"
+)]
 
 use std::io::Write;
 use std::path::Path;
@@ -81,7 +85,10 @@ pub async fn run(a: DevArgs) -> anyhow::Result<u8> {
     let data = match &a.data {
         Some(d) => d.clone(),
         None => {
-            temp = tempfile::Builder::new().prefix("tessera-dev-").tempdir().context("temporary data folder")?;
+            temp = tempfile::Builder::new()
+                .prefix("tessera-dev-")
+                .tempdir()
+                .context("temporary data folder")?;
             temp.path().to_path_buf()
         }
     };
@@ -92,10 +99,19 @@ pub async fn run(a: DevArgs) -> anyhow::Result<u8> {
     let url = running.url.clone();
     println!("tessera: ready url={url}");
     let _ = std::io::stdout().flush();
-    println!("\nTessera dev: an authority for trust domain example.org with embedded storage in {}\n", data.display());
+    println!(
+        "\nTessera dev: an authority for trust domain example.org with embedded storage in {}\n",
+        data.display()
+    );
 
     let mut steps = Steps { failed: 0 };
-    let result = demo(&mut steps, &data, &url, AdminClient::at(running.admin_socket.clone())).await;
+    let result = demo(
+        &mut steps,
+        &data,
+        &url,
+        AdminClient::at(running.admin_socket.clone()),
+    )
+    .await;
     if let Err(e) = &result {
         steps.fail(&format!("the demo stopped: {e:#}"));
     }
@@ -106,7 +122,10 @@ pub async fn run(a: DevArgs) -> anyhow::Result<u8> {
         println!("{} step(s) did not behave", steps.failed);
     }
     if !a.once {
-        println!("\nThe server keeps running at {url} (admin: tessera --data {} ...). Ctrl-C stops it.", data.join("server").display());
+        println!(
+            "\nThe server keeps running at {url} (admin: tessera --data {} ...). Ctrl-C stops it.",
+            data.join("server").display()
+        );
         let _ = std::io::stdout().flush();
         wait_for_signal().await;
     }
@@ -122,19 +141,36 @@ async fn demo(steps: &mut Steps, data: &Path, url: &str, admin: AdminClient) -> 
     std::fs::write(files.join("mesh.toml"), MESH)?;
     std::fs::write(files.join("policies/environments.cedar"), POLICY)?;
     let state = tessera_core::manifest::load(&files.join("mesh.toml"))?;
-    let applied = admin.post("/v1/apply", json!({"state": state, "dry_run": false, "prune": false})).await?;
+    let applied = admin
+        .post(
+            "/v1/apply",
+            json!({"state": state, "dry_run": false, "prune": false}),
+        )
+        .await?;
     let n = applied["changes"].as_array().map_or(0, Vec::len);
     println!("1. apply {}", files.join("mesh.toml").display());
     for c in applied["changes"].as_array().cloned().unwrap_or_default() {
         println!("        {}", c.as_str().unwrap_or_default());
     }
-    if n == 6 { steps.ok("identity files applied") } else { steps.fail(&format!("expected 6 changes, saw {n}")) }
+    if n == 6 {
+        steps.ok("identity files applied")
+    } else {
+        steps.fail(&format!("expected 6 changes, saw {n}"))
+    }
 
     // 2. A client secret: the fallback for workloads without a node agent.
-    let secret = admin.post("/v1/client/secret", json!({"client_id": "order-processor"})).await?;
-    let secret = secret["secret"].as_str().ok_or_else(|| anyhow!("no secret returned"))?.to_owned();
+    let secret = admin
+        .post("/v1/client/secret", json!({"client_id": "order-processor"}))
+        .await?;
+    let secret = secret["secret"]
+        .as_str()
+        .ok_or_else(|| anyhow!("no secret returned"))?
+        .to_owned();
     println!("\n2. tessera client secret order-processor");
-    steps.ok(&format!("secret issued ({}…, shown once, stored as a keyed hash)", secret.get(..8).unwrap_or_default()));
+    steps.ok(&format!(
+        "secret issued ({}…, shown once, stored as a keyed hash)",
+        secret.get(..8).unwrap_or_default()
+    ));
 
     // 3. Allowed: order-processor -> inventory-api.
     let http = reqwest::Client::new();
@@ -143,14 +179,21 @@ async fn demo(steps: &mut Steps, data: &Path, url: &str, admin: AdminClient) -> 
     let resp = http
         .post(&token_url)
         .basic_auth("order-processor", Some(&secret))
-        .form(&[("grant_type", "client_credentials"), ("resource", "inventory-api"), ("scope", "inventory:read")])
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("resource", "inventory-api"),
+            ("scope", "inventory:read"),
+        ])
         .send()
         .await?;
     let status = resp.status();
     let body: Value = resp.json().await?;
     let token = body["access_token"].as_str().unwrap_or_default().to_owned();
     if status.is_success() && !token.is_empty() {
-        steps.ok(&format!("token issued, expires in {} s", body["expires_in"]));
+        steps.ok(&format!(
+            "token issued, expires in {} s",
+            body["expires_in"]
+        ));
     } else {
         steps.fail(&format!("token refused: {status} {body}"));
     }
@@ -178,13 +221,20 @@ async fn demo(steps: &mut Steps, data: &Path, url: &str, admin: AdminClient) -> 
     let resp = http
         .post(&token_url)
         .basic_auth("order-processor", Some(&secret))
-        .form(&[("grant_type", "client_credentials"), ("resource", "payments-api")])
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("resource", "payments-api"),
+        ])
         .send()
         .await?;
     let status = resp.status();
     let body: Value = resp.json().await?;
     if status.as_u16() == 400 && body["error"] == "invalid_target" {
-        steps.ok(&format!("denied: {} ({})", body["error"].as_str().unwrap_or_default(), body["error_description"].as_str().unwrap_or_default()));
+        steps.ok(&format!(
+            "denied: {} ({})",
+            body["error"].as_str().unwrap_or_default(),
+            body["error_description"].as_str().unwrap_or_default()
+        ));
     } else {
         steps.fail(&format!("expected invalid_target, got {status} {body}"));
     }
@@ -192,8 +242,17 @@ async fn demo(steps: &mut Steps, data: &Path, url: &str, admin: AdminClient) -> 
     // 5. The audit trail.
     println!("\n5. tessera audit tail -n 4");
     let tail = admin.get("/v1/audit/tail?n=4").await?;
-    print!("{}", crate::render::audit(&tail).lines().map(|l| format!("        {l}\n")).collect::<String>());
-    let kinds: Vec<&str> = tail.as_array().map(|a| a.iter().filter_map(|r| r["kind"].as_str()).collect()).unwrap_or_default();
+    print!(
+        "{}",
+        crate::render::audit(&tail)
+            .lines()
+            .map(|l| format!("        {l}\n"))
+            .collect::<String>()
+    );
+    let kinds: Vec<&str> = tail
+        .as_array()
+        .map(|a| a.iter().filter_map(|r| r["kind"].as_str()).collect())
+        .unwrap_or_default();
     if kinds.contains(&"token.issued") && kinds.last() == Some(&"token.denied") {
         steps.ok("the issuance and the denial are in the audit trail");
     } else {
@@ -201,7 +260,10 @@ async fn demo(steps: &mut Steps, data: &Path, url: &str, admin: AdminClient) -> 
     }
     let verified = admin.get("/v1/audit/verify").await?;
     if verified["ok"] == Value::Bool(true) {
-        steps.ok(&format!("audit chain intact ({} records)", verified["records"]));
+        steps.ok(&format!(
+            "audit chain intact ({} records)",
+            verified["records"]
+        ));
     } else {
         steps.fail(&format!("audit chain: {}", verified["error"]));
     }

@@ -1,4 +1,8 @@
 //! Human-readable output. `--output json` prints the API's JSON instead.
+#![expect(
+    clippy::indexing_slicing,
+    reason = "indexing a serde_json::Value by key yields Null for a missing key; it cannot panic"
+)]
 
 use serde_json::Value;
 
@@ -13,7 +17,12 @@ fn s(v: &Value, k: &str) -> String {
 fn list(v: &Value, k: &str) -> String {
     v.get(k)
         .and_then(Value::as_array)
-        .map(|a| a.iter().map(|x| x.as_str().map_or_else(|| x.to_string(), str::to_owned)).collect::<Vec<_>>().join(" "))
+        .map(|a| {
+            a.iter()
+                .map(|x| x.as_str().map_or_else(|| x.to_string(), str::to_owned))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "-".into())
 }
@@ -21,7 +30,10 @@ fn list(v: &Value, k: &str) -> String {
 pub fn time(v: &Value) -> String {
     v.as_i64()
         .and_then(|t| time::OffsetDateTime::from_unix_timestamp(t).ok())
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_else(|| "-".into())
 }
 
@@ -32,28 +44,64 @@ pub fn table(kind: &str, rows: &Value) -> String {
         "workloads" => {
             out.push_str("ID\tOWNER\tENVIRONMENT\tKIND\tREVOKED\n");
             for r in &rows {
-                let revoked = if r.get("revoked_at").is_some_and(|v| !v.is_null()) { "yes" } else { "no" };
-                out.push_str(&format!("{}\t{}\t{}\t{}\t{revoked}\n", s(r, "id"), s(r, "owner"), s(r, "environment"), s(r, "kind")));
+                let revoked = if r.get("revoked_at").is_some_and(|v| !v.is_null()) {
+                    "yes"
+                } else {
+                    "no"
+                };
+                out.push_str(&format!(
+                    "{}\t{}\t{}\t{}\t{revoked}\n",
+                    s(r, "id"),
+                    s(r, "owner"),
+                    s(r, "environment"),
+                    s(r, "kind")
+                ));
             }
         }
         "clients" => {
             out.push_str("ID\tWORKLOAD\tAUTH\tSECRET EXPIRES\n");
             for r in &rows {
-                let exp = if r.get("has_secret") == Some(&Value::Bool(true)) { time(&r["secret_expires_at"]) } else { "no secret".into() };
-                out.push_str(&format!("{}\t{}\t{}\t{exp}\n", s(r, "id"), s(r, "workload"), s(r, "auth")));
+                let exp = if r.get("has_secret") == Some(&Value::Bool(true)) {
+                    time(&r["secret_expires_at"])
+                } else {
+                    "no secret".into()
+                };
+                out.push_str(&format!(
+                    "{}\t{}\t{}\t{exp}\n",
+                    s(r, "id"),
+                    s(r, "workload"),
+                    s(r, "auth")
+                ));
             }
         }
         "grants" => {
             out.push_str("FROM\tTO\tSCOPES\tREVIEW BY\tWHY\n");
             for r in &rows {
-                let overdue = if r.get("overdue") == Some(&Value::Bool(true)) { " (OVERDUE)" } else { "" };
-                out.push_str(&format!("{}\t{}\t{}\t{}{overdue}\t{}\n", s(r, "from"), s(r, "to"), list(r, "scopes"), s(r, "review_by"), s(r, "why")));
+                let overdue = if r.get("overdue") == Some(&Value::Bool(true)) {
+                    " (OVERDUE)"
+                } else {
+                    ""
+                };
+                out.push_str(&format!(
+                    "{}\t{}\t{}\t{}{overdue}\t{}\n",
+                    s(r, "from"),
+                    s(r, "to"),
+                    list(r, "scopes"),
+                    s(r, "review_by"),
+                    s(r, "why")
+                ));
             }
         }
         "trusts" => {
             out.push_str("NAME\tISSUER\tAUDIENCE\tMAPS TO\n");
             for r in &rows {
-                out.push_str(&format!("{}\t{}\t{}\t{}\n", s(r, "name"), s(r, "issuer"), s(r, "audience"), list(r, "maps_to")));
+                out.push_str(&format!(
+                    "{}\t{}\t{}\t{}\n",
+                    s(r, "name"),
+                    s(r, "issuer"),
+                    s(r, "audience"),
+                    list(r, "maps_to")
+                ));
             }
         }
         _ => {
@@ -81,24 +129,48 @@ pub fn describe(w: &Value) -> String {
     o.push_str(&format!("Scopes:       {}\n", list(w, "scopes")));
     o.push_str(&format!("Token TTL:    {}\n", s(w, "jwt_ttl")));
     if w.get("revoked_at").is_some_and(|v| !v.is_null()) {
-        o.push_str(&format!("REVOKED:      {} (no new credentials)\n", time(&w["revoked_at"])));
+        o.push_str(&format!(
+            "REVOKED:      {} (no new credentials)\n",
+            time(&w["revoked_at"])
+        ));
     }
     let grants = |title: &str, key: &str, arrow: &str, o: &mut String| {
         o.push_str(&format!("\n{title}:\n"));
-        let rows = w.get(key).and_then(Value::as_array).cloned().unwrap_or_default();
+        let rows = w
+            .get(key)
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
         if rows.is_empty() {
             o.push_str("  (none: deny by default)\n");
         }
         for g in rows {
-            let overdue = if g.get("overdue") == Some(&Value::Bool(true)) { "  REVIEW OVERDUE" } else { "" };
-            o.push_str(&format!("  {arrow} {}  scopes: {}\n", s(&g, "workload"), list(&g, "scopes")));
-            o.push_str(&format!("      why: {}\n      review by: {}{overdue}\n      granted at: {}\n", s(&g, "why"), s(&g, "review_by"), s(&g, "source")));
+            let overdue = if g.get("overdue") == Some(&Value::Bool(true)) {
+                "  REVIEW OVERDUE"
+            } else {
+                ""
+            };
+            o.push_str(&format!(
+                "  {arrow} {}  scopes: {}\n",
+                s(&g, "workload"),
+                list(&g, "scopes")
+            ));
+            o.push_str(&format!(
+                "      why: {}\n      review by: {}{overdue}\n      granted at: {}\n",
+                s(&g, "why"),
+                s(&g, "review_by"),
+                s(&g, "source")
+            ));
         }
     };
     grants("Can reach", "can_reach", "->", &mut o);
     grants("Reached by", "reached_by", "<-", &mut o);
     o.push_str("\nCredentials:\n");
-    let clients = w.get("clients").and_then(Value::as_array).cloned().unwrap_or_default();
+    let clients = w
+        .get("clients")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     if clients.is_empty() {
         o.push_str("  no OAuth clients\n");
     }
@@ -115,7 +187,12 @@ pub fn describe(w: &Value) -> String {
         _ => o.push_str("\nLast token:   never\n"),
     }
     o.push_str("\nTo revoke:\n");
-    for line in w.get("how_to_revoke").and_then(Value::as_array).cloned().unwrap_or_default() {
+    for line in w
+        .get("how_to_revoke")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default()
+    {
         o.push_str(&format!("  {}\n", line.as_str().unwrap_or_default()));
     }
     o

@@ -1,6 +1,11 @@
 //! Operations: several servers on one PostgreSQL, key rotation under load, TLS, the
 //! key-encryption key.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 mod common;
 
@@ -16,14 +21,20 @@ const INVENTORY: &str = "spiffe://example.org/prod/inventory-api";
 
 #[tokio::test]
 async fn two_servers_share_one_postgres() {
-    let Some(db) = tessera_testkit::postgres_database() else { return };
+    let Some(db) = tessera_testkit::postgres_database() else {
+        return;
+    };
     let (da, db_dir) = (tessera_testkit::data_dir(), tessera_testkit::data_dir());
     // Both servers need the same key-encryption key: share the first one's file.
     let a = server_on(da.path(), Some(&db), &[]);
     std::fs::copy(da.path().join("kek"), db_dir.path().join("kek")).unwrap();
     {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(db_dir.path().join("kek"), std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::set_permissions(
+            db_dir.path().join("kek"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
     }
     let b = server_on(db_dir.path(), Some(&db), &[]);
     let (orders, inventory) = setup_mesh(&a);
@@ -31,23 +42,51 @@ async fn two_servers_share_one_postgres() {
     // A change made through A reaches B within its poll interval.
     let deadline = Instant::now() + Duration::from_secs(5);
     let tok = loop {
-        let (st, body) = post_form(&format!("{}/token", b.url), Some(("orders", &orders)), &[("grant_type", "client_credentials"), ("resource", "inventory-api")]).await;
+        let (st, body) = post_form(
+            &format!("{}/token", b.url),
+            Some(("orders", &orders)),
+            &[
+                ("grant_type", "client_credentials"),
+                ("resource", "inventory-api"),
+            ],
+        )
+        .await;
         if st == 200 {
             break body["access_token"].as_str().unwrap().to_owned();
         }
-        assert!(Instant::now() < deadline, "server B never saw the change: {body}");
+        assert!(
+            Instant::now() < deadline,
+            "server B never saw the change: {body}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     // One authority: a token from B verifies with A's JWKS (same keys), and revocation through
     // A is seen by B's introspection.
-    let o = cli(&["verify", "--issuer", &b.url, "--audience", INVENTORY, "--jwks", &format!("{}/jwks", a.url), &tok]);
+    let o = cli(&[
+        "verify",
+        "--issuer",
+        &b.url,
+        "--audience",
+        INVENTORY,
+        "--jwks",
+        &format!("{}/jwks", a.url),
+        &tok,
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let jti = serde_json::from_str::<Value>(&stdout(&o)).unwrap()["jti"].as_str().unwrap().to_owned();
+    let jti = serde_json::from_str::<Value>(&stdout(&o)).unwrap()["jti"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let o = tessera(&a.data, &["revoke", "token", &jti]);
     assert!(o.status.success(), "{}", stderr(&o));
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let (_, body) = post_form(&format!("{}/introspect", b.url), Some(("inventory", &inventory)), &[("token", &tok)]).await;
+        let (_, body) = post_form(
+            &format!("{}/introspect", b.url),
+            Some(("inventory", &inventory)),
+            &[("token", &tok)],
+        )
+        .await;
         if body["active"] == false {
             break;
         }
@@ -66,20 +105,33 @@ async fn key_rotation_under_load_fails_no_verification() {
     // A verifier as a service would run it: JWKS from the issuer through the cache.
     let mut cache = JwksCache::new(format!("{}/jwks", s.url).parse().unwrap());
     cache.min_refresh = Duration::from_millis(500);
-    let verifier = Verifier::new(VerifierConfig::access_token(&s.url, INVENTORY).unwrap(), cache);
+    let verifier = Verifier::new(
+        VerifierConfig::access_token(&s.url, INVENTORY).unwrap(),
+        cache,
+    );
     let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let kids = Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new()));
     let stop = Instant::now() + Duration::from_secs(6);
     let mut workers = Vec::new();
     for _ in 0..4 {
-        let (url, orders, verifier, ok, failed, kids) = (s.url.clone(), orders.clone(), verifier.clone(), ok.clone(), failed.clone(), kids.clone());
+        let (url, orders, verifier, ok, failed, kids) = (
+            s.url.clone(),
+            orders.clone(),
+            verifier.clone(),
+            ok.clone(),
+            failed.clone(),
+            kids.clone(),
+        );
         workers.push(tokio::spawn(async move {
             let client = reqwest::Client::new();
             while Instant::now() < stop {
                 let resp = client
                     .post(format!("{url}/token"))
                     .basic_auth("orders", Some(&orders))
-                    .form(&[("grant_type", "client_credentials"), ("resource", "inventory-api")])
+                    .form(&[
+                        ("grant_type", "client_credentials"),
+                        ("resource", "inventory-api"),
+                    ])
                     .send()
                     .await
                     .unwrap();
@@ -88,7 +140,13 @@ async fn key_rotation_under_load_fails_no_verification() {
                     failed.fetch_add(1, Ordering::SeqCst);
                     continue;
                 };
-                kids.lock().unwrap().insert(tessera_token::Unverified::parse(t).unwrap().kid.unwrap().to_string());
+                kids.lock().unwrap().insert(
+                    tessera_token::Unverified::parse(t)
+                        .unwrap()
+                        .kid
+                        .unwrap()
+                        .to_string(),
+                );
                 match verifier.verify(t).await {
                     Ok(_) => ok.fetch_add(1, Ordering::SeqCst),
                     Err(e) => {
@@ -102,17 +160,30 @@ async fn key_rotation_under_load_fails_no_verification() {
     tokio::time::sleep(Duration::from_millis(800)).await;
     let o = tessera(&s.data, &["keys", "rotate"]);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(stdout(&o).contains("published now, signs from"), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("published now, signs from"),
+        "{}",
+        stdout(&o)
+    );
     for w in workers {
         w.await.unwrap();
     }
     let (ok, failed) = (ok.load(Ordering::SeqCst), failed.load(Ordering::SeqCst));
     assert_eq!(failed, 0, "{failed} failures out of {}", ok + failed);
     assert!(ok > 50, "too little load to mean anything: {ok}");
-    assert_eq!(kids.lock().unwrap().len(), 2, "tokens were signed by the old key, then the new one");
+    assert_eq!(
+        kids.lock().unwrap().len(),
+        2,
+        "tokens were signed by the old key, then the new one"
+    );
     let o = tessera(&s.data, &["keys", "list", "--output", "json"]);
     let keys: Value = serde_json::from_str(&stdout(&o)).unwrap();
-    let states: Vec<&str> = keys.as_array().unwrap().iter().map(|k| k["state"].as_str().unwrap()).collect();
+    let states: Vec<&str> = keys
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["state"].as_str().unwrap())
+        .collect();
     assert_eq!(states, vec!["retiring", "signing"], "{keys}");
 }
 
@@ -120,27 +191,53 @@ async fn key_rotation_under_load_fails_no_verification() {
 async fn tls_by_default_and_curl_trusts_the_generated_ca() {
     let dir = tessera_testkit::data_dir();
     let mut cmd = std::process::Command::new(BIN);
-    cmd.args(["server", "--listen", "127.0.0.1:0", "--trust-domain", "prod.example.org", "--trust-domain", "dev.example.org", "--data"]).arg(dir.path());
+    cmd.args([
+        "server",
+        "--listen",
+        "127.0.0.1:0",
+        "--trust-domain",
+        "prod.example.org",
+        "--trust-domain",
+        "dev.example.org",
+        "--data",
+    ])
+    .arg(dir.path());
     let p = tessera_testkit::spawn_ready(cmd, "tessera: ready url=");
     assert!(p.ready.starts_with("https://127.0.0.1:"), "{}", p.ready);
     let ca = dir.path().join("tls/ca.pem");
     let o = std::process::Command::new("curl")
         .args(["-sS", "--fail", "--cacert"])
         .arg(&ca)
-        .arg(format!("{}/.well-known/oauth-authorization-server/dev.example.org", p.ready))
+        .arg(format!(
+            "{}/.well-known/oauth-authorization-server/dev.example.org",
+            p.ready
+        ))
         .output()
         .unwrap();
-    assert!(o.status.success(), "curl: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "curl: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let meta: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(meta["issuer"], format!("{}/dev.example.org", p.ready));
     // Each trust domain has its own keys.
     let jwks = |td: &str| {
-        let o = std::process::Command::new("curl").args(["-sS", "--cacert"]).arg(&ca).arg(format!("{}/{td}/jwks", p.ready)).output().unwrap();
+        let o = std::process::Command::new("curl")
+            .args(["-sS", "--cacert"])
+            .arg(&ca)
+            .arg(format!("{}/{td}/jwks", p.ready))
+            .output()
+            .unwrap();
         serde_json::from_slice::<Value>(&o.stdout).unwrap()["keys"][0]["kid"].clone()
     };
     assert_ne!(jwks("prod.example.org"), jwks("dev.example.org"));
     // Plain HTTP on the TLS port gets nowhere.
-    let plain = std::process::Command::new("curl").args(["-sS", "--max-time", "3"]).arg(p.ready.replace("https://", "http://") + "/healthz").output().unwrap();
+    let plain = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "3"])
+        .arg(p.ready.replace("https://", "http://") + "/healthz")
+        .output()
+        .unwrap();
     assert!(!plain.status.success());
 }
 
@@ -149,7 +246,10 @@ fn wrong_or_exposed_kek_refuses_to_start_and_changes_nothing() {
     let dir = tessera_testkit::data_dir();
     let snapshot = |data: &std::path::Path| {
         let keys = stdout(&tessera(data, &["keys", "list", "--output", "json"]));
-        let audit = stdout(&tessera(data, &["audit", "tail", "-n", "1000", "--output", "json"]));
+        let audit = stdout(&tessera(
+            data,
+            &["audit", "tail", "-n", "1000", "--output", "json"],
+        ));
         (keys, audit)
     };
     let before = {
@@ -159,7 +259,10 @@ fn wrong_or_exposed_kek_refuses_to_start_and_changes_nothing() {
     let o = std::process::Command::new(BIN)
         .args(["server", "--dev", "--listen", "127.0.0.1:0", "--data"])
         .arg(dir.path())
-        .env("TESSERA_KEK", "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=")
+        .env(
+            "TESSERA_KEK",
+            "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
+        )
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(2));
@@ -170,15 +273,30 @@ fn wrong_or_exposed_kek_refuses_to_start_and_changes_nothing() {
         let s = server_on(dir.path(), None, &[]);
         snapshot(&s.data)
     };
-    assert!(before == after, "a refused start changed keys or audit records");
+    assert!(
+        before == after,
+        "a refused start changed keys or audit records"
+    );
 
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(dir.path().join("kek"), std::fs::Permissions::from_mode(0o644)).unwrap();
-    let o = std::process::Command::new(BIN).args(["server", "--dev", "--listen", "127.0.0.1:0", "--data"]).arg(dir.path()).output().unwrap();
+    std::fs::set_permissions(
+        dir.path().join("kek"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let o = std::process::Command::new(BIN)
+        .args(["server", "--dev", "--listen", "127.0.0.1:0", "--data"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("readable by others"));
 
-    let o = std::process::Command::new(BIN).args(["server", "--dev", "--listen", "0.0.0.0:0", "--data"]).arg(dir.path()).output().unwrap();
+    let o = std::process::Command::new(BIN)
+        .args(["server", "--dev", "--listen", "0.0.0.0:0", "--data"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("loopback only"));
 }
@@ -192,7 +310,10 @@ fn private_keys_are_sealed_at_rest() {
     drop(s);
     let db = std::fs::read(dir.path().join("tessera.db")).unwrap();
     let text = String::from_utf8_lossy(&db);
-    assert!(!text.contains("BEGIN PRIVATE KEY") && !text.contains("\"d\":"), "plain private key material in the database");
+    assert!(
+        !text.contains("BEGIN PRIVATE KEY") && !text.contains("\"d\":"),
+        "plain private key material in the database"
+    );
 }
 
 #[test]
@@ -200,7 +321,10 @@ fn dev_once_behaves() {
     let o = cli(&["dev", "--once"]);
     assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
     let out = stdout(&o);
-    assert!(out.starts_with("tessera: ready url=http://127.0.0.1:"), "{out}");
+    assert!(
+        out.starts_with("tessera: ready url=http://127.0.0.1:"),
+        "{out}"
+    );
     assert!(out.contains("every step behaved"), "{out}");
     assert!(!out.contains("FAIL"), "{out}");
 }
@@ -211,5 +335,8 @@ fn sigterm_stops_the_server_cleanly() {
     let mut s = server_on(dir.path(), None, &[]);
     let status = s.proc.terminate();
     assert!(status.success(), "{status:?}: {}", s.proc.stderr());
-    assert!(!dir.path().join("admin.sock").exists(), "the admin socket is removed on shutdown");
+    assert!(
+        !dir.path().join("admin.sock").exists(),
+        "the admin socket is removed on shutdown"
+    );
 }

@@ -113,7 +113,9 @@ impl SpiffeId {
         }
         TrustDomain::parse(td)?;
         if path.is_empty() {
-            return Err(path_err("it names only a trust domain; a workload needs a path"));
+            return Err(path_err(
+                "it names only a trust domain; a workload needs a path",
+            ));
         }
         // `path` starts with '/', so the first segment is the empty string before it.
         for segment in path.split('/').skip(1) {
@@ -173,7 +175,9 @@ impl Scope {
             .bytes()
             .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
         {
-            return Err(err("it holds a space, a quote, a backslash or a non-ASCII character"));
+            return Err(err(
+                "it holds a space, a quote, a backslash or a non-ASCII character",
+            ));
         }
         Ok(Self(input.to_owned()))
     }
@@ -280,7 +284,9 @@ fn name_token(input: &str, what: &'static str, max: usize) -> Result<String, IdE
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || b"-._:".contains(&b))
     {
-        return Err(err("only letters, digits, `-`, `_`, `.` and `:` are allowed"));
+        return Err(err(
+            "only letters, digits, `-`, `_`, `.` and `:` are allowed",
+        ));
     }
     Ok(input.to_owned())
 }

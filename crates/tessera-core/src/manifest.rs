@@ -591,7 +591,10 @@ fn parse_into(state: &mut DesiredState, file: &Path, text: &str) -> Result<(), M
             }
             for p in &r.paths {
                 if !p.starts_with('/') {
-                    return Err(loc.at(span.clone(), format!("route path `{p}` must start with `/`")));
+                    return Err(loc.at(
+                        span.clone(),
+                        format!("route path `{p}` must start with `/`"),
+                    ));
                 }
             }
         }
@@ -655,8 +658,8 @@ fn parse_into(state: &mut DesiredState, file: &Path, text: &str) -> Result<(), M
     }
     if let Some(p) = doc.policies {
         for pattern in p.files {
-            let found = glob_files(base, pattern.get_ref())
-                .map_err(|m| loc.at(pattern.span(), m))?;
+            let found =
+                glob_files(base, pattern.get_ref()).map_err(|m| loc.at(pattern.span(), m))?;
             if found.is_empty() {
                 return Err(loc.at(
                     pattern.span(),
@@ -675,9 +678,14 @@ fn parse_into(state: &mut DesiredState, file: &Path, text: &str) -> Result<(), M
     Ok(())
 }
 
-fn read_relative(loc: &Locator<'_>, base: &Path, f: &Spanned<String>) -> Result<String, ManifestError> {
+fn read_relative(
+    loc: &Locator<'_>,
+    base: &Path,
+    f: &Spanned<String>,
+) -> Result<String, ManifestError> {
     let p = base.join(f.get_ref());
-    std::fs::read_to_string(&p).map_err(|e| loc.at(f.span(), format!("cannot read `{}`: {e}", p.display())))
+    std::fs::read_to_string(&p)
+        .map_err(|e| loc.at(f.span(), format!("cannot read `{}`: {e}", p.display())))
 }
 
 /// Expands `dir/*.cedar`-style patterns: `*` may appear in the last component only.
@@ -693,14 +701,20 @@ fn glob_files(base: &Path, pattern: &str) -> Result<Vec<(String, PathBuf)>, Stri
     let full_dir = base.join(dir);
     if !name.contains('*') {
         let p = full_dir.join(name);
-        return Ok(if p.is_file() { vec![(pattern.to_owned(), p)] } else { vec![] });
+        return Ok(if p.is_file() {
+            vec![(pattern.to_owned(), p)]
+        } else {
+            vec![]
+        });
     }
     let entries = std::fs::read_dir(&full_dir)
         .map_err(|e| format!("cannot read folder `{}`: {e}", full_dir.display()))?;
     let mut out = Vec::new();
     for entry in entries.flatten() {
         let file_name = entry.file_name();
-        let Some(file_name) = file_name.to_str() else { continue };
+        let Some(file_name) = file_name.to_str() else {
+            continue;
+        };
         if wildcard_match(name, file_name) && entry.path().is_file() {
             out.push((dir.join(file_name).display().to_string(), entry.path()));
         }
@@ -711,8 +725,12 @@ fn glob_files(base: &Path, pattern: &str) -> Result<Vec<(String, PathBuf)>, Stri
 
 fn wildcard_match(pattern: &str, name: &str) -> bool {
     let mut parts = pattern.split('*');
-    let Some(first) = parts.next() else { return false };
-    let Some(mut rest) = name.strip_prefix(first) else { return false };
+    let Some(first) = parts.next() else {
+        return false;
+    };
+    let Some(mut rest) = name.strip_prefix(first) else {
+        return false;
+    };
     let parts: Vec<&str> = parts.collect();
     for (i, part) in parts.iter().enumerate() {
         if i + 1 == parts.len() {
@@ -736,13 +754,20 @@ fn check_duplicates(state: &DesiredState) -> Result<(), ManifestError> {
     let mut names: BTreeMap<&str, &str> = BTreeMap::new();
     for w in &state.workloads {
         if let Some(prev) = ids.insert(w.id.as_str(), w.source.as_str()) {
-            return Err(dup(&w.source, format!("workload `{}` is defined twice (also at {prev})", w.id)));
+            return Err(dup(
+                &w.source,
+                format!("workload `{}` is defined twice (also at {prev})", w.id),
+            ));
         }
     }
     for w in &state.workloads {
         for a in &w.aliases {
-            if ids.contains_key(a.as_str()) || names.insert(a.as_str(), w.source.as_str()).is_some() {
-                return Err(dup(&w.source, format!("alias `{a}` names more than one workload")));
+            if ids.contains_key(a.as_str()) || names.insert(a.as_str(), w.source.as_str()).is_some()
+            {
+                return Err(dup(
+                    &w.source,
+                    format!("alias `{a}` names more than one workload"),
+                ));
             }
         }
     }
@@ -751,20 +776,29 @@ fn check_duplicates(state: &DesiredState) -> Result<(), ManifestError> {
         if !pairs.insert((g.from.as_str(), g.to.as_str())) {
             return Err(dup(
                 &g.source,
-                format!("a second grant from `{}` to `{}`: merge them into one", g.from, g.to),
+                format!(
+                    "a second grant from `{}` to `{}`: merge them into one",
+                    g.from, g.to
+                ),
             ));
         }
     }
     let mut clients = BTreeSet::new();
     for c in &state.clients {
         if !clients.insert(c.id.as_str()) {
-            return Err(dup(&c.source, format!("client `{}` is defined twice", c.id)));
+            return Err(dup(
+                &c.source,
+                format!("client `{}` is defined twice", c.id),
+            ));
         }
     }
     let mut trusts = BTreeSet::new();
     for t in &state.trusts {
         if !trusts.insert(t.name.as_str()) {
-            return Err(dup(&t.source, format!("trust `{}` is defined twice", t.name)));
+            return Err(dup(
+                &t.source,
+                format!("trust `{}` is defined twice", t.name),
+            ));
         }
     }
     Ok(())
@@ -823,7 +857,10 @@ review_by = "2027-06-30"
 
     #[test]
     fn invalid_spiffe_id_names_line() {
-        let text = GOOD.replace("spiffe://example.org/prod/b\"\nowner", "spiffe://example.org/prod/b/\"\nowner");
+        let text = GOOD.replace(
+            "spiffe://example.org/prod/b\"\nowner",
+            "spiffe://example.org/prod/b/\"\nowner",
+        );
         let e = parse(&text).unwrap_err().to_string();
         assert!(e.starts_with("mesh.toml:11:"), "{e}");
         assert!(e.contains("`spiffe://example.org/prod/b/`"), "{e}");
@@ -831,15 +868,24 @@ review_by = "2027-06-30"
 
     #[test]
     fn ttl_bounds() {
-        let e = parse(&GOOD.replace("\"2m\"", "\"2h\"")).unwrap_err().to_string();
+        let e = parse(&GOOD.replace("\"2m\"", "\"2h\""))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("`jwt_ttl` must be between"), "{e}");
     }
 
     #[test]
     fn unknown_selector_refused() {
-        let e = parse(&GOOD.replace("unix:uid:1001", "k8s:ns:default")).unwrap_err().to_string();
-        assert!(e.contains("not a selector") || e.contains("not a known selector"), "{e}");
-        let e = parse(&GOOD.replace("unix:uid:1001", "unix:pid:7")).unwrap_err().to_string();
+        let e = parse(&GOOD.replace("unix:uid:1001", "k8s:ns:default"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("not a selector") || e.contains("not a known selector"),
+            "{e}"
+        );
+        let e = parse(&GOOD.replace("unix:uid:1001", "unix:pid:7"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("`unix:pid` is not a known selector type"), "{e}");
     }
 
@@ -848,15 +894,25 @@ review_by = "2027-06-30"
         let text = format!("{GOOD}\n[[workload]]\nid = \"spiffe://example.org/prod/a\"\nowner = \"x\"\npurpose = \"y\"\n");
         let e = parse(&text).unwrap_err().to_string();
         assert!(e.contains("defined twice"), "{e}");
-        let text = GOOD.replace("aliases = [\"b\"", "aliases = [\"spiffe://example.org/prod/a\"");
-        assert!(parse(&text).unwrap_err().to_string().contains("names more than one workload"));
+        let text = GOOD.replace(
+            "aliases = [\"b\"",
+            "aliases = [\"spiffe://example.org/prod/a\"",
+        );
+        assert!(parse(&text)
+            .unwrap_err()
+            .to_string()
+            .contains("names more than one workload"));
     }
 
     #[test]
     fn grant_needs_a_reason() {
-        let e = parse(&GOOD.replace("why = \"a reads b\"", "why = \"  \"")).unwrap_err().to_string();
+        let e = parse(&GOOD.replace("why = \"a reads b\"", "why = \"  \""))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("`why` must say why"), "{e}");
-        let e = parse(&GOOD.replace("why = \"a reads b\"\n", "")).unwrap_err().to_string();
+        let e = parse(&GOOD.replace("why = \"a reads b\"\n", ""))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("missing field `why`"), "{e}");
     }
 
@@ -871,7 +927,8 @@ review_by = "2027-06-30"
 
     #[test]
     fn shared_example_parses() {
-        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/examples/mesh.toml");
+        let example =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/examples/mesh.toml");
         if !example.exists() {
             return; // shared/ sits beside the checkout in every CI run; not in a lone crate build.
         }

@@ -46,7 +46,10 @@ impl Decision {
             return format!("allowed by {}", self.determined_by.join(", "));
         }
         if !self.errors.is_empty() {
-            return format!("a policy failed to evaluate, which denies ({})", self.errors.join("; "));
+            return format!(
+                "a policy failed to evaluate, which denies ({})",
+                self.errors.join("; ")
+            );
         }
         if self.determined_by.is_empty() {
             "no grant or policy permits it".to_owned()
@@ -94,10 +97,19 @@ fn entity(type_name: &str, w: &Workload) -> Result<Entity, PolicyError> {
     };
     let mut attrs = HashMap::new();
     if let Some(env) = &w.environment {
-        attrs.insert("environment".to_owned(), RestrictedExpression::new_string(env.to_string()));
+        attrs.insert(
+            "environment".to_owned(),
+            RestrictedExpression::new_string(env.to_string()),
+        );
     }
-    attrs.insert("owner".to_owned(), RestrictedExpression::new_string(w.owner.to_string()));
-    attrs.insert("kind".to_owned(), RestrictedExpression::new_string(w.kind.as_str().to_owned()));
+    attrs.insert(
+        "owner".to_owned(),
+        RestrictedExpression::new_string(w.owner.to_string()),
+    );
+    attrs.insert(
+        "kind".to_owned(),
+        RestrictedExpression::new_string(w.kind.as_str().to_owned()),
+    );
     attrs.insert(
         "trust_domain".to_owned(),
         RestrictedExpression::new_string(w.id.trust_domain_str().to_owned()),
@@ -109,8 +121,12 @@ fn entity(type_name: &str, w: &Workload) -> Result<Entity, PolicyError> {
     )
     .map_err(|e| err(e.to_string()))?;
     attrs.insert("tags".to_owned(), tags);
-    Entity::new(uid(type_name, w.id.as_str()).map_err(err)?, attrs, HashSet::new())
-        .map_err(|e| err(e.to_string()))
+    Entity::new(
+        uid(type_name, w.id.as_str()).map_err(err)?,
+        attrs,
+        HashSet::new(),
+    )
+    .map_err(|e| err(e.to_string()))
 }
 
 /// The Cedar text of a grant's issuance policy.
@@ -172,7 +188,10 @@ impl PolicyEngine {
             let id = format!("grant{i}");
             let policy = Policy::parse(Some(PolicyId::new(&id)), grant_policy(g))
                 .map_err(|e| grant_err(e.to_string()))?;
-            origins.insert(id, format!("grant `{}` -> `{}` ({})", g.from, g.to, g.source));
+            origins.insert(
+                id,
+                format!("grant `{}` -> `{}` ({})", g.from, g.to, g.source),
+            );
             let mut set = global.clone();
             set.add(policy).map_err(|e| grant_err(e.to_string()))?;
             let mut members = Vec::new();
@@ -234,9 +253,10 @@ impl PolicyEngine {
             Err(e) => return deny(e.to_string()),
         };
         let response = match self.slices.get(&(from.clone(), to.clone())) {
-            Some(slice) => self
-                .authorizer
-                .is_authorized(&request, &slice.policies, &slice.entities),
+            Some(slice) => {
+                self.authorizer
+                    .is_authorized(&request, &slice.policies, &slice.entities)
+            }
             None => {
                 // No grant for this pair: only global policies can permit it.
                 let members = [
@@ -268,8 +288,7 @@ impl PolicyEngine {
             .collect();
         determined_by.sort();
         Decision {
-            allowed: errors.is_empty()
-                && response.decision() == cedar_policy::Decision::Allow,
+            allowed: errors.is_empty() && response.decision() == cedar_policy::Decision::Allow,
             determined_by,
             errors,
         }
@@ -277,9 +296,10 @@ impl PolicyEngine {
 
     /// How many policies a decision for this pair evaluates (for tests and metrics).
     pub fn slice_len(&self, from: &SpiffeId, to: &SpiffeId) -> usize {
-        self.slices
-            .get(&(from.clone(), to.clone()))
-            .map_or_else(|| self.global.policies().count(), |s| s.policies.policies().count())
+        self.slices.get(&(from.clone(), to.clone())).map_or_else(
+            || self.global.policies().count(),
+            |s| s.policies.policies().count(),
+        )
     }
 }
 

@@ -68,29 +68,46 @@ when { principal.kind == "deployment" && resource.kind == "runtime" };
 
 fn engine(files: &[(&str, &str)]) -> PolicyEngine {
     let s = parse_str(Path::new("mesh.toml"), MESH).unwrap();
-    let files: Vec<(String, String)> = files.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+    let files: Vec<(String, String)> = files
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
     PolicyEngine::build(&s.workloads, &s.grants, &files).unwrap()
 }
 
 #[test]
 fn grant_permits_its_scopes_only() {
     let e = engine(&[]);
-    let (a, b) = (id("spiffe://example.org/prod/a"), id("spiffe://example.org/prod/b"));
+    let (a, b) = (
+        id("spiffe://example.org/prod/a"),
+        id("spiffe://example.org/prod/b"),
+    );
     let d = e.decide_issue(&a, &b, &scopes(&["b:read"]));
     assert!(d.allowed, "{d:?}");
     assert!(d.determined_by[0].contains("mesh.toml:"), "{d:?}");
     assert!(e.decide_issue(&a, &b, &[]).allowed, "no scopes asked");
     assert!(!e.decide_issue(&a, &b, &scopes(&["b:write"])).allowed);
-    assert!(!e.decide_issue(&a, &b, &scopes(&["b:read", "b:write"])).allowed);
+    assert!(
+        !e.decide_issue(&a, &b, &scopes(&["b:read", "b:write"]))
+            .allowed
+    );
 }
 
 #[test]
 fn deny_by_default() {
     let e = engine(&[]);
-    let d = e.decide_issue(&id("spiffe://example.org/prod/b"), &id("spiffe://example.org/prod/a"), &[]);
+    let d = e.decide_issue(
+        &id("spiffe://example.org/prod/b"),
+        &id("spiffe://example.org/prod/a"),
+        &[],
+    );
     assert!(!d.allowed);
     assert_eq!(d.reason(), "no grant or policy permits it");
-    let d = e.decide_issue(&id("spiffe://example.org/prod/unknown"), &id("spiffe://example.org/prod/b"), &[]);
+    let d = e.decide_issue(
+        &id("spiffe://example.org/prod/unknown"),
+        &id("spiffe://example.org/prod/b"),
+        &[],
+    );
     assert!(!d.allowed);
 }
 
@@ -100,33 +117,63 @@ fn forbid_overrides_grant() {
     let b = id("spiffe://example.org/prod/b");
     let d = e.decide_issue(&id("spiffe://example.org/dev/c"), &b, &scopes(&["b:read"]));
     assert!(!d.allowed);
-    assert!(d.reason().contains("policies/environments.cedar#"), "{}", d.reason());
+    assert!(
+        d.reason().contains("policies/environments.cedar#"),
+        "{}",
+        d.reason()
+    );
     let d = e.decide_issue(&id("spiffe://example.org/deploy/d"), &b, &[]);
     assert!(!d.allowed, "deployment identity to a runtime service");
-    assert!(e.decide_issue(&id("spiffe://example.org/prod/a"), &b, &scopes(&["b:read"])).allowed);
+    assert!(
+        e.decide_issue(&id("spiffe://example.org/prod/a"), &b, &scopes(&["b:read"]))
+            .allowed
+    );
 }
 
 #[test]
 fn erroring_forbid_denies() {
     // `nonexistent` is no attribute: the forbid errors, and an erroring forbid must not allow.
-    let e = engine(&[("p.cedar", "forbid (principal, action, resource) when { principal.nonexistent == 1 };")]);
-    let d = e.decide_issue(&id("spiffe://example.org/prod/a"), &id("spiffe://example.org/prod/b"), &scopes(&["b:read"]));
+    let e = engine(&[(
+        "p.cedar",
+        "forbid (principal, action, resource) when { principal.nonexistent == 1 };",
+    )]);
+    let d = e.decide_issue(
+        &id("spiffe://example.org/prod/a"),
+        &id("spiffe://example.org/prod/b"),
+        &scopes(&["b:read"]),
+    );
     assert!(!d.allowed);
     assert!(d.reason().contains("failed to evaluate"), "{}", d.reason());
 }
 
 #[test]
 fn global_permit_applies_without_grant() {
-    let e = engine(&[("p.cedar", "permit (principal, action, resource) when { principal.owner == resource.owner };")]);
-    let d = e.decide_issue(&id("spiffe://example.org/deploy/d"), &id("spiffe://example.org/prod/a"), &[]);
+    let e = engine(&[(
+        "p.cedar",
+        "permit (principal, action, resource) when { principal.owner == resource.owner };",
+    )]);
+    let d = e.decide_issue(
+        &id("spiffe://example.org/deploy/d"),
+        &id("spiffe://example.org/prod/a"),
+        &[],
+    );
     assert!(d.allowed, "{d:?}");
 }
 
 #[test]
 fn bad_policy_file_is_named() {
     let s = parse_str(Path::new("mesh.toml"), MESH).unwrap();
-    let err = PolicyEngine::build(&s.workloads, &s.grants, &[("bad.cedar".into(), "permit(".into())]).unwrap_err();
-    assert!(err.to_string().starts_with("policy file `bad.cedar` does not parse"), "{err}");
+    let err = PolicyEngine::build(
+        &s.workloads,
+        &s.grants,
+        &[("bad.cedar".into(), "permit(".into())],
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("policy file `bad.cedar` does not parse"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -138,19 +185,45 @@ fn slice_size_is_independent_of_grant_count() {
         ));
     }
     let s = parse_str(Path::new("big.toml"), &text).unwrap();
-    let e = PolicyEngine::build(&s.workloads, &s.grants, &[("g.cedar".into(), ENV_POLICY.into())]).unwrap();
-    let (a, b) = (id("spiffe://example.org/prod/a"), id("spiffe://example.org/prod/b"));
+    let e = PolicyEngine::build(
+        &s.workloads,
+        &s.grants,
+        &[("g.cedar".into(), ENV_POLICY.into())],
+    )
+    .unwrap();
+    let (a, b) = (
+        id("spiffe://example.org/prod/a"),
+        id("spiffe://example.org/prod/b"),
+    );
     // One grant policy plus the two global ones, whatever the number of grants.
     assert_eq!(e.slice_len(&a, &b), 3);
     assert!(e.decide_issue(&a, &b, &scopes(&["b:read"])).allowed);
-    assert!(e.decide_issue(&id("spiffe://example.org/gen/w9999"), &b, &scopes(&["b:read"])).allowed == false,
-        "no environment on generated workloads: the environment forbid errors, so deny");
+    let generated = e.decide_issue(
+        &id("spiffe://example.org/gen/w9999"),
+        &b,
+        &scopes(&["b:read"]),
+    );
+    assert!(
+        !generated.allowed && !generated.errors.is_empty(),
+        "no environment on generated workloads: the environment forbid errors, so deny"
+    );
 }
 
 #[test]
 fn overdue_and_granted() {
-    let s = parse_str(Path::new("m.toml"), &MESH.replace("why = \"a reads b\"", "why = \"a reads b\"\nreview_by = \"2020-01-01\"")).unwrap();
+    let s = parse_str(
+        Path::new("m.toml"),
+        &MESH.replace(
+            "why = \"a reads b\"",
+            "why = \"a reads b\"\nreview_by = \"2020-01-01\"",
+        ),
+    )
+    .unwrap();
     assert_eq!(overdue_grants(&s.grants, tessera_core::now_unix()).len(), 1);
-    let got = granted_scopes(&s.grants, &id("spiffe://example.org/prod/a"), &id("spiffe://example.org/prod/b"));
+    let got = granted_scopes(
+        &s.grants,
+        &id("spiffe://example.org/prod/a"),
+        &id("spiffe://example.org/prod/b"),
+    );
     assert_eq!(got.len(), 1);
 }

@@ -33,26 +33,40 @@ pub struct Peer {
 
 impl Connected<IncomingStream<'_, UnixListener>> for Peer {
     fn connect_info(stream: IncomingStream<'_, UnixListener>) -> Self {
-        Self { uid: stream.io().peer_cred().ok().map(|c| c.uid()) }
+        Self {
+            uid: stream.io().peer_cred().ok().map(|c| c.uid()),
+        }
     }
 }
 
 fn actor(peer: &Peer) -> String {
-    peer.uid.map_or_else(|| "admin:uid=?".to_owned(), |u| format!("admin:uid={u}"))
+    peer.uid
+        .map_or_else(|| "admin:uid=?".to_owned(), |u| format!("admin:uid={u}"))
 }
 
-pub async fn serve(app: Arc<App>, path: &Path, mut stop: watch::Receiver<bool>) -> Result<tokio::task::JoinHandle<()>, StartError> {
-    let listen_err = |m: String| StartError::Listen { addr: path.display().to_string(), message: m };
+pub async fn serve(
+    app: Arc<App>,
+    path: &Path,
+    mut stop: watch::Receiver<bool>,
+) -> Result<tokio::task::JoinHandle<()>, StartError> {
+    let listen_err = |m: String| StartError::Listen {
+        addr: path.display().to_string(),
+        message: m,
+    };
     if path.exists() {
         // A socket nobody answers on is left over from a stopped server; one that answers is a
         // server already running on this data folder.
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(listen_err("another server is using this data folder".into()));
+            return Err(listen_err(
+                "another server is using this data folder".into(),
+            ));
         }
-        std::fs::remove_file(path).map_err(|e| listen_err(format!("cannot remove the stale socket: {e}")))?;
+        std::fs::remove_file(path)
+            .map_err(|e| listen_err(format!("cannot remove the stale socket: {e}")))?;
     }
     let listener = UnixListener::bind(path).map_err(|e| listen_err(e.to_string()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|e| listen_err(e.to_string()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| listen_err(e.to_string()))?;
     // `/proc/self` is owned by this process's effective user: no unsafe call needed.
     let own_uid = std::fs::metadata("/proc/self").map(|m| m.uid()).ok();
     let mut allowed: Vec<u32> = app.config.admin_uids.clone();
@@ -70,16 +84,22 @@ pub async fn serve(app: Arc<App>, path: &Path, mut stop: watch::Receiver<bool>) 
         .route("/v1/audit/verify", get(audit_verify))
         .route("/v1/keys", get(list_keys))
         .route("/v1/keys/rotate", post(rotate_keys))
-        .layer(middleware::from_fn(move |ConnectInfo(peer): ConnectInfo<Peer>, req: Request, next: Next| {
-            let allowed = allowed.clone();
-            async move {
-                match peer.uid {
-                    Some(uid) if allowed.contains(&uid) => next.run(req).await,
-                    Some(uid) => ApiError::Forbidden(format!("unix user {uid} is not an administrator of this server")).into_response(),
-                    None => ApiError::Forbidden("the caller's unix user is unknown".into()).into_response(),
+        .layer(middleware::from_fn(
+            move |ConnectInfo(peer): ConnectInfo<Peer>, req: Request, next: Next| {
+                let allowed = allowed.clone();
+                async move {
+                    match peer.uid {
+                        Some(uid) if allowed.contains(&uid) => next.run(req).await,
+                        Some(uid) => ApiError::Forbidden(format!(
+                            "unix user {uid} is not an administrator of this server"
+                        ))
+                        .into_response(),
+                        None => ApiError::Forbidden("the caller's unix user is unknown".into())
+                            .into_response(),
+                    }
                 }
-            }
-        }))
+            },
+        ))
         .layer(axum::extract::DefaultBodyLimit::max(64 * 1024 * 1024))
         .with_state(app);
     let path = path.to_path_buf();
@@ -87,9 +107,12 @@ pub async fn serve(app: Arc<App>, path: &Path, mut stop: watch::Receiver<bool>) 
         let shutdown = async move {
             let _ = stop.wait_for(|s| *s).await;
         };
-        if let Err(e) = axum::serve(listener, router.into_make_service_with_connect_info::<Peer>())
-            .with_graceful_shutdown(shutdown)
-            .await
+        if let Err(e) = axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<Peer>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await
         {
             tracing::error!(error = %e, "admin socket stopped");
         }
@@ -97,11 +120,18 @@ pub async fn serve(app: Arc<App>, path: &Path, mut stop: watch::Receiver<bool>) 
     }))
 }
 
-async fn apply(State(app): State<Arc<App>>, ConnectInfo(peer): ConnectInfo<Peer>, Json(req): Json<ApplyRequest>) -> Result<Json<ApplyResponse>, ApiError> {
+async fn apply(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    Json(req): Json<ApplyRequest>,
+) -> Result<Json<ApplyResponse>, ApiError> {
     let snap = app.snapshot();
     let (ops, changes) = plan(&app, &snap, &req.state, req.prune)?;
     if req.dry_run || ops.is_empty() {
-        return Ok(Json(ApplyResponse { changes, applied: false }));
+        return Ok(Json(ApplyResponse {
+            changes,
+            applied: false,
+        }));
     }
     app.change(
         &ops,
@@ -114,10 +144,16 @@ async fn apply(State(app): State<Arc<App>>, ConnectInfo(peer): ConnectInfo<Peer>
         },
     )
     .await?;
-    Ok(Json(ApplyResponse { changes, applied: true }))
+    Ok(Json(ApplyResponse {
+        changes,
+        applied: true,
+    }))
 }
 
-async fn list(State(app): State<Arc<App>>, axum::extract::Path(kind): axum::extract::Path<String>) -> Result<Json<Value>, ApiError> {
+async fn list(
+    State(app): State<Arc<App>>,
+    axum::extract::Path(kind): axum::extract::Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let snap = app.snapshot();
     let now = tessera_core::now_unix();
     let v = match kind.as_str() {
@@ -132,20 +168,27 @@ async fn list(State(app): State<Arc<App>>, axum::extract::Path(kind): axum::extr
         "clients" => {
             let mut cs: Vec<_> = snap.clients.values().collect();
             cs.sort_by(|a, b| a.spec.id.cmp(&b.spec.id));
-            json!(cs.iter().map(|c| json!({
-                "id": c.spec.id, "workload": c.spec.workload, "auth": c.spec.auth,
-                "secret_expires_at": c.secret.as_ref().and_then(|(s, _)| s.expires_at),
-                "has_secret": c.secret.is_some(),
-            })).collect::<Vec<_>>())
+            json!(cs
+                .iter()
+                .map(|c| json!({
+                    "id": c.spec.id, "workload": c.spec.workload, "auth": c.spec.auth,
+                    "secret_expires_at": c.secret.as_ref().and_then(|(s, _)| s.expires_at),
+                    "has_secret": c.secret.is_some(),
+                }))
+                .collect::<Vec<_>>())
         }
         "grants" => json!(snap.grants.iter().map(|g| json!({
             "from": g.from, "to": g.to, "scopes": g.scopes, "why": g.why, "review_by": g.review_by,
             "overdue": g.review_by.is_some_and(|d| d.end_unix() < now), "source": g.source,
         })).collect::<Vec<_>>()),
-        "trusts" => json!(snap.trusts.iter().map(|t| json!({
-            "name": t.name, "issuer": t.issuer, "audience": t.audience,
-            "maps_to": t.map.iter().map(|m| m.workload.to_string()).collect::<Vec<_>>(),
-        })).collect::<Vec<_>>()),
+        "trusts" => json!(snap
+            .trusts
+            .iter()
+            .map(|t| json!({
+                "name": t.name, "issuer": t.issuer, "audience": t.audience,
+                "maps_to": t.map.iter().map(|m| m.workload.to_string()).collect::<Vec<_>>(),
+            }))
+            .collect::<Vec<_>>()),
         "agents" => json!([]),
         other => {
             return Err(ApiError::NotFound(format!(
@@ -162,28 +205,52 @@ struct IdQuery {
     id: String,
 }
 
-async fn describe_workload(State(app): State<Arc<App>>, Query(q): Query<IdQuery>) -> Result<Json<Value>, ApiError> {
+async fn describe_workload(
+    State(app): State<Arc<App>>,
+    Query(q): Query<IdQuery>,
+) -> Result<Json<Value>, ApiError> {
     let id = SpiffeId::parse(&q.id).map_err(|e| bad_request(e.to_string()))?;
     let snap = app.snapshot();
-    let w = snap.workloads.get(&id).ok_or_else(|| ApiError::NotFound(format!("no workload `{id}`")))?;
+    let w = snap
+        .workloads
+        .get(&id)
+        .ok_or_else(|| ApiError::NotFound(format!("no workload `{id}`")))?;
     let now = tessera_core::now_unix();
     let grant = |g: &tessera_core::manifest::Grant, other: &SpiffeId| {
         json!({"workload": other, "scopes": g.scopes, "routes": g.routes, "why": g.why, "review_by": g.review_by,
                "overdue": g.review_by.is_some_and(|d| d.end_unix() < now), "source": g.source})
     };
-    let out: Vec<Value> = snap.grants.iter().filter(|g| g.from == id).map(|g| grant(g, &g.to)).collect();
-    let inbound: Vec<Value> = snap.grants.iter().filter(|g| g.to == id).map(|g| grant(g, &g.from)).collect();
+    let out: Vec<Value> = snap
+        .grants
+        .iter()
+        .filter(|g| g.from == id)
+        .map(|g| grant(g, &g.to))
+        .collect();
+    let inbound: Vec<Value> = snap
+        .grants
+        .iter()
+        .filter(|g| g.to == id)
+        .map(|g| grant(g, &g.from))
+        .collect();
     let clients: Vec<Value> = snap
         .clients
         .values()
         .filter(|c| c.spec.workload == id)
-        .map(|c| json!({"id": c.spec.id, "auth": c.spec.auth, "has_secret": c.secret.is_some(),
-                        "secret_expires_at": c.secret.as_ref().and_then(|(s, _)| s.expires_at)}))
+        .map(|c| {
+            json!({"id": c.spec.id, "auth": c.spec.auth, "has_secret": c.secret.is_some(),
+                        "secret_expires_at": c.secret.as_ref().and_then(|(s, _)| s.expires_at)})
+        })
         .collect();
-    let last = app.store.last_audit_for(id.as_str(), "token.issued").await?;
+    let last = app
+        .store
+        .last_audit_for(id.as_str(), "token.issued")
+        .await?;
     let mut revoke = vec![format!("tessera revoke workload {id}")];
     for c in snap.clients.values().filter(|c| c.spec.workload == id) {
-        revoke.push(format!("remove client `{}` from the identity files and `tessera apply --prune`", c.spec.id));
+        revoke.push(format!(
+            "remove client `{}` from the identity files and `tessera apply --prune`",
+            c.spec.id
+        ));
     }
     Ok(Json(json!({
         "id": id,
@@ -213,14 +280,23 @@ struct SecretRequest {
     ttl_secs: Option<u64>,
 }
 
-async fn client_secret(State(app): State<Arc<App>>, ConnectInfo(peer): ConnectInfo<Peer>, Json(req): Json<SecretRequest>) -> Result<Json<Value>, ApiError> {
+async fn client_secret(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    Json(req): Json<SecretRequest>,
+) -> Result<Json<Value>, ApiError> {
     let snap = app.snapshot();
-    let client = snap
-        .clients
-        .get(&req.client_id)
-        .ok_or_else(|| ApiError::NotFound(format!("no client `{}`", req.client_id.chars().take(128).collect::<String>())))?;
+    let client = snap.clients.get(&req.client_id).ok_or_else(|| {
+        ApiError::NotFound(format!(
+            "no client `{}`",
+            req.client_id.chars().take(128).collect::<String>()
+        ))
+    })?;
     if client.spec.auth != ClientAuth::ClientSecret {
-        return Err(bad_request(format!("client `{}` authenticates with private_key_jwt; it has no secret", client.spec.id)));
+        return Err(bad_request(format!(
+            "client `{}` authenticates with private_key_jwt; it has no secret",
+            client.spec.id
+        )));
     }
     let bytes = tessera_token::seal::random_bytes::<32>().map_err(ApiError::unavailable)?;
     let secret = format!("tsk_{}", tessera_token::strict::b64_encode(bytes));
@@ -230,7 +306,11 @@ async fn client_secret(State(app): State<Arc<App>>, ConnectInfo(peer): ConnectIn
     app.change(
         &[Op::SetClientSecret {
             client: req.client_id.clone(),
-            secret: SecretRecord { hash: app.hmac_secret(&secret), created_at: now, expires_at },
+            secret: SecretRecord {
+                hash: app.hmac_secret(&secret),
+                created_at: now,
+                expires_at,
+            },
         }],
         AuditEvent {
             kind: "client.secret_issued".into(),
@@ -241,7 +321,9 @@ async fn client_secret(State(app): State<Arc<App>>, ConnectInfo(peer): ConnectIn
         },
     )
     .await?;
-    Ok(Json(json!({"client_id": req.client_id, "secret": secret, "expires_at": expires_at})))
+    Ok(Json(
+        json!({"client_id": req.client_id, "secret": secret, "expires_at": expires_at}),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -250,16 +332,27 @@ struct RevokeRequest {
     jti: Option<String>,
 }
 
-async fn revoke_workload(State(app): State<Arc<App>>, ConnectInfo(peer): ConnectInfo<Peer>, Json(req): Json<RevokeRequest>) -> Result<Json<Value>, ApiError> {
-    let id = SpiffeId::parse(req.id.as_deref().unwrap_or_default()).map_err(|e| bad_request(e.to_string()))?;
+async fn revoke_workload(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    Json(req): Json<RevokeRequest>,
+) -> Result<Json<Value>, ApiError> {
+    let id = SpiffeId::parse(req.id.as_deref().unwrap_or_default())
+        .map_err(|e| bad_request(e.to_string()))?;
     let snap = app.snapshot();
-    let w = snap.workloads.get(&id).ok_or_else(|| ApiError::NotFound(format!("no workload `{id}`")))?;
+    let w = snap
+        .workloads
+        .get(&id)
+        .ok_or_else(|| ApiError::NotFound(format!("no workload `{id}`")))?;
     if let Some(at) = w.revoked_at {
         return Ok(Json(json!({"id": id, "revoked_at": at, "already": true})));
     }
     let now = tessera_core::now_unix();
     app.change(
-        &[Op::RevokeWorkload { id: id.to_string(), at: now }],
+        &[Op::RevokeWorkload {
+            id: id.to_string(),
+            at: now,
+        }],
         AuditEvent {
             kind: "revoke.workload".into(),
             actor: actor(&peer),
@@ -272,13 +365,22 @@ async fn revoke_workload(State(app): State<Arc<App>>, ConnectInfo(peer): Connect
     Ok(Json(json!({"id": id, "revoked_at": now, "already": false})))
 }
 
-async fn revoke_token(State(app): State<Arc<App>>, ConnectInfo(peer): ConnectInfo<Peer>, Json(req): Json<RevokeRequest>) -> Result<Json<Value>, ApiError> {
+async fn revoke_token(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    Json(req): Json<RevokeRequest>,
+) -> Result<Json<Value>, ApiError> {
     let jti = req.jti.unwrap_or_default();
-    if jti.is_empty() || jti.len() > 256 || jti.chars().any(|c| c.is_control() || c.is_whitespace()) {
-        return Err(bad_request("a token ID (`jti`) is 1 to 256 printable characters"));
+    if jti.is_empty() || jti.len() > 256 || jti.chars().any(|c| c.is_control() || c.is_whitespace())
+    {
+        return Err(bad_request(
+            "a token ID (`jti`) is 1 to 256 printable characters",
+        ));
     }
     // The admin does not know the token's expiry; no Tessera token outlives the longest lifetime.
-    let exp = tessera_core::now_unix() + i64::try_from(tessera_core::manifest::MAX_JWT_TTL.as_secs()).unwrap_or(3600) + 60;
+    let exp = tessera_core::now_unix()
+        + i64::try_from(tessera_core::manifest::MAX_JWT_TTL.as_secs()).unwrap_or(3600)
+        + 60;
     app.revoke_token(&jti, exp, &actor(&peer), "token").await?;
     Ok(Json(json!({"jti": jti, "revoked": true})))
 }
@@ -286,7 +388,11 @@ async fn revoke_token(State(app): State<Arc<App>>, ConnectInfo(peer): ConnectInf
 async fn revoke_agent(Json(req): Json<RevokeRequest>) -> ApiError {
     ApiError::NotFound(format!(
         "no agent `{}`: this server has no node agents registered",
-        req.id.unwrap_or_default().chars().take(128).collect::<String>()
+        req.id
+            .unwrap_or_default()
+            .chars()
+            .take(128)
+            .collect::<String>()
     ))
 }
 
@@ -295,7 +401,10 @@ struct TailQuery {
     n: Option<i64>,
 }
 
-async fn audit_tail(State(app): State<Arc<App>>, Query(q): Query<TailQuery>) -> Result<Json<Value>, ApiError> {
+async fn audit_tail(
+    State(app): State<Arc<App>>,
+    Query(q): Query<TailQuery>,
+) -> Result<Json<Value>, ApiError> {
     let n = q.n.unwrap_or(20).clamp(1, 10_000);
     Ok(Json(json!(app.store.audit_tail(n).await?)))
 }
@@ -303,7 +412,9 @@ async fn audit_tail(State(app): State<Arc<App>>, Query(q): Query<TailQuery>) -> 
 async fn audit_verify(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError> {
     match app.store.verify_audit().await {
         Ok(n) => Ok(Json(json!({"ok": true, "records": n}))),
-        Err(tessera_store::VerifyAuditError::Chain(e)) => Ok(Json(json!({"ok": false, "error": e.to_string()}))),
+        Err(tessera_store::VerifyAuditError::Chain(e)) => {
+            Ok(Json(json!({"ok": false, "error": e.to_string()})))
+        }
         Err(tessera_store::VerifyAuditError::Store(e)) => Err(e.into()),
     }
 }
@@ -313,7 +424,10 @@ async fn list_keys(State(app): State<Arc<App>>) -> Json<Value> {
     let now = tessera_core::now_unix();
     let mut out = Vec::new();
     for td in &app.config.trust_domains {
-        let signing = snap.keys.signing(&td.name, now).map(|k| k.key.kid().to_string());
+        let signing = snap
+            .keys
+            .signing(&td.name, now)
+            .map(|k| k.key.kid().to_string());
         for k in snap.keys.entries(&td.name) {
             let kid = k.key.kid().to_string();
             let state = if signing.as_deref() == Some(kid.as_str()) {
@@ -337,13 +451,24 @@ struct RotateRequest {
     trust_domain: Option<String>,
 }
 
-async fn rotate_keys(State(app): State<Arc<App>>, ConnectInfo(peer): ConnectInfo<Peer>, Json(req): Json<RotateRequest>) -> Result<Json<Value>, ApiError> {
+async fn rotate_keys(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    Json(req): Json<RotateRequest>,
+) -> Result<Json<Value>, ApiError> {
     let tds: Vec<TrustDomain> = match &req.trust_domain {
-        Some(t) => vec![app
-            .serves(t)
-            .cloned()
-            .ok_or_else(|| ApiError::NotFound(format!("this authority does not serve trust domain `{}`", t.chars().take(80).collect::<String>())))?],
-        None => app.config.trust_domains.iter().map(|t| t.name.clone()).collect(),
+        Some(t) => vec![app.serves(t).cloned().ok_or_else(|| {
+            ApiError::NotFound(format!(
+                "this authority does not serve trust domain `{}`",
+                t.chars().take(80).collect::<String>()
+            ))
+        })?],
+        None => app
+            .config
+            .trust_domains
+            .iter()
+            .map(|t| t.name.clone())
+            .collect(),
     };
     let mut out = Vec::new();
     for td in tds {
@@ -356,7 +481,8 @@ async fn rotate(app: &App, td: &TrustDomain, actor: &str) -> Result<Value, ApiEr
     let now = tessera_core::now_unix();
     let ahead = i64::try_from(app.config.publish_ahead().as_secs()).unwrap_or(i64::MAX);
     let snap = app.snapshot();
-    let (rec, ops) = keys::rotation_ops(&snap.keys, td, app.config.key_alg, &app.kek, now, ahead).map_err(ApiError::unavailable)?;
+    let (rec, ops) = keys::rotation_ops(&snap.keys, td, app.config.key_alg, &app.kek, now, ahead)
+        .map_err(ApiError::unavailable)?;
     app.change(
         &ops,
         AuditEvent {
@@ -372,13 +498,20 @@ async fn rotate(app: &App, td: &TrustDomain, actor: &str) -> Result<Value, ApiEr
 }
 
 /// Rotates each trust domain whose signing key is older than `period` and has no successor.
-pub(crate) async fn scheduled_rotation(app: &App, period: Duration, now: i64) -> Result<(), ApiError> {
+pub(crate) async fn scheduled_rotation(
+    app: &App,
+    period: Duration,
+    now: i64,
+) -> Result<(), ApiError> {
     let snap = app.snapshot();
     let period = i64::try_from(period.as_secs()).unwrap_or(i64::MAX);
     for td in &app.config.trust_domains {
         let entries = snap.keys.entries(&td.name);
         let pending = entries.iter().any(|k| k.activate_at > now);
-        let due = snap.keys.signing(&td.name, now).is_some_and(|k| now - k.activate_at >= period);
+        let due = snap
+            .keys
+            .signing(&td.name, now)
+            .is_some_and(|k| now - k.activate_at >= period);
         if due && !pending {
             rotate(app, &td.name, "schedule").await?;
         }

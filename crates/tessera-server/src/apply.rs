@@ -43,12 +43,27 @@ fn same<T: Clone + PartialEq>(a: &T, b: &T, strip: impl Fn(&mut T)) -> bool {
     a == b
 }
 
-pub fn plan(app: &App, current: &Snapshot, desired: &DesiredState, prune: bool) -> Result<(Vec<Op>, Vec<String>), ApiError> {
+pub fn plan(
+    app: &App,
+    current: &Snapshot,
+    desired: &DesiredState,
+    prune: bool,
+) -> Result<(Vec<Op>, Vec<String>), ApiError> {
     // 1. Each object on its own: served trust domains, environment bindings, client keys.
     for w in &desired.workloads {
         let td = w.id.trust_domain_str();
-        let Some(cfg) = app.config.trust_domains.iter().find(|t| t.name.as_str() == td) else {
-            let served: Vec<String> = app.config.trust_domains.iter().map(|t| t.name.to_string()).collect();
+        let Some(cfg) = app
+            .config
+            .trust_domains
+            .iter()
+            .find(|t| t.name.as_str() == td)
+        else {
+            let served: Vec<String> = app
+                .config
+                .trust_domains
+                .iter()
+                .map(|t| t.name.to_string())
+                .collect();
             return Err(invalid(&w.source, format!(
                 "workload `{}` is in trust domain `{td}`, which this authority does not serve (it serves: {})",
                 w.id,
@@ -57,26 +72,42 @@ pub fn plan(app: &App, current: &Snapshot, desired: &DesiredState, prune: bool) 
         };
         if let Some(env) = &cfg.environment {
             if w.environment.as_ref() != Some(env) {
-                return Err(invalid(&w.source, format!(
+                return Err(invalid(
+                    &w.source,
+                    format!(
                     "trust domain `{td}` holds only workloads of environment `{env}`; `{}` says {}",
                     w.id,
                     w.environment.as_ref().map_or("none".to_owned(), |e| format!("`{e}`"))
-                )));
+                ),
+                ));
             }
         }
     }
     for c in &desired.clients {
         if c.auth == ClientAuth::PrivateKeyJwt {
             let keys = KeySet::from_jwks(c.jwks.as_deref().unwrap_or_default().as_bytes())
-                .map_err(|e| invalid(&c.source, format!("client `{}`: its JWKS is not usable: {e}", c.id)))?;
+                .map_err(|e| {
+                    invalid(
+                        &c.source,
+                        format!("client `{}`: its JWKS is not usable: {e}", c.id),
+                    )
+                })?;
             if keys.is_empty() {
-                return Err(invalid(&c.source, format!("client `{}`: its JWKS holds no ES256 or EdDSA key", c.id)));
+                return Err(invalid(
+                    &c.source,
+                    format!("client `{}`: its JWKS holds no ES256 or EdDSA key", c.id),
+                ));
             }
         }
     }
     for t in &desired.trusts {
         if let Some(j) = &t.jwks {
-            KeySet::from_jwks(j.as_bytes()).map_err(|e| invalid(&t.source, format!("trust `{}`: its JWKS is not usable: {e}", t.name)))?;
+            KeySet::from_jwks(j.as_bytes()).map_err(|e| {
+                invalid(
+                    &t.source,
+                    format!("trust `{}`: its JWKS is not usable: {e}", t.name),
+                )
+            })?;
         }
     }
 
@@ -84,19 +115,41 @@ pub fn plan(app: &App, current: &Snapshot, desired: &DesiredState, prune: bool) 
     let mut workloads: BTreeMap<String, Workload> = if prune {
         BTreeMap::new()
     } else {
-        current.workloads.iter().map(|(k, v)| (k.to_string(), v.spec.clone())).collect()
+        current
+            .workloads
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.spec.clone()))
+            .collect()
     };
-    workloads.extend(desired.workloads.iter().map(|w| (w.id.to_string(), w.clone())));
+    workloads.extend(
+        desired
+            .workloads
+            .iter()
+            .map(|w| (w.id.to_string(), w.clone())),
+    );
     let mut grants: BTreeMap<(String, String), Grant> = if prune {
         BTreeMap::new()
     } else {
-        current.grants.iter().map(|g| ((g.from.to_string(), g.to.to_string()), g.clone())).collect()
+        current
+            .grants
+            .iter()
+            .map(|g| ((g.from.to_string(), g.to.to_string()), g.clone()))
+            .collect()
     };
-    grants.extend(desired.grants.iter().map(|g| ((g.from.to_string(), g.to.to_string()), g.clone())));
+    grants.extend(
+        desired
+            .grants
+            .iter()
+            .map(|g| ((g.from.to_string(), g.to.to_string()), g.clone())),
+    );
     let mut clients: BTreeMap<String, &tessera_core::manifest::Client> = if prune {
         BTreeMap::new()
     } else {
-        current.clients.iter().map(|(k, v)| (k.clone(), &v.spec)).collect()
+        current
+            .clients
+            .iter()
+            .map(|(k, v)| (k.clone(), &v.spec))
+            .collect()
     };
     clients.extend(desired.clients.iter().map(|c| (c.id.to_string(), c)));
 
@@ -109,7 +162,10 @@ pub fn plan(app: &App, current: &Snapshot, desired: &DesiredState, prune: bool) 
         for a in &w.aliases {
             if let Some(other) = names.insert(a.as_str(), w.id.as_str()) {
                 if other != w.id.as_str() {
-                    return Err(invalid(&w.source, format!("alias `{a}` of `{}` already names `{other}`", w.id)));
+                    return Err(invalid(
+                        &w.source,
+                        format!("alias `{a}` of `{}` already names `{other}`", w.id),
+                    ));
                 }
             }
         }
@@ -118,30 +174,55 @@ pub fn plan(app: &App, current: &Snapshot, desired: &DesiredState, prune: bool) 
         let from = workloads.get(g.from.as_str());
         let to = workloads.get(g.to.as_str());
         if from.is_none() {
-            return Err(invalid(&g.source, format!("grant from `{}`: no such workload", g.from)));
+            return Err(invalid(
+                &g.source,
+                format!("grant from `{}`: no such workload", g.from),
+            ));
         }
         let Some(to) = to else {
-            return Err(invalid(&g.source, format!("grant to `{}`: no such workload", g.to)));
+            return Err(invalid(
+                &g.source,
+                format!("grant to `{}`: no such workload", g.to),
+            ));
         };
         for s in &g.scopes {
             if !to.scopes.contains(s) {
-                return Err(invalid(&g.source, format!(
-                    "grant to `{}`: scope `{s}` is not one of the scopes it defines ({})",
-                    g.to,
-                    to.scopes.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
-                )));
+                return Err(invalid(
+                    &g.source,
+                    format!(
+                        "grant to `{}`: scope `{s}` is not one of the scopes it defines ({})",
+                        g.to,
+                        to.scopes
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ));
             }
         }
     }
     for c in clients.values() {
         if !workloads.contains_key(c.workload.as_str()) {
-            return Err(invalid(&c.source, format!("client `{}`: workload `{}` does not exist", c.id, c.workload)));
+            return Err(invalid(
+                &c.source,
+                format!(
+                    "client `{}`: workload `{}` does not exist",
+                    c.id, c.workload
+                ),
+            ));
         }
     }
     for t in &desired.trusts {
         for m in &t.map {
             if !workloads.contains_key(m.workload.as_str()) {
-                return Err(invalid(&t.source, format!("trust `{}`: maps to `{}`, which does not exist", t.name, m.workload)));
+                return Err(invalid(
+                    &t.source,
+                    format!(
+                        "trust `{}`: maps to `{}`, which does not exist",
+                        t.name, m.workload
+                    ),
+                ));
             }
         }
     }
@@ -149,14 +230,24 @@ pub fn plan(app: &App, current: &Snapshot, desired: &DesiredState, prune: bool) 
         let mut p: BTreeMap<String, String> = if prune {
             BTreeMap::new()
         } else {
-            current.policies.iter().map(|p| (p.name.clone(), p.text.clone())).collect()
+            current
+                .policies
+                .iter()
+                .map(|p| (p.name.clone(), p.text.clone()))
+                .collect()
         };
-        p.extend(desired.policies.iter().map(|f| (f.name.clone(), f.text.clone())));
+        p.extend(
+            desired
+                .policies
+                .iter()
+                .map(|f| (f.name.clone(), f.text.clone())),
+        );
         p.into_iter().collect()
     };
     let ws: Vec<Workload> = workloads.values().cloned().collect();
     let gs: Vec<Grant> = grants.values().cloned().collect();
-    tessera_policy::PolicyEngine::build(&ws, &gs, &policies).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    tessera_policy::PolicyEngine::build(&ws, &gs, &policies)
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
 
     // 4. The operations, and a line for each change.
     let mut ops = Vec::new();
@@ -174,13 +265,21 @@ pub fn plan(app: &App, current: &Snapshot, desired: &DesiredState, prune: bool) 
             }
         }
     }
-    let current_grants: BTreeMap<(&str, &str), &Grant> =
-        current.grants.iter().map(|g| ((g.from.as_str(), g.to.as_str()), g)).collect();
+    let current_grants: BTreeMap<(&str, &str), &Grant> = current
+        .grants
+        .iter()
+        .map(|g| ((g.from.as_str(), g.to.as_str()), g))
+        .collect();
     for g in &desired.grants {
         match current_grants.get(&(g.from.as_str(), g.to.as_str())) {
             Some(cur) if same(*cur, g, |x| x.source.clear()) => {}
             found => {
-                lines.push(format!("{} grant {} -> {}", if found.is_some() { "~" } else { "+" }, g.from, g.to));
+                lines.push(format!(
+                    "{} grant {} -> {}",
+                    if found.is_some() { "~" } else { "+" },
+                    g.from,
+                    g.to
+                ));
                 ops.push(Op::UpsertGrant(g.clone()));
             }
         }
@@ -189,7 +288,11 @@ pub fn plan(app: &App, current: &Snapshot, desired: &DesiredState, prune: bool) 
         match current.clients.get(c.id.as_str()) {
             Some(cur) if same(&cur.spec, c, |x| x.source.clear()) => {}
             found => {
-                lines.push(format!("{} client {}", if found.is_some() { "~" } else { "+" }, c.id));
+                lines.push(format!(
+                    "{} client {}",
+                    if found.is_some() { "~" } else { "+" },
+                    c.id
+                ));
                 ops.push(Op::UpsertClient(c.clone()));
             }
         }
@@ -198,7 +301,11 @@ pub fn plan(app: &App, current: &Snapshot, desired: &DesiredState, prune: bool) 
         match current.trusts.iter().find(|x| x.name == t.name) {
             Some(cur) if same(cur, t, |x| x.source.clear()) => {}
             found => {
-                lines.push(format!("{} trust {}", if found.is_some() { "~" } else { "+" }, t.name));
+                lines.push(format!(
+                    "{} trust {}",
+                    if found.is_some() { "~" } else { "+" },
+                    t.name
+                ));
                 ops.push(Op::UpsertTrust(t.clone()));
             }
         }
@@ -207,34 +314,65 @@ pub fn plan(app: &App, current: &Snapshot, desired: &DesiredState, prune: bool) 
         match current.policies.iter().find(|x| x.name == p.name) {
             Some(cur) if cur.text == p.text => {}
             found => {
-                lines.push(format!("{} policy {}", if found.is_some() { "~" } else { "+" }, p.name));
+                lines.push(format!(
+                    "{} policy {}",
+                    if found.is_some() { "~" } else { "+" },
+                    p.name
+                ));
                 ops.push(Op::UpsertPolicy(p.clone()));
             }
         }
     }
     if prune {
         let keep: BTreeSet<&str> = desired.workloads.iter().map(|w| w.id.as_str()).collect();
-        for id in current.workloads.keys().filter(|id| !keep.contains(id.as_str())) {
+        for id in current
+            .workloads
+            .keys()
+            .filter(|id| !keep.contains(id.as_str()))
+        {
             lines.push(format!("- workload {id}"));
             ops.push(Op::DeleteWorkload(id.to_string()));
         }
-        let keep: BTreeSet<(&str, &str)> = desired.grants.iter().map(|g| (g.from.as_str(), g.to.as_str())).collect();
-        for g in current.grants.iter().filter(|g| !keep.contains(&(g.from.as_str(), g.to.as_str()))) {
+        let keep: BTreeSet<(&str, &str)> = desired
+            .grants
+            .iter()
+            .map(|g| (g.from.as_str(), g.to.as_str()))
+            .collect();
+        for g in current
+            .grants
+            .iter()
+            .filter(|g| !keep.contains(&(g.from.as_str(), g.to.as_str())))
+        {
             lines.push(format!("- grant {} -> {}", g.from, g.to));
-            ops.push(Op::DeleteGrant { from: g.from.to_string(), to: g.to.to_string() });
+            ops.push(Op::DeleteGrant {
+                from: g.from.to_string(),
+                to: g.to.to_string(),
+            });
         }
         let keep: BTreeSet<&str> = desired.clients.iter().map(|c| c.id.as_str()).collect();
-        for id in current.clients.keys().filter(|id| !keep.contains(id.as_str())) {
+        for id in current
+            .clients
+            .keys()
+            .filter(|id| !keep.contains(id.as_str()))
+        {
             lines.push(format!("- client {id}"));
             ops.push(Op::DeleteClient(id.clone()));
         }
         let keep: BTreeSet<&str> = desired.trusts.iter().map(|t| t.name.as_str()).collect();
-        for t in current.trusts.iter().filter(|t| !keep.contains(t.name.as_str())) {
+        for t in current
+            .trusts
+            .iter()
+            .filter(|t| !keep.contains(t.name.as_str()))
+        {
             lines.push(format!("- trust {}", t.name));
             ops.push(Op::DeleteTrust(t.name.to_string()));
         }
         let keep: BTreeSet<&str> = desired.policies.iter().map(|p| p.name.as_str()).collect();
-        for p in current.policies.iter().filter(|p| !keep.contains(p.name.as_str())) {
+        for p in current
+            .policies
+            .iter()
+            .filter(|p| !keep.contains(p.name.as_str()))
+        {
             lines.push(format!("- policy {}", p.name));
             ops.push(Op::DeletePolicy(p.name.clone()));
         }

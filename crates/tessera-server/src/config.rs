@@ -68,7 +68,8 @@ impl ServerConfig {
         if self.trust_domains.is_empty() {
             if self.dev {
                 self.trust_domains.push(TrustDomainConfig {
-                    name: TrustDomain::parse("example.org").map_err(|e| StartError::Config(e.to_string()))?,
+                    name: TrustDomain::parse("example.org")
+                        .map_err(|e| StartError::Config(e.to_string()))?,
                     environment: None,
                 });
             } else {
@@ -80,7 +81,10 @@ impl ServerConfig {
         let mut seen = std::collections::HashSet::new();
         for td in &self.trust_domains {
             if !seen.insert(td.name.clone()) {
-                return Err(StartError::Config(format!("trust domain `{}` is configured twice", td.name)));
+                return Err(StartError::Config(format!(
+                    "trust domain `{}` is configured twice",
+                    td.name
+                )));
             }
         }
         if self.dev && !self.listen.ip().is_loopback() {
@@ -90,7 +94,9 @@ impl ServerConfig {
             )));
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
-            return Err(StartError::Config("--tls-cert and --tls-key go together".into()));
+            return Err(StartError::Config(
+                "--tls-cert and --tls-key go together".into(),
+            ));
         }
         Ok(self)
     }
@@ -135,7 +141,10 @@ pub enum TrustDomainEntry {
 impl From<TrustDomainEntry> for TrustDomainConfig {
     fn from(e: TrustDomainEntry) -> Self {
         match e {
-            TrustDomainEntry::Name(name) => Self { name, environment: None },
+            TrustDomainEntry::Name(name) => Self {
+                name,
+                environment: None,
+            },
             TrustDomainEntry::Bound { name, environment } => Self { name, environment },
         }
     }
@@ -154,7 +163,9 @@ impl ConfigFile {
         self.key_algorithm
             .as_deref()
             .map(|a| {
-                Alg::parse(a).ok_or_else(|| StartError::Config(format!("key_algorithm `{a}` is not ES256 or EdDSA")))
+                Alg::parse(a).ok_or_else(|| {
+                    StartError::Config(format!("key_algorithm `{a}` is not ES256 or EdDSA"))
+                })
             })
             .transpose()
     }

@@ -57,7 +57,10 @@ impl OAuthCode {
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("{}: {description}", code.as_str())]
-    OAuth { code: OAuthCode, description: String },
+    OAuth {
+        code: OAuthCode,
+        description: String,
+    },
     /// Client authentication failed; `basic` adds the `WWW-Authenticate: Basic` challenge.
     #[error("invalid_client: {description}")]
     Client { description: String, basic: bool },
@@ -76,7 +79,10 @@ pub enum ApiError {
 
 impl ApiError {
     pub fn oauth(code: OAuthCode, description: impl Into<String>) -> Self {
-        Self::OAuth { code, description: description.into() }
+        Self::OAuth {
+            code,
+            description: description.into(),
+        }
     }
 
     pub fn unavailable(detail: impl std::fmt::Display) -> Self {
@@ -99,17 +105,37 @@ impl IntoResponse for ApiError {
                     OAuthCode::TemporarilyUnavailable => StatusCode::SERVICE_UNAVAILABLE,
                     _ => StatusCode::BAD_REQUEST,
                 };
-                (status, json!({"error": code.as_str(), "error_description": description}), false)
+                (
+                    status,
+                    json!({"error": code.as_str(), "error_description": description}),
+                    false,
+                )
             }
             Self::Client { description, basic } => (
                 StatusCode::UNAUTHORIZED,
                 json!({"error": "invalid_client", "error_description": description}),
                 basic,
             ),
-            Self::NotFound(d) => (StatusCode::NOT_FOUND, json!({"error": "not_found", "error_description": d}), false),
-            Self::BadRequest(d) => (StatusCode::BAD_REQUEST, json!({"error": "invalid_request", "error_description": d}), false),
-            Self::Forbidden(d) => (StatusCode::FORBIDDEN, json!({"error": "forbidden", "error_description": d}), false),
-            Self::Conflict(d) => (StatusCode::CONFLICT, json!({"error": "conflict", "error_description": d}), false),
+            Self::NotFound(d) => (
+                StatusCode::NOT_FOUND,
+                json!({"error": "not_found", "error_description": d}),
+                false,
+            ),
+            Self::BadRequest(d) => (
+                StatusCode::BAD_REQUEST,
+                json!({"error": "invalid_request", "error_description": d}),
+                false,
+            ),
+            Self::Forbidden(d) => (
+                StatusCode::FORBIDDEN,
+                json!({"error": "forbidden", "error_description": d}),
+                false,
+            ),
+            Self::Conflict(d) => (
+                StatusCode::CONFLICT,
+                json!({"error": "conflict", "error_description": d}),
+                false,
+            ),
             Self::Unavailable(detail) => {
                 tracing::error!(%detail, "request failed on an internal error");
                 (
@@ -123,7 +149,10 @@ impl IntoResponse for ApiError {
         let h = resp.headers_mut();
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         if challenge {
-            h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"tessera\""));
+            h.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"tessera\""),
+            );
         }
         resp
     }

@@ -33,7 +33,8 @@ pub fn load_kek(source: Option<&KekSource>, data_dir: &Path) -> Result<(Kek, boo
         let bytes = STANDARD
             .decode(text.trim())
             .map_err(|_| StartError::Kek(format!("{from} is not base64")))?;
-        Kek::from_bytes(&bytes).map_err(|_| StartError::Kek(format!("{from} must hold 32 bytes (base64)")))
+        Kek::from_bytes(&bytes)
+            .map_err(|_| StartError::Kek(format!("{from} must hold 32 bytes (base64)")))
     };
     match source {
         Some(KekSource::Value(v)) => Ok((decode(v, "TESSERA_KEK")?, false)),
@@ -53,12 +54,18 @@ pub fn load_kek(source: Option<&KekSource>, data_dir: &Path) -> Result<(Kek, boo
             f.write_all(STANDARD.encode(bytes).as_bytes())
                 .and_then(|()| f.sync_all())
                 .map_err(|e| StartError::Kek(format!("cannot write `{}`: {e}", path.display())))?;
-            Ok((Kek::from_bytes(&bytes).map_err(|e| StartError::Kek(e.to_string()))?, true))
+            Ok((
+                Kek::from_bytes(&bytes).map_err(|e| StartError::Kek(e.to_string()))?,
+                true,
+            ))
         }
     }
 }
 
-fn read_kek_file(path: &Path, decode: &dyn Fn(&str, &str) -> Result<Kek, StartError>) -> Result<Kek, StartError> {
+fn read_kek_file(
+    path: &Path,
+    decode: &dyn Fn(&str, &str) -> Result<Kek, StartError>,
+) -> Result<Kek, StartError> {
     let meta = std::fs::metadata(path)
         .map_err(|e| StartError::Kek(format!("cannot read `{}`: {e}", path.display())))?;
     if meta.permissions().mode() & 0o077 != 0 {
@@ -98,11 +105,16 @@ impl KeyRing {
         let mut by_td: HashMap<TrustDomain, Vec<KeyEntry>> = HashMap::new();
         for r in records {
             let td = TrustDomain::parse(&r.trust_domain).map_err(|e| e.to_string())?;
-            let alg = Alg::parse(&r.alg).ok_or_else(|| format!("key `{}` has unknown algorithm `{}`", r.kid, r.alg))?;
-            let sealed = STANDARD.decode(&r.sealed).map_err(|_| format!("key `{}` is not base64", r.kid))?;
+            let alg = Alg::parse(&r.alg)
+                .ok_or_else(|| format!("key `{}` has unknown algorithm `{}`", r.kid, r.alg))?;
+            let sealed = STANDARD
+                .decode(&r.sealed)
+                .map_err(|_| format!("key `{}` is not base64", r.kid))?;
             let pkcs8 = kek
                 .open(&sealed, &key_aad(&r.trust_domain, &r.kid))
-                .map_err(|_| format!("key `{}` does not open with this key-encryption key", r.kid))?;
+                .map_err(|_| {
+                    format!("key `{}` does not open with this key-encryption key", r.kid)
+                })?;
             let key = SigningKey::from_pkcs8(alg, &pkcs8).map_err(|e| e.to_string())?;
             if key.kid().as_str() != r.kid {
                 return Err(format!("key `{}` does not match its stored id", r.kid));
@@ -153,10 +165,18 @@ impl KeyRing {
 }
 
 /// A freshly generated key, sealed for storage.
-pub fn new_key_record(td: &TrustDomain, alg: Alg, kek: &Kek, now: i64, activate_at: i64) -> Result<KeyRecord, String> {
+pub fn new_key_record(
+    td: &TrustDomain,
+    alg: Alg,
+    kek: &Kek,
+    now: i64,
+    activate_at: i64,
+) -> Result<KeyRecord, String> {
     let (key, pkcs8) = SigningKey::generate(alg).map_err(|e| e.to_string())?;
     let kid = key.kid().to_string();
-    let sealed = kek.seal(&pkcs8, &key_aad(td.as_str(), &kid)).map_err(|e| e.to_string())?;
+    let sealed = kek
+        .seal(&pkcs8, &key_aad(td.as_str(), &kid))
+        .map_err(|e| e.to_string())?;
     let jwk = serde_json::to_string(&key.public().to_jwk()).map_err(|e| e.to_string())?;
     Ok(KeyRecord {
         kid,
@@ -214,10 +234,16 @@ mod tests {
         first_after.retire_at = retire;
         let ring = KeyRing::load(&[first_after, next.clone()], &kek).unwrap();
         // Before activation: old key signs, both are published.
-        assert_eq!(ring.signing(&td, 500).unwrap().key.kid().as_str(), first.kid);
+        assert_eq!(
+            ring.signing(&td, 500).unwrap().key.kid().as_str(),
+            first.kid
+        );
         assert_eq!(ring.published(&td, 500).len(), 2);
         // After activation: new key signs; old one still published for its live tokens.
-        assert_eq!(ring.signing(&td, 1100).unwrap().key.kid().as_str(), next.kid);
+        assert_eq!(
+            ring.signing(&td, 1100).unwrap().key.kid().as_str(),
+            next.kid
+        );
         assert_eq!(ring.published(&td, 1100 + 3600).len(), 2);
         // After the old key's last token expired, it is withdrawn.
         assert_eq!(ring.published(&td, 1100 + 3600 + 61).len(), 1);
@@ -229,7 +255,9 @@ mod tests {
         let td = TrustDomain::parse("example.org").unwrap();
         let rec = new_key_record(&td, Alg::EdDSA, &kek, 0, 0).unwrap();
         let other = Kek::from_bytes(&[8u8; 32]).unwrap();
-        assert!(KeyRing::load(&[rec], &other).unwrap_err().contains("does not open"));
+        assert!(KeyRing::load(&[rec], &other)
+            .unwrap_err()
+            .contains("does not open"));
     }
 
     #[test]
@@ -239,7 +267,11 @@ mod tests {
         assert!(created);
         let (_, created) = load_kek(None, dir.path()).unwrap();
         assert!(!created);
-        std::fs::set_permissions(dir.path().join("kek"), std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::set_permissions(
+            dir.path().join("kek"),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
         let err = load_kek(None, dir.path()).unwrap_err().to_string();
         assert!(err.contains("readable by others"), "{err}");
         assert!(load_kek(Some(&KekSource::Value("short".into())), dir.path()).is_err());

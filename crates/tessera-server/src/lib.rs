@@ -60,7 +60,9 @@ pub struct App {
 
 impl std::fmt::Debug for App {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("App").field("base_url", &self.base_url).finish_non_exhaustive()
+        f.debug_struct("App")
+            .field("base_url", &self.base_url)
+            .finish_non_exhaustive()
     }
 }
 
@@ -87,21 +89,38 @@ impl App {
     }
 
     pub fn serves(&self, td: &str) -> Option<&TrustDomain> {
-        self.config.trust_domains.iter().map(|t| &t.name).find(|t| t.as_str() == td)
+        self.config
+            .trust_domains
+            .iter()
+            .map(|t| &t.name)
+            .find(|t| t.as_str() == td)
     }
 
     /// Reloads state from storage and swaps in a new snapshot.
     pub async fn reload(&self) -> Result<(), String> {
         let _one = self.reload_lock.lock().await;
-        let version = self.store.state_version().await.map_err(|e| e.to_string())?;
+        let version = self
+            .store
+            .state_version()
+            .await
+            .map_err(|e| e.to_string())?;
         let state = self.store.load_state().await.map_err(|e| e.to_string())?;
         let now = tessera_core::now_unix();
-        let revoked = self.store.revoked_tokens(now).await.map_err(|e| e.to_string())?;
-        let keys = KeyRing::load(&self.store.keys().await.map_err(|e| e.to_string())?, &self.kek)?;
-        let snap = Snapshot::build(version, state, revoked, keys).map_err(|e| e.to_string())?;
-        self.metrics
-            .grants_overdue
-            .set(i64::try_from(tessera_policy::overdue_grants(&snap.grants, now).len()).unwrap_or(i64::MAX));
+        let revoked = self
+            .store
+            .revoked_tokens(now)
+            .await
+            .map_err(|e| e.to_string())?;
+        let keys = KeyRing::load(
+            &self.store.keys().await.map_err(|e| e.to_string())?,
+            &self.kek,
+        )?;
+        let previous = self.snapshot();
+        let snap = Snapshot::build(version, state, revoked, keys, Some(&previous)).map_err(|e| e.to_string())?;
+        self.metrics.grants_overdue.set(
+            i64::try_from(tessera_policy::overdue_grants(&snap.grants, now).len())
+                .unwrap_or(i64::MAX),
+        );
         match self.snapshot.write() {
             Ok(mut s) => *s = snap,
             Err(poisoned) => *poisoned.into_inner() = snap,
@@ -115,10 +134,20 @@ impl App {
         self.reload().await.map_err(ApiError::unavailable)
     }
 
-    pub async fn revoke_token(&self, jti: &str, exp: i64, actor: &str, sub: &str) -> Result<(), ApiError> {
+    pub async fn revoke_token(
+        &self,
+        jti: &str,
+        exp: i64,
+        actor: &str,
+        sub: &str,
+    ) -> Result<(), ApiError> {
         let now = tessera_core::now_unix();
         self.change(
-            &[Op::RevokeToken { jti: jti.to_owned(), expires_at: exp, at: now }],
+            &[Op::RevokeToken {
+                jti: jti.to_owned(),
+                expires_at: exp,
+                at: now,
+            }],
             AuditEvent {
                 kind: "revoke.token".into(),
                 actor: actor.to_owned(),
@@ -132,12 +161,21 @@ impl App {
 
     fn issuer_for(&self, td: Option<&str>) -> Result<Issuer, ApiError> {
         match td {
-            None => Ok(Issuer { td: self.first_td().clone(), url: self.base_url.clone() }),
+            None => Ok(Issuer {
+                td: self.first_td().clone(),
+                url: self.base_url.clone(),
+            }),
             Some(t) => {
-                let td = self
-                    .serves(t)
-                    .ok_or_else(|| ApiError::NotFound(format!("this authority does not serve trust domain `{}`", t.chars().take(80).collect::<String>())))?;
-                Ok(Issuer { td: td.clone(), url: format!("{}/{}", self.base_url, td) })
+                let td = self.serves(t).ok_or_else(|| {
+                    ApiError::NotFound(format!(
+                        "this authority does not serve trust domain `{}`",
+                        t.chars().take(80).collect::<String>()
+                    ))
+                })?;
+                Ok(Issuer {
+                    td: td.clone(),
+                    url: format!("{}/{}", self.base_url, td),
+                })
             }
         }
     }
@@ -173,7 +211,10 @@ impl Running {
 
 fn prepare_data_dir(dir: &std::path::Path) -> Result<(), StartError> {
     use std::os::unix::fs::DirBuilderExt;
-    let err = |m: String| StartError::DataDir { path: dir.display().to_string(), message: m };
+    let err = |m: String| StartError::DataDir {
+        path: dir.display().to_string(),
+        message: m,
+    };
     if !dir.exists() {
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -188,7 +229,10 @@ fn prepare_data_dir(dir: &std::path::Path) -> Result<(), StartError> {
 }
 
 /// Starts the authority: storage, keys, state, the HTTP API and the admin socket.
-pub async fn start(config: ServerConfig, kek_source: Option<KekSource>) -> Result<Running, StartError> {
+pub async fn start(
+    config: ServerConfig,
+    kek_source: Option<KekSource>,
+) -> Result<Running, StartError> {
     let config = config.finish()?;
     prepare_data_dir(&config.data_dir)?;
     let (kek, _) = keys::load_kek(kek_source.as_ref(), &config.data_dir)?;
@@ -213,9 +257,17 @@ pub async fn start(config: ServerConfig, kek_source: Option<KekSource>) -> Resul
             }
         }
         None => {
-            let sealed = kek.seal(CHECK.as_bytes(), CHECK).map_err(|e| StartError::Kek(e.to_string()))?;
+            let sealed = kek
+                .seal(CHECK.as_bytes(), CHECK)
+                .map_err(|e| StartError::Kek(e.to_string()))?;
             store
-                .commit(&[Op::InitMeta { key: "kek_check".into(), value: STANDARD.encode(sealed) }], &[])
+                .commit(
+                    &[Op::InitMeta {
+                        key: "kek_check".into(),
+                        value: STANDARD.encode(sealed),
+                    }],
+                    &[],
+                )
                 .await?;
         }
     }
@@ -224,10 +276,20 @@ pub async fn start(config: ServerConfig, kek_source: Option<KekSource>) -> Resul
         Some(v) => v,
         None => {
             let fresh = kek
-                .seal(&tessera_token::seal::random_bytes::<32>().map_err(|e| StartError::Kek(e.to_string()))?, "client-secret-key")
+                .seal(
+                    &tessera_token::seal::random_bytes::<32>()
+                        .map_err(|e| StartError::Kek(e.to_string()))?,
+                    "client-secret-key",
+                )
                 .map_err(|e| StartError::Kek(e.to_string()))?;
             store
-                .commit(&[Op::InitMeta { key: "client_secret_key".into(), value: STANDARD.encode(fresh) }], &[])
+                .commit(
+                    &[Op::InitMeta {
+                        key: "client_secret_key".into(),
+                        value: STANDARD.encode(fresh),
+                    }],
+                    &[],
+                )
                 .await?;
             store.meta("client_secret_key").await?.unwrap_or_default()
         }
@@ -244,7 +306,8 @@ pub async fn start(config: ServerConfig, kek_source: Option<KekSource>) -> Resul
     let ring = KeyRing::load(&store.keys().await?, &kek).map_err(StartError::Kek)?;
     for td in &config.trust_domains {
         if ring.signing(&td.name, now).is_none() {
-            let rec = keys::new_key_record(&td.name, config.key_alg, &kek, now, now).map_err(StartError::Keys)?;
+            let rec = keys::new_key_record(&td.name, config.key_alg, &kek, now, now)
+                .map_err(StartError::Keys)?;
             store
                 .commit(
                     &[Op::InsertKey(rec.clone())],
@@ -261,7 +324,10 @@ pub async fn start(config: ServerConfig, kek_source: Option<KekSource>) -> Resul
     }
 
     let (tcp, tls) = bind_api(&config).await?;
-    let local = tcp.local_addr().map_err(|e| StartError::Listen { addr: config.listen.to_string(), message: e.to_string() })?;
+    let local = tcp.local_addr().map_err(|e| StartError::Listen {
+        addr: config.listen.to_string(),
+        message: e.to_string(),
+    })?;
     let scheme = if tls.is_some() { "https" } else { "http" };
     let base_url = config
         .public_url
@@ -271,7 +337,7 @@ pub async fn start(config: ServerConfig, kek_source: Option<KekSource>) -> Resul
 
     let mut registry = Registry::default();
     let metrics = Metrics::new(&mut registry);
-    let snapshot = Snapshot::build(0, Default::default(), vec![], KeyRing::default())?;
+    let snapshot = Snapshot::build(0, Default::default(), vec![], KeyRing::default(), None)?;
     let first_td = config
         .trust_domains
         .first()
@@ -304,7 +370,10 @@ pub async fn start(config: ServerConfig, kek_source: Option<KekSource>) -> Resul
                 let shutdown = async move {
                     let _ = rx.wait_for(|s| *s).await;
                 };
-                if let Err(e) = axum::serve(tcp, router).with_graceful_shutdown(shutdown).await {
+                if let Err(e) = axum::serve(tcp, router)
+                    .with_graceful_shutdown(shutdown)
+                    .await
+                {
                     tracing::error!(error = %e, "API server stopped");
                 }
             })
@@ -313,7 +382,14 @@ pub async fn start(config: ServerConfig, kek_source: Option<KekSource>) -> Resul
     let admin_socket = app.config.data_dir.join("admin.sock");
     tasks.push(admin::serve(app.clone(), &admin_socket, stop_rx.clone()).await?);
     tasks.push(tokio::spawn(background(app.clone(), stop_rx)));
-    Ok(Running { url: base_url, admin_socket, app, tls_ca, stop, tasks })
+    Ok(Running {
+        url: base_url,
+        admin_socket,
+        app,
+        tls_ca,
+        stop,
+        tasks,
+    })
 }
 
 fn display_addr(a: SocketAddr) -> String {
@@ -323,10 +399,15 @@ fn display_addr(a: SocketAddr) -> String {
     }
 }
 
-async fn bind_api(config: &ServerConfig) -> Result<(tokio::net::TcpListener, Option<tls::Tls>), StartError> {
+async fn bind_api(
+    config: &ServerConfig,
+) -> Result<(tokio::net::TcpListener, Option<tls::Tls>), StartError> {
     let tcp = tokio::net::TcpListener::bind(config.listen)
         .await
-        .map_err(|e| StartError::Listen { addr: config.listen.to_string(), message: e.to_string() })?;
+        .map_err(|e| StartError::Listen {
+            addr: config.listen.to_string(),
+            message: e.to_string(),
+        })?;
     if config.dev {
         return Ok((tcp, None));
     }
@@ -358,11 +439,13 @@ async fn background(app: Arc<App>, mut stop: watch::Receiver<bool>) {
             if let Some(k) = snap.keys.signing(&td.name, now) {
                 app.metrics
                     .key_age_seconds
-                    .get_or_create(&TdLabels { trust_domain: td.name.to_string() })
+                    .get_or_create(&TdLabels {
+                        trust_domain: td.name.to_string(),
+                    })
                     .set(now - k.activate_at);
             }
         }
-        if n % 60 == 0 {
+        if n.is_multiple_of(60) {
             if let Some(period) = app.config.key_rotation_period {
                 if let Err(e) = admin::scheduled_rotation(&app, period, now).await {
                     tracing::error!(error = %e, "scheduled key rotation failed");
@@ -380,22 +463,64 @@ fn api_router(app: Arc<App>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
-        .route("/.well-known/oauth-authorization-server", get(|s| metadata(s, None)))
-        .route("/.well-known/openid-configuration", get(|s| metadata(s, None)))
-        .route("/.well-known/oauth-authorization-server/{td}", get(|s, Path(td): Path<String>| metadata(s, Some(td))))
-        .route("/{td}/.well-known/openid-configuration", get(|s, Path(td): Path<String>| metadata(s, Some(td))))
+        .route(
+            "/.well-known/oauth-authorization-server",
+            get(|s| metadata(s, None)),
+        )
+        .route(
+            "/.well-known/openid-configuration",
+            get(|s| metadata(s, None)),
+        )
+        .route(
+            "/.well-known/oauth-authorization-server/{td}",
+            get(|s, Path(td): Path<String>| metadata(s, Some(td))),
+        )
+        .route(
+            "/{td}/.well-known/openid-configuration",
+            get(|s, Path(td): Path<String>| metadata(s, Some(td))),
+        )
         .route("/jwks", get(|s| jwks(s, None)))
-        .route("/{td}/jwks", get(|s, Path(td): Path<String>| jwks(s, Some(td))))
+        .route(
+            "/{td}/jwks",
+            get(|s, Path(td): Path<String>| jwks(s, Some(td))),
+        )
         .route("/bundle/{td}", get(bundle))
         .route("/revocations", get(|s| revocations(s, None)))
-        .route("/{td}/revocations", get(|s, Path(td): Path<String>| revocations(s, Some(td))))
-        .route("/token", post(|s, h, b| endpoint(s, None, h, b, Endpoint::Token)))
-        .route("/{td}/token", post(|s, Path(td): Path<String>, h, b| endpoint(s, Some(td), h, b, Endpoint::Token)))
-        .route("/introspect", post(|s, h, b| endpoint(s, None, h, b, Endpoint::Introspect)))
-        .route("/{td}/introspect", post(|s, Path(td): Path<String>, h, b| endpoint(s, Some(td), h, b, Endpoint::Introspect)))
-        .route("/revoke", post(|s, h, b| endpoint(s, None, h, b, Endpoint::Revoke)))
-        .route("/{td}/revoke", post(|s, Path(td): Path<String>, h, b| endpoint(s, Some(td), h, b, Endpoint::Revoke)))
-        .fallback(|| async { ApiError::NotFound("no such endpoint; see /.well-known/oauth-authorization-server".into()) })
+        .route(
+            "/{td}/revocations",
+            get(|s, Path(td): Path<String>| revocations(s, Some(td))),
+        )
+        .route(
+            "/token",
+            post(|s, h, b| endpoint(s, None, h, b, Endpoint::Token)),
+        )
+        .route(
+            "/{td}/token",
+            post(|s, Path(td): Path<String>, h, b| endpoint(s, Some(td), h, b, Endpoint::Token)),
+        )
+        .route(
+            "/introspect",
+            post(|s, h, b| endpoint(s, None, h, b, Endpoint::Introspect)),
+        )
+        .route(
+            "/{td}/introspect",
+            post(|s, Path(td): Path<String>, h, b| {
+                endpoint(s, Some(td), h, b, Endpoint::Introspect)
+            }),
+        )
+        .route(
+            "/revoke",
+            post(|s, h, b| endpoint(s, None, h, b, Endpoint::Revoke)),
+        )
+        .route(
+            "/{td}/revoke",
+            post(|s, Path(td): Path<String>, h, b| endpoint(s, Some(td), h, b, Endpoint::Revoke)),
+        )
+        .fallback(|| async {
+            ApiError::NotFound(
+                "no such endpoint; see /.well-known/oauth-authorization-server".into(),
+            )
+        })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(MAX_BODY))
         .with_state(app)
@@ -408,7 +533,13 @@ enum Endpoint {
     Revoke,
 }
 
-async fn endpoint(State(app): State<Arc<App>>, td: Option<String>, headers: HeaderMap, body: Bytes, which: Endpoint) -> Response {
+async fn endpoint(
+    State(app): State<Arc<App>>,
+    td: Option<String>,
+    headers: HeaderMap,
+    body: Bytes,
+    which: Endpoint,
+) -> Response {
     let issuer = match app.issuer_for(td.as_deref()) {
         Ok(i) => i,
         Err(e) => return e.into_response(),
@@ -436,7 +567,10 @@ async fn metrics_text(State(app): State<Arc<App>>) -> Response {
         return ApiError::unavailable("metrics encoding failed").into_response();
     }
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         out,
     )
         .into_response()
@@ -481,7 +615,8 @@ async fn jwks(State(app): State<Arc<App>>, td: Option<String>) -> Response {
         Err(e) => return e.into_response(),
     };
     let snap = app.snapshot();
-    let set = tessera_token::JwkSet::from_keys(snap.keys.published(&issuer.td, tessera_core::now_unix()));
+    let set =
+        tessera_token::JwkSet::from_keys(snap.keys.published(&issuer.td, tessera_core::now_unix()));
     cached(Json(set).into_response(), app.config.jwks_max_age.as_secs())
 }
 
@@ -504,7 +639,8 @@ async fn bundle(State(app): State<Arc<App>>, Path(td): Path<String>) -> Response
         })
         .collect();
     let refresh = app.config.jwks_max_age.as_secs();
-    let doc = json!({"keys": keys, "spiffe_sequence": snap.version, "spiffe_refresh_hint": refresh});
+    let doc =
+        json!({"keys": keys, "spiffe_sequence": snap.version, "spiffe_refresh_hint": refresh});
     cached(Json(doc).into_response(), refresh)
 }
 
@@ -524,10 +660,19 @@ async fn revocations(State(app): State<Arc<App>>, td: Option<String>) -> Respons
         .workloads
         .values()
         .filter(|w| w.spec.id.trust_domain_str() == issuer.td.as_str())
-        .filter_map(|w| w.revoked_at.map(|at| json!({"sub": w.spec.id, "revoked_at": at})))
+        .filter_map(|w| {
+            w.revoked_at
+                .map(|at| json!({"sub": w.spec.id, "revoked_at": at}))
+        })
         .collect();
-    let revoked: Vec<Value> = tokens.into_iter().map(|(jti, exp)| json!({"jti": jti, "exp": exp})).collect();
-    cached(Json(json!({"revoked": revoked, "revoked_workloads": workloads})).into_response(), 5)
+    let revoked: Vec<Value> = tokens
+        .into_iter()
+        .map(|(jti, exp)| json!({"jti": jti, "exp": exp}))
+        .collect();
+    cached(
+        Json(json!({"revoked": revoked, "revoked_workloads": workloads})).into_response(),
+        5,
+    )
 }
 
 /// Used by the admin API for bad requests that are not OAuth errors.

@@ -38,15 +38,19 @@ impl Metrics {
     pub fn new(registry: &mut Registry) -> Self {
         let m = Self {
             tokens: Family::default(),
-            issue_seconds: Histogram::new(
-                [0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5].into_iter(),
-            ),
+            issue_seconds: Histogram::new([
+                0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5,
+            ]),
             client_auth_failures: Family::default(),
             grants_overdue: Gauge::default(),
             key_age_seconds: Family::default(),
             audit_failures: Counter::default(),
         };
-        registry.register("tessera_tokens", "Token requests by grant type and result", m.tokens.clone());
+        registry.register(
+            "tessera_tokens",
+            "Token requests by grant type and result",
+            m.tokens.clone(),
+        );
         registry.register(
             "tessera_token_issue_duration_seconds",
             "Time from request to response for token requests",

@@ -15,7 +15,9 @@ use serde_json::{json, Value};
 use tessera_core::manifest::ClientAuth;
 use tessera_core::{ClientId, Scope, SpiffeId, TrustDomain};
 use tessera_store::AuditEvent;
-use tessera_token::claims::{audience_contains, check_times, numeric_date, string_claim, TimeRules};
+use tessera_token::claims::{
+    audience_contains, check_times, numeric_date, string_claim, TimeRules,
+};
 use tessera_token::{sign, AccessTokenClaims, Unverified, TYP_ACCESS_TOKEN};
 
 use crate::error::{ApiError, OAuthCode};
@@ -73,7 +75,11 @@ impl Form {
                 form.targets.push(v.into_owned());
                 continue;
             }
-            if form.params.insert(k.clone().into_owned(), v.into_owned()).is_some() {
+            if form
+                .params
+                .insert(k.clone().into_owned(), v.into_owned())
+                .is_some()
+            {
                 return Err(ApiError::oauth(
                     OAuthCode::InvalidRequest,
                     format!("parameter `{}` appears more than once", truncate(&k, 40)),
@@ -99,8 +105,16 @@ pub struct AuthedClient {
     pub method: &'static str,
 }
 
-fn client_failure(app: &App, method: &'static str, claimed: Option<&str>, why: &str) -> (AuditEvent, ApiError) {
-    app.metrics.client_auth_failures.get_or_create(&MethodLabels { method }).inc();
+fn client_failure(
+    app: &App,
+    method: &'static str,
+    claimed: Option<&str>,
+    why: &str,
+) -> (AuditEvent, ApiError) {
+    app.metrics
+        .client_auth_failures
+        .get_or_create(&MethodLabels { method })
+        .inc();
     let actor = claimed
         .and_then(|c| ClientId::parse(c).ok())
         .map_or_else(|| "(unknown)".to_owned(), |c| c.to_string());
@@ -111,7 +125,13 @@ fn client_failure(app: &App, method: &'static str, claimed: Option<&str>, why: &
         outcome: "denied".into(),
         detail: json!({"method": method, "reason": why}),
     };
-    (event, ApiError::Client { description: why.to_owned(), basic: method == "client_secret_basic" })
+    (
+        event,
+        ApiError::Client {
+            description: why.to_owned(),
+            basic: method == "client_secret_basic",
+        },
+    )
 }
 
 /// Authenticates the client by exactly one of the three methods. Failures are audited.
@@ -125,7 +145,8 @@ pub async fn authenticate(
     let result = authenticate_inner(app, snap, issuer, headers, form).await;
     match result {
         Ok(c) => Ok(c),
-        Err(Failure::Refused(event, err)) => {
+        Err(Failure::Refused(refusal)) => {
+            let (event, err) = *refusal;
             // The refusal stands whether or not its record could be written.
             if let Err(e) = app.audit.append(event).await {
                 app.metrics.audit_failures.inc();
@@ -138,7 +159,7 @@ pub async fn authenticate(
 }
 
 enum Failure {
-    Refused(AuditEvent, ApiError),
+    Refused(Box<(AuditEvent, ApiError)>),
     Api(ApiError),
 }
 
@@ -163,30 +184,55 @@ async fn authenticate_inner(
         .map(|(_, rest)| rest.trim().to_owned());
     let post_secret = form.get("client_secret");
     let assertion = form.get("client_assertion");
-    let methods = usize::from(basic.is_some()) + usize::from(post_secret.is_some()) + usize::from(assertion.is_some());
+    let methods = usize::from(basic.is_some())
+        + usize::from(post_secret.is_some())
+        + usize::from(assertion.is_some());
     if methods > 1 {
-        return Err(ApiError::oauth(OAuthCode::InvalidRequest, "use exactly one client authentication method").into());
+        return Err(ApiError::oauth(
+            OAuthCode::InvalidRequest,
+            "use exactly one client authentication method",
+        )
+        .into());
     }
     if let Some(b) = basic {
         let decoded = STANDARD
             .decode(b.as_bytes())
             .ok()
             .and_then(|d| String::from_utf8(d).ok())
-            .ok_or_else(|| refused(app, "client_secret_basic", None, "the Basic credentials are not base64 of `id:secret`"))?;
-        let (id, secret) = decoded
-            .split_once(':')
-            .ok_or_else(|| refused(app, "client_secret_basic", None, "the Basic credentials are not base64 of `id:secret`"))?;
+            .ok_or_else(|| {
+                refused(
+                    app,
+                    "client_secret_basic",
+                    None,
+                    "the Basic credentials are not base64 of `id:secret`",
+                )
+            })?;
+        let (id, secret) = decoded.split_once(':').ok_or_else(|| {
+            refused(
+                app,
+                "client_secret_basic",
+                None,
+                "the Basic credentials are not base64 of `id:secret`",
+            )
+        })?;
         // RFC 6749 §2.3.1: both parts are form-urlencoded before being joined.
         let (id, secret) = (form_decode(id), form_decode(secret));
         if form.get("client_id").is_some_and(|c| c != id) {
-            return Err(ApiError::oauth(OAuthCode::InvalidRequest, "`client_id` differs from the Basic credentials").into());
+            return Err(ApiError::oauth(
+                OAuthCode::InvalidRequest,
+                "`client_id` differs from the Basic credentials",
+            )
+            .into());
         }
         return check_secret(app, snap, "client_secret_basic", &id, &secret);
     }
     if let Some(secret) = post_secret {
-        let id = form
-            .get("client_id")
-            .ok_or_else(|| ApiError::oauth(OAuthCode::InvalidRequest, "`client_secret` needs `client_id`"))?;
+        let id = form.get("client_id").ok_or_else(|| {
+            ApiError::oauth(
+                OAuthCode::InvalidRequest,
+                "`client_secret` needs `client_id`",
+            )
+        })?;
         return check_secret(app, snap, "client_secret_post", id, secret);
     }
     if let Some(assertion) = assertion {
@@ -201,8 +247,7 @@ async fn authenticate_inner(
 }
 
 fn refused(app: &App, method: &'static str, claimed: Option<&str>, why: &str) -> Failure {
-    let (event, err) = client_failure(app, method, claimed, why);
-    Failure::Refused(event, err)
+    Failure::Refused(Box::new(client_failure(app, method, claimed, why)))
 }
 
 fn form_decode(s: &str) -> String {
@@ -213,74 +258,192 @@ fn form_decode(s: &str) -> String {
         .unwrap_or_default()
 }
 
-fn check_secret(app: &App, snap: &Snapshot, method: &'static str, id: &str, secret: &str) -> Result<AuthedClient, Failure> {
+fn check_secret(
+    app: &App,
+    snap: &Snapshot,
+    method: &'static str,
+    id: &str,
+    secret: &str,
+) -> Result<AuthedClient, Failure> {
     const WRONG: &str = "unknown client or wrong secret";
     let Some(client) = snap.clients.get(id) else {
         return Err(refused(app, method, Some(id), WRONG));
     };
     if client.spec.auth != ClientAuth::ClientSecret {
-        return Err(refused(app, method, Some(id), "this client authenticates with private_key_jwt, not a secret"));
+        return Err(refused(
+            app,
+            method,
+            Some(id),
+            "this client authenticates with private_key_jwt, not a secret",
+        ));
     }
     let Some((record, tag)) = &client.secret else {
-        return Err(refused(app, method, Some(id), "this client has no secret yet: issue one with `tessera client secret`"));
+        return Err(refused(
+            app,
+            method,
+            Some(id),
+            "this client has no secret yet: issue one with `tessera client secret`",
+        ));
     };
     // Machine secrets are 256-bit random values: a keyed hash is the right cost, and
     // `hmac::verify` compares in constant time.
     if ring::hmac::verify(&app.hmac, secret.as_bytes(), tag).is_err() {
         return Err(refused(app, method, Some(id), WRONG));
     }
-    if record.expires_at.is_some_and(|e| e <= tessera_core::now_unix()) {
-        return Err(refused(app, method, Some(id), &format!(
-            "the client secret has expired; issue a new one with `tessera client secret {id}`"
-        )));
+    if record
+        .expires_at
+        .is_some_and(|e| e <= tessera_core::now_unix())
+    {
+        return Err(refused(
+            app,
+            method,
+            Some(id),
+            &format!(
+                "the client secret has expired; issue a new one with `tessera client secret {id}`"
+            ),
+        ));
     }
-    Ok(AuthedClient { id: id.to_owned(), method })
+    Ok(AuthedClient {
+        id: id.to_owned(),
+        method,
+    })
 }
 
-async fn check_assertion(app: &App, snap: &Snapshot, issuer: &Issuer, form: &Form, assertion: &str) -> Result<AuthedClient, Failure> {
+async fn check_assertion(
+    app: &App,
+    snap: &Snapshot,
+    issuer: &Issuer,
+    form: &Form,
+    assertion: &str,
+) -> Result<AuthedClient, Failure> {
     const M: &str = "private_key_jwt";
     if form.get("client_assertion_type") != Some(JWT_BEARER_ASSERTION) {
         return Err(refused(app, M, form.get("client_id"), "`client_assertion_type` must be urn:ietf:params:oauth:client-assertion-type:jwt-bearer"));
     }
-    let parsed = Unverified::parse(assertion).map_err(|e| refused(app, M, form.get("client_id"), &format!("client assertion: {e}")))?;
-    if parsed.typ.as_deref().is_some_and(|t| t.eq_ignore_ascii_case(TYP_ACCESS_TOKEN) || t.eq_ignore_ascii_case("application/at+jwt")) {
-        return Err(refused(app, M, form.get("client_id"), "an access token is not a client assertion"));
+    let parsed = Unverified::parse(assertion).map_err(|e| {
+        refused(
+            app,
+            M,
+            form.get("client_id"),
+            &format!("client assertion: {e}"),
+        )
+    })?;
+    if parsed.typ.as_deref().is_some_and(|t| {
+        t.eq_ignore_ascii_case(TYP_ACCESS_TOKEN) || t.eq_ignore_ascii_case("application/at+jwt")
+    }) {
+        return Err(refused(
+            app,
+            M,
+            form.get("client_id"),
+            "an access token is not a client assertion",
+        ));
     }
-    let iss = string_claim(&parsed.claims, "iss").map_err(|e| refused(app, M, form.get("client_id"), &format!("client assertion: {e}")))?;
-    let sub = string_claim(&parsed.claims, "sub").map_err(|e| refused(app, M, Some(iss), &format!("client assertion: {e}")))?;
+    let iss = string_claim(&parsed.claims, "iss").map_err(|e| {
+        refused(
+            app,
+            M,
+            form.get("client_id"),
+            &format!("client assertion: {e}"),
+        )
+    })?;
+    let sub = string_claim(&parsed.claims, "sub")
+        .map_err(|e| refused(app, M, Some(iss), &format!("client assertion: {e}")))?;
     if iss != sub {
-        return Err(refused(app, M, Some(iss), "client assertion: `iss` and `sub` must both be the client ID"));
+        return Err(refused(
+            app,
+            M,
+            Some(iss),
+            "client assertion: `iss` and `sub` must both be the client ID",
+        ));
     }
     if form.get("client_id").is_some_and(|c| c != iss) {
-        return Err(refused(app, M, Some(iss), "`client_id` differs from the assertion's `iss`"));
+        return Err(refused(
+            app,
+            M,
+            Some(iss),
+            "`client_id` differs from the assertion's `iss`",
+        ));
     }
     let client: &ClientEntry = snap
         .clients
         .get(iss)
         .filter(|c| c.spec.auth == ClientAuth::PrivateKeyJwt)
-        .ok_or_else(|| refused(app, M, Some(iss), "unknown client, or not a private_key_jwt client"))?;
+        .ok_or_else(|| {
+            refused(
+                app,
+                M,
+                Some(iss),
+                "unknown client, or not a private_key_jwt client",
+            )
+        })?;
     let key = match &parsed.kid {
         Some(kid) => client.keys.get(kid).cloned(),
         None => None,
     };
-    let key = key.ok_or_else(|| refused(app, M, Some(iss), "the assertion's `kid` is not among the client's registered keys"))?;
-    parsed.verify_with(&key).map_err(|e| refused(app, M, Some(iss), &format!("client assertion: {e}")))?;
-    let now = tessera_core::now_unix();
-    let exp = check_times(&parsed.claims, &TimeRules { now, leeway: LEEWAY, max_ahead: Some(MAX_ASSERTION_AHEAD) })
-        .map_err(|e| refused(app, M, Some(iss), &format!("client assertion: {e}")))?;
-    let token_endpoint = issuer.endpoint("token");
-    audience_contains(&parsed.claims, &[issuer.url.as_str(), token_endpoint.as_str()]).map_err(|_| {
-        refused(app, M, Some(iss), &format!("client assertion: `aud` must be `{}` or `{token_endpoint}`", issuer.url))
+    let key = key.ok_or_else(|| {
+        refused(
+            app,
+            M,
+            Some(iss),
+            "the assertion's `kid` is not among the client's registered keys",
+        )
     })?;
-    let jti = string_claim(&parsed.claims, "jti").map_err(|e| refused(app, M, Some(iss), &format!("client assertion: {e}")))?;
+    parsed
+        .verify_with(&key)
+        .map_err(|e| refused(app, M, Some(iss), &format!("client assertion: {e}")))?;
+    let now = tessera_core::now_unix();
+    let exp = check_times(
+        &parsed.claims,
+        &TimeRules {
+            now,
+            leeway: LEEWAY,
+            max_ahead: Some(MAX_ASSERTION_AHEAD),
+        },
+    )
+    .map_err(|e| refused(app, M, Some(iss), &format!("client assertion: {e}")))?;
+    let token_endpoint = issuer.endpoint("token");
+    audience_contains(
+        &parsed.claims,
+        &[issuer.url.as_str(), token_endpoint.as_str()],
+    )
+    .map_err(|_| {
+        refused(
+            app,
+            M,
+            Some(iss),
+            &format!(
+                "client assertion: `aud` must be `{}` or `{token_endpoint}`",
+                issuer.url
+            ),
+        )
+    })?;
+    let jti = string_claim(&parsed.claims, "jti")
+        .map_err(|e| refused(app, M, Some(iss), &format!("client assertion: {e}")))?;
     if jti.len() > 256 {
-        return Err(refused(app, M, Some(iss), "client assertion: `jti` is longer than 256 characters"));
+        return Err(refused(
+            app,
+            M,
+            Some(iss),
+            "client assertion: `jti` is longer than 256 characters",
+        ));
     }
-    let fresh = app.store.claim_assertion(iss, jti, exp + LEEWAY).await.map_err(ApiError::from)?;
+    let fresh = app
+        .store
+        .claim_assertion(iss, jti, exp + LEEWAY)
+        .await
+        .map_err(ApiError::from)?;
     if !fresh {
-        return Err(refused(app, M, Some(iss), "client assertion: this `jti` was used before (replay)"));
+        return Err(refused(
+            app,
+            M,
+            Some(iss),
+            "client assertion: this `jti` was used before (replay)",
+        ));
     }
-    Ok(AuthedClient { id: iss.to_owned(), method: M })
+    Ok(AuthedClient {
+        id: iss.to_owned(),
+        method: M,
+    })
 }
 
 fn no_store(mut resp: Response) -> Response {
@@ -303,11 +466,17 @@ pub async fn token(app: Arc<App>, issuer: Issuer, headers: HeaderMap, body: Byte
             count(&app, "other", "refused");
             return ApiError::oauth(
                 OAuthCode::UnsupportedGrantType,
-                format!("grant type `{}` is not supported here (client_credentials is)", truncate(other, 80)),
+                format!(
+                    "grant type `{}` is not supported here (client_credentials is)",
+                    truncate(other, 80)
+                ),
             )
             .into_response();
         }
-        None => return ApiError::oauth(OAuthCode::InvalidRequest, "`grant_type` is missing").into_response(),
+        None => {
+            return ApiError::oauth(OAuthCode::InvalidRequest, "`grant_type` is missing")
+                .into_response()
+        }
     };
     let snap = app.snapshot();
     let resp = match client_credentials(&app, &snap, &issuer, &headers, &form).await {
@@ -325,17 +494,31 @@ pub async fn token(app: Arc<App>, issuer: Issuer, headers: HeaderMap, body: Byte
             e.into_response()
         }
     };
-    app.metrics.issue_seconds.observe(started.elapsed().as_secs_f64());
+    app.metrics
+        .issue_seconds
+        .observe(started.elapsed().as_secs_f64());
     resp
 }
 
 fn count(app: &App, grant_type: &'static str, result: &'static str) {
-    app.metrics.tokens.get_or_create(&IssueLabels { grant_type, result }).inc();
+    app.metrics
+        .tokens
+        .get_or_create(&IssueLabels { grant_type, result })
+        .inc();
 }
 
-async fn client_credentials(app: &App, snap: &Snapshot, issuer: &Issuer, headers: &HeaderMap, form: &Form) -> Result<Value, ApiError> {
+async fn client_credentials(
+    app: &App,
+    snap: &Snapshot,
+    issuer: &Issuer,
+    headers: &HeaderMap,
+    form: &Form,
+) -> Result<Value, ApiError> {
     let client = authenticate(app, snap, issuer, headers, form).await?;
-    let entry = snap.clients.get(&client.id).ok_or_else(|| ApiError::unavailable("authenticated client vanished"))?;
+    let entry = snap
+        .clients
+        .get(&client.id)
+        .ok_or_else(|| ApiError::unavailable("authenticated client vanished"))?;
     let caller = entry.spec.workload.clone();
     let deny = |code: OAuthCode, reason: String, target: Option<&str>| {
         let event = AuditEvent {
@@ -364,7 +547,9 @@ async fn client_credentials(app: &App, snap: &Snapshot, issuer: &Issuer, headers
         .signing(&issuer.td, tessera_core::now_unix())
         .ok_or_else(|| ApiError::unavailable(format!("no signing key for `{}`", issuer.td)))?;
     let now = tessera_core::now_unix();
-    let jti = tessera_token::strict::b64_encode(tessera_token::seal::random_bytes::<16>().map_err(ApiError::unavailable)?);
+    let jti = tessera_token::strict::b64_encode(
+        tessera_token::seal::random_bytes::<16>().map_err(ApiError::unavailable)?,
+    );
     let workload = snap.workloads.get(&caller);
     let claims = AccessTokenClaims {
         iss: issuer.url.clone(),
@@ -375,7 +560,9 @@ async fn client_credentials(app: &App, snap: &Snapshot, issuer: &Issuer, headers
         iat: now,
         exp: now + ttl,
         jti: jti.clone(),
-        environment: workload.and_then(|w| w.spec.environment.as_ref()).map(ToString::to_string),
+        environment: workload
+            .and_then(|w| w.spec.environment.as_ref())
+            .map(ToString::to_string),
     };
     let token = sign(&signing.key, TYP_ACCESS_TOKEN, &claims).map_err(ApiError::unavailable)?;
     // Fail closed: the token leaves only once its record is durable.
@@ -393,50 +580,95 @@ async fn client_credentials(app: &App, snap: &Snapshot, issuer: &Issuer, headers
             app.metrics.audit_failures.inc();
             ApiError::unavailable(e)
         })?;
-    let mut body = json!({
-        "access_token": token,
-        "token_type": "Bearer",
-        "expires_in": ttl,
-        "issued_token_type": "urn:ietf:params:oauth:token-type:access_token",
-    });
+    let mut body = serde_json::Map::new();
+    body.insert("access_token".into(), token.into());
+    body.insert("token_type".into(), "Bearer".into());
+    body.insert("expires_in".into(), ttl.into());
+    body.insert(
+        "issued_token_type".into(),
+        "urn:ietf:params:oauth:token-type:access_token".into(),
+    );
     if !claims.scope.is_empty() {
-        body["scope"] = Value::String(claims.scope);
+        body.insert("scope".into(), claims.scope.into());
     }
-    Ok(body)
+    Ok(Value::Object(body))
 }
 
 type Denial = (OAuthCode, String, Option<String>);
 
 /// Resolves the target and scopes and asks the policy engine. Pure: no I/O.
-fn decide(snap: &Snapshot, issuer: &Issuer, caller: &SpiffeId, form: &Form) -> Result<(SpiffeId, Vec<Scope>, i64), Denial> {
+fn decide(
+    snap: &Snapshot,
+    issuer: &Issuer,
+    caller: &SpiffeId,
+    form: &Form,
+) -> Result<(SpiffeId, Vec<Scope>, i64), Denial> {
     let Some(workload) = snap.workloads.get(caller) else {
-        return Err((OAuthCode::UnauthorizedClient, format!("the client's workload `{caller}` is not registered"), None));
+        return Err((
+            OAuthCode::UnauthorizedClient,
+            format!("the client's workload `{caller}` is not registered"),
+            None,
+        ));
     };
     if workload.revoked_at.is_some() {
-        return Err((OAuthCode::UnauthorizedClient, format!("workload `{caller}` has been revoked"), None));
+        return Err((
+            OAuthCode::UnauthorizedClient,
+            format!("workload `{caller}` has been revoked"),
+            None,
+        ));
     }
     if caller.trust_domain_str() != issuer.td.as_str() {
         return Err((
             OAuthCode::UnauthorizedClient,
-            format!("the client's workload is in trust domain `{}`; this issuer serves `{}`", caller.trust_domain_str(), issuer.td),
+            format!(
+                "the client's workload is in trust domain `{}`; this issuer serves `{}`",
+                caller.trust_domain_str(),
+                issuer.td
+            ),
             None,
         ));
     }
     let asked = match form.targets.as_slice() {
         [one] => one.as_str(),
-        [] => return Err((OAuthCode::InvalidTarget, "name the target service with `audience` or `resource`".into(), None)),
-        _ => return Err((OAuthCode::InvalidTarget, "one token is for one target: give one `audience` or `resource`".into(), None)),
+        [] => {
+            return Err((
+                OAuthCode::InvalidTarget,
+                "name the target service with `audience` or `resource`".into(),
+                None,
+            ))
+        }
+        _ => {
+            return Err((
+                OAuthCode::InvalidTarget,
+                "one token is for one target: give one `audience` or `resource`".into(),
+                None,
+            ))
+        }
     };
     let shown = truncate(asked, 200);
     let Some(target) = snap.targets.get(asked) else {
-        return Err((OAuthCode::InvalidTarget, format!("`{shown}` is not a registered workload or alias"), Some(shown)));
+        return Err((
+            OAuthCode::InvalidTarget,
+            format!("`{shown}` is not a registered workload or alias"),
+            Some(shown),
+        ));
     };
     if target.trust_domain_str() != issuer.td.as_str() {
-        return Err((OAuthCode::InvalidTarget, format!("`{target}` is in another trust domain than this issuer"), Some(target.to_string())));
+        return Err((
+            OAuthCode::InvalidTarget,
+            format!("`{target}` is in another trust domain than this issuer"),
+            Some(target.to_string()),
+        ));
     }
     let target_spec = snap.workloads.get(target).map(|w| &w.spec);
     let requested = match form.get("scope") {
-        Some(s) => Scope::parse_list(s).map_err(|e| (OAuthCode::InvalidScope, e.to_string(), Some(target.to_string())))?,
+        Some(s) => Scope::parse_list(s).map_err(|e| {
+            (
+                OAuthCode::InvalidScope,
+                e.to_string(),
+                Some(target.to_string()),
+            )
+        })?,
         None => Vec::new(),
     };
     let granted = tessera_policy::granted_scopes(&snap.grants, caller, target);
@@ -445,17 +677,29 @@ fn decide(snap: &Snapshot, issuer: &Issuer, caller: &SpiffeId, form: &Form) -> R
     } else {
         for s in &requested {
             if target_spec.is_some_and(|t| !t.scopes.contains(s)) {
-                return Err((OAuthCode::InvalidScope, format!("`{target}` does not define scope `{s}`"), Some(target.to_string())));
+                return Err((
+                    OAuthCode::InvalidScope,
+                    format!("`{target}` does not define scope `{s}`"),
+                    Some(target.to_string()),
+                ));
             }
             if !granted.contains(&s) {
-                return Err((OAuthCode::InvalidScope, format!("no grant gives `{caller}` scope `{s}` on `{target}`"), Some(target.to_string())));
+                return Err((
+                    OAuthCode::InvalidScope,
+                    format!("no grant gives `{caller}` scope `{s}` on `{target}`"),
+                    Some(target.to_string()),
+                ));
             }
         }
         requested
     };
     let decision = snap.engine.decide_issue(caller, target, &scopes);
     if !decision.allowed {
-        return Err((OAuthCode::InvalidTarget, format!("`{caller}` may not call `{target}`: {}", decision.reason()), Some(target.to_string())));
+        return Err((
+            OAuthCode::InvalidTarget,
+            format!("`{caller}` may not call `{target}`: {}", decision.reason()),
+            Some(target.to_string()),
+        ));
     }
     let ttl = i64::try_from(workload.spec.jwt_ttl.as_secs()).unwrap_or(300);
     Ok((target.clone(), scopes, ttl))
@@ -463,10 +707,17 @@ fn decide(snap: &Snapshot, issuer: &Issuer, caller: &SpiffeId, form: &Form) -> R
 
 /// What an introspection or revocation finds out about a token: its claims if it is one of ours,
 /// correctly signed and unexpired.
-fn our_token(app: &App, snap: &Snapshot, issuer: &Issuer, token: &str) -> Option<serde_json::Map<String, Value>> {
+fn our_token(
+    app: &App,
+    snap: &Snapshot,
+    issuer: &Issuer,
+    token: &str,
+) -> Option<serde_json::Map<String, Value>> {
     let parsed = Unverified::parse(token).ok()?;
     let typ = parsed.typ.as_deref()?;
-    if !(typ.eq_ignore_ascii_case(TYP_ACCESS_TOKEN) || typ.eq_ignore_ascii_case("application/at+jwt")) {
+    if !(typ.eq_ignore_ascii_case(TYP_ACCESS_TOKEN)
+        || typ.eq_ignore_ascii_case("application/at+jwt"))
+    {
         return None;
     }
     let now = tessera_core::now_unix();
@@ -477,31 +728,56 @@ fn our_token(app: &App, snap: &Snapshot, issuer: &Issuer, token: &str) -> Option
     if !app.issuer_urls(&issuer.td).iter().any(|u| u == iss) {
         return None;
     }
-    check_times(&claims, &TimeRules { now, leeway: 0, max_ahead: None }).ok()?;
+    check_times(
+        &claims,
+        &TimeRules {
+            now,
+            leeway: 0,
+            max_ahead: None,
+        },
+    )
+    .ok()?;
     Some(claims)
 }
 
 /// `POST /introspect`: RFC 7662. Only `{"active": false}` for anything inactive, and a client
 /// sees only tokens it holds or that are addressed to its workload.
-pub async fn introspect(app: Arc<App>, issuer: Issuer, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn introspect(
+    app: Arc<App>,
+    issuer: Issuer,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let result = async {
         let form = Form::parse(&headers, &body)?;
         let snap = app.snapshot();
         let client = authenticate(&app, &snap, &issuer, &headers, &form).await?;
-        let token = form.get("token").ok_or_else(|| ApiError::oauth(OAuthCode::InvalidRequest, "`token` is missing"))?;
+        let token = form
+            .get("token")
+            .ok_or_else(|| ApiError::oauth(OAuthCode::InvalidRequest, "`token` is missing"))?;
         let inactive = json!({"active": false});
         let Some(claims) = our_token(&app, &snap, &issuer, token) else {
             return Ok(inactive);
         };
-        let jti = claims.get("jti").and_then(Value::as_str).unwrap_or_default();
-        let sub = claims.get("sub").and_then(Value::as_str).unwrap_or_default();
+        let jti = claims
+            .get("jti")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let sub = claims
+            .get("sub")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         let iat = numeric_date(&claims, "iat").ok().flatten().unwrap_or(0);
         if snap.revoked_jtis.contains(jti) || snap.workload_revoked(sub, iat) {
             return Ok(inactive);
         }
-        let caller_workload = snap.clients.get(&client.id).map(|c| c.spec.workload.to_string());
+        let caller_workload = snap
+            .clients
+            .get(&client.id)
+            .map(|c| c.spec.workload.to_string());
         let holder = claims.get("client_id").and_then(Value::as_str) == Some(client.id.as_str());
-        let audience = caller_workload.is_some_and(|w| audience_contains(&claims, &[w.as_str()]).is_ok());
+        let audience =
+            caller_workload.is_some_and(|w| audience_contains(&claims, &[w.as_str()]).is_ok());
         if !(holder || audience) {
             return Ok(inactive);
         }
@@ -524,16 +800,26 @@ pub async fn revoke(app: Arc<App>, issuer: Issuer, headers: HeaderMap, body: Byt
         let form = Form::parse(&headers, &body)?;
         let snap = app.snapshot();
         let client = authenticate(&app, &snap, &issuer, &headers, &form).await?;
-        let token = form.get("token").ok_or_else(|| ApiError::oauth(OAuthCode::InvalidRequest, "`token` is missing"))?;
+        let token = form
+            .get("token")
+            .ok_or_else(|| ApiError::oauth(OAuthCode::InvalidRequest, "`token` is missing"))?;
         let Some(claims) = our_token(&app, &snap, &issuer, token) else {
             return Ok(());
         };
         if claims.get("client_id").and_then(Value::as_str) != Some(client.id.as_str()) {
             return Ok(());
         }
-        let jti = claims.get("jti").and_then(Value::as_str).unwrap_or_default().to_owned();
+        let jti = claims
+            .get("jti")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
         let exp = numeric_date(&claims, "exp").ok().flatten().unwrap_or(0);
-        let sub = claims.get("sub").and_then(Value::as_str).unwrap_or_default().to_owned();
+        let sub = claims
+            .get("sub")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
         app.revoke_token(&jti, exp, &client.id, &sub).await
     }
     .await;
@@ -556,7 +842,13 @@ mod tests {
     #[test]
     fn form_rules() {
         let h = headers("application/x-www-form-urlencoded; charset=UTF-8");
-        let f = Form::parse(&h, &Bytes::from_static(b"grant_type=client_credentials&scope=a+b&resource=x&audience=&client_id=c%3A1")).unwrap();
+        let f = Form::parse(
+            &h,
+            &Bytes::from_static(
+                b"grant_type=client_credentials&scope=a+b&resource=x&audience=&client_id=c%3A1",
+            ),
+        )
+        .unwrap();
         assert_eq!(f.get("scope"), Some("a b"));
         assert_eq!(f.get("client_id"), Some("c:1"));
         assert_eq!(f.targets, vec!["x"]);

@@ -31,7 +31,11 @@ pub fn load_or_create(config: &ServerConfig) -> Result<Tls, StartError> {
         (Some(c), Some(k)) => (c.clone(), k.clone(), None),
         _ => {
             let dir = config.data_dir.join("tls");
-            let (cert, key, ca) = (dir.join("server.pem"), dir.join("server.key"), dir.join("ca.pem"));
+            let (cert, key, ca) = (
+                dir.join("server.pem"),
+                dir.join("server.key"),
+                dir.join("ca.pem"),
+            );
             if !cert.exists() || !key.exists() {
                 generate(&dir, &cert, &key, &ca, config)?;
             }
@@ -42,7 +46,8 @@ pub fn load_or_create(config: &ServerConfig) -> Result<Tls, StartError> {
         .map_err(|e| StartError::Tls(format!("`{}`: {e}", cert.display())))?
         .collect::<Result<_, _>>()
         .map_err(|e| StartError::Tls(format!("`{}`: {e}", cert.display())))?;
-    let key_der = PrivateKeyDer::from_pem_file(&key).map_err(|e| StartError::Tls(format!("`{}`: {e}", key.display())))?;
+    let key_der = PrivateKeyDer::from_pem_file(&key)
+        .map_err(|e| StartError::Tls(format!("`{}`: {e}", key.display())))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
@@ -51,29 +56,45 @@ pub fn load_or_create(config: &ServerConfig) -> Result<Tls, StartError> {
         .with_single_cert(chain, key_der)
         .map_err(tls_err)?;
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Tls { config: Arc::new(cfg), ca_path })
+    Ok(Tls {
+        config: Arc::new(cfg),
+        ca_path,
+    })
 }
 
-fn generate(dir: &Path, cert: &Path, key: &Path, ca: &Path, config: &ServerConfig) -> Result<(), StartError> {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType};
+fn generate(
+    dir: &Path,
+    cert: &Path,
+    key: &Path,
+    ca: &Path,
+    config: &ServerConfig,
+) -> Result<(), StartError> {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+        SanType,
+    };
     std::fs::create_dir_all(dir).map_err(tls_err)?;
     let ca_key = KeyPair::generate().map_err(tls_err)?;
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(tls_err)?;
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, format!("Tessera API CA {}", tessera_core::now_unix()));
+    ca_params.distinguished_name.push(
+        DnType::CommonName,
+        format!("Tessera API CA {}", tessera_core::now_unix()),
+    );
     let ca_cert = ca_params.self_signed(&ca_key).map_err(tls_err)?;
     let issuer = Issuer::new(ca_params, ca_key);
 
     let leaf_key = KeyPair::generate().map_err(tls_err)?;
     let mut leaf = CertificateParams::new(vec!["localhost".to_owned()]).map_err(tls_err)?;
-    leaf.subject_alt_names.push(SanType::IpAddress(config.listen.ip()));
+    leaf.subject_alt_names
+        .push(SanType::IpAddress(config.listen.ip()));
     if !config.listen.ip().is_loopback() {
-        leaf.subject_alt_names.push(SanType::IpAddress(std::net::IpAddr::from([127, 0, 0, 1])));
+        leaf.subject_alt_names
+            .push(SanType::IpAddress(std::net::IpAddr::from([127, 0, 0, 1])));
     }
-    leaf.distinguished_name.push(DnType::CommonName, "tessera server");
+    leaf.distinguished_name
+        .push(DnType::CommonName, "tessera server");
     let leaf_cert = leaf.signed_by(&leaf_key, &issuer).map_err(tls_err)?;
     write_private(key, leaf_key.serialize_pem().as_bytes())?;
     std::fs::write(cert, leaf_cert.pem()).map_err(tls_err)?;
@@ -114,7 +135,11 @@ pub fn serve(
             let acceptor = acceptor.clone();
             let router = router.clone();
             tokio::spawn(async move {
-                let handshake = tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(stream)).await;
+                let handshake = tokio::time::timeout(
+                    std::time::Duration::from_secs(10),
+                    acceptor.accept(stream),
+                )
+                .await;
                 let Ok(Ok(tls)) = handshake else {
                     tracing::debug!("TLS handshake failed or timed out");
                     return;

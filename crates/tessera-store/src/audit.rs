@@ -38,11 +38,10 @@ pub struct AuditRecord {
 }
 
 fn hex(bytes: &[u8]) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
+    use std::fmt::Write;
     let mut s = String::with_capacity(bytes.len() * 2);
     for b in bytes {
-        s.push(char::from(HEX[usize::from(b >> 4)]));
-        s.push(char::from(HEX[usize::from(b & 0xf)]));
+        let _ = write!(s, "{b:02x}");
     }
     s
 }
@@ -50,10 +49,19 @@ fn hex(bytes: &[u8]) -> String {
 fn record_hash(r: &AuditRecord) -> Result<String> {
     // A JSON array of the fields is an unambiguous encoding: no field can bleed into the next.
     let canonical = serde_json::to_vec(&(
-        r.seq, r.at, &r.kind, &r.actor, &r.subject, &r.outcome, &r.detail, &r.prev_hash,
+        r.seq,
+        r.at,
+        &r.kind,
+        &r.actor,
+        &r.subject,
+        &r.outcome,
+        &r.detail,
+        &r.prev_hash,
     ))
     .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    Ok(hex(ring::digest::digest(&ring::digest::SHA256, &canonical).as_ref()))
+    Ok(hex(
+        ring::digest::digest(&ring::digest::SHA256, &canonical).as_ref()
+    ))
 }
 
 impl AuditRecord {
@@ -65,7 +73,8 @@ impl AuditRecord {
             actor: e.actor.clone(),
             subject: e.subject.clone(),
             outcome: e.outcome.clone(),
-            detail: serde_json::to_string(&e.detail).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            detail: serde_json::to_string(&e.detail)
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?,
             prev_hash: prev.to_owned(),
             hash: String::new(),
         };
@@ -152,7 +161,11 @@ impl Store {
             let (head_seq, head_hash) = head.split_once(' ').unwrap_or(("", ""));
             let head_seq: i64 = head_seq.parse().unwrap_or(-1);
             if head_seq != seq {
-                return Err(ChainError::Truncated { found: seq, head: head_seq }.into());
+                return Err(ChainError::Truncated {
+                    found: seq,
+                    head: head_seq,
+                }
+                .into());
             }
             if head_hash != hash {
                 return Err(ChainError::HeadMismatch { seq }.into());
@@ -199,7 +212,8 @@ impl AuditLog {
                     }
                     Ok(_) => {
                         for (_, reply) in batch.drain(..) {
-                            let _ = reply.send(Err(StoreError::AuditUnavailable("short write".into())));
+                            let _ =
+                                reply.send(Err(StoreError::AuditUnavailable("short write".into())));
                         }
                     }
                     Err(e) => {

@@ -12,12 +12,16 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use sqlx::postgres::{PgPool, PgPoolOptions};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 use sqlx::Row;
 use tessera_core::manifest::{Client, Grant, PolicyFile, Trust, Workload};
 
 mod audit;
-pub use audit::{verify_chain, AuditEvent, AuditLog, AuditRecord, ChainError, VerifyAuditError, GENESIS};
+pub use audit::{
+    verify_chain, AuditEvent, AuditLog, AuditRecord, ChainError, VerifyAuditError, GENESIS,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -36,7 +40,10 @@ pub type Result<T> = std::result::Result<T, StoreError>;
 enum Db {
     /// SQLite allows one writer; a one-connection write pool serializes our writes in-process
     /// instead of meeting `SQLITE_BUSY`, and readers use their own pool under WAL.
-    Sqlite { read: SqlitePool, write: SqlitePool },
+    Sqlite {
+        read: SqlitePool,
+        write: SqlitePool,
+    },
     Pg(PgPool),
 }
 
@@ -104,22 +111,44 @@ pub enum Op {
     UpsertWorkload(Workload),
     DeleteWorkload(String),
     UpsertGrant(Grant),
-    DeleteGrant { from: String, to: String },
+    DeleteGrant {
+        from: String,
+        to: String,
+    },
     UpsertClient(Client),
     DeleteClient(String),
     UpsertTrust(Trust),
     DeleteTrust(String),
     UpsertPolicy(PolicyFile),
     DeletePolicy(String),
-    SetClientSecret { client: String, secret: SecretRecord },
-    RevokeWorkload { id: String, at: i64 },
-    RevokeToken { jti: String, expires_at: i64, at: i64 },
+    SetClientSecret {
+        client: String,
+        secret: SecretRecord,
+    },
+    RevokeWorkload {
+        id: String,
+        at: i64,
+    },
+    RevokeToken {
+        jti: String,
+        expires_at: i64,
+        at: i64,
+    },
     InsertKey(KeyRecord),
-    RetireKey { kid: String, retire_at: i64 },
+    RetireKey {
+        kid: String,
+        retire_at: i64,
+    },
     DeleteKey(String),
-    SetMeta { key: String, value: String },
+    SetMeta {
+        key: String,
+        value: String,
+    },
     /// Sets a meta value only if none is stored (first start of the first server wins).
-    InitMeta { key: String, value: String },
+    InitMeta {
+        key: String,
+        value: String,
+    },
 }
 
 impl Op {
@@ -133,7 +162,7 @@ const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/0001_initia
 
 /// Held during every write transaction on PostgreSQL, so that the audit chain of several servers
 /// on one database stays a single chain.
-const PG_WRITE_LOCK: i64 = 0x7465_7373_6572_61;
+const PG_WRITE_LOCK: i64 = 0x0074_6573_7365_7261;
 
 macro_rules! with_write_tx {
     ($self:ident, |$tx:ident, $is_pg:ident| $body:block) => {
@@ -320,9 +349,11 @@ impl Store {
 
     async fn migrate(&self) -> Result<()> {
         with_write_tx!(self, |tx, is_pg| {
-            sqlx::query("CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY)")
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY)",
+            )
+            .execute(&mut *tx)
+            .await?;
             for (version, sql) in MIGRATIONS {
                 let done = sqlx::query("SELECT version FROM schema_migrations WHERE version = $1")
                     .bind(version)
@@ -385,7 +416,9 @@ impl Store {
                 .fetch_all(pool)
                 .await?
             {
-                state.grants.push(from_json(&r.try_get::<String, _>("spec")?)?);
+                state
+                    .grants
+                    .push(from_json(&r.try_get::<String, _>("spec")?)?);
             }
             for r in sqlx::query(
                 "SELECT spec, secret_hash, secret_created_at, secret_expires_at FROM clients ORDER BY id",
@@ -407,8 +440,13 @@ impl Store {
                     secret,
                 });
             }
-            for r in sqlx::query("SELECT spec FROM trusts ORDER BY name").fetch_all(pool).await? {
-                state.trusts.push(from_json(&r.try_get::<String, _>("spec")?)?);
+            for r in sqlx::query("SELECT spec FROM trusts ORDER BY name")
+                .fetch_all(pool)
+                .await?
+            {
+                state
+                    .trusts
+                    .push(from_json(&r.try_get::<String, _>("spec")?)?);
             }
             for r in sqlx::query("SELECT name, body FROM policy_files ORDER BY name")
                 .fetch_all(pool)
@@ -451,19 +489,26 @@ impl Store {
     /// Revoked token IDs that have not expired yet, with their expiry.
     pub async fn revoked_tokens(&self, now: i64) -> Result<Vec<(String, i64)>> {
         let rows = with_read!(self, |pool| {
-            sqlx::query("SELECT jti, expires_at FROM revoked_tokens WHERE expires_at > $1 ORDER BY jti")
-                .bind(now)
-                .fetch_all(pool)
-                .await?
-                .into_iter()
-                .map(|r| Ok((r.try_get("jti")?, r.try_get("expires_at")?)))
-                .collect::<std::result::Result<Vec<_>, sqlx::Error>>()?
+            sqlx::query(
+                "SELECT jti, expires_at FROM revoked_tokens WHERE expires_at > $1 ORDER BY jti",
+            )
+            .bind(now)
+            .fetch_all(pool)
+            .await?
+            .into_iter()
+            .map(|r| Ok((r.try_get("jti")?, r.try_get("expires_at")?)))
+            .collect::<std::result::Result<Vec<_>, sqlx::Error>>()?
         });
         Ok(rows)
     }
 
     /// Records a client assertion's `jti`; false when it was seen before (a replay).
-    pub async fn claim_assertion(&self, client_id: &str, jti: &str, expires_at: i64) -> Result<bool> {
+    pub async fn claim_assertion(
+        &self,
+        client_id: &str,
+        jti: &str,
+        expires_at: i64,
+    ) -> Result<bool> {
         let inserted = with_write_tx!(self, |tx, is_pg| {
             sqlx::query(
                 "INSERT INTO used_assertions (client_id, jti, expires_at) VALUES ($1, $2, $3) ON CONFLICT (client_id, jti) DO NOTHING",
@@ -580,13 +625,15 @@ impl Store {
     /// The most recent record of `kind` about `subject`.
     pub async fn last_audit_for(&self, subject: &str, kind: &str) -> Result<Option<AuditRecord>> {
         let row = with_read!(self, |pool| {
-            sqlx::query("SELECT * FROM audit WHERE subject = $1 AND kind = $2 ORDER BY seq DESC LIMIT 1")
-                .bind(subject)
-                .bind(kind)
-                .fetch_optional(pool)
-                .await?
-                .map(|r| AuditRecord::from_row(&r))
-                .transpose()?
+            sqlx::query(
+                "SELECT * FROM audit WHERE subject = $1 AND kind = $2 ORDER BY seq DESC LIMIT 1",
+            )
+            .bind(subject)
+            .bind(kind)
+            .fetch_optional(pool)
+            .await?
+            .map(|r| AuditRecord::from_row(&r))
+            .transpose()?
         });
         Ok(row)
     }
@@ -612,7 +659,6 @@ impl Store {
         Ok(n)
     }
 }
-
 
 fn restrict_permissions(path: &Path) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;

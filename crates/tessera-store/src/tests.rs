@@ -56,7 +56,12 @@ async fn suite(store: Store) {
 
     // Apply a state with its audit record, atomically.
     let s = parse_str(Path::new("m.toml"), MESH).unwrap();
-    let mut ops: Vec<Op> = s.workloads.iter().cloned().map(Op::UpsertWorkload).collect();
+    let mut ops: Vec<Op> = s
+        .workloads
+        .iter()
+        .cloned()
+        .map(Op::UpsertWorkload)
+        .collect();
     ops.extend(s.grants.iter().cloned().map(Op::UpsertGrant));
     ops.extend(s.clients.iter().cloned().map(Op::UpsertClient));
     let recs = store.commit(&ops, &[event("apply", 0)]).await.unwrap();
@@ -75,41 +80,86 @@ async fn suite(store: Store) {
     let bad = store
         .commit(
             &[
-                Op::DeleteGrant { from: "spiffe://example.org/a".into(), to: "spiffe://example.org/b".into() },
-                Op::SetClientSecret { client: "nope".into(), secret: SecretRecord { hash: "h".into(), created_at: 1, expires_at: None } },
+                Op::DeleteGrant {
+                    from: "spiffe://example.org/a".into(),
+                    to: "spiffe://example.org/b".into(),
+                },
+                Op::SetClientSecret {
+                    client: "nope".into(),
+                    secret: SecretRecord {
+                        hash: "h".into(),
+                        created_at: 1,
+                        expires_at: None,
+                    },
+                },
             ],
             &[event("bad", 0)],
         )
         .await;
     assert!(bad.is_err());
-    assert_eq!(store.load_state().await.unwrap().grants.len(), 1, "rolled back");
-    assert_eq!(store.audit_tail(10).await.unwrap().len(), 1, "no record for a rolled-back change");
+    assert_eq!(
+        store.load_state().await.unwrap().grants.len(),
+        1,
+        "rolled back"
+    );
+    assert_eq!(
+        store.audit_tail(10).await.unwrap().len(),
+        1,
+        "no record for a rolled-back change"
+    );
     assert_eq!(store.state_version().await.unwrap(), 1);
 
     // Secrets and revocations.
     store
         .commit(
             &[
-                Op::SetClientSecret { client: "c1".into(), secret: SecretRecord { hash: "aGFzaA".into(), created_at: 5, expires_at: Some(99) } },
-                Op::RevokeWorkload { id: "spiffe://example.org/a".into(), at: 7 },
-                Op::RevokeToken { jti: "j1".into(), expires_at: i64::MAX, at: 7 },
-                Op::RevokeToken { jti: "j0".into(), expires_at: 10, at: 7 },
+                Op::SetClientSecret {
+                    client: "c1".into(),
+                    secret: SecretRecord {
+                        hash: "aGFzaA".into(),
+                        created_at: 5,
+                        expires_at: Some(99),
+                    },
+                },
+                Op::RevokeWorkload {
+                    id: "spiffe://example.org/a".into(),
+                    at: 7,
+                },
+                Op::RevokeToken {
+                    jti: "j1".into(),
+                    expires_at: i64::MAX,
+                    at: 7,
+                },
+                Op::RevokeToken {
+                    jti: "j0".into(),
+                    expires_at: 10,
+                    at: 7,
+                },
             ],
             &[event("secret", 1)],
         )
         .await
         .unwrap();
     let loaded = store.load_state().await.unwrap();
-    assert_eq!(loaded.clients[0].secret.as_ref().unwrap().expires_at, Some(99));
+    assert_eq!(
+        loaded.clients[0].secret.as_ref().unwrap().expires_at,
+        Some(99)
+    );
     assert_eq!(loaded.workloads[0].revoked_at, Some(7));
-    assert_eq!(store.revoked_tokens(100).await.unwrap(), vec![("j1".to_owned(), i64::MAX)]);
+    assert_eq!(
+        store.revoked_tokens(100).await.unwrap(),
+        vec![("j1".to_owned(), i64::MAX)]
+    );
 
     // Replay protection for client assertions.
     assert!(store.claim_assertion("c1", "x", 100).await.unwrap());
     assert!(!store.claim_assertion("c1", "x", 100).await.unwrap());
     assert!(store.claim_assertion("c2", "x", 100).await.unwrap());
     store.sweep(101).await.unwrap();
-    assert!(store.claim_assertion("c1", "x", 200).await.unwrap(), "expired claims are swept");
+    assert!(
+        store.claim_assertion("c1", "x", 200).await.unwrap(),
+        "expired claims are swept"
+    );
 
     // Keys.
     let key = KeyRecord {
@@ -122,8 +172,20 @@ async fn suite(store: Store) {
         activate_at: 2,
         retire_at: None,
     };
-    store.commit(&[Op::InsertKey(key.clone())], &[event("key", 2)]).await.unwrap();
-    store.commit(&[Op::RetireKey { kid: "k1".into(), retire_at: 9 }], &[]).await.unwrap();
+    store
+        .commit(&[Op::InsertKey(key.clone())], &[event("key", 2)])
+        .await
+        .unwrap();
+    store
+        .commit(
+            &[Op::RetireKey {
+                kid: "k1".into(),
+                retire_at: 9,
+            }],
+            &[],
+        )
+        .await
+        .unwrap();
     assert_eq!(store.keys().await.unwrap()[0].retire_at, Some(9));
 
     // Group commit: concurrent appends are all durable and chained in order.
@@ -131,7 +193,9 @@ async fn suite(store: Store) {
     let mut tasks = Vec::new();
     for n in 0..200 {
         let log = log.clone();
-        tasks.push(tokio::spawn(async move { log.append(event("token.issued", n)).await }));
+        tasks.push(tokio::spawn(async move {
+            log.append(event("token.issued", n)).await
+        }));
     }
     let mut seqs = Vec::new();
     for t in tasks {
@@ -140,19 +204,38 @@ async fn suite(store: Store) {
     seqs.sort();
     assert_eq!(seqs, (4..204).collect::<Vec<i64>>());
     assert_eq!(store.verify_audit().await.unwrap(), 203);
-    let last = store.last_audit_for("s5", "token.issued").await.unwrap().unwrap();
+    let last = store
+        .last_audit_for("s5", "token.issued")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(last.detail, r#"{"n":5}"#);
 
     // Tampering is found and located.
-    store.danger_execute_raw("UPDATE audit SET outcome = 'denied' WHERE seq = 50").await.unwrap();
+    store
+        .danger_execute_raw("UPDATE audit SET outcome = 'denied' WHERE seq = 50")
+        .await
+        .unwrap();
     let err = store.verify_audit().await.unwrap_err().to_string();
-    assert_eq!(err, "record 50: its content does not match its hash (the record was changed)");
-    store.danger_execute_raw("UPDATE audit SET outcome = 'ok' WHERE seq = 50").await.unwrap();
+    assert_eq!(
+        err,
+        "record 50: its content does not match its hash (the record was changed)"
+    );
+    store
+        .danger_execute_raw("UPDATE audit SET outcome = 'ok' WHERE seq = 50")
+        .await
+        .unwrap();
     store.verify_audit().await.unwrap();
-    store.danger_execute_raw("DELETE FROM audit WHERE seq = 60").await.unwrap();
+    store
+        .danger_execute_raw("DELETE FROM audit WHERE seq = 60")
+        .await
+        .unwrap();
     let err = store.verify_audit().await.unwrap_err().to_string();
     assert_eq!(err, "record 60 is missing (found 61 in its place)");
-    store.danger_execute_raw("DELETE FROM audit WHERE seq > 59").await.unwrap();
+    store
+        .danger_execute_raw("DELETE FROM audit WHERE seq > 59")
+        .await
+        .unwrap();
     let err = store.verify_audit().await.unwrap_err().to_string();
     assert!(err.contains("records were cut from the end"), "{err}");
 }
@@ -185,8 +268,14 @@ async fn reordered_records_are_found() {
     assert!(verify_chain(&recs, 0, GENESIS.into()).is_ok());
     // Swap the contents of records 2 and 3 but keep their sequence numbers.
     let mut swapped = recs.clone();
-    swapped[1] = AuditRecord { seq: 2, ..recs[2].clone() };
-    swapped[2] = AuditRecord { seq: 3, ..recs[1].clone() };
+    swapped[1] = AuditRecord {
+        seq: 2,
+        ..recs[2].clone()
+    };
+    swapped[2] = AuditRecord {
+        seq: 3,
+        ..recs[1].clone()
+    };
     assert!(verify_chain(&swapped, 0, GENESIS.into()).is_err());
 }
 
@@ -194,6 +283,9 @@ async fn reordered_records_are_found() {
 async fn sqlite_file_is_private() {
     use std::os::unix::fs::PermissionsExt;
     let (_store, dir) = sqlite().await;
-    let mode = std::fs::metadata(dir.path().join("t.db")).unwrap().permissions().mode();
+    let mode = std::fs::metadata(dir.path().join("t.db"))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o077, 0, "mode {mode:o}");
 }

@@ -72,23 +72,44 @@ fn ensure_cluster() -> u16 {
     let data = dir.join("data");
     let port_file = dir.join("port");
     if is_root() {
-        let _ = Command::new("chown").args(["-R", "postgres:postgres"]).arg(&dir).status();
+        let _ = Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(&dir)
+            .status();
     }
     if !data.join("PG_VERSION").exists() {
         let out = run_pg(
             "initdb",
-            &["-D", data.to_str().unwrap(), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-instructions"],
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-instructions",
+            ],
         );
-        assert!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
-    let running = run_pg("pg_ctl", &["-D", data.to_str().unwrap(), "status"]).status.success();
+    let running = run_pg("pg_ctl", &["-D", data.to_str().unwrap(), "status"])
+        .status
+        .success();
     if running {
         if let Ok(p) = fs::read_to_string(&port_file) {
             if let Ok(p) = p.trim().parse() {
                 return p;
             }
         }
-        let _ = run_pg("pg_ctl", &["-D", data.to_str().unwrap(), "stop", "-m", "fast"]);
+        let _ = run_pg(
+            "pg_ctl",
+            &["-D", data.to_str().unwrap(), "stop", "-m", "fast"],
+        );
     }
     let port = free_port();
     let opts = format!(
@@ -98,7 +119,16 @@ fn ensure_cluster() -> u16 {
     let log = dir.join("server.log");
     let out = run_pg(
         "pg_ctl",
-        &["-D", data.to_str().unwrap(), "-o", &opts, "-l", log.to_str().unwrap(), "-w", "start"],
+        &[
+            "-D",
+            data.to_str().unwrap(),
+            "-o",
+            &opts,
+            "-l",
+            log.to_str().unwrap(),
+            "-w",
+            "start",
+        ],
     );
     assert!(
         out.status.success(),
@@ -136,13 +166,20 @@ pub fn postgres_database() -> Option<String> {
         .arg(format!("CREATE DATABASE {name}"))
         .output()
         .expect("psql (the postgresql-client package) is needed for the PostgreSQL tests");
-    assert!(out.status.success(), "CREATE DATABASE failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "CREATE DATABASE failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     Some(format!("{base}/{name}"))
 }
 
 /// A temporary data folder for a server.
 pub fn data_dir() -> tempfile::TempDir {
-    tempfile::Builder::new().prefix("tessera-test-").tempdir().expect("temp dir")
+    tempfile::Builder::new()
+        .prefix("tessera-test-")
+        .tempdir()
+        .expect("temp dir")
 }
 
 /// `shared/` beside the checkout, when present.
@@ -174,7 +211,10 @@ impl Proc {
 
     /// Sends SIGTERM and waits for the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
         self.child.wait().unwrap()
     }
 }
@@ -182,8 +222,15 @@ impl Proc {
 /// Starts `cmd` and waits (at most 30 s) for a stdout line starting with `prefix`.
 pub fn spawn_ready(mut cmd: Command, prefix: &str) -> Proc {
     use std::io::BufRead;
-    let stderr_path = tempfile::Builder::new().prefix("tessera-stderr-").tempfile().unwrap().into_temp_path().keep().unwrap();
-    cmd.stdout(std::process::Stdio::piped()).stderr(File::create(&stderr_path).unwrap());
+    let stderr_path = tempfile::Builder::new()
+        .prefix("tessera-stderr-")
+        .tempfile()
+        .unwrap()
+        .into_temp_path()
+        .keep()
+        .unwrap();
+    cmd.stdout(std::process::Stdio::piped())
+        .stderr(File::create(&stderr_path).unwrap());
     let mut child = cmd.spawn().expect("spawn");
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
@@ -201,8 +248,15 @@ pub fn spawn_ready(mut cmd: Command, prefix: &str) -> Proc {
     });
     match rx.recv_timeout(std::time::Duration::from_secs(30)) {
         Ok(line) => {
-            let ready = line.split_once('=').map(|(_, v)| v.split_whitespace().next().unwrap_or("").to_owned()).unwrap_or_default();
-            Proc { child, ready, stderr_path }
+            let ready = line
+                .split_once('=')
+                .map(|(_, v)| v.split_whitespace().next().unwrap_or("").to_owned())
+                .unwrap_or_default();
+            Proc {
+                child,
+                ready,
+                stderr_path,
+            }
         }
         Err(_) => {
             let _ = child.kill();

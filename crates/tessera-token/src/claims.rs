@@ -57,7 +57,8 @@ pub fn string_claim<'a>(claims: &'a Map<String, Value>, name: &str) -> Result<&'
 
 /// Checks `exp` (required), `nbf` and `iat` against `rules`.
 pub fn check_times(claims: &Map<String, Value>, rules: &TimeRules) -> Result<i64, TokenError> {
-    let exp = numeric_date(claims, "exp")?.ok_or_else(|| TokenError::Claims("`exp` is missing".into()))?;
+    let exp = numeric_date(claims, "exp")?
+        .ok_or_else(|| TokenError::Claims("`exp` is missing".into()))?;
     if exp <= rules.now - rules.leeway {
         return Err(TokenError::Expired);
     }
@@ -87,11 +88,19 @@ pub fn audience_contains(claims: &Map<String, Value>, expected: &[&str]) -> Resu
         Some(Value::String(a)) => expected.contains(&a.as_str()),
         Some(Value::Array(list)) => {
             if list.iter().any(|v| !v.is_string()) {
-                return Err(TokenError::Claims("`aud` holds a value that is not a string".into()));
+                return Err(TokenError::Claims(
+                    "`aud` holds a value that is not a string".into(),
+                ));
             }
-            list.iter().filter_map(Value::as_str).any(|a| expected.contains(&a))
+            list.iter()
+                .filter_map(Value::as_str)
+                .any(|a| expected.contains(&a))
         }
-        Some(_) => return Err(TokenError::Claims("`aud` must be a string or an array of strings".into())),
+        Some(_) => {
+            return Err(TokenError::Claims(
+                "`aud` must be a string or an array of strings".into(),
+            ))
+        }
         None => return Err(TokenError::Claims("`aud` is missing".into())),
     };
     if ok {
@@ -119,13 +128,28 @@ mod tests {
     #[test]
     fn times() {
         assert!(check_times(&obj(json!({"exp": 1_000_100})), &RULES).is_ok());
-        assert!(check_times(&obj(json!({"exp": 1_000_000 - 29})), &RULES).is_ok(), "inside leeway");
-        assert!(matches!(check_times(&obj(json!({"exp": 1_000_000 - 30})), &RULES), Err(TokenError::Expired)));
+        assert!(
+            check_times(&obj(json!({"exp": 1_000_000 - 29})), &RULES).is_ok(),
+            "inside leeway"
+        );
+        assert!(matches!(
+            check_times(&obj(json!({"exp": 1_000_000 - 30})), &RULES),
+            Err(TokenError::Expired)
+        ));
         assert!(check_times(&obj(json!({})), &RULES).is_err());
-        assert!(check_times(&obj(json!({"exp": "1000100"})), &RULES).unwrap_err().to_string().contains("must be a number"));
-        assert!(matches!(check_times(&obj(json!({"exp": 1_000_100, "nbf": 1_000_031})), &RULES), Err(TokenError::NotYetValid)));
+        assert!(check_times(&obj(json!({"exp": "1000100"})), &RULES)
+            .unwrap_err()
+            .to_string()
+            .contains("must be a number"));
+        assert!(matches!(
+            check_times(&obj(json!({"exp": 1_000_100, "nbf": 1_000_031})), &RULES),
+            Err(TokenError::NotYetValid)
+        ));
         assert!(check_times(&obj(json!({"exp": 1_000_100, "iat": 1_000_031})), &RULES).is_err());
-        let strict = TimeRules { max_ahead: Some(300), ..RULES };
+        let strict = TimeRules {
+            max_ahead: Some(300),
+            ..RULES
+        };
         assert!(check_times(&obj(json!({"exp": 1_000_000 + 331})), &strict).is_err());
         assert!(check_times(&obj(json!({"exp": 1_000_000 + 300})), &strict).is_ok());
     }
@@ -134,7 +158,10 @@ mod tests {
     fn audiences() {
         assert!(audience_contains(&obj(json!({"aud": "a"})), &["a"]).is_ok());
         assert!(audience_contains(&obj(json!({"aud": ["b", "a"]})), &["a"]).is_ok());
-        assert!(matches!(audience_contains(&obj(json!({"aud": ["b"]})), &["a"]), Err(TokenError::Audience)));
+        assert!(matches!(
+            audience_contains(&obj(json!({"aud": ["b"]})), &["a"]),
+            Err(TokenError::Audience)
+        ));
         assert!(audience_contains(&obj(json!({"aud": ["a", 1]})), &["a"]).is_err());
         assert!(audience_contains(&obj(json!({"aud": "a/"})), &["a"]).is_err());
         assert!(audience_contains(&obj(json!({})), &["a"]).is_err());

@@ -42,7 +42,8 @@ impl<'a> Unverified<'a> {
             return Err(TokenError::Malformed("the token is larger than 16 KiB"));
         }
         let mut parts = token.split('.');
-        let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+        let (Some(h), Some(p), Some(s), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
         else {
             return Err(if token.split('.').count() == 5 {
                 TokenError::Malformed("encrypted tokens (JWE) are not accepted")
@@ -50,8 +51,11 @@ impl<'a> Unverified<'a> {
                 TokenError::Malformed("a JWS has exactly three dot-separated parts")
             });
         };
-        let header_bytes = b64_decode(h).ok_or(TokenError::Malformed("the header is not canonical base64url"))?;
-        let header = parse_object(&header_bytes).map_err(|e| TokenError::Header(format!("the header is not valid JSON: {e}")))?;
+        let header_bytes = b64_decode(h).ok_or(TokenError::Malformed(
+            "the header is not canonical base64url",
+        ))?;
+        let header = parse_object(&header_bytes)
+            .map_err(|e| TokenError::Header(format!("the header is not valid JSON: {e}")))?;
         let alg = match header.get("alg") {
             Some(Value::String(a)) => Alg::parse(a).ok_or_else(|| {
                 TokenError::Header(format!(
@@ -68,7 +72,10 @@ impl<'a> Unverified<'a> {
             }
         }
         let kid = match header.get("kid") {
-            Some(Value::String(k)) => Some(Kid::parse(k).map_err(|_| TokenError::Header("`kid` is not a valid key id".into()))?),
+            Some(Value::String(k)) => Some(
+                Kid::parse(k)
+                    .map_err(|_| TokenError::Header("`kid` is not a valid key id".into()))?,
+            ),
             Some(_) => return Err(TokenError::Header("`kid` is not a string".into())),
             None => None,
         };
@@ -77,12 +84,19 @@ impl<'a> Unverified<'a> {
             Some(_) => return Err(TokenError::Header("`typ` is not a string".into())),
             None => None,
         };
-        let payload = b64_decode(p).ok_or(TokenError::Malformed("the payload is not canonical base64url"))?;
-        let claims = parse_object(&payload).map_err(|e| TokenError::Claims(format!("the payload is not a JSON object: {e}")))?;
-        let signature = b64_decode(s).ok_or(TokenError::Malformed("the signature is not canonical base64url"))?;
+        let payload = b64_decode(p).ok_or(TokenError::Malformed(
+            "the payload is not canonical base64url",
+        ))?;
+        let claims = parse_object(&payload)
+            .map_err(|e| TokenError::Claims(format!("the payload is not a JSON object: {e}")))?;
+        let signature = b64_decode(s).ok_or(TokenError::Malformed(
+            "the signature is not canonical base64url",
+        ))?;
         let signing_input = token
             .get(..h.len() + 1 + p.len())
-            .ok_or(TokenError::Malformed("a JWS has exactly three dot-separated parts"))?;
+            .ok_or(TokenError::Malformed(
+                "a JWS has exactly three dot-separated parts",
+            ))?;
         Ok(Self {
             alg,
             kid,
@@ -125,7 +139,8 @@ pub fn sign<C: Serialize>(key: &SigningKey, typ: &str, claims: &C) -> Result<Str
         typ,
     })
     .map_err(|_| TokenError::Crypto("header serialization failed"))?;
-    let payload = serde_json::to_vec(claims).map_err(|_| TokenError::Crypto("claim serialization failed"))?;
+    let payload =
+        serde_json::to_vec(claims).map_err(|_| TokenError::Crypto("claim serialization failed"))?;
     let mut out = String::with_capacity(64 + (header.len() + payload.len()) * 4 / 3 + 100);
     out.push_str(&b64_encode(header));
     out.push('.');
@@ -189,7 +204,10 @@ mod tests {
         let (key, _) = SigningKey::generate(Alg::ES256).unwrap();
         let good = sign(&key, "at+jwt", &json!({"sub":"x"})).unwrap();
         assert!(Unverified::parse("a.b").is_err());
-        assert!(Unverified::parse("a.b.c.d.e").unwrap_err().to_string().contains("JWE"));
+        assert!(Unverified::parse("a.b.c.d.e")
+            .unwrap_err()
+            .to_string()
+            .contains("JWE"));
         assert!(Unverified::parse(&format!("{good}.")).is_err());
         assert!(Unverified::parse(&"a".repeat(MAX_TOKEN_BYTES + 1)).is_err());
         // Padding appended to the signature makes it non-canonical.
@@ -201,7 +219,10 @@ mod tests {
             b64_encode(br#"{"sub":"a","sub":"b"}"#),
             "AA"
         );
-        assert!(Unverified::parse(&dup).unwrap_err().to_string().contains("duplicate"));
+        assert!(Unverified::parse(&dup)
+            .unwrap_err()
+            .to_string()
+            .contains("duplicate"));
     }
 
     #[test]
@@ -211,10 +232,19 @@ mod tests {
         // Signed by the Ed25519 key but labelled ES256: checked against an ES256 key, it fails;
         // and an EdDSA-labelled token is never checked with an ES256 key.
         let t = forge(json!({"alg":"ES256"}), json!({}), &ed);
-        assert!(Unverified::parse(&t).unwrap().verify_with(es.public()).is_err());
-        assert!(Unverified::parse(&t).unwrap().verify_with(ed.public()).is_err());
+        assert!(Unverified::parse(&t)
+            .unwrap()
+            .verify_with(es.public())
+            .is_err());
+        assert!(Unverified::parse(&t)
+            .unwrap()
+            .verify_with(ed.public())
+            .is_err());
         let t = forge(json!({"alg":"EdDSA"}), json!({}), &ed);
-        assert!(Unverified::parse(&t).unwrap().verify_with(ed.public()).is_ok());
+        assert!(Unverified::parse(&t)
+            .unwrap()
+            .verify_with(ed.public())
+            .is_ok());
     }
 
     #[test]
@@ -223,9 +253,15 @@ mod tests {
         let good = sign(&key, "at+jwt", &json!({"sub":"x"})).unwrap();
         let (input, _) = good.rsplit_once('.').unwrap();
         let zero = format!("{input}.{}", b64_encode([0u8; 64]));
-        assert!(Unverified::parse(&zero).unwrap().verify_with(key.public()).is_err());
+        assert!(Unverified::parse(&zero)
+            .unwrap()
+            .verify_with(key.public())
+            .is_err());
         // A DER-encoded (r=1, s=1) signature of plausible length.
         let der = format!("{input}.{}", b64_encode([0x30, 6, 2, 1, 1, 2, 1, 1]));
-        assert!(Unverified::parse(&der).unwrap().verify_with(key.public()).is_err());
+        assert!(Unverified::parse(&der)
+            .unwrap()
+            .verify_with(key.public())
+            .is_err());
     }
 }

@@ -43,7 +43,11 @@ impl Kek {
             .map_err(|_| TokenError::Crypto("no randomness"))?;
         let mut buf = plaintext.to_vec();
         self.key
-            .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad.as_bytes()), &mut buf)
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(aad.as_bytes()),
+                &mut buf,
+            )
             .map_err(|_| TokenError::Crypto("sealing failed"))?;
         let mut out = nonce.to_vec();
         out.extend_from_slice(&buf);

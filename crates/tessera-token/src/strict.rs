@@ -92,9 +92,7 @@ impl<'de> Visitor<'de> for StrictValue {
         let mut out = Map::new();
         while let Some(key) = map.next_key::<String>()? {
             if out.contains_key(&key) {
-                return Err(de::Error::custom(format_args!(
-                    "duplicate member `{key}`"
-                )));
+                return Err(de::Error::custom(format_args!("duplicate member `{key}`")));
             }
             let v = map.next_value_seed(StrictValue)?;
             out.insert(key, v);
@@ -109,7 +107,9 @@ mod tests {
 
     #[test]
     fn duplicates_refused_at_any_depth() {
-        assert!(parse_json(br#"{"a":1,"a":2}"#).unwrap_err().contains("duplicate member `a`"));
+        assert!(parse_json(br#"{"a":1,"a":2}"#)
+            .unwrap_err()
+            .contains("duplicate member `a`"));
         assert!(parse_json(br#"{"x":{"b":1,"b":1}}"#).is_err());
         assert!(parse_json(br#"[{"c":1,"c":1}]"#).is_err());
         assert!(parse_json(br#"{"a":1,"b":{"a":2}}"#).is_ok());

@@ -23,7 +23,10 @@ pub struct RequireTokenLayer {
 
 impl RequireTokenLayer {
     pub fn new(verifier: Verifier) -> Self {
-        Self { verifier, scope: None }
+        Self {
+            verifier,
+            scope: None,
+        }
     }
 
     /// Also require this scope (403 `insufficient_scope` without it).
@@ -57,7 +60,13 @@ fn refuse<B: Default>(status: StatusCode, error: &str, description: &str) -> Res
     *resp.status_mut() = status;
     let desc: String = description
         .chars()
-        .map(|c| if c == '"' || c == '\\' || c.is_control() { '\'' } else { c })
+        .map(|c| {
+            if c == '"' || c == '\\' || c.is_control() {
+                '\''
+            } else {
+                c
+            }
+        })
         .collect();
     let value = format!("Bearer error=\"{error}\", error_description=\"{desc}\"");
     if let Ok(v) = HeaderValue::from_str(&value) {
@@ -94,24 +103,47 @@ where
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| {
                     let (scheme, rest) = v.split_once(' ')?;
-                    scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim().to_owned())
+                    scheme
+                        .eq_ignore_ascii_case("bearer")
+                        .then(|| rest.trim().to_owned())
                 });
             let Some(token) = token else {
-                let mut r = refuse(StatusCode::UNAUTHORIZED, "invalid_request", "a bearer token is required");
-                r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                let mut r = refuse(
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_request",
+                    "a bearer token is required",
+                );
+                r.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
                 return Ok(r);
             };
             let verified: Verified = match verifier.verify(&token).await {
                 Ok(v) => v,
                 Err(VerifyError::KeysUnavailable(_)) => {
-                    return Ok(refuse(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", "the issuer's keys are not available"));
+                    return Ok(refuse(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "temporarily_unavailable",
+                        "the issuer's keys are not available",
+                    ));
                 }
-                Err(e) => return Ok(refuse(StatusCode::UNAUTHORIZED, "invalid_token", &e.to_string())),
+                Err(e) => {
+                    return Ok(refuse(
+                        StatusCode::UNAUTHORIZED,
+                        "invalid_token",
+                        &e.to_string(),
+                    ))
+                }
             };
             if let Some(s) = &scope {
                 if !verified.has_scope(s) {
-                    let mut r = refuse(StatusCode::FORBIDDEN, "insufficient_scope", &format!("scope `{s}` is required"));
-                    if let Ok(v) = HeaderValue::from_str(&format!("Bearer error=\"insufficient_scope\", scope=\"{s}\"")) {
+                    let mut r = refuse(
+                        StatusCode::FORBIDDEN,
+                        "insufficient_scope",
+                        &format!("scope `{s}` is required"),
+                    );
+                    if let Ok(v) = HeaderValue::from_str(&format!(
+                        "Bearer error=\"insufficient_scope\", scope=\"{s}\""
+                    )) {
                         r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
                     }
                     return Ok(r);

@@ -22,7 +22,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
 use tessera_core::{Audience, Kid};
-use tessera_token::claims::{audience_contains, check_times, numeric_date, string_claim, TimeRules};
+use tessera_token::claims::{
+    audience_contains, check_times, numeric_date, string_claim, TimeRules,
+};
 use tessera_token::{JwkSet, PublicKey, TokenError, Unverified};
 use tokio::sync::{Mutex, RwLock};
 
@@ -81,7 +83,10 @@ pub enum VerifyError {
     #[error("the token's issuer is `{found}`, expected `{expected}`")]
     Issuer { found: String, expected: String },
     #[error("the token's `typ` is `{found}`, expected {expected}")]
-    Type { found: String, expected: &'static str },
+    Type {
+        found: String,
+        expected: &'static str,
+    },
     #[error("the token has been revoked")]
     Revoked,
     #[error("the token does not carry scope `{0}`")]
@@ -235,18 +240,25 @@ impl JwksCache {
             .await
             .map_err(|e| VerifyError::KeysUnavailable(e.without_url().to_string()))?;
         if !resp.status().is_success() {
-            return Err(VerifyError::KeysUnavailable(format!("HTTP {}", resp.status())));
+            return Err(VerifyError::KeysUnavailable(format!(
+                "HTTP {}",
+                resp.status()
+            )));
         }
         let body = resp
             .bytes()
             .await
             .map_err(|e| VerifyError::KeysUnavailable(e.without_url().to_string()))?;
         if body.len() > 1024 * 1024 {
-            return Err(VerifyError::KeysUnavailable("the JWKS is larger than 1 MiB".into()));
+            return Err(VerifyError::KeysUnavailable(
+                "the JWKS is larger than 1 MiB".into(),
+            ));
         }
         let set = KeySet::from_jwks(&body)?;
         if set.is_empty() {
-            return Err(VerifyError::KeysUnavailable("the JWKS holds no usable key".into()));
+            return Err(VerifyError::KeysUnavailable(
+                "the JWKS holds no usable key".into(),
+            ));
         }
         Ok(set)
     }
@@ -256,7 +268,9 @@ impl JwksCache {
         let _one_at_a_time = self.refresh.lock().await;
         {
             let st = self.state.read().await;
-            let recent = st.last_attempt.is_some_and(|t| t.elapsed() < self.min_refresh);
+            let recent = st
+                .last_attempt
+                .is_some_and(|t| t.elapsed() < self.min_refresh);
             let fresh = st.fetched.is_some_and(|t| t.elapsed() < self.max_age);
             if recent || (!force && fresh) {
                 return st.keys.clone();
@@ -270,7 +284,9 @@ impl JwksCache {
                 st.keys = Arc::new(set);
                 st.fetched = Some(Instant::now());
             }
-            Err(e) => tracing::warn!(error = %e, "JWKS refresh failed; keeping the last good key set"),
+            Err(e) => {
+                tracing::warn!(error = %e, "JWKS refresh failed; keeping the last good key set")
+            }
         }
         st.keys.clone()
     }
@@ -289,9 +305,15 @@ impl JwksCache {
         };
         let st = self.state.read().await;
         match st.fetched {
-            None => return Err(VerifyError::KeysUnavailable("no key set was ever fetched".into())),
+            None => {
+                return Err(VerifyError::KeysUnavailable(
+                    "no key set was ever fetched".into(),
+                ))
+            }
             Some(t) if t.elapsed() > self.max_stale => {
-                return Err(VerifyError::KeysUnavailable("the key set is too old to trust".into()))
+                return Err(VerifyError::KeysUnavailable(
+                    "the key set is too old to trust".into(),
+                ))
             }
             _ => {}
         }
@@ -333,14 +355,20 @@ impl Verifier {
     }
 
     /// Polls the authority's revocation list (`GET <issuer>/revocations`) every `every`.
-    pub fn spawn_revocation_poller(&self, url: reqwest::Url, every: Duration) -> tokio::task::JoinHandle<()> {
+    pub fn spawn_revocation_poller(
+        &self,
+        url: reqwest::Url,
+        every: Duration,
+    ) -> tokio::task::JoinHandle<()> {
         let this = self.clone();
         tokio::spawn(async move {
             let client = reqwest::Client::new();
             loop {
                 match fetch_revocations(&client, &url).await {
                     Ok(list) => this.set_revoked(list),
-                    Err(e) => tracing::warn!(error = %e, "revocation list fetch failed; keeping the last one"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "revocation list fetch failed; keeping the last one")
+                    }
                 }
                 tokio::time::sleep(every).await;
             }
@@ -366,7 +394,9 @@ impl Verifier {
         let kid = parsed.kid.as_ref().ok_or(VerifyError::NoKid)?;
         match &self.keys {
             Keys::Static(set) => {
-                let key = set.get(kid).ok_or_else(|| VerifyError::UnknownKey(kid.to_string()))?;
+                let key = set
+                    .get(kid)
+                    .ok_or_else(|| VerifyError::UnknownKey(kid.to_string()))?;
                 parsed.verify_with(key)?;
             }
             Keys::Remote(cache) => {
@@ -399,7 +429,14 @@ impl Verifier {
 
     fn check_claims(&self, claims: Map<String, Value>, now: i64) -> Result<Verified, VerifyError> {
         let leeway = i64::try_from(self.config.leeway.as_secs().min(300)).unwrap_or(30);
-        let exp = check_times(&claims, &TimeRules { now, leeway, max_ahead: None })?;
+        let exp = check_times(
+            &claims,
+            &TimeRules {
+                now,
+                leeway,
+                max_ahead: None,
+            },
+        )?;
         if let Some(expected) = &self.config.issuer {
             let iss = string_claim(&claims, "iss")?;
             if iss != expected {
@@ -432,7 +469,11 @@ impl Verifier {
         }
         let scopes = match claims.get("scope") {
             None => Vec::new(),
-            Some(Value::String(s)) => s.split(' ').filter(|s| !s.is_empty()).map(str::to_owned).collect(),
+            Some(Value::String(s)) => s
+                .split(' ')
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect(),
             Some(_) => return Err(TokenError::Claims("`scope` must be a string".into()).into()),
         };
         Ok(Verified {
@@ -445,7 +486,10 @@ impl Verifier {
     }
 }
 
-async fn fetch_revocations(client: &reqwest::Client, url: &reqwest::Url) -> Result<Vec<String>, String> {
+async fn fetch_revocations(
+    client: &reqwest::Client,
+    url: &reqwest::Url,
+) -> Result<Vec<String>, String> {
     let resp = client
         .get(url.clone())
         .timeout(Duration::from_secs(5))

@@ -32,8 +32,14 @@ impl VerifyMetrics {
 
     pub(crate) fn record(&self, result: &Result<Verified, VerifyError>) {
         let labels = match result {
-            Ok(_) => Labels { result: "valid", reason: "ok" },
-            Err(e) => Labels { result: "refused", reason: e.reason() },
+            Ok(_) => Labels {
+                result: "valid",
+                reason: "ok",
+            },
+            Err(e) => Labels {
+                result: "refused",
+                reason: e.reason(),
+            },
         };
         self.results.get_or_create(&labels).inc();
     }

@@ -22,7 +22,10 @@ fn keyset(keys: &[&SigningKey]) -> KeySet {
 }
 
 fn verifier(keys: &[&SigningKey]) -> Verifier {
-    Verifier::new(VerifierConfig::access_token(ISS, AUD).unwrap(), keyset(keys))
+    Verifier::new(
+        VerifierConfig::access_token(ISS, AUD).unwrap(),
+        keyset(keys),
+    )
 }
 
 #[tokio::test]
@@ -49,13 +52,29 @@ async fn refusals_name_their_reason() {
     };
     let cases: Vec<(String, &str)> = vec![
         (with(&|c| c["iss"] = json!(format!("{ISS}/"))), "issuer"),
-        (with(&|c| c["aud"] = json!("spiffe://example.org/other")), "audience"),
+        (
+            with(&|c| c["aud"] = json!("spiffe://example.org/other")),
+            "audience",
+        ),
         (with(&|c| c["aud"] = json!(["x", AUD])), "ok"),
         (with(&|c| c["exp"] = json!(now - 31)), "expired"),
         (with(&|c| c["exp"] = json!(now - 29)), "ok"),
-        (with(&|c| c["exp"] = json!((now + 60).to_string())), "claims"),
-        (with(&|c| { c.as_object_mut().unwrap().remove("exp"); }), "claims"),
-        (with(&|c| { c.as_object_mut().unwrap().remove("client_id"); }), "claims"),
+        (
+            with(&|c| c["exp"] = json!((now + 60).to_string())),
+            "claims",
+        ),
+        (
+            with(&|c| {
+                c.as_object_mut().unwrap().remove("exp");
+            }),
+            "claims",
+        ),
+        (
+            with(&|c| {
+                c.as_object_mut().unwrap().remove("client_id");
+            }),
+            "claims",
+        ),
         (with(&|c| c["nbf"] = json!(now + 100)), "not_yet_valid"),
         (sign(&k, "JWT", &claims(now)).unwrap(), "type"),
         (sign(&k, "application/at+jwt", &claims(now)).unwrap(), "ok"),
@@ -73,7 +92,10 @@ async fn refusals_name_their_reason() {
     let forged = {
         let t = sign(&other, "at+jwt", &claims(now)).unwrap();
         let (_, rest) = t.split_once('.').unwrap();
-        let header = tessera_token::strict::b64_encode(format!(r#"{{"alg":"ES256","kid":"{}","typ":"at+jwt"}}"#, k.kid()));
+        let header = tessera_token::strict::b64_encode(format!(
+            r#"{{"alg":"ES256","kid":"{}","typ":"at+jwt"}}"#,
+            k.kid()
+        ));
         format!("{header}.{rest}")
     };
     assert_eq!(v.verify(&forged).await.unwrap_err().reason(), "signature");
@@ -85,8 +107,17 @@ async fn jwt_svid_rules_are_apart() {
     let now = tessera_core::now_unix();
     let svid = Verifier::new(VerifierConfig::jwt_svid(AUD).unwrap(), keyset(&[&k]));
     let at = sign(&k, "at+jwt", &claims(now)).unwrap();
-    assert_eq!(svid.verify(&at).await.unwrap_err().reason(), "type", "an access token is no JWT-SVID");
-    let good = sign(&k, "JWT", &json!({"sub": "spiffe://example.org/x", "aud": [AUD], "exp": now + 60})).unwrap();
+    assert_eq!(
+        svid.verify(&at).await.unwrap_err().reason(),
+        "type",
+        "an access token is no JWT-SVID"
+    );
+    let good = sign(
+        &k,
+        "JWT",
+        &json!({"sub": "spiffe://example.org/x", "aud": [AUD], "exp": now + 60}),
+    )
+    .unwrap();
     assert!(svid.verify(&good).await.is_ok());
     let bad_sub = sign(&k, "JWT", &json!({"sub": "x", "aud": AUD, "exp": now + 60})).unwrap();
     assert_eq!(svid.verify(&bad_sub).await.unwrap_err().reason(), "claims");
@@ -108,11 +139,17 @@ async fn clock_skew_matches_leeway() {
     let v = verifier(&[&k]);
     let t = sign(&k, "at+jwt", &claims(now)).unwrap();
     // Verifier clock 2 minutes behind: iat is 120 s ahead of it, beyond 30 s leeway.
-    assert_eq!(v.verify_at(&t, now - 120).await.unwrap_err().reason(), "claims");
+    assert_eq!(
+        v.verify_at(&t, now - 120).await.unwrap_err().reason(),
+        "claims"
+    );
     assert!(v.verify_at(&t, now - 20).await.is_ok());
     // Verifier clock 2 minutes ahead: fine until exp + leeway.
     assert!(v.verify_at(&t, now + 120).await.is_ok());
-    assert_eq!(v.verify_at(&t, now + 331).await.unwrap_err().reason(), "expired");
+    assert_eq!(
+        v.verify_at(&t, now + 331).await.unwrap_err().reason(),
+        "expired"
+    );
 }
 
 /// A JWKS server whose key set and availability the test controls.
@@ -156,7 +193,11 @@ async fn cache_refreshes_on_unknown_kid_and_keeps_last_good_set() {
     let t2 = sign(&k2, "at+jwt", &claims(now)).unwrap();
     v.verify(&t1).await.unwrap();
     v.verify(&t1).await.unwrap();
-    assert_eq!(hits.load(Ordering::SeqCst), 1, "a warm cache does not fetch");
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        1,
+        "a warm cache does not fetch"
+    );
 
     // Rotation: k2 appears in the JWKS. Unknown kid triggers one refresh (after min_refresh).
     *body.lock().unwrap() = Some(jwks_json(&[&k1, &k2]));
@@ -170,7 +211,11 @@ async fn cache_refreshes_on_unknown_kid_and_keeps_last_good_set() {
     for _ in 0..20 {
         assert_eq!(v.verify(&t3).await.unwrap_err().reason(), "unknown_key");
     }
-    assert!(hits.load(Ordering::SeqCst) <= 3, "hits {}", hits.load(Ordering::SeqCst));
+    assert!(
+        hits.load(Ordering::SeqCst) <= 3,
+        "hits {}",
+        hits.load(Ordering::SeqCst)
+    );
 
     // The JWKS endpoint fails, or serves an empty set: the last good set stays.
     *body.lock().unwrap() = None;
@@ -190,7 +235,10 @@ async fn layer_protects_an_axum_service() {
     let metrics = VerifyMetrics::default();
     let v = verifier(&[&k]).with_metrics(metrics.clone());
     let app = Router::new()
-        .route("/data", get(|Extension(who): Extension<Verified>| async move { who.subject }))
+        .route(
+            "/data",
+            get(|Extension(who): Extension<Verified>| async move { who.subject }),
+        )
         .layer(RequireTokenLayer::new(v).scope("a:read"));
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
@@ -211,11 +259,17 @@ async fn layer_protects_an_axum_service() {
     let narrow = sign(&k, "at+jwt", &c).unwrap();
     let r = client.get(&url).bearer_auth(&narrow).send().await.unwrap();
     assert_eq!(r.status(), 403);
-    assert!(r.headers()["www-authenticate"].to_str().unwrap().contains("insufficient_scope"));
+    assert!(r.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .contains("insufficient_scope"));
 
     let r = client.get(&url).bearer_auth("x.y.z").send().await.unwrap();
     assert_eq!(r.status(), 401);
-    assert!(r.headers()["www-authenticate"].to_str().unwrap().contains("invalid_token"));
+    assert!(r.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .contains("invalid_token"));
     assert_eq!(metrics.count("valid", "ok"), 2);
     assert_eq!(metrics.count("refused", "malformed"), 1);
 }

@@ -1,5 +1,11 @@
 //! Helpers for tests that run the real `tessera` binary.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    dead_code,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -37,7 +43,16 @@ pub fn server(backend: Backend, extra: &[&str]) -> Option<Server> {
 
 pub fn server_on(data: &Path, db: Option<&str>, extra: &[&str]) -> Server {
     let mut cmd = Command::new(BIN);
-    cmd.args(["server", "--dev", "--listen", "127.0.0.1:0", "--poll-interval", "200ms", "--data"]).arg(data);
+    cmd.args([
+        "server",
+        "--dev",
+        "--listen",
+        "127.0.0.1:0",
+        "--poll-interval",
+        "200ms",
+        "--data",
+    ])
+    .arg(data);
     if let Some(db) = db {
         cmd.args(["--database-url", db]);
     }
@@ -45,12 +60,22 @@ pub fn server_on(data: &Path, db: Option<&str>, extra: &[&str]) -> Server {
     cmd.env("TESSERA_LOG", "warn");
     let proc = spawn_ready(cmd, "tessera: ready url=");
     let url = proc.ready.clone();
-    Server { proc, url, data: data.to_path_buf(), _dir: None }
+    Server {
+        proc,
+        url,
+        data: data.to_path_buf(),
+        _dir: None,
+    }
 }
 
 /// Runs an admin or user command against the server's data folder.
 pub fn tessera(data: &Path, args: &[&str]) -> Output {
-    Command::new(BIN).args(args).arg("--data").arg(data).output().unwrap()
+    Command::new(BIN)
+        .args(args)
+        .arg("--data")
+        .arg(data)
+        .output()
+        .unwrap()
 }
 
 pub fn stdout(o: &Output) -> String {
@@ -125,7 +150,11 @@ pub fn setup_mesh(s: &Server) -> (String, String) {
     (secret("orders"), secret("inventory"))
 }
 
-pub async fn post_form(url: &str, auth: Option<(&str, &str)>, form: &[(&str, &str)]) -> (u16, Value) {
+pub async fn post_form(
+    url: &str,
+    auth: Option<(&str, &str)>,
+    form: &[(&str, &str)],
+) -> (u16, Value) {
     let mut req = reqwest::Client::new().post(url).form(form);
     if let Some((id, secret)) = auth {
         req = req.basic_auth(id, Some(secret));
@@ -133,7 +162,10 @@ pub async fn post_form(url: &str, auth: Option<(&str, &str)>, form: &[(&str, &st
     let resp = req.send().await.unwrap();
     let status = resp.status().as_u16();
     let text = resp.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
 }
 
 pub async fn token(s: &Server, secret: &str, form: &[(&str, &str)]) -> (u16, Value) {
