@@ -340,3 +340,62 @@ fn sigterm_stops_the_server_cleanly() {
         "the admin socket is removed on shutdown"
     );
 }
+
+/// No audit record, no token: with audit inserts failing underneath the server, the token
+/// endpoint refuses (503) and hands out nothing; once storage works again, so does issuance.
+async fn fail_closed(backend: Backend) {
+    let Some(s) = server(backend, &[]) else {
+        return;
+    };
+    let (orders, _) = setup_mesh(&s);
+    assert_eq!(
+        token(&s, &orders, &[("resource", "inventory-api")]).await.0,
+        200
+    );
+    let (block, unblock) = match backend {
+        Backend::Sqlite => (
+            "CREATE TRIGGER block_audit BEFORE INSERT ON audit BEGIN SELECT RAISE(ABORT, 'audit blocked by test'); END;",
+            "DROP TRIGGER block_audit;",
+        ),
+        Backend::Postgres => (
+            "ALTER TABLE audit ADD CONSTRAINT block_audit CHECK (seq < 0) NOT VALID;",
+            "ALTER TABLE audit DROP CONSTRAINT block_audit;",
+        ),
+    };
+    s.danger_sql(block);
+    let (st, body) = token(&s, &orders, &[("resource", "inventory-api")]).await;
+    assert_eq!(st, 503, "{body}");
+    assert_eq!(body["error"], "temporarily_unavailable");
+    assert!(body.get("access_token").is_none());
+    assert!(
+        !body.to_string().contains("audit blocked by test"),
+        "internal detail leaked: {body}"
+    );
+    let metrics = reqwest::get(format!("{}/metrics", s.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("tessera_audit_write_failures_total 1"),
+        "{metrics}"
+    );
+    s.danger_sql(unblock);
+    assert_eq!(
+        token(&s, &orders, &[("resource", "inventory-api")]).await.0,
+        200
+    );
+    let o = tessera(&s.data, &["audit", "verify"]);
+    assert!(o.status.success(), "{}", stdout(&o));
+}
+
+#[tokio::test]
+async fn fail_closed_sqlite() {
+    fail_closed(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn fail_closed_postgres() {
+    fail_closed(Backend::Postgres).await;
+}

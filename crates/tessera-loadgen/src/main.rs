@@ -4,7 +4,10 @@
 //! (closed loop: the maximum rate). With `--rate R` requests are scheduled at R per second in
 //! total and latency is measured from the scheduled time, so a slow server cannot hide its
 //! queueing (no coordinated omission). Prints one JSON object.
-#![expect(clippy::indexing_slicing, reason = "percentile indices are computed within the sorted vector's bounds")]
+#![expect(
+    clippy::indexing_slicing,
+    reason = "percentile indices are computed within the sorted vector's bounds"
+)]
 
 use std::time::{Duration, Instant};
 
@@ -46,7 +49,10 @@ struct Stats {
     errors: u64,
 }
 
-#[expect(clippy::too_many_arguments, reason = "a private task entry point; a struct would only rename them")]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "a private task entry point; a struct would only rename them"
+)]
 async fn connection(
     args: Args,
     host: String,
@@ -58,11 +64,18 @@ async fn connection(
     bodies: std::sync::Arc<Vec<Bytes>>,
     index: usize,
 ) -> anyhow::Result<Stats> {
-    let stream = tokio::net::TcpStream::connect(&addr).await.with_context(|| format!("connect {addr}"))?;
+    let stream = tokio::net::TcpStream::connect(&addr)
+        .await
+        .with_context(|| format!("connect {addr}"))?;
     stream.set_nodelay(true)?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(conn);
-    let mut stats = Stats { latencies_us: Vec::with_capacity(1 << 16), ok: 0, non2xx: 0, errors: 0 };
+    let mut stats = Stats {
+        latencies_us: Vec::with_capacity(1 << 16),
+        ok: 0,
+        non2xx: 0,
+        errors: 0,
+    };
     let body = Bytes::from(args.body.clone());
     let mut next = Instant::now() + offset;
     let mut own = (index..bodies.len()).step_by(args.connections.max(1));
@@ -84,7 +97,10 @@ async fn connection(
             }
             None => Instant::now(),
         };
-        let mut req = Request::builder().method(args.method.as_str()).uri(&path).header("host", &host);
+        let mut req = Request::builder()
+            .method(args.method.as_str())
+            .uri(&path)
+            .header("host", &host);
         for h in &args.headers {
             if let Some((k, v)) = h.split_once(':') {
                 req = req.header(k.trim(), v.trim());
@@ -99,7 +115,9 @@ async fn connection(
             Ok(resp) => {
                 let status = resp.status();
                 let _ = resp.into_body().collect().await;
-                stats.latencies_us.push(u64::try_from(scheduled.elapsed().as_micros()).unwrap_or(u64::MAX));
+                stats
+                    .latencies_us
+                    .push(u64::try_from(scheduled.elapsed().as_micros()).unwrap_or(u64::MAX));
                 if status.is_success() {
                     stats.ok += 1;
                 } else {
@@ -119,21 +137,31 @@ async fn connection(
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let uri: hyper::Uri = args.url.parse()?;
-    let host = uri.authority().context("the URL needs host:port")?.to_string();
+    let host = uri
+        .authority()
+        .context("the URL needs host:port")?
+        .to_string();
     let path = uri.path_and_query().map_or("/".into(), ToString::to_string);
     let duration = humantime::parse_duration(&args.duration)?;
-    let interval = args.rate.map(|r| Duration::from_secs_f64(args.connections as f64 / r));
+    let interval = args
+        .rate
+        .map(|r| Duration::from_secs_f64(args.connections as f64 / r));
     let started = Instant::now();
     let until = started + duration;
     let bodies: Vec<Bytes> = match &args.bodies {
-        Some(p) => std::fs::read_to_string(p)?.lines().map(|l| Bytes::from(l.to_owned())).collect(),
+        Some(p) => std::fs::read_to_string(p)?
+            .lines()
+            .map(|l| Bytes::from(l.to_owned()))
+            .collect(),
         None => Vec::new(),
     };
     let bodies = std::sync::Arc::new(bodies);
     let mut tasks = Vec::new();
     for i in 0..args.connections {
         // Spread the open-loop schedules of the connections evenly over one interval.
-        let offset = interval.map_or(Duration::ZERO, |iv| iv.mul_f64(i as f64 / args.connections as f64));
+        let offset = interval.map_or(Duration::ZERO, |iv| {
+            iv.mul_f64(i as f64 / args.connections as f64)
+        });
         tasks.push(tokio::spawn(connection(
             args.clone(),
             host.clone(),

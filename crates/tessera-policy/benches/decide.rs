@@ -1,12 +1,19 @@
 //! Issuance decisions with 10 and 10,000 grants: the per-pair slice keeps the cost flat.
 //! Beside it, plain Cedar over the whole policy set, measured in the same run.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use std::hint::black_box;
 use std::path::Path;
 use std::str::FromStr;
 
-use cedar_policy::{Authorizer, Context, Entities, EntityUid, PolicySet, Request, RestrictedExpression};
+use cedar_policy::{
+    Authorizer, Context, Entities, EntityUid, PolicySet, Request, RestrictedExpression,
+};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use tessera_core::manifest::{parse_str, DesiredState};
 use tessera_core::{Scope, SpiffeId};
@@ -22,7 +29,8 @@ fn mesh(n: usize) -> DesiredState {
     parse_str(Path::new("bench.toml"), &text).unwrap()
 }
 
-const GLOBAL: &str = "forbid (principal, action, resource) when { principal.environment != resource.environment };";
+const GLOBAL: &str =
+    "forbid (principal, action, resource) when { principal.environment != resource.environment };";
 
 fn bench(c: &mut Criterion) {
     let scopes = vec![Scope::parse("read").unwrap()];
@@ -30,11 +38,22 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("decide_issue");
     for n in [10usize, 10_000] {
         let s = mesh(n);
-        let engine = PolicyEngine::build(&s.workloads, &s.grants, &[("g.cedar".into(), GLOBAL.into())]).unwrap();
+        let engine = PolicyEngine::build(
+            &s.workloads,
+            &s.grants,
+            &[("g.cedar".into(), GLOBAL.into())],
+        )
+        .unwrap();
         let caller = SpiffeId::parse(&format!("spiffe://example.org/w{}", n / 2)).unwrap();
         assert!(engine.decide_issue(&caller, &target, &scopes).allowed);
         g.bench_with_input(BenchmarkId::new("sliced", n), &n, |b, _| {
-            b.iter(|| black_box(engine.decide_issue(black_box(&caller), &target, &scopes).allowed))
+            b.iter(|| {
+                black_box(
+                    engine
+                        .decide_issue(black_box(&caller), &target, &scopes)
+                        .allowed,
+                )
+            })
         });
     }
     // The peer: plain Cedar, every grant in one policy set (no slicing).
@@ -45,7 +64,8 @@ fn bench(c: &mut Criterion) {
         }
         let set = PolicySet::from_str(&text).unwrap();
         let auth = Authorizer::new();
-        let p = EntityUid::from_str(&format!("Workload::\"spiffe://example.org/w{}\"", n / 2)).unwrap();
+        let p =
+            EntityUid::from_str(&format!("Workload::\"spiffe://example.org/w{}\"", n / 2)).unwrap();
         let a = EntityUid::from_str("Action::\"issue_token\"").unwrap();
         let r = EntityUid::from_str("Service::\"spiffe://example.org/target\"").unwrap();
         let entities = Entities::from_json_value(
@@ -58,7 +78,13 @@ fn bench(c: &mut Criterion) {
         .unwrap();
         g.bench_with_input(BenchmarkId::new("plain_cedar_whole_set", n), &n, |b, _| {
             b.iter(|| {
-                let ctx = Context::from_pairs([("scopes".to_owned(), RestrictedExpression::new_set([RestrictedExpression::new_string("read".into())]))]).unwrap();
+                let ctx = Context::from_pairs([(
+                    "scopes".to_owned(),
+                    RestrictedExpression::new_set([RestrictedExpression::new_string(
+                        "read".into(),
+                    )]),
+                )])
+                .unwrap();
                 let req = Request::new(p.clone(), a.clone(), r.clone(), ctx, None).unwrap();
                 black_box(auth.is_authorized(&req, &set, &entities).decision())
             })
@@ -69,7 +95,14 @@ fn bench(c: &mut Criterion) {
     g.sample_size(10);
     let s = mesh(10_000);
     g.bench_function("10000_grants", |b| {
-        b.iter(|| PolicyEngine::build(&s.workloads, &s.grants, &[("g.cedar".into(), GLOBAL.into())]).unwrap())
+        b.iter(|| {
+            PolicyEngine::build(
+                &s.workloads,
+                &s.grants,
+                &[("g.cedar".into(), GLOBAL.into())],
+            )
+            .unwrap()
+        })
     });
     g.finish();
 }

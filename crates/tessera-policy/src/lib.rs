@@ -8,7 +8,7 @@
 //! Deny by default, and fail closed: a decision in which any policy failed to evaluate is a
 //! denial (Cedar skips erroring policies, so an erroring `forbid` would otherwise allow).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::sync::Arc;
 
@@ -71,6 +71,8 @@ pub struct PolicyEngine {
     global: PolicySet,
     principals: HashMap<SpiffeId, Entity>,
     services: HashMap<SpiffeId, Entity>,
+    /// The scopes grants give each (caller, target) pair, so a request never scans all grants.
+    granted: HashMap<(SpiffeId, SpiffeId), Vec<Scope>>,
     /// Policy ID to a place a person can find: a grant's source or a policy file.
     origins: HashMap<String, String>,
 }
@@ -180,7 +182,12 @@ impl PolicyEngine {
         }
 
         let mut slices = HashMap::new();
+        let mut granted: HashMap<(SpiffeId, SpiffeId), Vec<Scope>> = HashMap::new();
         for (i, g) in grants.iter().enumerate() {
+            let scopes = granted.entry((g.from.clone(), g.to.clone())).or_default();
+            scopes.extend(g.scopes.iter().cloned());
+            scopes.sort();
+            scopes.dedup();
             let grant_err = |message: String| PolicyError::Grant {
                 source_loc: g.source.clone(),
                 message,
@@ -217,6 +224,7 @@ impl PolicyEngine {
             global,
             principals: entities,
             services,
+            granted,
             origins,
         })
     }
@@ -294,6 +302,14 @@ impl PolicyEngine {
         }
     }
 
+    /// The scopes grants give `from` toward `to`, sorted; empty without a grant.
+    pub fn granted_scopes(&self, from: &SpiffeId, to: &SpiffeId) -> &[Scope] {
+        self.granted
+            .get(&(from.clone(), to.clone()))
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+    }
+
     /// How many policies a decision for this pair evaluates (for tests and metrics).
     pub fn slice_len(&self, from: &SpiffeId, to: &SpiffeId) -> usize {
         self.slices.get(&(from.clone(), to.clone())).map_or_else(
@@ -309,17 +325,6 @@ pub fn overdue_grants(grants: &[Grant], now_unix: i64) -> Vec<&Grant> {
         .iter()
         .filter(|g| g.review_by.is_some_and(|d| d.end_unix() < now_unix))
         .collect()
-}
-
-/// Scopes a grant set gives `from` toward `to` (the union over matching grants).
-pub fn granted_scopes<'a>(grants: &'a [Grant], from: &SpiffeId, to: &SpiffeId) -> Vec<&'a Scope> {
-    let mut out: BTreeMap<&str, &Scope> = BTreeMap::new();
-    for g in grants.iter().filter(|g| &g.from == from && &g.to == to) {
-        for s in &g.scopes {
-            out.insert(s.as_str(), s);
-        }
-    }
-    out.into_values().collect()
 }
 
 #[cfg(test)]

@@ -220,10 +220,11 @@ fn overdue_and_granted() {
     )
     .unwrap();
     assert_eq!(overdue_grants(&s.grants, tessera_core::now_unix()).len(), 1);
-    let got = granted_scopes(
-        &s.grants,
-        &id("spiffe://example.org/prod/a"),
-        &id("spiffe://example.org/prod/b"),
+    let e = PolicyEngine::build(&s.workloads, &s.grants, &[]).unwrap();
+    let (a, b) = (
+        id("spiffe://example.org/prod/a"),
+        id("spiffe://example.org/prod/b"),
     );
-    assert_eq!(got.len(), 1);
+    assert_eq!(e.granted_scopes(&a, &b), scopes(&["b:read"]).as_slice());
+    assert!(e.granted_scopes(&b, &a).is_empty());
 }

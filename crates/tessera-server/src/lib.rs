@@ -116,7 +116,8 @@ impl App {
             &self.kek,
         )?;
         let previous = self.snapshot();
-        let snap = Snapshot::build(version, state, revoked, keys, Some(&previous)).map_err(|e| e.to_string())?;
+        let snap = Snapshot::build(version, state, revoked, keys, Some(&previous))
+            .map_err(|e| e.to_string())?;
         self.metrics.grants_overdue.set(
             i64::try_from(tessera_policy::overdue_grants(&snap.grants, now).len())
                 .unwrap_or(i64::MAX),

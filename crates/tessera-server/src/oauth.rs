@@ -671,9 +671,9 @@ fn decide(
         })?,
         None => Vec::new(),
     };
-    let granted = tessera_policy::granted_scopes(&snap.grants, caller, target);
+    let granted = snap.engine.granted_scopes(caller, target);
     let scopes: Vec<Scope> = if requested.is_empty() {
-        granted.into_iter().cloned().collect()
+        granted.to_vec()
     } else {
         for s in &requested {
             if target_spec.is_some_and(|t| !t.scopes.contains(s)) {
@@ -683,7 +683,7 @@ fn decide(
                     Some(target.to_string()),
                 ));
             }
-            if !granted.contains(&s) {
+            if !granted.contains(s) {
                 return Err((
                     OAuthCode::InvalidScope,
                     format!("no grant gives `{caller}` scope `{s}` on `{target}`"),

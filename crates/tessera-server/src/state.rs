@@ -51,10 +51,11 @@ impl Snapshot {
             p.grants == state.grants
                 && p.policies == state.policies
                 && p.workloads.len() == state.workloads.len()
-                && state
-                    .workloads
-                    .iter()
-                    .all(|w| p.workloads.get(&w.spec.id).is_some_and(|old| old.spec == w.spec))
+                && state.workloads.iter().all(|w| {
+                    p.workloads
+                        .get(&w.spec.id)
+                        .is_some_and(|old| old.spec == w.spec)
+                })
         });
         let engine = match reusable {
             Some(p) => p.engine.clone(),

@@ -1,5 +1,10 @@
 //! In-process verification with a warm key set, beside one raw ES256 verification (ring).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use std::hint::black_box;
 
@@ -10,7 +15,9 @@ use tessera_token::{sign, Alg, JwkSet, SigningKey};
 use tessera_verify::{KeySet, Verifier, VerifierConfig};
 
 fn bench(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     let (key, _) = SigningKey::generate(Alg::ES256).unwrap();
     let now = tessera_core::now_unix();
     let token = sign(
@@ -22,7 +29,8 @@ fn bench(c: &mut Criterion) {
     .unwrap();
     let jwks = serde_json::to_vec(&JwkSet::from_keys([key.public()])).unwrap();
     let verifier = Verifier::new(
-        VerifierConfig::access_token("https://tessera.example.org", "spiffe://example.org/b").unwrap(),
+        VerifierConfig::access_token("https://tessera.example.org", "spiffe://example.org/b")
+            .unwrap(),
         KeySet::from_jwks(&jwks).unwrap(),
     );
     let (input, sig) = token.rsplit_once('.').unwrap();
@@ -36,9 +44,15 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("verify");
     #[expect(clippy::disallowed_methods, reason = "the raw peer measurement")]
     g.bench_function("ring_es256_verify_raw", |b| {
-        b.iter(|| UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, &point).verify(black_box(input.as_bytes()), &sig).unwrap())
+        b.iter(|| {
+            UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, &point)
+                .verify(black_box(input.as_bytes()), &sig)
+                .unwrap()
+        })
     });
-    g.bench_function("tessera_verifier_warm", |b| b.iter(|| rt.block_on(verifier.verify(black_box(&token))).unwrap()));
+    g.bench_function("tessera_verifier_warm", |b| {
+        b.iter(|| rt.block_on(verifier.verify(black_box(&token))).unwrap())
+    });
     g.finish();
 }
 

@@ -25,7 +25,30 @@ pub struct Server {
     pub proc: Proc,
     pub url: String,
     pub data: PathBuf,
+    /// The PostgreSQL URL, when the server runs on PostgreSQL.
+    pub db: Option<String>,
     _dir: Option<tempfile::TempDir>,
+}
+
+impl Server {
+    /// Runs SQL directly against the server's storage, beside the running server: for tests
+    /// that break storage on purpose.
+    pub fn danger_sql(&self, sql: &str) {
+        let out = match &self.db {
+            Some(url) => Command::new("psql").args([url.as_str(), "-v", "ON_ERROR_STOP=1", "-qc", sql]).output().unwrap(),
+            None => Command::new("python3")
+                .args(["-c", "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.executescript(sys.argv[2]); c.commit()"])
+                .arg(self.data.join("tessera.db"))
+                .arg(sql)
+                .output()
+                .unwrap(),
+        };
+        assert!(
+            out.status.success(),
+            "{sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
 
 /// Starts `tessera server --dev` on a free loopback port. `None` when PostgreSQL was opted out.
@@ -38,6 +61,7 @@ pub fn server(backend: Backend, extra: &[&str]) -> Option<Server> {
     let data = dir.path().to_path_buf();
     let mut s = server_on(&data, db.as_deref(), extra);
     s._dir = Some(dir);
+    s.db = db;
     Some(s)
 }
 
@@ -64,6 +88,7 @@ pub fn server_on(data: &Path, db: Option<&str>, extra: &[&str]) -> Server {
         proc,
         url,
         data: data.to_path_buf(),
+        db: db.map(str::to_owned),
         _dir: None,
     }
 }
