@@ -9,6 +9,11 @@ mod render;
 
 use clap::Parser;
 
+// The token path allocates a little per request; mimalloc serves that faster than glibc's
+// allocator under concurrency (measured in BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     let args = cli::Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()

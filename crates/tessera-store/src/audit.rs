@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::Row;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::{Result, Store, StoreError};
+use crate::{AssertionClaim, Result, Store, StoreError};
 
 /// The `prev_hash` of the first record.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -183,18 +183,21 @@ pub enum VerifyAuditError {
     Chain(#[from] ChainError),
 }
 
-type Pending = (AuditEvent, oneshot::Sender<Result<AuditRecord>>);
+enum Pending {
+    Event(AuditEvent, oneshot::Sender<Result<AuditRecord>>),
+    Claim(AssertionClaim, oneshot::Sender<Result<bool>>),
+}
 
-/// The hot-path audit writer. Concurrent requests hand their records to one task, which makes
-/// everything that queued up durable in one transaction (group commit) and only then answers
-/// each caller: a caller that got `Ok` holds a durable record, and one that got `Err` must not
-/// act (fail closed).
+/// The hot-path writer. Concurrent requests hand their records (and client-assertion `jti`
+/// claims) to one task, which makes everything that queued up durable in one transaction (group
+/// commit) and only then answers each caller: a caller that got `Ok` holds a durable record, and
+/// one that got `Err` must not act (fail closed).
 #[derive(Clone, Debug)]
 pub struct AuditLog {
     tx: mpsc::Sender<Pending>,
 }
 
-/// How many records one commit takes at most.
+/// How many items one commit takes at most.
 const MAX_BATCH: usize = 1024;
 
 impl AuditLog {
@@ -203,23 +206,44 @@ impl AuditLog {
         tokio::spawn(async move {
             let mut batch: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
             while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-                let events: Vec<AuditEvent> = batch.iter().map(|(e, _)| e.clone()).collect();
-                match store.commit(&[], &events).await {
-                    Ok(records) if records.len() == batch.len() => {
-                        for ((_, reply), record) in batch.drain(..).zip(records) {
+                let mut events = Vec::with_capacity(batch.len());
+                let mut event_replies = Vec::with_capacity(batch.len());
+                let mut claims = Vec::new();
+                let mut claim_replies = Vec::new();
+                for item in batch.drain(..) {
+                    match item {
+                        Pending::Event(e, r) => {
+                            events.push(e);
+                            event_replies.push(r);
+                        }
+                        Pending::Claim(c, r) => {
+                            claims.push(c);
+                            claim_replies.push(r);
+                        }
+                    }
+                }
+                match store.commit_batch(&[], &claims, &events).await {
+                    Ok((fresh, records))
+                        if records.len() == event_replies.len()
+                            && fresh.len() == claim_replies.len() =>
+                    {
+                        for (reply, record) in event_replies.into_iter().zip(records) {
                             let _ = reply.send(Ok(record));
                         }
-                    }
-                    Ok(_) => {
-                        for (_, reply) in batch.drain(..) {
-                            let _ =
-                                reply.send(Err(StoreError::AuditUnavailable("short write".into())));
+                        for (reply, f) in claim_replies.into_iter().zip(fresh) {
+                            let _ = reply.send(Ok(f));
                         }
                     }
-                    Err(e) => {
-                        tracing::error!(error = %e, records = batch.len(), "audit commit failed; refusing the requests that needed it");
-                        let msg = e.to_string();
-                        for (_, reply) in batch.drain(..) {
+                    result => {
+                        let msg = match result {
+                            Err(e) => e.to_string(),
+                            Ok(_) => "short write".to_owned(),
+                        };
+                        tracing::error!(error = %msg, items = event_replies.len() + claim_replies.len(), "audit commit failed; refusing the requests that needed it");
+                        for reply in event_replies {
+                            let _ = reply.send(Err(StoreError::AuditUnavailable(msg.clone())));
+                        }
+                        for reply in claim_replies {
                             let _ = reply.send(Err(StoreError::AuditUnavailable(msg.clone())));
                         }
                     }
@@ -229,14 +253,27 @@ impl AuditLog {
         Self { tx }
     }
 
+    fn stopped() -> StoreError {
+        StoreError::AuditUnavailable("the audit writer has stopped".into())
+    }
+
     /// Appends one record and waits until it is durable.
     pub async fn append(&self, event: AuditEvent) -> Result<AuditRecord> {
         let (reply, wait) = oneshot::channel();
         self.tx
-            .send((event, reply))
+            .send(Pending::Event(event, reply))
             .await
-            .map_err(|_| StoreError::AuditUnavailable("the audit writer has stopped".into()))?;
-        wait.await
-            .map_err(|_| StoreError::AuditUnavailable("the audit writer has stopped".into()))?
+            .map_err(|_| Self::stopped())?;
+        wait.await.map_err(|_| Self::stopped())?
+    }
+
+    /// Records a client assertion's `jti` with the next group commit; false for a replay.
+    pub async fn claim(&self, claim: AssertionClaim) -> Result<bool> {
+        let (reply, wait) = oneshot::channel();
+        self.tx
+            .send(Pending::Claim(claim, reply))
+            .await
+            .map_err(|_| Self::stopped())?;
+        wait.await.map_err(|_| Self::stopped())?
     }
 }

@@ -105,6 +105,14 @@ pub struct StoredState {
     pub policies: Vec<PolicyFile>,
 }
 
+/// A client assertion's `jti`, recorded until the assertion expires so it is used only once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AssertionClaim {
+    pub client_id: String,
+    pub jti: String,
+    pub expires_at: i64,
+}
+
 /// One mutation. Applied only through [`Store::commit`], together with audit records.
 #[derive(Debug, Clone)]
 pub enum Op {
@@ -509,18 +517,13 @@ impl Store {
         jti: &str,
         expires_at: i64,
     ) -> Result<bool> {
-        let inserted = with_write_tx!(self, |tx, is_pg| {
-            sqlx::query(
-                "INSERT INTO used_assertions (client_id, jti, expires_at) VALUES ($1, $2, $3) ON CONFLICT (client_id, jti) DO NOTHING",
-            )
-            .bind(client_id)
-            .bind(jti)
-            .bind(expires_at)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected()
-        });
-        Ok(inserted == 1)
+        let claim = AssertionClaim {
+            client_id: client_id.to_owned(),
+            jti: jti.to_owned(),
+            expires_at,
+        };
+        let (fresh, _) = self.commit_batch(&[], &[claim], &[]).await?;
+        Ok(fresh.first().copied().unwrap_or(false))
     }
 
     /// Deletes replay records and revocations whose tokens have expired.
@@ -540,11 +543,36 @@ impl Store {
 
     /// Applies `ops` and appends `events` to the audit chain, atomically.
     pub async fn commit(&self, ops: &[Op], events: &[AuditEvent]) -> Result<Vec<AuditRecord>> {
+        Ok(self.commit_batch(ops, &[], events).await?.1)
+    }
+
+    /// [`Store::commit`], and also records client-assertion `jti`s (single use): the answer for
+    /// each claim is false when it was seen before. One transaction for all of it, so the hot
+    /// path's writes share one durable commit.
+    pub async fn commit_batch(
+        &self,
+        ops: &[Op],
+        claims: &[AssertionClaim],
+        events: &[AuditEvent],
+    ) -> Result<(Vec<bool>, Vec<AuditRecord>)> {
         let now = tessera_core::now_unix();
         let bump = ops.iter().any(Op::changes_state);
-        let records = with_write_tx!(self, |tx, is_pg| {
+        let (fresh, records) = with_write_tx!(self, |tx, is_pg| {
             for op in ops {
                 apply_op!(tx, op, now);
+            }
+            let mut fresh = Vec::with_capacity(claims.len());
+            for c in claims {
+                let n = sqlx::query(
+                    "INSERT INTO used_assertions (client_id, jti, expires_at) VALUES ($1, $2, $3) ON CONFLICT (client_id, jti) DO NOTHING",
+                )
+                .bind(&c.client_id)
+                .bind(&c.jti)
+                .bind(c.expires_at)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                fresh.push(n == 1);
             }
             if bump {
                 sqlx::query(
@@ -593,9 +621,9 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
             }
-            records
+            (fresh, records)
         });
-        Ok(records)
+        Ok((fresh, records))
     }
 
     /// The last `n` audit records, oldest first.

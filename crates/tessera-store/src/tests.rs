@@ -197,6 +197,18 @@ async fn suite(store: Store) {
             log.append(event("token.issued", n)).await
         }));
     }
+    // Assertion claims ride the same group commit: the first use wins, a replay is refused,
+    // even when both arrive in one batch.
+    let claim = |jti: &str| AssertionClaim {
+        client_id: "c9".into(),
+        jti: jti.into(),
+        expires_at: i64::MAX,
+    };
+    let (a, b) = tokio::join!(log.claim(claim("dup")), log.claim(claim("dup")));
+    let mut answers = vec![a.unwrap(), b.unwrap()];
+    answers.sort();
+    assert_eq!(answers, vec![false, true]);
+    assert!(log.claim(claim("other")).await.unwrap());
     let mut seqs = Vec::new();
     for t in tasks {
         seqs.push(t.await.unwrap().unwrap().seq);
