@@ -103,6 +103,9 @@ fn truncate(s: &str, n: usize) -> String {
 pub struct AuthedClient {
     pub id: String,
     pub method: &'static str,
+    /// For `private_key_jwt`: the assertion's `jti`, still to be claimed (single use) in the same
+    /// commit as the request's audit record.
+    pub claim: Option<tessera_store::AssertionClaim>,
 }
 
 fn client_failure(
@@ -134,8 +137,61 @@ fn client_failure(
     )
 }
 
-/// Authenticates the client by exactly one of the three methods. Failures are audited.
+/// Authenticates the client and, for an assertion, claims its `jti` now. Failures are audited.
 pub async fn authenticate(
+    app: &App,
+    snap: &Snapshot,
+    issuer: &Issuer,
+    headers: &HeaderMap,
+    form: &Form,
+) -> Result<AuthedClient, ApiError> {
+    let client = authenticate_deferred(app, snap, issuer, headers, form).await?;
+    if let Some(claim) = &client.claim {
+        if !app.audit.claim(claim.clone()).await? {
+            return Err(replayed(app, &client.id).await);
+        }
+    }
+    Ok(client)
+}
+
+/// A replayed client assertion: recorded, and refused as RFC 6749 `invalid_client`.
+async fn replayed(app: &App, client_id: &str) -> ApiError {
+    let (event, err) = client_failure(
+        app,
+        "private_key_jwt",
+        Some(client_id),
+        "client assertion: this `jti` was used before (replay)",
+    );
+    if let Err(e) = app.audit.append(event).await {
+        app.metrics.audit_failures.inc();
+        tracing::error!(error = %e, "could not record a replayed client assertion");
+    }
+    err
+}
+
+/// Appends the request's audit record, claiming the client's assertion `jti` in the same commit.
+async fn record(app: &App, client: &AuthedClient, event: AuditEvent) -> Result<(), ApiError> {
+    let written = match &client.claim {
+        None => app.audit.append(event).await.map(|_| true),
+        Some(claim) => app
+            .audit
+            .append_claimed(claim.clone(), event)
+            .await
+            .map(|r| r.is_some()),
+    };
+    match written {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(replayed(app, &client.id).await),
+        Err(e) => {
+            app.metrics.audit_failures.inc();
+            Err(ApiError::unavailable(e))
+        }
+    }
+}
+
+/// Authenticates the client by exactly one of the three methods, leaving an assertion's `jti`
+/// to be claimed by the caller. Failures are audited.
+async fn authenticate_deferred(
     app: &App,
     snap: &Snapshot,
     issuer: &Issuer,
@@ -306,6 +362,7 @@ fn check_secret(
     Ok(AuthedClient {
         id: id.to_owned(),
         method,
+        claim: None,
     })
 }
 
@@ -427,22 +484,15 @@ async fn check_assertion(
             "client assertion: `jti` is longer than 256 characters",
         ));
     }
-    let fresh = app
-        .store
-        .claim_assertion(iss, jti, exp + LEEWAY)
-        .await
-        .map_err(ApiError::from)?;
-    if !fresh {
-        return Err(refused(
-            app,
-            M,
-            Some(iss),
-            "client assertion: this `jti` was used before (replay)",
-        ));
-    }
+    let claim = tessera_store::AssertionClaim {
+        client_id: iss.to_owned(),
+        jti: jti.to_owned(),
+        expires_at: exp + LEEWAY,
+    };
     Ok(AuthedClient {
         id: iss.to_owned(),
         method: M,
+        claim: Some(claim),
     })
 }
 
@@ -514,7 +564,7 @@ async fn client_credentials(
     headers: &HeaderMap,
     form: &Form,
 ) -> Result<Value, ApiError> {
-    let client = authenticate(app, snap, issuer, headers, form).await?;
+    let client = authenticate_deferred(app, snap, issuer, headers, form).await?;
     let entry = snap
         .clients
         .get(&client.id)
@@ -535,11 +585,15 @@ async fn client_credentials(
         Ok(d) => d,
         Err((code, reason, target)) => {
             let (event, err) = deny(code, reason, target.as_deref());
-            if let Err(e) = app.audit.append(event).await {
-                app.metrics.audit_failures.inc();
-                tracing::error!(error = %e, "could not record a token denial");
-            }
-            return Err(err);
+            return match record(app, &client, event).await {
+                // A replayed assertion is refused as such, whatever else was wrong.
+                Err(replay @ ApiError::Client { .. }) => Err(replay),
+                Err(e) => {
+                    tracing::error!(error = %e, "could not record a token denial");
+                    Err(err)
+                }
+                Ok(()) => Err(err),
+            };
         }
     };
     let signing = snap
@@ -566,20 +620,19 @@ async fn client_credentials(
     };
     let token = sign(&signing.key, TYP_ACCESS_TOKEN, &claims).map_err(ApiError::unavailable)?;
     // Fail closed: the token leaves only once its record is durable.
-    app.audit
-        .append(AuditEvent {
+    record(
+        app,
+        &client,
+        AuditEvent {
             kind: "token.issued".into(),
             actor: client.id.clone(),
             subject: caller.to_string(),
             outcome: "ok".into(),
             detail: json!({"jti": jti, "aud": claims.aud, "scope": claims.scope, "exp": claims.exp,
                            "grant_type": CLIENT_CREDENTIALS, "auth": client.method, "iss": claims.iss}),
-        })
-        .await
-        .map_err(|e| {
-            app.metrics.audit_failures.inc();
-            ApiError::unavailable(e)
-        })?;
+        },
+    )
+    .await?;
     let mut body = serde_json::Map::new();
     body.insert("access_token".into(), token.into());
     body.insert("token_type".into(), "Bearer".into());

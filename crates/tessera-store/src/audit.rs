@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::Row;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::{AssertionClaim, Result, Store, StoreError};
+use crate::{AssertionClaim, BatchItem, BatchResult, Result, Store, StoreError};
 
 /// The `prev_hash` of the first record.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -183,10 +183,7 @@ pub enum VerifyAuditError {
     Chain(#[from] ChainError),
 }
 
-enum Pending {
-    Event(AuditEvent, oneshot::Sender<Result<AuditRecord>>),
-    Claim(AssertionClaim, oneshot::Sender<Result<bool>>),
-}
+type Pending = (BatchItem, oneshot::Sender<Result<BatchResult>>);
 
 /// The hot-path writer. Concurrent requests hand their records (and client-assertion `jti`
 /// claims) to one task, which makes everything that queued up durable in one transaction (group
@@ -206,32 +203,11 @@ impl AuditLog {
         tokio::spawn(async move {
             let mut batch: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
             while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-                let mut events = Vec::with_capacity(batch.len());
-                let mut event_replies = Vec::with_capacity(batch.len());
-                let mut claims = Vec::new();
-                let mut claim_replies = Vec::new();
-                for item in batch.drain(..) {
-                    match item {
-                        Pending::Event(e, r) => {
-                            events.push(e);
-                            event_replies.push(r);
-                        }
-                        Pending::Claim(c, r) => {
-                            claims.push(c);
-                            claim_replies.push(r);
-                        }
-                    }
-                }
-                match store.commit_batch(&[], &claims, &events).await {
-                    Ok((fresh, records))
-                        if records.len() == event_replies.len()
-                            && fresh.len() == claim_replies.len() =>
-                    {
-                        for (reply, record) in event_replies.into_iter().zip(records) {
-                            let _ = reply.send(Ok(record));
-                        }
-                        for (reply, f) in claim_replies.into_iter().zip(fresh) {
-                            let _ = reply.send(Ok(f));
+                let (items, replies): (Vec<BatchItem>, Vec<_>) = batch.drain(..).unzip();
+                match store.commit_batch(&[], &items).await {
+                    Ok(results) if results.len() == replies.len() => {
+                        for (reply, result) in replies.into_iter().zip(results) {
+                            let _ = reply.send(Ok(result));
                         }
                     }
                     result => {
@@ -239,11 +215,8 @@ impl AuditLog {
                             Err(e) => e.to_string(),
                             Ok(_) => "short write".to_owned(),
                         };
-                        tracing::error!(error = %msg, items = event_replies.len() + claim_replies.len(), "audit commit failed; refusing the requests that needed it");
-                        for reply in event_replies {
-                            let _ = reply.send(Err(StoreError::AuditUnavailable(msg.clone())));
-                        }
-                        for reply in claim_replies {
+                        tracing::error!(error = %msg, items = replies.len(), "audit commit failed; refusing the requests that needed it");
+                        for reply in replies {
                             let _ = reply.send(Err(StoreError::AuditUnavailable(msg.clone())));
                         }
                     }
@@ -253,27 +226,53 @@ impl AuditLog {
         Self { tx }
     }
 
-    fn stopped() -> StoreError {
-        StoreError::AuditUnavailable("the audit writer has stopped".into())
+    async fn submit(&self, item: BatchItem) -> Result<BatchResult> {
+        let stopped = || StoreError::AuditUnavailable("the audit writer has stopped".into());
+        let (reply, wait) = oneshot::channel();
+        self.tx.send((item, reply)).await.map_err(|_| stopped())?;
+        wait.await.map_err(|_| stopped())?
     }
 
     /// Appends one record and waits until it is durable.
     pub async fn append(&self, event: AuditEvent) -> Result<AuditRecord> {
-        let (reply, wait) = oneshot::channel();
-        self.tx
-            .send(Pending::Event(event, reply))
-            .await
-            .map_err(|_| Self::stopped())?;
-        wait.await.map_err(|_| Self::stopped())?
+        self.submit(BatchItem {
+            claim: None,
+            event: Some(event),
+        })
+        .await?
+        .record
+        .ok_or_else(|| StoreError::AuditUnavailable("the record was not written".into()))
     }
 
     /// Records a client assertion's `jti` with the next group commit; false for a replay.
     pub async fn claim(&self, claim: AssertionClaim) -> Result<bool> {
-        let (reply, wait) = oneshot::channel();
-        self.tx
-            .send(Pending::Claim(claim, reply))
-            .await
-            .map_err(|_| Self::stopped())?;
-        wait.await.map_err(|_| Self::stopped())?
+        Ok(self
+            .submit(BatchItem {
+                claim: Some(claim),
+                event: None,
+            })
+            .await?
+            .fresh)
+    }
+
+    /// Claims a `jti` and appends `event` in the same commit; `None` (and no record) for a replay.
+    pub async fn append_claimed(
+        &self,
+        claim: AssertionClaim,
+        event: AuditEvent,
+    ) -> Result<Option<AuditRecord>> {
+        let r = self
+            .submit(BatchItem {
+                claim: Some(claim),
+                event: Some(event),
+            })
+            .await?;
+        if r.fresh {
+            r.record
+                .map(Some)
+                .ok_or_else(|| StoreError::AuditUnavailable("the record was not written".into()))
+        } else {
+            Ok(None)
+        }
     }
 }

@@ -113,6 +113,20 @@ pub struct AssertionClaim {
     pub expires_at: i64,
 }
 
+/// One hot-path request's writes: an optional `jti` claim and an optional audit event.
+#[derive(Debug, Clone)]
+pub struct BatchItem {
+    pub claim: Option<AssertionClaim>,
+    pub event: Option<AuditEvent>,
+}
+
+/// What a [`BatchItem`] got: `fresh` is false for a replayed claim (its event was not written).
+#[derive(Debug, Clone)]
+pub struct BatchResult {
+    pub fresh: bool,
+    pub record: Option<AuditRecord>,
+}
+
 /// One mutation. Applied only through [`Store::commit`], together with audit records.
 #[derive(Debug, Clone)]
 pub enum Op {
@@ -522,8 +536,16 @@ impl Store {
             jti: jti.to_owned(),
             expires_at,
         };
-        let (fresh, _) = self.commit_batch(&[], &[claim], &[]).await?;
-        Ok(fresh.first().copied().unwrap_or(false))
+        let results = self
+            .commit_batch(
+                &[],
+                &[BatchItem {
+                    claim: Some(claim),
+                    event: None,
+                }],
+            )
+            .await?;
+        Ok(results.first().is_some_and(|r| r.fresh))
     }
 
     /// Deletes replay records and revocations whose tokens have expired.
@@ -543,37 +565,70 @@ impl Store {
 
     /// Applies `ops` and appends `events` to the audit chain, atomically.
     pub async fn commit(&self, ops: &[Op], events: &[AuditEvent]) -> Result<Vec<AuditRecord>> {
-        Ok(self.commit_batch(ops, &[], events).await?.1)
+        let items: Vec<BatchItem> = events
+            .iter()
+            .map(|e| BatchItem {
+                claim: None,
+                event: Some(e.clone()),
+            })
+            .collect();
+        let results = self.commit_batch(ops, &items).await?;
+        Ok(results.into_iter().filter_map(|r| r.record).collect())
     }
 
-    /// [`Store::commit`], and also records client-assertion `jti`s (single use): the answer for
-    /// each claim is false when it was seen before. One transaction for all of it, so the hot
-    /// path's writes share one durable commit.
-    pub async fn commit_batch(
-        &self,
-        ops: &[Op],
-        claims: &[AssertionClaim],
-        events: &[AuditEvent],
-    ) -> Result<(Vec<bool>, Vec<AuditRecord>)> {
+    /// [`Store::commit`] for a batch of hot-path items: each may claim a client-assertion `jti`
+    /// (single use) and carry an audit event, which is written only when its claim was fresh.
+    /// One transaction for the whole batch, so concurrent requests share one durable commit.
+    pub async fn commit_batch(&self, ops: &[Op], items: &[BatchItem]) -> Result<Vec<BatchResult>> {
         let now = tessera_core::now_unix();
         let bump = ops.iter().any(Op::changes_state);
-        let (fresh, records) = with_write_tx!(self, |tx, is_pg| {
+        // A jti that appears twice in one batch: only its first occurrence may be fresh.
+        let mut first = std::collections::HashSet::new();
+        let mut fresh: Vec<bool> = items
+            .iter()
+            .map(|i| {
+                i.claim
+                    .as_ref()
+                    .is_none_or(|c| first.insert((c.client_id.as_str(), c.jti.as_str())))
+            })
+            .collect();
+        let to_claim: Vec<&AssertionClaim> = items
+            .iter()
+            .zip(&fresh)
+            .filter_map(|(i, f)| i.claim.as_ref().filter(|_| *f))
+            .collect();
+        let results = with_write_tx!(self, |tx, is_pg| {
             for op in ops {
                 apply_op!(tx, op, now);
             }
-            let mut fresh = Vec::with_capacity(claims.len());
-            for c in claims {
-                let n = sqlx::query(
-                    "INSERT INTO used_assertions (client_id, jti, expires_at) VALUES ($1, $2, $3) ON CONFLICT (client_id, jti) DO NOTHING",
-                )
-                .bind(&c.client_id)
-                .bind(&c.jti)
-                .bind(c.expires_at)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                fresh.push(n == 1);
+            let mut inserted = std::collections::HashSet::new();
+            for chunk in to_claim.chunks(500) {
+                let mut qb = sqlx::QueryBuilder::new(
+                    "INSERT INTO used_assertions (client_id, jti, expires_at) ",
+                );
+                qb.push_values(chunk, |mut b, c| {
+                    b.push_bind(c.client_id.as_str())
+                        .push_bind(c.jti.as_str())
+                        .push_bind(c.expires_at);
+                });
+                qb.push(" ON CONFLICT (client_id, jti) DO NOTHING RETURNING client_id, jti");
+                for row in qb.build().fetch_all(&mut *tx).await? {
+                    inserted.insert((
+                        row.try_get::<String, _>("client_id")?,
+                        row.try_get::<String, _>("jti")?,
+                    ));
+                }
             }
+            for (item, f) in items.iter().zip(fresh.iter_mut()) {
+                if let Some(c) = &item.claim {
+                    *f = *f && inserted.contains(&(c.client_id.clone(), c.jti.clone()));
+                }
+            }
+            let events: Vec<&AuditEvent> = items
+                .iter()
+                .zip(&fresh)
+                .filter_map(|(i, f)| i.event.as_ref().filter(|_| *f))
+                .collect();
             if bump {
                 sqlx::query(
                     "INSERT INTO meta (key, value) VALUES ('state_version', '1') ON CONFLICT (key) DO UPDATE SET value = CAST(CAST(meta.value AS BIGINT) + 1 AS TEXT)",
@@ -621,9 +676,22 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
             }
-            (fresh, records)
+            // Hand each record to the item that carried its event.
+            let mut records = records.into_iter();
+            items
+                .iter()
+                .zip(&fresh)
+                .map(|(i, f)| BatchResult {
+                    fresh: *f,
+                    record: if *f && i.event.is_some() {
+                        records.next()
+                    } else {
+                        None
+                    },
+                })
+                .collect::<Vec<_>>()
         });
-        Ok((fresh, records))
+        Ok(results)
     }
 
     /// The last `n` audit records, oldest first.

@@ -209,13 +209,34 @@ async fn suite(store: Store) {
     answers.sort();
     assert_eq!(answers, vec![false, true]);
     assert!(log.claim(claim("other")).await.unwrap());
+    // A claim and its record in one commit: the record only when the claim is fresh.
+    let rec = log
+        .append_claimed(claim("with-event"), event("token.issued", 999))
+        .await
+        .unwrap();
+    assert!(rec.is_some(), "a fresh claim keeps its record");
+    let rec = log
+        .append_claimed(claim("with-event"), event("token.issued", 998))
+        .await
+        .unwrap();
+    assert!(rec.is_none(), "a replay writes no record");
     let mut seqs = Vec::new();
     for t in tasks {
         seqs.push(t.await.unwrap().unwrap().seq);
     }
     seqs.sort();
-    assert_eq!(seqs, (4..204).collect::<Vec<i64>>());
-    assert_eq!(store.verify_audit().await.unwrap(), 203);
+    seqs.dedup();
+    assert_eq!(
+        seqs.len(),
+        200,
+        "every concurrent append got its own record"
+    );
+    assert!(seqs.iter().all(|s| (4..=204).contains(s)), "{seqs:?}");
+    assert_eq!(
+        store.verify_audit().await.unwrap(),
+        204,
+        "200 appends and the claimed record"
+    );
     let last = store
         .last_audit_for("s5", "token.issued")
         .await
