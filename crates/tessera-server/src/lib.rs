@@ -338,6 +338,7 @@ pub async fn start(
 
     let mut registry = Registry::default();
     let metrics = Metrics::new(&mut registry);
+    let audit_metrics = tessera_store::AuditMetrics::register(&mut registry);
     let snapshot = Snapshot::build(0, Default::default(), vec![], KeyRing::default(), None)?;
     let first_td = config
         .trust_domains
@@ -346,7 +347,7 @@ pub async fn start(
         .ok_or_else(|| StartError::Config("no trust domain configured".into()))?;
     let app = Arc::new(App {
         first_td,
-        audit: AuditLog::spawn(store.clone()),
+        audit: AuditLog::spawn(store.clone(), Some(audit_metrics)),
         config,
         base_url: base_url.clone(),
         store,

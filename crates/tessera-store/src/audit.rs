@@ -194,17 +194,51 @@ pub struct AuditLog {
     tx: mpsc::Sender<Pending>,
 }
 
+/// How the group commit behaves: commit duration and batch size.
+#[derive(Clone, Debug)]
+pub struct AuditMetrics {
+    pub commit_seconds: prometheus_client::metrics::histogram::Histogram,
+    pub batch_size: prometheus_client::metrics::histogram::Histogram,
+}
+
+impl AuditMetrics {
+    pub fn register(registry: &mut prometheus_client::registry::Registry) -> Self {
+        use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+        let m = Self {
+            commit_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 14)),
+            batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 11)),
+        };
+        registry.register(
+            "tessera_audit_commit_duration_seconds",
+            "Duration of one group commit of the audit log",
+            m.commit_seconds.clone(),
+        );
+        registry.register(
+            "tessera_audit_commit_batch_size",
+            "Records and claims made durable by one group commit",
+            m.batch_size.clone(),
+        );
+        m
+    }
+}
+
 /// How many items one commit takes at most.
 const MAX_BATCH: usize = 1024;
 
 impl AuditLog {
-    pub fn spawn(store: Store) -> Self {
+    pub fn spawn(store: Store, metrics: Option<AuditMetrics>) -> Self {
         let (tx, mut rx) = mpsc::channel::<Pending>(8192);
         tokio::spawn(async move {
             let mut batch: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
             while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
                 let (items, replies): (Vec<BatchItem>, Vec<_>) = batch.drain(..).unzip();
-                match store.commit_batch(&[], &items).await {
+                let started = std::time::Instant::now();
+                let result = store.commit_batch(&[], &items).await;
+                if let Some(m) = &metrics {
+                    m.commit_seconds.observe(started.elapsed().as_secs_f64());
+                    m.batch_size.observe(items.len() as f64);
+                }
+                match result {
                     Ok(results) if results.len() == replies.len() => {
                         for (reply, result) in replies.into_iter().zip(results) {
                             let _ = reply.send(Ok(result));

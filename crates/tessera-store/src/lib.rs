@@ -20,7 +20,8 @@ use tessera_core::manifest::{Client, Grant, PolicyFile, Trust, Workload};
 
 mod audit;
 pub use audit::{
-    verify_chain, AuditEvent, AuditLog, AuditRecord, ChainError, VerifyAuditError, GENESIS,
+    verify_chain, AuditEvent, AuditLog, AuditMetrics, AuditRecord, ChainError, VerifyAuditError,
+    GENESIS,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -331,13 +332,16 @@ impl Store {
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
+        // No ping before each acquire: the connection is local and errors surface on use.
         let write = SqlitePoolOptions::new()
             .max_connections(1)
+            .test_before_acquire(false)
             .connect_with(opts.clone())
             .await?;
         restrict_permissions(path)?;
         let read = SqlitePoolOptions::new()
             .max_connections(4)
+            .test_before_acquire(false)
             .connect_with(opts.read_only(true))
             .await?;
         let store = Self {

@@ -189,7 +189,7 @@ async fn suite(store: Store) {
     assert_eq!(store.keys().await.unwrap()[0].retire_at, Some(9));
 
     // Group commit: concurrent appends are all durable and chained in order.
-    let log = AuditLog::spawn(store.clone());
+    let log = AuditLog::spawn(store.clone(), None);
     let mut tasks = Vec::new();
     for n in 0..200 {
         let log = log.clone();
