@@ -23,7 +23,7 @@ use tokio::sync::watch;
 
 use crate::apply::{plan, ApplyRequest, ApplyResponse};
 use crate::error::{ApiError, StartError};
-use crate::{bad_request, keys, App};
+use crate::{keys, App};
 
 /// The connecting process's unix user, from the kernel.
 #[derive(Clone, Debug)]
@@ -37,6 +37,10 @@ impl Connected<IncomingStream<'_, UnixListener>> for Peer {
             uid: stream.io().peer_cred().ok().map(|c| c.uid()),
         }
     }
+}
+
+fn bad(msg: impl Into<String>) -> ApiError {
+    ApiError::BadRequest(msg.into())
 }
 
 fn actor(peer: &Peer) -> String {
@@ -209,7 +213,7 @@ async fn describe_workload(
     State(app): State<Arc<App>>,
     Query(q): Query<IdQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let id = SpiffeId::parse(&q.id).map_err(|e| bad_request(e.to_string()))?;
+    let id = SpiffeId::parse(&q.id).map_err(|e| bad(e.to_string()))?;
     let snap = app.snapshot();
     let w = snap
         .workloads
@@ -293,7 +297,7 @@ async fn client_secret(
         ))
     })?;
     if client.spec.auth != ClientAuth::ClientSecret {
-        return Err(bad_request(format!(
+        return Err(bad(format!(
             "client `{}` authenticates with private_key_jwt; it has no secret",
             client.spec.id
         )));
@@ -337,8 +341,8 @@ async fn revoke_workload(
     ConnectInfo(peer): ConnectInfo<Peer>,
     Json(req): Json<RevokeRequest>,
 ) -> Result<Json<Value>, ApiError> {
-    let id = SpiffeId::parse(req.id.as_deref().unwrap_or_default())
-        .map_err(|e| bad_request(e.to_string()))?;
+    let id =
+        SpiffeId::parse(req.id.as_deref().unwrap_or_default()).map_err(|e| bad(e.to_string()))?;
     let snap = app.snapshot();
     let w = snap
         .workloads
@@ -373,9 +377,7 @@ async fn revoke_token(
     let jti = req.jti.unwrap_or_default();
     if jti.is_empty() || jti.len() > 256 || jti.chars().any(|c| c.is_control() || c.is_whitespace())
     {
-        return Err(bad_request(
-            "a token ID (`jti`) is 1 to 256 printable characters",
-        ));
+        return Err(bad("a token ID (`jti`) is 1 to 256 printable characters"));
     }
     // The admin does not know the token's expiry; no Tessera token outlives the longest lifetime.
     let exp = tessera_core::now_unix()

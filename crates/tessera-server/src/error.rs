@@ -70,8 +70,6 @@ pub enum ApiError {
     BadRequest(String),
     #[error("forbidden: {0}")]
     Forbidden(String),
-    #[error("conflict: {0}")]
-    Conflict(String),
     /// Storage or audit unavailable: the detail is logged, never sent.
     #[error("unavailable: {0}")]
     Unavailable(String),
@@ -129,11 +127,6 @@ impl IntoResponse for ApiError {
             Self::Forbidden(d) => (
                 StatusCode::FORBIDDEN,
                 json!({"error": "forbidden", "error_description": d}),
-                false,
-            ),
-            Self::Conflict(d) => (
-                StatusCode::CONFLICT,
-                json!({"error": "conflict", "error_description": d}),
                 false,
             ),
             Self::Unavailable(detail) => {

@@ -34,7 +34,6 @@ pub use config::{ConfigFile, ServerConfig, TrustDomainConfig};
 pub use error::{ApiError, StartError};
 pub use keys::KekSource;
 
-use crate::error::OAuthCode;
 use crate::keys::KeyRing;
 use crate::metrics::{Metrics, TdLabels};
 use crate::oauth::Issuer;
@@ -675,9 +674,4 @@ async fn revocations(State(app): State<Arc<App>>, td: Option<String>) -> Respons
         Json(json!({"revoked": revoked, "revoked_workloads": workloads})).into_response(),
         5,
     )
-}
-
-/// Used by the admin API for bad requests that are not OAuth errors.
-pub(crate) fn bad_request(msg: impl Into<String>) -> ApiError {
-    ApiError::oauth(OAuthCode::InvalidRequest, msg)
 }

@@ -251,10 +251,11 @@ async fn authenticate_inner(
         .into());
     }
     if let Some(b) = basic {
-        let decoded = STANDARD
+        let (id, secret) = STANDARD
             .decode(b.as_bytes())
             .ok()
             .and_then(|d| String::from_utf8(d).ok())
+            .and_then(|d| d.split_once(':').map(|(i, s)| (i.to_owned(), s.to_owned())))
             .ok_or_else(|| {
                 refused(
                     app,
@@ -263,16 +264,8 @@ async fn authenticate_inner(
                     "the Basic credentials are not base64 of `id:secret`",
                 )
             })?;
-        let (id, secret) = decoded.split_once(':').ok_or_else(|| {
-            refused(
-                app,
-                "client_secret_basic",
-                None,
-                "the Basic credentials are not base64 of `id:secret`",
-            )
-        })?;
         // RFC 6749 §2.3.1: both parts are form-urlencoded before being joined.
-        let (id, secret) = (form_decode(id), form_decode(secret));
+        let (id, secret) = (form_decode(&id), form_decode(&secret));
         if form.get("client_id").is_some_and(|c| c != id) {
             return Err(ApiError::oauth(
                 OAuthCode::InvalidRequest,

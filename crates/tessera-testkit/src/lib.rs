@@ -7,7 +7,7 @@
 
 use std::fs::{self, File};
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -180,12 +180,6 @@ pub fn data_dir() -> tempfile::TempDir {
         .prefix("tessera-test-")
         .tempdir()
         .expect("temp dir")
-}
-
-/// `shared/` beside the checkout, when present.
-pub fn shared_dir() -> Option<PathBuf> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared");
-    p.exists().then_some(p)
 }
 
 /// A child process started by a test; killed when dropped.
