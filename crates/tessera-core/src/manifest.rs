@@ -947,3 +947,23 @@ review_by = "2027-06-30"
         assert_eq!(s.policies.len(), 1);
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Arbitrary text as an identity file: an error or a state, never a panic.
+        #[test]
+        fn parse_never_panics(s in "\\PC{0,400}") {
+            let _ = parse_str(Path::new("p.toml"), &s);
+        }
+
+        #[test]
+        fn selectors_never_panic(s in "\\PC{0,60}") {
+            let _ = Selector::parse(&s);
+            let _ = Selector::parse(&format!("unix:{s}"));
+        }
+    }
+}

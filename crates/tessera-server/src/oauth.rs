@@ -910,3 +910,19 @@ mod tests {
         assert_eq!(form_decode(""), "");
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any body: a parsed form or an RFC 6749 error, never a panic.
+        #[test]
+        fn form_parser_never_panics(body in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let mut h = HeaderMap::new();
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-www-form-urlencoded"));
+            let _ = Form::parse(&h, &Bytes::from(body));
+        }
+    }
+}

@@ -265,3 +265,41 @@ mod tests {
             .is_err());
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    proptest! {
+        /// Arbitrary input never panics the parser.
+        #[test]
+        fn parse_never_panics(s in "\\PC{0,300}") {
+            let _ = Unverified::parse(&s);
+        }
+
+        /// Three base64url-looking parts: still no panic, and nothing verifies without the key.
+        #[test]
+        fn random_parts_never_verify(h in "[A-Za-z0-9_-]{0,80}", p in "[A-Za-z0-9_-]{0,80}", s in "[A-Za-z0-9_-]{0,90}") {
+            let (key, _) = SigningKey::generate(Alg::ES256).unwrap();
+            if let Ok(u) = Unverified::parse(&format!("{h}.{p}.{s}")) {
+                prop_assert!(u.verify_with(key.public()).is_err());
+            }
+        }
+
+        /// Any change to a signed token's bytes breaks it: refused at parse or at the signature.
+        #[test]
+        fn tampering_is_detected(pos in 0usize..200, byte in 0u8..128) {
+            let (key, _) = SigningKey::generate(Alg::ES256).unwrap();
+            let token = sign(&key, "at+jwt", &json!({"sub": "spiffe://example.org/a", "exp": 1})).unwrap();
+            let mut bytes = token.clone().into_bytes();
+            let i = pos % bytes.len();
+            prop_assume!(bytes[i] != byte);
+            bytes[i] = byte;
+            let Ok(tampered) = String::from_utf8(bytes) else { return Ok(()) };
+            let ok = Unverified::parse(&tampered).is_ok_and(|u| u.verify_with(key.public()).is_ok());
+            prop_assert!(!ok, "a tampered token verified");
+        }
+    }
+}

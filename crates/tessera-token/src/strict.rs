@@ -130,3 +130,24 @@ mod tests {
         assert!(b64_decode("Y Q").is_none());
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn json_parser_never_panics(s in "\\PC{0,200}") {
+            let _ = parse_json(s.as_bytes());
+        }
+
+        /// Whatever decodes re-encodes to the same text: one encoding per value.
+        #[test]
+        fn base64url_is_canonical(s in "[A-Za-z0-9_=+/-]{0,40}") {
+            if let Some(bytes) = b64_decode(&s) {
+                prop_assert_eq!(b64_encode(bytes), s);
+            }
+        }
+    }
+}
