@@ -1,4 +1,5 @@
-//! Talks to a server's admin API over its unix socket.
+//! Talks to a server's admin API: over its unix socket (authorized by the caller's unix user), or
+//! over HTTP(S) with an admin credential (`--server URL`).
 
 use std::path::{Path, PathBuf};
 
@@ -10,19 +11,51 @@ use hyper_util::rt::TokioIo;
 use serde_json::Value;
 
 #[derive(Debug)]
-pub struct AdminClient {
-    socket: PathBuf,
+pub enum AdminClient {
+    Socket(PathBuf),
+    Http {
+        base: String,
+        token: String,
+        client: reqwest::Client,
+    },
 }
 
 impl AdminClient {
     pub fn for_data_dir(data: &Path) -> Self {
-        Self {
-            socket: data.join("admin.sock"),
-        }
+        Self::Socket(data.join("admin.sock"))
     }
 
     pub fn at(socket: PathBuf) -> Self {
-        Self { socket }
+        Self::Socket(socket)
+    }
+
+    /// `--server URL`: the credential comes from `TESSERA_ADMIN_TOKEN` or `token_file`.
+    pub fn http(
+        server: &str,
+        token_file: Option<&Path>,
+        ca_file: Option<&Path>,
+    ) -> anyhow::Result<Self> {
+        let token = match (std::env::var("TESSERA_ADMIN_TOKEN").ok(), token_file) {
+            (Some(t), _) => t,
+            (None, Some(f)) => std::fs::read_to_string(f)
+                .with_context(|| format!("cannot read the admin credential `{}`", f.display()))?,
+            (None, None) => bail!(
+                "--server needs an admin credential: set TESSERA_ADMIN_TOKEN or pass --admin-token-file (the server wrote DATA/admin-token)"
+            ),
+        };
+        let mut builder = reqwest::Client::builder();
+        if let Some(ca) = ca_file {
+            let pem =
+                std::fs::read(ca).with_context(|| format!("cannot read `{}`", ca.display()))?;
+            let cert = reqwest::Certificate::from_pem(&pem)
+                .with_context(|| format!("`{}` is not a PEM certificate", ca.display()))?;
+            builder = builder.add_root_certificate(cert);
+        }
+        Ok(Self::Http {
+            base: server.trim_end_matches('/').to_owned(),
+            token: token.trim().to_owned(),
+            client: builder.build()?,
+        })
     }
 
     pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
@@ -34,52 +67,85 @@ impl AdminClient {
     }
 
     async fn call(&self, method: Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
-        let stream = match tokio::net::UnixStream::connect(&self.socket).await {
-            Ok(s) => s,
-            Err(e)
-                if e.kind() == std::io::ErrorKind::NotFound
-                    || e.kind() == std::io::ErrorKind::ConnectionRefused =>
-            {
-                bail!(
-                    "no server is running on this data folder (no admin socket at `{}`); start one with `tessera server` or pass --data",
-                    self.socket.display()
-                )
+        match self {
+            Self::Socket(socket) => call_socket(socket, method, path, body).await,
+            Self::Http {
+                base,
+                token,
+                client,
+            } => {
+                let mut req = client
+                    .request(method, format!("{base}/admin{path}"))
+                    .bearer_auth(token);
+                if let Some(b) = body {
+                    req = req.json(&b);
+                }
+                let resp = req
+                    .send()
+                    .await
+                    .with_context(|| format!("cannot reach `{base}`"))?;
+                let status = resp.status();
+                let bytes = resp.bytes().await.context("admin response")?;
+                answer(status, &bytes)
             }
-            Err(e) => {
-                return Err(e).with_context(|| format!("cannot reach `{}`", self.socket.display()))
-            }
-        };
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .context("admin socket handshake")?;
-        tokio::spawn(conn);
-        let body = match body {
-            Some(v) => Full::new(Bytes::from(serde_json::to_vec(&v)?)),
-            None => Full::new(Bytes::new()),
-        };
-        let req = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", "tessera-admin")
-            .header("content-type", "application/json")
-            .body(body)?;
-        let resp = sender.send_request(req).await.context("admin request")?;
-        let status = resp.status();
-        let bytes = resp
-            .into_body()
-            .collect()
-            .await
-            .context("admin response")?
-            .to_bytes();
-        let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        if status != StatusCode::OK {
-            let msg = value
-                .get("error_description")
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-                .unwrap_or_else(|| String::from_utf8_lossy(&bytes).trim().to_owned());
-            return Err(anyhow!(msg));
         }
-        Ok(value)
     }
+}
+
+async fn call_socket(
+    socket: &Path,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> anyhow::Result<Value> {
+    let stream = match tokio::net::UnixStream::connect(socket).await {
+        Ok(s) => s,
+        Err(e)
+            if e.kind() == std::io::ErrorKind::NotFound
+                || e.kind() == std::io::ErrorKind::ConnectionRefused =>
+        {
+            bail!(
+                "no server is running on this data folder (no admin socket at `{}`); start one with `tessera server` or pass --data",
+                socket.display()
+            )
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot reach `{}`", socket.display())),
+    };
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .context("admin socket handshake")?;
+    tokio::spawn(conn);
+    let body = match body {
+        Some(v) => Full::new(Bytes::from(serde_json::to_vec(&v)?)),
+        None => Full::new(Bytes::new()),
+    };
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "tessera-admin")
+        .header("content-type", "application/json")
+        .body(body)?;
+    let resp = sender.send_request(req).await.context("admin request")?;
+    let status = resp.status();
+    let bytes = resp
+        .into_body()
+        .collect()
+        .await
+        .context("admin response")?
+        .to_bytes();
+    answer(status, &bytes)
+}
+
+/// The API's JSON on success; its `error_description` as the error otherwise.
+fn answer(status: StatusCode, bytes: &[u8]) -> anyhow::Result<Value> {
+    let value: Value = serde_json::from_slice(bytes).unwrap_or(Value::Null);
+    if status != StatusCode::OK {
+        let msg = value
+            .get("error_description")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .unwrap_or_else(|| String::from_utf8_lossy(bytes).trim().to_owned());
+        return Err(anyhow!(msg));
+    }
+    Ok(value)
 }

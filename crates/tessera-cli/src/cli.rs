@@ -34,6 +34,16 @@ pub struct Target {
         global = true
     )]
     pub data: PathBuf,
+    /// Reach the server over HTTP(S) instead of the admin socket (with an admin credential).
+    #[arg(long, env = "TESSERA_SERVER", global = true)]
+    pub server: Option<String>,
+    /// A file holding the admin credential (the server writes `DATA/admin-token` on first start);
+    /// or set `TESSERA_ADMIN_TOKEN`.
+    #[arg(long, env = "TESSERA_ADMIN_TOKEN_FILE", global = true)]
+    pub admin_token_file: Option<PathBuf>,
+    /// A PEM CA certificate to trust for `--server https://...` (e.g. `DATA/tls/ca.pem`).
+    #[arg(long, env = "TESSERA_CA_FILE", global = true)]
+    pub ca_file: Option<PathBuf>,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Output::Text, global = true)]
     pub output: Output,

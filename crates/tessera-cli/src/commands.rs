@@ -26,7 +26,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Dev(a) => dev::run(a).await,
         Command::Apply(a) => apply(a).await,
         Command::Get { kind, target } => {
-            let v = admin(&target).get(&format!("/v1/get/{kind}")).await?;
+            let v = admin(&target)?.get(&format!("/v1/get/{kind}")).await?;
             print(&target, &v, || render::table(&kind, &v));
             Ok(0)
         }
@@ -36,7 +36,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             target,
         } => {
             let q = form_query("id", &id);
-            let v = admin(&target)
+            let v = admin(&target)?
                 .get(&format!("/v1/describe/workload?{q}"))
                 .await?;
             print(&target, &v, || render::describe(&v));
@@ -54,7 +54,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
                 .map(|t| parse_duration(&t))
                 .transpose()?
                 .map(|d| d.as_secs());
-            let v = admin(&target)
+            let v = admin(&target)?
                 .post(
                     "/v1/client/secret",
                     json!({"client_id": client_id, "ttl_secs": ttl_secs}),
@@ -84,21 +84,23 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
                 "token" => ("/v1/revoke/token", json!({"jti": id})),
                 _ => ("/v1/revoke/agent", json!({"id": id})),
             };
-            let v = admin(&target).post(path, body).await?;
+            let v = admin(&target)?.post(path, body).await?;
             print(&target, &v, || format!("revoked {kind} `{id}`\n"));
             Ok(0)
         }
         Command::Audit {
             command: AuditCommand::Tail { n, target },
         } => {
-            let v = admin(&target).get(&format!("/v1/audit/tail?n={n}")).await?;
+            let v = admin(&target)?
+                .get(&format!("/v1/audit/tail?n={n}"))
+                .await?;
             print(&target, &v, || render::audit(&v));
             Ok(0)
         }
         Command::Audit {
             command: AuditCommand::Verify { target },
         } => {
-            let v = admin(&target).get("/v1/audit/verify").await?;
+            let v = admin(&target)?.get("/v1/audit/verify").await?;
             let ok = v.get("ok") == Some(&Value::Bool(true));
             print(&target, &v, || {
                 if ok {
@@ -122,7 +124,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
                     target,
                 },
         } => {
-            let v = admin(&target)
+            let v = admin(&target)?
                 .post("/v1/keys/rotate", json!({"trust_domain": trust_domain}))
                 .await?;
             print(&target, &v, || {
@@ -145,7 +147,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Keys {
             command: KeysCommand::List { target },
         } => {
-            let v = admin(&target).get("/v1/keys").await?;
+            let v = admin(&target)?.get("/v1/keys").await?;
             print(&target, &v, || {
                 let mut o =
                     String::from("TRUST DOMAIN\tKID\tALG\tSTATE\tSIGNS FROM\tWITHDRAWN AT\n");
@@ -168,8 +170,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
     }
 }
 
-fn admin(target: &Target) -> AdminClient {
-    AdminClient::for_data_dir(&target.data)
+fn admin(target: &Target) -> anyhow::Result<AdminClient> {
+    match &target.server {
+        Some(url) => AdminClient::http(
+            url,
+            target.admin_token_file.as_deref(),
+            target.ca_file.as_deref(),
+        ),
+        None => Ok(AdminClient::for_data_dir(&target.data)),
+    }
 }
 
 fn print(target: &Target, v: &Value, text: impl FnOnce() -> String) {
@@ -300,7 +309,7 @@ pub async fn wait_for_signal() {
 
 async fn apply(a: ApplyArgs) -> anyhow::Result<u8> {
     let state = tessera_core::manifest::load(&a.path)?;
-    let v = admin(&a.target)
+    let v = admin(&a.target)?
         .post(
             "/v1/apply",
             json!({"state": state, "dry_run": a.dry_run, "prune": a.prune}),

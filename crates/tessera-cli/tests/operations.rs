@@ -399,3 +399,79 @@ async fn fail_closed_sqlite() {
 async fn fail_closed_postgres() {
     fail_closed(Backend::Postgres).await;
 }
+
+#[test]
+fn admin_over_https_with_the_admin_credential() {
+    let dir = tessera_testkit::data_dir();
+    let mut cmd = std::process::Command::new(BIN);
+    cmd.args([
+        "server",
+        "--listen",
+        "127.0.0.1:0",
+        "--trust-domain",
+        "example.org",
+        "--data",
+    ])
+    .arg(dir.path());
+    let p = tessera_testkit::spawn_ready(cmd, "tessera: ready url=");
+    let token_file = dir.path().join("admin-token");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&token_file).unwrap().permissions().mode();
+        assert_eq!(
+            mode & 0o077,
+            0,
+            "the admin credential file is private: {mode:o}"
+        );
+    }
+    let elsewhere = tempfile::tempdir().unwrap();
+    let files = write(elsewhere.path(), "mesh.toml", MESH);
+    let remote = |args: &[&str], token: Option<&std::path::Path>| {
+        let mut c = std::process::Command::new(BIN);
+        c.args(args)
+            .args(["--server", &p.ready, "--ca-file"])
+            .arg(dir.path().join("tls/ca.pem"));
+        // A data folder without a socket: only the HTTP path can work.
+        c.arg("--data").arg(elsewhere.path());
+        if let Some(t) = token {
+            c.arg("--admin-token-file").arg(t);
+        }
+        c.env_remove("TESSERA_ADMIN_TOKEN").output().unwrap()
+    };
+    let o = remote(&["apply", "-f", files.to_str().unwrap()], Some(&token_file));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("applied 6 change(s)"), "{}", stdout(&o));
+    let o = remote(&["get", "workloads", "--output", "json"], Some(&token_file));
+    assert!(stdout(&o).contains("spiffe://example.org/prod/inventory-api"));
+
+    let o = remote(&["get", "workloads"], None);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("needs an admin credential"),
+        "{}",
+        stderr(&o)
+    );
+    let wrong = write(elsewhere.path(), "wrong-token", "tat_not-the-credential\n");
+    let o = remote(&["get", "workloads"], Some(&wrong));
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("an admin credential is required"),
+        "{}",
+        stderr(&o)
+    );
+
+    // The change is recorded with who made it.
+    let o = tessera(
+        dir.path(),
+        &["audit", "tail", "-n", "50", "--output", "json"],
+    );
+    let records: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert!(
+        records
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["kind"] == "apply" && r["actor"] == "admin:token"),
+        "{records}"
+    );
+}

@@ -12,6 +12,7 @@ use axum::middleware::{self, Next};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::serve::IncomingStream;
+use axum::Extension;
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -43,9 +44,52 @@ fn bad(msg: impl Into<String>) -> ApiError {
     ApiError::BadRequest(msg.into())
 }
 
-fn actor(peer: &Peer) -> String {
-    peer.uid
-        .map_or_else(|| "admin:uid=?".to_owned(), |u| format!("admin:uid={u}"))
+/// Who made an admin change, as the audit trail names it: `admin:uid=N` or `admin:token`.
+#[derive(Clone, Debug)]
+pub struct Actor(pub String);
+
+/// The admin API, without authorization: each way in (socket, HTTP) adds its own and inserts
+/// the [`Actor`].
+pub fn routes() -> Router<Arc<App>> {
+    Router::new()
+        .route("/v1/apply", post(apply))
+        .route("/v1/get/{kind}", get(list))
+        .route("/v1/describe/workload", get(describe_workload))
+        .route("/v1/client/secret", post(client_secret))
+        .route("/v1/revoke/workload", post(revoke_workload))
+        .route("/v1/revoke/token", post(revoke_token))
+        .route("/v1/revoke/agent", post(revoke_agent))
+        .route("/v1/audit/tail", get(audit_tail))
+        .route("/v1/audit/verify", get(audit_verify))
+        .route("/v1/keys", get(list_keys))
+        .route("/v1/keys/rotate", post(rotate_keys))
+}
+
+/// The admin API over HTTP: `Authorization: Bearer <admin credential>`, checked against its
+/// keyed hash in constant time.
+pub fn http_routes(app: Arc<App>) -> Router<Arc<App>> {
+    routes().layer(middleware::from_fn(move |mut req: Request, next: Next| {
+        let app = app.clone();
+        async move {
+            let token = req
+                .headers()
+                .get(axum::http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .map(str::trim);
+            match token {
+                Some(t) if app.is_admin_token(t) => {
+                    req.extensions_mut().insert(Actor("admin:token".into()));
+                    next.run(req).await
+                }
+                _ => ApiError::Client {
+                    description: "an admin credential is required".into(),
+                    basic: false,
+                }
+                .into_response(),
+            }
+        }
+    }))
 }
 
 pub async fn serve(
@@ -76,24 +120,17 @@ pub async fn serve(
     let mut allowed: Vec<u32> = app.config.admin_uids.clone();
     allowed.push(0);
     allowed.extend(own_uid);
-    let router = Router::new()
-        .route("/v1/apply", post(apply))
-        .route("/v1/get/{kind}", get(list))
-        .route("/v1/describe/workload", get(describe_workload))
-        .route("/v1/client/secret", post(client_secret))
-        .route("/v1/revoke/workload", post(revoke_workload))
-        .route("/v1/revoke/token", post(revoke_token))
-        .route("/v1/revoke/agent", post(revoke_agent))
-        .route("/v1/audit/tail", get(audit_tail))
-        .route("/v1/audit/verify", get(audit_verify))
-        .route("/v1/keys", get(list_keys))
-        .route("/v1/keys/rotate", post(rotate_keys))
+    let router = routes()
         .layer(middleware::from_fn(
-            move |ConnectInfo(peer): ConnectInfo<Peer>, req: Request, next: Next| {
+            move |ConnectInfo(peer): ConnectInfo<Peer>, mut req: Request, next: Next| {
                 let allowed = allowed.clone();
                 async move {
                     match peer.uid {
-                        Some(uid) if allowed.contains(&uid) => next.run(req).await,
+                        Some(uid) if allowed.contains(&uid) => {
+                            req.extensions_mut()
+                                .insert(Actor(format!("admin:uid={uid}")));
+                            next.run(req).await
+                        }
                         Some(uid) => ApiError::Forbidden(format!(
                             "unix user {uid} is not an administrator of this server"
                         ))
@@ -126,7 +163,7 @@ pub async fn serve(
 
 async fn apply(
     State(app): State<Arc<App>>,
-    ConnectInfo(peer): ConnectInfo<Peer>,
+    Extension(actor): Extension<Actor>,
     Json(req): Json<ApplyRequest>,
 ) -> Result<Json<ApplyResponse>, ApiError> {
     let snap = app.snapshot();
@@ -141,7 +178,7 @@ async fn apply(
         &ops,
         AuditEvent {
             kind: "apply".into(),
-            actor: actor(&peer),
+            actor: actor.0.clone(),
             subject: "identity-files".into(),
             outcome: "ok".into(),
             detail: json!({"changes": changes, "prune": req.prune}),
@@ -286,7 +323,7 @@ struct SecretRequest {
 
 async fn client_secret(
     State(app): State<Arc<App>>,
-    ConnectInfo(peer): ConnectInfo<Peer>,
+    Extension(actor): Extension<Actor>,
     Json(req): Json<SecretRequest>,
 ) -> Result<Json<Value>, ApiError> {
     let snap = app.snapshot();
@@ -318,7 +355,7 @@ async fn client_secret(
         }],
         AuditEvent {
             kind: "client.secret_issued".into(),
-            actor: actor(&peer),
+            actor: actor.0.clone(),
             subject: client.spec.workload.to_string(),
             outcome: "ok".into(),
             detail: json!({"client_id": req.client_id, "expires_at": expires_at}),
@@ -338,7 +375,7 @@ struct RevokeRequest {
 
 async fn revoke_workload(
     State(app): State<Arc<App>>,
-    ConnectInfo(peer): ConnectInfo<Peer>,
+    Extension(actor): Extension<Actor>,
     Json(req): Json<RevokeRequest>,
 ) -> Result<Json<Value>, ApiError> {
     let id =
@@ -359,7 +396,7 @@ async fn revoke_workload(
         }],
         AuditEvent {
             kind: "revoke.workload".into(),
-            actor: actor(&peer),
+            actor: actor.0.clone(),
             subject: id.to_string(),
             outcome: "ok".into(),
             detail: json!({"revoked_at": now}),
@@ -371,7 +408,7 @@ async fn revoke_workload(
 
 async fn revoke_token(
     State(app): State<Arc<App>>,
-    ConnectInfo(peer): ConnectInfo<Peer>,
+    Extension(actor): Extension<Actor>,
     Json(req): Json<RevokeRequest>,
 ) -> Result<Json<Value>, ApiError> {
     let jti = req.jti.unwrap_or_default();
@@ -383,7 +420,7 @@ async fn revoke_token(
     let exp = tessera_core::now_unix()
         + i64::try_from(tessera_core::manifest::MAX_JWT_TTL.as_secs()).unwrap_or(3600)
         + 60;
-    app.revoke_token(&jti, exp, &actor(&peer), "token").await?;
+    app.revoke_token(&jti, exp, &actor.0, "token").await?;
     Ok(Json(json!({"jti": jti, "revoked": true})))
 }
 
@@ -455,7 +492,7 @@ struct RotateRequest {
 
 async fn rotate_keys(
     State(app): State<Arc<App>>,
-    ConnectInfo(peer): ConnectInfo<Peer>,
+    Extension(actor): Extension<Actor>,
     Json(req): Json<RotateRequest>,
 ) -> Result<Json<Value>, ApiError> {
     let tds: Vec<TrustDomain> = match &req.trust_domain {
@@ -474,7 +511,7 @@ async fn rotate_keys(
     };
     let mut out = Vec::new();
     for td in tds {
-        out.push(rotate(&app, &td, &actor(&peer)).await?);
+        out.push(rotate(&app, &td, &actor.0).await?);
     }
     Ok(Json(json!(out)))
 }

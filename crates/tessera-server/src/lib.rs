@@ -39,8 +39,10 @@ use crate::metrics::{Metrics, TdLabels};
 use crate::oauth::Issuer;
 use crate::state::Snapshot;
 
-/// The largest request body any endpoint accepts.
+/// The largest request body an OAuth or discovery endpoint accepts.
 const MAX_BODY: usize = 64 * 1024;
+/// The largest admin request (identity files applied over HTTP).
+const MAX_ADMIN_BODY: usize = 32 * 1024 * 1024;
 
 /// Everything a request handler needs. One per server process.
 pub struct App {
@@ -51,6 +53,8 @@ pub struct App {
     first_td: TrustDomain,
     kek: Kek,
     hmac: ring::hmac::Key,
+    /// HMAC of the admin credential accepted on `/admin/v1/...`.
+    admin_token_tag: Vec<u8>,
     snapshot: RwLock<Arc<Snapshot>>,
     reload_lock: tokio::sync::Mutex<()>,
     metrics: Metrics,
@@ -180,6 +184,12 @@ impl App {
         }
     }
 
+    /// Constant-time check of an admin credential against its stored keyed hash.
+    pub fn is_admin_token(&self, token: &str) -> bool {
+        !self.admin_token_tag.is_empty()
+            && ring::hmac::verify(&self.hmac, token.as_bytes(), &self.admin_token_tag).is_ok()
+    }
+
     fn hmac_secret(&self, secret: &str) -> String {
         STANDARD.encode(ring::hmac::sign(&self.hmac, secret.as_bytes()).as_ref())
     }
@@ -300,6 +310,7 @@ pub async fn start(
         .and_then(|b| kek.open(&b, "client-secret-key").ok())
         .ok_or_else(|| StartError::Kek("the client secret key does not open".into()))?;
     let hmac = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &hmac_key);
+    let admin_token_tag = admin_credential(&store, &hmac, &config.data_dir).await?;
 
     // Every trust domain needs a key that signs now.
     let now = tessera_core::now_unix();
@@ -352,6 +363,7 @@ pub async fn start(
         store,
         kek,
         hmac,
+        admin_token_tag,
         snapshot: RwLock::new(snapshot),
         reload_lock: tokio::sync::Mutex::new(()),
         metrics,
@@ -391,6 +403,55 @@ pub async fn start(
         stop,
         tasks,
     })
+}
+
+/// The admin credential for `--server URL` use. The first server on a database makes it and
+/// writes it to `DATA/admin-token` (0600); every server keeps only its keyed hash.
+async fn admin_credential(
+    store: &Store,
+    hmac: &ring::hmac::Key,
+    data_dir: &std::path::Path,
+) -> Result<Vec<u8>, StartError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(tag) = store.meta("admin_token_hmac").await? {
+        return STANDARD
+            .decode(tag)
+            .map_err(|_| StartError::Kek("the stored admin credential hash is not base64".into()));
+    }
+    let bytes =
+        tessera_token::seal::random_bytes::<32>().map_err(|e| StartError::Kek(e.to_string()))?;
+    let token = format!("tat_{}", tessera_token::strict::b64_encode(bytes));
+    let tag = ring::hmac::sign(hmac, token.as_bytes()).as_ref().to_vec();
+    store
+        .commit(
+            &[Op::InitMeta {
+                key: "admin_token_hmac".into(),
+                value: STANDARD.encode(&tag),
+            }],
+            &[],
+        )
+        .await?;
+    let stored = store.meta("admin_token_hmac").await?.unwrap_or_default();
+    if stored != STANDARD.encode(&tag) {
+        // Another server made it first; its file holds the credential.
+        return STANDARD
+            .decode(stored)
+            .map_err(|_| StartError::Kek("the stored admin credential hash is not base64".into()));
+    }
+    let path = data_dir.join("admin-token");
+    let write = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .and_then(|mut f| f.write_all(format!("{token}\n").as_bytes()));
+    write.map_err(|e| StartError::DataDir {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })?;
+    Ok(tag)
 }
 
 fn display_addr(a: SocketAddr) -> String {
@@ -524,6 +585,12 @@ fn api_router(app: Arc<App>) -> Router {
         })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(MAX_BODY))
+        // Added after the limits above: identity files may be larger than any token request.
+        .nest(
+            "/admin",
+            admin::http_routes(app.clone())
+                .layer(axum::extract::DefaultBodyLimit::max(MAX_ADMIN_BODY)),
+        )
         .with_state(app)
 }
 
