@@ -245,7 +245,7 @@ pub async fn start(
 ) -> Result<Running, StartError> {
     let config = config.finish()?;
     prepare_data_dir(&config.data_dir)?;
-    let (kek, _) = keys::load_kek(kek_source.as_ref(), &config.data_dir)?;
+    let (kek, kek_created) = keys::load_kek(kek_source.as_ref(), &config.data_dir)?;
     let store = match &config.database_url {
         Some(url) => Store::open_postgres(url).await?,
         None => Store::open_sqlite(&config.data_dir.join("tessera.db")).await?,
@@ -260,6 +260,15 @@ pub async fn start(
                 .ok()
                 .and_then(|b| kek.open(&b, CHECK).ok())
                 .is_some_and(|p| p == CHECK.as_bytes());
+            if !ok && kek_created {
+                // The file was made just now for a database that already has keys: the real
+                // KEK is missing, not wrong. Take the new file back so nothing is left changed.
+                let _ = std::fs::remove_file(config.data_dir.join("kek"));
+                return Err(StartError::Kek(format!(
+                    "the key-encryption key is missing: `{}` does not exist but this authority's database holds keys sealed under one; restore that file, or set TESSERA_KEK or TESSERA_KEK_FILE (servers sharing a database share the KEK)",
+                    config.data_dir.join("kek").display()
+                )));
+            }
             if !ok {
                 return Err(StartError::Kek(
                     "this key-encryption key does not open this authority's keys (wrong TESSERA_KEK, TESSERA_KEK_FILE or DATA/kek?); nothing was changed".into(),
