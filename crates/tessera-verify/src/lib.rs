@@ -328,7 +328,7 @@ impl JwksCache {
 pub struct Verifier {
     config: Arc<VerifierConfig>,
     keys: Keys,
-    revoked: Arc<std::sync::RwLock<std::collections::HashSet<String>>>,
+    revoked: Arc<std::sync::RwLock<Revocations>>,
     metrics: Option<VerifyMetrics>,
 }
 
@@ -350,7 +350,15 @@ impl Verifier {
     /// Replaces the set of revoked token IDs (from the authority's revocation list).
     pub fn set_revoked(&self, jtis: impl IntoIterator<Item = String>) {
         if let Ok(mut r) = self.revoked.write() {
-            *r = jtis.into_iter().collect();
+            r.jtis = jtis.into_iter().collect();
+        }
+    }
+
+    /// Replaces the whole revocation state: token IDs, and workloads revoked at a time (their
+    /// tokens issued at or before it are refused).
+    pub fn set_revocations(&self, revocations: Revocations) {
+        if let Ok(mut r) = self.revoked.write() {
+            *r = revocations;
         }
     }
 
@@ -365,7 +373,7 @@ impl Verifier {
             let client = reqwest::Client::new();
             loop {
                 match fetch_revocations(&client, &url).await {
-                    Ok(list) => this.set_revoked(list),
+                    Ok(list) => this.set_revocations(list),
                     Err(e) => {
                         tracing::warn!(error = %e, "revocation list fetch failed; keeping the last one")
                     }
@@ -462,10 +470,13 @@ impl Verifier {
                 claims.get("jti").and_then(Value::as_str).map(str::to_owned)
             }
         };
-        if let Some(j) = &jti {
-            if self.revoked.read().is_ok_and(|r| r.contains(j)) {
-                return Err(VerifyError::Revoked);
-            }
+        let iat = numeric_date(&claims, "iat")?.unwrap_or(i64::MIN);
+        let revoked = self.revoked.read().is_ok_and(|r| {
+            jti.as_ref().is_some_and(|j| r.jtis.contains(j))
+                || r.workloads.get(&subject).is_some_and(|at| iat <= *at)
+        });
+        if revoked {
+            return Err(VerifyError::Revoked);
         }
         let scopes = match claims.get("scope") {
             None => Vec::new(),
@@ -486,10 +497,18 @@ impl Verifier {
     }
 }
 
+/// What the authority's revocation list says.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Revocations {
+    pub jtis: std::collections::HashSet<String>,
+    /// Workload SPIFFE ID to the time it was revoked.
+    pub workloads: HashMap<String, i64>,
+}
+
 async fn fetch_revocations(
     client: &reqwest::Client,
     url: &reqwest::Url,
-) -> Result<Vec<String>, String> {
+) -> Result<Revocations, String> {
     let resp = client
         .get(url.clone())
         .timeout(Duration::from_secs(5))
@@ -500,15 +519,27 @@ async fn fetch_revocations(
         return Err(format!("HTTP {}", resp.status()));
     }
     let body: Value = resp.json().await.map_err(|e| e.without_url().to_string())?;
-    Ok(body
-        .get("revoked")
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(|e| e.get("jti").and_then(Value::as_str).map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default())
+    let list = |name: &str| {
+        body.get(name)
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+    };
+    Ok(Revocations {
+        jtis: list("revoked")
+            .iter()
+            .filter_map(|e| e.get("jti").and_then(Value::as_str).map(str::to_owned))
+            .collect(),
+        workloads: list("revoked_workloads")
+            .iter()
+            .filter_map(|e| {
+                Some((
+                    e.get("sub")?.as_str()?.to_owned(),
+                    e.get("revoked_at")?.as_i64()?,
+                ))
+            })
+            .collect(),
+    })
 }
 
 #[cfg(test)]

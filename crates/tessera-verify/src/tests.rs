@@ -273,3 +273,48 @@ async fn layer_protects_an_axum_service() {
     assert_eq!(metrics.count("valid", "ok"), 2);
     assert_eq!(metrics.count("refused", "malformed"), 1);
 }
+
+#[tokio::test]
+async fn revocation_poller_pulls_the_list() {
+    let (k, _) = SigningKey::generate(Alg::ES256).unwrap();
+    let v = verifier(&[&k]);
+    let t = sign(&k, "at+jwt", &claims(tessera_core::now_unix())).unwrap();
+    let list = Arc::new(Mutex::new(json!({"revoked": [], "revoked_workloads": []})));
+    let served = list.clone();
+    let app = Router::new().route(
+        "/revocations",
+        get(move || {
+            let served = served.clone();
+            async move { axum::Json(served.lock().unwrap().clone()) }
+        }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+    let poller = v.spawn_revocation_poller(
+        format!("http://{addr}/revocations").parse().unwrap(),
+        Duration::from_millis(50),
+    );
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert!(v.verify(&t).await.is_ok());
+    *list.lock().unwrap() =
+        json!({"revoked": [{"jti": "j1", "exp": 9_999_999_999i64}], "revoked_workloads": []});
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(v.verify(&t).await.unwrap_err(), VerifyError::Revoked);
+    // A revoked workload: its tokens issued up to the revocation are refused, later ones not.
+    let now = tessera_core::now_unix();
+    let mut c = claims(now);
+    c["jti"] = json!("j2");
+    let t2 = sign(&k, "at+jwt", &c).unwrap();
+    assert!(v.verify(&t2).await.is_ok());
+    *list.lock().unwrap() = json!({"revoked": [], "revoked_workloads": [{"sub": "spiffe://example.org/caller", "revoked_at": now}]});
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(v.verify(&t2).await.unwrap_err(), VerifyError::Revoked);
+    c["iat"] = json!(now + 1);
+    c["jti"] = json!("j3");
+    assert!(
+        v.verify(&sign(&k, "at+jwt", &c).unwrap()).await.is_ok(),
+        "issued after the revocation"
+    );
+    poller.abort();
+}
