@@ -18,33 +18,20 @@ async fn issuance_flow(backend: Backend) {
     let (orders, inventory) = setup_mesh(&s);
 
     // Discovery per RFC 8414, at the base and per trust domain (path insertion).
-    let meta: Value = reqwest::get(format!("{}/.well-known/oauth-authorization-server", s.url))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let meta: Value = get_json(&format!("{}/.well-known/oauth-authorization-server", s.url)).await;
     assert_eq!(meta["issuer"], s.url.as_str());
     assert_eq!(meta["token_endpoint"], format!("{}/token", s.url));
-    let td_meta: Value = reqwest::get(format!(
+    let td_meta: Value = get_json(&format!(
         "{}/.well-known/oauth-authorization-server/example.org",
         s.url
     ))
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
+    .await;
     assert_eq!(td_meta["issuer"], format!("{}/example.org", s.url));
-    let oidc: Value = reqwest::get(format!(
+    let oidc: Value = get_json(&format!(
         "{}/example.org/.well-known/openid-configuration",
         s.url
     ))
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
+    .await;
     assert_eq!(oidc["jwks_uri"], format!("{}/example.org/jwks", s.url));
     let jwks = reqwest::get(format!("{}/jwks", s.url)).await.unwrap();
     assert!(jwks.headers()["cache-control"]
@@ -53,12 +40,7 @@ async fn issuance_flow(backend: Backend) {
         .contains("max-age="));
     let jwks: Value = jwks.json().await.unwrap();
     assert_eq!(jwks["keys"][0]["alg"], "ES256");
-    let bundle: Value = reqwest::get(format!("{}/bundle/example.org", s.url))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let bundle: Value = get_json(&format!("{}/bundle/example.org", s.url)).await;
     assert_eq!(bundle["keys"][0]["use"], "jwt-svid");
     assert!(bundle["spiffe_sequence"].is_number());
     assert_eq!(
@@ -211,12 +193,7 @@ async fn issuance_flow(backend: Backend) {
     assert_eq!(st, 200);
     let (_, body) = introspect("inventory", inventory.clone(), at.clone()).await;
     assert_eq!(body, serde_json::json!({"active": false}));
-    let list: Value = reqwest::get(format!("{}/revocations", s.url))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = get_json(&format!("{}/revocations", s.url)).await;
     let jti = claims["jti"].as_str().unwrap();
     assert!(
         list["revoked"]

@@ -78,7 +78,13 @@ async fn two_servers_share_one_postgres() {
         .unwrap()
         .to_owned();
     let o = tessera(&a.data, &["revoke", "token", &jti]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        o.status.success(),
+        "{}\nserver A:\n{}\nserver B:\n{}",
+        stderr(&o),
+        a.proc.stderr(),
+        b.proc.stderr()
+    );
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let (_, body) = post_form(
@@ -190,19 +196,7 @@ async fn key_rotation_under_load_fails_no_verification() {
 #[tokio::test]
 async fn tls_by_default_and_curl_trusts_the_generated_ca() {
     let dir = tessera_testkit::data_dir();
-    let mut cmd = std::process::Command::new(BIN);
-    cmd.args([
-        "server",
-        "--listen",
-        "127.0.0.1:0",
-        "--trust-domain",
-        "prod.example.org",
-        "--trust-domain",
-        "dev.example.org",
-        "--data",
-    ])
-    .arg(dir.path());
-    let p = tessera_testkit::spawn_ready(cmd, "tessera: ready url=");
+    let p = tls_server(dir.path(), &["prod.example.org", "dev.example.org"]);
     assert!(p.ready.starts_with("https://127.0.0.1:"), "{}", p.ready);
     let ca = dir.path().join("tls/ca.pem");
     let o = std::process::Command::new("curl")
@@ -403,17 +397,7 @@ async fn fail_closed_postgres() {
 #[test]
 fn admin_over_https_with_the_admin_credential() {
     let dir = tessera_testkit::data_dir();
-    let mut cmd = std::process::Command::new(BIN);
-    cmd.args([
-        "server",
-        "--listen",
-        "127.0.0.1:0",
-        "--trust-domain",
-        "example.org",
-        "--data",
-    ])
-    .arg(dir.path());
-    let p = tessera_testkit::spawn_ready(cmd, "tessera: ready url=");
+    let p = tls_server(dir.path(), &["example.org"]);
     let token_file = dir.path().join("admin-token");
     {
         use std::os::unix::fs::PermissionsExt;

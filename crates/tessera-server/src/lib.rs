@@ -133,9 +133,15 @@ impl App {
     }
 
     /// Commits `ops` with `event` and reloads. The one path for every admin change.
+    ///
+    /// Once the commit succeeded the change is made: a failed reload is logged, not reported as a
+    /// failed change, and the background poll (which sees the new state version) retries it.
     pub async fn change(&self, ops: &[Op], event: AuditEvent) -> Result<(), ApiError> {
         self.store.commit(ops, &[event]).await?;
-        self.reload().await.map_err(ApiError::unavailable)
+        if let Err(e) = self.reload().await {
+            tracing::error!(error = %e, "change committed, reload failed; the next poll retries");
+        }
+        Ok(())
     }
 
     pub async fn revoke_token(

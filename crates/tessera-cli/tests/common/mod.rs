@@ -203,3 +203,19 @@ pub async fn token(s: &Server, secret: &str, form: &[(&str, &str)]) -> (u16, Val
 pub fn cli(args: &[&str]) -> Output {
     Command::new(BIN).args(args).output().unwrap()
 }
+
+/// GET a URL and parse its JSON body.
+pub async fn get_json(url: &str) -> Value {
+    reqwest::get(url).await.unwrap().json().await.unwrap()
+}
+
+/// Starts `tessera server` without `--dev` (TLS with the server's own CA) for `trust_domains`.
+pub fn tls_server(data: &Path, trust_domains: &[&str]) -> Proc {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["server", "--listen", "127.0.0.1:0", "--data"])
+        .arg(data);
+    for td in trust_domains {
+        cmd.args(["--trust-domain", td]);
+    }
+    spawn_ready(cmd, "tessera: ready url=")
+}
