@@ -50,6 +50,15 @@ fn bench(c: &mut Criterion) {
             b.iter(|| {
                 black_box(
                     engine
+                        .evaluate_issue(black_box(&caller), &target, &scopes)
+                        .allowed,
+                )
+            })
+        });
+        g.bench_with_input(BenchmarkId::new("sliced_cached", n), &n, |b, _| {
+            b.iter(|| {
+                black_box(
+                    engine
                         .decide_issue(black_box(&caller), &target, &scopes)
                         .allowed,
                 )

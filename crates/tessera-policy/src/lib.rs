@@ -75,7 +75,17 @@ pub struct PolicyEngine {
     granted: HashMap<(SpiffeId, SpiffeId), Vec<Scope>>,
     /// Policy ID to a place a person can find: a grant's source or a policy file.
     origins: HashMap<String, String>,
+    /// Decisions already made by this engine. Sound because the engine never changes and a
+    /// decision depends only on (caller, target, scopes): the request context holds nothing else.
+    /// INVARIANT: when the context gains time- or request-dependent attributes, this cache must
+    /// key on them or go.
+    decided: std::sync::RwLock<HashMap<DecisionKey, Decision>>,
 }
+
+type DecisionKey = (SpiffeId, SpiffeId, Vec<Scope>);
+
+/// Bounds the decision cache; when full it is cleared, not grown.
+const MAX_CACHED_DECISIONS: usize = 100_000;
 
 impl std::fmt::Debug for PolicyEngine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -226,11 +236,31 @@ impl PolicyEngine {
             services,
             granted,
             origins,
+            decided: std::sync::RwLock::new(HashMap::new()),
         })
     }
 
     /// May `from` receive a token for `to` carrying `scopes`?
     pub fn decide_issue(&self, from: &SpiffeId, to: &SpiffeId, scopes: &[Scope]) -> Decision {
+        let mut sorted = scopes.to_vec();
+        sorted.sort();
+        sorted.dedup();
+        let key = (from.clone(), to.clone(), sorted);
+        if let Some(d) = self.decided.read().ok().and_then(|m| m.get(&key).cloned()) {
+            return d;
+        }
+        let decision = self.evaluate_issue(from, to, &key.2);
+        if let Ok(mut m) = self.decided.write() {
+            if m.len() >= MAX_CACHED_DECISIONS {
+                m.clear();
+            }
+            m.insert(key, decision.clone());
+        }
+        decision
+    }
+
+    /// The Cedar evaluation behind [`PolicyEngine::decide_issue`], without the cache.
+    pub fn evaluate_issue(&self, from: &SpiffeId, to: &SpiffeId, scopes: &[Scope]) -> Decision {
         let deny = |e: String| Decision {
             allowed: false,
             determined_by: Vec::new(),

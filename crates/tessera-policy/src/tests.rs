@@ -228,3 +228,29 @@ fn overdue_and_granted() {
     assert_eq!(e.granted_scopes(&a, &b), scopes(&["b:read"]).as_slice());
     assert!(e.granted_scopes(&b, &a).is_empty());
 }
+
+#[test]
+fn cached_decisions_equal_fresh_ones() {
+    let e = engine(&[("policies/environments.cedar", ENV_POLICY)]);
+    let b = id("spiffe://example.org/prod/b");
+    for (from, asked) in [
+        ("spiffe://example.org/prod/a", vec!["b:read"]),
+        ("spiffe://example.org/prod/a", vec!["b:write"]),
+        ("spiffe://example.org/dev/c", vec!["b:read"]),
+        ("spiffe://example.org/deploy/d", vec![]),
+    ] {
+        let (from, asked) = (id(from), scopes(&asked));
+        let first = e.decide_issue(&from, &b, &asked);
+        let again = e.decide_issue(&from, &b, &asked);
+        assert_eq!(first, again);
+        assert_eq!(
+            first,
+            e.evaluate_issue(&from, &b, &asked),
+            "the cache returns what Cedar decides"
+        );
+    }
+    // Scope order and duplicates do not make different decisions.
+    let a = id("spiffe://example.org/prod/a");
+    let twice = scopes(&["b:read", "b:read"]);
+    assert!(e.decide_issue(&a, &b, &twice).allowed);
+}
