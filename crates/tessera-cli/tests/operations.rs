@@ -459,3 +459,46 @@ fn admin_over_https_with_the_admin_credential() {
         "{records}"
     );
 }
+
+/// Another unix user is refused twice over: by the socket's mode, and (with the mode opened on
+/// purpose) by the peer-uid check. Needs root to act as `nobody`, as CI runs.
+#[test]
+fn admin_socket_refuses_other_unix_users() {
+    let root = std::process::Command::new("id").arg("-u").output().unwrap();
+    if String::from_utf8_lossy(&root.stdout).trim() != "0" {
+        eprintln!("not root: cannot act as another unix user here; CI runs this as root");
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tessera_testkit::data_dir();
+    let s = server_on(dir.path(), None, &[]);
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let as_nobody = || {
+        std::process::Command::new("runuser")
+            .args(["-u", "nobody", "--", BIN, "get", "workloads", "--data"])
+            .arg(&s.data)
+            .output()
+            .unwrap()
+    };
+    let o = as_nobody();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).to_lowercase().contains("permission denied"),
+        "{}",
+        stderr(&o)
+    );
+    std::fs::set_permissions(
+        dir.path().join("admin.sock"),
+        std::fs::Permissions::from_mode(0o666),
+    )
+    .unwrap();
+    let o = as_nobody();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("is not an administrator of this server"),
+        "{}",
+        stderr(&o)
+    );
+    // Root, as the server's own user, still gets through.
+    assert!(tessera(&s.data, &["get", "workloads"]).status.success());
+}
