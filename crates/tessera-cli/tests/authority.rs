@@ -226,12 +226,7 @@ async fn issuance_flow(backend: Backend) {
         assert!(d.contains(needle), "describe lacks {needle:?}:\n{d}");
     }
     assert!(!d.contains("Last token:   never"), "{d}");
-    let metrics = reqwest::get(format!("{}/metrics", s.url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(&format!("{}/metrics", s.url)).await;
     assert!(
         metrics.contains("tessera_grants_overdue_review 1"),
         "{metrics}"

@@ -365,12 +365,7 @@ async fn fail_closed(backend: Backend) {
         !body.to_string().contains("audit blocked by test"),
         "internal detail leaked: {body}"
     );
-    let metrics = reqwest::get(format!("{}/metrics", s.url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(&format!("{}/metrics", s.url)).await;
     assert!(
         metrics.contains("tessera_audit_write_failures_total 1"),
         "{metrics}"

@@ -786,6 +786,24 @@ fn our_token(
     Some(claims)
 }
 
+/// The common start of introspection and revocation: a form, an authenticated client, and the
+/// `token` parameter.
+async fn token_request(
+    app: &App,
+    issuer: &Issuer,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<(Arc<Snapshot>, AuthedClient, String), ApiError> {
+    let form = Form::parse(headers, body)?;
+    let snap = app.snapshot();
+    let client = authenticate(app, &snap, issuer, headers, &form).await?;
+    let token = form
+        .get("token")
+        .ok_or_else(|| ApiError::oauth(OAuthCode::InvalidRequest, "`token` is missing"))?
+        .to_owned();
+    Ok((snap, client, token))
+}
+
 /// `POST /introspect`: RFC 7662. Only `{"active": false}` for anything inactive, and a client
 /// sees only tokens it holds or that are addressed to its workload.
 pub async fn introspect(
@@ -795,12 +813,8 @@ pub async fn introspect(
     body: Bytes,
 ) -> Response {
     let result = async {
-        let form = Form::parse(&headers, &body)?;
-        let snap = app.snapshot();
-        let client = authenticate(&app, &snap, &issuer, &headers, &form).await?;
-        let token = form
-            .get("token")
-            .ok_or_else(|| ApiError::oauth(OAuthCode::InvalidRequest, "`token` is missing"))?;
+        let (snap, client, token) = token_request(&app, &issuer, &headers, &body).await?;
+        let token = token.as_str();
         let inactive = json!({"active": false});
         let Some(claims) = our_token(&app, &snap, &issuer, token) else {
             return Ok(inactive);
@@ -843,12 +857,8 @@ pub async fn introspect(
 /// whether or not the token was valid, so it reveals nothing.
 pub async fn revoke(app: Arc<App>, issuer: Issuer, headers: HeaderMap, body: Bytes) -> Response {
     let result = async {
-        let form = Form::parse(&headers, &body)?;
-        let snap = app.snapshot();
-        let client = authenticate(&app, &snap, &issuer, &headers, &form).await?;
-        let token = form
-            .get("token")
-            .ok_or_else(|| ApiError::oauth(OAuthCode::InvalidRequest, "`token` is missing"))?;
+        let (snap, client, token) = token_request(&app, &issuer, &headers, &body).await?;
+        let token = token.as_str();
         let Some(claims) = our_token(&app, &snap, &issuer, token) else {
             return Ok(());
         };

@@ -528,30 +528,6 @@ impl Store {
         Ok(rows)
     }
 
-    /// Records a client assertion's `jti`; false when it was seen before (a replay).
-    pub async fn claim_assertion(
-        &self,
-        client_id: &str,
-        jti: &str,
-        expires_at: i64,
-    ) -> Result<bool> {
-        let claim = AssertionClaim {
-            client_id: client_id.to_owned(),
-            jti: jti.to_owned(),
-            expires_at,
-        };
-        let results = self
-            .commit_batch(
-                &[],
-                &[BatchItem {
-                    claim: Some(claim),
-                    event: None,
-                }],
-            )
-            .await?;
-        Ok(results.first().is_some_and(|r| r.fresh))
-    }
-
     /// Deletes replay records and revocations whose tokens have expired.
     pub async fn sweep(&self, now: i64) -> Result<()> {
         with_write_tx!(self, |tx, is_pg| {

@@ -347,13 +347,6 @@ impl Verifier {
         self
     }
 
-    /// Replaces the set of revoked token IDs (from the authority's revocation list).
-    pub fn set_revoked(&self, jtis: impl IntoIterator<Item = String>) {
-        if let Ok(mut r) = self.revoked.write() {
-            r.jtis = jtis.into_iter().collect();
-        }
-    }
-
     /// Replaces the whole revocation state: token IDs, and workloads revoked at a time (their
     /// tokens issued at or before it are refused).
     pub fn set_revocations(&self, revocations: Revocations) {

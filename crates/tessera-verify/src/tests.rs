@@ -128,7 +128,10 @@ async fn revoked_jti_is_refused() {
     let (k, _) = SigningKey::generate(Alg::ES256).unwrap();
     let v = verifier(&[&k]);
     let t = sign(&k, "at+jwt", &claims(tessera_core::now_unix())).unwrap();
-    v.set_revoked(["j1".to_owned()]);
+    v.set_revocations(Revocations {
+        jtis: ["j1".to_owned()].into(),
+        ..Revocations::default()
+    });
     assert_eq!(v.verify(&t).await.unwrap_err(), VerifyError::Revoked);
 }
 
