@@ -1,0 +1,42 @@
+//! The internal certificate authority of each trust domain: it issues X.509-SVIDs from
+//! certificate signing requests (rcgen), reads them (x509-parser) and validates their chains
+//! (rustls-webpki), one trust domain's bundle at a time.
+
+mod ca;
+pub mod svid;
+pub mod verifier;
+
+pub use ca::{new_key_and_csr, CertificateAuthority, IssuedSvid, MAX_SVID_TTL_SECS};
+pub use svid::{leaf_spiffe_id, verify_chain, BundleSource, Usage};
+pub use verifier::SpiffeClientVerifier;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CaError {
+    #[error("the system random source failed")]
+    Random,
+    #[error("time `{0}` is out of range")]
+    Time(i64),
+    #[error("certificate error: {0}")]
+    Rcgen(rcgen::Error),
+    #[error("the stored CA certificate is unusable: {0}")]
+    BadCaCert(String),
+    #[error("the CSR is not a valid PKCS#10 request: {0}")]
+    CsrParse(String),
+    #[error("the CSR's signature does not verify with its own key")]
+    CsrSignature,
+    #[error("the CSR asks for an extension an SVID does not carry (only a SAN naming the SPIFFE ID is accepted)")]
+    CsrExtension,
+    #[error("the CSR names `{0}`, which is not the SPIFFE ID being issued")]
+    CsrForeignName(String),
+    #[error("the CA has expired; it cannot issue")]
+    CaExpired,
+    #[error("not a valid X.509-SVID: {0}")]
+    BadSvid(String),
+    #[error("trust domain `{0}` is not trusted here")]
+    UntrustedDomain(String),
+    #[error("the certificate chain does not validate: {0}")]
+    Chain(String),
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,102 @@
+//! Reading and validating X.509-SVIDs (SPIFFE X.509-SVID §5): the one SPIFFE ID of a leaf, and
+//! its chain to the bundle of *that ID's* trust domain, never to another's.
+
+use rustls::pki_types::{CertificateDer, UnixTime};
+use tessera_core::{SpiffeId, TrustDomain};
+use x509_parser::extensions::{GeneralName, ParsedExtension};
+
+use crate::CaError;
+
+/// The X.509 authorities of trust domains, as a peer verifier needs them.
+pub trait BundleSource: Send + Sync + std::fmt::Debug {
+    /// The CA certificates that sign SVIDs of `td`, or `None` when `td` is not trusted here.
+    fn x509_authorities(&self, td: &TrustDomain) -> Option<Vec<CertificateDer<'static>>>;
+}
+
+/// The SPIFFE ID of an X.509-SVID leaf, with the leaf rules that precede chain validation:
+/// exactly one URI SAN, which is a SPIFFE ID; not a CA; no `keyCertSign` or `cRLSign`.
+pub fn leaf_spiffe_id(cert: &[u8]) -> Result<SpiffeId, CaError> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert)
+        .map_err(|e| CaError::BadSvid(format!("not a certificate: {e}")))?;
+    let mut uris = Vec::new();
+    for ext in parsed.extensions() {
+        match ext.parsed_extension() {
+            ParsedExtension::SubjectAlternativeName(san) => {
+                for name in &san.general_names {
+                    if let GeneralName::URI(u) = name {
+                        uris.push(*u);
+                    }
+                }
+            }
+            ParsedExtension::BasicConstraints(bc) if bc.ca => {
+                return Err(CaError::BadSvid("the leaf is a CA certificate".into()));
+            }
+            ParsedExtension::KeyUsage(ku) if ku.key_cert_sign() || ku.crl_sign() => {
+                return Err(CaError::BadSvid(
+                    "the leaf may sign certificates (keyCertSign or cRLSign)".into(),
+                ));
+            }
+            _ => {}
+        }
+    }
+    match uris.as_slice() {
+        [one] => SpiffeId::parse(one)
+            .map_err(|e| CaError::BadSvid(format!("its URI SAN is not a SPIFFE ID: {e}"))),
+        [] => Err(CaError::BadSvid("it has no URI SAN".into())),
+        _ => Err(CaError::BadSvid(format!(
+            "it has {} URI SANs; an SVID has exactly one",
+            uris.len()
+        ))),
+    }
+}
+
+/// Which way the SVID is being used, for its extended key usage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Usage {
+    Client,
+    Server,
+}
+
+/// Validates an X.509-SVID chain (leaf first) and returns its SPIFFE ID. The trust anchors are
+/// those of the leaf's own trust domain only.
+pub fn verify_chain(
+    chain: &[CertificateDer<'_>],
+    bundles: &dyn BundleSource,
+    now: UnixTime,
+    usage: Usage,
+) -> Result<SpiffeId, CaError> {
+    let (leaf, intermediates) = chain
+        .split_first()
+        .ok_or_else(|| CaError::BadSvid("no certificate was presented".into()))?;
+    if chain.len() > 5 {
+        return Err(CaError::BadSvid("the chain is too long".into()));
+    }
+    let id = leaf_spiffe_id(leaf)?;
+    let td = id.trust_domain();
+    let roots = bundles
+        .x509_authorities(&td)
+        .ok_or_else(|| CaError::UntrustedDomain(td.to_string()))?;
+    let anchors: Vec<_> = roots
+        .iter()
+        .filter_map(|c| webpki::anchor_from_trusted_cert(c).ok())
+        .collect();
+    let ee = webpki::EndEntityCert::try_from(leaf)
+        .map_err(|e| CaError::BadSvid(format!("not a certificate: {e}")))?;
+    let usage = match usage {
+        Usage::Client => webpki::KeyUsage::client_auth(),
+        Usage::Server => webpki::KeyUsage::server_auth(),
+    };
+    ee.verify_for_usage(
+        rustls::crypto::ring::default_provider()
+            .signature_verification_algorithms
+            .all,
+        &anchors,
+        intermediates,
+        now,
+        usage,
+        None,
+        None,
+    )
+    .map_err(|e| CaError::Chain(format!("{e:?}")))?;
+    Ok(id)
+}
