@@ -1,5 +1,8 @@
 //! X.509-SVID signing from a CSR (parse, CSR signature check, issue), and chain validation.
-#![allow(clippy::unwrap_used, reason = "a benchmark: a failure should stop it loudly")]
+#![allow(
+    clippy::unwrap_used,
+    reason = "a benchmark: a failure should stop it loudly"
+)]
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use rustls::pki_types::{CertificateDer, UnixTime};

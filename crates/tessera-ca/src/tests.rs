@@ -151,15 +151,32 @@ fn chains_validate_only_against_their_own_trust_domain() {
     let err = verify_chain(&[forged], &bundles, at(NOW), Usage::Client).unwrap_err();
     assert!(matches!(err, CaError::Chain(_)), "{err}");
     let good = issue(&prod, "spiffe://prod.example.org/api");
-    verify_chain(std::slice::from_ref(&good), &bundles, at(NOW), Usage::Client).unwrap();
+    verify_chain(
+        std::slice::from_ref(&good),
+        &bundles,
+        at(NOW),
+        Usage::Client,
+    )
+    .unwrap();
     // Unknown trust domain.
     let only_dev = Bundles(vec![(td("dev.example.org"), dev.cert().clone())]);
     assert!(matches!(
-        verify_chain(std::slice::from_ref(&good), &only_dev, at(NOW), Usage::Client),
+        verify_chain(
+            std::slice::from_ref(&good),
+            &only_dev,
+            at(NOW),
+            Usage::Client
+        ),
         Err(CaError::UntrustedDomain(_))
     ));
     // Expired and not yet valid.
-    assert!(verify_chain(std::slice::from_ref(&good), &bundles, at(NOW + 3601), Usage::Client).is_err());
+    assert!(verify_chain(
+        std::slice::from_ref(&good),
+        &bundles,
+        at(NOW + 3601),
+        Usage::Client
+    )
+    .is_err());
     assert!(verify_chain(&[good], &bundles, at(NOW - 3600), Usage::Client).is_err());
     assert!(verify_chain(&[], &bundles, at(NOW), Usage::Client).is_err());
 }
@@ -235,7 +252,13 @@ fn a_look_alike_ca_with_another_key_is_not_trusted() {
         CertificateAuthority::load(fake_cert.der().to_vec(), &fake_key.serialize_der()).unwrap();
     let forged = issue(&fake, "spiffe://example.org/api");
     let bundles = Bundles(vec![(td("example.org"), real.cert().clone())]);
-    assert!(verify_chain(std::slice::from_ref(&forged), &bundles, at(NOW), Usage::Client).is_err());
+    assert!(verify_chain(
+        std::slice::from_ref(&forged),
+        &bundles,
+        at(NOW),
+        Usage::Client
+    )
+    .is_err());
     // Presenting the look-alike CA as an intermediate does not help either.
     assert!(verify_chain(
         &[forged, fake.cert().clone()],

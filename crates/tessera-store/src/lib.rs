@@ -32,6 +32,9 @@ pub enum StoreError {
     Corrupt(String),
     #[error("the audit log is not accepting records: {0}")]
     AuditUnavailable(String),
+    /// A conditional change found its precondition false (a used join token, say).
+    #[error("{0}")]
+    Conflict(String),
     #[error("cannot prepare the database file `{path}`: {message}")]
     File { path: String, message: String },
 }
@@ -96,6 +99,54 @@ pub struct ClientRecord {
     pub secret: Option<SecretRecord>,
 }
 
+/// A CA of a trust domain as stored: the private key sealed under the key-encryption key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaRecord {
+    pub id: String,
+    pub trust_domain: String,
+    /// base64 of the sealed PKCS#8 document.
+    pub sealed: String,
+    /// base64 of the certificate (DER).
+    pub cert: String,
+    pub created_at: i64,
+    /// The CA signs from this time on; it is in the bundle from creation ("prepared").
+    pub activate_at: i64,
+    /// Withdrawn from the bundle after this time (every SVID it signed has expired).
+    pub retire_at: Option<i64>,
+    pub not_after: i64,
+}
+
+/// A one-time join token for a node agent, stored only as a keyed hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JoinTokenRecord {
+    pub token_hash: String,
+    pub trust_domain: String,
+    pub agent_id: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentRecord {
+    pub id: String,
+    pub trust_domain: String,
+    pub joined_at: i64,
+    pub svid_serial: String,
+    pub svid_not_after: i64,
+    pub last_seen: i64,
+    pub revoked_at: Option<i64>,
+}
+
+/// One X.509-SVID as issued, for review: who got it, through which agent, until when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SvidRecord {
+    pub serial: String,
+    pub spiffe_id: String,
+    pub agent_id: String,
+    pub issued_at: i64,
+    pub not_after: i64,
+}
+
 /// The configuration state, loaded whole into memory by each server.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct StoredState {
@@ -104,6 +155,7 @@ pub struct StoredState {
     pub clients: Vec<ClientRecord>,
     pub trusts: Vec<Trust>,
     pub policies: Vec<PolicyFile>,
+    pub agents: Vec<AgentRecord>,
 }
 
 /// A client assertion's `jti`, recorded until the assertion expires so it is used only once.
@@ -172,16 +224,52 @@ pub enum Op {
         key: String,
         value: String,
     },
+    InsertCa(CaRecord),
+    RetireCa {
+        id: String,
+        retire_at: i64,
+    },
+    InsertJoinToken(JoinTokenRecord),
+    /// Marks a join token used; fails with [`StoreError::Conflict`] unless it exists, is unused
+    /// and unexpired at `at`, so that two agents racing with one token cannot both join.
+    RedeemJoinToken {
+        token_hash: String,
+        at: i64,
+    },
+    InsertAgent(AgentRecord),
+    /// A renewed agent SVID. Fails with [`StoreError::Conflict`] for a revoked agent.
+    RenewAgent {
+        id: String,
+        svid_serial: String,
+        svid_not_after: i64,
+        at: i64,
+    },
+    RevokeAgent {
+        id: String,
+        at: i64,
+    },
+    RecordSvids(Vec<SvidRecord>),
 }
 
 impl Op {
     /// Whether servers must reload their in-memory state after this change.
     fn changes_state(&self) -> bool {
-        !matches!(self, Op::SetMeta { .. } | Op::InitMeta { .. })
+        !matches!(
+            self,
+            Op::SetMeta { .. }
+                | Op::InitMeta { .. }
+                | Op::InsertJoinToken(_)
+                | Op::RedeemJoinToken { .. }
+                | Op::RenewAgent { .. }
+                | Op::RecordSvids(_)
+        )
     }
 }
 
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/0001_initial.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../migrations/0001_initial.sql")),
+    (2, include_str!("../migrations/0002_identity.sql")),
+];
 
 /// Held during every write transaction on PostgreSQL, so that the audit chain of several servers
 /// on one database stays a single chain.
@@ -311,6 +399,63 @@ macro_rules! apply_op {
                 sqlx::query("INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING")
                     .bind(key).bind(value)
                     .execute(&mut *$tx).await?;
+            }
+            Op::InsertCa(c) => {
+                sqlx::query("INSERT INTO ca_certs (id, trust_domain, sealed, cert, created_at, activate_at, retire_at, not_after) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
+                    .bind(&c.id).bind(&c.trust_domain).bind(&c.sealed).bind(&c.cert)
+                    .bind(c.created_at).bind(c.activate_at).bind(c.retire_at).bind(c.not_after)
+                    .execute(&mut *$tx).await?;
+            }
+            Op::RetireCa { id, retire_at } => {
+                sqlx::query("UPDATE ca_certs SET retire_at = $1 WHERE id = $2")
+                    .bind(retire_at).bind(id)
+                    .execute(&mut *$tx).await?;
+            }
+            Op::InsertJoinToken(t) => {
+                sqlx::query("INSERT INTO join_tokens (token_hash, trust_domain, agent_id, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)")
+                    .bind(&t.token_hash).bind(&t.trust_domain).bind(&t.agent_id).bind(t.created_at).bind(t.expires_at)
+                    .execute(&mut *$tx).await?;
+            }
+            Op::RedeemJoinToken { token_hash, at } => {
+                let n = sqlx::query("UPDATE join_tokens SET used_at = $1 WHERE token_hash = $2 AND used_at IS NULL AND expires_at > $1")
+                    .bind(at).bind(token_hash)
+                    .execute(&mut *$tx).await?.rows_affected();
+                if n != 1 {
+                    return Err(StoreError::Conflict("the join token is unknown, expired or already used".into()));
+                }
+            }
+            Op::InsertAgent(a) => {
+                sqlx::query("INSERT INTO agents (id, trust_domain, joined_at, svid_serial, svid_not_after, last_seen, revoked_at) VALUES ($1, $2, $3, $4, $5, $6, $7)")
+                    .bind(&a.id).bind(&a.trust_domain).bind(a.joined_at).bind(&a.svid_serial).bind(a.svid_not_after).bind(a.last_seen).bind(a.revoked_at)
+                    .execute(&mut *$tx).await?;
+            }
+            Op::RenewAgent { id, svid_serial, svid_not_after, at } => {
+                let n = sqlx::query("UPDATE agents SET svid_serial = $1, svid_not_after = $2, last_seen = $3 WHERE id = $4 AND revoked_at IS NULL")
+                    .bind(svid_serial).bind(svid_not_after).bind(at).bind(id)
+                    .execute(&mut *$tx).await?.rows_affected();
+                if n != 1 {
+                    return Err(StoreError::Conflict(format!("agent `{id}` is unknown or revoked")));
+                }
+            }
+            Op::RevokeAgent { id, at } => {
+                sqlx::query("UPDATE agents SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
+                    .bind(at).bind(id)
+                    .execute(&mut *$tx).await?;
+            }
+            Op::RecordSvids(svids) => {
+                for chunk in svids.chunks(500) {
+                    let mut qb = sqlx::QueryBuilder::new(
+                        "INSERT INTO x509_svids (serial, spiffe_id, agent_id, issued_at, not_after) ",
+                    );
+                    qb.push_values(chunk, |mut b, r| {
+                        b.push_bind(r.serial.clone())
+                            .push_bind(r.spiffe_id.clone())
+                            .push_bind(r.agent_id.clone())
+                            .push_bind(r.issued_at)
+                            .push_bind(r.not_after);
+                    });
+                    qb.build().execute(&mut *$tx).await?;
+                }
             }
             Op::SetMeta { key, value } => {
                 sqlx::query("INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value")
@@ -483,8 +628,97 @@ impl Store {
                     text: r.try_get("body")?,
                 });
             }
+            for r in sqlx::query(
+                "SELECT id, trust_domain, joined_at, svid_serial, svid_not_after, last_seen, revoked_at FROM agents ORDER BY id",
+            )
+            .fetch_all(pool)
+            .await?
+            {
+                state.agents.push(AgentRecord {
+                    id: r.try_get("id")?,
+                    trust_domain: r.try_get("trust_domain")?,
+                    joined_at: r.try_get("joined_at")?,
+                    svid_serial: r.try_get("svid_serial")?,
+                    svid_not_after: r.try_get("svid_not_after")?,
+                    last_seen: r.try_get("last_seen")?,
+                    revoked_at: r.try_get("revoked_at")?,
+                });
+            }
         });
         Ok(state)
+    }
+
+    pub async fn cas(&self) -> Result<Vec<CaRecord>> {
+        let rows = with_read!(self, |pool| {
+            sqlx::query(
+                "SELECT id, trust_domain, sealed, cert, created_at, activate_at, retire_at, not_after FROM ca_certs ORDER BY activate_at, id",
+            )
+            .fetch_all(pool)
+            .await?
+            .into_iter()
+            .map(|r| {
+                Ok(CaRecord {
+                    id: r.try_get("id")?,
+                    trust_domain: r.try_get("trust_domain")?,
+                    sealed: r.try_get("sealed")?,
+                    cert: r.try_get("cert")?,
+                    created_at: r.try_get("created_at")?,
+                    activate_at: r.try_get("activate_at")?,
+                    retire_at: r.try_get("retire_at")?,
+                    not_after: r.try_get("not_after")?,
+                })
+            })
+            .collect::<std::result::Result<Vec<_>, sqlx::Error>>()?
+        });
+        Ok(rows)
+    }
+
+    /// The join token stored under `token_hash`, used or not.
+    pub async fn join_token(&self, token_hash: &str) -> Result<Option<JoinTokenRecord>> {
+        let row = with_read!(self, |pool| {
+            sqlx::query(
+                "SELECT token_hash, trust_domain, agent_id, created_at, expires_at FROM join_tokens WHERE token_hash = $1",
+            )
+            .bind(token_hash)
+            .fetch_optional(pool)
+            .await?
+            .map(|r| {
+                Ok::<_, sqlx::Error>(JoinTokenRecord {
+                    token_hash: r.try_get("token_hash")?,
+                    trust_domain: r.try_get("trust_domain")?,
+                    agent_id: r.try_get("agent_id")?,
+                    created_at: r.try_get("created_at")?,
+                    expires_at: r.try_get("expires_at")?,
+                })
+            })
+            .transpose()?
+        });
+        Ok(row)
+    }
+
+    /// The most recent X.509-SVIDs issued to `spiffe_id`, newest first.
+    pub async fn svids_for(&self, spiffe_id: &str, limit: i64) -> Result<Vec<SvidRecord>> {
+        let rows = with_read!(self, |pool| {
+            sqlx::query(
+                "SELECT serial, spiffe_id, agent_id, issued_at, not_after FROM x509_svids WHERE spiffe_id = $1 ORDER BY issued_at DESC, serial LIMIT $2",
+            )
+            .bind(spiffe_id)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?
+            .into_iter()
+            .map(|r| {
+                Ok(SvidRecord {
+                    serial: r.try_get("serial")?,
+                    spiffe_id: r.try_get("spiffe_id")?,
+                    agent_id: r.try_get("agent_id")?,
+                    issued_at: r.try_get("issued_at")?,
+                    not_after: r.try_get("not_after")?,
+                })
+            })
+            .collect::<std::result::Result<Vec<_>, sqlx::Error>>()?
+        });
+        Ok(rows)
     }
 
     pub async fn keys(&self) -> Result<Vec<KeyRecord>> {
@@ -537,6 +771,11 @@ impl Store {
                 .await?;
             sqlx::query("DELETE FROM revoked_tokens WHERE expires_at < $1")
                 .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            // Join tokens are kept a day past expiry, so a late attempt is told "expired".
+            sqlx::query("DELETE FROM join_tokens WHERE expires_at < $1")
+                .bind(now - 86400)
                 .execute(&mut *tx)
                 .await?;
         });

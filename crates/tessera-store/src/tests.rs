@@ -293,16 +293,153 @@ async fn suite(store: Store) {
     assert!(err.contains("records were cut from the end"), "{err}");
 }
 
+/// Agents, join tokens, CAs and SVID records.
+async fn identity_suite(store: Store) {
+    let v0 = store.state_version().await.unwrap();
+    let token = JoinTokenRecord {
+        token_hash: "h1".into(),
+        trust_domain: "example.org".into(),
+        agent_id: "node-1".into(),
+        created_at: 100,
+        expires_at: 200,
+    };
+    store
+        .commit(&[Op::InsertJoinToken(token.clone())], &[])
+        .await
+        .unwrap();
+    assert_eq!(store.join_token("h1").await.unwrap(), Some(token));
+    assert_eq!(store.join_token("nope").await.unwrap(), None);
+    let redeem = |at| Op::RedeemJoinToken {
+        token_hash: "h1".into(),
+        at,
+    };
+    // Expired, then redeemed once, then refused as used; a failed redemption writes nothing.
+    let expired = store
+        .commit(&[redeem(200)], &[event("agent.joined", 1)])
+        .await;
+    assert!(
+        matches!(expired, Err(StoreError::Conflict(_))),
+        "{expired:?}"
+    );
+    let agent = AgentRecord {
+        id: "node-1".into(),
+        trust_domain: "example.org".into(),
+        joined_at: 150,
+        svid_serial: "01".into(),
+        svid_not_after: 3750,
+        last_seen: 150,
+        revoked_at: None,
+    };
+    store
+        .commit(&[redeem(150), Op::InsertAgent(agent.clone())], &[])
+        .await
+        .unwrap();
+    let again = store.commit(&[redeem(151)], &[]).await;
+    assert!(matches!(again, Err(StoreError::Conflict(_))), "{again:?}");
+    assert_eq!(store.load_state().await.unwrap().agents, vec![agent]);
+    assert_ne!(
+        store.state_version().await.unwrap(),
+        v0,
+        "a new agent is state"
+    );
+
+    let renew = Op::RenewAgent {
+        id: "node-1".into(),
+        svid_serial: "02".into(),
+        svid_not_after: 7000,
+        at: 3000,
+    };
+    let v1 = store.state_version().await.unwrap();
+    store
+        .commit(std::slice::from_ref(&renew), &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.state_version().await.unwrap(),
+        v1,
+        "renewal is not state"
+    );
+    assert_eq!(
+        store.load_state().await.unwrap().agents[0].svid_serial,
+        "02"
+    );
+    store
+        .commit(
+            &[Op::RevokeAgent {
+                id: "node-1".into(),
+                at: 3100,
+            }],
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.load_state().await.unwrap().agents[0].revoked_at,
+        Some(3100)
+    );
+    assert!(matches!(
+        store.commit(&[renew], &[]).await,
+        Err(StoreError::Conflict(_))
+    ));
+
+    let svids: Vec<SvidRecord> = (0..700)
+        .map(|i| SvidRecord {
+            serial: format!("{i:04x}"),
+            spiffe_id: format!("spiffe://example.org/w{}", i % 2),
+            agent_id: "node-1".into(),
+            issued_at: i,
+            not_after: i + 3600,
+        })
+        .collect();
+    store.commit(&[Op::RecordSvids(svids)], &[]).await.unwrap();
+    let got = store.svids_for("spiffe://example.org/w1", 3).await.unwrap();
+    assert_eq!(
+        got.iter().map(|s| s.issued_at).collect::<Vec<_>>(),
+        vec![699, 697, 695]
+    );
+
+    let ca = CaRecord {
+        id: "ca1".into(),
+        trust_domain: "example.org".into(),
+        sealed: "c2VhbGVk".into(),
+        cert: "Y2VydA==".into(),
+        created_at: 1,
+        activate_at: 1,
+        retire_at: None,
+        not_after: 99,
+    };
+    store
+        .commit(&[Op::InsertCa(ca.clone())], &[])
+        .await
+        .unwrap();
+    store
+        .commit(
+            &[Op::RetireCa {
+                id: "ca1".into(),
+                retire_at: 50,
+            }],
+            &[],
+        )
+        .await
+        .unwrap();
+    let cas = store.cas().await.unwrap();
+    assert_eq!(cas.len(), 1);
+    assert_eq!(cas[0].retire_at, Some(50));
+    assert_eq!(cas[0].cert, ca.cert);
+}
+
 #[tokio::test]
 async fn sqlite_suite() {
     let (store, _dir) = sqlite().await;
-    suite(store).await;
+    suite(store.clone()).await;
+    identity_suite(store).await;
 }
 
 #[tokio::test]
 async fn postgres_suite() {
     if let Some(store) = postgres().await {
-        suite(store).await;
+        suite(store.clone()).await;
+        identity_suite(store).await;
     }
 }
 
