@@ -100,3 +100,17 @@ pub fn verify_chain(
     .map_err(|e| CaError::Chain(format!("{e:?}")))?;
     Ok(id)
 }
+
+/// The X and Y coordinates of a certificate's P-256 public key, for a JWK; `None` for any other
+/// kind of key.
+pub fn p256_coordinates(cert: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert).ok()?;
+    let point = parsed.public_key().subject_public_key.data.as_ref();
+    // An uncompressed point: 0x04 || X || Y.
+    let (tag, xy) = point.split_first()?;
+    if *tag != 4 || xy.len() != 64 {
+        return None;
+    }
+    let (x, y) = xy.split_at(32);
+    Some((x.to_vec(), y.to_vec()))
+}

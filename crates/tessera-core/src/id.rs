@@ -305,6 +305,48 @@ impl Label {
     }
 }
 
+/// A node agent's name, the last segment of its SPIFFE ID `spiffe://<td>/tessera/agent/<id>`:
+/// SPIFFE path-segment characters only, so the ID it makes is always valid.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AgentId(String);
+
+impl AgentId {
+    pub fn parse(input: &str) -> Result<Self, IdError> {
+        let err = |reason| IdError::Name {
+            input: quoted(input),
+            what: "agent id",
+            reason,
+        };
+        if input.is_empty() || input.len() > 64 {
+            return Err(err("it must be 1 to 64 characters"));
+        }
+        if !input
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
+        {
+            return Err(err("only letters, digits, `-`, `_` and `.` are allowed"));
+        }
+        if input == "." || input == ".." {
+            return Err(err("`.` and `..` are not names"));
+        }
+        Ok(Self(input.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The agent's own SPIFFE ID in `td`.
+    pub fn spiffe_id(&self, td: &TrustDomain) -> Result<SpiffeId, IdError> {
+        SpiffeId::parse(&format!("spiffe://{td}/tessera/agent/{}", self.0))
+    }
+
+    /// The agent named by an agent SPIFFE ID, if `id` is one.
+    pub fn from_spiffe_id(id: &SpiffeId) -> Option<Self> {
+        Self::parse(id.path().strip_prefix("/tessera/agent/")?).ok()
+    }
+}
+
 macro_rules! string_newtype {
     ($($ty:ident),*) => {$(
         impl fmt::Display for $ty {
@@ -342,7 +384,16 @@ macro_rules! string_newtype {
     )*};
 }
 
-string_newtype!(TrustDomain, SpiffeId, Scope, Audience, Kid, ClientId, Label);
+string_newtype!(
+    TrustDomain,
+    SpiffeId,
+    Scope,
+    Audience,
+    Kid,
+    ClientId,
+    Label,
+    AgentId
+);
 
 #[cfg(test)]
 mod tests {

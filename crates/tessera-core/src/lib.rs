@@ -1,10 +1,11 @@
 //! Shared vocabulary of Tessera: SPIFFE IDs and the other security-relevant names, and the
 //! identity-file model. Every other crate depends on this one; it depends on none of them.
 
+pub mod agent_api;
 pub mod id;
 pub mod manifest;
 
-pub use id::{Audience, ClientId, IdError, Kid, Label, Scope, SpiffeId, TrustDomain};
+pub use id::{AgentId, Audience, ClientId, IdError, Kid, Label, Scope, SpiffeId, TrustDomain};
 
 /// Seconds since the Unix epoch, the unit of every timestamp Tessera stores or signs.
 pub fn now_unix() -> i64 {

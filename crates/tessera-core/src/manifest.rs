@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
-use crate::id::{Audience, ClientId, Label, Scope, SpiffeId};
+use crate::id::{AgentId, Audience, ClientId, Label, Scope, SpiffeId};
 
 /// Default and maximum lifetimes of the credentials a workload receives.
 pub const DEFAULT_JWT_TTL: Duration = Duration::from_secs(300);
@@ -302,6 +302,8 @@ struct WorkloadDoc {
     scopes: Vec<Scope>,
     #[serde(default)]
     kind: WorkloadKind,
+    #[serde(default)]
+    nodes: Vec<AgentId>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -386,6 +388,10 @@ pub struct Workload {
     pub aliases: Vec<Audience>,
     pub scopes: Vec<Scope>,
     pub kind: WorkloadKind,
+    /// Node agents that may hand out this workload's SVIDs; empty means any agent of its
+    /// trust domain.
+    #[serde(default)]
+    pub nodes: Vec<AgentId>,
     pub source: String,
 }
 
@@ -571,6 +577,7 @@ fn parse_into(state: &mut DesiredState, file: &Path, text: &str) -> Result<(), M
             aliases: w.aliases,
             scopes,
             kind: w.kind,
+            nodes: w.nodes,
             source: loc.source(span),
         });
     }

@@ -63,6 +63,9 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/v1/audit/verify", get(audit_verify))
         .route("/v1/keys", get(list_keys))
         .route("/v1/keys/rotate", post(rotate_keys))
+        .route("/v1/agents/tokens", post(create_join_token))
+        .route("/v1/ca", get(list_cas))
+        .route("/v1/ca/rotate", post(rotate_cas))
 }
 
 /// The admin API over HTTP: `Authorization: Bearer <admin credential>`, checked against its
@@ -230,7 +233,20 @@ async fn list(
                 "maps_to": t.map.iter().map(|m| m.workload.to_string()).collect::<Vec<_>>(),
             }))
             .collect::<Vec<_>>()),
-        "agents" => json!([]),
+        "agents" => {
+            let mut agents: Vec<_> = snap.agents.values().collect();
+            agents.sort_by(|a, b| a.id.cmp(&b.id));
+            json!(agents
+                .iter()
+                .map(|a| json!({
+                    "id": a.id, "trust_domain": a.trust_domain,
+                    "spiffe_id": format!("spiffe://{}/tessera/agent/{}", a.trust_domain, a.id),
+                    "joined_at": a.joined_at, "last_seen": a.last_seen,
+                    "svid_serial": a.svid_serial, "svid_not_after": a.svid_not_after,
+                    "revoked_at": a.revoked_at,
+                }))
+                .collect::<Vec<_>>())
+        }
         other => {
             return Err(ApiError::NotFound(format!(
                 "`{}` is not something to list (workloads, clients, grants, trusts, agents)",
@@ -424,15 +440,190 @@ async fn revoke_token(
     Ok(Json(json!({"jti": jti, "revoked": true})))
 }
 
-async fn revoke_agent(Json(req): Json<RevokeRequest>) -> ApiError {
-    ApiError::NotFound(format!(
-        "no agent `{}`: this server has no node agents registered",
-        req.id
-            .unwrap_or_default()
-            .chars()
-            .take(128)
-            .collect::<String>()
-    ))
+async fn revoke_agent(
+    State(app): State<Arc<App>>,
+    Extension(actor): Extension<Actor>,
+    Json(req): Json<RevokeRequest>,
+) -> Result<Json<Value>, ApiError> {
+    let id = tessera_core::AgentId::parse(req.id.as_deref().unwrap_or_default())
+        .map_err(|e| bad(e.to_string()))?;
+    let snap = app.snapshot();
+    let agent = snap
+        .agents
+        .get(id.as_str())
+        .ok_or_else(|| ApiError::NotFound(format!("no agent `{id}` (see `tessera get agents`)")))?;
+    if let Some(at) = agent.revoked_at {
+        return Ok(Json(json!({"id": id, "revoked_at": at, "already": true})));
+    }
+    let now = tessera_core::now_unix();
+    app.change(
+        &[Op::RevokeAgent {
+            id: id.to_string(),
+            at: now,
+        }],
+        AuditEvent {
+            kind: "revoke.agent".into(),
+            actor: actor.0.clone(),
+            subject: format!("spiffe://{}/tessera/agent/{id}", agent.trust_domain),
+            outcome: "ok".into(),
+            detail: json!({"revoked_at": now, "svid_serial": agent.svid_serial, "svid_not_after": agent.svid_not_after}),
+        },
+    )
+    .await?;
+    Ok(Json(json!({"id": id, "revoked_at": now, "already": false})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JoinTokenRequest {
+    trust_domain: Option<String>,
+    /// Seconds; default 10 minutes, at most a day.
+    ttl: Option<i64>,
+    agent_id: Option<String>,
+}
+
+/// `POST /admin/v1/agents/tokens`: a one-time join token. Only its keyed hash is stored.
+async fn create_join_token(
+    State(app): State<Arc<App>>,
+    Extension(actor): Extension<Actor>,
+    Json(req): Json<JoinTokenRequest>,
+) -> Result<Json<Value>, ApiError> {
+    let td = match &req.trust_domain {
+        Some(t) => app.serves(t).cloned().ok_or_else(|| {
+            ApiError::NotFound(format!(
+                "this authority does not serve trust domain `{}`",
+                t.chars().take(80).collect::<String>()
+            ))
+        })?,
+        None => app.first_td().clone(),
+    };
+    let ttl = req.ttl.unwrap_or(600);
+    if !(1..=86400).contains(&ttl) {
+        return Err(bad("a join token lives 1 second to 1 day"));
+    }
+    let agent_id = match &req.agent_id {
+        Some(a) => tessera_core::AgentId::parse(a).map_err(|e| bad(e.to_string()))?,
+        None => {
+            let bytes = tessera_token::seal::random_bytes::<6>().map_err(ApiError::unavailable)?;
+            let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            tessera_core::AgentId::parse(&format!("node-{hex}")).map_err(|e| bad(e.to_string()))?
+        }
+    };
+    if app.snapshot().agents.contains_key(agent_id.as_str()) {
+        return Err(bad(format!(
+            "agent `{agent_id}` exists; a join token makes a new agent (an agent rejoins with its own SVID)"
+        )));
+    }
+    let secret = tessera_token::seal::random_bytes::<24>().map_err(ApiError::unavailable)?;
+    let token = format!("tjt_{}", tessera_token::strict::b64_encode(secret));
+    let now = tessera_core::now_unix();
+    let record = tessera_store::JoinTokenRecord {
+        token_hash: crate::agents::join_token_hash(&app, &token),
+        trust_domain: td.to_string(),
+        agent_id: agent_id.to_string(),
+        created_at: now,
+        expires_at: now + ttl,
+    };
+    app.store
+        .commit(
+            &[Op::InsertJoinToken(record)],
+            &[AuditEvent {
+                kind: "agent.token_created".into(),
+                actor: actor.0.clone(),
+                subject: format!("spiffe://{td}/tessera/agent/{agent_id}"),
+                outcome: "ok".into(),
+                detail: json!({"expires_at": now + ttl}),
+            }],
+        )
+        .await?;
+    Ok(Json(json!({
+        "token": token, "agent_id": agent_id, "trust_domain": td, "expires_at": now + ttl,
+    })))
+}
+
+async fn list_cas(State(app): State<Arc<App>>) -> Json<Value> {
+    let snap = app.snapshot();
+    let now = tessera_core::now_unix();
+    let mut out = Vec::new();
+    for td in &app.config.trust_domains {
+        let signing = snap.cas.signing(&td.name, now).map(|c| c.id.clone());
+        for c in snap.cas.entries(&td.name) {
+            let state = if signing.as_deref() == Some(c.id.as_str()) {
+                "active"
+            } else if c.activate_at > now {
+                "prepared"
+            } else if c.retire_at.is_some_and(|r| r <= now) || c.not_after <= now {
+                "withdrawn"
+            } else {
+                "retiring"
+            };
+            out.push(json!({"trust_domain": td.name, "id": c.id, "state": state, "created_at": c.created_at,
+                            "activate_at": c.activate_at, "retire_at": c.retire_at, "not_after": c.not_after}));
+        }
+    }
+    Json(json!(out))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CaRotateRequest {
+    trust_domain: Option<String>,
+    /// Seconds until the new CA signs; default `ca_publish_ahead`.
+    activate_in: Option<i64>,
+}
+
+async fn rotate_cas(
+    State(app): State<Arc<App>>,
+    Extension(actor): Extension<Actor>,
+    Json(req): Json<CaRotateRequest>,
+) -> Result<Json<Value>, ApiError> {
+    let tds: Vec<TrustDomain> = match &req.trust_domain {
+        Some(t) => vec![app.serves(t).cloned().ok_or_else(|| {
+            ApiError::NotFound(format!(
+                "this authority does not serve trust domain `{}`",
+                t.chars().take(80).collect::<String>()
+            ))
+        })?],
+        None => app.trust_domain_names(),
+    };
+    let ahead = match req.activate_in {
+        Some(s) if s >= 0 => s,
+        Some(_) => return Err(bad("`activate_in` cannot be negative")),
+        None => i64::try_from(app.config.ca_publish_ahead.as_secs()).unwrap_or(3600),
+    };
+    let mut out = Vec::new();
+    for td in tds {
+        out.push(rotate_ca(&app, &td, ahead, &actor.0).await?);
+    }
+    Ok(Json(json!(out)))
+}
+
+/// Prepares the next CA of `td`: in the bundle now, signing after `ahead` seconds.
+pub async fn rotate_ca(
+    app: &App,
+    td: &TrustDomain,
+    ahead: i64,
+    actor: &str,
+) -> Result<Value, ApiError> {
+    let now = tessera_core::now_unix();
+    let ttl = i64::try_from(app.config.ca_ttl.as_secs()).unwrap_or(i64::MAX / 4);
+    let snap = app.snapshot();
+    let (rec, ops) = crate::ca::rotation_ops(&snap.cas, td, &app.kek, now, ahead, ttl)
+        .map_err(ApiError::unavailable)?;
+    app.change(
+        &ops,
+        AuditEvent {
+            kind: "ca.rotated".into(),
+            actor: actor.to_owned(),
+            subject: td.to_string(),
+            outcome: "ok".into(),
+            detail: json!({"ca": rec.id, "activate_at": rec.activate_at, "not_after": rec.not_after}),
+        },
+    )
+    .await?;
+    Ok(
+        json!({"trust_domain": td, "ca": rec.id, "activate_at": rec.activate_at, "not_after": rec.not_after}),
+    )
 }
 
 #[derive(Deserialize)]

@@ -41,6 +41,12 @@ pub struct ServerConfig {
     pub admin_uids: Vec<u32>,
     /// How often a server checks the database for changes made by another server.
     pub poll_interval: Duration,
+    /// Lifetime of a new CA. A CA is rotated when half of it has passed.
+    pub ca_ttl: Duration,
+    /// How long a new CA is in the bundle before it signs.
+    pub ca_publish_ahead: Duration,
+    /// Default lifetime of a node agent's own SVID.
+    pub agent_svid_ttl: Duration,
 }
 
 impl ServerConfig {
@@ -60,6 +66,9 @@ impl ServerConfig {
             key_rotation_period: None,
             admin_uids: Vec::new(),
             poll_interval: Duration::from_secs(1),
+            ca_ttl: Duration::from_secs(90 * 86400),
+            ca_publish_ahead: Duration::from_secs(3600),
+            agent_svid_ttl: Duration::from_secs(3600),
         }
     }
 
@@ -125,6 +134,8 @@ pub struct ConfigFile {
     pub key_rotation_period: Option<Ttl>,
     #[serde(default)]
     pub admin_uids: Vec<u32>,
+    pub ca_ttl: Option<Ttl>,
+    pub ca_publish_ahead: Option<Ttl>,
 }
 
 /// `trust_domains = ["prod.example.org", { name = "dev.example.org", environment = "dev" }]`

@@ -21,7 +21,9 @@ use tessera_token::Kek;
 use tokio::sync::watch;
 
 pub mod admin;
+mod agents;
 pub mod apply;
+pub mod ca;
 pub mod config;
 pub mod error;
 pub mod keys;
@@ -57,6 +59,10 @@ pub struct App {
     admin_token_tag: Vec<u8>,
     snapshot: RwLock<Arc<Snapshot>>,
     reload_lock: tokio::sync::Mutex<()>,
+    /// The X.509 authorities of every served trust domain, for the agent mTLS verifier.
+    bundles: Arc<ca::Bundles>,
+    /// The version of each snapshot swapped in, for agents waiting on a change.
+    changes: watch::Sender<i64>,
     metrics: Metrics,
     registry: Registry,
 }
@@ -78,7 +84,7 @@ impl App {
     }
 
     /// The trust domain that is also the issuer at the base URL.
-    fn first_td(&self) -> &TrustDomain {
+    pub fn first_td(&self) -> &TrustDomain {
         &self.first_td
     }
 
@@ -118,18 +124,33 @@ impl App {
             &self.store.keys().await.map_err(|e| e.to_string())?,
             &self.kek,
         )?;
+        let cas = ca::CaRing::load(
+            &self.store.cas().await.map_err(|e| e.to_string())?,
+            &self.kek,
+        )?;
         let previous = self.snapshot();
-        let snap = Snapshot::build(version, state, revoked, keys, Some(&previous))
+        let snap = Snapshot::build(version, state, revoked, keys, cas, Some(&previous))
             .map_err(|e| e.to_string())?;
+        self.bundles.set(&snap.cas, &self.trust_domain_names(), now);
         self.metrics.grants_overdue.set(
             i64::try_from(tessera_policy::overdue_grants(&snap.grants, now).len())
                 .unwrap_or(i64::MAX),
         );
+        let version = snap.version;
         match self.snapshot.write() {
             Ok(mut s) => *s = snap,
             Err(poisoned) => *poisoned.into_inner() = snap,
         }
+        self.changes.send_replace(version);
         Ok(())
+    }
+
+    pub fn trust_domain_names(&self) -> Vec<TrustDomain> {
+        self.config
+            .trust_domains
+            .iter()
+            .map(|t| t.name.clone())
+            .collect()
     }
 
     /// Commits `ops` with `event` and reloads. The one path for every admin change.
@@ -349,12 +370,35 @@ pub async fn start(
         }
     }
 
-    let (tcp, tls) = bind_api(&config).await?;
+    // Every trust domain needs a CA that signs now.
+    let cas = ca::CaRing::load(&store.cas().await?, &kek).map_err(StartError::Kek)?;
+    let ca_ttl = i64::try_from(config.ca_ttl.as_secs()).unwrap_or(i64::MAX / 4);
+    for td in &config.trust_domains {
+        if cas.signing(&td.name, now).is_none() {
+            let rec =
+                ca::new_ca_record(&td.name, &kek, now, now, ca_ttl).map_err(StartError::Keys)?;
+            store
+                .commit(
+                    &[Op::InsertCa(rec.clone())],
+                    &[AuditEvent {
+                        kind: "ca.created".into(),
+                        actor: "server".into(),
+                        subject: td.name.to_string(),
+                        outcome: "ok".into(),
+                        detail: json!({"ca": rec.id, "not_after": rec.not_after}),
+                    }],
+                )
+                .await?;
+        }
+    }
+
+    let bundles = Arc::new(ca::Bundles::default());
+    let (tcp, tls) = bind_api(&config, bundles.clone()).await?;
     let local = tcp.local_addr().map_err(|e| StartError::Listen {
         addr: config.listen.to_string(),
         message: e.to_string(),
     })?;
-    let scheme = if tls.is_some() { "https" } else { "http" };
+    let scheme = if config.dev { "http" } else { "https" };
     let base_url = config
         .public_url
         .clone()
@@ -364,7 +408,14 @@ pub async fn start(
     let mut registry = Registry::default();
     let metrics = Metrics::new(&mut registry);
     let audit_metrics = tessera_store::AuditMetrics::register(&mut registry);
-    let snapshot = Snapshot::build(0, Default::default(), vec![], KeyRing::default(), None)?;
+    let snapshot = Snapshot::build(
+        0,
+        Default::default(),
+        vec![],
+        KeyRing::default(),
+        ca::CaRing::default(),
+        None,
+    )?;
     let first_td = config
         .trust_domains
         .first()
@@ -381,6 +432,8 @@ pub async fn start(
         admin_token_tag,
         snapshot: RwLock::new(snapshot),
         reload_lock: tokio::sync::Mutex::new(()),
+        bundles,
+        changes: watch::channel(0).0,
         metrics,
         registry,
     });
@@ -389,24 +442,14 @@ pub async fn start(
     let (stop, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
     let router = api_router(app.clone());
-    let tls_ca = tls.as_ref().and_then(|t| t.ca_path.clone());
-    tasks.push(match tls {
-        Some(t) => tls::serve(tcp, t.config, router, stop_rx.clone()),
-        None => {
-            let mut rx = stop_rx.clone();
-            tokio::spawn(async move {
-                let shutdown = async move {
-                    let _ = rx.wait_for(|s| *s).await;
-                };
-                if let Err(e) = axum::serve(tcp, router)
-                    .with_graceful_shutdown(shutdown)
-                    .await
-                {
-                    tracing::error!(error = %e, "API server stopped");
-                }
-            })
-        }
-    });
+    let tls_ca = tls.ca_path.clone();
+    tasks.push(tls::serve(
+        tcp,
+        tls.config,
+        app.config.dev,
+        router,
+        stop_rx.clone(),
+    ));
     let admin_socket = app.config.data_dir.join("admin.sock");
     tasks.push(admin::serve(app.clone(), &admin_socket, stop_rx.clone()).await?);
     tasks.push(tokio::spawn(background(app.clone(), stop_rx)));
@@ -478,17 +521,15 @@ fn display_addr(a: SocketAddr) -> String {
 
 async fn bind_api(
     config: &ServerConfig,
-) -> Result<(tokio::net::TcpListener, Option<tls::Tls>), StartError> {
+    bundles: Arc<ca::Bundles>,
+) -> Result<(tokio::net::TcpListener, tls::Tls), StartError> {
     let tcp = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| StartError::Listen {
             addr: config.listen.to_string(),
             message: e.to_string(),
         })?;
-    if config.dev {
-        return Ok((tcp, None));
-    }
-    Ok((tcp, Some(tls::load_or_create(config)?)))
+    Ok((tcp, tls::load_or_create(config, bundles)?))
 }
 
 /// Polls for changes by other servers, rotates keys on schedule, sweeps expired records.
@@ -512,7 +553,31 @@ async fn background(app: Arc<App>, mut stop: watch::Receiver<bool>) {
         }
         let now = tessera_core::now_unix();
         let snap = app.snapshot();
+        // CAs enter and leave the bundle with time, not only with changes.
+        app.bundles.set(&snap.cas, &app.trust_domain_names(), now);
         for td in &app.config.trust_domains {
+            if let Some(c) = snap.cas.signing(&td.name, now) {
+                app.metrics
+                    .ca_expiry_seconds
+                    .get_or_create(&TdLabels {
+                        trust_domain: td.name.to_string(),
+                    })
+                    .set(c.not_after - now);
+                // Past half its life and no successor prepared: prepare one.
+                let half = c.activate_at + (c.not_after - c.activate_at) / 2;
+                let prepared = snap
+                    .cas
+                    .entries(&td.name)
+                    .iter()
+                    .any(|o| o.activate_at > c.activate_at);
+                if now >= half && !prepared && n.is_multiple_of(60) {
+                    let ahead =
+                        i64::try_from(app.config.ca_publish_ahead.as_secs()).unwrap_or(3600);
+                    if let Err(e) = admin::rotate_ca(&app, &td.name, ahead, "server").await {
+                        tracing::error!(error = %e, "scheduled CA rotation failed");
+                    }
+                }
+            }
             if let Some(k) = snap.keys.signing(&td.name, now) {
                 app.metrics
                     .key_age_seconds
@@ -606,6 +671,7 @@ fn api_router(app: Arc<App>) -> Router {
             admin::http_routes(app.clone())
                 .layer(axum::extract::DefaultBodyLimit::max(MAX_ADMIN_BODY)),
         )
+        .nest("/agent/v1", agents::routes())
         .with_state(app)
 }
 
@@ -711,16 +777,18 @@ async fn bundle(State(app): State<Arc<App>>, Path(td): Path<String>) -> Response
         Err(e) => return e.into_response(),
     };
     let snap = app.snapshot();
-    let keys: Vec<Value> = snap
-        .keys
-        .published(&issuer.td, tessera_core::now_unix())
-        .into_iter()
-        .map(|k| {
-            let mut jwk = k.to_jwk();
-            jwk.insert("use".into(), "jwt-svid".into());
-            Value::Object(jwk)
-        })
+    let now = tessera_core::now_unix();
+    let mut keys: Vec<Value> = snap
+        .cas
+        .published(&issuer.td, now)
+        .iter()
+        .filter_map(ca::x509_jwk)
         .collect();
+    keys.extend(snap.keys.published(&issuer.td, now).into_iter().map(|k| {
+        let mut jwk = k.to_jwk();
+        jwk.insert("use".into(), "jwt-svid".into());
+        Value::Object(jwk)
+    }));
     let refresh = app.config.jwks_max_age.as_secs();
     let doc =
         json!({"keys": keys, "spiffe_sequence": snap.version, "spiffe_refresh_hint": refresh});

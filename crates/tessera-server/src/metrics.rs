@@ -32,6 +32,8 @@ pub struct Metrics {
     pub grants_overdue: Gauge,
     pub key_age_seconds: Family<TdLabels, Gauge>,
     pub audit_failures: Counter,
+    pub svids_issued: Counter,
+    pub ca_expiry_seconds: Family<TdLabels, Gauge>,
 }
 
 impl Metrics {
@@ -45,6 +47,8 @@ impl Metrics {
             grants_overdue: Gauge::default(),
             key_age_seconds: Family::default(),
             audit_failures: Counter::default(),
+            svids_issued: Counter::default(),
+            ca_expiry_seconds: Family::default(),
         };
         registry.register(
             "tessera_tokens",
@@ -75,6 +79,16 @@ impl Metrics {
             "tessera_audit_write_failures",
             "Audit writes that failed (each one refused its request)",
             m.audit_failures.clone(),
+        );
+        registry.register(
+            "tessera_x509_svids_issued",
+            "X.509-SVIDs signed for workloads",
+            m.svids_issued.clone(),
+        );
+        registry.register(
+            "tessera_ca_expiry_seconds",
+            "Seconds until the signing CA of each trust domain expires",
+            m.ca_expiry_seconds.clone(),
         );
         m
     }

@@ -92,6 +92,17 @@ impl Form {
     pub fn get(&self, name: &str) -> Option<&str> {
         self.params.get(name).map(String::as_str)
     }
+
+    /// A request for one target and optional scopes, made by Tessera itself on a workload's
+    /// behalf (the managed-identity endpoint).
+    pub fn for_target(target: &str, scope: Option<&str>) -> Self {
+        let mut form = Self::default();
+        form.targets.push(target.to_owned());
+        if let Some(s) = scope.filter(|s| !s.is_empty()) {
+            form.params.insert("scope".into(), s.to_owned());
+        }
+        form
+    }
 }
 
 fn truncate(s: &str, n: usize) -> String {
@@ -563,21 +574,17 @@ async fn client_credentials(
         .get(&client.id)
         .ok_or_else(|| ApiError::unavailable("authenticated client vanished"))?;
     let caller = entry.spec.workload.clone();
-    let deny = |code: OAuthCode, reason: String, target: Option<&str>| {
-        let event = AuditEvent {
-            kind: "token.denied".into(),
-            actor: client.id.clone(),
-            subject: caller.to_string(),
-            outcome: "denied".into(),
-            detail: json!({"error": code.as_str(), "reason": reason, "target": target, "grant_type": CLIENT_CREDENTIALS}),
-        };
-        (event, ApiError::oauth(code, reason))
-    };
-    let decision = decide(snap, issuer, &caller, form);
-    let (target, scopes, ttl) = match decision {
-        Ok(d) => d,
-        Err((code, reason, target)) => {
-            let (event, err) = deny(code, reason, target.as_deref());
+    let minted = match mint(
+        snap,
+        issuer,
+        &caller,
+        &client.id,
+        client.method,
+        form,
+        CLIENT_CREDENTIALS,
+    ) {
+        Ok(m) => m,
+        Err((event, err)) => {
             return match record(app, &client, event).await {
                 // A replayed assertion is refused as such, whatever else was wrong.
                 Err(replay @ ApiError::Client { .. }) => Err(replay),
@@ -589,20 +596,87 @@ async fn client_credentials(
             };
         }
     };
+    // Fail closed: the token leaves only once its record is durable.
+    record(app, &client, minted.event.clone()).await?;
+    Ok(minted.response())
+}
+
+/// An access token signed and its audit record, not yet written.
+#[derive(Debug)]
+pub struct Minted {
+    pub token: String,
+    pub claims: AccessTokenClaims,
+    pub ttl: i64,
+    pub event: AuditEvent,
+}
+
+impl Minted {
+    /// The RFC 6749 §5.1 response body.
+    pub fn response(&self) -> Value {
+        let mut body = serde_json::Map::new();
+        body.insert("access_token".into(), self.token.clone().into());
+        body.insert("token_type".into(), "Bearer".into());
+        body.insert("expires_in".into(), self.ttl.into());
+        body.insert(
+            "issued_token_type".into(),
+            "urn:ietf:params:oauth:token-type:access_token".into(),
+        );
+        if !self.claims.scope.is_empty() {
+            body.insert("scope".into(), self.claims.scope.clone().into());
+        }
+        Value::Object(body)
+    }
+}
+
+/// Decides and signs an access token for `caller`, whoever authenticated it (an OAuth client, or
+/// a node agent that attested the process). On refusal, the denial's audit event and the error.
+pub fn mint(
+    snap: &Snapshot,
+    issuer: &Issuer,
+    caller: &SpiffeId,
+    client_id: &str,
+    auth: &str,
+    form: &Form,
+    grant_type: &str,
+) -> Result<Minted, (AuditEvent, ApiError)> {
+    let deny = |code: OAuthCode, reason: String, target: Option<&str>| {
+        let event = AuditEvent {
+            kind: "token.denied".into(),
+            actor: client_id.to_owned(),
+            subject: caller.to_string(),
+            outcome: "denied".into(),
+            detail: json!({"error": code.as_str(), "reason": reason, "target": target, "grant_type": grant_type}),
+        };
+        (event, ApiError::oauth(code, reason))
+    };
+    let (target, scopes, ttl) = decide(snap, issuer, caller, form)
+        .map_err(|(code, reason, target)| deny(code, reason, target.as_deref()))?;
+    let now = tessera_core::now_unix();
+    let unavailable = |e: String| {
+        (
+            AuditEvent {
+                kind: "token.failed".into(),
+                actor: client_id.to_owned(),
+                subject: caller.to_string(),
+                outcome: "error".into(),
+                detail: json!({"reason": e}),
+            },
+            ApiError::unavailable(e),
+        )
+    };
     let signing = snap
         .keys
-        .signing(&issuer.td, tessera_core::now_unix())
-        .ok_or_else(|| ApiError::unavailable(format!("no signing key for `{}`", issuer.td)))?;
-    let now = tessera_core::now_unix();
+        .signing(&issuer.td, now)
+        .ok_or_else(|| unavailable(format!("no signing key for `{}`", issuer.td)))?;
     let jti = tessera_token::strict::b64_encode(
-        tessera_token::seal::random_bytes::<16>().map_err(ApiError::unavailable)?,
+        tessera_token::seal::random_bytes::<16>().map_err(|e| unavailable(e.to_string()))?,
     );
-    let workload = snap.workloads.get(&caller);
+    let workload = snap.workloads.get(caller);
     let claims = AccessTokenClaims {
         iss: issuer.url.clone(),
         sub: caller.to_string(),
         aud: target.to_string(),
-        client_id: client.id.clone(),
+        client_id: client_id.to_owned(),
         scope: Scope::join(&scopes),
         iat: now,
         exp: now + ttl,
@@ -611,33 +685,22 @@ async fn client_credentials(
             .and_then(|w| w.spec.environment.as_ref())
             .map(ToString::to_string),
     };
-    let token = sign(&signing.key, TYP_ACCESS_TOKEN, &claims).map_err(ApiError::unavailable)?;
-    // Fail closed: the token leaves only once its record is durable.
-    record(
-        app,
-        &client,
-        AuditEvent {
-            kind: "token.issued".into(),
-            actor: client.id.clone(),
-            subject: caller.to_string(),
-            outcome: "ok".into(),
-            detail: json!({"jti": jti, "aud": claims.aud, "scope": claims.scope, "exp": claims.exp,
-                           "grant_type": CLIENT_CREDENTIALS, "auth": client.method, "iss": claims.iss}),
-        },
-    )
-    .await?;
-    let mut body = serde_json::Map::new();
-    body.insert("access_token".into(), token.into());
-    body.insert("token_type".into(), "Bearer".into());
-    body.insert("expires_in".into(), ttl.into());
-    body.insert(
-        "issued_token_type".into(),
-        "urn:ietf:params:oauth:token-type:access_token".into(),
-    );
-    if !claims.scope.is_empty() {
-        body.insert("scope".into(), claims.scope.into());
-    }
-    Ok(Value::Object(body))
+    let token =
+        sign(&signing.key, TYP_ACCESS_TOKEN, &claims).map_err(|e| unavailable(e.to_string()))?;
+    let event = AuditEvent {
+        kind: "token.issued".into(),
+        actor: client_id.to_owned(),
+        subject: caller.to_string(),
+        outcome: "ok".into(),
+        detail: json!({"jti": jti, "aud": claims.aud, "scope": claims.scope, "exp": claims.exp,
+                       "grant_type": grant_type, "auth": auth, "iss": claims.iss}),
+    };
+    Ok(Minted {
+        token,
+        claims,
+        ttl,
+        event,
+    })
 }
 
 type Denial = (OAuthCode, String, Option<String>);

@@ -6,13 +6,80 @@ use std::sync::Arc;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
+use tessera_core::agent_api::Registration;
 use tessera_core::manifest::{Client, Grant, PolicyFile, Trust};
 use tessera_core::SpiffeId;
 use tessera_policy::PolicyEngine;
-use tessera_store::{SecretRecord, StoredState, WorkloadRecord};
+use tessera_store::{AgentRecord, SecretRecord, StoredState, WorkloadRecord};
 use tessera_verify::KeySet;
 
+use crate::ca::CaRing;
 use crate::keys::KeyRing;
+
+/// Tombstones kept for incremental agent sync; older removals mean a full resync.
+const MAX_TOMBSTONES: usize = 50_000;
+
+/// Registration entries with the state version at which each last changed, so that an agent
+/// asks "what changed since version N" instead of downloading every entry.
+#[derive(Debug, Default)]
+pub struct Registrations {
+    pub entries: HashMap<SpiffeId, Registration>,
+    /// Entries removed (or whose workload was revoked or lost its selectors), with the version.
+    pub removed: Vec<(SpiffeId, i64)>,
+    /// This server can answer "since N" incrementally only for N at or after this version.
+    pub horizon: i64,
+}
+
+impl Registrations {
+    fn build(version: i64, workloads: &[WorkloadRecord], previous: Option<&Registrations>) -> Self {
+        let mut entries = HashMap::new();
+        for w in workloads {
+            if w.revoked_at.is_some() || w.spec.selectors.is_empty() {
+                continue;
+            }
+            let mut reg = Registration {
+                spiffe_id: w.spec.id.clone(),
+                selectors: w.spec.selectors.clone(),
+                x509_ttl_secs: w.spec.x509_ttl.as_secs(),
+                jwt_ttl_secs: w.spec.jwt_ttl.as_secs(),
+                revision: version,
+            };
+            if let Some(old) = previous.and_then(|p| p.entries.get(&w.spec.id)) {
+                let same = Registration {
+                    revision: old.revision,
+                    ..reg.clone()
+                };
+                if &same == old {
+                    reg.revision = old.revision;
+                }
+            }
+            entries.insert(w.spec.id.clone(), reg);
+        }
+        let (mut removed, mut horizon) = match previous {
+            Some(p) => (p.removed.clone(), p.horizon),
+            None => (Vec::new(), version),
+        };
+        if let Some(p) = previous {
+            for id in p.entries.keys() {
+                if !entries.contains_key(id) {
+                    removed.push((id.clone(), version));
+                }
+            }
+        }
+        if removed.len() > MAX_TOMBSTONES {
+            let cut = removed.len() - MAX_TOMBSTONES;
+            let dropped: Vec<_> = removed.drain(..cut).collect();
+            if let Some((_, v)) = dropped.last() {
+                horizon = horizon.max(*v);
+            }
+        }
+        Self {
+            entries,
+            removed,
+            horizon,
+        }
+    }
+}
 
 #[derive(Debug)]
 pub struct ClientEntry {
@@ -37,6 +104,9 @@ pub struct Snapshot {
     pub engine: Arc<PolicyEngine>,
     pub revoked_jtis: HashSet<String>,
     pub keys: KeyRing,
+    pub cas: CaRing,
+    pub agents: HashMap<String, AgentRecord>,
+    pub registrations: Registrations,
 }
 
 impl Snapshot {
@@ -45,8 +115,15 @@ impl Snapshot {
         state: StoredState,
         revoked: Vec<(String, i64)>,
         keys: KeyRing,
+        cas: CaRing,
         previous: Option<&Snapshot>,
     ) -> Result<Arc<Self>, tessera_policy::PolicyError> {
+        // The empty snapshot made before the first load has no history worth diffing against.
+        let registrations = Registrations::build(
+            version,
+            &state.workloads,
+            previous.filter(|p| p.version > 0).map(|p| &p.registrations),
+        );
         let reusable = previous.filter(|p| {
             p.grants == state.grants
                 && p.policies == state.policies
@@ -111,6 +188,13 @@ impl Snapshot {
             engine,
             revoked_jtis: revoked.into_iter().map(|(j, _)| j).collect(),
             keys,
+            cas,
+            agents: state
+                .agents
+                .into_iter()
+                .map(|a| (a.id.clone(), a))
+                .collect(),
+            registrations,
         }))
     }
 

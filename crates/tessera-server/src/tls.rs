@@ -1,5 +1,7 @@
-//! TLS for the API when not in `--dev`: a configured certificate, or one the server makes for
-//! itself on first start under `DATA/tls/` (its CA in `DATA/tls/ca.pem` for clients to trust).
+//! TLS for the API: a configured certificate, or one the server makes for itself on first start
+//! under `DATA/tls/` (its CA in `DATA/tls/ca.pem` for clients to trust). Node agents present
+//! their X.509-SVIDs as client certificates (optional for everyone else). A `--dev` server on
+//! loopback accepts plain HTTP and TLS on the same port, told apart by the first byte.
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -26,7 +28,14 @@ fn tls_err(e: impl std::fmt::Display) -> StartError {
     StartError::Tls(e.to_string())
 }
 
-pub fn load_or_create(config: &ServerConfig) -> Result<Tls, StartError> {
+/// The verified certificate chain a client presented (a node agent's SVID), per connection.
+#[derive(Debug, Clone)]
+pub struct PeerCertificates(pub Arc<Vec<CertificateDer<'static>>>);
+
+pub fn load_or_create(
+    config: &ServerConfig,
+    bundles: Arc<dyn tessera_ca::BundleSource>,
+) -> Result<Tls, StartError> {
     let (cert, key, ca_path) = match (&config.tls_cert, &config.tls_key) {
         (Some(c), Some(k)) => (c.clone(), k.clone(), None),
         _ => {
@@ -52,7 +61,9 @@ pub fn load_or_create(config: &ServerConfig) -> Result<Tls, StartError> {
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(tls_err)?
-        .with_no_client_auth()
+        .with_client_cert_verifier(Arc::new(tessera_ca::SpiffeClientVerifier::new(
+            bundles, false,
+        )))
         .with_single_cert(chain, key_der)
         .map_err(tls_err)?;
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
@@ -113,9 +124,13 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), StartError> {
     f.write_all(bytes).map_err(tls_err)
 }
 
+/// The first byte of a TLS connection (a handshake record).
+const TLS_HANDSHAKE: u8 = 0x16;
+
 pub fn serve(
     tcp: tokio::net::TcpListener,
     config: Arc<rustls::ServerConfig>,
+    allow_plain: bool,
     router: Router,
     mut stop: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
@@ -132,9 +147,26 @@ pub fn serve(
                 },
                 _ = stop.wait_for(|s| *s) => return,
             };
+            let _ = stream.set_nodelay(true);
             let acceptor = acceptor.clone();
             let router = router.clone();
             tokio::spawn(async move {
+                if allow_plain {
+                    let mut first = [0u8; 1];
+                    let peeked = tokio::time::timeout(
+                        std::time::Duration::from_secs(10),
+                        stream.peek(&mut first),
+                    )
+                    .await;
+                    match peeked {
+                        Ok(Ok(1)) if first[0] != TLS_HANDSHAKE => {
+                            serve_connection(TokioIo::new(stream), router).await;
+                            return;
+                        }
+                        Ok(Ok(1)) => {}
+                        _ => return,
+                    }
+                }
                 let handshake = tokio::time::timeout(
                     std::time::Duration::from_secs(10),
                     acceptor.accept(stream),
@@ -144,14 +176,28 @@ pub fn serve(
                     tracing::debug!("TLS handshake failed or timed out");
                     return;
                 };
-                let service = TowerToHyperService::new(router);
-                if let Err(e) = auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(tls), service)
-                    .await
-                {
-                    tracing::debug!(error = %e, "connection ended with an error");
-                }
+                let peer = tls.get_ref().1.peer_certificates().map(|c| {
+                    PeerCertificates(Arc::new(c.iter().map(|c| c.clone().into_owned()).collect()))
+                });
+                let router = match peer {
+                    Some(p) => router.layer(axum::Extension(p)),
+                    None => router,
+                };
+                serve_connection(TokioIo::new(tls), router).await;
             });
         }
     })
+}
+
+async fn serve_connection<I>(io: TokioIo<I>, router: Router)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = TowerToHyperService::new(router);
+    if let Err(e) = auto::Builder::new(TokioExecutor::new())
+        .serve_connection(io, service)
+        .await
+    {
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
 }

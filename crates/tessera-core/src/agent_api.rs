@@ -1,0 +1,121 @@
+//! The messages between node agents and the authority (`/agent/v1/...`, JSON over mTLS). One
+//! definition for both sides. Certificates and CSRs travel as base64 (standard) DER.
+
+use serde::{Deserialize, Serialize};
+
+use crate::manifest::Selector;
+use crate::{AgentId, SpiffeId};
+
+/// What an agent may hand out: a workload's SPIFFE ID to the processes its selectors match.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Registration {
+    pub spiffe_id: SpiffeId,
+    pub selectors: Vec<Selector>,
+    pub x509_ttl_secs: u64,
+    pub jwt_ttl_secs: u64,
+    /// The state version at which this entry last changed.
+    pub revision: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JoinRequest {
+    pub join_token: String,
+    pub csr: String,
+}
+
+/// An SVID and the trust bundle it chains to.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AgentSvid {
+    pub agent_id: AgentId,
+    pub spiffe_id: SpiffeId,
+    /// Leaf first.
+    pub chain: Vec<String>,
+    pub not_after: i64,
+    pub bundle: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenewRequest {
+    pub csr: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SyncResponse {
+    /// Ask again with `since` = this.
+    pub version: i64,
+    /// True when `registrations` is the whole set (the agent drops what it had).
+    pub full: bool,
+    pub registrations: Vec<Registration>,
+    pub removed: Vec<SpiffeId>,
+    /// The X.509 authorities of the agent's trust domain (DER, base64).
+    pub x509_authorities: Vec<String>,
+    /// The JWT-SVID signing keys of the agent's trust domain (a JWKS).
+    pub jwt_keys: serde_json::Value,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignItem {
+    pub spiffe_id: SpiffeId,
+    pub csr: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignRequest {
+    pub csrs: Vec<SignItem>,
+}
+
+/// One CSR's outcome: a chain, or why not.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SignedItem {
+    pub spiffe_id: SpiffeId,
+    #[serde(default)]
+    pub chain: Vec<String>,
+    #[serde(default)]
+    pub serial: String,
+    #[serde(default)]
+    pub not_after: i64,
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SignResponse {
+    pub svids: Vec<SignedItem>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtSvidRequest {
+    pub spiffe_id: SpiffeId,
+    pub audience: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JwtSvidResponse {
+    pub token: String,
+    pub expires_at: i64,
+}
+
+/// An access token for a workload the agent attested (the managed-identity endpoint).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRequest {
+    pub spiffe_id: SpiffeId,
+    pub resource: String,
+    #[serde(default)]
+    pub scope: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenResponse {
+    pub access_token: String,
+    pub expires_in: i64,
+    pub expires_at: i64,
+    /// The target's canonical SPIFFE ID.
+    pub audience: String,
+    pub scope: String,
+}

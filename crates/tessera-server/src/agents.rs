@@ -1,0 +1,619 @@
+//! The node agents' API (`/agent/v1/...`): joining with a one-time token, then, authenticated by
+//! the agent's own X.509-SVID over mTLS, renewing it, syncing registrations incrementally,
+//! signing workload SVIDs from CSRs, and minting JWT-SVIDs and access tokens for workloads the
+//! agent attested.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Query, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use serde::Deserialize;
+use serde_json::json;
+use tessera_core::agent_api::{
+    AgentSvid, JoinRequest, JwtSvidRequest, JwtSvidResponse, Registration, RenewRequest,
+    SignRequest, SignResponse, SignedItem, SyncResponse, TokenRequest, TokenResponse,
+};
+use tessera_core::{AgentId, SpiffeId, TrustDomain};
+use tessera_store::{AgentRecord, AuditEvent, Op, StoreError, SvidRecord};
+
+use crate::error::ApiError;
+use crate::oauth::{mint, Form, Issuer};
+use crate::state::Snapshot;
+use crate::tls::PeerCertificates;
+use crate::App;
+
+/// The most CSRs one sign request may carry.
+const MAX_SIGN_BATCH: usize = 1000;
+/// The longest a sync request waits for a change.
+const MAX_SYNC_WAIT: u64 = 60;
+
+pub fn routes() -> Router<Arc<App>> {
+    Router::new()
+        .route("/join", post(join))
+        .route("/renew", post(renew))
+        .route("/sync", get(sync))
+        .route("/sign", post(sign))
+        .route("/jwt-svid", post(jwt_svid))
+        .route("/token", post(token))
+        .route("/server-ca", get(server_ca))
+}
+
+/// An agent authenticated by its SVID (chain validated in the TLS handshake against its trust
+/// domain's bundle), known and not revoked.
+struct Agent {
+    id: AgentId,
+    td: TrustDomain,
+    spiffe_id: SpiffeId,
+}
+
+fn unauthenticated(why: impl Into<String>) -> ApiError {
+    ApiError::Client {
+        description: why.into(),
+        basic: false,
+    }
+}
+
+fn agent_of(
+    app: &App,
+    snap: &Snapshot,
+    peer: Option<Extension<PeerCertificates>>,
+) -> Result<Agent, ApiError> {
+    let Some(Extension(PeerCertificates(chain))) = peer else {
+        return Err(unauthenticated(
+            "this endpoint needs a node agent's X.509-SVID as TLS client certificate",
+        ));
+    };
+    let leaf = chain
+        .first()
+        .ok_or_else(|| unauthenticated("no client certificate"))?;
+    let spiffe_id = tessera_ca::leaf_spiffe_id(leaf).map_err(|e| unauthenticated(e.to_string()))?;
+    let id = AgentId::from_spiffe_id(&spiffe_id)
+        .ok_or_else(|| ApiError::Forbidden(format!("`{spiffe_id}` is not a node agent")))?;
+    let td = spiffe_id.trust_domain();
+    if app.serves(td.as_str()).is_none() {
+        return Err(ApiError::Forbidden(format!(
+            "trust domain `{td}` is not served here"
+        )));
+    }
+    match snap.agents.get(id.as_str()) {
+        Some(a) if a.trust_domain == td.as_str() && a.revoked_at.is_none() => {
+            Ok(Agent { id, td, spiffe_id })
+        }
+        Some(a) if a.revoked_at.is_some() => Err(ApiError::Forbidden(format!(
+            "agent `{id}` has been revoked"
+        ))),
+        _ => Err(ApiError::Forbidden(format!(
+            "agent `{id}` is not registered"
+        ))),
+    }
+}
+
+fn decode_b64(what: &str, s: &str) -> Result<Vec<u8>, ApiError> {
+    STANDARD
+        .decode(s)
+        .map_err(|_| ApiError::BadRequest(format!("`{what}` is not base64")))
+}
+
+fn bundle_b64(snap: &Snapshot, td: &TrustDomain, now: i64) -> Vec<String> {
+    snap.cas
+        .published(td, now)
+        .iter()
+        .map(|c| STANDARD.encode(c))
+        .collect()
+}
+
+fn audit(kind: &str, actor: &str, subject: &str, detail: serde_json::Value) -> AuditEvent {
+    AuditEvent {
+        kind: kind.into(),
+        actor: actor.into(),
+        subject: subject.into(),
+        outcome: "ok".into(),
+        detail,
+    }
+}
+
+/// The join token's stored form: a keyed hash, so the database never holds a usable token.
+pub fn join_token_hash(app: &App, token: &str) -> String {
+    app.hmac_secret(&format!("join:{token}"))
+}
+
+/// Signs an agent's own SVID from its CSR.
+fn sign_agent(
+    snap: &Snapshot,
+    td: &TrustDomain,
+    spiffe_id: &SpiffeId,
+    csr_b64: &str,
+    ttl: i64,
+    now: i64,
+) -> Result<tessera_ca::IssuedSvid, ApiError> {
+    let csr = decode_b64("csr", csr_b64)?;
+    let ca = snap
+        .cas
+        .signing(td, now)
+        .ok_or_else(|| ApiError::unavailable(format!("no CA signs for `{td}`")))?;
+    ca.ca
+        .sign_csr(&csr, spiffe_id, now, ttl)
+        .map_err(|e| ApiError::BadRequest(e.to_string()))
+}
+
+async fn join(State(app): State<Arc<App>>, Json(req): Json<JoinRequest>) -> Response {
+    let result = async {
+        let now = tessera_core::now_unix();
+        let hash = join_token_hash(&app, req.join_token.trim());
+        let refused = || unauthenticated("the join token is unknown, expired or already used");
+        let Some(record) = app.store.join_token(&hash).await? else {
+            return Err(refused());
+        };
+        if record.expires_at <= now {
+            return Err(unauthenticated("the join token has expired"));
+        }
+        let td = TrustDomain::parse(&record.trust_domain)
+            .map_err(|e| ApiError::unavailable(e.to_string()))?;
+        let agent_id =
+            AgentId::parse(&record.agent_id).map_err(|e| ApiError::unavailable(e.to_string()))?;
+        let spiffe_id = agent_id
+            .spiffe_id(&td)
+            .map_err(|e| ApiError::unavailable(e.to_string()))?;
+        let snap = app.snapshot();
+        let ttl = i64::try_from(app.config.agent_svid_ttl.as_secs()).unwrap_or(3600);
+        let svid = sign_agent(&snap, &td, &spiffe_id, &req.csr, ttl, now)?;
+        let ops = [
+            Op::RedeemJoinToken {
+                token_hash: hash,
+                at: now,
+            },
+            Op::InsertAgent(AgentRecord {
+                id: agent_id.to_string(),
+                trust_domain: td.to_string(),
+                joined_at: now,
+                svid_serial: svid.serial.clone(),
+                svid_not_after: svid.not_after,
+                last_seen: now,
+                revoked_at: None,
+            }),
+            Op::RecordSvids(vec![SvidRecord {
+                serial: svid.serial.clone(),
+                spiffe_id: spiffe_id.to_string(),
+                agent_id: agent_id.to_string(),
+                issued_at: now,
+                not_after: svid.not_after,
+            }]),
+        ];
+        let event = audit(
+            "agent.joined",
+            spiffe_id.as_str(),
+            spiffe_id.as_str(),
+            json!({"agent": agent_id, "serial": svid.serial, "not_after": svid.not_after, "attestation": "join_token"}),
+        );
+        match app.store.commit(&ops, &[event]).await {
+            Err(StoreError::Conflict(_)) => return Err(refused()),
+            r => r?,
+        };
+        if let Err(e) = app.reload().await {
+            tracing::error!(error = %e, "agent joined, reload failed; the next poll retries");
+        }
+        let snap = app.snapshot();
+        Ok(AgentSvid {
+            agent_id,
+            spiffe_id,
+            chain: vec![STANDARD.encode(&svid.cert)],
+            not_after: svid.not_after,
+            bundle: bundle_b64(&snap, &td, now),
+        })
+    }
+    .await;
+    match result {
+        Ok(body) => Json(body).into_response(),
+        Err(e) => {
+            let event = AuditEvent {
+                kind: "agent.join_refused".into(),
+                actor: "anonymous".into(),
+                subject: "agent".into(),
+                outcome: "denied".into(),
+                detail: json!({"reason": e.to_string()}),
+            };
+            if let Err(err) = app.audit.append(event).await {
+                tracing::error!(error = %err, "could not record a refused join");
+            }
+            e.into_response()
+        }
+    }
+}
+
+async fn renew(
+    State(app): State<Arc<App>>,
+    peer: Option<Extension<PeerCertificates>>,
+    Json(req): Json<RenewRequest>,
+) -> Response {
+    let result = async {
+        let snap = app.snapshot();
+        let agent = agent_of(&app, &snap, peer)?;
+        let now = tessera_core::now_unix();
+        let ttl = i64::try_from(app.config.agent_svid_ttl.as_secs()).unwrap_or(3600);
+        let svid = sign_agent(&snap, &agent.td, &agent.spiffe_id, &req.csr, ttl, now)?;
+        let ops = [
+            Op::RenewAgent {
+                id: agent.id.to_string(),
+                svid_serial: svid.serial.clone(),
+                svid_not_after: svid.not_after,
+                at: now,
+            },
+            Op::RecordSvids(vec![SvidRecord {
+                serial: svid.serial.clone(),
+                spiffe_id: agent.spiffe_id.to_string(),
+                agent_id: agent.id.to_string(),
+                issued_at: now,
+                not_after: svid.not_after,
+            }]),
+        ];
+        let event = audit(
+            "agent.renewed",
+            agent.spiffe_id.as_str(),
+            agent.spiffe_id.as_str(),
+            json!({"agent": agent.id, "serial": svid.serial, "not_after": svid.not_after}),
+        );
+        match app.store.commit(&ops, &[event]).await {
+            Err(StoreError::Conflict(m)) => return Err(ApiError::Forbidden(m)),
+            r => r?,
+        };
+        Ok(AgentSvid {
+            agent_id: agent.id,
+            spiffe_id: agent.spiffe_id,
+            chain: vec![STANDARD.encode(&svid.cert)],
+            not_after: svid.not_after,
+            bundle: bundle_b64(&snap, &agent.td, now),
+        })
+    }
+    .await;
+    match result {
+        Ok(body) => Json(body).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Whether `agent` may hand out `reg`'s SVIDs.
+fn visible(reg: &Registration, snap: &Snapshot, agent: &Agent) -> bool {
+    reg.spiffe_id.trust_domain_str() == agent.td.as_str()
+        && snap
+            .workloads
+            .get(&reg.spiffe_id)
+            .is_some_and(|w| w.spec.nodes.is_empty() || w.spec.nodes.contains(&agent.id))
+}
+
+#[derive(Debug, Deserialize)]
+struct SyncQuery {
+    #[serde(default = "minus_one")]
+    since: i64,
+    #[serde(default)]
+    wait: u64,
+}
+
+fn minus_one() -> i64 {
+    -1
+}
+
+/// `GET /agent/v1/sync?since=N&wait=S`: what changed since state version N, waiting up to S
+/// seconds for a change when there is none yet (a long poll, so a change reaches agents at once
+/// and idle agents cost nothing).
+async fn sync(
+    State(app): State<Arc<App>>,
+    peer: Option<Extension<PeerCertificates>>,
+    Query(q): Query<SyncQuery>,
+) -> Response {
+    let result: Result<SyncResponse, ApiError> = async {
+        let agent = agent_of(&app, &app.snapshot(), peer)?;
+        if q.wait > 0 && app.snapshot().version <= q.since {
+            let mut rx = app.changes.subscribe();
+            let wait = Duration::from_secs(q.wait.min(MAX_SYNC_WAIT));
+            let _ = tokio::time::timeout(wait, rx.wait_for(|v| *v > q.since)).await;
+        }
+        let snap = app.snapshot();
+        let regs = &snap.registrations;
+        let full = q.since < regs.horizon;
+        let mut registrations = Vec::new();
+        let mut removed = Vec::new();
+        for reg in regs.entries.values() {
+            if !full && reg.revision <= q.since {
+                continue;
+            }
+            if visible(reg, &snap, &agent) {
+                registrations.push(reg.clone());
+            } else if !full {
+                removed.push(reg.spiffe_id.clone());
+            }
+        }
+        if !full {
+            removed.extend(
+                regs.removed
+                    .iter()
+                    .filter(|(id, v)| *v > q.since && id.trust_domain_str() == agent.td.as_str())
+                    .map(|(id, _)| id.clone()),
+            );
+        }
+        let now = tessera_core::now_unix();
+        let jwt_keys = tessera_token::JwkSet::from_keys(snap.keys.published(&agent.td, now));
+        Ok(SyncResponse {
+            version: snap.version,
+            full,
+            registrations,
+            removed,
+            x509_authorities: bundle_b64(&snap, &agent.td, now),
+            jwt_keys: serde_json::to_value(jwt_keys)
+                .map_err(|e| ApiError::unavailable(e.to_string()))?,
+        })
+    }
+    .await;
+    match result {
+        Ok(body) => Json(body).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// The registration `id` if `agent` may hand it out.
+fn registration<'a>(
+    snap: &'a Snapshot,
+    agent: &Agent,
+    id: &SpiffeId,
+) -> Result<&'a Registration, String> {
+    snap.registrations
+        .entries
+        .get(id)
+        .filter(|r| visible(r, snap, agent))
+        .ok_or_else(|| format!("`{id}` is not registered for agent `{}`", agent.id))
+}
+
+/// `POST /agent/v1/sign`: X.509-SVIDs for workloads registered to this agent, from CSRs made
+/// on the node (private keys never leave it). Signed on blocking threads, recorded and audited
+/// in one commit before any is returned.
+async fn sign(
+    State(app): State<Arc<App>>,
+    peer: Option<Extension<PeerCertificates>>,
+    Json(req): Json<SignRequest>,
+) -> Response {
+    let result = async {
+        let snap = app.snapshot();
+        let agent = agent_of(&app, &snap, peer)?;
+        if req.csrs.len() > MAX_SIGN_BATCH {
+            return Err(ApiError::BadRequest(format!(
+                "at most {MAX_SIGN_BATCH} CSRs per request"
+            )));
+        }
+        let now = tessera_core::now_unix();
+        let ca = snap
+            .cas
+            .signing(&agent.td, now)
+            .ok_or_else(|| ApiError::unavailable(format!("no CA signs for `{}`", agent.td)))?
+            .ca
+            .clone();
+        // Resolve every item first (cheap), then sign in parallel chunks (about 60 µs each).
+        let jobs: Vec<(SpiffeId, Result<(Vec<u8>, i64), String>)> = req
+            .csrs
+            .into_iter()
+            .map(|item| {
+                let job = registration(&snap, &agent, &item.spiffe_id).and_then(|reg| {
+                    let csr = STANDARD
+                        .decode(&item.csr)
+                        .map_err(|_| "`csr` is not base64".to_owned())?;
+                    Ok((csr, i64::try_from(reg.x509_ttl_secs).unwrap_or(3600)))
+                });
+                (item.spiffe_id, job)
+            })
+            .collect();
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let chunk = jobs.len().div_ceil(threads).max(1);
+        let mut handles = Vec::new();
+        let mut jobs = jobs.into_iter();
+        loop {
+            let part: Vec<_> = jobs.by_ref().take(chunk).collect();
+            if part.is_empty() {
+                break;
+            }
+            let ca = ca.clone();
+            handles.push(tokio::task::spawn_blocking(move || {
+                part.into_iter()
+                    .map(|(id, job)| {
+                        let out = job.and_then(|(csr, ttl)| {
+                            ca.sign_csr(&csr, &id, now, ttl).map_err(|e| e.to_string())
+                        });
+                        (id, out)
+                    })
+                    .collect::<Vec<_>>()
+            }));
+        }
+        let mut items = Vec::new();
+        let mut records = Vec::new();
+        let mut events = Vec::new();
+        for h in handles {
+            let part = h
+                .await
+                .map_err(|e| ApiError::unavailable(format!("signing task failed: {e}")))?;
+            for (id, out) in part {
+                match out {
+                    Ok(svid) => {
+                        records.push(SvidRecord {
+                            serial: svid.serial.clone(),
+                            spiffe_id: id.to_string(),
+                            agent_id: agent.id.to_string(),
+                            issued_at: now,
+                            not_after: svid.not_after,
+                        });
+                        events.push(audit(
+                            "svid.issued",
+                            agent.spiffe_id.as_str(),
+                            id.as_str(),
+                            json!({"kind": "x509", "serial": svid.serial, "not_after": svid.not_after, "agent": agent.id}),
+                        ));
+                        items.push(SignedItem {
+                            spiffe_id: id,
+                            chain: vec![STANDARD.encode(&svid.cert)],
+                            serial: svid.serial,
+                            not_after: svid.not_after,
+                            error: None,
+                        });
+                    }
+                    Err(e) => {
+                        events.push(AuditEvent {
+                            kind: "svid.denied".into(),
+                            actor: agent.spiffe_id.to_string(),
+                            subject: id.to_string(),
+                            outcome: "denied".into(),
+                            detail: json!({"kind": "x509", "reason": e, "agent": agent.id}),
+                        });
+                        items.push(SignedItem {
+                            spiffe_id: id,
+                            chain: Vec::new(),
+                            serial: String::new(),
+                            not_after: 0,
+                            error: Some(e),
+                        });
+                    }
+                }
+            }
+        }
+        // Fail closed: nothing is handed out unless its record and audit are durable.
+        app.store
+            .commit(&[Op::RecordSvids(records)], &events)
+            .await
+            .inspect_err(|_| {
+                app.metrics.audit_failures.inc();
+            })?;
+        app.metrics.svids_issued.inc_by(
+            u64::try_from(items.iter().filter(|i| i.error.is_none()).count()).unwrap_or(0),
+        );
+        Ok(SignResponse { svids: items })
+    }
+    .await;
+    match result {
+        Ok(body) => Json(body).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `POST /agent/v1/jwt-svid`: a JWT-SVID (SPIFFE JWT-SVID §2, §3: `typ` `JWT`, `kid` set, `sub`,
+/// `aud`, `exp`, and `iat`, `jti`), signed by the trust domain's current key.
+async fn jwt_svid(
+    State(app): State<Arc<App>>,
+    peer: Option<Extension<PeerCertificates>>,
+    Json(req): Json<JwtSvidRequest>,
+) -> Response {
+    let result = async {
+        let snap = app.snapshot();
+        let agent = agent_of(&app, &snap, peer)?;
+        let reg = registration(&snap, &agent, &req.spiffe_id).map_err(ApiError::Forbidden)?;
+        if req.audience.is_empty()
+            || req.audience.len() > 10
+            || req.audience.iter().any(|a| a.is_empty() || a.len() > 512)
+        {
+            return Err(ApiError::BadRequest(
+                "a JWT-SVID needs 1 to 10 audiences, each 1 to 512 characters".into(),
+            ));
+        }
+        let now = tessera_core::now_unix();
+        let key = snap.keys.signing(&agent.td, now).ok_or_else(|| {
+            ApiError::unavailable(format!("no signing key for `{}`", agent.td))
+        })?;
+        let exp = now + i64::try_from(reg.jwt_ttl_secs).unwrap_or(300);
+        let jti = tessera_token::strict::b64_encode(
+            tessera_token::seal::random_bytes::<16>().map_err(ApiError::unavailable)?,
+        );
+        let aud = match req.audience.as_slice() {
+            [one] => json!(one),
+            many => json!(many),
+        };
+        let claims = json!({"sub": req.spiffe_id, "aud": aud, "exp": exp, "iat": now, "jti": jti});
+        let token = tessera_token::sign(&key.key, "JWT", &claims).map_err(ApiError::unavailable)?;
+        app.audit
+            .append(audit(
+                "svid.issued",
+                agent.spiffe_id.as_str(),
+                req.spiffe_id.as_str(),
+                json!({"kind": "jwt", "jti": jti, "aud": req.audience, "exp": exp, "agent": agent.id}),
+            ))
+            .await
+            .inspect_err(|_| {
+                app.metrics.audit_failures.inc();
+            })?;
+        Ok(JwtSvidResponse {
+            token,
+            expires_at: exp,
+        })
+    }
+    .await;
+    match result {
+        Ok(body) => Json(body).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `POST /agent/v1/token`: an access token for a workload the agent attested, under the same
+/// grants and policies as any other caller.
+async fn token(
+    State(app): State<Arc<App>>,
+    peer: Option<Extension<PeerCertificates>>,
+    Json(req): Json<TokenRequest>,
+) -> Response {
+    let result = async {
+        let snap = app.snapshot();
+        let agent = agent_of(&app, &snap, peer)?;
+        registration(&snap, &agent, &req.spiffe_id).map_err(ApiError::Forbidden)?;
+        let issuer = Issuer {
+            td: agent.td.clone(),
+            url: app.issuer_urls(&agent.td).swap_remove(0),
+        };
+        let form = Form::for_target(&req.resource, req.scope.as_deref());
+        let minted = match mint(
+            &snap,
+            &issuer,
+            &req.spiffe_id,
+            req.spiffe_id.as_str(),
+            "node_agent",
+            &form,
+            "managed_identity",
+        ) {
+            Ok(m) => m,
+            Err((mut event, err)) => {
+                event.actor = agent.spiffe_id.to_string();
+                if let Err(e) = app.audit.append(event).await {
+                    tracing::error!(error = %e, "could not record a token denial");
+                }
+                return Err(err);
+            }
+        };
+        let mut event = minted.event.clone();
+        event.actor = agent.spiffe_id.to_string();
+        app.audit.append(event).await.inspect_err(|_| {
+            app.metrics.audit_failures.inc();
+        })?;
+        Ok(TokenResponse {
+            access_token: minted.token,
+            expires_in: minted.ttl,
+            expires_at: minted.claims.exp,
+            audience: minted.claims.aud,
+            scope: minted.claims.scope,
+        })
+    }
+    .await;
+    match result {
+        Ok(body) => Json(body).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `GET /agent/v1/server-ca`: the API's TLS CA, served only by a `--dev` server (on loopback),
+/// so an agent pointed at `http://` can switch to mTLS; elsewhere agents get it by
+/// `--trust-bundle`.
+async fn server_ca(State(app): State<Arc<App>>) -> Response {
+    if !app.config.dev {
+        return ApiError::NotFound("no such endpoint".into()).into_response();
+    }
+    match std::fs::read_to_string(app.config.data_dir.join("tls").join("ca.pem")) {
+        Ok(pem) => pem.into_response(),
+        Err(_) => ApiError::NotFound("this server uses a configured TLS certificate".into())
+            .into_response(),
+    }
+}
