@@ -211,3 +211,20 @@ pub fn new_key_and_csr(id: &SpiffeId) -> Result<(Vec<u8>, Vec<u8>), CaError> {
     let csr = params.serialize_request(&key).map_err(CaError::Rcgen)?;
     Ok((pkcs8, csr.der().to_vec()))
 }
+
+/// A fresh P-256 key and a CSR that names nothing, for an agent that learns its SPIFFE ID from
+/// the authority when it joins. Returns (PKCS#8, CSR DER).
+pub fn new_key_and_bare_csr() -> Result<(Vec<u8>, Vec<u8>), CaError> {
+    let rng = ring::rand::SystemRandom::new();
+    let pkcs8 = ring::signature::EcdsaKeyPair::generate_pkcs8(
+        &ring::signature::ECDSA_P256_SHA256_ASN1_SIGNING,
+        &rng,
+    )
+    .map_err(|_| CaError::Random)?;
+    let pkcs8 = pkcs8.as_ref().to_vec();
+    let key = KeyPair::try_from(pkcs8.as_slice()).map_err(CaError::Rcgen)?;
+    let csr = CertificateParams::default()
+        .serialize_request(&key)
+        .map_err(CaError::Rcgen)?;
+    Ok((pkcs8, csr.der().to_vec()))
+}

@@ -114,3 +114,10 @@ pub fn p256_coordinates(cert: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
     let (x, y) = xy.split_at(32);
     Some((x.to_vec(), y.to_vec()))
 }
+
+/// A certificate's validity period as Unix times (not before, not after).
+pub fn validity(cert: &[u8]) -> Option<(i64, i64)> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert).ok()?;
+    let v = parsed.validity();
+    Some((v.not_before.timestamp(), v.not_after.timestamp()))
+}

@@ -41,7 +41,14 @@ async fn issuance_flow(backend: Backend) {
     let jwks: Value = jwks.json().await.unwrap();
     assert_eq!(jwks["keys"][0]["alg"], "ES256");
     let bundle: Value = get_json(&format!("{}/bundle/example.org", s.url)).await;
-    assert_eq!(bundle["keys"][0]["use"], "jwt-svid");
+    let uses: Vec<&str> = bundle["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["use"].as_str().unwrap())
+        .collect();
+    assert_eq!(uses, ["x509-svid", "jwt-svid"], "{bundle}");
+    assert_eq!(bundle["keys"][0]["x5c"].as_array().unwrap().len(), 1);
     assert!(bundle["spiffe_sequence"].is_number());
     assert_eq!(
         reqwest::get(format!("{}/bundle/other.org", s.url))

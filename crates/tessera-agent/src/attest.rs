@@ -1,0 +1,391 @@
+//! Workload attestation: who is the process at the other end of a connection, read from the
+//! kernel (peer credentials of a unix socket, or the owner of a loopback TCP socket) and from
+//! `/proc`, and which `unix:*` selectors it has.
+//!
+//! PID reuse: a process is identified by its pid *and* its start time. A process that started
+//! after the connection was accepted cannot be the one that connected (its pid was reused), and
+//! the start time is checked again after the slow reads (the executable's digest) and on every
+//! later request, so a process that exits mid-attestation is never attested in its successor's
+//! name.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use tessera_core::manifest::{Selector, SelectorKind};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AttestError {
+    #[error("the calling process {0} is gone")]
+    Gone(i32),
+    #[error("process {0} started after its connection was accepted (its pid was reused)")]
+    PidReused(i32),
+    #[error("cannot read process {pid}: {message}")]
+    Proc { pid: i32, message: String },
+    #[error("the connection has no peer process")]
+    NoPeer,
+    #[error("no process owns the connection from `{0}`")]
+    NoSocketOwner(String),
+}
+
+/// What the kernel says about the peer when the connection is accepted.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer {
+    pub pid: i32,
+    pub uid: u32,
+    pub gid: u32,
+    /// Seconds since boot when the connection was accepted.
+    pub accepted_uptime: f64,
+}
+
+/// An attested process and its selectors.
+#[derive(Debug, Clone)]
+pub struct Process {
+    pub pid: i32,
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+    pub user: Option<String>,
+    pub group_names: Vec<String>,
+    pub exe: Option<PathBuf>,
+    pub sha256: Option<String>,
+    /// Start time in clock ticks since boot (`/proc/PID/stat` field 22).
+    pub start_ticks: u64,
+}
+
+pub fn uptime() -> f64 {
+    std::fs::read_to_string("/proc/uptime")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+fn clock_ticks() -> f64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .map_or(100.0, |v| v as f64)
+}
+
+/// The start time of `pid` in clock ticks since boot.
+pub fn start_ticks(pid: i32) -> Result<u64, AttestError> {
+    let stat =
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_err(|_| AttestError::Gone(pid))?;
+    // The command name (field 2) is in parentheses and may contain spaces: split after it.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .ok_or_else(|| AttestError::Proc {
+            pid,
+            message: "unreadable stat".into(),
+        })?;
+    // Fields from 3 on; the start time is field 22, the 20th here.
+    rest.split_whitespace()
+        .nth(19)
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| AttestError::Proc {
+            pid,
+            message: "no start time in stat".into(),
+        })
+}
+
+fn status_groups(pid: i32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| l.strip_prefix("Groups:")).map(|g| {
+                g.split_whitespace()
+                    .filter_map(|v| v.parse().ok())
+                    .collect()
+            })
+        })
+        .unwrap_or_default()
+}
+
+/// Digests of executables, by (path, device, inode, size, mtime): hashing a large binary on
+/// every connection would make the first fetch slow.
+#[derive(Debug, Default)]
+pub struct DigestCache {
+    map: Mutex<HashMap<(PathBuf, u64, u64, u64, i64), String>>,
+}
+
+impl DigestCache {
+    fn digest(&self, pid: i32, exe: &Path) -> Option<String> {
+        use std::os::unix::fs::MetadataExt;
+        // Through /proc/PID/exe, so a replaced file on disk is not what gets hashed.
+        let proc_exe = PathBuf::from(format!("/proc/{pid}/exe"));
+        let meta = std::fs::metadata(&proc_exe).ok()?;
+        let key = (
+            exe.to_path_buf(),
+            meta.dev(),
+            meta.ino(),
+            meta.size(),
+            meta.mtime(),
+        );
+        if let Ok(m) = self.map.lock() {
+            if let Some(d) = m.get(&key) {
+                return Some(d.clone());
+            }
+        }
+        let bytes = std::fs::read(&proc_exe).ok()?;
+        let d = ring::digest::digest(&ring::digest::SHA256, &bytes);
+        let hex: String = d.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        if let Ok(mut m) = self.map.lock() {
+            if m.len() > 10_000 {
+                m.clear();
+            }
+            m.insert(key, hex.clone());
+        }
+        Some(hex)
+    }
+}
+
+/// Attests the peer process. `want_digest`: only compute the executable digest when some
+/// registration asks for `unix:sha256`.
+pub fn attest(peer: Peer, cache: &DigestCache, want_digest: bool) -> Result<Process, AttestError> {
+    let pid = peer.pid;
+    if pid <= 0 {
+        return Err(AttestError::NoPeer);
+    }
+    let before = start_ticks(pid)?;
+    // 10 ms of slack for the tick granularity of the start time.
+    if before as f64 / clock_ticks() > peer.accepted_uptime + 0.01 {
+        return Err(AttestError::PidReused(pid));
+    }
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+    let sha256 = match (&exe, want_digest) {
+        (Some(e), true) => cache.digest(pid, e),
+        _ => None,
+    };
+    let mut groups = status_groups(pid);
+    if !groups.contains(&peer.gid) {
+        groups.push(peer.gid);
+    }
+    let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(peer.uid))
+        .ok()
+        .flatten()
+        .map(|u| u.name);
+    let group_names = groups
+        .iter()
+        .filter_map(|g| {
+            nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(*g))
+                .ok()
+                .flatten()
+                .map(|g| g.name)
+        })
+        .collect();
+    if start_ticks(pid)? != before {
+        return Err(AttestError::PidReused(pid));
+    }
+    Ok(Process {
+        pid,
+        uid: peer.uid,
+        gid: peer.gid,
+        groups,
+        user,
+        group_names,
+        exe,
+        sha256,
+        start_ticks: before,
+    })
+}
+
+impl Process {
+    /// Whether the process is still the one that was attested.
+    pub fn still_alive(&self) -> bool {
+        start_ticks(self.pid).is_ok_and(|t| t == self.start_ticks)
+    }
+
+    /// Whether every selector matches (an empty list matches nothing: a registration without
+    /// selectors is never handed out by an agent).
+    pub fn matches_all(&self, selectors: &[Selector]) -> bool {
+        !selectors.is_empty() && selectors.iter().all(|s| self.matches(s))
+    }
+
+    pub fn matches(&self, s: &Selector) -> bool {
+        let v = s.value();
+        match s.kind() {
+            SelectorKind::Uid => v.parse::<u32>().is_ok_and(|u| u == self.uid),
+            SelectorKind::Gid => v.parse::<u32>().is_ok_and(|g| self.groups.contains(&g)),
+            SelectorKind::User => self.user.as_deref() == Some(v),
+            SelectorKind::Group => self.group_names.iter().any(|g| g == v),
+            SelectorKind::Path => self.exe.as_deref() == Some(Path::new(v)),
+            SelectorKind::Sha256 => self
+                .sha256
+                .as_deref()
+                .is_some_and(|d| d.eq_ignore_ascii_case(v)),
+        }
+    }
+}
+
+/// The owner of a loopback TCP connection from `peer` to `local`, from the kernel's socket
+/// tables (`/proc/net/tcp`, `/proc/net/tcp6`): its uid, then the process holding the socket.
+pub fn tcp_peer(
+    peer: std::net::SocketAddr,
+    local: std::net::SocketAddr,
+    accepted_uptime: f64,
+) -> Result<Peer, AttestError> {
+    let (uid, inode) =
+        find_tcp_socket(peer, local).ok_or_else(|| AttestError::NoSocketOwner(peer.to_string()))?;
+    let pid =
+        pid_holding_socket(inode).ok_or_else(|| AttestError::NoSocketOwner(peer.to_string()))?;
+    let gid = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Gid:"))
+                .and_then(|g| g.split_whitespace().next()?.parse().ok())
+        })
+        .ok_or(AttestError::Gone(pid))?;
+    Ok(Peer {
+        pid,
+        uid,
+        gid,
+        accepted_uptime,
+    })
+}
+
+/// `/proc/net/tcp` writes addresses as hex of the in-memory (host order per 32-bit word) bytes.
+fn proc_net_addr(a: std::net::SocketAddr) -> String {
+    match a {
+        std::net::SocketAddr::V4(v) => {
+            let o = v.ip().octets();
+            format!("{:08X}:{:04X}", u32::from_le_bytes(o), v.port())
+        }
+        std::net::SocketAddr::V6(v) => {
+            let o = v.ip().octets();
+            let words: String = o
+                .chunks(4)
+                .map(|c| {
+                    let w: [u8; 4] = c.try_into().unwrap_or([0; 4]);
+                    format!("{:08X}", u32::from_le_bytes(w))
+                })
+                .collect();
+            format!("{words}:{:04X}", v.port())
+        }
+    }
+}
+
+fn find_tcp_socket(peer: std::net::SocketAddr, local: std::net::SocketAddr) -> Option<(u32, u64)> {
+    let (want_local, want_rem) = (proc_net_addr(peer), proc_net_addr(local));
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // sl local rem st tx:rx tr:when retrnsmt uid timeout inode
+            let (Some(l), Some(r), Some(uid), Some(inode)) =
+                (f.get(1), f.get(2), f.get(7), f.get(9))
+            else {
+                continue;
+            };
+            if l.eq_ignore_ascii_case(&want_local) && r.eq_ignore_ascii_case(&want_rem) {
+                return Some((uid.parse().ok()?, inode.parse().ok()?));
+            }
+        }
+    }
+    None
+}
+
+fn pid_holding_socket(inode: u64) -> Option<i32> {
+    let target = format!("socket:[{inode}]");
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            if std::fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == target.as_str()) {
+                return Some(pid);
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn me() -> Process {
+        let peer = Peer {
+            pid: i32::try_from(std::process::id()).unwrap(),
+            uid: nix::unistd::getuid().as_raw(),
+            gid: nix::unistd::getgid().as_raw(),
+            accepted_uptime: uptime(),
+        };
+        attest(peer, &DigestCache::default(), true).unwrap()
+    }
+
+    #[test]
+    fn attests_this_process() {
+        let p = me();
+        assert!(p.still_alive());
+        let exe = std::env::current_exe().unwrap();
+        assert_eq!(p.exe.as_deref(), Some(exe.as_path()));
+        let bytes = std::fs::read(&exe).unwrap();
+        let d = ring::digest::digest(&ring::digest::SHA256, &bytes);
+        let hex: String = d.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(p.sha256.as_deref(), Some(hex.as_str()));
+        let sel = |s: &str| Selector::parse(s).unwrap();
+        assert!(p.matches(&sel(&format!("unix:uid:{}", p.uid))));
+        assert!(!p.matches(&sel(&format!("unix:uid:{}", p.uid + 1))));
+        assert!(p.matches(&sel(&format!("unix:path:{}", exe.display()))));
+        assert!(!p.matches(&sel("unix:path:/usr/bin/other")));
+        assert!(p.matches(&sel(&format!("unix:sha256:{hex}"))));
+        assert!(p.matches_all(&[
+            sel(&format!("unix:uid:{}", p.uid)),
+            sel(&format!("unix:gid:{}", p.gid))
+        ]));
+        assert!(!p.matches_all(&[]));
+        if let Some(u) = &p.user {
+            assert!(p.matches(&sel(&format!("unix:user:{u}"))));
+        }
+    }
+
+    #[test]
+    fn a_process_younger_than_its_connection_is_refused() {
+        let peer = Peer {
+            pid: i32::try_from(std::process::id()).unwrap(),
+            uid: 0,
+            gid: 0,
+            // Accepted "before boot": this process started after that.
+            accepted_uptime: -10.0,
+        };
+        assert!(matches!(
+            attest(peer, &DigestCache::default(), false),
+            Err(AttestError::PidReused(_))
+        ));
+        let gone = Peer {
+            pid: i32::MAX - 1,
+            uid: 0,
+            gid: 0,
+            accepted_uptime: uptime(),
+        };
+        assert!(matches!(
+            attest(gone, &DigestCache::default(), false),
+            Err(AttestError::Gone(_))
+        ));
+    }
+
+    #[test]
+    fn finds_the_owner_of_a_loopback_connection() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let local = listener.local_addr().unwrap();
+        let client = std::net::TcpStream::connect(local).unwrap();
+        let (_server_side, peer) = listener.accept().unwrap();
+        assert_eq!(peer, client.local_addr().unwrap());
+        let found = tcp_peer(peer, local, uptime()).unwrap();
+        assert_eq!(found.pid, i32::try_from(std::process::id()).unwrap());
+        assert_eq!(found.uid, nix::unistd::getuid().as_raw());
+        let nobody: std::net::SocketAddr = "127.0.0.1:1".parse().unwrap();
+        assert!(tcp_peer(nobody, local, uptime()).is_err());
+    }
+}

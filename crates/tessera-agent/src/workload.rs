@@ -1,0 +1,421 @@
+//! The SPIFFE Workload API on a unix socket: the caller is attested from the socket's peer
+//! credentials, and gets the SVIDs of every registration its selectors match, and only those.
+
+use std::collections::HashMap;
+use std::io;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+
+use futures_util::Stream;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{UnixListener, UnixStream};
+use tonic::transport::server::Connected;
+use tonic::{Request, Response, Status};
+
+use crate::attest::{self, Peer, Process};
+use crate::proto::spiffe_workload_api_server::{SpiffeWorkloadApi, SpiffeWorkloadApiServer};
+use crate::proto::{
+    JwtBundlesRequest, JwtBundlesResponse, Jwtsvid, JwtsvidRequest, JwtsvidResponse,
+    ValidateJwtsvidRequest, ValidateJwtsvidResponse, X509BundlesRequest, X509BundlesResponse,
+    X509svid, X509svidRequest, X509svidResponse,
+};
+use crate::{Agent, AgentError, State};
+
+/// Binds the Workload API socket. A stale socket file (no one answers on it) is replaced; a
+/// live one, a non-socket file, or a missing folder is refused with a clear message.
+pub fn bind_socket(path: &Path) -> Result<UnixListener, AgentError> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let err = |m: String| AgentError::File {
+        path: path.display().to_string(),
+        message: m,
+    };
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() && !dir.is_dir() => {
+            return Err(err(format!(
+                "its folder `{}` does not exist",
+                dir.display()
+            )))
+        }
+        _ => {}
+    }
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(err("a file that is not a socket is in the way".into()));
+        }
+        match std::os::unix::net::UnixStream::connect(path) {
+            Ok(_) => return Err(err("another process is serving on this socket".into())),
+            Err(_) => {
+                tracing::info!(socket = %path.display(), "removing a stale socket file");
+                std::fs::remove_file(path).map_err(|e| err(e.to_string()))?;
+            }
+        }
+    }
+    let listener = UnixListener::bind(path).map_err(|e| err(e.to_string()))?;
+    // Any local process may ask; what it gets is decided by attestation, not by file mode.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o777))
+        .map_err(|e| err(e.to_string()))?;
+    Ok(listener)
+}
+
+/// A connection with what the kernel said about its peer when it was accepted.
+pub struct PeerStream {
+    inner: UnixStream,
+    info: PeerInfo,
+}
+
+#[derive(Clone, Debug)]
+pub struct PeerInfo {
+    peer: Option<Peer>,
+    attested: Arc<OnceLock<Process>>,
+}
+
+impl Connected for PeerStream {
+    type ConnectInfo = PeerInfo;
+    fn connect_info(&self) -> PeerInfo {
+        self.info.clone()
+    }
+}
+
+impl AsyncRead for PeerStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for PeerStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+fn accept(stream: UnixStream) -> PeerStream {
+    let accepted_uptime = attest::uptime();
+    let peer = stream.peer_cred().ok().and_then(|c| {
+        Some(Peer {
+            pid: c.pid()?,
+            uid: c.uid(),
+            gid: c.gid(),
+            accepted_uptime,
+        })
+    });
+    PeerStream {
+        inner: stream,
+        info: PeerInfo {
+            peer,
+            attested: Arc::new(OnceLock::new()),
+        },
+    }
+}
+
+pub async fn serve(agent: Arc<Agent>, listener: UnixListener) {
+    let incoming = futures_util::stream::unfold(listener, |l| async move {
+        let next = l.accept().await.map(|(s, _)| accept(s));
+        Some((next, l))
+    });
+    let svc = SpiffeWorkloadApiServer::new(WorkloadApi { agent });
+    if let Err(e) = tonic::transport::Server::builder()
+        .add_service(svc)
+        .serve_with_incoming(incoming)
+        .await
+    {
+        tracing::error!(error = %e, "the Workload API stopped");
+    }
+}
+
+struct WorkloadApi {
+    agent: Arc<Agent>,
+}
+
+/// Every Workload API request carries this metadata (SPIFFE Workload Endpoint §4), which a
+/// browser or a proxied request cannot set: a guard against request forgery.
+fn check_header<T>(req: &Request<T>) -> Result<(), Status> {
+    match req.metadata().get("workload.spiffe.io") {
+        Some(v) if v.as_bytes() == b"true" => Ok(()),
+        _ => Err(Status::invalid_argument(
+            "security header missing from request: `workload.spiffe.io: true`",
+        )),
+    }
+}
+
+impl WorkloadApi {
+    fn caller<T>(&self, req: &Request<T>) -> Result<Process, Status> {
+        let info = req
+            .extensions()
+            .get::<PeerInfo>()
+            .ok_or_else(|| Status::permission_denied("the caller cannot be attested"))?;
+        let peer = info.peer.ok_or_else(|| {
+            Status::permission_denied("the caller cannot be attested: no peer credentials")
+        })?;
+        let want_digest = self.agent.state().want_digest;
+        if let Some(p) = info.attested.get() {
+            if !p.still_alive() {
+                return Err(Status::permission_denied("the attested process is gone"));
+            }
+            if p.sha256.is_some() || !want_digest {
+                return Ok(p.clone());
+            }
+        }
+        let p = attest::attest(peer, self.agent.digests(), want_digest)
+            .map_err(|e| Status::permission_denied(format!("attestation failed: {e}")))?;
+        let _ = info.attested.set(p.clone());
+        Ok(p)
+    }
+}
+
+fn concat(ders: &[Vec<u8>]) -> Vec<u8> {
+    ders.concat()
+}
+
+/// The caller's X.509-SVIDs now: `Ok(None)` when it is registered but its SVIDs are not issued
+/// yet (the stream waits), `Err` when it matches no registration.
+fn x509_for(state: &State, p: &Process) -> Result<Option<X509svidResponse>, Status> {
+    let mut ids: Vec<_> = state.matching(p).map(|r| r.spiffe_id.clone()).collect();
+    if ids.is_empty() {
+        return Err(Status::permission_denied("no identity issued"));
+    }
+    ids.sort();
+    let bundle = concat(&state.bundle);
+    let svids: Vec<X509svid> = ids
+        .iter()
+        .filter_map(|id| state.svids.get(id))
+        .map(|s| X509svid {
+            spiffe_id: s.spiffe_id.to_string(),
+            x509_svid: concat(&s.chain),
+            x509_svid_key: s.key.clone(),
+            bundle: bundle.clone(),
+            hint: String::new(),
+        })
+        .collect();
+    if svids.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(X509svidResponse {
+        svids,
+        crl: Vec::new(),
+        federated_bundles: HashMap::new(),
+    }))
+}
+
+type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// A stream that sends `f(state)` at once and again whenever it changes, for as long as the
+/// attested process lives. `f` returning `Ok(None)` means "nothing to send yet".
+fn watch_stream<T, F>(agent: &Agent, process: Process, f: F) -> ResponseStream<T>
+where
+    T: PartialEq + Clone + Send + 'static,
+    F: Fn(&State, &Process) -> Result<Option<T>, Status> + Send + 'static,
+{
+    let rx = agent.subscribe();
+    let init = (rx, process, f, None::<T>, true, false);
+    Box::pin(futures_util::stream::unfold(
+        init,
+        |(mut rx, process, f, mut last, mut first, done)| async move {
+            if done {
+                return None;
+            }
+            loop {
+                if !first && rx.changed().await.is_err() {
+                    return None;
+                }
+                first = false;
+                if !process.still_alive() {
+                    return None;
+                }
+                let state = rx.borrow_and_update().clone();
+                match f(&state, &process) {
+                    Ok(Some(msg)) if last.as_ref() != Some(&msg) => {
+                        last = Some(msg.clone());
+                        return Some((Ok(msg), (rx, process, f, last, first, false)));
+                    }
+                    Ok(_) => continue,
+                    Err(status) => return Some((Err(status), (rx, process, f, last, first, true))),
+                }
+            }
+        },
+    ))
+}
+
+fn jwt_bundle(state: &State) -> Vec<u8> {
+    let mut jwks = state.jwt_keys.clone();
+    if let Some(keys) = jwks.get_mut("keys").and_then(|k| k.as_array_mut()) {
+        for k in keys {
+            if let Some(o) = k.as_object_mut() {
+                o.insert("use".into(), "jwt-svid".into());
+            }
+        }
+    }
+    serde_json::to_vec(&jwks).unwrap_or_default()
+}
+
+fn to_prost(v: &serde_json::Value) -> prost_types::Value {
+    use prost_types::value::Kind;
+    let kind = match v {
+        serde_json::Value::Null => Kind::NullValue(0),
+        serde_json::Value::Bool(b) => Kind::BoolValue(*b),
+        serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(0.0)),
+        serde_json::Value::String(s) => Kind::StringValue(s.clone()),
+        serde_json::Value::Array(a) => Kind::ListValue(prost_types::ListValue {
+            values: a.iter().map(to_prost).collect(),
+        }),
+        serde_json::Value::Object(o) => Kind::StructValue(prost_types::Struct {
+            fields: o.iter().map(|(k, v)| (k.clone(), to_prost(v))).collect(),
+        }),
+    };
+    prost_types::Value { kind: Some(kind) }
+}
+
+#[tonic::async_trait]
+impl SpiffeWorkloadApi for WorkloadApi {
+    type FetchX509SVIDStream = ResponseStream<X509svidResponse>;
+    type FetchX509BundlesStream = ResponseStream<X509BundlesResponse>;
+    type FetchJWTBundlesStream = ResponseStream<JwtBundlesResponse>;
+
+    async fn fetch_x509svid(
+        &self,
+        req: Request<X509svidRequest>,
+    ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
+        check_header(&req)?;
+        let p = self.caller(&req)?;
+        // Refuse at once a caller that matches nothing.
+        x509_for(&self.agent.state(), &p)?;
+        Ok(Response::new(watch_stream(&self.agent, p, x509_for)))
+    }
+
+    async fn fetch_x509_bundles(
+        &self,
+        req: Request<X509BundlesRequest>,
+    ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
+        check_header(&req)?;
+        let p = self.caller(&req)?;
+        let td = self.agent.td.to_string();
+        let f = move |state: &State, p: &Process| {
+            if state.matching(p).next().is_none() {
+                return Err(Status::permission_denied("no identity issued"));
+            }
+            Ok(Some(X509BundlesResponse {
+                crl: Vec::new(),
+                bundles: HashMap::from([(td.clone(), concat(&state.bundle))]),
+            }))
+        };
+        f(&self.agent.state(), &p)?;
+        Ok(Response::new(watch_stream(&self.agent, p, f)))
+    }
+
+    async fn fetch_jwtsvid(
+        &self,
+        req: Request<JwtsvidRequest>,
+    ) -> Result<Response<JwtsvidResponse>, Status> {
+        check_header(&req)?;
+        let p = self.caller(&req)?;
+        let body = req.get_ref();
+        if body.audience.is_empty() || body.audience.iter().any(String::is_empty) {
+            return Err(Status::invalid_argument("audience must be specified"));
+        }
+        let state = self.agent.state();
+        let mut ids: Vec<_> = state.matching(&p).map(|r| r.spiffe_id.clone()).collect();
+        ids.sort();
+        if ids.is_empty() {
+            return Err(Status::permission_denied("no identity issued"));
+        }
+        if !body.spiffe_id.is_empty() {
+            ids.retain(|id| id.as_str() == body.spiffe_id);
+            if ids.is_empty() {
+                return Err(Status::permission_denied(format!(
+                    "no identity `{}` for this caller",
+                    body.spiffe_id.chars().take(200).collect::<String>()
+                )));
+            }
+        }
+        let mut svids = Vec::new();
+        for id in ids {
+            let token = self
+                .agent
+                .jwt_svid(&id, &body.audience)
+                .await
+                .map_err(|e| Status::unavailable(format!("cannot get a JWT-SVID: {e}")))?;
+            svids.push(Jwtsvid {
+                spiffe_id: id.to_string(),
+                svid: token,
+                hint: String::new(),
+            });
+        }
+        Ok(Response::new(JwtsvidResponse { svids }))
+    }
+
+    async fn fetch_jwt_bundles(
+        &self,
+        req: Request<JwtBundlesRequest>,
+    ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
+        check_header(&req)?;
+        let p = self.caller(&req)?;
+        let td = self.agent.td.to_string();
+        let f = move |state: &State, p: &Process| {
+            if state.matching(p).next().is_none() {
+                return Err(Status::permission_denied("no identity issued"));
+            }
+            Ok(Some(JwtBundlesResponse {
+                bundles: HashMap::from([(td.clone(), jwt_bundle(state))]),
+            }))
+        };
+        f(&self.agent.state(), &p)?;
+        Ok(Response::new(watch_stream(&self.agent, p, f)))
+    }
+
+    async fn validate_jwtsvid(
+        &self,
+        req: Request<ValidateJwtsvidRequest>,
+    ) -> Result<Response<ValidateJwtsvidResponse>, Status> {
+        check_header(&req)?;
+        self.caller(&req)?;
+        let body = req.get_ref();
+        if body.audience.is_empty() {
+            return Err(Status::invalid_argument("audience must be specified"));
+        }
+        if body.svid.is_empty() {
+            return Err(Status::invalid_argument("svid must be specified"));
+        }
+        let state = self.agent.state();
+        let keys = tessera_verify::KeySet::from_jwks(&jwt_bundle(&state))
+            .map_err(|e| Status::unavailable(format!("no usable JWT bundle: {e}")))?;
+        let config = tessera_verify::VerifierConfig::jwt_svid(&body.audience)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let verified = tessera_verify::Verifier::new(config, keys)
+            .verify(&body.svid)
+            .await
+            .map_err(|e| Status::invalid_argument(format!("the JWT-SVID is not valid: {e}")))?;
+        if !verified
+            .subject
+            .starts_with(&format!("spiffe://{}/", self.agent.td))
+        {
+            return Err(Status::invalid_argument(
+                "the JWT-SVID is from another trust domain",
+            ));
+        }
+        Ok(Response::new(ValidateJwtsvidResponse {
+            spiffe_id: verified.subject.clone(),
+            claims: Some(prost_types::Struct {
+                fields: verified
+                    .claims
+                    .iter()
+                    .map(|(k, v)| (k.clone(), to_prost(v)))
+                    .collect(),
+            }),
+        }))
+    }
+}
