@@ -419,3 +419,37 @@ impl SpiffeWorkloadApi for WorkloadApi {
         }))
     }
 }
+
+/// A Workload API client on a unix socket (for `tessera svid` and the demo; workloads use any
+/// SPIFFE library). Requests need the `workload.spiffe.io: true` metadata; see [`request`].
+pub async fn connect(
+    socket: &Path,
+) -> Result<
+    crate::proto::spiffe_workload_api_client::SpiffeWorkloadApiClient<tonic::transport::Channel>,
+    AgentError,
+> {
+    let path = socket.to_path_buf();
+    // The URI is a placeholder: the connector below dials the socket.
+    let channel = tonic::transport::Endpoint::from_static("http://workload.local")
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let path = path.clone();
+            async move {
+                UnixStream::connect(path)
+                    .await
+                    .map(hyper_util::rt::TokioIo::new)
+            }
+        }))
+        .await
+        .map_err(|e| AgentError::Unreachable(format!("`{}`: {e}", socket.display())))?;
+    Ok(crate::proto::spiffe_workload_api_client::SpiffeWorkloadApiClient::new(channel))
+}
+
+/// A Workload API request with the security header set.
+pub fn request<T>(msg: T) -> Request<T> {
+    let mut r = Request::new(msg);
+    r.metadata_mut().insert(
+        "workload.spiffe.io",
+        tonic::metadata::MetadataValue::from_static("true"),
+    );
+    r
+}

@@ -99,6 +99,109 @@ pub enum Command {
     },
     /// Verify a token offline or against an issuer; exit 0 and the claims when valid, 1 when not.
     Verify(VerifyArgs),
+    /// Run the node agent (Workload API, managed-identity endpoint), or make join tokens.
+    Agent(AgentArgs),
+    /// The certificate authorities of each trust domain.
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
+    },
+    /// Fetch this process's SVIDs from a node agent's Workload API.
+    Svid {
+        #[command(subcommand)]
+        command: SvidCommand,
+    },
+}
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct AgentArgs {
+    #[command(subcommand)]
+    pub command: Option<AgentCommand>,
+    /// The authority's URL (`http://` only for a `--dev` server on loopback).
+    #[arg(long, env = "TESSERA_AGENT_SERVER")]
+    pub server: Option<String>,
+    /// A one-time join token (`tessera agent token create`); not needed once joined.
+    #[arg(long, env = "TESSERA_JOIN_TOKEN", hide_env_values = true)]
+    pub join_token: Option<String>,
+    /// The Workload API socket; workloads find it through `SPIFFE_ENDPOINT_SOCKET=unix://PATH`.
+    #[arg(long)]
+    pub socket: Option<PathBuf>,
+    /// PEM CA certificate(s) that sign the server's TLS certificate (`DATA/tls/ca.pem`).
+    #[arg(long)]
+    pub trust_bundle: Option<PathBuf>,
+    /// Also serve a managed-identity (Azure IMDS / App Service) endpoint here (loopback only).
+    #[arg(long)]
+    pub imds_listen: Option<SocketAddr>,
+    /// The agent's data folder: its key and SVID.
+    #[arg(long, env = "TESSERA_AGENT_DATA", default_value = "./.tessera-agent")]
+    pub data: PathBuf,
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AgentCommand {
+    /// Join tokens.
+    Token {
+        #[command(subcommand)]
+        command: AgentTokenCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AgentTokenCommand {
+    /// A one-time join token for a node agent, alone on the first line of stdout.
+    Create {
+        /// How long the token can be used (e.g. `10m`; at most `1d`).
+        #[arg(long, default_value = "10m")]
+        ttl: String,
+        #[arg(long)]
+        trust_domain: Option<String>,
+        /// The agent's name (default: a random `node-…`).
+        #[arg(long)]
+        agent_id: Option<String>,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CaCommand {
+    /// Prepare the next CA: in the bundle now, signing after `--activate-in`.
+    Rotate {
+        #[arg(long)]
+        trust_domain: Option<String>,
+        /// How long the new CA is published before it signs (default: `ca_publish_ahead`, 1h).
+        #[arg(long)]
+        activate_in: Option<String>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// List CAs and their state (active, prepared, retiring, withdrawn).
+    List {
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SvidCommand {
+    /// Print (and optionally write) the X.509-SVIDs, or a JWT-SVID with `--audience`.
+    Fetch {
+        /// The Workload API socket (default: `SPIFFE_ENDPOINT_SOCKET`).
+        #[arg(long, env = "SPIFFE_ENDPOINT_SOCKET")]
+        socket: String,
+        /// Fetch a JWT-SVID for this audience instead (repeatable).
+        #[arg(long)]
+        audience: Vec<String>,
+        /// Write `svid.pem`, `svid.key` and `bundle.pem` here.
+        #[arg(long)]
+        write: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
 }
 
 #[derive(Debug, Args)]

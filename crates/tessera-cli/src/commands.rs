@@ -167,10 +167,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             Ok(0)
         }
         Command::Verify(a) => verify(a).await,
+        Command::Agent(a) => crate::agent::run(a).await,
+        Command::Ca { command } => crate::agent::ca(command).await,
+        Command::Svid {
+            command:
+                crate::cli::SvidCommand::Fetch {
+                    socket,
+                    audience,
+                    write,
+                    output,
+                },
+        } => crate::agent::fetch(&socket, &audience, write.as_deref(), output).await,
     }
 }
 
-fn admin(target: &Target) -> anyhow::Result<AdminClient> {
+pub fn admin(target: &Target) -> anyhow::Result<AdminClient> {
     match &target.server {
         Some(url) => AdminClient::http(
             url,
@@ -181,7 +192,7 @@ fn admin(target: &Target) -> anyhow::Result<AdminClient> {
     }
 }
 
-fn print(target: &Target, v: &Value, text: impl FnOnce() -> String) {
+pub fn print(target: &Target, v: &Value, text: impl FnOnce() -> String) {
     let out = match target.output {
         Output::Json => format!("{}\n", serde_json::to_string_pretty(v).unwrap_or_default()),
         Output::Text => text(),

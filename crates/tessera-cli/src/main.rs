@@ -2,6 +2,7 @@
 //! the answer is "no" (a refused token, a failed check), 2 on a usage or operational error.
 
 mod admin_client;
+mod agent;
 mod cli;
 mod commands;
 mod dev;

@@ -1,0 +1,269 @@
+//! `tessera agent`, `tessera agent token create`, `tessera ca ...` and `tessera svid fetch`.
+
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::{anyhow, bail, Context};
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use serde_json::{json, Value};
+use tessera_agent::proto::{JwtsvidRequest, X509svidRequest};
+use tessera_agent::workload::{connect, request};
+use tessera_agent::AgentConfig;
+
+use crate::cli::{AgentArgs, AgentCommand, AgentTokenCommand, CaCommand, Output};
+use crate::commands::{admin, init_logs, parse_duration, print, wait_for_signal};
+use crate::render;
+
+pub async fn run(a: AgentArgs) -> anyhow::Result<u8> {
+    if let Some(AgentCommand::Token {
+        command:
+            AgentTokenCommand::Create {
+                ttl,
+                trust_domain,
+                agent_id,
+                target,
+            },
+    }) = a.command
+    {
+        let ttl = parse_duration(&ttl)?.as_secs();
+        let v = admin(&target)?
+            .post(
+                "/v1/agents/tokens",
+                json!({"ttl": ttl, "trust_domain": trust_domain, "agent_id": agent_id}),
+            )
+            .await?;
+        let token = v["token"].as_str().unwrap_or_default().to_owned();
+        // The token alone on the first line, whatever the output format, so scripts can read it.
+        println!("{token}");
+        print(&target, &v, || {
+            format!(
+                "agent `{}` in `{}` may join until {} (single use)\n",
+                v["agent_id"].as_str().unwrap_or_default(),
+                v["trust_domain"].as_str().unwrap_or_default(),
+                render::time(&v["expires_at"])
+            )
+        });
+        return Ok(0);
+    }
+    init_logs(a.log_format, "info");
+    let server = a
+        .server
+        .ok_or_else(|| anyhow!("--server URL is required to run the agent"))?;
+    let socket = a
+        .socket
+        .ok_or_else(|| anyhow!("--socket PATH is required to run the agent"))?;
+    let config = AgentConfig {
+        server,
+        join_token: a.join_token,
+        socket,
+        trust_bundle: a.trust_bundle,
+        imds_listen: a.imds_listen,
+        data_dir: a.data,
+    };
+    let running = tessera_agent::run(config).await?;
+    let mut line = format!("tessera: agent ready socket={}", running.socket.display());
+    if let Some(u) = &running.imds_url {
+        line.push_str(&format!(" imds={u}"));
+    }
+    println!("{line}");
+    let _ = std::io::stdout().flush();
+    wait_for_signal().await;
+    running.abort();
+    let _ = std::fs::remove_file(&running.socket);
+    Ok(0)
+}
+
+pub async fn ca(command: CaCommand) -> anyhow::Result<u8> {
+    match command {
+        CaCommand::Rotate {
+            trust_domain,
+            activate_in,
+            target,
+        } => {
+            let activate_in = activate_in
+                .map(|s| parse_duration(&s).map(|d| d.as_secs()))
+                .transpose()?;
+            let v = admin(&target)?
+                .post(
+                    "/v1/ca/rotate",
+                    json!({"trust_domain": trust_domain, "activate_in": activate_in}),
+                )
+                .await?;
+            print(&target, &v, || {
+                v.as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|r| {
+                        format!(
+                            "{}: new CA {} in the bundle now, signs from {}\n",
+                            r["trust_domain"].as_str().unwrap_or_default(),
+                            r["ca"].as_str().unwrap_or_default(),
+                            render::time(&r["activate_at"])
+                        )
+                    })
+                    .collect()
+            });
+        }
+        CaCommand::List { target } => {
+            let v = admin(&target)?.get("/v1/ca").await?;
+            print(&target, &v, || {
+                let mut o = String::from("TRUST DOMAIN\tCA\tSTATE\tSIGNS FROM\tEXPIRES\n");
+                for c in v.as_array().cloned().unwrap_or_default() {
+                    o.push_str(&format!(
+                        "{}\t{}\t{}\t{}\t{}\n",
+                        c["trust_domain"].as_str().unwrap_or_default(),
+                        c["id"].as_str().unwrap_or_default(),
+                        c["state"].as_str().unwrap_or_default(),
+                        render::time(&c["activate_at"]),
+                        render::time(&c["not_after"]),
+                    ));
+                }
+                o
+            });
+        }
+    }
+    Ok(0)
+}
+
+fn pem(label: &str, der: &[u8]) -> String {
+    let b64 = STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(chunk).unwrap_or_default());
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
+/// Splits concatenated DER certificates.
+fn split_ders(mut bytes: &[u8]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    while bytes.len() >= 4 && bytes.first() == Some(&0x30) {
+        let (len, hdr) = match bytes.get(1) {
+            Some(&l) if l < 0x80 => (usize::from(l), 2),
+            Some(0x81) => (usize::from(bytes.get(2).copied().unwrap_or(0)), 3),
+            Some(0x82) => (
+                usize::from(bytes.get(2).copied().unwrap_or(0)) << 8
+                    | usize::from(bytes.get(3).copied().unwrap_or(0)),
+                4,
+            ),
+            _ => break,
+        };
+        let Some(cert) = bytes.get(..hdr + len) else {
+            break;
+        };
+        out.push(cert.to_vec());
+        bytes = bytes.get(hdr + len..).unwrap_or_default();
+    }
+    out
+}
+
+pub async fn fetch(
+    socket: &str,
+    audience: &[String],
+    write: Option<&Path>,
+    output: Output,
+) -> anyhow::Result<u8> {
+    let path = socket.strip_prefix("unix://").unwrap_or(socket);
+    let mut client = connect(Path::new(path)).await?;
+    if !audience.is_empty() {
+        let resp = client
+            .fetch_jwtsvid(request(JwtsvidRequest {
+                audience: audience.to_vec(),
+                spiffe_id: String::new(),
+            }))
+            .await
+            .map_err(|s| anyhow!("{}", s.message()))?
+            .into_inner();
+        let v: Vec<Value> = resp
+            .svids
+            .iter()
+            .map(|s| json!({"spiffe_id": s.spiffe_id, "token": s.svid}))
+            .collect();
+        match output {
+            Output::Json => println!("{}", json!(v)),
+            Output::Text => {
+                for s in resp.svids {
+                    println!("{}", s.svid);
+                }
+            }
+        }
+        return Ok(0);
+    }
+    let mut stream = client
+        .fetch_x509svid(request(X509svidRequest {}))
+        .await
+        .map_err(|s| anyhow!("{}", s.message()))?
+        .into_inner();
+    let first = stream
+        .message()
+        .await
+        .map_err(|s| anyhow!("{}", s.message()))?
+        .ok_or_else(|| anyhow!("the Workload API closed the stream"))?;
+    let mut rows = Vec::new();
+    for s in &first.svids {
+        let chain = split_ders(&s.x509_svid);
+        let leaf = chain.first().context("an SVID without a certificate")?;
+        let (nb, na) = tessera_ca::validity(leaf).unwrap_or((0, 0));
+        rows.push(json!({"spiffe_id": s.spiffe_id, "not_before": nb, "not_after": na}));
+    }
+    if let Some(dir) = write {
+        let Some(s) = first.svids.first() else {
+            bail!("no SVID to write");
+        };
+        std::fs::create_dir_all(dir)?;
+        let chain: String = split_ders(&s.x509_svid)
+            .iter()
+            .map(|c| pem("CERTIFICATE", c))
+            .collect();
+        let bundle: String = split_ders(&s.bundle)
+            .iter()
+            .map(|c| pem("CERTIFICATE", c))
+            .collect();
+        std::fs::write(dir.join("svid.pem"), chain)?;
+        std::fs::write(dir.join("bundle.pem"), bundle)?;
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(dir.join("svid.key"))?;
+            f.write_all(pem("PRIVATE KEY", &s.x509_svid_key).as_bytes())?;
+        }
+    }
+    match output {
+        Output::Json => println!("{}", json!(rows)),
+        Output::Text => {
+            for r in rows {
+                println!(
+                    "{}\tvalid until {}",
+                    r["spiffe_id"].as_str().unwrap_or_default(),
+                    render::time(&r["not_after"])
+                );
+            }
+        }
+    }
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_concatenated_certificates() {
+        let a = vec![0x30, 0x03, 1, 2, 3];
+        let mut b = vec![0x30, 0x81, 0x80];
+        b.extend(std::iter::repeat_n(7u8, 0x80));
+        let joined = [a.clone(), b.clone()].concat();
+        assert_eq!(split_ders(&joined), vec![a, b]);
+        assert!(split_ders(&[0x31, 0, 0, 0]).is_empty());
+        // A truncated one is dropped, not read past the end.
+        assert_eq!(split_ders(&[0x30, 0x05, 1, 2]).len(), 0);
+    }
+}
