@@ -239,8 +239,11 @@ impl PublicKey {
             return Err(TokenError::Jwk("the JWK holds a private key (`d`)".into()));
         }
         if let Some(u) = jwk.get("use") {
-            if u.as_str() != Some("sig") {
-                return Err(TokenError::Jwk("the JWK's `use` is not `sig`".into()));
+            // `jwt-svid` is the SPIFFE bundle's name for a JWT signing key.
+            if !matches!(u.as_str(), Some("sig" | "jwt-svid")) {
+                return Err(TokenError::Jwk(
+                    "the JWK's `use` is not `sig` (or `jwt-svid`)".into(),
+                ));
             }
         }
         let kid = match jwk.get("kid") {
@@ -358,7 +361,9 @@ impl JwkSet {
                 ),
                 (Some("EC"), Some("P-256")) | (Some("OKP"), Some("Ed25519"))
             );
-            if !accepted {
+            // A SPIFFE bundle also lists its X.509 authorities; they sign certificates, not JWTs.
+            let x509_authority = m.get("use").and_then(Value::as_str) == Some("x509-svid");
+            if !accepted || x509_authority {
                 continue;
             }
             out.push(PublicKey::from_jwk(m)?);
