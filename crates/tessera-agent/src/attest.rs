@@ -102,11 +102,14 @@ fn status_groups(pid: i32) -> Vec<u32> {
         .unwrap_or_default()
 }
 
+/// An executable file as (path, device, inode, size, mtime).
+type FileKey = (PathBuf, u64, u64, u64, i64);
+
 /// Digests of executables, by (path, device, inode, size, mtime): hashing a large binary on
 /// every connection would make the first fetch slow.
 #[derive(Debug, Default)]
 pub struct DigestCache {
-    map: Mutex<HashMap<(PathBuf, u64, u64, u64, i64), String>>,
+    map: Mutex<HashMap<FileKey, String>>,
 }
 
 impl DigestCache {

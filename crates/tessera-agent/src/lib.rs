@@ -103,6 +103,8 @@ impl State {
     }
 }
 
+type JwtKey = (SpiffeId, Vec<String>);
+
 pub struct Agent {
     pub td: TrustDomain,
     upstream: Upstream,
@@ -110,7 +112,9 @@ pub struct Agent {
     state: watch::Sender<Arc<State>>,
     data_dir: PathBuf,
     digests: attest::DigestCache,
-    jwt_cache: Mutex<HashMap<(SpiffeId, Vec<String>), (String, i64, i64)>>,
+    /// JWT-SVIDs by (SPIFFE ID, audiences): (token, expiry, issued at).
+    jwt_cache: Mutex<HashMap<JwtKey, (String, i64, i64)>>,
+    /// Access tokens by (SPIFFE ID, resource): (response, fetched at).
     token_cache: Mutex<HashMap<(SpiffeId, String), (tessera_core::agent_api::TokenResponse, i64)>>,
     rotate_now: Notify,
 }

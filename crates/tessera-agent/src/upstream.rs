@@ -189,7 +189,11 @@ impl Upstream {
             let text = resp.text().await.unwrap_or_default();
             let why = serde_json::from_str::<serde_json::Value>(&text)
                 .ok()
-                .and_then(|v| v["error_description"].as_str().map(str::to_owned))
+                .and_then(|v| {
+                    v.get("error_description")
+                        .and_then(serde_json::Value::as_str)
+                        .map(str::to_owned)
+                })
                 .unwrap_or(text);
             return Err(if status.is_server_error() {
                 AgentError::Unreachable(format!("{status}: {why}"))

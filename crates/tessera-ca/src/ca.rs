@@ -160,7 +160,7 @@ impl CertificateAuthority {
             return Err(CaError::CsrExtension);
         }
         let (serial, hex) = random_serial()?;
-        let not_after = (now + ttl_secs.clamp(60, MAX_SVID_TTL_SECS)).min(self.not_after);
+        let not_after = (now + ttl_secs.clamp(10, MAX_SVID_TTL_SECS)).min(self.not_after);
         if not_after <= now {
             return Err(CaError::CaExpired);
         }

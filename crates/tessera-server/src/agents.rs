@@ -367,6 +367,9 @@ fn registration<'a>(
         .ok_or_else(|| format!("`{id}` is not registered for agent `{}`", agent.id))
 }
 
+/// A CSR to sign and the lifetime to give it, or why not.
+type SignJob = Result<(Vec<u8>, i64), String>;
+
 /// `POST /agent/v1/sign`: X.509-SVIDs for workloads registered to this agent, from CSRs made
 /// on the node (private keys never leave it). Signed on blocking threads, recorded and audited
 /// in one commit before any is returned.
@@ -391,7 +394,7 @@ async fn sign(
             .ca
             .clone();
         // Resolve every item first (cheap), then sign in parallel chunks (about 60 µs each).
-        let jobs: Vec<(SpiffeId, Result<(Vec<u8>, i64), String>)> = req
+        let jobs: Vec<(SpiffeId, SignJob)> = req
             .csrs
             .into_iter()
             .map(|item| {
@@ -576,7 +579,8 @@ async fn token(
             "managed_identity",
         ) {
             Ok(m) => m,
-            Err((mut event, err)) => {
+            Err(denied) => {
+                let (mut event, err) = *denied;
                 event.actor = agent.spiffe_id.to_string();
                 if let Err(e) = app.audit.append(event).await {
                     tracing::error!(error = %e, "could not record a token denial");

@@ -234,7 +234,7 @@ mod tests {
         let kek = Kek::from_bytes(&[7u8; 32]).unwrap();
         let td = TrustDomain::parse("example.org").unwrap();
         let rec = new_ca_record(&td, &kek, 1000, 1000, 86400).unwrap();
-        let ring = CaRing::load(&[rec.clone()], &kek).unwrap();
+        let ring = CaRing::load(std::slice::from_ref(&rec), &kek).unwrap();
         let cert = ring.published(&td, 1000).remove(0);
         let jwk = x509_jwk(&cert).unwrap();
         assert_eq!(jwk["use"], "x509-svid");

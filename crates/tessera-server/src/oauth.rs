@@ -584,7 +584,8 @@ async fn client_credentials(
         CLIENT_CREDENTIALS,
     ) {
         Ok(m) => m,
-        Err((event, err)) => {
+        Err(denied) => {
+            let (event, err) = *denied;
             return match record(app, &client, event).await {
                 // A replayed assertion is refused as such, whatever else was wrong.
                 Err(replay @ ApiError::Client { .. }) => Err(replay),
@@ -638,7 +639,7 @@ pub fn mint(
     auth: &str,
     form: &Form,
     grant_type: &str,
-) -> Result<Minted, (AuditEvent, ApiError)> {
+) -> Result<Minted, Box<(AuditEvent, ApiError)>> {
     let deny = |code: OAuthCode, reason: String, target: Option<&str>| {
         let event = AuditEvent {
             kind: "token.denied".into(),
@@ -647,13 +648,13 @@ pub fn mint(
             outcome: "denied".into(),
             detail: json!({"error": code.as_str(), "reason": reason, "target": target, "grant_type": grant_type}),
         };
-        (event, ApiError::oauth(code, reason))
+        Box::new((event, ApiError::oauth(code, reason)))
     };
     let (target, scopes, ttl) = decide(snap, issuer, caller, form)
         .map_err(|(code, reason, target)| deny(code, reason, target.as_deref()))?;
     let now = tessera_core::now_unix();
     let unavailable = |e: String| {
-        (
+        Box::new((
             AuditEvent {
                 kind: "token.failed".into(),
                 actor: client_id.to_owned(),
@@ -662,7 +663,7 @@ pub fn mint(
                 detail: json!({"reason": e}),
             },
             ApiError::unavailable(e),
-        )
+        ))
     };
     let signing = snap
         .keys

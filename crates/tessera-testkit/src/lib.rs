@@ -187,6 +187,8 @@ pub struct Proc {
     pub child: std::process::Child,
     /// The value after `url=` (or `socket=`) on the ready line.
     pub ready: String,
+    /// The whole ready line.
+    pub line: String,
     pub stderr_path: PathBuf,
 }
 
@@ -249,6 +251,7 @@ pub fn spawn_ready(mut cmd: Command, prefix: &str) -> Proc {
             Proc {
                 child,
                 ready,
+                line,
                 stderr_path,
             }
         }
