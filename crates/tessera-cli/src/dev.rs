@@ -1,5 +1,6 @@
-//! `tessera dev`: a server on loopback with embedded storage, a demo mesh applied, and an
-//! allowed and a denied service-to-service token request shown with their audit records.
+//! `tessera dev`: a server on loopback with embedded storage, a demo mesh applied, an allowed and
+//! a denied service-to-service token request shown with their audit records, and a node agent
+//! handing a local process its SVID.
 #![expect(
     clippy::indexing_slicing,
     reason = "indexing a serde_json::Value by key yields Null for a missing key; it cannot panic"
@@ -105,16 +106,18 @@ pub async fn run(a: DevArgs) -> anyhow::Result<u8> {
     );
 
     let mut steps = Steps { failed: 0 };
-    let result = demo(
-        &mut steps,
-        &data,
-        &url,
-        AdminClient::at(running.admin_socket.clone()),
-    )
-    .await;
+    let admin = AdminClient::at(running.admin_socket.clone());
+    let result = demo(&mut steps, &data, &url, admin.clone()).await;
     if let Err(e) = &result {
         steps.fail(&format!("the demo stopped: {e:#}"));
     }
+    let agent = match agent_demo(&mut steps, &data, &url, admin).await {
+        Ok(a) => Some(a),
+        Err(e) => {
+            steps.fail(&format!("the agent demo stopped: {e:#}"));
+            None
+        }
+    };
     println!();
     if steps.failed == 0 {
         println!("every step behaved");
@@ -129,9 +132,101 @@ pub async fn run(a: DevArgs) -> anyhow::Result<u8> {
         let _ = std::io::stdout().flush();
         wait_for_signal().await;
     }
+    if let Some(a) = &agent {
+        a.abort();
+        let _ = std::fs::remove_file(&a.socket);
+    }
     running.shutdown();
     running.wait().await;
     Ok(if steps.failed == 0 { 0 } else { 1 })
+}
+
+/// 6. A node agent joins, and a separate local process gets its SVID with no secret at all.
+async fn agent_demo(
+    steps: &mut Steps,
+    data: &Path,
+    url: &str,
+    admin: AdminClient,
+) -> anyhow::Result<tessera_agent::Running> {
+    use std::os::unix::fs::MetadataExt;
+    let uid = std::fs::metadata("/proc/self")?.uid();
+    let files = data.join("identity");
+    let mesh = format!(
+        "[[workload]]\nid = \"spiffe://example.org/dev/you\"\nowner = \"you\"\npurpose = \"Any process of unix user {uid} on this machine\"\nenvironment = \"dev\"\nselectors = [\"unix:uid:{uid}\"]\nx509_ttl = \"1h\"\n"
+    );
+    std::fs::write(files.join("agent.toml"), &mesh)?;
+    let state = tessera_core::manifest::load(&files.join("agent.toml"))?;
+    admin
+        .post(
+            "/v1/apply",
+            json!({"state": state, "dry_run": false, "prune": false}),
+        )
+        .await?;
+    println!("\n6. a node agent joins with a one-time token; a local process asks it who it is");
+    let token = admin
+        .post(
+            "/v1/agents/tokens",
+            json!({"agent_id": "dev-node", "ttl": 600}),
+        )
+        .await?;
+    let token = token["token"]
+        .as_str()
+        .ok_or_else(|| anyhow!("no join token returned"))?;
+    let socket = data.join("agent.sock");
+    let running = tessera_agent::run(tessera_agent::AgentConfig {
+        server: url.to_owned(),
+        join_token: Some(token.to_owned()),
+        socket: socket.clone(),
+        trust_bundle: None,
+        imds_listen: None,
+        data_dir: data.join("agent"),
+    })
+    .await?;
+    steps.ok(&format!(
+        "agent {} serves the Workload API on {}",
+        running.agent.spiffe_id(),
+        socket.display()
+    ));
+    println!(
+        "        SPIFFE_ENDPOINT_SOCKET=unix://{} tessera svid fetch",
+        socket.display()
+    );
+    let out = tokio::process::Command::new(std::env::current_exe()?)
+        .args(["svid", "fetch", "--output", "json", "--socket"])
+        .arg(&socket)
+        .output()
+        .await?;
+    let got: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    let id = got[0]["spiffe_id"].as_str().unwrap_or_default();
+    if out.status.success() && id == "spiffe://example.org/dev/you" {
+        steps.ok(&format!(
+            "process {} (uid {uid}) received the X.509-SVID of {id}, valid until {}",
+            "`tessera svid fetch`",
+            crate::render::time(&got[0]["not_after"])
+        ));
+    } else {
+        steps.fail(&format!(
+            "the local process got no SVID: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    // The agent signs an SVID for every registration it may serve, this one among them.
+    let tail = admin.get("/v1/audit/tail?n=10").await?;
+    let mine: Vec<Value> = tail
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|r| r["kind"] == "svid.issued" && r["subject"] == "spiffe://example.org/dev/you")
+        .collect();
+    print!(
+        "{}",
+        crate::render::audit(&Value::Array(mine))
+            .lines()
+            .map(|l| format!("        {l}\n"))
+            .collect::<String>()
+    );
+    Ok(running)
 }
 
 async fn demo(steps: &mut Steps, data: &Path, url: &str, admin: AdminClient) -> anyhow::Result<()> {
