@@ -17,7 +17,7 @@ use tokio::sync::{watch, Notify};
 
 pub mod attest;
 mod imds;
-mod upstream;
+pub mod upstream;
 pub mod workload;
 
 pub mod proto {

@@ -503,13 +503,37 @@ pub fn parse_str(file: &Path, text: &str) -> Result<DesiredState, ManifestError>
 struct Locator<'a> {
     path: String,
     text: &'a str,
+    /// Byte offset at which each line starts, so that locating a span is a binary search and a
+    /// file of 10,000 workloads is not rescanned from the top for each one.
+    line_starts: Vec<usize>,
 }
 
-impl Locator<'_> {
+impl<'a> Locator<'a> {
+    fn new(path: String, text: &'a str) -> Self {
+        let line_starts = std::iter::once(0)
+            .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+            .collect();
+        Self {
+            path,
+            text,
+            line_starts,
+        }
+    }
+
     fn line_col(&self, offset: usize) -> (usize, usize) {
-        let before = self.text.get(..offset.min(self.text.len())).unwrap_or("");
-        let line = before.matches('\n').count() + 1;
-        let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        let offset = offset.min(self.text.len());
+        // INVARIANT: line_starts[0] == 0 <= offset, so the partition point is at least 1.
+        let line = self.line_starts.partition_point(|&s| s <= offset);
+        let start = self
+            .line_starts
+            .get(line.saturating_sub(1))
+            .copied()
+            .unwrap_or(0);
+        let column = self
+            .text
+            .get(start..offset)
+            .map_or(0, |l| l.chars().count())
+            + 1;
         (line, column)
     }
 
@@ -529,10 +553,7 @@ impl Locator<'_> {
 }
 
 fn parse_into(state: &mut DesiredState, file: &Path, text: &str) -> Result<(), ManifestError> {
-    let loc = Locator {
-        path: file.display().to_string(),
-        text,
-    };
+    let loc = Locator::new(file.display().to_string(), text);
     let doc: FileDoc = toml::from_str(text).map_err(|e| {
         let span = e.span().unwrap_or(0..0);
         loc.at(span, e.message().trim_end().replace('\n', "; "))
