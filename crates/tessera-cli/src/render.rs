@@ -92,6 +92,23 @@ pub fn table(kind: &str, rows: &Value) -> String {
                 ));
             }
         }
+        "agents" => {
+            out.push_str("ID\tTRUST DOMAIN\tJOINED\tSVID VALID UNTIL\tREVOKED\n");
+            for r in &rows {
+                let revoked = if r.get("revoked_at").is_some_and(|v| !v.is_null()) {
+                    time(&r["revoked_at"])
+                } else {
+                    "no".into()
+                };
+                out.push_str(&format!(
+                    "{}\t{}\t{}\t{}\t{revoked}\n",
+                    s(r, "id"),
+                    s(r, "trust_domain"),
+                    time(&r["joined_at"]),
+                    time(&r["svid_not_after"])
+                ));
+            }
+        }
         "trusts" => {
             out.push_str("NAME\tISSUER\tAUDIENCE\tMAPS TO\n");
             for r in &rows {
@@ -185,6 +202,40 @@ pub fn describe(w: &Value) -> String {
             l.get("detail").map(|d| s(d, "jti")).unwrap_or_default()
         )),
         _ => o.push_str("\nLast token:   never\n"),
+    }
+    let svids = w
+        .get("recent_x509_svids")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    if w.get("selectors")
+        .and_then(Value::as_array)
+        .is_some_and(|a| !a.is_empty())
+    {
+        o.push_str(&format!(
+            "\nAttested by:  {} (node agents: {})\n",
+            list(w, "selectors"),
+            if w.get("nodes")
+                .and_then(Value::as_array)
+                .is_some_and(|a| !a.is_empty())
+            {
+                list(w, "nodes")
+            } else {
+                "any in its trust domain".to_owned()
+            }
+        ));
+        if svids.is_empty() {
+            o.push_str("X.509-SVIDs:  none issued yet\n");
+        }
+        for v in &svids {
+            o.push_str(&format!(
+                "X.509-SVID:   serial {} via agent {}, issued {}, valid until {}\n",
+                s(v, "serial"),
+                s(v, "agent_id"),
+                time(&v["issued_at"]),
+                time(&v["not_after"])
+            ));
+        }
     }
     o.push_str("\nTo revoke:\n");
     for line in w

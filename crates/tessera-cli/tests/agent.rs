@@ -683,3 +683,63 @@ fn socket_paths_are_checked() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("bad.toml:"), "{}", stderr(&o));
 }
+
+#[tokio::test]
+async fn agent_authenticates_a_tls_server_by_its_trust_bundle() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("srv");
+    let proc = tls_server(&data, &["example.org"]);
+    let url = proc.ready.clone();
+    assert!(url.starts_with("https://"), "{url}");
+    let p = write(dir.path(), "mesh.toml", &mesh(""));
+    let o = tessera(&data, &["apply", "-f", p.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = tessera(&data, &["agent", "token", "create"]);
+    let token = stdout(&o).lines().next().unwrap().to_owned();
+    let agent = |bundle: Option<&Path>, sub: &str| {
+        let mut cmd = Command::new(BIN);
+        cmd.args([
+            "agent",
+            "--server",
+            &url,
+            "--join-token",
+            &token,
+            "--socket",
+        ])
+        .arg(dir.path().join(format!("{sub}.sock")))
+        .arg("--data")
+        .arg(dir.path().join(sub));
+        if let Some(b) = bundle {
+            cmd.arg("--trust-bundle").arg(b);
+        }
+        cmd
+    };
+    // No bundle: refused before anything is sent.
+    let o = agent(None, "a").output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("--trust-bundle"), "{}", stderr(&o));
+    // Another CA's bundle: the server is not authenticated, the token is not spent.
+    let other = tempfile::tempdir().unwrap();
+    let other_srv = tls_server(other.path(), &["example.org"]);
+    drop(other_srv);
+    let o = agent(Some(&other.path().join("tls/ca.pem")), "b")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("unreachable"), "{}", stderr(&o));
+    // The right bundle: joined, serving.
+    let a = spawn_ready(
+        agent(Some(&data.join("tls/ca.pem")), "c"),
+        "tessera: agent ready socket=",
+    );
+    let client = spiffe_client(Path::new(&a.ready)).await;
+    let svid = client.fetch_x509_svid().await.unwrap();
+    assert_eq!(svid.spiffe_id().to_string(), "spiffe://example.org/me");
+    // The issued certificate is on record for review.
+    let o = tessera(&data, &["describe", "workload", "spiffe://example.org/me"]);
+    let text = stdout(&o);
+    assert!(text.contains("X.509-SVID:   serial"), "{text}");
+    assert!(text.contains("Attested by:  unix:uid:"), "{text}");
+    let o = tessera(&data, &["get", "agents"]);
+    assert!(stdout(&o).starts_with("ID\tTRUST DOMAIN"), "{}", stdout(&o));
+}

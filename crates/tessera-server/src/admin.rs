@@ -302,6 +302,7 @@ async fn describe_workload(
         .store
         .last_audit_for(id.as_str(), "token.issued")
         .await?;
+    let svids = app.store.svids_for(id.as_str(), 5).await?;
     let mut revoke = vec![format!("tessera revoke workload {id}")];
     for c in snap.clients.values().filter(|c| c.spec.workload == id) {
         revoke.push(format!(
@@ -326,6 +327,9 @@ async fn describe_workload(
         "reached_by": inbound,
         "clients": clients,
         "last_issuance": last.map(|r| json!({"at": r.at, "seq": r.seq, "detail": serde_json::from_str::<Value>(&r.detail).unwrap_or(Value::Null)})),
+        "x509_ttl": w.spec.x509_ttl,
+        "nodes": w.spec.nodes,
+        "recent_x509_svids": svids,
         "how_to_revoke": revoke,
     })))
 }

@@ -149,8 +149,13 @@ async fn cfssl(args: &[String]) {
     let deadline = start + Duration::from_secs(secs);
     let mut tasks = Vec::new();
     for _ in 0..conc {
-        let (http, url, body, done, failed) =
-            (http.clone(), url.clone(), body.clone(), done.clone(), failed.clone());
+        let (http, url, body, done, failed) = (
+            http.clone(),
+            url.clone(),
+            body.clone(),
+            done.clone(),
+            failed.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             while Instant::now() < deadline {
                 match http.post(&url).body(body.clone()).send().await {
@@ -228,7 +233,9 @@ async fn fetch_loop(args: &[String]) {
     let (mut ok, mut failed, mut serials) = (0u64, 0u64, std::collections::HashSet::new());
     while Instant::now() < deadline {
         let res = async {
-            let mut c = connect(std::path::Path::new(&socket)).await.map_err(|e| e.to_string())?;
+            let mut c = connect(std::path::Path::new(&socket))
+                .await
+                .map_err(|e| e.to_string())?;
             let mut s = c
                 .fetch_x509svid(request(X509svidRequest {}))
                 .await
