@@ -743,3 +743,33 @@ async fn agent_authenticates_a_tls_server_by_its_trust_bundle() {
     let o = tessera(&data, &["get", "agents"]);
     assert!(stdout(&o).starts_with("ID\tTRUST DOMAIN"), "{}", stdout(&o));
 }
+
+#[tokio::test]
+async fn nodes_restrict_which_agent_serves_a_workload() {
+    let s = server(Backend::Sqlite, &[]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let only = |node: &str| {
+        mesh("").replace(
+            "x509_ttl = \"1h\"",
+            &format!("x509_ttl = \"1h\"\nnodes = [\"{node}\"]"),
+        )
+    };
+    apply(&s, dir.path(), &only("node-elsewhere"));
+    let token = join_token(&s, &["--agent-id", "node-here"]);
+    let a = start_agent(&s, dir.path(), Some(&token));
+    let client = spiffe_client(&a.socket).await;
+    let err = client.fetch_x509_svid().await.unwrap_err();
+    // The spiffe crate reads PermissionDenied as "no identity issued".
+    assert!(format!("{err:?}").contains("NoIdentityIssued"), "{err:?}");
+    // Changing only `nodes` reaches the agent through incremental sync.
+    apply(&s, dir.path(), &only("node-here"));
+    eventually(10, "the SVID once this agent may serve it", || async {
+        client.fetch_x509_svid().await.is_ok()
+    })
+    .await;
+    apply(&s, dir.path(), &only("node-elsewhere"));
+    eventually(10, "the SVID withdrawn again", || async {
+        client.fetch_x509_svid().await.is_err()
+    })
+    .await;
+}

@@ -13,6 +13,10 @@ pub struct Registration {
     pub selectors: Vec<Selector>,
     pub x509_ttl_secs: u64,
     pub jwt_ttl_secs: u64,
+    /// Agents that may serve it (empty: any agent of its trust domain). Part of the entry so that
+    /// a change of it is a change of the entry, which incremental sync then carries.
+    #[serde(default)]
+    pub nodes: Vec<AgentId>,
     /// The state version at which this entry last changed.
     pub revision: i64,
 }

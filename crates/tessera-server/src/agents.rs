@@ -277,12 +277,9 @@ async fn renew(
 }
 
 /// Whether `agent` may hand out `reg`'s SVIDs.
-fn visible(reg: &Registration, snap: &Snapshot, agent: &Agent) -> bool {
+fn visible(reg: &Registration, agent: &Agent) -> bool {
     reg.spiffe_id.trust_domain_str() == agent.td.as_str()
-        && snap
-            .workloads
-            .get(&reg.spiffe_id)
-            .is_some_and(|w| w.spec.nodes.is_empty() || w.spec.nodes.contains(&agent.id))
+        && (reg.nodes.is_empty() || reg.nodes.contains(&agent.id))
 }
 
 #[derive(Debug, Deserialize)]
@@ -306,13 +303,15 @@ async fn sync(
     Query(q): Query<SyncQuery>,
 ) -> Response {
     let result: Result<SyncResponse, ApiError> = async {
-        let agent = agent_of(&app, &app.snapshot(), peer)?;
+        let agent = agent_of(&app, &app.snapshot(), peer.clone())?;
         if q.wait > 0 && app.snapshot().version <= q.since {
             let mut rx = app.changes.subscribe();
             let wait = Duration::from_secs(q.wait.min(MAX_SYNC_WAIT));
             let _ = tokio::time::timeout(wait, rx.wait_for(|v| *v > q.since)).await;
         }
         let snap = app.snapshot();
+        // The agent may have been revoked while it waited.
+        agent_of(&app, &snap, peer)?;
         let regs = &snap.registrations;
         let full = q.since < regs.horizon;
         let mut registrations = Vec::new();
@@ -321,7 +320,7 @@ async fn sync(
             if !full && reg.revision <= q.since {
                 continue;
             }
-            if visible(reg, &snap, &agent) {
+            if visible(reg, &agent) {
                 registrations.push(reg.clone());
             } else if !full {
                 removed.push(reg.spiffe_id.clone());
@@ -363,7 +362,7 @@ fn registration<'a>(
     snap.registrations
         .entries
         .get(id)
-        .filter(|r| visible(r, snap, agent))
+        .filter(|r| visible(r, agent))
         .ok_or_else(|| format!("`{id}` is not registered for agent `{}`", agent.id))
 }
 

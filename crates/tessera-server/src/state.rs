@@ -42,6 +42,7 @@ impl Registrations {
                 selectors: w.spec.selectors.clone(),
                 x509_ttl_secs: w.spec.x509_ttl.as_secs(),
                 jwt_ttl_secs: w.spec.jwt_ttl.as_secs(),
+                nodes: w.spec.nodes.clone(),
                 revision: version,
             };
             if let Some(old) = previous.and_then(|p| p.entries.get(&w.spec.id)) {
