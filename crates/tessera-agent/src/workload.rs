@@ -178,6 +178,29 @@ impl WorkloadApi {
     }
 }
 
+impl WorkloadApi {
+    /// A stream of bundles for a caller that has at least one identity (like SPIRE, bundles go
+    /// only to attested workloads); refused at once otherwise.
+    fn bundle_stream<T, B>(
+        &self,
+        p: Process,
+        bundles: B,
+    ) -> Result<Response<ResponseStream<T>>, Status>
+    where
+        T: PartialEq + Clone + Send + 'static,
+        B: Fn(&State) -> T + Send + 'static,
+    {
+        let f = move |state: &State, p: &Process| {
+            if state.matching(p).next().is_none() {
+                return Err(Status::permission_denied("no identity issued"));
+            }
+            Ok(Some(bundles(state)))
+        };
+        f(&self.agent.state(), &p)?;
+        Ok(Response::new(watch_stream(&self.agent, p, f)))
+    }
+}
+
 fn concat(ders: &[Vec<u8>]) -> Vec<u8> {
     ders.concat()
 }
@@ -304,17 +327,10 @@ impl SpiffeWorkloadApi for WorkloadApi {
         check_header(&req)?;
         let p = self.caller(&req)?;
         let td = self.agent.td.to_string();
-        let f = move |state: &State, p: &Process| {
-            if state.matching(p).next().is_none() {
-                return Err(Status::permission_denied("no identity issued"));
-            }
-            Ok(Some(X509BundlesResponse {
-                crl: Vec::new(),
-                bundles: HashMap::from([(td.clone(), concat(&state.bundle))]),
-            }))
-        };
-        f(&self.agent.state(), &p)?;
-        Ok(Response::new(watch_stream(&self.agent, p, f)))
+        self.bundle_stream(p, move |state| X509BundlesResponse {
+            crl: Vec::new(),
+            bundles: HashMap::from([(td.clone(), concat(&state.bundle))]),
+        })
     }
 
     async fn fetch_jwtsvid(
@@ -365,16 +381,9 @@ impl SpiffeWorkloadApi for WorkloadApi {
         check_header(&req)?;
         let p = self.caller(&req)?;
         let td = self.agent.td.to_string();
-        let f = move |state: &State, p: &Process| {
-            if state.matching(p).next().is_none() {
-                return Err(Status::permission_denied("no identity issued"));
-            }
-            Ok(Some(JwtBundlesResponse {
-                bundles: HashMap::from([(td.clone(), jwt_bundle(state))]),
-            }))
-        };
-        f(&self.agent.state(), &p)?;
-        Ok(Response::new(watch_stream(&self.agent, p, f)))
+        self.bundle_stream(p, move |state| JwtBundlesResponse {
+            bundles: HashMap::from([(td.clone(), jwt_bundle(state))]),
+        })
     }
 
     async fn validate_jwtsvid(

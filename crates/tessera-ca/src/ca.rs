@@ -40,6 +40,19 @@ pub struct IssuedSvid {
     pub not_after: i64,
 }
 
+/// A fresh P-256 key from ring, as PKCS#8 and as an rcgen key pair.
+fn new_p256() -> Result<(Vec<u8>, KeyPair), CaError> {
+    let rng = ring::rand::SystemRandom::new();
+    let pkcs8 = ring::signature::EcdsaKeyPair::generate_pkcs8(
+        &ring::signature::ECDSA_P256_SHA256_ASN1_SIGNING,
+        &rng,
+    )
+    .map_err(|_| CaError::Random)?;
+    let pkcs8 = pkcs8.as_ref().to_vec();
+    let key = KeyPair::try_from(pkcs8.as_slice()).map_err(CaError::Rcgen)?;
+    Ok((pkcs8, key))
+}
+
 fn time_at(unix: i64) -> Result<OffsetDateTime, CaError> {
     OffsetDateTime::from_unix_timestamp(unix).map_err(|_| CaError::Time(unix))
 }
@@ -62,14 +75,7 @@ impl CertificateAuthority {
     /// during a rotation, are never confused by path building. It has no name constraints:
     /// rustls-webpki rejects URI name constraints.
     pub fn generate(td: &TrustDomain, now: i64, ttl_secs: i64) -> Result<(Self, Vec<u8>), CaError> {
-        let rng = ring::rand::SystemRandom::new();
-        let pkcs8 = ring::signature::EcdsaKeyPair::generate_pkcs8(
-            &ring::signature::ECDSA_P256_SHA256_ASN1_SIGNING,
-            &rng,
-        )
-        .map_err(|_| CaError::Random)?;
-        let pkcs8 = pkcs8.as_ref().to_vec();
-        let key = KeyPair::try_from(pkcs8.as_slice()).map_err(CaError::Rcgen)?;
+        let (pkcs8, key) = new_p256()?;
         let (serial, hex) = random_serial()?;
         let mut params = CertificateParams::default();
         params
@@ -196,14 +202,7 @@ impl CertificateAuthority {
 
 /// A fresh P-256 key and a CSR for `id`, as an agent makes them. Returns (PKCS#8, CSR DER).
 pub fn new_key_and_csr(id: &SpiffeId) -> Result<(Vec<u8>, Vec<u8>), CaError> {
-    let rng = ring::rand::SystemRandom::new();
-    let pkcs8 = ring::signature::EcdsaKeyPair::generate_pkcs8(
-        &ring::signature::ECDSA_P256_SHA256_ASN1_SIGNING,
-        &rng,
-    )
-    .map_err(|_| CaError::Random)?;
-    let pkcs8 = pkcs8.as_ref().to_vec();
-    let key = KeyPair::try_from(pkcs8.as_slice()).map_err(CaError::Rcgen)?;
+    let (pkcs8, key) = new_p256()?;
     let mut params = CertificateParams::default();
     params.subject_alt_names = vec![SanType::URI(
         rcgen::string::Ia5String::try_from(id.as_str()).map_err(CaError::Rcgen)?,
@@ -215,14 +214,7 @@ pub fn new_key_and_csr(id: &SpiffeId) -> Result<(Vec<u8>, Vec<u8>), CaError> {
 /// A fresh P-256 key and a CSR that names nothing, for an agent that learns its SPIFFE ID from
 /// the authority when it joins. Returns (PKCS#8, CSR DER).
 pub fn new_key_and_bare_csr() -> Result<(Vec<u8>, Vec<u8>), CaError> {
-    let rng = ring::rand::SystemRandom::new();
-    let pkcs8 = ring::signature::EcdsaKeyPair::generate_pkcs8(
-        &ring::signature::ECDSA_P256_SHA256_ASN1_SIGNING,
-        &rng,
-    )
-    .map_err(|_| CaError::Random)?;
-    let pkcs8 = pkcs8.as_ref().to_vec();
-    let key = KeyPair::try_from(pkcs8.as_slice()).map_err(CaError::Rcgen)?;
+    let (pkcs8, key) = new_p256()?;
     let csr = CertificateParams::default()
         .serialize_request(&key)
         .map_err(CaError::Rcgen)?;

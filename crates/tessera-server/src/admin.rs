@@ -493,12 +493,7 @@ async fn create_join_token(
     Json(req): Json<JoinTokenRequest>,
 ) -> Result<Json<Value>, ApiError> {
     let td = match &req.trust_domain {
-        Some(t) => app.serves(t).cloned().ok_or_else(|| {
-            ApiError::NotFound(format!(
-                "this authority does not serve trust domain `{}`",
-                t.chars().take(80).collect::<String>()
-            ))
-        })?,
+        Some(t) => app.served(t)?.clone(),
         None => app.first_td().clone(),
     };
     let ttl = req.ttl.unwrap_or(600);
@@ -576,20 +571,20 @@ struct CaRotateRequest {
     activate_in: Option<i64>,
 }
 
+/// The trust domain asked for, or every served one.
+fn requested_trust_domains(app: &App, td: Option<&str>) -> Result<Vec<TrustDomain>, ApiError> {
+    match td {
+        Some(t) => Ok(vec![app.served(t)?.clone()]),
+        None => Ok(app.trust_domain_names()),
+    }
+}
+
 async fn rotate_cas(
     State(app): State<Arc<App>>,
     Extension(actor): Extension<Actor>,
     Json(req): Json<CaRotateRequest>,
 ) -> Result<Json<Value>, ApiError> {
-    let tds: Vec<TrustDomain> = match &req.trust_domain {
-        Some(t) => vec![app.serves(t).cloned().ok_or_else(|| {
-            ApiError::NotFound(format!(
-                "this authority does not serve trust domain `{}`",
-                t.chars().take(80).collect::<String>()
-            ))
-        })?],
-        None => app.trust_domain_names(),
-    };
+    let tds = requested_trust_domains(&app, req.trust_domain.as_deref())?;
     let ahead = match req.activate_in {
         Some(s) if s >= 0 => s,
         Some(_) => return Err(bad("`activate_in` cannot be negative")),
@@ -690,20 +685,7 @@ async fn rotate_keys(
     Extension(actor): Extension<Actor>,
     Json(req): Json<RotateRequest>,
 ) -> Result<Json<Value>, ApiError> {
-    let tds: Vec<TrustDomain> = match &req.trust_domain {
-        Some(t) => vec![app.serves(t).cloned().ok_or_else(|| {
-            ApiError::NotFound(format!(
-                "this authority does not serve trust domain `{}`",
-                t.chars().take(80).collect::<String>()
-            ))
-        })?],
-        None => app
-            .config
-            .trust_domains
-            .iter()
-            .map(|t| t.name.clone())
-            .collect(),
-    };
+    let tds = requested_trust_domains(&app, req.trust_domain.as_deref())?;
     let mut out = Vec::new();
     for td in tds {
         out.push(rotate(&app, &td, &actor.0).await?);

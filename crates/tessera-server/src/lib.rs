@@ -97,6 +97,16 @@ impl App {
         v
     }
 
+    /// The served trust domain named `td`, or a 404 that says so.
+    pub fn served(&self, td: &str) -> Result<&TrustDomain, ApiError> {
+        self.serves(td).ok_or_else(|| {
+            ApiError::NotFound(format!(
+                "this authority does not serve trust domain `{}`",
+                td.chars().take(80).collect::<String>()
+            ))
+        })
+    }
+
     pub fn serves(&self, td: &str) -> Option<&TrustDomain> {
         self.config
             .trust_domains
@@ -197,12 +207,7 @@ impl App {
                 url: self.base_url.clone(),
             }),
             Some(t) => {
-                let td = self.serves(t).ok_or_else(|| {
-                    ApiError::NotFound(format!(
-                        "this authority does not serve trust domain `{}`",
-                        t.chars().take(80).collect::<String>()
-                    ))
-                })?;
+                let td = self.served(t)?;
                 Ok(Issuer {
                     td: td.clone(),
                     url: format!("{}/{}", self.base_url, td),
