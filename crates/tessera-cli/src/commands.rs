@@ -269,6 +269,12 @@ async fn server(a: ServerArgs) -> anyhow::Result<u8> {
         None => file.key_publish_ahead.map(|t| t.0),
     };
     cfg.key_rotation_period = file.key_rotation_period.map(|t| t.0);
+    if let Some(t) = file.ca_ttl {
+        cfg.ca_ttl = t.0;
+    }
+    if let Some(t) = file.ca_publish_ahead {
+        cfg.ca_publish_ahead = t.0;
+    }
     cfg.admin_uids = file.admin_uids.clone();
     cfg.poll_interval = parse_duration(&a.poll_interval)?;
     cfg.trust_domains = if a.trust_domains.is_empty() {
