@@ -519,6 +519,15 @@ async fn jwt_svid(
         let key = snap.keys.signing(&agent.td, now).ok_or_else(|| {
             ApiError::unavailable(format!("no signing key for `{}`", agent.td))
         })?;
+        // SPIFFE JWT-SVID §3 lists RSA and ECDSA algorithms only; EdDSA would not verify in
+        // SPIFFE libraries.
+        if key.key.alg() != tessera_token::Alg::ES256 {
+            return Err(ApiError::Forbidden(format!(
+                "trust domain `{}` signs with {}; JWT-SVIDs need ES256 (set key_algorithm = \"ES256\")",
+                agent.td,
+                key.key.alg().as_str()
+            )));
+        }
         let exp = now + i64::try_from(reg.jwt_ttl_secs).unwrap_or(300);
         let jti = tessera_token::strict::b64_encode(
             tessera_token::seal::random_bytes::<16>().map_err(ApiError::unavailable)?,
