@@ -174,7 +174,7 @@ impl ConfigFile {
         self.key_algorithm
             .as_deref()
             .map(|a| {
-                Alg::parse(a).ok_or_else(|| {
+                Alg::parse(a).filter(|a| a.can_sign()).ok_or_else(|| {
                     StartError::Config(format!("key_algorithm `{a}` is not ES256 or EdDSA"))
                 })
             })

@@ -59,7 +59,7 @@ impl<'a> Unverified<'a> {
         let alg = match header.get("alg") {
             Some(Value::String(a)) => Alg::parse(a).ok_or_else(|| {
                 TokenError::Header(format!(
-                    "algorithm `{}` is not accepted (ES256 and EdDSA are)",
+                    "algorithm `{}` is not accepted (ES256 and EdDSA are; RS256 from trusted outside issuers)",
                     a.chars().take(20).collect::<String>()
                 ))
             })?,
@@ -184,7 +184,8 @@ mod tests {
             (json!({"alg":"none"}), "not accepted"),
             (json!({"alg":"NONE"}), "not accepted"),
             (json!({"alg":"HS256"}), "not accepted"),
-            (json!({"alg":"RS256"}), "not accepted"),
+            (json!({"alg":"RS512"}), "not accepted"),
+            (json!({"alg":"PS256"}), "not accepted"),
             (json!({"alg":"ES256","crit":["exp"]}), "crit"),
             (json!({"alg":"ES256","jku":"https://evil"}), "jku"),
             (json!({"alg":"ES256","x5u":"https://evil"}), "x5u"),
@@ -245,6 +246,12 @@ mod tests {
             .unwrap()
             .verify_with(ed.public())
             .is_ok());
+        // RS256 parses (outside issuers use it) but never verifies with a non-RSA key.
+        let t = forge(json!({"alg":"RS256"}), json!({}), &es);
+        assert!(Unverified::parse(&t)
+            .unwrap()
+            .verify_with(es.public())
+            .is_err());
     }
 
     #[test]

@@ -10,11 +10,14 @@ use tessera_core::Kid;
 use crate::strict::{b64_decode, b64_encode};
 use crate::TokenError;
 
-/// The JWS algorithms Tessera signs and accepts. Only asymmetric ones exist here at all.
+/// The JWS algorithms Tessera knows. Only asymmetric ones exist here at all. Tessera signs with
+/// ES256 or EdDSA; RS256 is for verifying outside issuers' tokens (federation), and an RSA key is
+/// only ever read from a key set that allows it (`JwkSet::parse_keys_with_rsa`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Alg {
     ES256,
     EdDSA,
+    RS256,
 }
 
 impl Alg {
@@ -22,6 +25,7 @@ impl Alg {
         match self {
             Self::ES256 => "ES256",
             Self::EdDSA => "EdDSA",
+            Self::RS256 => "RS256",
         }
     }
 
@@ -29,8 +33,14 @@ impl Alg {
         match s {
             "ES256" => Some(Self::ES256),
             "EdDSA" => Some(Self::EdDSA),
+            "RS256" => Some(Self::RS256),
             _ => None,
         }
+    }
+
+    /// Whether Tessera signs with this algorithm (RS256 is verification only).
+    pub fn can_sign(self) -> bool {
+        !matches!(self, Self::RS256)
     }
 }
 
@@ -66,6 +76,7 @@ impl SigningKey {
                 EcdsaKeyPair::generate_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
             }
             Alg::EdDSA => Ed25519KeyPair::generate_pkcs8(&rng),
+            Alg::RS256 => return Err(TokenError::Crypto("RS256 keys verify only")),
         }
         .map_err(|_| TokenError::Crypto("key generation failed"))?;
         let bytes = pkcs8.as_ref().to_vec();
@@ -91,6 +102,7 @@ impl SigningKey {
                 let public = PublicKey::ed25519(kp.public_key().as_ref())?;
                 (Inner::EdDsa(kp), public)
             }
+            Alg::RS256 => return Err(TokenError::Crypto("RS256 keys verify only")),
         };
         Ok(Self {
             kid: public.kid.clone(),
@@ -129,8 +141,11 @@ impl SigningKey {
 pub struct PublicKey {
     kid: Kid,
     alg: Alg,
-    /// ES256: the uncompressed point `04 || x || y`; EdDSA: the 32-byte key.
+    /// ES256: the uncompressed point `04 || x || y`; EdDSA: the 32-byte key; RS256: the
+    /// modulus `n` (big-endian).
     bytes: Vec<u8>,
+    /// RS256: the public exponent `e`; empty otherwise.
+    exponent: Vec<u8>,
 }
 
 impl PublicKey {
@@ -164,6 +179,7 @@ impl PublicKey {
             kid: kid.unwrap_or(thumb),
             alg: Alg::ES256,
             bytes,
+            exponent: Vec::new(),
         })
     }
 
@@ -180,6 +196,29 @@ impl PublicKey {
             kid: kid.unwrap_or(thumb),
             alg: Alg::EdDSA,
             bytes: x.to_vec(),
+            exponent: Vec::new(),
+        })
+    }
+
+    /// An RSA key for RS256, 2048 to 8192 bits (ring's bounds, checked again at each verify).
+    fn rs256_from_ne(n: &[u8], e: &[u8], kid: Option<Kid>) -> Result<Self, TokenError> {
+        let n = strip_leading_zeros(n);
+        let e = strip_leading_zeros(e);
+        let bits = n.len() * 8;
+        if !(2048..=8192).contains(&bits) {
+            return Err(TokenError::Jwk(format!(
+                "an RSA modulus of {bits} bits is not accepted (2048 to 8192)"
+            )));
+        }
+        if e.is_empty() || e.len() > 4 {
+            return Err(TokenError::Jwk("the RSA exponent is not usable".into()));
+        }
+        let thumb = thumbprint(&[("e", &b64_encode(e)), ("kty", "RSA"), ("n", &b64_encode(n))]);
+        Ok(Self {
+            kid: kid.unwrap_or(thumb),
+            alg: Alg::RS256,
+            bytes: n.to_vec(),
+            exponent: e.to_vec(),
         })
     }
 
@@ -201,6 +240,14 @@ impl PublicKey {
             // Fixed r||s encoding only: a DER signature is refused (RFC 7518 §3.4).
             Alg::ES256 => &signature::ECDSA_P256_SHA256_FIXED,
             Alg::EdDSA => &signature::ED25519,
+            Alg::RS256 => {
+                return signature::RsaPublicKeyComponents {
+                    n: &self.bytes,
+                    e: &self.exponent,
+                }
+                .verify(&signature::RSA_PKCS1_2048_8192_SHA256, message, sig)
+                .is_ok()
+            }
         };
         UnparsedPublicKey::new(alg, &self.bytes)
             .verify(message, sig)
@@ -223,6 +270,11 @@ impl PublicKey {
                 m.insert("kty".into(), "OKP".into());
                 m.insert("crv".into(), "Ed25519".into());
                 m.insert("x".into(), b64_encode(&self.bytes).into());
+            }
+            Alg::RS256 => {
+                m.insert("kty".into(), "RSA".into());
+                m.insert("n".into(), b64_encode(&self.bytes).into());
+                m.insert("e".into(), b64_encode(&self.exponent).into());
             }
         }
         m.insert("kid".into(), self.kid.as_str().into());
@@ -268,6 +320,7 @@ impl PublicKey {
                 key
             }
             (Some("OKP"), Some("Ed25519")) => Self::ed25519_with_kid(&field("x")?, kid)?,
+            (Some("RSA"), _) => Self::rs256_from_ne(&field("n")?, &field("e")?, kid)?,
             (Some(kty), crv) => {
                 return Err(TokenError::Jwk(format!(
                     "key type `{kty}`{} is not accepted (ES256 on P-256 and EdDSA on Ed25519 are)",
@@ -286,6 +339,11 @@ impl PublicKey {
         }
         Ok(key)
     }
+}
+
+fn strip_leading_zeros(b: &[u8]) -> &[u8] {
+    let first = b.iter().position(|&x| x != 0).unwrap_or(b.len());
+    b.get(first..).unwrap_or_default()
 }
 
 /// ring validates a point only when it verifies with it, so a bad key would fail every token
@@ -344,7 +402,16 @@ impl JwkSet {
     /// Parses a JWKS document strictly. Keys of types we do not accept are skipped (a JWKS may
     /// carry RSA keys for other consumers); malformed keys of accepted types are errors.
     pub fn parse_keys(text: &[u8]) -> Result<Vec<PublicKey>, TokenError> {
-        let doc = crate::strict::parse_object(text).map_err(TokenError::Jwk)?;
+        Self::parse(text, false)
+    }
+
+    /// [`JwkSet::parse_keys`], also reading RSA keys (for RS256): only for outside issuers'
+    /// key sets, whose tokens a trust explicitly allows RS256 for.
+    pub fn parse_keys_with_rsa(text: &[u8]) -> Result<Vec<PublicKey>, TokenError> {
+        Self::parse(text, true)
+    }
+
+    fn parse(text: &[u8], rsa: bool) -> Result<Vec<PublicKey>, TokenError> {        let doc = crate::strict::parse_object(text).map_err(TokenError::Jwk)?;
         let keys = doc
             .get("keys")
             .and_then(Value::as_array)
@@ -354,13 +421,11 @@ impl JwkSet {
             let Value::Object(m) = k else {
                 return Err(TokenError::Jwk("a JWKS entry is not an object".into()));
             };
+            let kty = m.get("kty").and_then(Value::as_str);
             let accepted = matches!(
-                (
-                    m.get("kty").and_then(Value::as_str),
-                    m.get("crv").and_then(Value::as_str)
-                ),
+                (kty, m.get("crv").and_then(Value::as_str)),
                 (Some("EC"), Some("P-256")) | (Some("OKP"), Some("Ed25519"))
-            );
+            ) || (rsa && kty == Some("RSA"));
             // A SPIFFE bundle also lists its X.509 authorities; they sign certificates, not JWTs.
             let x509_authority = m.get("use").and_then(Value::as_str) == Some("x509-svid");
             if !accepted || x509_authority {
@@ -436,5 +501,29 @@ mod tests {
         let keys = JwkSet::parse_keys(set.to_string().as_bytes()).unwrap();
         assert_eq!(keys.len(), 1);
         assert!(JwkSet::parse_keys(br#"{"keys":[],"keys":[]}"#).is_err());
+    }
+
+    #[test]
+    fn rsa_keys_only_where_allowed() {
+        // RFC 7517 Appendix A.1, the RSA public key ("2011-04-29"), 2048 bits.
+        let jwks = br#"{"keys":[{"kty":"RSA","n":"0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw","e":"AQAB","alg":"RS256","kid":"2011-04-29"}]}"#;
+        assert!(JwkSet::parse_keys(jwks).unwrap().is_empty(), "skipped unless allowed");
+        let keys = JwkSet::parse_keys_with_rsa(jwks).unwrap();
+        assert_eq!(keys.len(), 1);
+        assert_eq!(keys[0].alg(), Alg::RS256);
+        assert_eq!(keys[0].kid().as_str(), "2011-04-29");
+        // RFC 7638 §3.1's thumbprint of this very key.
+        let mut m = keys[0].to_jwk();
+        m.remove("kid");
+        let again = PublicKey::from_jwk(&m).unwrap();
+        assert_eq!(again.kid().as_str(), "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs");
+        assert!(!keys[0].verify(b"message", &[0u8; 256]));
+        // A 1024-bit modulus is refused.
+        let short = format!(
+            r#"{{"keys":[{{"kty":"RSA","n":"{}","e":"AQAB"}}]}}"#,
+            b64_encode(&[0xc5u8; 128])
+        );
+        assert!(JwkSet::parse_keys_with_rsa(short.as_bytes()).is_err());
+        assert!(SigningKey::generate(Alg::RS256).is_err());
     }
 }

@@ -150,10 +150,23 @@ pub struct KeySet {
 
 impl KeySet {
     pub fn from_jwks(text: &[u8]) -> Result<Self, VerifyError> {
-        let keys = JwkSet::parse_keys(text)?;
+        Self::from_keys(JwkSet::parse_keys(text)?)
+    }
+
+    /// Also reads RSA keys (RS256): for outside issuers' key sets only.
+    pub fn from_jwks_with_rsa(text: &[u8]) -> Result<Self, VerifyError> {
+        Self::from_keys(JwkSet::parse_keys_with_rsa(text)?)
+    }
+
+    fn from_keys(keys: Vec<PublicKey>) -> Result<Self, VerifyError> {
         Ok(Self {
             keys: keys.into_iter().map(|k| (k.kid().clone(), k)).collect(),
         })
+    }
+
+    /// Every key, for a set without `kid`s to choose by.
+    pub fn keys(&self) -> impl Iterator<Item = &PublicKey> {
+        self.keys.values()
     }
 
     pub fn len(&self) -> usize {
@@ -201,6 +214,8 @@ pub struct JwksCache {
     pub max_age: Duration,
     /// Past this age without a successful fetch, keys are no longer trusted.
     pub max_stale: Duration,
+    /// Read RSA keys too (an outside issuer's set, for RS256).
+    pub allow_rsa: bool,
 }
 
 #[derive(Debug)]
@@ -228,7 +243,18 @@ impl JwksCache {
             min_refresh: Duration::from_secs(10),
             max_age: Duration::from_secs(300),
             max_stale: Duration::from_secs(24 * 3600),
+            allow_rsa: false,
         }
+    }
+
+    /// When the set was last fetched successfully (for `describe`), if ever.
+    pub async fn fetched_at(&self) -> Option<Instant> {
+        self.state.read().await.fetched
+    }
+
+    /// The keys held now, without fetching.
+    pub async fn current(&self) -> Arc<KeySet> {
+        self.state.read().await.keys.clone()
     }
 
     async fn fetch(&self) -> Result<KeySet, VerifyError> {
@@ -254,7 +280,11 @@ impl JwksCache {
                 "the JWKS is larger than 1 MiB".into(),
             ));
         }
-        let set = KeySet::from_jwks(&body)?;
+        let set = if self.allow_rsa {
+            KeySet::from_jwks_with_rsa(&body)?
+        } else {
+            KeySet::from_jwks(&body)?
+        };
         if set.is_empty() {
             return Err(VerifyError::KeysUnavailable(
                 "the JWKS holds no usable key".into(),
