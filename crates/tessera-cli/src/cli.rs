@@ -66,9 +66,9 @@ pub enum Command {
     },
     /// Explain an identity: owner, purpose, what it can reach and why, how to revoke it.
     Describe {
-        #[arg(value_parser = ["workload"])]
+        #[arg(value_parser = ["workload", "trust"])]
         kind: String,
-        /// The workload's SPIFFE ID.
+        /// The workload's SPIFFE ID, or the trust's name.
         id: String,
         #[command(flatten)]
         target: Target,
@@ -105,6 +105,11 @@ pub enum Command {
     Ca {
         #[command(subcommand)]
         command: CaCommand,
+    },
+    /// Federation: try an outside token against the trusts.
+    Federation {
+        #[command(subcommand)]
+        command: FederationCommand,
     },
     /// Fetch this process's SVIDs from a node agent's Workload API.
     Svid {
@@ -181,6 +186,21 @@ pub enum CaCommand {
     },
     /// List CAs and their state (active, prepared, retiring, withdrawn).
     List {
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FederationCommand {
+    /// Which mapping rule an outside token matches (exit 0), or why none does (exit 1).
+    /// Verifies the token fully; issues nothing.
+    Test {
+        /// Only this trust (default: every trust for the token's issuer).
+        #[arg(long)]
+        trust: Option<String>,
+        /// The outside token, or `-` for stdin.
+        token: String,
         #[command(flatten)]
         target: Target,
     },

@@ -30,6 +30,51 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             print(&target, &v, || render::table(&kind, &v));
             Ok(0)
         }
+        Command::Describe { kind, id, target } if kind == "trust" => {
+            let q = form_query("name", &id);
+            let v = admin(&target)?
+                .get(&format!("/v1/describe/trust?{q}"))
+                .await?;
+            print(&target, &v, || render::describe_trust(&v));
+            Ok(0)
+        }
+        Command::Federation {
+            command:
+                crate::cli::FederationCommand::Test {
+                    trust,
+                    token,
+                    target,
+                },
+        } => {
+            let token = if token == "-" {
+                let mut s = String::new();
+                std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)?;
+                s.trim().to_owned()
+            } else {
+                token
+            };
+            let v = admin(&target)?
+                .post(
+                    "/v1/federation/test",
+                    json!({"trust": trust, "token": token}),
+                )
+                .await?;
+            let matched = v["matched"] == Value::Bool(true);
+            print(&target, &v, || {
+                if matched {
+                    format!(
+                        "matches trust `{}` rule {}: becomes {} (outside subject `{}`)\n",
+                        v["trust"].as_str().unwrap_or_default(),
+                        v["rule"],
+                        v["workload"].as_str().unwrap_or_default(),
+                        v["outside_sub"].as_str().unwrap_or_default()
+                    )
+                } else {
+                    format!("no match: {}\n", v["reason"].as_str().unwrap_or_default())
+                }
+            });
+            Ok(if matched { 0 } else { 1 })
+        }
         Command::Describe {
             kind: _,
             id,

@@ -265,3 +265,47 @@ pub fn audit(rows: &Value) -> String {
     }
     o
 }
+
+pub fn describe_trust(t: &Value) -> String {
+    let mut o = String::new();
+    o.push_str(&format!("Trust:        {}\n", s(t, "name")));
+    o.push_str(&format!("Issuer:       {}\n", s(t, "issuer")));
+    o.push_str(&format!("Audience:     {}\n", s(t, "audience")));
+    o.push_str(&format!("Algorithms:   {}\n", list(t, "algorithms")));
+    o.push_str(&format!(
+        "Max age:      {} s{}\n",
+        t["max_age_seconds"],
+        if t["single_use"] == Value::Bool(true) {
+            "; single use"
+        } else {
+            ""
+        }
+    ));
+    o.push_str(&format!("Defined at:   {}\n", s(t, "source")));
+    let k = &t["keys"];
+    o.push_str(&format!("\nKeys ({}):\n", s(k, "source")));
+    if let Some(age) = k.get("fetched_seconds_ago").filter(|v| !v.is_null()) {
+        o.push_str(&format!("  fetched {age} s ago\n"));
+    }
+    for key in k["keys"].as_array().cloned().unwrap_or_default() {
+        o.push_str(&format!("  {} ({})\n", s(&key, "kid"), s(&key, "alg")));
+    }
+    if let Some(e) = k.get("last_error").and_then(Value::as_str) {
+        o.push_str(&format!("  last error: {e}\n"));
+    }
+    o.push_str("\nRules (first match wins):\n");
+    for r in t["rules"].as_array().cloned().unwrap_or_default() {
+        o.push_str(&format!(
+            "  {}. {} -> {} ({})\n",
+            r["rule"],
+            r["claims"],
+            s(&r, "workload"),
+            s(&r, "kind")
+        ));
+    }
+    o.push_str(&format!(
+        "\nGlobs (`*`) allowed in: {}\n",
+        list(t, "glob_claims")
+    ));
+    o
+}

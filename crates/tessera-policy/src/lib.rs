@@ -30,6 +30,15 @@ pub enum PolicyError {
 }
 
 /// What an authorization decided, and which policies or errors made it so.
+/// How a token was asked for, beyond who, what and which scopes: on behalf of another workload
+/// (RFC 8693 delegation: `actor` is the service acting), or in exchange for an outside token
+/// (`trust` names the trust). In Cedar: `context.delegated`, `context.actor`, `context.trust`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IssueContext {
+    pub actor: Option<SpiffeId>,
+    pub trust: Option<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
     pub allowed: bool,
@@ -240,7 +249,8 @@ impl PolicyEngine {
         })
     }
 
-    /// May `from` receive a token for `to` carrying `scopes`?
+    /// May `from` receive a token for `to` carrying `scopes`? (A direct request: not delegated,
+    /// not federated; the one that is cached.)
     pub fn decide_issue(&self, from: &SpiffeId, to: &SpiffeId, scopes: &[Scope]) -> Decision {
         let mut sorted = scopes.to_vec();
         sorted.sort();
@@ -249,7 +259,7 @@ impl PolicyEngine {
         if let Some(d) = self.decided.read().ok().and_then(|m| m.get(&key).cloned()) {
             return d;
         }
-        let decision = self.evaluate_issue(from, to, &key.2);
+        let decision = self.evaluate_issue_with(from, to, &key.2, &IssueContext::default());
         if let Ok(mut m) = self.decided.write() {
             if m.len() >= MAX_CACHED_DECISIONS {
                 m.clear();
@@ -261,6 +271,19 @@ impl PolicyEngine {
 
     /// The Cedar evaluation behind [`PolicyEngine::decide_issue`], without the cache.
     pub fn evaluate_issue(&self, from: &SpiffeId, to: &SpiffeId, scopes: &[Scope]) -> Decision {
+        self.evaluate_issue_with(from, to, scopes, &IssueContext::default())
+    }
+
+    /// [`PolicyEngine::evaluate_issue`] for a delegated or federated request. The context always
+    /// holds every key (`scopes`, `delegated`, `actor`, `trust`), so that a policy reading one
+    /// never errors on a direct request (an erroring policy denies).
+    pub fn evaluate_issue_with(
+        &self,
+        from: &SpiffeId,
+        to: &SpiffeId,
+        scopes: &[Scope],
+        extra: &IssueContext,
+    ) -> Decision {
         let deny = |e: String| Decision {
             allowed: false,
             determined_by: Vec::new(),
@@ -274,14 +297,34 @@ impl PolicyEngine {
             (Ok(p), Ok(a), Ok(r)) => (p, a, r),
             _ => return deny("the request cannot be expressed in Cedar".into()),
         };
-        let context = Context::from_pairs([(
-            "scopes".to_owned(),
-            RestrictedExpression::new_set(
-                scopes
-                    .iter()
-                    .map(|s| RestrictedExpression::new_string(s.as_str().to_owned())),
+        let context = Context::from_pairs([
+            (
+                "scopes".to_owned(),
+                RestrictedExpression::new_set(
+                    scopes
+                        .iter()
+                        .map(|s| RestrictedExpression::new_string(s.as_str().to_owned())),
+                ),
             ),
-        )]);
+            (
+                "delegated".to_owned(),
+                RestrictedExpression::new_bool(extra.actor.is_some()),
+            ),
+            (
+                "actor".to_owned(),
+                RestrictedExpression::new_string(
+                    extra
+                        .actor
+                        .as_ref()
+                        .map(ToString::to_string)
+                        .unwrap_or_default(),
+                ),
+            ),
+            (
+                "trust".to_owned(),
+                RestrictedExpression::new_string(extra.trust.clone().unwrap_or_default()),
+            ),
+        ]);
         let context = match context {
             Ok(c) => c,
             Err(e) => return deny(e.to_string()),

@@ -55,6 +55,8 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/v1/apply", post(apply))
         .route("/v1/get/{kind}", get(list))
         .route("/v1/describe/workload", get(describe_workload))
+        .route("/v1/describe/trust", get(describe_trust))
+        .route("/v1/federation/test", post(federation_test))
         .route("/v1/client/secret", post(client_secret))
         .route("/v1/revoke/workload", post(revoke_workload))
         .route("/v1/revoke/token", post(revoke_token))
@@ -260,6 +262,79 @@ async fn list(
 #[derive(Deserialize)]
 struct IdQuery {
     id: String,
+}
+
+#[derive(Deserialize)]
+struct NameQuery {
+    name: String,
+}
+
+/// `GET /admin/v1/describe/trust?name=`: issuer, keys and their age, rules, reachable workloads.
+async fn describe_trust(
+    State(app): State<Arc<App>>,
+    Query(q): Query<NameQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let snap = app.snapshot();
+    let t = snap
+        .trusts
+        .iter()
+        .find(|t| t.name.as_str() == q.name)
+        .ok_or_else(|| {
+            ApiError::NotFound(format!(
+                "no trust `{}` (see `tessera get trusts`)",
+                q.name.chars().take(80).collect::<String>()
+            ))
+        })?;
+    let keys = app.trust_keys.describe(t).await;
+    let rules: Vec<Value> = t
+        .map
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            json!({"rule": i + 1, "claims": m.claims, "workload": m.workload,
+                              "kind": snap.workloads.get(&m.workload).map(|w| w.spec.kind)})
+        })
+        .collect();
+    Ok(Json(json!({
+        "name": t.name, "issuer": t.issuer, "audience": t.audience,
+        "algorithms": if t.algorithms.is_empty() { crate::federation::DEFAULT_ALGORITHMS.iter().map(|a| a.to_string()).collect() } else { t.algorithms.clone() },
+        "max_age_seconds": t.max_age.map_or(crate::federation::DEFAULT_MAX_AGE, |m| i64::try_from(m.as_secs()).unwrap_or(i64::MAX)),
+        "single_use": t.single_use, "keys": keys, "rules": rules, "source": t.source,
+        "glob_claims": crate::federation::GLOB_CLAIMS,
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FederationTest {
+    trust: Option<String>,
+    token: String,
+}
+
+/// `POST /admin/v1/federation/test`: which rule an outside token matches, or why none does.
+/// Issues nothing and claims nothing.
+async fn federation_test(
+    State(app): State<Arc<App>>,
+    Json(req): Json<FederationTest>,
+) -> Result<Json<Value>, ApiError> {
+    let snap = app.snapshot();
+    if let Some(t) = &req.trust {
+        if !snap.trusts.iter().any(|x| x.name.as_str() == t) {
+            return Err(ApiError::NotFound(format!(
+                "no trust `{}`",
+                t.chars().take(80).collect::<String>()
+            )));
+        }
+    }
+    Ok(Json(
+        match crate::federation::verify_outside(&app, &snap, req.token.trim(), req.trust.as_deref())
+            .await
+        {
+            Ok(m) => json!({"matched": true, "trust": m.trust.name, "rule": m.rule + 1,
+                            "workload": m.workload, "outside_sub": m.subject, "exp": m.exp}),
+            Err(r) => json!({"matched": false, "trust": r.trust, "reason": r.reason}),
+        },
+    ))
 }
 
 async fn describe_workload(

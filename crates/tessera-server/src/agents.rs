@@ -585,6 +585,7 @@ async fn token(
             "node_agent",
             &form,
             "managed_identity",
+            &crate::oauth::MintOptions::default(),
         ) {
             Ok(m) => m,
             Err(denied) => {

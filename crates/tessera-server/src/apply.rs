@@ -101,8 +101,9 @@ pub fn plan(
         }
     }
     for t in &desired.trusts {
+        crate::federation::check_rules(t).map_err(|e| invalid(&t.source, e))?;
         if let Some(j) = &t.jwks {
-            KeySet::from_jwks(j.as_bytes()).map_err(|e| {
+            KeySet::from_jwks_with_rsa(j.as_bytes()).map_err(|e| {
                 invalid(
                     &t.source,
                     format!("trust `{}`: its JWKS is not usable: {e}", t.name),

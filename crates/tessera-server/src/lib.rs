@@ -25,7 +25,9 @@ mod agents;
 pub mod apply;
 pub mod ca;
 pub mod config;
+mod delegation;
 pub mod error;
+pub mod federation;
 pub mod keys;
 mod metrics;
 pub mod oauth;
@@ -63,6 +65,8 @@ pub struct App {
     bundles: Arc<ca::Bundles>,
     /// The version of each snapshot swapped in, for agents waiting on a change.
     changes: watch::Sender<i64>,
+    /// Outside issuers' keys, per trust (static, or discovered and cached).
+    pub trust_keys: federation::TrustKeys,
     metrics: Metrics,
     registry: Registry,
 }
@@ -439,6 +443,7 @@ pub async fn start(
         reload_lock: tokio::sync::Mutex::new(()),
         bundles,
         changes: watch::channel(0).0,
+        trust_keys: federation::TrustKeys::default(),
         metrics,
         registry,
     });
@@ -741,7 +746,7 @@ async fn metadata(State(app): State<Arc<App>>, td: Option<String>) -> Response {
         "jwks_uri": issuer.endpoint("jwks"),
         "introspection_endpoint": issuer.endpoint("introspect"),
         "revocation_endpoint": issuer.endpoint("revoke"),
-        "grant_types_supported": [oauth::CLIENT_CREDENTIALS],
+        "grant_types_supported": [oauth::CLIENT_CREDENTIALS, federation::TOKEN_EXCHANGE, federation::JWT_BEARER],
         "token_endpoint_auth_methods_supported": ["private_key_jwt", "client_secret_basic", "client_secret_post"],
         "token_endpoint_auth_signing_alg_values_supported": ["ES256", "EdDSA"],
         "introspection_endpoint_auth_methods_supported": ["private_key_jwt", "client_secret_basic", "client_secret_post"],

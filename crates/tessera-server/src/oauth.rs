@@ -93,6 +93,11 @@ impl Form {
         self.params.get(name).map(String::as_str)
     }
 
+    /// The `audience` and `resource` values, in order.
+    pub fn targets(&self) -> &[String] {
+        &self.targets
+    }
+
     /// A request for one target and optional scopes, made by Tessera itself on a workload's
     /// behalf (the managed-identity endpoint).
     pub fn for_target(target: &str, scope: Option<&str>) -> Self {
@@ -516,12 +521,14 @@ pub async fn token(app: Arc<App>, issuer: Issuer, headers: HeaderMap, body: Byte
     };
     let grant_type = match form.get("grant_type") {
         Some(CLIENT_CREDENTIALS) => CLIENT_CREDENTIALS,
+        Some(crate::federation::TOKEN_EXCHANGE) => crate::federation::TOKEN_EXCHANGE,
+        Some(crate::federation::JWT_BEARER) => crate::federation::JWT_BEARER,
         Some(other) => {
             count(&app, "other", "refused");
             return ApiError::oauth(
                 OAuthCode::UnsupportedGrantType,
                 format!(
-                    "grant type `{}` is not supported here (client_credentials is)",
+                    "grant type `{}` is not supported here (client_credentials, token-exchange and jwt-bearer are)",
                     truncate(other, 80)
                 ),
             )
@@ -533,7 +540,11 @@ pub async fn token(app: Arc<App>, issuer: Issuer, headers: HeaderMap, body: Byte
         }
     };
     let snap = app.snapshot();
-    let resp = match client_credentials(&app, &snap, &issuer, &headers, &form).await {
+    let result = match grant_type {
+        CLIENT_CREDENTIALS => client_credentials(&app, &snap, &issuer, &headers, &form).await,
+        g => crate::federation::exchange(&app, &snap, &issuer, &headers, &form, g).await,
+    };
+    let resp = match result {
         Ok(body) => {
             count(&app, grant_type, "issued");
             no_store(Json(body).into_response())
@@ -582,6 +593,7 @@ async fn client_credentials(
         client.method,
         form,
         CLIENT_CREDENTIALS,
+        &MintOptions::default(),
     ) {
         Ok(m) => m,
         Err(denied) => {
@@ -629,8 +641,29 @@ impl Minted {
     }
 }
 
-/// Decides and signs an access token for `caller`, whoever authenticated it (an OAuth client, or
-/// a node agent that attested the process). On refusal, the denial's audit event and the error.
+/// What a delegated or federated token adds to a plain issuance.
+#[derive(Debug, Clone, Default)]
+pub struct MintOptions {
+    /// For the policy decision (`context.delegated`, `actor`, `trust`).
+    pub context: tessera_policy::IssueContext,
+    /// The `act` claim (RFC 8693 §4.1).
+    pub act: Option<Value>,
+    /// The token may not outlive this (a delegated token never outlives the original).
+    pub not_after: Option<i64>,
+    /// The token's `sub` when it is not the caller decided for (delegation: the original
+    /// caller, while the actor is decided for).
+    pub subject: Option<SpiffeId>,
+    /// Extra audit detail (the trust, the outside issuer and subject, the actor).
+    pub detail: serde_json::Map<String, Value>,
+}
+
+/// Decides and signs an access token for `caller`, whoever authenticated it (an OAuth client, a
+/// node agent that attested the process, an outside issuer through a trust, or a delegating
+/// service). On refusal, the denial's audit event and the error.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "each is a distinct part of the request"
+)]
 pub fn mint(
     snap: &Snapshot,
     issuer: &Issuer,
@@ -639,20 +672,40 @@ pub fn mint(
     auth: &str,
     form: &Form,
     grant_type: &str,
+    options: &MintOptions,
 ) -> Result<Minted, Box<(AuditEvent, ApiError)>> {
+    let with_detail = |mut v: Value| {
+        if let Value::Object(m) = &mut v {
+            m.extend(options.detail.clone());
+        }
+        v
+    };
     let deny = |code: OAuthCode, reason: String, target: Option<&str>| {
         let event = AuditEvent {
             kind: "token.denied".into(),
             actor: client_id.to_owned(),
             subject: caller.to_string(),
             outcome: "denied".into(),
-            detail: json!({"error": code.as_str(), "reason": reason, "target": target, "grant_type": grant_type}),
+            detail: with_detail(
+                json!({"error": code.as_str(), "reason": reason, "target": target, "grant_type": grant_type}),
+            ),
         };
         Box::new((event, ApiError::oauth(code, reason)))
     };
-    let (target, scopes, ttl) = decide(snap, issuer, caller, form)
+    let (target, scopes, ttl) = decide(snap, issuer, caller, form, &options.context)
         .map_err(|(code, reason, target)| deny(code, reason, target.as_deref()))?;
     let now = tessera_core::now_unix();
+    let exp = options
+        .not_after
+        .map_or(now + ttl, |cap| cap.min(now + ttl));
+    if exp <= now {
+        return Err(deny(
+            OAuthCode::InvalidGrant,
+            "the original token has expired".into(),
+            Some(target.as_str()),
+        ));
+    }
+    let ttl = exp - now;
     let unavailable = |e: String| {
         Box::new((
             AuditEvent {
@@ -673,9 +726,10 @@ pub fn mint(
         tessera_token::seal::random_bytes::<16>().map_err(|e| unavailable(e.to_string()))?,
     );
     let workload = snap.workloads.get(caller);
+    let sub = options.subject.as_ref().unwrap_or(caller);
     let claims = AccessTokenClaims {
         iss: issuer.url.clone(),
-        sub: caller.to_string(),
+        sub: sub.to_string(),
         aud: target.to_string(),
         client_id: client_id.to_owned(),
         scope: Scope::join(&scopes),
@@ -685,16 +739,19 @@ pub fn mint(
         environment: workload
             .and_then(|w| w.spec.environment.as_ref())
             .map(ToString::to_string),
+        act: options.act.clone(),
     };
     let token =
         sign(&signing.key, TYP_ACCESS_TOKEN, &claims).map_err(|e| unavailable(e.to_string()))?;
     let event = AuditEvent {
         kind: "token.issued".into(),
         actor: client_id.to_owned(),
-        subject: caller.to_string(),
+        subject: sub.to_string(),
         outcome: "ok".into(),
-        detail: json!({"jti": jti, "aud": claims.aud, "scope": claims.scope, "exp": claims.exp,
+        detail: with_detail(
+            json!({"jti": jti, "aud": claims.aud, "scope": claims.scope, "exp": claims.exp,
                        "grant_type": grant_type, "auth": auth, "iss": claims.iss}),
+        ),
     };
     Ok(Minted {
         token,
@@ -712,6 +769,7 @@ fn decide(
     issuer: &Issuer,
     caller: &SpiffeId,
     form: &Form,
+    context: &tessera_policy::IssueContext,
 ) -> Result<(SpiffeId, Vec<Scope>, i64), Denial> {
     let Some(workload) = snap.workloads.get(caller) else {
         return Err((
@@ -803,7 +861,12 @@ fn decide(
         }
         requested
     };
-    let decision = snap.engine.decide_issue(caller, target, &scopes);
+    let decision = if context == &tessera_policy::IssueContext::default() {
+        snap.engine.decide_issue(caller, target, &scopes)
+    } else {
+        snap.engine
+            .evaluate_issue_with(caller, target, &scopes, context)
+    };
     if !decision.allowed {
         return Err((
             OAuthCode::InvalidTarget,
@@ -817,7 +880,7 @@ fn decide(
 
 /// What an introspection or revocation finds out about a token: its claims if it is one of ours,
 /// correctly signed and unexpired.
-fn our_token(
+pub(crate) fn our_token(
     app: &App,
     snap: &Snapshot,
     issuer: &Issuer,

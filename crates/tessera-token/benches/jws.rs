@@ -27,6 +27,7 @@ fn claims() -> AccessTokenClaims {
         exp: 1_800_000_300,
         jti: "NOJioDII4sKBx3qPweOHwg".into(),
         environment: Some("prod".into()),
+        act: None,
     }
 }
 

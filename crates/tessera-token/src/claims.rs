@@ -22,6 +22,9 @@ pub struct AccessTokenClaims {
     pub jti: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub environment: Option<String>,
+    /// RFC 8693 §4.1: the acting party of a delegated token, nesting earlier actors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub act: Option<Value>,
 }
 
 /// Time and audience rules. Leeway is explicit and small.

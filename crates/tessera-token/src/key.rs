@@ -411,7 +411,8 @@ impl JwkSet {
         Self::parse(text, true)
     }
 
-    fn parse(text: &[u8], rsa: bool) -> Result<Vec<PublicKey>, TokenError> {        let doc = crate::strict::parse_object(text).map_err(TokenError::Jwk)?;
+    fn parse(text: &[u8], rsa: bool) -> Result<Vec<PublicKey>, TokenError> {
+        let doc = crate::strict::parse_object(text).map_err(TokenError::Jwk)?;
         let keys = doc
             .get("keys")
             .and_then(Value::as_array)
@@ -507,7 +508,10 @@ mod tests {
     fn rsa_keys_only_where_allowed() {
         // RFC 7517 Appendix A.1, the RSA public key ("2011-04-29"), 2048 bits.
         let jwks = br#"{"keys":[{"kty":"RSA","n":"0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw","e":"AQAB","alg":"RS256","kid":"2011-04-29"}]}"#;
-        assert!(JwkSet::parse_keys(jwks).unwrap().is_empty(), "skipped unless allowed");
+        assert!(
+            JwkSet::parse_keys(jwks).unwrap().is_empty(),
+            "skipped unless allowed"
+        );
         let keys = JwkSet::parse_keys_with_rsa(jwks).unwrap();
         assert_eq!(keys.len(), 1);
         assert_eq!(keys[0].alg(), Alg::RS256);
@@ -516,12 +520,15 @@ mod tests {
         let mut m = keys[0].to_jwk();
         m.remove("kid");
         let again = PublicKey::from_jwk(&m).unwrap();
-        assert_eq!(again.kid().as_str(), "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs");
+        assert_eq!(
+            again.kid().as_str(),
+            "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
+        );
         assert!(!keys[0].verify(b"message", &[0u8; 256]));
         // A 1024-bit modulus is refused.
         let short = format!(
             r#"{{"keys":[{{"kty":"RSA","n":"{}","e":"AQAB"}}]}}"#,
-            b64_encode(&[0xc5u8; 128])
+            b64_encode([0xc5u8; 128])
         );
         assert!(JwkSet::parse_keys_with_rsa(short.as_bytes()).is_err());
         assert!(SigningKey::generate(Alg::RS256).is_err());

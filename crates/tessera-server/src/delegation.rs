@@ -1,0 +1,268 @@
+//! RFC 8693 delegation: a service that received a Tessera access token exchanges it, proving who
+//! it is with its own credential (`actor_token`: its JWT-SVID for this issuer; or OAuth client
+//! authentication), for a token to a downstream service on the original caller's behalf. The
+//! result keeps the caller as `sub`, names the chain of actors in `act`, can only lose scopes,
+//! and never outlives the original. Policies see `context.delegated` and `context.actor`.
+
+use axum::http::{header, HeaderMap};
+use serde_json::{json, Map, Value};
+use tessera_core::{Scope, SpiffeId};
+use tessera_token::claims::{audience_contains, check_times, TimeRules};
+use tessera_token::Unverified;
+
+use crate::error::{ApiError, OAuthCode};
+use crate::oauth::{authenticate, mint, our_token, Form, Issuer, MintOptions};
+use crate::state::Snapshot;
+use crate::App;
+
+const TT_JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
+/// Actor chains longer than this are refused (each hop nests one `act`).
+const MAX_CHAIN: usize = 5;
+
+fn grant_err(reason: impl Into<String>) -> ApiError {
+    ApiError::oauth(OAuthCode::InvalidGrant, reason)
+}
+
+/// The acting service: from its JWT-SVID (`actor_token`, audience this issuer), or from OAuth
+/// client authentication on the request; exactly one of the two.
+async fn actor(
+    app: &App,
+    snap: &Snapshot,
+    issuer: &Issuer,
+    headers: &HeaderMap,
+    form: &Form,
+) -> Result<(SpiffeId, String), ApiError> {
+    let client_auth = headers.contains_key(header::AUTHORIZATION)
+        || form.get("client_assertion").is_some()
+        || form.get("client_secret").is_some();
+    match (form.get("actor_token"), client_auth) {
+        (Some(_), true) => Err(ApiError::oauth(
+            OAuthCode::InvalidRequest,
+            "give the actor's credential once: `actor_token` or client authentication",
+        )),
+        (None, false) => Err(ApiError::oauth(
+            OAuthCode::InvalidRequest,
+            "delegation needs the acting service's credential: `actor_token` (its JWT-SVID) or client authentication",
+        )),
+        (None, true) => {
+            let client = authenticate(app, snap, issuer, headers, form).await?;
+            let w = snap
+                .clients
+                .get(&client.id)
+                .map(|c| c.spec.workload.clone())
+                .ok_or_else(|| ApiError::unavailable("authenticated client vanished"))?;
+            Ok((w, client.id))
+        }
+        (Some(t), false) => {
+            if form.get("actor_token_type") != Some(TT_JWT) {
+                return Err(ApiError::oauth(
+                    OAuthCode::InvalidRequest,
+                    "`actor_token_type` must be urn:ietf:params:oauth:token-type:jwt (a JWT-SVID)",
+                ));
+            }
+            let id = jwt_svid_of(app, snap, issuer, t)
+                .map_err(|e| grant_err(format!("the actor token is not accepted: {e}")))?;
+            Ok((id.clone(), id.to_string()))
+        }
+    }
+}
+
+/// Verifies a JWT-SVID of this trust domain whose audience is this issuer.
+fn jwt_svid_of(
+    app: &App,
+    snap: &Snapshot,
+    issuer: &Issuer,
+    token: &str,
+) -> Result<SpiffeId, String> {
+    let parsed = Unverified::parse(token).map_err(|e| e.to_string())?;
+    if !matches!(parsed.typ.as_deref(), None | Some("JWT" | "JOSE")) {
+        return Err("it is not a JWT-SVID (`typ`)".into());
+    }
+    let now = tessera_core::now_unix();
+    let kid = parsed.kid.as_ref().ok_or("it has no `kid`")?;
+    let key = snap
+        .keys
+        .find(&issuer.td, kid, now)
+        .ok_or("it is not signed by this trust domain")?;
+    parsed.verify_with(key).map_err(|e| e.to_string())?;
+    check_times(
+        &parsed.claims,
+        &TimeRules {
+            now,
+            leeway: 30,
+            max_ahead: None,
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    let urls = app.issuer_urls(&issuer.td);
+    let expected: Vec<&str> = urls.iter().map(String::as_str).collect();
+    audience_contains(&parsed.claims, &expected).map_err(|e| e.to_string())?;
+    let sub = parsed
+        .claims
+        .get("sub")
+        .and_then(Value::as_str)
+        .ok_or("it has no `sub`")?;
+    let id = SpiffeId::parse(sub).map_err(|e| e.to_string())?;
+    if id.trust_domain_str() != issuer.td.as_str() {
+        return Err("it is from another trust domain".into());
+    }
+    Ok(id)
+}
+
+fn chain_len(act: Option<&Value>) -> usize {
+    match act.and_then(Value::as_object) {
+        Some(m) => 1 + chain_len(m.get("act")),
+        None => 0,
+    }
+}
+
+pub async fn delegate(
+    app: &App,
+    snap: &Snapshot,
+    issuer: &Issuer,
+    headers: &HeaderMap,
+    form: &Form,
+    subject_token: &str,
+) -> Result<Value, ApiError> {
+    let (actor, actor_label) = actor(app, snap, issuer, headers, form).await?;
+    let (who, label) = (actor.to_string(), actor_label.clone());
+    let refuse = |reason: String| async move {
+        let event = tessera_store::AuditEvent {
+            kind: "token.denied".into(),
+            actor: label,
+            subject: who,
+            outcome: "denied".into(),
+            detail: json!({"error": "invalid_grant", "reason": reason, "grant_type": "delegation"}),
+        };
+        if let Err(e) = app.audit.append(event).await {
+            tracing::error!(error = %e, "could not record a refused delegation");
+        }
+        grant_err(reason)
+    };
+    let Some(original) = our_token(app, snap, issuer, subject_token) else {
+        return Err(refuse(
+            "the subject token is not a valid, unexpired access token of this issuer".into(),
+        )
+        .await);
+    };
+    let get = |k: &str| original.get(k).and_then(Value::as_str).unwrap_or_default();
+    let (sub, aud, jti) = (
+        get("sub").to_owned(),
+        get("aud").to_owned(),
+        get("jti").to_owned(),
+    );
+    let iat = original.get("iat").and_then(Value::as_i64).unwrap_or(0);
+    if snap.revoked_jtis.contains(&jti) || snap.workload_revoked(&sub, iat) {
+        return Err(refuse("the subject token has been revoked".into()).await);
+    }
+    // Only the service the token was for may pass it on.
+    if aud != actor.as_str() {
+        return Err(refuse(format!(
+            "the subject token was issued to `{}`, not to the actor `{actor}`",
+            aud.chars().take(200).collect::<String>()
+        ))
+        .await);
+    }
+    let caller = SpiffeId::parse(&sub)
+        .map_err(|_| grant_err("the subject token's `sub` is not a SPIFFE ID"))?;
+    if chain_len(original.get("act")) >= MAX_CHAIN {
+        return Err(refuse(format!("delegation chains are at most {MAX_CHAIN} deep")).await);
+    }
+    // Scopes only shrink: what is asked must be in the original; by default, the original's
+    // scopes that the actor is also granted on the target.
+    let original_scopes: Vec<String> = get("scope").split_whitespace().map(str::to_owned).collect();
+    let requested = match form.get("scope") {
+        Some(s) => {
+            let asked = Scope::parse_list(s)
+                .map_err(|e| ApiError::oauth(OAuthCode::InvalidScope, e.to_string()))?;
+            if let Some(extra) = asked
+                .iter()
+                .find(|s| !original_scopes.iter().any(|o| o == s.as_str()))
+            {
+                return Err(ApiError::oauth(
+                    OAuthCode::InvalidScope,
+                    format!(
+                        "scope `{extra}` is not in the original token: delegation only narrows"
+                    ),
+                ));
+            }
+            asked
+        }
+        None => Vec::new(),
+    };
+    // The downstream target, and the actor's own right to call it (its grants), decide.
+    let target_form = {
+        let target = match form.targets() {
+            [one] => one.clone(),
+            _ => {
+                return Err(ApiError::oauth(
+                    OAuthCode::InvalidTarget,
+                    "name one downstream service with `audience` or `resource`",
+                ))
+            }
+        };
+        let scope = if requested.is_empty() {
+            let granted: Vec<String> = snap
+                .targets
+                .get(&target)
+                .map(|t| {
+                    snap.engine
+                        .granted_scopes(&actor, t)
+                        .iter()
+                        .map(|s| s.to_string())
+                        .filter(|s| original_scopes.contains(s))
+                        .collect()
+                })
+                .unwrap_or_default();
+            granted.join(" ")
+        } else {
+            Scope::join(&requested)
+        };
+        Form::for_target(&target, Some(&scope))
+    };
+    let mut act = Map::new();
+    act.insert("sub".into(), actor.to_string().into());
+    if let Some(prev) = original.get("act") {
+        act.insert("act".into(), prev.clone());
+    }
+    let mut detail = Map::new();
+    detail.insert("delegated_by".into(), actor.to_string().into());
+    detail.insert("original_jti".into(), jti.clone().into());
+    let options = MintOptions {
+        context: tessera_policy::IssueContext {
+            actor: Some(actor.clone()),
+            trust: None,
+        },
+        act: Some(Value::Object(act)),
+        not_after: original.get("exp").and_then(Value::as_i64),
+        subject: Some(caller.clone()),
+        detail,
+    };
+    // The token is the caller's (`sub`), issued because the actor may call the target: the
+    // policy decision is the actor's, with `context.delegated`.
+    let minted = match mint(
+        snap,
+        issuer,
+        &actor,
+        &actor_label,
+        "delegation",
+        &target_form,
+        crate::federation::TOKEN_EXCHANGE,
+        &options,
+    ) {
+        Ok(m) => m,
+        Err(denied) => {
+            let (event, err) = *denied;
+            if let Err(e) = app.audit.append(event).await {
+                tracing::error!(error = %e, "could not record a token denial");
+            }
+            return Err(err);
+        }
+    };
+    // Fail closed: the token leaves once its record is durable.
+    app.audit
+        .append(minted.event.clone())
+        .await
+        .map_err(ApiError::unavailable)?;
+    Ok(minted.response())
+}
