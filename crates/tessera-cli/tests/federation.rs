@@ -88,3 +88,35 @@ fn federation_sqlite() {
 fn federation_postgres() {
     run(Backend::Postgres);
 }
+
+/// The documented examples apply as they are.
+#[test]
+fn federation_examples_apply() {
+    let s = server(Backend::Sqlite, &[]).unwrap();
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/federation");
+    for name in ["github-actions.toml", "kubernetes.toml", "generic-oidc.toml"] {
+        let path = format!("{dir}/{name}");
+        let o = tessera(&s.data, &["apply", "-f", &path]);
+        assert!(o.status.success(), "{name}: {}", stderr(&o));
+    }
+    let o = tessera(&s.data, &["get", "trusts"]);
+    for t in ["github-actions", "prod-cluster", "other-cloud"] {
+        assert!(stdout(&o).contains(t), "{}", stdout(&o));
+    }
+    // A glob where the claim is matched exactly is refused with its place.
+    let bad = tempfile::tempdir().unwrap();
+    let p = write(
+        bad.path(),
+        "bad.toml",
+        &std::fs::read_to_string(format!("{dir}/github-actions.toml"))
+            .unwrap()
+            .replace("repository_id = \"690123456\"", "repository_id = \"690*\""),
+    );
+    let o = tessera(&s.data, &["apply", "-f", p.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("bad.toml:") && stderr(&o).contains("matched exactly"),
+        "{}",
+        stderr(&o)
+    );
+}
