@@ -94,7 +94,11 @@ fn federation_postgres() {
 fn federation_examples_apply() {
     let s = server(Backend::Sqlite, &[]).unwrap();
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/federation");
-    for name in ["github-actions.toml", "kubernetes.toml", "generic-oidc.toml"] {
+    for name in [
+        "github-actions.toml",
+        "kubernetes.toml",
+        "generic-oidc.toml",
+    ] {
         let path = format!("{dir}/{name}");
         let o = tessera(&s.data, &["apply", "-f", &path]);
         assert!(o.status.success(), "{name}: {}", stderr(&o));
