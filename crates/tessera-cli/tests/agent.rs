@@ -773,3 +773,95 @@ async fn nodes_restrict_which_agent_serves_a_workload() {
     })
     .await;
 }
+
+/// RFC 8693 delegation with the actor proving itself by its JWT-SVID (`actor_token`), fetched
+/// from the agent with the issuer as audience: no client secret anywhere.
+#[tokio::test]
+async fn delegation_with_a_jwt_svid_as_actor_token() {
+    let s = server(Backend::Sqlite, &[]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let extra = r#"
+[[workload]]
+id = "spiffe://example.org/front"
+owner = "team-f"
+purpose = "Calls the test process"
+
+[[grant]]
+from = "spiffe://example.org/front"
+to = "spiffe://example.org/me"
+scopes = ["read"]
+why = "front calls me"
+
+[[client]]
+id = "front"
+workload = "spiffe://example.org/front"
+auth = "client_secret"
+"#;
+    let text = mesh(extra).replace(
+        "x509_ttl = \"1h\"",
+        "x509_ttl = \"1h\"\nscopes = [\"read\"]",
+    );
+    apply(&s, dir.path(), &text);
+    let o = tessera(&s.data, &["client", "secret", "front"]);
+    let secret = stdout(&o).lines().next().unwrap().to_owned();
+    let token = join_token(&s, &[]);
+    let a = start_agent(&s, dir.path(), Some(&token));
+    // front -> me: the token `me` receives.
+    let (code, body) = post_form(
+        &format!("{}/token", s.url),
+        Some(("front", &secret)),
+        &[
+            ("grant_type", "client_credentials"),
+            ("audience", "spiffe://example.org/me"),
+        ],
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let received = body["access_token"].as_str().unwrap().to_owned();
+    // me proves itself with a JWT-SVID for the issuer and passes the token on to api.
+    let client = spiffe_client(&a.socket).await;
+    let issuer = format!("{}/example.org", s.url);
+    let svid = client
+        .fetch_jwt_svid([issuer.as_str()], None)
+        .await
+        .unwrap();
+    let form = [
+        (
+            "grant_type",
+            "urn:ietf:params:oauth:grant-type:token-exchange",
+        ),
+        ("subject_token", received.as_str()),
+        (
+            "subject_token_type",
+            "urn:ietf:params:oauth:token-type:access_token",
+        ),
+        ("actor_token", svid.token()),
+        ("actor_token_type", "urn:ietf:params:oauth:token-type:jwt"),
+        ("audience", "api"),
+    ];
+    let (code, body) = post_form(&format!("{issuer}/token"), None, &form).await;
+    assert_eq!(code, 200, "{body}");
+    let o = cli(&[
+        "verify",
+        "--issuer",
+        &issuer,
+        "--audience",
+        "spiffe://example.org/api",
+        body["access_token"].as_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let claims: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(claims["sub"], "spiffe://example.org/front");
+    assert_eq!(claims["act"]["sub"], "spiffe://example.org/me");
+    assert_eq!(claims["scope"], "read");
+    // A JWT-SVID for another audience is not an actor credential here.
+    let other = client
+        .fetch_jwt_svid(["spiffe://example.org/api"], None)
+        .await
+        .unwrap();
+    let mut bad = form;
+    bad[3] = ("actor_token", other.token());
+    let (code, body) = post_form(&format!("{issuer}/token"), None, &bad).await;
+    assert_eq!(code, 400, "{body}");
+    assert_eq!(body["error"], "invalid_grant");
+}

@@ -214,6 +214,14 @@ pub async fn delegate(
                         .collect()
                 })
                 .unwrap_or_default();
+            if granted.is_empty() {
+                // Asking with no scope would get every scope the actor is granted: more than the
+                // original carried. Refuse instead.
+                return Err(ApiError::oauth(
+                    OAuthCode::InvalidScope,
+                    "none of the original token's scopes is granted to the actor on the target",
+                ));
+            }
             granted.join(" ")
         } else {
             Scope::join(&requested)

@@ -219,6 +219,9 @@ async fn discover(client: &reqwest::Client, issuer: &str) -> Result<reqwest::Url
                 continue;
             }
         };
+        if resp.content_length().is_some_and(|n| n > 256 * 1024) {
+            return Err(format!("`{url}` is larger than 256 KiB"));
+        }
         let doc: Value = resp
             .json()
             .await

@@ -385,6 +385,15 @@ r = requests.post(URL + "/token", data={"grant_type": "client_credentials", "aud
 check(r.status_code == 200, "while direct calls to vault stay allowed")
 r = exchange(orders_token, "db", tt=TT_AT)
 check(r.status_code == 400 and r.json()["error"] == "invalid_request", "delegation without the actor's credential")
+# Without `scope`, the default is the original's scopes the actor may use on the target; none in
+# common is a refusal, never the actor's full grant.
+r = requests.post(URL + "/token", data={"grant_type": "client_credentials", "audience": "api", "scope": "orders:write"},
+                  auth=("api", api_secret), timeout=10)
+check(r.status_code == 400, "api has no grant to itself (setup)")
+narrow = requests.post(URL + "/token", data={"grant_type": JB, "assertion": k8s(), "audience": "api", "scope": "orders:write"}, timeout=10)
+check(narrow.status_code == 200, "orders gets an orders:write-only token for api")
+r = exchange(narrow.json()["access_token"], "db", tt=TT_AT, auth=("api", api_secret))
+check(r.status_code == 400 and r.json()["error"] == "invalid_scope", "delegation with no scope in common is refused, not widened")
 
 # 6. The CLI explains which rule matches.
 o = subprocess.run([BIN, "federation", "test", "--trust", "github-actions", gh(), "--data", DATA], capture_output=True, text=True)
