@@ -589,12 +589,8 @@ async fn token(
         ) {
             Ok(m) => m,
             Err(denied) => {
-                let (mut event, err) = *denied;
-                event.actor = agent.spiffe_id.to_string();
-                if let Err(e) = app.audit.append(event).await {
-                    tracing::error!(error = %e, "could not record a token denial");
-                }
-                return Err(err);
+                let actor = Some(agent.spiffe_id.to_string());
+                return Err(crate::oauth::record_denial(&app, denied, actor).await);
             }
         };
         let mut event = minted.event.clone();

@@ -259,13 +259,7 @@ pub async fn delegate(
         &options,
     ) {
         Ok(m) => m,
-        Err(denied) => {
-            let (event, err) = *denied;
-            if let Err(e) = app.audit.append(event).await {
-                tracing::error!(error = %e, "could not record a token denial");
-            }
-            return Err(err);
-        }
+        Err(denied) => return Err(crate::oauth::record_denial(app, denied, None).await),
     };
     // Fail closed: the token leaves once its record is durable.
     app.audit

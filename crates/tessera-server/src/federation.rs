@@ -592,13 +592,7 @@ async fn federated(
         &options,
     ) {
         Ok(m) => m,
-        Err(denied) => {
-            let (event, err) = *denied;
-            if let Err(e) = app.audit.append(event).await {
-                tracing::error!(error = %e, "could not record a token denial");
-            }
-            return Err(err);
-        }
+        Err(denied) => return Err(crate::oauth::record_denial(app, denied, None).await),
     };
     // Fail closed, and single use where the trust asks: the outside token is claimed in the same
     // commit as the issuance record.

@@ -641,6 +641,23 @@ impl Minted {
     }
 }
 
+/// Records a refusal from [`mint`] (best effort: the refusal stands either way) and returns the
+/// error to answer with. `actor` replaces the event's actor when given.
+pub async fn record_denial(
+    app: &App,
+    denied: Box<(AuditEvent, ApiError)>,
+    actor: Option<String>,
+) -> ApiError {
+    let (mut event, err) = *denied;
+    if let Some(a) = actor {
+        event.actor = a;
+    }
+    if let Err(e) = app.audit.append(event).await {
+        tracing::error!(error = %e, "could not record a token denial");
+    }
+    err
+}
+
 /// What a delegated or federated token adds to a plain issuance.
 #[derive(Debug, Clone, Default)]
 pub struct MintOptions {
