@@ -127,6 +127,7 @@ scopes = ["orders:read"]
 id = "spiffe://example.org/deploy/registry"
 owner = "team-orders"
 purpose = "Where the pipeline pushes"
+kind = "deployment"
 aliases = ["registry"]
 scopes = ["push"]
 
@@ -135,6 +136,12 @@ from = "spiffe://example.org/deploy/orders-pipeline"
 to = "spiffe://example.org/deploy/registry"
 scopes = ["push"]
 why = "The pipeline pushes images"
+
+[[grant]]
+from = "spiffe://example.org/deploy/orders-pipeline"
+to = "spiffe://example.org/prod/api"
+scopes = ["orders:read"]
+why = "A mistake: the policy below keeps deployment identities from run-time services anyway"
 
 [[grant]]
 from = "spiffe://example.org/prod/orders"
@@ -201,13 +208,17 @@ claims = {{ sub = "system:serviceaccount:*" }}
 workload = "spiffe://example.org/prod/orders"
 
 [policies]
-files = ["no-delegation-to-vault.cedar"]
+files = ["no-delegation-to-vault.cedar", "deployment-apart.cedar"]
 '''
 with open(os.path.join(WORK, "mesh.toml"), "w") as f:
     f.write(MESH)
 with open(os.path.join(WORK, "no-delegation-to-vault.cedar"), "w") as f:
     f.write('forbid (principal, action, resource == Service::"spiffe://example.org/prod/vault")\n'
             'when { context.delegated };\n')
+with open(os.path.join(WORK, "deployment-apart.cedar"), "w") as f:
+    f.write('// Deployment identities (CI) never call run-time services, whatever a grant says.\n'
+            'forbid (principal, action, resource)\n'
+            'when { principal.kind == "deployment" && resource.kind == "runtime" };\n')
 out = subprocess.run([BIN, "apply", "-f", os.path.join(WORK, "mesh.toml"), "--data", DATA],
                      capture_output=True, text=True)
 check(out.returncode == 0, "identity file with three trusts applied" + ("" if out.returncode == 0 else ": " + out.stderr))
@@ -294,8 +305,9 @@ r = exchange(tok, "registry")
 check(r.status_code == 400 and r.json()["error"] == "invalid_grant" and "already exchanged" in r.json()["error_description"],
       "single-use trust refuses a second exchange of the same token")
 # The deployment identity gets nothing from run-time services it has no grant for.
-r = exchange(gh(), "api")
-check(r.status_code == 400 and r.json()["error"] == "invalid_target", "deployment identity kept from run-time services")
+r = exchange(gh(), "api", "orders:read")
+check(r.status_code == 400 and r.json()["error"] == "invalid_target" and "deployment-apart.cedar" in r.json()["error_description"],
+      f"deployment identity kept from run-time services by policy despite a grant: {r.json().get('error_description', '')[:160]}")
 
 # 2. Kubernetes -> the run-time identity, RFC 7523 jwt-bearer, keys discovered.
 r = requests.post(URL + "/token", data={"grant_type": JB, "assertion": k8s(), "audience": "api"}, timeout=10)
