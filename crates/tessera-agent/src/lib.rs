@@ -241,7 +241,9 @@ impl Agent {
             td,
             upstream,
             identity: RwLock::new(identity),
+            // Version -1: the first sync is always a full one, whatever the server's version.
             state: watch::channel(Arc::new(State {
+                version: -1,
                 bundle,
                 ..State::default()
             }))
