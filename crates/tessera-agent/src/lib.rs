@@ -549,6 +549,8 @@ pub async fn run(config: AgentConfig) -> Result<Running, AgentError> {
                 tracing::warn!(error = %e, "first SVIDs not issued yet; retrying");
             }
         }
+        // A refusal (a revoked agent) will not heal by retrying: say so and stop.
+        Err(e @ AgentError::Refused(_)) => return Err(e),
         Err(e) => tracing::warn!(error = %e, "first sync failed; retrying in the background"),
     }
     let mut tasks = vec![

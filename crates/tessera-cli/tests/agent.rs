@@ -548,6 +548,10 @@ async fn join_tokens_rejoin_and_revocation() {
         .unwrap_err();
     assert!(format!("{err:?}").contains("revoked"), "{err:?}");
     drop(a);
+    // Restarted, the revoked agent stops at once with the reason instead of serving nothing.
+    let o = agent_cmd(&s, dir.path(), None).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("revoked"), "{}", stderr(&o));
     let denied = tessera(&s.data, &["audit", "tail", "-n", "30"]);
     assert!(stdout(&denied).contains("agent.join_refused"));
 }
