@@ -742,8 +742,9 @@ pub fn mint(
     let jti = tessera_token::strict::b64_encode(
         tessera_token::seal::random_bytes::<16>().map_err(|e| unavailable(e.to_string()))?,
     );
-    let workload = snap.workloads.get(caller);
     let sub = options.subject.as_ref().unwrap_or(caller);
+    // The `environment` claim describes the subject (the original caller when delegated).
+    let workload = snap.workloads.get(sub);
     let claims = AccessTokenClaims {
         iss: issuer.url.clone(),
         sub: sub.to_string(),

@@ -95,7 +95,7 @@ environment = "prod"
 id = "spiffe://example.org/prod/api"
 owner = "team-api"
 purpose = "The API orders call"
-environment = "prod"
+environment = "edge"       # unlike its callers: the delegated token's `environment` is the caller's
 aliases = ["api"]
 scopes = ["orders:read", "orders:write"]
 
@@ -379,6 +379,7 @@ check(r.status_code == 200, f"api exchanged orders' token for db: {r.status_code
 d1 = r.json()["access_token"]
 c1 = ours(d1, "spiffe://example.org/prod/db")
 orig = ours(orders_token, "spiffe://example.org/prod/api")
+check(c1.get("environment") == "prod", "the environment claim describes the subject")
 check(c1["sub"] == "spiffe://example.org/prod/orders" and c1["act"] == {"sub": "spiffe://example.org/prod/api"}
       and c1["scope"] == "orders:read" and c1["exp"] <= orig["exp"],
       "delegated token: sub is the caller, act names the actor, scope narrowed, no longer-lived")
