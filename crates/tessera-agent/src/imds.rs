@@ -161,11 +161,12 @@ async fn token(
                 &format!("the caller cannot be attested: {e}"),
             )
         }
+        // The attestation task itself failed (it does not panic; this is defensive).
         Err(_) => {
             return error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "unknown",
-                "attestation failed",
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                "attestation could not run; try again",
             )
         }
     };
