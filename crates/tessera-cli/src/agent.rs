@@ -95,19 +95,7 @@ pub async fn ca(command: CaCommand) -> anyhow::Result<u8> {
                 )
                 .await?;
             print(&target, &v, || {
-                v.as_array()
-                    .cloned()
-                    .unwrap_or_default()
-                    .iter()
-                    .map(|r| {
-                        format!(
-                            "{}: new CA {} in the bundle now, signs from {}\n",
-                            r["trust_domain"].as_str().unwrap_or_default(),
-                            r["ca"].as_str().unwrap_or_default(),
-                            render::time(&r["activate_at"])
-                        )
-                    })
-                    .collect()
+                render::rotation(&v, "CA", "ca", "in the bundle")
             });
         }
         CaCommand::List { target } => {

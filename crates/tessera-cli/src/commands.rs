@@ -173,19 +173,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
                 .post("/v1/keys/rotate", json!({"trust_domain": trust_domain}))
                 .await?;
             print(&target, &v, || {
-                v.as_array()
-                    .cloned()
-                    .unwrap_or_default()
-                    .iter()
-                    .map(|r| {
-                        format!(
-                            "{}: new key {} published now, signs from {}\n",
-                            r["trust_domain"].as_str().unwrap_or_default(),
-                            r["kid"].as_str().unwrap_or_default(),
-                            render::time(&r["activate_at"])
-                        )
-                    })
-                    .collect()
+                render::rotation(&v, "key", "kid", "published")
             });
             Ok(0)
         }

@@ -309,3 +309,21 @@ pub fn describe_trust(t: &Value) -> String {
     ));
     o
 }
+
+/// The result of a rotation (`keys rotate`, `ca rotate`): per trust domain, the new item (its
+/// id under `id_field`), where it is published now, and when it starts signing.
+pub fn rotation(rows: &Value, what: &str, id_field: &str, published: &str) -> String {
+    rows.as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|r| {
+            format!(
+                "{}: new {what} {} {published} now, signs from {}\n",
+                s(r, "trust_domain"),
+                s(r, id_field),
+                time(&r["activate_at"])
+            )
+        })
+        .collect()
+}

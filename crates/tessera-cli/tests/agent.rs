@@ -612,12 +612,26 @@ async fn rotation_and_server_outage() {
         "{cas}"
     );
 
+    let before = client
+        .fetch_jwt_svid(["spiffe://example.org/api"], None)
+        .await
+        .unwrap();
+
     // The server goes away: the agent keeps serving what it holds.
     drop(s);
     let client = spiffe_client(&a.socket).await;
     let svid = client.fetch_x509_svid().await.unwrap();
     assert_eq!(svid.spiffe_id().to_string(), "spiffe://example.org/me");
-    // A JWT-SVID fetched before the outage is served from the cache.
+    // A JWT-SVID fetched before the outage is served from the cache; a new audience cannot be.
+    let after = client
+        .fetch_jwt_svid(["spiffe://example.org/api"], None)
+        .await
+        .unwrap();
+    assert_eq!(after.token(), before.token());
+    assert!(client
+        .fetch_jwt_svid(["spiffe://example.org/never-asked"], None)
+        .await
+        .is_err());
     drop(a);
 }
 

@@ -229,51 +229,44 @@ async fn renew(
     State(app): State<Arc<App>>,
     peer: Option<Extension<PeerCertificates>>,
     Json(req): Json<RenewRequest>,
-) -> Response {
-    let result = async {
-        let snap = app.snapshot();
-        let agent = agent_of(&app, &snap, peer)?;
-        let now = tessera_core::now_unix();
-        let ttl = i64::try_from(app.config.agent_svid_ttl.as_secs()).unwrap_or(3600);
-        let svid = sign_agent(&snap, &agent.td, &agent.spiffe_id, &req.csr, ttl, now)?;
-        let ops = [
-            Op::RenewAgent {
-                id: agent.id.to_string(),
-                svid_serial: svid.serial.clone(),
-                svid_not_after: svid.not_after,
-                at: now,
-            },
-            Op::RecordSvids(vec![SvidRecord {
-                serial: svid.serial.clone(),
-                spiffe_id: agent.spiffe_id.to_string(),
-                agent_id: agent.id.to_string(),
-                issued_at: now,
-                not_after: svid.not_after,
-            }]),
-        ];
-        let event = audit(
-            "agent.renewed",
-            agent.spiffe_id.as_str(),
-            agent.spiffe_id.as_str(),
-            json!({"agent": agent.id, "serial": svid.serial, "not_after": svid.not_after}),
-        );
-        match app.store.commit(&ops, &[event]).await {
-            Err(StoreError::Conflict(m)) => return Err(ApiError::Forbidden(m)),
-            r => r?,
-        };
-        Ok(AgentSvid {
-            agent_id: agent.id,
-            spiffe_id: agent.spiffe_id,
-            chain: vec![STANDARD.encode(&svid.cert)],
+) -> Result<Json<AgentSvid>, ApiError> {
+    let snap = app.snapshot();
+    let agent = agent_of(&app, &snap, peer)?;
+    let now = tessera_core::now_unix();
+    let ttl = i64::try_from(app.config.agent_svid_ttl.as_secs()).unwrap_or(3600);
+    let svid = sign_agent(&snap, &agent.td, &agent.spiffe_id, &req.csr, ttl, now)?;
+    let ops = [
+        Op::RenewAgent {
+            id: agent.id.to_string(),
+            svid_serial: svid.serial.clone(),
+            svid_not_after: svid.not_after,
+            at: now,
+        },
+        Op::RecordSvids(vec![SvidRecord {
+            serial: svid.serial.clone(),
+            spiffe_id: agent.spiffe_id.to_string(),
+            agent_id: agent.id.to_string(),
+            issued_at: now,
             not_after: svid.not_after,
-            bundle: bundle_b64(&snap, &agent.td, now),
-        })
-    }
-    .await;
-    match result {
-        Ok(body) => Json(body).into_response(),
-        Err(e) => e.into_response(),
-    }
+        }]),
+    ];
+    let event = audit(
+        "agent.renewed",
+        agent.spiffe_id.as_str(),
+        agent.spiffe_id.as_str(),
+        json!({"agent": agent.id, "serial": svid.serial, "not_after": svid.not_after}),
+    );
+    match app.store.commit(&ops, &[event]).await {
+        Err(StoreError::Conflict(m)) => return Err(ApiError::Forbidden(m)),
+        r => r?,
+    };
+    Ok(Json(AgentSvid {
+        agent_id: agent.id,
+        spiffe_id: agent.spiffe_id,
+        chain: vec![STANDARD.encode(&svid.cert)],
+        not_after: svid.not_after,
+        bundle: bundle_b64(&snap, &agent.td, now),
+    }))
 }
 
 /// Whether `agent` may hand out `reg`'s SVIDs.
@@ -301,56 +294,49 @@ async fn sync(
     State(app): State<Arc<App>>,
     peer: Option<Extension<PeerCertificates>>,
     Query(q): Query<SyncQuery>,
-) -> Response {
-    let result: Result<SyncResponse, ApiError> = async {
-        let agent = agent_of(&app, &app.snapshot(), peer.clone())?;
-        if q.wait > 0 && app.snapshot().version <= q.since {
-            let mut rx = app.changes.subscribe();
-            let wait = Duration::from_secs(q.wait.min(MAX_SYNC_WAIT));
-            let _ = tokio::time::timeout(wait, rx.wait_for(|v| *v > q.since)).await;
-        }
-        let snap = app.snapshot();
-        // The agent may have been revoked while it waited.
-        agent_of(&app, &snap, peer)?;
-        let regs = &snap.registrations;
-        let full = q.since < regs.horizon;
-        let mut registrations = Vec::new();
-        let mut removed = Vec::new();
-        for reg in regs.entries.values() {
-            if !full && reg.revision <= q.since {
-                continue;
-            }
-            if visible(reg, &agent) {
-                registrations.push(reg.clone());
-            } else if !full {
-                removed.push(reg.spiffe_id.clone());
-            }
-        }
-        if !full {
-            removed.extend(
-                regs.removed
-                    .iter()
-                    .filter(|(id, v)| *v > q.since && id.trust_domain_str() == agent.td.as_str())
-                    .map(|(id, _)| id.clone()),
-            );
-        }
-        let now = tessera_core::now_unix();
-        let jwt_keys = tessera_token::JwkSet::from_keys(snap.keys.published(&agent.td, now));
-        Ok(SyncResponse {
-            version: snap.version,
-            full,
-            registrations,
-            removed,
-            x509_authorities: bundle_b64(&snap, &agent.td, now),
-            jwt_keys: serde_json::to_value(jwt_keys)
-                .map_err(|e| ApiError::unavailable(e.to_string()))?,
-        })
+) -> Result<Json<SyncResponse>, ApiError> {
+    let agent = agent_of(&app, &app.snapshot(), peer.clone())?;
+    if q.wait > 0 && app.snapshot().version <= q.since {
+        let mut rx = app.changes.subscribe();
+        let wait = Duration::from_secs(q.wait.min(MAX_SYNC_WAIT));
+        let _ = tokio::time::timeout(wait, rx.wait_for(|v| *v > q.since)).await;
     }
-    .await;
-    match result {
-        Ok(body) => Json(body).into_response(),
-        Err(e) => e.into_response(),
+    let snap = app.snapshot();
+    // The agent may have been revoked while it waited.
+    agent_of(&app, &snap, peer)?;
+    let regs = &snap.registrations;
+    let full = q.since < regs.horizon;
+    let mut registrations = Vec::new();
+    let mut removed = Vec::new();
+    for reg in regs.entries.values() {
+        if !full && reg.revision <= q.since {
+            continue;
+        }
+        if visible(reg, &agent) {
+            registrations.push(reg.clone());
+        } else if !full {
+            removed.push(reg.spiffe_id.clone());
+        }
     }
+    if !full {
+        removed.extend(
+            regs.removed
+                .iter()
+                .filter(|(id, v)| *v > q.since && id.trust_domain_str() == agent.td.as_str())
+                .map(|(id, _)| id.clone()),
+        );
+    }
+    let now = tessera_core::now_unix();
+    let jwt_keys = tessera_token::JwkSet::from_keys(snap.keys.published(&agent.td, now));
+    Ok(Json(SyncResponse {
+        version: snap.version,
+        full,
+        registrations,
+        removed,
+        x509_authorities: bundle_b64(&snap, &agent.td, now),
+        jwt_keys: serde_json::to_value(jwt_keys)
+            .map_err(|e| ApiError::unavailable(e.to_string()))?,
+    }))
 }
 
 /// The registration `id` if `agent` may hand it out.
@@ -376,124 +362,117 @@ async fn sign(
     State(app): State<Arc<App>>,
     peer: Option<Extension<PeerCertificates>>,
     Json(req): Json<SignRequest>,
-) -> Response {
-    let result = async {
-        let snap = app.snapshot();
-        let agent = agent_of(&app, &snap, peer)?;
-        if req.csrs.len() > MAX_SIGN_BATCH {
-            return Err(ApiError::BadRequest(format!(
-                "at most {MAX_SIGN_BATCH} CSRs per request"
-            )));
+) -> Result<Json<SignResponse>, ApiError> {
+    let snap = app.snapshot();
+    let agent = agent_of(&app, &snap, peer)?;
+    if req.csrs.len() > MAX_SIGN_BATCH {
+        return Err(ApiError::BadRequest(format!(
+            "at most {MAX_SIGN_BATCH} CSRs per request"
+        )));
+    }
+    let now = tessera_core::now_unix();
+    let ca = snap
+        .cas
+        .signing(&agent.td, now)
+        .ok_or_else(|| ApiError::unavailable(format!("no CA signs for `{}`", agent.td)))?
+        .ca
+        .clone();
+    // Resolve every item first (cheap), then sign in parallel chunks (about 60 µs each).
+    let jobs: Vec<(SpiffeId, SignJob)> = req
+        .csrs
+        .into_iter()
+        .map(|item| {
+            let job = registration(&snap, &agent, &item.spiffe_id).and_then(|reg| {
+                let csr = STANDARD
+                    .decode(&item.csr)
+                    .map_err(|_| "`csr` is not base64".to_owned())?;
+                Ok((csr, i64::try_from(reg.x509_ttl_secs).unwrap_or(3600)))
+            });
+            (item.spiffe_id, job)
+        })
+        .collect();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let chunk = jobs.len().div_ceil(threads).max(1);
+    let mut handles = Vec::new();
+    let mut jobs = jobs.into_iter();
+    loop {
+        let part: Vec<_> = jobs.by_ref().take(chunk).collect();
+        if part.is_empty() {
+            break;
         }
-        let now = tessera_core::now_unix();
-        let ca = snap
-            .cas
-            .signing(&agent.td, now)
-            .ok_or_else(|| ApiError::unavailable(format!("no CA signs for `{}`", agent.td)))?
-            .ca
-            .clone();
-        // Resolve every item first (cheap), then sign in parallel chunks (about 60 µs each).
-        let jobs: Vec<(SpiffeId, SignJob)> = req
-            .csrs
-            .into_iter()
-            .map(|item| {
-                let job = registration(&snap, &agent, &item.spiffe_id).and_then(|reg| {
-                    let csr = STANDARD
-                        .decode(&item.csr)
-                        .map_err(|_| "`csr` is not base64".to_owned())?;
-                    Ok((csr, i64::try_from(reg.x509_ttl_secs).unwrap_or(3600)))
-                });
-                (item.spiffe_id, job)
-            })
-            .collect();
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let chunk = jobs.len().div_ceil(threads).max(1);
-        let mut handles = Vec::new();
-        let mut jobs = jobs.into_iter();
-        loop {
-            let part: Vec<_> = jobs.by_ref().take(chunk).collect();
-            if part.is_empty() {
-                break;
-            }
-            let ca = ca.clone();
-            handles.push(tokio::task::spawn_blocking(move || {
-                part.into_iter()
-                    .map(|(id, job)| {
-                        let out = job.and_then(|(csr, ttl)| {
-                            ca.sign_csr(&csr, &id, now, ttl).map_err(|e| e.to_string())
-                        });
-                        (id, out)
-                    })
-                    .collect::<Vec<_>>()
-            }));
-        }
-        let mut items = Vec::new();
-        let mut records = Vec::new();
-        let mut events = Vec::new();
-        for h in handles {
-            let part = h
-                .await
-                .map_err(|e| ApiError::unavailable(format!("signing task failed: {e}")))?;
-            for (id, out) in part {
-                match out {
-                    Ok(svid) => {
-                        records.push(SvidRecord {
-                            serial: svid.serial.clone(),
-                            spiffe_id: id.to_string(),
-                            agent_id: agent.id.to_string(),
-                            issued_at: now,
-                            not_after: svid.not_after,
-                        });
-                        events.push(audit(
+        let ca = ca.clone();
+        handles.push(tokio::task::spawn_blocking(move || {
+            part.into_iter()
+                .map(|(id, job)| {
+                    let out = job.and_then(|(csr, ttl)| {
+                        ca.sign_csr(&csr, &id, now, ttl).map_err(|e| e.to_string())
+                    });
+                    (id, out)
+                })
+                .collect::<Vec<_>>()
+        }));
+    }
+    let mut items = Vec::new();
+    let mut records = Vec::new();
+    let mut events = Vec::new();
+    for h in handles {
+        let part = h
+            .await
+            .map_err(|e| ApiError::unavailable(format!("signing task failed: {e}")))?;
+        for (id, out) in part {
+            match out {
+                Ok(svid) => {
+                    records.push(SvidRecord {
+                        serial: svid.serial.clone(),
+                        spiffe_id: id.to_string(),
+                        agent_id: agent.id.to_string(),
+                        issued_at: now,
+                        not_after: svid.not_after,
+                    });
+                    events.push(audit(
                             "svid.issued",
                             agent.spiffe_id.as_str(),
                             id.as_str(),
                             json!({"kind": "x509", "serial": svid.serial, "not_after": svid.not_after, "agent": agent.id}),
                         ));
-                        items.push(SignedItem {
-                            spiffe_id: id,
-                            chain: vec![STANDARD.encode(&svid.cert)],
-                            serial: svid.serial,
-                            not_after: svid.not_after,
-                            error: None,
-                        });
-                    }
-                    Err(e) => {
-                        events.push(AuditEvent {
-                            kind: "svid.denied".into(),
-                            actor: agent.spiffe_id.to_string(),
-                            subject: id.to_string(),
-                            outcome: "denied".into(),
-                            detail: json!({"kind": "x509", "reason": e, "agent": agent.id}),
-                        });
-                        items.push(SignedItem {
-                            spiffe_id: id,
-                            chain: Vec::new(),
-                            serial: String::new(),
-                            not_after: 0,
-                            error: Some(e),
-                        });
-                    }
+                    items.push(SignedItem {
+                        spiffe_id: id,
+                        chain: vec![STANDARD.encode(&svid.cert)],
+                        serial: svid.serial,
+                        not_after: svid.not_after,
+                        error: None,
+                    });
+                }
+                Err(e) => {
+                    events.push(AuditEvent {
+                        kind: "svid.denied".into(),
+                        actor: agent.spiffe_id.to_string(),
+                        subject: id.to_string(),
+                        outcome: "denied".into(),
+                        detail: json!({"kind": "x509", "reason": e, "agent": agent.id}),
+                    });
+                    items.push(SignedItem {
+                        spiffe_id: id,
+                        chain: Vec::new(),
+                        serial: String::new(),
+                        not_after: 0,
+                        error: Some(e),
+                    });
                 }
             }
         }
-        // Fail closed: nothing is handed out unless its record and audit are durable.
-        app.store
-            .commit(&[Op::RecordSvids(records)], &events)
-            .await
-            .inspect_err(|_| {
-                app.metrics.audit_failures.inc();
-            })?;
-        app.metrics.svids_issued.inc_by(
-            u64::try_from(items.iter().filter(|i| i.error.is_none()).count()).unwrap_or(0),
-        );
-        Ok(SignResponse { svids: items })
     }
-    .await;
-    match result {
-        Ok(body) => Json(body).into_response(),
-        Err(e) => e.into_response(),
-    }
+    // Fail closed: nothing is handed out unless its record and audit are durable.
+    app.store
+        .commit(&[Op::RecordSvids(records)], &events)
+        .await
+        .inspect_err(|_| {
+            app.metrics.audit_failures.inc();
+        })?;
+    app.metrics
+        .svids_issued
+        .inc_by(u64::try_from(items.iter().filter(|i| i.error.is_none()).count()).unwrap_or(0));
+    Ok(Json(SignResponse { svids: items }))
 }
 
 /// `POST /agent/v1/jwt-svid`: a JWT-SVID (SPIFFE JWT-SVID §2, §3: `typ` `JWT`, `kid` set, `sub`,
@@ -502,63 +481,57 @@ async fn jwt_svid(
     State(app): State<Arc<App>>,
     peer: Option<Extension<PeerCertificates>>,
     Json(req): Json<JwtSvidRequest>,
-) -> Response {
-    let result = async {
-        let snap = app.snapshot();
-        let agent = agent_of(&app, &snap, peer)?;
-        let reg = registration(&snap, &agent, &req.spiffe_id).map_err(ApiError::Forbidden)?;
-        if req.audience.is_empty()
-            || req.audience.len() > 10
-            || req.audience.iter().any(|a| a.is_empty() || a.len() > 512)
-        {
-            return Err(ApiError::BadRequest(
-                "a JWT-SVID needs 1 to 10 audiences, each 1 to 512 characters".into(),
-            ));
-        }
-        let now = tessera_core::now_unix();
-        let key = snap.keys.signing(&agent.td, now).ok_or_else(|| {
-            ApiError::unavailable(format!("no signing key for `{}`", agent.td))
+) -> Result<Json<JwtSvidResponse>, ApiError> {
+    let snap = app.snapshot();
+    let agent = agent_of(&app, &snap, peer)?;
+    let reg = registration(&snap, &agent, &req.spiffe_id).map_err(ApiError::Forbidden)?;
+    if req.audience.is_empty()
+        || req.audience.len() > 10
+        || req.audience.iter().any(|a| a.is_empty() || a.len() > 512)
+    {
+        return Err(ApiError::BadRequest(
+            "a JWT-SVID needs 1 to 10 audiences, each 1 to 512 characters".into(),
+        ));
+    }
+    let now = tessera_core::now_unix();
+    let key = snap
+        .keys
+        .signing(&agent.td, now)
+        .ok_or_else(|| ApiError::unavailable(format!("no signing key for `{}`", agent.td)))?;
+    // SPIFFE JWT-SVID §3 lists RSA and ECDSA algorithms only; EdDSA would not verify in
+    // SPIFFE libraries.
+    if key.key.alg() != tessera_token::Alg::ES256 {
+        return Err(ApiError::Forbidden(format!(
+            "trust domain `{}` signs with {}; JWT-SVIDs need ES256 (set key_algorithm = \"ES256\")",
+            agent.td,
+            key.key.alg().as_str()
+        )));
+    }
+    let exp = now + i64::try_from(reg.jwt_ttl_secs).unwrap_or(300);
+    let jti = tessera_token::strict::b64_encode(
+        tessera_token::seal::random_bytes::<16>().map_err(ApiError::unavailable)?,
+    );
+    let aud = match req.audience.as_slice() {
+        [one] => json!(one),
+        many => json!(many),
+    };
+    let claims = json!({"sub": req.spiffe_id, "aud": aud, "exp": exp, "iat": now, "jti": jti});
+    let token = tessera_token::sign(&key.key, "JWT", &claims).map_err(ApiError::unavailable)?;
+    app.audit
+        .append(audit(
+            "svid.issued",
+            agent.spiffe_id.as_str(),
+            req.spiffe_id.as_str(),
+            json!({"kind": "jwt", "jti": jti, "aud": req.audience, "exp": exp, "agent": agent.id}),
+        ))
+        .await
+        .inspect_err(|_| {
+            app.metrics.audit_failures.inc();
         })?;
-        // SPIFFE JWT-SVID §3 lists RSA and ECDSA algorithms only; EdDSA would not verify in
-        // SPIFFE libraries.
-        if key.key.alg() != tessera_token::Alg::ES256 {
-            return Err(ApiError::Forbidden(format!(
-                "trust domain `{}` signs with {}; JWT-SVIDs need ES256 (set key_algorithm = \"ES256\")",
-                agent.td,
-                key.key.alg().as_str()
-            )));
-        }
-        let exp = now + i64::try_from(reg.jwt_ttl_secs).unwrap_or(300);
-        let jti = tessera_token::strict::b64_encode(
-            tessera_token::seal::random_bytes::<16>().map_err(ApiError::unavailable)?,
-        );
-        let aud = match req.audience.as_slice() {
-            [one] => json!(one),
-            many => json!(many),
-        };
-        let claims = json!({"sub": req.spiffe_id, "aud": aud, "exp": exp, "iat": now, "jti": jti});
-        let token = tessera_token::sign(&key.key, "JWT", &claims).map_err(ApiError::unavailable)?;
-        app.audit
-            .append(audit(
-                "svid.issued",
-                agent.spiffe_id.as_str(),
-                req.spiffe_id.as_str(),
-                json!({"kind": "jwt", "jti": jti, "aud": req.audience, "exp": exp, "agent": agent.id}),
-            ))
-            .await
-            .inspect_err(|_| {
-                app.metrics.audit_failures.inc();
-            })?;
-        Ok(JwtSvidResponse {
-            token,
-            expires_at: exp,
-        })
-    }
-    .await;
-    match result {
-        Ok(body) => Json(body).into_response(),
-        Err(e) => e.into_response(),
-    }
+    Ok(Json(JwtSvidResponse {
+        token,
+        expires_at: exp,
+    }))
 }
 
 /// `POST /agent/v1/token`: an access token for a workload the agent attested, under the same
@@ -567,50 +540,43 @@ async fn token(
     State(app): State<Arc<App>>,
     peer: Option<Extension<PeerCertificates>>,
     Json(req): Json<TokenRequest>,
-) -> Response {
-    let result = async {
-        let snap = app.snapshot();
-        let agent = agent_of(&app, &snap, peer)?;
-        registration(&snap, &agent, &req.spiffe_id).map_err(ApiError::Forbidden)?;
-        let issuer = Issuer {
-            td: agent.td.clone(),
-            url: app.issuer_urls(&agent.td).swap_remove(0),
-        };
-        let form = Form::for_target(&req.resource, req.scope.as_deref());
-        let minted = match mint(
-            &snap,
-            &issuer,
-            &req.spiffe_id,
-            req.spiffe_id.as_str(),
-            "node_agent",
-            &form,
-            "managed_identity",
-            &crate::oauth::MintOptions::default(),
-        ) {
-            Ok(m) => m,
-            Err(denied) => {
-                let actor = Some(agent.spiffe_id.to_string());
-                return Err(crate::oauth::record_denial(&app, denied, actor).await);
-            }
-        };
-        let mut event = minted.event.clone();
-        event.actor = agent.spiffe_id.to_string();
-        app.audit.append(event).await.inspect_err(|_| {
-            app.metrics.audit_failures.inc();
-        })?;
-        Ok(TokenResponse {
-            access_token: minted.token,
-            expires_in: minted.ttl,
-            expires_at: minted.claims.exp,
-            audience: minted.claims.aud,
-            scope: minted.claims.scope,
-        })
-    }
-    .await;
-    match result {
-        Ok(body) => Json(body).into_response(),
-        Err(e) => e.into_response(),
-    }
+) -> Result<Json<TokenResponse>, ApiError> {
+    let snap = app.snapshot();
+    let agent = agent_of(&app, &snap, peer)?;
+    registration(&snap, &agent, &req.spiffe_id).map_err(ApiError::Forbidden)?;
+    let issuer = Issuer {
+        td: agent.td.clone(),
+        url: app.issuer_urls(&agent.td).swap_remove(0),
+    };
+    let form = Form::for_target(&req.resource, req.scope.as_deref());
+    let minted = match mint(
+        &snap,
+        &issuer,
+        &req.spiffe_id,
+        req.spiffe_id.as_str(),
+        "node_agent",
+        &form,
+        "managed_identity",
+        &crate::oauth::MintOptions::default(),
+    ) {
+        Ok(m) => m,
+        Err(denied) => {
+            let actor = Some(agent.spiffe_id.to_string());
+            return Err(crate::oauth::record_denial(&app, denied, actor).await);
+        }
+    };
+    let mut event = minted.event.clone();
+    event.actor = agent.spiffe_id.to_string();
+    app.audit.append(event).await.inspect_err(|_| {
+        app.metrics.audit_failures.inc();
+    })?;
+    Ok(Json(TokenResponse {
+        access_token: minted.token,
+        expires_in: minted.ttl,
+        expires_at: minted.claims.exp,
+        audience: minted.claims.aud,
+        scope: minted.claims.scope,
+    }))
 }
 
 /// `GET /agent/v1/server-ca`: the API's TLS CA, served only by a `--dev` server (on loopback),
