@@ -186,6 +186,114 @@ impl<'de> Deserialize<'de> for Ttl {
     }
 }
 
+/// A rate written as `N/s`, `N/m` or `N/h`: at most N events per period, in bursts of up to N.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub count: u32,
+    pub per: Duration,
+}
+
+impl Rate {
+    pub fn parse(input: &str) -> Result<Self, String> {
+        let bad = || format!("`{input}` is not a rate such as `10/s`, `100/m` or `1000/h`");
+        let (n, unit) = input.split_once('/').ok_or_else(bad)?;
+        let count: u32 = n.trim().parse().map_err(|_| bad())?;
+        let per = match unit.trim() {
+            "s" => Duration::from_secs(1),
+            "m" => Duration::from_secs(60),
+            "h" => Duration::from_secs(3600),
+            _ => return Err(bad()),
+        };
+        if count == 0 {
+            return Err(format!(
+                "`{input}`: a rate of zero would refuse everything; remove the grant instead"
+            ));
+        }
+        Ok(Self { count, per })
+    }
+}
+
+impl fmt::Display for Rate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let unit = match self.per.as_secs() {
+            1 => "s",
+            60 => "m",
+            _ => "h",
+        };
+        write!(f, "{}/{unit}", self.count)
+    }
+}
+
+impl Serialize for Rate {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Rate {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Self::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A UTC time window `HH-HH` (start hour inclusive, end hour exclusive; `22-06` wraps midnight).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hours {
+    pub start: u8,
+    pub end: u8,
+}
+
+impl Hours {
+    pub fn parse(input: &str) -> Result<Self, String> {
+        let bad = || format!("`{input}` is not an hour window such as `08-18` (UTC)");
+        let (a, b) = input.split_once('-').ok_or_else(bad)?;
+        let start: u8 = a.trim().parse().map_err(|_| bad())?;
+        let end: u8 = b.trim().parse().map_err(|_| bad())?;
+        if start > 23 || end > 24 || start == end {
+            return Err(bad());
+        }
+        Ok(Self { start, end })
+    }
+}
+
+impl fmt::Display for Hours {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:02}-{:02}", self.start, self.end)
+    }
+}
+
+impl Serialize for Hours {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Hours {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Self::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A just-in-time scope: issued only on its own, for a short lifetime, under conditions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JitScope {
+    pub scope: Scope,
+    /// The longest a token carrying this scope may live.
+    pub max_ttl: Ttl,
+    /// Caller environments that may ask for it; empty means any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub environments: Vec<Label>,
+    /// The UTC hours in which it may be issued.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hours: Option<Hours>,
+    /// For exchanged and delegated requests: the oldest subject token accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_token_age: Option<Ttl>,
+}
+
 /// A calendar date `YYYY-MM-DD`, used for `review_by`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Date(pub time::Date);
@@ -304,6 +412,8 @@ struct WorkloadDoc {
     kind: WorkloadKind,
     #[serde(default)]
     nodes: Vec<AgentId>,
+    #[serde(default)]
+    jit: Vec<Spanned<JitScope>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -318,6 +428,12 @@ struct GrantDoc {
     why: Spanned<String>,
     #[serde(default)]
     review_by: Option<Date>,
+    #[serde(default)]
+    deployment: bool,
+    #[serde(default)]
+    token_rate: Option<Rate>,
+    #[serde(default)]
+    call_rate: Option<Rate>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -392,7 +508,17 @@ pub struct Workload {
     /// trust domain.
     #[serde(default)]
     pub nodes: Vec<AgentId>,
+    /// Scopes of this service issued only just in time: alone, briefly, under conditions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub jit: Vec<JitScope>,
     pub source: String,
+}
+
+impl Workload {
+    /// The just-in-time rule for `scope`, if it is one.
+    pub fn jit_scope(&self, scope: &Scope) -> Option<&JitScope> {
+        self.jit.iter().find(|j| &j.scope == scope)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -403,6 +529,16 @@ pub struct Grant {
     pub routes: Vec<Route>,
     pub why: String,
     pub review_by: Option<Date>,
+    /// Lets a `deployment` workload reach a `runtime` service, which the shipped policy
+    /// otherwise forbids: the explicit decision the separation asks for.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deployment: bool,
+    /// At most this many tokens for the target per period.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_rate: Option<Rate>,
+    /// At most this many calls to the target per period, enforced where the call lands.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub call_rate: Option<Rate>,
     pub source: String,
 }
 
@@ -586,6 +722,35 @@ fn parse_into(state: &mut DesiredState, file: &Path, text: &str) -> Result<(), M
         let mut scopes = w.scopes;
         scopes.sort();
         scopes.dedup();
+        let mut jit = Vec::new();
+        for j in w.jit {
+            let jspan = j.span();
+            let j = j.into_inner();
+            if !scopes.contains(&j.scope) {
+                return Err(loc.at(
+                    jspan,
+                    format!(
+                        "jit scope `{}` is not one of this workload's `scopes`",
+                        j.scope
+                    ),
+                ));
+            }
+            if j.max_ttl.0 < MIN_TTL || j.max_ttl.0 > jwt_ttl.0 {
+                return Err(loc.at(
+                    jspan,
+                    format!(
+                        "jit scope `{}`: `max_ttl` must be between {} and the workload's `jwt_ttl` ({})",
+                        j.scope,
+                        humantime::format_duration(MIN_TTL),
+                        humantime::format_duration(jwt_ttl.0)
+                    ),
+                ));
+            }
+            if jit.iter().any(|x: &JitScope| x.scope == j.scope) {
+                return Err(loc.at(jspan, format!("jit scope `{}` is declared twice", j.scope)));
+            }
+            jit.push(j);
+        }
         state.workloads.push(Workload {
             id: w.id.into_inner(),
             owner: w.owner,
@@ -599,6 +764,7 @@ fn parse_into(state: &mut DesiredState, file: &Path, text: &str) -> Result<(), M
             scopes,
             kind: w.kind,
             nodes: w.nodes,
+            jit,
             source: loc.source(span),
         });
     }
@@ -624,6 +790,17 @@ fn parse_into(state: &mut DesiredState, file: &Path, text: &str) -> Result<(), M
                         format!("route path `{p}` must start with `/`"),
                     ));
                 }
+                // INVARIANT: route paths become Cedar string literals; these characters are the
+                // ones that could end or escape one.
+                if p.chars().any(|c| c == '"' || c == '\\' || c.is_control()) {
+                    return Err(loc.at(
+                        span.clone(),
+                        format!(
+                            "route path `{}` holds a quote, a backslash or a control character",
+                            p.escape_debug()
+                        ),
+                    ));
+                }
             }
         }
         state.grants.push(Grant {
@@ -633,6 +810,9 @@ fn parse_into(state: &mut DesiredState, file: &Path, text: &str) -> Result<(), M
             routes: g.routes,
             why: g.why.into_inner(),
             review_by: g.review_by,
+            deployment: g.deployment,
+            token_rate: g.token_rate,
+            call_rate: g.call_rate,
             source: loc.source(span),
         });
     }

@@ -17,7 +17,7 @@ use cedar_policy::{
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use tessera_core::manifest::{parse_str, DesiredState};
 use tessera_core::{Scope, SpiffeId};
-use tessera_policy::PolicyEngine;
+use tessera_policy::{Env, IssueContext, PolicyEngine};
 
 fn mesh(n: usize) -> DesiredState {
     let mut text = String::from("[[workload]]\nid = \"spiffe://example.org/target\"\nowner = \"o\"\npurpose = \"p\"\nenvironment = \"prod\"\nscopes = [\"read\"]\n");
@@ -45,12 +45,28 @@ fn bench(c: &mut Criterion) {
         )
         .unwrap();
         let caller = SpiffeId::parse(&format!("spiffe://example.org/w{}", n / 2)).unwrap();
-        assert!(engine.decide_issue(&caller, &target, &scopes).allowed);
+        assert!(
+            engine
+                .decide_issue(
+                    &caller,
+                    &target,
+                    &scopes,
+                    &IssueContext::default(),
+                    &Env::now()
+                )
+                .allowed
+        );
         g.bench_with_input(BenchmarkId::new("sliced", n), &n, |b, _| {
             b.iter(|| {
                 black_box(
                     engine
-                        .evaluate_issue(black_box(&caller), &target, &scopes)
+                        .evaluate_issue(
+                            black_box(&caller),
+                            &target,
+                            &scopes,
+                            &IssueContext::default(),
+                            &Env::now(),
+                        )
                         .allowed,
                 )
             })
@@ -59,7 +75,13 @@ fn bench(c: &mut Criterion) {
             b.iter(|| {
                 black_box(
                     engine
-                        .decide_issue(black_box(&caller), &target, &scopes)
+                        .decide_issue(
+                            black_box(&caller),
+                            &target,
+                            &scopes,
+                            &IssueContext::default(),
+                            &Env::now(),
+                        )
                         .allowed,
                 )
             })

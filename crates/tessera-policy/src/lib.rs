@@ -1,35 +1,52 @@
-//! Authorization decisions with Cedar.
+//! Authorization decisions with Cedar, everywhere Tessera makes one: token issuance, calls at
+//! the receiving service (library and sidecar), secret reads.
 //!
-//! Grants compile to Cedar `permit` policies; `.cedar` files named by identity files add policies
-//! that apply to every request. Cedar evaluates every policy in the set it is given, so the engine
-//! keeps one small slice per (caller, target) pair: the grant's policy plus the global policies.
-//! A decision therefore costs the same with ten grants or ten thousand.
+//! One model ([`model::SCHEMA_TEXT`]): principals are workloads; resources are services,
+//! routes of a service and secrets. Grants compile into Cedar policies of that model; `.cedar`
+//! files add `permit` and `forbid` policies; Tessera ships a default set. A whole set is
+//! validated against the schema in strict mode before it is used, and policies naming a
+//! workload that does not exist are refused.
+//!
+//! Cedar evaluates every policy in the set it is given, so the engine keeps one small slice per
+//! (caller, target) pair: that pair's grant policies plus the global policies. A decision costs
+//! the same with ten grants or ten thousand.
 //!
 //! Deny by default, and fail closed: a decision in which any policy failed to evaluate is a
 //! denial (Cedar skips erroring policies, so an erroring `forbid` would otherwise allow).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::IpAddr;
 use std::str::FromStr;
 use std::sync::Arc;
 
 use cedar_policy::{
-    Authorizer, Context, Entities, Entity, EntityId, EntityTypeName, EntityUid, Policy, PolicyId,
-    PolicySet, Request, RestrictedExpression,
+    Authorizer, Context, Entities, Entity, EntityUid, Policy, PolicyId, PolicySet, Request,
+    RestrictedExpression, ValidationMode, Validator,
 };
+use serde::{Deserialize, Serialize};
 use tessera_core::manifest::{Grant, Workload};
 use tessera_core::{Scope, SpiffeId};
 
+pub mod bundle;
+pub mod limit;
+pub mod model;
+pub mod path;
+
+pub use bundle::PolicyBundle;
+use model::{uid, ISSUE_TOKEN, READ_SECRET};
+
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
-    #[error("policy file `{file}` does not parse: {message}")]
-    Parse { file: String, message: String },
-    #[error("grant at {source_loc} does not compile: {message}")]
-    Grant { source_loc: String, message: String },
+    /// A policy (file or compiled grant) that does not parse or does not validate; `at` is
+    /// `file:line`.
+    #[error("{at}: {message}")]
+    Invalid { at: String, message: String },
     #[error("workload `{id}` cannot be described to the policy engine: {message}")]
     Entity { id: String, message: String },
+    #[error("the shipped policy model does not load: {0}")]
+    Model(String),
 }
 
-/// What an authorization decided, and which policies or errors made it so.
 /// How a token was asked for, beyond who, what and which scopes: on behalf of another workload
 /// (RFC 8693 delegation: `actor` is the service acting), or in exchange for an outside token
 /// (`trust` names the trust). In Cedar: `context.delegated`, `context.actor`, `context.trust`.
@@ -39,16 +56,107 @@ pub struct IssueContext {
     pub trust: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The circumstances of a request: in Cedar, `context.now`, `context.hour`,
+/// `context.source_ip` and `context.token_age`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Env {
+    /// Unix seconds.
+    pub now: i64,
+    pub source_ip: Option<IpAddr>,
+    /// Seconds since the presented (or subject) token was issued; 0 when there is none.
+    pub token_age: i64,
+}
+
+impl Env {
+    /// Now, from the system clock, with nothing else known.
+    pub fn now() -> Self {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        Self {
+            now,
+            source_ip: None,
+            token_age: 0,
+        }
+    }
+
+    pub fn at(now: i64) -> Self {
+        Self {
+            now,
+            source_ip: None,
+            token_age: 0,
+        }
+    }
+
+    fn pairs(&self) -> Vec<(String, RestrictedExpression)> {
+        let ip = self
+            .source_ip
+            .map_or_else(|| "0.0.0.0".to_owned(), |ip| ip.to_string());
+        vec![
+            ("now".to_owned(), RestrictedExpression::new_long(self.now)),
+            (
+                "hour".to_owned(),
+                RestrictedExpression::new_long(self.now.rem_euclid(86_400) / 3_600),
+            ),
+            ("source_ip".to_owned(), RestrictedExpression::new_ip(ip)),
+            (
+                "token_age".to_owned(),
+                RestrictedExpression::new_long(self.token_age.max(0)),
+            ),
+        ]
+    }
+}
+
+/// How the caller of a route or secret proved who it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Authn {
+    Jwt,
+    Mtls,
+    MtlsJwt,
+}
+
+impl Authn {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Jwt => "jwt",
+            Self::Mtls => "mtls",
+            Self::MtlsJwt => "mtls+jwt",
+        }
+    }
+}
+
+/// One request to a route of a service.
+#[derive(Debug, Clone)]
+pub struct Call<'a> {
+    pub method: &'a str,
+    /// As received; normalised before the decision ([`path::normalize`]).
+    pub path: &'a str,
+    /// The verified token's scopes; empty for mTLS alone.
+    pub scopes: &'a [Scope],
+    pub authn: Authn,
+}
+
+/// What an authorization decided, and which policies or errors made it so.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Decision {
     pub allowed: bool,
-    /// Where each determining policy came from: `grant (mesh.toml:17)` or `policies/x.cedar#0`.
+    /// Where each determining policy came from, e.g. `grant `a` -> `b` (mesh.toml:17)` or
+    /// `policy `environments.cedar#0` (policies/environments.cedar:6)`.
     pub determined_by: Vec<String>,
     /// Evaluation errors; any error makes the decision a denial.
     pub errors: Vec<String>,
 }
 
 impl Decision {
+    fn deny(error: String) -> Self {
+        Self {
+            allowed: false,
+            determined_by: Vec::new(),
+            errors: vec![error],
+        }
+    }
+
     /// A one-line reason a person can act on.
     pub fn reason(&self) -> String {
         if self.allowed {
@@ -68,27 +176,53 @@ impl Decision {
     }
 }
 
+/// A decision with what a person needs to change it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Explanation {
+    /// The request in words, e.g. `a -> b: issue_token [b:read]`.
+    pub request: String,
+    #[serde(flatten)]
+    pub decision: Decision,
+    /// For a denial: the grant or condition that is missing, or the policy to change.
+    pub missing: Vec<String>,
+}
+
 struct Slice {
     policies: PolicySet,
+    /// The action entities (for `action in Action::"call"`), the caller and the target.
     entities: Entities,
+}
+
+/// Where a policy came from, for explanations.
+#[derive(Debug, Clone)]
+struct Origin {
+    /// Shown in decisions: `grant `a` -> `b` (mesh.toml:17)`.
+    label: String,
+    /// Shown for denials by this policy: what would change the outcome.
+    hint: Option<String>,
 }
 
 /// The compiled policy state: immutable; a new one is built when identity files change.
 pub struct PolicyEngine {
     authorizer: Authorizer,
+    /// The schema's actions with their groups: without them `action in Action::"call"` would
+    /// match nothing, and a `forbid` written that way would never fire.
+    actions: Entities,
     slices: HashMap<(SpiffeId, SpiffeId), Arc<Slice>>,
     global: PolicySet,
     principals: HashMap<SpiffeId, Entity>,
     services: HashMap<SpiffeId, Entity>,
-    /// The scopes grants give each (caller, target) pair, so a request never scans all grants.
-    granted: HashMap<(SpiffeId, SpiffeId), Vec<Scope>>,
-    /// Policy ID to a place a person can find: a grant's source or a policy file.
-    origins: HashMap<String, String>,
-    /// Decisions already made by this engine. Sound because the engine never changes and a
-    /// decision depends only on (caller, target, scopes): the request context holds nothing else.
-    /// INVARIANT: when the context gains time- or request-dependent attributes, this cache must
-    /// key on them or go.
+    workloads: HashMap<SpiffeId, Workload>,
+    grants: HashMap<(SpiffeId, SpiffeId), Grant>,
+    origins: HashMap<String, Origin>,
+    policy_count: usize,
+    /// Decisions already made for direct issuance requests. Sound only while no policy can
+    /// read the request's circumstances: see [`PolicyEngine::cacheable`].
     decided: std::sync::RwLock<HashMap<DecisionKey, Decision>>,
+    /// INVARIANT: true only if no user policy mentions a circumstance (`now`, `hour`,
+    /// `source_ip`, `token_age`), so that an issuance decision depends only on caller, target
+    /// and scopes. Just-in-time scopes do read them, so requests for those are never cached.
+    cacheable: bool,
 }
 
 type DecisionKey = (SpiffeId, SpiffeId, Vec<Scope>);
@@ -96,170 +230,329 @@ type DecisionKey = (SpiffeId, SpiffeId, Vec<Scope>);
 /// Bounds the decision cache; when full it is cleared, not grown.
 const MAX_CACHED_DECISIONS: usize = 100_000;
 
+/// Words that, in a policy, make decisions depend on more than caller, target and scopes.
+const CIRCUMSTANCES: [&str; 4] = ["now", "hour", "source_ip", "token_age"];
+
 impl std::fmt::Debug for PolicyEngine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PolicyEngine")
             .field("slices", &self.slices.len())
+            .field("policies", &self.policy_count)
             .finish_non_exhaustive()
     }
 }
 
-const ISSUE_TOKEN: &str = "issue_token";
-
-fn uid(type_name: &str, id: &str) -> Result<EntityUid, String> {
-    let t = EntityTypeName::from_str(type_name).map_err(|e| e.to_string())?;
-    Ok(EntityUid::from_type_name_and_id(t, EntityId::new(id)))
+/// The 1-based line of byte `offset` in `text`.
+fn line_of(text: &str, offset: usize) -> usize {
+    text.get(..offset.min(text.len()))
+        .map_or(1, |t| t.matches('\n').count() + 1)
 }
 
-fn entity(type_name: &str, w: &Workload) -> Result<Entity, PolicyError> {
-    let err = |message: String| PolicyError::Entity {
-        id: w.id.to_string(),
-        message,
-    };
-    let mut attrs = HashMap::new();
-    if let Some(env) = &w.environment {
-        attrs.insert(
-            "environment".to_owned(),
-            RestrictedExpression::new_string(env.to_string()),
-        );
+/// The first source offset a Cedar diagnostic points at.
+fn diagnostic_offset(d: &dyn miette::Diagnostic) -> Option<usize> {
+    d.labels().and_then(|mut l| l.next()).map(|l| l.offset())
+}
+
+/// A policy file parsed into policies with their start lines, IDs renumbered `name#i`.
+fn parse_file(name: &str, text: &str) -> Result<Vec<(Policy, usize)>, PolicyError> {
+    let set = PolicySet::from_str(text).map_err(|e| PolicyError::Invalid {
+        at: format!(
+            "{name}:{}",
+            diagnostic_offset(&e).map_or(1, |o| line_of(text, o))
+        ),
+        message: format!("does not parse: {}", first_line(&e.to_string())),
+    })?;
+    if set.templates().next().is_some() {
+        return Err(PolicyError::Invalid {
+            at: name.to_owned(),
+            message: "policy templates are not supported".into(),
+        });
     }
-    attrs.insert(
-        "owner".to_owned(),
-        RestrictedExpression::new_string(w.owner.to_string()),
-    );
-    attrs.insert(
-        "kind".to_owned(),
-        RestrictedExpression::new_string(w.kind.as_str().to_owned()),
-    );
-    attrs.insert(
-        "trust_domain".to_owned(),
-        RestrictedExpression::new_string(w.id.trust_domain_str().to_owned()),
-    );
-    let tags = RestrictedExpression::new_record(
-        w.tags
-            .iter()
-            .map(|(k, v)| (k.clone(), RestrictedExpression::new_string(v.clone()))),
-    )
-    .map_err(|e| err(e.to_string()))?;
-    attrs.insert("tags".to_owned(), tags);
-    Entity::new(
-        uid(type_name, w.id.as_str()).map_err(err)?,
-        attrs,
-        HashSet::new(),
-    )
-    .map_err(|e| err(e.to_string()))
+    let mut policies: Vec<(Policy, usize)> = set
+        .policies()
+        .map(|p| {
+            // A parsed policy displays as its own source text, so its position is findable.
+            let offset = text.find(&p.to_string()).unwrap_or(0);
+            (p.clone(), offset)
+        })
+        .collect();
+    policies.sort_by_key(|(_, offset)| *offset);
+    Ok(policies
+        .into_iter()
+        .enumerate()
+        .map(|(i, (p, offset))| {
+            (
+                p.new_id(PolicyId::new(format!("{name}#{i}"))),
+                line_of(text, offset),
+            )
+        })
+        .collect())
 }
 
-/// The Cedar text of a grant's issuance policy.
-fn grant_policy(g: &Grant) -> String {
-    // INVARIANT: SPIFFE IDs and scopes never contain `"` or `\` (their parsers refuse both), so
-    // interpolating them into Cedar string literals cannot change the policy's structure.
-    let scopes: Vec<String> = g.scopes.iter().map(|s| format!("\"{s}\"")).collect();
-    format!(
-        "permit (principal == Workload::\"{}\", action == Action::\"{ISSUE_TOKEN}\", resource == Service::\"{}\")\nwhen {{ [{}].containsAll(context.scopes) }};",
-        g.from,
-        g.to,
-        scopes.join(", ")
-    )
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or(s)
 }
 
 impl PolicyEngine {
-    /// Compiles workloads, grants and policy files (name, text) into an engine.
+    /// Compiles workloads, grants and policy files (name, text) into an engine, after checking
+    /// the whole set against the schema in strict mode.
     pub fn build(
         workloads: &[Workload],
         grants: &[Grant],
         files: &[(String, String)],
     ) -> Result<Self, PolicyError> {
-        let mut origins = HashMap::new();
+        let schema = model::schema().map_err(PolicyError::Model)?;
+        let mut origins: HashMap<String, Origin> = HashMap::new();
         let mut global = PolicySet::new();
-        for (name, text) in files {
-            let parse_err = |message: String| PolicyError::Parse {
-                file: name.clone(),
-                message,
-            };
-            let set = PolicySet::from_str(text).map_err(|e| parse_err(e.to_string()))?;
-            // Policy IDs must be unique across files; renumber them under the file name.
-            let mut policies: Vec<&Policy> = set.policies().collect();
-            policies.sort_by_key(|p| p.id().to_string());
-            for (i, p) in policies.into_iter().enumerate() {
-                let id = format!("{name}#{i}");
-                origins.insert(id.clone(), format!("policy `{id}`"));
-                global
-                    .add(p.new_id(PolicyId::new(&id)))
-                    .map_err(|e| parse_err(e.to_string()))?;
+        // Where each policy's text lives, to turn a validation error into `file:line`.
+        let mut texts: HashMap<String, (String, String, usize)> = HashMap::new();
+        let known: HashSet<&str> = workloads.iter().map(|w| w.id.as_str()).collect();
+        let mut cacheable = true;
+
+        let mut add_file = |name: &str, text: &str, shipped: bool| -> Result<(), PolicyError> {
+            for (p, line) in parse_file(name, text)? {
+                let id = p.id().to_string();
+                let at = format!("{name}:{line}");
+                for e in p.entity_literals() {
+                    let t = e.type_name().to_string();
+                    if (t == "Workload" || t == "Service") && !known.contains(e.id().unescaped()) {
+                        return Err(PolicyError::Invalid {
+                            at,
+                            message: format!(
+                                "refers to {t}::\"{}\", which no identity file declares",
+                                e.id().unescaped()
+                            ),
+                        });
+                    }
+                }
+                if !shipped {
+                    let src = p.to_string();
+                    if CIRCUMSTANCES.iter().any(|w| src.contains(w)) {
+                        cacheable = false;
+                    }
+                }
+                origins.insert(
+                    id.clone(),
+                    Origin {
+                        label: if shipped {
+                            format!("shipped policy `{}` ({at})", p.annotation("id").unwrap_or(&id))
+                        } else {
+                            format!("policy `{id}` ({at})")
+                        },
+                        hint: Some(if shipped {
+                            "a grant from a deployment workload to a run-time service needs `deployment = true`".to_owned()
+                        } else {
+                            format!("change or remove the forbid at {at}")
+                        }),
+                    },
+                );
+                texts.insert(id.clone(), (name.to_owned(), text.to_owned(), line));
+                global.add(p).map_err(|e| PolicyError::Invalid {
+                    at: format!("{name}:{line}"),
+                    message: e.to_string(),
+                })?;
             }
-            if set.templates().next().is_some() {
-                return Err(parse_err("policy templates are not supported here".into()));
+            Ok(())
+        };
+        add_file(model::DEFAULT_POLICIES_NAME, model::DEFAULT_POLICIES, true)?;
+        for (name, text) in files {
+            add_file(name, text, false)?;
+        }
+
+        // Just-in-time scopes: `forbid` policies on the service's `issue_token`.
+        for w in workloads {
+            for j in &w.jit {
+                for (k, rule) in model::jit_policies(&w.id, j).into_iter().enumerate() {
+                    let id = format!("jit:{}:{}#{k}", w.id, j.scope);
+                    let policy =
+                        Policy::parse(Some(PolicyId::new(&id)), &rule.text).map_err(|e| {
+                            PolicyError::Invalid {
+                                at: w.source.clone(),
+                                message: format!("jit scope `{}` does not compile: {e}", j.scope),
+                            }
+                        })?;
+                    origins.insert(
+                        id.clone(),
+                        Origin {
+                            label: format!(
+                                "jit scope `{}` of `{}`: {} ({})",
+                                j.scope, w.id, rule.requirement, w.source
+                            ),
+                            hint: Some(format!(
+                                "`{}` is issued {} ({})",
+                                j.scope, rule.requirement, w.source
+                            )),
+                        },
+                    );
+                    texts.insert(id, (w.source.clone(), rule.text.clone(), 0));
+                    global.add(policy).map_err(|e| PolicyError::Invalid {
+                        at: w.source.clone(),
+                        message: e.to_string(),
+                    })?;
+                }
             }
         }
 
-        let mut entities = HashMap::new();
+        let mut deploys: HashMap<&SpiffeId, Vec<&SpiffeId>> = HashMap::new();
+        for g in grants.iter().filter(|g| g.deployment) {
+            deploys.entry(&g.from).or_default().push(&g.to);
+        }
+        let mut principals = HashMap::new();
         let mut services = HashMap::new();
         for w in workloads {
-            entities.insert(w.id.clone(), entity("Workload", w)?);
-            services.insert(w.id.clone(), entity("Service", w)?);
-        }
-
-        let mut slices = HashMap::new();
-        let mut granted: HashMap<(SpiffeId, SpiffeId), Vec<Scope>> = HashMap::new();
-        for (i, g) in grants.iter().enumerate() {
-            let scopes = granted.entry((g.from.clone(), g.to.clone())).or_default();
-            scopes.extend(g.scopes.iter().cloned());
-            scopes.sort();
-            scopes.dedup();
-            let grant_err = |message: String| PolicyError::Grant {
-                source_loc: g.source.clone(),
+            let err = |message: String| PolicyError::Entity {
+                id: w.id.to_string(),
                 message,
             };
-            let id = format!("grant{i}");
-            let policy = Policy::parse(Some(PolicyId::new(&id)), grant_policy(g))
-                .map_err(|e| grant_err(e.to_string()))?;
-            origins.insert(
-                id,
-                format!("grant `{}` -> `{}` ({})", g.from, g.to, g.source),
-            );
+            let d = deploys.get(&w.id).map(Vec::as_slice).unwrap_or_default();
+            principals.insert(w.id.clone(), model::workload_entity(w, d).map_err(err)?);
+            services.insert(w.id.clone(), model::service_entity(w).map_err(err)?);
+        }
+
+        // Every grant's policies, validated together with the global ones below.
+        let mut all = global.clone();
+        let mut per_pair: BTreeMap<(SpiffeId, SpiffeId), Vec<Policy>> = BTreeMap::new();
+        let mut grant_map = HashMap::new();
+        for (i, g) in grants.iter().enumerate() {
+            let (issue, call) = model::grant_policies(g);
+            let label = format!("grant `{}` -> `{}` ({})", g.from, g.to, g.source);
+            for (suffix, text) in [("token", issue), ("call", call)] {
+                let id = format!("grant{i}:{suffix}");
+                let policy = Policy::parse(Some(PolicyId::new(&id)), &text).map_err(|e| {
+                    PolicyError::Invalid {
+                        at: g.source.clone(),
+                        message: format!("grant does not compile: {e}"),
+                    }
+                })?;
+                origins.insert(
+                    id.clone(),
+                    Origin {
+                        label: label.clone(),
+                        hint: None,
+                    },
+                );
+                texts.insert(id, (g.source.clone(), text, 0));
+                all.add(policy.clone()).map_err(|e| PolicyError::Invalid {
+                    at: g.source.clone(),
+                    message: e.to_string(),
+                })?;
+                per_pair
+                    .entry((g.from.clone(), g.to.clone()))
+                    .or_default()
+                    .push(policy);
+            }
+            grant_map.insert((g.from.clone(), g.to.clone()), g.clone());
+        }
+
+        let result = Validator::new(schema.clone()).validate(&all, ValidationMode::Strict);
+        if let Some(e) = result.validation_errors().next() {
+            let id = e.policy_id().to_string();
+            let (at, message) = match texts.get(&id) {
+                Some((name, text, line)) if *line > 0 => {
+                    // The error's own position inside the file, when Cedar gives one.
+                    let line = diagnostic_offset(e).map_or(*line, |o| line_of(text, o));
+                    (format!("{name}:{line}"), e.to_string())
+                }
+                Some((source, _, _)) => (source.clone(), e.to_string()),
+                None => (id.clone(), e.to_string()),
+            };
+            return Err(PolicyError::Invalid {
+                at,
+                message: format!("fails validation against the Tessera schema: {message}"),
+            });
+        }
+
+        let actions = schema
+            .action_entities()
+            .map_err(|e| PolicyError::Model(e.to_string()))?;
+        let mut slices = HashMap::new();
+        for (pair, policies) in per_pair {
+            let err = |message: String| PolicyError::Invalid {
+                at: pair.0.to_string(),
+                message,
+            };
             let mut set = global.clone();
-            set.add(policy).map_err(|e| grant_err(e.to_string()))?;
-            let mut members = Vec::new();
-            if let Some(p) = entities.get(&g.from) {
-                members.push(p.clone());
+            for p in policies {
+                set.add(p).map_err(|e| err(e.to_string()))?;
             }
-            if let Some(r) = services.get(&g.to) {
-                members.push(r.clone());
-            }
-            let slice_entities =
-                Entities::from_entities(members, None).map_err(|e| grant_err(e.to_string()))?;
+            let members = [
+                principals.get(&pair.0).cloned(),
+                services.get(&pair.1).cloned(),
+            ];
+            let entities = actions
+                .clone()
+                .add_entities(members.into_iter().flatten(), None)
+                .map_err(|e| err(e.to_string()))?;
             slices.insert(
-                (g.from.clone(), g.to.clone()),
+                pair,
                 Arc::new(Slice {
                     policies: set,
-                    entities: slice_entities,
+                    entities,
                 }),
             );
         }
         Ok(Self {
             authorizer: Authorizer::new(),
+            actions,
             slices,
+            policy_count: all.policies().count(),
             global,
-            principals: entities,
+            principals,
             services,
-            granted,
+            workloads: workloads
+                .iter()
+                .map(|w| (w.id.clone(), w.clone()))
+                .collect(),
+            grants: grant_map,
             origins,
             decided: std::sync::RwLock::new(HashMap::new()),
+            cacheable,
         })
     }
 
-    /// May `from` receive a token for `to` carrying `scopes`? (A direct request: not delegated,
-    /// not federated; the one that is cached.)
-    pub fn decide_issue(&self, from: &SpiffeId, to: &SpiffeId, scopes: &[Scope]) -> Decision {
+    /// How many Cedar policies the whole set holds (shipped, files, grants, jit).
+    pub fn policy_count(&self) -> usize {
+        self.policy_count
+    }
+
+    /// Whether direct issuance decisions may be cached (no policy reads circumstances).
+    pub fn cacheable(&self) -> bool {
+        self.cacheable
+    }
+
+    pub fn workload(&self, id: &SpiffeId) -> Option<&Workload> {
+        self.workloads.get(id)
+    }
+
+    pub fn grant(&self, from: &SpiffeId, to: &SpiffeId) -> Option<&Grant> {
+        self.grants.get(&(from.clone(), to.clone()))
+    }
+
+    /// May `from` receive a token for `to` carrying `scopes`?
+    pub fn decide_issue(
+        &self,
+        from: &SpiffeId,
+        to: &SpiffeId,
+        scopes: &[Scope],
+        extra: &IssueContext,
+        env: &Env,
+    ) -> Decision {
         let mut sorted = scopes.to_vec();
         sorted.sort();
         sorted.dedup();
+        let jit = self
+            .workloads
+            .get(to)
+            .is_some_and(|w| sorted.iter().any(|s| w.jit_scope(s).is_some()));
+        let use_cache = self.cacheable && !jit && extra == &IssueContext::default();
+        if !use_cache {
+            return self.evaluate_issue(from, to, &sorted, extra, env);
+        }
         let key = (from.clone(), to.clone(), sorted);
         if let Some(d) = self.decided.read().ok().and_then(|m| m.get(&key).cloned()) {
             return d;
         }
-        let decision = self.evaluate_issue_with(from, to, &key.2, &IssueContext::default());
+        let decision = self.evaluate_issue(from, to, &key.2, extra, env);
         if let Ok(mut m) = self.decided.write() {
             if m.len() >= MAX_CACHED_DECISIONS {
                 m.clear();
@@ -269,105 +562,187 @@ impl PolicyEngine {
         decision
     }
 
-    /// The Cedar evaluation behind [`PolicyEngine::decide_issue`], without the cache.
-    pub fn evaluate_issue(&self, from: &SpiffeId, to: &SpiffeId, scopes: &[Scope]) -> Decision {
-        self.evaluate_issue_with(from, to, scopes, &IssueContext::default())
-    }
-
-    /// [`PolicyEngine::evaluate_issue`] for a delegated or federated request. The context always
-    /// holds every key (`scopes`, `delegated`, `actor`, `trust`), so that a policy reading one
-    /// never errors on a direct request (an erroring policy denies).
-    pub fn evaluate_issue_with(
+    /// The Cedar evaluation behind [`PolicyEngine::decide_issue`], without the cache. The
+    /// context always holds every key the schema declares, so that a policy reading one never
+    /// errors on a request that has no value for it (an erroring policy denies).
+    pub fn evaluate_issue(
         &self,
         from: &SpiffeId,
         to: &SpiffeId,
         scopes: &[Scope],
         extra: &IssueContext,
+        env: &Env,
     ) -> Decision {
-        let deny = |e: String| Decision {
-            allowed: false,
-            determined_by: Vec::new(),
-            errors: vec![e],
+        let mut pairs = env.pairs();
+        pairs.push((
+            "scopes".to_owned(),
+            RestrictedExpression::new_set(
+                scopes
+                    .iter()
+                    .map(|s| RestrictedExpression::new_string(s.as_str().to_owned())),
+            ),
+        ));
+        pairs.push((
+            "delegated".to_owned(),
+            RestrictedExpression::new_bool(extra.actor.is_some()),
+        ));
+        pairs.push((
+            "actor".to_owned(),
+            RestrictedExpression::new_string(
+                extra
+                    .actor
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .unwrap_or_default(),
+            ),
+        ));
+        pairs.push((
+            "trust".to_owned(),
+            RestrictedExpression::new_string(extra.trust.clone().unwrap_or_default()),
+        ));
+        let resource = match uid("Service", to.as_str()) {
+            Ok(r) => r,
+            Err(e) => return Decision::deny(e),
         };
-        let (principal, action, resource) = match (
-            uid("Workload", from.as_str()),
-            uid("Action", ISSUE_TOKEN),
-            uid("Service", to.as_str()),
-        ) {
-            (Ok(p), Ok(a), Ok(r)) => (p, a, r),
-            _ => return deny("the request cannot be expressed in Cedar".into()),
+        self.evaluate(from, Some(to), ISSUE_TOKEN, resource, None, pairs)
+    }
+
+    /// May `from` make this call to a route of `to`? Decided locally, on the normalised path.
+    pub fn decide_call(
+        &self,
+        from: &SpiffeId,
+        to: &SpiffeId,
+        call: &Call<'_>,
+        env: &Env,
+    ) -> Decision {
+        let path = match path::normalize(call.path) {
+            Ok(p) => p,
+            Err(e) => return Decision::deny(e),
         };
-        let context = Context::from_pairs([
-            (
-                "scopes".to_owned(),
-                RestrictedExpression::new_set(
-                    scopes
-                        .iter()
-                        .map(|s| RestrictedExpression::new_string(s.as_str().to_owned())),
-                ),
+        if !model::METHODS.contains(&call.method) {
+            return Decision::deny(format!(
+                "method `{}` is not one policies know",
+                call.method.escape_debug()
+            ));
+        }
+        let Some(service) = self.workloads.get(to) else {
+            return Decision::deny(format!("`{to}` is not a workload of this policy set"));
+        };
+        let route = match model::route_entity(service, call.method, &path) {
+            Ok(r) => r,
+            Err(e) => return Decision::deny(e),
+        };
+        let mut pairs = env.pairs();
+        pairs.push((
+            "scopes".to_owned(),
+            RestrictedExpression::new_set(
+                call.scopes
+                    .iter()
+                    .map(|s| RestrictedExpression::new_string(s.as_str().to_owned())),
             ),
-            (
-                "delegated".to_owned(),
-                RestrictedExpression::new_bool(extra.actor.is_some()),
-            ),
-            (
-                "actor".to_owned(),
-                RestrictedExpression::new_string(
-                    extra
-                        .actor
-                        .as_ref()
-                        .map(ToString::to_string)
-                        .unwrap_or_default(),
-                ),
-            ),
-            (
-                "trust".to_owned(),
-                RestrictedExpression::new_string(extra.trust.clone().unwrap_or_default()),
-            ),
-        ]);
-        let context = match context {
+        ));
+        pairs.push((
+            "authn".to_owned(),
+            RestrictedExpression::new_string(call.authn.as_str().to_owned()),
+        ));
+        let resource = route.uid();
+        self.evaluate(from, Some(to), call.method, resource, Some(route), pairs)
+    }
+
+    /// May `from` read the secret `secret`? The secret is described by its metadata.
+    pub fn decide_read_secret(
+        &self,
+        from: &SpiffeId,
+        secret: &Entity,
+        authn: Authn,
+        env: &Env,
+    ) -> Decision {
+        let mut pairs = env.pairs();
+        pairs.push((
+            "authn".to_owned(),
+            RestrictedExpression::new_string(authn.as_str().to_owned()),
+        ));
+        self.evaluate(
+            from,
+            None,
+            READ_SECRET,
+            secret.uid(),
+            Some(secret.clone()),
+            pairs,
+        )
+    }
+
+    /// `to` picks the slice (the pair's grants plus the global policies); without it, or
+    /// without a grant for the pair, only the global policies apply.
+    fn evaluate(
+        &self,
+        from: &SpiffeId,
+        to: Option<&SpiffeId>,
+        action: &str,
+        resource: EntityUid,
+        resource_entity: Option<Entity>,
+        context: Vec<(String, RestrictedExpression)>,
+    ) -> Decision {
+        let (principal, action) = match (uid("Workload", from.as_str()), uid("Action", action)) {
+            (Ok(p), Ok(a)) => (p, a),
+            _ => return Decision::deny("the request cannot be expressed in Cedar".into()),
+        };
+        let context = match Context::from_pairs(context) {
             Ok(c) => c,
-            Err(e) => return deny(e.to_string()),
+            Err(e) => return Decision::deny(e.to_string()),
         };
         let request = match Request::new(principal, action, resource, context, None) {
             Ok(r) => r,
-            Err(e) => return deny(e.to_string()),
+            Err(e) => return Decision::deny(e.to_string()),
         };
-        let response = match self.slices.get(&(from.clone(), to.clone())) {
-            Some(slice) => {
-                self.authorizer
-                    .is_authorized(&request, &slice.policies, &slice.entities)
-            }
-            None => {
-                // No grant for this pair: only global policies can permit it.
+        let slice = to.and_then(|to| self.slices.get(&(from.clone(), to.clone())));
+        let built;
+        let (policies, entities) = match (slice, resource_entity) {
+            // The issuance hot path: everything was built with the slice.
+            (Some(s), None) => (&s.policies, &s.entities),
+            (Some(s), Some(extra)) => match s.entities.clone().add_entities([extra], None) {
+                Ok(e) => {
+                    built = e;
+                    (&s.policies, &built)
+                }
+                Err(e) => return Decision::deny(e.to_string()),
+            },
+            (None, extra) => {
                 let members = [
                     self.principals.get(from).cloned(),
-                    self.services.get(to).cloned(),
+                    to.and_then(|t| self.services.get(t).cloned()),
+                    extra,
                 ];
-                let entities = match Entities::from_entities(members.into_iter().flatten(), None) {
-                    Ok(e) => e,
-                    Err(e) => return deny(e.to_string()),
-                };
-                self.authorizer
-                    .is_authorized(&request, &self.global, &entities)
+                match self
+                    .actions
+                    .clone()
+                    .add_entities(members.into_iter().flatten(), None)
+                {
+                    Ok(e) => {
+                        built = e;
+                        (&self.global, &built)
+                    }
+                    Err(e) => return Decision::deny(e.to_string()),
+                }
             }
         };
+        let response = self.authorizer.is_authorized(&request, policies, entities);
         let errors: Vec<String> = response
             .diagnostics()
             .errors()
-            .map(|e| e.to_string())
+            .map(|e| match e {
+                cedar_policy::AuthorizationError::PolicyEvaluationError(p) => {
+                    format!("{}: {}", self.label(p.policy_id().as_ref()), p.inner())
+                }
+            })
             .collect();
         let mut determined_by: Vec<String> = response
             .diagnostics()
             .reason()
-            .map(|id| {
-                self.origins
-                    .get(id.to_string().as_str())
-                    .cloned()
-                    .unwrap_or_else(|| id.to_string())
-            })
+            .map(|id| self.label(id.as_ref()))
             .collect();
         determined_by.sort();
+        determined_by.dedup();
         Decision {
             allowed: errors.is_empty() && response.decision() == cedar_policy::Decision::Allow,
             determined_by,
@@ -375,11 +750,151 @@ impl PolicyEngine {
         }
     }
 
+    fn label(&self, id: &str) -> String {
+        self.origins
+            .get(id)
+            .map_or_else(|| id.to_owned(), |o| o.label.clone())
+    }
+
+    /// Hints for the policies that forbade a decision.
+    fn hints(&self, d: &Decision) -> Vec<String> {
+        let mut out = Vec::new();
+        for label in &d.determined_by {
+            if let Some(h) = self
+                .origins
+                .values()
+                .find(|o| &o.label == label)
+                .and_then(|o| o.hint.clone())
+            {
+                out.push(h);
+            }
+        }
+        out
+    }
+
+    /// [`PolicyEngine::decide_issue`] with what is missing for a denial.
+    pub fn explain_issue(
+        &self,
+        from: &SpiffeId,
+        to: &SpiffeId,
+        scopes: &[Scope],
+        extra: &IssueContext,
+        env: &Env,
+    ) -> Explanation {
+        let decision = self.evaluate_issue(from, to, scopes, extra, env);
+        let mut missing = Vec::new();
+        if !decision.allowed {
+            missing.extend(self.unknown(from, to));
+            if !decision.errors.is_empty() {
+                missing.push("fix the policy that fails to evaluate: an error denies".into());
+            } else if !decision.determined_by.is_empty() {
+                missing.extend(self.hints(&decision));
+            } else {
+                match self.grant(from, to) {
+                    None => missing.push(format!("no grant from `{from}` to `{to}`")),
+                    Some(g) => {
+                        let lacking: Vec<String> = scopes
+                            .iter()
+                            .filter(|s| !g.scopes.contains(s))
+                            .map(|s| format!("`{s}`"))
+                            .collect();
+                        missing.push(format!(
+                            "the grant ({}) gives {}; not {}",
+                            g.source,
+                            list_or_none(g.scopes.iter().map(|s| format!("`{s}`"))),
+                            lacking.join(", ")
+                        ));
+                    }
+                }
+            }
+        }
+        let scope_list: Vec<&str> = scopes.iter().map(Scope::as_str).collect();
+        Explanation {
+            request: format!("`{from}` -> `{to}`: issue_token [{}]", scope_list.join(" ")),
+            decision,
+            missing,
+        }
+    }
+
+    /// [`PolicyEngine::decide_call`] with what is missing for a denial.
+    pub fn explain_call(
+        &self,
+        from: &SpiffeId,
+        to: &SpiffeId,
+        call: &Call<'_>,
+        env: &Env,
+    ) -> Explanation {
+        let decision = self.decide_call(from, to, call, env);
+        let mut missing = Vec::new();
+        if !decision.allowed {
+            missing.extend(self.unknown(from, to));
+            if !decision.errors.is_empty() {
+                missing.push(
+                    "fix the request or the policy that fails to evaluate: an error denies".into(),
+                );
+            } else if !decision.determined_by.is_empty() {
+                missing.extend(self.hints(&decision));
+            } else {
+                match self.grant(from, to) {
+                    None => missing.push(format!("no grant from `{from}` to `{to}`")),
+                    Some(g) => {
+                        let routes: Vec<String> = g
+                            .routes
+                            .iter()
+                            .map(|r| {
+                                format!(
+                                    "{} {}",
+                                    if r.methods.is_empty() {
+                                        "any method".to_owned()
+                                    } else {
+                                        r.methods.join(",")
+                                    },
+                                    if r.paths.is_empty() {
+                                        "any path".to_owned()
+                                    } else {
+                                        r.paths.join(" ")
+                                    }
+                                )
+                            })
+                            .collect();
+                        missing.push(format!(
+                            "the grant ({}) allows {}; not {} {}",
+                            g.source,
+                            routes.join("; "),
+                            call.method,
+                            call.path
+                        ));
+                    }
+                }
+            }
+        }
+        Explanation {
+            request: format!("`{from}` -> `{to}`: {} {}", call.method, call.path),
+            decision,
+            missing,
+        }
+    }
+
+    fn unknown(&self, from: &SpiffeId, to: &SpiffeId) -> Vec<String> {
+        let mut out = Vec::new();
+        if !self.workloads.contains_key(from) {
+            out.push(format!(
+                "`{from}` is not a workload any identity file declares"
+            ));
+        }
+        if !self.workloads.contains_key(to) {
+            out.push(format!(
+                "`{to}` is not a workload any identity file declares"
+            ));
+        }
+        out
+    }
+
     /// The scopes grants give `from` toward `to`, sorted; empty without a grant.
     pub fn granted_scopes(&self, from: &SpiffeId, to: &SpiffeId) -> &[Scope] {
-        self.granted
+        self.grants
             .get(&(from.clone(), to.clone()))
-            .map(Vec::as_slice)
+            .map(|g| g.scopes.as_slice())
             .unwrap_or_default()
     }
 
@@ -390,6 +905,40 @@ impl PolicyEngine {
             |s| s.policies.policies().count(),
         )
     }
+}
+
+fn list_or_none(items: impl Iterator<Item = String>) -> String {
+    let v: Vec<String> = items.collect();
+    if v.is_empty() {
+        "no scopes".to_owned()
+    } else {
+        v.join(", ")
+    }
+}
+
+/// Builds the Cedar entity of a secret from its metadata (for [`PolicyEngine::decide_read_secret`]).
+pub fn secret_entity(
+    name: &str,
+    trust_domain: &str,
+    environment: &str,
+    owner: &str,
+    tags: &BTreeMap<String, String>,
+) -> Result<Entity, String> {
+    let s = |v: &str| RestrictedExpression::new_string(v.to_owned());
+    let attrs = HashMap::from([
+        ("name".to_owned(), s(name)),
+        ("environment".to_owned(), s(environment)),
+        ("owner".to_owned(), s(owner)),
+        ("kind".to_owned(), s("secret")),
+        ("trust_domain".to_owned(), s(trust_domain)),
+    ]);
+    Entity::new_with_tags(
+        uid("Secret", name)?,
+        attrs,
+        HashSet::new(),
+        tags.iter().map(|(k, v)| (k.clone(), s(v))),
+    )
+    .map_err(|e| e.to_string())
 }
 
 /// Grants overdue for review at `now_unix`, as (from, to, review_by) triples.

@@ -245,6 +245,7 @@ pub async fn delegate(
         not_after: original.get("exp").and_then(Value::as_i64),
         subject: Some(caller.clone()),
         detail,
+        subject_iat: original.get("iat").and_then(Value::as_i64),
     };
     // The token is the caller's (`sub`), issued because the actor may call the target: the
     // policy decision is the actor's, with `context.delegated`.

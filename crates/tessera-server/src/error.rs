@@ -70,6 +70,12 @@ pub enum ApiError {
     BadRequest(String),
     #[error("forbidden: {0}")]
     Forbidden(String),
+    /// A rate limit refused the request: `429` with `Retry-After`.
+    #[error("rate_limited: {description}")]
+    RateLimited {
+        description: String,
+        retry_after_secs: u64,
+    },
     /// Storage or audit unavailable: the detail is logged, never sent.
     #[error("unavailable: {0}")]
     Unavailable(String),
@@ -96,7 +102,19 @@ impl From<tessera_store::StoreError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let mut retry_after = None;
         let (status, body, challenge) = match self {
+            Self::RateLimited {
+                description,
+                retry_after_secs,
+            } => {
+                retry_after = Some(retry_after_secs);
+                (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    json!({"error": "rate_limited", "error_description": description}),
+                    false,
+                )
+            }
             Self::OAuth { code, description } => {
                 let status = match code {
                     OAuthCode::InvalidClient => StatusCode::UNAUTHORIZED,
@@ -141,6 +159,9 @@ impl IntoResponse for ApiError {
         let mut resp = (status, axum::Json(body)).into_response();
         let h = resp.headers_mut();
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if let Some(secs) = retry_after {
+            h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         if challenge {
             h.insert(
                 header::WWW_AUTHENTICATE,

@@ -580,6 +580,7 @@ async fn federated(
         not_after: None,
         subject: None,
         detail,
+        subject_iat: numeric_date(&mapped.claims, "iat").ok().flatten(),
     };
     let minted = match mint(
         snap,

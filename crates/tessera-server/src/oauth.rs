@@ -21,6 +21,7 @@ use tessera_token::claims::{
 use tessera_token::{sign, AccessTokenClaims, Unverified, TYP_ACCESS_TOKEN};
 
 use crate::error::{ApiError, OAuthCode};
+use tessera_policy::Explanation;
 use crate::metrics::{IssueLabels, MethodLabels};
 use crate::state::{ClientEntry, Snapshot};
 use crate::App;
@@ -672,6 +673,8 @@ pub struct MintOptions {
     pub subject: Option<SpiffeId>,
     /// Extra audit detail (the trust, the outside issuer and subject, the actor).
     pub detail: serde_json::Map<String, Value>,
+    /// When the subject token of an exchange was issued (`context.token_age` in policies).
+    pub subject_iat: Option<i64>,
 }
 
 /// Decides and signs an access token for `caller`, whoever authenticated it (an OAuth client, a
@@ -697,21 +700,56 @@ pub fn mint(
         }
         v
     };
-    let deny = |code: OAuthCode, reason: String, target: Option<&str>| {
+    let now = tessera_core::now_unix();
+    let env = tessera_policy::Env {
+        now,
+        source_ip: None,
+        token_age: options.subject_iat.map_or(0, |iat| now - iat),
+    };
+    let deny_with = |code: OAuthCode, reason: String, target: Option<&str>, explanation: Option<&Explanation>| {
+        let mut detail = json!({"error": code.as_str(), "reason": reason, "target": target, "grant_type": grant_type});
+        if let (Some(x), Value::Object(m)) = (explanation, &mut detail) {
+            m.insert("determined_by".into(), json!(x.decision.determined_by));
+            m.insert("missing".into(), json!(x.missing));
+        }
         let event = AuditEvent {
             kind: "token.denied".into(),
             actor: client_id.to_owned(),
             subject: caller.to_string(),
             outcome: "denied".into(),
-            detail: with_detail(
-                json!({"error": code.as_str(), "reason": reason, "target": target, "grant_type": grant_type}),
-            ),
+            detail: with_detail(detail),
         };
         Box::new((event, ApiError::oauth(code, reason)))
     };
-    let (target, scopes, ttl) = decide(snap, issuer, caller, form, &options.context)
-        .map_err(|(code, reason, target)| deny(code, reason, target.as_deref()))?;
-    let now = tessera_core::now_unix();
+    let deny = |code: OAuthCode, reason: String, target: Option<&str>| deny_with(code, reason, target, None);
+    let (target, scopes, ttl) = match decide(snap, issuer, caller, form, &options.context, &env) {
+        Ok(d) => d,
+        Err(Refusal::Denied(code, reason, target)) => return Err(deny(code, reason, target.as_deref())),
+        Err(Refusal::Policy(reason, target, explanation)) => {
+            return Err(deny_with(OAuthCode::InvalidTarget, reason, Some(target.as_str()), Some(&explanation)))
+        }
+        Err(Refusal::Limited(limited, target)) => {
+            let reason = format!(
+                "`{caller}` asked for tokens for `{target}` faster than its grant allows ({}); retry after {} s",
+                limited.rate,
+                limited.retry_after_secs()
+            );
+            let event = AuditEvent {
+                kind: "token.limited".into(),
+                actor: client_id.to_owned(),
+                subject: caller.to_string(),
+                outcome: "denied".into(),
+                detail: with_detail(json!({"reason": reason, "target": target, "grant_type": grant_type, "rate": limited.rate.to_string()})),
+            };
+            return Err(Box::new((
+                event,
+                ApiError::RateLimited {
+                    description: reason,
+                    retry_after_secs: limited.retry_after_secs(),
+                },
+            )));
+        }
+    };
     let exp = options
         .not_after
         .map_or(now + ttl, |cap| cap.min(now + ttl));
@@ -781,13 +819,56 @@ pub fn mint(
 
 type Denial = (OAuthCode, String, Option<String>);
 
-/// Resolves the target and scopes and asks the policy engine. Pure: no I/O.
+/// Why [`decide`] refused.
+enum Refusal {
+    Denied(OAuthCode, String, Option<String>),
+    /// The policy said no: the reason, the target and the full explanation for the audit.
+    Policy(String, SpiffeId, Box<Explanation>),
+    Limited(tessera_policy::limit::Limited, SpiffeId),
+}
+
+impl From<Denial> for Refusal {
+    fn from((code, reason, target): Denial) -> Self {
+        Self::Denied(code, reason, target)
+    }
+}
+
+/// Resolves the target and scopes, asks the policy engine, then the target's rate limit. No
+/// I/O.
 fn decide(
     snap: &Snapshot,
     issuer: &Issuer,
     caller: &SpiffeId,
     form: &Form,
     context: &tessera_policy::IssueContext,
+    env: &tessera_policy::Env,
+) -> Result<(SpiffeId, Vec<Scope>, i64), Refusal> {
+    let (target, scopes, ttl) = resolve(snap, issuer, caller, form)?;
+    let decision = snap
+        .engine
+        .decide_issue(caller, &target, &scopes, context, env);
+    if !decision.allowed {
+        let explanation = snap
+            .engine
+            .explain_issue(caller, &target, &scopes, context, env);
+        return Err(Refusal::Policy(
+            format!("`{caller}` may not call `{target}`: {}", decision.reason()),
+            target,
+            Box::new(explanation),
+        ));
+    }
+    if let Err(limited) = snap.token_limits.check(caller, &target) {
+        return Err(Refusal::Limited(limited, target));
+    }
+    Ok((target, scopes, ttl))
+}
+
+/// The target, the scopes the token would carry and its lifetime, before any policy.
+fn resolve(
+    snap: &Snapshot,
+    issuer: &Issuer,
+    caller: &SpiffeId,
+    form: &Form,
 ) -> Result<(SpiffeId, Vec<Scope>, i64), Denial> {
     let Some(workload) = snap.workloads.get(caller) else {
         return Err((
@@ -858,8 +939,10 @@ fn decide(
         None => Vec::new(),
     };
     let granted = snap.engine.granted_scopes(caller, target);
+    let is_jit = |s: &Scope| target_spec.is_some_and(|t| t.jit_scope(s).is_some());
     let scopes: Vec<Scope> = if requested.is_empty() {
-        granted.to_vec()
+        // Just-in-time scopes are issued only when asked for, alone.
+        granted.iter().filter(|s| !is_jit(s)).cloned().collect()
     } else {
         for s in &requested {
             if target_spec.is_some_and(|t| !t.scopes.contains(s)) {
@@ -879,20 +962,13 @@ fn decide(
         }
         requested
     };
-    let decision = if context == &tessera_policy::IssueContext::default() {
-        snap.engine.decide_issue(caller, target, &scopes)
-    } else {
-        snap.engine
-            .evaluate_issue_with(caller, target, &scopes, context)
-    };
-    if !decision.allowed {
-        return Err((
-            OAuthCode::InvalidTarget,
-            format!("`{caller}` may not call `{target}`: {}", decision.reason()),
-            Some(target.to_string()),
-        ));
-    }
-    let ttl = i64::try_from(workload.spec.jwt_ttl.as_secs()).unwrap_or(300);
+    // A just-in-time scope caps the lifetime of the token that carries it.
+    let ttl = scopes
+        .iter()
+        .filter_map(|s| target_spec.and_then(|t| t.jit_scope(s)))
+        .map(|j| j.max_ttl.as_secs())
+        .fold(workload.spec.jwt_ttl.as_secs(), u64::min);
+    let ttl = i64::try_from(ttl).unwrap_or(300);
     Ok((target.clone(), scopes, ttl))
 }
 

@@ -9,6 +9,7 @@ use base64::Engine;
 use tessera_core::agent_api::Registration;
 use tessera_core::manifest::{Client, Grant, PolicyFile, Trust};
 use tessera_core::SpiffeId;
+use tessera_policy::limit::Limits;
 use tessera_policy::PolicyEngine;
 use tessera_store::{AgentRecord, SecretRecord, StoredState, WorkloadRecord};
 use tessera_verify::KeySet;
@@ -103,6 +104,9 @@ pub struct Snapshot {
     /// Shared with the previous snapshot when no workload, grant or policy changed: building it
     /// costs about 70 µs per grant, and most reloads (secrets, revocations, keys) change none.
     pub engine: Arc<PolicyEngine>,
+    /// Issuance rate limits from grants (`token_rate`); shared with `engine`'s lifetime, so
+    /// reloads that change no grant do not reset the counts.
+    pub token_limits: Arc<Limits>,
     pub revoked_jtis: HashSet<String>,
     pub keys: KeyRing,
     pub cas: CaRing,
@@ -135,8 +139,8 @@ impl Snapshot {
                         .is_some_and(|old| old.spec == w.spec)
                 })
         });
-        let engine = match reusable {
-            Some(p) => p.engine.clone(),
+        let (engine, token_limits) = match reusable {
+            Some(p) => (p.engine.clone(), p.token_limits.clone()),
             None => {
                 let specs: Vec<_> = state.workloads.iter().map(|w| w.spec.clone()).collect();
                 let files: Vec<(String, String)> = state
@@ -144,7 +148,10 @@ impl Snapshot {
                     .iter()
                     .map(|p| (p.name.clone(), p.text.clone()))
                     .collect();
-                Arc::new(PolicyEngine::build(&specs, &state.grants, &files)?)
+                (
+                    Arc::new(PolicyEngine::build(&specs, &state.grants, &files)?),
+                    Arc::new(Limits::from_grants(&state.grants, |g| g.token_rate)),
+                )
             }
         };
         let mut targets = HashMap::new();
@@ -187,6 +194,7 @@ impl Snapshot {
             trusts: state.trusts,
             policies: state.policies,
             engine,
+            token_limits,
             revoked_jtis: revoked.into_iter().map(|(j, _)| j).collect(),
             keys,
             cas,

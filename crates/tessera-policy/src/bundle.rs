@@ -1,0 +1,77 @@
+//! The policy bundle: what a point-of-use authorizer needs to decide locally, fetched from the
+//! server and kept current by version.
+
+use ring::digest;
+use serde::{Deserialize, Serialize};
+use tessera_core::manifest::{Grant, PolicyFile, Workload};
+use tessera_core::SpiffeId;
+
+use crate::{PolicyEngine, PolicyError};
+
+/// Workloads (as entities), the grants toward one service (or all), and every policy file.
+/// `version` is a digest of the rest, so two servers serve the same version for the same set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PolicyBundle {
+    pub version: String,
+    /// The service the bundle was cut for; `None` for the whole set.
+    pub service: Option<SpiffeId>,
+    pub workloads: Vec<Workload>,
+    pub grants: Vec<Grant>,
+    pub policies: Vec<PolicyFile>,
+}
+
+#[derive(Serialize)]
+struct Content<'a> {
+    service: &'a Option<SpiffeId>,
+    workloads: &'a [Workload],
+    grants: &'a [Grant],
+    policies: &'a [PolicyFile],
+}
+
+impl PolicyBundle {
+    /// A bundle for `service` (grants toward it only), or for everything.
+    pub fn cut(
+        service: Option<&SpiffeId>,
+        workloads: &[Workload],
+        grants: &[Grant],
+        policies: &[PolicyFile],
+    ) -> Self {
+        let grants: Vec<Grant> = grants
+            .iter()
+            .filter(|g| service.is_none_or(|s| &g.to == s))
+            .cloned()
+            .collect();
+        let service = service.cloned();
+        let content = Content {
+            service: &service,
+            workloads,
+            grants: &grants,
+            policies,
+        };
+        let bytes = serde_json::to_vec(&content).unwrap_or_default();
+        let d = digest::digest(&digest::SHA256, &bytes);
+        let version = d
+            .as_ref()
+            .iter()
+            .take(12)
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        Self {
+            version,
+            service,
+            workloads: workloads.to_vec(),
+            grants,
+            policies: policies.to_vec(),
+        }
+    }
+
+    /// Compiles the bundle, validating it exactly as the server validated it.
+    pub fn engine(&self) -> Result<PolicyEngine, PolicyError> {
+        let files: Vec<(String, String)> = self
+            .policies
+            .iter()
+            .map(|p| (p.name.clone(), p.text.clone()))
+            .collect();
+        PolicyEngine::build(&self.workloads, &self.grants, &files)
+    }
+}
