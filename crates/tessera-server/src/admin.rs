@@ -22,7 +22,7 @@ use tessera_store::{AuditEvent, Op, SecretRecord};
 use tokio::net::UnixListener;
 use tokio::sync::watch;
 
-use crate::apply::{plan, ApplyRequest, ApplyResponse};
+use crate::apply::{plan, sorted_lines, ApplyRequest, ApplyResponse};
 use crate::error::{ApiError, StartError};
 use crate::{keys, App};
 
@@ -68,6 +68,7 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/v1/agents/tokens", post(create_join_token))
         .route("/v1/ca", get(list_cas))
         .route("/v1/ca/rotate", post(rotate_cas))
+        .merge(crate::policy::admin_routes())
 }
 
 /// The admin API over HTTP: `Authorization: Bearer <admin credential>`, checked against its
@@ -172,13 +173,33 @@ async fn apply(
     Json(req): Json<ApplyRequest>,
 ) -> Result<Json<ApplyResponse>, ApiError> {
     let snap = app.snapshot();
-    let (ops, changes) = plan(&app, &snap, &req.state, req.prune)?;
-    if req.dry_run || ops.is_empty() {
+    let plan = plan(&app, &snap, &req.state, req.prune)?;
+    if req.shadow {
+        return crate::policy::load_shadow(&app, &snap, plan, &actor.0, req.dry_run)
+            .await
+            .map(Json);
+    }
+    let changes = sorted_lines(&plan.lines);
+    if req.dry_run || plan.ops.is_empty() {
         return Ok(Json(ApplyResponse {
             changes,
             applied: false,
         }));
     }
+    let mut ops = Vec::new();
+    if plan.changes_policy() {
+        let (_, record) = crate::policy::record_active(
+            &app,
+            &snap,
+            plan.grants.clone(),
+            plan.policies.clone(),
+            &actor.0,
+            format!("apply ({} changes)", changes.len()),
+        )
+        .await?;
+        ops.extend(record);
+    }
+    let ops = [plan.ops, ops].concat();
     app.change(
         &ops,
         AuditEvent {

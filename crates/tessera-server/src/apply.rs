@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
-use tessera_core::manifest::{ClientAuth, DesiredState, Grant, Workload};
+use tessera_core::manifest::{ClientAuth, DesiredState, Grant, PolicyFile, Workload};
 use tessera_store::Op;
 use tessera_verify::KeySet;
 
@@ -23,6 +23,50 @@ pub struct ApplyRequest {
     pub dry_run: bool,
     #[serde(default)]
     pub prune: bool,
+    /// Load the grants and policy files as a shadow candidate instead of applying them.
+    #[serde(default)]
+    pub shadow: bool,
+}
+
+fn is_policy_op(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::UpsertGrant(_) | Op::DeleteGrant { .. } | Op::UpsertPolicy(_) | Op::DeletePolicy(_)
+    )
+}
+
+/// Lines of a plan in a stable order for people: by object, not by kind of change.
+pub fn sorted_lines(lines: &[String]) -> Vec<String> {
+    let mut out = lines.to_vec();
+    out.sort_by(|a, b| a.get(2..).cmp(&b.get(2..)));
+    out
+}
+
+/// What applying a desired state would do, and the policy set that would result.
+#[derive(Debug)]
+pub struct Plan {
+    pub ops: Vec<Op>,
+    /// One line per op, in the same order (`+ grant a -> b`).
+    pub lines: Vec<String>,
+    pub grants: Vec<Grant>,
+    pub policies: Vec<PolicyFile>,
+}
+
+impl Plan {
+    /// Whether the plan changes grants or policy files (and so makes a new policy set version).
+    pub fn changes_policy(&self) -> bool {
+        self.ops.iter().any(is_policy_op)
+    }
+
+    /// Operations other than on grants and policy files (which a shadow load cannot make).
+    pub fn other_changes(&self) -> Vec<&str> {
+        self.ops
+            .iter()
+            .zip(self.lines.iter())
+            .filter(|(op, _)| !is_policy_op(op))
+            .map(|(_, l)| l.as_str())
+            .collect()
+    }
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -48,9 +92,18 @@ pub fn plan(
     current: &Snapshot,
     desired: &DesiredState,
     prune: bool,
-) -> Result<(Vec<Op>, Vec<String>), ApiError> {
+) -> Result<Plan, ApiError> {
     // 1. Each object on its own: served trust domains, environment bindings, client keys.
     for w in &desired.workloads {
+        if w.id.path().starts_with("/tessera/") || w.id.path() == "/tessera" {
+            return Err(invalid(
+                &w.source,
+                format!(
+                    "workload `{}`: paths under `/tessera/` name the authority and its agents",
+                    w.id
+                ),
+            ));
+        }
         let td = w.id.trust_domain_str();
         let Some(cfg) = app
             .config
@@ -378,6 +431,13 @@ pub fn plan(
             ops.push(Op::DeletePolicy(p.name.clone()));
         }
     }
-    lines.sort_by(|a, b| a.get(2..).cmp(&b.get(2..)));
-    Ok((ops, lines))
+    Ok(Plan {
+        ops,
+        lines,
+        grants: gs,
+        policies: policies
+            .into_iter()
+            .map(|(name, text)| PolicyFile { name, text })
+            .collect(),
+    })
 }

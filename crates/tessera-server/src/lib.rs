@@ -31,6 +31,7 @@ pub mod federation;
 pub mod keys;
 mod metrics;
 pub mod oauth;
+pub mod policy;
 pub mod state;
 mod tls;
 
@@ -80,6 +81,11 @@ impl std::fmt::Debug for App {
 }
 
 impl App {
+    /// Notified with the state version each time a new snapshot is swapped in.
+    pub fn subscribe_changes(&self) -> watch::Receiver<i64> {
+        self.changes.subscribe()
+    }
+
     pub fn snapshot(&self) -> Arc<Snapshot> {
         match self.snapshot.read() {
             Ok(s) => s.clone(),
@@ -682,6 +688,10 @@ fn api_router(app: Arc<App>) -> Router {
                 .layer(axum::extract::DefaultBodyLimit::max(MAX_ADMIN_BODY)),
         )
         .nest("/agent/v1", agents::routes())
+        .nest(
+            "/v1/policy",
+            policy::workload_routes().layer(axum::extract::DefaultBodyLimit::max(MAX_ADMIN_BODY)),
+        )
         .with_state(app)
 }
 

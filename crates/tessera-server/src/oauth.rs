@@ -21,10 +21,10 @@ use tessera_token::claims::{
 use tessera_token::{sign, AccessTokenClaims, Unverified, TYP_ACCESS_TOKEN};
 
 use crate::error::{ApiError, OAuthCode};
-use tessera_policy::Explanation;
 use crate::metrics::{IssueLabels, MethodLabels};
 use crate::state::{ClientEntry, Snapshot};
 use crate::App;
+use tessera_policy::Explanation;
 
 pub const CLIENT_CREDENTIALS: &str = "client_credentials";
 pub const JWT_BEARER_ASSERTION: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
@@ -706,7 +706,10 @@ pub fn mint(
         source_ip: None,
         token_age: options.subject_iat.map_or(0, |iat| now - iat),
     };
-    let deny_with = |code: OAuthCode, reason: String, target: Option<&str>, explanation: Option<&Explanation>| {
+    let deny_with = |code: OAuthCode,
+                     reason: String,
+                     target: Option<&str>,
+                     explanation: Option<&Explanation>| {
         let mut detail = json!({"error": code.as_str(), "reason": reason, "target": target, "grant_type": grant_type});
         if let (Some(x), Value::Object(m)) = (explanation, &mut detail) {
             m.insert("determined_by".into(), json!(x.decision.determined_by));
@@ -721,12 +724,21 @@ pub fn mint(
         };
         Box::new((event, ApiError::oauth(code, reason)))
     };
-    let deny = |code: OAuthCode, reason: String, target: Option<&str>| deny_with(code, reason, target, None);
+    let deny = |code: OAuthCode, reason: String, target: Option<&str>| {
+        deny_with(code, reason, target, None)
+    };
     let (target, scopes, ttl) = match decide(snap, issuer, caller, form, &options.context, &env) {
         Ok(d) => d,
-        Err(Refusal::Denied(code, reason, target)) => return Err(deny(code, reason, target.as_deref())),
+        Err(Refusal::Denied(code, reason, target)) => {
+            return Err(deny(code, reason, target.as_deref()))
+        }
         Err(Refusal::Policy(reason, target, explanation)) => {
-            return Err(deny_with(OAuthCode::InvalidTarget, reason, Some(target.as_str()), Some(&explanation)))
+            return Err(deny_with(
+                OAuthCode::InvalidTarget,
+                reason,
+                Some(target.as_str()),
+                Some(&explanation),
+            ))
         }
         Err(Refusal::Limited(limited, target)) => {
             let reason = format!(
@@ -739,7 +751,9 @@ pub fn mint(
                 actor: client_id.to_owned(),
                 subject: caller.to_string(),
                 outcome: "denied".into(),
-                detail: with_detail(json!({"reason": reason, "target": target, "grant_type": grant_type, "rate": limited.rate.to_string()})),
+                detail: with_detail(
+                    json!({"reason": reason, "target": target, "grant_type": grant_type, "rate": limited.rate.to_string()}),
+                ),
             };
             return Err(Box::new((
                 event,
@@ -844,9 +858,27 @@ fn decide(
     env: &tessera_policy::Env,
 ) -> Result<(SpiffeId, Vec<Scope>, i64), Refusal> {
     let (target, scopes, ttl) = resolve(snap, issuer, caller, form)?;
+    if Some(&target) == crate::policy::authority_id(issuer.td.as_str()).as_ref() {
+        // A token for the authority's own workload APIs: no grant needed, no scopes possible
+        // (`resolve` refused any); each API authorizes the caller itself.
+        return Ok((target, scopes, ttl));
+    }
     let decision = snap
         .engine
         .decide_issue(caller, &target, &scopes, context, env);
+    if let Some(shadow) = &snap.shadow {
+        let candidate = shadow
+            .engine
+            .decide_issue(caller, &target, &scopes, context, env);
+        shadow.observe(
+            caller.as_str(),
+            target.as_str(),
+            "issue_token",
+            decision.allowed,
+            &candidate,
+            || format!("issue_token [{}]", Scope::join(&scopes)),
+        );
+    }
     if !decision.allowed {
         let explanation = snap
             .engine
@@ -913,7 +945,13 @@ fn resolve(
         }
     };
     let shown = truncate(asked, 200);
-    let Some(target) = snap.targets.get(asked) else {
+    let authority = crate::policy::authority_id(issuer.td.as_str());
+    let target = if asked.trim_end_matches('/') == issuer.url.trim_end_matches('/') {
+        authority.as_ref()
+    } else {
+        snap.targets.get(asked)
+    };
+    let Some(target) = target else {
         return Err((
             OAuthCode::InvalidTarget,
             format!("`{shown}` is not a registered workload or alias"),

@@ -16,6 +16,7 @@ use tessera_verify::KeySet;
 
 use crate::ca::CaRing;
 use crate::keys::KeyRing;
+use crate::policy::Shadow;
 
 /// Tombstones kept for incremental agent sync; older removals mean a full resync.
 const MAX_TOMBSTONES: usize = 50_000;
@@ -112,6 +113,12 @@ pub struct Snapshot {
     pub cas: CaRing,
     pub agents: HashMap<String, AgentRecord>,
     pub registrations: Registrations,
+    /// The active policy set's version (0 before the first recorded change).
+    pub policy_version: i64,
+    /// The candidate set evaluated beside the active one, if one is loaded and still compiles.
+    pub shadow: Option<Shadow>,
+    /// Why a loaded shadow set does not compile against today's workloads.
+    pub shadow_error: Option<String>,
 }
 
 impl Snapshot {
@@ -129,16 +136,51 @@ impl Snapshot {
             &state.workloads,
             previous.filter(|p| p.version > 0).map(|p| &p.registrations),
         );
-        let reusable = previous.filter(|p| {
-            p.grants == state.grants
-                && p.policies == state.policies
-                && p.workloads.len() == state.workloads.len()
+        let same_workloads = previous.is_some_and(|p| {
+            p.workloads.len() == state.workloads.len()
                 && state.workloads.iter().all(|w| {
                     p.workloads
                         .get(&w.spec.id)
                         .is_some_and(|old| old.spec == w.spec)
                 })
         });
+        let reusable = previous
+            .filter(|p| same_workloads && p.grants == state.grants && p.policies == state.policies);
+        let (shadow, shadow_error) = match &state.shadow {
+            None => (None, None),
+            Some(rec) => match previous
+                .and_then(|p| p.shadow.as_ref())
+                .filter(|s| same_workloads && s.version == rec.version)
+            {
+                Some(s) => (
+                    Some(Shadow {
+                        version: s.version,
+                        engine: s.engine.clone(),
+                        diff: s.diff.clone(),
+                    }),
+                    None,
+                ),
+                None => {
+                    let specs: Vec<_> = state.workloads.iter().map(|w| w.spec.clone()).collect();
+                    let files: Vec<(String, String)> = rec
+                        .policies
+                        .iter()
+                        .map(|p| (p.name.clone(), p.text.clone()))
+                        .collect();
+                    match PolicyEngine::build(&specs, &rec.grants, &files) {
+                        Ok(engine) => (
+                            Some(Shadow {
+                                version: rec.version,
+                                engine: Arc::new(engine),
+                                diff: Arc::default(),
+                            }),
+                            None,
+                        ),
+                        Err(e) => (None, Some(format!("shadow set {}: {e}", rec.version))),
+                    }
+                }
+            },
+        };
         let (engine, token_limits) = match reusable {
             Some(p) => (p.engine.clone(), p.token_limits.clone()),
             None => {
@@ -204,6 +246,9 @@ impl Snapshot {
                 .map(|a| (a.id.clone(), a))
                 .collect(),
             registrations,
+            policy_version: state.policy_version,
+            shadow,
+            shadow_error,
         }))
     }
 

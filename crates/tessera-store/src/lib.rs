@@ -137,6 +137,19 @@ pub struct AgentRecord {
     pub revoked_at: Option<i64>,
 }
 
+/// One version of the policy set (grants and policy files), as applied or loaded in shadow.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PolicySetRecord {
+    pub version: i64,
+    /// `active`, `shadow`, `superseded`, `promoted` or `discarded`.
+    pub status: String,
+    pub grants: Vec<Grant>,
+    pub policies: Vec<PolicyFile>,
+    pub created_at: i64,
+    pub actor: String,
+    pub note: String,
+}
+
 /// One X.509-SVID as issued, for review: who got it, through which agent, until when.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SvidRecord {
@@ -156,6 +169,10 @@ pub struct StoredState {
     pub trusts: Vec<Trust>,
     pub policies: Vec<PolicyFile>,
     pub agents: Vec<AgentRecord>,
+    /// The policy set loaded in shadow, if any.
+    pub shadow: Option<PolicySetRecord>,
+    /// The version of the active policy set; 0 before the first recorded change.
+    pub policy_version: i64,
 }
 
 /// A client assertion's `jti`, recorded until the assertion expires so it is used only once.
@@ -249,6 +266,13 @@ pub enum Op {
         at: i64,
     },
     RecordSvids(Vec<SvidRecord>),
+    /// A new policy set version. Fails with [`StoreError::Conflict`] if the version exists
+    /// (two servers recording at once: the second retries from fresh state).
+    RecordPolicySet(PolicySetRecord),
+    SetPolicySetStatus {
+        version: i64,
+        status: String,
+    },
 }
 
 impl Op {
@@ -269,6 +293,7 @@ impl Op {
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/0001_initial.sql")),
     (2, include_str!("../migrations/0002_identity.sql")),
+    (3, include_str!("../migrations/0003_policy_sets.sql")),
 ];
 
 /// Held during every write transaction on PostgreSQL, so that the audit chain of several servers
@@ -307,6 +332,21 @@ macro_rules! with_read {
         match &*$self.db {
             Db::Sqlite { read: $pool, .. } => $body,
             Db::Pg($pool) => $body,
+        }
+    };
+}
+
+/// A `policy_sets` row of either backend.
+macro_rules! policy_set_row {
+    ($r:expr) => {
+        PolicySetRecord {
+            version: $r.try_get("version")?,
+            status: $r.try_get("status")?,
+            grants: from_json(&$r.try_get::<String, _>("grants")?)?,
+            policies: from_json(&$r.try_get::<String, _>("policies")?)?,
+            created_at: $r.try_get("created_at")?,
+            actor: $r.try_get("actor")?,
+            note: $r.try_get("note")?,
         }
     };
 }
@@ -440,6 +480,20 @@ macro_rules! apply_op {
             Op::RevokeAgent { id, at } => {
                 sqlx::query("UPDATE agents SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
                     .bind(at).bind(id)
+                    .execute(&mut *$tx).await?;
+            }
+            Op::RecordPolicySet(r) => {
+                let n = sqlx::query("INSERT INTO policy_sets (version, status, grants, policies, created_at, actor, note) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (version) DO NOTHING")
+                    .bind(r.version).bind(&r.status).bind(json(&r.grants)?).bind(json(&r.policies)?)
+                    .bind(r.created_at).bind(&r.actor).bind(&r.note)
+                    .execute(&mut *$tx).await?.rows_affected();
+                if n != 1 {
+                    return Err(StoreError::Conflict(format!("policy set version {} already exists", r.version)));
+                }
+            }
+            Op::SetPolicySetStatus { version, status } => {
+                sqlx::query("UPDATE policy_sets SET status = $1 WHERE version = $2")
+                    .bind(status).bind(version)
                     .execute(&mut *$tx).await?;
             }
             Op::RecordSvids(svids) => {
@@ -644,8 +698,45 @@ impl Store {
                     revoked_at: r.try_get("revoked_at")?,
                 });
             }
+            if let Some(r) = sqlx::query("SELECT version, status, grants, policies, created_at, actor, note FROM policy_sets WHERE status = 'shadow' ORDER BY version DESC LIMIT 1")
+                .fetch_optional(pool)
+                .await?
+            {
+                state.shadow = Some(policy_set_row!(r));
+            }
+            state.policy_version = sqlx::query(
+                "SELECT COALESCE(MAX(version), 0) AS v FROM policy_sets WHERE status = 'active'",
+            )
+            .fetch_one(pool)
+            .await?
+            .try_get("v")?;
         });
         Ok(state)
+    }
+
+    /// Policy set versions, newest first.
+    pub async fn policy_sets(&self, limit: i64) -> Result<Vec<PolicySetRecord>> {
+        let rows = with_read!(self, |pool| {
+            sqlx::query("SELECT version, status, grants, policies, created_at, actor, note FROM policy_sets ORDER BY version DESC LIMIT $1")
+                .bind(limit)
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(|r| Ok(policy_set_row!(r)))
+                .collect::<Result<Vec<_>>>()?
+        });
+        Ok(rows)
+    }
+
+    /// The highest policy set version recorded, whatever its status.
+    pub async fn last_policy_set_version(&self) -> Result<i64> {
+        let v = with_read!(self, |pool| {
+            sqlx::query("SELECT COALESCE(MAX(version), 0) AS v FROM policy_sets")
+                .fetch_one(pool)
+                .await?
+                .try_get::<i64, _>("v")?
+        });
+        Ok(v)
     }
 
     pub async fn cas(&self) -> Result<Vec<CaRecord>> {

@@ -1,10 +1,15 @@
-//! A tower layer that puts verification in front of any HTTP service.
+//! A tower layer that puts verification, and optionally authorization, in front of any HTTP
+//! service.
 //!
 //! ```ignore
 //! let app = Router::new().route("/api", get(handler))
-//!     .layer(RequireTokenLayer::new(verifier).scope("inventory:read"));
+//!     .layer(RequireTokenLayer::new(verifier).scope("inventory:read").authorize(authorizer));
 //! // handlers read the caller from `Extension<Verified>`.
 //! ```
+//!
+//! Refusals: 401 without a valid token (RFC 6750 challenge), 403 `insufficient_scope`, 403 with
+//! `tessera-decision: deny` when the policy denies (the reason goes to the decision log, not to
+//! the caller), 429 with `Retry-After` over a rate limit.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -13,12 +18,26 @@ use std::task::{Context, Poll};
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use tower::{Layer, Service};
 
+use tessera_core::{Scope, SpiffeId};
+use tessera_policy::{Authn, Env};
+
+use crate::authorize::Authorizer;
 use crate::{Verified, Verifier, VerifyError};
+
+/// 403 for a policy denial. The caller learns only that policy denied it.
+fn denied<B: Default>() -> Response<B> {
+    let mut r = Response::new(B::default());
+    *r.status_mut() = StatusCode::FORBIDDEN;
+    r.headers_mut()
+        .insert("tessera-decision", HeaderValue::from_static("deny"));
+    r
+}
 
 #[derive(Clone, Debug)]
 pub struct RequireTokenLayer {
     verifier: Verifier,
     scope: Option<String>,
+    authorizer: Option<Authorizer>,
 }
 
 impl RequireTokenLayer {
@@ -26,7 +45,14 @@ impl RequireTokenLayer {
         Self {
             verifier,
             scope: None,
+            authorizer: None,
         }
+    }
+
+    /// Also decide each call (caller, method, path) with the policy in force.
+    pub fn authorize(mut self, authorizer: Authorizer) -> Self {
+        self.authorizer = Some(authorizer);
+        self
     }
 
     /// Also require this scope (403 `insufficient_scope` without it).
@@ -43,6 +69,7 @@ impl<S> Layer<S> for RequireTokenLayer {
             inner,
             verifier: self.verifier.clone(),
             scope: self.scope.clone(),
+            authorizer: self.authorizer.clone(),
         }
     }
 }
@@ -52,6 +79,7 @@ pub struct RequireToken<S> {
     inner: S,
     verifier: Verifier,
     scope: Option<String>,
+    authorizer: Option<Authorizer>,
 }
 
 /// RFC 6750 §3: the challenge says what was wrong, without echoing the token.
@@ -96,6 +124,7 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let verifier = self.verifier.clone();
         let scope = self.scope.clone();
+        let authorizer = self.authorizer.clone();
         Box::pin(async move {
             let token = req
                 .headers()
@@ -148,6 +177,47 @@ where
                     }
                     return Ok(r);
                 }
+            }
+            if let Some(authz) = &authorizer {
+                let now = tessera_core::now_unix();
+                let iat = verified
+                    .claims
+                    .get("iat")
+                    .and_then(serde_json::Value::as_i64);
+                let env = Env {
+                    now,
+                    source_ip: None,
+                    token_age: iat.map_or(0, |iat| now - iat),
+                };
+                let Ok(caller) = SpiffeId::parse(&verified.subject) else {
+                    return Ok(denied());
+                };
+                let scopes: Vec<Scope> = verified
+                    .scopes
+                    .iter()
+                    .filter_map(|s| Scope::parse(s).ok())
+                    .collect();
+                let d = authz.decide(
+                    &caller,
+                    req.method().as_str(),
+                    req.uri().path(),
+                    &scopes,
+                    Authn::Jwt,
+                    &env,
+                );
+                if let Some(limited) = &d.limited {
+                    let mut r = Response::new(ResBody::default());
+                    *r.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+                    r.headers_mut().insert(
+                        header::RETRY_AFTER,
+                        HeaderValue::from(limited.retry_after_secs()),
+                    );
+                    return Ok(r);
+                }
+                if !d.allowed {
+                    return Ok(denied());
+                }
+                req.extensions_mut().insert(d);
             }
             req.extensions_mut().insert(verified);
             inner.call(req).await

@@ -28,10 +28,13 @@ use tessera_token::claims::{
 use tessera_token::{JwkSet, PublicKey, TokenError, Unverified};
 use tokio::sync::{Mutex, RwLock};
 
+pub mod authorize;
 mod layer;
 mod metrics;
+pub use authorize::{Authorizer, AuthzDecision, AuthzMetrics, BundleSource};
 pub use layer::{RequireToken, RequireTokenLayer};
 pub use metrics::VerifyMetrics;
+pub use tessera_policy::{Authn, Env, PolicyBundle};
 
 /// Which kind of token a verifier accepts; the rules of one are never applied to the other.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
