@@ -116,6 +116,89 @@ pub enum Command {
         #[command(subcommand)]
         command: SvidCommand,
     },
+    /// Why a token or a call is allowed or denied: the decision, the policies (file and line)
+    /// that made it, and for a denial what is missing. Exit 0 allowed, 1 denied.
+    Explain(ExplainArgs),
+    /// Policy sets: validate, test, diff the shadow set, promote it, roll back.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// The caller's SPIFFE ID.
+    #[arg(long)]
+    pub from: String,
+    /// The target service's SPIFFE ID.
+    #[arg(long)]
+    pub to: String,
+    /// A token request for these scopes (repeat, or space-separated).
+    #[arg(long, conflicts_with_all = ["method", "path"])]
+    pub scope: Vec<String>,
+    /// A call with this HTTP method (needs `--path`).
+    #[arg(long, requires = "path")]
+    pub method: Option<String>,
+    /// A call to this path (needs `--method`).
+    #[arg(long, requires = "method")]
+    pub path: Option<String>,
+    /// Explain with the shadow set instead of the active one.
+    #[arg(long)]
+    pub shadow: bool,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Check identity files and their policies against the Tessera schema (strict), offline.
+    /// Exit 0 valid, 1 invalid (with file, line and reason).
+    Validate {
+        /// A TOML identity file or a folder of them.
+        #[arg(short = 'f', long = "file")]
+        path: PathBuf,
+    },
+    /// Run a table of requests with expected decisions; exit 1 on any mismatch.
+    Test {
+        /// The test table (TOML, `[[case]]` entries).
+        cases: PathBuf,
+        /// Test these identity files (a candidate) instead of the server's active set.
+        #[arg(short = 'f', long = "file", conflicts_with = "shadow")]
+        candidate: Option<PathBuf>,
+        /// Test the server's shadow set.
+        #[arg(long)]
+        shadow: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// The active version, the shadow set and the history of versions.
+    Status {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Decisions the shadow set would change, on real traffic since it was loaded.
+    Diff {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Make the shadow set the active one.
+    Promote {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Make an earlier version active again (default: the one before the active one).
+    Rollback {
+        #[arg(long)]
+        to: Option<i64>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Drop the shadow set without promoting it.
+    Discard {
+        #[command(flatten)]
+        target: Target,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -294,6 +377,10 @@ pub struct ApplyArgs {
     /// Also delete stored objects that the files do not mention.
     #[arg(long)]
     pub prune: bool,
+    /// Load the files' grants and policies as a shadow set: evaluated beside the active set on
+    /// real decisions, not enforced, until `tessera policy promote`.
+    #[arg(long)]
+    pub shadow: bool,
     #[command(flatten)]
     pub target: Target,
 }

@@ -200,6 +200,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             Ok(0)
         }
         Command::Verify(a) => verify(a).await,
+        Command::Explain(a) => crate::policy::explain(a).await,
+        Command::Policy { command } => crate::policy::run(command).await,
         Command::Agent(a) => crate::agent::run(a).await,
         Command::Ca { command } => crate::agent::ca(command).await,
         Command::Svid {
@@ -362,7 +364,7 @@ async fn apply(a: ApplyArgs) -> anyhow::Result<u8> {
     let v = admin(&a.target)?
         .post(
             "/v1/apply",
-            json!({"state": state, "dry_run": a.dry_run, "prune": a.prune}),
+            json!({"state": state, "dry_run": a.dry_run, "prune": a.prune, "shadow": a.shadow}),
         )
         .await?;
     print(&a.target, &v, || {

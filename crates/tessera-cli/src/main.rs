@@ -6,6 +6,7 @@ mod agent;
 mod cli;
 mod commands;
 mod dev;
+mod policy;
 mod render;
 
 use clap::Parser;

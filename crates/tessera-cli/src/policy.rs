@@ -1,0 +1,363 @@
+//! `tessera explain` and `tessera policy …`.
+#![expect(
+    clippy::indexing_slicing,
+    reason = "indexing a serde_json::Value by key yields Null for a missing key; it cannot panic"
+)]
+
+use std::path::Path;
+
+use anyhow::Context;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tessera_core::{Scope, SpiffeId};
+use tessera_policy::{Authn, Call, Env, IssueContext, PolicyBundle, PolicyEngine};
+
+use crate::cli::{ExplainArgs, PolicyCommand, Target};
+use crate::commands::{admin, print};
+
+pub async fn explain(a: ExplainArgs) -> anyhow::Result<u8> {
+    let scopes: Vec<String> = a
+        .scope
+        .iter()
+        .flat_map(|s| s.split_whitespace().map(str::to_owned))
+        .collect();
+    let body = json!({
+        "from": a.from, "to": a.to, "scopes": scopes,
+        "method": a.method, "path": a.path, "shadow": a.shadow,
+    });
+    let v = admin(&a.target)?.post("/v1/explain", body).await?;
+    print(&a.target, &v, || render_explanation(&v));
+    Ok(if v["allowed"] == Value::Bool(true) {
+        0
+    } else {
+        1
+    })
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub fn render_explanation(v: &Value) -> String {
+    let allowed = v["allowed"] == Value::Bool(true);
+    let mut o = format!(
+        "{}\n{}\n",
+        v["request"].as_str().unwrap_or_default(),
+        if allowed { "ALLOW" } else { "DENY" }
+    );
+    let by = strings(&v["determined_by"]);
+    if !by.is_empty() {
+        o.push_str(if allowed {
+            "  permitted by:\n"
+        } else {
+            "  forbidden by:\n"
+        });
+        for b in by {
+            o.push_str(&format!("    {b}\n"));
+        }
+    }
+    for e in strings(&v["errors"]) {
+        o.push_str(&format!("  error (denies): {e}\n"));
+    }
+    let missing = strings(&v["missing"]);
+    if !missing.is_empty() {
+        o.push_str("  to allow it:\n");
+        for m in missing {
+            o.push_str(&format!("    {m}\n"));
+        }
+    }
+    o
+}
+
+pub async fn run(command: PolicyCommand) -> anyhow::Result<u8> {
+    match command {
+        PolicyCommand::Validate { path } => validate(&path),
+        PolicyCommand::Test {
+            cases,
+            candidate,
+            shadow,
+            target,
+        } => test(&cases, candidate.as_deref(), shadow, &target).await,
+        PolicyCommand::Status { target } => {
+            let v = admin(&target)?.get("/v1/policy").await?;
+            print(&target, &v, || render_status(&v));
+            Ok(0)
+        }
+        PolicyCommand::Diff { target } => {
+            let v = admin(&target)?.get("/v1/policy/diff").await?;
+            print(&target, &v, || render_diff(&v));
+            Ok(0)
+        }
+        PolicyCommand::Promote { target } => {
+            let v = admin(&target)?
+                .post("/v1/policy/promote", json!({}))
+                .await?;
+            print(&target, &v, || {
+                format!(
+                    "policy set {} is active ({}; {} change(s))\n",
+                    v["version"],
+                    v["note"].as_str().unwrap_or_default(),
+                    v["changed"]
+                )
+            });
+            Ok(0)
+        }
+        PolicyCommand::Rollback { to, target } => {
+            let v = admin(&target)?
+                .post("/v1/policy/rollback", json!({ "to": to }))
+                .await?;
+            print(&target, &v, || {
+                format!(
+                    "policy set {} is active ({}; {} change(s))\n",
+                    v["version"],
+                    v["note"].as_str().unwrap_or_default(),
+                    v["changed"]
+                )
+            });
+            Ok(0)
+        }
+        PolicyCommand::Discard { target } => {
+            let v = admin(&target)?
+                .post("/v1/policy/discard", json!({}))
+                .await?;
+            print(&target, &v, || {
+                format!("shadow policy set {} discarded\n", v["discarded"])
+            });
+            Ok(0)
+        }
+    }
+}
+
+fn engine_from_files(path: &Path) -> anyhow::Result<Result<(PolicyEngine, String), String>> {
+    let state = tessera_core::manifest::load(path)?;
+    let files: Vec<(String, String)> = state
+        .policies
+        .iter()
+        .map(|p| (p.name.clone(), p.text.clone()))
+        .collect();
+    Ok(
+        match PolicyEngine::build(&state.workloads, &state.grants, &files) {
+            Ok(e) => {
+                let summary = format!(
+                    "{} workload(s), {} grant(s), {} policy file(s): {} Cedar policies, valid against the Tessera schema",
+                    state.workloads.len(),
+                    state.grants.len(),
+                    state.policies.len(),
+                    e.policy_count()
+                );
+                Ok((e, summary))
+            }
+            Err(e) => Err(e.to_string()),
+        },
+    )
+}
+
+fn validate(path: &Path) -> anyhow::Result<u8> {
+    match engine_from_files(path)? {
+        Ok((_, summary)) => {
+            println!("{summary}");
+            Ok(0)
+        }
+        Err(e) => {
+            eprintln!("tessera: invalid: {e}");
+            Ok(1)
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Cases {
+    case: Vec<Case>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Case {
+    #[serde(default)]
+    name: Option<String>,
+    from: SpiffeId,
+    to: SpiffeId,
+    #[serde(default)]
+    scopes: Vec<Scope>,
+    #[serde(default)]
+    method: Option<String>,
+    #[serde(default)]
+    path: Option<String>,
+    /// `allow` or `deny`.
+    expect: String,
+    /// Unix seconds to decide at (for time windows); default now.
+    #[serde(default)]
+    at: Option<i64>,
+}
+
+async fn test(
+    cases: &Path,
+    candidate: Option<&Path>,
+    shadow: bool,
+    target: &Target,
+) -> anyhow::Result<u8> {
+    let text = std::fs::read_to_string(cases)
+        .with_context(|| format!("cannot read `{}`", cases.display()))?;
+    let table: Cases = toml::from_str(&text).map_err(|e| {
+        anyhow::anyhow!(
+            "`{}`: {}",
+            cases.display(),
+            e.message().trim_end().replace('\n', "; ")
+        )
+    })?;
+    let (engine, against) = match candidate {
+        Some(p) => match engine_from_files(p)? {
+            Ok((e, _)) => (e, format!("candidate `{}`", p.display())),
+            Err(e) => {
+                eprintln!("tessera: the candidate is invalid: {e}");
+                return Ok(1);
+            }
+        },
+        None => {
+            let path = if shadow {
+                "/v1/policy/bundle?shadow=true"
+            } else {
+                "/v1/policy/bundle"
+            };
+            let v = admin(target)?.get(path).await?;
+            let bundle: PolicyBundle = serde_json::from_value(v)
+                .context("the server sent a policy bundle that does not parse")?;
+            let engine = bundle.engine().map_err(|e| {
+                anyhow::anyhow!("the server's policy set does not compile here: {e}")
+            })?;
+            let which = if shadow { "shadow" } else { "active" };
+            (
+                engine,
+                format!("the server's {which} set ({})", bundle.version),
+            )
+        }
+    };
+    let mut results = Vec::new();
+    let mut failed = 0;
+    for (i, c) in table.case.iter().enumerate() {
+        let expect_allow = match c.expect.as_str() {
+            "allow" => true,
+            "deny" => false,
+            other => anyhow::bail!(
+                "case {}: `expect` must be `allow` or `deny`, not `{other}`",
+                i + 1
+            ),
+        };
+        let env = c.at.map_or_else(Env::now, Env::at);
+        let d = match (c.method.as_deref(), c.path.as_deref()) {
+            (Some(m), Some(p)) => engine.decide_call(
+                &c.from,
+                &c.to,
+                &Call {
+                    method: m,
+                    path: p,
+                    scopes: &c.scopes,
+                    authn: Authn::Jwt,
+                },
+                &env,
+            ),
+            (None, None) => {
+                engine.evaluate_issue(&c.from, &c.to, &c.scopes, &IssueContext::default(), &env)
+            }
+            _ => anyhow::bail!("case {}: a call needs both `method` and `path`", i + 1),
+        };
+        let name = c.name.clone().unwrap_or_else(|| format!("case {}", i + 1));
+        let ok = d.allowed == expect_allow;
+        if !ok {
+            failed += 1;
+        }
+        results.push(json!({
+            "name": name, "ok": ok, "expected": c.expect,
+            "got": if d.allowed { "allow" } else { "deny" }, "reason": d.reason(),
+        }));
+    }
+    let v =
+        json!({"against": against, "cases": results.len(), "failed": failed, "results": results});
+    print(target, &v, || {
+        let mut o = format!("testing {against}\n");
+        for r in &results {
+            if r["ok"] == Value::Bool(true) {
+                o.push_str(&format!(
+                    "ok    {} ({})\n",
+                    r["name"].as_str().unwrap_or_default(),
+                    r["got"].as_str().unwrap_or_default()
+                ));
+            } else {
+                o.push_str(&format!(
+                    "FAIL  {}: expected {}, got {}: {}\n",
+                    r["name"].as_str().unwrap_or_default(),
+                    r["expected"].as_str().unwrap_or_default(),
+                    r["got"].as_str().unwrap_or_default(),
+                    r["reason"].as_str().unwrap_or_default()
+                ));
+            }
+        }
+        o.push_str(&format!("{} case(s), {failed} failed\n", results.len()));
+        o
+    });
+    Ok(u8::from(failed > 0))
+}
+
+fn render_status(v: &Value) -> String {
+    let mut o = format!(
+        "active policy set: {} ({} Cedar policies)\n",
+        v["active_version"], v["policies"]
+    );
+    match v["shadow"].as_object() {
+        Some(s) => o.push_str(&format!(
+            "shadow policy set: {} ({} Cedar policies; see `tessera policy diff`)\n",
+            s.get("version").cloned().unwrap_or_default(),
+            s.get("policies").cloned().unwrap_or_default()
+        )),
+        None => o.push_str("shadow policy set: none\n"),
+    }
+    if let Some(e) = v["shadow_error"].as_str() {
+        o.push_str(&format!("shadow error: {e}\n"));
+    }
+    o.push_str("\nVERSION  STATUS      GRANTS  FILES  BY                NOTE\n");
+    for h in v["history"].as_array().cloned().unwrap_or_default() {
+        o.push_str(&format!(
+            "{:<8} {:<11} {:<7} {:<6} {:<17} {}\n",
+            h["version"],
+            h["status"].as_str().unwrap_or_default(),
+            h["grants"],
+            h["policies"],
+            h["actor"].as_str().unwrap_or_default(),
+            h["note"].as_str().unwrap_or_default()
+        ));
+    }
+    o
+}
+
+fn render_diff(v: &Value) -> String {
+    let mut o = format!(
+        "shadow {} vs active {}: {} decision(s) evaluated, {} would be newly denied, {} newly allowed\n",
+        v["shadow_version"], v["active_version"], v["evaluated"], v["newly_denied"], v["newly_allowed"]
+    );
+    let changed = v["changed"].as_array().cloned().unwrap_or_default();
+    if changed.is_empty() {
+        o.push_str("no decision would change\n");
+        return o;
+    }
+    o.push_str("\nCOUNT  ACTIVE  SHADOW  CALLER -> TARGET  (example; shadow reason)\n");
+    for c in changed {
+        o.push_str(&format!(
+            "{:<6} {:<7} {:<7} {} -> {}  ({}; {})\n",
+            c["count"],
+            c["active"].as_str().unwrap_or_default(),
+            c["shadow"].as_str().unwrap_or_default(),
+            c["caller"].as_str().unwrap_or_default(),
+            c["target"].as_str().unwrap_or_default(),
+            c["example"].as_str().unwrap_or_default(),
+            c["shadow_reason"].as_str().unwrap_or_default()
+        ));
+    }
+    o
+}
