@@ -36,17 +36,24 @@ impl PolicyBundle {
         grants: &[Grant],
         policies: &[PolicyFile],
     ) -> Self {
-        let grants: Vec<Grant> = grants
+        // Canonical order, so that the same set always has the same version whatever order
+        // the caller holds it in.
+        let mut grants: Vec<Grant> = grants
             .iter()
             .filter(|g| service.is_none_or(|s| &g.to == s))
             .cloned()
             .collect();
+        grants.sort_by(|a, b| (&a.from, &a.to).cmp(&(&b.from, &b.to)));
+        let mut workloads = workloads.to_vec();
+        workloads.sort_by(|a, b| a.id.cmp(&b.id));
+        let mut policies = policies.to_vec();
+        policies.sort_by(|a, b| a.name.cmp(&b.name));
         let service = service.cloned();
         let content = Content {
             service: &service,
-            workloads,
+            workloads: &workloads,
             grants: &grants,
-            policies,
+            policies: &policies,
         };
         let bytes = serde_json::to_vec(&content).unwrap_or_default();
         let d = digest::digest(&digest::SHA256, &bytes);
@@ -59,9 +66,9 @@ impl PolicyBundle {
         Self {
             version,
             service,
-            workloads: workloads.to_vec(),
+            workloads,
             grants,
-            policies: policies.to_vec(),
+            policies,
         }
     }
 

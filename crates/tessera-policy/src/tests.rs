@@ -703,3 +703,29 @@ proptest::proptest! {
         }
     }
 }
+
+#[test]
+fn bundle_versions_ignore_order() {
+    let s = parse_str(Path::new("mesh.toml"), MESH).unwrap();
+    let files = vec![
+        tessera_core::manifest::PolicyFile {
+            name: "a.cedar".into(),
+            text: ENV_POLICY.into(),
+        },
+        tessera_core::manifest::PolicyFile {
+            name: "b.cedar".into(),
+            text: String::new(),
+        },
+    ];
+    let one = PolicyBundle::cut(Some(&id(B)), &s.workloads, &s.grants, &files);
+    let (mut w, mut g, mut f) = (s.workloads.clone(), s.grants.clone(), files.clone());
+    w.reverse();
+    g.reverse();
+    f.reverse();
+    let other = PolicyBundle::cut(Some(&id(B)), &w, &g, &f);
+    assert_eq!(
+        one.version, other.version,
+        "a server holding the same set in another order"
+    );
+    assert_eq!(one, other);
+}

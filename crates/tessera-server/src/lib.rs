@@ -149,8 +149,16 @@ impl App {
             &self.kek,
         )?;
         let previous = self.snapshot();
-        let snap = Snapshot::build(version, state, revoked, keys, cas, Some(&previous))
-            .map_err(|e| e.to_string())?;
+        let snap = Snapshot::build(
+            version,
+            state,
+            revoked,
+            keys,
+            cas,
+            Some(&previous),
+            self.metrics.policy.clone(),
+        )
+        .map_err(|e| e.to_string())?;
         self.bundles.set(&snap.cas, &self.trust_domain_names(), now);
         self.metrics.grants_overdue.set(
             i64::try_from(tessera_policy::overdue_grants(&snap.grants, now).len())
@@ -430,6 +438,7 @@ pub async fn start(
         KeyRing::default(),
         ca::CaRing::default(),
         None,
+        metrics.policy.clone(),
     )?;
     let first_td = config
         .trust_domains

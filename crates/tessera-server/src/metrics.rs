@@ -24,8 +24,49 @@ pub struct TdLabels {
     pub trust_domain: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabels {
+    pub point: &'static str,
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PointLabels {
+    pub point: &'static str,
+}
+
+/// Policy decisions made by the authority, by result (`error` is a policy that failed to
+/// evaluate, which denied), and requests refused by a rate limit.
+#[derive(Clone, Debug, Default)]
+pub struct PolicyCounters {
+    pub decisions: Family<DecisionLabels, Counter>,
+    pub rate_limited: Family<PointLabels, Counter>,
+}
+
+impl PolicyCounters {
+    pub fn decision(&self, point: &'static str, d: &tessera_policy::Decision) {
+        let result = if !d.errors.is_empty() {
+            "error"
+        } else if d.allowed {
+            "allow"
+        } else {
+            "deny"
+        };
+        self.decisions
+            .get_or_create(&DecisionLabels { point, result })
+            .inc();
+    }
+
+    pub fn limited(&self, point: &'static str) {
+        self.rate_limited
+            .get_or_create(&PointLabels { point })
+            .inc();
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Metrics {
+    pub policy: PolicyCounters,
     pub tokens: Family<IssueLabels, Counter>,
     pub issue_seconds: Histogram,
     pub client_auth_failures: Family<MethodLabels, Counter>,
@@ -39,6 +80,7 @@ pub struct Metrics {
 impl Metrics {
     pub fn new(registry: &mut Registry) -> Self {
         let m = Self {
+            policy: PolicyCounters::default(),
             tokens: Family::default(),
             issue_seconds: Histogram::new([
                 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5,
@@ -84,6 +126,16 @@ impl Metrics {
             "tessera_x509_svids_issued",
             "X.509-SVIDs signed for workloads",
             m.svids_issued.clone(),
+        );
+        registry.register(
+            "tessera_policy_decisions",
+            "Policy decisions by point (issue) and result (allow, deny, error: a policy failed to evaluate, which denied)",
+            m.policy.decisions.clone(),
+        );
+        registry.register(
+            "tessera_rate_limited",
+            "Requests refused by a rate limit, by point",
+            m.policy.rate_limited.clone(),
         );
         registry.register(
             "tessera_ca_expiry_seconds",

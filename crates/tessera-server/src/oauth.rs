@@ -866,6 +866,7 @@ fn decide(
     let decision = snap
         .engine
         .decide_issue(caller, &target, &scopes, context, env);
+    snap.counters.decision("issue", &decision);
     if let Some(shadow) = &snap.shadow {
         let candidate = shadow
             .engine
@@ -890,6 +891,7 @@ fn decide(
         ));
     }
     if let Err(limited) = snap.token_limits.check(caller, &target) {
+        snap.counters.limited("issue");
         return Err(Refusal::Limited(limited, target));
     }
     Ok((target, scopes, ttl))

@@ -16,6 +16,7 @@ use tessera_verify::KeySet;
 
 use crate::ca::CaRing;
 use crate::keys::KeyRing;
+use crate::metrics::PolicyCounters;
 use crate::policy::Shadow;
 
 /// Tombstones kept for incremental agent sync; older removals mean a full resync.
@@ -119,6 +120,7 @@ pub struct Snapshot {
     pub shadow: Option<Shadow>,
     /// Why a loaded shadow set does not compile against today's workloads.
     pub shadow_error: Option<String>,
+    pub counters: PolicyCounters,
 }
 
 impl Snapshot {
@@ -129,6 +131,7 @@ impl Snapshot {
         keys: KeyRing,
         cas: CaRing,
         previous: Option<&Snapshot>,
+        counters: PolicyCounters,
     ) -> Result<Arc<Self>, tessera_policy::PolicyError> {
         // The empty snapshot made before the first load has no history worth diffing against.
         let registrations = Registrations::build(
@@ -249,6 +252,7 @@ impl Snapshot {
             policy_version: state.policy_version,
             shadow,
             shadow_error,
+            counters,
         }))
     }
 
