@@ -146,6 +146,9 @@ pub struct ExplainArgs {
     /// Explain with the shadow set instead of the active one.
     #[arg(long)]
     pub shadow: bool,
+    /// The caller's address, for policies on `context.source_ip` (default unknown: 0.0.0.0).
+    #[arg(long)]
+    pub source_ip: Option<std::net::IpAddr>,
     #[command(flatten)]
     pub target: Target,
 }

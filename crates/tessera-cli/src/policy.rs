@@ -23,7 +23,7 @@ pub async fn explain(a: ExplainArgs) -> anyhow::Result<u8> {
         .collect();
     let body = json!({
         "from": a.from, "to": a.to, "scopes": scopes,
-        "method": a.method, "path": a.path, "shadow": a.shadow,
+        "method": a.method, "path": a.path, "shadow": a.shadow, "source_ip": a.source_ip,
     });
     let v = admin(&a.target)?.post("/v1/explain", body).await?;
     print(&a.target, &v, || render_explanation(&v));

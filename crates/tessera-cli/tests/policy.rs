@@ -108,6 +108,13 @@ const ENV_POLICY: &str = include_str!("../../../../shared/examples/policies/envi
 fn write_mesh(dir: &Path, mesh: &str) -> String {
     write(dir, "mesh.toml", mesh);
     write(dir, "policies/environments.cedar", ENV_POLICY);
+    // The test runs on loopback: if `context.source_ip` did not reach the policy (0.0.0.0), no
+    // payments token would be issued below.
+    write(
+        dir,
+        "policies/network.cedar",
+        "forbid (principal, action == Action::\"issue_token\", resource == Service::\"spiffe://example.org/prod/payments-api\")\nunless { context.source_ip.isInRange(ip(\"127.0.0.0/8\")) };\n",
+    );
     dir.join("mesh.toml").to_str().unwrap().to_owned()
 }
 
@@ -221,6 +228,22 @@ async fn lifecycle(backend: Backend) {
         out.contains(&format!("no grant from `{INVENTORY}` to `{PAYMENTS}`")),
         "{out}"
     );
+    // Circumstances: the caller's address, given or unknown.
+    let (code, out) = explain(
+        &s,
+        &[
+            "--from",
+            ORDERS,
+            "--to",
+            PAYMENTS,
+            "--source-ip",
+            "127.0.0.1",
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = explain(&s, &["--from", ORDERS, "--to", PAYMENTS]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("policies/network.cedar:1"), "{out}");
     // A forbid overriding a grant: the policy file and line.
     let (code, out) = explain(
         &s,

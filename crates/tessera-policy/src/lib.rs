@@ -789,6 +789,10 @@ impl PolicyEngine {
                 missing.push("fix the policy that fails to evaluate: an error denies".into());
             } else if !decision.determined_by.is_empty() {
                 missing.extend(self.hints(&decision));
+                // Lifting the forbid would not be enough without a grant.
+                if self.grant(from, to).is_none() {
+                    missing.push(format!("no grant from `{from}` to `{to}`"));
+                }
             } else {
                 match self.grant(from, to) {
                     None => missing.push(format!("no grant from `{from}` to `{to}`")),
@@ -834,6 +838,10 @@ impl PolicyEngine {
                 );
             } else if !decision.determined_by.is_empty() {
                 missing.extend(self.hints(&decision));
+                // Lifting the forbid would not be enough without a grant.
+                if self.grant(from, to).is_none() {
+                    missing.push(format!("no grant from `{from}` to `{to}`"));
+                }
             } else {
                 match self.grant(from, to) {
                     None => missing.push(format!("no grant from `{from}` to `{to}`")),

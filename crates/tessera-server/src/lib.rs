@@ -10,7 +10,7 @@ use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use prometheus_client::registry::Registry;
@@ -659,29 +659,45 @@ fn api_router(app: Arc<App>) -> Router {
         )
         .route(
             "/token",
-            post(|s, h, b| endpoint(s, None, h, b, Endpoint::Token)),
-        )
-        .route(
-            "/{td}/token",
-            post(|s, Path(td): Path<String>, h, b| endpoint(s, Some(td), h, b, Endpoint::Token)),
-        )
-        .route(
-            "/introspect",
-            post(|s, h, b| endpoint(s, None, h, b, Endpoint::Introspect)),
-        )
-        .route(
-            "/{td}/introspect",
-            post(|s, Path(td): Path<String>, h, b| {
-                endpoint(s, Some(td), h, b, Endpoint::Introspect)
+            post(|s, src: Option<Extension<tls::SourceIp>>, h, b| {
+                endpoint(s, None, src, h, b, Endpoint::Token)
             }),
         )
         .route(
+            "/{td}/token",
+            post(
+                |s, Path(td): Path<String>, src: Option<Extension<tls::SourceIp>>, h, b| {
+                    endpoint(s, Some(td), src, h, b, Endpoint::Token)
+                },
+            ),
+        )
+        .route(
+            "/introspect",
+            post(|s, src: Option<Extension<tls::SourceIp>>, h, b| {
+                endpoint(s, None, src, h, b, Endpoint::Introspect)
+            }),
+        )
+        .route(
+            "/{td}/introspect",
+            post(
+                |s, Path(td): Path<String>, src: Option<Extension<tls::SourceIp>>, h, b| {
+                    endpoint(s, Some(td), src, h, b, Endpoint::Introspect)
+                },
+            ),
+        )
+        .route(
             "/revoke",
-            post(|s, h, b| endpoint(s, None, h, b, Endpoint::Revoke)),
+            post(|s, src: Option<Extension<tls::SourceIp>>, h, b| {
+                endpoint(s, None, src, h, b, Endpoint::Revoke)
+            }),
         )
         .route(
             "/{td}/revoke",
-            post(|s, Path(td): Path<String>, h, b| endpoint(s, Some(td), h, b, Endpoint::Revoke)),
+            post(
+                |s, Path(td): Path<String>, src: Option<Extension<tls::SourceIp>>, h, b| {
+                    endpoint(s, Some(td), src, h, b, Endpoint::Revoke)
+                },
+            ),
         )
         .fallback(|| async {
             ApiError::NotFound(
@@ -714,6 +730,7 @@ enum Endpoint {
 async fn endpoint(
     State(app): State<Arc<App>>,
     td: Option<String>,
+    source: Option<Extension<tls::SourceIp>>,
     headers: HeaderMap,
     body: Bytes,
     which: Endpoint,
@@ -723,7 +740,7 @@ async fn endpoint(
         Err(e) => return e.into_response(),
     };
     match which {
-        Endpoint::Token => oauth::token(app, issuer, headers, body).await,
+        Endpoint::Token => oauth::token(app, issuer, source.map(|s| s.0 .0), headers, body).await,
         Endpoint::Introspect => oauth::introspect(app, issuer, headers, body).await,
         Endpoint::Revoke => oauth::revoke(app, issuer, headers, body).await,
     }

@@ -52,6 +52,8 @@ impl Issuer {
 pub struct Form {
     params: HashMap<String, String>,
     targets: Vec<String>,
+    /// Where the request came from (`context.source_ip`), when the listener knows.
+    pub source_ip: Option<std::net::IpAddr>,
 }
 
 impl Form {
@@ -514,12 +516,19 @@ fn no_store(mut resp: Response) -> Response {
 }
 
 /// `POST /token` and `POST /<td>/token`.
-pub async fn token(app: Arc<App>, issuer: Issuer, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn token(
+    app: Arc<App>,
+    issuer: Issuer,
+    source_ip: Option<std::net::IpAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let started = Instant::now();
-    let form = match Form::parse(&headers, &body) {
+    let mut form = match Form::parse(&headers, &body) {
         Ok(f) => f,
         Err(e) => return e.into_response(),
     };
+    form.source_ip = source_ip;
     let grant_type = match form.get("grant_type") {
         Some(CLIENT_CREDENTIALS) => CLIENT_CREDENTIALS,
         Some(crate::federation::TOKEN_EXCHANGE) => crate::federation::TOKEN_EXCHANGE,
@@ -703,7 +712,7 @@ pub fn mint(
     let now = tessera_core::now_unix();
     let env = tessera_policy::Env {
         now,
-        source_ip: None,
+        source_ip: form.source_ip,
         token_age: options.subject_iat.map_or(0, |iat| now - iat),
     };
     let deny_with = |code: OAuthCode,

@@ -137,6 +137,9 @@ pub struct ExplainRequest {
     /// Explain with the shadow set instead of the active one.
     #[serde(default)]
     pub shadow: bool,
+    /// The caller's address for `context.source_ip` (unknown, 0.0.0.0, by default).
+    #[serde(default)]
+    pub source_ip: Option<std::net::IpAddr>,
 }
 
 async fn explain(
@@ -152,7 +155,8 @@ async fn explain(
     } else {
         snap.engine.clone()
     };
-    let env = Env::now();
+    let mut env = Env::now();
+    env.source_ip = req.source_ip;
     let x = match (req.method.as_deref(), req.path.as_deref()) {
         (Some(method), Some(path)) => {
             if !req.scopes.is_empty() {

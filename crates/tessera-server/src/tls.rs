@@ -137,7 +137,7 @@ pub fn serve(
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
     tokio::spawn(async move {
         loop {
-            let (stream, _) = tokio::select! {
+            let (stream, peer) = tokio::select! {
                 r = tcp.accept() => match r {
                     Ok(s) => s,
                     Err(e) => {
@@ -148,6 +148,7 @@ pub fn serve(
                 _ = stop.wait_for(|s| *s) => return,
             };
             let _ = stream.set_nodelay(true);
+            let source = SourceIp(peer.ip());
             let acceptor = acceptor.clone();
             let router = router.clone();
             tokio::spawn(async move {
@@ -160,7 +161,7 @@ pub fn serve(
                     .await;
                     match peeked {
                         Ok(Ok(1)) if first[0] != TLS_HANDSHAKE => {
-                            serve_connection(TokioIo::new(stream), router).await;
+                            serve_connection(TokioIo::new(stream), router, source).await;
                             return;
                         }
                         Ok(Ok(1)) => {}
@@ -183,16 +184,29 @@ pub fn serve(
                     Some(p) => router.layer(axum::Extension(p)),
                     None => router,
                 };
-                serve_connection(TokioIo::new(tls), router).await;
+                serve_connection(TokioIo::new(tls), router, source).await;
             });
         }
     })
 }
 
-async fn serve_connection<I>(io: TokioIo<I>, router: Router)
+/// The address a connection came from, in every request's extensions (`context.source_ip`).
+#[derive(Debug, Clone, Copy)]
+pub struct SourceIp(pub std::net::IpAddr);
+
+async fn serve_connection<I>(io: TokioIo<I>, router: Router, source: SourceIp)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let router = tower::Layer::layer(
+        &tower::util::MapRequestLayer::new(
+            move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(source);
+                req
+            },
+        ),
+        router,
+    );
     let service = TowerToHyperService::new(router);
     if let Err(e) = auto::Builder::new(TokioExecutor::new())
         .serve_connection(io, service)
