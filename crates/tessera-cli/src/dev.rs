@@ -334,6 +334,32 @@ async fn demo(steps: &mut Steps, data: &Path, url: &str, admin: AdminClient) -> 
         steps.fail(&format!("expected invalid_target, got {status} {body}"));
     }
 
+    println!("\n   tessera explain --from …/order-processor --to …/payments-api");
+    let x = admin
+        .post(
+            "/v1/explain",
+            serde_json::json!({
+                "from": "spiffe://example.org/prod/order-processor",
+                "to": "spiffe://example.org/prod/payments-api",
+            }),
+        )
+        .await?;
+    print!(
+        "{}",
+        crate::policy::render_explanation(&x)
+            .lines()
+            .map(|l| format!("        {l}\n"))
+            .collect::<String>()
+    );
+    let names_gap = x["missing"]
+        .as_array()
+        .is_some_and(|m| m.iter().any(|v| v.as_str().is_some_and(|t| t.starts_with("no grant from"))));
+    if x["allowed"] == Value::Bool(false) && names_gap {
+        steps.ok("the denial is explained: the grant that is missing");
+    } else {
+        steps.fail(&format!("explain did not name the missing grant: {x}"));
+    }
+
     // 5. The audit trail.
     println!("\n5. tessera audit tail -n 4");
     let tail = admin.get("/v1/audit/tail?n=4").await?;

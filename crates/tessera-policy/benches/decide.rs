@@ -45,6 +45,8 @@ fn bench(c: &mut Criterion) {
         )
         .unwrap();
         let caller = SpiffeId::parse(&format!("spiffe://example.org/w{}", n / 2)).unwrap();
+        // The slice holds the pair's two grant policies and the global ones, whatever n is.
+        assert_eq!(engine.slice_len(&caller, &target), 5, "n = {n}");
         assert!(
             engine
                 .decide_issue(
