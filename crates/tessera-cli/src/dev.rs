@@ -351,9 +351,10 @@ async fn demo(steps: &mut Steps, data: &Path, url: &str, admin: AdminClient) -> 
             .map(|l| format!("        {l}\n"))
             .collect::<String>()
     );
-    let names_gap = x["missing"]
-        .as_array()
-        .is_some_and(|m| m.iter().any(|v| v.as_str().is_some_and(|t| t.starts_with("no grant from"))));
+    let names_gap = x["missing"].as_array().is_some_and(|m| {
+        m.iter()
+            .any(|v| v.as_str().is_some_and(|t| t.starts_with("no grant from")))
+    });
     if x["allowed"] == Value::Bool(false) && names_gap {
         steps.ok("the denial is explained: the grant that is missing");
     } else {

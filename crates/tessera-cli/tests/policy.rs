@@ -753,6 +753,10 @@ async fn library_authorizer_protects_an_axum_service() {
             let d: Value = serde_json::from_str(recorded[0]["detail"].as_str().unwrap()).unwrap();
             assert_eq!(d["method"], "GET");
             assert!(
+                !d["missing"].as_array().unwrap().is_empty(),
+                "explained: {d}"
+            );
+            assert!(
                 d["reason"]
                     .as_str()
                     .unwrap()

@@ -699,6 +699,28 @@ struct DecisionBatch {
 
 const MAX_RECORDS: usize = 1_000;
 
+/// A call's audit detail; a denial also gets the explanation from the active set (what decided,
+/// what is missing), as token denials do.
+fn record_detail(snap: &Snapshot, service: &SpiffeId, r: &DecisionRecord) -> Value {
+    let mut detail = json!({"method": r.method, "path": r.path, "reason": r.reason, "at": r.at});
+    if !r.allowed {
+        let call = Call {
+            method: &r.method,
+            path: &r.path,
+            scopes: &r.scopes,
+            authn: Authn::Jwt,
+        };
+        let x = snap
+            .engine
+            .explain_call(&r.caller, service, &call, &Env::at(r.at));
+        if let Value::Object(m) = &mut detail {
+            m.insert("determined_by".into(), json!(x.decision.determined_by));
+            m.insert("missing".into(), json!(x.missing));
+        }
+    }
+    detail
+}
+
 /// `POST /v1/policy/decisions`: decisions a service made, into the audit trail (every denial,
 /// and the allows its authorizer sampled), and through the shadow set for its diff.
 async fn decisions(
@@ -726,7 +748,7 @@ async fn decisions(
             actor: service.to_string(),
             subject: r.caller.to_string(),
             outcome: if r.allowed { "ok" } else { "denied" }.into(),
-            detail: json!({"method": r.method, "path": r.path, "reason": r.reason, "at": r.at}),
+            detail: record_detail(&snap, &service, r),
         })
         .collect();
     app.store.commit(&[], &events).await?;
