@@ -98,28 +98,14 @@ pub async fn run(command: PolicyCommand) -> anyhow::Result<u8> {
             let v = admin(&target)?
                 .post("/v1/policy/promote", json!({}))
                 .await?;
-            print(&target, &v, || {
-                format!(
-                    "policy set {} is active ({}; {} change(s))\n",
-                    v["version"],
-                    v["note"].as_str().unwrap_or_default(),
-                    v["changed"]
-                )
-            });
+            print(&target, &v, || render_activated(&v));
             Ok(0)
         }
         PolicyCommand::Rollback { to, target } => {
             let v = admin(&target)?
                 .post("/v1/policy/rollback", json!({ "to": to }))
                 .await?;
-            print(&target, &v, || {
-                format!(
-                    "policy set {} is active ({}; {} change(s))\n",
-                    v["version"],
-                    v["note"].as_str().unwrap_or_default(),
-                    v["changed"]
-                )
-            });
+            print(&target, &v, || render_activated(&v));
             Ok(0)
         }
         PolicyCommand::Discard { target } => {
@@ -303,6 +289,15 @@ async fn test(
         o
     });
     Ok(u8::from(failed > 0))
+}
+
+fn render_activated(v: &Value) -> String {
+    format!(
+        "policy set {} is active ({}; {} change(s))\n",
+        v["version"],
+        v["note"].as_str().unwrap_or_default(),
+        v["changed"]
+    )
 }
 
 fn render_status(v: &Value) -> String {

@@ -6,7 +6,25 @@ use serde::{Deserialize, Serialize};
 use tessera_core::manifest::{Grant, PolicyFile, Workload};
 use tessera_core::SpiffeId;
 
+use tessera_core::Scope;
+
 use crate::{PolicyEngine, PolicyError};
+
+/// One decision made at the point of use, as an authorizer reports it to the authority
+/// (`POST /v1/policy/decisions`, `{"records": [...]}`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DecisionRecord {
+    pub caller: SpiffeId,
+    pub method: String,
+    pub path: String,
+    pub allowed: bool,
+    /// For the audit trail; names policies, so it goes to the authority, never to the caller.
+    pub reason: String,
+    #[serde(default)]
+    pub scopes: Vec<Scope>,
+    /// Unix seconds.
+    pub at: i64,
+}
 
 /// Workloads (as entities), the grants toward one service (or all), and every policy file.
 /// `version` is a digest of the rest, so two servers serve the same version for the same set.

@@ -32,7 +32,7 @@ pub mod limit;
 pub mod model;
 pub mod path;
 
-pub use bundle::PolicyBundle;
+pub use bundle::{DecisionRecord, PolicyBundle};
 use model::{uid, ISSUE_TOKEN, READ_SECRET};
 
 #[derive(Debug, thiserror::Error)]
@@ -784,36 +784,19 @@ impl PolicyEngine {
         env: &Env,
     ) -> Explanation {
         let decision = self.evaluate_issue(from, to, scopes, extra, env);
-        let mut missing = Vec::new();
-        if !decision.allowed {
-            missing.extend(self.unknown(from, to));
-            if !decision.errors.is_empty() {
-                missing.push("fix the policy that fails to evaluate: an error denies".into());
-            } else if !decision.determined_by.is_empty() {
-                missing.extend(self.hints(&decision));
-                // Lifting the forbid would not be enough without a grant.
-                if self.grant(from, to).is_none() {
-                    missing.push(format!("no grant from `{from}` to `{to}`"));
-                }
-            } else {
-                match self.grant(from, to) {
-                    None => missing.push(format!("no grant from `{from}` to `{to}`")),
-                    Some(g) => {
-                        let lacking: Vec<String> = scopes
-                            .iter()
-                            .filter(|s| !g.scopes.contains(s))
-                            .map(|s| format!("`{s}`"))
-                            .collect();
-                        missing.push(format!(
-                            "the grant ({}) gives {}; not {}",
-                            g.source,
-                            list_or_none(g.scopes.iter().map(|s| format!("`{s}`"))),
-                            lacking.join(", ")
-                        ));
-                    }
-                }
-            }
-        }
+        let missing = self.missing(from, to, &decision, |g| {
+            let lacking: Vec<String> = scopes
+                .iter()
+                .filter(|s| !g.scopes.contains(s))
+                .map(|s| format!("`{s}`"))
+                .collect();
+            format!(
+                "the grant ({}) gives {}; not {}",
+                g.source,
+                list_or_none(g.scopes.iter().map(|s| format!("`{s}`"))),
+                lacking.join(", ")
+            )
+        });
         let scope_list: Vec<&str> = scopes.iter().map(Scope::as_str).collect();
         Explanation {
             request: format!("`{from}` -> `{to}`: issue_token [{}]", scope_list.join(" ")),
@@ -831,58 +814,69 @@ impl PolicyEngine {
         env: &Env,
     ) -> Explanation {
         let decision = self.decide_call(from, to, call, env);
-        let mut missing = Vec::new();
-        if !decision.allowed {
-            missing.extend(self.unknown(from, to));
-            if !decision.errors.is_empty() {
-                missing.push(
-                    "fix the request or the policy that fails to evaluate: an error denies".into(),
-                );
-            } else if !decision.determined_by.is_empty() {
-                missing.extend(self.hints(&decision));
-                // Lifting the forbid would not be enough without a grant.
-                if self.grant(from, to).is_none() {
-                    missing.push(format!("no grant from `{from}` to `{to}`"));
+        let missing = self.missing(from, to, &decision, |g| {
+            let list = |v: &[String], sep: &str, none: &str| {
+                if v.is_empty() {
+                    none.to_owned()
+                } else {
+                    v.join(sep)
                 }
-            } else {
-                match self.grant(from, to) {
-                    None => missing.push(format!("no grant from `{from}` to `{to}`")),
-                    Some(g) => {
-                        let routes: Vec<String> = g
-                            .routes
-                            .iter()
-                            .map(|r| {
-                                format!(
-                                    "{} {}",
-                                    if r.methods.is_empty() {
-                                        "any method".to_owned()
-                                    } else {
-                                        r.methods.join(",")
-                                    },
-                                    if r.paths.is_empty() {
-                                        "any path".to_owned()
-                                    } else {
-                                        r.paths.join(" ")
-                                    }
-                                )
-                            })
-                            .collect();
-                        missing.push(format!(
-                            "the grant ({}) allows {}; not {} {}",
-                            g.source,
-                            routes.join("; "),
-                            call.method,
-                            call.path
-                        ));
-                    }
-                }
-            }
-        }
+            };
+            let routes: Vec<String> = g
+                .routes
+                .iter()
+                .map(|r| {
+                    format!(
+                        "{} {}",
+                        list(&r.methods, ",", "any method"),
+                        list(&r.paths, " ", "any path")
+                    )
+                })
+                .collect();
+            format!(
+                "the grant ({}) allows {}; not {} {}",
+                g.source,
+                routes.join("; "),
+                call.method,
+                call.path
+            )
+        });
         Explanation {
             request: format!("`{from}` -> `{to}`: {} {}", call.method, call.path),
             decision,
             missing,
         }
+    }
+
+    /// What a denial lacks: unknown workloads; the policy that failed or forbade (and, with no
+    /// grant, the grant too: lifting a forbid is not enough); or, when nothing permitted, the
+    /// grant or what the grant does not cover (`gap`).
+    fn missing(
+        &self,
+        from: &SpiffeId,
+        to: &SpiffeId,
+        decision: &Decision,
+        gap: impl FnOnce(&Grant) -> String,
+    ) -> Vec<String> {
+        let mut missing = Vec::new();
+        if decision.allowed {
+            return missing;
+        }
+        missing.extend(self.unknown(from, to));
+        let no_grant = || format!("no grant from `{from}` to `{to}`");
+        if !decision.errors.is_empty() {
+            missing.push(
+                "fix the request or the policy that fails to evaluate: an error denies".into(),
+            );
+        } else if !decision.determined_by.is_empty() {
+            missing.extend(self.hints(decision));
+            if self.grant(from, to).is_none() {
+                missing.push(no_grant());
+            }
+        } else {
+            missing.push(self.grant(from, to).map_or_else(no_grant, gap));
+        }
+        missing
     }
 
     fn unknown(&self, from: &SpiffeId, to: &SpiffeId) -> Vec<String> {

@@ -15,7 +15,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tessera_core::manifest::{Grant, PolicyFile};
 use tessera_core::{Scope, SpiffeId};
-use tessera_policy::{Authn, Call, Env, Explanation, IssueContext, PolicyBundle, PolicyEngine};
+use tessera_policy::{
+    Authn, Call, DecisionRecord, Env, Explanation, IssueContext, PolicyBundle, PolicyEngine,
+};
 use tessera_store::{AuditEvent, Op, PolicySetRecord};
 
 use crate::admin::Actor;
@@ -190,6 +192,13 @@ async fn explain(
         }
     };
     Ok(Json(x))
+}
+
+fn shadow_version(snap: &Snapshot) -> Result<i64, ApiError> {
+    snap.shadow
+        .as_ref()
+        .map(|s| s.version)
+        .ok_or_else(no_shadow)
 }
 
 fn no_shadow() -> ApiError {
@@ -466,12 +475,7 @@ async fn promote(
     State(app): State<Arc<App>>,
     Extension(actor): Extension<Actor>,
 ) -> Result<Json<Value>, ApiError> {
-    let snap = app.snapshot();
-    let version = snap
-        .shadow
-        .as_ref()
-        .map(|s| s.version)
-        .ok_or_else(no_shadow)?;
+    let version = shadow_version(&app.snapshot())?;
     let rec = find_set(&app, version).await?;
     activate(
         &app,
@@ -540,12 +544,7 @@ async fn discard(
     State(app): State<Arc<App>>,
     Extension(actor): Extension<Actor>,
 ) -> Result<Json<Value>, ApiError> {
-    let snap = app.snapshot();
-    let version = snap
-        .shadow
-        .as_ref()
-        .map(|s| s.version)
-        .ok_or_else(no_shadow)?;
+    let version = shadow_version(&app.snapshot())?;
     app.change(
         &[Op::SetPolicySetStatus {
             version,
@@ -677,19 +676,6 @@ async fn bundle(
             _ => return Ok(StatusCode::NOT_MODIFIED.into_response()),
         }
     }
-}
-
-/// One decision made at the point of use, as the authorizer reports it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct DecisionRecord {
-    pub caller: SpiffeId,
-    pub method: String,
-    pub path: String,
-    pub allowed: bool,
-    pub reason: String,
-    #[serde(default)]
-    pub scopes: Vec<Scope>,
-    pub at: i64,
 }
 
 #[derive(Debug, Deserialize)]

@@ -19,10 +19,10 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use tessera_core::{Scope, SpiffeId};
 use tessera_policy::limit::{Limited, Limits};
-use tessera_policy::{Authn, Call, Env, PolicyBundle, PolicyEngine, PolicyError};
+use tessera_policy::{Authn, Call, DecisionRecord, Env, PolicyBundle, PolicyEngine, PolicyError};
 use tokio::sync::mpsc;
 
 /// What the authorizer decided for one call.
@@ -81,18 +81,6 @@ struct Loaded {
     version: String,
     engine: PolicyEngine,
     limits: Limits,
-}
-
-/// One decision as reported to the authority (`POST /v1/policy/decisions`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct DecisionRecord {
-    pub caller: SpiffeId,
-    pub method: String,
-    pub path: String,
-    pub allowed: bool,
-    pub reason: String,
-    pub scopes: Vec<Scope>,
-    pub at: i64,
 }
 
 struct Inner {
