@@ -144,6 +144,25 @@ pub fn describe(w: &Value) -> String {
     o.push_str(&format!("Selectors:    {}\n", list(w, "selectors")));
     o.push_str(&format!("Aliases:      {}\n", list(w, "aliases")));
     o.push_str(&format!("Scopes:       {}\n", list(w, "scopes")));
+    for j in w
+        .get("jit")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default()
+    {
+        o.push_str(&format!(
+            "  just in time: {} alone, at most {}{}{}\n",
+            s(&j, "scope"),
+            s(&j, "max_ttl"),
+            j.get("hours")
+                .and_then(Value::as_str)
+                .map(|h| format!(", {h} UTC"))
+                .unwrap_or_default(),
+            j.get("environments")
+                .map(|_| format!(", from {}", list(&j, "environments")))
+                .unwrap_or_default()
+        ));
+    }
     o.push_str(&format!("Token TTL:    {}\n", s(w, "jwt_ttl")));
     if w.get("revoked_at").is_some_and(|v| !v.is_null()) {
         o.push_str(&format!(
@@ -178,6 +197,21 @@ pub fn describe(w: &Value) -> String {
                 s(&g, "review_by"),
                 s(&g, "source")
             ));
+            for (key, label) in [
+                ("token_rate", "tokens at most"),
+                ("call_rate", "calls at most"),
+            ] {
+                if let Some(r) = g.get(key).and_then(Value::as_str) {
+                    o.push_str(&format!("      {label}: {r}\n"));
+                }
+            }
+            if let Some(e) = g.get("effective").and_then(Value::as_str) {
+                if e != "allowed" {
+                    o.push_str(&format!(
+                        "      IN EFFECT NOW (from an unknown address): denied, {e}\n"
+                    ));
+                }
+            }
         }
     };
     grants("Can reach", "can_reach", "->", &mut o);

@@ -292,6 +292,30 @@ async fn lifecycle(backend: Backend) {
     );
     assert_eq!(code, 0, "{out}");
 
+    // `describe` says what a grant is worth under the policy in force, and shows JIT and rates.
+    let o = tessera(&s.data, &["describe", "workload", DEV_TOOL]);
+    assert!(
+        stdout(&o)
+            .contains("IN EFFECT NOW (from an unknown address): denied, forbidden by policy `policies/environments.cedar#0`"),
+        "{}",
+        stdout(&o)
+    );
+    let o = tessera(&s.data, &["describe", "workload", INVENTORY]);
+    assert!(
+        stdout(&o).contains("just in time: inventory:admin alone, at most 1m"),
+        "{}",
+        stdout(&o)
+    );
+    let o = tessera(&s.data, &["describe", "workload", ORDERS]);
+    assert!(stdout(&o).contains("tokens at most: 3/m"), "{}", stdout(&o));
+    // The payments grant holds only from loopback (network.cedar): said, with the reason.
+    assert!(
+        stdout(&o).contains("denied, forbidden by policy `policies/network.cedar#0`"),
+        "{}",
+        stdout(&o)
+    );
+    assert_eq!(stdout(&o).matches("IN EFFECT").count(), 1, "{}", stdout(&o));
+
     // Deployment apart from run time, by the shipped policy.
     let (status, body, _) = token_for(
         &s,
