@@ -9,7 +9,10 @@ pub mod verifier;
 pub use ca::{
     new_key_and_bare_csr, new_key_and_csr, CertificateAuthority, IssuedSvid, MAX_SVID_TTL_SECS,
 };
-pub use svid::{leaf_spiffe_id, p256_coordinates, validity, verify_chain, BundleSource, Usage};
+pub use svid::{
+    leaf_spiffe_id, p256_coordinates, split_certificates, validity, verify_chain, BundleSource,
+    Usage,
+};
 pub use verifier::SpiffeClientVerifier;
 
 #[derive(Debug, thiserror::Error)]

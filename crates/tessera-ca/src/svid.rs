@@ -13,6 +13,21 @@ pub trait BundleSource: Send + Sync + std::fmt::Debug {
     fn x509_authorities(&self, td: &TrustDomain) -> Option<Vec<CertificateDer<'static>>>;
 }
 
+/// Splits the concatenated DER certificates of the Workload API (`x509_svid`, `bundle`), with
+/// x509-parser reading each one's extent: a trailing fragment or garbage is an error.
+pub fn split_certificates(mut bytes: &[u8]) -> Result<Vec<CertificateDer<'static>>, CaError> {
+    let mut out = Vec::new();
+    while !bytes.is_empty() {
+        let (rest, _) = x509_parser::parse_x509_certificate(bytes)
+            .map_err(|e| CaError::BadSvid(format!("not a certificate: {e}")))?;
+        let used = bytes.len() - rest.len();
+        let (cert, tail) = bytes.split_at(used);
+        out.push(CertificateDer::from(cert.to_vec()));
+        bytes = tail;
+    }
+    Ok(out)
+}
+
 /// The SPIFFE ID of an X.509-SVID leaf, with the leaf rules that precede chain validation:
 /// exactly one URI SAN, which is a SPIFFE ID; not a CA; no `keyCertSign` or `cRLSign`.
 pub fn leaf_spiffe_id(cert: &[u8]) -> Result<SpiffeId, CaError> {

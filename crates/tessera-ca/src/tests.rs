@@ -297,3 +297,22 @@ proptest::proptest! {
         let _ = verify_chain(&[CertificateDer::from(bytes)], &bundles, at(NOW), Usage::Client);
     }
 }
+
+#[test]
+fn concatenated_certificates_split_exactly() {
+    let (ca, _) = CertificateAuthority::generate(&td("example.org"), NOW, 86400).unwrap();
+    let (a, b) = (
+        issue(&ca, "spiffe://example.org/a"),
+        issue(&ca, "spiffe://example.org/b"),
+    );
+    let joined = [a.as_ref(), b.as_ref()].concat();
+    assert_eq!(
+        crate::split_certificates(&joined).unwrap(),
+        vec![a.clone(), b]
+    );
+    assert!(crate::split_certificates(&[]).unwrap().is_empty());
+    // A truncated certificate or trailing garbage is an error, never read past the end.
+    assert!(crate::split_certificates(&joined[..joined.len() - 1]).is_err());
+    assert!(crate::split_certificates(&[a.as_ref(), &[0x30, 0x05, 1]].concat()).is_err());
+    assert!(crate::split_certificates(&[0x31, 0, 0, 0]).is_err());
+}

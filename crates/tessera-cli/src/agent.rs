@@ -131,26 +131,11 @@ fn pem(label: &str, der: &[u8]) -> String {
 }
 
 /// Splits concatenated DER certificates.
-fn split_ders(mut bytes: &[u8]) -> Vec<Vec<u8>> {
-    let mut out = Vec::new();
-    while bytes.len() >= 4 && bytes.first() == Some(&0x30) {
-        let (len, hdr) = match bytes.get(1) {
-            Some(&l) if l < 0x80 => (usize::from(l), 2),
-            Some(0x81) => (usize::from(bytes.get(2).copied().unwrap_or(0)), 3),
-            Some(0x82) => (
-                usize::from(bytes.get(2).copied().unwrap_or(0)) << 8
-                    | usize::from(bytes.get(3).copied().unwrap_or(0)),
-                4,
-            ),
-            _ => break,
-        };
-        let Some(cert) = bytes.get(..hdr + len) else {
-            break;
-        };
-        out.push(cert.to_vec());
-        bytes = bytes.get(hdr + len..).unwrap_or_default();
-    }
-    out
+fn split_ders(bytes: &[u8]) -> anyhow::Result<Vec<Vec<u8>>> {
+    Ok(tessera_ca::split_certificates(bytes)?
+        .into_iter()
+        .map(|c| c.to_vec())
+        .collect())
 }
 
 pub async fn fetch(
@@ -197,7 +182,7 @@ pub async fn fetch(
         .ok_or_else(|| anyhow!("the Workload API closed the stream"))?;
     let mut rows = Vec::new();
     for s in &first.svids {
-        let chain = split_ders(&s.x509_svid);
+        let chain = split_ders(&s.x509_svid)?;
         let leaf = chain.first().context("an SVID without a certificate")?;
         let (nb, na) = tessera_ca::validity(leaf).unwrap_or((0, 0));
         rows.push(json!({"spiffe_id": s.spiffe_id, "not_before": nb, "not_after": na}));
@@ -207,11 +192,11 @@ pub async fn fetch(
             bail!("no SVID to write");
         };
         std::fs::create_dir_all(dir)?;
-        let chain: String = split_ders(&s.x509_svid)
+        let chain: String = split_ders(&s.x509_svid)?
             .iter()
             .map(|c| pem("CERTIFICATE", c))
             .collect();
-        let bundle: String = split_ders(&s.bundle)
+        let bundle: String = split_ders(&s.bundle)?
             .iter()
             .map(|c| pem("CERTIFICATE", c))
             .collect();
@@ -241,21 +226,4 @@ pub async fn fetch(
         }
     }
     Ok(0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn splits_concatenated_certificates() {
-        let a = vec![0x30, 0x03, 1, 2, 3];
-        let mut b = vec![0x30, 0x81, 0x80];
-        b.extend(std::iter::repeat_n(7u8, 0x80));
-        let joined = [a.clone(), b.clone()].concat();
-        assert_eq!(split_ders(&joined), vec![a, b]);
-        assert!(split_ders(&[0x31, 0, 0, 0]).is_empty());
-        // A truncated one is dropped, not read past the end.
-        assert_eq!(split_ders(&[0x30, 0x05, 1, 2]).len(), 0);
-    }
 }

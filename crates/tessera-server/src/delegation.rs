@@ -68,7 +68,7 @@ async fn actor(
 }
 
 /// Verifies a JWT-SVID of this trust domain whose audience is this issuer.
-fn jwt_svid_of(
+pub(crate) fn jwt_svid_of(
     app: &App,
     snap: &Snapshot,
     issuer: &Issuer,

@@ -579,8 +579,8 @@ pub fn workload_routes() -> Router<Arc<App>> {
         .route("/decisions", post(decisions))
 }
 
-/// The workload calling a Tessera workload API, from a Tessera access token whose audience is
-/// the authority.
+/// The workload calling a Tessera workload API: from a Tessera access token whose audience is
+/// the authority, or from its JWT-SVID whose audience is this issuer (what a sidecar holds).
 fn workload_caller(app: &App, snap: &Snapshot, headers: &HeaderMap) -> Result<SpiffeId, ApiError> {
     let unauthorized = |d: &str| ApiError::Client {
         description: d.to_owned(),
@@ -601,6 +601,18 @@ fn workload_caller(app: &App, snap: &Snapshot, headers: &HeaderMap) -> Result<Sp
             continue;
         };
         let Some(claims) = our_token(app, snap, &issuer, token) else {
+            if let Ok(id) = crate::delegation::jwt_svid_of(app, snap, &issuer, token) {
+                if snap
+                    .workloads
+                    .get(&id)
+                    .is_some_and(|w| w.revoked_at.is_none())
+                {
+                    return Ok(id);
+                }
+                return Err(unauthorized(
+                    "the JWT-SVID's workload is unknown or revoked",
+                ));
+            }
             continue;
         };
         let aud_ok = authority_id(td.name.as_str()).is_some_and(|a| {
