@@ -13,7 +13,7 @@ pub use svid::{
     leaf_spiffe_id, p256_coordinates, split_certificates, validity, verify_chain, BundleSource,
     Usage,
 };
-pub use verifier::SpiffeClientVerifier;
+pub use verifier::{SpiffeClientVerifier, SpiffeServerVerifier};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CaError {

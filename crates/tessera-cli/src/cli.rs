@@ -124,6 +124,89 @@ pub enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// The sidecar: strict mTLS and per-call policy in front of (inbound) or behind (outbound)
+    /// an unmodified service.
+    Proxy {
+        #[command(subcommand)]
+        command: ProxyCommand,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ProxyCommon {
+    /// The node agent's Workload API socket.
+    #[arg(
+        long,
+        env = "SPIFFE_ENDPOINT_SOCKET",
+        default_value = "/run/tessera/agent.sock"
+    )]
+    pub socket: String,
+    /// Which of this process's SVIDs to use (default: the first the agent gives).
+    #[arg(long)]
+    pub id: Option<String>,
+    /// Serve `/metrics` and `/healthz` here (plain HTTP, loopback only).
+    #[arg(long)]
+    pub admin_listen: Option<SocketAddr>,
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProxyCommand {
+    /// Terminate mTLS for a service: callers need an X.509-SVID, and policy decides each call.
+    Inbound {
+        /// Where callers connect (mTLS).
+        #[arg(long)]
+        listen: SocketAddr,
+        /// The service, in plain HTTP (normally on loopback).
+        #[arg(long)]
+        upstream: SocketAddr,
+        /// The authority's URL, for the policy bundle.
+        #[arg(long, env = "TESSERA_SERVER")]
+        server: String,
+        /// A PEM CA certificate for an `https://` authority (e.g. `DATA/tls/ca.pem`).
+        #[arg(long)]
+        server_ca: Option<PathBuf>,
+        /// Record one allowed call in N in the audit trail (every denial is recorded; 0: none).
+        #[arg(long, default_value_t = 100)]
+        sample_allows: u64,
+        /// Largest request body accepted.
+        #[arg(long, default_value = "10MiB", value_parser = parse_size)]
+        max_body: usize,
+        #[command(flatten)]
+        common: ProxyCommon,
+    },
+    /// Originate mTLS for an application: it speaks plain HTTP to `--listen`; the proxy accepts
+    /// only a target presenting exactly `--target-id`.
+    Outbound {
+        /// Where the application connects (plain HTTP, loopback only).
+        #[arg(long)]
+        listen: SocketAddr,
+        /// The target's address (its inbound sidecar).
+        #[arg(long)]
+        target: SocketAddr,
+        /// The SPIFFE ID the target must present.
+        #[arg(long)]
+        target_id: String,
+        #[command(flatten)]
+        common: ProxyCommon,
+    },
+}
+
+/// `10MiB`, `64KiB`, `512` (bytes).
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let (num, mult) = if let Some(n) = s.strip_suffix("MiB") {
+        (n, 1024 * 1024)
+    } else if let Some(n) = s.strip_suffix("KiB") {
+        (n, 1024)
+    } else {
+        (s, 1)
+    };
+    num.trim()
+        .parse::<usize>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| format!("`{s}` is not a size such as `10MiB`, `64KiB` or `512`"))
 }
 
 #[derive(Debug, Args)]

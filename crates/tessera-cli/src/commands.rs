@@ -202,6 +202,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Verify(a) => verify(a).await,
         Command::Explain(a) => crate::policy::explain(a).await,
         Command::Policy { command } => crate::policy::run(command).await,
+        Command::Proxy { command } => crate::proxy::run(command).await,
         Command::Agent(a) => crate::agent::run(a).await,
         Command::Ca { command } => crate::agent::ca(command).await,
         Command::Svid {

@@ -7,6 +7,7 @@ mod cli;
 mod commands;
 mod dev;
 mod policy;
+mod proxy;
 mod render;
 
 use clap::Parser;

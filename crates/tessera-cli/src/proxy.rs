@@ -1,0 +1,151 @@
+//! `tessera proxy inbound|outbound`: wires the sidecar (identity from the agent, the policy
+//! bundle from the authority, metrics) and runs it until a signal.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{anyhow, bail, Context};
+use axum::routing::get;
+use tessera_core::SpiffeId;
+use tessera_proxy::inbound::InboundConfig;
+use tessera_proxy::outbound::OutboundConfig;
+use tessera_proxy::{Identity, ProxyMetrics};
+use tessera_verify::{Authorizer, AuthzMetrics, BundleSource};
+
+use crate::cli::{ProxyCommand, ProxyCommon};
+use crate::commands::{init_logs, wait_for_signal};
+
+pub async fn run(command: ProxyCommand) -> anyhow::Result<u8> {
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = ProxyMetrics::register(&mut registry);
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let (task, listen, common) = match command {
+        ProxyCommand::Inbound {
+            listen,
+            upstream,
+            server,
+            server_ca,
+            sample_allows,
+            max_body,
+            common,
+        } => {
+            init_logs(common.log_format, "info");
+            let identity = identity(&common).await?;
+            let me = identity
+                .spiffe_id()
+                .ok_or_else(|| anyhow!("the agent gave no SVID"))?;
+            let mut http = reqwest::Client::builder();
+            if let Some(ca) = &server_ca {
+                let pem =
+                    std::fs::read(ca).with_context(|| format!("cannot read `{}`", ca.display()))?;
+                http = http.add_root_certificate(reqwest::Certificate::from_pem(&pem)?);
+            }
+            let base: reqwest::Url = format!("{}/", server.trim_end_matches('/'))
+                .parse()
+                .with_context(|| format!("`{server}` is not a URL"))?;
+            let audience = server.trim_end_matches('/').to_owned();
+            let for_token = identity.clone();
+            let source = BundleSource::new(base, http.build()?, move || {
+                let (id, aud) = (for_token.clone(), audience.clone());
+                Box::pin(async move { id.jwt_svid(&aud).await.map_err(|e| e.to_string()) })
+            });
+            let authz_metrics = AuthzMetrics::register(&mut registry);
+            let (authz, _log) = Authorizer::new(me)
+                .with_metrics(authz_metrics)
+                .with_decision_log(source.clone(), sample_allows);
+            authz.spawn_bundle_sync(source);
+            let listener = bind(listen).await?;
+            let listen = listener.local_addr()?;
+            let mut cfg = InboundConfig::new(upstream);
+            cfg.max_body = max_body;
+            let (m, stop) = (metrics.clone(), stop.clone());
+            let task = tokio::spawn(async move {
+                tessera_proxy::inbound::serve(listener, cfg, identity, authz, m, stop).await
+            });
+            (task, listen, common)
+        }
+        ProxyCommand::Outbound {
+            listen,
+            target,
+            target_id,
+            common,
+        } => {
+            init_logs(common.log_format, "info");
+            if !listen.ip().is_loopback() {
+                bail!("--listen {listen}: the outbound side speaks plain HTTP, so it listens on loopback only");
+            }
+            let target_id = SpiffeId::parse(&target_id)
+                .map_err(|e| anyhow!("--target-id `{target_id}`: {e}"))?;
+            let identity = identity(&common).await?;
+            let listener = bind(listen).await?;
+            let listen = listener.local_addr()?;
+            let cfg = OutboundConfig {
+                target,
+                target_id,
+                connect_timeout: std::time::Duration::from_secs(10),
+            };
+            let (m, stop) = (metrics.clone(), stop.clone());
+            let task = tokio::spawn(async move {
+                tessera_proxy::outbound::serve(listener, cfg, identity, m, stop).await
+            });
+            (task, listen, common)
+        }
+    };
+    let mut line = format!("tessera: proxy ready listen={listen}");
+    if let Some(addr) = common.admin_listen {
+        if !addr.ip().is_loopback() {
+            bail!("--admin-listen {addr}: loopback only");
+        }
+        let registry = Arc::new(registry);
+        let admin = bind(addr).await?;
+        line.push_str(&format!(" admin=http://{}", admin.local_addr()?));
+        let app = axum::Router::new()
+            .route("/healthz", get(|| async { "ok\n" }))
+            .route(
+                "/metrics",
+                get(move || {
+                    let registry = registry.clone();
+                    async move {
+                        let mut out = String::new();
+                        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+                        out
+                    }
+                }),
+            );
+        tokio::spawn(async move { axum::serve(admin, app).await });
+    }
+    println!("{line}");
+    let _ = std::io::stdout().flush();
+    let mut task = task;
+    tokio::select! {
+        () = wait_for_signal() => {
+            let _ = stop_tx.send(true);
+            let _ = (&mut task).await;
+        }
+        r = &mut task => {
+            r.map_err(|e| anyhow!("the proxy stopped: {e}"))??;
+        }
+    }
+    Ok(0)
+}
+
+async fn identity(common: &ProxyCommon) -> anyhow::Result<Arc<Identity>> {
+    let socket = common
+        .socket
+        .strip_prefix("unix://")
+        .unwrap_or(&common.socket);
+    let want = common
+        .id
+        .as_deref()
+        .map(|s| SpiffeId::parse(s).map_err(|e| anyhow!("--id `{s}`: {e}")))
+        .transpose()?;
+    Ok(Identity::start(Path::new(socket), want).await?)
+}
+
+async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on `{addr}`"))
+}

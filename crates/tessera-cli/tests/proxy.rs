@@ -1,0 +1,415 @@
+//! The sidecar end to end: a node agent gives each sidecar its X.509-SVID; an unmodified HTTP
+//! service behind `tessera proxy inbound`, a client behind `tessera proxy outbound`; curl and
+//! openssl as outside clients with good and bad certificates.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+use tessera_testkit::spawn_ready;
+
+const FRONTEND: &str = "spiffe://example.org/prod/frontend";
+const BACKEND: &str = "spiffe://example.org/prod/backend";
+const STRANGER: &str = "spiffe://example.org/prod/stranger";
+
+fn uid() -> String {
+    String::from_utf8(Command::new("id").arg("-u").output().unwrap().stdout)
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+fn mesh() -> String {
+    let uid = uid();
+    format!(
+        r#"
+[[workload]]
+id = "{FRONTEND}"
+owner = "team-web"
+purpose = "Calls the backend"
+environment = "prod"
+selectors = ["unix:uid:{uid}"]
+
+[[workload]]
+id = "{BACKEND}"
+owner = "team-api"
+purpose = "Serves the API"
+environment = "prod"
+selectors = ["unix:uid:{uid}"]
+
+[[workload]]
+id = "{STRANGER}"
+owner = "team-x"
+purpose = "Has an SVID, has no grant"
+environment = "prod"
+selectors = ["unix:uid:{uid}"]
+
+[[grant]]
+from = "{FRONTEND}"
+to = "{BACKEND}"
+routes = [{{ methods = ["GET", "POST"], paths = ["/api/*"] }}]
+why = "The web tier reads the API"
+"#
+    )
+}
+
+/// The upstream: an unmodified HTTP service that reports what it received.
+async fn upstream() -> std::net::SocketAddr {
+    use axum::http::HeaderMap;
+    let app = axum::Router::new().fallback(|headers: HeaderMap, uri: axum::http::Uri| async move {
+        let caller: Vec<String> = headers
+            .get_all("x-tessera-caller")
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .collect();
+        axum::Json(serde_json::json!({"path": uri.path(), "caller": caller}))
+    });
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+    addr
+}
+
+fn proxy(args: &[&str], socket: &Path, id: &str) -> tessera_testkit::Proc {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("proxy")
+        .args(args)
+        .arg("--socket")
+        .arg(socket)
+        .args(["--id", id, "--admin-listen", "127.0.0.1:0"])
+        .env("TESSERA_LOG", "warn");
+    spawn_ready(cmd, "tessera: proxy ready listen=")
+}
+
+/// (listen address, admin URL) from a ready line `tessera: proxy ready listen=ADDR admin=URL`.
+fn addrs(p: &tessera_testkit::Proc) -> (String, String) {
+    let field = |name: &str| {
+        p.line
+            .split_whitespace()
+            .find_map(|f| f.strip_prefix(name))
+            .unwrap()
+            .to_owned()
+    };
+    (field("listen="), field("admin="))
+}
+
+fn pem(label: &str, der: &[u8]) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let body: Vec<String> = b64
+        .as_bytes()
+        .chunks(64)
+        .map(|c| String::from_utf8(c.to_vec()).unwrap())
+        .collect();
+    format!(
+        "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
+        body.join("\n")
+    )
+}
+
+/// Writes the SVID of `id` as PEM files for curl and openssl: (chain, key, bundle).
+async fn svid_files(socket: &Path, id: &str, dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let client = spiffe::WorkloadApiClient::connect_to(format!("unix://{}", socket.display()))
+        .await
+        .unwrap();
+    let all = client.fetch_all_x509_svids().await.unwrap();
+    let svid = all
+        .iter()
+        .find(|s| s.spiffe_id().to_string() == id)
+        .unwrap();
+    let chain: String = svid
+        .cert_chain()
+        .iter()
+        .map(|c| pem("CERTIFICATE", c.as_bytes()))
+        .collect();
+    let bundles = client.fetch_x509_bundles().await.unwrap();
+    let td = spiffe::TrustDomain::new("example.org").unwrap();
+    let bundle: String = bundles
+        .get(&td)
+        .unwrap()
+        .authorities()
+        .iter()
+        .map(|c| pem("CERTIFICATE", c.as_bytes()))
+        .collect();
+    let name = id.rsplit('/').next().unwrap();
+    (
+        write(dir, &format!("{name}.pem"), &chain),
+        write(
+            dir,
+            &format!("{name}.key"),
+            &pem("PRIVATE KEY", svid.private_key().as_bytes()),
+        ),
+        write(dir, "bundle.pem", &bundle),
+    )
+}
+
+fn curl(args: &[&str]) -> (i32, String) {
+    let o = Command::new("curl")
+        .args(["-sS", "--max-time", "10", "-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        o.status.code().unwrap_or(-1),
+        format!("{}{}", stdout(&o), stderr(&o)),
+    )
+}
+
+// Multi-threaded: the upstream runs in this process while curl and openssl block a thread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sidecars_enforce_mtls_and_policy() {
+    let s = server(Backend::Sqlite, &[]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(dir.path(), "mesh.toml", &mesh());
+    let o = tessera(&s.data, &["apply", "-f", p.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = tessera(&s.data, &["agent", "token", "create"]);
+    let token = stdout(&o).lines().next().unwrap().to_owned();
+    let socket = dir.path().join("agent.sock");
+    let mut agent_cmd = Command::new(BIN);
+    agent_cmd
+        .args([
+            "agent",
+            "--server",
+            &s.url,
+            "--join-token",
+            &token,
+            "--socket",
+        ])
+        .arg(&socket)
+        .arg("--data")
+        .arg(dir.path().join("agent-data"))
+        .env("TESSERA_LOG", "warn");
+    let _agent = spawn_ready(agent_cmd, "tessera: agent ready socket=");
+
+    let up = upstream().await;
+    let up = up.to_string();
+    let inbound = proxy(
+        &[
+            "inbound",
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            &up,
+            "--server",
+            &s.url,
+            "--sample-allows",
+            "1",
+        ],
+        &socket,
+        BACKEND,
+    );
+    let (in_addr, in_admin) = addrs(&inbound);
+    let outbound = proxy(
+        &[
+            "outbound",
+            "--listen",
+            "127.0.0.1:0",
+            "--target",
+            &in_addr,
+            "--target-id",
+            BACKEND,
+        ],
+        &socket,
+        FRONTEND,
+    );
+    let (out_addr, _) = addrs(&outbound);
+    let http = reqwest::Client::new();
+
+    // Through both sidecars: allowed once the inbound has its policy bundle.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let body: Value = loop {
+        let r = http
+            .get(format!("http://{out_addr}/api/items/7"))
+            .header("x-tessera-caller", "spiffe://example.org/forged")
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 200 {
+            break r.json().await.unwrap();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never allowed: {} {}",
+            r.status(),
+            r.text().await.unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(body["path"], "/api/items/7");
+    assert_eq!(
+        body["caller"],
+        serde_json::json!([FRONTEND]),
+        "the forged header was replaced"
+    );
+    // Outside the grant's routes: 403 from the inbound, the upstream never sees it.
+    let r = http
+        .get(format!("http://{out_addr}/admin"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(r.text().await.unwrap(), "denied by policy\n");
+    // Keep-alive: many requests over the outbound's pooled mTLS connections.
+    for i in 0..50 {
+        let r = http
+            .get(format!("http://{out_addr}/api/k/{i}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+
+    // A caller with a valid SVID and no grant: curl with its certificate.
+    let (stranger_pem, stranger_key, bundle) = svid_files(&socket, STRANGER, dir.path()).await;
+    let url = format!("https://{in_addr}/api/items/7");
+    let (code, out) = curl(&[
+        "-k",
+        "--cert",
+        stranger_pem.to_str().unwrap(),
+        "--key",
+        stranger_key.to_str().unwrap(),
+        &url,
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.ends_with("403"), "{out}");
+    // The frontend's own certificate, from curl: allowed, and HTTP/2 works too.
+    let (front_pem, front_key, _) = svid_files(&socket, FRONTEND, dir.path()).await;
+    for version in ["--http1.1", "--http2"] {
+        let (code, out) = curl(&[
+            version,
+            "-k",
+            "--cert",
+            front_pem.to_str().unwrap(),
+            "--key",
+            front_key.to_str().unwrap(),
+            &url,
+        ]);
+        assert_eq!(code, 0, "{version} {out}\n{}", inbound.stderr());
+        assert!(
+            out.ends_with("200") && out.contains(FRONTEND),
+            "{version}: {out}"
+        );
+    }
+    // No client certificate: the handshake is refused.
+    let (code, out) = curl(&["-k", &url]);
+    assert_ne!(code, 0, "{out}");
+    // A forged certificate naming the frontend, self-signed: refused.
+    let forged_key = dir.path().join("forged.key");
+    let forged_pem = dir.path().join("forged.pem");
+    let o = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=forged",
+            "-addext",
+        ])
+        .arg(format!("subjectAltName=URI:{FRONTEND}"))
+        .arg("-keyout")
+        .arg(&forged_key)
+        .arg("-out")
+        .arg(&forged_pem)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (code, out) = curl(&[
+        "-k",
+        "--cert",
+        forged_pem.to_str().unwrap(),
+        "--key",
+        forged_key.to_str().unwrap(),
+        &url,
+    ]);
+    assert_ne!(code, 0, "a self-signed look-alike must not get in: {out}");
+    // openssl as a second client: the server presents the backend's SVID, which validates
+    // against the bundle.
+    let o = Command::new("openssl")
+        .args(["s_client", "-connect", &in_addr, "-CAfile"])
+        .arg(&bundle)
+        .arg("-cert")
+        .arg(&front_pem)
+        .arg("-key")
+        .arg(&front_key)
+        .args(["-verify_return_error", "-brief"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let text = format!("{}{}", stdout(&o), stderr(&o));
+    assert!(text.contains("Verification: OK"), "{text}");
+    // Plain HTTP on the TLS port: a clear 400, counted.
+    let (code, out) = curl(&[&format!("http://{in_addr}/api/items/7")]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("mutual TLS only") && out.ends_with("400"),
+        "{out}"
+    );
+
+    // An outbound expecting another identity refuses the backend's certificate.
+    let wrong = proxy(
+        &[
+            "outbound",
+            "--listen",
+            "127.0.0.1:0",
+            "--target",
+            &in_addr,
+            "--target-id",
+            STRANGER,
+        ],
+        &socket,
+        FRONTEND,
+    );
+    let (wrong_addr, _) = addrs(&wrong);
+    let r = http
+        .get(format!("http://{wrong_addr}/api/items/7"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+
+    // Metrics: decisions by caller and handshake failures by reason.
+    let metrics = get_text(&format!("{in_admin}/metrics")).await;
+    assert!(metrics.contains(&format!("tessera_proxy_requests_total{{caller=\"{FRONTEND}\",target=\"{BACKEND}\",decision=\"allow\"}}")), "{metrics}");
+    assert!(metrics.contains(&format!("tessera_proxy_requests_total{{caller=\"{STRANGER}\",target=\"{BACKEND}\",decision=\"deny\"}}")), "{metrics}");
+    assert!(
+        metrics.contains("tessera_proxy_handshake_failures_total{reason=\"plain_http\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("tessera_proxy_handshake_failures_total{reason=\""),
+        "{metrics}"
+    );
+    assert_eq!(get_text(&format!("{in_admin}/healthz")).await, "ok\n");
+
+    // Denials reach the audit trail, as the backend service's records.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let o = tessera(&s.data, &["audit", "tail", "-n", "100", "--output", "json"]);
+        let audit: Value = serde_json::from_str(&stdout(&o)).unwrap();
+        let denied = audit.as_array().unwrap().iter().any(|r| {
+            r["kind"] == "call.denied" && r["actor"] == BACKEND && r["subject"] == STRANGER
+        });
+        if denied {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no call.denied record: {audit}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -1,0 +1,324 @@
+//! The inbound sidecar: mTLS in, policy, plain HTTP to the upstream on loopback.
+
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{header, HeaderValue, Request, Response, StatusCode, Version};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tessera_core::SpiffeId;
+use tessera_policy::{Authn, Env};
+use tessera_verify::Authorizer;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::{full, plain, provider, strip_hop_by_hop, Body, Identity, ProxyError, ProxyMetrics};
+
+/// The header that tells the upstream who called; any incoming one is removed first.
+pub const CALLER_HEADER: &str = "x-tessera-caller";
+
+/// The first byte of a TLS connection (a handshake record).
+const TLS_HANDSHAKE: u8 = 0x16;
+
+#[derive(Debug, Clone)]
+pub struct InboundConfig {
+    pub upstream: SocketAddr,
+    /// Request bodies larger than this are refused (413).
+    pub max_body: usize,
+    /// A client must finish its TLS handshake, and each request's headers, within this.
+    pub handshake_timeout: Duration,
+    /// Largest request head (all headers) accepted.
+    pub max_header_bytes: usize,
+}
+
+impl InboundConfig {
+    pub fn new(upstream: SocketAddr) -> Self {
+        Self {
+            upstream,
+            max_body: 10 * 1024 * 1024,
+            handshake_timeout: Duration::from_secs(10),
+            max_header_bytes: 64 * 1024,
+        }
+    }
+}
+
+struct Ctx {
+    cfg: InboundConfig,
+    identity: Arc<Identity>,
+    authz: Authorizer,
+    metrics: ProxyMetrics,
+    http1: Client<HttpConnector, Body>,
+    http2: Client<HttpConnector, Body>,
+}
+
+/// The TLS configuration: the SVID in force (resolved per handshake, so rotation needs no
+/// restart) and a mandatory client certificate checked against the caller's own trust domain.
+pub fn tls_config(identity: Arc<Identity>) -> Result<rustls::ServerConfig, ProxyError> {
+    let verifier = tessera_ca::SpiffeClientVerifier::new(identity.clone(), true);
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| ProxyError::Tls(e.to_string()))?
+        .with_client_cert_verifier(Arc::new(verifier))
+        .with_cert_resolver(identity);
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(cfg)
+}
+
+/// Serves until `stop` turns true; then stops accepting, lets open connections finish their
+/// requests (at most 10 s) and returns.
+pub async fn serve(
+    listener: TcpListener,
+    cfg: InboundConfig,
+    identity: Arc<Identity>,
+    authz: Authorizer,
+    metrics: ProxyMetrics,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), ProxyError> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls_config(identity.clone())?));
+    let mut http1 = HttpConnector::new();
+    http1.set_nodelay(true);
+    let ctx = Arc::new(Ctx {
+        cfg,
+        identity,
+        authz,
+        metrics,
+        http1: Client::builder(TokioExecutor::new()).build(http1.clone()),
+        http2: Client::builder(TokioExecutor::new())
+            .http2_only(true)
+            .build(http1),
+    });
+    let live = Arc::new(());
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    continue;
+                }
+            },
+            _ = stop.wait_for(|s| *s) => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let (ctx, acceptor, stop, live) =
+            (ctx.clone(), acceptor.clone(), stop.clone(), live.clone());
+        tokio::spawn(async move {
+            connection(ctx, acceptor, stream, peer, stop).await;
+            drop(live);
+        });
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while Arc::strong_count(&live) > 1 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+async fn connection(
+    ctx: Arc<Ctx>,
+    acceptor: tokio_rustls::TlsAcceptor,
+    mut stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    mut stop: watch::Receiver<bool>,
+) {
+    let timeout = ctx.cfg.handshake_timeout;
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(timeout, stream.peek(&mut first)).await {
+        Ok(Ok(1)) if first[0] == TLS_HANDSHAKE => {}
+        Ok(Ok(1)) => {
+            ctx.metrics.handshake_failed("plain_http");
+            let _ = stream
+                .write_all(b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: 34\r\n\r\nthis port speaks mutual TLS only\r\n")
+                .await;
+            return;
+        }
+        Ok(_) => return,
+        Err(_) => {
+            ctx.metrics.handshake_failed("timeout");
+            return;
+        }
+    }
+    let tls = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            ctx.metrics.handshake_failed(handshake_reason(&e));
+            tracing::debug!(error = %e, %peer, "TLS handshake refused");
+            return;
+        }
+        Err(_) => {
+            ctx.metrics.handshake_failed("timeout");
+            return;
+        }
+    };
+    // INVARIANT: the verifier made a client certificate mandatory and validated its chain and
+    // its one SPIFFE ID, so a finished handshake has a leaf that parses.
+    let caller = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(|leaf| tessera_ca::leaf_spiffe_id(leaf).ok());
+    let Some(caller) = caller else {
+        ctx.metrics.handshake_failed("no_spiffe_id");
+        return;
+    };
+    let source = peer.ip();
+    let service = {
+        let ctx = ctx.clone();
+        hyper::service::service_fn(move |req| {
+            let (ctx, caller) = (ctx.clone(), caller.clone());
+            async move { Ok::<_, Infallible>(handle(&ctx, &caller, source, req).await) }
+        })
+    };
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(timeout)
+        .max_buf_size(ctx.cfg.max_header_bytes.max(8192));
+    builder
+        .http2()
+        .max_header_list_size(u32::try_from(ctx.cfg.max_header_bytes).unwrap_or(u32::MAX));
+    let conn = builder.serve_connection(TokioIo::new(tls), service);
+    tokio::pin!(conn);
+    // The guard `wait_for` returns must not live across an await (it is not `Send`).
+    let stopped = async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, %peer, "connection ended with an error");
+            }
+        }
+        () = stopped => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
+fn handshake_reason(e: &std::io::Error) -> &'static str {
+    let text = e.to_string();
+    if text.contains("CertificateRequired")
+        || text.contains("NoCertificatesPresented")
+        || text.contains("no certificate")
+    {
+        "no_client_certificate"
+    } else if text.contains("expired")
+        || text.contains("not yet valid")
+        || text.contains("NotValidYet")
+    {
+        "certificate_time"
+    } else if text.contains("trust domain") || text.contains("not trusted") {
+        "untrusted_trust_domain"
+    } else if text.contains("SPIFFE") || text.contains("URI SAN") || text.contains("CA") {
+        "not_an_svid"
+    } else {
+        "tls"
+    }
+}
+
+async fn handle(
+    ctx: &Ctx,
+    caller: &SpiffeId,
+    source: IpAddr,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let Some(me) = ctx.identity.spiffe_id() else {
+        return plain(StatusCode::SERVICE_UNAVAILABLE, "no identity yet\n");
+    };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > ctx.cfg.max_body) {
+        ctx.metrics
+            .request(caller.as_str(), me.as_str(), "too_large");
+        return plain(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
+    }
+    let env = Env {
+        now: tessera_core::now_unix(),
+        source_ip: Some(source),
+        token_age: 0,
+    };
+    let d = ctx.authz.decide(
+        caller,
+        req.method().as_str(),
+        req.uri().path(),
+        &[],
+        Authn::Mtls,
+        &env,
+    );
+    if let Some(limited) = &d.limited {
+        ctx.metrics.request(caller.as_str(), me.as_str(), "limited");
+        let mut r = plain(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded\n");
+        r.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(limited.retry_after_secs()),
+        );
+        return r;
+    }
+    if !d.allowed {
+        ctx.metrics.request(caller.as_str(), me.as_str(), "deny");
+        let mut r = plain(StatusCode::FORBIDDEN, "denied by policy\n");
+        r.headers_mut()
+            .insert("tessera-decision", HeaderValue::from_static("deny"));
+        return r;
+    }
+    ctx.metrics.request(caller.as_str(), me.as_str(), "allow");
+    forward(ctx, caller, req).await
+}
+
+async fn forward(ctx: &Ctx, caller: &SpiffeId, req: Request<Incoming>) -> Response<Body> {
+    let (mut parts, body) = req.into_parts();
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+    let Ok(uri) = format!("http://{}{path}", ctx.cfg.upstream).parse::<http::Uri>() else {
+        return plain(StatusCode::BAD_REQUEST, "bad request target\n");
+    };
+    parts.uri = uri;
+    strip_hop_by_hop(&mut parts.headers);
+    parts.headers.remove(CALLER_HEADER);
+    let Ok(who) = HeaderValue::from_str(caller.as_str()) else {
+        return plain(StatusCode::BAD_REQUEST, "caller cannot be named\n");
+    };
+    parts.headers.insert(CALLER_HEADER, who);
+    let h2 = parts.version == Version::HTTP_2;
+    parts.version = if h2 {
+        Version::HTTP_2
+    } else {
+        Version::HTTP_11
+    };
+    let body = http_body_util::Limited::new(body, ctx.cfg.max_body).boxed();
+    // A new request: the incoming one's extensions belong to the server connection.
+    parts.extensions = http::Extensions::new();
+    let out = Request::from_parts(parts, body);
+    let client = if h2 { &ctx.http2 } else { &ctx.http1 };
+    match client.request(out).await {
+        Ok(resp) => {
+            let (mut parts, body) = resp.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            Response::from_parts(
+                parts,
+                body.map_err(|e| Box::new(e) as crate::BoxError).boxed(),
+            )
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "upstream request failed");
+            let mut r = Response::new(full(bytes::Bytes::from_static(b"upstream unavailable\n")));
+            *r.status_mut() = StatusCode::BAD_GATEWAY;
+            r
+        }
+    }
+}

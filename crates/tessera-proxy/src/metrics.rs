@@ -1,0 +1,66 @@
+//! The sidecar's Prometheus metrics.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub caller: String,
+    pub target: String,
+    pub decision: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+/// `tessera_proxy_requests_total{caller,target,decision}`,
+/// `tessera_proxy_handshake_failures_total{reason}`, `tessera_proxy_svid_expiry_seconds`.
+#[derive(Clone, Debug, Default)]
+pub struct ProxyMetrics {
+    pub requests: Family<RequestLabels, Counter>,
+    pub handshake_failures: Family<ReasonLabels, Counter>,
+    pub svid_expiry_seconds: Gauge,
+}
+
+impl ProxyMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self::default();
+        registry.register(
+            "tessera_proxy_requests",
+            "Requests through the sidecar by caller, target and decision",
+            m.requests.clone(),
+        );
+        registry.register(
+            "tessera_proxy_handshake_failures",
+            "Connections refused before any request, by reason",
+            m.handshake_failures.clone(),
+        );
+        registry.register(
+            "tessera_proxy_svid_expiry_seconds",
+            "Seconds until the sidecar's X.509-SVID expires",
+            m.svid_expiry_seconds.clone(),
+        );
+        m
+    }
+
+    pub fn request(&self, caller: &str, target: &str, decision: &'static str) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                caller: caller.to_owned(),
+                target: target.to_owned(),
+                decision,
+            })
+            .inc();
+    }
+
+    pub fn handshake_failed(&self, reason: &'static str) {
+        self.handshake_failures
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+}
