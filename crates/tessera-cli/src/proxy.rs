@@ -32,7 +32,7 @@ pub async fn run(command: ProxyCommand) -> anyhow::Result<u8> {
             common,
         } => {
             init_logs(common.log_format, "info");
-            let identity = identity(&common).await?;
+            let identity = identity(&common, &metrics).await?;
             let me = identity
                 .spiffe_id()
                 .ok_or_else(|| anyhow!("the agent gave no SVID"))?;
@@ -78,7 +78,7 @@ pub async fn run(command: ProxyCommand) -> anyhow::Result<u8> {
             }
             let target_id = SpiffeId::parse(&target_id)
                 .map_err(|e| anyhow!("--target-id `{target_id}`: {e}"))?;
-            let identity = identity(&common).await?;
+            let identity = identity(&common, &metrics).await?;
             let listener = bind(listen).await?;
             let listen = listener.local_addr()?;
             let cfg = OutboundConfig {
@@ -131,7 +131,21 @@ pub async fn run(command: ProxyCommand) -> anyhow::Result<u8> {
     Ok(0)
 }
 
-async fn identity(common: &ProxyCommon) -> anyhow::Result<Arc<Identity>> {
+/// Keeps `tessera_proxy_svid_expiry_seconds` current.
+fn watch_expiry(identity: Arc<Identity>, metrics: ProxyMetrics) {
+    tokio::spawn(async move {
+        loop {
+            if let Some(c) = identity.current() {
+                metrics
+                    .svid_expiry_seconds
+                    .set(c.not_after - tessera_core::now_unix());
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+    });
+}
+
+async fn identity(common: &ProxyCommon, metrics: &ProxyMetrics) -> anyhow::Result<Arc<Identity>> {
     let socket = common
         .socket
         .strip_prefix("unix://")
@@ -141,7 +155,9 @@ async fn identity(common: &ProxyCommon) -> anyhow::Result<Arc<Identity>> {
         .as_deref()
         .map(|s| SpiffeId::parse(s).map_err(|e| anyhow!("--id `{s}`: {e}")))
         .transpose()?;
-    Ok(Identity::start(Path::new(socket), want).await?)
+    let identity = Identity::start(Path::new(socket), want).await?;
+    watch_expiry(identity.clone(), metrics.clone());
+    Ok(identity)
 }
 
 async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {

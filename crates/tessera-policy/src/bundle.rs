@@ -36,6 +36,10 @@ pub struct PolicyBundle {
     pub workloads: Vec<Workload>,
     pub grants: Vec<Grant>,
     pub policies: Vec<PolicyFile>,
+    /// Revoked workloads: their calls are denied whatever the policy says (a revoked identity's
+    /// SVID stays valid until it expires; this stops it at the point of use within a poll).
+    #[serde(default)]
+    pub revoked: Vec<SpiffeId>,
 }
 
 #[derive(Serialize)]
@@ -44,6 +48,17 @@ struct Content<'a> {
     workloads: &'a [Workload],
     grants: &'a [Grant],
     policies: &'a [PolicyFile],
+    revoked: &'a [SpiffeId],
+}
+
+fn digest(content: &Content<'_>) -> String {
+    let bytes = serde_json::to_vec(content).unwrap_or_default();
+    let d = digest::digest(&digest::SHA256, &bytes);
+    d.as_ref()
+        .iter()
+        .take(12)
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 impl PolicyBundle {
@@ -67,27 +82,35 @@ impl PolicyBundle {
         let mut policies = policies.to_vec();
         policies.sort_by(|a, b| a.name.cmp(&b.name));
         let service = service.cloned();
-        let content = Content {
-            service: &service,
-            workloads: &workloads,
-            grants: &grants,
-            policies: &policies,
-        };
-        let bytes = serde_json::to_vec(&content).unwrap_or_default();
-        let d = digest::digest(&digest::SHA256, &bytes);
-        let version = d
-            .as_ref()
-            .iter()
-            .take(12)
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        Self {
-            version,
+        let mut out = Self {
+            version: String::new(),
             service,
             workloads,
             grants,
             policies,
-        }
+            revoked: Vec::new(),
+        };
+        out.version = out.compute_version();
+        out
+    }
+
+    /// The bundle with these workloads marked revoked.
+    pub fn with_revoked(mut self, mut revoked: Vec<SpiffeId>) -> Self {
+        revoked.sort();
+        revoked.dedup();
+        self.revoked = revoked;
+        self.version = self.compute_version();
+        self
+    }
+
+    fn compute_version(&self) -> String {
+        digest(&Content {
+            service: &self.service,
+            workloads: &self.workloads,
+            grants: &self.grants,
+            policies: &self.policies,
+            revoked: &self.revoked,
+        })
     }
 
     /// Compiles the bundle, validating it exactly as the server validated it.

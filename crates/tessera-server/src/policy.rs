@@ -675,7 +675,14 @@ async fn bundle(
     loop {
         let snap = app.snapshot();
         let workloads: Vec<_> = snap.workloads.values().map(|w| w.spec.clone()).collect();
-        let b = PolicyBundle::cut(Some(&q.service), &workloads, &snap.grants, &snap.policies);
+        let revoked: Vec<SpiffeId> = snap
+            .workloads
+            .values()
+            .filter(|w| w.revoked_at.is_some())
+            .map(|w| w.spec.id.clone())
+            .collect();
+        let b = PolicyBundle::cut(Some(&q.service), &workloads, &snap.grants, &snap.policies)
+            .with_revoked(revoked);
         if known.as_deref() != Some(b.version.as_str()) {
             let etag = HeaderValue::from_str(&format!("\"{}\"", b.version))
                 .map_err(|e| ApiError::unavailable(e.to_string()))?;

@@ -81,6 +81,7 @@ struct Loaded {
     version: String,
     engine: PolicyEngine,
     limits: Limits,
+    revoked: std::collections::HashSet<SpiffeId>,
 }
 
 struct Inner {
@@ -168,6 +169,7 @@ impl Authorizer {
             version: bundle.version.clone(),
             engine,
             limits,
+            revoked: bundle.revoked.iter().cloned().collect(),
         });
         if let Ok(mut l) = self.inner.loaded.write() {
             *l = Some(loaded);
@@ -202,6 +204,21 @@ impl Authorizer {
                 },
             );
         };
+        if loaded.revoked.contains(caller) {
+            metrics.inc("deny");
+            return self.finish(
+                caller,
+                method,
+                path,
+                scopes,
+                env,
+                AuthzDecision {
+                    allowed: false,
+                    reason: format!("`{caller}` has been revoked"),
+                    limited: None,
+                },
+            );
+        }
         let call = Call {
             method,
             path,
