@@ -173,6 +173,10 @@ pub enum ProxyCommand {
         /// Largest request body accepted.
         #[arg(long, default_value = "10MiB", value_parser = parse_size)]
         max_body: usize,
+        /// Also require a bearer access token for this service, issued to the caller the
+        /// client certificate names; its scopes reach the policy.
+        #[arg(long)]
+        require_token: bool,
         #[command(flatten)]
         common: ProxyCommon,
     },

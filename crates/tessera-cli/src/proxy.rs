@@ -12,7 +12,7 @@ use tessera_core::SpiffeId;
 use tessera_proxy::inbound::InboundConfig;
 use tessera_proxy::outbound::OutboundConfig;
 use tessera_proxy::{Identity, ProxyMetrics};
-use tessera_verify::{Authorizer, AuthzMetrics, BundleSource};
+use tessera_verify::{Authorizer, AuthzMetrics, BundleSource, JwksCache, Verifier, VerifierConfig};
 
 use crate::cli::{ProxyCommand, ProxyCommon};
 use crate::commands::{init_logs, wait_for_signal};
@@ -29,6 +29,7 @@ pub async fn run(command: ProxyCommand) -> anyhow::Result<u8> {
             server_ca,
             sample_allows,
             max_body,
+            require_token,
             common,
         } => {
             init_logs(common.log_format, "info");
@@ -47,12 +48,13 @@ pub async fn run(command: ProxyCommand) -> anyhow::Result<u8> {
                 .with_context(|| format!("`{server}` is not a URL"))?;
             let audience = server.trim_end_matches('/').to_owned();
             let for_token = identity.clone();
-            let source = BundleSource::new(base, http.build()?, move || {
+            let http = http.build()?;
+            let source = BundleSource::new(base.clone(), http.clone(), move || {
                 let (id, aud) = (for_token.clone(), audience.clone());
                 Box::pin(async move { id.jwt_svid(&aud).await.map_err(|e| e.to_string()) })
             });
             let authz_metrics = AuthzMetrics::register(&mut registry);
-            let (authz, _log) = Authorizer::new(me)
+            let (authz, _log) = Authorizer::new(me.clone())
                 .with_metrics(authz_metrics)
                 .with_decision_log(source.clone(), sample_allows);
             authz.spawn_bundle_sync(source);
@@ -60,6 +62,13 @@ pub async fn run(command: ProxyCommand) -> anyhow::Result<u8> {
             let listen = listener.local_addr()?;
             let mut cfg = InboundConfig::new(upstream);
             cfg.max_body = max_body;
+            if require_token {
+                let config =
+                    VerifierConfig::access_token(server.trim_end_matches('/'), me.as_str())
+                        .map_err(|e| anyhow!("{e}"))?;
+                let jwks = JwksCache::with_client(base.join("jwks")?, http.clone());
+                cfg.require_token = Some(Verifier::new(config, jwks));
+            }
             let (m, stop) = (metrics.clone(), stop.clone());
             let task = tokio::spawn(async move {
                 tessera_proxy::inbound::serve(listener, cfg, identity, authz, m, stop).await

@@ -59,6 +59,11 @@ from = "{FRONTEND}"
 to = "{BACKEND}"
 routes = [{{ methods = ["GET", "POST"], paths = ["/api/*"] }}]
 why = "The web tier reads the API"
+
+[[client]]
+id = "frontend"
+workload = "{FRONTEND}"
+auth = "client_secret"
 "#
     )
 }
@@ -404,6 +409,82 @@ async fn sidecars_enforce_mtls_and_policy() {
         .unwrap();
     assert!((3000..=3600).contains(&expiry), "an SVID of 1 h: {expiry}");
     assert_eq!(get_text(&format!("{in_admin}/healthz")).await, "ok\n");
+
+    // With `--require-token`: the certificate and a token for this service, issued to the same
+    // workload.
+    let strict = proxy(
+        &[
+            "inbound",
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            &up,
+            "--server",
+            &s.url,
+            "--require-token",
+        ],
+        &socket,
+        BACKEND,
+    );
+    let (strict_addr, _) = addrs(&strict);
+    let strict_url = format!("https://{strict_addr}/api/items/7");
+    let with_front = |extra: &[&str]| {
+        let mut a = vec![
+            "-k",
+            "--cert",
+            front_pem.to_str().unwrap(),
+            "--key",
+            front_key.to_str().unwrap(),
+        ];
+        a.extend_from_slice(extra);
+        a.push(strict_url.as_str());
+        curl(&a)
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, out) = with_front(&[]);
+        if out.ends_with("401") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no token, yet: {out}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let o = tessera(&s.data, &["client", "secret", "frontend"]);
+    let secret = stdout(&o).lines().next().unwrap().to_owned();
+    let (status, body) = post_form(
+        &format!("{}/token", s.url),
+        Some(("frontend", &secret)),
+        &[("grant_type", "client_credentials"), ("audience", BACKEND)],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let auth = format!(
+        "Authorization: Bearer {}",
+        body["access_token"].as_str().unwrap()
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, out) = with_front(&["-H", &auth]);
+        if out.ends_with("200") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "certificate and token: {out}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, out) = curl(&[
+        "-k",
+        "--cert",
+        stranger_pem.to_str().unwrap(),
+        "--key",
+        stranger_key.to_str().unwrap(),
+        "-H",
+        &auth,
+        &strict_url,
+    ]);
+    assert!(
+        out.ends_with("401") && out.contains("another workload"),
+        "a token passed on: {out}"
+    );
 
     // Revoking the frontend stops it at the point of use within a bundle poll, even on a
     // connection that is already open and with an SVID that has not expired.

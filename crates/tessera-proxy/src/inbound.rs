@@ -35,6 +35,9 @@ pub struct InboundConfig {
     pub handshake_timeout: Duration,
     /// Largest request head (all headers) accepted.
     pub max_header_bytes: usize,
+    /// Also require a bearer access token for this service, issued to the caller the client
+    /// certificate names.
+    pub require_token: Option<tessera_verify::Verifier>,
 }
 
 impl InboundConfig {
@@ -44,6 +47,7 @@ impl InboundConfig {
             max_body: 10 * 1024 * 1024,
             handshake_timeout: Duration::from_secs(10),
             max_header_bytes: 64 * 1024,
+            require_token: None,
         }
     }
 }
@@ -244,17 +248,42 @@ async fn handle(
             .request(caller.as_str(), me.as_str(), "too_large");
         return plain(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
     }
-    let env = Env {
+    let mut env = Env {
         now: tessera_core::now_unix(),
         source_ip: Some(source),
         token_age: 0,
+    };
+    let (scopes, authn) = match &ctx.cfg.require_token {
+        None => (Vec::new(), Authn::Mtls),
+        Some(verifier) => match bearer(verifier, caller, &req).await {
+            Ok(v) => {
+                let iat = v.claims.get("iat").and_then(serde_json::Value::as_i64);
+                env.token_age = iat.map_or(0, |iat| env.now - iat);
+                let scopes = v
+                    .scopes
+                    .iter()
+                    .filter_map(|s| tessera_core::Scope::parse(s).ok())
+                    .collect();
+                (scopes, Authn::MtlsJwt)
+            }
+            Err(why) => {
+                ctx.metrics
+                    .request(caller.as_str(), me.as_str(), "bad_token");
+                let mut r = plain(StatusCode::UNAUTHORIZED, why);
+                r.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer error=\"invalid_token\""),
+                );
+                return r;
+            }
+        },
     };
     let d = ctx.authz.decide(
         caller,
         req.method().as_str(),
         req.uri().path(),
-        &[],
-        Authn::Mtls,
+        &scopes,
+        authn,
         &env,
     );
     if let Some(limited) = &d.limited {
@@ -275,6 +304,31 @@ async fn handle(
     }
     ctx.metrics.request(caller.as_str(), me.as_str(), "allow");
     forward(ctx, caller, req).await
+}
+
+/// The request's bearer token, verified for this service and issued to the caller the client
+/// certificate names (a token passed on by another workload is refused).
+async fn bearer(
+    verifier: &tessera_verify::Verifier,
+    caller: &SpiffeId,
+    req: &Request<Incoming>,
+) -> Result<tessera_verify::Verified, &'static str> {
+    let token = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim())
+        .ok_or("a bearer access token is required\n")?;
+    let verified = verifier
+        .verify(token)
+        .await
+        .map_err(|_| "the access token is not valid for this service\n")?;
+    if verified.subject != caller.as_str() {
+        return Err("the access token was issued to another workload than the certificate's\n");
+    }
+    Ok(verified)
 }
 
 async fn forward(ctx: &Ctx, caller: &SpiffeId, req: Request<Incoming>) -> Response<Body> {
