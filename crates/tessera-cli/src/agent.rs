@@ -142,6 +142,7 @@ pub async fn fetch(
     socket: &str,
     audience: &[String],
     write: Option<&Path>,
+    id: Option<&str>,
     output: Output,
 ) -> anyhow::Result<u8> {
     let path = socket.strip_prefix("unix://").unwrap_or(socket);
@@ -188,8 +189,15 @@ pub async fn fetch(
         rows.push(json!({"spiffe_id": s.spiffe_id, "not_before": nb, "not_after": na}));
     }
     if let Some(dir) = write {
-        let Some(s) = first.svids.first() else {
-            bail!("no SVID to write");
+        let chosen = match id {
+            Some(id) => first.svids.iter().find(|s| s.spiffe_id == id),
+            None => first.svids.first(),
+        };
+        let Some(s) = chosen else {
+            bail!(
+                "no SVID to write{}",
+                id.map(|i| format!(" for `{i}`")).unwrap_or_default()
+            );
         };
         std::fs::create_dir_all(dir)?;
         let chain: String = split_ders(&s.x509_svid)?

@@ -392,6 +392,9 @@ pub enum SvidCommand {
         /// Write `svid.pem`, `svid.key` and `bundle.pem` here.
         #[arg(long)]
         write: Option<PathBuf>,
+        /// Which of this process's SVIDs to write (default: the first).
+        #[arg(long)]
+        id: Option<String>,
         #[arg(long, value_enum, default_value_t = Output::Text)]
         output: Output,
     },

@@ -211,9 +211,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
                     socket,
                     audience,
                     write,
+                    id,
                     output,
                 },
-        } => crate::agent::fetch(&socket, &audience, write.as_deref(), output).await,
+        } => crate::agent::fetch(&socket, &audience, write.as_deref(), id.as_deref(), output).await,
     }
 }
 

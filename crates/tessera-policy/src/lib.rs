@@ -108,7 +108,7 @@ impl Env {
 }
 
 /// How the caller of a route or secret proved who it is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Authn {
     Jwt,
@@ -221,13 +221,17 @@ pub struct PolicyEngine {
     /// Decisions already made for direct issuance requests. Sound only while no policy can
     /// read the request's circumstances: see [`PolicyEngine::cacheable`].
     decided: std::sync::RwLock<HashMap<DecisionKey, Decision>>,
+    /// The same for calls, keyed by the normalised path; under the same invariant.
+    decided_calls: std::sync::RwLock<HashMap<CallKey, Decision>>,
     /// INVARIANT: true only if no user policy mentions a circumstance (`now`, `hour`,
     /// `source_ip`, `token_age`), so that an issuance decision depends only on caller, target
-    /// and scopes. Just-in-time scopes do read them, so requests for those are never cached.
+    /// and scopes, and a call's only on caller, target, method, normalised path, scopes and
+    /// authn. Just-in-time scopes do read them, so token requests for those are never cached.
     cacheable: bool,
 }
 
 type DecisionKey = (SpiffeId, SpiffeId, Vec<Scope>);
+type CallKey = (SpiffeId, SpiffeId, String, String, Vec<Scope>, Authn);
 
 /// Bounds the decision cache; when full it is cleared, not grown.
 const MAX_CACHED_DECISIONS: usize = 100_000;
@@ -506,6 +510,7 @@ impl PolicyEngine {
             grants: grant_map,
             origins,
             decided: std::sync::RwLock::new(HashMap::new()),
+            decided_calls: std::sync::RwLock::new(HashMap::new()),
             cacheable,
         })
     }
@@ -625,10 +630,74 @@ impl PolicyEngine {
                 call.method.escape_debug()
             ));
         }
+        let key = self.cacheable.then(|| {
+            let mut scopes = call.scopes.to_vec();
+            scopes.sort();
+            scopes.dedup();
+            (
+                from.clone(),
+                to.clone(),
+                call.method.to_owned(),
+                path.clone(),
+                scopes,
+                call.authn,
+            )
+        });
+        if let Some(k) = &key {
+            if let Some(d) = self
+                .decided_calls
+                .read()
+                .ok()
+                .and_then(|m| m.get(k).cloned())
+            {
+                return d;
+            }
+        }
+        let decision = self.evaluate_route(from, to, call, &path, env);
+        if let Some(k) = key {
+            if let Ok(mut m) = self.decided_calls.write() {
+                if m.len() >= MAX_CACHED_DECISIONS {
+                    m.clear();
+                }
+                m.insert(k, decision.clone());
+            }
+        }
+        decision
+    }
+
+    /// [`PolicyEngine::decide_call`] without its cache: always a Cedar evaluation.
+    pub fn evaluate_call(
+        &self,
+        from: &SpiffeId,
+        to: &SpiffeId,
+        call: &Call<'_>,
+        env: &Env,
+    ) -> Decision {
+        match path::normalize(call.path) {
+            Ok(p) if model::METHODS.contains(&call.method) => {
+                self.evaluate_route(from, to, call, &p, env)
+            }
+            Ok(_) => Decision::deny(format!(
+                "method `{}` is not one policies know",
+                call.method.escape_debug()
+            )),
+            Err(e) => Decision::deny(e),
+        }
+    }
+
+    /// The Cedar evaluation of a call on the normalised `path`.
+    fn evaluate_route(
+        &self,
+        from: &SpiffeId,
+        to: &SpiffeId,
+        call: &Call<'_>,
+        path: &str,
+        env: &Env,
+    ) -> Decision {
         let Some(service) = self.workloads.get(to) else {
             return Decision::deny(format!("`{to}` is not a workload of this policy set"));
         };
-        let route = match model::route_entity(service, call.method, &path) {
+        let route = match model::route_entity(service, call.method, path) {
             Ok(r) => r,
             Err(e) => return Decision::deny(e),
         };

@@ -556,6 +556,33 @@ fn cached_decisions_equal_fresh_ones() {
         );
     }
     assert!(issue(&e, A, B, &["b:read", "b:read"]).allowed, "duplicates");
+    // Calls too, keyed by the normalised path.
+    let e = engine_with(
+        &MESH.replace("why = \"a reads b\"", ROUTED),
+        &[("env.cedar", ENV_POLICY)],
+    );
+    assert!(e.cacheable());
+    for (from, m, p) in [
+        (A, "GET", "/api/v1/b/1"),
+        (A, "GET", "/api/v1/b/../../x"),
+        (A, "PUT", "/api/v1/b/1"),
+        (C, "GET", "/"),
+        (D, "GET", "/"),
+    ] {
+        let c = Call {
+            method: m,
+            path: p,
+            scopes: &[],
+            authn: Authn::Mtls,
+        };
+        let first = e.decide_call(&id(from), &id(B), &c, &env());
+        assert_eq!(first, e.decide_call(&id(from), &id(B), &c, &env()));
+        assert_eq!(
+            first,
+            e.evaluate_call(&id(from), &id(B), &c, &env()),
+            "{from} {m} {p}"
+        );
+    }
 }
 
 #[test]

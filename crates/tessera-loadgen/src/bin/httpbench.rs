@@ -1,0 +1,101 @@
+//! `tessera-httpbench`: HTTP GET load, plain or with a client certificate, for the sidecar
+//! benchmark against nginx (the same generator for every peer).
+//!
+//!   tessera-httpbench --url URL [--cert PEM --key PEM] [--connections 32] [--seconds 10]
+//!                     [--new-connection]
+//!
+//! Closed loop: each connection sends the next request when the last answered. With
+//! `--new-connection` every request opens (and handshakes) a new connection. Prints one JSON
+//! line: requests per second, p50/p99 latency in µs, errors.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::print_stdout
+)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+
+#[derive(Parser)]
+struct Args {
+    #[arg(long)]
+    url: String,
+    #[arg(long)]
+    cert: Option<String>,
+    #[arg(long)]
+    key: Option<String>,
+    #[arg(long, default_value_t = 32)]
+    connections: usize,
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    #[arg(long)]
+    new_connection: bool,
+}
+
+fn client(a: &Args) -> reqwest::Client {
+    let mut b = reqwest::Client::builder()
+        // A benchmark client: the servers present SPIFFE certificates (no DNS name); the peers'
+        // own client-certificate checks are what is measured, not this client's.
+        .danger_accept_invalid_certs(true)
+        .timeout(Duration::from_secs(10));
+    if let (Some(c), Some(k)) = (&a.cert, &a.key) {
+        let pem = [std::fs::read(c).unwrap(), std::fs::read(k).unwrap()].concat();
+        b = b.identity(reqwest::Identity::from_pem(&pem).unwrap());
+    }
+    if a.new_connection {
+        b = b.pool_max_idle_per_host(0);
+    } else {
+        b = b.pool_max_idle_per_host(1);
+    }
+    b.build().unwrap()
+}
+
+#[tokio::main]
+async fn main() {
+    let a = Args::parse();
+    let stop = Instant::now() + Duration::from_secs(a.seconds);
+    let url = Arc::new(a.url.clone());
+    let mut tasks = Vec::new();
+    for _ in 0..a.connections {
+        // One client per connection, so keep-alive means one connection each.
+        let (c, url) = (client(&a), url.clone());
+        tasks.push(tokio::spawn(async move {
+            let (mut lat, mut errors) = (Vec::new(), 0u64);
+            while Instant::now() < stop {
+                let t = Instant::now();
+                match c.get(url.as_str()).send().await {
+                    Ok(r) if r.status().is_success() => {
+                        let _ = r.bytes().await;
+                        lat.push(t.elapsed().as_micros() as u64);
+                    }
+                    _ => errors += 1,
+                }
+            }
+            (lat, errors)
+        }));
+    }
+    let (mut all, mut errors) = (Vec::new(), 0);
+    for t in tasks {
+        let (l, e) = t.await.unwrap();
+        all.extend(l);
+        errors += e;
+    }
+    all.sort_unstable();
+    let pct = |q: f64| {
+        all.get(((all.len() as f64 * q) as usize).min(all.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0)
+    };
+    println!(
+        "{}",
+        serde_json::json!({
+            "rps": all.len() as f64 / a.seconds as f64,
+            "p50_us": pct(0.5),
+            "p99_us": pct(0.99),
+            "errors": errors,
+        })
+    );
+}
