@@ -30,6 +30,7 @@ pub async fn run(command: ProxyCommand) -> anyhow::Result<u8> {
             sample_allows,
             max_body,
             require_token,
+            handshake_timeout,
             common,
         } => {
             init_logs(common.log_format, "info");
@@ -62,6 +63,7 @@ pub async fn run(command: ProxyCommand) -> anyhow::Result<u8> {
             let listen = listener.local_addr()?;
             let mut cfg = InboundConfig::new(upstream);
             cfg.max_body = max_body;
+            cfg.handshake_timeout = handshake_timeout;
             if require_token {
                 let config =
                     VerifierConfig::access_token(server.trim_end_matches('/'), me.as_str())

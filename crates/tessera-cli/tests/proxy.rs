@@ -667,3 +667,136 @@ async fn rotation_under_load_fails_no_request() {
         "the inbound serves its rotated SVID"
     );
 }
+
+/// Slow and oversized clients: cut off after the handshake timeout (before TLS, and in the middle
+/// of a request head), headers over the limit refused; none reaches the upstream, all are counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_and_oversized_clients_are_cut_off() {
+    use std::io::Write;
+    use tokio::io::AsyncReadExt;
+
+    let s = server(Backend::Sqlite, &[]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(dir.path(), "mesh.toml", &mesh());
+    let o = tessera(&s.data, &["apply", "-f", p.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = tessera(&s.data, &["agent", "token", "create"]);
+    let token = stdout(&o).lines().next().unwrap().to_owned();
+    let socket = dir.path().join("agent.sock");
+    let mut agent_cmd = Command::new(BIN);
+    agent_cmd
+        .args([
+            "agent",
+            "--server",
+            &s.url,
+            "--join-token",
+            &token,
+            "--socket",
+        ])
+        .arg(&socket)
+        .arg("--data")
+        .arg(dir.path().join("agent-data"))
+        .env("TESSERA_LOG", "warn");
+    let _agent = spawn_ready(agent_cmd, "tessera: agent ready socket=");
+    let up = upstream().await.to_string();
+    let inbound = proxy(
+        &[
+            "inbound",
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            &up,
+            "--server",
+            &s.url,
+            "--handshake-timeout",
+            "1s",
+        ],
+        &socket,
+        BACKEND,
+    );
+    let (in_addr, in_admin) = addrs(&inbound);
+    let (pem, key, _) = svid_files(&socket, FRONTEND, dir.path()).await;
+
+    // A TCP client that never starts TLS: closed after the timeout.
+    let started = Instant::now();
+    let mut idle = tokio::net::TcpStream::connect(&in_addr).await.unwrap();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(5), idle.read(&mut buf))
+        .await
+        .expect("closed within the timeout")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // A client that completes mTLS, then sends half a request head and stalls.
+    let started = Instant::now();
+    let mut slow = Command::new("openssl")
+        .args(["s_client", "-quiet", "-connect", &in_addr, "-cert"])
+        .arg(&pem)
+        .arg("-key")
+        .arg(&key)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = slow.stdin.take().unwrap();
+    stdin
+        .write_all(b"GET /api/slow HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    stdin.flush().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while slow.try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "a stalled request head was never cut off"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(stdin);
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // Headers over the limit (64 KiB): refused, the upstream never sees them.
+    let huge = format!("X-Big: {}", "a".repeat(100 * 1024));
+    let (code, out) = curl(&[
+        "--http1.1",
+        "-k",
+        "--cert",
+        pem.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+        "-H",
+        &huge,
+        &format!("https://{in_addr}/api/big"),
+    ]);
+    assert!(
+        code != 0 || out.ends_with("431"),
+        "oversized headers got through: {code} {out}"
+    );
+    assert!(!out.contains("/api/big"), "{out}");
+
+    let metrics = get_text(&format!("{in_admin}/metrics")).await;
+    assert!(
+        metrics.contains("tessera_proxy_handshake_failures_total{reason=\"timeout\"} 1"),
+        "{metrics}"
+    );
+    // The proxy is still serving.
+    let (code, out) = curl(&[
+        "-k",
+        "--cert",
+        pem.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+        &format!("https://{in_addr}/api/after"),
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.ends_with("200") || out.ends_with("403"), "{out}");
+}
