@@ -111,13 +111,19 @@ pub async fn run(a: DevArgs) -> anyhow::Result<u8> {
     if let Err(e) = &result {
         steps.fail(&format!("the demo stopped: {e:#}"));
     }
-    let agent = match agent_demo(&mut steps, &data, &url, admin).await {
+    let agent = match agent_demo(&mut steps, &data, &url, admin.clone()).await {
         Ok(a) => Some(a),
         Err(e) => {
             steps.fail(&format!("the agent demo stopped: {e:#}"));
             None
         }
     };
+    let (stop_sidecars, sidecars) = tokio::sync::watch::channel(false);
+    if let Some(a) = &agent {
+        if let Err(e) = sidecar_demo(&mut steps, &data, &url, admin, &a.socket, sidecars).await {
+            steps.fail(&format!("the sidecar demo stopped: {e:#}"));
+        }
+    }
     println!();
     if steps.failed == 0 {
         println!("every step behaved");
@@ -132,6 +138,7 @@ pub async fn run(a: DevArgs) -> anyhow::Result<u8> {
         let _ = std::io::stdout().flush();
         wait_for_signal().await;
     }
+    let _ = stop_sidecars.send(true);
     if let Some(a) = &agent {
         a.abort();
         let _ = std::fs::remove_file(&a.socket);
@@ -139,6 +146,141 @@ pub async fn run(a: DevArgs) -> anyhow::Result<u8> {
     running.shutdown();
     running.wait().await;
     Ok(if steps.failed == 0 { 0 } else { 1 })
+}
+
+/// 7. Two services talk through sidecars: mTLS with their SVIDs, policy at the receiving side.
+async fn sidecar_demo(
+    steps: &mut Steps,
+    data: &Path,
+    url: &str,
+    admin: AdminClient,
+    socket: &Path,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let uid = std::fs::metadata("/proc/self")?.uid();
+    let (shop, stock) = (
+        "spiffe://example.org/dev/shop",
+        "spiffe://example.org/dev/stock",
+    );
+    let mesh = format!(
+        r#"[[workload]]
+id = "{shop}"
+owner = "you"
+purpose = "A demo web shop that reads stock"
+environment = "dev"
+selectors = ["unix:uid:{uid}"]
+
+[[workload]]
+id = "{stock}"
+owner = "you"
+purpose = "A demo stock service, unmodified, behind a sidecar"
+environment = "dev"
+selectors = ["unix:uid:{uid}"]
+
+[[grant]]
+from = "{shop}"
+to = "{stock}"
+routes = [{{ methods = ["GET"], paths = ["/stock/*"] }}]
+why = "The shop shows what is in stock"
+"#
+    );
+    let files = data.join("identity");
+    std::fs::write(files.join("sidecars.toml"), &mesh)?;
+    let state = tessera_core::manifest::load(&files.join("sidecars.toml"))?;
+    admin
+        .post(
+            "/v1/apply",
+            json!({"state": state, "dry_run": false, "prune": false}),
+        )
+        .await?;
+    println!("\n7. shop -> stock through sidecars (mTLS with their SVIDs, policy at stock's side)");
+
+    // The stock service: plain HTTP on loopback, unaware of any of this.
+    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let upstream_addr = upstream.local_addr()?;
+    let app = axum::Router::new().fallback(|headers: axum::http::HeaderMap| async move {
+        let caller = headers
+            .get("x-tessera-caller")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("nobody")
+            .to_owned();
+        format!("12 apples in stock (asked by {caller})\n")
+    });
+    tokio::spawn(async move { axum::serve(upstream, app).await });
+
+    // Each sidecar waits until the agent holds its SVID (the registrations just arrived).
+    let identity = |id: &'static str| async move {
+        let want = tessera_core::SpiffeId::parse(id).map_err(|e| anyhow!("{e}"))?;
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15);
+        loop {
+            match tessera_proxy::Identity::start(socket, Some(want.clone())).await {
+                Ok(i) => return Ok::<_, anyhow::Error>(i),
+                Err(e) if tokio::time::Instant::now() > deadline => return Err(e.into()),
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+            }
+        }
+    };
+    let (shop_id, stock_id) = (identity(shop).await?, identity(stock).await?);
+    let base: reqwest::Url = format!("{}/", url.trim_end_matches('/')).parse()?;
+    let audience = url.trim_end_matches('/').to_owned();
+    let for_token = stock_id.clone();
+    let source = tessera_verify::BundleSource::new(base, reqwest::Client::new(), move || {
+        let (id, aud) = (for_token.clone(), audience.clone());
+        Box::pin(async move { id.jwt_svid(&aud).await.map_err(|e| e.to_string()) })
+    });
+    let authz = tessera_verify::Authorizer::new(
+        tessera_core::SpiffeId::parse(stock).map_err(|e| anyhow!("{e}"))?,
+    );
+    authz.spawn_bundle_sync(source);
+    let metrics = tessera_proxy::ProxyMetrics::default();
+    let inbound = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let inbound_addr = inbound.local_addr()?;
+    tokio::spawn(tessera_proxy::inbound::serve(
+        inbound,
+        tessera_proxy::inbound::InboundConfig::new(upstream_addr),
+        stock_id,
+        authz.clone(),
+        metrics.clone(),
+        stop.clone(),
+    ));
+    let outbound = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let outbound_addr = outbound.local_addr()?;
+    tokio::spawn(tessera_proxy::outbound::serve(
+        outbound,
+        tessera_proxy::outbound::OutboundConfig {
+            target: inbound_addr,
+            target_id: tessera_core::SpiffeId::parse(stock).map_err(|e| anyhow!("{e}"))?,
+            connect_timeout: std::time::Duration::from_secs(5),
+        },
+        shop_id,
+        metrics,
+        stop,
+    ));
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15);
+    while authz.version().is_none() {
+        if tokio::time::Instant::now() > deadline {
+            return Err(anyhow!("stock's sidecar got no policy bundle"));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    println!("        shop's outbound sidecar http://{outbound_addr}  ->  mTLS  ->  stock's inbound sidecar {inbound_addr}  ->  http://{upstream_addr}");
+    let http = reqwest::Client::new();
+    for (path, want) in [("/stock/apples", 200u16), ("/admin", 403)] {
+        let r = http
+            .get(format!("http://{outbound_addr}{path}"))
+            .send()
+            .await?;
+        let status = r.status().as_u16();
+        let body = r.text().await.unwrap_or_default();
+        let line = format!("GET {path} -> {status} {}", body.trim());
+        if status == want {
+            steps.ok(&line);
+        } else {
+            steps.fail(&format!("{line} (expected {want})"));
+        }
+    }
+    Ok(())
 }
 
 /// 6. A node agent joins, and a separate local process gets its SVID with no secret at all.
