@@ -321,6 +321,14 @@ fn dev_once_behaves() {
     );
     assert!(out.contains("every step behaved"), "{out}");
     assert!(!out.contains("FAIL"), "{out}");
+    // The sidecar step: an allowed call that names its caller, and a denied one.
+    assert!(
+        out.contains(
+            "GET /stock/apples -> 200 12 apples in stock (asked by spiffe://example.org/dev/shop)"
+        ),
+        "{out}"
+    );
+    assert!(out.contains("GET /admin -> 403 denied by policy"), "{out}");
 }
 
 #[test]
