@@ -172,12 +172,19 @@ async fn connection(
         ctx.metrics.handshake_failed("no_spiffe_id");
         return;
     };
-    let source = peer.ip();
+    let Some(me) = ctx.identity.spiffe_id() else {
+        return;
+    };
+    let conn = Arc::new(Conn {
+        counters: ctx.metrics.for_pair(caller.as_str(), me.as_str()),
+        caller,
+        source: peer.ip(),
+    });
     let service = {
         let ctx = ctx.clone();
         hyper::service::service_fn(move |req| {
-            let (ctx, caller) = (ctx.clone(), caller.clone());
-            async move { Ok::<_, Infallible>(handle(&ctx, &caller, source, req).await) }
+            let (ctx, conn) = (ctx.clone(), conn.clone());
+            async move { Ok::<_, Infallible>(handle(&ctx, &conn, req).await) }
         })
     };
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -229,23 +236,22 @@ fn handshake_reason(e: &std::io::Error) -> &'static str {
     }
 }
 
-async fn handle(
-    ctx: &Ctx,
-    caller: &SpiffeId,
+/// What a connection knows once its handshake is done.
+struct Conn {
+    caller: SpiffeId,
     source: IpAddr,
-    req: Request<Incoming>,
-) -> Response<Body> {
-    let Some(me) = ctx.identity.spiffe_id() else {
-        return plain(StatusCode::SERVICE_UNAVAILABLE, "no identity yet\n");
-    };
+    counters: crate::metrics::PairCounters,
+}
+
+async fn handle(ctx: &Ctx, conn: &Conn, req: Request<Incoming>) -> Response<Body> {
+    let (caller, source) = (&conn.caller, conn.source);
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|n| n > ctx.cfg.max_body) {
-        ctx.metrics
-            .request(caller.as_str(), me.as_str(), "too_large");
+        conn.counters.too_large.inc();
         return plain(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
     }
     let mut env = Env {
@@ -267,8 +273,7 @@ async fn handle(
                 (scopes, Authn::MtlsJwt)
             }
             Err(why) => {
-                ctx.metrics
-                    .request(caller.as_str(), me.as_str(), "bad_token");
+                conn.counters.bad_token.inc();
                 let mut r = plain(StatusCode::UNAUTHORIZED, why);
                 r.headers_mut().insert(
                     header::WWW_AUTHENTICATE,
@@ -287,7 +292,7 @@ async fn handle(
         &env,
     );
     if let Some(limited) = &d.limited {
-        ctx.metrics.request(caller.as_str(), me.as_str(), "limited");
+        conn.counters.limited.inc();
         let mut r = plain(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded\n");
         r.headers_mut().insert(
             header::RETRY_AFTER,
@@ -296,13 +301,13 @@ async fn handle(
         return r;
     }
     if !d.allowed {
-        ctx.metrics.request(caller.as_str(), me.as_str(), "deny");
+        conn.counters.deny.inc();
         let mut r = plain(StatusCode::FORBIDDEN, "denied by policy\n");
         r.headers_mut()
             .insert("tessera-decision", HeaderValue::from_static("deny"));
         return r;
     }
-    ctx.metrics.request(caller.as_str(), me.as_str(), "allow");
+    conn.counters.allow.inc();
     forward(ctx, caller, req).await
 }
 

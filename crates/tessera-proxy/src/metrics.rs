@@ -13,6 +13,16 @@ pub struct RequestLabels {
     pub decision: &'static str,
 }
 
+/// See [`ProxyMetrics::for_pair`].
+#[derive(Clone, Debug)]
+pub struct PairCounters {
+    pub allow: Counter,
+    pub deny: Counter,
+    pub limited: Counter,
+    pub too_large: Counter,
+    pub bad_token: Counter,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
     pub reason: &'static str,
@@ -56,6 +66,27 @@ impl ProxyMetrics {
                 decision,
             })
             .inc();
+    }
+
+    /// The request counters of one (caller, target) pair, looked up once per connection so that
+    /// a request only increments (no label allocation on the hot path).
+    pub fn for_pair(&self, caller: &str, target: &str) -> PairCounters {
+        let c = |decision| {
+            self.requests
+                .get_or_create(&RequestLabels {
+                    caller: caller.to_owned(),
+                    target: target.to_owned(),
+                    decision,
+                })
+                .clone()
+        };
+        PairCounters {
+            allow: c("allow"),
+            deny: c("deny"),
+            limited: c("limited"),
+            too_large: c("too_large"),
+            bad_token: c("bad_token"),
+        }
     }
 
     pub fn handshake_failed(&self, reason: &'static str) {
