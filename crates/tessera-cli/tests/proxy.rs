@@ -406,10 +406,15 @@ async fn sidecars_enforce_mtls_and_policy() {
         metrics.contains("tessera_proxy_handshake_failures_total{reason=\"plain_http\"} 1"),
         "{metrics}"
     );
-    assert!(
-        metrics.contains("tessera_proxy_handshake_failures_total{reason=\""),
-        "{metrics}"
-    );
+    // curl without a certificate, and the self-signed look-alike.
+    for reason in ["no_client_certificate", "rejected_certificate"] {
+        assert!(
+            metrics.contains(&format!(
+                "tessera_proxy_handshake_failures_total{{reason=\"{reason}\"}} "
+            )),
+            "{reason}: {metrics}"
+        );
+    }
     let expiry: i64 = metrics
         .lines()
         .find_map(|l| l.strip_prefix("tessera_proxy_svid_expiry_seconds "))

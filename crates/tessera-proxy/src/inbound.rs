@@ -215,24 +215,26 @@ async fn connection(
     }
 }
 
+/// A metric label for a refused handshake, from the rustls error inside the I/O error.
 fn handshake_reason(e: &std::io::Error) -> &'static str {
-    let text = e.to_string();
-    if text.contains("CertificateRequired")
-        || text.contains("NoCertificatesPresented")
-        || text.contains("no certificate")
-    {
-        "no_client_certificate"
-    } else if text.contains("expired")
-        || text.contains("not yet valid")
-        || text.contains("NotValidYet")
-    {
-        "certificate_time"
-    } else if text.contains("trust domain") || text.contains("not trusted") {
-        "untrusted_trust_domain"
-    } else if text.contains("SPIFFE") || text.contains("URI SAN") || text.contains("CA") {
-        "not_an_svid"
-    } else {
-        "tls"
+    let Some(tls) = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    else {
+        return "io";
+    };
+    match tls {
+        rustls::Error::NoCertificatesPresented => "no_client_certificate",
+        rustls::Error::InvalidCertificate(
+            rustls::CertificateError::Expired | rustls::CertificateError::NotValidYet,
+        ) => "certificate_time",
+        // The SPIFFE verifier's refusals: another trust domain, not an SVID, a bad chain.
+        rustls::Error::General(_) | rustls::Error::InvalidCertificate(_) => "rejected_certificate",
+        rustls::Error::InappropriateMessage { .. }
+        | rustls::Error::InappropriateHandshakeMessage { .. }
+        | rustls::Error::InvalidMessage(_)
+        | rustls::Error::PeerIncompatible(_) => "tls_protocol",
+        _ => "tls",
     }
 }
 
