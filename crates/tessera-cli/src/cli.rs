@@ -177,6 +177,9 @@ pub enum ProxyCommand {
         /// client certificate names; its scopes reach the policy.
         #[arg(long)]
         require_token: bool,
+        /// The upstream speaks HTTP/2 without TLS (h2c, e.g. a gRPC server); default HTTP/1.1.
+        #[arg(long)]
+        upstream_h2: bool,
         /// How long a client may take over its TLS handshake, and over each request's headers.
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         handshake_timeout: std::time::Duration,

@@ -31,6 +31,7 @@ pub async fn run(command: ProxyCommand) -> anyhow::Result<u8> {
             max_body,
             require_token,
             handshake_timeout,
+            upstream_h2,
             common,
         } => {
             init_logs(common.log_format, "info");
@@ -64,6 +65,7 @@ pub async fn run(command: ProxyCommand) -> anyhow::Result<u8> {
             let mut cfg = InboundConfig::new(upstream);
             cfg.max_body = max_body;
             cfg.handshake_timeout = handshake_timeout;
+            cfg.upstream_h2 = upstream_h2;
             if require_token {
                 let config =
                     VerifierConfig::access_token(server.trim_end_matches('/'), me.as_str())

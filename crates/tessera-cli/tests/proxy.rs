@@ -71,13 +71,13 @@ auth = "client_secret"
 /// The upstream: an unmodified HTTP service that reports what it received.
 async fn upstream() -> std::net::SocketAddr {
     use axum::http::HeaderMap;
-    let app = axum::Router::new().fallback(|headers: HeaderMap, uri: axum::http::Uri| async move {
+    let app = axum::Router::new().fallback(|version: axum::http::Version, headers: HeaderMap, uri: axum::http::Uri| async move {
         let caller: Vec<String> = headers
             .get_all("x-tessera-caller")
             .iter()
             .map(|v| v.to_str().unwrap().to_owned())
             .collect();
-        axum::Json(serde_json::json!({"path": uri.path(), "caller": caller}))
+        axum::Json(serde_json::json!({"path": uri.path(), "caller": caller, "version": format!("{version:?}")}))
     });
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
@@ -301,6 +301,8 @@ async fn sidecars_enforce_mtls_and_policy() {
             &url,
         ]);
         assert_eq!(code, 0, "{version} {out}\n{}", inbound.stderr());
+        // An HTTP/1.1 upstream gets HTTP/1.1 whatever the caller spoke.
+        assert!(out.contains("\"version\":\"HTTP/1.1\""), "{version}: {out}");
         assert!(
             out.ends_with("200") && out.contains(FRONTEND),
             "{version}: {out}"
@@ -436,6 +438,7 @@ async fn sidecars_enforce_mtls_and_policy() {
             "--server",
             &s.url,
             "--require-token",
+            "--upstream-h2",
         ],
         &socket,
         BACKEND,
@@ -478,8 +481,10 @@ async fn sidecars_enforce_mtls_and_policy() {
     );
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let (_, out) = with_front(&["-H", &auth]);
+        let (_, out) = with_front(&["--http2", "-H", &auth]);
         if out.ends_with("200") {
+            // `--upstream-h2`: HTTP/2 end to end (as gRPC needs).
+            assert!(out.contains("\"version\":\"HTTP/2.0\""), "{out}");
             break;
         }
         assert!(Instant::now() < deadline, "certificate and token: {out}");

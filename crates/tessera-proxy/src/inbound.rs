@@ -38,6 +38,9 @@ pub struct InboundConfig {
     /// Also require a bearer access token for this service, issued to the caller the client
     /// certificate names.
     pub require_token: Option<tessera_verify::Verifier>,
+    /// The upstream speaks HTTP/2 without TLS (h2c, e.g. gRPC): requests go to it as HTTP/2.
+    /// Otherwise every request, HTTP/2 ones included, goes to it as HTTP/1.1.
+    pub upstream_h2: bool,
 }
 
 impl InboundConfig {
@@ -48,6 +51,7 @@ impl InboundConfig {
             handshake_timeout: Duration::from_secs(10),
             max_header_bytes: 64 * 1024,
             require_token: None,
+            upstream_h2: false,
         }
     }
 }
@@ -355,7 +359,9 @@ async fn forward(ctx: &Ctx, caller: &SpiffeId, req: Request<Incoming>) -> Respon
         return plain(StatusCode::BAD_REQUEST, "caller cannot be named\n");
     };
     parts.headers.insert(CALLER_HEADER, who);
-    let h2 = parts.version == Version::HTTP_2;
+    // Most services speak HTTP/1.1 only: an HTTP/2 caller is translated unless the upstream is
+    // declared h2c (gRPC needs HTTP/2, and its trailers, end to end).
+    let h2 = ctx.cfg.upstream_h2;
     parts.version = if h2 {
         Version::HTTP_2
     } else {
