@@ -82,7 +82,8 @@ pub enum Command {
     Revoke {
         #[arg(value_parser = ["workload", "token", "agent"])]
         kind: String,
-        /// SPIFFE ID, token ID (`jti`) or agent ID.
+        /// SPIFFE ID, token ID (`jti`) or agent ID. A `jti` is base64url and may begin with `-`.
+        #[arg(allow_hyphen_values = true)]
         id: String,
         #[command(flatten)]
         target: Target,

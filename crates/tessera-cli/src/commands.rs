@@ -495,6 +495,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_jti_that_begins_with_a_hyphen_is_an_id_not_a_flag() {
+        use clap::Parser;
+        let cli =
+            crate::cli::Cli::try_parse_from(["tessera", "revoke", "token", "-5abc_Z"]).unwrap();
+        match cli.command {
+            Command::Revoke { kind, id, .. } => {
+                assert_eq!((kind.as_str(), id.as_str()), ("token", "-5abc_Z"))
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn metadata_url_inserts_well_known() {
         assert_eq!(
             metadata_url("https://a.example/").unwrap().as_str(),
