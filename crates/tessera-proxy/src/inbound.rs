@@ -103,15 +103,19 @@ pub async fn serve(
     });
     let live = Arc::new(());
     loop {
-        let (stream, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    continue;
-                }
-            },
-            _ = stop.wait_for(|s| *s) => break,
+        let accepted = tokio::select! {
+            r = listener.accept() => Some(r),
+            () = crate::stopped(&mut stop) => None,
+        };
+        let (stream, peer) = match accepted {
+            None => break,
+            Some(Ok(s)) => s,
+            Some(Err(e)) => {
+                // E.g. out of file descriptors: wait a moment rather than spin.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
         };
         let _ = stream.set_nodelay(true);
         let (ctx, acceptor, stop, live) =
@@ -202,17 +206,13 @@ async fn connection(
         .max_header_list_size(u32::try_from(ctx.cfg.max_header_bytes).unwrap_or(u32::MAX));
     let conn = builder.serve_connection(TokioIo::new(tls), service);
     tokio::pin!(conn);
-    // The guard `wait_for` returns must not live across an await (it is not `Send`).
-    let stopped = async move {
-        let _ = stop.wait_for(|s| *s).await;
-    };
     tokio::select! {
         r = conn.as_mut() => {
             if let Err(e) = r {
                 tracing::debug!(error = %e, %peer, "connection ended with an error");
             }
         }
-        () = stopped => {
+        () = crate::stopped(&mut stop) => {
             conn.as_mut().graceful_shutdown();
             let _ = conn.await;
         }

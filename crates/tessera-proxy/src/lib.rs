@@ -29,6 +29,12 @@ pub enum ProxyError {
     Listen { addr: String, message: String },
 }
 
+/// Resolves once `stop` turns true. The guard `wait_for` returns is dropped here, so callers may
+/// await other things after it (it is not `Send`).
+async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
 /// The rustls provider every proxy connection uses (one provider in the whole project).
 fn provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {
     std::sync::Arc::new(rustls::crypto::ring::default_provider())

@@ -171,15 +171,19 @@ pub async fn serve(
         metrics,
     });
     loop {
-        let (stream, _) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    continue;
-                }
-            },
-            _ = stop.wait_for(|s| *s) => return Ok(()),
+        let accepted = tokio::select! {
+            r = listener.accept() => Some(r),
+            () = crate::stopped(&mut stop) => None,
+        };
+        let (stream, _) = match accepted {
+            None => return Ok(()),
+            Some(Ok(s)) => s,
+            Some(Err(e)) => {
+                // E.g. out of file descriptors: wait a moment rather than spin.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
         };
         let _ = stream.set_nodelay(true);
         let ctx = ctx.clone();
