@@ -759,6 +759,20 @@ async fn library_authorizer_protects_an_axum_service() {
         "audience is the authority, not the service"
     );
 
+    // The records endpoint refuses more than 1,000 records, and bodies over 2 MiB.
+    let record = serde_json::json!({"caller": ORDERS, "method": "GET", "path": "/", "allowed": false, "reason": "x", "at": 0});
+    let records = |n: usize| serde_json::json!({ "records": vec![record.clone(); n] });
+    let post = |body: Value| {
+        reqwest::Client::new()
+            .post(format!("{}/v1/policy/decisions", s.url))
+            .bearer_auth(&own)
+            .json(&body)
+            .send()
+    };
+    assert_eq!(post(records(1_001)).await.unwrap().status(), 400);
+    let big = serde_json::json!({"records": [], "pad": "x".repeat(3 * 1024 * 1024)});
+    assert_eq!(post(big).await.unwrap().status(), 413);
+
     // Denials reach the audit trail, with the service as actor and the caller as subject.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {

@@ -48,6 +48,8 @@ use crate::state::Snapshot;
 const MAX_BODY: usize = 64 * 1024;
 /// The largest admin request (identity files applied over HTTP).
 const MAX_ADMIN_BODY: usize = 32 * 1024 * 1024;
+/// A batch of decision records (at most 1,000, each a few hundred bytes) from a service.
+const MAX_RECORDS_BODY: usize = 2 * 1024 * 1024;
 
 /// Everything a request handler needs. One per server process.
 pub struct App {
@@ -715,7 +717,7 @@ fn api_router(app: Arc<App>) -> Router {
         .nest("/agent/v1", agents::routes())
         .nest(
             "/v1/policy",
-            policy::workload_routes().layer(axum::extract::DefaultBodyLimit::max(MAX_ADMIN_BODY)),
+            policy::workload_routes().layer(axum::extract::DefaultBodyLimit::max(MAX_RECORDS_BODY)),
         )
         .with_state(app)
 }
