@@ -121,24 +121,10 @@ where
     panic!("{what}: not within {secs} s");
 }
 
-fn pem(der: &[u8]) -> String {
-    use base64::Engine;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let body: Vec<String> = b64
-        .as_bytes()
-        .chunks(64)
-        .map(|c| String::from_utf8(c.to_vec()).unwrap())
-        .collect();
-    format!(
-        "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
-        body.join("\n")
-    )
-}
-
 fn openssl_verify(dir: &Path, bundle: &[Vec<u8>], leaf: &[u8], purpose: &str) -> (bool, String) {
-    let b: String = bundle.iter().map(|c| pem(c)).collect();
+    let b: String = bundle.iter().map(|c| pem("CERTIFICATE", c)).collect();
     let bp = write(dir, "bundle.pem", &b);
-    let lp = write(dir, "leaf.pem", &pem(leaf));
+    let lp = write(dir, "leaf.pem", &pem("CERTIFICATE", leaf));
     let o = Command::new("openssl")
         .args(["verify", "-purpose", purpose, "-CAfile"])
         .arg(&bp)

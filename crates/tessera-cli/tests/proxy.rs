@@ -68,6 +68,46 @@ auth = "client_secret"
     )
 }
 
+/// A server with `mesh` applied and a node agent joined, whose Workload API serves this process.
+struct Mesh {
+    s: Server,
+    dir: tempfile::TempDir,
+    socket: PathBuf,
+    _agent: tessera_testkit::Proc,
+}
+
+fn start(mesh: &str) -> Mesh {
+    let s = server(Backend::Sqlite, &[]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(dir.path(), "mesh.toml", mesh);
+    let o = tessera(&s.data, &["apply", "-f", p.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = tessera(&s.data, &["agent", "token", "create"]);
+    let token = stdout(&o).lines().next().unwrap().to_owned();
+    let socket = dir.path().join("agent.sock");
+    let mut agent = Command::new(BIN);
+    agent
+        .args([
+            "agent",
+            "--server",
+            &s.url,
+            "--join-token",
+            &token,
+            "--socket",
+        ])
+        .arg(&socket)
+        .arg("--data")
+        .arg(dir.path().join("agent-data"))
+        .env("TESSERA_LOG", "warn");
+    let _agent = spawn_ready(agent, "tessera: agent ready socket=");
+    Mesh {
+        s,
+        dir,
+        socket,
+        _agent,
+    }
+}
+
 /// The upstream: an unmodified HTTP service that reports what it received.
 async fn upstream() -> std::net::SocketAddr {
     use axum::http::HeaderMap;
@@ -106,20 +146,6 @@ fn addrs(p: &tessera_testkit::Proc) -> (String, String) {
             .to_owned()
     };
     (field("listen="), field("admin="))
-}
-
-fn pem(label: &str, der: &[u8]) -> String {
-    use base64::Engine;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let body: Vec<String> = b64
-        .as_bytes()
-        .chunks(64)
-        .map(|c| String::from_utf8(c.to_vec()).unwrap())
-        .collect();
-    format!(
-        "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
-        body.join("\n")
-    )
 }
 
 /// Writes the SVID of `id` as PEM files for curl and openssl: (chain, key, bundle).
@@ -173,29 +199,12 @@ fn curl(args: &[&str]) -> (i32, String) {
 // Multi-threaded: the upstream runs in this process while curl and openssl block a thread.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sidecars_enforce_mtls_and_policy() {
-    let s = server(Backend::Sqlite, &[]).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let p = write(dir.path(), "mesh.toml", &mesh());
-    let o = tessera(&s.data, &["apply", "-f", p.to_str().unwrap()]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let o = tessera(&s.data, &["agent", "token", "create"]);
-    let token = stdout(&o).lines().next().unwrap().to_owned();
-    let socket = dir.path().join("agent.sock");
-    let mut agent_cmd = Command::new(BIN);
-    agent_cmd
-        .args([
-            "agent",
-            "--server",
-            &s.url,
-            "--join-token",
-            &token,
-            "--socket",
-        ])
-        .arg(&socket)
-        .arg("--data")
-        .arg(dir.path().join("agent-data"))
-        .env("TESSERA_LOG", "warn");
-    let _agent = spawn_ready(agent_cmd, "tessera: agent ready socket=");
+    let Mesh {
+        s,
+        dir,
+        socket,
+        _agent,
+    } = start(&mesh());
 
     let up = upstream().await;
     let up = up.to_string();
@@ -548,30 +557,12 @@ async fn sidecars_enforce_mtls_and_policy() {
 /// the new certificate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotation_under_load_fails_no_request() {
-    let s = server(Backend::Sqlite, &[]).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let short = mesh().replace("selectors = [", "x509_ttl = \"10s\"\nselectors = [");
-    let p = write(dir.path(), "mesh.toml", &short);
-    let o = tessera(&s.data, &["apply", "-f", p.to_str().unwrap()]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let o = tessera(&s.data, &["agent", "token", "create"]);
-    let token = stdout(&o).lines().next().unwrap().to_owned();
-    let socket = dir.path().join("agent.sock");
-    let mut agent_cmd = Command::new(BIN);
-    agent_cmd
-        .args([
-            "agent",
-            "--server",
-            &s.url,
-            "--join-token",
-            &token,
-            "--socket",
-        ])
-        .arg(&socket)
-        .arg("--data")
-        .arg(dir.path().join("agent-data"))
-        .env("TESSERA_LOG", "warn");
-    let _agent = spawn_ready(agent_cmd, "tessera: agent ready socket=");
+    let Mesh {
+        s,
+        dir,
+        socket,
+        _agent,
+    } = start(&mesh().replace("selectors = [", "x509_ttl = \"10s\"\nselectors = ["));
     let up = upstream().await.to_string();
     let inbound = proxy(
         &[
@@ -694,29 +685,12 @@ async fn slow_and_oversized_clients_are_cut_off() {
     use std::io::Write;
     use tokio::io::AsyncReadExt;
 
-    let s = server(Backend::Sqlite, &[]).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let p = write(dir.path(), "mesh.toml", &mesh());
-    let o = tessera(&s.data, &["apply", "-f", p.to_str().unwrap()]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let o = tessera(&s.data, &["agent", "token", "create"]);
-    let token = stdout(&o).lines().next().unwrap().to_owned();
-    let socket = dir.path().join("agent.sock");
-    let mut agent_cmd = Command::new(BIN);
-    agent_cmd
-        .args([
-            "agent",
-            "--server",
-            &s.url,
-            "--join-token",
-            &token,
-            "--socket",
-        ])
-        .arg(&socket)
-        .arg("--data")
-        .arg(dir.path().join("agent-data"))
-        .env("TESSERA_LOG", "warn");
-    let _agent = spawn_ready(agent_cmd, "tessera: agent ready socket=");
+    let Mesh {
+        s,
+        dir,
+        socket,
+        _agent,
+    } = start(&mesh());
     let up = upstream().await.to_string();
     let inbound = proxy(
         &[

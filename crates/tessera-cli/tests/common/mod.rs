@@ -224,3 +224,18 @@ pub fn tls_server(data: &Path, trust_domains: &[&str]) -> Proc {
     }
     spawn_ready(cmd, "tessera: ready url=")
 }
+
+/// DER as PEM with `label` (`CERTIFICATE`, `PRIVATE KEY`), for curl and openssl.
+pub fn pem(label: &str, der: &[u8]) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let body: Vec<&str> = b64
+        .as_bytes()
+        .chunks(64)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect();
+    format!(
+        "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
+        body.join("\n")
+    )
+}
