@@ -122,13 +122,8 @@ pub async fn run(command: PolicyCommand) -> anyhow::Result<u8> {
 
 fn engine_from_files(path: &Path) -> anyhow::Result<Result<(PolicyEngine, String), String>> {
     let state = tessera_core::manifest::load(path)?;
-    let files: Vec<(String, String)> = state
-        .policies
-        .iter()
-        .map(|p| (p.name.clone(), p.text.clone()))
-        .collect();
     Ok(
-        match PolicyEngine::build(&state.workloads, &state.grants, &files) {
+        match PolicyEngine::from_files(&state.workloads, &state.grants, &state.policies) {
             Ok(e) => {
                 let summary = format!(
                     "{} workload(s), {} grant(s), {} policy file(s): {} Cedar policies, valid against the Tessera schema",

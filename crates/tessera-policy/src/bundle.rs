@@ -115,11 +115,6 @@ impl PolicyBundle {
 
     /// Compiles the bundle, validating it exactly as the server validated it.
     pub fn engine(&self) -> Result<PolicyEngine, PolicyError> {
-        let files: Vec<(String, String)> = self
-            .policies
-            .iter()
-            .map(|p| (p.name.clone(), p.text.clone()))
-            .collect();
-        PolicyEngine::build(&self.workloads, &self.grants, &files)
+        PolicyEngine::from_files(&self.workloads, &self.grants, &self.policies)
     }
 }

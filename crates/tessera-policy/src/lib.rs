@@ -515,6 +515,19 @@ impl PolicyEngine {
         })
     }
 
+    /// [`PolicyEngine::build`] from policy files as identity files and the store hold them.
+    pub fn from_files(
+        workloads: &[Workload],
+        grants: &[Grant],
+        files: &[tessera_core::manifest::PolicyFile],
+    ) -> Result<Self, PolicyError> {
+        let files: Vec<(String, String)> = files
+            .iter()
+            .map(|p| (p.name.clone(), p.text.clone()))
+            .collect();
+        Self::build(workloads, grants, &files)
+    }
+
     /// How many Cedar policies the whole set holds (shipped, files, grants, jit).
     pub fn policy_count(&self) -> usize {
         self.policy_count

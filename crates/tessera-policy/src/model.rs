@@ -117,13 +117,6 @@ pub fn route_entity(service: &Workload, method: &str, path: &str) -> Result<Enti
     .map_err(|e| e.to_string())
 }
 
-/// Escapes a route path for a Cedar `like` pattern: `*` stays a wildcard.
-fn like_pattern(path: &str) -> String {
-    // INVARIANT: manifest parsing refuses `"`, `\` and control characters in route paths, so
-    // the only character with meaning inside the literal is the wildcard `*`.
-    path.to_owned()
-}
-
 /// The Cedar text of a grant: one policy for tokens, one for calls.
 pub fn grant_policies(g: &Grant) -> (String, String) {
     // INVARIANT: SPIFFE IDs and scopes never contain `"` or `\` (their parsers refuse both), so
@@ -167,7 +160,9 @@ pub fn grant_policies(g: &Grant) -> (String, String) {
                     let list: Vec<String> = r
                         .paths
                         .iter()
-                        .map(|p| format!("resource.path like \"{}\"", like_pattern(p)))
+                        // INVARIANT: manifest parsing refuses `"`, `\` and control characters in
+                        // route paths, so only the wildcard `*` means anything in the literal.
+                        .map(|p| format!("resource.path like \"{p}\""))
                         .collect();
                     format!("({})", list.join(" || "))
                 };

@@ -25,8 +25,6 @@ pub enum ProxyError {
     Agent(String),
     #[error("TLS: {0}")]
     Tls(String),
-    #[error("cannot listen on `{addr}`: {message}")]
-    Listen { addr: String, message: String },
 }
 
 /// Resolves once `stop` turns true. The guard `wait_for` returns is dropped here, so callers may

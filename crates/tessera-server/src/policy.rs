@@ -440,11 +440,7 @@ async fn activate(
 ) -> Result<Json<Value>, ApiError> {
     let snap = app.snapshot();
     let workloads: Vec<_> = snap.workloads.values().map(|w| w.spec.clone()).collect();
-    let files: Vec<(String, String)> = policies
-        .iter()
-        .map(|p| (p.name.clone(), p.text.clone()))
-        .collect();
-    PolicyEngine::build(&workloads, &grants, &files).map_err(|e| {
+    PolicyEngine::from_files(&workloads, &grants, &policies).map_err(|e| {
         ApiError::BadRequest(format!(
             "the set no longer applies to today's workloads: {e}"
         ))

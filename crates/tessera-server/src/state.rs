@@ -165,12 +165,7 @@ impl Snapshot {
                 ),
                 None => {
                     let specs: Vec<_> = state.workloads.iter().map(|w| w.spec.clone()).collect();
-                    let files: Vec<(String, String)> = rec
-                        .policies
-                        .iter()
-                        .map(|p| (p.name.clone(), p.text.clone()))
-                        .collect();
-                    match PolicyEngine::build(&specs, &rec.grants, &files) {
+                    match PolicyEngine::from_files(&specs, &rec.grants, &rec.policies) {
                         Ok(engine) => (
                             Some(Shadow {
                                 version: rec.version,
@@ -188,13 +183,12 @@ impl Snapshot {
             Some(p) => (p.engine.clone(), p.token_limits.clone()),
             None => {
                 let specs: Vec<_> = state.workloads.iter().map(|w| w.spec.clone()).collect();
-                let files: Vec<(String, String)> = state
-                    .policies
-                    .iter()
-                    .map(|p| (p.name.clone(), p.text.clone()))
-                    .collect();
                 (
-                    Arc::new(PolicyEngine::build(&specs, &state.grants, &files)?),
+                    Arc::new(PolicyEngine::from_files(
+                        &specs,
+                        &state.grants,
+                        &state.policies,
+                    )?),
                     Arc::new(Limits::from_grants(&state.grants, |g| g.token_rate)),
                 )
             }
