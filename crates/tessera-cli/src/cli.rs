@@ -199,6 +199,17 @@ pub enum ProxyCommand {
         /// The SPIFFE ID the target must present.
         #[arg(long)]
         target_id: String,
+        /// Also attach an access token for the target to requests without `Authorization`:
+        /// asked for with the SVID (RFC 8705 `tls_client_auth`), bound to it, refreshed at half
+        /// its life. Needs `--server` (https).
+        #[arg(long, requires = "server")]
+        attach_token: bool,
+        /// The authority's URL, for access tokens.
+        #[arg(long, env = "TESSERA_SERVER")]
+        server: Option<String>,
+        /// A PEM CA certificate for the authority (e.g. `DATA/tls/ca.pem`).
+        #[arg(long)]
+        server_ca: Option<PathBuf>,
         #[command(flatten)]
         common: ProxyCommon,
     },

@@ -252,6 +252,7 @@ why = "The shop shows what is in stock"
             target: inbound_addr,
             target_id: tessera_core::SpiffeId::parse(stock).map_err(|e| anyhow!("{e}"))?,
             connect_timeout: std::time::Duration::from_secs(5),
+            token: None,
         },
         shop_id,
         metrics,

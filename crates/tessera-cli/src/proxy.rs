@@ -10,7 +10,7 @@ use anyhow::{anyhow, bail, Context};
 use axum::routing::get;
 use tessera_core::SpiffeId;
 use tessera_proxy::inbound::InboundConfig;
-use tessera_proxy::outbound::OutboundConfig;
+use tessera_proxy::outbound::{OutboundConfig, TokenSource};
 use tessera_proxy::{Identity, ProxyMetrics};
 use tessera_verify::{Authorizer, AuthzMetrics, BundleSource, JwksCache, Verifier, VerifierConfig};
 
@@ -83,6 +83,9 @@ pub async fn run(command: ProxyCommand) -> anyhow::Result<u8> {
             listen,
             target,
             target_id,
+            attach_token,
+            server,
+            server_ca,
             common,
         } => {
             init_logs(common.log_format, "info");
@@ -94,10 +97,15 @@ pub async fn run(command: ProxyCommand) -> anyhow::Result<u8> {
             let identity = identity(&common, &metrics).await?;
             let listener = bind(listen).await?;
             let listen = listener.local_addr()?;
+            let token = match (attach_token, server) {
+                (true, Some(server)) => Some(token_source(&server, server_ca.as_deref())?),
+                _ => None,
+            };
             let cfg = OutboundConfig {
                 target,
                 target_id,
                 connect_timeout: std::time::Duration::from_secs(10),
+                token,
             };
             let (m, stop) = (metrics.clone(), stop.clone());
             let task = tokio::spawn(async move {
@@ -177,4 +185,19 @@ async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on `{addr}`"))
+}
+
+/// The authority for the outbound side's tokens: an `https://` URL and the CA to trust it by.
+fn token_source(server: &str, ca: Option<&Path>) -> anyhow::Result<TokenSource> {
+    let url: reqwest::Url = format!("{}/", server.trim_end_matches('/'))
+        .parse()
+        .with_context(|| format!("--server `{server}` is not a URL"))?;
+    if url.scheme() != "https" {
+        bail!("--server `{server}`: tokens are asked for over mutual TLS, so it must be https://");
+    }
+    let Some(ca) = ca else {
+        bail!("--attach-token needs --server-ca: the CA the authority's TLS certificate chains to");
+    };
+    let pem = std::fs::read(ca).with_context(|| format!("cannot read `{}`", ca.display()))?;
+    TokenSource::from_pem(url, &pem).map_err(|e| anyhow!("`{}`: {e}", ca.display()))
 }

@@ -592,17 +592,23 @@ async fn rotation_under_load_fails_no_request() {
         FRONTEND,
     );
     let (out_addr, _) = addrs(&outbound);
+    // A second pair where every call also carries a token bound to the SVID it travels with.
+    let (bound_in, bound_out) = token_pair(&s, &up, &socket);
+    let (bound_out_addr, _) = addrs(&bound_out);
+    let _ = addrs(&bound_in);
     let http = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(15);
-    while http
-        .get(format!("http://{out_addr}/api/warmup"))
-        .send()
-        .await
-        .map(|r| r.status() != 200)
-        .unwrap_or(true)
-    {
-        assert!(Instant::now() < deadline, "never allowed");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    for addr in [&out_addr, &bound_out_addr] {
+        while http
+            .get(format!("http://{addr}/api/warmup"))
+            .send()
+            .await
+            .map(|r| r.status() != 200)
+            .unwrap_or(true)
+        {
+            assert!(Instant::now() < deadline, "never allowed through {addr}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
     let serial = || {
         let o = Command::new("sh")
@@ -618,7 +624,12 @@ async fn rotation_under_load_fails_no_request() {
     let stop = Instant::now() + Duration::from_secs(14);
     let mut workers = Vec::new();
     for w in 0..4 {
-        let (http, out_addr) = (http.clone(), out_addr.clone());
+        let out_addr = if w % 2 == 0 {
+            out_addr.clone()
+        } else {
+            bound_out_addr.clone()
+        };
+        let http = http.clone();
         workers.push(tokio::spawn(async move {
             let (mut ok, mut failed) = (0u32, Vec::new());
             let mut i = 0;
@@ -675,6 +686,298 @@ async fn rotation_under_load_fails_no_request() {
         serial(),
         first_serial,
         "the inbound serves its rotated SVID"
+    );
+}
+
+/// The authority's TLS URL (a dev server takes TLS on its HTTP port) and its CA file.
+fn authority_tls(s: &Server) -> (String, PathBuf) {
+    (
+        s.url.replace("http://", "https://"),
+        s.data.join("tls").join("ca.pem"),
+    )
+}
+
+/// An inbound for the backend requiring a token too, and an outbound for the frontend that
+/// attaches one, bound to its SVID.
+fn token_pair(
+    s: &Server,
+    upstream: &str,
+    socket: &Path,
+) -> (tessera_testkit::Proc, tessera_testkit::Proc) {
+    let inbound = proxy(
+        &[
+            "inbound",
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            upstream,
+            "--server",
+            &s.url,
+            "--require-token",
+        ],
+        socket,
+        BACKEND,
+    );
+    let (in_addr, _) = addrs(&inbound);
+    let (tls_url, ca) = authority_tls(s);
+    let outbound = proxy(
+        &[
+            "outbound",
+            "--listen",
+            "127.0.0.1:0",
+            "--target",
+            &in_addr,
+            "--target-id",
+            BACKEND,
+            "--attach-token",
+            "--server",
+            &tls_url,
+            "--server-ca",
+            ca.to_str().unwrap(),
+        ],
+        socket,
+        FRONTEND,
+    );
+    (inbound, outbound)
+}
+
+/// `cnf.x5t#S256` of a PEM certificate file, computed by openssl (not by us).
+fn openssl_thumbprint(pem: &Path) -> String {
+    let o = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "openssl x509 -in '{}' -outform DER | openssl dgst -sha256 -binary | basenc --base64url | tr -d '=\\n'",
+            pem.display()
+        ))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    stdout(&o).trim().to_owned()
+}
+
+fn payload(token: &str) -> Value {
+    use base64::Engine;
+    let part = token.split('.').nth(1).unwrap();
+    serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(part)
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+/// RFC 8705 end to end: curl asks for a token with the workload's X.509-SVID alone (no secret)
+/// and gets one bound to that certificate; the sidecar accepts it only over that certificate;
+/// the outbound sidecar does the same by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_bound_tokens() {
+    let Mesh {
+        s,
+        dir,
+        socket,
+        _agent,
+    } = start(&mesh());
+    let up = upstream().await.to_string();
+    let (inbound, outbound) = token_pair(&s, &up, &socket);
+    let (in_addr, in_admin) = addrs(&inbound);
+    let (out_addr, _) = addrs(&outbound);
+    let (tls_url, ca) = authority_tls(&s);
+    let token_url = format!("{tls_url}/token");
+    let meta: Value = reqwest::get(format!(
+        "{}/.well-known/oauth-authorization-server/example.org",
+        s.url
+    ))
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(meta["tls_client_certificate_bound_access_tokens"], true);
+    assert!(meta["token_endpoint_auth_methods_supported"]
+        .as_array()
+        .unwrap()
+        .contains(&"tls_client_auth".into()));
+
+    let (front_pem, front_key, _) = svid_files(&socket, FRONTEND, dir.path()).await;
+    let ask = |client_id: &str| {
+        curl(&[
+            "--cacert",
+            ca.to_str().unwrap(),
+            "--cert",
+            front_pem.to_str().unwrap(),
+            "--key",
+            front_key.to_str().unwrap(),
+            "-d",
+            "grant_type=client_credentials",
+            "-d",
+            &format!("client_id={client_id}"),
+            "-d",
+            &format!("audience={BACKEND}"),
+            &token_url,
+        ])
+    };
+    let (code, out) = ask(FRONTEND);
+    assert_eq!(code, 0, "{out}");
+    let (body, status) = out.rsplit_once('\n').unwrap();
+    assert_eq!(status, "200", "{out}");
+    let token = serde_json::from_str::<Value>(body).unwrap()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let claims = payload(&token);
+    assert_eq!(claims["sub"], FRONTEND);
+    assert_eq!(claims["aud"], BACKEND);
+    assert_eq!(
+        claims["cnf"]["x5t#S256"].as_str().unwrap(),
+        openssl_thumbprint(&front_pem),
+        "bound to the certificate presented"
+    );
+    // The certificate's client_id must be its own SPIFFE ID; without one, RFC 8705 says no.
+    let (_, out) = ask(STRANGER);
+    assert!(
+        out.ends_with("401") && out.contains("invalid_client"),
+        "{out}"
+    );
+    let (_, out) = curl(&[
+        "--cacert",
+        ca.to_str().unwrap(),
+        "--cert",
+        front_pem.to_str().unwrap(),
+        "--key",
+        front_key.to_str().unwrap(),
+        "-d",
+        "grant_type=client_credentials",
+        &token_url,
+    ]);
+    assert!(out.ends_with("400") && out.contains("client_id"), "{out}");
+    // Without a certificate, the same request is an unauthenticated client.
+    let (_, out) = curl(&[
+        "--cacert",
+        ca.to_str().unwrap(),
+        "-d",
+        "grant_type=client_credentials",
+        "-d",
+        &format!("client_id={FRONTEND}"),
+        &token_url,
+    ]);
+    assert!(out.ends_with("401"), "{out}");
+
+    // Over the certificate it is bound to: allowed.
+    let url = format!("https://{in_addr}/api/items/1");
+    let auth = format!("Authorization: Bearer {token}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, out) = curl(&[
+            "-k",
+            "--cert",
+            front_pem.to_str().unwrap(),
+            "--key",
+            front_key.to_str().unwrap(),
+            "-H",
+            &auth,
+            &url,
+        ]);
+        if out.ends_with("200") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "bound token refused: {out}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The same workload's SVID from a second agent (another key, another certificate): the
+    // token is refused over it.
+    let o = tessera(&s.data, &["agent", "token", "create"]);
+    let join = stdout(&o).lines().next().unwrap().to_owned();
+    let socket2 = dir.path().join("agent2.sock");
+    let mut agent2 = Command::new(BIN);
+    agent2
+        .args([
+            "agent",
+            "--server",
+            &s.url,
+            "--join-token",
+            &join,
+            "--socket",
+        ])
+        .arg(&socket2)
+        .arg("--data")
+        .arg(dir.path().join("agent2-data"))
+        .env("TESSERA_LOG", "warn");
+    let _agent2 = spawn_ready(agent2, "tessera: agent ready socket=");
+    let other = dir.path().join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    let (pem2, key2, _) = svid_files(&socket2, FRONTEND, &other).await;
+    assert_ne!(openssl_thumbprint(&pem2), openssl_thumbprint(&front_pem));
+    let (_, out) = curl(&[
+        "-k",
+        "--cert",
+        pem2.to_str().unwrap(),
+        "--key",
+        key2.to_str().unwrap(),
+        "-H",
+        &auth,
+        &url,
+    ]);
+    assert!(
+        out.ends_with("401") && out.contains("bound to another certificate"),
+        "{out}"
+    );
+
+    // The outbound sidecar asks for its own bound token: the application sends none.
+    let http = reqwest::Client::new();
+    let r = http
+        .get(format!("http://{out_addr}/api/items/2"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    // An application's own Authorization passes as it is (here a wrong one: refused).
+    let r = http
+        .get(format!("http://{out_addr}/api/items/3"))
+        .header("authorization", "Bearer not-a-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    // One token serves many calls (cached until half its life): one issuance audited.
+    for i in 0..20 {
+        let r = http
+            .get(format!("http://{out_addr}/api/many/{i}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let o = tessera(&s.data, &["audit", "tail", "-n", "200", "--output", "json"]);
+    let audit: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let records: Vec<(String, String, Value)> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let detail = serde_json::from_str(r["detail"].as_str().unwrap()).unwrap();
+            (
+                r["kind"].as_str().unwrap().to_owned(),
+                r["actor"].as_str().unwrap().to_owned(),
+                detail,
+            )
+        })
+        .collect();
+    let bound: Vec<&Value> = records
+        .iter()
+        .filter(|(kind, _, d)| kind == "token.issued" && d["auth"] == "tls_client_auth")
+        .map(|(_, _, d)| d)
+        .collect();
+    assert_eq!(bound.len(), 2, "curl's and the sidecar's: {audit}");
+    assert!(bound.iter().all(|d| d["cnf"]["x5t#S256"].is_string()));
+    let refused = records.iter().any(|(kind, actor, d)| {
+        kind == "client.auth_failed" && actor == STRANGER && d["method"] == "tls_client_auth"
+    });
+    assert!(refused, "the wrong client_id is audited: {audit}");
+    let metrics = get_text(&format!("{in_admin}/metrics")).await;
+    assert!(
+        metrics
+            .contains("tessera_proxy_requests_total{caller=\"spiffe://example.org/prod/frontend\""),
+        "{metrics}"
     );
 }
 

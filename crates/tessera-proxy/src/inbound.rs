@@ -170,13 +170,17 @@ async fn connection(
     };
     // INVARIANT: the verifier made a client certificate mandatory and validated its chain and
     // its one SPIFFE ID, so a finished handshake has a leaf that parses.
-    let caller = tls
+    let leaf = tls
         .get_ref()
         .1
         .peer_certificates()
         .and_then(|c| c.first())
-        .and_then(|leaf| tessera_ca::leaf_spiffe_id(leaf).ok());
-    let Some(caller) = caller else {
+        .map(|c| c.clone().into_owned());
+    let caller = leaf
+        .as_ref()
+        .and_then(|leaf| tessera_ca::leaf_spiffe_id(leaf).ok())
+        .zip(leaf);
+    let Some((caller, leaf)) = caller else {
         ctx.metrics.handshake_failed("no_spiffe_id");
         return;
     };
@@ -186,6 +190,7 @@ async fn connection(
     let conn = Arc::new(Conn {
         counters: ctx.metrics.for_pair(caller.as_str(), me.as_str()),
         caller,
+        leaf,
         source: peer.ip(),
     });
     let service = {
@@ -245,6 +250,8 @@ fn handshake_reason(e: &std::io::Error) -> &'static str {
 /// What a connection knows once its handshake is done.
 struct Conn {
     caller: SpiffeId,
+    /// The caller's certificate, to which a certificate-bound token must be bound.
+    leaf: rustls::pki_types::CertificateDer<'static>,
     source: IpAddr,
     counters: crate::metrics::PairCounters,
 }
@@ -267,7 +274,7 @@ async fn handle(ctx: &Ctx, conn: &Conn, req: Request<Incoming>) -> Response<Body
     };
     let (scopes, authn) = match &ctx.cfg.require_token {
         None => (Vec::new(), Authn::Mtls),
-        Some(verifier) => match bearer(verifier, caller, &req).await {
+        Some(verifier) => match bearer(verifier, conn, &req).await {
             Ok(v) => {
                 let iat = v.claims.get("iat").and_then(serde_json::Value::as_i64);
                 env.token_age = iat.map_or(0, |iat| env.now - iat);
@@ -321,7 +328,7 @@ async fn handle(ctx: &Ctx, conn: &Conn, req: Request<Incoming>) -> Response<Body
 /// certificate names (a token passed on by another workload is refused).
 async fn bearer(
     verifier: &tessera_verify::Verifier,
-    caller: &SpiffeId,
+    conn: &Conn,
     req: &Request<Incoming>,
 ) -> Result<tessera_verify::Verified, &'static str> {
     let token = req
@@ -336,9 +343,12 @@ async fn bearer(
         .verify(token)
         .await
         .map_err(|_| "the access token is not valid for this service\n")?;
-    if verified.subject != caller.as_str() {
+    if verified.subject != conn.caller.as_str() {
         return Err("the access token was issued to another workload than the certificate's\n");
     }
+    verified
+        .check_certificate_binding(Some(conn.leaf.as_ref()))
+        .map_err(|_| "the access token is bound to another certificate (RFC 8705)\n")?;
     Ok(verified)
 }
 

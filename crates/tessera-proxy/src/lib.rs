@@ -39,8 +39,8 @@ fn provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {
 }
 
 /// A response with a short plain-text body: what callers see of a refusal.
-fn plain(status: http::StatusCode, text: &'static str) -> http::Response<Body> {
-    let mut r = http::Response::new(full(bytes::Bytes::from_static(text.as_bytes())));
+fn plain(status: http::StatusCode, text: impl Into<bytes::Bytes>) -> http::Response<Body> {
+    let mut r = http::Response::new(full(text.into()));
     *r.status_mut() = status;
     r.headers_mut().insert(
         http::header::CONTENT_TYPE,

@@ -1,6 +1,13 @@
 //! The outbound sidecar: the application speaks plain HTTP to a loopback port; the proxy
 //! originates mTLS with the workload's SVID and accepts only a server presenting exactly the
-//! target's SPIFFE ID. Upstream connections are pooled and kept alive.
+//! target's SPIFFE ID. Upstream connections are pooled and kept alive. Optionally it attaches an
+//! access token for the target, obtained with the SVID itself (RFC 8705 `tls_client_auth`) and
+//! so bound to it.
+//!
+//! Everything that depends on the SVID lives in one [`Generation`]: the connection pool (whose
+//! handshakes all present that SVID) and the token bound to it. A rotation starts a new
+//! generation for new requests; requests under way finish on theirs, so a token never travels
+//! over a connection made with another certificate.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -10,13 +17,15 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::{Request, Response, StatusCode, Version};
+use http::{header, HeaderValue, Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rustls::pki_types::ServerName;
+use rustls::client::ResolvesClientCert;
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::sign::CertifiedKey;
 use tessera_core::SpiffeId;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -29,15 +38,40 @@ pub struct OutboundConfig {
     pub target: SocketAddr,
     pub target_id: SpiffeId,
     pub connect_timeout: Duration,
+    /// Attach an access token for the target to requests that carry no `Authorization`.
+    pub token: Option<TokenSource>,
 }
 
-/// The client side of mTLS: our SVID (current at each handshake) and a server that must be
-/// exactly `target_id`, its chain checked against its own trust domain's bundle.
+/// Where access tokens come from: the authority's URL and the CA its TLS certificate chains to.
+#[derive(Debug, Clone)]
+pub struct TokenSource {
+    /// The authority's base URL (`https://`: the SVID is presented in the TLS handshake).
+    pub server: reqwest::Url,
+    pub roots: Vec<CertificateDer<'static>>,
+}
+
+impl TokenSource {
+    /// `server` and the PEM certificates of the CA(s) its TLS certificate chains to.
+    pub fn from_pem(server: reqwest::Url, pem: &[u8]) -> Result<Self, ProxyError> {
+        use rustls::pki_types::pem::PemObject;
+        let roots = CertificateDer::pem_slice_iter(pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ProxyError::Tls(format!("not PEM certificates: {e}")))?;
+        if roots.is_empty() {
+            return Err(ProxyError::Tls("no PEM certificate found".into()));
+        }
+        Ok(Self { server, roots })
+    }
+}
+
+/// The client side of mTLS: the SVID `client` presents and a server that must be exactly
+/// `target_id`, its chain checked against its own trust domain's bundle from `identity`.
 pub fn tls_config(
     identity: Arc<Identity>,
+    client: Arc<dyn ResolvesClientCert>,
     target_id: SpiffeId,
 ) -> Result<rustls::ClientConfig, ProxyError> {
-    let verifier = tessera_ca::SpiffeServerVerifier::new(identity.clone(), target_id);
+    let verifier = tessera_ca::SpiffeServerVerifier::new(identity, target_id);
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| ProxyError::Tls(e.to_string()))?
@@ -46,9 +80,27 @@ pub fn tls_config(
         // against the target's trust domain and then requires the exact SPIFFE ID; SPIFFE
         // authenticates by ID, not by DNS name, which is all this replaces.
         .with_custom_certificate_verifier(Arc::new(verifier))
-        .with_client_cert_resolver(identity);
+        .with_client_cert_resolver(client);
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(cfg)
+}
+
+/// One SVID, always: the certificate of a generation.
+#[derive(Debug)]
+struct FixedCert(Arc<CertifiedKey>);
+
+impl ResolvesClientCert for FixedCert {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
 }
 
 /// Dials the target and completes mTLS; hyper's pool keeps the connections.
@@ -139,11 +191,202 @@ impl tower::Service<http::Uri> for MtlsConnector {
     }
 }
 
+/// What requests made with one SVID share: their connections and their token.
+struct Generation {
+    certified: Arc<CertifiedKey>,
+    client: Client<MtlsConnector, Body>,
+    token: Option<BoundToken>,
+}
+
+/// An access token for the target bound to the generation's SVID, refreshed at half its life.
+struct BoundToken {
+    http: reqwest::Client,
+    endpoint: reqwest::Url,
+    client_id: String,
+    audience: String,
+    cached: tokio::sync::Mutex<Option<Cached>>,
+}
+
+struct Cached {
+    value: HeaderValue,
+    refresh_at: std::time::Instant,
+    expires_at: std::time::Instant,
+}
+
+/// A token request refused or failed: said to the application in a 502 body.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct TokenError(String);
+
+impl BoundToken {
+    async fn get(&self) -> Result<HeaderValue, TokenError> {
+        let mut cached = self.cached.lock().await;
+        let now = std::time::Instant::now();
+        if let Some(c) = cached.as_ref().filter(|c| now < c.refresh_at) {
+            return Ok(c.value.clone());
+        }
+        match self.fetch().await {
+            Ok((value, life)) => {
+                *cached = Some(Cached {
+                    value: value.clone(),
+                    refresh_at: now + life / 2,
+                    expires_at: now + life,
+                });
+                Ok(value)
+            }
+            // The authority is unreachable: the token held serves until shortly before its end.
+            Err(e) => match cached
+                .as_ref()
+                .filter(|c| now + Duration::from_secs(10) < c.expires_at)
+            {
+                Some(c) => {
+                    tracing::warn!(error = %e, "token refresh failed; using the token held");
+                    Ok(c.value.clone())
+                }
+                None => Err(e),
+            },
+        }
+    }
+
+    async fn fetch(&self) -> Result<(HeaderValue, Duration), TokenError> {
+        #[derive(serde::Deserialize)]
+        struct Ok {
+            access_token: String,
+            expires_in: u64,
+        }
+        #[derive(serde::Deserialize)]
+        struct Refused {
+            error: String,
+            #[serde(default)]
+            error_description: String,
+        }
+        let resp = self
+            .http
+            .post(self.endpoint.clone())
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("client_id", self.client_id.as_str()),
+                ("audience", self.audience.as_str()),
+            ])
+            .send()
+            .await
+            .map_err(|e| TokenError(format!("the authority is unreachable: {e}")))?;
+        let status = resp.status();
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| TokenError(format!("the authority's answer was cut: {e}")))?;
+        if !status.is_success() {
+            let why = serde_json::from_slice::<Refused>(&body).map_or_else(
+                |_| format!("the authority answered {status}"),
+                |r| format!("{}: {}", r.error, r.error_description),
+            );
+            return Err(TokenError(format!("no access token for the target: {why}")));
+        }
+        let ok: Ok = serde_json::from_slice(&body)
+            .map_err(|e| TokenError(format!("the authority's token response: {e}")))?;
+        let value = HeaderValue::try_from(format!("Bearer {}", ok.access_token))
+            .map_err(|_| TokenError("the authority's token is not a header value".into()))?;
+        Ok((value, Duration::from_secs(ok.expires_in)))
+    }
+}
+
 struct Ctx {
     cfg: OutboundConfig,
     identity: Arc<Identity>,
     metrics: ProxyMetrics,
-    client: Client<MtlsConnector, Body>,
+    generation: std::sync::RwLock<Option<Arc<Generation>>>,
+}
+
+impl Ctx {
+    /// The generation of the SVID in force, starting a new one after a rotation.
+    fn generation(&self) -> Result<Arc<Generation>, ProxyError> {
+        let current = self
+            .identity
+            .current()
+            .ok_or_else(|| ProxyError::Agent("no SVID yet".into()))?;
+        let fresh = |g: &Option<Arc<Generation>>| {
+            g.as_ref()
+                .filter(|g| Arc::ptr_eq(&g.certified, &current.certified))
+                .cloned()
+        };
+        if let Some(g) = self.generation.read().ok().and_then(|g| fresh(&g)) {
+            return Ok(g);
+        }
+        let mut slot = self
+            .generation
+            .write()
+            .map_err(|_| ProxyError::Agent("generation lock poisoned".into()))?;
+        if let Some(g) = fresh(&slot) {
+            return Ok(g);
+        }
+        let g = Arc::new(self.start_generation(&current)?);
+        *slot = Some(g.clone());
+        Ok(g)
+    }
+
+    fn start_generation(
+        &self,
+        current: &crate::identity::Current,
+    ) -> Result<Generation, ProxyError> {
+        let fixed: Arc<dyn ResolvesClientCert> = Arc::new(FixedCert(current.certified.clone()));
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(tls_config(
+            self.identity.clone(),
+            fixed.clone(),
+            self.cfg.target_id.clone(),
+        )?));
+        let connector = MtlsConnector {
+            tls,
+            target: self.cfg.target,
+            timeout: self.cfg.connect_timeout,
+            metrics: self.metrics.clone(),
+        };
+        let token = match &self.cfg.token {
+            None => None,
+            Some(source) => Some(bound_token(source, fixed, current, &self.cfg.target_id)?),
+        };
+        Ok(Generation {
+            certified: current.certified.clone(),
+            client: Client::builder(TokioExecutor::new()).build(connector),
+            token,
+        })
+    }
+}
+
+fn bound_token(
+    source: &TokenSource,
+    fixed: Arc<dyn ResolvesClientCert>,
+    current: &crate::identity::Current,
+    target_id: &SpiffeId,
+) -> Result<BoundToken, ProxyError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in &source.roots {
+        roots
+            .add(c.clone())
+            .map_err(|e| ProxyError::Tls(format!("the authority's CA: {e}")))?;
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| ProxyError::Tls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_client_cert_resolver(fixed);
+    let http = reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .map_err(|e| ProxyError::Tls(e.to_string()))?;
+    // The issuer the target's verifier expects is the URL both sides are given.
+    let endpoint = source
+        .server
+        .join("token")
+        .map_err(|e| ProxyError::Tls(format!("the authority's URL: {e}")))?;
+    Ok(BoundToken {
+        http,
+        endpoint,
+        client_id: current.spiffe_id.to_string(),
+        audience: target_id.to_string(),
+        cached: tokio::sync::Mutex::new(None),
+    })
 }
 
 /// Serves the loopback port until `stop` turns true.
@@ -154,22 +397,24 @@ pub async fn serve(
     metrics: ProxyMetrics,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), ProxyError> {
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(tls_config(
-        identity.clone(),
-        cfg.target_id.clone(),
-    )?));
-    let connector = MtlsConnector {
-        tls,
-        target: cfg.target,
-        timeout: cfg.connect_timeout,
-        metrics: metrics.clone(),
-    };
+    if cfg
+        .token
+        .as_ref()
+        .is_some_and(|t| t.server.scheme() != "https")
+    {
+        return Err(ProxyError::Tls(
+            "access tokens are requested over mutual TLS: the authority's URL must be https://"
+                .into(),
+        ));
+    }
     let ctx = Arc::new(Ctx {
-        client: Client::builder(TokioExecutor::new()).build(connector),
         cfg,
         identity,
         metrics,
+        generation: std::sync::RwLock::new(None),
     });
+    // The first generation now, so a misconfiguration is said at start.
+    ctx.generation()?;
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => Some(r),
@@ -209,6 +454,13 @@ async fn forward(ctx: &Ctx, req: Request<Incoming>) -> Response<Body> {
         .spiffe_id()
         .map(|s| s.to_string())
         .unwrap_or_default();
+    let generation = match ctx.generation() {
+        Ok(g) => g,
+        Err(e) => {
+            tracing::warn!(error = %e, "no SVID to call the target with");
+            return plain(StatusCode::SERVICE_UNAVAILABLE, "no SVID yet\n");
+        }
+    };
     let (mut parts, body) = req.into_parts();
     let path = parts
         .uri
@@ -221,11 +473,28 @@ async fn forward(ctx: &Ctx, req: Request<Incoming>) -> Response<Body> {
     parts.uri = uri;
     parts.version = Version::HTTP_11;
     strip_hop_by_hop(&mut parts.headers);
+    // The application's own credential (e.g. a delegated token) is passed on as it is.
+    if let (Some(token), false) = (
+        &generation.token,
+        parts.headers.contains_key(header::AUTHORIZATION),
+    ) {
+        match token.get().await {
+            Ok(value) => {
+                parts.headers.insert(header::AUTHORIZATION, value);
+            }
+            Err(e) => {
+                ctx.metrics
+                    .request(&me, ctx.cfg.target_id.as_str(), "no_token");
+                tracing::warn!(error = %e, target = %ctx.cfg.target_id, "no access token");
+                return plain(StatusCode::BAD_GATEWAY, format!("{e}\n"));
+            }
+        }
+    }
     let out = Request::from_parts(
         parts,
         body.map_err(|e| Box::new(e) as crate::BoxError).boxed(),
     );
-    match ctx.client.request(out).await {
+    match generation.client.request(out).await {
         Ok(resp) => {
             ctx.metrics
                 .request(&me, ctx.cfg.target_id.as_str(), "forwarded");

@@ -246,6 +246,7 @@ pub async fn delegate(
         subject: Some(caller.clone()),
         detail,
         subject_iat: original.get("iat").and_then(Value::as_i64),
+        cnf: None,
     };
     // The token is the caller's (`sub`), issued because the actor may call the target: the
     // policy decision is the actor's, with `context.delegated`.

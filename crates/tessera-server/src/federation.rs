@@ -581,6 +581,7 @@ async fn federated(
         subject: None,
         detail,
         subject_iat: numeric_date(&mapped.claims, "iat").ok().flatten(),
+        cnf: None,
     };
     let minted = match mint(
         snap,

@@ -10,7 +10,7 @@ use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Extension, Json, Router};
+use axum::{Json, Router};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use prometheus_client::registry::Registry;
@@ -661,45 +661,35 @@ fn api_router(app: Arc<App>) -> Router {
         )
         .route(
             "/token",
-            post(|s, src: Option<Extension<tls::SourceIp>>, h, b| {
-                endpoint(s, None, src, h, b, Endpoint::Token)
-            }),
+            post(|s, conn: tls::ConnInfo, h, b| endpoint(s, None, conn, h, b, Endpoint::Token)),
         )
         .route(
             "/{td}/token",
-            post(
-                |s, Path(td): Path<String>, src: Option<Extension<tls::SourceIp>>, h, b| {
-                    endpoint(s, Some(td), src, h, b, Endpoint::Token)
-                },
-            ),
+            post(|s, Path(td): Path<String>, conn: tls::ConnInfo, h, b| {
+                endpoint(s, Some(td), conn, h, b, Endpoint::Token)
+            }),
         )
         .route(
             "/introspect",
-            post(|s, src: Option<Extension<tls::SourceIp>>, h, b| {
-                endpoint(s, None, src, h, b, Endpoint::Introspect)
+            post(|s, conn: tls::ConnInfo, h, b| {
+                endpoint(s, None, conn, h, b, Endpoint::Introspect)
             }),
         )
         .route(
             "/{td}/introspect",
-            post(
-                |s, Path(td): Path<String>, src: Option<Extension<tls::SourceIp>>, h, b| {
-                    endpoint(s, Some(td), src, h, b, Endpoint::Introspect)
-                },
-            ),
-        )
-        .route(
-            "/revoke",
-            post(|s, src: Option<Extension<tls::SourceIp>>, h, b| {
-                endpoint(s, None, src, h, b, Endpoint::Revoke)
+            post(|s, Path(td): Path<String>, conn: tls::ConnInfo, h, b| {
+                endpoint(s, Some(td), conn, h, b, Endpoint::Introspect)
             }),
         )
         .route(
+            "/revoke",
+            post(|s, conn: tls::ConnInfo, h, b| endpoint(s, None, conn, h, b, Endpoint::Revoke)),
+        )
+        .route(
             "/{td}/revoke",
-            post(
-                |s, Path(td): Path<String>, src: Option<Extension<tls::SourceIp>>, h, b| {
-                    endpoint(s, Some(td), src, h, b, Endpoint::Revoke)
-                },
-            ),
+            post(|s, Path(td): Path<String>, conn: tls::ConnInfo, h, b| {
+                endpoint(s, Some(td), conn, h, b, Endpoint::Revoke)
+            }),
         )
         .fallback(|| async {
             ApiError::NotFound(
@@ -732,7 +722,7 @@ enum Endpoint {
 async fn endpoint(
     State(app): State<Arc<App>>,
     td: Option<String>,
-    source: Option<Extension<tls::SourceIp>>,
+    conn: tls::ConnInfo,
     headers: HeaderMap,
     body: Bytes,
     which: Endpoint,
@@ -742,7 +732,7 @@ async fn endpoint(
         Err(e) => return e.into_response(),
     };
     match which {
-        Endpoint::Token => oauth::token(app, issuer, source.map(|s| s.0 .0), headers, body).await,
+        Endpoint::Token => oauth::token(app, issuer, conn, headers, body).await,
         Endpoint::Introspect => oauth::introspect(app, issuer, headers, body).await,
         Endpoint::Revoke => oauth::revoke(app, issuer, headers, body).await,
     }
@@ -785,7 +775,9 @@ async fn metadata(State(app): State<Arc<App>>, td: Option<String>) -> Response {
         "introspection_endpoint": issuer.endpoint("introspect"),
         "revocation_endpoint": issuer.endpoint("revoke"),
         "grant_types_supported": [oauth::CLIENT_CREDENTIALS, federation::TOKEN_EXCHANGE, federation::JWT_BEARER],
-        "token_endpoint_auth_methods_supported": ["private_key_jwt", "client_secret_basic", "client_secret_post"],
+        "token_endpoint_auth_methods_supported": ["private_key_jwt", "client_secret_basic", "client_secret_post", "tls_client_auth"],
+        // RFC 8705 §3.3: workloads authenticating with their X.509-SVID get tokens bound to it.
+        "tls_client_certificate_bound_access_tokens": true,
         "token_endpoint_auth_signing_alg_values_supported": ["ES256", "EdDSA"],
         "introspection_endpoint_auth_methods_supported": ["private_key_jwt", "client_secret_basic", "client_secret_post"],
         "revocation_endpoint_auth_methods_supported": ["private_key_jwt", "client_secret_basic", "client_secret_post"],

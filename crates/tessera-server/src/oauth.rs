@@ -54,6 +54,8 @@ pub struct Form {
     targets: Vec<String>,
     /// Where the request came from (`context.source_ip`), when the listener knows.
     pub source_ip: Option<std::net::IpAddr>,
+    /// The verified client certificate chain of the connection, if one was presented.
+    pub peer: Option<crate::tls::PeerCertificates>,
 }
 
 impl Form {
@@ -137,9 +139,15 @@ fn client_failure(
         .client_auth_failures
         .get_or_create(&MethodLabels { method })
         .inc();
+    // Only a well-formed name reaches the audit trail as the actor.
     let actor = claimed
-        .and_then(|c| ClientId::parse(c).ok())
-        .map_or_else(|| "(unknown)".to_owned(), |c| c.to_string());
+        .and_then(|c| {
+            ClientId::parse(c)
+                .map(|c| c.to_string())
+                .or_else(|_| SpiffeId::parse(c).map(|s| s.to_string()))
+                .ok()
+        })
+        .unwrap_or_else(|| "(unknown)".to_owned());
     let event = AuditEvent {
         kind: "client.auth_failed".into(),
         actor: actor.clone(),
@@ -519,7 +527,7 @@ fn no_store(mut resp: Response) -> Response {
 pub async fn token(
     app: Arc<App>,
     issuer: Issuer,
-    source_ip: Option<std::net::IpAddr>,
+    conn: crate::tls::ConnInfo,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -528,7 +536,8 @@ pub async fn token(
         Ok(f) => f,
         Err(e) => return e.into_response(),
     };
-    form.source_ip = source_ip;
+    form.source_ip = conn.source_ip;
+    form.peer = conn.peer;
     let grant_type = match form.get("grant_type") {
         Some(CLIENT_CREDENTIALS) => CLIENT_CREDENTIALS,
         Some(crate::federation::TOKEN_EXCHANGE) => crate::federation::TOKEN_EXCHANGE,
@@ -589,6 +598,13 @@ async fn client_credentials(
     headers: &HeaderMap,
     form: &Form,
 ) -> Result<Value, ApiError> {
+    if let Some(peer) = form
+        .peer
+        .as_ref()
+        .filter(|_| !other_client_auth(headers, form))
+    {
+        return tls_client_credentials(app, snap, issuer, form, peer).await;
+    }
     let client = authenticate_deferred(app, snap, issuer, headers, form).await?;
     let entry = snap
         .clients
@@ -620,6 +636,92 @@ async fn client_credentials(
         }
     };
     // Fail closed: the token leaves only once its record is durable.
+    record(app, &client, minted.event.clone()).await?;
+    Ok(minted.response())
+}
+
+/// Records a refused client (best effort: the refusal stands either way); the error to answer.
+async fn audited(app: &App, (event, err): (AuditEvent, ApiError)) -> ApiError {
+    if let Err(e) = app.audit.append(event).await {
+        app.metrics.audit_failures.inc();
+        tracing::error!(error = %e, "could not record a refused client");
+    }
+    err
+}
+
+/// Whether the request carries a client authentication method other than its certificate.
+fn other_client_auth(headers: &HeaderMap, form: &Form) -> bool {
+    headers.contains_key(header::AUTHORIZATION)
+        || form.get("client_secret").is_some()
+        || form.get("client_assertion").is_some()
+}
+
+/// RFC 8705 §2.1 `tls_client_auth` for workloads: the client certificate is the workload's
+/// X.509-SVID (its chain validated by the listener against its trust domain's bundle) and
+/// `client_id` is its SPIFFE ID. No secret is involved. The token is bound to that certificate
+/// (`cnf.x5t#S256`, RFC 8705 §3) and never outlives it.
+async fn tls_client_credentials(
+    app: &App,
+    snap: &Snapshot,
+    issuer: &Issuer,
+    form: &Form,
+    peer: &crate::tls::PeerCertificates,
+) -> Result<Value, ApiError> {
+    const M: &str = "tls_client_auth";
+    let claimed = form.get("client_id").ok_or_else(|| {
+        ApiError::oauth(
+            OAuthCode::InvalidRequest,
+            "`client_id` is required with tls_client_auth (RFC 8705 §2): the SPIFFE ID of the client certificate",
+        )
+    })?;
+    let fail = |why: &str| audited(app, client_failure(app, M, Some(claimed), why));
+    let Some(leaf) = peer.0.first() else {
+        return Err(fail("no client certificate").await);
+    };
+    let id = match tessera_ca::leaf_spiffe_id(leaf) {
+        Ok(id) => id,
+        Err(e) => return Err(fail(&format!("client certificate: {e}")).await),
+    };
+    if claimed != id.as_str() {
+        return Err(fail("`client_id` is not the SPIFFE ID of the client certificate").await);
+    }
+    if id.trust_domain_str() != issuer.td.as_str() {
+        return Err(
+            fail("the client certificate is of another trust domain than this issuer's").await,
+        );
+    }
+    if !snap.workloads.contains_key(&id) {
+        return Err(fail("no such workload is declared").await);
+    }
+    let now = tessera_core::now_unix();
+    let not_after = match tessera_ca::validity(leaf) {
+        Some((_, naf)) if naf > now => naf,
+        // A keep-alive connection can outlast its certificate.
+        _ => return Err(fail("the client certificate has expired").await),
+    };
+    let options = MintOptions {
+        not_after: Some(not_after),
+        cnf: Some(json!({"x5t#S256": tessera_token::x5t_s256(leaf.as_ref())})),
+        ..MintOptions::default()
+    };
+    let client = AuthedClient {
+        id: id.to_string(),
+        method: M,
+        claim: None,
+    };
+    let minted = match mint(
+        snap,
+        issuer,
+        &id,
+        id.as_str(),
+        M,
+        form,
+        CLIENT_CREDENTIALS,
+        &options,
+    ) {
+        Ok(m) => m,
+        Err(denied) => return Err(record_denial(app, denied, None).await),
+    };
     record(app, &client, minted.event.clone()).await?;
     Ok(minted.response())
 }
@@ -684,6 +786,8 @@ pub struct MintOptions {
     pub detail: serde_json::Map<String, Value>,
     /// When the subject token of an exchange was issued (`context.token_age` in policies).
     pub subject_iat: Option<i64>,
+    /// RFC 8705 §3.1 confirmation: the token is bound to the client certificate it was asked with.
+    pub cnf: Option<Value>,
 }
 
 /// Decides and signs an access token for `caller`, whoever authenticated it (an OAuth client, a
@@ -819,18 +923,21 @@ pub fn mint(
             .and_then(|w| w.spec.environment.as_ref())
             .map(ToString::to_string),
         act: options.act.clone(),
+        cnf: options.cnf.clone(),
     };
     let token =
         sign(&signing.key, TYP_ACCESS_TOKEN, &claims).map_err(|e| unavailable(e.to_string()))?;
+    let mut detail = json!({"jti": jti, "aud": claims.aud, "scope": claims.scope, "exp": claims.exp,
+                       "grant_type": grant_type, "auth": auth, "iss": claims.iss});
+    if let (Some(cnf), Value::Object(m)) = (&claims.cnf, &mut detail) {
+        m.insert("cnf".into(), cnf.clone());
+    }
     let event = AuditEvent {
         kind: "token.issued".into(),
         actor: client_id.to_owned(),
         subject: sub.to_string(),
         outcome: "ok".into(),
-        detail: with_detail(
-            json!({"jti": jti, "aud": claims.aud, "scope": claims.scope, "exp": claims.exp,
-                       "grant_type": grant_type, "auth": auth, "iss": claims.iss}),
-        ),
+        detail: with_detail(detail),
     };
     Ok(Minted {
         token,

@@ -194,6 +194,28 @@ pub fn serve(
 #[derive(Debug, Clone, Copy)]
 pub struct SourceIp(pub std::net::IpAddr);
 
+/// What the connection says about a request's sender: its address, and the verified client
+/// certificate chain if it presented one (an X.509-SVID of an accepted trust domain).
+#[derive(Debug, Clone, Default)]
+pub struct ConnInfo {
+    pub source_ip: Option<std::net::IpAddr>,
+    pub peer: Option<PeerCertificates>,
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ConnInfo {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Self {
+            source_ip: parts.extensions.get::<SourceIp>().map(|s| s.0),
+            peer: parts.extensions.get::<PeerCertificates>().cloned(),
+        })
+    }
+}
+
 async fn serve_connection<I>(io: TokioIo<I>, router: Router, source: SourceIp)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,

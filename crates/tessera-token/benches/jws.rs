@@ -28,6 +28,7 @@ fn claims() -> AccessTokenClaims {
         jti: "NOJioDII4sKBx3qPweOHwg".into(),
         environment: Some("prod".into()),
         act: None,
+        cnf: None,
     }
 }
 

@@ -25,6 +25,17 @@ pub struct AccessTokenClaims {
     /// RFC 8693 §4.1: the acting party of a delegated token, nesting earlier actors.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub act: Option<Value>,
+    /// RFC 8705 §3.1: `{"x5t#S256": …}` when the token is bound to the client certificate it
+    /// was requested with; a resource then accepts it only over that certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cnf: Option<Value>,
+}
+
+/// The RFC 8705 §3.1 confirmation value of a certificate: base64url (no padding) of the SHA-256
+/// of its DER encoding.
+pub fn x5t_s256(certificate_der: &[u8]) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, certificate_der);
+    crate::strict::b64_encode(digest.as_ref())
 }
 
 /// Time and audience rules. Leeway is explicit and small.

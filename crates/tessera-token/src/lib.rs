@@ -8,7 +8,7 @@ pub mod key;
 pub mod seal;
 pub mod strict;
 
-pub use claims::{AccessTokenClaims, TimeRules, TYP_ACCESS_TOKEN};
+pub use claims::{x5t_s256, AccessTokenClaims, TimeRules, TYP_ACCESS_TOKEN};
 pub use jws::{sign, Unverified, MAX_TOKEN_BYTES};
 pub use key::{Alg, JwkSet, PublicKey, SigningKey};
 pub use seal::Kek;

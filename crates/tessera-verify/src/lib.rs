@@ -98,6 +98,10 @@ pub enum VerifyError {
     KeysUnavailable(String),
     #[error("verifier misconfigured: {0}")]
     Config(String),
+    /// RFC 8705 §3: the token is bound to a certificate other than the one presented (or none
+    /// was presented).
+    #[error("the token is bound to another client certificate")]
+    CertificateBinding,
 }
 
 impl VerifyError {
@@ -117,6 +121,7 @@ impl VerifyError {
             Self::Scope(_) => "scope",
             Self::KeysUnavailable(_) => "keys_unavailable",
             Self::Config(_) => "config",
+            Self::CertificateBinding => "certificate_binding",
         }
     }
 }
@@ -134,6 +139,35 @@ pub struct Verified {
 impl Verified {
     pub fn has_scope(&self, scope: &str) -> bool {
         self.scopes.iter().any(|s| s == scope)
+    }
+
+    /// The token's RFC 8705 certificate thumbprint (`cnf.x5t#S256`), if it is bound.
+    pub fn bound_certificate(&self) -> Option<&str> {
+        self.claims
+            .get("cnf")
+            .and_then(|c| c.get("x5t#S256"))
+            .and_then(Value::as_str)
+    }
+
+    /// RFC 8705 §3: a certificate-bound token is accepted only over the certificate it is bound
+    /// to (`presented`, the DER of the client's leaf certificate on this connection). A token
+    /// without `cnf` passes; one whose `cnf` is malformed fails.
+    pub fn check_certificate_binding(&self, presented: Option<&[u8]>) -> Result<(), VerifyError> {
+        let Some(cnf) = self.claims.get("cnf") else {
+            return Ok(());
+        };
+        let want = cnf
+            .get("x5t#S256")
+            .and_then(Value::as_str)
+            .ok_or(VerifyError::CertificateBinding)?;
+        let presented = presented.ok_or(VerifyError::CertificateBinding)?;
+        let got = tessera_token::x5t_s256(presented);
+        // Both are public digests of public certificates: no timing secret to protect.
+        if got == want {
+            Ok(())
+        } else {
+            Err(VerifyError::CertificateBinding)
+        }
     }
 
     pub fn require_scope(&self, scope: &str) -> Result<(), VerifyError> {

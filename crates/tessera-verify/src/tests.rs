@@ -332,3 +332,50 @@ async fn eventually_refused(v: &Verifier, token: &str) -> VerifyError {
         }
     }
 }
+
+#[tokio::test]
+async fn certificate_bound_tokens_pass_only_over_their_certificate() {
+    let (key, _) = SigningKey::generate(Alg::ES256).unwrap();
+    let v = verifier(&[&key]);
+    let now = tessera_core::now_unix();
+    let (cert, other) = (
+        b"leaf certificate DER".as_slice(),
+        b"another one".as_slice(),
+    );
+    let mut bound = claims(now);
+    bound["cnf"] = json!({"x5t#S256": tessera_token::x5t_s256(cert)});
+    let t = sign(&key, "at+jwt", &bound).unwrap();
+    let ok = v.verify(&t).await.unwrap();
+    assert_eq!(
+        ok.bound_certificate(),
+        Some(tessera_token::x5t_s256(cert).as_str())
+    );
+    ok.check_certificate_binding(Some(cert)).unwrap();
+    for presented in [Some(other), None] {
+        assert_eq!(
+            ok.check_certificate_binding(presented),
+            Err(VerifyError::CertificateBinding)
+        );
+    }
+    // An unbound token passes with or without a certificate; a `cnf` of another kind fails closed.
+    let plain = v
+        .verify(&sign(&key, "at+jwt", &claims(now)).unwrap())
+        .await
+        .unwrap();
+    plain.check_certificate_binding(None).unwrap();
+    plain.check_certificate_binding(Some(cert)).unwrap();
+    let mut jkt = claims(now);
+    jkt["cnf"] = json!({"jkt": "abc"});
+    let jkt = v
+        .verify(&sign(&key, "at+jwt", &jkt).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        jkt.check_certificate_binding(Some(cert)),
+        Err(VerifyError::CertificateBinding)
+    );
+    assert_eq!(
+        VerifyError::CertificateBinding.reason(),
+        "certificate_binding"
+    );
+}
