@@ -689,6 +689,140 @@ async fn rotation_under_load_fails_no_request() {
     );
 }
 
+/// The authority key identifier of the certificate `addr` serves: which CA signed it.
+fn served_issuer(addr: &str) -> String {
+    let o = Command::new("sh")
+        .arg("-c")
+        .arg(format!("openssl s_client -connect {addr} </dev/null 2>/dev/null | openssl x509 -noout -ext authorityKeyIdentifier"))
+        .output()
+        .unwrap();
+    let aki = stdout(&o).trim().to_owned();
+    assert!(aki.contains("Authority Key Identifier"), "{aki}");
+    aki
+}
+
+/// A CA rotation under load through the sidecars: the next CA is published, then signs the
+/// SVIDs rotated after it activates; no request through the sidecars and no new handshake
+/// fails, and the inbound ends up serving a certificate of the new CA.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ca_rotation_under_load_fails_no_handshake() {
+    let Mesh {
+        s,
+        dir,
+        socket,
+        _agent,
+    } = start(&mesh().replace("selectors = [", "x509_ttl = \"10s\"\nselectors = ["));
+    let up = upstream().await.to_string();
+    let inbound = proxy(
+        &[
+            "inbound",
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            &up,
+            "--server",
+            &s.url,
+        ],
+        &socket,
+        BACKEND,
+    );
+    let (in_addr, _) = addrs(&inbound);
+    let outbound = proxy(
+        &[
+            "outbound",
+            "--listen",
+            "127.0.0.1:0",
+            "--target",
+            &in_addr,
+            "--target-id",
+            BACKEND,
+        ],
+        &socket,
+        FRONTEND,
+    );
+    let (out_addr, _) = addrs(&outbound);
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while http
+        .get(format!("http://{out_addr}/api/warmup"))
+        .send()
+        .await
+        .map(|r| r.status() != 200)
+        .unwrap_or(true)
+    {
+        assert!(Instant::now() < deadline, "never allowed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let before = served_issuer(&in_addr);
+
+    let stop = Instant::now() + Duration::from_secs(20);
+    let workers: Vec<_> = (0..3)
+        .map(|w| {
+            let (http, out_addr) = (http.clone(), out_addr.clone());
+            tokio::spawn(async move {
+                let (mut ok, mut failed) = (0u32, Vec::new());
+                let mut i = 0;
+                while Instant::now() < stop {
+                    i += 1;
+                    // The outbound makes new connections to the inbound at each of its own
+                    // SVID rotations (every 5 s here), across the CA's activation.
+                    match http
+                        .get(format!("http://{out_addr}/api/{w}/{i}"))
+                        .send()
+                        .await
+                    {
+                        Ok(r) if r.status() == 200 => ok += 1,
+                        Ok(r) => failed.push(format!("status {}", r.status())),
+                        Err(e) => failed.push(e.to_string()),
+                    }
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let o = tessera(&s.data, &["ca", "rotate", "--activate-in", "6s"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut handshakes = 0;
+    while Instant::now() < stop {
+        let (pem, key, _) = svid_files(&socket, FRONTEND, dir.path()).await;
+        let (code, out) = curl(&[
+            "-k",
+            "--cert",
+            pem.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+            &format!("https://{in_addr}/api/curl"),
+        ]);
+        assert!(
+            code == 0 && out.ends_with("200"),
+            "a new handshake failed during the CA rotation: {out}"
+        );
+        handshakes += 1;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let (mut ok, mut failed) = (0, Vec::new());
+    for w in workers {
+        let (o, f) = w.await.unwrap();
+        ok += o;
+        failed.extend(f);
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed during the CA rotation: {:?}",
+        failed.len(),
+        ok as usize + failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    assert!(ok > 100, "too little load to mean anything: {ok}");
+    assert!(handshakes >= 10, "{handshakes}");
+    assert_ne!(
+        served_issuer(&in_addr),
+        before,
+        "the inbound serves an SVID of the new CA"
+    );
+}
+
 /// The authority's TLS URL (a dev server takes TLS on its HTTP port) and its CA file.
 fn authority_tls(s: &Server) -> (String, PathBuf) {
     (
