@@ -75,6 +75,11 @@ pub fn tls_config(identity: Arc<Identity>) -> Result<rustls::ServerConfig, Proxy
         .with_client_cert_verifier(Arc::new(verifier))
         .with_cert_resolver(identity);
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // No session resumption: a resumed session skips the client certificate, so a caller's
+    // rotated, expired or revoked SVID would go on being accepted. Every connection proves the
+    // SVID in force.
+    cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    cfg.send_tls13_tickets = 0;
     Ok(cfg)
 }
 
@@ -205,6 +210,8 @@ async fn connection(
         .http1()
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(timeout)
+        // One buffer per response: over TLS each write is a record and a syscall.
+        .writev(false)
         .max_buf_size(ctx.cfg.max_header_bytes.max(8192));
     builder
         .http2()
