@@ -70,9 +70,10 @@ pub async fn run(a: AgentArgs) -> anyhow::Result<u8> {
     if let Some(u) = &running.imds_url {
         line.push_str(&format!(" imds={u}"));
     }
+    let stop = wait_for_signal();
     println!("{line}");
     let _ = std::io::stdout().flush();
-    wait_for_signal().await;
+    stop.await;
     running.abort();
     let _ = std::fs::remove_file(&running.socket);
     Ok(0)

@@ -338,26 +338,35 @@ async fn server(a: ServerArgs) -> anyhow::Result<u8> {
             ca.display()
         );
     }
+    let stop = wait_for_signal();
     println!("tessera: ready url={}", running.url);
     let _ = std::io::stdout().flush();
-    wait_for_signal().await;
+    stop.await;
     running.shutdown();
     running.wait().await;
     Ok(0)
 }
 
-pub async fn wait_for_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+/// SIGTERM or SIGINT. The handlers are installed when this is called, not when it is awaited:
+/// call it before printing a ready line, or a signal sent right after the line kills the process
+/// with the default action instead of shutting it down.
+pub fn wait_for_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    async move {
+        let wait = |s: std::io::Result<tokio::signal::unix::Signal>| async move {
+            match s {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
             }
-            Err(_) => std::future::pending::<()>().await,
+        };
+        tokio::select! {
+            () = wait(term) => {}
+            () = wait(int) => {}
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
     }
 }
 

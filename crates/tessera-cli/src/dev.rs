@@ -98,6 +98,7 @@ pub async fn run(a: DevArgs) -> anyhow::Result<u8> {
     cfg.listen = a.listen;
     let running = tessera_server::start(cfg, None).await?;
     let url = running.url.clone();
+    let stop = wait_for_signal();
     println!("tessera: ready url={url}");
     let _ = std::io::stdout().flush();
     println!(
@@ -136,7 +137,7 @@ pub async fn run(a: DevArgs) -> anyhow::Result<u8> {
             data.join("server").display()
         );
         let _ = std::io::stdout().flush();
-        wait_for_signal().await;
+        stop.await;
     }
     let _ = stop_sidecars.send(true);
     if let Some(a) = &agent {

@@ -137,11 +137,12 @@ pub async fn run(command: ProxyCommand) -> anyhow::Result<u8> {
             );
         tokio::spawn(async move { axum::serve(admin, app).await });
     }
+    let signal = wait_for_signal();
     println!("{line}");
     let _ = std::io::stdout().flush();
     let mut task = task;
     tokio::select! {
-        () = wait_for_signal() => {
+        () = signal => {
             let _ = stop_tx.send(true);
             let _ = (&mut task).await;
         }
