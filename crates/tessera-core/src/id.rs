@@ -347,6 +347,75 @@ impl AgentId {
     }
 }
 
+/// A vault secret's name: `/`-separated segments of `[a-z0-9._-]`, none empty, `.` or `..`;
+/// 1 to 128 bytes. Path tricks cannot be spelled, so a name is also a safe key everywhere.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SecretName(String);
+
+impl SecretName {
+    pub fn parse(input: &str) -> Result<Self, IdError> {
+        let err = |reason| IdError::Name {
+            input: quoted(input),
+            what: "secret name",
+            reason,
+        };
+        if input.is_empty() || input.len() > 128 {
+            return Err(err("it must be 1 to 128 characters"));
+        }
+        for seg in input.split('/') {
+            if seg.is_empty() {
+                return Err(err("no empty segment: no leading, trailing or double `/`"));
+            }
+            if seg == "." || seg == ".." {
+                return Err(err("`.` and `..` are not names"));
+            }
+            if !seg
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._".contains(&b))
+            {
+                return Err(err(
+                    "only lowercase letters, digits, `-`, `_`, `.` and `/` are allowed",
+                ));
+            }
+        }
+        Ok(Self(input.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Which secrets a grant names: one exact name, or every name under a prefix, written
+/// explicitly as `prefix/*`.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SecretPattern(String);
+
+impl SecretPattern {
+    pub fn parse(input: &str) -> Result<Self, IdError> {
+        match input.strip_suffix("/*") {
+            Some(prefix) => SecretName::parse(prefix).map(|_| Self(input.to_owned())),
+            None => SecretName::parse(input).map(|n| Self(n.0)),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The prefix (with its trailing `/`) of a `prefix/*` pattern.
+    pub fn prefix(&self) -> Option<&str> {
+        self.0.strip_suffix('*')
+    }
+
+    pub fn matches(&self, name: &SecretName) -> bool {
+        match self.prefix() {
+            Some(p) => name.as_str().starts_with(p),
+            None => self.0 == name.0,
+        }
+    }
+}
+
 macro_rules! string_newtype {
     ($($ty:ident),*) => {$(
         impl fmt::Display for $ty {
@@ -392,7 +461,9 @@ string_newtype!(
     Kid,
     ClientId,
     Label,
-    AgentId
+    AgentId,
+    SecretName,
+    SecretPattern
 );
 
 #[cfg(test)]
@@ -406,6 +477,31 @@ mod tests {
         assert_eq!(id.trust_domain_str(), "example.org");
         assert_eq!(id.path(), "/prod/order-processor");
         assert_eq!(id.trust_domain().as_str(), "example.org");
+    }
+
+    #[test]
+    fn secret_names_and_patterns() {
+        for ok in ["a", "payments/stripe-key", "db/orders.v2/admin_password"] {
+            assert_eq!(SecretName::parse(ok).unwrap().as_str(), ok);
+        }
+        for bad in [
+            "", "/a", "a/", "a//b", "../a", "a/../b", "a/./b", "A", "a b", "a\\b", "a%2fb", "a\0",
+            "tessera://secret/a",
+        ] {
+            assert!(SecretName::parse(bad).is_err(), "{bad:?}");
+        }
+        assert!(SecretName::parse(&"a".repeat(129)).is_err());
+        let p = SecretPattern::parse("payments/*").unwrap();
+        assert!(p.matches(&SecretName::parse("payments/stripe").unwrap()));
+        assert!(p.matches(&SecretName::parse("payments/a/b").unwrap()));
+        assert!(!p.matches(&SecretName::parse("payments").unwrap()));
+        assert!(!p.matches(&SecretName::parse("paymentsx/a").unwrap()));
+        let exact = SecretPattern::parse("payments/stripe").unwrap();
+        assert!(exact.matches(&SecretName::parse("payments/stripe").unwrap()));
+        assert!(!exact.matches(&SecretName::parse("payments/stripe2").unwrap()));
+        for bad in ["*", "payments*", "/*", "a/*/b", "a/**"] {
+            assert!(SecretPattern::parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

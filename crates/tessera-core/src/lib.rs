@@ -5,7 +5,10 @@ pub mod agent_api;
 pub mod id;
 pub mod manifest;
 
-pub use id::{AgentId, Audience, ClientId, IdError, Kid, Label, Scope, SpiffeId, TrustDomain};
+pub use id::{
+    AgentId, Audience, ClientId, IdError, Kid, Label, Scope, SecretName, SecretPattern, SpiffeId,
+    TrustDomain,
+};
 
 /// Seconds since the Unix epoch, the unit of every timestamp Tessera stores or signs.
 pub fn now_unix() -> i64 {
