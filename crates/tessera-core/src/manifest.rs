@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
-use crate::id::{AgentId, Audience, ClientId, Label, Scope, SpiffeId};
+use crate::id::{AgentId, Audience, ClientId, Label, Scope, SecretPattern, SpiffeId};
 
 /// Default and maximum lifetimes of the credentials a workload receives.
 pub const DEFAULT_JWT_TTL: Duration = Duration::from_secs(300);
@@ -386,6 +386,33 @@ struct FileDoc {
     trust: Vec<Spanned<TrustDoc>>,
     #[serde(default)]
     policies: Option<PoliciesDoc>,
+    #[serde(default)]
+    secret_grant: Vec<Spanned<SecretGrantDoc>>,
+}
+
+/// Who may read which vault secrets. Compiled into Cedar `read_secret` / `describe_secret`
+/// permits (a policy file of its own per identity file), so secret access is versioned, shadowed,
+/// validated and explained like every other policy.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SecretGrantDoc {
+    from: SpiffeId,
+    secrets: Vec<SecretPattern>,
+    #[serde(default)]
+    access: SecretAccess,
+    why: Spanned<String>,
+    #[serde(default)]
+    review_by: Option<Date>,
+}
+
+/// `read`: the value and the metadata; `metadata`: the metadata only (Key Vault's Secrets User
+/// and Reader).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum SecretAccess {
+    #[default]
+    Read,
+    Metadata,
 }
 
 #[derive(Debug, Deserialize)]
@@ -862,6 +889,53 @@ fn parse_into(state: &mut DesiredState, file: &Path, text: &str) -> Result<(), M
             single_use: t.single_use,
             map: t.map,
             source: loc.source(span),
+        });
+    }
+    if !doc.secret_grant.is_empty() {
+        let mut text = String::new();
+        for g in doc.secret_grant {
+            let span = g.span();
+            let g = g.into_inner();
+            if g.why.get_ref().trim().is_empty() {
+                return Err(loc.at(g.why.span(), "`why` must say why this access exists"));
+            }
+            if g.secrets.is_empty() {
+                return Err(loc.at(span, "`secrets` names no secret"));
+            }
+            // INVARIANT: SPIFFE IDs and secret patterns hold no `"` or `\` (their parsers refuse
+            // them), and the comment loses line breaks, so nothing here changes the policy's
+            // structure.
+            let why: String = g
+                .why
+                .get_ref()
+                .chars()
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .collect();
+            let review = g
+                .review_by
+                .map_or_else(String::new, |d| format!("; review by {d}"));
+            let actions = match g.access {
+                SecretAccess::Read => "[Action::\"read_secret\", Action::\"describe_secret\"]",
+                SecretAccess::Metadata => "[Action::\"describe_secret\"]",
+            };
+            let names: Vec<String> = g
+                .secrets
+                .iter()
+                .map(|p| match p.prefix() {
+                    Some(prefix) => format!("resource.name like \"{prefix}*\""),
+                    None => format!("resource.name == \"{}\"", p.as_str()),
+                })
+                .collect();
+            text.push_str(&format!(
+                "// secret_grant at {}: {why}{review}\npermit (principal == Workload::\"{}\", action in {actions}, resource)\nwhen {{ {} }};\n\n",
+                loc.source(span),
+                g.from,
+                names.join(" || ")
+            ));
+        }
+        state.policies.push(PolicyFile {
+            name: format!("secret grants of {}", loc.path),
+            text,
         });
     }
     if let Some(p) = doc.policies {

@@ -33,7 +33,7 @@ pub mod model;
 pub mod path;
 
 pub use bundle::{DecisionRecord, PolicyBundle};
-use model::{uid, ISSUE_TOKEN, READ_SECRET};
+use model::{uid, DESCRIBE_SECRET, ISSUE_TOKEN, READ_SECRET};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
@@ -731,11 +731,23 @@ impl PolicyEngine {
         self.evaluate(from, Some(to), call.method, resource, Some(route), pairs)
     }
 
-    /// May `from` read the secret `secret`? The secret is described by its metadata.
+    /// May `from` read the secret `secret`'s value? The secret is described by its metadata.
     pub fn decide_read_secret(
         &self,
         from: &SpiffeId,
         secret: &Entity,
+        authn: Authn,
+        env: &Env,
+    ) -> Decision {
+        self.decide_secret(from, secret, SecretAction::Read, authn, env)
+    }
+
+    /// May `from` read the secret's value (`Read`) or only its metadata (`Describe`)?
+    pub fn decide_secret(
+        &self,
+        from: &SpiffeId,
+        secret: &Entity,
+        action: SecretAction,
         authn: Authn,
         env: &Env,
     ) -> Decision {
@@ -744,10 +756,14 @@ impl PolicyEngine {
             "authn".to_owned(),
             RestrictedExpression::new_string(authn.as_str().to_owned()),
         ));
+        let action = match action {
+            SecretAction::Read => READ_SECRET,
+            SecretAction::Describe => DESCRIBE_SECRET,
+        };
         self.evaluate(
             from,
             None,
-            READ_SECRET,
+            action,
             secret.uid(),
             Some(secret.clone()),
             pairs,
@@ -1000,6 +1016,13 @@ fn list_or_none(items: impl Iterator<Item = String>) -> String {
     } else {
         v.join(", ")
     }
+}
+
+/// What is asked of a secret: its value, or only its metadata.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecretAction {
+    Read,
+    Describe,
 }
 
 /// Builds the Cedar entity of a secret from its metadata (for [`PolicyEngine::decide_read_secret`]).

@@ -21,6 +21,7 @@ pub const DEFAULT_POLICIES_NAME: &str = "tessera:default.cedar";
 
 pub const ISSUE_TOKEN: &str = "issue_token";
 pub const READ_SECRET: &str = "read_secret";
+pub const DESCRIBE_SECRET: &str = "describe_secret";
 
 /// HTTP methods the schema knows; a call with any other method is denied.
 pub const METHODS: [&str; 9] = [

@@ -756,3 +756,60 @@ fn bundle_versions_ignore_order() {
     );
     assert_eq!(one, other);
 }
+
+#[test]
+fn secret_grants_name_exact_secrets_or_explicit_prefixes() {
+    let text = format!(
+        "{MESH}\n{}",
+        r#"
+[[secret_grant]]
+from = "spiffe://example.org/prod/a"
+secrets = ["payments/stripe", "legacy/*"]
+why = "charges cards"
+review_by = "2030-01-01"
+
+[[secret_grant]]
+from = "spiffe://example.org/prod/b"
+secrets = ["payments/stripe"]
+access = "metadata"
+why = "shows when the key rotates"
+"#
+    );
+    let state = parse_str(Path::new("mesh.toml"), &text).unwrap();
+    assert_eq!(state.policies.len(), 1, "one generated policy file");
+    let e = PolicyEngine::from_files(&state.workloads, &state.grants, &state.policies).unwrap();
+    let secret = |name: &str| {
+        secret_entity(name, "example.org", "prod", "team-pay", &BTreeMap::new()).unwrap()
+    };
+    let may = |who: &str, name: &str, action: SecretAction| {
+        e.decide_secret(&id(who), &secret(name), action, Authn::Jwt, &env())
+            .allowed
+    };
+    assert!(may(A, "payments/stripe", SecretAction::Read));
+    assert!(may(A, "payments/stripe", SecretAction::Describe));
+    assert!(may(A, "legacy/db/password", SecretAction::Read));
+    // Exact means exact: no neighbour, no prefix match without `/*`.
+    assert!(!may(A, "payments/stripe2", SecretAction::Read));
+    assert!(!may(A, "payments/other", SecretAction::Read));
+    assert!(!may(A, "legacyx", SecretAction::Read));
+    // Metadata only.
+    assert!(may(B, "payments/stripe", SecretAction::Describe));
+    assert!(!may(B, "payments/stripe", SecretAction::Read));
+    // Nobody else.
+    assert!(!may(C, "payments/stripe", SecretAction::Describe));
+    // A grant for an undeclared workload is refused when the set is built.
+    let bad = text.replace(
+        "from = \"spiffe://example.org/prod/b\"\nsecrets",
+        "from = \"spiffe://example.org/prod/ghost\"\nsecrets",
+    );
+    let state = parse_str(Path::new("mesh.toml"), &bad).unwrap();
+    let err = PolicyEngine::from_files(&state.workloads, &state.grants, &state.policies)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("ghost"), "{err}");
+    // Patterns are parsed: a bare `*` or a path trick is refused at load.
+    for pattern in ["*", "../a", "a/**"] {
+        let t = text.replace("\"legacy/*\"", &format!("\"{pattern}\""));
+        assert!(parse_str(Path::new("mesh.toml"), &t).is_err(), "{pattern}");
+    }
+}
