@@ -485,7 +485,18 @@ mod tests {
             assert_eq!(SecretName::parse(ok).unwrap().as_str(), ok);
         }
         for bad in [
-            "", "/a", "a/", "a//b", "../a", "a/../b", "a/./b", "A", "a b", "a\\b", "a%2fb", "a\0",
+            "",
+            "/a",
+            "a/",
+            "a//b",
+            "../a",
+            "a/../b",
+            "a/./b",
+            "A",
+            "a b",
+            "a\\b",
+            "a%2fb",
+            "a\0",
             "tessera://secret/a",
         ] {
             assert!(SecretName::parse(bad).is_err(), "{bad:?}");

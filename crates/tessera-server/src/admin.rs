@@ -18,7 +18,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tessera_core::manifest::ClientAuth;
 use tessera_core::{SpiffeId, TrustDomain};
-use tessera_store::{AuditEvent, Op, SecretRecord};
+use tessera_store::{AuditEvent, ClientSecretRecord, Op};
 use tokio::net::UnixListener;
 use tokio::sync::watch;
 
@@ -474,7 +474,7 @@ async fn client_secret(
     app.change(
         &[Op::SetClientSecret {
             client: req.client_id.clone(),
-            secret: SecretRecord {
+            secret: ClientSecretRecord {
                 hash: app.hmac_secret(&secret),
                 created_at: now,
                 expires_at,

@@ -11,7 +11,7 @@ use tessera_core::manifest::{Client, Grant, PolicyFile, Trust};
 use tessera_core::SpiffeId;
 use tessera_policy::limit::Limits;
 use tessera_policy::PolicyEngine;
-use tessera_store::{AgentRecord, SecretRecord, StoredState, WorkloadRecord};
+use tessera_store::{AgentRecord, ClientSecretRecord, StoredState, WorkloadRecord};
 use tessera_verify::KeySet;
 
 use crate::ca::CaRing;
@@ -90,7 +90,7 @@ pub struct ClientEntry {
     pub spec: Client,
     /// Public keys for `private_key_jwt`.
     pub keys: KeySet,
-    pub secret: Option<(SecretRecord, Vec<u8>)>,
+    pub secret: Option<(ClientSecretRecord, Vec<u8>)>,
 }
 
 #[derive(Debug)]

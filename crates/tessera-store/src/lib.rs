@@ -86,7 +86,7 @@ pub struct WorkloadRecord {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SecretRecord {
+pub struct ClientSecretRecord {
     /// base64 of HMAC-SHA-256(server key, secret).
     pub hash: String,
     pub created_at: i64,
@@ -96,7 +96,7 @@ pub struct SecretRecord {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClientRecord {
     pub spec: Client,
-    pub secret: Option<SecretRecord>,
+    pub secret: Option<ClientSecretRecord>,
 }
 
 /// A CA of a trust domain as stored: the private key sealed under the key-encryption key.
@@ -160,6 +160,41 @@ pub struct SvidRecord {
     pub not_after: i64,
 }
 
+/// A vault secret's metadata. Its values are in [`SecretVersionRecord`]s.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretRecord {
+    pub name: String,
+    pub owner: String,
+    pub purpose: String,
+    pub content_type: String,
+    pub environment: String,
+    pub tags: std::collections::BTreeMap<String, String>,
+    /// Seconds between expected rotations, if any.
+    pub rotation_period: Option<i64>,
+    /// The newest version; 0 before the first.
+    pub current_version: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub deleted_at: Option<i64>,
+    pub purge_after: Option<i64>,
+}
+
+/// One immutable version of a secret: the value sealed (never in the clear) and its state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretVersionRecord {
+    pub name: String,
+    pub version: i64,
+    #[serde(skip_serializing)]
+    pub ciphertext: String,
+    #[serde(skip_serializing)]
+    pub wrapped_key: String,
+    pub created_at: i64,
+    pub created_by: String,
+    pub enabled: bool,
+    pub not_before: Option<i64>,
+    pub expires_at: Option<i64>,
+}
+
 /// The configuration state, loaded whole into memory by each server.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct StoredState {
@@ -215,7 +250,7 @@ pub enum Op {
     DeletePolicy(String),
     SetClientSecret {
         client: String,
-        secret: SecretRecord,
+        secret: ClientSecretRecord,
     },
     RevokeWorkload {
         id: String,
@@ -273,6 +308,25 @@ pub enum Op {
         version: i64,
         status: String,
     },
+    /// Creates a secret's metadata (with no version yet), or changes it; never its versions.
+    UpsertSecret(SecretRecord),
+    /// Adds version `record.version`, which must follow the current one of a secret that is not
+    /// deleted: else [`StoreError::Conflict`] (two writers at once: one of them retries).
+    InsertSecretVersion(SecretVersionRecord),
+    SetSecretVersion {
+        name: String,
+        version: i64,
+        enabled: bool,
+    },
+    /// Soft delete: nobody reads it; restorable until `purge_after`.
+    DeleteSecret {
+        name: String,
+        at: i64,
+        purge_after: i64,
+    },
+    RestoreSecret(String),
+    /// Removes a deleted secret and every version for good. Conflict unless it was deleted.
+    PurgeSecret(String),
 }
 
 impl Op {
@@ -286,6 +340,12 @@ impl Op {
                 | Op::RedeemJoinToken { .. }
                 | Op::RenewAgent { .. }
                 | Op::RecordSvids(_)
+                | Op::UpsertSecret(_)
+                | Op::InsertSecretVersion(_)
+                | Op::SetSecretVersion { .. }
+                | Op::DeleteSecret { .. }
+                | Op::RestoreSecret(_)
+                | Op::PurgeSecret(_)
         )
     }
 }
@@ -294,6 +354,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/0001_initial.sql")),
     (2, include_str!("../migrations/0002_identity.sql")),
     (3, include_str!("../migrations/0003_policy_sets.sql")),
+    (4, include_str!("../migrations/0004_secrets.sql")),
 ];
 
 /// Held during every write transaction on PostgreSQL, so that the audit chain of several servers
@@ -349,6 +410,50 @@ macro_rules! policy_set_row {
             note: $r.try_get("note")?,
         }
     };
+}
+
+fn secret_row<R: Row>(r: &R) -> Result<SecretRecord>
+where
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> i64: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> Option<i64>: sqlx::Decode<'a, R::Database>,
+{
+    Ok(SecretRecord {
+        name: r.try_get("name")?,
+        owner: r.try_get("owner")?,
+        purpose: r.try_get("purpose")?,
+        content_type: r.try_get("content_type")?,
+        environment: r.try_get("environment")?,
+        tags: from_json(&r.try_get::<String, _>("tags")?)?,
+        rotation_period: r.try_get("rotation_period")?,
+        current_version: r.try_get("current_version")?,
+        created_at: r.try_get("created_at")?,
+        updated_at: r.try_get("updated_at")?,
+        deleted_at: r.try_get("deleted_at")?,
+        purge_after: r.try_get("purge_after")?,
+    })
+}
+
+fn version_row<R: Row>(r: &R) -> Result<SecretVersionRecord>
+where
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> i64: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> bool: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> Option<i64>: sqlx::Decode<'a, R::Database>,
+{
+    Ok(SecretVersionRecord {
+        name: r.try_get("name")?,
+        version: r.try_get("version")?,
+        ciphertext: r.try_get("ciphertext")?,
+        wrapped_key: r.try_get("wrapped_key")?,
+        created_at: r.try_get("created_at")?,
+        created_by: r.try_get("created_by")?,
+        enabled: r.try_get("enabled")?,
+        not_before: r.try_get("not_before")?,
+        expires_at: r.try_get("expires_at")?,
+    })
 }
 
 fn json<T: Serialize>(v: &T) -> Result<String> {
@@ -511,6 +616,59 @@ macro_rules! apply_op {
                     qb.build().execute(&mut *$tx).await?;
                 }
             }
+            Op::UpsertSecret(r) => {
+                sqlx::query("INSERT INTO secrets (name, owner, purpose, content_type, environment, tags, rotation_period, current_version, created_at, updated_at, deleted_at, purge_after) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, NULL, NULL) ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, purpose = excluded.purpose, content_type = excluded.content_type, environment = excluded.environment, tags = excluded.tags, rotation_period = excluded.rotation_period, updated_at = excluded.updated_at")
+                    .bind(&r.name).bind(&r.owner).bind(&r.purpose).bind(&r.content_type).bind(&r.environment)
+                    .bind(json(&r.tags)?).bind(r.rotation_period).bind(r.current_version).bind(r.created_at).bind(r.updated_at)
+                    .execute(&mut *$tx).await?;
+            }
+            Op::InsertSecretVersion(v) => {
+                let n = sqlx::query("UPDATE secrets SET current_version = $1, updated_at = $2 WHERE name = $3 AND current_version = $4 AND deleted_at IS NULL")
+                    .bind(v.version).bind(v.created_at).bind(&v.name).bind(v.version - 1)
+                    .execute(&mut *$tx).await?.rows_affected();
+                if n != 1 {
+                    return Err(StoreError::Conflict(format!("secret `{}` is deleted, missing, or was written meanwhile", v.name)));
+                }
+                sqlx::query("INSERT INTO secret_versions (name, version, ciphertext, wrapped_key, created_at, created_by, enabled, not_before, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)")
+                    .bind(&v.name).bind(v.version).bind(&v.ciphertext).bind(&v.wrapped_key).bind(v.created_at)
+                    .bind(&v.created_by).bind(v.enabled).bind(v.not_before).bind(v.expires_at)
+                    .execute(&mut *$tx).await?;
+            }
+            Op::SetSecretVersion { name, version, enabled } => {
+                let n = sqlx::query("UPDATE secret_versions SET enabled = $1 WHERE name = $2 AND version = $3")
+                    .bind(enabled).bind(name).bind(version)
+                    .execute(&mut *$tx).await?.rows_affected();
+                if n != 1 {
+                    return Err(StoreError::Conflict(format!("secret `{name}` has no version {version}")));
+                }
+            }
+            Op::DeleteSecret { name, at, purge_after } => {
+                let n = sqlx::query("UPDATE secrets SET deleted_at = $1, purge_after = $2 WHERE name = $3 AND deleted_at IS NULL")
+                    .bind(at).bind(purge_after).bind(name)
+                    .execute(&mut *$tx).await?.rows_affected();
+                if n != 1 {
+                    return Err(StoreError::Conflict(format!("secret `{name}` does not exist or is already deleted")));
+                }
+            }
+            Op::RestoreSecret(name) => {
+                let n = sqlx::query("UPDATE secrets SET deleted_at = NULL, purge_after = NULL WHERE name = $1 AND deleted_at IS NOT NULL")
+                    .bind(name)
+                    .execute(&mut *$tx).await?.rows_affected();
+                if n != 1 {
+                    return Err(StoreError::Conflict(format!("secret `{name}` is not deleted")));
+                }
+            }
+            Op::PurgeSecret(name) => {
+                sqlx::query("DELETE FROM secret_versions WHERE name = $1 AND EXISTS (SELECT 1 FROM secrets WHERE name = $1 AND deleted_at IS NOT NULL)")
+                    .bind(name)
+                    .execute(&mut *$tx).await?;
+                let n = sqlx::query("DELETE FROM secrets WHERE name = $1 AND deleted_at IS NOT NULL")
+                    .bind(name)
+                    .execute(&mut *$tx).await?.rows_affected();
+                if n != 1 {
+                    return Err(StoreError::Conflict(format!("secret `{name}` is not deleted (delete it first)")));
+                }
+            }
             Op::SetMeta { key, value } => {
                 sqlx::query("INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value")
                     .bind(key).bind(value)
@@ -596,6 +754,61 @@ impl Store {
         Ok(())
     }
 
+    /// A secret's metadata, deleted or not.
+    pub async fn secret(&self, name: &str) -> Result<Option<SecretRecord>> {
+        Ok(with_read!(self, |pool| {
+            sqlx::query("SELECT * FROM secrets WHERE name = $1")
+                .bind(name)
+                .fetch_optional(pool)
+                .await?
+                .map(|r| secret_row(&r))
+                .transpose()?
+        }))
+    }
+
+    /// Every secret's metadata, in name order; deleted ones only when asked.
+    pub async fn secrets(&self, include_deleted: bool) -> Result<Vec<SecretRecord>> {
+        Ok(with_read!(self, |pool| {
+            sqlx::query("SELECT * FROM secrets WHERE $1 OR deleted_at IS NULL ORDER BY name")
+                .bind(include_deleted)
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(secret_row)
+                .collect::<Result<Vec<_>>>()?
+        }))
+    }
+
+    /// One version with its sealed value.
+    pub async fn secret_version(
+        &self,
+        name: &str,
+        version: i64,
+    ) -> Result<Option<SecretVersionRecord>> {
+        Ok(with_read!(self, |pool| {
+            sqlx::query("SELECT * FROM secret_versions WHERE name = $1 AND version = $2")
+                .bind(name)
+                .bind(version)
+                .fetch_optional(pool)
+                .await?
+                .map(|r| version_row(&r))
+                .transpose()?
+        }))
+    }
+
+    /// A secret's versions, newest first.
+    pub async fn secret_versions(&self, name: &str) -> Result<Vec<SecretVersionRecord>> {
+        Ok(with_read!(self, |pool| {
+            sqlx::query("SELECT * FROM secret_versions WHERE name = $1 ORDER BY version DESC")
+                .bind(name)
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(version_row)
+                .collect::<Result<Vec<_>>>()?
+        }))
+    }
+
     /// A cheap round trip, for readiness.
     pub async fn ping(&self) -> Result<()> {
         with_read!(self, |pool| {
@@ -653,7 +866,7 @@ impl Store {
             {
                 let hash: Option<String> = r.try_get("secret_hash")?;
                 let secret = match hash {
-                    Some(hash) => Some(SecretRecord {
+                    Some(hash) => Some(ClientSecretRecord {
                         hash,
                         created_at: r.try_get::<Option<i64>, _>("secret_created_at")?.unwrap_or(0),
                         expires_at: r.try_get("secret_expires_at")?,

@@ -106,7 +106,7 @@ async fn suite(store: Store) {
                 },
                 Op::SetClientSecret {
                     client: "nope".into(),
-                    secret: SecretRecord {
+                    secret: ClientSecretRecord {
                         hash: "h".into(),
                         created_at: 1,
                         expires_at: None,
@@ -135,7 +135,7 @@ async fn suite(store: Store) {
             &[
                 Op::SetClientSecret {
                     client: "c1".into(),
-                    secret: SecretRecord {
+                    secret: ClientSecretRecord {
                         hash: "aGFzaA".into(),
                         created_at: 5,
                         expires_at: Some(99),
@@ -428,18 +428,175 @@ async fn identity_suite(store: Store) {
     assert_eq!(cas[0].cert, ca.cert);
 }
 
+async fn vault_suite(store: Store) {
+    let meta = SecretRecord {
+        name: "payments/stripe".into(),
+        owner: "team-pay".into(),
+        purpose: "charges".into(),
+        content_type: "text/plain".into(),
+        environment: "prod".into(),
+        tags: [("tier".to_owned(), "1".to_owned())].into(),
+        rotation_period: Some(86_400),
+        current_version: 0,
+        created_at: 10,
+        updated_at: 10,
+        deleted_at: None,
+        purge_after: None,
+    };
+    let version = |v: i64| SecretVersionRecord {
+        name: "payments/stripe".into(),
+        version: v,
+        ciphertext: format!("c{v}"),
+        wrapped_key: format!("k{v}"),
+        created_at: 10 + v,
+        created_by: "admin".into(),
+        enabled: true,
+        not_before: None,
+        expires_at: Some(1000),
+    };
+    let before = store.state_version().await.unwrap();
+    store
+        .commit(
+            &[
+                Op::UpsertSecret(meta.clone()),
+                Op::InsertSecretVersion(version(1)),
+            ],
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.state_version().await.unwrap(),
+        before,
+        "secrets are not configuration state"
+    );
+    // Versions follow each other: a stale writer (2 again) or a gap (4) is a conflict, and
+    // nothing of it is stored.
+    store
+        .commit(&[Op::InsertSecretVersion(version(2))], &[])
+        .await
+        .unwrap();
+    for v in [2, 4] {
+        assert!(matches!(
+            store
+                .commit(&[Op::InsertSecretVersion(version(v))], &[])
+                .await,
+            Err(StoreError::Conflict(_))
+        ));
+    }
+    let got = store.secret("payments/stripe").await.unwrap().unwrap();
+    assert_eq!(got.current_version, 2);
+    assert_eq!(got.tags, meta.tags);
+    let v1 = store
+        .secret_version("payments/stripe", 1)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(v1, version(1));
+    assert_eq!(
+        store
+            .secret_versions("payments/stripe")
+            .await
+            .unwrap()
+            .iter()
+            .map(|v| v.version)
+            .collect::<Vec<_>>(),
+        vec![2, 1]
+    );
+    store
+        .commit(
+            &[Op::SetSecretVersion {
+                name: "payments/stripe".into(),
+                version: 1,
+                enabled: false,
+            }],
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(
+        !store
+            .secret_version("payments/stripe", 1)
+            .await
+            .unwrap()
+            .unwrap()
+            .enabled
+    );
+    // Metadata changes leave the versions alone.
+    let mut changed = meta.clone();
+    changed.owner = "team-new".into();
+    store
+        .commit(&[Op::UpsertSecret(changed)], &[])
+        .await
+        .unwrap();
+    let got = store.secret("payments/stripe").await.unwrap().unwrap();
+    assert_eq!((got.owner.as_str(), got.current_version), ("team-new", 2));
+    // Purge needs a delete first; a deleted secret takes no version and is listed only on request.
+    let purge = Op::PurgeSecret("payments/stripe".into());
+    assert!(matches!(
+        store.commit(&[purge.clone()], &[]).await,
+        Err(StoreError::Conflict(_))
+    ));
+    store
+        .commit(
+            &[Op::DeleteSecret {
+                name: "payments/stripe".into(),
+                at: 50,
+                purge_after: 100,
+            }],
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        store
+            .commit(&[Op::InsertSecretVersion(version(3))], &[])
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(store.secrets(false).await.unwrap().is_empty());
+    assert_eq!(store.secrets(true).await.unwrap()[0].deleted_at, Some(50));
+    store
+        .commit(&[Op::RestoreSecret("payments/stripe".into())], &[])
+        .await
+        .unwrap();
+    assert_eq!(store.secrets(false).await.unwrap().len(), 1);
+    store
+        .commit(
+            &[
+                Op::DeleteSecret {
+                    name: "payments/stripe".into(),
+                    at: 60,
+                    purge_after: 100,
+                },
+                purge,
+            ],
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(store.secret("payments/stripe").await.unwrap().is_none());
+    assert!(store
+        .secret_version("payments/stripe", 2)
+        .await
+        .unwrap()
+        .is_none());
+}
+
 #[tokio::test]
 async fn sqlite_suite() {
     let (store, _dir) = sqlite().await;
     suite(store.clone()).await;
-    identity_suite(store).await;
+    identity_suite(store.clone()).await;
+    vault_suite(store).await;
 }
 
 #[tokio::test]
 async fn postgres_suite() {
     if let Some(store) = postgres().await {
         suite(store.clone()).await;
-        identity_suite(store).await;
+        identity_suite(store.clone()).await;
+        vault_suite(store).await;
     }
 }
 

@@ -114,7 +114,10 @@ mod tests {
         assert_eq!(e.open(&a, 1, &swapped), Err(VaultError::Unseal));
         // Another KEK: refused.
         let other = kek();
-        assert_eq!(Envelope::new(&other).open(&a, 1, &s), Err(VaultError::Unseal));
+        assert_eq!(
+            Envelope::new(&other).open(&a, 1, &s),
+            Err(VaultError::Unseal)
+        );
         // Two seals of one value differ (fresh data key, fresh nonce).
         assert_ne!(e.seal(&a, 1, b"x").unwrap(), e.seal(&a, 1, b"x").unwrap());
     }

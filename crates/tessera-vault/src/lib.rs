@@ -18,7 +18,9 @@ pub const MAX_VALUE_BYTES: usize = 25 * 1024;
 pub enum VaultError {
     #[error("a secret value is at most 25 KiB; this one is {0} bytes")]
     TooLarge(usize),
-    #[error("the value cannot be decrypted: wrong key-encryption key, or the row was changed or moved")]
+    #[error(
+        "the value cannot be decrypted: wrong key-encryption key, or the row was changed or moved"
+    )]
     Unseal,
     #[error("encryption failed: {0}")]
     Crypto(String),

@@ -13,7 +13,9 @@ pub struct SecretRef {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("`{input}` is not a secret reference: {reason} (expected tessera://secret/NAME[?version=N])")]
+#[error(
+    "`{input}` is not a secret reference: {reason} (expected tessera://secret/NAME[?version=N])"
+)]
 pub struct RefError {
     input: String,
     reason: String,
