@@ -107,6 +107,12 @@ pub enum Command {
         #[command(subcommand)]
         command: CaCommand,
     },
+    /// The vault: secrets that cannot be removed yet, sealed at rest, read by workloads with
+    /// their own identity under `secret_grant`s, every read audited.
+    Secret {
+        #[command(subcommand)]
+        command: SecretCommand,
+    },
     /// Federation: try an outside token against the trusts.
     Federation {
         #[command(subcommand)]
@@ -358,6 +364,120 @@ pub enum AgentTokenCommand {
         /// The agent's name (default: a random `node-…`).
         #[arg(long)]
         agent_id: Option<String>,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+/// Where a secret value comes from: a file, or standard input.
+#[derive(Debug, Args)]
+pub struct ValueSource {
+    /// Read the value from this file (else from standard input).
+    #[arg(long)]
+    pub value_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SecretCommand {
+    /// Write a secret: a new one (needs `--owner` and `--purpose`) or a new version.
+    Put {
+        name: String,
+        #[command(flatten)]
+        value: ValueSource,
+        #[arg(long)]
+        owner: Option<String>,
+        #[arg(long)]
+        purpose: Option<String>,
+        #[arg(long)]
+        content_type: Option<String>,
+        #[arg(long)]
+        environment: Option<String>,
+        /// `KEY=VALUE`, repeatable; replaces the stored tags.
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+        /// How often it should be rotated (e.g. `90d`); overdue secrets are reported.
+        #[arg(long)]
+        rotation_period: Option<String>,
+        /// This version may not be read before this long from now (e.g. `1h`).
+        #[arg(long)]
+        not_before_in: Option<String>,
+        /// This version may not be read after this long from now (e.g. `30d`).
+        #[arg(long)]
+        expires_in: Option<String>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Write the next version of an existing secret (readers waiting on it are told).
+    Rotate {
+        name: String,
+        #[command(flatten)]
+        value: ValueSource,
+        /// Generate the new value: this many random bytes, base64url.
+        #[arg(long, conflicts_with = "value_file")]
+        generate: Option<usize>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Print a secret's value (audited as an administrator's read).
+    Get {
+        name: String,
+        #[arg(long)]
+        version: Option<i64>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// List secrets (`--deleted` adds the deleted ones) with what is overdue.
+    List {
+        #[arg(long)]
+        deleted: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// A secret's versions, newest first.
+    Versions {
+        name: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Owner, purpose, versions, what is overdue, and who may read it and why.
+    Describe {
+        name: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Disable a version: it can no longer be read.
+    Disable {
+        name: String,
+        #[arg(long)]
+        version: i64,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Enable a disabled version again.
+    Enable {
+        name: String,
+        #[arg(long)]
+        version: i64,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Soft delete: nobody reads it; restorable until the retention ends (default 7 days).
+    Delete {
+        name: String,
+        #[arg(long)]
+        retention: Option<String>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Undo a delete.
+    Restore {
+        name: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Remove a deleted secret and every version for good.
+    Purge {
+        name: String,
         #[command(flatten)]
         target: Target,
     },

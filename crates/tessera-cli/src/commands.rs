@@ -205,6 +205,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Proxy { command } => crate::proxy::run(command).await,
         Command::Agent(a) => crate::agent::run(a).await,
         Command::Ca { command } => crate::agent::ca(command).await,
+        Command::Secret { command } => crate::secret::run(command).await,
         Command::Svid {
             command:
                 crate::cli::SvidCommand::Fetch {

@@ -9,6 +9,7 @@ mod dev;
 mod policy;
 mod proxy;
 mod render;
+mod secret;
 
 use clap::Parser;
 

@@ -33,6 +33,8 @@ pub mod model;
 pub mod path;
 
 pub use bundle::{DecisionRecord, PolicyBundle};
+/// The Cedar entity type of [`secret_entity`], for callers of [`PolicyEngine::decide_secret`].
+pub type SecretEntity = Entity;
 use model::{uid, DESCRIBE_SECRET, ISSUE_TOKEN, READ_SECRET};
 
 #[derive(Debug, thiserror::Error)]

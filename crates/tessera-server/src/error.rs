@@ -70,6 +70,13 @@ pub enum ApiError {
     BadRequest(String),
     #[error("forbidden: {0}")]
     Forbidden(String),
+    /// The request conflicts with the resource's state (a deleted secret, a version written
+    /// meanwhile): `409`.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// `413`.
+    #[error("too large: {0}")]
+    TooLarge(String),
     /// A rate limit refused the request: `429` with `Retry-After`.
     #[error("rate_limited: {description}")]
     RateLimited {
@@ -145,6 +152,16 @@ impl IntoResponse for ApiError {
             Self::Forbidden(d) => (
                 StatusCode::FORBIDDEN,
                 json!({"error": "forbidden", "error_description": d}),
+                false,
+            ),
+            Self::Conflict(d) => (
+                StatusCode::CONFLICT,
+                json!({"error": "conflict", "error_description": d}),
+                false,
+            ),
+            Self::TooLarge(d) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                json!({"error": "too_large", "error_description": d}),
                 false,
             ),
             Self::Unavailable(detail) => {

@@ -34,6 +34,7 @@ pub mod oauth;
 pub mod policy;
 pub mod state;
 mod tls;
+pub mod vault;
 
 pub use config::{ConfigFile, ServerConfig, TrustDomainConfig};
 pub use error::{ApiError, StartError};
@@ -70,6 +71,8 @@ pub struct App {
     changes: watch::Sender<i64>,
     /// Outside issuers' keys, per trust (static, or discovered and cached).
     pub trust_keys: federation::TrustKeys,
+    /// Bumped on every secret write by this server, for readers waiting on a new version.
+    pub secret_changes: watch::Sender<u64>,
     metrics: Metrics,
     registry: Registry,
 }
@@ -96,6 +99,11 @@ impl App {
     }
 
     /// The trust domain that is also the issuer at the base URL.
+    /// The key-encryption key, for the vault's envelope.
+    pub(crate) fn kek(&self) -> &Kek {
+        &self.kek
+    }
+
     pub fn first_td(&self) -> &TrustDomain {
         &self.first_td
     }
@@ -461,6 +469,7 @@ pub async fn start(
         bundles,
         changes: watch::channel(0).0,
         trust_keys: federation::TrustKeys::default(),
+        secret_changes: watch::channel(0).0,
         metrics,
         registry,
     });
@@ -480,6 +489,7 @@ pub async fn start(
     let admin_socket = app.config.data_dir.join("admin.sock");
     tasks.push(admin::serve(app.clone(), &admin_socket, stop_rx.clone()).await?);
     tasks.push(tokio::spawn(background(app.clone(), stop_rx)));
+    tasks.push(vault::spawn_upkeep(app.clone()));
     Ok(Running {
         url: base_url,
         admin_socket,
@@ -705,6 +715,7 @@ fn api_router(app: Arc<App>) -> Router {
                 .layer(axum::extract::DefaultBodyLimit::max(MAX_ADMIN_BODY)),
         )
         .nest("/agent/v1", agents::routes())
+        .merge(vault::workload_routes())
         .nest(
             "/v1/policy",
             policy::workload_routes().layer(axum::extract::DefaultBodyLimit::max(MAX_RECORDS_BODY)),

@@ -31,6 +31,16 @@ pub struct DecisionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PointLabels {
     pub point: &'static str,
 }
@@ -75,6 +85,8 @@ pub struct Metrics {
     pub audit_failures: Counter,
     pub svids_issued: Counter,
     pub ca_expiry_seconds: Family<TdLabels, Gauge>,
+    pub secret_reads: Family<ResultLabels, Counter>,
+    pub secrets_overdue: Family<ReasonLabels, Gauge>,
 }
 
 impl Metrics {
@@ -91,6 +103,8 @@ impl Metrics {
             audit_failures: Counter::default(),
             svids_issued: Counter::default(),
             ca_expiry_seconds: Family::default(),
+            secret_reads: Family::default(),
+            secrets_overdue: Family::default(),
         };
         registry.register(
             "tessera_tokens",
@@ -141,6 +155,16 @@ impl Metrics {
             "tessera_ca_expiry_seconds",
             "Seconds until the signing CA of each trust domain expires",
             m.ca_expiry_seconds.clone(),
+        );
+        registry.register(
+            "tessera_secret_reads",
+            "Secret value reads by workloads, by result (ok, denied)",
+            m.secret_reads.clone(),
+        );
+        registry.register(
+            "tessera_secrets_overdue",
+            "Secrets overdue for rotation or whose current version has expired, by reason",
+            m.secrets_overdue.clone(),
         );
         m
     }

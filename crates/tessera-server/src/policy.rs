@@ -577,7 +577,11 @@ pub fn workload_routes() -> Router<Arc<App>> {
 
 /// The workload calling a Tessera workload API: from a Tessera access token whose audience is
 /// the authority, or from its JWT-SVID whose audience is this issuer (what a sidecar holds).
-fn workload_caller(app: &App, snap: &Snapshot, headers: &HeaderMap) -> Result<SpiffeId, ApiError> {
+pub(crate) fn workload_caller(
+    app: &App,
+    snap: &Snapshot,
+    headers: &HeaderMap,
+) -> Result<SpiffeId, ApiError> {
     let unauthorized = |d: &str| ApiError::Client {
         description: d.to_owned(),
         basic: false,

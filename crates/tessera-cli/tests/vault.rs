@@ -1,0 +1,365 @@
+//! The vault end to end, on both backends: values sealed at rest (checked in the database
+//! itself), reads by workload identity under `secret_grant`s only, metadata apart from values,
+//! rotation notices by long poll, disabled and expired versions, soft delete, restore and purge,
+//! every read in the audit chain and no value in it.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+const PAY: &str = "spiffe://example.org/prod/payments";
+const REPORTS: &str = "spiffe://example.org/prod/reports";
+const STRANGER: &str = "spiffe://example.org/prod/stranger";
+const VALUE: &str = "sk_live_51HxTesseraVaultCanary";
+
+fn mesh() -> String {
+    let mut m = String::new();
+    for (id, client) in [
+        (PAY, "payments"),
+        (REPORTS, "reports"),
+        (STRANGER, "stranger"),
+    ] {
+        m.push_str(&format!(
+            "[[workload]]\nid = \"{id}\"\nowner = \"team-x\"\npurpose = \"test\"\nenvironment = \"prod\"\n\n[[client]]\nid = \"{client}\"\nworkload = \"{id}\"\nauth = \"client_secret\"\n\n"
+        ));
+    }
+    m.push_str(&format!(
+        r#"
+[[secret_grant]]
+from = "{PAY}"
+secrets = ["payments/stripe", "legacy/*"]
+why = "charges cards"
+
+[[secret_grant]]
+from = "{REPORTS}"
+secrets = ["payments/stripe"]
+access = "metadata"
+why = "reports on key age"
+"#
+    ));
+    m
+}
+
+/// A Tessera token for the authority itself, for `client`.
+async fn authority_token(s: &Server, client: &str) -> String {
+    let o = tessera(&s.data, &["client", "secret", client]);
+    let secret = stdout(&o).lines().next().unwrap().to_owned();
+    let (status, body) = post_form(
+        &format!("{}/token", s.url),
+        Some((client, &secret)),
+        &[("grant_type", "client_credentials"), ("audience", &s.url)],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    body["access_token"].as_str().unwrap().to_owned()
+}
+
+async fn get(url: &str, token: &str) -> (u16, Value) {
+    let r = reqwest::Client::new()
+        .get(url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+fn ok(o: &std::process::Output) -> String {
+    assert!(o.status.success(), "{}\n{}", stdout(o), stderr(o));
+    stdout(o)
+}
+
+/// Every byte the database holds for the secrets, as text: the SQLite files, or a dump of the
+/// PostgreSQL tables.
+fn stored_bytes(s: &Server) -> String {
+    match &s.db {
+        None => {
+            let mut all = Vec::new();
+            for f in ["tessera.db", "tessera.db-wal"] {
+                if let Ok(b) = std::fs::read(s.data.join(f)) {
+                    all.extend(b);
+                }
+            }
+            String::from_utf8_lossy(&all).into_owned()
+        }
+        Some(url) => {
+            let o = Command::new("psql")
+                .args([url.as_str(), "-At", "-c"])
+                .arg("SELECT s.*, v.* FROM secrets s JOIN secret_versions v USING (name)")
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{}", stderr(&o));
+            stdout(&o)
+        }
+    }
+}
+
+async fn vault_flow(backend: Backend) {
+    let Some(s) = server(backend, &[]) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(dir.path(), "mesh.toml", &mesh());
+    ok(&tessera(&s.data, &["apply", "-f", p.to_str().unwrap()]));
+    let value_file = write(dir.path(), "v", VALUE);
+    let out = ok(&tessera(
+        &s.data,
+        &[
+            "secret",
+            "put",
+            "payments/stripe",
+            "--value-file",
+            value_file.to_str().unwrap(),
+            "--owner",
+            "team-pay",
+            "--purpose",
+            "Stripe API key",
+            "--rotation-period",
+            "90d",
+        ],
+    ));
+    assert_eq!(out, "payments/stripe version 1\n");
+
+    // Sealed at rest: the value is nowhere in the database, its ciphertext is.
+    let stored = stored_bytes(&s);
+    assert!(stored.contains("payments/stripe"), "the row is there");
+    assert!(!stored.contains(VALUE), "the value is stored in the clear");
+
+    let pay = authority_token(&s, "payments").await;
+    let reports = authority_token(&s, "reports").await;
+    let stranger = authority_token(&s, "stranger").await;
+    let url = |path: &str| format!("{}/v1/{path}", s.url);
+
+    // Least privilege: the grantee reads the value; metadata readers see metadata only;
+    // everyone else nothing, not even whether a secret exists.
+    let (status, body) = get(&url("secrets/payments/stripe"), &pay).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["value"], VALUE);
+    assert_eq!(body["version"], 1);
+    let (status, body) = get(&url("secrets/payments/stripe"), &reports).await;
+    assert_eq!(status, 403, "{body}");
+    let (status, body) = get(&url("secret-metadata/payments/stripe"), &reports).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["owner"], "team-pay");
+    assert!(!body.to_string().contains(VALUE));
+    for path in [
+        "secret-metadata/payments/stripe",
+        "secrets/payments/stripe",
+        "secrets/payments/missing",
+    ] {
+        let (status, _) = get(&url(path), &stranger).await;
+        assert_eq!(status, 403, "{path}");
+    }
+    // Granted by an explicit prefix, missing: 404 to the grantee only.
+    assert_eq!(get(&url("secrets/legacy/db"), &pay).await.0, 404);
+    assert_eq!(get(&url("secrets/payments/stripe2"), &pay).await.0, 403);
+    // No token: 401. Path tricks: refused as names.
+    let r = reqwest::get(url("secrets/payments/stripe")).await.unwrap();
+    assert_eq!(r.status(), 401);
+    for trick in [
+        "payments/../payments/stripe",
+        "payments/%2e%2e/stripe",
+        "Payments/stripe",
+    ] {
+        let o = Command::new("curl")
+            .args([
+                "-s",
+                "--path-as-is",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "-H",
+            ])
+            .arg(format!("Authorization: Bearer {pay}"))
+            .arg(url(&format!("secrets/{trick}")))
+            .output()
+            .unwrap();
+        assert_eq!(stdout(&o), "400", "{trick}");
+    }
+
+    // Rotation: a reader waiting on version 1 is answered with version 2 when it is written.
+    let waiter = {
+        let (u, t) = (url("secrets/payments/stripe?after=1&wait=30"), pay.clone());
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let r = get(&u, &t).await;
+            (r, started.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let out = ok(&tessera(
+        &s.data,
+        &["secret", "rotate", "payments/stripe", "--generate", "32"],
+    ));
+    assert_eq!(out, "payments/stripe rotated to version 2\n");
+    let ((status, body), waited) = waiter.await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["version"], 2);
+    assert_ne!(body["value"], VALUE);
+    assert!(waited < Duration::from_secs(10), "{waited:?}");
+    // Nothing newer: the wait ends in 304.
+    let (status, _) = get(&url("secrets/payments/stripe?after=2&wait=1"), &pay).await;
+    assert_eq!(status, 304);
+
+    // Disabled and expired versions: clear refusals; older versions stay readable.
+    ok(&tessera(
+        &s.data,
+        &["secret", "disable", "payments/stripe", "--version", "2"],
+    ));
+    let (status, body) = get(&url("secrets/payments/stripe"), &pay).await;
+    assert_eq!(status, 403);
+    assert!(body.to_string().contains("disabled"), "{body}");
+    let (status, body) = get(&url("secrets/payments/stripe?version=1"), &pay).await;
+    assert_eq!((status, body["value"].as_str()), (200, Some(VALUE)));
+    ok(&tessera(
+        &s.data,
+        &["secret", "enable", "payments/stripe", "--version", "2"],
+    ));
+    ok(&tessera(
+        &s.data,
+        &[
+            "secret",
+            "put",
+            "legacy/db",
+            "--value-file",
+            value_file.to_str().unwrap(),
+            "--owner",
+            "team-pay",
+            "--purpose",
+            "legacy database password",
+            "--expires-in",
+            "1s",
+        ],
+    ));
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let (status, body) = get(&url("secrets/legacy/db"), &pay).await;
+    assert_eq!(status, 403);
+    assert!(body.to_string().contains("expired"), "{body}");
+    let list = ok(&tessera(&s.data, &["secret", "list"]));
+    assert!(list.contains("OVERDUE: expired"), "{list}");
+
+    // Bad input: oversized values and path tricks in names, refused with a one-line message.
+    let big = write(dir.path(), "big", &"x".repeat(25 * 1024 + 1));
+    let o = tessera(
+        &s.data,
+        &[
+            "secret",
+            "put",
+            "payments/stripe",
+            "--value-file",
+            big.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("25 KiB"), "{}", stderr(&o));
+    let o = tessera(
+        &s.data,
+        &[
+            "secret",
+            "put",
+            "../etc",
+            "--value-file",
+            value_file.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("secret name"), "{}", stderr(&o));
+
+    // Describe: who may read, and why.
+    let d = ok(&tessera(
+        &s.data,
+        &["secret", "describe", "payments/stripe"],
+    ));
+    assert!(d.contains(PAY) && d.contains("secret grants of"), "{d}");
+    assert!(
+        d.contains("may read the metadata only:\n    spiffe://example.org/prod/reports"),
+        "{d}"
+    );
+    assert!(!d.contains(STRANGER), "{d}");
+
+    // Soft delete, restore, purge.
+    ok(&tessera(&s.data, &["secret", "delete", "payments/stripe"]));
+    assert_eq!(get(&url("secrets/payments/stripe"), &pay).await.0, 404);
+    let o = tessera(
+        &s.data,
+        &[
+            "secret",
+            "put",
+            "payments/stripe",
+            "--value-file",
+            value_file.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("deleted"), "{}", stderr(&o));
+    let o = tessera(&s.data, &["secret", "get", "payments/stripe"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("deleted"), "{}", stderr(&o));
+    ok(&tessera(&s.data, &["secret", "restore", "payments/stripe"]));
+    let (status, body) = get(&url("secrets/payments/stripe?version=1"), &pay).await;
+    assert_eq!((status, body["value"].as_str()), (200, Some(VALUE)));
+    let o = tessera(&s.data, &["secret", "purge", "payments/stripe"]);
+    assert_eq!(o.status.code(), Some(2), "purge needs a delete first");
+    ok(&tessera(&s.data, &["secret", "delete", "payments/stripe"]));
+    ok(&tessera(&s.data, &["secret", "purge", "payments/stripe"]));
+    let all = ok(&tessera(&s.data, &["secret", "list", "--deleted"]));
+    assert!(!all.contains("payments/stripe"), "{all}");
+
+    // The audit trail: every read by whom and which version, denials, writes; never a value.
+    let o = tessera(&s.data, &["audit", "tail", "-n", "500", "--output", "json"]);
+    let audit = ok(&o);
+    assert!(!audit.contains(VALUE), "a value reached the audit trail");
+    let rows: Vec<Value> = serde_json::from_str(&audit).unwrap();
+    let count = |kind: &str, actor: &str| {
+        rows.iter()
+            .filter(|r| {
+                r["kind"] == kind && r["actor"] == actor && r["subject"] == "secret:payments/stripe"
+            })
+            .count()
+    };
+    assert!(count("secret.read", PAY) >= 3, "{audit}");
+    assert!(count("secret.denied", REPORTS) >= 1, "{audit}");
+    assert!(count("secret.denied", STRANGER) >= 2, "{audit}");
+    for kind in [
+        "secret.written",
+        "secret.rotated",
+        "secret.disabled",
+        "secret.deleted",
+        "secret.restored",
+        "secret.purged",
+    ] {
+        assert!(rows.iter().any(|r| r["kind"] == kind), "{kind}: {audit}");
+    }
+    ok(&tessera(&s.data, &["audit", "verify"]));
+    let metrics = get_text(&format!("{}/metrics", s.url)).await;
+    assert!(
+        metrics.contains("tessera_secret_reads_total{result=\"denied\"}"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vault_sqlite() {
+    vault_flow(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vault_postgres() {
+    vault_flow(Backend::Postgres).await;
+}

@@ -1,0 +1,810 @@
+//! The vault: secrets that cannot be removed yet, stored sealed (tessera-vault's envelope), read
+//! by workloads with their own identity (a Tessera token for the authority, a JWT-SVID, or the
+//! X.509-SVID of the connection) when a `read_secret` policy allows, every read audited before
+//! the value leaves. Admins write, rotate, disable, delete, restore and purge.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tessera_core::{Label, SecretName, SpiffeId};
+use tessera_policy::{Authn, Env, SecretAction};
+use tessera_store::{AuditEvent, Op, SecretRecord, SecretVersionRecord, StoreError};
+use tessera_vault::{Envelope, Sealed};
+
+use crate::admin::Actor;
+use crate::error::ApiError;
+use crate::state::Snapshot;
+use crate::tls::ConnInfo;
+use crate::App;
+
+/// How long a deleted secret can be restored before it is purged, unless the delete says.
+pub const DEFAULT_RETENTION_SECS: i64 = 7 * 24 * 3600;
+/// The longest a reader may wait for a new version in one request.
+const MAX_WAIT_SECS: u64 = 60;
+
+fn subject(name: &SecretName) -> String {
+    format!("secret:{name}")
+}
+
+fn parse_name(name: &str) -> Result<SecretName, ApiError> {
+    SecretName::parse(name).map_err(|e| ApiError::BadRequest(e.to_string()))
+}
+
+fn conflict(e: StoreError) -> ApiError {
+    match e {
+        StoreError::Conflict(m) => ApiError::Conflict(m),
+        other => ApiError::unavailable(other),
+    }
+}
+
+/// Whether a secret is overdue for rotation or past its current version's expiry, at `now`.
+fn overdue(s: &SecretRecord, current: Option<&SecretVersionRecord>, now: i64) -> Vec<&'static str> {
+    let mut why = Vec::new();
+    if let (Some(period), Some(v)) = (s.rotation_period, current) {
+        if v.created_at + period < now {
+            why.push("rotation");
+        }
+    }
+    if current.and_then(|v| v.expires_at).is_some_and(|e| e <= now) {
+        why.push("expired");
+    }
+    why
+}
+
+fn metadata_json(s: &SecretRecord, versions: &[SecretVersionRecord], now: i64) -> Value {
+    let current = versions.iter().find(|v| v.version == s.current_version);
+    json!({
+        "name": s.name,
+        "owner": s.owner,
+        "purpose": s.purpose,
+        "content_type": s.content_type,
+        "environment": s.environment,
+        "tags": s.tags,
+        "rotation_period": s.rotation_period,
+        "current_version": s.current_version,
+        "created_at": s.created_at,
+        "updated_at": s.updated_at,
+        "deleted_at": s.deleted_at,
+        "purge_after": s.purge_after,
+        "overdue": overdue(s, current, now),
+        "versions": versions,
+    })
+}
+
+// ---- Workload side --------------------------------------------------------------------------
+
+pub fn workload_routes() -> Router<Arc<App>> {
+    Router::new()
+        .route("/v1/secrets/{*name}", get(read))
+        .route("/v1/secret-metadata/{*name}", get(read_metadata))
+}
+
+/// The calling workload and how it proved itself: the X.509-SVID of the connection (mTLS), else
+/// a Tessera token for the authority or a JWT-SVID for this issuer.
+fn caller(
+    app: &App,
+    snap: &Snapshot,
+    headers: &HeaderMap,
+    conn: &ConnInfo,
+) -> Result<(SpiffeId, Authn), ApiError> {
+    if headers.contains_key(header::AUTHORIZATION) {
+        return crate::policy::workload_caller(app, snap, headers).map(|id| (id, Authn::Jwt));
+    }
+    let unauthorized = |d: &str| ApiError::Client {
+        description: d.to_owned(),
+        basic: false,
+    };
+    let leaf = conn
+        .peer
+        .as_ref()
+        .and_then(|p| p.0.first())
+        .ok_or_else(|| {
+            unauthorized("authenticate with your X.509-SVID (mTLS), a JWT-SVID or a Tessera token for the authority")
+        })?;
+    let id = tessera_ca::leaf_spiffe_id(leaf)
+        .map_err(|_| unauthorized("the client certificate is not an X.509-SVID"))?;
+    let now = tessera_core::now_unix();
+    if tessera_ca::validity(leaf).is_none_or(|(_, naf)| naf <= now) {
+        return Err(unauthorized("the client certificate has expired"));
+    }
+    match snap.workloads.get(&id) {
+        Some(w) if w.revoked_at.is_none() => Ok((id, Authn::Mtls)),
+        _ => Err(unauthorized(
+            "the certificate's workload is unknown or revoked",
+        )),
+    }
+}
+
+/// The Cedar entity of a secret; for one that does not exist, its name alone, so that a caller
+/// without a grant learns nothing about existence.
+fn entity(
+    app: &App,
+    name: &SecretName,
+    s: Option<&SecretRecord>,
+) -> Result<tessera_policy::SecretEntity, ApiError> {
+    let td = app.first_td().as_str();
+    let (env, owner, tags) = match s {
+        Some(s) => (s.environment.as_str(), s.owner.as_str(), s.tags.clone()),
+        None => ("", "", BTreeMap::new()),
+    };
+    tessera_policy::secret_entity(name.as_str(), td, env, owner, &tags)
+        .map_err(ApiError::unavailable)
+}
+
+async fn decide(
+    app: &App,
+    snap: &Snapshot,
+    who: &SpiffeId,
+    authn: Authn,
+    conn: &ConnInfo,
+    name: &SecretName,
+    s: Option<&SecretRecord>,
+    action: SecretAction,
+) -> Result<(), ApiError> {
+    let env = Env {
+        now: tessera_core::now_unix(),
+        source_ip: conn.source_ip,
+        token_age: 0,
+    };
+    let e = entity(app, name, s)?;
+    let d = snap.engine.decide_secret(who, &e, action, authn, &env);
+    if d.allowed {
+        return Ok(());
+    }
+    let verb = match action {
+        SecretAction::Read => "read",
+        SecretAction::Describe => "describe",
+    };
+    app.metrics
+        .secret_reads
+        .get_or_create(&crate::metrics::ResultLabels { result: "denied" })
+        .inc();
+    let event = AuditEvent {
+        kind: "secret.denied".into(),
+        actor: who.to_string(),
+        subject: subject(name),
+        outcome: "denied".into(),
+        detail: json!({"action": verb, "authn": authn.as_str(), "determined_by": d.determined_by}),
+    };
+    if let Err(e) = app.audit.append(event).await {
+        app.metrics.audit_failures.inc();
+        tracing::error!(error = %e, "could not record a refused secret read");
+    }
+    Err(ApiError::Forbidden(format!(
+        "`{who}` may not {verb} secret `{name}` (no secret grant names it)"
+    )))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReadQuery {
+    version: Option<i64>,
+    /// Long poll: answer when the current version is newer than `after`, or 304 after `wait`
+    /// seconds (at most 60).
+    after: Option<i64>,
+    wait: Option<u64>,
+}
+
+/// `GET /v1/secrets/NAME[?version=N][&after=V&wait=S]`: the value, for a workload allowed to read it.
+async fn read(
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+    Query(q): Query<ReadQuery>,
+    conn: ConnInfo,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let name = parse_name(&name)?;
+    let snap = app.snapshot();
+    let (who, authn) = caller(&app, &snap, &headers, &conn)?;
+    let mut s = app.store.secret(name.as_str()).await?;
+    decide(
+        &app,
+        &snap,
+        &who,
+        authn,
+        &conn,
+        &name,
+        s.as_ref(),
+        SecretAction::Read,
+    )
+    .await?;
+    if let Some(after) = q.after {
+        let deadline = tokio::time::Instant::now()
+            + Duration::from_secs(q.wait.unwrap_or(30).min(MAX_WAIT_SECS));
+        let mut changes = app.secret_changes.subscribe();
+        while s
+            .as_ref()
+            .is_some_and(|s| s.current_version <= after && s.deleted_at.is_none())
+        {
+            // Woken by a write on this server; other servers' writes are seen within a second.
+            let tick = tokio::time::sleep(Duration::from_secs(1));
+            tokio::select! {
+                _ = changes.changed() => {}
+                () = tick => {}
+                () = tokio::time::sleep_until(deadline) => {
+                    return Ok(StatusCode::NOT_MODIFIED.into_response());
+                }
+            }
+            s = app.store.secret(name.as_str()).await?;
+        }
+    }
+    let s = s
+        .filter(|s| s.deleted_at.is_none())
+        .ok_or_else(|| ApiError::NotFound(format!("no secret `{name}` (or it is deleted)")))?;
+    let version = q.version.unwrap_or(s.current_version);
+    let v = app
+        .store
+        .secret_version(name.as_str(), version)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("secret `{name}` has no version {version}")))?;
+    let now = tessera_core::now_unix();
+    if !v.enabled {
+        return Err(ApiError::Forbidden(format!(
+            "version {version} of secret `{name}` is disabled"
+        )));
+    }
+    if v.not_before.is_some_and(|nbf| now < nbf) {
+        return Err(ApiError::Forbidden(format!(
+            "version {version} of secret `{name}` is not valid yet"
+        )));
+    }
+    if v.expires_at.is_some_and(|exp| exp <= now) {
+        return Err(ApiError::Forbidden(format!(
+            "version {version} of secret `{name}` has expired"
+        )));
+    }
+    let value = open(&app, &name, &v)?;
+    // Fail closed: the value leaves only once its read is on the record.
+    app.audit
+        .append(AuditEvent {
+            kind: "secret.read".into(),
+            actor: who.to_string(),
+            subject: subject(&name),
+            outcome: "ok".into(),
+            detail: json!({"version": version, "authn": authn.as_str()}),
+        })
+        .await
+        .inspect_err(|_| {
+            app.metrics.audit_failures.inc();
+        })?;
+    app.metrics
+        .secret_reads
+        .get_or_create(&crate::metrics::ResultLabels { result: "ok" })
+        .inc();
+    let mut body = json!({
+        "name": name,
+        "version": version,
+        "current_version": s.current_version,
+        "content_type": s.content_type,
+        "created_at": v.created_at,
+        "expires_at": v.expires_at,
+        "value_base64": STANDARD.encode(&value),
+    });
+    if let (Ok(text), Value::Object(m)) = (String::from_utf8(value), &mut body) {
+        m.insert("value".into(), Value::String(text));
+    }
+    let mut resp = Json(body).into_response();
+    resp.headers_mut().insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
+    Ok(resp)
+}
+
+fn open(app: &App, name: &SecretName, v: &SecretVersionRecord) -> Result<Vec<u8>, ApiError> {
+    Envelope::new(app.kek())
+        .open(
+            name,
+            v.version,
+            &Sealed {
+                ciphertext: v.ciphertext.clone(),
+                wrapped_key: v.wrapped_key.clone(),
+            },
+        )
+        .map_err(|e| ApiError::unavailable(format!("secret `{name}` version {}: {e}", v.version)))
+}
+
+/// `GET /v1/secret-metadata/NAME`: owner, versions and dates, never values.
+async fn read_metadata(
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+    conn: ConnInfo,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let name = parse_name(&name)?;
+    let snap = app.snapshot();
+    let (who, authn) = caller(&app, &snap, &headers, &conn)?;
+    let s = app.store.secret(name.as_str()).await?;
+    decide(
+        &app,
+        &snap,
+        &who,
+        authn,
+        &conn,
+        &name,
+        s.as_ref(),
+        SecretAction::Describe,
+    )
+    .await?;
+    let s = s
+        .filter(|s| s.deleted_at.is_none())
+        .ok_or_else(|| ApiError::NotFound(format!("no secret `{name}` (or it is deleted)")))?;
+    let versions = app.store.secret_versions(name.as_str()).await?;
+    Ok(Json(metadata_json(&s, &versions, tessera_core::now_unix())))
+}
+
+// ---- Admin side -----------------------------------------------------------------------------
+
+pub fn admin_routes() -> Router<Arc<App>> {
+    Router::new()
+        .route("/v1/secrets", get(list))
+        .route("/v1/secrets/put", post(put))
+        .route("/v1/secrets/get", post(admin_get))
+        .route("/v1/secrets/describe", post(describe))
+        .route("/v1/secrets/version", post(set_version))
+        .route("/v1/secrets/delete", post(delete))
+        .route("/v1/secrets/restore", post(restore))
+        .route("/v1/secrets/purge", post(purge))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PutRequest {
+    name: String,
+    /// The value, base64.
+    value: String,
+    /// `true` for `tessera secret rotate`: the secret must exist, and the audit says rotated.
+    #[serde(default)]
+    rotate: bool,
+    owner: Option<String>,
+    purpose: Option<String>,
+    content_type: Option<String>,
+    environment: Option<String>,
+    tags: Option<BTreeMap<String, String>>,
+    /// Seconds.
+    rotation_period: Option<i64>,
+    not_before: Option<i64>,
+    expires_at: Option<i64>,
+}
+
+/// `POST /admin/v1/secrets/put`: a new secret (owner and purpose required) or a new version of
+/// one; metadata given replaces what was stored.
+async fn put(
+    State(app): State<Arc<App>>,
+    Extension(actor): Extension<Actor>,
+    Json(req): Json<PutRequest>,
+) -> Result<Json<Value>, ApiError> {
+    let name = parse_name(&req.name)?;
+    let value = STANDARD
+        .decode(req.value.as_bytes())
+        .map_err(|_| ApiError::BadRequest("`value` must be base64".into()))?;
+    if value.len() > tessera_vault::MAX_VALUE_BYTES {
+        return Err(ApiError::TooLarge(format!(
+            "a secret value is at most 25 KiB; this one is {} bytes",
+            value.len()
+        )));
+    }
+    if value.is_empty() {
+        return Err(ApiError::BadRequest("the value is empty".into()));
+    }
+    if req.rotation_period.is_some_and(|p| p < 60) {
+        return Err(ApiError::BadRequest(
+            "`rotation_period` is at least a minute".into(),
+        ));
+    }
+    if let (Some(nbf), Some(exp)) = (req.not_before, req.expires_at) {
+        if exp <= nbf {
+            return Err(ApiError::BadRequest(
+                "`expires_at` must come after `not_before`".into(),
+            ));
+        }
+    }
+    let label = |v: &Option<String>, what: &str| -> Result<Option<String>, ApiError> {
+        v.as_deref()
+            .map(|s| {
+                Label::parse(s)
+                    .map(|l| l.to_string())
+                    .map_err(|e| ApiError::BadRequest(format!("`{what}`: {e}")))
+            })
+            .transpose()
+    };
+    let (owner, environment) = (
+        label(&req.owner, "owner")?,
+        label(&req.environment, "environment")?,
+    );
+    let now = tessera_core::now_unix();
+    let existing = app.store.secret(name.as_str()).await?;
+    let mut meta = match existing {
+        Some(s) if s.deleted_at.is_some() => return Err(ApiError::Conflict(format!(
+            "secret `{name}` is deleted: restore it (`tessera secret restore`) or purge it first"
+        ))),
+        Some(s) => s,
+        None if req.rotate => {
+            return Err(ApiError::NotFound(format!("no secret `{name}` to rotate")))
+        }
+        None => SecretRecord {
+            name: name.to_string(),
+            owner: owner
+                .clone()
+                .ok_or_else(|| ApiError::BadRequest("a new secret needs an `owner`".into()))?,
+            purpose: req
+                .purpose
+                .clone()
+                .filter(|p| !p.trim().is_empty())
+                .ok_or_else(|| ApiError::BadRequest("a new secret needs a `purpose`".into()))?,
+            content_type: "text/plain".into(),
+            environment: String::new(),
+            tags: BTreeMap::new(),
+            rotation_period: None,
+            current_version: 0,
+            created_at: now,
+            updated_at: now,
+            deleted_at: None,
+            purge_after: None,
+        },
+    };
+    if let Some(o) = owner {
+        meta.owner = o;
+    }
+    if let Some(p) = req.purpose.filter(|p| !p.trim().is_empty()) {
+        meta.purpose = p.chars().take(500).collect();
+    }
+    if let Some(c) = req.content_type {
+        meta.content_type = c.chars().take(100).collect();
+    }
+    if let Some(e) = environment {
+        meta.environment = e;
+    }
+    if let Some(t) = req.tags {
+        meta.tags = t;
+    }
+    if req.rotation_period.is_some() {
+        meta.rotation_period = req.rotation_period;
+    }
+    meta.updated_at = now;
+    let version = meta.current_version + 1;
+    let sealed = Envelope::new(app.kek())
+        .seal(&name, version, &value)
+        .map_err(ApiError::unavailable)?;
+    let record = SecretVersionRecord {
+        name: name.to_string(),
+        version,
+        ciphertext: sealed.ciphertext,
+        wrapped_key: sealed.wrapped_key,
+        created_at: now,
+        created_by: actor.0.clone(),
+        enabled: true,
+        not_before: req.not_before,
+        expires_at: req.expires_at,
+    };
+    let kind = if req.rotate {
+        "secret.rotated"
+    } else {
+        "secret.written"
+    };
+    app.store
+        .commit(
+            &[Op::UpsertSecret(meta), Op::InsertSecretVersion(record)],
+            &[AuditEvent {
+                kind: kind.into(),
+                actor: actor.0,
+                subject: subject(&name),
+                outcome: "ok".into(),
+                detail: json!({"version": version, "bytes": value.len()}),
+            }],
+        )
+        .await
+        .map_err(conflict)?;
+    app.secret_changes.send_modify(|n| *n += 1);
+    Ok(Json(json!({"name": name, "version": version})))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NameRequest {
+    name: String,
+    version: Option<i64>,
+    enabled: Option<bool>,
+    /// Seconds a deleted secret stays restorable.
+    retention: Option<i64>,
+}
+
+/// `POST /admin/v1/secrets/get`: the value, for an administrator; audited like any read.
+async fn admin_get(
+    State(app): State<Arc<App>>,
+    Extension(actor): Extension<Actor>,
+    Json(req): Json<NameRequest>,
+) -> Result<Json<Value>, ApiError> {
+    let name = parse_name(&req.name)?;
+    let s = app
+        .store
+        .secret(name.as_str())
+        .await?
+        .filter(|s| s.deleted_at.is_none())
+        .ok_or_else(|| ApiError::NotFound(format!("no secret `{name}` (or it is deleted)")))?;
+    let version = req.version.unwrap_or(s.current_version);
+    let v = app
+        .store
+        .secret_version(name.as_str(), version)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("secret `{name}` has no version {version}")))?;
+    let value = open(&app, &name, &v)?;
+    app.audit
+        .append(AuditEvent {
+            kind: "secret.read".into(),
+            actor: actor.0,
+            subject: subject(&name),
+            outcome: "ok".into(),
+            detail: json!({"version": version, "authn": "admin"}),
+        })
+        .await
+        .inspect_err(|_| {
+            app.metrics.audit_failures.inc();
+        })?;
+    Ok(Json(json!({
+        "name": name,
+        "version": version,
+        "enabled": v.enabled,
+        "value_base64": STANDARD.encode(&value),
+    })))
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    #[serde(default)]
+    deleted: bool,
+}
+
+/// `GET /admin/v1/secrets[?deleted=true]`: metadata of every secret, with what is overdue.
+async fn list(
+    State(app): State<Arc<App>>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let now = tessera_core::now_unix();
+    let mut out = Vec::new();
+    for s in app.store.secrets(q.deleted).await? {
+        let current = app.store.secret_version(&s.name, s.current_version).await?;
+        let mut v = metadata_json(&s, &[], now);
+        if let Value::Object(m) = &mut v {
+            m.remove("versions");
+            m.insert("overdue".into(), json!(overdue(&s, current.as_ref(), now)));
+        }
+        out.push(v);
+    }
+    Ok(Json(Value::Array(out)))
+}
+
+/// `POST /admin/v1/secrets/describe`: metadata, versions (never values), who may read it and
+/// who may see its metadata under the policy in force.
+async fn describe(
+    State(app): State<Arc<App>>,
+    Json(req): Json<NameRequest>,
+) -> Result<Json<Value>, ApiError> {
+    let name = parse_name(&req.name)?;
+    let s = app
+        .store
+        .secret(name.as_str())
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no secret `{name}`")))?;
+    let versions = app.store.secret_versions(name.as_str()).await?;
+    let snap = app.snapshot();
+    let e = entity(&app, &name, Some(&s))?;
+    let env = Env::now();
+    let (mut readers, mut viewers) = (Vec::new(), Vec::new());
+    for w in snap.workloads.values().filter(|w| w.revoked_at.is_none()) {
+        let id = &w.spec.id;
+        let may = |a| snap.engine.decide_secret(id, &e, a, Authn::Jwt, &env);
+        let read = may(SecretAction::Read);
+        if read.allowed {
+            readers.push(json!({"workload": id, "by": read.determined_by}));
+        } else if may(SecretAction::Describe).allowed {
+            viewers.push(id.to_string());
+        }
+    }
+    let mut v = metadata_json(&s, &versions, tessera_core::now_unix());
+    if let Value::Object(m) = &mut v {
+        m.insert("readers".into(), json!(readers));
+        m.insert("metadata_readers".into(), json!(viewers));
+    }
+    Ok(Json(v))
+}
+
+/// `POST /admin/v1/secrets/version`: enables or disables one version.
+async fn set_version(
+    State(app): State<Arc<App>>,
+    Extension(actor): Extension<Actor>,
+    Json(req): Json<NameRequest>,
+) -> Result<Json<Value>, ApiError> {
+    let name = parse_name(&req.name)?;
+    let (Some(version), Some(enabled)) = (req.version, req.enabled) else {
+        return Err(ApiError::BadRequest(
+            "`version` and `enabled` are required".into(),
+        ));
+    };
+    app.store
+        .commit(
+            &[Op::SetSecretVersion {
+                name: name.to_string(),
+                version,
+                enabled,
+            }],
+            &[AuditEvent {
+                kind: if enabled {
+                    "secret.enabled"
+                } else {
+                    "secret.disabled"
+                }
+                .into(),
+                actor: actor.0,
+                subject: subject(&name),
+                outcome: "ok".into(),
+                detail: json!({"version": version}),
+            }],
+        )
+        .await
+        .map_err(conflict)?;
+    app.secret_changes.send_modify(|n| *n += 1);
+    Ok(Json(
+        json!({"name": name, "version": version, "enabled": enabled}),
+    ))
+}
+
+/// `POST /admin/v1/secrets/delete`: soft delete, restorable for the retention period.
+async fn delete(
+    State(app): State<Arc<App>>,
+    Extension(actor): Extension<Actor>,
+    Json(req): Json<NameRequest>,
+) -> Result<Json<Value>, ApiError> {
+    let name = parse_name(&req.name)?;
+    let retention = req.retention.unwrap_or(DEFAULT_RETENTION_SECS);
+    if !(0..=365 * 24 * 3600).contains(&retention) {
+        return Err(ApiError::BadRequest(
+            "the retention is 0 to 365 days".into(),
+        ));
+    }
+    let now = tessera_core::now_unix();
+    app.store
+        .commit(
+            &[Op::DeleteSecret {
+                name: name.to_string(),
+                at: now,
+                purge_after: now + retention,
+            }],
+            &[AuditEvent {
+                kind: "secret.deleted".into(),
+                actor: actor.0,
+                subject: subject(&name),
+                outcome: "ok".into(),
+                detail: json!({"purge_after": now + retention}),
+            }],
+        )
+        .await
+        .map_err(conflict)?;
+    app.secret_changes.send_modify(|n| *n += 1);
+    Ok(Json(
+        json!({"name": name, "deleted_at": now, "purge_after": now + retention}),
+    ))
+}
+
+/// `POST /admin/v1/secrets/restore`: undoes a delete.
+async fn restore(
+    State(app): State<Arc<App>>,
+    Extension(actor): Extension<Actor>,
+    Json(req): Json<NameRequest>,
+) -> Result<Json<Value>, ApiError> {
+    let name = parse_name(&req.name)?;
+    app.store
+        .commit(
+            &[Op::RestoreSecret(name.to_string())],
+            &[AuditEvent {
+                kind: "secret.restored".into(),
+                actor: actor.0,
+                subject: subject(&name),
+                outcome: "ok".into(),
+                detail: json!({}),
+            }],
+        )
+        .await
+        .map_err(conflict)?;
+    app.secret_changes.send_modify(|n| *n += 1);
+    Ok(Json(json!({"name": name, "restored": true})))
+}
+
+/// `POST /admin/v1/secrets/purge`: removes a deleted secret and all its versions for good.
+async fn purge(
+    State(app): State<Arc<App>>,
+    Extension(actor): Extension<Actor>,
+    Json(req): Json<NameRequest>,
+) -> Result<Json<Value>, ApiError> {
+    let name = parse_name(&req.name)?;
+    purge_one(&app, &name, &actor.0).await?;
+    Ok(Json(json!({"name": name, "purged": true})))
+}
+
+async fn purge_one(app: &App, name: &SecretName, actor: &str) -> Result<(), ApiError> {
+    app.store
+        .commit(
+            &[Op::PurgeSecret(name.to_string())],
+            &[AuditEvent {
+                kind: "secret.purged".into(),
+                actor: actor.to_owned(),
+                subject: subject(name),
+                outcome: "ok".into(),
+                detail: json!({}),
+            }],
+        )
+        .await
+        .map(|_| ())
+        .map_err(conflict)
+}
+
+/// Every minute: purges deleted secrets past their retention, and counts (metric) and records
+/// (audit, once per server run) secrets overdue for rotation or past expiry.
+pub fn spawn_upkeep(app: Arc<App>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut reported = std::collections::HashSet::<(String, i64, &'static str)>::new();
+        loop {
+            if let Err(e) = upkeep(&app, &mut reported).await {
+                tracing::warn!(error = %e, "vault upkeep failed; retrying in a minute");
+            }
+            tokio::time::sleep(Duration::from_secs(60)).await;
+        }
+    })
+}
+
+async fn upkeep(
+    app: &App,
+    reported: &mut std::collections::HashSet<(String, i64, &'static str)>,
+) -> Result<(), ApiError> {
+    let now = tessera_core::now_unix();
+    let (mut rotation, mut expired) = (0i64, 0i64);
+    for s in app.store.secrets(true).await? {
+        if let Some(after) = s.purge_after.filter(|p| *p <= now) {
+            let _ = after;
+            if let Ok(name) = SecretName::parse(&s.name) {
+                purge_one(app, &name, "server").await?;
+            }
+            continue;
+        }
+        if s.deleted_at.is_some() {
+            continue;
+        }
+        let current = app.store.secret_version(&s.name, s.current_version).await?;
+        for why in overdue(&s, current.as_ref(), now) {
+            match why {
+                "rotation" => rotation += 1,
+                _ => expired += 1,
+            }
+            if reported.insert((s.name.clone(), s.current_version, why)) {
+                app.audit
+                    .append(AuditEvent {
+                        kind: "secret.overdue".into(),
+                        actor: "server".into(),
+                        subject: format!("secret:{}", s.name),
+                        outcome: "warning".into(),
+                        detail: json!({"reason": why, "version": s.current_version, "owner": s.owner}),
+                    })
+                    .await?;
+            }
+        }
+    }
+    app.metrics
+        .secrets_overdue
+        .get_or_create(&crate::metrics::ReasonLabels { reason: "rotation" })
+        .set(rotation);
+    app.metrics
+        .secrets_overdue
+        .get_or_create(&crate::metrics::ReasonLabels { reason: "expired" })
+        .set(expired);
+    Ok(())
+}
