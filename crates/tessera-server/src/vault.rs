@@ -89,16 +89,28 @@ pub fn workload_routes() -> Router<Arc<App>> {
         .route("/v1/secret-metadata/{*name}", get(read_metadata))
 }
 
-/// The calling workload and how it proved itself: the X.509-SVID of the connection (mTLS), else
-/// a Tessera token for the authority or a JWT-SVID for this issuer.
+/// A workload asking for a secret: who, how it proved it, from where.
+struct Reader {
+    id: SpiffeId,
+    authn: Authn,
+    source_ip: Option<std::net::IpAddr>,
+}
+
+/// The calling workload and how it proved itself: a Tessera token for the authority or a
+/// JWT-SVID for this issuer, else the X.509-SVID of the connection (mTLS).
 fn caller(
     app: &App,
     snap: &Snapshot,
     headers: &HeaderMap,
     conn: &ConnInfo,
-) -> Result<(SpiffeId, Authn), ApiError> {
+) -> Result<Reader, ApiError> {
+    let reader = |id, authn| Reader {
+        id,
+        authn,
+        source_ip: conn.source_ip,
+    };
     if headers.contains_key(header::AUTHORIZATION) {
-        return crate::policy::workload_caller(app, snap, headers).map(|id| (id, Authn::Jwt));
+        return crate::policy::workload_caller(app, snap, headers).map(|id| reader(id, Authn::Jwt));
     }
     let unauthorized = |d: &str| ApiError::Client {
         description: d.to_owned(),
@@ -118,7 +130,7 @@ fn caller(
         return Err(unauthorized("the client certificate has expired"));
     }
     match snap.workloads.get(&id) {
-        Some(w) if w.revoked_at.is_none() => Ok((id, Authn::Mtls)),
+        Some(w) if w.revoked_at.is_none() => Ok(reader(id, Authn::Mtls)),
         _ => Err(unauthorized(
             "the certificate's workload is unknown or revoked",
         )),
@@ -144,16 +156,15 @@ fn entity(
 async fn decide(
     app: &App,
     snap: &Snapshot,
-    who: &SpiffeId,
-    authn: Authn,
-    conn: &ConnInfo,
+    reader: &Reader,
     name: &SecretName,
     s: Option<&SecretRecord>,
     action: SecretAction,
 ) -> Result<(), ApiError> {
+    let (who, authn) = (&reader.id, reader.authn);
     let env = Env {
         now: tessera_core::now_unix(),
-        source_ip: conn.source_ip,
+        source_ip: reader.source_ip,
         token_age: 0,
     };
     let e = entity(app, name, s)?;
@@ -205,19 +216,10 @@ async fn read(
 ) -> Result<Response, ApiError> {
     let name = parse_name(&name)?;
     let snap = app.snapshot();
-    let (who, authn) = caller(&app, &snap, &headers, &conn)?;
+    let reader = caller(&app, &snap, &headers, &conn)?;
+    let (who, authn) = (&reader.id, reader.authn);
     let mut s = app.store.secret(name.as_str()).await?;
-    decide(
-        &app,
-        &snap,
-        &who,
-        authn,
-        &conn,
-        &name,
-        s.as_ref(),
-        SecretAction::Read,
-    )
-    .await?;
+    decide(&app, &snap, &reader, &name, s.as_ref(), SecretAction::Read).await?;
     if let Some(after) = q.after {
         let deadline = tokio::time::Instant::now()
             + Duration::from_secs(q.wait.unwrap_or(30).min(MAX_WAIT_SECS));
@@ -323,14 +325,12 @@ async fn read_metadata(
 ) -> Result<Json<Value>, ApiError> {
     let name = parse_name(&name)?;
     let snap = app.snapshot();
-    let (who, authn) = caller(&app, &snap, &headers, &conn)?;
+    let reader = caller(&app, &snap, &headers, &conn)?;
     let s = app.store.secret(name.as_str()).await?;
     decide(
         &app,
         &snap,
-        &who,
-        authn,
-        &conn,
+        &reader,
         &name,
         s.as_ref(),
         SecretAction::Describe,
@@ -425,9 +425,11 @@ async fn put(
     let now = tessera_core::now_unix();
     let existing = app.store.secret(name.as_str()).await?;
     let mut meta = match existing {
-        Some(s) if s.deleted_at.is_some() => return Err(ApiError::Conflict(format!(
+        Some(s) if s.deleted_at.is_some() => {
+            return Err(ApiError::Conflict(format!(
             "secret `{name}` is deleted: restore it (`tessera secret restore`) or purge it first"
-        ))),
+        )))
+        }
         Some(s) => s,
         None if req.rotate => {
             return Err(ApiError::NotFound(format!("no secret `{name}` to rotate")))

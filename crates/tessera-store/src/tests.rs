@@ -534,7 +534,7 @@ async fn vault_suite(store: Store) {
     // Purge needs a delete first; a deleted secret takes no version and is listed only on request.
     let purge = Op::PurgeSecret("payments/stripe".into());
     assert!(matches!(
-        store.commit(&[purge.clone()], &[]).await,
+        store.commit(std::slice::from_ref(&purge), &[]).await,
         Err(StoreError::Conflict(_))
     ));
     store

@@ -85,7 +85,6 @@ impl<'k> Envelope<'k> {
 }
 
 #[cfg(test)]
-#[expect(clippy::unwrap_used, reason = "tests")]
 mod tests {
     use super::*;
 

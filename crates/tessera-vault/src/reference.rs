@@ -66,7 +66,6 @@ impl fmt::Display for SecretRef {
 }
 
 #[cfg(test)]
-#[expect(clippy::unwrap_used, reason = "tests")]
 mod tests {
     use super::*;
 
