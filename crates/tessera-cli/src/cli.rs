@@ -107,6 +107,9 @@ pub enum Command {
         #[command(subcommand)]
         command: CaCommand,
     },
+    /// Run a program with secrets from the vault in its environment or in files, fetched with
+    /// this workload's own identity through the local agent; rotated secrets are rewritten.
+    Exec(ExecArgs),
     /// The vault: secrets that cannot be removed yet, sealed at rest, read by workloads with
     /// their own identity under `secret_grant`s, every read audited.
     Secret {
@@ -367,6 +370,40 @@ pub enum AgentTokenCommand {
         #[command(flatten)]
         target: Target,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// `NAME=tessera://secret/SECRET[?version=N]`: an environment variable of the program.
+    #[arg(long = "env", value_name = "NAME=REF")]
+    pub envs: Vec<String>,
+    /// `PATH=tessera://secret/SECRET[?version=N]`: a file (mode 0600). A relative PATH goes in
+    /// a private folder on tmpfs, named to the program by `TESSERA_SECRETS_DIR`.
+    #[arg(long = "file", value_name = "PATH=REF")]
+    pub files: Vec<String>,
+    /// What to do when a secret without a pinned version is rotated: `none`, `restart`, or
+    /// `signal:NAME` (e.g. `signal:HUP`). Files are rewritten first in every case.
+    #[arg(long, default_value = "none")]
+    pub on_rotate: String,
+    /// The authority's URL.
+    #[arg(long, env = "TESSERA_SERVER")]
+    pub server: String,
+    /// A PEM CA certificate for an `https://` authority.
+    #[arg(long)]
+    pub server_ca: Option<PathBuf>,
+    /// The node agent's Workload API socket.
+    #[arg(
+        long,
+        env = "SPIFFE_ENDPOINT_SOCKET",
+        default_value = "/run/tessera/agent.sock"
+    )]
+    pub socket: String,
+    /// Which of this process's identities to use (default: the first the agent gives).
+    #[arg(long)]
+    pub id: Option<String>,
+    /// The program and its arguments.
+    #[arg(last = true, required = true)]
+    pub command: Vec<String>,
 }
 
 /// Where a secret value comes from: a file, or standard input.

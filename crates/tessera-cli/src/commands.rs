@@ -206,6 +206,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Agent(a) => crate::agent::run(a).await,
         Command::Ca { command } => crate::agent::ca(command).await,
         Command::Secret { command } => crate::secret::run(command).await,
+        Command::Exec(a) => crate::exec::run(a).await,
         Command::Svid {
             command:
                 crate::cli::SvidCommand::Fetch {

@@ -6,6 +6,7 @@ mod agent;
 mod cli;
 mod commands;
 mod dev;
+mod exec;
 mod policy;
 mod proxy;
 mod render;

@@ -11,6 +11,7 @@
 
 mod common;
 
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -362,4 +363,167 @@ async fn vault_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vault_postgres() {
     vault_flow(Backend::Postgres).await;
+}
+
+/// `tessera exec` as a workload attested by the node agent: secrets into the environment and into
+/// a 0600 file on tmpfs, a reference without a grant stops before the program starts, a rotation
+/// rewrites the file and signals the program; and a read with the X.509-SVID over mTLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_and_svid_reads() {
+    use std::io::BufRead;
+
+    let s = server(Backend::Sqlite, &[]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let uid = stdout(&Command::new("id").arg("-u").output().unwrap())
+        .trim()
+        .to_owned();
+    let mesh = mesh().replacen(
+        "environment = \"prod\"\n",
+        &format!("environment = \"prod\"\nselectors = [\"unix:uid:{uid}\"]\n"),
+        1,
+    );
+    let p = write(dir.path(), "mesh.toml", &mesh);
+    ok(&tessera(&s.data, &["apply", "-f", p.to_str().unwrap()]));
+    let value_file = write(dir.path(), "v", VALUE);
+    ok(&tessera(
+        &s.data,
+        &[
+            "secret",
+            "put",
+            "payments/stripe",
+            "--value-file",
+            value_file.to_str().unwrap(),
+            "--owner",
+            "team-pay",
+            "--purpose",
+            "Stripe API key",
+        ],
+    ));
+    let join = stdout(&tessera(&s.data, &["agent", "token", "create"]))
+        .lines()
+        .next()
+        .unwrap()
+        .to_owned();
+    let socket = dir.path().join("agent.sock");
+    let mut agent = Command::new(BIN);
+    agent
+        .args([
+            "agent",
+            "--server",
+            &s.url,
+            "--join-token",
+            &join,
+            "--socket",
+        ])
+        .arg(&socket)
+        .arg("--data")
+        .arg(dir.path().join("agent-data"))
+        .env("TESSERA_LOG", "warn");
+    let _agent = tessera_testkit::spawn_ready(agent, "tessera: agent ready socket=");
+    let exec = |extra: &[&str], program: &str| {
+        let mut c = Command::new(BIN);
+        c.args(["exec", "--server", &s.url, "--id", PAY, "--socket"])
+            .arg(&socket)
+            .args(extra)
+            .args(["--", "sh", "-c", program])
+            .current_dir(dir.path());
+        c
+    };
+
+    let o = exec(
+        &[
+            "--env",
+            "STRIPE=tessera://secret/payments/stripe",
+            "--file",
+            "keys/stripe.txt=tessera://secret/payments/stripe?version=1",
+        ],
+        "echo \"env=$STRIPE\"; echo \"file=$(cat \"$TESSERA_SECRETS_DIR/keys/stripe.txt\")\"; stat -c 'mode=%a' \"$TESSERA_SECRETS_DIR/keys/stripe.txt\"; echo \"dir=$TESSERA_SECRETS_DIR\"",
+    )
+    .output()
+    .unwrap();
+    let out = ok(&o);
+    assert!(out.contains(&format!("env={VALUE}\n")), "{out}");
+    assert!(out.contains(&format!("file={VALUE}\n")), "{out}");
+    assert!(out.contains("mode=600\n"), "{out}");
+    let used = out.lines().find_map(|l| l.strip_prefix("dir=")).unwrap();
+    assert!(
+        !Path::new(used).exists(),
+        "the secrets folder is removed at exit"
+    );
+
+    // No grant for the secret: a one-line refusal, and the program never starts.
+    let o = exec(
+        &["--env", "X=tessera://secret/payments/other"],
+        "touch started",
+    )
+    .output()
+    .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("may not read"), "{}", stderr(&o));
+    assert!(!dir.path().join("started").exists());
+    let o = exec(&["--env", "X=tessera://secret/../x"], "true")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+
+    // Rotation: the file is rewritten, then the program gets SIGHUP.
+    let mut child = exec(
+        &["--file", "k=tessera://secret/payments/stripe", "--on-rotate", "signal:HUP"],
+        "trap 'echo rotated=$(cat \"$TESSERA_SECRETS_DIR/k\"); exit 0' HUP; echo started; while :; do sleep 0.1; done",
+    )
+    .stdout(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "started");
+    let new_value = write(dir.path(), "v2", "rotated-value-2");
+    ok(&tessera(
+        &s.data,
+        &[
+            "secret",
+            "rotate",
+            "payments/stripe",
+            "--value-file",
+            new_value.to_str().unwrap(),
+        ],
+    ));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(lines.next().map(|l| l.unwrap()));
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("no rotation within 20 s");
+    assert_eq!(line.as_deref(), Some("rotated=rotated-value-2"));
+    assert!(child.wait().unwrap().success());
+
+    // The X.509-SVID over mTLS is an identity too: curl with the workload's certificate.
+    let svid_dir = dir.path().join("svid");
+    ok(&Command::new(BIN)
+        .args(["svid", "fetch", "--id", PAY, "--socket"])
+        .arg(&socket)
+        .arg("--write")
+        .arg(&svid_dir)
+        .output()
+        .unwrap());
+    let o = Command::new("curl")
+        .args(["-sS", "--cacert"])
+        .arg(s.data.join("tls").join("ca.pem"))
+        .arg("--cert")
+        .arg(svid_dir.join("svid.pem"))
+        .arg("--key")
+        .arg(svid_dir.join("svid.key"))
+        .arg(format!(
+            "{}/v1/secrets/payments/stripe",
+            s.url.replace("http://", "https://")
+        ))
+        .output()
+        .unwrap();
+    let body: Value = serde_json::from_str(&ok(&o)).unwrap();
+    assert_eq!(body["value"], "rotated-value-2", "{body}");
+    let audit = ok(&tessera(
+        &s.data,
+        &["audit", "tail", "-n", "50", "--output", "json"],
+    ));
+    assert!(audit.contains("\\\"authn\\\":\\\"mtls\\\""), "{audit}");
 }
