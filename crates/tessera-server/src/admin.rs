@@ -53,6 +53,7 @@ pub struct Actor(pub String);
 pub fn routes() -> Router<Arc<App>> {
     Router::new()
         .merge(crate::vault::admin_routes())
+        .merge(crate::dbcreds::admin_routes())
         .route("/v1/apply", post(apply))
         .route("/v1/get/{kind}", get(list))
         .route("/v1/describe/workload", get(describe_workload))

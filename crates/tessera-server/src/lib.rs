@@ -25,6 +25,7 @@ mod agents;
 pub mod apply;
 pub mod ca;
 pub mod config;
+mod dbcreds;
 mod delegation;
 pub mod error;
 pub mod federation;
@@ -73,6 +74,10 @@ pub struct App {
     pub trust_keys: federation::TrustKeys,
     /// Bumped on every secret write by this server, for readers waiting on a new version.
     pub secret_changes: watch::Sender<u64>,
+    /// Admin pools to the databases of dynamic credentials.
+    db_pools: dbcreds::Pools,
+    /// Wakes the lease revoker when a lease is ended.
+    lease_changes: tokio::sync::Notify,
     metrics: Metrics,
     registry: Registry,
 }
@@ -470,6 +475,8 @@ pub async fn start(
         changes: watch::channel(0).0,
         trust_keys: federation::TrustKeys::default(),
         secret_changes: watch::channel(0).0,
+        db_pools: dbcreds::Pools::default(),
+        lease_changes: tokio::sync::Notify::new(),
         metrics,
         registry,
     });
@@ -490,6 +497,7 @@ pub async fn start(
     tasks.push(admin::serve(app.clone(), &admin_socket, stop_rx.clone()).await?);
     tasks.push(tokio::spawn(background(app.clone(), stop_rx)));
     tasks.push(vault::spawn_upkeep(app.clone()));
+    tasks.push(dbcreds::spawn_revoker(app.clone()));
     Ok(Running {
         url: base_url,
         admin_socket,
@@ -716,6 +724,7 @@ fn api_router(app: Arc<App>) -> Router {
         )
         .nest("/agent/v1", agents::routes())
         .merge(vault::workload_routes())
+        .merge(dbcreds::workload_routes())
         .nest(
             "/v1/policy",
             policy::workload_routes().layer(axum::extract::DefaultBodyLimit::max(MAX_RECORDS_BODY)),

@@ -137,6 +137,51 @@ fn caller(
     }
 }
 
+/// The calling workload, by any of the identities [`caller`] accepts.
+pub(crate) fn identify(
+    app: &App,
+    conn: &ConnInfo,
+    headers: &HeaderMap,
+) -> Result<SpiffeId, ApiError> {
+    caller(app, &app.snapshot(), headers, conn).map(|r| r.id)
+}
+
+/// Authenticates the caller and decides `action` on `name` (which need not be stored: the
+/// dynamic database roles are read as `db/ROLE`). Denials are audited.
+pub(crate) async fn authorize(
+    app: &App,
+    conn: &ConnInfo,
+    headers: &HeaderMap,
+    name: &SecretName,
+    action: SecretAction,
+) -> Result<SpiffeId, ApiError> {
+    let snap = app.snapshot();
+    let reader = caller(app, &snap, headers, conn)?;
+    decide(app, &snap, &reader, name, None, action).await?;
+    Ok(reader.id)
+}
+
+/// The current version of a secret and its value, for the server's own use (a database's admin
+/// password). Not audited as a read: the use that follows is.
+pub(crate) async fn current_value(
+    app: &App,
+    name: &SecretName,
+) -> Result<(i64, Vec<u8>), ApiError> {
+    let s = app
+        .store
+        .secret(name.as_str())
+        .await?
+        .filter(|s| s.deleted_at.is_none())
+        .ok_or_else(|| ApiError::NotFound(format!("no secret `{name}`")))?;
+    let v = app
+        .store
+        .secret_version(name.as_str(), s.current_version)
+        .await?
+        .filter(|v| v.enabled)
+        .ok_or_else(|| ApiError::NotFound(format!("secret `{name}` has no enabled current version")))?;
+    Ok((v.version, open(app, name, &v)?))
+}
+
 /// The Cedar entity of a secret; for one that does not exist, its name alone, so that a caller
 /// without a grant learns nothing about existence.
 fn entity(
@@ -385,6 +430,11 @@ async fn put(
     Json(req): Json<PutRequest>,
 ) -> Result<Json<Value>, ApiError> {
     let name = parse_name(&req.name)?;
+    if name.as_str().starts_with("db/") {
+        return Err(ApiError::BadRequest(
+            "`db/` names the dynamic database roles (`tessera db role put`); choose another name".into(),
+        ));
+    }
     let value = STANDARD
         .decode(req.value.as_bytes())
         .map_err(|_| ApiError::BadRequest("`value` must be base64".into()))?;

@@ -195,6 +195,47 @@ pub struct SecretVersionRecord {
     pub expires_at: Option<i64>,
 }
 
+/// A PostgreSQL database Tessera makes roles in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DbConnectionRecord {
+    pub name: String,
+    pub url: String,
+    pub admin_user: String,
+    pub password_secret: String,
+    pub created_at: i64,
+}
+
+/// A role template of a database.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DbRoleRecord {
+    pub name: String,
+    pub connection: String,
+    pub creation: Vec<String>,
+    pub revocation: Vec<String>,
+    pub default_ttl: i64,
+    pub max_ttl: i64,
+    pub created_at: i64,
+}
+
+/// One set of dynamic credentials: a role made for a workload until `expires_at`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseRecord {
+    pub id: String,
+    pub role: String,
+    pub connection: String,
+    pub username: String,
+    pub workload: String,
+    pub revocation: Vec<String>,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub max_expires_at: i64,
+    /// `active`, `revoking` (asked to end, or past its end, and not yet dropped) or `revoked`.
+    pub state: String,
+    pub revoked_at: Option<i64>,
+    pub attempts: i64,
+    pub last_error: Option<String>,
+}
+
 /// The configuration state, loaded whole into memory by each server.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct StoredState {
@@ -230,6 +271,16 @@ pub struct BatchItem {
 pub struct BatchResult {
     pub fresh: bool,
     pub record: Option<AuditRecord>,
+}
+
+/// Which leases [`Store::leases`] returns.
+#[derive(Debug, Clone, Copy)]
+pub enum LeaseFilter<'a> {
+    Id(&'a str),
+    Workload(&'a str),
+    Open,
+    /// Revoking, or active and past their end at this time.
+    Due(i64),
 }
 
 /// One mutation. Applied only through [`Store::commit`], together with audit records.
@@ -327,6 +378,22 @@ pub enum Op {
     RestoreSecret(String),
     /// Removes a deleted secret and every version for good. Conflict unless it was deleted.
     PurgeSecret(String),
+    UpsertDbConnection(DbConnectionRecord),
+    UpsertDbRole(DbRoleRecord),
+    InsertLease(LeaseRecord),
+    /// Extends an active lease; Conflict unless it is active.
+    RenewLease {
+        id: String,
+        expires_at: i64,
+    },
+    /// Asks for a lease's end (active -> revoking); Conflict if it is already revoked.
+    EndLease(String),
+    /// Records a revocation attempt: done (`revoked_at`), or failed with `error`.
+    LeaseRevocation {
+        id: String,
+        revoked_at: Option<i64>,
+        error: Option<String>,
+    },
 }
 
 impl Op {
@@ -346,6 +413,12 @@ impl Op {
                 | Op::DeleteSecret { .. }
                 | Op::RestoreSecret(_)
                 | Op::PurgeSecret(_)
+                | Op::UpsertDbConnection(_)
+                | Op::UpsertDbRole(_)
+                | Op::InsertLease(_)
+                | Op::RenewLease { .. }
+                | Op::EndLease(_)
+                | Op::LeaseRevocation { .. }
         )
     }
 }
@@ -355,6 +428,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("../migrations/0002_identity.sql")),
     (3, include_str!("../migrations/0003_policy_sets.sql")),
     (4, include_str!("../migrations/0004_secrets.sql")),
+    (5, include_str!("../migrations/0005_db_leases.sql")),
 ];
 
 /// Held during every write transaction on PostgreSQL, so that the audit chain of several servers
@@ -669,6 +743,54 @@ macro_rules! apply_op {
                     return Err(StoreError::Conflict(format!("secret `{name}` is not deleted (delete it first)")));
                 }
             }
+            Op::UpsertDbConnection(c) => {
+                sqlx::query("INSERT INTO db_connections (name, url, admin_user, password_secret, created_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (name) DO UPDATE SET url = excluded.url, admin_user = excluded.admin_user, password_secret = excluded.password_secret")
+                    .bind(&c.name).bind(&c.url).bind(&c.admin_user).bind(&c.password_secret).bind(c.created_at)
+                    .execute(&mut *$tx).await?;
+            }
+            Op::UpsertDbRole(r) => {
+                sqlx::query("INSERT INTO db_roles (name, connection, creation, revocation, default_ttl, max_ttl, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (name) DO UPDATE SET connection = excluded.connection, creation = excluded.creation, revocation = excluded.revocation, default_ttl = excluded.default_ttl, max_ttl = excluded.max_ttl")
+                    .bind(&r.name).bind(&r.connection).bind(json(&r.creation)?).bind(json(&r.revocation)?)
+                    .bind(r.default_ttl).bind(r.max_ttl).bind(r.created_at)
+                    .execute(&mut *$tx).await?;
+            }
+            Op::InsertLease(l) => {
+                sqlx::query("INSERT INTO db_leases (id, role, connection, username, workload, revocation, created_at, expires_at, max_expires_at, state, revoked_at, attempts, last_error) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)")
+                    .bind(&l.id).bind(&l.role).bind(&l.connection).bind(&l.username).bind(&l.workload)
+                    .bind(json(&l.revocation)?).bind(l.created_at).bind(l.expires_at).bind(l.max_expires_at)
+                    .bind(&l.state).bind(l.revoked_at).bind(l.attempts).bind(&l.last_error)
+                    .execute(&mut *$tx).await?;
+            }
+            Op::RenewLease { id, expires_at } => {
+                let n = sqlx::query("UPDATE db_leases SET expires_at = $1 WHERE id = $2 AND state = 'active' AND expires_at > $3")
+                    .bind(expires_at).bind(id).bind($now)
+                    .execute(&mut *$tx).await?.rows_affected();
+                if n != 1 {
+                    return Err(StoreError::Conflict(format!("lease `{id}` is not active")));
+                }
+            }
+            Op::EndLease(id) => {
+                let n = sqlx::query("UPDATE db_leases SET state = 'revoking' WHERE id = $1 AND state <> 'revoked'")
+                    .bind(id)
+                    .execute(&mut *$tx).await?.rows_affected();
+                if n != 1 {
+                    return Err(StoreError::Conflict(format!("lease `{id}` is unknown or already revoked")));
+                }
+            }
+            Op::LeaseRevocation { id, revoked_at, error } => {
+                match revoked_at {
+                    Some(at) => {
+                        sqlx::query("UPDATE db_leases SET state = 'revoked', revoked_at = $1, attempts = attempts + 1, last_error = NULL WHERE id = $2")
+                            .bind(at).bind(id)
+                            .execute(&mut *$tx).await?;
+                    }
+                    None => {
+                        sqlx::query("UPDATE db_leases SET state = 'revoking', attempts = attempts + 1, last_error = $1 WHERE id = $2")
+                            .bind(error).bind(id)
+                            .execute(&mut *$tx).await?;
+                    }
+                }
+            }
             Op::SetMeta { key, value } => {
                 sqlx::query("INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value")
                     .bind(key).bind(value)
@@ -752,6 +874,95 @@ impl Store {
             }
         });
         Ok(())
+    }
+
+    pub async fn db_connection(&self, name: &str) -> Result<Option<DbConnectionRecord>> {
+        Ok(with_read!(self, |pool| {
+            match sqlx::query("SELECT * FROM db_connections WHERE name = $1")
+                .bind(name)
+                .fetch_optional(pool)
+                .await?
+            {
+                Some(r) => Some(DbConnectionRecord {
+                    name: r.try_get("name")?,
+                    url: r.try_get("url")?,
+                    admin_user: r.try_get("admin_user")?,
+                    password_secret: r.try_get("password_secret")?,
+                    created_at: r.try_get("created_at")?,
+                }),
+                None => None,
+            }
+        }))
+    }
+
+    pub async fn db_role(&self, name: &str) -> Result<Option<DbRoleRecord>> {
+        Ok(with_read!(self, |pool| {
+            match sqlx::query("SELECT * FROM db_roles WHERE name = $1")
+                .bind(name)
+                .fetch_optional(pool)
+                .await?
+            {
+                Some(r) => Some(DbRoleRecord {
+                    name: r.try_get("name")?,
+                    connection: r.try_get("connection")?,
+                    creation: from_json(&r.try_get::<String, _>("creation")?)?,
+                    revocation: from_json(&r.try_get::<String, _>("revocation")?)?,
+                    default_ttl: r.try_get("default_ttl")?,
+                    max_ttl: r.try_get("max_ttl")?,
+                    created_at: r.try_get("created_at")?,
+                }),
+                None => None,
+            }
+        }))
+    }
+
+    /// Leases: one by `id`, those of a `workload`, or (neither) every lease not yet revoked;
+    /// `due_at` adds those past their end or asked to end at that time.
+    pub async fn leases(&self, filter: LeaseFilter<'_>) -> Result<Vec<LeaseRecord>> {
+        let (sql, a, b): (&str, String, i64) = match filter {
+            LeaseFilter::Id(id) => ("SELECT * FROM db_leases WHERE id = $1 AND $2 = $2", id.to_owned(), 0),
+            LeaseFilter::Workload(w) => (
+                "SELECT * FROM db_leases WHERE workload = $1 AND state <> 'revoked' AND $2 = $2 ORDER BY created_at",
+                w.to_owned(),
+                0,
+            ),
+            LeaseFilter::Open => (
+                "SELECT * FROM db_leases WHERE state <> 'revoked' AND $1 = $1 AND $2 = $2 ORDER BY created_at",
+                String::new(),
+                0,
+            ),
+            LeaseFilter::Due(now) => (
+                "SELECT * FROM db_leases WHERE (state = 'revoking' OR (state = 'active' AND expires_at <= $2)) AND $1 = $1 ORDER BY expires_at LIMIT 500",
+                String::new(),
+                now,
+            ),
+        };
+        Ok(with_read!(self, |pool| {
+            sqlx::query(sql)
+                .bind(a)
+                .bind(b)
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(|r| {
+                    Ok(LeaseRecord {
+                        id: r.try_get("id")?,
+                        role: r.try_get("role")?,
+                        connection: r.try_get("connection")?,
+                        username: r.try_get("username")?,
+                        workload: r.try_get("workload")?,
+                        revocation: from_json(&r.try_get::<String, _>("revocation")?)?,
+                        created_at: r.try_get("created_at")?,
+                        expires_at: r.try_get("expires_at")?,
+                        max_expires_at: r.try_get("max_expires_at")?,
+                        state: r.try_get("state")?,
+                        revoked_at: r.try_get("revoked_at")?,
+                        attempts: r.try_get("attempts")?,
+                        last_error: r.try_get("last_error")?,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?
+        }))
     }
 
     /// A secret's metadata, deleted or not.

@@ -65,8 +65,21 @@ fn free_port() -> u16 {
 }
 
 fn ensure_cluster() -> u16 {
-    let dir = cluster_dir();
+    start_cluster(&cluster_dir(), None)
+}
+
+/// The superuser password of the password-checking test cluster.
+pub const PG_ADMIN_PASSWORD: &str = "tessera-test-admin-password";
+
+/// Starts (once) the cluster in `dir`: `trust` authentication, or with `password` set, SCRAM
+/// password authentication for every connection (for tests where a password must really count).
+fn start_cluster(dir: &std::path::Path, password: Option<&str>) -> u16 {
+    let dir = dir.to_path_buf();
     fs::create_dir_all(&dir).expect("create the test cluster folder");
+    let pwfile = dir.join("pwfile");
+    if let Some(p) = password {
+        fs::write(&pwfile, p).expect("write the password file");
+    }
     let lock = File::create(dir.with_extension("lock")).expect("lock file");
     lock.lock().expect("lock the test cluster");
     let data = dir.join("data");
@@ -78,19 +91,14 @@ fn ensure_cluster() -> u16 {
             .status();
     }
     if !data.join("PG_VERSION").exists() {
-        let out = run_pg(
-            "initdb",
-            &[
-                "-D",
-                data.to_str().unwrap(),
-                "-U",
-                "postgres",
-                "--auth=trust",
-                "-E",
-                "UTF8",
-                "--no-instructions",
-            ],
-        );
+        let pw_arg = format!("--pwfile={}", pwfile.display());
+        let mut args = vec!["-D", data.to_str().unwrap(), "-U", "postgres", "-E", "UTF8", "--no-instructions"];
+        if password.is_some() {
+            args.extend(["--auth=scram-sha-256", pw_arg.as_str()]);
+        } else {
+            args.push("--auth=trust");
+        }
+        let out = run_pg("initdb", &args);
         assert!(
             out.status.success(),
             "initdb failed: {}",
@@ -141,6 +149,39 @@ fn ensure_cluster() -> u16 {
 }
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A fresh database in a cluster that checks passwords (SCRAM): `(url without credentials,
+/// superuser name, superuser password)`. For dynamic credentials, whose passwords must matter.
+pub fn postgres_password_database() -> Option<(String, String, String)> {
+    if std::env::var("TESSERA_SKIP_POSTGRES").as_deref() == Ok("1") {
+        eprintln!("TESSERA_SKIP_POSTGRES=1: skipping the PostgreSQL half of this test");
+        return None;
+    }
+    let dir = cluster_dir().with_file_name("tessera-test-pg-scram");
+    let port = start_cluster(&dir, Some(PG_ADMIN_PASSWORD));
+    let name = format!(
+        "tessera_dyn_{}_{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    );
+    let base = format!("postgres://postgres@127.0.0.1:{port}");
+    let out = Command::new("psql")
+        .args([base.as_str(), "-v", "ON_ERROR_STOP=1", "-qc"])
+        .arg(format!("CREATE DATABASE {name}"))
+        .env("PGPASSWORD", PG_ADMIN_PASSWORD)
+        .output()
+        .expect("psql (the postgresql-client package) is needed for the PostgreSQL tests");
+    assert!(
+        out.status.success(),
+        "CREATE DATABASE failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some((
+        format!("postgres://127.0.0.1:{port}/{name}"),
+        "postgres".into(),
+        PG_ADMIN_PASSWORD.into(),
+    ))
+}
 
 /// A URL to a fresh, empty PostgreSQL database, or `None` when the run opted out explicitly.
 pub fn postgres_database() -> Option<String> {
