@@ -107,6 +107,12 @@ pub enum Command {
         #[command(subcommand)]
         command: CaCommand,
     },
+    /// Dynamic PostgreSQL credentials: declare databases and role templates (admin), get a
+    /// fresh role under a lease (workload), list and revoke leases.
+    Db {
+        #[command(subcommand)]
+        command: DbCommand,
+    },
     /// Run a program with secrets from the vault in its environment or in files, fetched with
     /// this workload's own identity through the local agent; rotated secrets are rewritten.
     Exec(ExecArgs),
@@ -404,6 +410,94 @@ pub struct ExecArgs {
     /// The program and its arguments.
     #[arg(last = true, required = true)]
     pub command: Vec<String>,
+}
+
+/// How a workload reaches the authority with its own identity (a JWT-SVID from the agent).
+#[derive(Debug, Args)]
+pub struct WorkloadTarget {
+    /// The authority's URL.
+    #[arg(long, env = "TESSERA_SERVER")]
+    pub server: String,
+    /// A PEM CA certificate for an `https://` authority.
+    #[arg(long)]
+    pub server_ca: Option<PathBuf>,
+    /// The node agent's Workload API socket.
+    #[arg(
+        long,
+        env = "SPIFFE_ENDPOINT_SOCKET",
+        default_value = "/run/tessera/agent.sock"
+    )]
+    pub socket: String,
+    /// Which of this process's identities to use (default: the first the agent gives).
+    #[arg(long)]
+    pub id: Option<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DbCommand {
+    /// A new role for this workload, under a lease: prints username, password, lease.
+    Creds {
+        role: String,
+        /// The lease's length (default: the role's, at most its maximum).
+        #[arg(long)]
+        ttl: Option<String>,
+        #[command(flatten)]
+        target: WorkloadTarget,
+    },
+    /// Renew one of this workload's leases (never past its maximum).
+    Renew {
+        lease: String,
+        #[arg(long)]
+        ttl: Option<String>,
+        #[command(flatten)]
+        target: WorkloadTarget,
+    },
+    /// Declare (or change) a database: its URL without credentials, its admin user, and the
+    /// vault secret holding that user's password. Checked by logging in.
+    Connection {
+        name: String,
+        #[arg(long)]
+        url: String,
+        #[arg(long)]
+        admin_user: String,
+        #[arg(long)]
+        password_secret: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Declare (or change) a role template. Workloads need a `secret_grant` naming `db/ROLE`.
+    Role {
+        name: String,
+        #[arg(long)]
+        connection: String,
+        /// A creation statement with `{{name}}`, `{{password}}`, `{{expiry}}` (repeatable).
+        #[arg(long = "creation", required = true)]
+        creation: Vec<String>,
+        /// A revocation statement (repeatable; default: no login, end sessions, drop owned,
+        /// drop role).
+        #[arg(long = "revocation")]
+        revocation: Vec<String>,
+        #[arg(long, default_value = "1h")]
+        default_ttl: String,
+        #[arg(long, default_value = "24h")]
+        max_ttl: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Leases not yet revoked, and why a revocation is still pending.
+    Leases {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// End a lease now: its role is dropped and its sessions ended.
+    Revoke {
+        lease: String,
+        #[command(flatten)]
+        target: Target,
+    },
 }
 
 /// Where a secret value comes from: a file, or standard input.

@@ -207,6 +207,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Ca { command } => crate::agent::ca(command).await,
         Command::Secret { command } => crate::secret::run(command).await,
         Command::Exec(a) => crate::exec::run(a).await,
+        Command::Db { command } => crate::db::run(command).await,
         Command::Svid {
             command:
                 crate::cli::SvidCommand::Fetch {

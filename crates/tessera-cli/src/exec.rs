@@ -49,6 +49,26 @@ fn on_rotate(s: &str) -> anyhow::Result<OnRotate> {
     }
 }
 
+/// A JWT-SVID for `audience` from the agent at `socket` (which caches it).
+pub async fn jwt_svid(socket: &Path, audience: &str, id: Option<&str>) -> anyhow::Result<String> {
+    let mut client = connect(socket)
+        .await
+        .map_err(|e| anyhow!("the agent at `{}`: {e}", socket.display()))?;
+    let resp = client
+        .fetch_jwtsvid(request(JwtsvidRequest {
+            audience: vec![audience.to_owned()],
+            spiffe_id: id.unwrap_or_default().to_owned(),
+        }))
+        .await
+        .map_err(|s| anyhow!("the agent gave no identity: {}", s.message()))?
+        .into_inner();
+    resp.svids
+        .into_iter()
+        .next()
+        .map(|s| s.svid)
+        .ok_or_else(|| anyhow!("the agent gave no JWT-SVID"))
+}
+
 /// Reads secrets from the authority as this workload.
 struct Fetcher {
     http: reqwest::Client,
@@ -60,22 +80,7 @@ struct Fetcher {
 impl Fetcher {
     /// A JWT-SVID for the authority, from the agent (which caches it).
     async fn credential(&self) -> anyhow::Result<String> {
-        let mut client = connect(&self.socket)
-            .await
-            .map_err(|e| anyhow!("the agent at `{}`: {e}", self.socket.display()))?;
-        let resp = client
-            .fetch_jwtsvid(request(JwtsvidRequest {
-                audience: vec![self.base.clone()],
-                spiffe_id: self.id.clone().unwrap_or_default(),
-            }))
-            .await
-            .map_err(|s| anyhow!("the agent gave no identity: {}", s.message()))?
-            .into_inner();
-        resp.svids
-            .into_iter()
-            .next()
-            .map(|s| s.svid)
-            .ok_or_else(|| anyhow!("the agent gave no JWT-SVID"))
+        jwt_svid(&self.socket, &self.base, self.id.as_deref()).await
     }
 
     /// The value and its version; with `after`, waits (up to 55 s) for a newer version and

@@ -5,6 +5,7 @@ mod admin_client;
 mod agent;
 mod cli;
 mod commands;
+mod db;
 mod dev;
 mod exec;
 mod policy;

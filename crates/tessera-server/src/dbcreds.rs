@@ -28,9 +28,17 @@ use crate::error::ApiError;
 use crate::tls::ConnInfo;
 use crate::App;
 
-/// Admin pools to the declared databases, by connection name and the password's version.
+/// Admin pools to the declared databases, by connection name; made anew when the URL, the admin
+/// user or the password's version changes.
 #[derive(Default)]
-pub struct Pools(tokio::sync::Mutex<HashMap<String, (i64, PgPool)>>);
+pub struct Pools(tokio::sync::Mutex<HashMap<String, (PoolKey, PgPool)>>);
+
+#[derive(PartialEq, Eq)]
+struct PoolKey {
+    url: String,
+    user: String,
+    version: i64,
+}
 
 impl std::fmt::Debug for Pools {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -62,9 +70,14 @@ pub fn role_secret(role: &Label) -> Result<SecretName, ApiError> {
 async fn pool(app: &App, conn: &DbConnectionRecord) -> Result<PgPool, ApiError> {
     let name = SecretName::parse(&conn.password_secret).map_err(ApiError::unavailable)?;
     let (version, password) = crate::vault::current_value(app, &name).await?;
+    let key = PoolKey {
+        url: conn.url.clone(),
+        user: conn.admin_user.clone(),
+        version,
+    };
     let mut pools = app.db_pools.0.lock().await;
-    if let Some((v, p)) = pools.get(&conn.name) {
-        if *v == version {
+    if let Some((k, p)) = pools.get(&conn.name) {
+        if *k == key {
             return Ok(p.clone());
         }
     }
@@ -80,7 +93,7 @@ async fn pool(app: &App, conn: &DbConnectionRecord) -> Result<PgPool, ApiError> 
         .max_connections(4)
         .acquire_timeout(Duration::from_secs(5))
         .connect_lazy_with(opts);
-    pools.insert(conn.name.clone(), (version, p.clone()));
+    pools.insert(conn.name.clone(), (key, p.clone()));
     Ok(p)
 }
 
@@ -134,7 +147,8 @@ async fn put_connection(
         .url
         .parse()
         .map_err(|e| ApiError::BadRequest(format!("`url`: {e}")))?;
-    let url = reqwest::Url::parse(&req.url).map_err(|e| ApiError::BadRequest(format!("`url`: {e}")))?;
+    let url =
+        reqwest::Url::parse(&req.url).map_err(|e| ApiError::BadRequest(format!("`url`: {e}")))?;
     if url.password().is_some() || !url.username().is_empty() {
         return Err(ApiError::BadRequest(
             "`url` holds no credentials: the admin user is `admin_user`, its password a vault secret".into(),
@@ -155,10 +169,12 @@ async fn put_connection(
         }
         other => other,
     })?;
-    sqlx::query("SELECT 1")
-        .execute(&p)
-        .await
-        .map_err(|e| ApiError::BadRequest(format!("cannot log in to `{}` as `{}`: {e}", conn.url, conn.admin_user)))?;
+    sqlx::query("SELECT 1").execute(&p).await.map_err(|e| {
+        ApiError::BadRequest(format!(
+            "cannot log in to `{}` as `{}`: {e}",
+            conn.url, conn.admin_user
+        ))
+    })?;
     app.store
         .commit(
             &[Op::UpsertDbConnection(conn.clone())],
@@ -199,13 +215,17 @@ async fn put_role(
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let default_ttl = req.default_ttl.unwrap_or(DEFAULT_TTL);
     let max_ttl = req.max_ttl.unwrap_or(24 * 3600);
-    if !(60..=MAX_TTL_CAP).contains(&default_ttl) || !(default_ttl..=MAX_TTL_CAP).contains(&max_ttl) {
+    if !(60..=MAX_TTL_CAP).contains(&default_ttl) || !(default_ttl..=MAX_TTL_CAP).contains(&max_ttl)
+    {
         return Err(ApiError::BadRequest(
             "`default_ttl` is 1 minute to 30 days and `max_ttl` at least `default_ttl`".into(),
         ));
     }
     if app.store.db_connection(&req.connection).await?.is_none() {
-        return Err(ApiError::BadRequest(format!("no database connection `{}`", req.connection)));
+        return Err(ApiError::BadRequest(format!(
+            "no database connection `{}`",
+            req.connection
+        )));
     }
     let role = DbRoleRecord {
         name: name.to_string(),
@@ -229,7 +249,9 @@ async fn put_role(
         )
         .await
         .map_err(conflict)?;
-    Ok(Json(json!({"name": name, "read_as": format!("db/{}", name.as_str().to_ascii_lowercase())})))
+    Ok(Json(
+        json!({"name": name, "read_as": format!("db/{}", name.as_str().to_ascii_lowercase())}),
+    ))
 }
 
 fn lease_json(l: &LeaseRecord) -> Value {
@@ -315,7 +337,8 @@ async fn creds(
     let req = creds_request(&body)?;
     let role = label(&role, "role")?;
     let secret = role_secret(&role)?;
-    let reader = crate::vault::authorize(&app, &conn, &headers, &secret, SecretAction::Read).await?;
+    let reader =
+        crate::vault::authorize(&app, &conn, &headers, &secret, SecretAction::Read).await?;
     let r = app
         .store
         .db_role(role.as_str())
@@ -365,7 +388,9 @@ async fn creds(
         )
         .await?;
     let made = match pool(&app, &c).await {
-        Ok(p) => run(&p, &template.creation_sql(&creds)).await.map_err(|e| e.to_string()),
+        Ok(p) => run(&p, &template.creation_sql(&creds))
+            .await
+            .map_err(|e| e.to_string()),
         Err(e) => Err(e.to_string()),
     };
     if let Err(e) = made {
@@ -424,18 +449,24 @@ async fn renew(
     let now = tessera_core::now_unix();
     let expires_at = (now + ttl).min(lease.max_expires_at);
     if expires_at <= lease.expires_at {
-        return Ok(Json(json!({"lease_id": id, "expires_at": lease.expires_at, "at_maximum": true})));
+        return Ok(Json(
+            json!({"lease_id": id, "expires_at": lease.expires_at, "at_maximum": true}),
+        ));
     }
     let c = app
         .store
         .db_connection(&lease.connection)
         .await?
         .ok_or_else(|| ApiError::unavailable("the lease's connection is gone"))?;
-    let until = Credentials::generate("x", expires_at).map_err(ApiError::unavailable)?.expiry;
+    let until = Credentials::generate("x", expires_at)
+        .map_err(ApiError::unavailable)?
+        .expiry;
     // INVARIANT: usernames are made by `Credentials::generate` from `[a-z0-9_]`.
     let sql = format!("ALTER ROLE \"{}\" VALID UNTIL '{until}'", lease.username);
     let p = pool(&app, &c).await?;
-    run(&p, &[sql]).await.map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    run(&p, &[sql])
+        .await
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
     app.store
         .commit(
             &[Op::RenewLease {
@@ -452,7 +483,9 @@ async fn renew(
         )
         .await
         .map_err(conflict)?;
-    Ok(Json(json!({"lease_id": id, "expires_at": expires_at, "at_maximum": expires_at == lease.max_expires_at})))
+    Ok(Json(
+        json!({"lease_id": id, "expires_at": expires_at, "at_maximum": expires_at == lease.max_expires_at}),
+    ))
 }
 
 /// `POST /v1/db/leases/ID/revoke`: the holder gives its lease back.
@@ -475,7 +508,7 @@ pub fn spawn_revoker(app: Arc<App>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut round = 0u64;
         loop {
-            if round % 10 == 0 {
+            if round.is_multiple_of(10) {
                 if let Err(e) = end_leases_of_revoked_workloads(&app).await {
                     tracing::warn!(error = %e, "checking leases of revoked workloads failed");
                 }
@@ -484,7 +517,8 @@ pub fn spawn_revoker(app: Arc<App>) -> tokio::task::JoinHandle<()> {
             if let Err(e) = revoke_due(&app).await {
                 tracing::warn!(error = %e, "lease revocation round failed; retrying");
             }
-            let _ = tokio::time::timeout(Duration::from_secs(1), app.lease_changes.notified()).await;
+            let _ =
+                tokio::time::timeout(Duration::from_secs(1), app.lease_changes.notified()).await;
         }
     })
 }

@@ -178,7 +178,9 @@ pub(crate) async fn current_value(
         .secret_version(name.as_str(), s.current_version)
         .await?
         .filter(|v| v.enabled)
-        .ok_or_else(|| ApiError::NotFound(format!("secret `{name}` has no enabled current version")))?;
+        .ok_or_else(|| {
+            ApiError::NotFound(format!("secret `{name}` has no enabled current version"))
+        })?;
     Ok((v.version, open(app, name, &v)?))
 }
 
@@ -432,7 +434,8 @@ async fn put(
     let name = parse_name(&req.name)?;
     if name.as_str().starts_with("db/") {
         return Err(ApiError::BadRequest(
-            "`db/` names the dynamic database roles (`tessera db role put`); choose another name".into(),
+            "`db/` names the dynamic database roles (`tessera db role put`); choose another name"
+                .into(),
         ));
     }
     let value = STANDARD

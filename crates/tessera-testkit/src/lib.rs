@@ -92,7 +92,15 @@ fn start_cluster(dir: &std::path::Path, password: Option<&str>) -> u16 {
     }
     if !data.join("PG_VERSION").exists() {
         let pw_arg = format!("--pwfile={}", pwfile.display());
-        let mut args = vec!["-D", data.to_str().unwrap(), "-U", "postgres", "-E", "UTF8", "--no-instructions"];
+        let mut args = vec![
+            "-D",
+            data.to_str().unwrap(),
+            "-U",
+            "postgres",
+            "-E",
+            "UTF8",
+            "--no-instructions",
+        ];
         if password.is_some() {
             args.extend(["--auth=scram-sha-256", pw_arg.as_str()]);
         } else {
