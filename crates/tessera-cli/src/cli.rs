@@ -66,9 +66,9 @@ pub enum Command {
     },
     /// Explain an identity: owner, purpose, what it can reach and why, how to revoke it.
     Describe {
-        #[arg(value_parser = ["workload", "trust"])]
+        #[arg(value_parser = ["workload", "trust", "secret"])]
         kind: String,
-        /// The workload's SPIFFE ID, or the trust's name.
+        /// The workload's SPIFFE ID, the trust's name, or the secret's name.
         id: String,
         #[command(flatten)]
         target: Target,

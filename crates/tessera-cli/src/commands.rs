@@ -30,6 +30,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             print(&target, &v, || render::table(&kind, &v));
             Ok(0)
         }
+        Command::Describe { kind, id, target } if kind == "secret" => {
+            crate::secret::run(crate::cli::SecretCommand::Describe { name: id, target }).await
+        }
         Command::Describe { kind, id, target } if kind == "trust" => {
             let q = form_query("name", &id);
             let v = admin(&target)?

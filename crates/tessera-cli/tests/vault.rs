@@ -285,7 +285,7 @@ async fn vault_flow(backend: Backend) {
     // Describe: who may read, and why.
     let d = ok(&tessera(
         &s.data,
-        &["secret", "describe", "payments/stripe"],
+        &["describe", "secret", "payments/stripe"],
     ));
     assert!(d.contains(PAY) && d.contains("secret grants of"), "{d}");
     assert!(
