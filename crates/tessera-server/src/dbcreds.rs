@@ -31,7 +31,22 @@ use crate::App;
 /// Admin pools to the declared databases, by connection name; made anew when the URL, the admin
 /// user or the password's version changes.
 #[derive(Default)]
-pub struct Pools(tokio::sync::Mutex<HashMap<String, (PoolKey, PgPool)>>);
+pub struct Pools {
+    pools: tokio::sync::Mutex<HashMap<String, (PoolKey, PgPool)>>,
+    /// One role change at a time per database: concurrent GRANTs on one table fail in
+    /// PostgreSQL ("tuple concurrently updated"), and its catalog serializes them anyway.
+    serial: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Pools {
+    fn serial(&self, connection: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut m = match self.serial.lock() {
+            Ok(m) => m,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        m.entry(connection.to_owned()).or_default().clone()
+    }
+}
 
 #[derive(PartialEq, Eq)]
 struct PoolKey {
@@ -75,7 +90,7 @@ async fn pool(app: &App, conn: &DbConnectionRecord) -> Result<PgPool, ApiError> 
         user: conn.admin_user.clone(),
         version,
     };
-    let mut pools = app.db_pools.0.lock().await;
+    let mut pools = app.db_pools.pools.lock().await;
     if let Some((k, p)) = pools.get(&conn.name) {
         if *k == key {
             return Ok(p.clone());
@@ -388,9 +403,13 @@ async fn creds(
         )
         .await?;
     let made = match pool(&app, &c).await {
-        Ok(p) => run(&p, &template.creation_sql(&creds))
-            .await
-            .map_err(|e| e.to_string()),
+        Ok(p) => {
+            let serial = app.db_pools.serial(&c.name);
+            let _one = serial.lock().await;
+            run(&p, &template.creation_sql(&creds))
+                .await
+                .map_err(|e| e.to_string())
+        }
         Err(e) => Err(e.to_string()),
     };
     if let Err(e) = made {
@@ -504,7 +523,10 @@ async fn revoke(
 
 /// Drops the roles of leases that ended (or whose workload was revoked), every second or when
 /// told; a failure is retried on the next round and said in the lease and the log.
-pub fn spawn_revoker(app: Arc<App>) -> tokio::task::JoinHandle<()> {
+pub fn spawn_revoker(
+    app: Arc<App>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut round = 0u64;
         loop {
@@ -517,8 +539,11 @@ pub fn spawn_revoker(app: Arc<App>) -> tokio::task::JoinHandle<()> {
             if let Err(e) = revoke_due(&app).await {
                 tracing::warn!(error = %e, "lease revocation round failed; retrying");
             }
-            let _ =
-                tokio::time::timeout(Duration::from_secs(1), app.lease_changes.notified()).await;
+            let wake = tokio::time::timeout(Duration::from_secs(1), app.lease_changes.notified());
+            tokio::select! {
+                _ = wake => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
         }
     })
 }
@@ -544,7 +569,11 @@ async fn revoke_due(app: &App) -> Result<(), ApiError> {
             None => Err("the lease's database connection is no longer declared".to_owned()),
             Some(c) => match pool(app, &c).await {
                 Err(e) => Err(e.to_string()),
-                Ok(p) => drop_role(&p, &l).await.map_err(|e| e.to_string()),
+                Ok(p) => {
+                    let serial = app.db_pools.serial(&c.name);
+                    let _one = serial.lock().await;
+                    drop_role(&p, &l).await.map_err(|e| e.to_string())
+                }
             },
         };
         let (op, event) = match done {

@@ -495,9 +495,9 @@ pub async fn start(
     ));
     let admin_socket = app.config.data_dir.join("admin.sock");
     tasks.push(admin::serve(app.clone(), &admin_socket, stop_rx.clone()).await?);
+    tasks.push(vault::spawn_upkeep(app.clone(), stop_rx.clone()));
+    tasks.push(dbcreds::spawn_revoker(app.clone(), stop_rx.clone()));
     tasks.push(tokio::spawn(background(app.clone(), stop_rx)));
-    tasks.push(vault::spawn_upkeep(app.clone()));
-    tasks.push(dbcreds::spawn_revoker(app.clone()));
     Ok(Running {
         url: base_url,
         admin_socket,

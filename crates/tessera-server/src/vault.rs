@@ -805,14 +805,20 @@ async fn purge_one(app: &App, name: &SecretName, actor: &str) -> Result<(), ApiE
 
 /// Every minute: purges deleted secrets past their retention, and counts (metric) and records
 /// (audit, once per server run) secrets overdue for rotation or past expiry.
-pub fn spawn_upkeep(app: Arc<App>) -> tokio::task::JoinHandle<()> {
+pub fn spawn_upkeep(
+    app: Arc<App>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut reported = std::collections::HashSet::<(String, i64, &'static str)>::new();
         loop {
             if let Err(e) = upkeep(&app, &mut reported).await {
                 tracing::warn!(error = %e, "vault upkeep failed; retrying in a minute");
             }
-            tokio::time::sleep(Duration::from_secs(60)).await;
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_secs(60)) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
         }
     })
 }

@@ -2,11 +2,13 @@
 //! benchmark against nginx (the same generator for every peer).
 //!
 //!   tessera-httpbench --url URL [--cert PEM --key PEM] [--connections 32] [--seconds 10]
-//!                     [--new-connection]
+//!                     [--new-connection] [--rate N] [--method POST] [--header 'K: V']...
 //!
-//! Closed loop: each connection sends the next request when the last answered. With
-//! `--new-connection` every request opens (and handshakes) a new connection. Prints one JSON
-//! line: requests per second, p50/p99 latency in µs, errors.
+//! Closed loop: each connection sends the next request when the last answered. With `--rate N`,
+//! open loop instead: requests are due at a fixed pace (N per second over all connections); a
+//! request sent late because the previous answer was late counts from when it was due, so a slow
+//! answer is not hidden by the requests it delayed. With `--new-connection` every request opens (and handshakes) a new connection.
+//! Prints one JSON line: requests per second, p50/p99/max latency in µs, errors.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -33,6 +35,14 @@ struct Args {
     seconds: u64,
     #[arg(long)]
     new_connection: bool,
+    /// Open loop at this many requests per second in total.
+    #[arg(long)]
+    rate: Option<f64>,
+    #[arg(long, default_value = "GET")]
+    method: String,
+    /// `Name: value`, repeatable.
+    #[arg(long = "header")]
+    headers: Vec<String>,
 }
 
 fn client(a: &Args) -> reqwest::Client {
@@ -58,15 +68,55 @@ async fn main() {
     let a = Args::parse();
     let stop = Instant::now() + Duration::from_secs(a.seconds);
     let url = Arc::new(a.url.clone());
+    let method: reqwest::Method = a.method.parse().unwrap();
+    let mut headers = reqwest::header::HeaderMap::new();
+    for h in &a.headers {
+        let (k, v) = h.split_once(':').expect("--header 'Name: value'");
+        headers.insert(
+            reqwest::header::HeaderName::from_bytes(k.trim().as_bytes()).unwrap(),
+            v.trim().parse().unwrap(),
+        );
+    }
+    let start = Instant::now();
+    // Each connection's pace: one request every `interval`, offset so the whole is even.
+    let interval = a
+        .rate
+        .map(|r| Duration::from_secs_f64(a.connections as f64 / r));
     let mut tasks = Vec::new();
-    for _ in 0..a.connections {
+    for i in 0..a.connections {
         // One client per connection, so keep-alive means one connection each.
-        let (c, url) = (client(&a), url.clone());
+        let (c, url, method, headers) = (client(&a), url.clone(), method.clone(), headers.clone());
+        let offset = interval.map(|iv| iv.mul_f64(i as f64 / a.connections as f64));
         tasks.push(tokio::spawn(async move {
             let (mut lat, mut errors) = (Vec::new(), 0u64);
+            let mut n = 0u32;
             while Instant::now() < stop {
-                let t = Instant::now();
-                match c.get(url.as_str()).send().await {
+                let t = match (interval, offset) {
+                    (Some(iv), Some(off)) => {
+                        let due = start + off + iv * n;
+                        n += 1;
+                        if due >= stop {
+                            break;
+                        }
+                        if due > Instant::now() {
+                            // On time: the clock starts when the timer fires (it may fire up to
+                            // a millisecond late; that lateness is the generator's, not the
+                            // server's).
+                            tokio::time::sleep_until(due.into()).await;
+                            Instant::now()
+                        } else {
+                            // Late because the last answer was: count from when it was due.
+                            due
+                        }
+                    }
+                    _ => Instant::now(),
+                };
+                match c
+                    .request(method.clone(), url.as_str())
+                    .headers(headers.clone())
+                    .send()
+                    .await
+                {
                     Ok(r) if r.status().is_success() => {
                         let _ = r.bytes().await;
                         lat.push(t.elapsed().as_micros() as u64);
@@ -95,6 +145,7 @@ async fn main() {
             "rps": all.len() as f64 / a.seconds as f64,
             "p50_us": pct(0.5),
             "p99_us": pct(0.99),
+            "max_us": all.last().copied().unwrap_or(0),
             "errors": errors,
         })
     );
