@@ -3,6 +3,7 @@
 //!
 //!   tessera-httpbench --url URL [--cert PEM --key PEM] [--connections 32] [--seconds 10]
 //!                     [--new-connection] [--rate N] [--method POST] [--header 'K: V']...
+//!                     [--body TEXT]
 //!
 //! Closed loop: each connection sends the next request when the last answered. With `--rate N`,
 //! open loop instead: requests are due at a fixed pace (N per second over all connections); a
@@ -43,6 +44,9 @@ struct Args {
     /// `Name: value`, repeatable.
     #[arg(long = "header")]
     headers: Vec<String>,
+    /// A request body (with `--method POST`).
+    #[arg(long)]
+    body: Option<String>,
 }
 
 fn client(a: &Args) -> reqwest::Client {
@@ -86,6 +90,7 @@ async fn main() {
     for i in 0..a.connections {
         // One client per connection, so keep-alive means one connection each.
         let (c, url, method, headers) = (client(&a), url.clone(), method.clone(), headers.clone());
+        let body = a.body.clone().unwrap_or_default();
         let offset = interval.map(|iv| iv.mul_f64(i as f64 / a.connections as f64));
         tasks.push(tokio::spawn(async move {
             let (mut lat, mut errors) = (Vec::new(), 0u64);
@@ -114,6 +119,7 @@ async fn main() {
                 match c
                     .request(method.clone(), url.as_str())
                     .headers(headers.clone())
+                    .body(body.clone())
                     .send()
                     .await
                 {
