@@ -354,6 +354,7 @@ why = "reads the orders table"
     assert!(!good);
 
     // A lease that ends while the server is down is cleaned up when it starts again.
+    let c4 = creds("1h");
     let c = creds("10s");
     let (user3, pass3) = (
         c["username"].as_str().unwrap().to_owned(),
@@ -378,6 +379,17 @@ why = "reads the orders table"
         },
     );
     assert!(!psql(&db_url, &user3, &pass3, "SELECT 1").0);
+
+    // Revoking the workload ends its leases: the role of a lease with an hour left is dropped.
+    let (user4, pass4) = (
+        c4["username"].as_str().unwrap(),
+        c4["password"].as_str().unwrap(),
+    );
+    assert!(psql(&db_url, user4, pass4, "SELECT 1").0);
+    ok(&tessera(&s.data, &["revoke", "workload", APP]));
+    wait_until("the revoked workload's role is dropped", 20, || {
+        !psql(&db_url, user4, pass4, "SELECT 1").0
+    });
 
     // Every lease event is in the audit chain, and no password is.
     let audit = ok(&tessera(
