@@ -174,27 +174,7 @@ why = "reads the orders table"
     );
     assert_eq!(o.status.code(), Some(2));
 
-    let join = stdout(&tessera(&s.data, &["agent", "token", "create"]))
-        .lines()
-        .next()
-        .unwrap()
-        .to_owned();
-    let socket = dir.path().join("agent.sock");
-    let mut agent = Command::new(BIN);
-    agent
-        .args([
-            "agent",
-            "--server",
-            &s.url,
-            "--join-token",
-            &join,
-            "--socket",
-        ])
-        .arg(&socket)
-        .arg("--data")
-        .arg(dir.path().join("agent-data"))
-        .env("TESSERA_LOG", "warn");
-    let _agent = tessera_testkit::spawn_ready(agent, "tessera: agent ready socket=");
+    let (_agent, socket) = join_agent(&s, dir.path(), "agent");
     let creds = |ttl: &str| -> Value {
         let o = Command::new(BIN)
             .args([

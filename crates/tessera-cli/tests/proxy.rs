@@ -82,24 +82,7 @@ fn start(mesh: &str) -> Mesh {
     let p = write(dir.path(), "mesh.toml", mesh);
     let o = tessera(&s.data, &["apply", "-f", p.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let o = tessera(&s.data, &["agent", "token", "create"]);
-    let token = stdout(&o).lines().next().unwrap().to_owned();
-    let socket = dir.path().join("agent.sock");
-    let mut agent = Command::new(BIN);
-    agent
-        .args([
-            "agent",
-            "--server",
-            &s.url,
-            "--join-token",
-            &token,
-            "--socket",
-        ])
-        .arg(&socket)
-        .arg("--data")
-        .arg(dir.path().join("agent-data"))
-        .env("TESSERA_LOG", "warn");
-    let _agent = spawn_ready(agent, "tessera: agent ready socket=");
+    let (_agent, socket) = join_agent(&s, dir.path(), "agent");
     Mesh {
         s,
         dir,
@@ -1019,24 +1002,7 @@ async fn certificate_bound_tokens() {
     }
     // The same workload's SVID from a second agent (another key, another certificate): the
     // token is refused over it.
-    let o = tessera(&s.data, &["agent", "token", "create"]);
-    let join = stdout(&o).lines().next().unwrap().to_owned();
-    let socket2 = dir.path().join("agent2.sock");
-    let mut agent2 = Command::new(BIN);
-    agent2
-        .args([
-            "agent",
-            "--server",
-            &s.url,
-            "--join-token",
-            &join,
-            "--socket",
-        ])
-        .arg(&socket2)
-        .arg("--data")
-        .arg(dir.path().join("agent2-data"))
-        .env("TESSERA_LOG", "warn");
-    let _agent2 = spawn_ready(agent2, "tessera: agent ready socket=");
+    let (_agent2, socket2) = join_agent(&s, dir.path(), "agent2");
     let other = dir.path().join("other");
     std::fs::create_dir_all(&other).unwrap();
     let (pem2, key2, _) = svid_files(&socket2, FRONTEND, &other).await;

@@ -254,6 +254,21 @@ async fn vault_flow(backend: Backend) {
     assert!(body.to_string().contains("expired"), "{body}");
     let list = ok(&tessera(&s.data, &["secret", "list"]));
     assert!(list.contains("OVERDUE: expired"), "{list}");
+    // The server's upkeep (every 10 s) counts it and records it once in the audit trail.
+    let deadline = Instant::now() + Duration::from_secs(25);
+    loop {
+        let metrics = get_text(&format!("{}/metrics", s.url)).await;
+        let audit = ok(&tessera(
+            &s.data,
+            &["audit", "tail", "-n", "100", "--output", "json"],
+        ));
+        let recorded = audit.contains("secret.overdue") && audit.contains("secret:legacy/db");
+        if metrics.contains("tessera_secrets_overdue{reason=\"expired\"} 1") && recorded {
+            break;
+        }
+        assert!(Instant::now() < deadline, "overdue not reported: {metrics}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 
     // Bad input: oversized values and path tricks in names, refused with a one-line message.
     let big = write(dir.path(), "big", &"x".repeat(25 * 1024 + 1));
@@ -399,27 +414,7 @@ async fn exec_and_svid_reads() {
             "Stripe API key",
         ],
     ));
-    let join = stdout(&tessera(&s.data, &["agent", "token", "create"]))
-        .lines()
-        .next()
-        .unwrap()
-        .to_owned();
-    let socket = dir.path().join("agent.sock");
-    let mut agent = Command::new(BIN);
-    agent
-        .args([
-            "agent",
-            "--server",
-            &s.url,
-            "--join-token",
-            &join,
-            "--socket",
-        ])
-        .arg(&socket)
-        .arg("--data")
-        .arg(dir.path().join("agent-data"))
-        .env("TESSERA_LOG", "warn");
-    let _agent = tessera_testkit::spawn_ready(agent, "tessera: agent ready socket=");
+    let (_agent, socket) = join_agent(&s, dir.path(), "agent");
     let exec = |extra: &[&str], program: &str| {
         let mut c = Command::new(BIN);
         c.args(["exec", "--server", &s.url, "--id", PAY, "--socket"])

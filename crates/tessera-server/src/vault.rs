@@ -29,6 +29,8 @@ use crate::App;
 
 /// How long a deleted secret can be restored before it is purged, unless the delete says.
 pub const DEFAULT_RETENTION_SECS: i64 = 7 * 24 * 3600;
+/// How often deleted secrets past their retention are purged and overdue ones reported.
+const UPKEEP_EVERY: Duration = Duration::from_secs(10);
 /// The longest a reader may wait for a new version in one request.
 const MAX_WAIT_SECS: u64 = 60;
 
@@ -167,21 +169,34 @@ pub(crate) async fn current_value(
     app: &App,
     name: &SecretName,
 ) -> Result<(i64, Vec<u8>), ApiError> {
-    let s = app
-        .store
-        .secret(name.as_str())
-        .await?
-        .filter(|s| s.deleted_at.is_none())
-        .ok_or_else(|| ApiError::NotFound(format!("no secret `{name}`")))?;
-    let v = app
-        .store
-        .secret_version(name.as_str(), s.current_version)
-        .await?
-        .filter(|v| v.enabled)
-        .ok_or_else(|| {
-            ApiError::NotFound(format!("secret `{name}` has no enabled current version"))
-        })?;
+    let s = live(name, app.store.secret(name.as_str()).await?)?;
+    let v = version_of(app, name, &s, None).await?;
+    if !v.enabled {
+        return Err(ApiError::NotFound(format!(
+            "the current version of secret `{name}` is disabled"
+        )));
+    }
     Ok((v.version, open(app, name, &v)?))
+}
+
+/// The secret if it exists and is not deleted; else 404.
+fn live(name: &SecretName, s: Option<SecretRecord>) -> Result<SecretRecord, ApiError> {
+    s.filter(|s| s.deleted_at.is_none())
+        .ok_or_else(|| ApiError::NotFound(format!("no secret `{name}` (or it is deleted)")))
+}
+
+/// Version `version` (the current one by default) of a live secret; else 404.
+async fn version_of(
+    app: &App,
+    name: &SecretName,
+    s: &SecretRecord,
+    version: Option<i64>,
+) -> Result<SecretVersionRecord, ApiError> {
+    let version = version.unwrap_or(s.current_version);
+    app.store
+        .secret_version(name.as_str(), version)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("secret `{name}` has no version {version}")))
 }
 
 /// The Cedar entity of a secret; for one that does not exist, its name alone, so that a caller
@@ -287,15 +302,9 @@ async fn read(
             s = app.store.secret(name.as_str()).await?;
         }
     }
-    let s = s
-        .filter(|s| s.deleted_at.is_none())
-        .ok_or_else(|| ApiError::NotFound(format!("no secret `{name}` (or it is deleted)")))?;
-    let version = q.version.unwrap_or(s.current_version);
-    let v = app
-        .store
-        .secret_version(name.as_str(), version)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("secret `{name}` has no version {version}")))?;
+    let s = live(&name, s)?;
+    let v = version_of(&app, &name, &s, q.version).await?;
+    let version = v.version;
     let now = tessera_core::now_unix();
     if !v.enabled {
         return Err(ApiError::Forbidden(format!(
@@ -383,9 +392,7 @@ async fn read_metadata(
         SecretAction::Describe,
     )
     .await?;
-    let s = s
-        .filter(|s| s.deleted_at.is_none())
-        .ok_or_else(|| ApiError::NotFound(format!("no secret `{name}` (or it is deleted)")))?;
+    let s = live(&name, s)?;
     let versions = app.store.secret_versions(name.as_str()).await?;
     Ok(Json(metadata_json(&s, &versions, tessera_core::now_unix())))
 }
@@ -581,18 +588,9 @@ async fn admin_get(
     Json(req): Json<NameRequest>,
 ) -> Result<Json<Value>, ApiError> {
     let name = parse_name(&req.name)?;
-    let s = app
-        .store
-        .secret(name.as_str())
-        .await?
-        .filter(|s| s.deleted_at.is_none())
-        .ok_or_else(|| ApiError::NotFound(format!("no secret `{name}` (or it is deleted)")))?;
-    let version = req.version.unwrap_or(s.current_version);
-    let v = app
-        .store
-        .secret_version(name.as_str(), version)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("secret `{name}` has no version {version}")))?;
+    let s = live(&name, app.store.secret(name.as_str()).await?)?;
+    let v = version_of(&app, &name, &s, req.version).await?;
+    let version = v.version;
     let value = open(&app, &name, &v)?;
     app.audit
         .append(AuditEvent {
@@ -803,7 +801,7 @@ async fn purge_one(app: &App, name: &SecretName, actor: &str) -> Result<(), ApiE
         .map_err(conflict)
 }
 
-/// Every minute: purges deleted secrets past their retention, and counts (metric) and records
+/// Every [`UPKEEP_EVERY`]: purges deleted secrets past their retention, and counts (metric) and records
 /// (audit, once per server run) secrets overdue for rotation or past expiry.
 pub fn spawn_upkeep(
     app: Arc<App>,
@@ -813,10 +811,10 @@ pub fn spawn_upkeep(
         let mut reported = std::collections::HashSet::<(String, i64, &'static str)>::new();
         loop {
             if let Err(e) = upkeep(&app, &mut reported).await {
-                tracing::warn!(error = %e, "vault upkeep failed; retrying in a minute");
+                tracing::warn!(error = %e, "vault upkeep failed; retrying");
             }
             tokio::select! {
-                () = tokio::time::sleep(Duration::from_secs(60)) => {}
+                () = tokio::time::sleep(UPKEEP_EVERY) => {}
                 _ = stop.wait_for(|s| *s) => return,
             }
         }

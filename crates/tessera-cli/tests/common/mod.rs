@@ -239,3 +239,26 @@ pub fn pem(label: &str, der: &[u8]) -> String {
         body.join("\n")
     )
 }
+
+/// A node agent joined to `s` with a fresh join token; its socket is `dir/<name>.sock` and its
+/// data `dir/<name>-data`. Returns the running agent and its socket.
+pub fn join_agent(s: &Server, dir: &Path, name: &str) -> (Proc, PathBuf) {
+    let o = tessera(&s.data, &["agent", "token", "create"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let token = stdout(&o).lines().next().unwrap().to_owned();
+    let socket = dir.join(format!("{name}.sock"));
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "agent",
+        "--server",
+        &s.url,
+        "--join-token",
+        &token,
+        "--socket",
+    ])
+    .arg(&socket)
+    .arg("--data")
+    .arg(dir.join(format!("{name}-data")))
+    .env("TESSERA_LOG", "warn");
+    (spawn_ready(cmd, "tessera: agent ready socket="), socket)
+}
