@@ -280,15 +280,21 @@ async fn read(
     let snap = app.snapshot();
     let reader = caller(&app, &snap, &headers, &conn)?;
     let (who, authn) = (&reader.id, reader.authn);
-    let mut s = app.store.secret(name.as_str()).await?;
-    decide(&app, &snap, &reader, &name, s.as_ref(), SecretAction::Read).await?;
+    // Metadata and the version in one round trip; the version is unused if the caller may not
+    // read (the decision needs the metadata).
+    let mut found = app
+        .store
+        .secret_with_version(name.as_str(), q.version)
+        .await?;
+    let meta = found.as_ref().map(|(s, _)| s);
+    decide(&app, &snap, &reader, &name, meta, SecretAction::Read).await?;
     if let Some(after) = q.after {
         let deadline = tokio::time::Instant::now()
             + Duration::from_secs(q.wait.unwrap_or(30).min(MAX_WAIT_SECS));
         let mut changes = app.secret_changes.subscribe();
-        while s
+        while found
             .as_ref()
-            .is_some_and(|s| s.current_version <= after && s.deleted_at.is_none())
+            .is_some_and(|(s, _)| s.current_version <= after && s.deleted_at.is_none())
         {
             // Woken by a write on this server; other servers' writes are seen within a second.
             let tick = tokio::time::sleep(Duration::from_secs(1));
@@ -299,11 +305,20 @@ async fn read(
                     return Ok(StatusCode::NOT_MODIFIED.into_response());
                 }
             }
-            s = app.store.secret(name.as_str()).await?;
+            found = app
+                .store
+                .secret_with_version(name.as_str(), q.version)
+                .await?;
         }
     }
+    let (s, v) = found.map_or((None, None), |(s, v)| (Some(s), v));
     let s = live(&name, s)?;
-    let v = version_of(&app, &name, &s, q.version).await?;
+    let v = v.ok_or_else(|| {
+        ApiError::NotFound(format!(
+            "secret `{name}` has no version {}",
+            q.version.unwrap_or(s.current_version)
+        ))
+    })?;
     let version = v.version;
     let now = tessera_core::now_unix();
     if !v.enabled {

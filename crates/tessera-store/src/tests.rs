@@ -493,6 +493,30 @@ async fn vault_suite(store: Store) {
         .unwrap()
         .unwrap();
     assert_eq!(v1, version(1));
+    // One round trip for the read path: the current version, a given one, a missing one.
+    let (m, v) = store
+        .secret_with_version("payments/stripe", None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((m.current_version, v), (2, Some(version(2))));
+    let (_, v) = store
+        .secret_with_version("payments/stripe", Some(1))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(v, Some(version(1)));
+    let (_, v) = store
+        .secret_with_version("payments/stripe", Some(9))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(v, None);
+    assert!(store
+        .secret_with_version("nope", None)
+        .await
+        .unwrap()
+        .is_none());
     assert_eq!(
         store
             .secret_versions("payments/stripe")
