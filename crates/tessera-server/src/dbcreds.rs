@@ -477,9 +477,8 @@ async fn renew(
         .db_connection(&lease.connection)
         .await?
         .ok_or_else(|| ApiError::unavailable("the lease's connection is gone"))?;
-    let until = Credentials::generate("x", expires_at)
-        .map_err(ApiError::unavailable)?
-        .expiry;
+    let until = tessera_vault::role::pg_timestamp(expires_at)
+        .ok_or_else(|| ApiError::unavailable("the lease's end is not a date"))?;
     // INVARIANT: usernames are made by `Credentials::generate` from `[a-z0-9_]`.
     let sql = format!("ALTER ROLE \"{}\" VALID UNTIL '{until}'", lease.username);
     let p = pool(&app, &c).await?;

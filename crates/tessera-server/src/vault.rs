@@ -843,10 +843,13 @@ async fn upkeep(
     let now = tessera_core::now_unix();
     let (mut rotation, mut expired) = (0i64, 0i64);
     for s in app.store.secrets(true).await? {
-        if let Some(after) = s.purge_after.filter(|p| *p <= now) {
-            let _ = after;
+        if s.purge_after.is_some_and(|p| p <= now) {
             if let Ok(name) = SecretName::parse(&s.name) {
-                purge_one(app, &name, "server").await?;
+                match purge_one(app, &name, "server").await {
+                    // Another server purged it first, or it was restored meanwhile.
+                    Ok(()) | Err(ApiError::Conflict(_)) => {}
+                    Err(e) => return Err(e),
+                }
             }
             continue;
         }

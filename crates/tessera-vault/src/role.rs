@@ -108,6 +108,17 @@ impl std::fmt::Debug for Credentials {
     }
 }
 
+/// A Unix time as a PostgreSQL timestamp literal in UTC (`YYYY-MM-DD HH:MM:SS+00`), for
+/// `VALID UNTIL`.
+pub fn pg_timestamp(unix: i64) -> Option<String> {
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()?
+        .format(time::macros::format_description!(
+            "[year]-[month]-[day] [hour]:[minute]:[second]+00"
+        ))
+        .ok()
+}
+
 impl Credentials {
     /// `role` names the template (letters, digits, `-` and `_`); the username is
     /// `t_<role>_<random>`, at most 63 bytes (PostgreSQL's identifier limit).
@@ -126,15 +137,7 @@ impl Credentials {
         let suffix = random_bytes::<8>().map_err(|_| TemplateError::Random)?;
         let suffix: String = suffix.iter().map(|b| format!("{b:02x}")).collect();
         let password = random_bytes::<24>().map_err(|_| TemplateError::Random)?;
-        let expiry = time::OffsetDateTime::from_unix_timestamp(expires_at)
-            .ok()
-            .and_then(|t| {
-                t.format(time::macros::format_description!(
-                    "[year]-[month]-[day] [hour]:[minute]:[second]+00"
-                ))
-                .ok()
-            })
-            .ok_or(TemplateError::Random)?;
+        let expiry = pg_timestamp(expires_at).ok_or(TemplateError::Random)?;
         Ok(Self {
             username: format!("t_{tag}_{suffix}"),
             password: URL_SAFE_NO_PAD.encode(password),
