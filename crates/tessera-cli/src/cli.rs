@@ -391,22 +391,8 @@ pub struct ExecArgs {
     /// `signal:NAME` (e.g. `signal:HUP`). Files are rewritten first in every case.
     #[arg(long, default_value = "none")]
     pub on_rotate: String,
-    /// The authority's URL.
-    #[arg(long, env = "TESSERA_SERVER")]
-    pub server: String,
-    /// A PEM CA certificate for an `https://` authority.
-    #[arg(long)]
-    pub server_ca: Option<PathBuf>,
-    /// The node agent's Workload API socket.
-    #[arg(
-        long,
-        env = "SPIFFE_ENDPOINT_SOCKET",
-        default_value = "/run/tessera/agent.sock"
-    )]
-    pub socket: String,
-    /// Which of this process's identities to use (default: the first the agent gives).
-    #[arg(long)]
-    pub id: Option<String>,
+    #[command(flatten)]
+    pub target: WorkloadTarget,
     /// The program and its arguments.
     #[arg(last = true, required = true)]
     pub command: Vec<String>,
@@ -431,9 +417,6 @@ pub struct WorkloadTarget {
     /// Which of this process's identities to use (default: the first the agent gives).
     #[arg(long)]
     pub id: Option<String>,
-    /// Output format.
-    #[arg(long, value_enum, default_value_t = Output::Text)]
-    pub output: Output,
 }
 
 #[derive(Debug, Subcommand)]
@@ -444,6 +427,8 @@ pub enum DbCommand {
         /// The lease's length (default: the role's, at most its maximum).
         #[arg(long)]
         ttl: Option<String>,
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
         #[command(flatten)]
         target: WorkloadTarget,
     },
@@ -452,6 +437,8 @@ pub enum DbCommand {
         lease: String,
         #[arg(long)]
         ttl: Option<String>,
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
         #[command(flatten)]
         target: WorkloadTarget,
     },

@@ -236,7 +236,12 @@ pub fn admin(target: &Target) -> anyhow::Result<AdminClient> {
 }
 
 pub fn print(target: &Target, v: &Value, text: impl FnOnce() -> String) {
-    let out = match target.output {
+    print_as(target.output, v, text);
+}
+
+/// Prints `v` as JSON, or `text()` for people.
+pub fn print_as(output: Output, v: &Value, text: impl FnOnce() -> String) {
+    let out = match output {
         Output::Json => format!("{}\n", serde_json::to_string_pretty(v).unwrap_or_default()),
         Output::Text => text(),
     };

@@ -5,13 +5,11 @@
     reason = "indexing a serde_json::Value by key yields Null for a missing key; it cannot panic"
 )]
 
-use std::path::Path;
-
-use anyhow::{anyhow, bail, Context};
+use anyhow::{anyhow, bail};
 use serde_json::{json, Value};
 
-use crate::cli::{DbCommand, Output, WorkloadTarget};
-use crate::commands::{admin, parse_duration, print};
+use crate::cli::{DbCommand, WorkloadTarget};
+use crate::commands::{admin, parse_duration, print, print_as};
 use crate::render;
 
 fn secs(s: &str) -> anyhow::Result<i64> {
@@ -20,18 +18,11 @@ fn secs(s: &str) -> anyhow::Result<i64> {
 
 /// A POST to the authority as this workload.
 async fn as_workload(t: &WorkloadTarget, path: &str, body: Value) -> anyhow::Result<Value> {
-    let base = t.server.trim_end_matches('/');
-    let socket = t.socket.strip_prefix("unix://").unwrap_or(&t.socket);
-    let svid = crate::exec::jwt_svid(Path::new(socket), base, t.id.as_deref()).await?;
-    let mut http = reqwest::Client::builder();
-    if let Some(ca) = &t.server_ca {
-        let pem = std::fs::read(ca).with_context(|| format!("cannot read `{}`", ca.display()))?;
-        http = http.add_root_certificate(reqwest::Certificate::from_pem(&pem)?);
-    }
-    let resp = http
-        .build()?
-        .post(format!("{base}{path}"))
-        .bearer_auth(svid)
+    let w = crate::exec::AsWorkload::new(t)?;
+    let resp = w
+        .http
+        .post(format!("{}{path}", w.base))
+        .bearer_auth(w.credential().await?)
         .json(&body)
         .send()
         .await
@@ -47,18 +38,14 @@ async fn as_workload(t: &WorkloadTarget, path: &str, body: Value) -> anyhow::Res
     Ok(v)
 }
 
-fn show(output: Output, v: &Value, text: impl FnOnce() -> String) {
-    use std::io::Write;
-    let out = match output {
-        Output::Json => format!("{}\n", serde_json::to_string_pretty(v).unwrap_or_default()),
-        Output::Text => text(),
-    };
-    let _ = std::io::stdout().lock().write_all(out.as_bytes());
-}
-
 pub async fn run(command: DbCommand) -> anyhow::Result<u8> {
     match command {
-        DbCommand::Creds { role, ttl, target } => {
+        DbCommand::Creds {
+            role,
+            ttl,
+            output,
+            target,
+        } => {
             let ttl = ttl.as_deref().map(secs).transpose()?;
             let v = as_workload(
                 &target,
@@ -66,7 +53,7 @@ pub async fn run(command: DbCommand) -> anyhow::Result<u8> {
                 json!({"ttl": ttl}),
             )
             .await?;
-            show(target.output, &v, || {
+            print_as(output, &v, || {
                 format!(
                     "username={}\npassword={}\ndatabase={}\nlease={}\nexpires={}\n",
                     v["username"].as_str().unwrap_or_default(),
@@ -77,7 +64,12 @@ pub async fn run(command: DbCommand) -> anyhow::Result<u8> {
                 )
             });
         }
-        DbCommand::Renew { lease, ttl, target } => {
+        DbCommand::Renew {
+            lease,
+            ttl,
+            output,
+            target,
+        } => {
             let ttl = ttl.as_deref().map(secs).transpose()?;
             let v = as_workload(
                 &target,
@@ -85,7 +77,7 @@ pub async fn run(command: DbCommand) -> anyhow::Result<u8> {
                 json!({"ttl": ttl}),
             )
             .await?;
-            show(target.output, &v, || {
+            print_as(output, &v, || {
                 format!(
                     "lease {lease} now ends {}\n",
                     render::time(&v["expires_at"])

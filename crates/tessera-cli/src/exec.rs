@@ -19,7 +19,7 @@ use tessera_core::SecretName;
 use tessera_vault::SecretRef;
 use tokio::sync::mpsc;
 
-use crate::cli::ExecArgs;
+use crate::cli::{ExecArgs, WorkloadTarget};
 
 /// What the program gets when a secret rotates.
 #[derive(Debug, Clone, Copy)]
@@ -69,17 +69,33 @@ pub async fn jwt_svid(socket: &Path, audience: &str, id: Option<&str>) -> anyhow
         .ok_or_else(|| anyhow!("the agent gave no JWT-SVID"))
 }
 
-/// Reads secrets from the authority as this workload.
-struct Fetcher {
-    http: reqwest::Client,
-    base: String,
+/// This workload talking to the authority: its base URL, an HTTP client that trusts
+/// `--server-ca`, and the agent that vouches for it (`tessera exec`, `tessera db creds`).
+pub struct AsWorkload {
+    pub http: reqwest::Client,
+    pub base: String,
     socket: PathBuf,
     id: Option<String>,
 }
 
-impl Fetcher {
+impl AsWorkload {
+    pub fn new(t: &WorkloadTarget) -> anyhow::Result<Self> {
+        let mut http = reqwest::Client::builder();
+        if let Some(ca) = &t.server_ca {
+            let pem =
+                std::fs::read(ca).with_context(|| format!("cannot read `{}`", ca.display()))?;
+            http = http.add_root_certificate(reqwest::Certificate::from_pem(&pem)?);
+        }
+        Ok(Self {
+            http: http.build()?,
+            base: t.server.trim_end_matches('/').to_owned(),
+            socket: PathBuf::from(t.socket.strip_prefix("unix://").unwrap_or(&t.socket)),
+            id: t.id.clone(),
+        })
+    }
+
     /// A JWT-SVID for the authority, from the agent (which caches it).
-    async fn credential(&self) -> anyhow::Result<String> {
+    pub async fn credential(&self) -> anyhow::Result<String> {
         jwt_svid(&self.socket, &self.base, self.id.as_deref()).await
     }
 
@@ -253,17 +269,7 @@ pub async fn run(a: ExecArgs) -> anyhow::Result<u8> {
         }
         files.push((path, r));
     }
-    let mut http = reqwest::Client::builder();
-    if let Some(ca) = &a.server_ca {
-        let pem = std::fs::read(ca).with_context(|| format!("cannot read `{}`", ca.display()))?;
-        http = http.add_root_certificate(reqwest::Certificate::from_pem(&pem)?);
-    }
-    let fetcher = std::sync::Arc::new(Fetcher {
-        http: http.build()?,
-        base: a.server.trim_end_matches('/').to_owned(),
-        socket: PathBuf::from(a.socket.strip_prefix("unix://").unwrap_or(&a.socket)),
-        id: a.id.clone(),
-    });
+    let fetcher = std::sync::Arc::new(AsWorkload::new(&a.target)?);
     let mut resolved = Resolved {
         envs,
         files,

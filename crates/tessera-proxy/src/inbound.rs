@@ -361,12 +361,7 @@ async fn bearer(
 
 async fn forward(ctx: &Ctx, caller: &SpiffeId, req: Request<Incoming>) -> Response<Body> {
     let (mut parts, body) = req.into_parts();
-    let path = parts
-        .uri
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_owned();
-    let Ok(uri) = format!("http://{}{path}", ctx.cfg.upstream).parse::<http::Uri>() else {
+    let Some(uri) = crate::retarget(&parts.uri, ctx.cfg.upstream) else {
         return plain(StatusCode::BAD_REQUEST, "bad request target\n");
     };
     parts.uri = uri;
@@ -390,14 +385,7 @@ async fn forward(ctx: &Ctx, caller: &SpiffeId, req: Request<Incoming>) -> Respon
     let out = Request::from_parts(parts, body);
     let client = if h2 { &ctx.http2 } else { &ctx.http1 };
     match client.request(out).await {
-        Ok(resp) => {
-            let (mut parts, body) = resp.into_parts();
-            strip_hop_by_hop(&mut parts.headers);
-            Response::from_parts(
-                parts,
-                body.map_err(|e| Box::new(e) as crate::BoxError).boxed(),
-            )
-        }
+        Ok(resp) => crate::relay(resp),
         Err(e) => {
             tracing::warn!(error = %e, "upstream request failed");
             let mut r = Response::new(full(bytes::Bytes::from_static(b"upstream unavailable\n")));

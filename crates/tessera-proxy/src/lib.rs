@@ -54,6 +54,20 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Every body the proxy sends: streamed from a peer, or a short one of its own.
 pub type Body = http_body_util::combinators::BoxBody<bytes::Bytes, BoxError>;
 
+/// The request's path and query, addressed to `to` over plain HTTP (the hop after the proxy).
+fn retarget(uri: &http::Uri, to: std::net::SocketAddr) -> Option<http::Uri> {
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    format!("http://{to}{path}").parse().ok()
+}
+
+/// A response from the next hop, passed back: hop-by-hop headers removed, body boxed.
+fn relay(resp: http::Response<hyper::body::Incoming>) -> http::Response<Body> {
+    use http_body_util::BodyExt;
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    http::Response::from_parts(parts, body.map_err(|e| Box::new(e) as BoxError).boxed())
+}
+
 fn full(b: bytes::Bytes) -> Body {
     use http_body_util::BodyExt;
     http_body_util::Full::new(b)

@@ -462,12 +462,7 @@ async fn forward(ctx: &Ctx, req: Request<Incoming>) -> Response<Body> {
         }
     };
     let (mut parts, body) = req.into_parts();
-    let path = parts
-        .uri
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_owned();
-    let Ok(uri) = format!("http://{}{path}", ctx.cfg.target).parse::<http::Uri>() else {
+    let Some(uri) = crate::retarget(&parts.uri, ctx.cfg.target) else {
         return plain(StatusCode::BAD_REQUEST, "bad request target\n");
     };
     parts.uri = uri;
@@ -498,12 +493,7 @@ async fn forward(ctx: &Ctx, req: Request<Incoming>) -> Response<Body> {
         Ok(resp) => {
             ctx.metrics
                 .request(&me, ctx.cfg.target_id.as_str(), "forwarded");
-            let (mut parts, body) = resp.into_parts();
-            strip_hop_by_hop(&mut parts.headers);
-            Response::from_parts(
-                parts,
-                body.map_err(|e| Box::new(e) as crate::BoxError).boxed(),
-            )
+            crate::relay(resp)
         }
         Err(e) => {
             ctx.metrics
