@@ -535,29 +535,29 @@ async fn sidecars_enforce_mtls_and_policy() {
     }
 }
 
-/// SVIDs that live 10 s rotate every few seconds; requests through the sidecars, and new mTLS
-/// handshakes from curl with the current SVID, go on without a failure, and the inbound serves
-/// the new certificate.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rotation_under_load_fails_no_request() {
-    let Mesh {
-        s,
-        dir,
-        socket,
-        _agent,
-    } = start(&mesh().replace("selectors = [", "x509_ttl = \"10s\"\nselectors = ["));
-    let up = upstream().await.to_string();
+/// The mesh with X.509-SVIDs of 10 s, which rotate every 5 s.
+fn short_lived_mesh() -> String {
+    mesh().replace("selectors = [", "x509_ttl = \"10s\"\nselectors = [")
+}
+
+/// An inbound for the backend and an outbound for the frontend pointed at it:
+/// (inbound, its address, outbound, its address).
+fn sidecar_pair(
+    s: &Server,
+    upstream: &str,
+    socket: &Path,
+) -> (tessera_testkit::Proc, String, tessera_testkit::Proc, String) {
     let inbound = proxy(
         &[
             "inbound",
             "--listen",
             "127.0.0.1:0",
             "--upstream",
-            &up,
+            upstream,
             "--server",
             &s.url,
         ],
-        &socket,
+        socket,
         BACKEND,
     );
     let (in_addr, _) = addrs(&inbound);
@@ -571,17 +571,17 @@ async fn rotation_under_load_fails_no_request() {
             "--target-id",
             BACKEND,
         ],
-        &socket,
+        socket,
         FRONTEND,
     );
     let (out_addr, _) = addrs(&outbound);
-    // A second pair where every call also carries a token bound to the SVID it travels with.
-    let (bound_in, bound_out) = token_pair(&s, &up, &socket);
-    let (bound_out_addr, _) = addrs(&bound_out);
-    let _ = addrs(&bound_in);
-    let http = reqwest::Client::new();
+    (inbound, in_addr, outbound, out_addr)
+}
+
+/// Waits (15 s at most) until a request through each outbound is allowed.
+async fn wait_allowed(http: &reqwest::Client, outbounds: &[&str]) {
     let deadline = Instant::now() + Duration::from_secs(15);
-    for addr in [&out_addr, &bound_out_addr] {
+    for addr in outbounds {
         while http
             .get(format!("http://{addr}/api/warmup"))
             .send()
@@ -593,48 +593,61 @@ async fn rotation_under_load_fails_no_request() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-    let serial = || {
-        let o = Command::new("sh")
-            .arg("-c")
-            .arg(format!("openssl s_client -connect {in_addr} </dev/null 2>/dev/null | openssl x509 -noout -serial"))
-            .output()
-            .unwrap();
-        stdout(&o).trim().to_owned()
-    };
-    let first_serial = serial();
+}
 
-    // Load through the sidecars for 14 s: more than two rotations of either side.
-    let stop = Instant::now() + Duration::from_secs(14);
-    let mut workers = Vec::new();
-    for w in 0..4 {
-        let out_addr = if w % 2 == 0 {
-            out_addr.clone()
-        } else {
-            bound_out_addr.clone()
-        };
-        let http = http.clone();
-        workers.push(tokio::spawn(async move {
-            let (mut ok, mut failed) = (0u32, Vec::new());
-            let mut i = 0;
-            while Instant::now() < stop {
-                i += 1;
-                match http
-                    .get(format!("http://{out_addr}/api/{w}/{i}"))
-                    .send()
-                    .await
-                {
-                    Ok(r) if r.status() == 200 => ok += 1,
-                    Ok(r) => failed.push(format!("status {}", r.status())),
-                    Err(e) => failed.push(e.to_string()),
+/// A field of the certificate the TLS server at `addr` presents, as openssl prints it
+/// (`-serial`, `-ext authorityKeyIdentifier`).
+fn served_cert(addr: &str, field: &str) -> String {
+    let o = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "openssl s_client -connect {addr} </dev/null 2>/dev/null | openssl x509 -noout {field}"
+        ))
+        .output()
+        .unwrap();
+    stdout(&o).trim().to_owned()
+}
+
+/// Requests through the outbounds from `workers` clients (each on one outbound, in turn) until
+/// `stop`.
+fn start_load(
+    http: &reqwest::Client,
+    outbounds: &[&str],
+    workers: usize,
+    stop: Instant,
+) -> Vec<tokio::task::JoinHandle<(u32, Vec<String>)>> {
+    (0..workers)
+        .map(|w| {
+            let (http, addr) = (http.clone(), outbounds[w % outbounds.len()].to_owned());
+            tokio::spawn(async move {
+                let (mut ok, mut failed) = (0u32, Vec::new());
+                let mut i = 0;
+                while Instant::now() < stop {
+                    i += 1;
+                    match http.get(format!("http://{addr}/api/{w}/{i}")).send().await {
+                        Ok(r) if r.status() == 200 => ok += 1,
+                        Ok(r) => failed.push(format!("status {}", r.status())),
+                        Err(e) => failed.push(e.to_string()),
+                    }
                 }
-            }
-            (ok, failed)
-        }));
-    }
-    // New handshakes meanwhile: curl with the frontend's current SVID each time.
+                (ok, failed)
+            })
+        })
+        .collect()
+}
+
+/// New handshakes with the inbound until `stop`: curl with the frontend's current SVID, every
+/// 300 ms, each of which must succeed. Returns how many there were.
+async fn curl_handshakes(
+    socket: &Path,
+    dir: &Path,
+    in_addr: &str,
+    stop: Instant,
+    during: &str,
+) -> usize {
     let mut handshakes = 0;
     while Instant::now() < stop {
-        let (pem, key, _) = svid_files(&socket, FRONTEND, dir.path()).await;
+        let (pem, key, _) = svid_files(socket, FRONTEND, dir).await;
         let (code, out) = curl(&[
             "-k",
             "--cert",
@@ -645,11 +658,16 @@ async fn rotation_under_load_fails_no_request() {
         ]);
         assert!(
             code == 0 && out.ends_with("200"),
-            "a new handshake failed during rotation: {out}"
+            "a new handshake failed during {during}: {out}"
         );
         handshakes += 1;
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+    handshakes
+}
+
+/// Joins the load's workers: no request may have failed, and there must have been enough.
+async fn finish_load(workers: Vec<tokio::task::JoinHandle<(u32, Vec<String>)>>, during: &str) {
     let (mut ok, mut failed) = (0, Vec::new());
     for w in workers {
         let (o, f) = w.await.unwrap();
@@ -658,30 +676,46 @@ async fn rotation_under_load_fails_no_request() {
     }
     assert!(
         failed.is_empty(),
-        "{} of {} requests failed during rotation: {:?}",
+        "{} of {} requests failed during {during}: {:?}",
         failed.len(),
         ok as usize + failed.len(),
         &failed[..failed.len().min(5)]
     );
     assert!(ok > 100, "too little load to mean anything: {ok}");
+}
+
+/// SVIDs that live 10 s rotate every few seconds; requests through the sidecars (half of them
+/// with certificate-bound tokens), and new mTLS handshakes from curl with the current SVID, go on
+/// without a failure, and the inbound serves the new certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_under_load_fails_no_request() {
+    let Mesh {
+        s,
+        dir,
+        socket,
+        _agent,
+    } = start(&short_lived_mesh());
+    let up = upstream().await.to_string();
+    let (_inbound, in_addr, _outbound, out_addr) = sidecar_pair(&s, &up, &socket);
+    // A second pair where every call also carries a token bound to the SVID it travels with.
+    let (_bound_in, bound_out) = token_pair(&s, &up, &socket);
+    let (bound_out_addr, _) = addrs(&bound_out);
+    let http = reqwest::Client::new();
+    let outbounds = [out_addr.as_str(), bound_out_addr.as_str()];
+    wait_allowed(&http, &outbounds).await;
+    let first_serial = served_cert(&in_addr, "-serial");
+
+    // Load through the sidecars for 14 s: more than two rotations of either side.
+    let stop = Instant::now() + Duration::from_secs(14);
+    let workers = start_load(&http, &outbounds, 4, stop);
+    let handshakes = curl_handshakes(&socket, dir.path(), &in_addr, stop, "rotation").await;
+    finish_load(workers, "rotation").await;
     assert!(handshakes >= 10, "{handshakes}");
     assert_ne!(
-        serial(),
+        served_cert(&in_addr, "-serial"),
         first_serial,
         "the inbound serves its rotated SVID"
     );
-}
-
-/// The authority key identifier of the certificate `addr` serves: which CA signed it.
-fn served_issuer(addr: &str) -> String {
-    let o = Command::new("sh")
-        .arg("-c")
-        .arg(format!("openssl s_client -connect {addr} </dev/null 2>/dev/null | openssl x509 -noout -ext authorityKeyIdentifier"))
-        .output()
-        .unwrap();
-    let aki = stdout(&o).trim().to_owned();
-    assert!(aki.contains("Authority Key Identifier"), "{aki}");
-    aki
 }
 
 /// A CA rotation under load through the sidecars: the next CA is published, then signs the
@@ -694,116 +728,26 @@ async fn ca_rotation_under_load_fails_no_handshake() {
         dir,
         socket,
         _agent,
-    } = start(&mesh().replace("selectors = [", "x509_ttl = \"10s\"\nselectors = ["));
+    } = start(&short_lived_mesh());
     let up = upstream().await.to_string();
-    let inbound = proxy(
-        &[
-            "inbound",
-            "--listen",
-            "127.0.0.1:0",
-            "--upstream",
-            &up,
-            "--server",
-            &s.url,
-        ],
-        &socket,
-        BACKEND,
-    );
-    let (in_addr, _) = addrs(&inbound);
-    let outbound = proxy(
-        &[
-            "outbound",
-            "--listen",
-            "127.0.0.1:0",
-            "--target",
-            &in_addr,
-            "--target-id",
-            BACKEND,
-        ],
-        &socket,
-        FRONTEND,
-    );
-    let (out_addr, _) = addrs(&outbound);
+    let (_inbound, in_addr, _outbound, out_addr) = sidecar_pair(&s, &up, &socket);
     let http = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while http
-        .get(format!("http://{out_addr}/api/warmup"))
-        .send()
-        .await
-        .map(|r| r.status() != 200)
-        .unwrap_or(true)
-    {
-        assert!(Instant::now() < deadline, "never allowed");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let before = served_issuer(&in_addr);
+    wait_allowed(&http, &[&out_addr]).await;
+    let issuer = || served_cert(&in_addr, "-ext authorityKeyIdentifier");
+    let before = issuer();
+    assert!(before.contains("Authority Key Identifier"), "{before}");
 
+    // The outbound makes new connections to the inbound at each of its own SVID rotations
+    // (every 5 s here), across the CA's activation.
     let stop = Instant::now() + Duration::from_secs(20);
-    let workers: Vec<_> = (0..3)
-        .map(|w| {
-            let (http, out_addr) = (http.clone(), out_addr.clone());
-            tokio::spawn(async move {
-                let (mut ok, mut failed) = (0u32, Vec::new());
-                let mut i = 0;
-                while Instant::now() < stop {
-                    i += 1;
-                    // The outbound makes new connections to the inbound at each of its own
-                    // SVID rotations (every 5 s here), across the CA's activation.
-                    match http
-                        .get(format!("http://{out_addr}/api/{w}/{i}"))
-                        .send()
-                        .await
-                    {
-                        Ok(r) if r.status() == 200 => ok += 1,
-                        Ok(r) => failed.push(format!("status {}", r.status())),
-                        Err(e) => failed.push(e.to_string()),
-                    }
-                }
-                (ok, failed)
-            })
-        })
-        .collect();
+    let workers = start_load(&http, &[&out_addr], 3, stop);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let o = tessera(&s.data, &["ca", "rotate", "--activate-in", "6s"]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let mut handshakes = 0;
-    while Instant::now() < stop {
-        let (pem, key, _) = svid_files(&socket, FRONTEND, dir.path()).await;
-        let (code, out) = curl(&[
-            "-k",
-            "--cert",
-            pem.to_str().unwrap(),
-            "--key",
-            key.to_str().unwrap(),
-            &format!("https://{in_addr}/api/curl"),
-        ]);
-        assert!(
-            code == 0 && out.ends_with("200"),
-            "a new handshake failed during the CA rotation: {out}"
-        );
-        handshakes += 1;
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-    let (mut ok, mut failed) = (0, Vec::new());
-    for w in workers {
-        let (o, f) = w.await.unwrap();
-        ok += o;
-        failed.extend(f);
-    }
-    assert!(
-        failed.is_empty(),
-        "{} of {} requests failed during the CA rotation: {:?}",
-        failed.len(),
-        ok as usize + failed.len(),
-        &failed[..failed.len().min(5)]
-    );
-    assert!(ok > 100, "too little load to mean anything: {ok}");
+    let handshakes = curl_handshakes(&socket, dir.path(), &in_addr, stop, "the CA rotation").await;
+    finish_load(workers, "the CA rotation").await;
     assert!(handshakes >= 10, "{handshakes}");
-    assert_ne!(
-        served_issuer(&in_addr),
-        before,
-        "the inbound serves an SVID of the new CA"
-    );
+    assert_ne!(issuer(), before, "the inbound serves an SVID of the new CA");
 }
 
 /// The authority's TLS URL (a dev server takes TLS on its HTTP port) and its CA file.

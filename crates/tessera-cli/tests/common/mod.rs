@@ -262,3 +262,9 @@ pub fn join_agent(s: &Server, dir: &Path, name: &str) -> (Proc, PathBuf) {
     .env("TESSERA_LOG", "warn");
     (spawn_ready(cmd, "tessera: agent ready socket="), socket)
 }
+
+/// The command was refused as a usage or operational error (exit 2) saying `why` on stderr.
+pub fn refused(o: &Output, why: &str) {
+    assert_eq!(o.status.code(), Some(2), "{}\n{}", stdout(o), stderr(o));
+    assert!(stderr(o).contains(why), "wanted `{why}`: {}", stderr(o));
+}
