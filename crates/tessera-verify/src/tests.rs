@@ -153,6 +153,7 @@ async fn clock_skew_matches_leeway() {
         v.verify_at(&t, now + 331).await.unwrap_err().reason(),
         "expired"
     );
+    eprintln!("drill: verifier clock skew: -120 s refused (iat ahead beyond the 30 s leeway), -20 s and +120 s accepted, exp + 31 s refused");
 }
 
 /// A JWKS server whose key set and availability the test controls.
