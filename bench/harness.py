@@ -68,9 +68,9 @@ def field(line, name):
     return next(f.split("=", 1)[1] for f in line.split() if f.startswith(name + "="))
 
 
-def tessera(data, *args, stdin=None, check=True):
+def tessera(data, *args, stdin=None, check=True, timeout=None):
     """Runs an admin or user command against the server whose data folder is `data`."""
-    out = subprocess.run([BIN, *args, "--data", data], capture_output=True, text=True, input=stdin)
+    out = subprocess.run([BIN, *args, "--data", data], capture_output=True, text=True, input=stdin, timeout=timeout)
     if check and out.returncode != 0:
         raise SystemExit(f"tessera {' '.join(args)}: {out.stderr.strip()}")
     return out

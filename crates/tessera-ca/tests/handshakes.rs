@@ -255,17 +255,12 @@ fn bad_client_certificates_fail_the_handshake() {
     let cases: Vec<(&str, Creds, &str)> = vec![
         (
             "another trust domain's CA signing an example.org ID",
-            other.leaf(vec![uri(CLIENT_ID)], none.clone(), -10, 3600),
+            other.leaf(vec![uri(CLIENT_ID)], none, -10, 3600),
             "does not validate",
         ),
         (
             "an ID of a trust domain nobody trusts",
-            good.leaf(
-                vec![uri("spiffe://unknown.org/client")],
-                none.clone(),
-                -10,
-                3600,
-            ),
+            good.leaf(vec![uri("spiffe://unknown.org/client")], none, -10, 3600),
             "is not trusted",
         ),
         (
@@ -287,7 +282,7 @@ fn bad_client_certificates_fail_the_handshake() {
             "two URI SANs",
             good.leaf(
                 vec![uri(CLIENT_ID), uri("spiffe://example.org/b")],
-                none.clone(),
+                none,
                 -10,
                 3600,
             ),
@@ -295,14 +290,14 @@ fn bad_client_certificates_fail_the_handshake() {
         ),
         (
             "no SAN at all",
-            good.leaf(vec![], none.clone(), -10, 3600),
+            good.leaf(vec![], none, -10, 3600),
             "no URI SAN",
         ),
         (
             "a DNS name only",
             good.leaf(
                 vec![SanType::DnsName("client.example.org".try_into().unwrap())],
-                none.clone(),
+                none,
                 -10,
                 3600,
             ),
@@ -310,12 +305,12 @@ fn bad_client_certificates_fail_the_handshake() {
         ),
         (
             "expired",
-            good.leaf(vec![uri(CLIENT_ID)], none.clone(), -7200, -60),
+            good.leaf(vec![uri(CLIENT_ID)], none, -7200, -60),
             "Expired",
         ),
         (
             "not yet valid",
-            good.leaf(vec![uri(CLIENT_ID)], none.clone(), 600, 7200),
+            good.leaf(vec![uri(CLIENT_ID)], none, 600, 7200),
             "NotValidYet",
         ),
         (
@@ -372,7 +367,7 @@ fn bad_server_certificates_fail_the_handshake() {
         ),
         (
             "the expected ID from another trust domain's CA",
-            other.leaf(vec![uri(SERVER_ID)], none.clone(), -10, 3600),
+            other.leaf(vec![uri(SERVER_ID)], none, -10, 3600),
             "does not validate",
         ),
         (
@@ -382,7 +377,7 @@ fn bad_server_certificates_fail_the_handshake() {
         ),
         (
             "expired",
-            good.leaf(vec![uri(SERVER_ID)], none.clone(), -7200, -60),
+            good.leaf(vec![uri(SERVER_ID)], none, -7200, -60),
             "Expired",
         ),
         (

@@ -43,7 +43,7 @@ impl AdminClient {
                 "--server needs an admin credential: set TESSERA_ADMIN_TOKEN or pass --admin-token-file (the server wrote DATA/admin-token)"
             ),
         };
-        let mut builder = reqwest::Client::builder();
+        let mut builder = reqwest::Client::builder().timeout(ADMIN_TIMEOUT);
         if let Some(ca) = ca_file {
             let pem =
                 std::fs::read(ca).with_context(|| format!("cannot read `{}`", ca.display()))?;
@@ -68,7 +68,19 @@ impl AdminClient {
 
     async fn call(&self, method: Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
         match self {
-            Self::Socket(socket) => call_socket(socket, method, path, body).await,
+            // No admin call waits on purpose; a server that died mid-request must not leave
+            // the command hanging.
+            Self::Socket(socket) => {
+                tokio::time::timeout(ADMIN_TIMEOUT, call_socket(socket, method, path, body))
+                    .await
+                    .map_err(|_| {
+                        anyhow::anyhow!(
+                            "the server did not answer within {} s on `{}`",
+                            ADMIN_TIMEOUT.as_secs(),
+                            socket.display()
+                        )
+                    })?
+            }
             Self::Http {
                 base,
                 token,
@@ -91,6 +103,9 @@ impl AdminClient {
         }
     }
 }
+
+/// Longer than any admin call takes (an `apply` of 10,000 workloads takes about 4 s).
+const ADMIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
 async fn call_socket(
     socket: &Path,

@@ -152,7 +152,8 @@ pub async fn fetch(
         let resp = client
             .fetch_jwtsvid(request(JwtsvidRequest {
                 audience: audience.to_vec(),
-                spiffe_id: String::new(),
+                // Empty asks for one JWT-SVID per identity the process has.
+                spiffe_id: id.unwrap_or_default().to_owned(),
             }))
             .await
             .map_err(|s| anyhow!("{}", s.message()))?

@@ -648,7 +648,8 @@ pub enum SvidCommand {
         /// Write `svid.pem`, `svid.key` and `bundle.pem` here.
         #[arg(long)]
         write: Option<PathBuf>,
-        /// Which of this process's SVIDs to write (default: the first).
+        /// Which of this process's SVIDs to write, or the one JWT-SVID to fetch (default: the
+        /// first X.509-SVID; a JWT-SVID for each identity).
         #[arg(long)]
         id: Option<String>,
         #[arg(long, value_enum, default_value_t = Output::Text)]

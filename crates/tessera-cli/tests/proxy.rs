@@ -496,6 +496,57 @@ async fn sidecars_enforce_mtls_and_policy() {
         out.ends_with("401") && out.contains("another workload"),
         "a token passed on: {out}"
     );
+    // Token attacks at the sidecar, over the frontend's own certificate: each is refused with
+    // 401 and never reaches the upstream (which would answer 200).
+    let good = body["access_token"].as_str().unwrap();
+    let b64 = |v: &Value| {
+        use base64::Engine;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+    };
+    let payload = good.split('.').nth(1).unwrap();
+    let unsigned = format!(
+        "{}.{payload}.",
+        b64(&serde_json::json!({"alg": "none", "typ": "at+jwt"}))
+    );
+    let mut other_sig = good.to_owned();
+    // The first signature character (its bits all count, unlike the last one's).
+    let at = good.rfind('.').unwrap() + 1;
+    let flipped = if &good[at..=at] == "A" { "B" } else { "A" };
+    other_sig.replace_range(at..=at, flipped);
+    let o = cli(&[
+        "svid",
+        "fetch",
+        "--socket",
+        socket.to_str().unwrap(),
+        "--id",
+        FRONTEND,
+        "--audience",
+        BACKEND,
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let jwt_svid = stdout(&o).trim().to_owned();
+    let (status, body) = post_form(
+        &format!("{}/token", s.url),
+        Some(("frontend", &secret)),
+        &[("grant_type", "client_credentials"), ("audience", &s.url)],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let for_the_authority = body["access_token"].as_str().unwrap().to_owned();
+    for (name, token) in [
+        ("alg none", unsigned.as_str()),
+        ("a changed signature", other_sig.as_str()),
+        ("a JWT-SVID instead of an access token", jwt_svid.as_str()),
+        ("a token for another audience", for_the_authority.as_str()),
+        ("not a JWT", "not-a-token"),
+        ("oversized", &"a".repeat(20_000)),
+    ] {
+        let (_, out) = with_front(&["-H", &format!("Authorization: Bearer {token}")]);
+        assert!(
+            out.ends_with("401") && out.contains("not valid for this service"),
+            "{name}: {out}"
+        );
+    }
 
     // Revoking the frontend stops it at the point of use within a bundle poll, even on a
     // connection that is already open and with an SVID that has not expired.

@@ -180,4 +180,66 @@ mod tests {
         assert!(audience_contains(&obj(json!({"aud": "a/"})), &["a"]).is_err());
         assert!(audience_contains(&obj(json!({})), &["a"]).is_err());
     }
+
+    proptest::proptest! {
+        // Cheap cases; many of them, so the boundaries are hit every run.
+        #![proptest_config(proptest::test_runner::Config::with_cases(8192))]
+        /// Whatever the claims say, an accepted token is inside its window: not expired beyond
+        /// the leeway, not before `nbf` or `iat` beyond it, not further ahead than allowed; and a
+        /// time claim of any type but a number is never accepted.
+        #[test]
+        fn accepted_times_are_inside_the_window(
+            now in 0i64..4_000_000_000,
+            leeway in 0i64..300,
+            exp in proptest::option::of((0u8..4, -3i64..=3, -1_000i64..1_000)),
+            nbf in proptest::option::of((0u8..4, -3i64..=3, -1_000i64..1_000)),
+            iat in proptest::option::of((0u8..4, -3i64..=3, -1_000i64..1_000)),
+            max_ahead in proptest::option::of(0i64..600),
+            as_string in 0usize..4,
+        ) {
+            // Offsets from `now`: anywhere, or within 3 s of a boundary (the leeway either way,
+            // or the furthest `exp` allowed), where an off-by-one would hide.
+            let offset = |(kind, near, anywhere): (u8, i64, i64)| match kind {
+                0 => anywhere,
+                1 => leeway + near,
+                2 => -leeway + near,
+                _ => max_ahead.unwrap_or(0) + leeway + near,
+            };
+            let (exp, nbf, iat) = (exp.map(offset), nbf.map(offset), iat.map(offset));
+            let mut m = Map::new();
+            for (name, v) in [("exp", exp), ("nbf", nbf), ("iat", iat)] {
+                if let Some(d) = v {
+                    m.insert(name.into(), json!(now + d));
+                }
+            }
+            // One of them, sometimes, as a string holding the same number.
+            let stringly = ["exp", "nbf", "iat"].get(as_string).copied();
+            if let Some(name) = stringly {
+                if let Some(v) = m.get(name).cloned() {
+                    m.insert(name.into(), json!(v.to_string()));
+                }
+            }
+            let rules = TimeRules { now, leeway, max_ahead };
+            if let Ok(e) = check_times(&m, &rules) {
+                proptest::prop_assert!(stringly.is_none_or(|n| !m.get(n).is_some_and(Value::is_string)));
+                proptest::prop_assert_eq!(Some(e - now), exp);
+                proptest::prop_assert!(e > now - leeway);
+                proptest::prop_assert!(max_ahead.is_none_or(|a| e <= now + a + leeway));
+                proptest::prop_assert!(nbf.is_none_or(|d| now + d <= now + leeway));
+                proptest::prop_assert!(iat.is_none_or(|d| now + d <= now + leeway));
+                // The same claims are refused once the clock passes exp + leeway.
+                let later = TimeRules { now: e + leeway, ..rules };
+                proptest::prop_assert!(matches!(check_times(&m, &later), Err(TokenError::Expired)));
+            } else {
+                // Refused: some rule is broken (missing or mistyped exp included).
+                let broken = exp.is_none()
+                    || stringly.is_some_and(|n| m.get(n).is_some_and(Value::is_string))
+                    || exp.is_some_and(|d| now + d <= now - leeway)
+                    || exp.zip(max_ahead).is_some_and(|(d, a)| d > a + leeway)
+                    || nbf.is_some_and(|d| d > leeway)
+                    || iat.is_some_and(|d| d > leeway);
+                proptest::prop_assert!(broken, "refused a token inside its window: {m:?}");
+            }
+        }
+    }
 }
