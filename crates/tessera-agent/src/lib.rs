@@ -320,6 +320,8 @@ impl Agent {
     /// Signs SVIDs that are missing or due, in batches; renews the agent's own SVID at half-life.
     pub async fn rotate_once(&self) -> Result<usize, AgentError> {
         let now = tessera_core::now_unix();
+        // First, before anything that needs the server: streams learn that an SVID is gone.
+        self.drop_expired(now);
         self.renew_self_if_due(now).await?;
         let state = self.state();
         let due: Vec<SpiffeId> = state
@@ -384,12 +386,15 @@ impl Agent {
                 }
             });
         }
-        // Never hand out an expired SVID (the server may have been away for a long time).
-        let now = tessera_core::now_unix();
+        self.drop_expired(tessera_core::now_unix());
+        Ok(issued)
+    }
+
+    /// Never hand out an expired SVID (the server may have been away for a long time).
+    fn drop_expired(&self, now: i64) {
         if self.state().svids.values().any(|s| s.not_after <= now) {
             self.update(|s| s.svids.retain(|_, v| v.not_after > now));
         }
-        Ok(issued)
     }
 
     async fn renew_self_if_due(&self, now: i64) -> Result<(), AgentError> {

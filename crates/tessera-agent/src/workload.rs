@@ -214,9 +214,13 @@ fn x509_for(state: &State, p: &Process) -> Result<Option<X509svidResponse>, Stat
     }
     ids.sort();
     let bundle = concat(&state.bundle);
+    let now = tessera_core::now_unix();
     let svids: Vec<X509svid> = ids
         .iter()
         .filter_map(|id| state.svids.get(id))
+        // Never an expired SVID, even before the rotation loop has pruned it (it backs off
+        // while the server is away).
+        .filter(|s| s.not_after > now)
         .map(|s| X509svid {
             spiffe_id: s.spiffe_id.to_string(),
             x509_svid: concat(&s.chain),

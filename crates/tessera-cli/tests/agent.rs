@@ -618,6 +618,16 @@ async fn rotation_and_server_outage() {
         .fetch_jwt_svid(["spiffe://example.org/never-asked"], None)
         .await
         .is_err());
+    // ... but never past its expiry: once the SVID it holds has expired (20 s SVIDs here), a new
+    // fetch gets none (the stream waits for one), though the server is still away.
+    let (_, not_after) = tessera_ca::validity(svid.leaf().as_ref()).unwrap();
+    let wait = u64::try_from(not_after - tessera_core::now_unix() + 1).unwrap_or(0);
+    tokio::time::sleep(Duration::from_secs(wait)).await;
+    let late = tokio::time::timeout(Duration::from_secs(3), client.fetch_x509_svid()).await;
+    assert!(
+        !matches!(late, Ok(Ok(_))),
+        "the agent served an SVID that expired at {not_after}"
+    );
     drop(a);
 }
 
