@@ -351,6 +351,49 @@ async fn fail_closed(backend: Backend) {
         return;
     };
     let (orders, _) = setup_mesh(&s);
+    // A secret the caller may read, to check the vault fails closed too.
+    let files = tempfile::tempdir().unwrap();
+    let grant = "\n[[secret_grant]]\nfrom = \"spiffe://example.org/prod/order-processor\"\nsecrets = [\"ops/api-key\"]\nwhy = \"fail-closed test\"\n";
+    let p = write(files.path(), "mesh.toml", &format!("{MESH}{grant}"));
+    let o = tessera(&s.data, &["apply", "-f", p.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut put = std::process::Command::new(BIN)
+        .args([
+            "secret",
+            "put",
+            "ops/api-key",
+            "--owner",
+            "ops",
+            "--purpose",
+            "test",
+            "--data",
+        ])
+        .arg(&s.data)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        put.stdin
+            .take()
+            .unwrap()
+            .write_all(b"the-api-key-value")
+            .unwrap();
+    }
+    assert!(put.wait().unwrap().success());
+    let (_, body) = token(&s, &orders, &[("audience", &s.url)]).await;
+    let bearer = body["access_token"].as_str().unwrap().to_owned();
+    let read = || async {
+        let r = reqwest::Client::new()
+            .get(format!("{}/v1/secrets/ops/api-key", s.url))
+            .bearer_auth(&bearer)
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    };
+    assert_eq!(read().await.0, 200);
     assert_eq!(
         token(&s, &orders, &[("resource", "inventory-api")]).await.0,
         200
@@ -375,9 +418,14 @@ async fn fail_closed(backend: Backend) {
         "internal detail leaked: {body}"
     );
     eprintln!("drill: audit store unwritable ({backend:?}): token request answered {st}, no token");
+    // No record of the read, no value.
+    let (st, text) = read().await;
+    assert_eq!(st, 503, "{text}");
+    assert!(!text.contains("the-api-key-value"), "{text}");
+    eprintln!("drill: audit store unwritable ({backend:?}): secret read answered {st}, no value");
     let metrics = get_text(&format!("{}/metrics", s.url)).await;
     assert!(
-        metrics.contains("tessera_audit_write_failures_total 1"),
+        metrics.contains("tessera_audit_write_failures_total 2"),
         "{metrics}"
     );
     s.danger_sql(unblock);
@@ -385,6 +433,7 @@ async fn fail_closed(backend: Backend) {
         token(&s, &orders, &[("resource", "inventory-api")]).await.0,
         200
     );
+    assert_eq!(read().await.0, 200);
     let o = tessera(&s.data, &["audit", "verify"]);
     assert!(o.status.success(), "{}", stdout(&o));
 }
