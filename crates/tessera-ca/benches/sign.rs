@@ -6,17 +6,8 @@
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use rustls::pki_types::{CertificateDer, UnixTime};
-use tessera_ca::{new_key_and_csr, verify_chain, BundleSource, CertificateAuthority, Usage};
+use tessera_ca::{new_key_and_csr, verify_chain, CertificateAuthority, StaticBundles, Usage};
 use tessera_core::{SpiffeId, TrustDomain};
-
-#[derive(Debug)]
-struct One(TrustDomain, CertificateDer<'static>);
-
-impl BundleSource for One {
-    fn x509_authorities(&self, td: &TrustDomain) -> Option<Vec<CertificateDer<'static>>> {
-        (td == &self.0).then(|| vec![self.1.clone()])
-    }
-}
 
 fn bench(c: &mut Criterion) {
     let td = TrustDomain::parse("example.org").unwrap();
@@ -28,7 +19,7 @@ fn bench(c: &mut Criterion) {
         b.iter(|| ca.sign_csr(&csr, &id, now, 3600).unwrap())
     });
     let svid = ca.sign_csr(&csr, &id, now, 3600).unwrap();
-    let bundles = One(td.clone(), ca.cert().clone());
+    let bundles = StaticBundles::new([(td.clone(), ca.cert().clone())]);
     let t = UnixTime::now();
     c.bench_function("verify_chain", |b| {
         b.iter(|| {

@@ -11,7 +11,7 @@ pub use ca::{
 };
 pub use svid::{
     leaf_spiffe_id, p256_coordinates, split_certificates, validity, verify_chain, BundleSource,
-    Usage,
+    StaticBundles, Usage,
 };
 pub use verifier::{SpiffeClientVerifier, SpiffeServerVerifier};
 

@@ -13,6 +13,29 @@ pub trait BundleSource: Send + Sync + std::fmt::Debug {
     fn x509_authorities(&self, td: &TrustDomain) -> Option<Vec<CertificateDer<'static>>>;
 }
 
+/// Bundles fixed when made: for tools, tests and benchmarks (servers, agents and sidecars
+/// follow theirs as CAs rotate).
+#[derive(Debug, Clone, Default)]
+pub struct StaticBundles(Vec<(TrustDomain, CertificateDer<'static>)>);
+
+impl StaticBundles {
+    pub fn new(cas: impl IntoIterator<Item = (TrustDomain, CertificateDer<'static>)>) -> Self {
+        Self(cas.into_iter().collect())
+    }
+}
+
+impl BundleSource for StaticBundles {
+    fn x509_authorities(&self, td: &TrustDomain) -> Option<Vec<CertificateDer<'static>>> {
+        let v: Vec<_> = self
+            .0
+            .iter()
+            .filter(|(t, _)| t == td)
+            .map(|(_, c)| c.clone())
+            .collect();
+        (!v.is_empty()).then_some(v)
+    }
+}
+
 /// Splits the concatenated DER certificates of the Workload API (`x509_svid`, `bundle`), with
 /// x509-parser reading each one's extent: a trailing fragment or garbage is an error.
 pub fn split_certificates(mut bytes: &[u8]) -> Result<Vec<CertificateDer<'static>>, CaError> {

@@ -19,21 +19,6 @@ fn at(t: i64) -> UnixTime {
     UnixTime::since_unix_epoch(Duration::from_secs(t as u64))
 }
 
-#[derive(Debug)]
-struct Bundles(Vec<(TrustDomain, CertificateDer<'static>)>);
-
-impl BundleSource for Bundles {
-    fn x509_authorities(&self, td: &TrustDomain) -> Option<Vec<CertificateDer<'static>>> {
-        let v: Vec<_> = self
-            .0
-            .iter()
-            .filter(|(t, _)| t == td)
-            .map(|(_, c)| c.clone())
-            .collect();
-        (!v.is_empty()).then_some(v)
-    }
-}
-
 fn issue(ca: &CertificateAuthority, who: &str) -> CertificateDer<'static> {
     let (_, csr) = new_key_and_csr(&id(who)).unwrap();
     ca.sign_csr(&csr, &id(who), NOW, 3600).unwrap().cert
@@ -83,7 +68,7 @@ fn svid_follows_the_x509_svid_profile() {
         svid.serial,
         "the recorded serial is the certificate's"
     );
-    let bundles = Bundles(vec![(td("example.org"), ca.cert().clone())]);
+    let bundles = StaticBundles::new(vec![(td("example.org"), ca.cert().clone())]);
     let got = verify_chain(&[svid.cert], &bundles, at(NOW + 10), Usage::Client).unwrap();
     assert_eq!(got.as_str(), "spiffe://example.org/api");
 }
@@ -125,7 +110,7 @@ fn csr_names_and_usages_are_overridden_or_refused() {
     assert_eq!(svid.not_after, NOW + 86400, "cut to the CA's expiry");
     verify_chain(
         &[svid.cert],
-        &Bundles(vec![(td("example.org"), ca.cert().clone())]),
+        &StaticBundles::new(vec![(td("example.org"), ca.cert().clone())]),
         at(NOW),
         Usage::Server,
     )
@@ -144,7 +129,7 @@ fn chains_validate_only_against_their_own_trust_domain() {
     let (dev, _) = CertificateAuthority::generate(&td("dev.example.org"), NOW, 86400).unwrap();
     // A misconfigured dev CA signs a prod ID: no bundle mixing lets it through.
     let forged = issue(&dev, "spiffe://prod.example.org/api");
-    let bundles = Bundles(vec![
+    let bundles = StaticBundles::new(vec![
         (td("prod.example.org"), prod.cert().clone()),
         (td("dev.example.org"), dev.cert().clone()),
     ]);
@@ -159,7 +144,7 @@ fn chains_validate_only_against_their_own_trust_domain() {
     )
     .unwrap();
     // Unknown trust domain.
-    let only_dev = Bundles(vec![(td("dev.example.org"), dev.cert().clone())]);
+    let only_dev = StaticBundles::new(vec![(td("dev.example.org"), dev.cert().clone())]);
     assert!(matches!(
         verify_chain(
             std::slice::from_ref(&good),
@@ -184,7 +169,7 @@ fn chains_validate_only_against_their_own_trust_domain() {
 #[test]
 fn leaves_that_break_the_svid_rules_are_refused() {
     let (ca, pkcs8) = CertificateAuthority::generate(&td("example.org"), NOW, 86400).unwrap();
-    let bundles = Bundles(vec![(td("example.org"), ca.cert().clone())]);
+    let bundles = StaticBundles::new(vec![(td("example.org"), ca.cert().clone())]);
     let ca_key = KeyPair::try_from(pkcs8.as_slice()).unwrap();
     let issuer = rcgen::Issuer::from_ca_cert_der(ca.cert(), ca_key).unwrap();
     let make = |sans: Vec<SanType>, is_ca: IsCa| {
@@ -251,7 +236,7 @@ fn a_look_alike_ca_with_another_key_is_not_trusted() {
     let fake =
         CertificateAuthority::load(fake_cert.der().to_vec(), &fake_key.serialize_der()).unwrap();
     let forged = issue(&fake, "spiffe://example.org/api");
-    let bundles = Bundles(vec![(td("example.org"), real.cert().clone())]);
+    let bundles = StaticBundles::new(vec![(td("example.org"), real.cert().clone())]);
     assert!(verify_chain(
         std::slice::from_ref(&forged),
         &bundles,
@@ -293,7 +278,7 @@ proptest::proptest! {
         let (ca, _) = CertificateAuthority::generate(&td("example.org"), NOW, 86400).unwrap();
         let _ = ca.sign_csr(&bytes, &id("spiffe://example.org/a"), NOW, 60);
         let _ = leaf_spiffe_id(&bytes);
-        let bundles = Bundles(vec![(td("example.org"), ca.cert().clone())]);
+        let bundles = StaticBundles::new(vec![(td("example.org"), ca.cert().clone())]);
         let _ = verify_chain(&[CertificateDer::from(bytes)], &bundles, at(NOW), Usage::Client);
     }
 }

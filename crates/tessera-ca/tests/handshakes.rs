@@ -19,27 +19,13 @@ use rcgen::{
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use tessera_ca::{
-    new_key_and_csr, BundleSource, CertificateAuthority, SpiffeClientVerifier, SpiffeServerVerifier,
+    new_key_and_csr, CertificateAuthority, SpiffeClientVerifier, SpiffeServerVerifier,
+    StaticBundles,
 };
 use tessera_core::{now_unix, SpiffeId, TrustDomain};
 
 const SERVER_ID: &str = "spiffe://example.org/server";
 const CLIENT_ID: &str = "spiffe://example.org/client";
-
-#[derive(Debug)]
-struct Bundles(Vec<(TrustDomain, CertificateDer<'static>)>);
-
-impl BundleSource for Bundles {
-    fn x509_authorities(&self, td: &TrustDomain) -> Option<Vec<CertificateDer<'static>>> {
-        let v: Vec<_> = self
-            .0
-            .iter()
-            .filter(|(t, _)| t == td)
-            .map(|(_, c)| c.clone())
-            .collect();
-        (!v.is_empty()).then_some(v)
-    }
-}
 
 /// A certificate chain (leaf first) and the leaf's key.
 #[derive(Clone)]
@@ -95,6 +81,17 @@ fn uri(s: &str) -> SanType {
     SanType::URI(s.try_into().unwrap())
 }
 
+/// A client leaf for `CLIENT_ID` signed by `issuer`, presented with `chain` after it.
+fn client_leaf_under(issuer: &Issuer<'_, KeyPair>, chain: &[CertificateDer<'static>]) -> Creds {
+    let key = KeyPair::generate().unwrap();
+    let mut p = CertificateParams::default();
+    p.subject_alt_names = vec![uri(CLIENT_ID)];
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let mut certs = vec![p.signed_by(&key, issuer).unwrap().der().clone()];
+    certs.extend_from_slice(chain);
+    Creds(certs, key.serialize_der())
+}
+
 /// A CA certificate (self-signed when `parent` is None) with `subject` as its common name.
 fn ca_cert(
     subject: &str,
@@ -127,7 +124,7 @@ fn key_der(k: &[u8]) -> PrivateKeyDer<'static> {
 /// client presenting `client` that expects `SERVER_ID`. Returns (server's result, client's
 /// result); a result is Ok when that side completed the handshake and exchanged a byte.
 fn handshake(
-    bundles: Arc<Bundles>,
+    bundles: Arc<StaticBundles>,
     server: &Creds,
     client: &Creds,
 ) -> (Result<(), String>, Result<(), String>) {
@@ -178,11 +175,10 @@ fn handshake(
     (server_side.join().unwrap(), client_result)
 }
 
-#[test]
-fn bad_client_certificates_fail_the_handshake() {
-    let good = ca("example.org");
-    let other = ca("other.org");
-    let bundles = Arc::new(Bundles(vec![
+/// The CAs of example.org and other.org, both trusted, each for its own trust domain only.
+fn two_domains() -> (Ca, Ca, Arc<StaticBundles>) {
+    let (good, other) = (ca("example.org"), ca("other.org"));
+    let bundles = Arc::new(StaticBundles::new([
         (
             TrustDomain::parse("example.org").unwrap(),
             good.ca.cert().clone(),
@@ -192,6 +188,12 @@ fn bad_client_certificates_fail_the_handshake() {
             other.ca.cert().clone(),
         ),
     ]));
+    (good, other, bundles)
+}
+
+#[test]
+fn bad_client_certificates_fail_the_handshake() {
+    let (good, other, bundles) = two_domains();
     let server = good.svid(SERVER_ID);
 
     // The control: a genuine client SVID completes the handshake both ways.
@@ -203,20 +205,7 @@ fn bad_client_certificates_fail_the_handshake() {
     let root_issuer = Issuer::from_ca_cert_der(&root, root_key).unwrap();
     let (inter, inter_key) = ca_cert("Unknown Intermediate", Some(&root_issuer));
     let inter_issuer = Issuer::from_ca_cert_der(&inter, inter_key).unwrap();
-    let via_unknown = {
-        let leaf_key = KeyPair::generate().unwrap();
-        let mut p = CertificateParams::default();
-        p.subject_alt_names = vec![uri(CLIENT_ID)];
-        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        Creds(
-            vec![
-                p.signed_by(&leaf_key, &inter_issuer).unwrap().der().clone(),
-                inter.clone(),
-                root.clone(),
-            ],
-            leaf_key.serialize_der(),
-        )
-    };
+    let via_unknown = client_leaf_under(&inter_issuer, &[inter, root]);
 
     // CurveBall: a CA with the real CA's Subject and another key.
     let real_subject = x509_parser::parse_x509_certificate(good.ca.cert())
@@ -231,19 +220,7 @@ fn bad_client_certificates_fail_the_handshake() {
         .to_owned();
     let (fake, fake_key) = ca_cert(&real_subject, None);
     let fake_issuer = Issuer::from_ca_cert_der(&fake, fake_key).unwrap();
-    let look_alike = {
-        let leaf_key = KeyPair::generate().unwrap();
-        let mut p = CertificateParams::default();
-        p.subject_alt_names = vec![uri(CLIENT_ID)];
-        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        Creds(
-            vec![
-                p.signed_by(&leaf_key, &fake_issuer).unwrap().der().clone(),
-                fake,
-            ],
-            leaf_key.serialize_der(),
-        )
-    };
+    let look_alike = client_leaf_under(&fake_issuer, &[fake]);
 
     // Longer than any chain we issue: a genuine leaf followed by five copies of its CA.
     let mut too_long = good.svid(CLIENT_ID);
@@ -341,18 +318,7 @@ fn bad_client_certificates_fail_the_handshake() {
 
 #[test]
 fn bad_server_certificates_fail_the_handshake() {
-    let good = ca("example.org");
-    let other = ca("other.org");
-    let bundles = Arc::new(Bundles(vec![
-        (
-            TrustDomain::parse("example.org").unwrap(),
-            good.ca.cert().clone(),
-        ),
-        (
-            TrustDomain::parse("other.org").unwrap(),
-            other.ca.cert().clone(),
-        ),
-    ]));
+    let (good, other, bundles) = two_domains();
     let client = good.svid(CLIENT_ID);
 
     let (s, c) = handshake(bundles.clone(), &good.svid(SERVER_ID), &client);

@@ -671,14 +671,7 @@ fn round_trip(
 ) -> std::result::Result<(), proptest::test_runner::TestCaseError> {
     rt.block_on(async {
         let before = store.audit_after(0, i64::MAX).await.unwrap().len() as i64;
-        let items: Vec<BatchItem> = events
-            .iter()
-            .map(|e| BatchItem {
-                claim: None,
-                event: Some(e.clone()),
-            })
-            .collect();
-        store.commit_batch(&[], &items).await.unwrap();
+        store.commit(&[], events).await.unwrap();
         let back = store.audit_after(before, i64::MAX).await.unwrap();
         proptest::prop_assert_eq!(back.len(), events.len());
         for (e, r) in events.iter().zip(&back) {

@@ -11,7 +11,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use rustls::pki_types::UnixTime;
 use serde_json::json;
-use tessera_ca::{new_key_and_csr, verify_chain, BundleSource, CertificateAuthority, Usage};
+use tessera_ca::{new_key_and_csr, verify_chain, CertificateAuthority, StaticBundles, Usage};
 use tessera_core::manifest::parse_str;
 use tessera_core::{Scope, SpiffeId, TrustDomain};
 use tessera_policy::{Env, IssueContext, PolicyEngine};
@@ -22,18 +22,6 @@ const ISSUER: &str = "https://tessera.example.org";
 const TARGET: &str = "spiffe://example.org/target";
 
 const OPS: &str = "ring_sign | ring_verify | sign_token | verify_token | decide_issue | decide_issue_cached | sign_csr | verify_chain";
-
-#[derive(Debug)]
-struct One(TrustDomain, rustls::pki_types::CertificateDer<'static>);
-
-impl BundleSource for One {
-    fn x509_authorities(
-        &self,
-        td: &TrustDomain,
-    ) -> Option<Vec<rustls::pki_types::CertificateDer<'static>>> {
-        (td == &self.0).then(|| vec![self.1.clone()])
-    }
-}
 
 fn claims(now: i64) -> serde_json::Value {
     json!({"iss": ISSUER, "sub": "spiffe://example.org/caller", "aud": TARGET, "client_id": "caller",
@@ -140,7 +128,7 @@ fn main() -> Result<()> {
                 }
             } else {
                 let svid = ca.sign_csr(&csr, &id, now, 3600)?;
-                let bundles = One(td, ca.cert().clone());
+                let bundles = StaticBundles::new([(td, ca.cert().clone())]);
                 let t = UnixTime::now();
                 for _ in 0..n {
                     black_box(verify_chain(
