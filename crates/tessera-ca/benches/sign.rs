@@ -5,7 +5,7 @@
 )]
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use rustls::pki_types::{CertificateDer, UnixTime};
+use rustls::pki_types::UnixTime;
 use tessera_ca::{new_key_and_csr, verify_chain, CertificateAuthority, StaticBundles, Usage};
 use tessera_core::{SpiffeId, TrustDomain};
 
