@@ -357,31 +357,22 @@ async fn fail_closed(backend: Backend) {
     let p = write(files.path(), "mesh.toml", &format!("{MESH}{grant}"));
     let o = tessera(&s.data, &["apply", "-f", p.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let mut put = std::process::Command::new(BIN)
-        .args([
+    let value = write(files.path(), "value", "the-api-key-value");
+    let o = tessera(
+        &s.data,
+        &[
             "secret",
             "put",
             "ops/api-key",
+            "--value-file",
+            value.to_str().unwrap(),
             "--owner",
             "ops",
             "--purpose",
             "test",
-            "--data",
-        ])
-        .arg(&s.data)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Write;
-        put.stdin
-            .take()
-            .unwrap()
-            .write_all(b"the-api-key-value")
-            .unwrap();
-    }
-    assert!(put.wait().unwrap().success());
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
     let (_, body) = token(&s, &orders, &[("audience", &s.url)]).await;
     let bearer = body["access_token"].as_str().unwrap().to_owned();
     let read = || async {
