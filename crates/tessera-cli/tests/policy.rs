@@ -103,7 +103,7 @@ auth = "client_secret"
 files = ["policies/*.cedar"]
 "#;
 
-const ENV_POLICY: &str = include_str!("../../../../shared/examples/policies/environments.cedar");
+const ENV_POLICY: &str = include_str!("../../../examples/policies/environments.cedar");
 
 fn write_mesh(dir: &Path, mesh: &str) -> String {
     write(dir, "mesh.toml", mesh);

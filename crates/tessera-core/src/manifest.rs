@@ -1,4 +1,4 @@
-//! Identity as code: the TOML files that `tessera apply -f` reads (see `shared/examples/mesh.toml`).
+//! Identity as code: the TOML files that `tessera apply -f` reads (see `examples/mesh.toml`).
 //!
 //! Loading happens where the files are (the CLI): every field is parsed into its newtype, unknown
 //! fields are refused, and each error names the file, line and column. The result is a
@@ -1208,21 +1208,10 @@ review_by = "2027-06-30"
     }
 
     #[test]
-    fn shared_example_parses() {
-        let example =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/examples/mesh.toml");
-        if !example.exists() {
-            return; // shared/ sits beside the checkout in every CI run; not in a lone crate build.
-        }
-        let text = std::fs::read_to_string(&example).unwrap();
-        // The example names key files that it does not ship; drop those two lines.
-        let text: String = text
-            .lines()
-            .filter(|l| !l.starts_with("jwks_file"))
-            .map(|l| format!("{l}\n"))
-            .collect::<String>()
-            .replace("auth = \"private_key_jwt\"", "auth = \"client_secret\"");
-        let s = parse_str(&example, &text).unwrap();
+    fn shipped_example_parses() {
+        // The repository's own `examples/`, exactly as users get it (key files included).
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/mesh.toml");
+        let s = load(&example).unwrap();
         assert_eq!(s.workloads.len(), 3);
         assert_eq!(s.grants.len(), 1);
         assert_eq!(s.trusts.len(), 1);

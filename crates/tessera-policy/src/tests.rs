@@ -58,8 +58,8 @@ scopes = []
 why = "another mistake"
 "#;
 
-/// `shared/examples/policies/environments.cedar`, as shipped to users.
-const ENV_POLICY: &str = include_str!("../../../../shared/examples/policies/environments.cedar");
+/// `examples/policies/environments.cedar`, as shipped to users.
+const ENV_POLICY: &str = include_str!("../../../examples/policies/environments.cedar");
 
 fn engine(files: &[(&str, &str)]) -> PolicyEngine {
     engine_with(MESH, files)
