@@ -24,8 +24,8 @@ fuzz_target!(|data: &[u8]| {
         headers.insert(http::header::CONTENT_TYPE, v);
     }
     let body = bytes::Bytes::copy_from_slice(body);
-    let a = tessera_server::oauth::Form::parse(&headers, &body);
-    let b = tessera_server::oauth::Form::parse(&headers, &body);
+    let a = tessera_server::Form::parse(&headers, &body);
+    let b = tessera_server::Form::parse(&headers, &body);
     assert_eq!(a.is_ok(), b.is_ok());
     if let (Ok(a), Ok(b)) = (a, b) {
         assert_eq!(a.targets(), b.targets());

@@ -2,8 +2,10 @@
 //! identity-file model. Every other crate depends on this one; it depends on none of them.
 
 pub mod agent_api;
+pub mod glob;
 pub mod id;
 pub mod manifest;
+pub mod private_file;
 
 pub use id::{
     AgentId, Audience, ClientId, IdError, Kid, Label, Scope, SecretName, SecretPattern, SpiffeId,

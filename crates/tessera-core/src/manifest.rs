@@ -997,33 +997,12 @@ fn glob_files(base: &Path, pattern: &str) -> Result<Vec<(String, PathBuf)>, Stri
         let Some(file_name) = file_name.to_str() else {
             continue;
         };
-        if wildcard_match(name, file_name) && entry.path().is_file() {
+        if crate::glob::matches(name, file_name) && entry.path().is_file() {
             out.push((dir.join(file_name).display().to_string(), entry.path()));
         }
     }
     out.sort();
     Ok(out)
-}
-
-fn wildcard_match(pattern: &str, name: &str) -> bool {
-    let mut parts = pattern.split('*');
-    let Some(first) = parts.next() else {
-        return false;
-    };
-    let Some(mut rest) = name.strip_prefix(first) else {
-        return false;
-    };
-    let parts: Vec<&str> = parts.collect();
-    for (i, part) in parts.iter().enumerate() {
-        if i + 1 == parts.len() {
-            return rest.ends_with(part);
-        }
-        match rest.find(part) {
-            Some(pos) => rest = rest.get(pos + part.len()..).unwrap_or(""),
-            None => return false,
-        }
-    }
-    rest.is_empty()
 }
 
 /// Refuses two definitions of the same thing across the files being applied.
@@ -1196,15 +1175,6 @@ review_by = "2027-06-30"
             .unwrap_err()
             .to_string();
         assert!(e.contains("missing field `why`"), "{e}");
-    }
-
-    #[test]
-    fn wildcards() {
-        assert!(wildcard_match("*.cedar", "a.cedar"));
-        assert!(!wildcard_match("*.cedar", "a.cedar.bak"));
-        assert!(wildcard_match("p*-*.cedar", "prod-x.cedar"));
-        assert!(wildcard_match("exact", "exact"));
-        assert!(!wildcard_match("exact", "exactly"));
     }
 
     #[test]

@@ -9,7 +9,7 @@ use tessera_core::manifest::Ttl;
 use tessera_core::{Label, TrustDomain};
 use tessera_token::Alg;
 
-use crate::error::StartError;
+use crate::start_error::StartError;
 
 /// A trust domain this authority serves, optionally bound to one environment.
 #[derive(Debug, Clone, PartialEq, Eq)]

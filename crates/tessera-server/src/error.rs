@@ -1,57 +1,20 @@
-//! Errors, and the one place that turns them into HTTP responses.
+//! The one place errors become HTTP responses: `ApiError` and its `IntoResponse`, and a `From`
+//! for every typed error of the floors below (issuance, callers, secrets, leases, policy sets,
+//! identity files, rotation, trust domains).
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-/// Why the server could not start. Each is one line a person can act on.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error("{0}")]
-    Config(String),
-    #[error("data folder `{path}`: {message}")]
-    DataDir { path: String, message: String },
-    #[error("key-encryption key: {0}")]
-    Kek(String),
-    #[error("storage: {0}")]
-    Store(#[from] tessera_store::StoreError),
-    #[error("cannot listen on `{addr}`: {message}")]
-    Listen { addr: String, message: String },
-    #[error("TLS: {0}")]
-    Tls(String),
-    #[error("keys: {0}")]
-    Keys(String),
-    #[error("stored policies do not load: {0}")]
-    Policy(#[from] tessera_policy::PolicyError),
-}
-
-/// RFC 6749 §5.2 error codes (plus RFC 8707's `invalid_target`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OAuthCode {
-    InvalidRequest,
-    InvalidClient,
-    InvalidGrant,
-    UnauthorizedClient,
-    UnsupportedGrantType,
-    InvalidScope,
-    InvalidTarget,
-    TemporarilyUnavailable,
-}
-
-impl OAuthCode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::InvalidRequest => "invalid_request",
-            Self::InvalidClient => "invalid_client",
-            Self::InvalidGrant => "invalid_grant",
-            Self::UnauthorizedClient => "unauthorized_client",
-            Self::UnsupportedGrantType => "unsupported_grant_type",
-            Self::InvalidScope => "invalid_scope",
-            Self::InvalidTarget => "invalid_target",
-            Self::TemporarilyUnavailable => "temporarily_unavailable",
-        }
-    }
-}
+use crate::app::keys::KeyError;
+use crate::app::NotServed;
+use crate::domain::apply::ApplyError;
+use crate::domain::caller::CallerError;
+use crate::domain::issue::{IssueError, OAuthCode};
+use crate::domain::leases::LeaseError;
+use crate::domain::policy_sets::PolicySetError;
+use crate::domain::rotation::RotationError;
+use crate::domain::secrets::SecretsError;
 
 /// An error an HTTP caller sees. `description` is for people and never holds internals.
 #[derive(Debug, thiserror::Error)]
@@ -103,6 +66,98 @@ impl ApiError {
 
 impl From<tessera_store::StoreError> for ApiError {
     fn from(e: tessera_store::StoreError) -> Self {
+        Self::unavailable(e)
+    }
+}
+
+impl From<NotServed> for ApiError {
+    fn from(e: NotServed) -> Self {
+        Self::NotFound(e.to_string())
+    }
+}
+
+impl From<IssueError> for ApiError {
+    fn from(e: IssueError) -> Self {
+        match e {
+            IssueError::Refused { code, reason } => Self::oauth(code, reason),
+            IssueError::Limited {
+                reason,
+                retry_after_secs,
+            } => Self::RateLimited {
+                description: reason,
+                retry_after_secs,
+            },
+            IssueError::Replayed => Self::Client {
+                description: "a single-use credential was presented again (replay)".into(),
+                basic: false,
+            },
+            IssueError::Unavailable(detail) => Self::Unavailable(detail),
+        }
+    }
+}
+
+impl From<CallerError> for ApiError {
+    fn from(e: CallerError) -> Self {
+        match e {
+            CallerError::Unauthenticated(description) => Self::Client {
+                description,
+                basic: false,
+            },
+            CallerError::Forbidden(d) => Self::Forbidden(d),
+        }
+    }
+}
+
+impl From<SecretsError> for ApiError {
+    fn from(e: SecretsError) -> Self {
+        match e {
+            SecretsError::NotFound(d) => Self::NotFound(d),
+            SecretsError::Denied(d) => Self::Forbidden(d),
+            SecretsError::Conflict(d) => Self::Conflict(d),
+            SecretsError::Unavailable(d) => Self::Unavailable(d),
+            SecretsError::Store(e) => Self::unavailable(e),
+        }
+    }
+}
+
+impl From<LeaseError> for ApiError {
+    fn from(e: LeaseError) -> Self {
+        match e {
+            LeaseError::Invalid(d) => Self::BadRequest(d),
+            LeaseError::NotFound(d) => Self::NotFound(d),
+            LeaseError::Conflict(d) => Self::Conflict(d),
+            LeaseError::Unavailable(d) => Self::Unavailable(d),
+            LeaseError::Store(e) => Self::unavailable(e),
+            LeaseError::Secrets(e) => e.into(),
+        }
+    }
+}
+
+impl From<PolicySetError> for ApiError {
+    fn from(e: PolicySetError) -> Self {
+        match e {
+            PolicySetError::NoShadow => Self::NotFound(e.to_string()),
+            PolicySetError::NotFound(d) => Self::NotFound(d),
+            PolicySetError::Invalid(d) => Self::BadRequest(d),
+            PolicySetError::Store(e) => Self::unavailable(e),
+        }
+    }
+}
+
+impl From<ApplyError> for ApiError {
+    fn from(e: ApplyError) -> Self {
+        Self::BadRequest(e.to_string())
+    }
+}
+
+impl From<RotationError> for ApiError {
+    fn from(e: RotationError) -> Self {
+        Self::unavailable(e)
+    }
+}
+
+impl From<KeyError> for ApiError {
+    fn from(e: KeyError) -> Self {
         Self::unavailable(e)
     }
 }

@@ -3,8 +3,6 @@
 //! their X.509-SVIDs as client certificates (optional for everyone else). A `--dev` server on
 //! loopback accepts plain HTTP and TLS on the same port, told apart by the first byte.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -17,7 +15,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::sync::watch;
 
 use crate::config::ServerConfig;
-use crate::error::StartError;
+use crate::start_error::StartError;
 
 pub struct Tls {
     pub config: Arc<rustls::ServerConfig>,
@@ -107,35 +105,27 @@ fn generate(
     leaf.distinguished_name
         .push(DnType::CommonName, "tessera server");
     let leaf_cert = leaf.signed_by(&leaf_key, &issuer).map_err(tls_err)?;
-    write_private(key, leaf_key.serialize_pem().as_bytes())?;
+    tessera_core::private_file::write_private(key, leaf_key.serialize_pem().as_bytes())
+        .map_err(tls_err)?;
     std::fs::write(cert, leaf_cert.pem()).map_err(tls_err)?;
     std::fs::write(ca, ca_cert.pem()).map_err(tls_err)?;
     Ok(())
 }
 
-fn write_private(path: &Path, bytes: &[u8]) -> Result<(), StartError> {
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(tls_err)?;
-    f.write_all(bytes).map_err(tls_err)
-}
-
 /// The first byte of a TLS connection (a handshake record).
 const TLS_HANDSHAKE: u8 = 0x16;
 
-pub fn serve(
+/// Serves `router` on `tcp` until `stop`: TLS (and plain HTTP first-byte sniffed, with
+/// `allow_plain`), each connection on its own task.
+pub async fn serve(
     tcp: tokio::net::TcpListener,
     config: Arc<rustls::ServerConfig>,
     allow_plain: bool,
     router: Router,
     mut stop: watch::Receiver<bool>,
-) -> tokio::task::JoinHandle<()> {
+) {
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
-    tokio::spawn(async move {
+    {
         loop {
             let (stream, peer) = tokio::select! {
                 r = tcp.accept() => match r {
@@ -187,7 +177,7 @@ pub fn serve(
                 serve_connection(TokioIo::new(tls), router, source).await;
             });
         }
-    })
+    }
 }
 
 /// The address a connection came from, in every request's extensions (`context.source_ip`).

@@ -1,261 +1,47 @@
-//! The vault: secrets that cannot be removed yet, stored sealed (tessera-vault's envelope), read
-//! by workloads with their own identity (a Tessera token for the authority, a JWT-SVID, or the
-//! X.509-SVID of the connection) when a `read_secret` policy allows, every read audited before
-//! the value leaves. Admins write, rotate, disable, delete, restore and purge.
+//! The vault over HTTP: workloads read secrets and their metadata with their own identity (a
+//! Tessera token for the authority, a JWT-SVID, or the X.509-SVID of the connection), every read
+//! on the record before the value leaves; administrators write, rotate, disable, delete, restore
+//! and purge.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Extension, Json, Router};
+use axum::{Json, Router};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tessera_core::{Label, SecretName, SpiffeId};
+use tessera_core::{Label, SecretName};
 use tessera_policy::{Authn, Env, SecretAction};
-use tessera_store::{AuditEvent, Op, SecretRecord, SecretVersionRecord, StoreError};
-use tessera_vault::{Envelope, Sealed};
+use tessera_store::{AuditEvent, Op, SecretRecord, SecretVersionRecord};
+use tessera_vault::Envelope;
 
-use crate::admin::Actor;
+use crate::app::App;
+use crate::domain::caller::Actor;
+use crate::domain::secrets::{
+    decide, entity, live, metadata_json, open, overdue, purge_one, subject, version_of,
+    SecretsError, DEFAULT_RETENTION_SECS,
+};
 use crate::error::ApiError;
-use crate::state::Snapshot;
-use crate::tls::ConnInfo;
-use crate::App;
+use crate::extract::SecretReader;
+use crate::metrics::ResultLabels;
 
-/// How long a deleted secret can be restored before it is purged, unless the delete says.
-pub const DEFAULT_RETENTION_SECS: i64 = 7 * 24 * 3600;
-/// How often deleted secrets past their retention are purged and overdue ones reported.
-const UPKEEP_EVERY: Duration = Duration::from_secs(10);
 /// The longest a reader may wait for a new version in one request.
 const MAX_WAIT_SECS: u64 = 60;
-
-fn subject(name: &SecretName) -> String {
-    format!("secret:{name}")
-}
 
 fn parse_name(name: &str) -> Result<SecretName, ApiError> {
     SecretName::parse(name).map_err(|e| ApiError::BadRequest(e.to_string()))
 }
 
-fn conflict(e: StoreError) -> ApiError {
-    match e {
-        StoreError::Conflict(m) => ApiError::Conflict(m),
-        other => ApiError::unavailable(other),
-    }
-}
-
-/// Whether a secret is overdue for rotation or past its current version's expiry, at `now`.
-fn overdue(s: &SecretRecord, current: Option<&SecretVersionRecord>, now: i64) -> Vec<&'static str> {
-    let mut why = Vec::new();
-    if let (Some(period), Some(v)) = (s.rotation_period, current) {
-        if v.created_at + period < now {
-            why.push("rotation");
-        }
-    }
-    if current.and_then(|v| v.expires_at).is_some_and(|e| e <= now) {
-        why.push("expired");
-    }
-    why
-}
-
-fn metadata_json(s: &SecretRecord, versions: &[SecretVersionRecord], now: i64) -> Value {
-    let current = versions.iter().find(|v| v.version == s.current_version);
-    json!({
-        "name": s.name,
-        "owner": s.owner,
-        "purpose": s.purpose,
-        "content_type": s.content_type,
-        "environment": s.environment,
-        "tags": s.tags,
-        "rotation_period": s.rotation_period,
-        "current_version": s.current_version,
-        "created_at": s.created_at,
-        "updated_at": s.updated_at,
-        "deleted_at": s.deleted_at,
-        "purge_after": s.purge_after,
-        "overdue": overdue(s, current, now),
-        "versions": versions,
-    })
-}
-
-// ---- Workload side --------------------------------------------------------------------------
-
 pub fn workload_routes() -> Router<Arc<App>> {
     Router::new()
-        .route("/v1/secrets/{*name}", get(read))
+        .route("/v1/secrets/{*name}", get(read_secret))
         .route("/v1/secret-metadata/{*name}", get(read_metadata))
-}
-
-/// A workload asking for a secret: who, how it proved it, from where.
-struct Reader {
-    id: SpiffeId,
-    authn: Authn,
-    source_ip: Option<std::net::IpAddr>,
-}
-
-/// The calling workload and how it proved itself: a Tessera token for the authority or a
-/// JWT-SVID for this issuer, else the X.509-SVID of the connection (mTLS).
-fn caller(
-    app: &App,
-    snap: &Snapshot,
-    headers: &HeaderMap,
-    conn: &ConnInfo,
-) -> Result<Reader, ApiError> {
-    let reader = |id, authn| Reader {
-        id,
-        authn,
-        source_ip: conn.source_ip,
-    };
-    if headers.contains_key(header::AUTHORIZATION) {
-        return crate::policy::workload_caller(app, snap, headers).map(|id| reader(id, Authn::Jwt));
-    }
-    let unauthorized = |d: &str| ApiError::Client {
-        description: d.to_owned(),
-        basic: false,
-    };
-    let leaf = conn
-        .peer
-        .as_ref()
-        .and_then(|p| p.0.first())
-        .ok_or_else(|| {
-            unauthorized("authenticate with your X.509-SVID (mTLS), a JWT-SVID or a Tessera token for the authority")
-        })?;
-    let id = tessera_ca::leaf_spiffe_id(leaf)
-        .map_err(|_| unauthorized("the client certificate is not an X.509-SVID"))?;
-    let now = tessera_core::now_unix();
-    if tessera_ca::validity(leaf).is_none_or(|(_, naf)| naf <= now) {
-        return Err(unauthorized("the client certificate has expired"));
-    }
-    match snap.workloads.get(&id) {
-        Some(w) if w.revoked_at.is_none() => Ok(reader(id, Authn::Mtls)),
-        _ => Err(unauthorized(
-            "the certificate's workload is unknown or revoked",
-        )),
-    }
-}
-
-/// The calling workload, by any of the identities [`caller`] accepts.
-pub(crate) fn identify(
-    app: &App,
-    conn: &ConnInfo,
-    headers: &HeaderMap,
-) -> Result<SpiffeId, ApiError> {
-    caller(app, &app.snapshot(), headers, conn).map(|r| r.id)
-}
-
-/// Authenticates the caller and decides `action` on `name` (which need not be stored: the
-/// dynamic database roles are read as `db/ROLE`). Denials are audited.
-pub(crate) async fn authorize(
-    app: &App,
-    conn: &ConnInfo,
-    headers: &HeaderMap,
-    name: &SecretName,
-    action: SecretAction,
-) -> Result<SpiffeId, ApiError> {
-    let snap = app.snapshot();
-    let reader = caller(app, &snap, headers, conn)?;
-    decide(app, &snap, &reader, name, None, action).await?;
-    Ok(reader.id)
-}
-
-/// The current version of a secret and its value, for the server's own use (a database's admin
-/// password). Not audited as a read: the use that follows is.
-pub(crate) async fn current_value(
-    app: &App,
-    name: &SecretName,
-) -> Result<(i64, Vec<u8>), ApiError> {
-    let s = live(name, app.store.secret(name.as_str()).await?)?;
-    let v = version_of(app, name, &s, None).await?;
-    if !v.enabled {
-        return Err(ApiError::NotFound(format!(
-            "the current version of secret `{name}` is disabled"
-        )));
-    }
-    Ok((v.version, open(app, name, &v)?))
-}
-
-/// The secret if it exists and is not deleted; else 404.
-fn live(name: &SecretName, s: Option<SecretRecord>) -> Result<SecretRecord, ApiError> {
-    s.filter(|s| s.deleted_at.is_none())
-        .ok_or_else(|| ApiError::NotFound(format!("no secret `{name}` (or it is deleted)")))
-}
-
-/// Version `version` (the current one by default) of a live secret; else 404.
-async fn version_of(
-    app: &App,
-    name: &SecretName,
-    s: &SecretRecord,
-    version: Option<i64>,
-) -> Result<SecretVersionRecord, ApiError> {
-    let version = version.unwrap_or(s.current_version);
-    app.store
-        .secret_version(name.as_str(), version)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("secret `{name}` has no version {version}")))
-}
-
-/// The Cedar entity of a secret; for one that does not exist, its name alone, so that a caller
-/// without a grant learns nothing about existence.
-fn entity(
-    app: &App,
-    name: &SecretName,
-    s: Option<&SecretRecord>,
-) -> Result<tessera_policy::SecretEntity, ApiError> {
-    let td = app.first_td().as_str();
-    let (env, owner, tags) = match s {
-        Some(s) => (s.environment.as_str(), s.owner.as_str(), s.tags.clone()),
-        None => ("", "", BTreeMap::new()),
-    };
-    tessera_policy::secret_entity(name.as_str(), td, env, owner, &tags)
-        .map_err(ApiError::unavailable)
-}
-
-async fn decide(
-    app: &App,
-    snap: &Snapshot,
-    reader: &Reader,
-    name: &SecretName,
-    s: Option<&SecretRecord>,
-    action: SecretAction,
-) -> Result<(), ApiError> {
-    let (who, authn) = (&reader.id, reader.authn);
-    let env = Env {
-        now: tessera_core::now_unix(),
-        source_ip: reader.source_ip,
-        token_age: 0,
-    };
-    let e = entity(app, name, s)?;
-    let d = snap.engine.decide_secret(who, &e, action, authn, &env);
-    if d.allowed {
-        return Ok(());
-    }
-    let verb = match action {
-        SecretAction::Read => "read",
-        SecretAction::Describe => "describe",
-    };
-    app.metrics
-        .secret_reads
-        .get_or_create(&crate::metrics::ResultLabels { result: "denied" })
-        .inc();
-    let event = AuditEvent {
-        kind: "secret.denied".into(),
-        actor: who.to_string(),
-        subject: subject(name),
-        outcome: "denied".into(),
-        detail: json!({"action": verb, "authn": authn.as_str(), "determined_by": d.determined_by}),
-    };
-    if let Err(e) = app.audit.append(event).await {
-        app.metrics.audit_failures.inc();
-        tracing::error!(error = %e, "could not record a refused secret read");
-    }
-    Err(ApiError::Forbidden(format!(
-        "`{who}` may not {verb} secret `{name}` (no secret grant names it)"
-    )))
 }
 
 #[derive(Debug, Deserialize)]
@@ -269,16 +55,14 @@ struct ReadQuery {
 }
 
 /// `GET /v1/secrets/NAME[?version=N][&after=V&wait=S]`: the value, for a workload allowed to read it.
-async fn read(
+async fn read_secret(
     State(app): State<Arc<App>>,
+    SecretReader(reader): SecretReader,
     Path(name): Path<String>,
     Query(q): Query<ReadQuery>,
-    conn: ConnInfo,
-    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let name = parse_name(&name)?;
     let snap = app.snapshot();
-    let reader = caller(&app, &snap, &headers, &conn)?;
     let (who, authn) = (&reader.id, reader.authn);
     // Metadata and the version in one round trip; the version is unused if the caller may not
     // read (the decision needs the metadata).
@@ -352,7 +136,7 @@ async fn read(
         })?;
     app.metrics
         .secret_reads
-        .get_or_create(&crate::metrics::ResultLabels { result: "ok" })
+        .get_or_create(&ResultLabels { result: "ok" })
         .inc();
     let mut body = json!({
         "name": name,
@@ -374,29 +158,14 @@ async fn read(
     Ok(resp)
 }
 
-fn open(app: &App, name: &SecretName, v: &SecretVersionRecord) -> Result<Vec<u8>, ApiError> {
-    Envelope::new(app.kek())
-        .open(
-            name,
-            v.version,
-            &Sealed {
-                ciphertext: v.ciphertext.clone(),
-                wrapped_key: v.wrapped_key.clone(),
-            },
-        )
-        .map_err(|e| ApiError::unavailable(format!("secret `{name}` version {}: {e}", v.version)))
-}
-
 /// `GET /v1/secret-metadata/NAME`: owner, versions and dates, never values.
 async fn read_metadata(
     State(app): State<Arc<App>>,
+    SecretReader(reader): SecretReader,
     Path(name): Path<String>,
-    conn: ConnInfo,
-    headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     let name = parse_name(&name)?;
     let snap = app.snapshot();
-    let reader = caller(&app, &snap, &headers, &conn)?;
     let s = app.store.secret(name.as_str()).await?;
     decide(
         &app,
@@ -416,14 +185,14 @@ async fn read_metadata(
 
 pub fn admin_routes() -> Router<Arc<App>> {
     Router::new()
-        .route("/v1/secrets", get(list))
-        .route("/v1/secrets/put", post(put))
+        .route("/v1/secrets", get(list_secrets))
+        .route("/v1/secrets/put", post(put_secret))
         .route("/v1/secrets/get", post(admin_get))
-        .route("/v1/secrets/describe", post(describe))
+        .route("/v1/secrets/describe", post(describe_secret))
         .route("/v1/secrets/version", post(set_version))
-        .route("/v1/secrets/delete", post(delete))
-        .route("/v1/secrets/restore", post(restore))
-        .route("/v1/secrets/purge", post(purge))
+        .route("/v1/secrets/delete", post(delete_secret))
+        .route("/v1/secrets/restore", post(restore_secret))
+        .route("/v1/secrets/purge", post(purge_secret))
 }
 
 #[derive(Debug, Deserialize)]
@@ -448,9 +217,9 @@ struct PutRequest {
 
 /// `POST /admin/v1/secrets/put`: a new secret (owner and purpose required) or a new version of
 /// one; metadata given replaces what was stored.
-async fn put(
+async fn put_secret(
     State(app): State<Arc<App>>,
-    Extension(actor): Extension<Actor>,
+    actor: Actor,
     Json(req): Json<PutRequest>,
 ) -> Result<Json<Value>, ApiError> {
     let name = parse_name(&req.name)?;
@@ -581,7 +350,7 @@ async fn put(
             }],
         )
         .await
-        .map_err(conflict)?;
+        .map_err(SecretsError::from)?;
     app.secret_changes.send_modify(|n| *n += 1);
     Ok(Json(json!({"name": name, "version": version})))
 }
@@ -599,7 +368,7 @@ struct NameRequest {
 /// `POST /admin/v1/secrets/get`: the value, for an administrator; audited like any read.
 async fn admin_get(
     State(app): State<Arc<App>>,
-    Extension(actor): Extension<Actor>,
+    actor: Actor,
     Json(req): Json<NameRequest>,
 ) -> Result<Json<Value>, ApiError> {
     let name = parse_name(&req.name)?;
@@ -634,7 +403,7 @@ struct ListQuery {
 }
 
 /// `GET /admin/v1/secrets[?deleted=true]`: metadata of every secret, with what is overdue.
-async fn list(
+async fn list_secrets(
     State(app): State<Arc<App>>,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
@@ -654,7 +423,7 @@ async fn list(
 
 /// `POST /admin/v1/secrets/describe`: metadata, versions (never values), who may read it and
 /// who may see its metadata under the policy in force.
-async fn describe(
+async fn describe_secret(
     State(app): State<Arc<App>>,
     Json(req): Json<NameRequest>,
 ) -> Result<Json<Value>, ApiError> {
@@ -690,7 +459,7 @@ async fn describe(
 /// `POST /admin/v1/secrets/version`: enables or disables one version.
 async fn set_version(
     State(app): State<Arc<App>>,
-    Extension(actor): Extension<Actor>,
+    actor: Actor,
     Json(req): Json<NameRequest>,
 ) -> Result<Json<Value>, ApiError> {
     let name = parse_name(&req.name)?;
@@ -720,7 +489,7 @@ async fn set_version(
             }],
         )
         .await
-        .map_err(conflict)?;
+        .map_err(SecretsError::from)?;
     app.secret_changes.send_modify(|n| *n += 1);
     Ok(Json(
         json!({"name": name, "version": version, "enabled": enabled}),
@@ -728,9 +497,9 @@ async fn set_version(
 }
 
 /// `POST /admin/v1/secrets/delete`: soft delete, restorable for the retention period.
-async fn delete(
+async fn delete_secret(
     State(app): State<Arc<App>>,
-    Extension(actor): Extension<Actor>,
+    actor: Actor,
     Json(req): Json<NameRequest>,
 ) -> Result<Json<Value>, ApiError> {
     let name = parse_name(&req.name)?;
@@ -757,7 +526,7 @@ async fn delete(
             }],
         )
         .await
-        .map_err(conflict)?;
+        .map_err(SecretsError::from)?;
     app.secret_changes.send_modify(|n| *n += 1);
     Ok(Json(
         json!({"name": name, "deleted_at": now, "purge_after": now + retention}),
@@ -765,9 +534,9 @@ async fn delete(
 }
 
 /// `POST /admin/v1/secrets/restore`: undoes a delete.
-async fn restore(
+async fn restore_secret(
     State(app): State<Arc<App>>,
-    Extension(actor): Extension<Actor>,
+    actor: Actor,
     Json(req): Json<NameRequest>,
 ) -> Result<Json<Value>, ApiError> {
     let name = parse_name(&req.name)?;
@@ -783,105 +552,18 @@ async fn restore(
             }],
         )
         .await
-        .map_err(conflict)?;
+        .map_err(SecretsError::from)?;
     app.secret_changes.send_modify(|n| *n += 1);
     Ok(Json(json!({"name": name, "restored": true})))
 }
 
 /// `POST /admin/v1/secrets/purge`: removes a deleted secret and all its versions for good.
-async fn purge(
+async fn purge_secret(
     State(app): State<Arc<App>>,
-    Extension(actor): Extension<Actor>,
+    actor: Actor,
     Json(req): Json<NameRequest>,
 ) -> Result<Json<Value>, ApiError> {
     let name = parse_name(&req.name)?;
     purge_one(&app, &name, &actor.0).await?;
     Ok(Json(json!({"name": name, "purged": true})))
-}
-
-async fn purge_one(app: &App, name: &SecretName, actor: &str) -> Result<(), ApiError> {
-    app.store
-        .commit(
-            &[Op::PurgeSecret(name.to_string())],
-            &[AuditEvent {
-                kind: "secret.purged".into(),
-                actor: actor.to_owned(),
-                subject: subject(name),
-                outcome: "ok".into(),
-                detail: json!({}),
-            }],
-        )
-        .await
-        .map(|_| ())
-        .map_err(conflict)
-}
-
-/// Every [`UPKEEP_EVERY`]: purges deleted secrets past their retention, and counts (metric) and records
-/// (audit, once per server run) secrets overdue for rotation or past expiry.
-pub fn spawn_upkeep(
-    app: Arc<App>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut reported = std::collections::HashSet::<(String, i64, &'static str)>::new();
-        loop {
-            if let Err(e) = upkeep(&app, &mut reported).await {
-                tracing::warn!(error = %e, "vault upkeep failed; retrying");
-            }
-            tokio::select! {
-                () = tokio::time::sleep(UPKEEP_EVERY) => {}
-                _ = stop.wait_for(|s| *s) => return,
-            }
-        }
-    })
-}
-
-async fn upkeep(
-    app: &App,
-    reported: &mut std::collections::HashSet<(String, i64, &'static str)>,
-) -> Result<(), ApiError> {
-    let now = tessera_core::now_unix();
-    let (mut rotation, mut expired) = (0i64, 0i64);
-    for s in app.store.secrets(true).await? {
-        if s.purge_after.is_some_and(|p| p <= now) {
-            if let Ok(name) = SecretName::parse(&s.name) {
-                match purge_one(app, &name, "server").await {
-                    // Another server purged it first, or it was restored meanwhile.
-                    Ok(()) | Err(ApiError::Conflict(_)) => {}
-                    Err(e) => return Err(e),
-                }
-            }
-            continue;
-        }
-        if s.deleted_at.is_some() {
-            continue;
-        }
-        let current = app.store.secret_version(&s.name, s.current_version).await?;
-        for why in overdue(&s, current.as_ref(), now) {
-            match why {
-                "rotation" => rotation += 1,
-                _ => expired += 1,
-            }
-            if reported.insert((s.name.clone(), s.current_version, why)) {
-                app.audit
-                    .append(AuditEvent {
-                        kind: "secret.overdue".into(),
-                        actor: "server".into(),
-                        subject: format!("secret:{}", s.name),
-                        outcome: "warning".into(),
-                        detail: json!({"reason": why, "version": s.current_version, "owner": s.owner}),
-                    })
-                    .await?;
-            }
-        }
-    }
-    app.metrics
-        .secrets_overdue
-        .get_or_create(&crate::metrics::ReasonLabels { reason: "rotation" })
-        .set(rotation);
-    app.metrics
-        .secrets_overdue
-        .get_or_create(&crate::metrics::ReasonLabels { reason: "expired" })
-        .set(expired);
-    Ok(())
 }

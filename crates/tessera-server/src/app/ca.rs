@@ -13,6 +13,8 @@ use tessera_core::TrustDomain;
 use tessera_store::{CaRecord, Op};
 use tessera_token::Kek;
 
+use crate::app::keys::KeyError;
+
 fn ca_aad(td: &str, id: &str) -> String {
     format!("tessera-ca:{td}:{id}")
 }
@@ -39,20 +41,21 @@ pub struct CaRing {
 }
 
 impl CaRing {
-    pub fn load(records: &[CaRecord], kek: &Kek) -> Result<Self, String> {
+    pub fn load(records: &[CaRecord], kek: &Kek) -> Result<Self, KeyError> {
         let mut by_td: HashMap<TrustDomain, Vec<CaEntry>> = HashMap::new();
         for r in records {
-            let td = TrustDomain::parse(&r.trust_domain).map_err(|e| e.to_string())?;
+            let bad = |reason: &dyn std::fmt::Display| KeyError::stored("CA", &r.id, reason);
+            let td = TrustDomain::parse(&r.trust_domain).map_err(|e| bad(&e))?;
             let sealed = STANDARD
                 .decode(&r.sealed)
-                .map_err(|_| format!("CA `{}` is not base64", r.id))?;
+                .map_err(|_| bad(&"it is not base64"))?;
             let pkcs8 = kek
                 .open(&sealed, &ca_aad(&r.trust_domain, &r.id))
-                .map_err(|_| format!("CA `{}` does not open with this key-encryption key", r.id))?;
+                .map_err(|_| bad(&"it does not open with this key-encryption key"))?;
             let cert = STANDARD
                 .decode(&r.cert)
-                .map_err(|_| format!("CA `{}` certificate is not base64", r.id))?;
-            let ca = CertificateAuthority::load(cert, &pkcs8).map_err(|e| e.to_string())?;
+                .map_err(|_| bad(&"its certificate is not base64"))?;
+            let ca = CertificateAuthority::load(cert, &pkcs8).map_err(|e| bad(&e))?;
             by_td.entry(td).or_default().push(CaEntry {
                 id: r.id.clone(),
                 ca: Arc::new(ca),
@@ -103,9 +106,9 @@ pub fn new_ca_record(
     now: i64,
     activate_at: i64,
     ttl_secs: i64,
-) -> Result<CaRecord, String> {
+) -> Result<CaRecord, KeyError> {
     let (ca, pkcs8) =
-        CertificateAuthority::generate(td, now, ttl_secs).map_err(|e| e.to_string())?;
+        CertificateAuthority::generate(td, now, ttl_secs).map_err(|e| KeyError::make("CA", e))?;
     let digest = ring::digest::digest(&ring::digest::SHA256, ca.cert());
     let id: String = digest
         .as_ref()
@@ -115,7 +118,7 @@ pub fn new_ca_record(
         .collect();
     let sealed = kek
         .seal(&pkcs8, &ca_aad(td.as_str(), &id))
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| KeyError::make("CA", e))?;
     Ok(CaRecord {
         id,
         trust_domain: td.to_string(),
@@ -137,7 +140,7 @@ pub fn rotation_ops(
     now: i64,
     publish_ahead: i64,
     ttl_secs: i64,
-) -> Result<(CaRecord, Vec<Op>), String> {
+) -> Result<(CaRecord, Vec<Op>), KeyError> {
     let activate_at = now + publish_ahead;
     let record = new_ca_record(td, kek, now, activate_at, ttl_secs)?;
     let mut ops = vec![Op::InsertCa(record.clone())];
@@ -226,6 +229,7 @@ mod tests {
         assert_eq!(ring.published(&td, 5600 + MAX_SVID_TTL_SECS + 61).len(), 1);
         assert!(CaRing::load(&[next], &Kek::from_bytes(&[8u8; 32]).unwrap())
             .unwrap_err()
+            .to_string()
             .contains("does not open"));
     }
 

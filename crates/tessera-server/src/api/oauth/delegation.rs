@@ -7,15 +7,17 @@
 use axum::http::{header, HeaderMap};
 use serde_json::{json, Map, Value};
 use tessera_core::{Scope, SpiffeId};
-use tessera_token::claims::{audience_contains, check_times, TimeRules};
-use tessera_token::Unverified;
 
-use crate::error::{ApiError, OAuthCode};
-use crate::oauth::{authenticate, mint, our_token, Form, Issuer, MintOptions};
-use crate::state::Snapshot;
-use crate::App;
+use crate::api::oauth::client_auth::authenticate;
+use crate::api::oauth::form::Form;
+use crate::app::{App, Issuer, Snapshot};
+use crate::domain::caller::{jwt_svid_of, our_token};
+use crate::domain::issue::{self, GrantType, IssueRequest, MintOptions, OAuthCode};
+use crate::error::ApiError;
+use crate::tls::ConnInfo;
 
 const TT_JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
+
 /// Actor chains longer than this are refused (each hop nests one `act`).
 const MAX_CHAIN: usize = 5;
 
@@ -67,48 +69,6 @@ async fn actor(
     }
 }
 
-/// Verifies a JWT-SVID of this trust domain whose audience is this issuer.
-pub(crate) fn jwt_svid_of(
-    app: &App,
-    snap: &Snapshot,
-    issuer: &Issuer,
-    token: &str,
-) -> Result<SpiffeId, String> {
-    let parsed = Unverified::parse(token).map_err(|e| e.to_string())?;
-    if !matches!(parsed.typ.as_deref(), None | Some("JWT" | "JOSE")) {
-        return Err("it is not a JWT-SVID (`typ`)".into());
-    }
-    let now = tessera_core::now_unix();
-    let kid = parsed.kid.as_ref().ok_or("it has no `kid`")?;
-    let key = snap
-        .keys
-        .find(&issuer.td, kid, now)
-        .ok_or("it is not signed by this trust domain")?;
-    parsed.verify_with(key).map_err(|e| e.to_string())?;
-    check_times(
-        &parsed.claims,
-        &TimeRules {
-            now,
-            leeway: 30,
-            max_ahead: None,
-        },
-    )
-    .map_err(|e| e.to_string())?;
-    let urls = app.issuer_urls(&issuer.td);
-    let expected: Vec<&str> = urls.iter().map(String::as_str).collect();
-    audience_contains(&parsed.claims, &expected).map_err(|e| e.to_string())?;
-    let sub = parsed
-        .claims
-        .get("sub")
-        .and_then(Value::as_str)
-        .ok_or("it has no `sub`")?;
-    let id = SpiffeId::parse(sub).map_err(|e| e.to_string())?;
-    if id.trust_domain_str() != issuer.td.as_str() {
-        return Err("it is from another trust domain".into());
-    }
-    Ok(id)
-}
-
 fn chain_len(act: Option<&Value>) -> usize {
     match act.and_then(Value::as_object) {
         Some(m) => 1 + chain_len(m.get("act")),
@@ -120,6 +80,7 @@ pub async fn delegate(
     app: &App,
     snap: &Snapshot,
     issuer: &Issuer,
+    conn: &ConnInfo,
     headers: &HeaderMap,
     form: &Form,
     subject_token: &str,
@@ -191,7 +152,7 @@ pub async fn delegate(
         None => Vec::new(),
     };
     // The downstream target, and the actor's own right to call it (its grants), decide.
-    let target_form = {
+    let (target, scope) = {
         let target = match form.targets() {
             [one] => one.clone(),
             _ => {
@@ -226,7 +187,7 @@ pub async fn delegate(
         } else {
             Scope::join(&requested)
         };
-        Form::for_target(&target, Some(&scope))
+        (target, scope)
     };
     let mut act = Map::new();
     act.insert("sub".into(), actor.to_string().into());
@@ -236,37 +197,30 @@ pub async fn delegate(
     let mut detail = Map::new();
     detail.insert("delegated_by".into(), actor.to_string().into());
     detail.insert("original_jti".into(), jti.clone().into());
-    let options = MintOptions {
-        context: tessera_policy::IssueContext {
-            actor: Some(actor.clone()),
-            trust: None,
-        },
-        act: Some(Value::Object(act)),
-        not_after: original.get("exp").and_then(Value::as_i64),
-        subject: Some(caller.clone()),
-        detail,
-        subject_iat: original.get("iat").and_then(Value::as_i64),
-        cnf: None,
-    };
     // The token is the caller's (`sub`), issued because the actor may call the target: the
     // policy decision is the actor's, with `context.delegated`.
-    let minted = match mint(
-        snap,
-        issuer,
-        &actor,
-        &actor_label,
-        "delegation",
-        &target_form,
-        crate::federation::TOKEN_EXCHANGE,
-        &options,
-    ) {
-        Ok(m) => m,
-        Err(denied) => return Err(crate::oauth::record_denial(app, denied, None).await),
+    let req = IssueRequest {
+        caller: actor.clone(),
+        client_id: actor_label,
+        auth: "delegation",
+        grant_type: GrantType::TokenExchange,
+        targets: vec![target],
+        scope: Some(scope),
+        source_ip: conn.source_ip,
+        options: MintOptions {
+            context: tessera_policy::IssueContext {
+                actor: Some(actor.clone()),
+                trust: None,
+            },
+            act: Some(Value::Object(act)),
+            not_after: original.get("exp").and_then(Value::as_i64),
+            subject: Some(caller),
+            detail,
+            subject_iat: original.get("iat").and_then(Value::as_i64),
+            cnf: None,
+        },
+        audit_actor: None,
+        claim: None,
     };
-    // Fail closed: the token leaves once its record is durable.
-    app.audit
-        .append(minted.event.clone())
-        .await
-        .map_err(ApiError::unavailable)?;
-    Ok(minted.response())
+    Ok(issue::commit(app, snap, issuer, &req).await?.response())
 }

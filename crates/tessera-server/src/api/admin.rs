@@ -1,61 +1,35 @@
-//! The admin API, served on `DATA/admin.sock` only. The caller is authorized by its unix user
-//! (the kernel's peer credentials): the server's own user, root, and `admin_uids`.
+//! The admin API: identity files, listings, `describe`, client secrets, revocation, join tokens,
+//! keys and CAs, the audit trail. Mounted by `router.rs` behind an admin guard (the unix socket's
+//! peer uid, or the admin credential over HTTP), which names the `Actor`.
 
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
-use axum::extract::connect_info::Connected;
-use axum::extract::{ConnectInfo, Query, Request, State};
-use axum::middleware::{self, Next};
-use axum::response::IntoResponse;
+use axum::extract::{Query, State};
 use axum::routing::{get, post};
-use axum::serve::IncomingStream;
-use axum::Extension;
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tessera_core::manifest::ClientAuth;
 use tessera_core::{SpiffeId, TrustDomain};
 use tessera_store::{AuditEvent, ClientSecretRecord, Op};
-use tokio::net::UnixListener;
-use tokio::sync::watch;
 
-use crate::apply::{plan, sorted_lines, ApplyRequest, ApplyResponse};
-use crate::error::{ApiError, StartError};
-use crate::{keys, App};
-
-/// The connecting process's unix user, from the kernel.
-#[derive(Clone, Debug)]
-pub struct Peer {
-    uid: Option<u32>,
-}
-
-impl Connected<IncomingStream<'_, UnixListener>> for Peer {
-    fn connect_info(stream: IncomingStream<'_, UnixListener>) -> Self {
-        Self {
-            uid: stream.io().peer_cred().ok().map(|c| c.uid()),
-        }
-    }
-}
+use crate::app::App;
+use crate::domain::apply::{plan, sorted_lines, ApplyRequest, ApplyResponse};
+use crate::domain::caller::Actor;
+use crate::domain::federation::{verify_outside, DEFAULT_ALGORITHMS, DEFAULT_MAX_AGE, GLOB_CLAIMS};
+use crate::domain::{policy_sets, rotation};
+use crate::error::ApiError;
 
 fn bad(msg: impl Into<String>) -> ApiError {
     ApiError::BadRequest(msg.into())
 }
 
-/// Who made an admin change, as the audit trail names it: `admin:uid=N` or `admin:token`.
-#[derive(Clone, Debug)]
-pub struct Actor(pub String);
-
-/// The admin API, without authorization: each way in (socket, HTTP) adds its own and inserts
-/// the [`Actor`].
+/// The admin routes of this file (the vault's, database credentials' and policy sets' are in
+/// theirs; `router.rs` mounts them together behind a guard).
 pub fn routes() -> Router<Arc<App>> {
     Router::new()
-        .merge(crate::vault::admin_routes())
-        .merge(crate::dbcreds::admin_routes())
-        .route("/v1/apply", post(apply))
-        .route("/v1/get/{kind}", get(list))
+        .route("/v1/apply", post(post_apply))
+        .route("/v1/get/{kind}", get(get_list))
         .route("/v1/describe/workload", get(describe_workload))
         .route("/v1/describe/trust", get(describe_trust))
         .route("/v1/federation/test", post(federation_test))
@@ -70,116 +44,19 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/v1/agents/tokens", post(create_join_token))
         .route("/v1/ca", get(list_cas))
         .route("/v1/ca/rotate", post(rotate_cas))
-        .merge(crate::policy::admin_routes())
 }
 
-/// The admin API over HTTP: `Authorization: Bearer <admin credential>`, checked against its
-/// keyed hash in constant time.
-pub fn http_routes(app: Arc<App>) -> Router<Arc<App>> {
-    routes().layer(middleware::from_fn(move |mut req: Request, next: Next| {
-        let app = app.clone();
-        async move {
-            let token = req
-                .headers()
-                .get(axum::http::header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .map(str::trim);
-            match token {
-                Some(t) if app.is_admin_token(t) => {
-                    req.extensions_mut().insert(Actor("admin:token".into()));
-                    next.run(req).await
-                }
-                _ => ApiError::Client {
-                    description: "an admin credential is required".into(),
-                    basic: false,
-                }
-                .into_response(),
-            }
-        }
-    }))
-}
-
-pub async fn serve(
-    app: Arc<App>,
-    path: &Path,
-    mut stop: watch::Receiver<bool>,
-) -> Result<tokio::task::JoinHandle<()>, StartError> {
-    let listen_err = |m: String| StartError::Listen {
-        addr: path.display().to_string(),
-        message: m,
-    };
-    if path.exists() {
-        // A socket nobody answers on is left over from a stopped server; one that answers is a
-        // server already running on this data folder.
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(listen_err(
-                "another server is using this data folder".into(),
-            ));
-        }
-        std::fs::remove_file(path)
-            .map_err(|e| listen_err(format!("cannot remove the stale socket: {e}")))?;
-    }
-    let listener = UnixListener::bind(path).map_err(|e| listen_err(e.to_string()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| listen_err(e.to_string()))?;
-    // `/proc/self` is owned by this process's effective user: no unsafe call needed.
-    let own_uid = std::fs::metadata("/proc/self").map(|m| m.uid()).ok();
-    let mut allowed: Vec<u32> = app.config.admin_uids.clone();
-    allowed.push(0);
-    allowed.extend(own_uid);
-    let router = routes()
-        .layer(middleware::from_fn(
-            move |ConnectInfo(peer): ConnectInfo<Peer>, mut req: Request, next: Next| {
-                let allowed = allowed.clone();
-                async move {
-                    match peer.uid {
-                        Some(uid) if allowed.contains(&uid) => {
-                            req.extensions_mut()
-                                .insert(Actor(format!("admin:uid={uid}")));
-                            next.run(req).await
-                        }
-                        Some(uid) => ApiError::Forbidden(format!(
-                            "unix user {uid} is not an administrator of this server"
-                        ))
-                        .into_response(),
-                        None => ApiError::Forbidden("the caller's unix user is unknown".into())
-                            .into_response(),
-                    }
-                }
-            },
-        ))
-        .layer(axum::extract::DefaultBodyLimit::max(64 * 1024 * 1024))
-        .with_state(app);
-    let path = path.to_path_buf();
-    Ok(tokio::spawn(async move {
-        let shutdown = async move {
-            let _ = stop.wait_for(|s| *s).await;
-        };
-        if let Err(e) = axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<Peer>(),
-        )
-        .with_graceful_shutdown(shutdown)
-        .await
-        {
-            tracing::error!(error = %e, "admin socket stopped");
-        }
-        let _ = std::fs::remove_file(path);
-    }))
-}
-
-async fn apply(
+async fn post_apply(
     State(app): State<Arc<App>>,
-    Extension(actor): Extension<Actor>,
+    actor: Actor,
     Json(req): Json<ApplyRequest>,
 ) -> Result<Json<ApplyResponse>, ApiError> {
     let snap = app.snapshot();
     let plan = plan(&app, &snap, &req.state, req.prune)?;
     if req.shadow {
-        return crate::policy::load_shadow(&app, &snap, plan, &actor.0, req.dry_run)
-            .await
-            .map(Json);
+        return Ok(Json(
+            policy_sets::load_shadow(&app, &snap, plan, &actor.0, req.dry_run).await?,
+        ));
     }
     let changes = sorted_lines(&plan.lines);
     if req.dry_run || plan.ops.is_empty() {
@@ -190,7 +67,7 @@ async fn apply(
     }
     let mut ops = Vec::new();
     if plan.changes_policy() {
-        let (_, record) = crate::policy::record_active(
+        let (_, record) = policy_sets::record_active(
             &app,
             &snap,
             plan.grants.clone(),
@@ -219,7 +96,7 @@ async fn apply(
     }))
 }
 
-async fn list(
+async fn get_list(
     State(app): State<Arc<App>>,
     axum::extract::Path(kind): axum::extract::Path<String>,
 ) -> Result<Json<Value>, ApiError> {
@@ -320,10 +197,10 @@ async fn describe_trust(
         .collect();
     Ok(Json(json!({
         "name": t.name, "issuer": t.issuer, "audience": t.audience,
-        "algorithms": if t.algorithms.is_empty() { crate::federation::DEFAULT_ALGORITHMS.iter().map(|a| a.to_string()).collect() } else { t.algorithms.clone() },
-        "max_age_seconds": t.max_age.map_or(crate::federation::DEFAULT_MAX_AGE, |m| i64::try_from(m.as_secs()).unwrap_or(i64::MAX)),
+        "algorithms": if t.algorithms.is_empty() { DEFAULT_ALGORITHMS.iter().map(|a| a.to_string()).collect() } else { t.algorithms.clone() },
+        "max_age_seconds": t.max_age.map_or(DEFAULT_MAX_AGE, |m| i64::try_from(m.as_secs()).unwrap_or(i64::MAX)),
         "single_use": t.single_use, "keys": keys, "rules": rules, "source": t.source,
-        "glob_claims": crate::federation::GLOB_CLAIMS,
+        "glob_claims": GLOB_CLAIMS,
     })))
 }
 
@@ -350,9 +227,7 @@ async fn federation_test(
         }
     }
     Ok(Json(
-        match crate::federation::verify_outside(&app, &snap, req.token.trim(), req.trust.as_deref())
-            .await
-        {
+        match verify_outside(&app, &snap, req.token.trim(), req.trust.as_deref()).await {
             Ok(m) => json!({"matched": true, "trust": m.trust.name, "rule": m.rule + 1,
                             "workload": m.workload, "outside_sub": m.subject, "exp": m.exp}),
             Err(r) => json!({"matched": false, "trust": r.trust, "reason": r.reason}),
@@ -452,7 +327,7 @@ struct SecretRequest {
 
 async fn client_secret(
     State(app): State<Arc<App>>,
-    Extension(actor): Extension<Actor>,
+    actor: Actor,
     Json(req): Json<SecretRequest>,
 ) -> Result<Json<Value>, ApiError> {
     let snap = app.snapshot();
@@ -504,7 +379,7 @@ struct RevokeRequest {
 
 async fn revoke_workload(
     State(app): State<Arc<App>>,
-    Extension(actor): Extension<Actor>,
+    actor: Actor,
     Json(req): Json<RevokeRequest>,
 ) -> Result<Json<Value>, ApiError> {
     let id =
@@ -537,7 +412,7 @@ async fn revoke_workload(
 
 async fn revoke_token(
     State(app): State<Arc<App>>,
-    Extension(actor): Extension<Actor>,
+    actor: Actor,
     Json(req): Json<RevokeRequest>,
 ) -> Result<Json<Value>, ApiError> {
     let jti = req.jti.unwrap_or_default();
@@ -549,13 +424,13 @@ async fn revoke_token(
     let exp = tessera_core::now_unix()
         + i64::try_from(tessera_core::manifest::MAX_JWT_TTL.as_secs()).unwrap_or(3600)
         + 60;
-    app.revoke_token(&jti, exp, &actor.0, "token").await?;
+    rotation::revoke_token(&app, &jti, exp, &actor.0, "token").await?;
     Ok(Json(json!({"jti": jti, "revoked": true})))
 }
 
 async fn revoke_agent(
     State(app): State<Arc<App>>,
-    Extension(actor): Extension<Actor>,
+    actor: Actor,
     Json(req): Json<RevokeRequest>,
 ) -> Result<Json<Value>, ApiError> {
     let id = tessera_core::AgentId::parse(req.id.as_deref().unwrap_or_default())
@@ -598,7 +473,7 @@ struct JoinTokenRequest {
 /// `POST /admin/v1/agents/tokens`: a one-time join token. Only its keyed hash is stored.
 async fn create_join_token(
     State(app): State<Arc<App>>,
-    Extension(actor): Extension<Actor>,
+    actor: Actor,
     Json(req): Json<JoinTokenRequest>,
 ) -> Result<Json<Value>, ApiError> {
     let td = match &req.trust_domain {
@@ -626,7 +501,7 @@ async fn create_join_token(
     let token = format!("tjt_{}", tessera_token::strict::b64_encode(secret));
     let now = tessera_core::now_unix();
     let record = tessera_store::JoinTokenRecord {
-        token_hash: crate::agents::join_token_hash(&app, &token),
+        token_hash: app.join_token_hash(&token),
         trust_domain: td.to_string(),
         agent_id: agent_id.to_string(),
         created_at: now,
@@ -690,7 +565,7 @@ fn requested_trust_domains(app: &App, td: Option<&str>) -> Result<Vec<TrustDomai
 
 async fn rotate_cas(
     State(app): State<Arc<App>>,
-    Extension(actor): Extension<Actor>,
+    actor: Actor,
     Json(req): Json<CaRotateRequest>,
 ) -> Result<Json<Value>, ApiError> {
     let tds = requested_trust_domains(&app, req.trust_domain.as_deref())?;
@@ -701,37 +576,9 @@ async fn rotate_cas(
     };
     let mut out = Vec::new();
     for td in tds {
-        out.push(rotate_ca(&app, &td, ahead, &actor.0).await?);
+        out.push(rotation::rotate_ca(&app, &td, ahead, &actor.0).await?);
     }
     Ok(Json(json!(out)))
-}
-
-/// Prepares the next CA of `td`: in the bundle now, signing after `ahead` seconds.
-pub async fn rotate_ca(
-    app: &App,
-    td: &TrustDomain,
-    ahead: i64,
-    actor: &str,
-) -> Result<Value, ApiError> {
-    let now = tessera_core::now_unix();
-    let ttl = i64::try_from(app.config.ca_ttl.as_secs()).unwrap_or(i64::MAX / 4);
-    let snap = app.snapshot();
-    let (rec, ops) = crate::ca::rotation_ops(&snap.cas, td, &app.kek, now, ahead, ttl)
-        .map_err(ApiError::unavailable)?;
-    app.change(
-        &ops,
-        AuditEvent {
-            kind: "ca.rotated".into(),
-            actor: actor.to_owned(),
-            subject: td.to_string(),
-            outcome: "ok".into(),
-            detail: json!({"ca": rec.id, "activate_at": rec.activate_at, "not_after": rec.not_after}),
-        },
-    )
-    .await?;
-    Ok(
-        json!({"trust_domain": td, "ca": rec.id, "activate_at": rec.activate_at, "not_after": rec.not_after}),
-    )
 }
 
 #[derive(Deserialize)]
@@ -791,55 +638,13 @@ struct RotateRequest {
 
 async fn rotate_keys(
     State(app): State<Arc<App>>,
-    Extension(actor): Extension<Actor>,
+    actor: Actor,
     Json(req): Json<RotateRequest>,
 ) -> Result<Json<Value>, ApiError> {
     let tds = requested_trust_domains(&app, req.trust_domain.as_deref())?;
     let mut out = Vec::new();
     for td in tds {
-        out.push(rotate(&app, &td, &actor.0).await?);
+        out.push(rotation::rotate_key(&app, &td, &actor.0).await?);
     }
     Ok(Json(json!(out)))
-}
-
-async fn rotate(app: &App, td: &TrustDomain, actor: &str) -> Result<Value, ApiError> {
-    let now = tessera_core::now_unix();
-    let ahead = i64::try_from(app.config.publish_ahead().as_secs()).unwrap_or(i64::MAX);
-    let snap = app.snapshot();
-    let (rec, ops) = keys::rotation_ops(&snap.keys, td, app.config.key_alg, &app.kek, now, ahead)
-        .map_err(ApiError::unavailable)?;
-    app.change(
-        &ops,
-        AuditEvent {
-            kind: "keys.rotated".into(),
-            actor: actor.to_owned(),
-            subject: td.to_string(),
-            outcome: "ok".into(),
-            detail: json!({"kid": rec.kid, "activate_at": rec.activate_at}),
-        },
-    )
-    .await?;
-    Ok(json!({"trust_domain": td, "kid": rec.kid, "activate_at": rec.activate_at}))
-}
-
-/// Rotates each trust domain whose signing key is older than `period` and has no successor.
-pub(crate) async fn scheduled_rotation(
-    app: &App,
-    period: Duration,
-    now: i64,
-) -> Result<(), ApiError> {
-    let snap = app.snapshot();
-    let period = i64::try_from(period.as_secs()).unwrap_or(i64::MAX);
-    for td in &app.config.trust_domains {
-        let entries = snap.keys.entries(&td.name);
-        let pending = entries.iter().any(|k| k.activate_at > now);
-        let due = snap
-            .keys
-            .signing(&td.name, now)
-            .is_some_and(|k| now - k.activate_at >= period);
-        if due && !pending {
-            rotate(app, &td.name, "schedule").await?;
-        }
-    }
-    Ok(())
 }

@@ -12,9 +12,19 @@ use tessera_core::manifest::{ClientAuth, DesiredState, Grant, PolicyFile, Worklo
 use tessera_store::Op;
 use tessera_verify::KeySet;
 
-use crate::error::ApiError;
-use crate::state::Snapshot;
-use crate::App;
+use crate::app::{App, Snapshot};
+use crate::domain::federation::check_rules;
+
+/// Why a desired state cannot be applied; nothing was changed.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// An object in the files is invalid here; `origin` is its `file:line`.
+    #[error("{origin}: {message}")]
+    Invalid { origin: String, message: String },
+    /// The result would not be whole (a policy does not compile against it).
+    #[error("{0}")]
+    Incomplete(String),
+}
 
 #[derive(Debug, Deserialize, Serialize)]
 pub struct ApplyRequest {
@@ -75,8 +85,11 @@ pub struct ApplyResponse {
     pub applied: bool,
 }
 
-fn invalid(source: &str, msg: String) -> ApiError {
-    ApiError::BadRequest(format!("{source}: {msg}"))
+fn invalid(source: &str, msg: String) -> ApplyError {
+    ApplyError::Invalid {
+        origin: source.to_owned(),
+        message: msg,
+    }
 }
 
 /// Strips the `source` so that moving a definition between files is not a change.
@@ -92,7 +105,7 @@ pub fn plan(
     current: &Snapshot,
     desired: &DesiredState,
     prune: bool,
-) -> Result<Plan, ApiError> {
+) -> Result<Plan, ApplyError> {
     // 1. Each object on its own: served trust domains, environment bindings, client keys.
     for w in &desired.workloads {
         if w.id.path().starts_with("/tessera/") || w.id.path() == "/tessera" {
@@ -154,7 +167,7 @@ pub fn plan(
         }
     }
     for t in &desired.trusts {
-        crate::federation::check_rules(t).map_err(|e| invalid(&t.source, e))?;
+        check_rules(t).map_err(|e| invalid(&t.source, e.to_string()))?;
         if let Some(j) = &t.jwks {
             KeySet::from_jwks_with_rsa(j.as_bytes()).map_err(|e| {
                 invalid(
@@ -301,7 +314,7 @@ pub fn plan(
     let ws: Vec<Workload> = workloads.values().cloned().collect();
     let gs: Vec<Grant> = grants.values().cloned().collect();
     tessera_policy::PolicyEngine::build(&ws, &gs, &policies)
-        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        .map_err(|e| ApplyError::Incomplete(e.to_string()))?;
 
     // 4. The operations, and a line for each change.
     let mut ops = Vec::new();

@@ -16,7 +16,37 @@ use tessera_core::{Kid, TrustDomain};
 use tessera_store::{KeyRecord, Op};
 use tessera_token::{Alg, Kek, PublicKey, SigningKey};
 
-use crate::error::StartError;
+use crate::start_error::StartError;
+
+/// A stored key or CA that does not load, or a new one that cannot be made.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("stored {what} `{id}`: {reason}")]
+    Stored {
+        what: &'static str,
+        id: String,
+        reason: String,
+    },
+    #[error("cannot make a new {what}: {reason}")]
+    Make { what: &'static str, reason: String },
+}
+
+impl KeyError {
+    pub(crate) fn stored(what: &'static str, id: &str, reason: impl std::fmt::Display) -> Self {
+        Self::Stored {
+            what,
+            id: id.to_owned(),
+            reason: reason.to_string(),
+        }
+    }
+
+    pub(crate) fn make(what: &'static str, reason: impl std::fmt::Display) -> Self {
+        Self::Make {
+            what,
+            reason: reason.to_string(),
+        }
+    }
+}
 
 /// Where the key-encryption key comes from.
 #[derive(Debug, Clone)]
@@ -101,23 +131,22 @@ pub struct KeyRing {
 }
 
 impl KeyRing {
-    pub fn load(records: &[KeyRecord], kek: &Kek) -> Result<Self, String> {
+    pub fn load(records: &[KeyRecord], kek: &Kek) -> Result<Self, KeyError> {
         let mut by_td: HashMap<TrustDomain, Vec<KeyEntry>> = HashMap::new();
         for r in records {
-            let td = TrustDomain::parse(&r.trust_domain).map_err(|e| e.to_string())?;
-            let alg = Alg::parse(&r.alg)
-                .ok_or_else(|| format!("key `{}` has unknown algorithm `{}`", r.kid, r.alg))?;
+            let bad = |reason: &dyn std::fmt::Display| KeyError::stored("key", &r.kid, reason);
+            let td = TrustDomain::parse(&r.trust_domain).map_err(|e| bad(&e))?;
+            let alg =
+                Alg::parse(&r.alg).ok_or_else(|| bad(&format!("unknown algorithm `{}`", r.alg)))?;
             let sealed = STANDARD
                 .decode(&r.sealed)
-                .map_err(|_| format!("key `{}` is not base64", r.kid))?;
+                .map_err(|_| bad(&"it is not base64"))?;
             let pkcs8 = kek
                 .open(&sealed, &key_aad(&r.trust_domain, &r.kid))
-                .map_err(|_| {
-                    format!("key `{}` does not open with this key-encryption key", r.kid)
-                })?;
-            let key = SigningKey::from_pkcs8(alg, &pkcs8).map_err(|e| e.to_string())?;
+                .map_err(|_| bad(&"it does not open with this key-encryption key"))?;
+            let key = SigningKey::from_pkcs8(alg, &pkcs8).map_err(|e| bad(&e))?;
             if key.kid().as_str() != r.kid {
-                return Err(format!("key `{}` does not match its stored id", r.kid));
+                return Err(bad(&"it does not match its stored id"));
             }
             by_td.entry(td).or_default().push(KeyEntry {
                 key: Arc::new(key),
@@ -171,13 +200,14 @@ pub fn new_key_record(
     kek: &Kek,
     now: i64,
     activate_at: i64,
-) -> Result<KeyRecord, String> {
-    let (key, pkcs8) = SigningKey::generate(alg).map_err(|e| e.to_string())?;
+) -> Result<KeyRecord, KeyError> {
+    let make = |e: &dyn std::fmt::Display| KeyError::make("signing key", e);
+    let (key, pkcs8) = SigningKey::generate(alg).map_err(|e| make(&e))?;
     let kid = key.kid().to_string();
     let sealed = kek
         .seal(&pkcs8, &key_aad(td.as_str(), &kid))
-        .map_err(|e| e.to_string())?;
-    let jwk = serde_json::to_string(&key.public().to_jwk()).map_err(|e| e.to_string())?;
+        .map_err(|e| make(&e))?;
+    let jwk = serde_json::to_string(&key.public().to_jwk()).map_err(|e| make(&e))?;
     Ok(KeyRecord {
         kid,
         trust_domain: td.to_string(),
@@ -199,7 +229,7 @@ pub fn rotation_ops(
     kek: &Kek,
     now: i64,
     publish_ahead: i64,
-) -> Result<(KeyRecord, Vec<Op>), String> {
+) -> Result<(KeyRecord, Vec<Op>), KeyError> {
     let activate_at = now + publish_ahead;
     let record = new_key_record(td, alg, kek, now, activate_at)?;
     let last_token_expiry = activate_at + i64::try_from(MAX_JWT_TTL.as_secs()).unwrap_or(3600) + 60;
@@ -257,6 +287,7 @@ mod tests {
         let other = Kek::from_bytes(&[8u8; 32]).unwrap();
         assert!(KeyRing::load(&[rec], &other)
             .unwrap_err()
+            .to_string()
             .contains("does not open"));
     }
 

@@ -1,11 +1,13 @@
 //! The in-memory view of stored state that every request reads. Immutable once built; a change
 //! (here or on another server sharing the database) builds a new one and swaps it in.
 
+use std::collections::BTreeMap;
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
+use serde::{Deserialize, Serialize};
 use tessera_core::agent_api::Registration;
 use tessera_core::manifest::{Client, Grant, PolicyFile, Trust};
 use tessera_core::SpiffeId;
@@ -14,10 +16,9 @@ use tessera_policy::PolicyEngine;
 use tessera_store::{AgentRecord, ClientSecretRecord, StoredState, WorkloadRecord};
 use tessera_verify::KeySet;
 
-use crate::ca::CaRing;
-use crate::keys::KeyRing;
+use crate::app::ca::CaRing;
+use crate::app::keys::KeyRing;
 use crate::metrics::PolicyCounters;
-use crate::policy::Shadow;
 
 /// Tombstones kept for incremental agent sync; older removals mean a full resync.
 const MAX_TOMBSTONES: usize = 50_000;
@@ -257,5 +258,84 @@ impl Snapshot {
             .and_then(|id| self.workloads.get(&id))
             .and_then(|w| w.revoked_at)
             .is_some_and(|at| iat <= at)
+    }
+}
+
+/// Examples kept per (caller, target, action) in a shadow diff.
+const MAX_DIFF_KEYS: usize = 10_000;
+
+/// The candidate policy set evaluated beside the active one without being enforced.
+#[derive(Debug)]
+pub struct Shadow {
+    pub version: i64,
+    pub engine: Arc<PolicyEngine>,
+    /// Shared across snapshots while the shadow version stays the same.
+    pub diff: Arc<Mutex<DiffState>>,
+}
+
+#[derive(Debug, Default)]
+pub struct DiffState {
+    pub evaluated: u64,
+    pub changed: BTreeMap<(String, String, String), DiffEntry>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DiffEntry {
+    pub caller: String,
+    pub target: String,
+    pub action: String,
+    pub active: String,
+    pub shadow: String,
+    pub count: u64,
+    /// One request that changed, e.g. `issue_token [b:read]` or `GET /api/x`.
+    pub example: String,
+    /// Why the shadow set decides as it does, for that example.
+    pub shadow_reason: String,
+}
+
+fn word(allowed: bool) -> &'static str {
+    if allowed {
+        "allow"
+    } else {
+        "deny"
+    }
+}
+
+impl Shadow {
+    /// Records one real decision and what the shadow set decided for it.
+    pub fn observe(
+        &self,
+        caller: &str,
+        target: &str,
+        action: &str,
+        active: bool,
+        shadow: &tessera_policy::Decision,
+        example: impl FnOnce() -> String,
+    ) {
+        let Ok(mut d) = self.diff.lock() else {
+            return;
+        };
+        d.evaluated += 1;
+        if active == shadow.allowed {
+            return;
+        }
+        let key = (caller.to_owned(), target.to_owned(), action.to_owned());
+        if let Some(e) = d.changed.get_mut(&key) {
+            e.count += 1;
+        } else if d.changed.len() < MAX_DIFF_KEYS {
+            d.changed.insert(
+                key,
+                DiffEntry {
+                    caller: caller.to_owned(),
+                    target: target.to_owned(),
+                    action: action.to_owned(),
+                    active: word(active).to_owned(),
+                    shadow: word(shadow.allowed).to_owned(),
+                    count: 1,
+                    example: example(),
+                    shadow_reason: shadow.reason(),
+                },
+            );
+        }
     }
 }

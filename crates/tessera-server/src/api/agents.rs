@@ -1,7 +1,7 @@
 //! The node agents' API (`/agent/v1/...`): joining with a one-time token, then, authenticated by
-//! the agent's own X.509-SVID over mTLS, renewing it, syncing registrations incrementally,
-//! signing workload SVIDs from CSRs, and minting JWT-SVIDs and access tokens for workloads the
-//! agent attested.
+//! the agent's own X.509-SVID over mTLS (`AgentCaller`), renewing it, syncing registrations
+//! incrementally, signing workload SVIDs from CSRs, and minting JWT-SVIDs and access tokens for
+//! workloads the agent attested.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,87 +9,45 @@ use std::time::Duration;
 use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Extension, Json, Router};
+use axum::{Json, Router};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use serde::Deserialize;
 use serde_json::json;
 use tessera_core::agent_api::{
-    AgentSvid, JoinRequest, JwtSvidRequest, JwtSvidResponse, Registration, RenewRequest,
-    SignRequest, SignResponse, SignedItem, SyncResponse, TokenRequest, TokenResponse,
+    AgentSvid, JoinRequest, JwtSvidRequest, JwtSvidResponse, RenewRequest, SignRequest,
+    SignResponse, SignedItem, SyncResponse, TokenRequest, TokenResponse,
 };
 use tessera_core::{AgentId, SpiffeId, TrustDomain};
 use tessera_store::{AgentRecord, AuditEvent, Op, StoreError, SvidRecord};
 
+use crate::app::{App, Snapshot};
+use crate::domain::caller::{in_good_standing, registration, visible};
+use crate::domain::issue::{self, GrantType, IssueRequest, MintOptions};
 use crate::error::ApiError;
-use crate::oauth::{mint, Form, Issuer};
-use crate::state::Snapshot;
-use crate::tls::PeerCertificates;
-use crate::App;
+use crate::extract::AgentCaller;
 
 /// The most CSRs one sign request may carry.
 const MAX_SIGN_BATCH: usize = 1000;
+
 /// The longest a sync request waits for a change.
 const MAX_SYNC_WAIT: u64 = 60;
 
 pub fn routes() -> Router<Arc<App>> {
     Router::new()
-        .route("/join", post(join))
-        .route("/renew", post(renew))
-        .route("/sync", get(sync))
-        .route("/sign", post(sign))
-        .route("/jwt-svid", post(jwt_svid))
-        .route("/token", post(token))
-        .route("/server-ca", get(server_ca))
-}
-
-/// An agent authenticated by its SVID (chain validated in the TLS handshake against its trust
-/// domain's bundle), known and not revoked.
-struct Agent {
-    id: AgentId,
-    td: TrustDomain,
-    spiffe_id: SpiffeId,
+        .route("/join", post(post_join))
+        .route("/renew", post(post_renew))
+        .route("/sync", get(get_sync))
+        .route("/sign", post(post_sign))
+        .route("/jwt-svid", post(post_jwt_svid))
+        .route("/token", post(post_agent_token))
+        .route("/server-ca", get(get_server_ca))
 }
 
 fn unauthenticated(why: impl Into<String>) -> ApiError {
     ApiError::Client {
         description: why.into(),
         basic: false,
-    }
-}
-
-fn agent_of(
-    app: &App,
-    snap: &Snapshot,
-    peer: Option<Extension<PeerCertificates>>,
-) -> Result<Agent, ApiError> {
-    let Some(Extension(PeerCertificates(chain))) = peer else {
-        return Err(unauthenticated(
-            "this endpoint needs a node agent's X.509-SVID as TLS client certificate",
-        ));
-    };
-    let leaf = chain
-        .first()
-        .ok_or_else(|| unauthenticated("no client certificate"))?;
-    let spiffe_id = tessera_ca::leaf_spiffe_id(leaf).map_err(|e| unauthenticated(e.to_string()))?;
-    let id = AgentId::from_spiffe_id(&spiffe_id)
-        .ok_or_else(|| ApiError::Forbidden(format!("`{spiffe_id}` is not a node agent")))?;
-    let td = spiffe_id.trust_domain();
-    if app.serves(td.as_str()).is_none() {
-        return Err(ApiError::Forbidden(format!(
-            "trust domain `{td}` is not served here"
-        )));
-    }
-    match snap.agents.get(id.as_str()) {
-        Some(a) if a.trust_domain == td.as_str() && a.revoked_at.is_none() => {
-            Ok(Agent { id, td, spiffe_id })
-        }
-        Some(a) if a.revoked_at.is_some() => Err(ApiError::Forbidden(format!(
-            "agent `{id}` has been revoked"
-        ))),
-        _ => Err(ApiError::Forbidden(format!(
-            "agent `{id}` is not registered"
-        ))),
     }
 }
 
@@ -117,11 +75,6 @@ fn audit(kind: &str, actor: &str, subject: &str, detail: serde_json::Value) -> A
     }
 }
 
-/// The join token's stored form: a keyed hash, so the database never holds a usable token.
-pub fn join_token_hash(app: &App, token: &str) -> String {
-    app.hmac_secret(&format!("join:{token}"))
-}
-
 /// Signs an agent's own SVID from its CSR.
 fn sign_agent(
     snap: &Snapshot,
@@ -141,10 +94,10 @@ fn sign_agent(
         .map_err(|e| ApiError::BadRequest(e.to_string()))
 }
 
-async fn join(State(app): State<Arc<App>>, Json(req): Json<JoinRequest>) -> Response {
+async fn post_join(State(app): State<Arc<App>>, Json(req): Json<JoinRequest>) -> Response {
     let result = async {
         let now = tessera_core::now_unix();
-        let hash = join_token_hash(&app, req.join_token.trim());
+        let hash = app.join_token_hash(req.join_token.trim());
         let refused = || unauthenticated("the join token is unknown, expired or already used");
         let Some(record) = app.store.join_token(&hash).await? else {
             return Err(refused());
@@ -225,13 +178,12 @@ async fn join(State(app): State<Arc<App>>, Json(req): Json<JoinRequest>) -> Resp
     }
 }
 
-async fn renew(
+async fn post_renew(
     State(app): State<Arc<App>>,
-    peer: Option<Extension<PeerCertificates>>,
+    AgentCaller(agent): AgentCaller,
     Json(req): Json<RenewRequest>,
 ) -> Result<Json<AgentSvid>, ApiError> {
     let snap = app.snapshot();
-    let agent = agent_of(&app, &snap, peer)?;
     let now = tessera_core::now_unix();
     let ttl = i64::try_from(app.config.agent_svid_ttl.as_secs()).unwrap_or(3600);
     let svid = sign_agent(&snap, &agent.td, &agent.spiffe_id, &req.csr, ttl, now)?;
@@ -269,12 +221,6 @@ async fn renew(
     }))
 }
 
-/// Whether `agent` may hand out `reg`'s SVIDs.
-fn visible(reg: &Registration, agent: &Agent) -> bool {
-    reg.spiffe_id.trust_domain_str() == agent.td.as_str()
-        && (reg.nodes.is_empty() || reg.nodes.contains(&agent.id))
-}
-
 #[derive(Debug, Deserialize)]
 struct SyncQuery {
     #[serde(default = "minus_one")]
@@ -290,12 +236,11 @@ fn minus_one() -> i64 {
 /// `GET /agent/v1/sync?since=N&wait=S`: what changed since state version N, waiting up to S
 /// seconds for a change when there is none yet (a long poll, so a change reaches agents at once
 /// and idle agents cost nothing).
-async fn sync(
+async fn get_sync(
     State(app): State<Arc<App>>,
-    peer: Option<Extension<PeerCertificates>>,
+    AgentCaller(agent): AgentCaller,
     Query(q): Query<SyncQuery>,
 ) -> Result<Json<SyncResponse>, ApiError> {
-    let agent = agent_of(&app, &app.snapshot(), peer.clone())?;
     if q.wait > 0 && app.snapshot().version <= q.since {
         let mut rx = app.changes.subscribe();
         let wait = Duration::from_secs(q.wait.min(MAX_SYNC_WAIT));
@@ -303,7 +248,7 @@ async fn sync(
     }
     let snap = app.snapshot();
     // The agent may have been revoked while it waited.
-    agent_of(&app, &snap, peer)?;
+    in_good_standing(&snap, &agent)?;
     let regs = &snap.registrations;
     let full = q.since < regs.horizon;
     let mut registrations = Vec::new();
@@ -339,32 +284,18 @@ async fn sync(
     }))
 }
 
-/// The registration `id` if `agent` may hand it out.
-fn registration<'a>(
-    snap: &'a Snapshot,
-    agent: &Agent,
-    id: &SpiffeId,
-) -> Result<&'a Registration, String> {
-    snap.registrations
-        .entries
-        .get(id)
-        .filter(|r| visible(r, agent))
-        .ok_or_else(|| format!("`{id}` is not registered for agent `{}`", agent.id))
-}
-
 /// A CSR to sign and the lifetime to give it, or why not.
 type SignJob = Result<(Vec<u8>, i64), String>;
 
 /// `POST /agent/v1/sign`: X.509-SVIDs for workloads registered to this agent, from CSRs made
 /// on the node (private keys never leave it). Signed on blocking threads, recorded and audited
 /// in one commit before any is returned.
-async fn sign(
+async fn post_sign(
     State(app): State<Arc<App>>,
-    peer: Option<Extension<PeerCertificates>>,
+    AgentCaller(agent): AgentCaller,
     Json(req): Json<SignRequest>,
 ) -> Result<Json<SignResponse>, ApiError> {
     let snap = app.snapshot();
-    let agent = agent_of(&app, &snap, peer)?;
     if req.csrs.len() > MAX_SIGN_BATCH {
         return Err(ApiError::BadRequest(format!(
             "at most {MAX_SIGN_BATCH} CSRs per request"
@@ -382,12 +313,14 @@ async fn sign(
         .csrs
         .into_iter()
         .map(|item| {
-            let job = registration(&snap, &agent, &item.spiffe_id).and_then(|reg| {
-                let csr = STANDARD
-                    .decode(&item.csr)
-                    .map_err(|_| "`csr` is not base64".to_owned())?;
-                Ok((csr, i64::try_from(reg.x509_ttl_secs).unwrap_or(3600)))
-            });
+            let job = registration(&snap, &agent, &item.spiffe_id)
+                .map_err(|e| e.to_string())
+                .and_then(|reg| {
+                    let csr = STANDARD
+                        .decode(&item.csr)
+                        .map_err(|_| "`csr` is not base64".to_owned())?;
+                    Ok((csr, i64::try_from(reg.x509_ttl_secs).unwrap_or(3600)))
+                });
             (item.spiffe_id, job)
         })
         .collect();
@@ -477,14 +410,13 @@ async fn sign(
 
 /// `POST /agent/v1/jwt-svid`: a JWT-SVID (SPIFFE JWT-SVID §2, §3: `typ` `JWT`, `kid` set, `sub`,
 /// `aud`, `exp`, and `iat`, `jti`), signed by the trust domain's current key.
-async fn jwt_svid(
+async fn post_jwt_svid(
     State(app): State<Arc<App>>,
-    peer: Option<Extension<PeerCertificates>>,
+    AgentCaller(agent): AgentCaller,
     Json(req): Json<JwtSvidRequest>,
 ) -> Result<Json<JwtSvidResponse>, ApiError> {
     let snap = app.snapshot();
-    let agent = agent_of(&app, &snap, peer)?;
-    let reg = registration(&snap, &agent, &req.spiffe_id).map_err(ApiError::Forbidden)?;
+    let reg = registration(&snap, &agent, &req.spiffe_id)?;
     if req.audience.is_empty()
         || req.audience.len() > 10
         || req.audience.iter().any(|a| a.is_empty() || a.len() > 512)
@@ -536,40 +468,27 @@ async fn jwt_svid(
 
 /// `POST /agent/v1/token`: an access token for a workload the agent attested, under the same
 /// grants and policies as any other caller.
-async fn token(
+async fn post_agent_token(
     State(app): State<Arc<App>>,
-    peer: Option<Extension<PeerCertificates>>,
+    AgentCaller(agent): AgentCaller,
     Json(req): Json<TokenRequest>,
 ) -> Result<Json<TokenResponse>, ApiError> {
     let snap = app.snapshot();
-    let agent = agent_of(&app, &snap, peer)?;
-    registration(&snap, &agent, &req.spiffe_id).map_err(ApiError::Forbidden)?;
-    let issuer = Issuer {
-        td: agent.td.clone(),
-        url: app.issuer_urls(&agent.td).swap_remove(0),
+    registration(&snap, &agent, &req.spiffe_id)?;
+    let issuer = app.issuer_of(&agent.td);
+    let req = IssueRequest {
+        caller: req.spiffe_id.clone(),
+        client_id: req.spiffe_id.to_string(),
+        auth: "node_agent",
+        grant_type: GrantType::ManagedIdentity,
+        targets: vec![req.resource],
+        scope: req.scope,
+        source_ip: None,
+        options: MintOptions::default(),
+        audit_actor: Some(agent.spiffe_id.to_string()),
+        claim: None,
     };
-    let form = Form::for_target(&req.resource, req.scope.as_deref());
-    let minted = match mint(
-        &snap,
-        &issuer,
-        &req.spiffe_id,
-        req.spiffe_id.as_str(),
-        "node_agent",
-        &form,
-        "managed_identity",
-        &crate::oauth::MintOptions::default(),
-    ) {
-        Ok(m) => m,
-        Err(denied) => {
-            let actor = Some(agent.spiffe_id.to_string());
-            return Err(crate::oauth::record_denial(&app, denied, actor).await);
-        }
-    };
-    let mut event = minted.event.clone();
-    event.actor = agent.spiffe_id.to_string();
-    app.audit.append(event).await.inspect_err(|_| {
-        app.metrics.audit_failures.inc();
-    })?;
+    let minted = issue::commit(&app, &snap, &issuer, &req).await?;
     Ok(Json(TokenResponse {
         access_token: minted.token,
         expires_in: minted.ttl,
@@ -582,7 +501,7 @@ async fn token(
 /// `GET /agent/v1/server-ca`: the API's TLS CA, served only by a `--dev` server (on loopback),
 /// so an agent pointed at `http://` can switch to mTLS; elsewhere agents get it by
 /// `--trust-bundle`.
-async fn server_ca(State(app): State<Arc<App>>) -> Response {
+async fn get_server_ca(State(app): State<Arc<App>>) -> Response {
     if !app.config.dev {
         return ApiError::NotFound("no such endpoint".into()).into_response();
     }

@@ -1,0 +1,167 @@
+//! RFC 8693 token exchange and RFC 7523 `jwt-bearer` at the token endpoint: an outside token,
+//! verified and mapped to one workload by `domain::federation`, is exchanged for a Tessera access
+//! token; a Tessera access token as `subject_token` is delegation (`delegation.rs`).
+
+use axum::http::HeaderMap;
+use serde_json::{json, Map, Value};
+use tessera_store::{AssertionClaim, AuditEvent};
+use tessera_token::claims::numeric_date;
+
+use crate::api::oauth::delegation;
+use crate::api::oauth::form::Form;
+use crate::app::{App, Issuer, Snapshot};
+use crate::domain::federation::{verify_outside, Refusal, LEEWAY};
+use crate::domain::issue::{self, GrantType, IssueError, IssueRequest, MintOptions, OAuthCode};
+use crate::error::ApiError;
+use crate::tls::ConnInfo;
+
+const TT_JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
+
+const TT_ID_TOKEN: &str = "urn:ietf:params:oauth:token-type:id_token";
+
+const TT_ACCESS_TOKEN: &str = "urn:ietf:params:oauth:token-type:access_token";
+
+async fn audit_refusal(app: &App, grant_type: GrantType, r: &Refusal) {
+    let event = AuditEvent {
+        kind: "federation.refused".into(),
+        actor: r
+            .trust
+            .as_ref()
+            .map_or_else(|| "anonymous".to_owned(), |t| format!("trust:{t}")),
+        subject: r
+            .issuer
+            .clone()
+            .unwrap_or_else(|| "unknown".into())
+            .chars()
+            .take(200)
+            .collect(),
+        outcome: "denied".into(),
+        detail: json!({"reason": r.reason, "grant_type": grant_type.as_str()}),
+    };
+    if let Err(e) = app.audit.append(event).await {
+        tracing::error!(error = %e, "could not record a refused exchange");
+    }
+}
+
+fn grant_err(reason: impl Into<String>) -> ApiError {
+    ApiError::oauth(OAuthCode::InvalidGrant, reason)
+}
+
+fn invalid_request(reason: impl Into<String>) -> ApiError {
+    ApiError::oauth(OAuthCode::InvalidRequest, reason)
+}
+
+/// RFC 8693 token exchange and RFC 7523 `jwt-bearer`.
+pub async fn exchange(
+    app: &App,
+    snap: &Snapshot,
+    issuer: &Issuer,
+    conn: &ConnInfo,
+    headers: &HeaderMap,
+    form: &Form,
+    grant_type: GrantType,
+) -> Result<Value, ApiError> {
+    let (token, token_type) = if grant_type == GrantType::JwtBearer {
+        let a = form
+            .get("assertion")
+            .ok_or_else(|| invalid_request("`assertion` is missing"))?;
+        (a, TT_JWT)
+    } else {
+        let t = form
+            .get("subject_token")
+            .ok_or_else(|| invalid_request("`subject_token` is missing"))?;
+        let tt = form
+            .get("subject_token_type")
+            .ok_or_else(|| invalid_request("`subject_token_type` is missing"))?;
+        if let Some(r) = form.get("requested_token_type") {
+            if r != TT_ACCESS_TOKEN && r != TT_JWT {
+                return Err(invalid_request(
+                    "only access tokens are issued (`requested_token_type` …:access_token)",
+                ));
+            }
+        }
+        (t, tt)
+    };
+    match token_type {
+        TT_JWT | TT_ID_TOKEN => {
+            if form.get("actor_token").is_some() {
+                return Err(invalid_request(
+                    "`actor_token` goes with a Tessera access token as `subject_token` (delegation)",
+                ));
+            }
+            federated(app, snap, issuer, conn, form, token, grant_type).await
+        }
+        TT_ACCESS_TOKEN if grant_type == GrantType::TokenExchange => {
+            delegation::delegate(app, snap, issuer, conn, headers, form, token).await
+        }
+        other => Err(invalid_request(format!(
+            "`subject_token_type` `{}` is not accepted (…:jwt, …:id_token, or …:access_token for delegation)",
+            other.chars().take(80).collect::<String>()
+        ))),
+    }
+}
+
+async fn federated(
+    app: &App,
+    snap: &Snapshot,
+    issuer: &Issuer,
+    conn: &ConnInfo,
+    form: &Form,
+    token: &str,
+    grant_type: GrantType,
+) -> Result<Value, ApiError> {
+    let mapped = match verify_outside(app, snap, token, None).await {
+        Ok(m) => m,
+        Err(r) => {
+            audit_refusal(app, grant_type, &r).await;
+            return Err(grant_err(r.reason));
+        }
+    };
+    let trust = mapped.trust.name.to_string();
+    let client_id = format!("trust:{trust}");
+    let mut detail = Map::new();
+    detail.insert("trust".into(), trust.clone().into());
+    detail.insert("outside_iss".into(), mapped.trust.issuer.clone().into());
+    detail.insert("outside_sub".into(), mapped.subject.clone().into());
+    detail.insert("rule".into(), (mapped.rule + 1).into());
+    let req = IssueRequest {
+        caller: mapped.workload.clone(),
+        client_id: client_id.clone(),
+        auth: "federation",
+        grant_type,
+        targets: form.targets().to_vec(),
+        scope: form.get("scope").map(str::to_owned),
+        source_ip: conn.source_ip,
+        options: MintOptions {
+            context: tessera_policy::IssueContext {
+                actor: None,
+                trust: Some(trust.clone()),
+            },
+            detail,
+            subject_iat: numeric_date(&mapped.claims, "iat").ok().flatten(),
+            ..MintOptions::default()
+        },
+        audit_actor: None,
+        // Single use where the trust asks: the outside token is claimed with the request's record.
+        claim: mapped.trust.single_use.then(|| AssertionClaim {
+            client_id,
+            jti: mapped.replay_key.clone(),
+            expires_at: mapped.exp + LEEWAY,
+        }),
+    };
+    match issue::commit(app, snap, issuer, &req).await {
+        Ok(minted) => Ok(minted.response()),
+        Err(IssueError::Replayed) => {
+            let r = Refusal {
+                reason: format!(
+                    "this outside token was already exchanged (trust `{trust}` is single-use)"
+                ),
+                trust: Some(trust),
+                issuer: Some(mapped.trust.issuer.clone()),
+            };
+            audit_refusal(app, grant_type, &r).await;
+            Err(grant_err(r.reason))
+        }
+        Err(e) => Err(e.into()),
+    }
+}

@@ -1,0 +1,434 @@
+//! Policy sets over HTTP: for administrators, versions (status, promote, rollback, discard), the
+//! shadow set's diff and explanations; for point-of-use authorizers, the policy bundle of their
+//! own service and the decision records they report.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tessera_core::{Scope, SpiffeId};
+use tessera_policy::{Authn, Call, DecisionRecord, Env, Explanation, IssueContext, PolicyBundle};
+use tessera_store::{AuditEvent, Op, PolicySetRecord};
+
+use crate::app::snapshot::DiffEntry;
+use crate::app::{App, Snapshot};
+use crate::domain::caller::Actor;
+use crate::domain::policy_sets::{activate, find_set, shadow_version, PolicySetError};
+use crate::error::ApiError;
+use crate::extract::WorkloadCaller;
+
+pub fn admin_routes() -> Router<Arc<App>> {
+    Router::new()
+        .route("/v1/explain", post(post_explain))
+        .route("/v1/policy", get(policy_status))
+        .route("/v1/policy/bundle", get(admin_bundle))
+        .route("/v1/policy/diff", get(shadow_diff))
+        .route("/v1/policy/promote", post(promote))
+        .route("/v1/policy/rollback", post(rollback))
+        .route("/v1/policy/discard", post(discard))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ExplainRequest {
+    pub from: SpiffeId,
+    pub to: SpiffeId,
+    #[serde(default)]
+    pub scopes: Vec<Scope>,
+    #[serde(default)]
+    pub method: Option<String>,
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Explain with the shadow set instead of the active one.
+    #[serde(default)]
+    pub shadow: bool,
+    /// The caller's address for `context.source_ip` (unknown, 0.0.0.0, by default).
+    #[serde(default)]
+    pub source_ip: Option<std::net::IpAddr>,
+}
+
+async fn post_explain(
+    State(app): State<Arc<App>>,
+    Json(req): Json<ExplainRequest>,
+) -> Result<Json<Explanation>, ApiError> {
+    let snap = app.snapshot();
+    let engine = if req.shadow {
+        snap.shadow
+            .as_ref()
+            .map(|s| s.engine.clone())
+            .ok_or(PolicySetError::NoShadow)?
+    } else {
+        snap.engine.clone()
+    };
+    let mut env = Env::now();
+    env.source_ip = req.source_ip;
+    let x = match (req.method.as_deref(), req.path.as_deref()) {
+        (Some(method), Some(path)) => {
+            if !req.scopes.is_empty() {
+                return Err(ApiError::BadRequest(
+                    "give either scopes (a token) or a method and path (a call), not both".into(),
+                ));
+            }
+            engine.explain_call(
+                &req.from,
+                &req.to,
+                &Call {
+                    method,
+                    path,
+                    scopes: &[],
+                    authn: Authn::Jwt,
+                },
+                &env,
+            )
+        }
+        (None, None) => engine.explain_issue(
+            &req.from,
+            &req.to,
+            &req.scopes,
+            &IssueContext::default(),
+            &env,
+        ),
+        _ => {
+            return Err(ApiError::BadRequest(
+                "a call needs both `method` and `path`".into(),
+            ))
+        }
+    };
+    Ok(Json(x))
+}
+
+#[derive(Debug, Serialize)]
+struct SetSummary {
+    version: i64,
+    status: String,
+    created_at: i64,
+    actor: String,
+    note: String,
+    grants: usize,
+    policies: usize,
+}
+
+impl From<&PolicySetRecord> for SetSummary {
+    fn from(r: &PolicySetRecord) -> Self {
+        Self {
+            version: r.version,
+            status: r.status.clone(),
+            created_at: r.created_at,
+            actor: r.actor.clone(),
+            note: r.note.clone(),
+            grants: r.grants.len(),
+            policies: r.policies.len(),
+        }
+    }
+}
+
+async fn policy_status(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError> {
+    let snap = app.snapshot();
+    let history = app.store.policy_sets(20).await?;
+    Ok(Json(json!({
+        "active_version": snap.policy_version,
+        "policies": snap.engine.policy_count(),
+        "shadow": snap.shadow.as_ref().map(|s| json!({"version": s.version, "policies": s.engine.policy_count()})),
+        "shadow_error": snap.shadow_error,
+        "history": history.iter().map(SetSummary::from).collect::<Vec<_>>(),
+    })))
+}
+
+#[derive(Debug, Deserialize)]
+struct AdminBundleQuery {
+    #[serde(default)]
+    shadow: bool,
+}
+
+/// The whole active (or shadow) set, for `tessera policy test` to decide locally.
+async fn admin_bundle(
+    State(app): State<Arc<App>>,
+    Query(q): Query<AdminBundleQuery>,
+) -> Result<Json<PolicyBundle>, ApiError> {
+    let snap = app.snapshot();
+    let workloads: Vec<_> = snap.workloads.values().map(|w| w.spec.clone()).collect();
+    if q.shadow {
+        let rec = app
+            .store
+            .policy_sets(50)
+            .await?
+            .into_iter()
+            .find(|r| Some(r.version) == snap.shadow.as_ref().map(|s| s.version))
+            .ok_or(PolicySetError::NoShadow)?;
+        return Ok(Json(PolicyBundle::cut(
+            None,
+            &workloads,
+            &rec.grants,
+            &rec.policies,
+        )));
+    }
+    Ok(Json(PolicyBundle::cut(
+        None,
+        &workloads,
+        &snap.grants,
+        &snap.policies,
+    )))
+}
+
+async fn shadow_diff(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError> {
+    let snap = app.snapshot();
+    let shadow = snap.shadow.as_ref().ok_or(PolicySetError::NoShadow)?;
+    let d = shadow
+        .diff
+        .lock()
+        .map_err(|_| ApiError::unavailable("shadow diff lock poisoned"))?;
+    let mut changed: Vec<&DiffEntry> = d.changed.values().collect();
+    changed.sort_by_key(|e| std::cmp::Reverse(e.count));
+    let newly_denied: u64 = changed
+        .iter()
+        .filter(|e| e.shadow == "deny")
+        .map(|e| e.count)
+        .sum();
+    let newly_allowed: u64 = changed
+        .iter()
+        .filter(|e| e.shadow == "allow")
+        .map(|e| e.count)
+        .sum();
+    Ok(Json(json!({
+        "active_version": snap.policy_version,
+        "shadow_version": shadow.version,
+        "evaluated": d.evaluated,
+        "newly_denied": newly_denied,
+        "newly_allowed": newly_allowed,
+        "changed": changed,
+    })))
+}
+
+async fn promote(State(app): State<Arc<App>>, actor: Actor) -> Result<Json<Value>, ApiError> {
+    let version = shadow_version(&app.snapshot())?;
+    let rec = find_set(&app, version).await?;
+    let activated = activate(
+        &app,
+        &actor.0,
+        rec.grants,
+        rec.policies,
+        vec![Op::SetPolicySetStatus {
+            version,
+            status: "promoted".into(),
+        }],
+        "policy.promoted",
+        format!("promoted from shadow {version}"),
+    )
+    .await?;
+    Ok(Json(activated))
+}
+
+#[derive(Debug, Deserialize)]
+struct RollbackRequest {
+    #[serde(default)]
+    to: Option<i64>,
+}
+
+async fn rollback(
+    State(app): State<Arc<App>>,
+    actor: Actor,
+    Json(req): Json<RollbackRequest>,
+) -> Result<Json<Value>, ApiError> {
+    let snap = app.snapshot();
+    let sets = app.store.policy_sets(1_000).await?;
+    let target = match req.to {
+        Some(v) => sets
+            .into_iter()
+            .find(|r| r.version == v && r.status != "shadow" && r.status != "discarded")
+            .ok_or_else(|| {
+                ApiError::NotFound(format!(
+                    "policy set {v} is not a version that was ever active; see `tessera policy status`"
+                ))
+            })?,
+        None => sets
+            .into_iter()
+            .find(|r| r.version < snap.policy_version && (r.status == "superseded"))
+            .ok_or_else(|| {
+                ApiError::NotFound("there is no earlier active policy set to roll back to".into())
+            })?,
+    };
+    if target.version == snap.policy_version {
+        return Err(ApiError::BadRequest(format!(
+            "policy set {} is already the active one",
+            target.version
+        )));
+    }
+    let note = format!("rollback to {}", target.version);
+    let activated = activate(
+        &app,
+        &actor.0,
+        target.grants,
+        target.policies,
+        Vec::new(),
+        "policy.rolled_back",
+        note,
+    )
+    .await?;
+    Ok(Json(activated))
+}
+
+async fn discard(State(app): State<Arc<App>>, actor: Actor) -> Result<Json<Value>, ApiError> {
+    let version = shadow_version(&app.snapshot())?;
+    app.change(
+        &[Op::SetPolicySetStatus {
+            version,
+            status: "discarded".into(),
+        }],
+        AuditEvent {
+            kind: "policy.discarded".into(),
+            actor: actor.0.clone(),
+            subject: format!("policy-set:{version}"),
+            outcome: "ok".into(),
+            detail: json!({}),
+        },
+    )
+    .await?;
+    Ok(Json(json!({"discarded": version})))
+}
+
+pub fn workload_routes() -> Router<Arc<App>> {
+    Router::new()
+        .route("/bundle", get(service_bundle))
+        .route("/decisions", post(post_decisions))
+}
+
+#[derive(Debug, Deserialize)]
+struct BundleQuery {
+    service: SpiffeId,
+    /// Long poll: with `If-None-Match` naming the current version, wait up to this many
+    /// seconds (at most 60) for a change before answering 304.
+    #[serde(default)]
+    wait: Option<u64>,
+}
+
+/// `GET /v1/policy/bundle?service=ID`: the policy that protects `service`, for the service
+/// itself. `ETag` is the bundle version; `If-None-Match` answers 304 when unchanged.
+async fn service_bundle(
+    State(app): State<Arc<App>>,
+    WorkloadCaller(caller): WorkloadCaller,
+    Query(q): Query<BundleQuery>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    if caller != q.service {
+        return Err(ApiError::Forbidden(format!(
+            "`{caller}` may fetch only the policy bundle of its own service"
+        )));
+    }
+    let known = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim_matches('"').to_owned());
+    let mut changes = app.subscribe_changes();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(q.wait.unwrap_or(0).min(60));
+    loop {
+        let snap = app.snapshot();
+        let workloads: Vec<_> = snap.workloads.values().map(|w| w.spec.clone()).collect();
+        let revoked: Vec<SpiffeId> = snap
+            .workloads
+            .values()
+            .filter(|w| w.revoked_at.is_some())
+            .map(|w| w.spec.id.clone())
+            .collect();
+        let b = PolicyBundle::cut(Some(&q.service), &workloads, &snap.grants, &snap.policies)
+            .with_revoked(revoked);
+        if known.as_deref() != Some(b.version.as_str()) {
+            let etag = HeaderValue::from_str(&format!("\"{}\"", b.version))
+                .map_err(|e| ApiError::unavailable(e.to_string()))?;
+            let mut resp = Json(b).into_response();
+            resp.headers_mut().insert(header::ETAG, etag);
+            return Ok(resp);
+        }
+        match tokio::time::timeout_at(deadline, changes.changed()).await {
+            Ok(Ok(())) => continue,
+            _ => return Ok(StatusCode::NOT_MODIFIED.into_response()),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct DecisionBatch {
+    records: Vec<DecisionRecord>,
+}
+
+const MAX_RECORDS: usize = 1_000;
+
+/// A call's audit detail; a denial also gets the explanation from the active set (what decided,
+/// what is missing), as token denials do.
+fn record_detail(snap: &Snapshot, service: &SpiffeId, r: &DecisionRecord) -> Value {
+    let mut detail = json!({"method": r.method, "path": r.path, "reason": r.reason, "at": r.at});
+    if !r.allowed {
+        let call = Call {
+            method: &r.method,
+            path: &r.path,
+            scopes: &r.scopes,
+            authn: Authn::Jwt,
+        };
+        let x = snap
+            .engine
+            .explain_call(&r.caller, service, &call, &Env::at(r.at));
+        if let Value::Object(m) = &mut detail {
+            m.insert("determined_by".into(), json!(x.decision.determined_by));
+            m.insert("missing".into(), json!(x.missing));
+        }
+    }
+    detail
+}
+
+/// `POST /v1/policy/decisions`: decisions a service made, into the audit trail (every denial,
+/// and the allows its authorizer sampled), and through the shadow set for its diff.
+async fn post_decisions(
+    State(app): State<Arc<App>>,
+    WorkloadCaller(service): WorkloadCaller,
+    Json(batch): Json<DecisionBatch>,
+) -> Result<Json<Value>, ApiError> {
+    let snap = app.snapshot();
+    if batch.records.len() > MAX_RECORDS {
+        return Err(ApiError::BadRequest(format!(
+            "at most {MAX_RECORDS} decision records per request"
+        )));
+    }
+    let events: Vec<AuditEvent> = batch
+        .records
+        .iter()
+        .map(|r| AuditEvent {
+            kind: if r.allowed {
+                "call.allowed"
+            } else {
+                "call.denied"
+            }
+            .into(),
+            actor: service.to_string(),
+            subject: r.caller.to_string(),
+            outcome: if r.allowed { "ok" } else { "denied" }.into(),
+            detail: record_detail(&snap, &service, r),
+        })
+        .collect();
+    app.store.commit(&[], &events).await?;
+    if let Some(shadow) = &snap.shadow {
+        for r in &batch.records {
+            let call = Call {
+                method: &r.method,
+                path: &r.path,
+                scopes: &r.scopes,
+                authn: Authn::Jwt,
+            };
+            let d = shadow
+                .engine
+                .decide_call(&r.caller, &service, &call, &Env::at(r.at));
+            shadow.observe(
+                r.caller.as_str(),
+                service.as_str(),
+                &r.method,
+                r.allowed,
+                &d,
+                || format!("{} {}", r.method, r.path),
+            );
+        }
+    }
+    Ok(Json(json!({"recorded": events.len()})))
+}

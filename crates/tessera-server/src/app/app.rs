@@ -1,0 +1,236 @@
+//! `App`: everything a request handler reads, one per server process. The bottom floor: nothing
+//! here imports `domain/`, `api/` or the router.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use prometheus_client::registry::Registry;
+use tessera_core::{SpiffeId, TrustDomain};
+use tessera_store::{AuditEvent, AuditLog, Op, Store, StoreError};
+use tessera_token::Kek;
+use tokio::sync::watch;
+
+use crate::app::ca::{Bundles, CaRing};
+use crate::app::db_pools::Pools;
+use crate::app::keys::{KeyError, KeyRing};
+use crate::app::snapshot::Snapshot;
+use crate::app::trust_keys::TrustKeys;
+use crate::config::ServerConfig;
+use crate::metrics::Metrics;
+
+/// Which issuer a request addressed: a trust domain and the issuer URL it was reached by.
+#[derive(Debug, Clone)]
+pub struct Issuer {
+    pub td: TrustDomain,
+    pub url: String,
+}
+
+impl Issuer {
+    pub fn endpoint(&self, path: &str) -> String {
+        format!("{}/{path}", self.url)
+    }
+}
+
+/// The SPIFFE ID tokens for the authority itself carry as audience: a workload asks for one
+/// with `audience=<issuer URL>` to call Tessera's own workload APIs (policy bundle, decision
+/// records). No grant is needed; each API authorizes the caller itself.
+pub fn authority_id(td: &str) -> Option<SpiffeId> {
+    SpiffeId::parse(&format!("spiffe://{td}/tessera/authority")).ok()
+}
+
+// ---- Admin -------------------------------------------------------------------------------------
+
+/// Why a reload failed; the previous snapshot stays in force.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("storage: {0}")]
+    Store(#[from] StoreError),
+    #[error("keys: {0}")]
+    Keys(#[from] KeyError),
+    #[error("stored policies do not load: {0}")]
+    Policy(#[from] tessera_policy::PolicyError),
+}
+
+/// A trust domain this authority does not serve.
+#[derive(Debug, thiserror::Error)]
+#[error("this authority does not serve trust domain `{0}`")]
+pub struct NotServed(pub String);
+
+/// Everything a request handler needs. One per server process.
+pub struct App {
+    pub config: ServerConfig,
+    pub base_url: String,
+    pub store: Store,
+    pub audit: AuditLog,
+    pub(crate) first_td: TrustDomain,
+    pub(crate) kek: Kek,
+    pub(crate) hmac: ring::hmac::Key,
+    /// HMAC of the admin credential accepted on `/admin/v1/...`.
+    pub(crate) admin_token_tag: Vec<u8>,
+    pub(crate) snapshot: ArcSwap<Snapshot>,
+    pub(crate) reload_lock: tokio::sync::Mutex<()>,
+    /// The X.509 authorities of every served trust domain, for the agent mTLS verifier.
+    pub(crate) bundles: Arc<Bundles>,
+    /// The version of each snapshot swapped in, for agents waiting on a change.
+    pub(crate) changes: watch::Sender<i64>,
+    /// Outside issuers' keys, per trust (static, or discovered and cached).
+    pub trust_keys: TrustKeys,
+    /// Bumped on every secret write by this server, for readers waiting on a new version.
+    pub secret_changes: watch::Sender<u64>,
+    /// Admin pools to the databases of dynamic credentials.
+    pub(crate) db_pools: Pools,
+    /// Wakes the lease revoker when a lease is ended.
+    pub(crate) lease_changes: tokio::sync::Notify,
+    pub(crate) metrics: Metrics,
+    pub(crate) registry: Registry,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("base_url", &self.base_url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl App {
+    /// Notified with the state version each time a new snapshot is swapped in.
+    pub fn subscribe_changes(&self) -> watch::Receiver<i64> {
+        self.changes.subscribe()
+    }
+
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// The key-encryption key, for the vault's envelope.
+    pub(crate) fn kek(&self) -> &Kek {
+        &self.kek
+    }
+
+    /// The trust domain that is also the issuer at the base URL.
+    pub fn first_td(&self) -> &TrustDomain {
+        &self.first_td
+    }
+
+    /// Every URL that names `td` as an issuer.
+    pub fn issuer_urls(&self, td: &TrustDomain) -> Vec<String> {
+        let mut v = vec![format!("{}/{}", self.base_url, td)];
+        if td == self.first_td() {
+            v.push(self.base_url.clone());
+        }
+        v
+    }
+
+    /// The served trust domain named `td`.
+    pub fn served(&self, td: &str) -> Result<&TrustDomain, NotServed> {
+        self.serves(td)
+            .ok_or_else(|| NotServed(td.chars().take(80).collect()))
+    }
+
+    pub fn serves(&self, td: &str) -> Option<&TrustDomain> {
+        self.config
+            .trust_domains
+            .iter()
+            .map(|t| &t.name)
+            .find(|t| t.as_str() == td)
+    }
+
+    /// The issuer a request addressed: the first trust domain at the base URL, or `td`.
+    pub fn issuer_for(&self, td: Option<&str>) -> Result<Issuer, NotServed> {
+        match td {
+            None => Ok(Issuer {
+                td: self.first_td().clone(),
+                url: self.base_url.clone(),
+            }),
+            Some(t) => {
+                let td = self.served(t)?;
+                Ok(Issuer {
+                    td: td.clone(),
+                    url: format!("{}/{}", self.base_url, td),
+                })
+            }
+        }
+    }
+
+    /// The issuer of `td` at its own URL (the form agents and workload APIs use).
+    pub fn issuer_of(&self, td: &TrustDomain) -> Issuer {
+        Issuer {
+            td: td.clone(),
+            url: format!("{}/{}", self.base_url, td),
+        }
+    }
+
+    /// Reloads state from storage and swaps in a new snapshot.
+    pub async fn reload(&self) -> Result<(), ReloadError> {
+        let _one = self.reload_lock.lock().await;
+        let version = self.store.state_version().await?;
+        let state = self.store.load_state().await?;
+        let now = tessera_core::now_unix();
+        let revoked = self.store.revoked_tokens(now).await?;
+        let keys = KeyRing::load(&self.store.keys().await?, &self.kek)?;
+        let cas = CaRing::load(&self.store.cas().await?, &self.kek)?;
+        let previous = self.snapshot();
+        let snap = Snapshot::build(
+            version,
+            state,
+            revoked,
+            keys,
+            cas,
+            Some(&previous),
+            self.metrics.policy.clone(),
+        )?;
+        self.bundles.set(&snap.cas, &self.trust_domain_names(), now);
+        self.metrics.grants_overdue.set(
+            i64::try_from(tessera_policy::overdue_grants(&snap.grants, now).len())
+                .unwrap_or(i64::MAX),
+        );
+        let version = snap.version;
+        self.snapshot.store(snap);
+        self.changes.send_replace(version);
+        Ok(())
+    }
+
+    pub fn trust_domain_names(&self) -> Vec<TrustDomain> {
+        self.config
+            .trust_domains
+            .iter()
+            .map(|t| t.name.clone())
+            .collect()
+    }
+
+    /// Commits `ops` with `event` and reloads. The one path for every admin change.
+    ///
+    /// Once the commit succeeded the change is made: a failed reload is logged, not reported as a
+    /// failed change, and the background poll (which sees the new state version) retries it.
+    pub async fn change(&self, ops: &[Op], event: AuditEvent) -> Result<(), StoreError> {
+        self.store.commit(ops, &[event]).await?;
+        if let Err(e) = self.reload().await {
+            tracing::error!(error = %e, "change committed, reload failed; the next poll retries");
+        }
+        Ok(())
+    }
+
+    /// Constant-time check of an admin credential against its stored keyed hash.
+    pub fn is_admin_token(&self, token: &str) -> bool {
+        !self.admin_token_tag.is_empty()
+            && ring::hmac::verify(&self.hmac, token.as_bytes(), &self.admin_token_tag).is_ok()
+    }
+
+    /// The stored form of a machine secret: a keyed hash under the server key.
+    pub(crate) fn hmac_secret(&self, secret: &str) -> String {
+        STANDARD.encode(ring::hmac::sign(&self.hmac, secret.as_bytes()).as_ref())
+    }
+
+    /// Constant-time check of a machine secret against its stored keyed hash.
+    pub(crate) fn verify_secret(&self, secret: &str, tag: &[u8]) -> bool {
+        ring::hmac::verify(&self.hmac, secret.as_bytes(), tag).is_ok()
+    }
+
+    /// The join token's stored form: a keyed hash, so the database never holds a usable token.
+    pub fn join_token_hash(&self, token: &str) -> String {
+        self.hmac_secret(&format!("join:{token}"))
+    }
+}

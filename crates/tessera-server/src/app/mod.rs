@@ -1,0 +1,18 @@
+//! The bottom floor: the process's state and what it is built from. `App` (config, storage, the
+//! current `Snapshot`), the key, CA and trust-key rings, the database pools. Imports only the
+//! ground files (`config`, `error`, `metrics`) and other crates; never `domain/`, `api/`, the
+//! router or boot.
+
+#[expect(
+    clippy::module_inception,
+    reason = "`app::app` holds `App`, as the floor plan in lib.rs names it"
+)]
+pub mod app;
+pub mod ca;
+pub mod db_pools;
+pub mod keys;
+pub mod snapshot;
+pub mod trust_keys;
+
+pub use app::{authority_id, App, Issuer, NotServed};
+pub use snapshot::Snapshot;

@@ -1,0 +1,455 @@
+//! Start-up and background work: storage, the KEK check, keys and CAs, the first snapshot, the
+//! listeners, and the tasks that poll for other servers' changes, rotate on schedule, keep the
+//! vault and revoke database leases. The only file that spawns background tasks.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use prometheus_client::registry::Registry;
+use serde_json::json;
+use tessera_store::{AuditEvent, AuditLog, Op, Store};
+use tokio::sync::watch;
+
+use crate::app::ca::{self, Bundles, CaRing};
+use crate::app::db_pools::Pools;
+use crate::app::keys::{self, KekSource, KeyRing};
+use crate::app::snapshot::Snapshot;
+use crate::app::trust_keys::TrustKeys;
+use crate::app::App;
+use crate::config::ServerConfig;
+use crate::domain::{leases, rotation, secrets};
+use crate::metrics::{Metrics, TdLabels};
+use crate::start_error::StartError;
+use crate::{admin_socket, router, tls};
+
+/// How often deleted secrets past their retention are purged and overdue ones reported.
+const VAULT_UPKEEP_EVERY: Duration = Duration::from_secs(10);
+
+/// A running server. Dropping it does not stop it; call [`Running::shutdown`].
+#[derive(Debug)]
+pub struct Running {
+    pub url: String,
+    pub admin_socket: PathBuf,
+    pub app: Arc<App>,
+    /// The CA that signed the API's TLS certificate, when the server generated it.
+    pub tls_ca: Option<PathBuf>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    pub fn shutdown(&self) {
+        let _ = self.stop.send(true);
+    }
+
+    pub async fn wait(self) {
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+fn prepare_data_dir(dir: &std::path::Path) -> Result<(), StartError> {
+    use std::os::unix::fs::DirBuilderExt;
+    let err = |m: String| StartError::DataDir {
+        path: dir.display().to_string(),
+        message: m,
+    };
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| err(e.to_string()))?;
+    }
+    if !dir.is_dir() {
+        return Err(err("it is not a folder".into()));
+    }
+    Ok(())
+}
+
+/// Starts the authority: storage, keys, state, the HTTP API and the admin socket.
+pub async fn start(
+    config: ServerConfig,
+    kek_source: Option<KekSource>,
+) -> Result<Running, StartError> {
+    let config = config.finish()?;
+    prepare_data_dir(&config.data_dir)?;
+    let (kek, kek_created) = keys::load_kek(kek_source.as_ref(), &config.data_dir)?;
+    let store = match &config.database_url {
+        Some(url) => Store::open_postgres(url).await?,
+        None => Store::open_sqlite(&config.data_dir.join("tessera.db")).await?,
+    };
+
+    // The KEK check value tells a wrong key apart from damaged data, before anything is written.
+    const CHECK: &str = "tessera-kek-check";
+    match store.meta("kek_check").await? {
+        Some(sealed) => {
+            let ok = STANDARD
+                .decode(sealed)
+                .ok()
+                .and_then(|b| kek.open(&b, CHECK).ok())
+                .is_some_and(|p| p == CHECK.as_bytes());
+            if !ok && kek_created {
+                // The file was made just now for a database that already has keys: the real
+                // KEK is missing, not wrong. Take the new file back so nothing is left changed.
+                let _ = std::fs::remove_file(config.data_dir.join("kek"));
+                return Err(StartError::Kek(format!(
+                    "the key-encryption key is missing: `{}` does not exist but this authority's database holds keys sealed under one; restore that file, or set TESSERA_KEK or TESSERA_KEK_FILE (servers sharing a database share the KEK)",
+                    config.data_dir.join("kek").display()
+                )));
+            }
+            if !ok {
+                return Err(StartError::Kek(
+                    "this key-encryption key does not open this authority's keys (wrong TESSERA_KEK, TESSERA_KEK_FILE or DATA/kek?); nothing was changed".into(),
+                ));
+            }
+        }
+        None => {
+            let sealed = kek
+                .seal(CHECK.as_bytes(), CHECK)
+                .map_err(|e| StartError::Kek(e.to_string()))?;
+            store
+                .commit(
+                    &[Op::InitMeta {
+                        key: "kek_check".into(),
+                        value: STANDARD.encode(sealed),
+                    }],
+                    &[],
+                )
+                .await?;
+        }
+    }
+    // The key behind client secret hashes, shared by every server on the database.
+    let hmac_bytes = match store.meta("client_secret_key").await? {
+        Some(v) => v,
+        None => {
+            let fresh = kek
+                .seal(
+                    &tessera_token::seal::random_bytes::<32>()
+                        .map_err(|e| StartError::Kek(e.to_string()))?,
+                    "client-secret-key",
+                )
+                .map_err(|e| StartError::Kek(e.to_string()))?;
+            store
+                .commit(
+                    &[Op::InitMeta {
+                        key: "client_secret_key".into(),
+                        value: STANDARD.encode(fresh),
+                    }],
+                    &[],
+                )
+                .await?;
+            store.meta("client_secret_key").await?.unwrap_or_default()
+        }
+    };
+    let hmac_key = STANDARD
+        .decode(hmac_bytes)
+        .ok()
+        .and_then(|b| kek.open(&b, "client-secret-key").ok())
+        .ok_or_else(|| StartError::Kek("the client secret key does not open".into()))?;
+    let hmac = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &hmac_key);
+    let admin_token_tag = admin_credential(&store, &hmac, &config.data_dir).await?;
+
+    // Every trust domain needs a key that signs now.
+    let now = tessera_core::now_unix();
+    let ring =
+        KeyRing::load(&store.keys().await?, &kek).map_err(|e| StartError::Kek(e.to_string()))?;
+    for td in &config.trust_domains {
+        if ring.signing(&td.name, now).is_none() {
+            let rec = keys::new_key_record(&td.name, config.key_alg, &kek, now, now)
+                .map_err(|e| StartError::Keys(e.to_string()))?;
+            store
+                .commit(
+                    &[Op::InsertKey(rec.clone())],
+                    &[AuditEvent {
+                        kind: "keys.created".into(),
+                        actor: "server".into(),
+                        subject: td.name.to_string(),
+                        outcome: "ok".into(),
+                        detail: json!({"kid": rec.kid, "alg": rec.alg}),
+                    }],
+                )
+                .await?;
+        }
+    }
+
+    // Every trust domain needs a CA that signs now.
+    let cas =
+        CaRing::load(&store.cas().await?, &kek).map_err(|e| StartError::Kek(e.to_string()))?;
+    let ca_ttl = i64::try_from(config.ca_ttl.as_secs()).unwrap_or(i64::MAX / 4);
+    for td in &config.trust_domains {
+        if cas.signing(&td.name, now).is_none() {
+            let rec = ca::new_ca_record(&td.name, &kek, now, now, ca_ttl)
+                .map_err(|e| StartError::Keys(e.to_string()))?;
+            store
+                .commit(
+                    &[Op::InsertCa(rec.clone())],
+                    &[AuditEvent {
+                        kind: "ca.created".into(),
+                        actor: "server".into(),
+                        subject: td.name.to_string(),
+                        outcome: "ok".into(),
+                        detail: json!({"ca": rec.id, "not_after": rec.not_after}),
+                    }],
+                )
+                .await?;
+        }
+    }
+
+    let bundles = Arc::new(Bundles::default());
+    let (tcp, tls) = bind_api(&config, bundles.clone()).await?;
+    let local = tcp.local_addr().map_err(|e| StartError::Listen {
+        addr: config.listen.to_string(),
+        message: e.to_string(),
+    })?;
+    let scheme = if config.dev { "http" } else { "https" };
+    let base_url = config
+        .public_url
+        .clone()
+        .map(|u| u.trim_end_matches('/').to_owned())
+        .unwrap_or_else(|| format!("{scheme}://{}", display_addr(local)));
+
+    let mut registry = Registry::default();
+    let metrics = Metrics::new(&mut registry);
+    let audit_metrics = tessera_store::AuditMetrics::register(&mut registry);
+    let snapshot = Snapshot::build(
+        0,
+        Default::default(),
+        vec![],
+        KeyRing::default(),
+        CaRing::default(),
+        None,
+        metrics.policy.clone(),
+    )?;
+    let first_td = config
+        .trust_domains
+        .first()
+        .map(|t| t.name.clone())
+        .ok_or_else(|| StartError::Config("no trust domain configured".into()))?;
+    let app = Arc::new(App {
+        first_td,
+        audit: AuditLog::spawn(store.clone(), Some(audit_metrics)),
+        config,
+        base_url: base_url.clone(),
+        store,
+        kek,
+        hmac,
+        admin_token_tag,
+        snapshot: ArcSwap::new(snapshot),
+        reload_lock: tokio::sync::Mutex::new(()),
+        bundles,
+        changes: watch::channel(0).0,
+        trust_keys: TrustKeys::default(),
+        secret_changes: watch::channel(0).0,
+        db_pools: Pools::default(),
+        lease_changes: tokio::sync::Notify::new(),
+        metrics,
+        registry,
+    });
+    app.reload()
+        .await
+        .map_err(|e| StartError::Keys(e.to_string()))?;
+
+    let (stop, stop_rx) = watch::channel(false);
+    let tls_ca = tls.ca_path.clone();
+    let admin_socket = app.config.data_dir.join("admin.sock");
+    let socket = admin_socket::serve(
+        router::admin_socket_router(app.clone()),
+        &admin_socket,
+        stop_rx.clone(),
+    )?;
+    let tasks = vec![
+        tokio::spawn(tls::serve(
+            tcp,
+            tls.config,
+            app.config.dev,
+            router::api_router(app.clone()),
+            stop_rx.clone(),
+        )),
+        tokio::spawn(socket),
+        tokio::spawn(vault_upkeep(app.clone(), stop_rx.clone())),
+        tokio::spawn(lease_revoker(app.clone(), stop_rx.clone())),
+        tokio::spawn(background(app.clone(), stop_rx)),
+    ];
+    Ok(Running {
+        url: base_url,
+        admin_socket,
+        app,
+        tls_ca,
+        stop,
+        tasks,
+    })
+}
+
+/// The admin credential for `--server URL` use. The first server on a database makes it and
+/// writes it to `DATA/admin-token` (0600); every server keeps only its keyed hash.
+async fn admin_credential(
+    store: &Store,
+    hmac: &ring::hmac::Key,
+    data_dir: &std::path::Path,
+) -> Result<Vec<u8>, StartError> {
+    if let Some(tag) = store.meta("admin_token_hmac").await? {
+        return STANDARD
+            .decode(tag)
+            .map_err(|_| StartError::Kek("the stored admin credential hash is not base64".into()));
+    }
+    let bytes =
+        tessera_token::seal::random_bytes::<32>().map_err(|e| StartError::Kek(e.to_string()))?;
+    let token = format!("tat_{}", tessera_token::strict::b64_encode(bytes));
+    let tag = ring::hmac::sign(hmac, token.as_bytes()).as_ref().to_vec();
+    store
+        .commit(
+            &[Op::InitMeta {
+                key: "admin_token_hmac".into(),
+                value: STANDARD.encode(&tag),
+            }],
+            &[],
+        )
+        .await?;
+    let stored = store.meta("admin_token_hmac").await?.unwrap_or_default();
+    if stored != STANDARD.encode(&tag) {
+        // Another server made it first; its file holds the credential.
+        return STANDARD
+            .decode(stored)
+            .map_err(|_| StartError::Kek("the stored admin credential hash is not base64".into()));
+    }
+    let path = data_dir.join("admin-token");
+    tessera_core::private_file::write_private(&path, format!("{token}\n").as_bytes()).map_err(
+        |e| StartError::DataDir {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        },
+    )?;
+    Ok(tag)
+}
+
+fn display_addr(a: SocketAddr) -> String {
+    match a {
+        SocketAddr::V4(v) => v.to_string(),
+        SocketAddr::V6(v) => format!("[{}]:{}", v.ip(), v.port()),
+    }
+}
+
+async fn bind_api(
+    config: &ServerConfig,
+    bundles: Arc<Bundles>,
+) -> Result<(tokio::net::TcpListener, tls::Tls), StartError> {
+    let tcp = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| StartError::Listen {
+            addr: config.listen.to_string(),
+            message: e.to_string(),
+        })?;
+    Ok((tcp, tls::load_or_create(config, bundles)?))
+}
+
+/// Polls for changes by other servers, rotates keys on schedule, sweeps expired records.
+async fn background(app: Arc<App>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(app.config.poll_interval);
+    let mut n: u64 = 0;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        n += 1;
+        match app.store.state_version().await {
+            Ok(v) if v != app.snapshot().version => {
+                if let Err(e) = app.reload().await {
+                    tracing::error!(error = %e, "reload failed; serving the previous state");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot reach storage"),
+        }
+        let now = tessera_core::now_unix();
+        let snap = app.snapshot();
+        // CAs enter and leave the bundle with time, not only with changes.
+        app.bundles.set(&snap.cas, &app.trust_domain_names(), now);
+        for td in &app.config.trust_domains {
+            if let Some(c) = snap.cas.signing(&td.name, now) {
+                app.metrics
+                    .ca_expiry_seconds
+                    .get_or_create(&TdLabels {
+                        trust_domain: td.name.to_string(),
+                    })
+                    .set(c.not_after - now);
+                // Past half its life and no successor prepared: prepare one.
+                let half = c.activate_at + (c.not_after - c.activate_at) / 2;
+                let prepared = snap
+                    .cas
+                    .entries(&td.name)
+                    .iter()
+                    .any(|o| o.activate_at > c.activate_at);
+                if now >= half && !prepared && n.is_multiple_of(60) {
+                    let ahead =
+                        i64::try_from(app.config.ca_publish_ahead.as_secs()).unwrap_or(3600);
+                    if let Err(e) = rotation::rotate_ca(&app, &td.name, ahead, "server").await {
+                        tracing::error!(error = %e, "scheduled CA rotation failed");
+                    }
+                }
+            }
+            if let Some(k) = snap.keys.signing(&td.name, now) {
+                app.metrics
+                    .key_age_seconds
+                    .get_or_create(&TdLabels {
+                        trust_domain: td.name.to_string(),
+                    })
+                    .set(now - k.activate_at);
+            }
+        }
+        if n.is_multiple_of(60) {
+            if let Some(period) = app.config.key_rotation_period {
+                if let Err(e) = rotation::scheduled_rotation(&app, period, now).await {
+                    tracing::error!(error = %e, "scheduled key rotation failed");
+                }
+            }
+            if let Err(e) = app.store.sweep(now).await {
+                tracing::warn!(error = %e, "sweep failed");
+            }
+        }
+    }
+}
+
+/// Every [`VAULT_UPKEEP_EVERY`]: purges deleted secrets past their retention and reports overdue
+/// ones (`domain::secrets::upkeep`).
+async fn vault_upkeep(app: Arc<App>, mut stop: watch::Receiver<bool>) {
+    let mut reported = std::collections::HashSet::<(String, i64, &'static str)>::new();
+    loop {
+        if let Err(e) = secrets::upkeep(&app, &mut reported).await {
+            tracing::warn!(error = %e, "vault upkeep failed; retrying");
+        }
+        tokio::select! {
+            () = tokio::time::sleep(VAULT_UPKEEP_EVERY) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// Drops the roles of leases that ended (or whose workload was revoked), every second or when
+/// told; a failure is retried on the next round and said in the lease and the log.
+async fn lease_revoker(app: Arc<App>, mut stop: watch::Receiver<bool>) {
+    let mut round = 0u64;
+    loop {
+        if round.is_multiple_of(10) {
+            if let Err(e) = leases::end_leases_of_revoked_workloads(&app).await {
+                tracing::warn!(error = %e, "checking leases of revoked workloads failed");
+            }
+        }
+        round += 1;
+        if let Err(e) = leases::revoke_due(&app).await {
+            tracing::warn!(error = %e, "lease revocation round failed; retrying");
+        }
+        let wake = tokio::time::timeout(Duration::from_secs(1), app.lease_changes.notified());
+        tokio::select! {
+            _ = wake => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}

@@ -1,0 +1,117 @@
+//! Axum extractors: who is calling, and which issuer a request addressed. Each asks
+//! `domain::caller` (or `App`) and answers a refusal through `error.rs`, so a handler that takes
+//! one runs only for a caller that proved itself.
+
+use std::sync::Arc;
+
+use axum::extract::{FromRequestParts, RawPathParams};
+use axum::http::header;
+use axum::http::request::Parts;
+use tessera_core::SpiffeId;
+
+use crate::app::{App, Issuer};
+use crate::domain::caller::{self, Actor, Agent, Reader};
+use crate::error::ApiError;
+use crate::tls::{PeerCertificates, SourceIp};
+
+/// The `Authorization` header; one that is not text counts as present and wrong (never as
+/// absent, which would fall through to another way of proving identity).
+fn authorization(parts: &Parts) -> Option<&str> {
+    parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .map(|v| v.to_str().unwrap_or(""))
+}
+
+/// A workload calling a Tessera workload API with a token: a Tessera access token for the
+/// authority, or its JWT-SVID for an issuer of this authority.
+#[derive(Debug, Clone)]
+pub struct WorkloadCaller(pub SpiffeId);
+
+impl FromRequestParts<Arc<App>> for WorkloadCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, ApiError> {
+        let snap = app.snapshot();
+        Ok(Self(caller::workload_caller(
+            app,
+            &snap,
+            authorization(parts),
+        )?))
+    }
+}
+
+/// A workload calling an API that also accepts its X.509-SVID over mTLS (the vault, database
+/// credentials).
+#[derive(Debug, Clone)]
+pub struct SecretReader(pub Reader);
+
+impl FromRequestParts<Arc<App>> for SecretReader {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, ApiError> {
+        let snap = app.snapshot();
+        let reader = caller::reader(
+            app,
+            &snap,
+            authorization(parts),
+            parts.extensions.get::<PeerCertificates>(),
+            parts.extensions.get::<SourceIp>().map(|s| s.0),
+        )?;
+        Ok(Self(reader))
+    }
+}
+
+/// A node agent, by the X.509-SVID of the connection: known and not revoked.
+#[derive(Debug, Clone)]
+pub struct AgentCaller(pub Agent);
+
+impl FromRequestParts<Arc<App>> for AgentCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, ApiError> {
+        let snap = app.snapshot();
+        Ok(Self(caller::agent_of(
+            app,
+            &snap,
+            parts.extensions.get::<PeerCertificates>(),
+        )?))
+    }
+}
+
+/// The administrator, as one of the admin guards in `router.rs` recorded it. A request that no
+/// guard passed has none and is refused (fail closed).
+impl<S: Send + Sync> FromRequestParts<S> for Actor {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        parts
+            .extensions
+            .get::<Actor>()
+            .cloned()
+            .ok_or_else(|| ApiError::Client {
+                description: "an admin credential is required".into(),
+                basic: false,
+            })
+    }
+}
+
+/// The issuer a request addressed: the trust domain in the path (`/{td}/token`), or the first
+/// trust domain at the base URL. 404 for a trust domain this authority does not serve.
+#[derive(Debug, Clone)]
+pub struct IssuerPath(pub Issuer);
+
+impl FromRequestParts<Arc<App>> for IssuerPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, ApiError> {
+        let td = match RawPathParams::from_request_parts(parts, app).await {
+            Ok(params) => params
+                .iter()
+                .find(|(k, _)| *k == "td")
+                .map(|(_, v)| v.to_owned()),
+            Err(_) => None,
+        };
+        Ok(Self(app.issuer_for(td.as_deref())?))
+    }
+}
