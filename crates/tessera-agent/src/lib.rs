@@ -4,7 +4,7 @@
 //! processes it attests, over the SPIFFE Workload API and a managed-identity endpoint.
 
 use std::collections::HashMap;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -172,20 +172,9 @@ fn load_identity(dir: &Path) -> Result<Option<Identity>, AgentError> {
 }
 
 fn save_identity(dir: &Path, id: &Identity) -> Result<(), AgentError> {
-    use std::io::Write;
     let write = |name: &str, bytes: &[u8]| -> Result<(), AgentError> {
         let path = dir.join(name);
-        let tmp = dir.join(format!("{name}.tmp"));
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(|e| file_err(&tmp, e))?;
-        f.write_all(bytes).map_err(|e| file_err(&tmp, e))?;
-        f.sync_all().map_err(|e| file_err(&tmp, e))?;
-        std::fs::rename(&tmp, &path).map_err(|e| file_err(&path, e))
+        tessera_core::private_file::write_private(&path, bytes).map_err(|e| file_err(&path, e))
     };
     write(KEY_FILE, STANDARD.encode(&id.key).as_bytes())?;
     let json =

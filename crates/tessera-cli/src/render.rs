@@ -361,3 +361,44 @@ pub fn rotation(rows: &Value, what: &str, id_field: &str, published: &str) -> St
         })
         .collect()
 }
+
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub fn explanation(v: &Value) -> String {
+    let allowed = v["allowed"] == Value::Bool(true);
+    let mut o = format!(
+        "{}\n{}\n",
+        v["request"].as_str().unwrap_or_default(),
+        if allowed { "ALLOW" } else { "DENY" }
+    );
+    let by = strings(&v["determined_by"]);
+    if !by.is_empty() {
+        o.push_str(if allowed {
+            "  permitted by:\n"
+        } else {
+            "  forbidden by:\n"
+        });
+        for b in by {
+            o.push_str(&format!("    {b}\n"));
+        }
+    }
+    for e in strings(&v["errors"]) {
+        o.push_str(&format!("  error (denies): {e}\n"));
+    }
+    let missing = strings(&v["missing"]);
+    if !missing.is_empty() {
+        o.push_str("  to allow it:\n");
+        for m in missing {
+            o.push_str(&format!("    {m}\n"));
+        }
+    }
+    o
+}

@@ -16,8 +16,8 @@ use tessera_agent::workload::{connect, request};
 use tessera_agent::AgentConfig;
 
 use crate::cli::{AgentArgs, AgentCommand, AgentTokenCommand, CaCommand, Output};
-use crate::commands::{admin, init_logs, parse_duration, print, wait_for_signal};
 use crate::render;
+use crate::support::{admin, init_logs, parse_duration, print, wait_for_signal};
 
 pub async fn run(a: AgentArgs) -> anyhow::Result<u8> {
     if let Some(AgentCommand::Token {
@@ -212,16 +212,12 @@ pub async fn fetch(
             .collect();
         std::fs::write(dir.join("svid.pem"), chain)?;
         std::fs::write(dir.join("bundle.pem"), bundle)?;
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(dir.join("svid.key"))?;
-            f.write_all(pem("PRIVATE KEY", &s.x509_svid_key).as_bytes())?;
-        }
+        let key = dir.join("svid.key");
+        tessera_core::private_file::write_private(
+            &key,
+            pem("PRIVATE KEY", &s.x509_svid_key).as_bytes(),
+        )
+        .with_context(|| format!("cannot write `{}`", key.display()))?;
     }
     match output {
         Output::Json => println!("{}", json!(rows)),

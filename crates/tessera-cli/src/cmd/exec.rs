@@ -4,22 +4,18 @@
 //! and, when it is rotated, rewrites its files and signals or restarts the program.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine;
-use serde_json::Value;
-use tessera_agent::proto::JwtsvidRequest;
-use tessera_agent::workload::{connect, request};
 use tessera_core::SecretName;
 use tessera_vault::SecretRef;
 use tokio::sync::mpsc;
 
-use crate::cli::{ExecArgs, WorkloadTarget};
+use crate::cli::ExecArgs;
+use crate::support::wait_for_signal;
+use crate::workload_client::AsWorkload;
 
 /// What the program gets when a secret rotates.
 #[derive(Debug, Clone, Copy)]
@@ -49,103 +45,6 @@ fn on_rotate(s: &str) -> anyhow::Result<OnRotate> {
     }
 }
 
-/// A JWT-SVID for `audience` from the agent at `socket` (which caches it).
-pub async fn jwt_svid(socket: &Path, audience: &str, id: Option<&str>) -> anyhow::Result<String> {
-    let mut client = connect(socket)
-        .await
-        .map_err(|e| anyhow!("the agent at `{}`: {e}", socket.display()))?;
-    let resp = client
-        .fetch_jwtsvid(request(JwtsvidRequest {
-            audience: vec![audience.to_owned()],
-            spiffe_id: id.unwrap_or_default().to_owned(),
-        }))
-        .await
-        .map_err(|s| anyhow!("the agent gave no identity: {}", s.message()))?
-        .into_inner();
-    resp.svids
-        .into_iter()
-        .next()
-        .map(|s| s.svid)
-        .ok_or_else(|| anyhow!("the agent gave no JWT-SVID"))
-}
-
-/// This workload talking to the authority: its base URL, an HTTP client that trusts
-/// `--server-ca`, and the agent that vouches for it (`tessera exec`, `tessera db creds`).
-pub struct AsWorkload {
-    pub http: reqwest::Client,
-    pub base: String,
-    socket: PathBuf,
-    id: Option<String>,
-}
-
-impl AsWorkload {
-    pub fn new(t: &WorkloadTarget) -> anyhow::Result<Self> {
-        let mut http = reqwest::Client::builder();
-        if let Some(ca) = &t.server_ca {
-            let pem =
-                std::fs::read(ca).with_context(|| format!("cannot read `{}`", ca.display()))?;
-            http = http.add_root_certificate(reqwest::Certificate::from_pem(&pem)?);
-        }
-        Ok(Self {
-            http: http.build()?,
-            base: t.server.trim_end_matches('/').to_owned(),
-            socket: PathBuf::from(t.socket.strip_prefix("unix://").unwrap_or(&t.socket)),
-            id: t.id.clone(),
-        })
-    }
-
-    /// A JWT-SVID for the authority, from the agent (which caches it).
-    pub async fn credential(&self) -> anyhow::Result<String> {
-        jwt_svid(&self.socket, &self.base, self.id.as_deref()).await
-    }
-
-    /// The value and its version; with `after`, waits (up to 55 s) for a newer version and
-    /// answers `None` if there is none.
-    async fn fetch(
-        &self,
-        r: &SecretRef,
-        after: Option<i64>,
-    ) -> anyhow::Result<Option<(i64, Vec<u8>)>> {
-        let mut url = format!("{}/v1/secrets/{}", self.base, r.name);
-        match (r.version, after) {
-            (Some(v), _) => url.push_str(&format!("?version={v}")),
-            (None, Some(a)) => url.push_str(&format!("?after={a}&wait=55")),
-            (None, None) => {}
-        }
-        let resp = self
-            .http
-            .get(&url)
-            .bearer_auth(self.credential().await?)
-            .timeout(Duration::from_secs(70))
-            .send()
-            .await
-            .map_err(|e| anyhow!("the authority is unreachable: {e}"))?;
-        let status = resp.status();
-        if status == reqwest::StatusCode::NOT_MODIFIED {
-            return Ok(None);
-        }
-        let body: Value = resp.json().await.unwrap_or(Value::Null);
-        if !status.is_success() {
-            bail!(
-                "`{r}`: {}",
-                body.get("error_description")
-                    .and_then(Value::as_str)
-                    .unwrap_or(status.as_str())
-            );
-        }
-        let version = body
-            .get("version")
-            .and_then(Value::as_i64)
-            .ok_or_else(|| anyhow!("`{r}`: the authority's answer has no version"))?;
-        let value = body
-            .get("value_base64")
-            .and_then(Value::as_str)
-            .and_then(|v| STANDARD.decode(v).ok())
-            .ok_or_else(|| anyhow!("`{r}`: the authority's answer has no value"))?;
-        Ok(Some((version, value)))
-    }
-}
-
 fn split(item: &str, what: &str) -> anyhow::Result<(String, SecretRef)> {
     let (left, reference) = item
         .split_once('=')
@@ -169,22 +68,6 @@ fn secrets_dir() -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
-/// Writes a file readable by its owner only, replacing it atomically.
-fn write_private(path: &Path, value: &[u8]) -> anyhow::Result<()> {
-    let tmp = path.with_extension("tessera-tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("cannot write `{}`", tmp.display()))?;
-    f.write_all(value)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write `{}`", path.display()))?;
-    Ok(())
-}
-
 struct Resolved {
     envs: Vec<(String, SecretRef)>,
     files: Vec<(PathBuf, SecretRef)>,
@@ -199,7 +82,8 @@ impl Resolved {
     fn write_files(&self) -> anyhow::Result<()> {
         for (path, r) in &self.files {
             if let Some((_, v)) = self.values.get(&Self::key(r)) {
-                write_private(path, v)?;
+                tessera_core::private_file::write_private(path, v)
+                    .with_context(|| format!("cannot write `{}`", path.display()))?;
             }
         }
         Ok(())
@@ -323,7 +207,7 @@ pub async fn run(a: ExecArgs) -> anyhow::Result<u8> {
                 }
             });
         }
-        let signals = crate::commands::wait_for_signal();
+        let signals = wait_for_signal();
         tokio::pin!(signals);
         loop {
             tokio::select! {

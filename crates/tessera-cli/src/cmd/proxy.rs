@@ -15,7 +15,7 @@ use tessera_proxy::{Identity, ProxyMetrics};
 use tessera_verify::{Authorizer, AuthzMetrics, BundleSource, JwksCache, Verifier, VerifierConfig};
 
 use crate::cli::{ProxyCommand, ProxyCommon};
-use crate::commands::{init_logs, wait_for_signal};
+use crate::support::{init_logs, wait_for_signal};
 
 pub async fn run(command: ProxyCommand) -> anyhow::Result<u8> {
     let mut registry = prometheus_client::registry::Registry::default();

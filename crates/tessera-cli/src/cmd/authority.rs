@@ -1,4 +1,6 @@
-//! Each subcommand, wired to the libraries.
+//! The authority's commands: `server`, `apply`, `get`, `describe`, `federation test`,
+//! `client secret`, `revoke`, `audit`, `keys`, and `verify` (a token checked offline against an
+//! issuer's JWKS).
 #![expect(
     clippy::indexing_slicing,
     reason = "indexing a serde_json::Value by key yields Null for a missing key; it cannot panic"
@@ -10,144 +12,139 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use serde_json::{json, Value};
-use tessera_server::{ConfigFile, KekSource, ServerConfig, TrustDomainConfig};
+use tessera_server::{ConfigFile, ServerConfig, TrustDomainConfig};
 use tessera_verify::{JwksCache, KeySet, Keys, Verifier, VerifierConfig};
 
-use crate::admin_client::AdminClient;
 use crate::cli::{
-    ApplyArgs, AuditCommand, Cli, ClientCommand, Command, KeysCommand, Kind, LogFormat, Output,
-    ServerArgs, Target, VerifyArgs,
+    ApplyArgs, AuditCommand, ClientCommand, FederationCommand, KeysCommand, Kind, LogFormat,
+    Output, ServerArgs, Target, VerifyArgs,
 };
-use crate::{dev, render};
+use crate::render;
+use crate::support::{
+    admin, form_query, init_logs, kek_from_env, parse_duration, print, wait_for_signal,
+};
 
-pub async fn run(cli: Cli) -> anyhow::Result<u8> {
-    match cli.command {
-        Command::Server(a) => server(a).await,
-        Command::Dev(a) => dev::run(a).await,
-        Command::Apply(a) => apply(a).await,
-        Command::Get { kind, target } => {
-            let v = admin(&target)?.get(&format!("/v1/get/{kind}")).await?;
-            print(&target, &v, || render::table(&kind, &v));
-            Ok(0)
+/// `tessera get KIND`.
+pub async fn get(kind: String, target: Target) -> anyhow::Result<u8> {
+    let v = admin(&target)?.get(&format!("/v1/get/{kind}")).await?;
+    print(&target, &v, || render::table(&kind, &v));
+    Ok(0)
+}
+
+/// `tessera describe workload|trust ID`.
+pub async fn describe(kind: String, id: String, target: Target) -> anyhow::Result<u8> {
+    if kind == "trust" {
+        let q = form_query("name", &id);
+        let v = admin(&target)?
+            .get(&format!("/v1/describe/trust?{q}"))
+            .await?;
+        print(&target, &v, || render::describe_trust(&v));
+        return Ok(0);
+    }
+    let q = form_query("id", &id);
+    let v = admin(&target)?
+        .get(&format!("/v1/describe/workload?{q}"))
+        .await?;
+    print(&target, &v, || render::describe(&v));
+    Ok(0)
+}
+
+/// `tessera federation test`: which rule an outside token matches (exit 1 when none does).
+pub async fn federation(command: FederationCommand) -> anyhow::Result<u8> {
+    let FederationCommand::Test {
+        trust,
+        token,
+        target,
+    } = command;
+    let token = if token == "-" {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)?;
+        s.trim().to_owned()
+    } else {
+        token
+    };
+    let v = admin(&target)?
+        .post(
+            "/v1/federation/test",
+            json!({"trust": trust, "token": token}),
+        )
+        .await?;
+    let matched = v["matched"] == Value::Bool(true);
+    print(&target, &v, || {
+        if matched {
+            format!(
+                "matches trust `{}` rule {}: becomes {} (outside subject `{}`)\n",
+                v["trust"].as_str().unwrap_or_default(),
+                v["rule"],
+                v["workload"].as_str().unwrap_or_default(),
+                v["outside_sub"].as_str().unwrap_or_default()
+            )
+        } else {
+            format!("no match: {}\n", v["reason"].as_str().unwrap_or_default())
         }
-        Command::Describe { kind, id, target } if kind == "secret" => {
-            crate::secret::run(crate::cli::SecretCommand::Describe { name: id, target }).await
-        }
-        Command::Describe { kind, id, target } if kind == "trust" => {
-            let q = form_query("name", &id);
-            let v = admin(&target)?
-                .get(&format!("/v1/describe/trust?{q}"))
-                .await?;
-            print(&target, &v, || render::describe_trust(&v));
-            Ok(0)
-        }
-        Command::Federation {
-            command:
-                crate::cli::FederationCommand::Test {
-                    trust,
-                    token,
-                    target,
-                },
-        } => {
-            let token = if token == "-" {
-                let mut s = String::new();
-                std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)?;
-                s.trim().to_owned()
-            } else {
-                token
-            };
-            let v = admin(&target)?
-                .post(
-                    "/v1/federation/test",
-                    json!({"trust": trust, "token": token}),
-                )
-                .await?;
-            let matched = v["matched"] == Value::Bool(true);
-            print(&target, &v, || {
-                if matched {
-                    format!(
-                        "matches trust `{}` rule {}: becomes {} (outside subject `{}`)\n",
-                        v["trust"].as_str().unwrap_or_default(),
-                        v["rule"],
-                        v["workload"].as_str().unwrap_or_default(),
-                        v["outside_sub"].as_str().unwrap_or_default()
-                    )
-                } else {
-                    format!("no match: {}\n", v["reason"].as_str().unwrap_or_default())
-                }
-            });
-            Ok(if matched { 0 } else { 1 })
-        }
-        Command::Describe {
-            kind: _,
-            id,
-            target,
-        } => {
-            let q = form_query("id", &id);
-            let v = admin(&target)?
-                .get(&format!("/v1/describe/workload?{q}"))
-                .await?;
-            print(&target, &v, || render::describe(&v));
-            Ok(0)
-        }
-        Command::Client {
-            command:
-                ClientCommand::Secret {
-                    client_id,
-                    ttl,
-                    target,
-                },
-        } => {
-            let ttl_secs = ttl
-                .map(|t| parse_duration(&t))
-                .transpose()?
-                .map(|d| d.as_secs());
-            let v = admin(&target)?
-                .post(
-                    "/v1/client/secret",
-                    json!({"client_id": client_id, "ttl_secs": ttl_secs}),
-                )
-                .await?;
-            let secret = v
-                .get("secret")
-                .and_then(Value::as_str)
-                .ok_or_else(|| anyhow!("the server returned no secret"))?;
-            // The secret alone on the first line, so scripts can take it with `head -1`.
-            println!("{secret}");
-            if target.output == Output::Json {
-                println!("{v}");
-            } else {
-                let exp = v
-                    .get("expires_at")
-                    .map(render::time)
-                    .filter(|t| t != "-")
-                    .unwrap_or_else(|| "never".into());
-                eprintln!("client `{client_id}`: new secret issued (expires: {exp}); it is shown once and stored only as a keyed hash");
-            }
-            Ok(0)
-        }
-        Command::Revoke { kind, id, target } => {
-            let (path, body) = match kind.as_str() {
-                "workload" => ("/v1/revoke/workload", json!({"id": id})),
-                "token" => ("/v1/revoke/token", json!({"jti": id})),
-                _ => ("/v1/revoke/agent", json!({"id": id})),
-            };
-            let v = admin(&target)?.post(path, body).await?;
-            print(&target, &v, || format!("revoked {kind} `{id}`\n"));
-            Ok(0)
-        }
-        Command::Audit {
-            command: AuditCommand::Tail { n, target },
-        } => {
+    });
+    Ok(if matched { 0 } else { 1 })
+}
+
+/// `tessera client secret ID`: a new secret, shown once.
+pub async fn client(command: ClientCommand) -> anyhow::Result<u8> {
+    let ClientCommand::Secret {
+        client_id,
+        ttl,
+        target,
+    } = command;
+    let ttl_secs = ttl
+        .map(|t| parse_duration(&t))
+        .transpose()?
+        .map(|d| d.as_secs());
+    let v = admin(&target)?
+        .post(
+            "/v1/client/secret",
+            json!({"client_id": client_id, "ttl_secs": ttl_secs}),
+        )
+        .await?;
+    let secret = v
+        .get("secret")
+        .and_then(Value::as_str)
+        .ok_or_else(|| anyhow!("the server returned no secret"))?;
+    // The secret alone on the first line, so scripts can take it with `head -1`.
+    println!("{secret}");
+    if target.output == Output::Json {
+        println!("{v}");
+    } else {
+        let exp = v
+            .get("expires_at")
+            .map(render::time)
+            .filter(|t| t != "-")
+            .unwrap_or_else(|| "never".into());
+        eprintln!("client `{client_id}`: new secret issued (expires: {exp}); it is shown once and stored only as a keyed hash");
+    }
+    Ok(0)
+}
+
+/// `tessera revoke workload|token|agent ID`.
+pub async fn revoke(kind: String, id: String, target: Target) -> anyhow::Result<u8> {
+    let (path, body) = match kind.as_str() {
+        "workload" => ("/v1/revoke/workload", json!({"id": id})),
+        "token" => ("/v1/revoke/token", json!({"jti": id})),
+        _ => ("/v1/revoke/agent", json!({"id": id})),
+    };
+    let v = admin(&target)?.post(path, body).await?;
+    print(&target, &v, || format!("revoked {kind} `{id}`\n"));
+    Ok(0)
+}
+
+/// `tessera audit tail|verify` (exit 1 when the chain is broken).
+pub async fn audit(command: AuditCommand) -> anyhow::Result<u8> {
+    match command {
+        AuditCommand::Tail { n, target } => {
             let v = admin(&target)?
                 .get(&format!("/v1/audit/tail?n={n}"))
                 .await?;
             print(&target, &v, || render::audit(&v));
             Ok(0)
         }
-        Command::Audit {
-            command: AuditCommand::Verify { target },
-        } => {
+        AuditCommand::Verify { target } => {
             let v = admin(&target)?.get("/v1/audit/verify").await?;
             let ok = v.get("ok") == Some(&Value::Bool(true));
             print(&target, &v, || {
@@ -165,12 +162,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             });
             Ok(if ok { 0 } else { 1 })
         }
-        Command::Keys {
-            command:
-                KeysCommand::Rotate {
-                    trust_domain,
-                    target,
-                },
+    }
+}
+
+/// `tessera keys list|rotate`.
+pub async fn keys(command: KeysCommand) -> anyhow::Result<u8> {
+    match command {
+        KeysCommand::Rotate {
+            trust_domain,
+            target,
         } => {
             let v = admin(&target)?
                 .post("/v1/keys/rotate", json!({"trust_domain": trust_domain}))
@@ -180,9 +180,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             });
             Ok(0)
         }
-        Command::Keys {
-            command: KeysCommand::List { target },
-        } => {
+        KeysCommand::List { target } => {
             let v = admin(&target)?.get("/v1/keys").await?;
             print(&target, &v, || {
                 let mut o =
@@ -202,91 +200,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             });
             Ok(0)
         }
-        Command::Verify(a) => verify(a).await,
-        Command::Explain(a) => crate::policy::explain(a).await,
-        Command::Policy { command } => crate::policy::run(command).await,
-        Command::Proxy { command } => crate::proxy::run(command).await,
-        Command::Agent(a) => crate::agent::run(a).await,
-        Command::Ca { command } => crate::agent::ca(command).await,
-        Command::Secret { command } => crate::secret::run(command).await,
-        Command::Exec(a) => crate::exec::run(a).await,
-        Command::Db { command } => crate::db::run(command).await,
-        Command::Svid {
-            command:
-                crate::cli::SvidCommand::Fetch {
-                    socket,
-                    audience,
-                    write,
-                    id,
-                    output,
-                },
-        } => crate::agent::fetch(&socket, &audience, write.as_deref(), id.as_deref(), output).await,
     }
 }
 
-pub fn admin(target: &Target) -> anyhow::Result<AdminClient> {
-    match &target.server {
-        Some(url) => AdminClient::http(
-            url,
-            target.admin_token_file.as_deref(),
-            target.ca_file.as_deref(),
-        ),
-        None => Ok(AdminClient::for_data_dir(&target.data)),
-    }
-}
-
-pub fn print(target: &Target, v: &Value, text: impl FnOnce() -> String) {
-    print_as(target.output, v, text);
-}
-
-/// Prints `v` as JSON, or `text()` for people.
-pub fn print_as(output: Output, v: &Value, text: impl FnOnce() -> String) {
-    let out = match output {
-        Output::Json => format!("{}\n", serde_json::to_string_pretty(v).unwrap_or_default()),
-        Output::Text => text(),
-    };
-    let mut stdout = std::io::stdout().lock();
-    let _ = stdout.write_all(out.as_bytes());
-}
-
-fn form_query(k: &str, v: &str) -> String {
-    let mut s = String::new();
-    for b in v.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            s.push(char::from(b));
-        } else {
-            s.push_str(&format!("%{b:02X}"));
-        }
-    }
-    format!("{k}={s}")
-}
-
-pub fn parse_duration(s: &str) -> anyhow::Result<Duration> {
-    humantime::parse_duration(s)
-        .map_err(|e| anyhow!("`{s}` is not a duration such as `30s` or `5m`: {e}"))
-}
-
-pub fn init_logs(format: LogFormat, default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("TESSERA_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Text => builder.try_init(),
-    };
-}
-
-/// The key-encryption key from the environment, if given there.
-pub fn kek_from_env() -> Option<KekSource> {
-    if let Ok(v) = std::env::var("TESSERA_KEK") {
-        return Some(KekSource::Value(v));
-    }
-    std::env::var_os("TESSERA_KEK_FILE").map(|p| KekSource::File(PathBuf::from(p)))
-}
-
-async fn server(a: ServerArgs) -> anyhow::Result<u8> {
+/// `tessera server`.
+pub async fn server(a: ServerArgs) -> anyhow::Result<u8> {
     init_logs(a.log_format, "info,sqlx=warn");
     let file = match &a.config {
         Some(p) => ConfigFile::load(p)?,
@@ -358,30 +276,8 @@ async fn server(a: ServerArgs) -> anyhow::Result<u8> {
     Ok(0)
 }
 
-/// SIGTERM or SIGINT. The handlers are installed when this is called, not when it is awaited:
-/// call it before printing a ready line, or a signal sent right after the line kills the process
-/// with the default action instead of shutting it down.
-pub fn wait_for_signal() -> impl std::future::Future<Output = ()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let term = signal(SignalKind::terminate());
-    let int = signal(SignalKind::interrupt());
-    async move {
-        let wait = |s: std::io::Result<tokio::signal::unix::Signal>| async move {
-            match s {
-                Ok(mut s) => {
-                    s.recv().await;
-                }
-                Err(_) => std::future::pending::<()>().await,
-            }
-        };
-        tokio::select! {
-            () = wait(term) => {}
-            () = wait(int) => {}
-        }
-    }
-}
-
-async fn apply(a: ApplyArgs) -> anyhow::Result<u8> {
+/// `tessera apply -f PATH`.
+pub async fn apply(a: ApplyArgs) -> anyhow::Result<u8> {
     let state = tessera_core::manifest::load(&a.path)?;
     let v = admin(&a.target)?
         .post(
@@ -427,7 +323,8 @@ fn metadata_url(issuer: &str) -> anyhow::Result<reqwest::Url> {
     Ok(m)
 }
 
-async fn verify(a: VerifyArgs) -> anyhow::Result<u8> {
+/// `tessera verify TOKEN` (exit 1 when refused).
+pub async fn verify(a: VerifyArgs) -> anyhow::Result<u8> {
     init_logs(LogFormat::Text, "error");
     let token = if a.token == "-" {
         let mut s = String::new();
@@ -520,7 +417,7 @@ mod tests {
         let cli =
             crate::cli::Cli::try_parse_from(["tessera", "revoke", "token", "-5abc_Z"]).unwrap();
         match cli.command {
-            Command::Revoke { kind, id, .. } => {
+            crate::cli::Command::Revoke { kind, id, .. } => {
                 assert_eq!((kind.as_str(), id.as_str()), ("token", "-5abc_Z"))
             }
             other => panic!("{other:?}"),
@@ -538,14 +435,6 @@ mod tests {
                 .unwrap()
                 .as_str(),
             "http://127.0.0.1:8/.well-known/oauth-authorization-server/example.org"
-        );
-    }
-
-    #[test]
-    fn query_encoding() {
-        assert_eq!(
-            form_query("id", "spiffe://a/b c"),
-            "id=spiffe%3A%2F%2Fa%2Fb%20c"
         );
     }
 }

@@ -13,7 +13,8 @@ use tessera_core::{Scope, SpiffeId};
 use tessera_policy::{Authn, Call, Env, IssueContext, PolicyBundle, PolicyEngine};
 
 use crate::cli::{ExplainArgs, PolicyCommand, Target};
-use crate::commands::{admin, print};
+use crate::render;
+use crate::support::{admin, print};
 
 pub async fn explain(a: ExplainArgs) -> anyhow::Result<u8> {
     let scopes: Vec<String> = a
@@ -26,53 +27,12 @@ pub async fn explain(a: ExplainArgs) -> anyhow::Result<u8> {
         "method": a.method, "path": a.path, "shadow": a.shadow, "source_ip": a.source_ip,
     });
     let v = admin(&a.target)?.post("/v1/explain", body).await?;
-    print(&a.target, &v, || render_explanation(&v));
+    print(&a.target, &v, || render::explanation(&v));
     Ok(if v["allowed"] == Value::Bool(true) {
         0
     } else {
         1
     })
-}
-
-fn strings(v: &Value) -> Vec<String> {
-    v.as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|x| x.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-pub fn render_explanation(v: &Value) -> String {
-    let allowed = v["allowed"] == Value::Bool(true);
-    let mut o = format!(
-        "{}\n{}\n",
-        v["request"].as_str().unwrap_or_default(),
-        if allowed { "ALLOW" } else { "DENY" }
-    );
-    let by = strings(&v["determined_by"]);
-    if !by.is_empty() {
-        o.push_str(if allowed {
-            "  permitted by:\n"
-        } else {
-            "  forbidden by:\n"
-        });
-        for b in by {
-            o.push_str(&format!("    {b}\n"));
-        }
-    }
-    for e in strings(&v["errors"]) {
-        o.push_str(&format!("  error (denies): {e}\n"));
-    }
-    let missing = strings(&v["missing"]);
-    if !missing.is_empty() {
-        o.push_str("  to allow it:\n");
-        for m in missing {
-            o.push_str(&format!("    {m}\n"));
-        }
-    }
-    o
 }
 
 pub async fn run(command: PolicyCommand) -> anyhow::Result<u8> {

@@ -9,8 +9,8 @@ use anyhow::{anyhow, bail};
 use serde_json::{json, Value};
 
 use crate::cli::{DbCommand, WorkloadTarget};
-use crate::commands::{admin, parse_duration, print, print_as};
 use crate::render;
+use crate::support::{admin, parse_duration, print, print_as};
 
 fn secs(s: &str) -> anyhow::Result<i64> {
     parse_duration(s).map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
@@ -18,7 +18,7 @@ fn secs(s: &str) -> anyhow::Result<i64> {
 
 /// A POST to the authority as this workload.
 async fn as_workload(t: &WorkloadTarget, path: &str, body: Value) -> anyhow::Result<Value> {
-    let w = crate::exec::AsWorkload::new(t)?;
+    let w = crate::workload_client::AsWorkload::new(t)?;
     let resp = w
         .http
         .post(format!("{}{path}", w.base))

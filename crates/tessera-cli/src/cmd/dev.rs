@@ -16,7 +16,7 @@ use tessera_verify::{JwksCache, Verifier, VerifierConfig};
 
 use crate::admin_client::AdminClient;
 use crate::cli::{DevArgs, LogFormat};
-use crate::commands::{init_logs, wait_for_signal};
+use crate::support::{init_logs, wait_for_signal};
 
 const MESH: &str = r#"# The demo mesh of `tessera dev`.
 
@@ -490,7 +490,7 @@ async fn demo(steps: &mut Steps, data: &Path, url: &str, admin: AdminClient) -> 
         .await?;
     print!(
         "{}",
-        crate::policy::render_explanation(&x)
+        crate::render::explanation(&x)
             .lines()
             .map(|l| format!("        {l}\n"))
             .collect::<String>()

@@ -12,8 +12,8 @@ use base64::Engine;
 use serde_json::{json, Value};
 
 use crate::cli::{SecretCommand, ValueSource};
-use crate::commands::{admin, parse_duration, print};
 use crate::render;
+use crate::support::{admin, parse_duration, print};
 
 /// The value, read whole; at most 25 KiB (one byte more is read to say it is too large).
 fn read_value(src: &ValueSource) -> anyhow::Result<Vec<u8>> {

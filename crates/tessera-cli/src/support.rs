@@ -1,0 +1,112 @@
+//! What every command uses: the admin client for `--data`/`--server`, printing JSON or text,
+//! durations, logging, the KEK from the environment, and the shutdown signal.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::anyhow;
+use serde::Serialize;
+use tessera_server::KekSource;
+
+use crate::admin_client::AdminClient;
+use crate::cli::{LogFormat, Output, Target};
+
+pub fn admin(target: &Target) -> anyhow::Result<AdminClient> {
+    match &target.server {
+        Some(url) => AdminClient::http(
+            url,
+            target.admin_token_file.as_deref(),
+            target.ca_file.as_deref(),
+        ),
+        None => Ok(AdminClient::for_data_dir(&target.data)),
+    }
+}
+
+pub fn print<T: Serialize>(target: &Target, v: &T, text: impl FnOnce() -> String) {
+    print_as(target.output, v, text);
+}
+
+/// Prints `v` as JSON, or `text()` for people.
+pub fn print_as<T: Serialize>(output: Output, v: &T, text: impl FnOnce() -> String) {
+    let out = match output {
+        Output::Json => format!("{}\n", serde_json::to_string_pretty(v).unwrap_or_default()),
+        Output::Text => text(),
+    };
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(out.as_bytes());
+}
+
+/// `k=v` with `v` percent-encoded for a query string.
+pub fn form_query(k: &str, v: &str) -> String {
+    let mut s = String::new();
+    for b in v.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            s.push(char::from(b));
+        } else {
+            s.push_str(&format!("%{b:02X}"));
+        }
+    }
+    format!("{k}={s}")
+}
+
+pub fn parse_duration(s: &str) -> anyhow::Result<Duration> {
+    humantime::parse_duration(s)
+        .map_err(|e| anyhow!("`{s}` is not a duration such as `30s` or `5m`: {e}"))
+}
+
+pub fn init_logs(format: LogFormat, default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TESSERA_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+/// The key-encryption key from the environment, if given there.
+pub fn kek_from_env() -> Option<KekSource> {
+    if let Ok(v) = std::env::var("TESSERA_KEK") {
+        return Some(KekSource::Value(v));
+    }
+    std::env::var_os("TESSERA_KEK_FILE").map(|p| KekSource::File(PathBuf::from(p)))
+}
+
+/// SIGTERM or SIGINT. The handlers are installed when this is called, not when it is awaited:
+/// call it before printing a ready line, or a signal sent right after the line kills the process
+/// with the default action instead of shutting it down.
+pub fn wait_for_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    async move {
+        let wait = |s: std::io::Result<tokio::signal::unix::Signal>| async move {
+            match s {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            () = wait(term) => {}
+            () = wait(int) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::form_query;
+
+    #[test]
+    fn query_encoding() {
+        assert_eq!(
+            form_query("id", "spiffe://a/b c"),
+            "id=spiffe%3A%2F%2Fa%2Fb%20c"
+        );
+    }
+}
