@@ -8,6 +8,8 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use serde_json::Value;
 
 #[derive(Debug, Clone)]
@@ -64,6 +66,21 @@ impl AdminClient {
 
     pub async fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
         self.call(Method::POST, path, Some(body)).await
+    }
+
+    /// `GET path`, its answer read as the admin API's type for it.
+    pub async fn fetch<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        typed(path, self.get(path).await?)
+    }
+
+    /// `POST path` with a typed request, its answer read as the admin API's type for it.
+    pub async fn send<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> anyhow::Result<T> {
+        let body = serde_json::to_value(body)?;
+        typed(path, self.post(path, body).await?)
     }
 
     async fn call(&self, method: Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
@@ -149,6 +166,12 @@ async fn call_socket(
         .context("admin response")?
         .to_bytes();
     answer(status, &bytes)
+}
+
+/// An answer as the type the admin API documents for `path`.
+fn typed<T: DeserializeOwned>(path: &str, v: Value) -> anyhow::Result<T> {
+    serde_json::from_value(v)
+        .map_err(|e| anyhow!("the server's answer to `{path}` is not what this CLI expects: {e}"))
 }
 
 /// The API's JSON on success; its `error_description` as the error otherwise.

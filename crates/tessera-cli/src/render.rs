@@ -5,6 +5,10 @@
 )]
 
 use serde_json::Value;
+use tessera_core::admin_api::{
+    AgentSummary, CaInfo, CaRotated, ClientSummary, GrantSummary, KeyInfo, KeyRotated,
+    TrustSummary, WorkloadSummary,
+};
 
 fn s(v: &Value, k: &str) -> String {
     match v.get(k) {
@@ -37,100 +41,177 @@ pub fn time(v: &Value) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
-pub fn table(kind: &str, rows: &Value) -> String {
-    let rows = rows.as_array().cloned().unwrap_or_default();
-    let mut out = String::new();
-    match kind {
-        "workloads" => {
-            out.push_str("ID\tOWNER\tENVIRONMENT\tKIND\tREVOKED\n");
-            for r in &rows {
-                let revoked = if r.get("revoked_at").is_some_and(|v| !v.is_null()) {
-                    "yes"
-                } else {
-                    "no"
-                };
-                out.push_str(&format!(
-                    "{}\t{}\t{}\t{}\t{revoked}\n",
-                    s(r, "id"),
-                    s(r, "owner"),
-                    s(r, "environment"),
-                    s(r, "kind")
-                ));
-            }
-        }
-        "clients" => {
-            out.push_str("ID\tWORKLOAD\tAUTH\tSECRET EXPIRES\n");
-            for r in &rows {
-                let exp = if r.get("has_secret") == Some(&Value::Bool(true)) {
-                    time(&r["secret_expires_at"])
-                } else {
-                    "no secret".into()
-                };
-                out.push_str(&format!(
-                    "{}\t{}\t{}\t{exp}\n",
-                    s(r, "id"),
-                    s(r, "workload"),
-                    s(r, "auth")
-                ));
-            }
-        }
-        "grants" => {
-            out.push_str("FROM\tTO\tSCOPES\tREVIEW BY\tWHY\n");
-            for r in &rows {
-                let overdue = if r.get("overdue") == Some(&Value::Bool(true)) {
-                    " (OVERDUE)"
-                } else {
-                    ""
-                };
-                out.push_str(&format!(
-                    "{}\t{}\t{}\t{}{overdue}\t{}\n",
-                    s(r, "from"),
-                    s(r, "to"),
-                    list(r, "scopes"),
-                    s(r, "review_by"),
-                    s(r, "why")
-                ));
-            }
-        }
-        "agents" => {
-            out.push_str("ID\tTRUST DOMAIN\tJOINED\tSVID VALID UNTIL\tREVOKED\n");
-            for r in &rows {
-                let revoked = if r.get("revoked_at").is_some_and(|v| !v.is_null()) {
-                    time(&r["revoked_at"])
-                } else {
-                    "no".into()
-                };
-                out.push_str(&format!(
-                    "{}\t{}\t{}\t{}\t{revoked}\n",
-                    s(r, "id"),
-                    s(r, "trust_domain"),
-                    time(&r["joined_at"]),
-                    time(&r["svid_not_after"])
-                ));
-            }
-        }
-        "trusts" => {
-            out.push_str("NAME\tISSUER\tAUDIENCE\tMAPS TO\n");
-            for r in &rows {
-                out.push_str(&format!(
-                    "{}\t{}\t{}\t{}\n",
-                    s(r, "name"),
-                    s(r, "issuer"),
-                    s(r, "audience"),
-                    list(r, "maps_to")
-                ));
-            }
-        }
-        _ => {
-            if rows.is_empty() {
-                out.push_str(&format!("no {kind}\n"));
-            }
-            for r in &rows {
-                out.push_str(&format!("{r}\n"));
-            }
-        }
+/// A timestamp, or `-`.
+pub fn at(t: Option<i64>) -> String {
+    time(&t.map_or(Value::Null, Value::from))
+}
+
+fn or_dash(s: Option<&impl std::fmt::Display>) -> String {
+    s.map_or_else(|| "-".to_owned(), ToString::to_string)
+}
+
+fn joined<T: std::fmt::Display>(items: &[T]) -> String {
+    if items.is_empty() {
+        return "-".into();
+    }
+    items
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+pub fn workloads(rows: &[WorkloadSummary]) -> String {
+    let mut out = String::from("ID\tOWNER\tENVIRONMENT\tKIND\tREVOKED\n");
+    for r in rows {
+        let revoked = if r.revoked_at.is_some() { "yes" } else { "no" };
+        let kind = serde_json::to_value(r.kind).unwrap_or_default();
+        out.push_str(&format!(
+            "{}\t{}\t{}\t{}\t{revoked}\n",
+            r.id,
+            r.owner,
+            or_dash(r.environment.as_ref()),
+            kind.as_str().unwrap_or("-")
+        ));
     }
     out
+}
+
+pub fn clients(rows: &[ClientSummary]) -> String {
+    let mut out = String::from("ID\tWORKLOAD\tAUTH\tSECRET EXPIRES\n");
+    for r in rows {
+        let exp = if r.has_secret {
+            at(r.secret_expires_at)
+        } else {
+            "no secret".into()
+        };
+        let auth = serde_json::to_value(r.auth).unwrap_or_default();
+        out.push_str(&format!(
+            "{}\t{}\t{}\t{exp}\n",
+            r.id,
+            r.workload,
+            auth.as_str().unwrap_or("-")
+        ));
+    }
+    out
+}
+
+pub fn grants(rows: &[GrantSummary]) -> String {
+    let mut out = String::from("FROM\tTO\tSCOPES\tREVIEW BY\tWHY\n");
+    for r in rows {
+        let overdue = if r.overdue { " (OVERDUE)" } else { "" };
+        let review_by = r
+            .review_by
+            .as_ref()
+            .and_then(|d| serde_json::to_value(d).ok())
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_else(|| "-".into());
+        out.push_str(&format!(
+            "{}\t{}\t{}\t{review_by}{overdue}\t{}\n",
+            r.from,
+            r.to,
+            joined(&r.scopes),
+            r.why
+        ));
+    }
+    out
+}
+
+pub fn agents(rows: &[AgentSummary]) -> String {
+    let mut out = String::from("ID\tTRUST DOMAIN\tJOINED\tSVID VALID UNTIL\tREVOKED\n");
+    for r in rows {
+        let revoked = match r.revoked_at {
+            Some(t) => at(Some(t)),
+            None => "no".into(),
+        };
+        out.push_str(&format!(
+            "{}\t{}\t{}\t{}\t{revoked}\n",
+            r.id,
+            r.trust_domain,
+            at(Some(r.joined_at)),
+            at(Some(r.svid_not_after))
+        ));
+    }
+    out
+}
+
+pub fn trusts(rows: &[TrustSummary]) -> String {
+    let mut out = String::from("NAME\tISSUER\tAUDIENCE\tMAPS TO\n");
+    for r in rows {
+        out.push_str(&format!(
+            "{}\t{}\t{}\t{}\n",
+            r.name,
+            r.issuer,
+            r.audience,
+            joined(&r.maps_to)
+        ));
+    }
+    out
+}
+
+/// `tessera keys list`.
+pub fn keys(rows: &[KeyInfo]) -> String {
+    let mut o = String::from("TRUST DOMAIN\tKID\tALG\tSTATE\tSIGNS FROM\tWITHDRAWN AT\n");
+    for k in rows {
+        let state = serde_json::to_value(k.state).unwrap_or_default();
+        o.push_str(&format!(
+            "{}\t{}\t{}\t{}\t{}\t{}\n",
+            k.trust_domain,
+            k.kid,
+            k.alg,
+            state.as_str().unwrap_or("-"),
+            at(Some(k.activate_at)),
+            at(k.retire_at)
+        ));
+    }
+    o
+}
+
+/// `tessera ca list`.
+pub fn cas(rows: &[CaInfo]) -> String {
+    let mut o = String::from("TRUST DOMAIN\tCA\tSTATE\tSIGNS FROM\tEXPIRES\n");
+    for c in rows {
+        let state = serde_json::to_value(c.state).unwrap_or_default();
+        o.push_str(&format!(
+            "{}\t{}\t{}\t{}\t{}\n",
+            c.trust_domain,
+            c.id,
+            state.as_str().unwrap_or("-"),
+            at(Some(c.activate_at)),
+            at(Some(c.not_after)),
+        ));
+    }
+    o
+}
+
+/// The result of `keys rotate`: per trust domain, the new key, published now, and when it
+/// starts signing.
+pub fn key_rotation(rows: &[KeyRotated]) -> String {
+    rows.iter()
+        .map(|r| {
+            format!(
+                "{}: new key {} published now, signs from {}\n",
+                r.trust_domain,
+                r.kid,
+                at(Some(r.activate_at))
+            )
+        })
+        .collect()
+}
+
+/// The result of `ca rotate`: per trust domain, the new CA, in the bundle now, and when it
+/// starts signing.
+pub fn ca_rotation(rows: &[CaRotated]) -> String {
+    rows.iter()
+        .map(|r| {
+            format!(
+                "{}: new CA {} in the bundle now, signs from {}\n",
+                r.trust_domain,
+                r.ca,
+                at(Some(r.activate_at))
+            )
+        })
+        .collect()
 }
 
 pub fn describe(w: &Value) -> String {
@@ -342,24 +423,6 @@ pub fn describe_trust(t: &Value) -> String {
         list(t, "glob_claims")
     ));
     o
-}
-
-/// The result of a rotation (`keys rotate`, `ca rotate`): per trust domain, the new item (its
-/// id under `id_field`), where it is published now, and when it starts signing.
-pub fn rotation(rows: &Value, what: &str, id_field: &str, published: &str) -> String {
-    rows.as_array()
-        .cloned()
-        .unwrap_or_default()
-        .iter()
-        .map(|r| {
-            format!(
-                "{}: new {what} {} {published} now, signs from {}\n",
-                s(r, "trust_domain"),
-                s(r, id_field),
-                time(&r["activate_at"])
-            )
-        })
-        .collect()
 }
 
 fn strings(v: &Value) -> Vec<String> {

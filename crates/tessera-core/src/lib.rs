@@ -1,6 +1,7 @@
 //! Shared vocabulary of Tessera: SPIFFE IDs and the other security-relevant names, and the
 //! identity-file model. Every other crate depends on this one; it depends on none of them.
 
+pub mod admin_api;
 pub mod agent_api;
 pub mod glob;
 pub mod id;

@@ -1,6 +1,11 @@
 //! The router over real HTTP: a `--dev` server on `127.0.0.1:0` (plain HTTP on loopback), every
 //! feature's routes with their status codes, error bodies and body limits per route group. The
 //! admin socket is exercised over a real unix socket as well.
+#![expect(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    reason = "test helpers: a failed step should stop the test where it failed"
+)]
 
 use std::path::Path;
 use std::time::Duration;

@@ -1,7 +1,6 @@
 //! The audit trail: hash-chained records, and a group-commit writer for the hot path.
 
 use serde::{Deserialize, Serialize};
-use sqlx::Row;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{AssertionClaim, BatchItem, BatchResult, Result, Store, StoreError};
@@ -23,7 +22,7 @@ pub struct AuditEvent {
     pub detail: serde_json::Value,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
 pub struct AuditRecord {
     pub seq: i64,
     pub at: i64,
@@ -80,25 +79,6 @@ impl AuditRecord {
         };
         r.hash = record_hash(&r)?;
         Ok(r)
-    }
-
-    pub(crate) fn from_row<R: Row>(r: &R) -> std::result::Result<Self, sqlx::Error>
-    where
-        for<'a> &'a str: sqlx::ColumnIndex<R>,
-        i64: sqlx::Type<R::Database> + for<'a> sqlx::Decode<'a, R::Database>,
-        String: sqlx::Type<R::Database> + for<'a> sqlx::Decode<'a, R::Database>,
-    {
-        Ok(Self {
-            seq: r.try_get("seq")?,
-            at: r.try_get("at")?,
-            kind: r.try_get("kind")?,
-            actor: r.try_get("actor")?,
-            subject: r.try_get("subject")?,
-            outcome: r.try_get("outcome")?,
-            detail: r.try_get("detail")?,
-            prev_hash: r.try_get("prev_hash")?,
-            hash: r.try_get("hash")?,
-        })
     }
 }
 

@@ -731,3 +731,79 @@ fn audit_records_round_trip_on_both_backends() {
         })
         .unwrap();
 }
+
+/// A database the hand-written runner migrated (`schema_migrations`, every version applied)
+/// opens under sqlx's migrator without re-running anything: its versions move to
+/// `_sqlx_migrations` with sqlx's checksums, the old table goes, the data stays.
+async fn legacy_database_is_bridged<DB: sqlx::Database>(
+    pool: &sqlx::Pool<DB>,
+    open: impl std::future::Future<Output = Result<Store>>,
+) where
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    for<'q> <DB as sqlx::Database>::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+    i64: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB>,
+    String: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB>,
+    usize: sqlx::ColumnIndex<DB::Row>,
+{
+    let mut conn = pool.acquire().await.unwrap();
+    sqlx::raw_sql("CREATE TABLE schema_migrations (version BIGINT PRIMARY KEY)")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    for m in migrate::MIGRATOR.iter() {
+        sqlx::raw_sql(m.sql.as_ref())
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        sqlx::raw_sql(&format!(
+            "INSERT INTO schema_migrations (version) VALUES ({})",
+            m.version
+        ))
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    }
+    sqlx::raw_sql("INSERT INTO meta (key, value) VALUES ('kept', 'yes')")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    drop(conn);
+    let store = open.await.unwrap();
+    assert_eq!(store.meta("kept").await.unwrap().as_deref(), Some("yes"));
+    let (n, ok): (i64, i64) = sqlx::query_as(
+        "SELECT COUNT(*), SUM(CASE WHEN success THEN 1 ELSE 0 END) FROM _sqlx_migrations",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    let expected = i64::try_from(migrate::MIGRATOR.iter().count()).unwrap();
+    assert_eq!((n, ok), (expected, expected));
+    // The old table is gone, so the bridge runs once; opening again changes nothing.
+    assert!(sqlx::raw_sql("SELECT version FROM schema_migrations")
+        .execute(pool)
+        .await
+        .is_err());
+    drop(store);
+}
+
+#[tokio::test]
+async fn sqlite_legacy_schema_is_bridged() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("legacy.db");
+    let opts = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(&path)
+        .create_if_missing(true);
+    let pool = sqlx::SqlitePool::connect_with(opts).await.unwrap();
+    legacy_database_is_bridged(&pool, Store::open_sqlite(&path)).await;
+    Store::open_sqlite(&path).await.unwrap();
+}
+
+#[tokio::test]
+async fn postgres_legacy_schema_is_bridged() {
+    let Some(url) = tessera_testkit::postgres_database() else {
+        return;
+    };
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    legacy_database_is_bridged(&pool, Store::open_postgres(&url)).await;
+    Store::open_postgres(&url).await.unwrap();
+}

@@ -1,8 +1,4 @@
 //! `tessera agent`, `tessera agent token create`, `tessera ca ...` and `tessera svid fetch`.
-#![expect(
-    clippy::indexing_slicing,
-    reason = "indexing a serde_json::Value by key yields Null for a missing key; it cannot panic"
-)]
 
 use std::io::Write;
 use std::path::Path;
@@ -14,6 +10,9 @@ use serde_json::{json, Value};
 use tessera_agent::proto::{JwtsvidRequest, X509svidRequest};
 use tessera_agent::workload::{connect, request};
 use tessera_agent::AgentConfig;
+use tessera_core::admin_api::{
+    CaInfo, CaRotateRequest, CaRotated, JoinTokenRequest, JoinTokenResponse,
+};
 
 use crate::cli::{AgentArgs, AgentCommand, AgentTokenCommand, CaCommand, Output};
 use crate::render;
@@ -30,22 +29,21 @@ pub async fn run(a: AgentArgs) -> anyhow::Result<u8> {
             },
     }) = a.command
     {
-        let ttl = parse_duration(&ttl)?.as_secs();
-        let v = admin(&target)?
-            .post(
-                "/v1/agents/tokens",
-                json!({"ttl": ttl, "trust_domain": trust_domain, "agent_id": agent_id}),
-            )
-            .await?;
-        let token = v["token"].as_str().unwrap_or_default().to_owned();
+        let ttl = i64::try_from(parse_duration(&ttl)?.as_secs()).unwrap_or(i64::MAX);
+        let req = JoinTokenRequest {
+            trust_domain,
+            ttl: Some(ttl),
+            agent_id,
+        };
+        let v: JoinTokenResponse = admin(&target)?.send("/v1/agents/tokens", &req).await?;
         // The token alone on the first line, whatever the output format, so scripts can read it.
-        println!("{token}");
+        println!("{}", v.token);
         print(&target, &v, || {
             format!(
                 "agent `{}` in `{}` may join until {} (single use)\n",
-                v["agent_id"].as_str().unwrap_or_default(),
-                v["trust_domain"].as_str().unwrap_or_default(),
-                render::time(&v["expires_at"])
+                v.agent_id,
+                v.trust_domain,
+                render::at(Some(v.expires_at))
             )
         });
         return Ok(0);
@@ -89,32 +87,16 @@ pub async fn ca(command: CaCommand) -> anyhow::Result<u8> {
             let activate_in = activate_in
                 .map(|s| parse_duration(&s).map(|d| d.as_secs()))
                 .transpose()?;
-            let v = admin(&target)?
-                .post(
-                    "/v1/ca/rotate",
-                    json!({"trust_domain": trust_domain, "activate_in": activate_in}),
-                )
-                .await?;
-            print(&target, &v, || {
-                render::rotation(&v, "CA", "ca", "in the bundle")
-            });
+            let req = CaRotateRequest {
+                trust_domain,
+                activate_in: activate_in.map(|s| i64::try_from(s).unwrap_or(i64::MAX)),
+            };
+            let v: Vec<CaRotated> = admin(&target)?.send("/v1/ca/rotate", &req).await?;
+            print(&target, &v, || render::ca_rotation(&v));
         }
         CaCommand::List { target } => {
-            let v = admin(&target)?.get("/v1/ca").await?;
-            print(&target, &v, || {
-                let mut o = String::from("TRUST DOMAIN\tCA\tSTATE\tSIGNS FROM\tEXPIRES\n");
-                for c in v.as_array().cloned().unwrap_or_default() {
-                    o.push_str(&format!(
-                        "{}\t{}\t{}\t{}\t{}\n",
-                        c["trust_domain"].as_str().unwrap_or_default(),
-                        c["id"].as_str().unwrap_or_default(),
-                        c["state"].as_str().unwrap_or_default(),
-                        render::time(&c["activate_at"]),
-                        render::time(&c["not_after"]),
-                    ));
-                }
-                o
-            });
+            let v: Vec<CaInfo> = admin(&target)?.fetch("/v1/ca").await?;
+            print(&target, &v, || render::cas(&v));
         }
     }
     Ok(0)
@@ -188,7 +170,11 @@ pub async fn fetch(
         let chain = split_ders(&s.x509_svid)?;
         let leaf = chain.first().context("an SVID without a certificate")?;
         let (nb, na) = tessera_ca::validity(leaf).unwrap_or((0, 0));
-        rows.push(json!({"spiffe_id": s.spiffe_id, "not_before": nb, "not_after": na}));
+        rows.push(SvidRow {
+            spiffe_id: s.spiffe_id.clone(),
+            not_before: nb,
+            not_after: na,
+        });
     }
     if let Some(dir) = write {
         let chosen = match id {
@@ -225,11 +211,19 @@ pub async fn fetch(
             for r in rows {
                 println!(
                     "{}\tvalid until {}",
-                    r["spiffe_id"].as_str().unwrap_or_default(),
-                    render::time(&r["not_after"])
+                    r.spiffe_id,
+                    render::at(Some(r.not_after))
                 );
             }
         }
     }
     Ok(0)
+}
+
+/// One X.509-SVID as `svid fetch` prints it.
+#[derive(Debug, serde::Serialize)]
+struct SvidRow {
+    spiffe_id: String,
+    not_before: i64,
+    not_after: i64,
 }

@@ -1,17 +1,19 @@
 //! The authority's commands: `server`, `apply`, `get`, `describe`, `federation test`,
 //! `client secret`, `revoke`, `audit`, `keys`, and `verify` (a token checked offline against an
 //! issuer's JWKS).
-#![expect(
-    clippy::indexing_slicing,
-    reason = "indexing a serde_json::Value by key yields Null for a missing key; it cannot panic"
-)]
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
-use serde_json::{json, Value};
+use serde_json::Value;
+use tessera_core::admin_api::{
+    AgentSummary, ApplyRequest, ApplyResponse, AuditVerifyResponse, ClientSecretRequest,
+    ClientSecretResponse, ClientSummary, FederationTestRequest, FederationTestResponse,
+    GrantSummary, KeyInfo, KeyRotateRequest, KeyRotated, RevokeRequest, Revoked, TokenRevoked,
+    TrustSummary, WorkloadSummary,
+};
 use tessera_server::{ConfigFile, ServerConfig, TrustDomainConfig};
 use tessera_verify::{JwksCache, KeySet, Keys, Verifier, VerifierConfig};
 
@@ -26,8 +28,34 @@ use crate::support::{
 
 /// `tessera get KIND`.
 pub async fn get(kind: String, target: Target) -> anyhow::Result<u8> {
-    let v = admin(&target)?.get(&format!("/v1/get/{kind}")).await?;
-    print(&target, &v, || render::table(&kind, &v));
+    let admin = admin(&target)?;
+    let path = format!("/v1/get/{kind}");
+    match kind.as_str() {
+        "workloads" => {
+            let rows: Vec<WorkloadSummary> = admin.fetch(&path).await?;
+            print(&target, &rows, || render::workloads(&rows));
+        }
+        "clients" => {
+            let rows: Vec<ClientSummary> = admin.fetch(&path).await?;
+            print(&target, &rows, || render::clients(&rows));
+        }
+        "grants" => {
+            let rows: Vec<GrantSummary> = admin.fetch(&path).await?;
+            print(&target, &rows, || render::grants(&rows));
+        }
+        "trusts" => {
+            let rows: Vec<TrustSummary> = admin.fetch(&path).await?;
+            print(&target, &rows, || render::trusts(&rows));
+        }
+        "agents" => {
+            let rows: Vec<AgentSummary> = admin.fetch(&path).await?;
+            print(&target, &rows, || render::agents(&rows));
+        }
+        // The server names what can be listed.
+        _ => {
+            admin.get(&path).await?;
+        }
+    }
     Ok(0)
 }
 
@@ -63,27 +91,29 @@ pub async fn federation(command: FederationCommand) -> anyhow::Result<u8> {
     } else {
         token
     };
-    let v = admin(&target)?
-        .post(
+    let v: FederationTestResponse = admin(&target)?
+        .send(
             "/v1/federation/test",
-            json!({"trust": trust, "token": token}),
+            &FederationTestRequest { trust, token },
         )
         .await?;
-    let matched = v["matched"] == Value::Bool(true);
     print(&target, &v, || {
-        if matched {
+        if v.matched {
             format!(
                 "matches trust `{}` rule {}: becomes {} (outside subject `{}`)\n",
-                v["trust"].as_str().unwrap_or_default(),
-                v["rule"],
-                v["workload"].as_str().unwrap_or_default(),
-                v["outside_sub"].as_str().unwrap_or_default()
+                v.trust.as_deref().unwrap_or_default(),
+                v.rule.unwrap_or_default(),
+                v.workload
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .unwrap_or_default(),
+                v.outside_sub.as_deref().unwrap_or_default()
             )
         } else {
-            format!("no match: {}\n", v["reason"].as_str().unwrap_or_default())
+            format!("no match: {}\n", v.reason.as_deref().unwrap_or_default())
         }
     });
-    Ok(if matched { 0 } else { 1 })
+    Ok(if v.matched { 0 } else { 1 })
 }
 
 /// `tessera client secret ID`: a new secret, shown once.
@@ -97,26 +127,23 @@ pub async fn client(command: ClientCommand) -> anyhow::Result<u8> {
         .map(|t| parse_duration(&t))
         .transpose()?
         .map(|d| d.as_secs());
-    let v = admin(&target)?
-        .post(
+    let v: ClientSecretResponse = admin(&target)?
+        .send(
             "/v1/client/secret",
-            json!({"client_id": client_id, "ttl_secs": ttl_secs}),
+            &ClientSecretRequest {
+                client_id: client_id.clone(),
+                ttl_secs,
+            },
         )
         .await?;
-    let secret = v
-        .get("secret")
-        .and_then(Value::as_str)
-        .ok_or_else(|| anyhow!("the server returned no secret"))?;
     // The secret alone on the first line, so scripts can take it with `head -1`.
-    println!("{secret}");
+    println!("{}", v.secret);
     if target.output == Output::Json {
-        println!("{v}");
+        println!("{}", serde_json::to_string(&v)?);
     } else {
         let exp = v
-            .get("expires_at")
-            .map(render::time)
-            .filter(|t| t != "-")
-            .unwrap_or_else(|| "never".into());
+            .expires_at
+            .map_or_else(|| "never".into(), |t| render::at(Some(t)));
         eprintln!("client `{client_id}`: new secret issued (expires: {exp}); it is shown once and stored only as a keyed hash");
     }
     Ok(0)
@@ -124,13 +151,28 @@ pub async fn client(command: ClientCommand) -> anyhow::Result<u8> {
 
 /// `tessera revoke workload|token|agent ID`.
 pub async fn revoke(kind: String, id: String, target: Target) -> anyhow::Result<u8> {
-    let (path, body) = match kind.as_str() {
-        "workload" => ("/v1/revoke/workload", json!({"id": id})),
-        "token" => ("/v1/revoke/token", json!({"jti": id})),
-        _ => ("/v1/revoke/agent", json!({"id": id})),
-    };
-    let v = admin(&target)?.post(path, body).await?;
-    print(&target, &v, || format!("revoked {kind} `{id}`\n"));
+    let admin = admin(&target)?;
+    let text = || format!("revoked {kind} `{id}`\n");
+    if kind == "token" {
+        let req = RevokeRequest {
+            jti: Some(id.clone()),
+            ..RevokeRequest::default()
+        };
+        let v: TokenRevoked = admin.send("/v1/revoke/token", &req).await?;
+        print(&target, &v, text);
+    } else {
+        let path = if kind == "workload" {
+            "/v1/revoke/workload"
+        } else {
+            "/v1/revoke/agent"
+        };
+        let req = RevokeRequest {
+            id: Some(id.clone()),
+            ..RevokeRequest::default()
+        };
+        let v: Revoked = admin.send(path, &req).await?;
+        print(&target, &v, text);
+    }
     Ok(0)
 }
 
@@ -145,22 +187,21 @@ pub async fn audit(command: AuditCommand) -> anyhow::Result<u8> {
             Ok(0)
         }
         AuditCommand::Verify { target } => {
-            let v = admin(&target)?.get("/v1/audit/verify").await?;
-            let ok = v.get("ok") == Some(&Value::Bool(true));
+            let v: AuditVerifyResponse = admin(&target)?.fetch("/v1/audit/verify").await?;
             print(&target, &v, || {
-                if ok {
+                if v.ok {
                     format!(
                         "audit chain intact: {} records\n",
-                        v.get("records").cloned().unwrap_or_default()
+                        v.records.unwrap_or_default()
                     )
                 } else {
                     format!(
                         "audit chain BROKEN: {}\n",
-                        v.get("error").and_then(Value::as_str).unwrap_or("?")
+                        v.error.as_deref().unwrap_or("?")
                     )
                 }
             });
-            Ok(if ok { 0 } else { 1 })
+            Ok(if v.ok { 0 } else { 1 })
         }
     }
 }
@@ -172,35 +213,17 @@ pub async fn keys(command: KeysCommand) -> anyhow::Result<u8> {
             trust_domain,
             target,
         } => {
-            let v = admin(&target)?
-                .post("/v1/keys/rotate", json!({"trust_domain": trust_domain}))
+            let v: Vec<KeyRotated> = admin(&target)?
+                .send("/v1/keys/rotate", &KeyRotateRequest { trust_domain })
                 .await?;
-            print(&target, &v, || {
-                render::rotation(&v, "key", "kid", "published")
-            });
-            Ok(0)
+            print(&target, &v, || render::key_rotation(&v));
         }
         KeysCommand::List { target } => {
-            let v = admin(&target)?.get("/v1/keys").await?;
-            print(&target, &v, || {
-                let mut o =
-                    String::from("TRUST DOMAIN\tKID\tALG\tSTATE\tSIGNS FROM\tWITHDRAWN AT\n");
-                for k in v.as_array().cloned().unwrap_or_default() {
-                    o.push_str(&format!(
-                        "{}\t{}\t{}\t{}\t{}\t{}\n",
-                        k["trust_domain"].as_str().unwrap_or_default(),
-                        k["kid"].as_str().unwrap_or_default(),
-                        k["alg"].as_str().unwrap_or_default(),
-                        k["state"].as_str().unwrap_or_default(),
-                        render::time(&k["activate_at"]),
-                        render::time(&k["retire_at"])
-                    ));
-                }
-                o
-            });
-            Ok(0)
+            let v: Vec<KeyInfo> = admin(&target)?.fetch("/v1/keys").await?;
+            print(&target, &v, || render::keys(&v));
         }
     }
+    Ok(0)
 }
 
 /// `tessera server`.
@@ -279,33 +302,27 @@ pub async fn server(a: ServerArgs) -> anyhow::Result<u8> {
 /// `tessera apply -f PATH`.
 pub async fn apply(a: ApplyArgs) -> anyhow::Result<u8> {
     let state = tessera_core::manifest::load(&a.path)?;
-    let v = admin(&a.target)?
-        .post(
-            "/v1/apply",
-            json!({"state": state, "dry_run": a.dry_run, "prune": a.prune, "shadow": a.shadow}),
-        )
-        .await?;
+    let req = ApplyRequest {
+        state,
+        dry_run: a.dry_run,
+        prune: a.prune,
+        shadow: a.shadow,
+    };
+    let v: ApplyResponse = admin(&a.target)?.send("/v1/apply", &req).await?;
     print(&a.target, &v, || {
-        let changes: Vec<String> = v["changes"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|c| c.as_str().map(str::to_owned))
-            .collect();
         let mut o = String::new();
-        for c in &changes {
+        for c in &v.changes {
             o.push_str(c);
             o.push('\n');
         }
-        if changes.is_empty() {
+        if v.changes.is_empty() {
             o.push_str("no changes\n");
-        } else if v["applied"] == Value::Bool(true) {
-            o.push_str(&format!("applied {} change(s)\n", changes.len()));
+        } else if v.applied {
+            o.push_str(&format!("applied {} change(s)\n", v.changes.len()));
         } else {
             o.push_str(&format!(
                 "dry run: {} change(s) not applied\n",
-                changes.len()
+                v.changes.len()
             ));
         }
         o

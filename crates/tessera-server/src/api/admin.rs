@@ -9,6 +9,13 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
+use tessera_core::admin_api::{
+    AgentSummary, AuditVerifyResponse, CaInfo, CaRotateRequest, CaRotated, CaState,
+    ClientSecretRequest, ClientSecretResponse, ClientSummary, FederationTestRequest,
+    FederationTestResponse, GrantSummary, JoinTokenRequest, JoinTokenResponse, KeyInfo,
+    KeyRotateRequest, KeyRotated, KeyState, RevokeRequest, Revoked, TokenRevoked, TrustSummary,
+    WorkloadSummary,
+};
 use tessera_core::manifest::ClientAuth;
 use tessera_core::{SpiffeId, TrustDomain};
 use tessera_store::{AuditEvent, ClientSecretRecord, Op};
@@ -106,48 +113,77 @@ async fn get_list(
         "workloads" => {
             let mut ws: Vec<_> = snap.workloads.values().collect();
             ws.sort_by(|a, b| a.spec.id.cmp(&b.spec.id));
-            json!(ws.iter().map(|w| json!({
-                "id": w.spec.id, "owner": w.spec.owner, "environment": w.spec.environment, "kind": w.spec.kind,
-                "purpose": w.spec.purpose, "revoked_at": w.revoked_at,
-            })).collect::<Vec<_>>())
+            to_json(
+                ws.iter()
+                    .map(|w| WorkloadSummary {
+                        id: w.spec.id.clone(),
+                        owner: w.spec.owner.clone(),
+                        environment: w.spec.environment.clone(),
+                        kind: w.spec.kind,
+                        purpose: w.spec.purpose.clone(),
+                        revoked_at: w.revoked_at,
+                    })
+                    .collect::<Vec<_>>(),
+            )?
         }
         "clients" => {
             let mut cs: Vec<_> = snap.clients.values().collect();
             cs.sort_by(|a, b| a.spec.id.cmp(&b.spec.id));
-            json!(cs
-                .iter()
-                .map(|c| json!({
-                    "id": c.spec.id, "workload": c.spec.workload, "auth": c.spec.auth,
-                    "secret_expires_at": c.secret.as_ref().and_then(|(s, _)| s.expires_at),
-                    "has_secret": c.secret.is_some(),
-                }))
-                .collect::<Vec<_>>())
+            to_json(
+                cs.iter()
+                    .map(|c| ClientSummary {
+                        id: c.spec.id.clone(),
+                        workload: c.spec.workload.clone(),
+                        auth: c.spec.auth,
+                        secret_expires_at: c.secret.as_ref().and_then(|(s, _)| s.expires_at),
+                        has_secret: c.secret.is_some(),
+                    })
+                    .collect::<Vec<_>>(),
+            )?
         }
-        "grants" => json!(snap.grants.iter().map(|g| json!({
-            "from": g.from, "to": g.to, "scopes": g.scopes, "why": g.why, "review_by": g.review_by,
-            "overdue": g.review_by.is_some_and(|d| d.end_unix() < now), "source": g.source,
-        })).collect::<Vec<_>>()),
-        "trusts" => json!(snap
-            .trusts
-            .iter()
-            .map(|t| json!({
-                "name": t.name, "issuer": t.issuer, "audience": t.audience,
-                "maps_to": t.map.iter().map(|m| m.workload.to_string()).collect::<Vec<_>>(),
-            }))
-            .collect::<Vec<_>>()),
+        "grants" => to_json(
+            snap.grants
+                .iter()
+                .map(|g| GrantSummary {
+                    from: g.from.clone(),
+                    to: g.to.clone(),
+                    scopes: g.scopes.clone(),
+                    why: g.why.clone(),
+                    review_by: g.review_by,
+                    overdue: g.review_by.is_some_and(|d| d.end_unix() < now),
+                    source: g.source.clone(),
+                })
+                .collect::<Vec<_>>(),
+        )?,
+        "trusts" => to_json(
+            snap.trusts
+                .iter()
+                .map(|t| TrustSummary {
+                    name: t.name.clone(),
+                    issuer: t.issuer.clone(),
+                    audience: t.audience.clone(),
+                    maps_to: t.map.iter().map(|m| m.workload.clone()).collect(),
+                })
+                .collect::<Vec<_>>(),
+        )?,
         "agents" => {
             let mut agents: Vec<_> = snap.agents.values().collect();
             agents.sort_by(|a, b| a.id.cmp(&b.id));
-            json!(agents
-                .iter()
-                .map(|a| json!({
-                    "id": a.id, "trust_domain": a.trust_domain,
-                    "spiffe_id": format!("spiffe://{}/tessera/agent/{}", a.trust_domain, a.id),
-                    "joined_at": a.joined_at, "last_seen": a.last_seen,
-                    "svid_serial": a.svid_serial, "svid_not_after": a.svid_not_after,
-                    "revoked_at": a.revoked_at,
-                }))
-                .collect::<Vec<_>>())
+            to_json(
+                agents
+                    .iter()
+                    .map(|a| AgentSummary {
+                        id: a.id.clone(),
+                        trust_domain: a.trust_domain.clone(),
+                        spiffe_id: format!("spiffe://{}/tessera/agent/{}", a.trust_domain, a.id),
+                        joined_at: a.joined_at,
+                        last_seen: a.last_seen,
+                        svid_serial: a.svid_serial.clone(),
+                        svid_not_after: a.svid_not_after,
+                        revoked_at: a.revoked_at,
+                    })
+                    .collect::<Vec<_>>(),
+            )?
         }
         other => {
             return Err(ApiError::NotFound(format!(
@@ -157,6 +193,11 @@ async fn get_list(
         }
     };
     Ok(Json(v))
+}
+
+/// A listing of one of the typed summaries, as the JSON array `GET /v1/get/{kind}` answers.
+fn to_json<T: serde::Serialize>(rows: Vec<T>) -> Result<Value, ApiError> {
+    serde_json::to_value(rows).map_err(ApiError::unavailable)
 }
 
 #[derive(Deserialize)]
@@ -204,19 +245,12 @@ async fn describe_trust(
     })))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FederationTest {
-    trust: Option<String>,
-    token: String,
-}
-
 /// `POST /admin/v1/federation/test`: which rule an outside token matches, or why none does.
 /// Issues nothing and claims nothing.
 async fn federation_test(
     State(app): State<Arc<App>>,
-    Json(req): Json<FederationTest>,
-) -> Result<Json<Value>, ApiError> {
+    Json(req): Json<FederationTestRequest>,
+) -> Result<Json<FederationTestResponse>, ApiError> {
     let snap = app.snapshot();
     if let Some(t) = &req.trust {
         if !snap.trusts.iter().any(|x| x.name.as_str() == t) {
@@ -228,9 +262,24 @@ async fn federation_test(
     }
     Ok(Json(
         match verify_outside(&app, &snap, req.token.trim(), req.trust.as_deref()).await {
-            Ok(m) => json!({"matched": true, "trust": m.trust.name, "rule": m.rule + 1,
-                            "workload": m.workload, "outside_sub": m.subject, "exp": m.exp}),
-            Err(r) => json!({"matched": false, "trust": r.trust, "reason": r.reason}),
+            Ok(m) => FederationTestResponse {
+                matched: true,
+                trust: Some(m.trust.name.to_string()),
+                rule: Some(m.rule + 1),
+                workload: Some(m.workload),
+                outside_sub: Some(m.subject),
+                exp: Some(m.exp),
+                reason: None,
+            },
+            Err(r) => FederationTestResponse {
+                matched: false,
+                trust: r.trust,
+                rule: None,
+                workload: None,
+                outside_sub: None,
+                exp: None,
+                reason: Some(r.reason),
+            },
         },
     ))
 }
@@ -318,18 +367,11 @@ async fn describe_workload(
     })))
 }
 
-#[derive(Deserialize)]
-struct SecretRequest {
-    client_id: String,
-    /// Lifetime in seconds; default the client's `secret_ttl`, or none.
-    ttl_secs: Option<u64>,
-}
-
 async fn client_secret(
     State(app): State<Arc<App>>,
     actor: Actor,
-    Json(req): Json<SecretRequest>,
-) -> Result<Json<Value>, ApiError> {
+    Json(req): Json<ClientSecretRequest>,
+) -> Result<Json<ClientSecretResponse>, ApiError> {
     let snap = app.snapshot();
     let client = snap.clients.get(&req.client_id).ok_or_else(|| {
         ApiError::NotFound(format!(
@@ -366,22 +408,18 @@ async fn client_secret(
         },
     )
     .await?;
-    Ok(Json(
-        json!({"client_id": req.client_id, "secret": secret, "expires_at": expires_at}),
-    ))
-}
-
-#[derive(Deserialize)]
-struct RevokeRequest {
-    id: Option<String>,
-    jti: Option<String>,
+    Ok(Json(ClientSecretResponse {
+        client_id: req.client_id,
+        secret,
+        expires_at,
+    }))
 }
 
 async fn revoke_workload(
     State(app): State<Arc<App>>,
     actor: Actor,
     Json(req): Json<RevokeRequest>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Revoked>, ApiError> {
     let id =
         SpiffeId::parse(req.id.as_deref().unwrap_or_default()).map_err(|e| bad(e.to_string()))?;
     let snap = app.snapshot();
@@ -390,7 +428,11 @@ async fn revoke_workload(
         .get(&id)
         .ok_or_else(|| ApiError::NotFound(format!("no workload `{id}`")))?;
     if let Some(at) = w.revoked_at {
-        return Ok(Json(json!({"id": id, "revoked_at": at, "already": true})));
+        return Ok(Json(Revoked {
+            id: id.to_string(),
+            revoked_at: at,
+            already: true,
+        }));
     }
     let now = tessera_core::now_unix();
     app.change(
@@ -407,14 +449,18 @@ async fn revoke_workload(
         },
     )
     .await?;
-    Ok(Json(json!({"id": id, "revoked_at": now, "already": false})))
+    Ok(Json(Revoked {
+        id: id.to_string(),
+        revoked_at: now,
+        already: false,
+    }))
 }
 
 async fn revoke_token(
     State(app): State<Arc<App>>,
     actor: Actor,
     Json(req): Json<RevokeRequest>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<TokenRevoked>, ApiError> {
     let jti = req.jti.unwrap_or_default();
     if jti.is_empty() || jti.len() > 256 || jti.chars().any(|c| c.is_control() || c.is_whitespace())
     {
@@ -425,14 +471,14 @@ async fn revoke_token(
         + i64::try_from(tessera_core::manifest::MAX_JWT_TTL.as_secs()).unwrap_or(3600)
         + 60;
     rotation::revoke_token(&app, &jti, exp, &actor.0, "token").await?;
-    Ok(Json(json!({"jti": jti, "revoked": true})))
+    Ok(Json(TokenRevoked { jti, revoked: true }))
 }
 
 async fn revoke_agent(
     State(app): State<Arc<App>>,
     actor: Actor,
     Json(req): Json<RevokeRequest>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Revoked>, ApiError> {
     let id = tessera_core::AgentId::parse(req.id.as_deref().unwrap_or_default())
         .map_err(|e| bad(e.to_string()))?;
     let snap = app.snapshot();
@@ -441,7 +487,11 @@ async fn revoke_agent(
         .get(id.as_str())
         .ok_or_else(|| ApiError::NotFound(format!("no agent `{id}` (see `tessera get agents`)")))?;
     if let Some(at) = agent.revoked_at {
-        return Ok(Json(json!({"id": id, "revoked_at": at, "already": true})));
+        return Ok(Json(Revoked {
+            id: id.to_string(),
+            revoked_at: at,
+            already: true,
+        }));
     }
     let now = tessera_core::now_unix();
     app.change(
@@ -458,16 +508,11 @@ async fn revoke_agent(
         },
     )
     .await?;
-    Ok(Json(json!({"id": id, "revoked_at": now, "already": false})))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct JoinTokenRequest {
-    trust_domain: Option<String>,
-    /// Seconds; default 10 minutes, at most a day.
-    ttl: Option<i64>,
-    agent_id: Option<String>,
+    Ok(Json(Revoked {
+        id: id.to_string(),
+        revoked_at: now,
+        already: false,
+    }))
 }
 
 /// `POST /admin/v1/agents/tokens`: a one-time join token. Only its keyed hash is stored.
@@ -475,7 +520,7 @@ async fn create_join_token(
     State(app): State<Arc<App>>,
     actor: Actor,
     Json(req): Json<JoinTokenRequest>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<JoinTokenResponse>, ApiError> {
     let td = match &req.trust_domain {
         Some(t) => app.served(t)?.clone(),
         None => app.first_td().clone(),
@@ -519,12 +564,15 @@ async fn create_join_token(
             }],
         )
         .await?;
-    Ok(Json(json!({
-        "token": token, "agent_id": agent_id, "trust_domain": td, "expires_at": now + ttl,
-    })))
+    Ok(Json(JoinTokenResponse {
+        token,
+        agent_id: agent_id.to_string(),
+        trust_domain: td.to_string(),
+        expires_at: now + ttl,
+    }))
 }
 
-async fn list_cas(State(app): State<Arc<App>>) -> Json<Value> {
+async fn list_cas(State(app): State<Arc<App>>) -> Json<Vec<CaInfo>> {
     let snap = app.snapshot();
     let now = tessera_core::now_unix();
     let mut out = Vec::new();
@@ -532,27 +580,26 @@ async fn list_cas(State(app): State<Arc<App>>) -> Json<Value> {
         let signing = snap.cas.signing(&td.name, now).map(|c| c.id.clone());
         for c in snap.cas.entries(&td.name) {
             let state = if signing.as_deref() == Some(c.id.as_str()) {
-                "active"
+                CaState::Active
             } else if c.activate_at > now {
-                "prepared"
+                CaState::Prepared
             } else if c.retire_at.is_some_and(|r| r <= now) || c.not_after <= now {
-                "withdrawn"
+                CaState::Withdrawn
             } else {
-                "retiring"
+                CaState::Retiring
             };
-            out.push(json!({"trust_domain": td.name, "id": c.id, "state": state, "created_at": c.created_at,
-                            "activate_at": c.activate_at, "retire_at": c.retire_at, "not_after": c.not_after}));
+            out.push(CaInfo {
+                trust_domain: td.name.to_string(),
+                id: c.id.clone(),
+                state,
+                created_at: c.created_at,
+                activate_at: c.activate_at,
+                retire_at: c.retire_at,
+                not_after: c.not_after,
+            });
         }
     }
-    Json(json!(out))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CaRotateRequest {
-    trust_domain: Option<String>,
-    /// Seconds until the new CA signs; default `ca_publish_ahead`.
-    activate_in: Option<i64>,
+    Json(out)
 }
 
 /// The trust domain asked for, or every served one.
@@ -567,7 +614,7 @@ async fn rotate_cas(
     State(app): State<Arc<App>>,
     actor: Actor,
     Json(req): Json<CaRotateRequest>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Vec<CaRotated>>, ApiError> {
     let tds = requested_trust_domains(&app, req.trust_domain.as_deref())?;
     let ahead = match req.activate_in {
         Some(s) if s >= 0 => s,
@@ -578,7 +625,7 @@ async fn rotate_cas(
     for td in tds {
         out.push(rotation::rotate_ca(&app, &td, ahead, &actor.0).await?);
     }
-    Ok(Json(json!(out)))
+    Ok(Json(out))
 }
 
 #[derive(Deserialize)]
@@ -594,17 +641,23 @@ async fn audit_tail(
     Ok(Json(json!(app.store.audit_tail(n).await?)))
 }
 
-async fn audit_verify(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError> {
+async fn audit_verify(State(app): State<Arc<App>>) -> Result<Json<AuditVerifyResponse>, ApiError> {
     match app.store.verify_audit().await {
-        Ok(n) => Ok(Json(json!({"ok": true, "records": n}))),
-        Err(tessera_store::VerifyAuditError::Chain(e)) => {
-            Ok(Json(json!({"ok": false, "error": e.to_string()})))
-        }
+        Ok(n) => Ok(Json(AuditVerifyResponse {
+            ok: true,
+            records: u64::try_from(n).ok(),
+            error: None,
+        })),
+        Err(tessera_store::VerifyAuditError::Chain(e)) => Ok(Json(AuditVerifyResponse {
+            ok: false,
+            records: None,
+            error: Some(e.to_string()),
+        })),
         Err(tessera_store::VerifyAuditError::Store(e)) => Err(e.into()),
     }
 }
 
-async fn list_keys(State(app): State<Arc<App>>) -> Json<Value> {
+async fn list_keys(State(app): State<Arc<App>>) -> Json<Vec<KeyInfo>> {
     let snap = app.snapshot();
     let now = tessera_core::now_unix();
     let mut out = Vec::new();
@@ -616,35 +669,37 @@ async fn list_keys(State(app): State<Arc<App>>) -> Json<Value> {
         for k in snap.keys.entries(&td.name) {
             let kid = k.key.kid().to_string();
             let state = if signing.as_deref() == Some(kid.as_str()) {
-                "signing"
+                KeyState::Signing
             } else if k.activate_at > now {
-                "next"
+                KeyState::Next
             } else if k.retire_at.is_some_and(|r| r <= now) {
-                "withdrawn"
+                KeyState::Withdrawn
             } else {
-                "retiring"
+                KeyState::Retiring
             };
-            out.push(json!({"trust_domain": td.name, "kid": kid, "alg": k.key.alg().as_str(), "state": state,
-                            "created_at": k.created_at, "activate_at": k.activate_at, "retire_at": k.retire_at}));
+            out.push(KeyInfo {
+                trust_domain: td.name.to_string(),
+                kid,
+                alg: k.key.alg().as_str().to_owned(),
+                state,
+                created_at: k.created_at,
+                activate_at: k.activate_at,
+                retire_at: k.retire_at,
+            });
         }
     }
-    Json(json!(out))
-}
-
-#[derive(Deserialize)]
-struct RotateRequest {
-    trust_domain: Option<String>,
+    Json(out)
 }
 
 async fn rotate_keys(
     State(app): State<Arc<App>>,
     actor: Actor,
-    Json(req): Json<RotateRequest>,
-) -> Result<Json<Value>, ApiError> {
+    Json(req): Json<KeyRotateRequest>,
+) -> Result<Json<Vec<KeyRotated>>, ApiError> {
     let tds = requested_trust_domains(&app, req.trust_domain.as_deref())?;
     let mut out = Vec::new();
     for td in tds {
         out.push(rotation::rotate_key(&app, &td, &actor.0).await?);
     }
-    Ok(Json(json!(out)))
+    Ok(Json(out))
 }

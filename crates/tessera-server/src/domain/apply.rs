@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use serde::{Deserialize, Serialize};
+pub use tessera_core::admin_api::{ApplyRequest, ApplyResponse};
 use tessera_core::manifest::{ClientAuth, DesiredState, Grant, PolicyFile, Workload};
 use tessera_store::Op;
 use tessera_verify::KeySet;
@@ -24,18 +24,6 @@ pub enum ApplyError {
     /// The result would not be whole (a policy does not compile against it).
     #[error("{0}")]
     Incomplete(String),
-}
-
-#[derive(Debug, Deserialize, Serialize)]
-pub struct ApplyRequest {
-    pub state: DesiredState,
-    #[serde(default)]
-    pub dry_run: bool,
-    #[serde(default)]
-    pub prune: bool,
-    /// Load the grants and policy files as a shadow candidate instead of applying them.
-    #[serde(default)]
-    pub shadow: bool,
 }
 
 fn is_policy_op(op: &Op) -> bool {
@@ -77,12 +65,6 @@ impl Plan {
             .map(|(_, l)| l.as_str())
             .collect()
     }
-}
-
-#[derive(Debug, Deserialize, Serialize)]
-pub struct ApplyResponse {
-    pub changes: Vec<String>,
-    pub applied: bool,
 }
 
 fn invalid(source: &str, msg: String) -> ApplyError {

@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::json;
+use tessera_core::admin_api::{CaRotated, KeyRotated};
 use tessera_core::TrustDomain;
 use tessera_store::{AuditEvent, Op, StoreError};
 
@@ -25,7 +26,7 @@ pub async fn rotate_ca(
     td: &TrustDomain,
     ahead: i64,
     actor: &str,
-) -> Result<Value, RotationError> {
+) -> Result<CaRotated, RotationError> {
     let now = tessera_core::now_unix();
     let ttl = i64::try_from(app.config.ca_ttl.as_secs()).unwrap_or(i64::MAX / 4);
     let snap = app.snapshot();
@@ -41,13 +42,20 @@ pub async fn rotate_ca(
         },
     )
     .await?;
-    Ok(
-        json!({"trust_domain": td, "ca": rec.id, "activate_at": rec.activate_at, "not_after": rec.not_after}),
-    )
+    Ok(CaRotated {
+        trust_domain: td.to_string(),
+        ca: rec.id,
+        activate_at: rec.activate_at,
+        not_after: rec.not_after,
+    })
 }
 
 /// Prepares the next signing key of `td`: published now, signing after `publish_ahead`.
-pub async fn rotate_key(app: &App, td: &TrustDomain, actor: &str) -> Result<Value, RotationError> {
+pub async fn rotate_key(
+    app: &App,
+    td: &TrustDomain,
+    actor: &str,
+) -> Result<KeyRotated, RotationError> {
     let now = tessera_core::now_unix();
     let ahead = i64::try_from(app.config.publish_ahead().as_secs()).unwrap_or(i64::MAX);
     let snap = app.snapshot();
@@ -63,7 +71,11 @@ pub async fn rotate_key(app: &App, td: &TrustDomain, actor: &str) -> Result<Valu
         },
     )
     .await?;
-    Ok(json!({"trust_domain": td, "kid": rec.kid, "activate_at": rec.activate_at}))
+    Ok(KeyRotated {
+        trust_domain: td.to_string(),
+        kid: rec.kid,
+        activate_at: rec.activate_at,
+    })
 }
 
 /// Rotates each trust domain whose signing key is older than `period` and has no successor.

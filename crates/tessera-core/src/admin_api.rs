@@ -1,0 +1,258 @@
+//! The admin API's messages (`/admin/v1/...` over HTTP, `/v1/...` on the admin socket): one
+//! definition for the server that answers and the CLI that asks, as `agent_api` is for agents.
+//! Requests refuse unknown fields, so a typo in a client is an error, not a silent default.
+
+use serde::{Deserialize, Serialize};
+
+use crate::manifest::{ClientAuth, Date, DesiredState, WorkloadKind};
+use crate::{Audience, ClientId, Label, Scope, SpiffeId};
+
+/// `POST /v1/apply`: identity files to make so (or to load as a shadow policy set).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ApplyRequest {
+    pub state: DesiredState,
+    #[serde(default)]
+    pub dry_run: bool,
+    #[serde(default)]
+    pub prune: bool,
+    /// Load the grants and policy files as a shadow candidate instead of applying them.
+    #[serde(default)]
+    pub shadow: bool,
+}
+
+/// What an apply changed (or would change, in a dry run), one line per change.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApplyResponse {
+    pub changes: Vec<String>,
+    pub applied: bool,
+}
+
+/// `GET /v1/get/workloads`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkloadSummary {
+    pub id: SpiffeId,
+    pub owner: Label,
+    pub environment: Option<Label>,
+    pub kind: WorkloadKind,
+    pub purpose: String,
+    pub revoked_at: Option<i64>,
+}
+
+/// `GET /v1/get/clients`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClientSummary {
+    pub id: ClientId,
+    pub workload: SpiffeId,
+    pub auth: ClientAuth,
+    pub secret_expires_at: Option<i64>,
+    pub has_secret: bool,
+}
+
+/// `GET /v1/get/grants`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GrantSummary {
+    pub from: SpiffeId,
+    pub to: SpiffeId,
+    pub scopes: Vec<Scope>,
+    pub why: String,
+    pub review_by: Option<Date>,
+    pub overdue: bool,
+    pub source: String,
+}
+
+/// `GET /v1/get/trusts`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrustSummary {
+    pub name: Label,
+    pub issuer: String,
+    pub audience: Audience,
+    pub maps_to: Vec<SpiffeId>,
+}
+
+/// `GET /v1/get/agents`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AgentSummary {
+    pub id: String,
+    pub trust_domain: String,
+    pub spiffe_id: String,
+    pub joined_at: i64,
+    pub last_seen: i64,
+    pub svid_serial: String,
+    pub svid_not_after: i64,
+    pub revoked_at: Option<i64>,
+}
+
+/// `POST /v1/client/secret`: a new secret for a `client_secret` client.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientSecretRequest {
+    pub client_id: String,
+    /// Lifetime in seconds; default the client's `secret_ttl`, or none.
+    pub ttl_secs: Option<u64>,
+}
+
+/// The new secret: shown once, stored only as a keyed hash.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClientSecretResponse {
+    pub client_id: String,
+    pub secret: String,
+    pub expires_at: Option<i64>,
+}
+
+/// `POST /v1/revoke/workload` and `/v1/revoke/agent` (`id`), `/v1/revoke/token` (`jti`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeRequest {
+    pub id: Option<String>,
+    pub jti: Option<String>,
+}
+
+/// A workload or agent revoked (`already`: it was before this request).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Revoked {
+    pub id: String,
+    pub revoked_at: i64,
+    pub already: bool,
+}
+
+/// A token revoked by its ID.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenRevoked {
+    pub jti: String,
+    pub revoked: bool,
+}
+
+/// `POST /v1/agents/tokens`: a one-time join token for a new node agent.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JoinTokenRequest {
+    pub trust_domain: Option<String>,
+    /// Seconds; default 10 minutes, at most a day.
+    pub ttl: Option<i64>,
+    pub agent_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JoinTokenResponse {
+    pub token: String,
+    pub agent_id: String,
+    pub trust_domain: String,
+    pub expires_at: i64,
+}
+
+/// `POST /v1/keys/rotate`: every served trust domain, or one.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyRotateRequest {
+    pub trust_domain: Option<String>,
+}
+
+/// A new signing key: published now, signing from `activate_at`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KeyRotated {
+    pub trust_domain: String,
+    pub kid: String,
+    pub activate_at: i64,
+}
+
+/// Where a signing key is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyState {
+    /// Published, not signing yet.
+    Next,
+    Signing,
+    /// Published until every token it signed has expired.
+    Retiring,
+    Withdrawn,
+}
+
+/// `GET /v1/keys`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KeyInfo {
+    pub trust_domain: String,
+    pub kid: String,
+    pub alg: String,
+    pub state: KeyState,
+    pub created_at: i64,
+    pub activate_at: i64,
+    pub retire_at: Option<i64>,
+}
+
+/// `POST /v1/ca/rotate`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaRotateRequest {
+    pub trust_domain: Option<String>,
+    /// Seconds until the new CA signs; default `ca_publish_ahead`.
+    pub activate_in: Option<i64>,
+}
+
+/// A new CA: in the bundle now, signing from `activate_at`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CaRotated {
+    pub trust_domain: String,
+    pub ca: String,
+    pub activate_at: i64,
+    pub not_after: i64,
+}
+
+/// Where a CA is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CaState {
+    /// In the bundle, not signing yet.
+    Prepared,
+    Active,
+    /// In the bundle until every SVID it signed has expired.
+    Retiring,
+    Withdrawn,
+}
+
+/// `GET /v1/ca`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CaInfo {
+    pub trust_domain: String,
+    pub id: String,
+    pub state: CaState,
+    pub created_at: i64,
+    pub activate_at: i64,
+    pub retire_at: Option<i64>,
+    pub not_after: i64,
+}
+
+/// `GET /v1/audit/verify`: whether the chain verifies, over how many records, or where not.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuditVerifyResponse {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub records: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// `POST /v1/federation/test`: which rule of which trust an outside token matches.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FederationTestRequest {
+    pub trust: Option<String>,
+    pub token: String,
+}
+
+/// The match (`matched`, with the trust, rule, workload, outside subject and expiry) or why
+/// none (`reason`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FederationTestResponse {
+    pub matched: bool,
+    pub trust: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<SpiffeId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outside_sub: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exp: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}

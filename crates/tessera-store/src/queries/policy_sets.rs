@@ -1,0 +1,29 @@
+//! Policy set versions.
+
+use crate::backend::with_read;
+use crate::records::PolicySetRecord;
+use crate::{Result, Store};
+
+/// The columns of a [`PolicySetRecord`].
+pub(crate) const POLICY_SET_COLUMNS: &str =
+    "version, status, grants, policies, created_at, actor, note";
+
+impl Store {
+    /// Policy set versions, newest first.
+    pub async fn policy_sets(&self, limit: i64) -> Result<Vec<PolicySetRecord>> {
+        let sql =
+            format!("SELECT {POLICY_SET_COLUMNS} FROM policy_sets ORDER BY version DESC LIMIT $1");
+        Ok(with_read!(self, |pool| {
+            sqlx::query_as(&sql).bind(limit).fetch_all(pool).await?
+        }))
+    }
+
+    /// The highest policy set version recorded, whatever its status.
+    pub async fn last_policy_set_version(&self) -> Result<i64> {
+        Ok(with_read!(self, |pool| {
+            sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM policy_sets")
+                .fetch_one(pool)
+                .await?
+        }))
+    }
+}
