@@ -39,8 +39,27 @@ pub enum CaError {
     BadSvid(String),
     #[error("trust domain `{0}` is not trusted here")]
     UntrustedDomain(String),
-    #[error("the certificate chain does not validate: {0}")]
-    Chain(String),
+    /// The chain does not validate; webpki's reason is kept as data (expiry is told apart from
+    /// an unknown issuer by callers, not by reading a message).
+    #[error("the certificate chain does not validate: {0:?}")]
+    Chain(webpki::Error),
+}
+
+impl CaError {
+    /// How a TLS verifier refuses with this error: a certificate outside its validity period as
+    /// rustls's own `Expired` / `NotValidYet` (so the TLS stack, and the sidecar's metrics, see
+    /// what it is), every other refusal as a message.
+    pub fn into_rustls(self) -> rustls::Error {
+        match self {
+            Self::Chain(webpki::Error::CertExpired { .. }) => {
+                rustls::Error::InvalidCertificate(rustls::CertificateError::Expired)
+            }
+            Self::Chain(webpki::Error::CertNotValidYet { .. }) => {
+                rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidYet)
+            }
+            other => rustls::Error::General(other.to_string()),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -135,7 +135,7 @@ pub fn verify_chain(
         None,
         None,
     )
-    .map_err(|e| CaError::Chain(format!("{e:?}")))?;
+    .map_err(CaError::Chain)?;
     Ok(id)
 }
 

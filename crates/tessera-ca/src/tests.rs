@@ -301,3 +301,40 @@ fn concatenated_certificates_split_exactly() {
     assert!(crate::split_certificates(&[a.as_ref(), &[0x30, 0x05, 1]].concat()).is_err());
     assert!(crate::split_certificates(&[0x31, 0, 0, 0]).is_err());
 }
+
+#[test]
+fn validity_errors_stay_typed_up_to_rustls() {
+    let (ca, _) = CertificateAuthority::generate(&td("example.org"), NOW, 86400).unwrap();
+    let bundles = StaticBundles::new(vec![(td("example.org"), ca.cert().clone())]);
+    let leaf = issue(&ca, "spiffe://example.org/api");
+    // Checked an hour after the leaf's end, and before its start.
+    for (when, want) in [
+        (NOW + 2 * 86400, rustls::CertificateError::Expired),
+        (NOW - 3600, rustls::CertificateError::NotValidYet),
+    ] {
+        let err = verify_chain(
+            std::slice::from_ref(&leaf),
+            &bundles,
+            at(when),
+            Usage::Client,
+        )
+        .unwrap_err();
+        assert!(matches!(err, CaError::Chain(_)), "{err}");
+        assert_eq!(err.into_rustls(), rustls::Error::InvalidCertificate(want));
+    }
+    // Any other refusal keeps its message.
+    let other = CertificateAuthority::generate(&td("example.org"), NOW, 86400)
+        .unwrap()
+        .0;
+    let err = verify_chain(
+        &[issue(&other, "spiffe://example.org/api")],
+        &bundles,
+        at(NOW),
+        Usage::Client,
+    )
+    .unwrap_err();
+    match err.into_rustls() {
+        rustls::Error::General(m) => assert!(m.contains("does not validate"), "{m}"),
+        e => panic!("{e:?}"),
+    }
+}

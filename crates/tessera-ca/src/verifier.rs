@@ -11,6 +11,7 @@ use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use tessera_core::SpiffeId;
 
 use crate::svid::{verify_chain, BundleSource, Usage};
+use crate::CaError;
 
 /// Verifies client X.509-SVIDs. With `mandatory` false a client may connect without a
 /// certificate (to join, say); handlers then see no peer identity and refuse what needs one.
@@ -55,7 +56,7 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         chain.extend(intermediates.iter().cloned());
         verify_chain(&chain, self.bundles.as_ref(), now, Usage::Client)
             .map(|_| ClientCertVerified::assertion())
-            .map_err(|e| rustls::Error::General(e.to_string()))
+            .map_err(CaError::into_rustls)
     }
 
     fn verify_tls12_signature(
@@ -114,7 +115,7 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         chain.push(end_entity.clone());
         chain.extend(intermediates.iter().cloned());
         let id = verify_chain(&chain, self.bundles.as_ref(), now, Usage::Server)
-            .map_err(|e| rustls::Error::General(e.to_string()))?;
+            .map_err(CaError::into_rustls)?;
         if id != self.expected {
             return Err(rustls::Error::General(format!(
                 "the server is `{id}`, not `{}`",

@@ -394,3 +394,52 @@ async fn forward(ctx: &Ctx, caller: &SpiffeId, req: Request<Incoming>) -> Respon
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::handshake_reason;
+
+    fn io(e: rustls::Error) -> std::io::Error {
+        std::io::Error::new(std::io::ErrorKind::InvalidData, e)
+    }
+
+    #[test]
+    fn refused_handshakes_are_labelled_by_their_reason() {
+        // What the SPIFFE verifier answers for a certificate outside its validity period
+        // (`CaError::into_rustls`), and for any other refusal.
+        assert_eq!(handshake_reason(&io(expired_refusal())), "certificate_time");
+        assert_eq!(
+            handshake_reason(&io(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::NotValidYet
+            ))),
+            "certificate_time"
+        );
+        assert_eq!(
+            handshake_reason(&io(rustls::Error::General("another trust domain".into()))),
+            "rejected_certificate"
+        );
+        assert_eq!(
+            handshake_reason(&io(rustls::Error::NoCertificatesPresented)),
+            "no_client_certificate"
+        );
+        assert_eq!(handshake_reason(&std::io::Error::other("reset")), "io");
+    }
+
+    /// The refusal the SPIFFE verifier gives a genuine SVID presented after its end.
+    fn expired_refusal() -> rustls::Error {
+        use tessera_core::{SpiffeId, TrustDomain};
+        let now = tessera_core::now_unix();
+        let td = TrustDomain::parse("example.org").unwrap();
+        let id = SpiffeId::parse("spiffe://example.org/api").unwrap();
+        let (ca, _) = tessera_ca::CertificateAuthority::generate(&td, now, 86400).unwrap();
+        let (_, csr) = tessera_ca::new_key_and_csr(&id).unwrap();
+        let leaf = ca.sign_csr(&csr, &id, now, 60).unwrap().cert;
+        let bundles = tessera_ca::StaticBundles::new(vec![(td, ca.cert().clone())]);
+        let later = rustls::pki_types::UnixTime::since_unix_epoch(std::time::Duration::from_secs(
+            u64::try_from(now + 3600).unwrap(),
+        ));
+        tessera_ca::verify_chain(&[leaf], &bundles, later, tessera_ca::Usage::Client)
+            .unwrap_err()
+            .into_rustls()
+    }
+}

@@ -1,0 +1,135 @@
+//! The desired state identity files describe, as the server applies it: workloads, grants,
+//! clients, trusts, policy files. Every item carries its `source` (`file:line`).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::values::{ClientAuth, Date, Hours, Rate, Selector, Ttl, WorkloadKind};
+use crate::id::{AgentId, Audience, ClientId, Label, Scope, SpiffeId};
+
+/// A just-in-time scope: issued only on its own, for a short lifetime, under conditions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JitScope {
+    pub scope: Scope,
+    /// The longest a token carrying this scope may live.
+    pub max_ttl: Ttl,
+    /// Caller environments that may ask for it; empty means any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub environments: Vec<Label>,
+    /// The UTC hours in which it may be issued.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hours: Option<Hours>,
+    /// For exchanged and delegated requests: the oldest subject token accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_token_age: Option<Ttl>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    #[serde(default)]
+    pub methods: Vec<String>,
+    #[serde(default)]
+    pub paths: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustMap {
+    pub claims: BTreeMap<String, toml::Value>,
+    pub workload: SpiffeId,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Workload {
+    pub id: SpiffeId,
+    pub owner: Label,
+    pub purpose: String,
+    pub environment: Option<Label>,
+    pub tags: BTreeMap<String, String>,
+    pub selectors: Vec<Selector>,
+    pub jwt_ttl: Ttl,
+    pub x509_ttl: Ttl,
+    pub aliases: Vec<Audience>,
+    pub scopes: Vec<Scope>,
+    pub kind: WorkloadKind,
+    /// Node agents that may hand out this workload's SVIDs; empty means any agent of its
+    /// trust domain.
+    #[serde(default)]
+    pub nodes: Vec<AgentId>,
+    /// Scopes of this service issued only just in time: alone, briefly, under conditions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub jit: Vec<JitScope>,
+    pub source: String,
+}
+
+impl Workload {
+    /// The just-in-time rule for `scope`, if it is one.
+    pub fn jit_scope(&self, scope: &Scope) -> Option<&JitScope> {
+        self.jit.iter().find(|j| &j.scope == scope)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Grant {
+    pub from: SpiffeId,
+    pub to: SpiffeId,
+    pub scopes: Vec<Scope>,
+    pub routes: Vec<Route>,
+    pub why: String,
+    pub review_by: Option<Date>,
+    /// Lets a `deployment` workload reach a `runtime` service, which the shipped policy
+    /// otherwise forbids: the explicit decision the separation asks for.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deployment: bool,
+    /// At most this many tokens for the target per period.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_rate: Option<Rate>,
+    /// At most this many calls to the target per period, enforced where the call lands.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub call_rate: Option<Rate>,
+    pub source: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Client {
+    pub id: ClientId,
+    pub workload: SpiffeId,
+    pub auth: ClientAuth,
+    /// The client's public keys (a JWKS document), for `private_key_jwt`.
+    pub jwks: Option<String>,
+    pub secret_ttl: Option<Ttl>,
+    pub source: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Trust {
+    pub name: Label,
+    pub issuer: String,
+    pub jwks: Option<String>,
+    pub audience: Audience,
+    pub algorithms: Vec<String>,
+    pub max_age: Option<Ttl>,
+    pub single_use: bool,
+    pub map: Vec<TrustMap>,
+    pub source: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PolicyFile {
+    /// The file name, relative to the identity file that listed it.
+    pub name: String,
+    pub text: String,
+}
+
+/// Everything a set of identity files asks for.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DesiredState {
+    pub workloads: Vec<Workload>,
+    pub grants: Vec<Grant>,
+    pub clients: Vec<Client>,
+    pub trusts: Vec<Trust>,
+    pub policies: Vec<PolicyFile>,
+}

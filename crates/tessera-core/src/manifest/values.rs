@@ -1,0 +1,350 @@
+//! The values of identity files, each a newtype built only by its parser: selectors,
+//! lifetimes, rates, hours, dates, workload kinds, client authentication methods.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// A value that does not parse; the message quotes the input and says what was expected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ValueError {
+    #[error("{0}")]
+    Selector(String),
+    #[error("{0}")]
+    Duration(String),
+    #[error("{0}")]
+    Rate(String),
+    #[error("{0}")]
+    Hours(String),
+    #[error("{0}")]
+    Date(String),
+}
+
+/// How a workload proves who it is to a node agent. Unknown kinds are refused at load time.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Selector {
+    kind: SelectorKind,
+    value: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SelectorKind {
+    Uid,
+    Gid,
+    User,
+    Group,
+    Path,
+    Sha256,
+}
+
+impl SelectorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Uid => "unix:uid",
+            Self::Gid => "unix:gid",
+            Self::User => "unix:user",
+            Self::Group => "unix:group",
+            Self::Path => "unix:path",
+            Self::Sha256 => "unix:sha256",
+        }
+    }
+}
+
+impl Selector {
+    pub fn parse(input: &str) -> Result<Self, ValueError> {
+        Self::parse_text(input).map_err(ValueError::Selector)
+    }
+
+    fn parse_text(input: &str) -> Result<Self, String> {
+        let (kind, value) = match input.rsplit_once(':') {
+            Some((k, v)) if k.starts_with("unix:") => (k, v),
+            _ => {
+                return Err(format!(
+                    "`{input}` is not a selector: expected `unix:<type>:<value>`"
+                ))
+            }
+        };
+        // `unix:path:/usr/bin/x` holds colons only in the type part; paths with colons are rare
+        // enough that we accept the split at the last colon only for the other types.
+        let (kind, value) = if let Some(path) = input.strip_prefix("unix:path:") {
+            ("unix:path", path)
+        } else {
+            (kind, value)
+        };
+        let kind = match kind {
+            "unix:uid" => SelectorKind::Uid,
+            "unix:gid" => SelectorKind::Gid,
+            "unix:user" => SelectorKind::User,
+            "unix:group" => SelectorKind::Group,
+            "unix:path" => SelectorKind::Path,
+            "unix:sha256" => SelectorKind::Sha256,
+            other => {
+                return Err(format!(
+                    "`{other}` is not a known selector type (known: unix:uid, unix:gid, unix:user, unix:group, unix:path, unix:sha256)"
+                ))
+            }
+        };
+        let ok = match kind {
+            SelectorKind::Uid | SelectorKind::Gid => {
+                !value.is_empty() && value.len() <= 10 && value.bytes().all(|b| b.is_ascii_digit())
+            }
+            SelectorKind::Path => value.starts_with('/') && !value.contains('\0'),
+            SelectorKind::Sha256 => {
+                value.len() == 64 && value.bytes().all(|b| b.is_ascii_hexdigit())
+            }
+            SelectorKind::User | SelectorKind::Group => {
+                !value.is_empty()
+                    && value.len() <= 64
+                    && value
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            }
+        };
+        if !ok {
+            return Err(format!(
+                "`{input}` has a value that is not valid for `{}`",
+                kind.as_str()
+            ));
+        }
+        Ok(Self {
+            kind,
+            value: value.to_owned(),
+        })
+    }
+
+    pub fn kind(&self) -> SelectorKind {
+        self.kind
+    }
+
+    pub fn value(&self) -> &str {
+        &self.value
+    }
+}
+
+impl fmt::Display for Selector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.kind.as_str(), self.value)
+    }
+}
+
+impl Serialize for Selector {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Selector {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Self::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A lifetime written as `90s`, `5m`, `1h`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Ttl(pub Duration);
+
+impl Ttl {
+    pub fn parse(input: &str) -> Result<Self, ValueError> {
+        humantime::parse_duration(input).map(Self).map_err(|e| {
+            ValueError::Duration(format!(
+                "`{input}` is not a duration such as `5m` or `1h`: {e}"
+            ))
+        })
+    }
+
+    pub fn as_secs(self) -> u64 {
+        self.0.as_secs()
+    }
+}
+
+impl Serialize for Ttl {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(self.0).to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for Ttl {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Self::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A rate written as `N/s`, `N/m` or `N/h`: at most N events per period, in bursts of up to N.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub count: u32,
+    pub per: Duration,
+}
+
+impl Rate {
+    pub fn parse(input: &str) -> Result<Self, ValueError> {
+        let bad = || {
+            ValueError::Rate(format!(
+                "`{input}` is not a rate such as `10/s`, `100/m` or `1000/h`"
+            ))
+        };
+        let (n, unit) = input.split_once('/').ok_or_else(bad)?;
+        let count: u32 = n.trim().parse().map_err(|_| bad())?;
+        let per = match unit.trim() {
+            "s" => Duration::from_secs(1),
+            "m" => Duration::from_secs(60),
+            "h" => Duration::from_secs(3600),
+            _ => return Err(bad()),
+        };
+        if count == 0 {
+            return Err(ValueError::Rate(format!(
+                "`{input}`: a rate of zero would refuse everything; remove the grant instead"
+            )));
+        }
+        Ok(Self { count, per })
+    }
+}
+
+impl fmt::Display for Rate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let unit = match self.per.as_secs() {
+            1 => "s",
+            60 => "m",
+            _ => "h",
+        };
+        write!(f, "{}/{unit}", self.count)
+    }
+}
+
+impl Serialize for Rate {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Rate {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Self::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A UTC time window `HH-HH` (start hour inclusive, end hour exclusive; `22-06` wraps midnight).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hours {
+    pub start: u8,
+    pub end: u8,
+}
+
+impl Hours {
+    pub fn parse(input: &str) -> Result<Self, ValueError> {
+        let bad = || {
+            ValueError::Hours(format!(
+                "`{input}` is not an hour window such as `08-18` (UTC)"
+            ))
+        };
+        let (a, b) = input.split_once('-').ok_or_else(bad)?;
+        let start: u8 = a.trim().parse().map_err(|_| bad())?;
+        let end: u8 = b.trim().parse().map_err(|_| bad())?;
+        if start > 23 || end > 24 || start == end {
+            return Err(bad());
+        }
+        Ok(Self { start, end })
+    }
+}
+
+impl fmt::Display for Hours {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:02}-{:02}", self.start, self.end)
+    }
+}
+
+impl Serialize for Hours {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Hours {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Self::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A calendar date `YYYY-MM-DD`, used for `review_by`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Date(pub time::Date);
+
+impl Date {
+    pub fn parse(input: &str) -> Result<Self, ValueError> {
+        let fmt = time::macros::format_description!("[year]-[month]-[day]");
+        time::Date::parse(input, &fmt).map(Self).map_err(|_| {
+            ValueError::Date(format!("`{input}` is not a date in the form YYYY-MM-DD"))
+        })
+    }
+
+    /// Seconds since the Unix epoch at the end of this day (UTC): a review is due after it.
+    pub fn end_unix(self) -> i64 {
+        self.0
+            .with_hms(23, 59, 59)
+            .map(|dt| dt.assume_utc().unix_timestamp())
+            .unwrap_or(i64::MAX)
+    }
+}
+
+impl fmt::Display for Date {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let fmt = time::macros::format_description!("[year]-[month]-[day]");
+        match self.0.format(&fmt) {
+            Ok(s) => f.write_str(&s),
+            Err(_) => Err(fmt::Error),
+        }
+    }
+}
+
+impl Serialize for Date {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Date {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Self::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkloadKind {
+    #[default]
+    Runtime,
+    Deployment,
+}
+
+impl WorkloadKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Runtime => "runtime",
+            Self::Deployment => "deployment",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuth {
+    PrivateKeyJwt,
+    ClientSecret,
+}
+
+impl ClientAuth {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::PrivateKeyJwt => "private_key_jwt",
+            Self::ClientSecret => "client_secret",
+        }
+    }
+}
+
+// ---- The file format, as written ---------------------------------------------------------------
