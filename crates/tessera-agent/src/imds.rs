@@ -20,7 +20,7 @@ use tokio::net::TcpListener;
 use crate::attest;
 use crate::{Agent, AgentError};
 
-pub async fn bind(addr: SocketAddr) -> Result<TcpListener, AgentError> {
+pub(crate) async fn bind(addr: SocketAddr) -> Result<TcpListener, AgentError> {
     if !addr.ip().is_loopback() {
         return Err(AgentError::Config(format!(
             "--imds-listen must be a loopback address, not `{addr}`: the endpoint hands out tokens to local processes"
@@ -37,7 +37,7 @@ struct Ctx {
     local: SocketAddr,
 }
 
-pub async fn serve(agent: Arc<Agent>, listener: TcpListener) {
+pub(crate) async fn serve(agent: Arc<Agent>, listener: TcpListener) {
     let Ok(local) = listener.local_addr() else {
         return;
     };

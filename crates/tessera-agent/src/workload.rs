@@ -60,6 +60,7 @@ pub fn bind_socket(path: &Path) -> Result<UnixListener, AgentError> {
 }
 
 /// A connection with what the kernel said about its peer when it was accepted.
+#[derive(Debug)]
 pub struct PeerStream {
     inner: UnixStream,
     info: PeerInfo,

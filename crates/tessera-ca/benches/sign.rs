@@ -19,7 +19,7 @@ fn bench(c: &mut Criterion) {
         b.iter(|| ca.sign_csr(&csr, &id, now, 3600).unwrap())
     });
     let svid = ca.sign_csr(&csr, &id, now, 3600).unwrap();
-    let bundles = StaticBundles::new([(td.clone(), ca.cert().clone())]);
+    let bundles = StaticBundles::new([(td, ca.cert().clone())]);
     let t = UnixTime::now();
     c.bench_function("verify_chain", |b| {
         b.iter(|| {

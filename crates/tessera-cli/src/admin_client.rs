@@ -13,7 +13,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 #[derive(Debug, Clone)]
-pub enum AdminClient {
+pub(crate) enum AdminClient {
     Socket(PathBuf),
     Http {
         base: String,
@@ -23,16 +23,16 @@ pub enum AdminClient {
 }
 
 impl AdminClient {
-    pub fn for_data_dir(data: &Path) -> Self {
+    pub(crate) fn for_data_dir(data: &Path) -> Self {
         Self::Socket(data.join("admin.sock"))
     }
 
-    pub fn at(socket: PathBuf) -> Self {
+    pub(crate) fn at(socket: PathBuf) -> Self {
         Self::Socket(socket)
     }
 
     /// `--server URL`: the credential comes from `TESSERA_ADMIN_TOKEN` or `token_file`.
-    pub fn http(
+    pub(crate) fn http(
         server: &str,
         token_file: Option<&Path>,
         ca_file: Option<&Path>,
@@ -60,21 +60,21 @@ impl AdminClient {
         })
     }
 
-    pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
+    pub(crate) async fn get(&self, path: &str) -> anyhow::Result<Value> {
         self.call(Method::GET, path, None).await
     }
 
-    pub async fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
+    pub(crate) async fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
         self.call(Method::POST, path, Some(body)).await
     }
 
     /// `GET path`, its answer read as the admin API's type for it.
-    pub async fn fetch<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+    pub(crate) async fn fetch<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
         typed(path, self.get(path).await?)
     }
 
     /// `POST path` with a typed request, its answer read as the admin API's type for it.
-    pub async fn send<B: Serialize, T: DeserializeOwned>(
+    pub(crate) async fn send<B: Serialize, T: DeserializeOwned>(
         &self,
         path: &str,
         body: &B,

@@ -11,13 +11,13 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
     version,
     about = "Workload identity: short-lived credentials for services, no standing secrets"
 )]
-pub struct Cli {
+pub(crate) struct Cli {
     #[command(subcommand)]
     pub command: Command,
 }
 
 #[derive(Debug, Clone, Copy, Default, ValueEnum, PartialEq, Eq)]
-pub enum Output {
+pub(crate) enum Output {
     #[default]
     Text,
     Json,
@@ -25,7 +25,7 @@ pub enum Output {
 
 /// Where admin commands find the server.
 #[derive(Debug, Args, Clone)]
-pub struct Target {
+pub(crate) struct Target {
     /// The server's data folder; its admin socket is `DATA/admin.sock`.
     #[arg(
         long,
@@ -50,7 +50,7 @@ pub struct Target {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Run the trust authority.
     Server(ServerArgs),
     /// Run a server and a demo mesh on loopback, and show an allowed and a denied call.
@@ -149,7 +149,7 @@ pub enum Command {
 }
 
 #[derive(Debug, Args)]
-pub struct ProxyCommon {
+pub(crate) struct ProxyCommon {
     /// The node agent's Workload API socket.
     #[arg(
         long,
@@ -168,7 +168,7 @@ pub struct ProxyCommon {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum ProxyCommand {
+pub(crate) enum ProxyCommand {
     /// Terminate mTLS for a service: callers need an X.509-SVID, and policy decides each call.
     Inbound {
         /// Where callers connect (mTLS).
@@ -231,7 +231,7 @@ pub enum ProxyCommand {
 }
 
 /// `10MiB`, `64KiB`, `512` (bytes).
-pub fn parse_size(s: &str) -> Result<usize, String> {
+pub(crate) fn parse_size(s: &str) -> Result<usize, String> {
     let (num, mult) = if let Some(n) = s.strip_suffix("MiB") {
         (n, 1024 * 1024)
     } else if let Some(n) = s.strip_suffix("KiB") {
@@ -247,7 +247,7 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
 }
 
 #[derive(Debug, Args)]
-pub struct ExplainArgs {
+pub(crate) struct ExplainArgs {
     /// The caller's SPIFFE ID.
     #[arg(long)]
     pub from: String,
@@ -274,7 +274,7 @@ pub struct ExplainArgs {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum PolicyCommand {
+pub(crate) enum PolicyCommand {
     /// Check identity files and their policies against the Tessera schema (strict), offline.
     /// Exit 0 valid, 1 invalid (with file, line and reason).
     Validate {
@@ -326,7 +326,7 @@ pub enum PolicyCommand {
 
 #[derive(Debug, Args)]
 #[command(args_conflicts_with_subcommands = true)]
-pub struct AgentArgs {
+pub(crate) struct AgentArgs {
     #[command(subcommand)]
     pub command: Option<AgentCommand>,
     /// The authority's URL (`http://` only for a `--dev` server on loopback).
@@ -353,7 +353,7 @@ pub struct AgentArgs {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum AgentCommand {
+pub(crate) enum AgentCommand {
     /// Join tokens.
     Token {
         #[command(subcommand)]
@@ -362,7 +362,7 @@ pub enum AgentCommand {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum AgentTokenCommand {
+pub(crate) enum AgentTokenCommand {
     /// A one-time join token for a node agent, alone on the first line of stdout.
     Create {
         /// How long the token can be used (e.g. `10m`; at most `1d`).
@@ -379,7 +379,7 @@ pub enum AgentTokenCommand {
 }
 
 #[derive(Debug, Args)]
-pub struct ExecArgs {
+pub(crate) struct ExecArgs {
     /// `NAME=tessera://secret/SECRET[?version=N]`: an environment variable of the program.
     #[arg(long = "env", value_name = "NAME=REF")]
     pub envs: Vec<String>,
@@ -400,7 +400,7 @@ pub struct ExecArgs {
 
 /// How a workload reaches the authority with its own identity (a JWT-SVID from the agent).
 #[derive(Debug, Args)]
-pub struct WorkloadTarget {
+pub(crate) struct WorkloadTarget {
     /// The authority's URL.
     #[arg(long, env = "TESSERA_SERVER")]
     pub server: String,
@@ -420,7 +420,7 @@ pub struct WorkloadTarget {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum DbCommand {
+pub(crate) enum DbCommand {
     /// A new role for this workload, under a lease: prints username, password, lease.
     Creds {
         role: String,
@@ -489,14 +489,14 @@ pub enum DbCommand {
 
 /// Where a secret value comes from: a file, or standard input.
 #[derive(Debug, Args)]
-pub struct ValueSource {
+pub(crate) struct ValueSource {
     /// Read the value from this file (else from standard input).
     #[arg(long)]
     pub value_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
-pub enum SecretCommand {
+pub(crate) enum SecretCommand {
     /// Write a secret: a new one (needs `--owner` and `--purpose`) or a new version.
     Put {
         name: String,
@@ -602,7 +602,7 @@ pub enum SecretCommand {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum CaCommand {
+pub(crate) enum CaCommand {
     /// Prepare the next CA: in the bundle now, signing after `--activate-in`.
     Rotate {
         #[arg(long)]
@@ -621,7 +621,7 @@ pub enum CaCommand {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum FederationCommand {
+pub(crate) enum FederationCommand {
     /// Which mapping rule an outside token matches (exit 0), or why none does (exit 1).
     /// Verifies the token fully; issues nothing.
     Test {
@@ -636,7 +636,7 @@ pub enum FederationCommand {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum SvidCommand {
+pub(crate) enum SvidCommand {
     /// Print (and optionally write) the X.509-SVIDs, or a JWT-SVID with `--audience`.
     Fetch {
         /// The Workload API socket (default: `SPIFFE_ENDPOINT_SOCKET`).
@@ -658,7 +658,7 @@ pub enum SvidCommand {
 }
 
 #[derive(Debug, Args)]
-pub struct ServerArgs {
+pub(crate) struct ServerArgs {
     /// A TOML config file; flags given here win over it.
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -698,13 +698,13 @@ pub struct ServerArgs {
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
-pub enum LogFormat {
+pub(crate) enum LogFormat {
     Text,
     Json,
 }
 
 #[derive(Debug, Args)]
-pub struct DevArgs {
+pub(crate) struct DevArgs {
     /// Run the demo once and exit: 0 when every step behaved, 1 when one did not.
     #[arg(long)]
     pub once: bool,
@@ -717,7 +717,7 @@ pub struct DevArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct ApplyArgs {
+pub(crate) struct ApplyArgs {
     /// A TOML identity file or a folder of them.
     #[arg(short = 'f', long = "file")]
     pub path: PathBuf,
@@ -736,7 +736,7 @@ pub struct ApplyArgs {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum ClientCommand {
+pub(crate) enum ClientCommand {
     /// Issue a new client secret, printed once, alone on the first line of stdout.
     Secret {
         client_id: String,
@@ -749,7 +749,7 @@ pub enum ClientCommand {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum AuditCommand {
+pub(crate) enum AuditCommand {
     /// The latest records.
     Tail {
         #[arg(short = 'n', default_value_t = 20)]
@@ -765,7 +765,7 @@ pub enum AuditCommand {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum KeysCommand {
+pub(crate) enum KeysCommand {
     /// Start a rotation: a new key is published now and signs once verifiers have it.
     Rotate {
         #[arg(long)]
@@ -781,13 +781,13 @@ pub enum KeysCommand {
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
-pub enum Kind {
+pub(crate) enum Kind {
     AccessToken,
     JwtSvid,
 }
 
 #[derive(Debug, Args)]
-pub struct VerifyArgs {
+pub(crate) struct VerifyArgs {
     /// The expected issuer, exactly.
     #[arg(long)]
     pub issuer: Option<String>,

@@ -31,7 +31,7 @@ fn list(v: &Value, k: &str) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
-pub fn time(v: &Value) -> String {
+pub(crate) fn time(v: &Value) -> String {
     v.as_i64()
         .and_then(|t| time::OffsetDateTime::from_unix_timestamp(t).ok())
         .and_then(|t| {
@@ -42,7 +42,7 @@ pub fn time(v: &Value) -> String {
 }
 
 /// A timestamp, or `-`.
-pub fn at(t: Option<i64>) -> String {
+pub(crate) fn at(t: Option<i64>) -> String {
     time(&t.map_or(Value::Null, Value::from))
 }
 
@@ -61,7 +61,7 @@ fn joined<T: std::fmt::Display>(items: &[T]) -> String {
         .join(" ")
 }
 
-pub fn workloads(rows: &[WorkloadSummary]) -> String {
+pub(crate) fn workloads(rows: &[WorkloadSummary]) -> String {
     let mut out = String::from("ID\tOWNER\tENVIRONMENT\tKIND\tREVOKED\n");
     for r in rows {
         let revoked = if r.revoked_at.is_some() { "yes" } else { "no" };
@@ -77,7 +77,7 @@ pub fn workloads(rows: &[WorkloadSummary]) -> String {
     out
 }
 
-pub fn clients(rows: &[ClientSummary]) -> String {
+pub(crate) fn clients(rows: &[ClientSummary]) -> String {
     let mut out = String::from("ID\tWORKLOAD\tAUTH\tSECRET EXPIRES\n");
     for r in rows {
         let exp = if r.has_secret {
@@ -96,7 +96,7 @@ pub fn clients(rows: &[ClientSummary]) -> String {
     out
 }
 
-pub fn grants(rows: &[GrantSummary]) -> String {
+pub(crate) fn grants(rows: &[GrantSummary]) -> String {
     let mut out = String::from("FROM\tTO\tSCOPES\tREVIEW BY\tWHY\n");
     for r in rows {
         let overdue = if r.overdue { " (OVERDUE)" } else { "" };
@@ -117,7 +117,7 @@ pub fn grants(rows: &[GrantSummary]) -> String {
     out
 }
 
-pub fn agents(rows: &[AgentSummary]) -> String {
+pub(crate) fn agents(rows: &[AgentSummary]) -> String {
     let mut out = String::from("ID\tTRUST DOMAIN\tJOINED\tSVID VALID UNTIL\tREVOKED\n");
     for r in rows {
         let revoked = match r.revoked_at {
@@ -135,7 +135,7 @@ pub fn agents(rows: &[AgentSummary]) -> String {
     out
 }
 
-pub fn trusts(rows: &[TrustSummary]) -> String {
+pub(crate) fn trusts(rows: &[TrustSummary]) -> String {
     let mut out = String::from("NAME\tISSUER\tAUDIENCE\tMAPS TO\n");
     for r in rows {
         out.push_str(&format!(
@@ -150,7 +150,7 @@ pub fn trusts(rows: &[TrustSummary]) -> String {
 }
 
 /// `tessera keys list`.
-pub fn keys(rows: &[KeyInfo]) -> String {
+pub(crate) fn keys(rows: &[KeyInfo]) -> String {
     let mut o = String::from("TRUST DOMAIN\tKID\tALG\tSTATE\tSIGNS FROM\tWITHDRAWN AT\n");
     for k in rows {
         let state = serde_json::to_value(k.state).unwrap_or_default();
@@ -168,7 +168,7 @@ pub fn keys(rows: &[KeyInfo]) -> String {
 }
 
 /// `tessera ca list`.
-pub fn cas(rows: &[CaInfo]) -> String {
+pub(crate) fn cas(rows: &[CaInfo]) -> String {
     let mut o = String::from("TRUST DOMAIN\tCA\tSTATE\tSIGNS FROM\tEXPIRES\n");
     for c in rows {
         let state = serde_json::to_value(c.state).unwrap_or_default();
@@ -186,7 +186,7 @@ pub fn cas(rows: &[CaInfo]) -> String {
 
 /// The result of `keys rotate`: per trust domain, the new key, published now, and when it
 /// starts signing.
-pub fn key_rotation(rows: &[KeyRotated]) -> String {
+pub(crate) fn key_rotation(rows: &[KeyRotated]) -> String {
     rows.iter()
         .map(|r| {
             format!(
@@ -201,7 +201,7 @@ pub fn key_rotation(rows: &[KeyRotated]) -> String {
 
 /// The result of `ca rotate`: per trust domain, the new CA, in the bundle now, and when it
 /// starts signing.
-pub fn ca_rotation(rows: &[CaRotated]) -> String {
+pub(crate) fn ca_rotation(rows: &[CaRotated]) -> String {
     rows.iter()
         .map(|r| {
             format!(
@@ -214,7 +214,7 @@ pub fn ca_rotation(rows: &[CaRotated]) -> String {
         .collect()
 }
 
-pub fn describe(w: &Value) -> String {
+pub(crate) fn describe(w: &Value) -> String {
     let mut o = String::new();
     o.push_str(&format!("Workload:     {}\n", s(w, "id")));
     o.push_str(&format!("Owner:        {}\n", s(w, "owner")));
@@ -364,7 +364,7 @@ pub fn describe(w: &Value) -> String {
     o
 }
 
-pub fn audit(rows: &Value) -> String {
+pub(crate) fn audit(rows: &Value) -> String {
     let mut o = String::new();
     for r in rows.as_array().cloned().unwrap_or_default() {
         o.push_str(&format!(
@@ -381,7 +381,7 @@ pub fn audit(rows: &Value) -> String {
     o
 }
 
-pub fn describe_trust(t: &Value) -> String {
+pub(crate) fn describe_trust(t: &Value) -> String {
     let mut o = String::new();
     o.push_str(&format!("Trust:        {}\n", s(t, "name")));
     o.push_str(&format!("Issuer:       {}\n", s(t, "issuer")));
@@ -435,7 +435,7 @@ fn strings(v: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
-pub fn explanation(v: &Value) -> String {
+pub(crate) fn explanation(v: &Value) -> String {
     let allowed = v["allowed"] == Value::Bool(true);
     let mut o = format!(
         "{}\n{}\n",

@@ -12,7 +12,7 @@ use tessera_server::KekSource;
 use crate::admin_client::AdminClient;
 use crate::cli::{LogFormat, Output, Target};
 
-pub fn admin(target: &Target) -> anyhow::Result<AdminClient> {
+pub(crate) fn admin(target: &Target) -> anyhow::Result<AdminClient> {
     match &target.server {
         Some(url) => AdminClient::http(
             url,
@@ -23,12 +23,12 @@ pub fn admin(target: &Target) -> anyhow::Result<AdminClient> {
     }
 }
 
-pub fn print<T: Serialize>(target: &Target, v: &T, text: impl FnOnce() -> String) {
+pub(crate) fn print<T: Serialize>(target: &Target, v: &T, text: impl FnOnce() -> String) {
     print_as(target.output, v, text);
 }
 
 /// Prints `v` as JSON, or `text()` for people.
-pub fn print_as<T: Serialize>(output: Output, v: &T, text: impl FnOnce() -> String) {
+pub(crate) fn print_as<T: Serialize>(output: Output, v: &T, text: impl FnOnce() -> String) {
     let out = match output {
         Output::Json => format!("{}\n", serde_json::to_string_pretty(v).unwrap_or_default()),
         Output::Text => text(),
@@ -38,7 +38,7 @@ pub fn print_as<T: Serialize>(output: Output, v: &T, text: impl FnOnce() -> Stri
 }
 
 /// `k=v` with `v` percent-encoded for a query string.
-pub fn form_query(k: &str, v: &str) -> String {
+pub(crate) fn form_query(k: &str, v: &str) -> String {
     let mut s = String::new();
     for b in v.bytes() {
         if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
@@ -50,12 +50,12 @@ pub fn form_query(k: &str, v: &str) -> String {
     format!("{k}={s}")
 }
 
-pub fn parse_duration(s: &str) -> anyhow::Result<Duration> {
+pub(crate) fn parse_duration(s: &str) -> anyhow::Result<Duration> {
     humantime::parse_duration(s)
         .map_err(|e| anyhow!("`{s}` is not a duration such as `30s` or `5m`: {e}"))
 }
 
-pub fn init_logs(format: LogFormat, default: &str) {
+pub(crate) fn init_logs(format: LogFormat, default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TESSERA_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
@@ -68,7 +68,7 @@ pub fn init_logs(format: LogFormat, default: &str) {
 }
 
 /// The key-encryption key from the environment, if given there.
-pub fn kek_from_env() -> Option<KekSource> {
+pub(crate) fn kek_from_env() -> Option<KekSource> {
     if let Ok(v) = std::env::var("TESSERA_KEK") {
         return Some(KekSource::Value(v));
     }
@@ -78,7 +78,7 @@ pub fn kek_from_env() -> Option<KekSource> {
 /// SIGTERM or SIGINT. The handlers are installed when this is called, not when it is awaited:
 /// call it before printing a ready line, or a signal sent right after the line kills the process
 /// with the default action instead of shutting it down.
-pub fn wait_for_signal() -> impl std::future::Future<Output = ()> {
+pub(crate) fn wait_for_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
     let term = signal(SignalKind::terminate());
     let int = signal(SignalKind::interrupt());

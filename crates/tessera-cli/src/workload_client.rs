@@ -15,7 +15,11 @@ use tessera_vault::SecretRef;
 use crate::cli::WorkloadTarget;
 
 /// A JWT-SVID for `audience` from the agent at `socket` (which caches it).
-pub async fn jwt_svid(socket: &Path, audience: &str, id: Option<&str>) -> anyhow::Result<String> {
+pub(crate) async fn jwt_svid(
+    socket: &Path,
+    audience: &str,
+    id: Option<&str>,
+) -> anyhow::Result<String> {
     let mut client = connect(socket)
         .await
         .map_err(|e| anyhow!("the agent at `{}`: {e}", socket.display()))?;
@@ -36,7 +40,7 @@ pub async fn jwt_svid(socket: &Path, audience: &str, id: Option<&str>) -> anyhow
 
 /// This workload talking to the authority: its base URL, an HTTP client that trusts
 /// `--server-ca`, and the agent that vouches for it (`tessera exec`, `tessera db creds`).
-pub struct AsWorkload {
+pub(crate) struct AsWorkload {
     pub http: reqwest::Client,
     pub base: String,
     socket: PathBuf,
@@ -44,7 +48,7 @@ pub struct AsWorkload {
 }
 
 impl AsWorkload {
-    pub fn new(t: &WorkloadTarget) -> anyhow::Result<Self> {
+    pub(crate) fn new(t: &WorkloadTarget) -> anyhow::Result<Self> {
         let mut http = reqwest::Client::builder();
         if let Some(ca) = &t.server_ca {
             let pem =
@@ -60,13 +64,13 @@ impl AsWorkload {
     }
 
     /// A JWT-SVID for the authority, from the agent (which caches it).
-    pub async fn credential(&self) -> anyhow::Result<String> {
+    pub(crate) async fn credential(&self) -> anyhow::Result<String> {
         jwt_svid(&self.socket, &self.base, self.id.as_deref()).await
     }
 
     /// The value and its version; with `after`, waits (up to 55 s) for a newer version and
     /// answers `None` if there is none.
-    pub async fn fetch(
+    pub(crate) async fn fetch(
         &self,
         r: &SecretRef,
         after: Option<i64>,

@@ -181,6 +181,7 @@ pub fn grant_policies(g: &Grant) -> (String, String) {
 }
 
 /// One condition of a just-in-time scope, compiled to a `forbid`: its text and what it asks.
+#[derive(Debug)]
 pub struct JitRule {
     pub text: String,
     pub requirement: String,

@@ -726,7 +726,7 @@ proptest::proptest! {
             proptest::prop_assert!(p.starts_with('/'));
             proptest::prop_assert!(!p.split('/').any(|s| s == ".." || s == "."), "{p}");
             proptest::prop_assert!(!p.contains("//"), "{p}");
-            proptest::prop_assert_eq!(path::normalize(&p), Ok(p.clone()), "idempotent");
+            proptest::prop_assert_eq!(path::normalize(&p), Ok(p), "idempotent");
         }
     }
 }
@@ -745,7 +745,7 @@ fn bundle_versions_ignore_order() {
         },
     ];
     let one = PolicyBundle::cut(Some(&id(B)), &s.workloads, &s.grants, &files);
-    let (mut w, mut g, mut f) = (s.workloads.clone(), s.grants.clone(), files.clone());
+    let (mut w, mut g, mut f) = (s.workloads.clone(), s.grants, files);
     w.reverse();
     g.reverse();
     f.reverse();

@@ -16,7 +16,7 @@ use crate::start_error::StartError;
 
 /// The connecting process's unix user, from the kernel.
 #[derive(Clone, Debug)]
-pub struct Peer {
+pub(crate) struct Peer {
     pub uid: Option<u32>,
 }
 
@@ -30,7 +30,7 @@ impl Connected<IncomingStream<'_, UnixListener>> for Peer {
 
 /// Binds the socket now (refusing a data folder another server is using) and returns the
 /// future that serves `router` on it until `stop`, then removes the socket.
-pub fn serve(
+pub(crate) fn serve(
     router: Router,
     path: &Path,
     mut stop: watch::Receiver<bool>,

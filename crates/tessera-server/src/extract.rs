@@ -26,7 +26,7 @@ fn authorization(parts: &Parts) -> Option<&str> {
 /// A workload calling a Tessera workload API with a token: a Tessera access token for the
 /// authority, or its JWT-SVID for an issuer of this authority.
 #[derive(Debug, Clone)]
-pub struct WorkloadCaller(pub SpiffeId);
+pub(crate) struct WorkloadCaller(pub SpiffeId);
 
 impl FromRequestParts<Arc<App>> for WorkloadCaller {
     type Rejection = ApiError;
@@ -44,7 +44,7 @@ impl FromRequestParts<Arc<App>> for WorkloadCaller {
 /// A workload calling an API that also accepts its X.509-SVID over mTLS (the vault, database
 /// credentials).
 #[derive(Debug, Clone)]
-pub struct SecretReader(pub Reader);
+pub(crate) struct SecretReader(pub Reader);
 
 impl FromRequestParts<Arc<App>> for SecretReader {
     type Rejection = ApiError;
@@ -64,7 +64,7 @@ impl FromRequestParts<Arc<App>> for SecretReader {
 
 /// A node agent, by the X.509-SVID of the connection: known and not revoked.
 #[derive(Debug, Clone)]
-pub struct AgentCaller(pub Agent);
+pub(crate) struct AgentCaller(pub Agent);
 
 impl FromRequestParts<Arc<App>> for AgentCaller {
     type Rejection = ApiError;
@@ -99,7 +99,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Actor {
 /// The issuer a request addressed: the trust domain in the path (`/{td}/token`), or the first
 /// trust domain at the base URL. 404 for a trust domain this authority does not serve.
 #[derive(Debug, Clone)]
-pub struct IssuerPath(pub Issuer);
+pub(crate) struct IssuerPath(pub Issuer);
 
 impl FromRequestParts<Arc<App>> for IssuerPath {
     type Rejection = ApiError;

@@ -9,18 +9,18 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct IssueLabels {
+pub(crate) struct IssueLabels {
     pub grant_type: &'static str,
     pub result: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct MethodLabels {
+pub(crate) struct MethodLabels {
     pub method: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct TdLabels {
+pub(crate) struct TdLabels {
     pub trust_domain: String,
 }
 
@@ -31,12 +31,12 @@ pub struct DecisionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ResultLabels {
+pub(crate) struct ResultLabels {
     pub result: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ReasonLabels {
+pub(crate) struct ReasonLabels {
     pub reason: &'static str,
 }
 
@@ -75,7 +75,7 @@ impl PolicyCounters {
 }
 
 #[derive(Clone, Debug)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     pub policy: PolicyCounters,
     pub tokens: Family<IssueLabels, Counter>,
     pub issue_seconds: Histogram,
@@ -90,7 +90,7 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn new(registry: &mut Registry) -> Self {
+    pub(crate) fn new(registry: &mut Registry) -> Self {
         let m = Self {
             policy: PolicyCounters::default(),
             tokens: Family::default(),

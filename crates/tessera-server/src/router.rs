@@ -18,15 +18,15 @@ use crate::domain::caller::{bearer, Actor};
 use crate::error::ApiError;
 
 /// OAuth and discovery requests: a form or nothing.
-pub const MAX_OAUTH_BODY: usize = 64 * 1024;
+pub(crate) const MAX_OAUTH_BODY: usize = 64 * 1024;
 /// Workload APIs with small JSON bodies (the vault, database credentials).
-pub const MAX_WORKLOAD_BODY: usize = 64 * 1024;
+pub(crate) const MAX_WORKLOAD_BODY: usize = 64 * 1024;
 /// The node agents' API: a sign request carries up to 1,000 CSRs of about 500 bytes each.
-pub const MAX_AGENT_BODY: usize = 1024 * 1024;
+pub(crate) const MAX_AGENT_BODY: usize = 1024 * 1024;
 /// A batch of decision records (at most 1,000, each a few hundred bytes) from a service.
-pub const MAX_RECORDS_BODY: usize = 2 * 1024 * 1024;
+pub(crate) const MAX_RECORDS_BODY: usize = 2 * 1024 * 1024;
 /// The admin API, over HTTP and on the socket alike: identity files can be large.
-pub const MAX_ADMIN_BODY: usize = 64 * 1024 * 1024;
+pub(crate) const MAX_ADMIN_BODY: usize = 64 * 1024 * 1024;
 
 /// Caps a group of routes: extractors refuse a larger body (413), and so does the body itself
 /// when it is streamed.
@@ -47,7 +47,7 @@ fn admin_routes() -> Router<Arc<App>> {
 
 /// The API on the TCP listener: discovery, OAuth, the agents' and workloads' APIs, and the admin
 /// API under `/admin` for the admin credential.
-pub fn api_router(app: Arc<App>) -> Router {
+pub(crate) fn api_router(app: Arc<App>) -> Router {
     Router::new()
         .merge(limited(
             api::discovery::routes().merge(api::oauth::routes()),
@@ -99,7 +99,7 @@ fn admin_over_http(app: Arc<App>) -> Router<Arc<App>> {
 
 /// The admin API on the unix socket: the caller's unix user must be the server's own, root, or
 /// one of `admin_uids`.
-pub fn admin_socket_router(app: Arc<App>) -> Router {
+pub(crate) fn admin_socket_router(app: Arc<App>) -> Router {
     // `/proc/self` is owned by this process's effective user: no unsafe call needed.
     let own_uid = std::fs::metadata("/proc/self").map(|m| m.uid()).ok();
     let mut allowed: Vec<u32> = app.config.admin_uids.clone();

@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use crate::config::ServerConfig;
 use crate::start_error::StartError;
 
-pub struct Tls {
+pub(crate) struct Tls {
     pub config: Arc<rustls::ServerConfig>,
     pub ca_path: Option<PathBuf>,
 }
@@ -28,9 +28,9 @@ fn tls_err(e: impl std::fmt::Display) -> StartError {
 
 /// The verified certificate chain a client presented (a node agent's SVID), per connection.
 #[derive(Debug, Clone)]
-pub struct PeerCertificates(pub Arc<Vec<CertificateDer<'static>>>);
+pub(crate) struct PeerCertificates(pub Arc<Vec<CertificateDer<'static>>>);
 
-pub fn load_or_create(
+pub(crate) fn load_or_create(
     config: &ServerConfig,
     bundles: Arc<dyn tessera_ca::BundleSource>,
 ) -> Result<Tls, StartError> {
@@ -117,7 +117,7 @@ const TLS_HANDSHAKE: u8 = 0x16;
 
 /// Serves `router` on `tcp` until `stop`: TLS (and plain HTTP first-byte sniffed, with
 /// `allow_plain`), each connection on its own task.
-pub async fn serve(
+pub(crate) async fn serve(
     tcp: tokio::net::TcpListener,
     config: Arc<rustls::ServerConfig>,
     allow_plain: bool,
@@ -182,12 +182,12 @@ pub async fn serve(
 
 /// The address a connection came from, in every request's extensions (`context.source_ip`).
 #[derive(Debug, Clone, Copy)]
-pub struct SourceIp(pub std::net::IpAddr);
+pub(crate) struct SourceIp(pub std::net::IpAddr);
 
 /// What the connection says about a request's sender: its address, and the verified client
 /// certificate chain if it presented one (an X.509-SVID of an accepted trust domain).
 #[derive(Debug, Clone, Default)]
-pub struct ConnInfo {
+pub(crate) struct ConnInfo {
     pub source_ip: Option<std::net::IpAddr>,
     pub peer: Option<PeerCertificates>,
 }

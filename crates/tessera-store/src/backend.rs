@@ -48,8 +48,9 @@ macro_rules! with_write_tx {
         match &*$self.db {
             $crate::backend::Db::Sqlite { write, .. } => {
                 let mut $tx = write.begin().await?;
-                #[allow(unused_variables)]
                 let $is_pg = false;
+                // Not every body asks which backend it runs on.
+                let _ = $is_pg;
                 let out = $body;
                 $tx.commit().await?;
                 out
@@ -60,8 +61,8 @@ macro_rules! with_write_tx {
                     .bind($crate::backend::PG_WRITE_LOCK)
                     .execute(&mut *$tx)
                     .await?;
-                #[allow(unused_variables)]
                 let $is_pg = true;
+                let _ = $is_pg;
                 let out = $body;
                 $tx.commit().await?;
                 out

@@ -705,7 +705,7 @@ fn arb_event() -> impl proptest::strategy::Strategy<Value = AuditEvent> {
             actor,
             subject,
             outcome: if b { "ok".into() } else { "denied".into() },
-            detail: json!({"free": free, "n": n, "nested": {"list": [free.clone(), n]}}),
+            detail: json!({"free": free, "n": n, "nested": {"list": [free, n]}}),
         })
 }
 

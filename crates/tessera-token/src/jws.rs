@@ -300,7 +300,7 @@ mod properties {
         fn tampering_is_detected(pos in 0usize..200, byte in 0u8..128) {
             let (key, _) = SigningKey::generate(Alg::ES256).unwrap();
             let token = sign(&key, "at+jwt", &json!({"sub": "spiffe://example.org/a", "exp": 1})).unwrap();
-            let mut bytes = token.clone().into_bytes();
+            let mut bytes = token.into_bytes();
             let i = pos % bytes.len();
             prop_assume!(bytes[i] != byte);
             bytes[i] = byte;

@@ -108,7 +108,7 @@ mod tests {
         let s2 = e.seal(&a, 2, b"sk_live_456").unwrap();
         let swapped = Sealed {
             ciphertext: s.ciphertext.clone(),
-            wrapped_key: s2.wrapped_key.clone(),
+            wrapped_key: s2.wrapped_key,
         };
         assert_eq!(e.open(&a, 1, &swapped), Err(VaultError::Unseal));
         // Another KEK: refused.

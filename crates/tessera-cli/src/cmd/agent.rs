@@ -18,7 +18,7 @@ use crate::cli::{AgentArgs, AgentCommand, AgentTokenCommand, CaCommand, Output};
 use crate::render;
 use crate::support::{admin, init_logs, parse_duration, print, wait_for_signal};
 
-pub async fn run(a: AgentArgs) -> anyhow::Result<u8> {
+pub(crate) async fn run(a: AgentArgs) -> anyhow::Result<u8> {
     if let Some(AgentCommand::Token {
         command:
             AgentTokenCommand::Create {
@@ -77,7 +77,7 @@ pub async fn run(a: AgentArgs) -> anyhow::Result<u8> {
     Ok(0)
 }
 
-pub async fn ca(command: CaCommand) -> anyhow::Result<u8> {
+pub(crate) async fn ca(command: CaCommand) -> anyhow::Result<u8> {
     match command {
         CaCommand::Rotate {
             trust_domain,
@@ -121,7 +121,7 @@ fn split_ders(bytes: &[u8]) -> anyhow::Result<Vec<Vec<u8>>> {
         .collect())
 }
 
-pub async fn fetch(
+pub(crate) async fn fetch(
     socket: &str,
     audience: &[String],
     write: Option<&Path>,

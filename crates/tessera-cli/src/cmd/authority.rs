@@ -27,7 +27,7 @@ use crate::support::{
 };
 
 /// `tessera get KIND`.
-pub async fn get(kind: String, target: Target) -> anyhow::Result<u8> {
+pub(crate) async fn get(kind: String, target: Target) -> anyhow::Result<u8> {
     let admin = admin(&target)?;
     let path = format!("/v1/get/{kind}");
     match kind.as_str() {
@@ -60,7 +60,7 @@ pub async fn get(kind: String, target: Target) -> anyhow::Result<u8> {
 }
 
 /// `tessera describe workload|trust ID`.
-pub async fn describe(kind: String, id: String, target: Target) -> anyhow::Result<u8> {
+pub(crate) async fn describe(kind: String, id: String, target: Target) -> anyhow::Result<u8> {
     if kind == "trust" {
         let q = form_query("name", &id);
         let v = admin(&target)?
@@ -78,7 +78,7 @@ pub async fn describe(kind: String, id: String, target: Target) -> anyhow::Resul
 }
 
 /// `tessera federation test`: which rule an outside token matches (exit 1 when none does).
-pub async fn federation(command: FederationCommand) -> anyhow::Result<u8> {
+pub(crate) async fn federation(command: FederationCommand) -> anyhow::Result<u8> {
     let FederationCommand::Test {
         trust,
         token,
@@ -117,7 +117,7 @@ pub async fn federation(command: FederationCommand) -> anyhow::Result<u8> {
 }
 
 /// `tessera client secret ID`: a new secret, shown once.
-pub async fn client(command: ClientCommand) -> anyhow::Result<u8> {
+pub(crate) async fn client(command: ClientCommand) -> anyhow::Result<u8> {
     let ClientCommand::Secret {
         client_id,
         ttl,
@@ -150,7 +150,7 @@ pub async fn client(command: ClientCommand) -> anyhow::Result<u8> {
 }
 
 /// `tessera revoke workload|token|agent ID`.
-pub async fn revoke(kind: String, id: String, target: Target) -> anyhow::Result<u8> {
+pub(crate) async fn revoke(kind: String, id: String, target: Target) -> anyhow::Result<u8> {
     let admin = admin(&target)?;
     let text = || format!("revoked {kind} `{id}`\n");
     if kind == "token" {
@@ -177,7 +177,7 @@ pub async fn revoke(kind: String, id: String, target: Target) -> anyhow::Result<
 }
 
 /// `tessera audit tail|verify` (exit 1 when the chain is broken).
-pub async fn audit(command: AuditCommand) -> anyhow::Result<u8> {
+pub(crate) async fn audit(command: AuditCommand) -> anyhow::Result<u8> {
     match command {
         AuditCommand::Tail { n, target } => {
             let v = admin(&target)?
@@ -207,7 +207,7 @@ pub async fn audit(command: AuditCommand) -> anyhow::Result<u8> {
 }
 
 /// `tessera keys list|rotate`.
-pub async fn keys(command: KeysCommand) -> anyhow::Result<u8> {
+pub(crate) async fn keys(command: KeysCommand) -> anyhow::Result<u8> {
     match command {
         KeysCommand::Rotate {
             trust_domain,
@@ -227,7 +227,7 @@ pub async fn keys(command: KeysCommand) -> anyhow::Result<u8> {
 }
 
 /// `tessera server`.
-pub async fn server(a: ServerArgs) -> anyhow::Result<u8> {
+pub(crate) async fn server(a: ServerArgs) -> anyhow::Result<u8> {
     init_logs(a.log_format, "info,sqlx=warn");
     let file = match &a.config {
         Some(p) => ConfigFile::load(p)?,
@@ -300,7 +300,7 @@ pub async fn server(a: ServerArgs) -> anyhow::Result<u8> {
 }
 
 /// `tessera apply -f PATH`.
-pub async fn apply(a: ApplyArgs) -> anyhow::Result<u8> {
+pub(crate) async fn apply(a: ApplyArgs) -> anyhow::Result<u8> {
     let state = tessera_core::manifest::load(&a.path)?;
     let req = ApplyRequest {
         state,
@@ -335,13 +335,13 @@ fn metadata_url(issuer: &str) -> anyhow::Result<reqwest::Url> {
     let url =
         reqwest::Url::parse(issuer).with_context(|| format!("issuer `{issuer}` is not a URL"))?;
     let path = url.path().trim_end_matches('/').to_owned();
-    let mut m = url.clone();
+    let mut m = url;
     m.set_path(&format!("/.well-known/oauth-authorization-server{path}"));
     Ok(m)
 }
 
 /// `tessera verify TOKEN` (exit 1 when refused).
-pub async fn verify(a: VerifyArgs) -> anyhow::Result<u8> {
+pub(crate) async fn verify(a: VerifyArgs) -> anyhow::Result<u8> {
     init_logs(LogFormat::Text, "error");
     let token = if a.token == "-" {
         let mut s = String::new();

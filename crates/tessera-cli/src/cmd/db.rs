@@ -38,7 +38,7 @@ async fn as_workload(t: &WorkloadTarget, path: &str, body: Value) -> anyhow::Res
     Ok(v)
 }
 
-pub async fn run(command: DbCommand) -> anyhow::Result<u8> {
+pub(crate) async fn run(command: DbCommand) -> anyhow::Result<u8> {
     match command {
         DbCommand::Creds {
             role,

@@ -80,7 +80,7 @@ impl Steps {
     }
 }
 
-pub async fn run(a: DevArgs) -> anyhow::Result<u8> {
+pub(crate) async fn run(a: DevArgs) -> anyhow::Result<u8> {
     init_logs(LogFormat::Text, "warn,sqlx=warn");
     let temp;
     let data = match &a.data {

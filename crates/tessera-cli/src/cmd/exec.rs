@@ -115,7 +115,7 @@ fn send(child: &tokio::process::Child, signal: nix::sys::signal::Signal) {
     }
 }
 
-pub async fn run(a: ExecArgs) -> anyhow::Result<u8> {
+pub(crate) async fn run(a: ExecArgs) -> anyhow::Result<u8> {
     let rotate = on_rotate(&a.on_rotate)?;
     let mut envs = Vec::new();
     for e in &a.envs {

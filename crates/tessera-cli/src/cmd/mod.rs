@@ -1,11 +1,11 @@
 //! One file per command family. A file here imports the bottom floor (`cli`, `render`,
 //! `admin_client`, `workload_client`, `support`) and never another `cmd/` file.
 
-pub mod agent;
-pub mod authority;
-pub mod db;
-pub mod dev;
-pub mod exec;
-pub mod policy;
-pub mod proxy;
-pub mod secret;
+pub(crate) mod agent;
+pub(crate) mod authority;
+pub(crate) mod db;
+pub(crate) mod dev;
+pub(crate) mod exec;
+pub(crate) mod policy;
+pub(crate) mod proxy;
+pub(crate) mod secret;

@@ -16,7 +16,7 @@ use crate::cli::{ExplainArgs, PolicyCommand, Target};
 use crate::render;
 use crate::support::{admin, print};
 
-pub async fn explain(a: ExplainArgs) -> anyhow::Result<u8> {
+pub(crate) async fn explain(a: ExplainArgs) -> anyhow::Result<u8> {
     let scopes: Vec<String> = a
         .scope
         .iter()
@@ -35,7 +35,7 @@ pub async fn explain(a: ExplainArgs) -> anyhow::Result<u8> {
     })
 }
 
-pub async fn run(command: PolicyCommand) -> anyhow::Result<u8> {
+pub(crate) async fn run(command: PolicyCommand) -> anyhow::Result<u8> {
     match command {
         PolicyCommand::Validate { path } => validate(&path),
         PolicyCommand::Test {

@@ -17,7 +17,7 @@ use tessera_verify::{Authorizer, AuthzMetrics, BundleSource, JwksCache, Verifier
 use crate::cli::{ProxyCommand, ProxyCommon};
 use crate::support::{init_logs, wait_for_signal};
 
-pub async fn run(command: ProxyCommand) -> anyhow::Result<u8> {
+pub(crate) async fn run(command: ProxyCommand) -> anyhow::Result<u8> {
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = ProxyMetrics::register(&mut registry);
     let (stop_tx, stop) = tokio::sync::watch::channel(false);

@@ -44,7 +44,7 @@ fn secs(s: Option<&str>) -> anyhow::Result<Option<i64>> {
         .transpose()
 }
 
-pub async fn run(command: SecretCommand) -> anyhow::Result<u8> {
+pub(crate) async fn run(command: SecretCommand) -> anyhow::Result<u8> {
     match command {
         SecretCommand::Put {
             name,

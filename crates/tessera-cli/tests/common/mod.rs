@@ -13,15 +13,15 @@ use std::process::{Command, Output};
 use serde_json::Value;
 use tessera_testkit::{spawn_ready, Proc};
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_tessera");
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_tessera");
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
+pub(crate) enum Backend {
     Sqlite,
     Postgres,
 }
 
-pub struct Server {
+pub(crate) struct Server {
     pub proc: Proc,
     pub url: String,
     pub data: PathBuf,
@@ -33,7 +33,7 @@ pub struct Server {
 impl Server {
     /// Runs SQL directly against the server's storage, beside the running server: for tests
     /// that break storage on purpose.
-    pub fn danger_sql(&self, sql: &str) {
+    pub(crate) fn danger_sql(&self, sql: &str) {
         let out = match &self.db {
             Some(url) => Command::new("psql").args([url.as_str(), "-v", "ON_ERROR_STOP=1", "-qc", sql]).output().unwrap(),
             None => Command::new("python3")
@@ -52,7 +52,7 @@ impl Server {
 }
 
 /// Starts `tessera server --dev` on a free loopback port. `None` when PostgreSQL was opted out.
-pub fn server(backend: Backend, extra: &[&str]) -> Option<Server> {
+pub(crate) fn server(backend: Backend, extra: &[&str]) -> Option<Server> {
     let db = match backend {
         Backend::Sqlite => None,
         Backend::Postgres => Some(tessera_testkit::postgres_database()?),
@@ -65,7 +65,7 @@ pub fn server(backend: Backend, extra: &[&str]) -> Option<Server> {
     Some(s)
 }
 
-pub fn server_on(data: &Path, db: Option<&str>, extra: &[&str]) -> Server {
+pub(crate) fn server_on(data: &Path, db: Option<&str>, extra: &[&str]) -> Server {
     let mut cmd = Command::new(BIN);
     cmd.args([
         "server",
@@ -94,7 +94,7 @@ pub fn server_on(data: &Path, db: Option<&str>, extra: &[&str]) -> Server {
 }
 
 /// Runs an admin or user command against the server's data folder.
-pub fn tessera(data: &Path, args: &[&str]) -> Output {
+pub(crate) fn tessera(data: &Path, args: &[&str]) -> Output {
     Command::new(BIN)
         .args(args)
         .arg("--data")
@@ -103,15 +103,15 @@ pub fn tessera(data: &Path, args: &[&str]) -> Output {
         .unwrap()
 }
 
-pub fn stdout(o: &Output) -> String {
+pub(crate) fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-pub fn stderr(o: &Output) -> String {
+pub(crate) fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+pub(crate) fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let p = dir.join(name);
     if let Some(parent) = p.parent() {
         std::fs::create_dir_all(parent).unwrap();
@@ -120,7 +120,7 @@ pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     p
 }
 
-pub const MESH: &str = r#"
+pub(crate) const MESH: &str = r#"
 [[workload]]
 id = "spiffe://example.org/prod/order-processor"
 owner = "team-orders"
@@ -162,7 +162,7 @@ auth = "client_secret"
 "#;
 
 /// Applies `MESH` and returns the secrets of the `orders` and `inventory` clients.
-pub fn setup_mesh(s: &Server) -> (String, String) {
+pub(crate) fn setup_mesh(s: &Server) -> (String, String) {
     let files = tempfile::tempdir().unwrap();
     let p = write(files.path(), "mesh.toml", MESH);
     let o = tessera(&s.data, &["apply", "-f", p.to_str().unwrap()]);
@@ -175,7 +175,7 @@ pub fn setup_mesh(s: &Server) -> (String, String) {
     (secret("orders"), secret("inventory"))
 }
 
-pub async fn post_form(
+pub(crate) async fn post_form(
     url: &str,
     auth: Option<(&str, &str)>,
     form: &[(&str, &str)],
@@ -193,29 +193,29 @@ pub async fn post_form(
     )
 }
 
-pub async fn token(s: &Server, secret: &str, form: &[(&str, &str)]) -> (u16, Value) {
+pub(crate) async fn token(s: &Server, secret: &str, form: &[(&str, &str)]) -> (u16, Value) {
     let mut f = vec![("grant_type", "client_credentials")];
     f.extend_from_slice(form);
     post_form(&format!("{}/token", s.url), Some(("orders", secret)), &f).await
 }
 
 /// Runs a command that needs no server (e.g. `verify`).
-pub fn cli(args: &[&str]) -> Output {
+pub(crate) fn cli(args: &[&str]) -> Output {
     Command::new(BIN).args(args).output().unwrap()
 }
 
 /// GET a URL's body as text.
-pub async fn get_text(url: &str) -> String {
+pub(crate) async fn get_text(url: &str) -> String {
     reqwest::get(url).await.unwrap().text().await.unwrap()
 }
 
 /// GET a URL and parse its JSON body.
-pub async fn get_json(url: &str) -> Value {
+pub(crate) async fn get_json(url: &str) -> Value {
     reqwest::get(url).await.unwrap().json().await.unwrap()
 }
 
 /// Starts `tessera server` without `--dev` (TLS with the server's own CA) for `trust_domains`.
-pub fn tls_server(data: &Path, trust_domains: &[&str]) -> Proc {
+pub(crate) fn tls_server(data: &Path, trust_domains: &[&str]) -> Proc {
     let mut cmd = Command::new(BIN);
     cmd.args(["server", "--listen", "127.0.0.1:0", "--data"])
         .arg(data);
@@ -226,7 +226,7 @@ pub fn tls_server(data: &Path, trust_domains: &[&str]) -> Proc {
 }
 
 /// DER as PEM with `label` (`CERTIFICATE`, `PRIVATE KEY`), for curl and openssl.
-pub fn pem(label: &str, der: &[u8]) -> String {
+pub(crate) fn pem(label: &str, der: &[u8]) -> String {
     use base64::Engine;
     let b64 = base64::engine::general_purpose::STANDARD.encode(der);
     let body: Vec<&str> = b64
@@ -242,7 +242,7 @@ pub fn pem(label: &str, der: &[u8]) -> String {
 
 /// A node agent joined to `s` with a fresh join token; its socket is `dir/<name>.sock` and its
 /// data `dir/<name>-data`. Returns the running agent and its socket.
-pub fn join_agent(s: &Server, dir: &Path, name: &str) -> (Proc, PathBuf) {
+pub(crate) fn join_agent(s: &Server, dir: &Path, name: &str) -> (Proc, PathBuf) {
     let o = tessera(&s.data, &["agent", "token", "create"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let token = stdout(&o).lines().next().unwrap().to_owned();
@@ -264,7 +264,7 @@ pub fn join_agent(s: &Server, dir: &Path, name: &str) -> (Proc, PathBuf) {
 }
 
 /// The command was refused as a usage or operational error (exit 2) saying `why` on stderr.
-pub fn refused(o: &Output, why: &str) {
+pub(crate) fn refused(o: &Output, why: &str) {
     assert_eq!(o.status.code(), Some(2), "{}\n{}", stdout(o), stderr(o));
     assert!(stderr(o).contains(why), "wanted `{why}`: {}", stderr(o));
 }

@@ -207,23 +207,20 @@ fn parse_into(state: &mut DesiredState, file: &Path, text: &str) -> Result<(), M
             for m in &r.methods {
                 if m.is_empty() || !m.bytes().all(|b| b.is_ascii_uppercase()) {
                     return Err(loc.at(
-                        span.clone(),
+                        span,
                         format!("`{m}` is not an HTTP method (write it in capitals, e.g. `GET`)"),
                     ));
                 }
             }
             for p in &r.paths {
                 if !p.starts_with('/') {
-                    return Err(loc.at(
-                        span.clone(),
-                        format!("route path `{p}` must start with `/`"),
-                    ));
+                    return Err(loc.at(span, format!("route path `{p}` must start with `/`")));
                 }
                 // INVARIANT: route paths become Cedar string literals; these characters are the
                 // ones that could end or escape one.
                 if p.chars().any(|c| c == '"' || c == '\\' || c.is_control()) {
                     return Err(loc.at(
-                        span.clone(),
+                        span,
                         format!(
                             "route path `{}` holds a quote, a backslash or a control character",
                             p.escape_debug()

@@ -14,7 +14,8 @@
     clippy::unwrap_used,
     clippy::expect_used,
     clippy::indexing_slicing,
-    clippy::print_stdout
+    clippy::print_stdout,
+    reason = "a benchmark: a failure should stop it loudly"
 )]
 
 use std::sync::Arc;

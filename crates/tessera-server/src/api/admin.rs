@@ -33,7 +33,7 @@ fn bad(msg: impl Into<String>) -> ApiError {
 
 /// The admin routes of this file (the vault's, database credentials' and policy sets' are in
 /// theirs; `router.rs` mounts them together behind a guard).
-pub fn routes() -> Router<Arc<App>> {
+pub(crate) fn routes() -> Router<Arc<App>> {
     Router::new()
         .route("/v1/apply", post(post_apply))
         .route("/v1/get/{kind}", get(get_list))

@@ -33,7 +33,7 @@ const MAX_SIGN_BATCH: usize = 1000;
 /// The longest a sync request waits for a change.
 const MAX_SYNC_WAIT: u64 = 60;
 
-pub fn routes() -> Router<Arc<App>> {
+pub(crate) fn routes() -> Router<Arc<App>> {
     Router::new()
         .route("/join", post(post_join))
         .route("/renew", post(post_renew))

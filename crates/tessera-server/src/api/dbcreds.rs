@@ -27,7 +27,7 @@ fn label(s: &str, what: &str) -> Result<Label, ApiError> {
     Label::parse(s).map_err(|e| ApiError::BadRequest(format!("{what}: {e}")))
 }
 
-pub fn admin_routes() -> Router<Arc<App>> {
+pub(crate) fn admin_routes() -> Router<Arc<App>> {
     Router::new()
         .route("/v1/db/connections", post(put_connection))
         .route("/v1/db/roles", post(put_role))
@@ -190,7 +190,7 @@ async fn admin_revoke(
     Ok(Json(json!({"lease_id": req.id, "state": "revoking"})))
 }
 
-pub fn workload_routes() -> Router<Arc<App>> {
+pub(crate) fn workload_routes() -> Router<Arc<App>> {
     Router::new()
         .route("/v1/db/creds/{role}", post(post_creds))
         .route("/v1/db/leases/{id}/renew", post(renew_lease))

@@ -16,7 +16,7 @@ use crate::error::ApiError;
 use crate::extract::IssuerPath;
 
 /// Every discovery route, at the base URL and under `/{td}` where an issuer is named.
-pub fn routes() -> Router<Arc<App>> {
+pub(crate) fn routes() -> Router<Arc<App>> {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))

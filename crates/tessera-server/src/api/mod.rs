@@ -2,10 +2,10 @@
 //! `error`, `domain/`, `app/` and the ground files, and never another feature (`oauth/` is one
 //! feature in several files). `router.rs` mounts them.
 
-pub mod admin;
-pub mod agents;
-pub mod dbcreds;
-pub mod discovery;
-pub mod oauth;
-pub mod policy;
-pub mod secrets;
+pub(crate) mod admin;
+pub(crate) mod agents;
+pub(crate) mod dbcreds;
+pub(crate) mod discovery;
+pub(crate) mod oauth;
+pub(crate) mod policy;
+pub(crate) mod secrets;

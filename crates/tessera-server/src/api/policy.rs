@@ -23,7 +23,7 @@ use crate::domain::policy_sets::{activate, find_set, shadow_version, PolicySetEr
 use crate::error::ApiError;
 use crate::extract::WorkloadCaller;
 
-pub fn admin_routes() -> Router<Arc<App>> {
+pub(crate) fn admin_routes() -> Router<Arc<App>> {
     Router::new()
         .route("/v1/explain", post(post_explain))
         .route("/v1/policy", get(policy_status))
@@ -35,7 +35,7 @@ pub fn admin_routes() -> Router<Arc<App>> {
 }
 
 #[derive(Debug, Deserialize)]
-pub struct ExplainRequest {
+pub(crate) struct ExplainRequest {
     pub from: SpiffeId,
     pub to: SpiffeId,
     #[serde(default)]
@@ -291,7 +291,7 @@ async fn discard(State(app): State<Arc<App>>, actor: Actor) -> Result<Json<Value
     Ok(Json(json!({"discarded": version})))
 }
 
-pub fn workload_routes() -> Router<Arc<App>> {
+pub(crate) fn workload_routes() -> Router<Arc<App>> {
     Router::new()
         .route("/bundle", get(service_bundle))
         .route("/decisions", post(post_decisions))

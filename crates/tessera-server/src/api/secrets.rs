@@ -38,7 +38,7 @@ fn parse_name(name: &str) -> Result<SecretName, ApiError> {
     SecretName::parse(name).map_err(|e| ApiError::BadRequest(e.to_string()))
 }
 
-pub fn workload_routes() -> Router<Arc<App>> {
+pub(crate) fn workload_routes() -> Router<Arc<App>> {
     Router::new()
         .route("/v1/secrets/{*name}", get(read_secret))
         .route("/v1/secret-metadata/{*name}", get(read_metadata))
@@ -183,7 +183,7 @@ async fn read_metadata(
 
 // ---- Admin side -----------------------------------------------------------------------------
 
-pub fn admin_routes() -> Router<Arc<App>> {
+pub(crate) fn admin_routes() -> Router<Arc<App>> {
     Router::new()
         .route("/v1/secrets", get(list_secrets))
         .route("/v1/secrets/put", post(put_secret))

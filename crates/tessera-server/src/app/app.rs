@@ -36,7 +36,7 @@ impl Issuer {
 /// The SPIFFE ID tokens for the authority itself carry as audience: a workload asks for one
 /// with `audience=<issuer URL>` to call Tessera's own workload APIs (policy bundle, decision
 /// records). No grant is needed; each API authorizes the caller itself.
-pub fn authority_id(td: &str) -> Option<SpiffeId> {
+pub(crate) fn authority_id(td: &str) -> Option<SpiffeId> {
     SpiffeId::parse(&format!("spiffe://{td}/tessera/authority")).ok()
 }
 

@@ -100,7 +100,7 @@ impl CaRing {
 }
 
 /// A new CA for `td`, sealed for storage, that signs from `activate_at`.
-pub fn new_ca_record(
+pub(crate) fn new_ca_record(
     td: &TrustDomain,
     kek: &Kek,
     now: i64,
@@ -133,7 +133,7 @@ pub fn new_ca_record(
 
 /// Rotation: a new CA, in the bundle from now and signing from `now + publish_ahead`; the CAs
 /// it replaces leave the bundle once every SVID they can still sign has expired.
-pub fn rotation_ops(
+pub(crate) fn rotation_ops(
     ring: &CaRing,
     td: &TrustDomain,
     kek: &Kek,
@@ -159,12 +159,12 @@ pub fn rotation_ops(
 
 /// The bundle's X.509 authorities, shared with the TLS client verifier. Updated on each reload.
 #[derive(Debug, Default)]
-pub struct Bundles {
+pub(crate) struct Bundles {
     by_td: RwLock<HashMap<TrustDomain, Vec<CertificateDer<'static>>>>,
 }
 
 impl Bundles {
-    pub fn set(&self, ring: &CaRing, tds: &[TrustDomain], now: i64) {
+    pub(crate) fn set(&self, ring: &CaRing, tds: &[TrustDomain], now: i64) {
         let map = tds
             .iter()
             .map(|td| (td.clone(), ring.published(td, now)))
@@ -188,7 +188,7 @@ impl BundleSource for Bundles {
 
 /// A CA certificate as a JWK of the SPIFFE bundle format: its public key with `use`
 /// `x509-svid` and the certificate in `x5c` (SPIFFE Trust Domain and Bundle §4.2.1).
-pub fn x509_jwk(cert: &CertificateDer<'_>) -> Option<Value> {
+pub(crate) fn x509_jwk(cert: &CertificateDer<'_>) -> Option<Value> {
     let (x, y) = tessera_ca::p256_coordinates(cert)?;
     Some(json!({
         "kty": "EC",

@@ -8,7 +8,7 @@ use sqlx::postgres::PgPool;
 /// Admin pools to the declared databases, by connection name; made anew when the URL, the admin
 /// user or the password's version changes.
 #[derive(Default)]
-pub struct Pools {
+pub(crate) struct Pools {
     pub(crate) pools: tokio::sync::Mutex<HashMap<String, (PoolKey, PgPool)>>,
     /// One role change at a time per database: concurrent GRANTs on one table fail in
     /// PostgreSQL ("tuple concurrently updated"), and its catalog serializes them anyway.

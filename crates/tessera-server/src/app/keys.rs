@@ -58,7 +58,10 @@ pub enum KekSource {
 }
 
 /// Reads the KEK, or creates `DATA/kek` (0600) on the first start.
-pub fn load_kek(source: Option<&KekSource>, data_dir: &Path) -> Result<(Kek, bool), StartError> {
+pub(crate) fn load_kek(
+    source: Option<&KekSource>,
+    data_dir: &Path,
+) -> Result<(Kek, bool), StartError> {
     let decode = |text: &str, from: &str| -> Result<Kek, StartError> {
         let bytes = STANDARD
             .decode(text.trim())
@@ -194,7 +197,7 @@ impl KeyRing {
 }
 
 /// A freshly generated key, sealed for storage.
-pub fn new_key_record(
+pub(crate) fn new_key_record(
     td: &TrustDomain,
     alg: Alg,
     kek: &Kek,
@@ -222,7 +225,7 @@ pub fn new_key_record(
 
 /// Rotation: a new key that signs from `now + publish_ahead`; the keys it replaces are retired
 /// once every token they can still sign has expired.
-pub fn rotation_ops(
+pub(crate) fn rotation_ops(
     ring: &KeyRing,
     td: &TrustDomain,
     alg: Alg,

@@ -7,12 +7,12 @@
     clippy::module_inception,
     reason = "`app::app` holds `App`, as the floor plan in lib.rs names it"
 )]
-pub mod app;
-pub mod ca;
-pub mod db_pools;
-pub mod keys;
-pub mod snapshot;
-pub mod trust_keys;
+pub(crate) mod app;
+pub(crate) mod ca;
+pub(crate) mod db_pools;
+pub(crate) mod keys;
+pub(crate) mod snapshot;
+pub(crate) mod trust_keys;
 
-pub use app::{authority_id, App, Issuer, NotServed};
-pub use snapshot::Snapshot;
+pub(crate) use app::{authority_id, App, Issuer, NotServed};
+pub(crate) use snapshot::Snapshot;

@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-pub use tessera_core::admin_api::{ApplyRequest, ApplyResponse};
+pub(crate) use tessera_core::admin_api::{ApplyRequest, ApplyResponse};
 use tessera_core::manifest::{ClientAuth, DesiredState, Grant, PolicyFile, Workload};
 use tessera_store::Op;
 use tessera_verify::KeySet;
@@ -34,7 +34,7 @@ fn is_policy_op(op: &Op) -> bool {
 }
 
 /// Lines of a plan in a stable order for people: by object, not by kind of change.
-pub fn sorted_lines(lines: &[String]) -> Vec<String> {
+pub(crate) fn sorted_lines(lines: &[String]) -> Vec<String> {
     let mut out = lines.to_vec();
     out.sort_by(|a, b| a.get(2..).cmp(&b.get(2..)));
     out
@@ -42,7 +42,7 @@ pub fn sorted_lines(lines: &[String]) -> Vec<String> {
 
 /// What applying a desired state would do, and the policy set that would result.
 #[derive(Debug)]
-pub struct Plan {
+pub(crate) struct Plan {
     pub ops: Vec<Op>,
     /// One line per op, in the same order (`+ grant a -> b`).
     pub lines: Vec<String>,
@@ -52,12 +52,12 @@ pub struct Plan {
 
 impl Plan {
     /// Whether the plan changes grants or policy files (and so makes a new policy set version).
-    pub fn changes_policy(&self) -> bool {
+    pub(crate) fn changes_policy(&self) -> bool {
         self.ops.iter().any(is_policy_op)
     }
 
     /// Operations other than on grants and policy files (which a shadow load cannot make).
-    pub fn other_changes(&self) -> Vec<&str> {
+    pub(crate) fn other_changes(&self) -> Vec<&str> {
         self.ops
             .iter()
             .zip(self.lines.iter())
@@ -82,7 +82,7 @@ fn same<T: Clone + PartialEq>(a: &T, b: &T, strip: impl Fn(&mut T)) -> bool {
     a == b
 }
 
-pub fn plan(
+pub(crate) fn plan(
     app: &App,
     current: &Snapshot,
     desired: &DesiredState,

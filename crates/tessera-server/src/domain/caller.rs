@@ -31,10 +31,10 @@ fn unauthenticated(why: impl Into<String>) -> CallerError {
 
 /// Who made an admin change, as the audit trail names it: `admin:uid=N` or `admin:token`.
 #[derive(Clone, Debug)]
-pub struct Actor(pub String);
+pub(crate) struct Actor(pub String);
 
 /// The token of an `Authorization: Bearer` header value. The one place Bearer is parsed.
-pub fn bearer(authorization: Option<&str>) -> Option<&str> {
+pub(crate) fn bearer(authorization: Option<&str>) -> Option<&str> {
     authorization
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim)
@@ -42,7 +42,7 @@ pub fn bearer(authorization: Option<&str>) -> Option<&str> {
 
 /// What an introspection or revocation finds out about a token: its claims if it is one of ours,
 /// correctly signed and unexpired.
-pub fn our_token(
+pub(crate) fn our_token(
     app: &App,
     snap: &Snapshot,
     issuer: &Issuer,
@@ -76,7 +76,7 @@ pub fn our_token(
 }
 
 /// Verifies a JWT-SVID of this trust domain whose audience is this issuer.
-pub fn jwt_svid_of(
+pub(crate) fn jwt_svid_of(
     app: &App,
     snap: &Snapshot,
     issuer: &Issuer,
@@ -124,7 +124,7 @@ pub fn jwt_svid_of(
 
 /// The workload calling a Tessera workload API: from a Tessera access token whose audience is
 /// the authority, or from its JWT-SVID whose audience is this issuer (what a sidecar holds).
-pub fn workload_caller(
+pub(crate) fn workload_caller(
     app: &App,
     snap: &Snapshot,
     authorization: Option<&str>,
@@ -182,7 +182,7 @@ pub fn workload_caller(
 /// A workload calling a workload API that also accepts mTLS (the vault, database credentials):
 /// who, how it proved it, from where.
 #[derive(Debug, Clone)]
-pub struct Reader {
+pub(crate) struct Reader {
     pub id: SpiffeId,
     pub authn: Authn,
     pub source_ip: Option<IpAddr>,
@@ -191,7 +191,7 @@ pub struct Reader {
 /// The calling workload and how it proved itself: a Tessera token for the authority or a
 /// JWT-SVID for this issuer (when an `Authorization` header is sent), else the X.509-SVID of the
 /// connection (mTLS).
-pub fn reader(
+pub(crate) fn reader(
     app: &App,
     snap: &Snapshot,
     authorization: Option<&str>,
@@ -226,14 +226,14 @@ pub fn reader(
 /// A node agent authenticated by its SVID (chain validated in the TLS handshake against its trust
 /// domain's bundle), known and not revoked.
 #[derive(Debug, Clone)]
-pub struct Agent {
+pub(crate) struct Agent {
     pub id: AgentId,
     pub td: TrustDomain,
     pub spiffe_id: SpiffeId,
 }
 
 /// The node agent whose SVID the connection presented.
-pub fn agent_of(
+pub(crate) fn agent_of(
     app: &App,
     snap: &Snapshot,
     peer: Option<&PeerCertificates>,
@@ -262,7 +262,7 @@ pub fn agent_of(
 
 /// Whether `agent` is still registered and not revoked in `snap` (it may have been revoked while
 /// it waited on a long poll).
-pub fn in_good_standing(snap: &Snapshot, agent: &Agent) -> Result<(), CallerError> {
+pub(crate) fn in_good_standing(snap: &Snapshot, agent: &Agent) -> Result<(), CallerError> {
     let id = &agent.id;
     match snap.agents.get(id.as_str()) {
         Some(a) if a.trust_domain == agent.td.as_str() && a.revoked_at.is_none() => Ok(()),
@@ -276,13 +276,13 @@ pub fn in_good_standing(snap: &Snapshot, agent: &Agent) -> Result<(), CallerErro
 }
 
 /// Whether `agent` may hand out `reg`'s SVIDs.
-pub fn visible(reg: &Registration, agent: &Agent) -> bool {
+pub(crate) fn visible(reg: &Registration, agent: &Agent) -> bool {
     reg.spiffe_id.trust_domain_str() == agent.td.as_str()
         && (reg.nodes.is_empty() || reg.nodes.contains(&agent.id))
 }
 
 /// The registration `id` if `agent` may hand it out.
-pub fn registration<'a>(
+pub(crate) fn registration<'a>(
     snap: &'a Snapshot,
     agent: &Agent,
     id: &SpiffeId,

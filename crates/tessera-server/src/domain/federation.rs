@@ -13,7 +13,7 @@ use crate::app::{App, Snapshot};
 
 /// A trust's mapping rules break the documented rules (checked at apply time).
 #[derive(Debug, thiserror::Error)]
-pub enum RuleError {
+pub(crate) enum RuleError {
     #[error("trust `{trust}` rule {rule}: {reason}")]
     Rule {
         trust: String,
@@ -26,7 +26,7 @@ pub enum RuleError {
 
 /// Claims whose mapping values may be globs (`*` matches any run of characters). Everywhere
 /// else a value is matched exactly; `apply` refuses a `*` in another claim.
-pub const GLOB_CLAIMS: &[&str] = &[
+pub(crate) const GLOB_CLAIMS: &[&str] = &[
     "sub",
     "ref",
     "head_ref",
@@ -37,12 +37,12 @@ pub const GLOB_CLAIMS: &[&str] = &[
 ];
 
 /// Without `max_age`, an outside token older than this (by `iat`) is refused.
-pub const DEFAULT_MAX_AGE: i64 = 3600;
+pub(crate) const DEFAULT_MAX_AGE: i64 = 3600;
 
 /// Without `algorithms`, a trust accepts these (GitHub and Kubernetes sign RS256 by default).
-pub const DEFAULT_ALGORITHMS: &[&str] = &["RS256", "ES256"];
+pub(crate) const DEFAULT_ALGORITHMS: &[&str] = &["RS256", "ES256"];
 
-pub const LEEWAY: i64 = 30;
+pub(crate) const LEEWAY: i64 = 30;
 
 /// Whether `claims` satisfy one rule's `claims` table (nested tables match nested objects).
 fn rule_matches(
@@ -78,7 +78,7 @@ fn rule_matches(
 
 /// A verified outside token, mapped to a workload.
 #[derive(Debug)]
-pub struct Mapped {
+pub(crate) struct Mapped {
     pub trust: Trust,
     pub rule: usize,
     pub workload: SpiffeId,
@@ -91,7 +91,7 @@ pub struct Mapped {
 
 /// Why an outside token was refused, and which trust (if any) judged it.
 #[derive(Debug)]
-pub struct Refusal {
+pub(crate) struct Refusal {
     pub reason: String,
     pub trust: Option<String>,
     pub issuer: Option<String>,
@@ -109,7 +109,7 @@ impl Refusal {
 
 /// Verifies an outside token against the trusts for its issuer and maps it to a workload.
 /// `only` restricts to one trust (for `federation test`).
-pub async fn verify_outside(
+pub(crate) async fn verify_outside(
     app: &App,
     snap: &Snapshot,
     token: &str,
@@ -255,7 +255,7 @@ pub async fn verify_outside(
 }
 
 /// Checks a trust's mapping rules at apply time: globs only where documented.
-pub fn check_rules(t: &Trust) -> Result<(), RuleError> {
+pub(crate) fn check_rules(t: &Trust) -> Result<(), RuleError> {
     let rule = |i: usize, reason: String| RuleError::Rule {
         trust: t.name.to_string(),
         rule: i + 1,
@@ -314,7 +314,7 @@ ref = "refs/heads/*"
         let mut other = claims.clone();
         other["kubernetes.io"]["namespace"] = "dev".into();
         assert!(!rule_matches(&rule, &other, true));
-        let mut other = claims.clone();
+        let mut other = claims;
         other.remove("repository_id");
         assert!(!rule_matches(&rule, &other, true));
         // A `*` in a claim not documented for globs matches only a literal `*`.

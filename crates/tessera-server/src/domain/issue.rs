@@ -45,7 +45,7 @@ impl OAuthCode {
 /// The grant types Tessera issues under. The token endpoint accepts the first three; node agents
 /// ask for their workloads' tokens on the agent API (`managed_identity`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GrantType {
+pub(crate) enum GrantType {
     /// RFC 6749 §4.4.
     ClientCredentials,
     /// RFC 8693 token exchange (federation and delegation).
@@ -58,7 +58,7 @@ pub enum GrantType {
 
 impl GrantType {
     /// The value of `grant_type` (and of the audit records' and metrics' `grant_type`).
-    pub const fn as_str(self) -> &'static str {
+    pub(crate) const fn as_str(self) -> &'static str {
         match self {
             Self::ClientCredentials => "client_credentials",
             Self::TokenExchange => "urn:ietf:params:oauth:grant-type:token-exchange",
@@ -68,7 +68,7 @@ impl GrantType {
     }
 
     /// A `grant_type` the token endpoint accepts.
-    pub fn parse(s: &str) -> Option<Self> {
+    pub(crate) fn parse(s: &str) -> Option<Self> {
         [
             Self::ClientCredentials,
             Self::TokenExchange,
@@ -81,7 +81,7 @@ impl GrantType {
 
 /// What one issuance asks for, built by each grant from what it authenticated.
 #[derive(Debug)]
-pub struct IssueRequest {
+pub(crate) struct IssueRequest {
     /// The workload the policy decides for (the actor, when delegating).
     pub caller: SpiffeId,
     /// The token's `client_id`, and the actor of its audit records.
@@ -138,7 +138,7 @@ type Denied = Box<(AuditEvent, IssueError)>;
 
 /// Decides, signs and records. The token leaves only once its record is durable (fail closed);
 /// a refusal is recorded too (best effort: the refusal stands either way).
-pub async fn commit(
+pub(crate) async fn commit(
     app: &App,
     snap: &Snapshot,
     issuer: &Issuer,
@@ -189,7 +189,7 @@ async fn record(app: &App, req: &IssueRequest, mut event: AuditEvent) -> Result<
 
 /// An access token signed and its audit record, not yet written.
 #[derive(Debug)]
-pub struct Minted {
+pub(crate) struct Minted {
     pub token: String,
     pub claims: AccessTokenClaims,
     pub ttl: i64,
@@ -198,7 +198,7 @@ pub struct Minted {
 
 impl Minted {
     /// The RFC 6749 §5.1 response body.
-    pub fn response(&self) -> Value {
+    pub(crate) fn response(&self) -> Value {
         let mut body = serde_json::Map::new();
         body.insert("access_token".into(), self.token.clone().into());
         body.insert("token_type".into(), "Bearer".into());
@@ -216,7 +216,7 @@ impl Minted {
 
 /// What a delegated or federated token adds to a plain issuance.
 #[derive(Debug, Clone, Default)]
-pub struct MintOptions {
+pub(crate) struct MintOptions {
     /// For the policy decision (`context.delegated`, `actor`, `trust`).
     pub context: tessera_policy::IssueContext,
     /// The `act` claim (RFC 8693 §4.1).

@@ -41,19 +41,19 @@ impl From<StoreError> for LeaseError {
 }
 
 /// A lease's lifetime when neither the role nor the request says.
-pub const DEFAULT_TTL: i64 = 3600;
+pub(crate) const DEFAULT_TTL: i64 = 3600;
 
 /// The longest a role template may let a lease live.
-pub const MAX_TTL_CAP: i64 = 30 * 24 * 3600;
+pub(crate) const MAX_TTL_CAP: i64 = 30 * 24 * 3600;
 
 /// The secret name a role is read as in policies: `db/ROLE`.
-pub fn role_secret(role: &Label) -> Result<SecretName, LeaseError> {
+pub(crate) fn role_secret(role: &Label) -> Result<SecretName, LeaseError> {
     SecretName::parse(&format!("db/{}", role.as_str().to_ascii_lowercase()))
         .map_err(|e| LeaseError::Invalid(e.to_string()))
 }
 
 /// An admin pool to `conn`, made anew when its password secret has a new version.
-pub async fn pool(app: &App, conn: &DbConnectionRecord) -> Result<PgPool, LeaseError> {
+pub(crate) async fn pool(app: &App, conn: &DbConnectionRecord) -> Result<PgPool, LeaseError> {
     let name = SecretName::parse(&conn.password_secret)
         .map_err(|e| LeaseError::Unavailable(e.to_string()))?;
     let (version, password) = current_value(app, &name).await?;
@@ -85,7 +85,7 @@ pub async fn pool(app: &App, conn: &DbConnectionRecord) -> Result<PgPool, LeaseE
 }
 
 /// Runs the statements in one transaction.
-pub async fn run(pool: &PgPool, statements: &[String]) -> Result<(), sqlx::Error> {
+pub(crate) async fn run(pool: &PgPool, statements: &[String]) -> Result<(), sqlx::Error> {
     let (pool, statements) = (pool.clone(), statements.to_vec());
     let handle = tokio::runtime::Handle::current();
     // On a blocking thread with `block_on`, which needs no `Send` future: rustc cannot prove
@@ -106,7 +106,7 @@ pub async fn run(pool: &PgPool, statements: &[String]) -> Result<(), sqlx::Error
 // ---- Admin ----------------------------------------------------------------------------------
 
 /// Ends a lease now: its role is dropped by the revoker within a second.
-pub async fn end(app: &App, id: &str, actor: &str) -> Result<(), LeaseError> {
+pub(crate) async fn end(app: &App, id: &str, actor: &str) -> Result<(), LeaseError> {
     app.store
         .commit(
             &[Op::EndLease(id.to_owned())],
@@ -126,7 +126,7 @@ pub async fn end(app: &App, id: &str, actor: &str) -> Result<(), LeaseError> {
 // ---- Workloads ------------------------------------------------------------------------------
 
 /// Ends the open leases of workloads that were revoked or removed.
-pub async fn end_leases_of_revoked_workloads(app: &App) -> Result<(), LeaseError> {
+pub(crate) async fn end_leases_of_revoked_workloads(app: &App) -> Result<(), LeaseError> {
     let snap = app.snapshot();
     for l in app.store.leases(LeaseFilter::Open).await? {
         let revoked = tessera_core::SpiffeId::parse(&l.workload)
@@ -142,7 +142,7 @@ pub async fn end_leases_of_revoked_workloads(app: &App) -> Result<(), LeaseError
 
 /// Drops the roles of leases that are due; a failure is retried on the next round and said in
 /// the lease and the log.
-pub async fn revoke_due(app: &App) -> Result<(), LeaseError> {
+pub(crate) async fn revoke_due(app: &App) -> Result<(), LeaseError> {
     let now = tessera_core::now_unix();
     for l in app.store.leases(LeaseFilter::Due(now)).await? {
         let done = match app.store.db_connection(&l.connection).await? {

@@ -3,11 +3,11 @@
 //! database leases. No axum type is named here; each module returns its own error enum, and
 //! `error.rs` maps them to HTTP. Imports `app/` and the ground files, never `api/`.
 
-pub mod apply;
-pub mod caller;
-pub mod federation;
-pub mod issue;
-pub mod leases;
-pub mod policy_sets;
-pub mod rotation;
-pub mod secrets;
+pub(crate) mod apply;
+pub(crate) mod caller;
+pub(crate) mod federation;
+pub(crate) mod issue;
+pub(crate) mod leases;
+pub(crate) mod policy_sets;
+pub(crate) mod rotation;
+pub(crate) mod secrets;

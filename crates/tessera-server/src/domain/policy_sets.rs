@@ -24,7 +24,7 @@ pub enum PolicySetError {
 }
 
 /// The version of the loaded shadow set.
-pub fn shadow_version(snap: &Snapshot) -> Result<i64, PolicySetError> {
+pub(crate) fn shadow_version(snap: &Snapshot) -> Result<i64, PolicySetError> {
     snap.shadow
         .as_ref()
         .map(|s| s.version)
@@ -32,7 +32,7 @@ pub fn shadow_version(snap: &Snapshot) -> Result<i64, PolicySetError> {
 }
 
 /// The ops that turn the current grants and policy files into `grants` and `policies`.
-pub fn replace_ops(snap: &Snapshot, grants: &[Grant], policies: &[PolicyFile]) -> Vec<Op> {
+pub(crate) fn replace_ops(snap: &Snapshot, grants: &[Grant], policies: &[PolicyFile]) -> Vec<Op> {
     let mut ops = Vec::new();
     for g in &snap.grants {
         if !grants.iter().any(|n| n.from == g.from && n.to == g.to) {
@@ -61,7 +61,7 @@ pub fn replace_ops(snap: &Snapshot, grants: &[Grant], policies: &[PolicyFile]) -
 }
 
 /// Ops recording `grants` and `policies` as the new active version.
-pub async fn record_active(
+pub(crate) async fn record_active(
     app: &App,
     snap: &Snapshot,
     grants: Vec<Grant>,
@@ -90,7 +90,7 @@ pub async fn record_active(
 }
 
 /// `tessera apply --shadow`: validates the candidate and loads it beside the active set.
-pub async fn load_shadow(
+pub(crate) async fn load_shadow(
     app: &App,
     snap: &Snapshot,
     plan: Plan,
@@ -151,7 +151,7 @@ pub async fn load_shadow(
 
 /// Makes `grants` and `policies` the active set, after checking they still compile against
 /// today's workloads: nothing changes unless the whole set is valid.
-pub async fn activate(
+pub(crate) async fn activate(
     app: &App,
     actor: &str,
     grants: Vec<Grant>,
@@ -187,7 +187,7 @@ pub async fn activate(
     Ok(json!({"version": version, "changed": changed, "note": note}))
 }
 
-pub async fn find_set(app: &App, version: i64) -> Result<PolicySetRecord, PolicySetError> {
+pub(crate) async fn find_set(app: &App, version: i64) -> Result<PolicySetRecord, PolicySetError> {
     app.store
         .policy_sets(1_000)
         .await?

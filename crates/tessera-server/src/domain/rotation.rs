@@ -21,7 +21,7 @@ pub enum RotationError {
 }
 
 /// Prepares the next CA of `td`: in the bundle now, signing after `ahead` seconds.
-pub async fn rotate_ca(
+pub(crate) async fn rotate_ca(
     app: &App,
     td: &TrustDomain,
     ahead: i64,
@@ -51,7 +51,7 @@ pub async fn rotate_ca(
 }
 
 /// Prepares the next signing key of `td`: published now, signing after `publish_ahead`.
-pub async fn rotate_key(
+pub(crate) async fn rotate_key(
     app: &App,
     td: &TrustDomain,
     actor: &str,
@@ -79,7 +79,7 @@ pub async fn rotate_key(
 }
 
 /// Rotates each trust domain whose signing key is older than `period` and has no successor.
-pub async fn scheduled_rotation(
+pub(crate) async fn scheduled_rotation(
     app: &App,
     period: Duration,
     now: i64,
@@ -102,7 +102,7 @@ pub async fn scheduled_rotation(
 
 /// Revokes one token until its expiry: introspection, delegation and the revocation list refuse
 /// it from now on.
-pub async fn revoke_token(
+pub(crate) async fn revoke_token(
     app: &App,
     jti: &str,
     exp: i64,

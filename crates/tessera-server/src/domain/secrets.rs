@@ -42,15 +42,15 @@ impl From<StoreError> for SecretsError {
 }
 
 /// How long a deleted secret can be restored before it is purged, unless the delete says.
-pub const DEFAULT_RETENTION_SECS: i64 = 7 * 24 * 3600;
+pub(crate) const DEFAULT_RETENTION_SECS: i64 = 7 * 24 * 3600;
 
 /// The audit subject of a secret.
-pub fn subject(name: &SecretName) -> String {
+pub(crate) fn subject(name: &SecretName) -> String {
     format!("secret:{name}")
 }
 
 /// Whether a secret is overdue for rotation or past its current version's expiry, at `now`.
-pub fn overdue(
+pub(crate) fn overdue(
     s: &SecretRecord,
     current: Option<&SecretVersionRecord>,
     now: i64,
@@ -67,7 +67,7 @@ pub fn overdue(
     why
 }
 
-pub fn metadata_json(s: &SecretRecord, versions: &[SecretVersionRecord], now: i64) -> Value {
+pub(crate) fn metadata_json(s: &SecretRecord, versions: &[SecretVersionRecord], now: i64) -> Value {
     let current = versions.iter().find(|v| v.version == s.current_version);
     json!({
         "name": s.name,
@@ -91,7 +91,10 @@ pub fn metadata_json(s: &SecretRecord, versions: &[SecretVersionRecord], now: i6
 
 /// The current version of a secret and its value, for the server's own use (a database's admin
 /// password). Not audited as a read: the use that follows is.
-pub async fn current_value(app: &App, name: &SecretName) -> Result<(i64, Vec<u8>), SecretsError> {
+pub(crate) async fn current_value(
+    app: &App,
+    name: &SecretName,
+) -> Result<(i64, Vec<u8>), SecretsError> {
     let s = live(name, app.store.secret(name.as_str()).await?)?;
     let v = version_of(app, name, &s, None).await?;
     if !v.enabled {
@@ -103,13 +106,16 @@ pub async fn current_value(app: &App, name: &SecretName) -> Result<(i64, Vec<u8>
 }
 
 /// The secret if it exists and is not deleted; else 404.
-pub fn live(name: &SecretName, s: Option<SecretRecord>) -> Result<SecretRecord, SecretsError> {
+pub(crate) fn live(
+    name: &SecretName,
+    s: Option<SecretRecord>,
+) -> Result<SecretRecord, SecretsError> {
     s.filter(|s| s.deleted_at.is_none())
         .ok_or_else(|| SecretsError::NotFound(format!("no secret `{name}` (or it is deleted)")))
 }
 
 /// Version `version` (the current one by default) of a live secret; else 404.
-pub async fn version_of(
+pub(crate) async fn version_of(
     app: &App,
     name: &SecretName,
     s: &SecretRecord,
@@ -124,7 +130,7 @@ pub async fn version_of(
 
 /// The Cedar entity of a secret; for one that does not exist, its name alone, so that a caller
 /// without a grant learns nothing about existence.
-pub fn entity(
+pub(crate) fn entity(
     app: &App,
     name: &SecretName,
     s: Option<&SecretRecord>,
@@ -135,12 +141,12 @@ pub fn entity(
         None => ("", "", BTreeMap::new()),
     };
     tessera_policy::secret_entity(name.as_str(), td, env, owner, &tags)
-        .map_err(|e| SecretsError::Unavailable(e.to_string()))
+        .map_err(SecretsError::Unavailable)
 }
 
 /// Decides `action` on `name` for `reader` (the secret need not be stored: dynamic database
 /// roles are read as `db/ROLE`). A denial is recorded and counted.
-pub async fn decide(
+pub(crate) async fn decide(
     app: &App,
     snap: &Snapshot,
     reader: &Reader,
@@ -184,7 +190,7 @@ pub async fn decide(
 }
 
 /// The plaintext of a stored version.
-pub fn open(
+pub(crate) fn open(
     app: &App,
     name: &SecretName,
     v: &SecretVersionRecord,
@@ -204,7 +210,11 @@ pub fn open(
 }
 
 /// Removes a deleted secret and all its versions for good.
-pub async fn purge_one(app: &App, name: &SecretName, actor: &str) -> Result<(), SecretsError> {
+pub(crate) async fn purge_one(
+    app: &App,
+    name: &SecretName,
+    actor: &str,
+) -> Result<(), SecretsError> {
     app.store
         .commit(
             &[Op::PurgeSecret(name.to_string())],
@@ -222,7 +232,7 @@ pub async fn purge_one(app: &App, name: &SecretName, actor: &str) -> Result<(), 
 
 /// Purges deleted secrets past their retention, and counts (metric) and records (audit, once per
 /// server run: `reported`) secrets overdue for rotation or past expiry.
-pub async fn upkeep(
+pub(crate) async fn upkeep(
     app: &App,
     reported: &mut std::collections::HashSet<(String, i64, &'static str)>,
 ) -> Result<(), SecretsError> {

@@ -29,7 +29,7 @@ const MAX_ASSERTION_AHEAD: i64 = 300;
 
 /// The authenticated client.
 #[derive(Debug)]
-pub struct AuthedClient {
+pub(crate) struct AuthedClient {
     pub id: String,
     pub method: &'static str,
     /// For `private_key_jwt`: the assertion's `jti`, still to be claimed (single use) in the same
@@ -38,7 +38,7 @@ pub struct AuthedClient {
 }
 
 /// A refused client: its audit record, counted, and the error to answer.
-pub fn client_failure(
+pub(crate) fn client_failure(
     app: &App,
     method: &'static str,
     claimed: Option<&str>,
@@ -74,7 +74,7 @@ pub fn client_failure(
 }
 
 /// Authenticates the client and, for an assertion, claims its `jti` now. Failures are audited.
-pub async fn authenticate(
+pub(crate) async fn authenticate(
     app: &App,
     snap: &Snapshot,
     issuer: &Issuer,
@@ -91,7 +91,7 @@ pub async fn authenticate(
 }
 
 /// A replayed client assertion: recorded, and refused as RFC 6749 `invalid_client`.
-pub async fn replayed(app: &App, client_id: &str) -> ApiError {
+pub(crate) async fn replayed(app: &App, client_id: &str) -> ApiError {
     let (event, err) = client_failure(
         app,
         "private_key_jwt",
@@ -107,7 +107,7 @@ pub async fn replayed(app: &App, client_id: &str) -> ApiError {
 
 /// Authenticates the client by exactly one of the three methods, leaving an assertion's `jti`
 /// to be claimed by the caller. Failures are audited.
-pub async fn authenticate_deferred(
+pub(crate) async fn authenticate_deferred(
     app: &App,
     snap: &Snapshot,
     issuer: &Issuer,
@@ -406,7 +406,7 @@ async fn check_assertion(
 }
 
 /// Records a refused client (best effort: the refusal stands either way); the error to answer.
-pub async fn audited(app: &App, (event, err): (AuditEvent, ApiError)) -> ApiError {
+pub(crate) async fn audited(app: &App, (event, err): (AuditEvent, ApiError)) -> ApiError {
     if let Err(e) = app.audit.append(event).await {
         app.metrics.audit_failures.inc();
         tracing::error!(error = %e, "could not record a refused client");
@@ -415,7 +415,7 @@ pub async fn audited(app: &App, (event, err): (AuditEvent, ApiError)) -> ApiErro
 }
 
 /// Whether the request carries a client authentication method other than its certificate.
-pub fn other_client_auth(headers: &HeaderMap, form: &Form) -> bool {
+pub(crate) fn other_client_auth(headers: &HeaderMap, form: &Form) -> bool {
     headers.contains_key(header::AUTHORIZATION)
         || form.get("client_secret").is_some()
         || form.get("client_assertion").is_some()

@@ -76,7 +76,7 @@ fn chain_len(act: Option<&Value>) -> usize {
     }
 }
 
-pub async fn delegate(
+pub(crate) async fn delegate(
     app: &App,
     snap: &Snapshot,
     issuer: &Issuer,

@@ -52,7 +52,7 @@ fn invalid_request(reason: impl Into<String>) -> ApiError {
 }
 
 /// RFC 8693 token exchange and RFC 7523 `jwt-bearer`.
-pub async fn exchange(
+pub(crate) async fn exchange(
     app: &App,
     snap: &Snapshot,
     issuer: &Issuer,

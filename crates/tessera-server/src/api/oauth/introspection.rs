@@ -39,7 +39,7 @@ async fn token_request(
 
 /// `POST /introspect`: RFC 7662. Only `{"active": false}` for anything inactive, and a client
 /// sees only tokens it holds or that are addressed to its workload.
-pub async fn post_introspect(
+pub(crate) async fn post_introspect(
     State(app): State<Arc<App>>,
     IssuerPath(issuer): IssuerPath,
     headers: HeaderMap,
@@ -88,7 +88,7 @@ pub async fn post_introspect(
 
 /// `POST /revoke`: RFC 7009. A client may revoke the tokens issued to it; the answer is 200
 /// whether or not the token was valid, so it reveals nothing.
-pub async fn post_revoke(
+pub(crate) async fn post_revoke(
     State(app): State<Arc<App>>,
     IssuerPath(issuer): IssuerPath,
     headers: HeaderMap,

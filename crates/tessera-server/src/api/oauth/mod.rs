@@ -9,15 +9,15 @@ use axum::Router;
 
 use crate::app::App;
 
-pub mod client_auth;
-pub mod delegation;
-pub mod federated;
-pub mod form;
-pub mod introspection;
-pub mod token;
+pub(crate) mod client_auth;
+pub(crate) mod delegation;
+pub(crate) mod federated;
+pub(crate) mod form;
+pub(crate) mod introspection;
+pub(crate) mod token;
 
 /// `/token`, `/introspect`, `/revoke`, at the base URL and under `/{td}`.
-pub fn routes() -> Router<Arc<App>> {
+pub(crate) fn routes() -> Router<Arc<App>> {
     Router::new()
         .route("/token", post(token::post_token))
         .route("/{td}/token", post(token::post_token))

@@ -26,7 +26,7 @@ use crate::metrics::IssueLabels;
 use crate::tls::{ConnInfo, PeerCertificates};
 
 /// `POST /token`: parses the form, picks the grant, counts and times the result.
-pub async fn post_token(
+pub(crate) async fn post_token(
     State(app): State<Arc<App>>,
     IssuerPath(issuer): IssuerPath,
     conn: ConnInfo,
@@ -93,7 +93,7 @@ fn count(app: &App, grant_type: &'static str, result: &'static str) {
 
 /// The issuance request of a token-endpoint grant: its targets, scope and address from the form
 /// and the connection.
-pub fn issue_request(
+pub(crate) fn issue_request(
     form: &Form,
     conn: &ConnInfo,
     caller: tessera_core::SpiffeId,
