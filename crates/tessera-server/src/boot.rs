@@ -12,7 +12,7 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use prometheus_client::registry::Registry;
 use serde_json::json;
-use tessera_store::{AuditEvent, AuditLog, Op, Store};
+use tessera_store::{AuditEvent, AuditKind, AuditLog, Op, Outcome, Store};
 use tokio::sync::watch;
 
 use crate::app::ca::{self, Bundles, CaRing};
@@ -168,10 +168,10 @@ pub async fn start(
                 .commit(
                     &[Op::InsertKey(rec.clone())],
                     &[AuditEvent {
-                        kind: "keys.created".into(),
+                        kind: AuditKind::KeysCreated,
                         actor: "server".into(),
                         subject: td.name.to_string(),
-                        outcome: "ok".into(),
+                        outcome: Outcome::Ok,
                         detail: json!({"kid": rec.kid, "alg": rec.alg}),
                     }],
                 )
@@ -191,10 +191,10 @@ pub async fn start(
                 .commit(
                     &[Op::InsertCa(rec.clone())],
                     &[AuditEvent {
-                        kind: "ca.created".into(),
+                        kind: AuditKind::CaCreated,
                         actor: "server".into(),
                         subject: td.name.to_string(),
-                        outcome: "ok".into(),
+                        outcome: Outcome::Ok,
                         detail: json!({"ca": rec.id, "not_after": rec.not_after}),
                     }],
                 )

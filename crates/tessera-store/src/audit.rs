@@ -8,17 +8,219 @@ use crate::{AssertionClaim, BatchItem, BatchResult, Result, Store, StoreError};
 /// The `prev_hash` of the first record.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
+/// Every kind of audit record: the one list. Stored (and hashed) as its dotted name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AuditKind {
+    AgentJoinRefused,
+    AgentJoined,
+    AgentRenewed,
+    AgentTokenCreated,
+    Apply,
+    CaCreated,
+    CaRotated,
+    CallAllowed,
+    CallDenied,
+    ClientAuthFailed,
+    ClientSecretIssued,
+    DbConnection,
+    DbRole,
+    FederationRefused,
+    KeysCreated,
+    KeysRotated,
+    LeaseCreated,
+    LeaseEnded,
+    LeaseRenewed,
+    LeaseRevokeFailed,
+    LeaseRevoked,
+    PolicyDiscarded,
+    PolicyPromoted,
+    PolicyRolledBack,
+    PolicyShadow,
+    RevokeAgent,
+    RevokeToken,
+    RevokeWorkload,
+    SecretDeleted,
+    SecretDenied,
+    SecretDisabled,
+    SecretEnabled,
+    SecretOverdue,
+    SecretPurged,
+    SecretRead,
+    SecretRestored,
+    SecretRotated,
+    SecretWritten,
+    SvidDenied,
+    SvidIssued,
+    TokenDenied,
+    TokenFailed,
+    TokenIssued,
+    TokenLimited,
+}
+
+impl AuditKind {
+    /// Every kind, for documentation and tests.
+    pub const ALL: &'static [Self] = &[
+        Self::AgentJoinRefused,
+        Self::AgentJoined,
+        Self::AgentRenewed,
+        Self::AgentTokenCreated,
+        Self::Apply,
+        Self::CaCreated,
+        Self::CaRotated,
+        Self::CallAllowed,
+        Self::CallDenied,
+        Self::ClientAuthFailed,
+        Self::ClientSecretIssued,
+        Self::DbConnection,
+        Self::DbRole,
+        Self::FederationRefused,
+        Self::KeysCreated,
+        Self::KeysRotated,
+        Self::LeaseCreated,
+        Self::LeaseEnded,
+        Self::LeaseRenewed,
+        Self::LeaseRevokeFailed,
+        Self::LeaseRevoked,
+        Self::PolicyDiscarded,
+        Self::PolicyPromoted,
+        Self::PolicyRolledBack,
+        Self::PolicyShadow,
+        Self::RevokeAgent,
+        Self::RevokeToken,
+        Self::RevokeWorkload,
+        Self::SecretDeleted,
+        Self::SecretDenied,
+        Self::SecretDisabled,
+        Self::SecretEnabled,
+        Self::SecretOverdue,
+        Self::SecretPurged,
+        Self::SecretRead,
+        Self::SecretRestored,
+        Self::SecretRotated,
+        Self::SecretWritten,
+        Self::SvidDenied,
+        Self::SvidIssued,
+        Self::TokenDenied,
+        Self::TokenFailed,
+        Self::TokenIssued,
+        Self::TokenLimited,
+    ];
+
+    /// The stored name, such as `token.issued`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::AgentJoinRefused => "agent.join_refused",
+            Self::AgentJoined => "agent.joined",
+            Self::AgentRenewed => "agent.renewed",
+            Self::AgentTokenCreated => "agent.token_created",
+            Self::Apply => "apply",
+            Self::CaCreated => "ca.created",
+            Self::CaRotated => "ca.rotated",
+            Self::CallAllowed => "call.allowed",
+            Self::CallDenied => "call.denied",
+            Self::ClientAuthFailed => "client.auth_failed",
+            Self::ClientSecretIssued => "client.secret_issued",
+            Self::DbConnection => "db.connection",
+            Self::DbRole => "db.role",
+            Self::FederationRefused => "federation.refused",
+            Self::KeysCreated => "keys.created",
+            Self::KeysRotated => "keys.rotated",
+            Self::LeaseCreated => "lease.created",
+            Self::LeaseEnded => "lease.ended",
+            Self::LeaseRenewed => "lease.renewed",
+            Self::LeaseRevokeFailed => "lease.revoke_failed",
+            Self::LeaseRevoked => "lease.revoked",
+            Self::PolicyDiscarded => "policy.discarded",
+            Self::PolicyPromoted => "policy.promoted",
+            Self::PolicyRolledBack => "policy.rolled_back",
+            Self::PolicyShadow => "policy.shadow",
+            Self::RevokeAgent => "revoke.agent",
+            Self::RevokeToken => "revoke.token",
+            Self::RevokeWorkload => "revoke.workload",
+            Self::SecretDeleted => "secret.deleted",
+            Self::SecretDenied => "secret.denied",
+            Self::SecretDisabled => "secret.disabled",
+            Self::SecretEnabled => "secret.enabled",
+            Self::SecretOverdue => "secret.overdue",
+            Self::SecretPurged => "secret.purged",
+            Self::SecretRead => "secret.read",
+            Self::SecretRestored => "secret.restored",
+            Self::SecretRotated => "secret.rotated",
+            Self::SecretWritten => "secret.written",
+            Self::SvidDenied => "svid.denied",
+            Self::SvidIssued => "svid.issued",
+            Self::TokenDenied => "token.denied",
+            Self::TokenFailed => "token.failed",
+            Self::TokenIssued => "token.issued",
+            Self::TokenLimited => "token.limited",
+        }
+    }
+}
+
+impl std::fmt::Display for AuditKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for AuditKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        Self::ALL
+            .iter()
+            .copied()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| format!("`{s}` is not an audit record kind"))
+    }
+}
+
+impl<'de> Deserialize<'de> for AuditKind {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for AuditKind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+/// How an audited action ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Ok,
+    Denied,
+    Error,
+    /// Nothing was refused, but someone should look (a secret overdue for rotation).
+    Warning,
+}
+
+impl Outcome {
+    /// The stored word: `ok`, `denied`, `error` or `warning`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Denied => "denied",
+            Self::Error => "error",
+            Self::Warning => "warning",
+        }
+    }
+}
+
 /// What happened. Never a secret or a whole token: a token is named by its `jti`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuditEvent {
-    /// e.g. `token.issued`, `token.denied`, `client.auth_failed`, `apply`, `revoke.token`.
-    pub kind: String,
+    pub kind: AuditKind,
     /// Who acted: a client ID, a SPIFFE ID, or `admin:uid=1000`.
     pub actor: String,
     /// What it was about: usually a SPIFFE ID.
     pub subject: String,
-    /// `ok` or `denied` or `failed`.
-    pub outcome: String,
+    pub outcome: Outcome,
     pub detail: serde_json::Value,
 }
 
@@ -68,10 +270,10 @@ impl AuditRecord {
         let mut r = Self {
             seq,
             at,
-            kind: e.kind.clone(),
+            kind: e.kind.as_str().to_owned(),
             actor: e.actor.clone(),
             subject: e.subject.clone(),
-            outcome: e.outcome.clone(),
+            outcome: e.outcome.as_str().to_owned(),
             detail: serde_json::to_string(&e.detail)
                 .map_err(|e| StoreError::Corrupt(e.to_string()))?,
             prev_hash: prev.to_owned(),

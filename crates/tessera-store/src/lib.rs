@@ -19,16 +19,16 @@ mod queries;
 mod records;
 
 pub use audit::{
-    verify_chain, AuditEvent, AuditLog, AuditMetrics, AuditRecord, ChainError, VerifyAuditError,
-    GENESIS,
+    verify_chain, AuditEvent, AuditKind, AuditLog, AuditMetrics, AuditRecord, ChainError, Outcome,
+    VerifyAuditError, GENESIS,
 };
 pub use backend::Store;
 pub use op::Op;
 pub use records::{
     AgentRecord, AssertionClaim, BatchItem, BatchResult, CaRecord, ClientRecord,
     ClientSecretRecord, DbConnectionRecord, DbRoleRecord, JoinTokenRecord, KeyRecord, LeaseFilter,
-    LeaseRecord, PolicySetRecord, SecretRecord, SecretVersionRecord, StoredState, SvidRecord,
-    WorkloadRecord,
+    LeaseRecord, LeaseState, PolicySetRecord, PolicySetStatus, SecretRecord, SecretVersionRecord,
+    StoredState, SvidRecord, WorkloadRecord,
 };
 
 #[derive(Debug, thiserror::Error)]

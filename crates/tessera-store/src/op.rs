@@ -6,7 +6,8 @@ use tessera_core::manifest::{Client, Grant, PolicyFile, Trust, Workload};
 
 use crate::records::{
     AgentRecord, CaRecord, ClientSecretRecord, DbConnectionRecord, DbRoleRecord, JoinTokenRecord,
-    KeyRecord, LeaseRecord, PolicySetRecord, SecretRecord, SecretVersionRecord, SvidRecord,
+    KeyRecord, LeaseRecord, PolicySetRecord, PolicySetStatus, SecretRecord, SecretVersionRecord,
+    SvidRecord,
 };
 use crate::{Result, StoreError};
 
@@ -84,7 +85,7 @@ pub enum Op {
     RecordPolicySet(PolicySetRecord),
     SetPolicySetStatus {
         version: i64,
-        status: String,
+        status: PolicySetStatus,
     },
     /// Creates a secret's metadata (with no version yet), or changes it; never its versions.
     UpsertSecret(SecretRecord),
@@ -280,7 +281,7 @@ macro_rules! apply_op {
             }
             $crate::op::Op::RecordPolicySet(r) => {
                 let n = sqlx::query("INSERT INTO policy_sets (version, status, grants, policies, created_at, actor, note) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (version) DO NOTHING")
-                    .bind(r.version).bind(&r.status).bind($crate::op::json(&r.grants)?).bind($crate::op::json(&r.policies)?)
+                    .bind(r.version).bind(r.status.as_str()).bind($crate::op::json(&r.grants)?).bind($crate::op::json(&r.policies)?)
                     .bind(r.created_at).bind(&r.actor).bind(&r.note)
                     .execute(&mut *$tx).await?.rows_affected();
                 if n != 1 {
@@ -289,7 +290,7 @@ macro_rules! apply_op {
             }
             $crate::op::Op::SetPolicySetStatus { version, status } => {
                 sqlx::query("UPDATE policy_sets SET status = $1 WHERE version = $2")
-                    .bind(status).bind(version)
+                    .bind(status.as_str()).bind(version)
                     .execute(&mut *$tx).await?;
             }
             $crate::op::Op::RecordSvids(svids) => {
@@ -375,7 +376,7 @@ macro_rules! apply_op {
                 sqlx::query("INSERT INTO db_leases (id, role, connection, username, workload, revocation, created_at, expires_at, max_expires_at, state, revoked_at, attempts, last_error) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)")
                     .bind(&l.id).bind(&l.role).bind(&l.connection).bind(&l.username).bind(&l.workload)
                     .bind($crate::op::json(&l.revocation)?).bind(l.created_at).bind(l.expires_at).bind(l.max_expires_at)
-                    .bind(&l.state).bind(l.revoked_at).bind(l.attempts).bind(&l.last_error)
+                    .bind(l.state.as_str()).bind(l.revoked_at).bind(l.attempts).bind(&l.last_error)
                     .execute(&mut *$tx).await?;
             }
             $crate::op::Op::RenewLease { id, expires_at } => {

@@ -135,8 +135,8 @@ pub struct AgentRecord {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
 pub struct PolicySetRecord {
     pub version: i64,
-    /// `active`, `shadow`, `superseded`, `promoted` or `discarded`.
-    pub status: String,
+    #[sqlx(try_from = "String")]
+    pub status: PolicySetStatus,
     #[sqlx(try_from = "JsonText<Vec<Grant>>")]
     pub grants: Vec<Grant>,
     #[sqlx(try_from = "JsonText<Vec<PolicyFile>>")]
@@ -229,8 +229,8 @@ pub struct LeaseRecord {
     pub created_at: i64,
     pub expires_at: i64,
     pub max_expires_at: i64,
-    /// `active`, `revoking` (asked to end, or past its end, and not yet dropped) or `revoked`.
-    pub state: String,
+    #[sqlx(try_from = "String")]
+    pub state: LeaseState,
     pub revoked_at: Option<i64>,
     pub attempts: i64,
     pub last_error: Option<String>,
@@ -281,4 +281,72 @@ pub enum LeaseFilter<'a> {
     Open,
     /// Revoking, or active and past their end at this time.
     Due(i64),
+}
+
+/// Declares a status word stored as text: its variants, their words, and the conversions.
+macro_rules! status_word {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident => $word:literal,)* }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum $name {
+            $($(#[$vdoc])* $variant,)*
+        }
+
+        impl $name {
+            /// The stored word.
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $word,)*
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = String;
+
+            fn try_from(s: String) -> Result<Self, String> {
+                match s.as_str() {
+                    $($word => Ok(Self::$variant),)*
+                    other => Err(format!(
+                        "`{other}` is not a {}",
+                        stringify!($name)
+                    )),
+                }
+            }
+        }
+    };
+}
+
+status_word! {
+    /// Where a policy set version stands.
+    PolicySetStatus {
+        /// Enforced now.
+        Active => "active",
+        /// Evaluated beside the active set, not enforced.
+        Shadow => "shadow",
+        /// Was active; a later version replaced it (a rollback target).
+        Superseded => "superseded",
+        /// A shadow set that became active (recorded again as a new active version).
+        Promoted => "promoted",
+        /// A shadow set dropped unpromoted.
+        Discarded => "discarded",
+    }
+}
+
+status_word! {
+    /// Where a database lease stands.
+    LeaseState {
+        Active => "active",
+        /// Asked to end, or past its end, and its role not yet dropped.
+        Revoking => "revoking",
+        /// Its role is dropped.
+        Revoked => "revoked",
+    }
 }

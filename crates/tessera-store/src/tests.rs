@@ -38,12 +38,12 @@ async fn postgres() -> Option<Store> {
     Some(Store::open_postgres(&url).await.unwrap())
 }
 
-fn event(kind: &str, n: i64) -> AuditEvent {
+fn event(kind: AuditKind, n: i64) -> AuditEvent {
     AuditEvent {
-        kind: kind.into(),
+        kind,
         actor: "test".into(),
         subject: format!("s{n}"),
-        outcome: "ok".into(),
+        outcome: Outcome::Ok,
         detail: json!({"n": n}),
     }
 }
@@ -84,7 +84,10 @@ async fn suite(store: Store) {
         .collect();
     ops.extend(s.grants.iter().cloned().map(Op::UpsertGrant));
     ops.extend(s.clients.iter().cloned().map(Op::UpsertClient));
-    let recs = store.commit(&ops, &[event("apply", 0)]).await.unwrap();
+    let recs = store
+        .commit(&ops, &[event(AuditKind::Apply, 0)])
+        .await
+        .unwrap();
     assert_eq!(recs.len(), 1);
     assert_eq!(recs[0].seq, 1);
     assert_eq!(recs[0].prev_hash, GENESIS);
@@ -113,7 +116,7 @@ async fn suite(store: Store) {
                     },
                 },
             ],
-            &[event("bad", 0)],
+            &[event(AuditKind::TokenDenied, 0)],
         )
         .await;
     assert!(bad.is_err());
@@ -156,7 +159,7 @@ async fn suite(store: Store) {
                     at: 7,
                 },
             ],
-            &[event("secret", 1)],
+            &[event(AuditKind::SecretWritten, 1)],
         )
         .await
         .unwrap();
@@ -193,7 +196,10 @@ async fn suite(store: Store) {
         retire_at: None,
     };
     store
-        .commit(&[Op::InsertKey(key.clone())], &[event("key", 2)])
+        .commit(
+            &[Op::InsertKey(key.clone())],
+            &[event(AuditKind::KeysCreated, 2)],
+        )
         .await
         .unwrap();
     store
@@ -214,7 +220,7 @@ async fn suite(store: Store) {
     for n in 0..200 {
         let log = log.clone();
         tasks.push(tokio::spawn(async move {
-            log.append(event("token.issued", n)).await
+            log.append(event(AuditKind::TokenIssued, n)).await
         }));
     }
     // Assertion claims ride the same group commit: the first use wins, a replay is refused,
@@ -231,12 +237,12 @@ async fn suite(store: Store) {
     assert!(log.claim(claim("other")).await.unwrap());
     // A claim and its record in one commit: the record only when the claim is fresh.
     let rec = log
-        .append_claimed(claim("with-event"), event("token.issued", 999))
+        .append_claimed(claim("with-event"), event(AuditKind::TokenIssued, 999))
         .await
         .unwrap();
     assert!(rec.is_some(), "a fresh claim keeps its record");
     let rec = log
-        .append_claimed(claim("with-event"), event("token.issued", 998))
+        .append_claimed(claim("with-event"), event(AuditKind::TokenIssued, 998))
         .await
         .unwrap();
     assert!(rec.is_none(), "a replay writes no record");
@@ -315,7 +321,7 @@ async fn identity_suite(store: Store) {
     };
     // Expired, then redeemed once, then refused as used; a failed redemption writes nothing.
     let expired = store
-        .commit(&[redeem(200)], &[event("agent.joined", 1)])
+        .commit(&[redeem(200)], &[event(AuditKind::AgentJoined, 1)])
         .await;
     assert!(
         matches!(expired, Err(StoreError::Conflict(_))),
@@ -630,7 +636,7 @@ async fn reordered_records_are_found() {
         let mut prev = GENESIS.to_owned();
         (1..=3)
             .map(|i| {
-                let r = AuditRecord::chain(i, 0, &event("k", i), &prev).unwrap();
+                let r = AuditRecord::chain(i, 0, &event(AuditKind::SvidIssued, i), &prev).unwrap();
                 prev = r.hash.clone();
                 r
             })
@@ -675,10 +681,10 @@ fn round_trip(
         let back = store.audit_after(before, i64::MAX).await.unwrap();
         proptest::prop_assert_eq!(back.len(), events.len());
         for (e, r) in events.iter().zip(&back) {
-            proptest::prop_assert_eq!(&r.kind, &e.kind);
+            proptest::prop_assert_eq!(r.kind.as_str(), e.kind.as_str());
             proptest::prop_assert_eq!(&r.actor, &e.actor);
             proptest::prop_assert_eq!(&r.subject, &e.subject);
-            proptest::prop_assert_eq!(&r.outcome, &e.outcome);
+            proptest::prop_assert_eq!(r.outcome.as_str(), e.outcome.as_str());
             let detail: serde_json::Value = serde_json::from_str(&r.detail).unwrap();
             proptest::prop_assert_eq!(&detail, &e.detail);
         }
@@ -693,7 +699,7 @@ fn arb_event() -> impl proptest::strategy::Strategy<Value = AuditEvent> {
     // raw input there unparsed); the JSON detail takes anything, control characters included.
     let text = "[\\PC'\"\\\\;%_]{0,40}";
     (
-        text,
+        proptest::sample::select(AuditKind::ALL),
         text,
         text,
         any::<String>(),
@@ -704,7 +710,7 @@ fn arb_event() -> impl proptest::strategy::Strategy<Value = AuditEvent> {
             kind,
             actor,
             subject,
-            outcome: if b { "ok".into() } else { "denied".into() },
+            outcome: if b { Outcome::Ok } else { Outcome::Denied },
             detail: json!({"free": free, "n": n, "nested": {"list": [free, n]}}),
         })
 }
@@ -806,4 +812,15 @@ async fn postgres_legacy_schema_is_bridged() {
     let pool = sqlx::PgPool::connect(&url).await.unwrap();
     legacy_database_is_bridged(&pool, Store::open_postgres(&url)).await;
     Store::open_postgres(&url).await.unwrap();
+}
+
+#[test]
+fn audit_kinds_round_trip_by_name_and_are_unique() {
+    let mut names = std::collections::HashSet::new();
+    for k in AuditKind::ALL {
+        assert!(names.insert(k.as_str()), "`{k}` is listed twice");
+        assert_eq!(k.as_str().parse::<AuditKind>().unwrap(), *k);
+        assert_eq!(serde_json::to_value(k).unwrap(), json!(k.as_str()));
+    }
+    assert!("token.minted".parse::<AuditKind>().is_err());
 }

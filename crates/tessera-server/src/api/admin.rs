@@ -18,7 +18,7 @@ use tessera_core::admin_api::{
 };
 use tessera_core::manifest::ClientAuth;
 use tessera_core::{SpiffeId, TrustDomain};
-use tessera_store::{AuditEvent, ClientSecretRecord, Op};
+use tessera_store::{AuditEvent, AuditKind, ClientSecretRecord, Op, Outcome};
 
 use crate::app::App;
 use crate::domain::apply::{plan, sorted_lines, ApplyRequest, ApplyResponse};
@@ -89,10 +89,10 @@ async fn post_apply(
     app.change(
         &ops,
         AuditEvent {
-            kind: "apply".into(),
+            kind: AuditKind::Apply,
             actor: actor.0.clone(),
             subject: "identity-files".into(),
-            outcome: "ok".into(),
+            outcome: Outcome::Ok,
             detail: json!({"changes": changes, "prune": req.prune}),
         },
     )
@@ -400,10 +400,10 @@ async fn client_secret(
             },
         }],
         AuditEvent {
-            kind: "client.secret_issued".into(),
+            kind: AuditKind::ClientSecretIssued,
             actor: actor.0.clone(),
             subject: client.spec.workload.to_string(),
-            outcome: "ok".into(),
+            outcome: Outcome::Ok,
             detail: json!({"client_id": req.client_id, "expires_at": expires_at}),
         },
     )
@@ -441,10 +441,10 @@ async fn revoke_workload(
             at: now,
         }],
         AuditEvent {
-            kind: "revoke.workload".into(),
+            kind: AuditKind::RevokeWorkload,
             actor: actor.0.clone(),
             subject: id.to_string(),
-            outcome: "ok".into(),
+            outcome: Outcome::Ok,
             detail: json!({"revoked_at": now}),
         },
     )
@@ -500,10 +500,10 @@ async fn revoke_agent(
             at: now,
         }],
         AuditEvent {
-            kind: "revoke.agent".into(),
+            kind: AuditKind::RevokeAgent,
             actor: actor.0.clone(),
             subject: format!("spiffe://{}/tessera/agent/{id}", agent.trust_domain),
-            outcome: "ok".into(),
+            outcome: Outcome::Ok,
             detail: json!({"revoked_at": now, "svid_serial": agent.svid_serial, "svid_not_after": agent.svid_not_after}),
         },
     )
@@ -556,10 +556,10 @@ async fn create_join_token(
         .commit(
             &[Op::InsertJoinToken(record)],
             &[AuditEvent {
-                kind: "agent.token_created".into(),
+                kind: AuditKind::AgentTokenCreated,
                 actor: actor.0.clone(),
                 subject: format!("spiffe://{td}/tessera/agent/{agent_id}"),
-                outcome: "ok".into(),
+                outcome: Outcome::Ok,
                 detail: json!({"expires_at": now + ttl}),
             }],
         )

@@ -19,7 +19,7 @@ use tessera_core::agent_api::{
     SignResponse, SignedItem, SyncResponse, TokenRequest, TokenResponse,
 };
 use tessera_core::{AgentId, SpiffeId, TrustDomain};
-use tessera_store::{AgentRecord, AuditEvent, Op, StoreError, SvidRecord};
+use tessera_store::{AgentRecord, AuditEvent, AuditKind, Op, Outcome, StoreError, SvidRecord};
 
 use crate::app::{App, Snapshot};
 use crate::domain::caller::{in_good_standing, registration, visible};
@@ -65,12 +65,12 @@ fn bundle_b64(snap: &Snapshot, td: &TrustDomain, now: i64) -> Vec<String> {
         .collect()
 }
 
-fn audit(kind: &str, actor: &str, subject: &str, detail: serde_json::Value) -> AuditEvent {
+fn audit(kind: AuditKind, actor: &str, subject: &str, detail: serde_json::Value) -> AuditEvent {
     AuditEvent {
-        kind: kind.into(),
+        kind,
         actor: actor.into(),
         subject: subject.into(),
-        outcome: "ok".into(),
+        outcome: Outcome::Ok,
         detail,
     }
 }
@@ -138,7 +138,7 @@ async fn post_join(State(app): State<Arc<App>>, Json(req): Json<JoinRequest>) ->
             }]),
         ];
         let event = audit(
-            "agent.joined",
+            AuditKind::AgentJoined,
             spiffe_id.as_str(),
             spiffe_id.as_str(),
             json!({"agent": agent_id, "serial": svid.serial, "not_after": svid.not_after, "attestation": "join_token"}),
@@ -164,10 +164,10 @@ async fn post_join(State(app): State<Arc<App>>, Json(req): Json<JoinRequest>) ->
         Ok(body) => Json(body).into_response(),
         Err(e) => {
             let event = AuditEvent {
-                kind: "agent.join_refused".into(),
+                kind: AuditKind::AgentJoinRefused,
                 actor: "anonymous".into(),
                 subject: "agent".into(),
-                outcome: "denied".into(),
+                outcome: Outcome::Denied,
                 detail: json!({"reason": e.to_string()}),
             };
             if let Err(err) = app.audit.append(event).await {
@@ -203,7 +203,7 @@ async fn post_renew(
         }]),
     ];
     let event = audit(
-        "agent.renewed",
+        AuditKind::AgentRenewed,
         agent.spiffe_id.as_str(),
         agent.spiffe_id.as_str(),
         json!({"agent": agent.id, "serial": svid.serial, "not_after": svid.not_after}),
@@ -363,7 +363,7 @@ async fn post_sign(
                         not_after: svid.not_after,
                     });
                     events.push(audit(
-                            "svid.issued",
+                            AuditKind::SvidIssued,
                             agent.spiffe_id.as_str(),
                             id.as_str(),
                             json!({"kind": "x509", "serial": svid.serial, "not_after": svid.not_after, "agent": agent.id}),
@@ -378,10 +378,10 @@ async fn post_sign(
                 }
                 Err(e) => {
                     events.push(AuditEvent {
-                        kind: "svid.denied".into(),
+                        kind: AuditKind::SvidDenied,
                         actor: agent.spiffe_id.to_string(),
                         subject: id.to_string(),
-                        outcome: "denied".into(),
+                        outcome: Outcome::Denied,
                         detail: json!({"kind": "x509", "reason": e, "agent": agent.id}),
                     });
                     items.push(SignedItem {
@@ -451,7 +451,7 @@ async fn post_jwt_svid(
     let token = tessera_token::sign(&key.key, "JWT", &claims).map_err(ApiError::unavailable)?;
     app.audit
         .append(audit(
-            "svid.issued",
+            AuditKind::SvidIssued,
             agent.spiffe_id.as_str(),
             req.spiffe_id.as_str(),
             json!({"kind": "jwt", "jti": jti, "aud": req.audience, "exp": exp, "agent": agent.id}),

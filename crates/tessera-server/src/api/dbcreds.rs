@@ -12,7 +12,10 @@ use serde_json::{json, Value};
 use sqlx::postgres::PgConnectOptions;
 use tessera_core::{Label, SecretName};
 use tessera_policy::SecretAction;
-use tessera_store::{AuditEvent, DbConnectionRecord, DbRoleRecord, LeaseFilter, LeaseRecord, Op};
+use tessera_store::{
+    AuditEvent, AuditKind, DbConnectionRecord, DbRoleRecord, LeaseFilter, LeaseRecord, LeaseState,
+    Op, Outcome,
+};
 use tessera_vault::role::Credentials;
 use tessera_vault::RoleTemplate;
 
@@ -85,10 +88,10 @@ async fn put_connection(
         .commit(
             &[Op::UpsertDbConnection(conn.clone())],
             &[AuditEvent {
-                kind: "db.connection".into(),
+                kind: AuditKind::DbConnection,
                 actor: actor.0,
                 subject: format!("db:{name}"),
-                outcome: "ok".into(),
+                outcome: Outcome::Ok,
                 detail: json!({"url": conn.url, "admin_user": conn.admin_user, "password_secret": conn.password_secret}),
             }],
         )
@@ -146,10 +149,10 @@ async fn put_role(
         .commit(
             &[Op::UpsertDbRole(role.clone())],
             &[AuditEvent {
-                kind: "db.role".into(),
+                kind: AuditKind::DbRole,
                 actor: actor.0,
                 subject: format!("db-role:{name}"),
-                outcome: "ok".into(),
+                outcome: Outcome::Ok,
                 detail: json!({"connection": role.connection, "default_ttl": default_ttl, "max_ttl": max_ttl}),
             }],
         )
@@ -262,7 +265,7 @@ async fn post_creds(
         created_at: now,
         expires_at: now + ttl,
         max_expires_at: now + r.max_ttl,
-        state: "active".into(),
+        state: LeaseState::Active,
         revoked_at: None,
         attempts: 0,
         last_error: None,
@@ -272,10 +275,10 @@ async fn post_creds(
         .commit(
             &[Op::InsertLease(lease.clone())],
             &[AuditEvent {
-                kind: "lease.created".into(),
+                kind: AuditKind::LeaseCreated,
                 actor: reader.to_string(),
                 subject: format!("lease:{id}"),
-                outcome: "ok".into(),
+                outcome: Outcome::Ok,
                 detail: json!({"role": role.as_str(), "username": creds.username, "expires_at": lease.expires_at}),
             }],
         )
@@ -368,10 +371,10 @@ async fn renew_lease(
                 expires_at,
             }],
             &[AuditEvent {
-                kind: "lease.renewed".into(),
+                kind: AuditKind::LeaseRenewed,
                 actor: who.to_string(),
                 subject: format!("lease:{id}"),
-                outcome: "ok".into(),
+                outcome: Outcome::Ok,
                 detail: json!({"expires_at": expires_at}),
             }],
         )

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tessera_core::{Scope, SpiffeId};
 use tessera_policy::{Authn, Call, DecisionRecord, Env, Explanation, IssueContext, PolicyBundle};
-use tessera_store::{AuditEvent, Op, PolicySetRecord};
+use tessera_store::{AuditEvent, AuditKind, Op, Outcome, PolicySetRecord, PolicySetStatus};
 
 use crate::app::snapshot::DiffEntry;
 use crate::app::{App, Snapshot};
@@ -105,7 +105,7 @@ async fn post_explain(
 #[derive(Debug, Serialize)]
 struct SetSummary {
     version: i64,
-    status: String,
+    status: PolicySetStatus,
     created_at: i64,
     actor: String,
     note: String,
@@ -117,7 +117,7 @@ impl From<&PolicySetRecord> for SetSummary {
     fn from(r: &PolicySetRecord) -> Self {
         Self {
             version: r.version,
-            status: r.status.clone(),
+            status: r.status,
             created_at: r.created_at,
             actor: r.actor.clone(),
             note: r.note.clone(),
@@ -214,9 +214,9 @@ async fn promote(State(app): State<Arc<App>>, actor: Actor) -> Result<Json<Value
         rec.policies,
         vec![Op::SetPolicySetStatus {
             version,
-            status: "promoted".into(),
+            status: PolicySetStatus::Promoted,
         }],
-        "policy.promoted",
+        AuditKind::PolicyPromoted,
         format!("promoted from shadow {version}"),
     )
     .await?;
@@ -239,7 +239,10 @@ async fn rollback(
     let target = match req.to {
         Some(v) => sets
             .into_iter()
-            .find(|r| r.version == v && r.status != "shadow" && r.status != "discarded")
+            .find(|r| {
+                r.version == v
+                    && !matches!(r.status, PolicySetStatus::Shadow | PolicySetStatus::Discarded)
+            })
             .ok_or_else(|| {
                 ApiError::NotFound(format!(
                     "policy set {v} is not a version that was ever active; see `tessera policy status`"
@@ -247,7 +250,7 @@ async fn rollback(
             })?,
         None => sets
             .into_iter()
-            .find(|r| r.version < snap.policy_version && (r.status == "superseded"))
+            .find(|r| r.version < snap.policy_version && r.status == PolicySetStatus::Superseded)
             .ok_or_else(|| {
                 ApiError::NotFound("there is no earlier active policy set to roll back to".into())
             })?,
@@ -265,7 +268,7 @@ async fn rollback(
         target.grants,
         target.policies,
         Vec::new(),
-        "policy.rolled_back",
+        AuditKind::PolicyRolledBack,
         note,
     )
     .await?;
@@ -277,13 +280,13 @@ async fn discard(State(app): State<Arc<App>>, actor: Actor) -> Result<Json<Value
     app.change(
         &[Op::SetPolicySetStatus {
             version,
-            status: "discarded".into(),
+            status: PolicySetStatus::Discarded,
         }],
         AuditEvent {
-            kind: "policy.discarded".into(),
+            kind: AuditKind::PolicyDiscarded,
             actor: actor.0.clone(),
             subject: format!("policy-set:{version}"),
-            outcome: "ok".into(),
+            outcome: Outcome::Ok,
             detail: json!({}),
         },
     )
@@ -397,14 +400,17 @@ async fn post_decisions(
         .iter()
         .map(|r| AuditEvent {
             kind: if r.allowed {
-                "call.allowed"
+                AuditKind::CallAllowed
             } else {
-                "call.denied"
-            }
-            .into(),
+                AuditKind::CallDenied
+            },
             actor: service.to_string(),
             subject: r.caller.to_string(),
-            outcome: if r.allowed { "ok" } else { "denied" }.into(),
+            outcome: if r.allowed {
+                Outcome::Ok
+            } else {
+                Outcome::Denied
+            },
             detail: record_detail(&snap, &service, r),
         })
         .collect();

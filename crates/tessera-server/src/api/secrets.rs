@@ -18,7 +18,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tessera_core::{Label, SecretName};
 use tessera_policy::{Authn, Env, SecretAction};
-use tessera_store::{AuditEvent, Op, SecretRecord, SecretVersionRecord};
+use tessera_store::{AuditEvent, AuditKind, Op, Outcome, SecretRecord, SecretVersionRecord};
 use tessera_vault::Envelope;
 
 use crate::app::App;
@@ -124,10 +124,10 @@ async fn read_secret(
     // Fail closed: the value leaves only once its read is on the record.
     app.audit
         .append(AuditEvent {
-            kind: "secret.read".into(),
+            kind: AuditKind::SecretRead,
             actor: who.to_string(),
             subject: subject(&name),
-            outcome: "ok".into(),
+            outcome: Outcome::Ok,
             detail: json!({"version": version, "authn": authn.as_str()}),
         })
         .await
@@ -334,18 +334,18 @@ async fn put_secret(
         expires_at: req.expires_at,
     };
     let kind = if req.rotate {
-        "secret.rotated"
+        AuditKind::SecretRotated
     } else {
-        "secret.written"
+        AuditKind::SecretWritten
     };
     app.store
         .commit(
             &[Op::UpsertSecret(meta), Op::InsertSecretVersion(record)],
             &[AuditEvent {
-                kind: kind.into(),
+                kind,
                 actor: actor.0,
                 subject: subject(&name),
-                outcome: "ok".into(),
+                outcome: Outcome::Ok,
                 detail: json!({"version": version, "bytes": value.len()}),
             }],
         )
@@ -378,10 +378,10 @@ async fn admin_get(
     let value = open(&app, &name, &v)?;
     app.audit
         .append(AuditEvent {
-            kind: "secret.read".into(),
+            kind: AuditKind::SecretRead,
             actor: actor.0,
             subject: subject(&name),
-            outcome: "ok".into(),
+            outcome: Outcome::Ok,
             detail: json!({"version": version, "authn": "admin"}),
         })
         .await
@@ -477,14 +477,13 @@ async fn set_version(
             }],
             &[AuditEvent {
                 kind: if enabled {
-                    "secret.enabled"
+                    AuditKind::SecretEnabled
                 } else {
-                    "secret.disabled"
-                }
-                .into(),
+                    AuditKind::SecretDisabled
+                },
                 actor: actor.0,
                 subject: subject(&name),
-                outcome: "ok".into(),
+                outcome: Outcome::Ok,
                 detail: json!({"version": version}),
             }],
         )
@@ -518,10 +517,10 @@ async fn delete_secret(
                 purge_after: now + retention,
             }],
             &[AuditEvent {
-                kind: "secret.deleted".into(),
+                kind: AuditKind::SecretDeleted,
                 actor: actor.0,
                 subject: subject(&name),
-                outcome: "ok".into(),
+                outcome: Outcome::Ok,
                 detail: json!({"purge_after": now + retention}),
             }],
         )
@@ -544,10 +543,10 @@ async fn restore_secret(
         .commit(
             &[Op::RestoreSecret(name.to_string())],
             &[AuditEvent {
-                kind: "secret.restored".into(),
+                kind: AuditKind::SecretRestored,
                 actor: actor.0,
                 subject: subject(&name),
-                outcome: "ok".into(),
+                outcome: Outcome::Ok,
                 detail: json!({}),
             }],
         )

@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use serde_json::{json, Value};
 use tessera_core::{Scope, SpiffeId};
 use tessera_policy::Explanation;
-use tessera_store::{AssertionClaim, AuditEvent};
+use tessera_store::{AssertionClaim, AuditEvent, AuditKind, Outcome};
 use tessera_token::{sign, AccessTokenClaims, TYP_ACCESS_TOKEN};
 
 use crate::app::{authority_id, App, Issuer, Snapshot};
@@ -268,10 +268,10 @@ fn mint(snap: &Snapshot, issuer: &Issuer, req: &IssueRequest) -> Result<Minted, 
             m.insert("missing".into(), json!(x.missing));
         }
         let event = AuditEvent {
-            kind: "token.denied".into(),
+            kind: AuditKind::TokenDenied,
             actor: client_id.to_owned(),
             subject: caller.to_string(),
-            outcome: "denied".into(),
+            outcome: Outcome::Denied,
             detail: with_detail(detail),
         };
         Box::new((event, IssueError::refused(code, reason)))
@@ -299,10 +299,10 @@ fn mint(snap: &Snapshot, issuer: &Issuer, req: &IssueRequest) -> Result<Minted, 
                 limited.retry_after_secs()
             );
             let event = AuditEvent {
-                kind: "token.limited".into(),
+                kind: AuditKind::TokenLimited,
                 actor: client_id.to_owned(),
                 subject: caller.to_string(),
-                outcome: "denied".into(),
+                outcome: Outcome::Denied,
                 detail: with_detail(
                     json!({"reason": reason, "target": target, "grant_type": grant_type, "rate": limited.rate.to_string()}),
                 ),
@@ -330,10 +330,10 @@ fn mint(snap: &Snapshot, issuer: &Issuer, req: &IssueRequest) -> Result<Minted, 
     let unavailable = |e: String| {
         Box::new((
             AuditEvent {
-                kind: "token.failed".into(),
+                kind: AuditKind::TokenFailed,
                 actor: client_id.to_owned(),
                 subject: caller.to_string(),
-                outcome: "error".into(),
+                outcome: Outcome::Error,
                 detail: json!({"reason": e}),
             },
             IssueError::Unavailable(e),
@@ -372,10 +372,10 @@ fn mint(snap: &Snapshot, issuer: &Issuer, req: &IssueRequest) -> Result<Minted, 
         m.insert("cnf".into(), cnf.clone());
     }
     let event = AuditEvent {
-        kind: "token.issued".into(),
+        kind: AuditKind::TokenIssued,
         actor: client_id.to_owned(),
         subject: sub.to_string(),
-        outcome: "ok".into(),
+        outcome: Outcome::Ok,
         detail: with_detail(detail),
     };
     Ok(Minted {

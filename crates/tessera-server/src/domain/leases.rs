@@ -7,7 +7,10 @@ use std::time::Duration;
 use serde_json::json;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use tessera_core::{Label, SecretName};
-use tessera_store::{AuditEvent, DbConnectionRecord, LeaseFilter, LeaseRecord, Op, StoreError};
+use tessera_store::{
+    AuditEvent, AuditKind, DbConnectionRecord, LeaseFilter, LeaseRecord, LeaseState, Op, Outcome,
+    StoreError,
+};
 
 use crate::app::db_pools::PoolKey;
 use crate::app::App;
@@ -111,10 +114,10 @@ pub(crate) async fn end(app: &App, id: &str, actor: &str) -> Result<(), LeaseErr
         .commit(
             &[Op::EndLease(id.to_owned())],
             &[AuditEvent {
-                kind: "lease.ended".into(),
+                kind: AuditKind::LeaseEnded,
                 actor: actor.to_owned(),
                 subject: format!("lease:{id}"),
-                outcome: "ok".into(),
+                outcome: Outcome::Ok,
                 detail: json!({}),
             }],
         )
@@ -133,7 +136,7 @@ pub(crate) async fn end_leases_of_revoked_workloads(app: &App) -> Result<(), Lea
             .ok()
             .and_then(|id| snap.workloads.get(&id).map(|w| w.revoked_at.is_some()))
             .unwrap_or(true);
-        if revoked && l.state == "active" {
+        if revoked && l.state == LeaseState::Active {
             end(app, &l.id, "server").await?;
         }
     }
@@ -164,12 +167,12 @@ pub(crate) async fn revoke_due(app: &App) -> Result<(), LeaseError> {
                     error: None,
                 },
                 Some(AuditEvent {
-                    kind: "lease.revoked".into(),
+                    kind: AuditKind::LeaseRevoked,
                     actor: "server".into(),
                     subject: format!("lease:{}", l.id),
-                    outcome: "ok".into(),
+                    outcome: Outcome::Ok,
                     detail: json!({"role": l.role, "username": l.username, "workload": l.workload,
-                                   "reason": if l.state == "active" { "expired" } else { "revoked" }}),
+                                   "reason": if l.state == LeaseState::Active { "expired" } else { "revoked" }}),
                 }),
             ),
             Err(e) => {
@@ -183,10 +186,10 @@ pub(crate) async fn revoke_due(app: &App) -> Result<(), LeaseError> {
                         error: Some(e.chars().take(300).collect()),
                     },
                     first.then(|| AuditEvent {
-                        kind: "lease.revoke_failed".into(),
+                        kind: AuditKind::LeaseRevokeFailed,
                         actor: "server".into(),
                         subject: format!("lease:{}", l.id),
-                        outcome: "error".into(),
+                        outcome: Outcome::Error,
                         detail: json!({"error": e.chars().take(300).collect::<String>(), "retrying": true}),
                     }),
                 )

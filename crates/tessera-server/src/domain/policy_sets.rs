@@ -5,7 +5,9 @@
 use serde_json::{json, Value};
 use tessera_core::manifest::{Grant, PolicyFile};
 use tessera_policy::PolicyEngine;
-use tessera_store::{AuditEvent, Op, PolicySetRecord, StoreError};
+use tessera_store::{
+    AuditEvent, AuditKind, Op, Outcome, PolicySetRecord, PolicySetStatus, StoreError,
+};
 
 use crate::app::{App, Snapshot};
 use crate::domain::apply::{sorted_lines, ApplyResponse, Plan};
@@ -74,12 +76,12 @@ pub(crate) async fn record_active(
     if snap.policy_version > 0 {
         ops.push(Op::SetPolicySetStatus {
             version: snap.policy_version,
-            status: "superseded".into(),
+            status: PolicySetStatus::Superseded,
         });
     }
     ops.push(Op::RecordPolicySet(PolicySetRecord {
         version,
-        status: "active".into(),
+        status: PolicySetStatus::Active,
         grants,
         policies,
         created_at: tessera_core::now_unix(),
@@ -116,12 +118,12 @@ pub(crate) async fn load_shadow(
     if let Some(s) = &snap.shadow {
         ops.push(Op::SetPolicySetStatus {
             version: s.version,
-            status: "discarded".into(),
+            status: PolicySetStatus::Discarded,
         });
     }
     ops.push(Op::RecordPolicySet(PolicySetRecord {
         version,
-        status: "shadow".into(),
+        status: PolicySetStatus::Shadow,
         grants: plan.grants,
         policies: plan.policies,
         created_at: tessera_core::now_unix(),
@@ -131,10 +133,10 @@ pub(crate) async fn load_shadow(
     app.change(
         &ops,
         AuditEvent {
-            kind: "policy.shadow".into(),
+            kind: AuditKind::PolicyShadow,
             actor: actor.to_owned(),
             subject: format!("policy-set:{version}"),
-            outcome: "ok".into(),
+            outcome: Outcome::Ok,
             detail: json!({"changes": changes, "version": version}),
         },
     )
@@ -157,7 +159,7 @@ pub(crate) async fn activate(
     grants: Vec<Grant>,
     policies: Vec<PolicyFile>,
     mut extra: Vec<Op>,
-    kind: &str,
+    kind: AuditKind,
     note: String,
 ) -> Result<Value, PolicySetError> {
     let snap = app.snapshot();
@@ -176,10 +178,10 @@ pub(crate) async fn activate(
     app.change(
         &ops,
         AuditEvent {
-            kind: kind.into(),
+            kind,
             actor: actor.to_owned(),
             subject: format!("policy-set:{version}"),
-            outcome: "ok".into(),
+            outcome: Outcome::Ok,
             detail: json!({"note": note, "changed": changed, "previous": snap.policy_version}),
         },
     )

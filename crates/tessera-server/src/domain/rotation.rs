@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde_json::json;
 use tessera_core::admin_api::{CaRotated, KeyRotated};
 use tessera_core::TrustDomain;
-use tessera_store::{AuditEvent, Op, StoreError};
+use tessera_store::{AuditEvent, AuditKind, Op, Outcome, StoreError};
 
 use crate::app::keys::KeyError;
 use crate::app::{ca, keys, App};
@@ -34,10 +34,10 @@ pub(crate) async fn rotate_ca(
     app.change(
         &ops,
         AuditEvent {
-            kind: "ca.rotated".into(),
+            kind: AuditKind::CaRotated,
             actor: actor.to_owned(),
             subject: td.to_string(),
-            outcome: "ok".into(),
+            outcome: Outcome::Ok,
             detail: json!({"ca": rec.id, "activate_at": rec.activate_at, "not_after": rec.not_after}),
         },
     )
@@ -63,10 +63,10 @@ pub(crate) async fn rotate_key(
     app.change(
         &ops,
         AuditEvent {
-            kind: "keys.rotated".into(),
+            kind: AuditKind::KeysRotated,
             actor: actor.to_owned(),
             subject: td.to_string(),
-            outcome: "ok".into(),
+            outcome: Outcome::Ok,
             detail: json!({"kid": rec.kid, "activate_at": rec.activate_at}),
         },
     )
@@ -117,10 +117,10 @@ pub(crate) async fn revoke_token(
             at: now,
         }],
         AuditEvent {
-            kind: "revoke.token".into(),
+            kind: AuditKind::RevokeToken,
             actor: actor.to_owned(),
             subject: sub.to_owned(),
-            outcome: "ok".into(),
+            outcome: Outcome::Ok,
             detail: json!({"jti": jti, "exp": exp}),
         },
     )

@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 use serde_json::{json, Value};
 use tessera_core::SecretName;
 use tessera_policy::{Env, SecretAction};
-use tessera_store::{AuditEvent, Op, SecretRecord, SecretVersionRecord, StoreError};
+use tessera_store::{
+    AuditEvent, AuditKind, Op, Outcome, SecretRecord, SecretVersionRecord, StoreError,
+};
 use tessera_vault::{Envelope, Sealed};
 
 use crate::app::{App, Snapshot};
@@ -174,10 +176,10 @@ pub(crate) async fn decide(
         .get_or_create(&ResultLabels { result: "denied" })
         .inc();
     let event = AuditEvent {
-        kind: "secret.denied".into(),
+        kind: AuditKind::SecretDenied,
         actor: who.to_string(),
         subject: subject(name),
-        outcome: "denied".into(),
+        outcome: Outcome::Denied,
         detail: json!({"action": verb, "authn": authn.as_str(), "determined_by": d.determined_by}),
     };
     if let Err(e) = app.audit.append(event).await {
@@ -219,10 +221,10 @@ pub(crate) async fn purge_one(
         .commit(
             &[Op::PurgeSecret(name.to_string())],
             &[AuditEvent {
-                kind: "secret.purged".into(),
+                kind: AuditKind::SecretPurged,
                 actor: actor.to_owned(),
                 subject: subject(name),
-                outcome: "ok".into(),
+                outcome: Outcome::Ok,
                 detail: json!({}),
             }],
         )
@@ -261,10 +263,10 @@ pub(crate) async fn upkeep(
             if reported.insert((s.name.clone(), s.current_version, why)) {
                 app.audit
                     .append(AuditEvent {
-                        kind: "secret.overdue".into(),
+                        kind: AuditKind::SecretOverdue,
                         actor: "server".into(),
                         subject: format!("secret:{}", s.name),
-                        outcome: "warning".into(),
+                        outcome: Outcome::Warning,
                         detail: json!({"reason": why, "version": s.current_version, "owner": s.owner}),
                     })
                     .await?;

@@ -8,7 +8,7 @@ use base64::Engine;
 use serde_json::json;
 use tessera_core::manifest::ClientAuth;
 use tessera_core::{ClientId, SpiffeId};
-use tessera_store::AuditEvent;
+use tessera_store::{AuditEvent, AuditKind, Outcome};
 use tessera_token::claims::{audience_contains, check_times, string_claim, TimeRules};
 use tessera_token::{Unverified, TYP_ACCESS_TOKEN};
 
@@ -58,10 +58,10 @@ pub(crate) fn client_failure(
         })
         .unwrap_or_else(|| "(unknown)".to_owned());
     let event = AuditEvent {
-        kind: "client.auth_failed".into(),
+        kind: AuditKind::ClientAuthFailed,
         actor: actor.clone(),
         subject: actor,
-        outcome: "denied".into(),
+        outcome: Outcome::Denied,
         detail: json!({"method": method, "reason": why}),
     };
     (

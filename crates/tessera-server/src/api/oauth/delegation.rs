@@ -7,6 +7,7 @@
 use axum::http::{header, HeaderMap};
 use serde_json::{json, Map, Value};
 use tessera_core::{Scope, SpiffeId};
+use tessera_store::{AuditKind, Outcome};
 
 use crate::api::oauth::client_auth::authenticate;
 use crate::api::oauth::form::Form;
@@ -89,10 +90,10 @@ pub(crate) async fn delegate(
     let (who, label) = (actor.to_string(), actor_label.clone());
     let refuse = |reason: String| async move {
         let event = tessera_store::AuditEvent {
-            kind: "token.denied".into(),
+            kind: AuditKind::TokenDenied,
             actor: label,
             subject: who,
-            outcome: "denied".into(),
+            outcome: Outcome::Denied,
             detail: json!({"error": "invalid_grant", "reason": reason, "grant_type": "delegation"}),
         };
         if let Err(e) = app.audit.append(event).await {

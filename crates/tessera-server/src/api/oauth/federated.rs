@@ -4,7 +4,7 @@
 
 use axum::http::HeaderMap;
 use serde_json::{json, Map, Value};
-use tessera_store::{AssertionClaim, AuditEvent};
+use tessera_store::{AssertionClaim, AuditEvent, AuditKind, Outcome};
 use tessera_token::claims::numeric_date;
 
 use crate::api::oauth::delegation;
@@ -23,7 +23,7 @@ const TT_ACCESS_TOKEN: &str = "urn:ietf:params:oauth:token-type:access_token";
 
 async fn audit_refusal(app: &App, grant_type: GrantType, r: &Refusal) {
     let event = AuditEvent {
-        kind: "federation.refused".into(),
+        kind: AuditKind::FederationRefused,
         actor: r
             .trust
             .as_ref()
@@ -35,7 +35,7 @@ async fn audit_refusal(app: &App, grant_type: GrantType, r: &Refusal) {
             .chars()
             .take(200)
             .collect(),
-        outcome: "denied".into(),
+        outcome: Outcome::Denied,
         detail: json!({"reason": r.reason, "grant_type": grant_type.as_str()}),
     };
     if let Err(e) = app.audit.append(event).await {
