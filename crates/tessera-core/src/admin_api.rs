@@ -256,3 +256,199 @@ pub struct FederationTestResponse {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
 }
+
+/// `POST /v1/secrets/put`: a new secret (owner and purpose required) or a new version of one;
+/// metadata given replaces what was stored.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PutSecretRequest {
+    pub name: String,
+    /// The value, base64.
+    pub value: String,
+    /// `true` for `tessera secret rotate`: the secret must exist, and the audit says rotated.
+    #[serde(default)]
+    pub rotate: bool,
+    pub owner: Option<String>,
+    pub purpose: Option<String>,
+    pub content_type: Option<String>,
+    pub environment: Option<String>,
+    pub tags: Option<std::collections::BTreeMap<String, String>>,
+    /// Seconds.
+    pub rotation_period: Option<i64>,
+    pub not_before: Option<i64>,
+    pub expires_at: Option<i64>,
+}
+
+/// The version a write made.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SecretWritten {
+    pub name: String,
+    pub version: i64,
+}
+
+/// The vault's other admin requests name a secret, and some a version, a state or a retention.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretRequest {
+    pub name: String,
+    pub version: Option<i64>,
+    pub enabled: Option<bool>,
+    /// Seconds a deleted secret stays restorable.
+    pub retention: Option<i64>,
+}
+
+/// `POST /v1/secrets/get`: a value, for an administrator (audited like any read).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SecretValue {
+    pub name: String,
+    pub version: i64,
+    pub enabled: bool,
+    pub value_base64: String,
+}
+
+/// One version of a secret, never its value.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SecretVersionInfo {
+    pub version: i64,
+    pub created_at: i64,
+    pub created_by: String,
+    pub enabled: bool,
+    pub not_before: Option<i64>,
+    pub expires_at: Option<i64>,
+}
+
+/// A secret's metadata (`GET /v1/secrets`, and the workload API's `/v1/secret-metadata/NAME`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SecretMetadata {
+    pub name: String,
+    pub owner: String,
+    pub purpose: String,
+    pub content_type: String,
+    pub environment: String,
+    pub tags: std::collections::BTreeMap<String, String>,
+    pub rotation_period: Option<i64>,
+    pub current_version: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub deleted_at: Option<i64>,
+    pub purge_after: Option<i64>,
+    /// Why it needs attention: `rotation` (older than its rotation period), `expired`.
+    pub overdue: Vec<String>,
+    /// Its versions, newest first (not in a listing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub versions: Option<Vec<SecretVersionInfo>>,
+}
+
+/// A workload the policy in force lets read a secret, and the policies that decide it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SecretReaderInfo {
+    pub workload: SpiffeId,
+    pub by: Vec<String>,
+}
+
+/// `POST /v1/secrets/describe`: metadata, versions, and who may read it under the policy in force.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SecretDescription {
+    #[serde(flatten)]
+    pub metadata: SecretMetadata,
+    pub readers: Vec<SecretReaderInfo>,
+    /// Workloads that may see the metadata but not the value.
+    pub metadata_readers: Vec<SpiffeId>,
+}
+
+/// `POST /v1/secrets/version`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SecretVersionSet {
+    pub name: String,
+    pub version: i64,
+    pub enabled: bool,
+}
+
+/// `POST /v1/secrets/delete`: restorable until `purge_after`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SecretDeleted {
+    pub name: String,
+    pub deleted_at: i64,
+    pub purge_after: i64,
+}
+
+/// `POST /v1/secrets/restore` and `/v1/secrets/purge`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SecretChanged {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restored: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purged: Option<bool>,
+}
+
+/// `POST /v1/db/connections`: a database Tessera makes roles in; its admin password is the
+/// current version of a vault secret.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DbConnectionRequest {
+    pub name: String,
+    pub url: String,
+    pub admin_user: String,
+    pub password_secret: String,
+}
+
+/// The connection was logged in to and declared.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DbConnectionDeclared {
+    pub name: String,
+    pub checked: bool,
+}
+
+/// `POST /v1/db/roles`: a role template (statements with `{{name}}`, `{{password}}`,
+/// `{{expiry}}`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DbRoleRequest {
+    pub name: String,
+    pub connection: String,
+    pub creation: Vec<String>,
+    #[serde(default)]
+    pub revocation: Vec<String>,
+    pub default_ttl: Option<i64>,
+    pub max_ttl: Option<i64>,
+}
+
+/// The role, and the secret name workloads are granted to read it by (`db/ROLE`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DbRoleDeclared {
+    pub name: String,
+    pub read_as: String,
+}
+
+/// `GET /v1/db/leases`: a lease not yet revoked.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LeaseInfo {
+    pub lease_id: String,
+    pub role: String,
+    pub username: String,
+    pub workload: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub max_expires_at: i64,
+    /// `active`, `revoking` or `revoked`.
+    pub state: String,
+    pub revoked_at: Option<i64>,
+    pub attempts: i64,
+    /// Why dropping its role keeps failing, while it does.
+    pub last_error: Option<String>,
+}
+
+/// `POST /v1/db/leases/revoke`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseRequest {
+    pub id: String,
+}
+
+/// A lease asked to end: its role is dropped within seconds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LeaseEnding {
+    pub lease_id: String,
+    pub state: String,
+}

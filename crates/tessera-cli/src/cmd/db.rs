@@ -1,12 +1,12 @@
 //! `tessera db ...`: dynamic PostgreSQL credentials. `creds` and `renew` run as the workload
 //! (its JWT-SVID from the agent); the rest are admin commands.
-#![expect(
-    clippy::indexing_slicing,
-    reason = "indexing a serde_json::Value by key yields Null for a missing key; it cannot panic"
-)]
 
 use anyhow::{anyhow, bail};
 use serde_json::{json, Value};
+use tessera_core::admin_api::{
+    DbConnectionDeclared, DbConnectionRequest, DbRoleDeclared, DbRoleRequest, LeaseEnding,
+    LeaseInfo, LeaseRequest,
+};
 
 use crate::cli::{DbCommand, WorkloadTarget};
 use crate::render;
@@ -32,7 +32,9 @@ async fn as_workload(t: &WorkloadTarget, path: &str, body: Value) -> anyhow::Res
     if !status.is_success() {
         bail!(
             "{}",
-            v["error_description"].as_str().unwrap_or(status.as_str())
+            v.get("error_description")
+                .and_then(Value::as_str)
+                .unwrap_or(status.as_str())
         );
     }
     Ok(v)
@@ -53,14 +55,15 @@ pub(crate) async fn run(command: DbCommand) -> anyhow::Result<u8> {
                 json!({"ttl": ttl}),
             )
             .await?;
+            let text = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or_default();
             print_as(output, &v, || {
                 format!(
                     "username={}\npassword={}\ndatabase={}\nlease={}\nexpires={}\n",
-                    v["username"].as_str().unwrap_or_default(),
-                    v["password"].as_str().unwrap_or_default(),
-                    v["database"].as_str().unwrap_or_default(),
-                    v["lease_id"].as_str().unwrap_or_default(),
-                    render::time(&v["expires_at"]),
+                    text("username"),
+                    text("password"),
+                    text("database"),
+                    text("lease_id"),
+                    render::at(v.get("expires_at").and_then(Value::as_i64)),
                 )
             });
         }
@@ -80,7 +83,7 @@ pub(crate) async fn run(command: DbCommand) -> anyhow::Result<u8> {
             print_as(output, &v, || {
                 format!(
                     "lease {lease} now ends {}\n",
-                    render::time(&v["expires_at"])
+                    render::at(v.get("expires_at").and_then(Value::as_i64))
                 )
             });
         }
@@ -91,12 +94,13 @@ pub(crate) async fn run(command: DbCommand) -> anyhow::Result<u8> {
             password_secret,
             target,
         } => {
-            let v = admin(&target)?
-                .post(
-                    "/v1/db/connections",
-                    json!({"name": name, "url": url, "admin_user": admin_user, "password_secret": password_secret}),
-                )
-                .await?;
+            let req = DbConnectionRequest {
+                name: name.clone(),
+                url,
+                admin_user,
+                password_secret,
+            };
+            let v: DbConnectionDeclared = admin(&target)?.send("/v1/db/connections", &req).await?;
             print(&target, &v, || {
                 format!("database {name}: logged in, declared\n")
             });
@@ -110,36 +114,38 @@ pub(crate) async fn run(command: DbCommand) -> anyhow::Result<u8> {
             max_ttl,
             target,
         } => {
-            let v = admin(&target)?
-                .post(
-                    "/v1/db/roles",
-                    json!({"name": name, "connection": connection, "creation": creation,
-                           "revocation": revocation, "default_ttl": secs(&default_ttl)?, "max_ttl": secs(&max_ttl)?}),
-                )
-                .await?;
+            let req = DbRoleRequest {
+                name: name.clone(),
+                connection,
+                creation,
+                revocation,
+                default_ttl: Some(secs(&default_ttl)?),
+                max_ttl: Some(secs(&max_ttl)?),
+            };
+            let v: DbRoleDeclared = admin(&target)?.send("/v1/db/roles", &req).await?;
             print(&target, &v, || {
                 format!(
                     "role {name} declared; workloads need a secret_grant naming `{}`\n",
-                    v["read_as"].as_str().unwrap_or_default()
+                    v.read_as
                 )
             });
         }
         DbCommand::Leases { target } => {
-            let v = admin(&target)?.get("/v1/db/leases").await?;
+            let v: Vec<LeaseInfo> = admin(&target)?.fetch("/v1/db/leases").await?;
             print(&target, &v, || {
                 let mut o = String::from("LEASE\tROLE\tUSERNAME\tWORKLOAD\tENDS\tSTATE\n");
-                for l in v.as_array().cloned().unwrap_or_default() {
-                    let mut state = l["state"].as_str().unwrap_or_default().to_owned();
-                    if let Some(e) = l["last_error"].as_str() {
+                for l in &v {
+                    let mut state = l.state.clone();
+                    if let Some(e) = &l.last_error {
                         state.push_str(&format!(" (retrying: {e})"));
                     }
                     o.push_str(&format!(
                         "{}\t{}\t{}\t{}\t{}\t{}\n",
-                        l["lease_id"].as_str().unwrap_or_default(),
-                        l["role"].as_str().unwrap_or_default(),
-                        l["username"].as_str().unwrap_or_default(),
-                        l["workload"].as_str().unwrap_or_default(),
-                        render::time(&l["expires_at"]),
+                        l.lease_id,
+                        l.role,
+                        l.username,
+                        l.workload,
+                        render::at(Some(l.expires_at)),
                         state
                     ));
                 }
@@ -147,8 +153,8 @@ pub(crate) async fn run(command: DbCommand) -> anyhow::Result<u8> {
             });
         }
         DbCommand::Revoke { lease, target } => {
-            let v = admin(&target)?
-                .post("/v1/db/leases/revoke", json!({"id": lease}))
+            let v: LeaseEnding = admin(&target)?
+                .send("/v1/db/leases/revoke", &LeaseRequest { id: lease.clone() })
                 .await?;
             print(&target, &v, || {
                 format!("lease {lease}: its role is being dropped and its sessions ended\n")

@@ -1,15 +1,14 @@
 //! `tessera secret ...`: the vault's admin commands, through the admin socket or `--server`.
-#![expect(
-    clippy::indexing_slicing,
-    reason = "indexing a serde_json::Value by key yields Null for a missing key; it cannot panic"
-)]
 
 use std::io::{Read, Write};
 
 use anyhow::{anyhow, bail, Context};
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
-use serde_json::{json, Value};
+use tessera_core::admin_api::{
+    PutSecretRequest, SecretChanged, SecretDeleted, SecretDescription, SecretMetadata,
+    SecretRequest, SecretValue, SecretVersionSet, SecretWritten,
+};
 
 use crate::cli::{SecretCommand, ValueSource};
 use crate::render;
@@ -68,35 +67,28 @@ pub(crate) async fn run(command: SecretCommand) -> anyhow::Result<u8> {
                     tags.iter()
                         .map(|t| {
                             t.split_once('=')
-                                .map(|(k, v)| (k.to_owned(), Value::String(v.to_owned())))
+                                .map(|(k, v)| (k.to_owned(), v.to_owned()))
                                 .ok_or_else(|| anyhow!("--tag `{t}` is not KEY=VALUE"))
                         })
-                        .collect::<anyhow::Result<serde_json::Map<_, _>>>()?,
+                        .collect::<anyhow::Result<_>>()?,
                 )
             };
-            let v = admin(&target)?
-                .post(
-                    "/v1/secrets/put",
-                    json!({
-                        "name": name,
-                        "value": STANDARD.encode(&bytes),
-                        "owner": owner,
-                        "purpose": purpose,
-                        "content_type": content_type,
-                        "environment": environment,
-                        "tags": tags,
-                        "rotation_period": secs(rotation_period.as_deref())?,
-                        "not_before": secs(not_before_in.as_deref())?.map(|s| now + s),
-                        "expires_at": secs(expires_in.as_deref())?.map(|s| now + s),
-                    }),
-                )
-                .await?;
+            let req = PutSecretRequest {
+                name,
+                value: STANDARD.encode(&bytes),
+                rotate: false,
+                owner,
+                purpose,
+                content_type,
+                environment,
+                tags,
+                rotation_period: secs(rotation_period.as_deref())?,
+                not_before: secs(not_before_in.as_deref())?.map(|s| now + s),
+                expires_at: secs(expires_in.as_deref())?.map(|s| now + s),
+            };
+            let v: SecretWritten = admin(&target)?.send("/v1/secrets/put", &req).await?;
             print(&target, &v, || {
-                format!(
-                    "{} version {}\n",
-                    v["name"].as_str().unwrap_or_default(),
-                    v["version"]
-                )
+                format!("{} version {}\n", v.name, v.version)
             });
         }
         SecretCommand::Rotate {
@@ -116,18 +108,15 @@ pub(crate) async fn run(command: SecretCommand) -> anyhow::Result<u8> {
                 Some(n) => bail!("--generate {n}: 16 to 4096 bytes"),
                 None => read_value(&value)?,
             };
-            let v = admin(&target)?
-                .post(
-                    "/v1/secrets/put",
-                    json!({"name": name, "value": STANDARD.encode(&bytes), "rotate": true}),
-                )
-                .await?;
+            let req = PutSecretRequest {
+                name,
+                value: STANDARD.encode(&bytes),
+                rotate: true,
+                ..PutSecretRequest::default()
+            };
+            let v: SecretWritten = admin(&target)?.send("/v1/secrets/put", &req).await?;
             print(&target, &v, || {
-                format!(
-                    "{} rotated to version {}\n",
-                    v["name"].as_str().unwrap_or_default(),
-                    v["version"]
-                )
+                format!("{} rotated to version {}\n", v.name, v.version)
             });
         }
         SecretCommand::Get {
@@ -135,11 +124,14 @@ pub(crate) async fn run(command: SecretCommand) -> anyhow::Result<u8> {
             version,
             target,
         } => {
-            let v = admin(&target)?
-                .post("/v1/secrets/get", json!({"name": name, "version": version}))
-                .await?;
+            let req = SecretRequest {
+                name,
+                version,
+                ..SecretRequest::default()
+            };
+            let v: SecretValue = admin(&target)?.send("/v1/secrets/get", &req).await?;
             let value = STANDARD
-                .decode(v["value_base64"].as_str().unwrap_or_default())
+                .decode(&v.value_base64)
                 .map_err(|_| anyhow!("the server's answer is not base64"))?;
             match target.output {
                 crate::cli::Output::Json => print(&target, &v, String::new),
@@ -157,46 +149,46 @@ pub(crate) async fn run(command: SecretCommand) -> anyhow::Result<u8> {
             } else {
                 "/v1/secrets"
             };
-            let v = admin(&target)?.get(path).await?;
+            let v: Vec<SecretMetadata> = admin(&target)?.fetch(path).await?;
             print(&target, &v, || {
                 let mut o = String::from("NAME\tVERSION\tOWNER\tUPDATED\tSTATE\n");
-                for s in v.as_array().cloned().unwrap_or_default() {
+                for s in &v {
                     o.push_str(&format!(
                         "{}\t{}\t{}\t{}\t{}\n",
-                        s["name"].as_str().unwrap_or_default(),
-                        s["current_version"],
-                        s["owner"].as_str().unwrap_or_default(),
-                        render::time(&s["updated_at"]),
-                        state(&s),
+                        s.name,
+                        s.current_version,
+                        s.owner,
+                        render::at(Some(s.updated_at)),
+                        state(s),
                     ));
                 }
                 o
             });
         }
         SecretCommand::Versions { name, target } => {
-            let v = admin(&target)?
-                .post("/v1/secrets/describe", json!({"name": name}))
+            let v: SecretDescription = admin(&target)?
+                .send("/v1/secrets/describe", &named(name))
                 .await?;
-            let versions = v["versions"].clone();
+            let versions = v.metadata.versions.unwrap_or_default();
             print(&target, &versions, || {
                 let mut o = String::from("VERSION\tCREATED\tBY\tENABLED\tNOT BEFORE\tEXPIRES\n");
-                for x in versions.as_array().cloned().unwrap_or_default() {
+                for x in &versions {
                     o.push_str(&format!(
                         "{}\t{}\t{}\t{}\t{}\t{}\n",
-                        x["version"],
-                        render::time(&x["created_at"]),
-                        x["created_by"].as_str().unwrap_or_default(),
-                        x["enabled"],
-                        render::time(&x["not_before"]),
-                        render::time(&x["expires_at"]),
+                        x.version,
+                        render::at(Some(x.created_at)),
+                        x.created_by,
+                        x.enabled,
+                        render::at(x.not_before),
+                        render::at(x.expires_at),
                     ));
                 }
                 o
             });
         }
         SecretCommand::Describe { name, target } => {
-            let v = admin(&target)?
-                .post("/v1/secrets/describe", json!({"name": name}))
+            let v: SecretDescription = admin(&target)?
+                .send("/v1/secrets/describe", &named(name))
                 .await?;
             print(&target, &v, || describe_text(&v));
         }
@@ -215,28 +207,27 @@ pub(crate) async fn run(command: SecretCommand) -> anyhow::Result<u8> {
             retention,
             target,
         } => {
-            let v = admin(&target)?
-                .post(
-                    "/v1/secrets/delete",
-                    json!({"name": name, "retention": secs(retention.as_deref())?}),
-                )
-                .await?;
+            let req = SecretRequest {
+                retention: secs(retention.as_deref())?,
+                ..named(name.clone())
+            };
+            let v: SecretDeleted = admin(&target)?.send("/v1/secrets/delete", &req).await?;
             print(&target, &v, || {
                 format!(
                     "{name} deleted; restorable until {} (`tessera secret restore {name}`)\n",
-                    render::time(&v["purge_after"])
+                    render::at(Some(v.purge_after))
                 )
             });
         }
         SecretCommand::Restore { name, target } => {
-            let v = admin(&target)?
-                .post("/v1/secrets/restore", json!({"name": name}))
+            let v: SecretChanged = admin(&target)?
+                .send("/v1/secrets/restore", &named(name.clone()))
                 .await?;
             print(&target, &v, || format!("{name} restored\n"));
         }
         SecretCommand::Purge { name, target } => {
-            let v = admin(&target)?
-                .post("/v1/secrets/purge", json!({"name": name}))
+            let v: SecretChanged = admin(&target)?
+                .send("/v1/secrets/purge", &named(name.clone()))
                 .await?;
             print(&target, &v, || format!("{name} purged\n"));
         }
@@ -250,12 +241,12 @@ async fn set_version(
     enabled: bool,
     target: &crate::cli::Target,
 ) -> anyhow::Result<()> {
-    let v = admin(target)?
-        .post(
-            "/v1/secrets/version",
-            json!({"name": name, "version": version, "enabled": enabled}),
-        )
-        .await?;
+    let req = SecretRequest {
+        version: Some(version),
+        enabled: Some(enabled),
+        ..named(name.to_owned())
+    };
+    let v: SecretVersionSet = admin(target)?.send("/v1/secrets/version", &req).await?;
     print(target, &v, || {
         format!(
             "{name} version {version} {}\n",
@@ -265,74 +256,60 @@ async fn set_version(
     Ok(())
 }
 
-fn state(s: &Value) -> String {
-    if !s["deleted_at"].is_null() {
-        return format!("deleted (purge after {})", render::time(&s["purge_after"]));
-    }
-    let overdue: Vec<&str> = s["overdue"]
-        .as_array()
-        .map(|a| a.iter().filter_map(Value::as_str).collect())
-        .unwrap_or_default();
-    if overdue.is_empty() {
-        "ok".into()
-    } else {
-        format!("OVERDUE: {}", overdue.join(", "))
+/// A request that names only a secret.
+fn named(name: String) -> SecretRequest {
+    SecretRequest {
+        name,
+        ..SecretRequest::default()
     }
 }
 
-fn describe_text(v: &Value) -> String {
-    let s = |k: &str| v[k].as_str().unwrap_or_default().to_owned();
+fn state(s: &SecretMetadata) -> String {
+    if s.deleted_at.is_some() {
+        return format!("deleted (purge after {})", render::at(s.purge_after));
+    }
+    if s.overdue.is_empty() {
+        "ok".into()
+    } else {
+        format!("OVERDUE: {}", s.overdue.join(", "))
+    }
+}
+
+fn describe_text(v: &SecretDescription) -> String {
+    let m = &v.metadata;
     let mut o = format!(
         "secret {}\n  owner: {}\n  purpose: {}\n  content type: {}\n  current version: {}\n  state: {}\n",
-        s("name"),
-        s("owner"),
-        s("purpose"),
-        s("content_type"),
-        v["current_version"],
-        state(v)
+        m.name,
+        m.owner,
+        m.purpose,
+        m.content_type,
+        m.current_version,
+        state(m)
     );
-    if let Some(p) = v["rotation_period"].as_i64() {
+    if let Some(p) = m.rotation_period {
         o.push_str(&format!(
             "  rotation expected every {}\n",
             humantime::format_duration(std::time::Duration::from_secs(p.unsigned_abs()))
         ));
     }
     o.push_str("  may read the value:\n");
-    let readers = v["readers"].as_array().cloned().unwrap_or_default();
-    if readers.is_empty() {
+    if v.readers.is_empty() {
         o.push_str("    nobody\n");
     }
-    for r in readers {
-        let by: Vec<String> = r["by"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(Value::as_str)
-                    .map(str::to_owned)
-                    .collect()
-            })
-            .unwrap_or_default();
-        o.push_str(&format!(
-            "    {} (by {})\n",
-            r["workload"].as_str().unwrap_or_default(),
-            by.join(", ")
-        ));
+    for r in &v.readers {
+        o.push_str(&format!("    {} (by {})\n", r.workload, r.by.join(", ")));
     }
-    let viewers = v["metadata_readers"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    if !viewers.is_empty() {
+    if !v.metadata_readers.is_empty() {
         o.push_str("  may read the metadata only:\n");
-        for w in viewers {
-            o.push_str(&format!("    {}\n", w.as_str().unwrap_or_default()));
+        for w in &v.metadata_readers {
+            o.push_str(&format!("    {w}\n"));
         }
     }
     o.push_str(&format!(
         "  versions: {}\n  to revoke a reader, remove its secret_grant and `tessera apply`; to stop every read now, `tessera secret disable {} --version N` or `tessera secret delete {}`\n",
-        v["versions"].as_array().map_or(0, Vec::len),
-        s("name"),
-        s("name")
+        m.versions.as_ref().map_or(0, Vec::len),
+        m.name,
+        m.name
     ));
     o
 }

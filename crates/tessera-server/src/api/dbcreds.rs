@@ -10,6 +10,10 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use sqlx::postgres::PgConnectOptions;
+use tessera_core::admin_api::{
+    DbConnectionDeclared, DbConnectionRequest, DbRoleDeclared, DbRoleRequest, LeaseEnding,
+    LeaseInfo, LeaseRequest,
+};
 use tessera_core::{Label, SecretName};
 use tessera_policy::SecretAction;
 use tessera_store::{
@@ -38,22 +42,13 @@ pub(crate) fn admin_routes() -> Router<Arc<App>> {
         .route("/v1/db/leases/revoke", post(admin_revoke))
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ConnectionRequest {
-    name: String,
-    url: String,
-    admin_user: String,
-    password_secret: String,
-}
-
 /// `POST /admin/v1/db/connections`: declares a database; its admin password is the current
 /// version of a vault secret. Checked by connecting before it is stored.
 async fn put_connection(
     State(app): State<Arc<App>>,
     actor: Actor,
-    Json(req): Json<ConnectionRequest>,
-) -> Result<Json<Value>, ApiError> {
+    Json(req): Json<DbConnectionRequest>,
+) -> Result<Json<DbConnectionDeclared>, ApiError> {
     let name = label(&req.name, "connection name")?;
     let opts: PgConnectOptions = req
         .url
@@ -96,19 +91,10 @@ async fn put_connection(
             }],
         )
         .await?;
-    Ok(Json(json!({"name": name, "checked": true})))
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RoleRequest {
-    name: String,
-    connection: String,
-    creation: Vec<String>,
-    #[serde(default)]
-    revocation: Vec<String>,
-    default_ttl: Option<i64>,
-    max_ttl: Option<i64>,
+    Ok(Json(DbConnectionDeclared {
+        name: name.to_string(),
+        checked: true,
+    }))
 }
 
 /// `POST /admin/v1/db/roles`: a role template (statements with `{{name}}`, `{{password}}`,
@@ -116,8 +102,8 @@ struct RoleRequest {
 async fn put_role(
     State(app): State<Arc<App>>,
     actor: Actor,
-    Json(req): Json<RoleRequest>,
-) -> Result<Json<Value>, ApiError> {
+    Json(req): Json<DbRoleRequest>,
+) -> Result<Json<DbRoleDeclared>, ApiError> {
     let name = label(&req.name, "role name")?;
     role_secret(&name)?;
     let t = RoleTemplate::new(req.creation, req.revocation)
@@ -158,29 +144,32 @@ async fn put_role(
         )
         .await
         .map_err(LeaseError::from)?;
-    Ok(Json(
-        json!({"name": name, "read_as": format!("db/{}", name.as_str().to_ascii_lowercase())}),
-    ))
+    Ok(Json(DbRoleDeclared {
+        name: name.to_string(),
+        read_as: format!("db/{}", name.as_str().to_ascii_lowercase()),
+    }))
 }
 
-fn lease_json(l: &LeaseRecord) -> Value {
-    json!({
-        "lease_id": l.id, "role": l.role, "username": l.username, "workload": l.workload,
-        "created_at": l.created_at, "expires_at": l.expires_at, "max_expires_at": l.max_expires_at,
-        "state": l.state, "revoked_at": l.revoked_at, "attempts": l.attempts, "last_error": l.last_error,
-    })
+fn lease_info(l: &LeaseRecord) -> LeaseInfo {
+    LeaseInfo {
+        lease_id: l.id.clone(),
+        role: l.role.clone(),
+        username: l.username.clone(),
+        workload: l.workload.clone(),
+        created_at: l.created_at,
+        expires_at: l.expires_at,
+        max_expires_at: l.max_expires_at,
+        state: l.state.to_string(),
+        revoked_at: l.revoked_at,
+        attempts: l.attempts,
+        last_error: l.last_error.clone(),
+    }
 }
 
 /// `GET /admin/v1/db/leases`: leases not yet revoked (and why a revocation is still pending).
-async fn list_leases(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError> {
+async fn list_leases(State(app): State<Arc<App>>) -> Result<Json<Vec<LeaseInfo>>, ApiError> {
     let leases = app.store.leases(LeaseFilter::Open).await?;
-    Ok(Json(Value::Array(leases.iter().map(lease_json).collect())))
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LeaseRequest {
-    id: String,
+    Ok(Json(leases.iter().map(lease_info).collect()))
 }
 
 /// `POST /admin/v1/db/leases/revoke`: ends a lease now (its role is dropped within seconds).
@@ -188,9 +177,12 @@ async fn admin_revoke(
     State(app): State<Arc<App>>,
     actor: Actor,
     Json(req): Json<LeaseRequest>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<LeaseEnding>, ApiError> {
     end(&app, &req.id, &actor.0).await?;
-    Ok(Json(json!({"lease_id": req.id, "state": "revoking"})))
+    Ok(Json(LeaseEnding {
+        lease_id: req.id,
+        state: LeaseState::Revoking.to_string(),
+    }))
 }
 
 pub(crate) fn workload_routes() -> Router<Arc<App>> {

@@ -16,6 +16,10 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use tessera_core::admin_api::{
+    PutSecretRequest, SecretChanged, SecretDeleted, SecretDescription, SecretMetadata,
+    SecretReaderInfo, SecretRequest, SecretValue, SecretVersionSet, SecretWritten,
+};
 use tessera_core::{Label, SecretName};
 use tessera_policy::{Authn, Env, SecretAction};
 use tessera_store::{AuditEvent, AuditKind, Op, Outcome, SecretRecord, SecretVersionRecord};
@@ -24,8 +28,8 @@ use tessera_vault::Envelope;
 use crate::app::App;
 use crate::domain::caller::Actor;
 use crate::domain::secrets::{
-    decide, entity, live, metadata_json, open, overdue, purge_one, subject, version_of,
-    SecretsError, DEFAULT_RETENTION_SECS,
+    decide, entity, live, metadata, open, purge_one, subject, version_of, SecretsError,
+    DEFAULT_RETENTION_SECS,
 };
 use crate::error::ApiError;
 use crate::extract::SecretReader;
@@ -163,7 +167,7 @@ async fn read_metadata(
     State(app): State<Arc<App>>,
     SecretReader(reader): SecretReader,
     Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<SecretMetadata>, ApiError> {
     let name = parse_name(&name)?;
     let snap = app.snapshot();
     let s = app.store.secret(name.as_str()).await?;
@@ -178,7 +182,13 @@ async fn read_metadata(
     .await?;
     let s = live(&name, s)?;
     let versions = app.store.secret_versions(name.as_str()).await?;
-    Ok(Json(metadata_json(&s, &versions, tessera_core::now_unix())))
+    let current = versions.iter().find(|v| v.version == s.current_version);
+    Ok(Json(metadata(
+        &s,
+        current,
+        Some(&versions),
+        tessera_core::now_unix(),
+    )))
 }
 
 // ---- Admin side -----------------------------------------------------------------------------
@@ -195,33 +205,13 @@ pub(crate) fn admin_routes() -> Router<Arc<App>> {
         .route("/v1/secrets/purge", post(purge_secret))
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PutRequest {
-    name: String,
-    /// The value, base64.
-    value: String,
-    /// `true` for `tessera secret rotate`: the secret must exist, and the audit says rotated.
-    #[serde(default)]
-    rotate: bool,
-    owner: Option<String>,
-    purpose: Option<String>,
-    content_type: Option<String>,
-    environment: Option<String>,
-    tags: Option<BTreeMap<String, String>>,
-    /// Seconds.
-    rotation_period: Option<i64>,
-    not_before: Option<i64>,
-    expires_at: Option<i64>,
-}
-
 /// `POST /admin/v1/secrets/put`: a new secret (owner and purpose required) or a new version of
 /// one; metadata given replaces what was stored.
 async fn put_secret(
     State(app): State<Arc<App>>,
     actor: Actor,
-    Json(req): Json<PutRequest>,
-) -> Result<Json<Value>, ApiError> {
+    Json(req): Json<PutSecretRequest>,
+) -> Result<Json<SecretWritten>, ApiError> {
     let name = parse_name(&req.name)?;
     if name.as_str().starts_with("db/") {
         return Err(ApiError::BadRequest(
@@ -352,25 +342,18 @@ async fn put_secret(
         .await
         .map_err(SecretsError::from)?;
     app.secret_changes.send_modify(|n| *n += 1);
-    Ok(Json(json!({"name": name, "version": version})))
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NameRequest {
-    name: String,
-    version: Option<i64>,
-    enabled: Option<bool>,
-    /// Seconds a deleted secret stays restorable.
-    retention: Option<i64>,
+    Ok(Json(SecretWritten {
+        name: name.to_string(),
+        version,
+    }))
 }
 
 /// `POST /admin/v1/secrets/get`: the value, for an administrator; audited like any read.
 async fn admin_get(
     State(app): State<Arc<App>>,
     actor: Actor,
-    Json(req): Json<NameRequest>,
-) -> Result<Json<Value>, ApiError> {
+    Json(req): Json<SecretRequest>,
+) -> Result<Json<SecretValue>, ApiError> {
     let name = parse_name(&req.name)?;
     let s = live(&name, app.store.secret(name.as_str()).await?)?;
     let v = version_of(&app, &name, &s, req.version).await?;
@@ -388,12 +371,12 @@ async fn admin_get(
         .inspect_err(|_| {
             app.metrics.audit_failures.inc();
         })?;
-    Ok(Json(json!({
-        "name": name,
-        "version": version,
-        "enabled": v.enabled,
-        "value_base64": STANDARD.encode(&value),
-    })))
+    Ok(Json(SecretValue {
+        name: name.to_string(),
+        version,
+        enabled: v.enabled,
+        value_base64: STANDARD.encode(&value),
+    }))
 }
 
 #[derive(Debug, Deserialize)]
@@ -406,27 +389,22 @@ struct ListQuery {
 async fn list_secrets(
     State(app): State<Arc<App>>,
     Query(q): Query<ListQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Vec<SecretMetadata>>, ApiError> {
     let now = tessera_core::now_unix();
     let mut out = Vec::new();
     for s in app.store.secrets(q.deleted).await? {
         let current = app.store.secret_version(&s.name, s.current_version).await?;
-        let mut v = metadata_json(&s, &[], now);
-        if let Value::Object(m) = &mut v {
-            m.remove("versions");
-            m.insert("overdue".into(), json!(overdue(&s, current.as_ref(), now)));
-        }
-        out.push(v);
+        out.push(metadata(&s, current.as_ref(), None, now));
     }
-    Ok(Json(Value::Array(out)))
+    Ok(Json(out))
 }
 
 /// `POST /admin/v1/secrets/describe`: metadata, versions (never values), who may read it and
 /// who may see its metadata under the policy in force.
 async fn describe_secret(
     State(app): State<Arc<App>>,
-    Json(req): Json<NameRequest>,
-) -> Result<Json<Value>, ApiError> {
+    Json(req): Json<SecretRequest>,
+) -> Result<Json<SecretDescription>, ApiError> {
     let name = parse_name(&req.name)?;
     let s = app
         .store
@@ -437,31 +415,34 @@ async fn describe_secret(
     let snap = app.snapshot();
     let e = entity(&app, &name, Some(&s))?;
     let env = Env::now();
-    let (mut readers, mut viewers) = (Vec::new(), Vec::new());
+    let (mut readers, mut metadata_readers) = (Vec::new(), Vec::new());
     for w in snap.workloads.values().filter(|w| w.revoked_at.is_none()) {
         let id = &w.spec.id;
         let may = |a| snap.engine.decide_secret(id, &e, a, Authn::Jwt, &env);
         let read = may(SecretAction::Read);
         if read.allowed {
-            readers.push(json!({"workload": id, "by": read.determined_by}));
+            readers.push(SecretReaderInfo {
+                workload: id.clone(),
+                by: read.determined_by,
+            });
         } else if may(SecretAction::Describe).allowed {
-            viewers.push(id.to_string());
+            metadata_readers.push(id.clone());
         }
     }
-    let mut v = metadata_json(&s, &versions, tessera_core::now_unix());
-    if let Value::Object(m) = &mut v {
-        m.insert("readers".into(), json!(readers));
-        m.insert("metadata_readers".into(), json!(viewers));
-    }
-    Ok(Json(v))
+    let current = versions.iter().find(|v| v.version == s.current_version);
+    Ok(Json(SecretDescription {
+        metadata: metadata(&s, current, Some(&versions), tessera_core::now_unix()),
+        readers,
+        metadata_readers,
+    }))
 }
 
 /// `POST /admin/v1/secrets/version`: enables or disables one version.
 async fn set_version(
     State(app): State<Arc<App>>,
     actor: Actor,
-    Json(req): Json<NameRequest>,
-) -> Result<Json<Value>, ApiError> {
+    Json(req): Json<SecretRequest>,
+) -> Result<Json<SecretVersionSet>, ApiError> {
     let name = parse_name(&req.name)?;
     let (Some(version), Some(enabled)) = (req.version, req.enabled) else {
         return Err(ApiError::BadRequest(
@@ -490,17 +471,19 @@ async fn set_version(
         .await
         .map_err(SecretsError::from)?;
     app.secret_changes.send_modify(|n| *n += 1);
-    Ok(Json(
-        json!({"name": name, "version": version, "enabled": enabled}),
-    ))
+    Ok(Json(SecretVersionSet {
+        name: name.to_string(),
+        version,
+        enabled,
+    }))
 }
 
 /// `POST /admin/v1/secrets/delete`: soft delete, restorable for the retention period.
 async fn delete_secret(
     State(app): State<Arc<App>>,
     actor: Actor,
-    Json(req): Json<NameRequest>,
-) -> Result<Json<Value>, ApiError> {
+    Json(req): Json<SecretRequest>,
+) -> Result<Json<SecretDeleted>, ApiError> {
     let name = parse_name(&req.name)?;
     let retention = req.retention.unwrap_or(DEFAULT_RETENTION_SECS);
     if !(0..=365 * 24 * 3600).contains(&retention) {
@@ -527,17 +510,19 @@ async fn delete_secret(
         .await
         .map_err(SecretsError::from)?;
     app.secret_changes.send_modify(|n| *n += 1);
-    Ok(Json(
-        json!({"name": name, "deleted_at": now, "purge_after": now + retention}),
-    ))
+    Ok(Json(SecretDeleted {
+        name: name.to_string(),
+        deleted_at: now,
+        purge_after: now + retention,
+    }))
 }
 
 /// `POST /admin/v1/secrets/restore`: undoes a delete.
 async fn restore_secret(
     State(app): State<Arc<App>>,
     actor: Actor,
-    Json(req): Json<NameRequest>,
-) -> Result<Json<Value>, ApiError> {
+    Json(req): Json<SecretRequest>,
+) -> Result<Json<SecretChanged>, ApiError> {
     let name = parse_name(&req.name)?;
     app.store
         .commit(
@@ -553,16 +538,24 @@ async fn restore_secret(
         .await
         .map_err(SecretsError::from)?;
     app.secret_changes.send_modify(|n| *n += 1);
-    Ok(Json(json!({"name": name, "restored": true})))
+    Ok(Json(SecretChanged {
+        name: name.to_string(),
+        restored: Some(true),
+        purged: None,
+    }))
 }
 
 /// `POST /admin/v1/secrets/purge`: removes a deleted secret and all its versions for good.
 async fn purge_secret(
     State(app): State<Arc<App>>,
     actor: Actor,
-    Json(req): Json<NameRequest>,
-) -> Result<Json<Value>, ApiError> {
+    Json(req): Json<SecretRequest>,
+) -> Result<Json<SecretChanged>, ApiError> {
     let name = parse_name(&req.name)?;
     purge_one(&app, &name, &actor.0).await?;
-    Ok(Json(json!({"name": name, "purged": true})))
+    Ok(Json(SecretChanged {
+        name: name.to_string(),
+        restored: None,
+        purged: Some(true),
+    }))
 }

@@ -4,7 +4,8 @@
 
 use std::collections::BTreeMap;
 
-use serde_json::{json, Value};
+use serde_json::json;
+use tessera_core::admin_api::{SecretMetadata, SecretVersionInfo};
 use tessera_core::SecretName;
 use tessera_policy::{Env, SecretAction};
 use tessera_store::{
@@ -69,24 +70,42 @@ pub(crate) fn overdue(
     why
 }
 
-pub(crate) fn metadata_json(s: &SecretRecord, versions: &[SecretVersionRecord], now: i64) -> Value {
-    let current = versions.iter().find(|v| v.version == s.current_version);
-    json!({
-        "name": s.name,
-        "owner": s.owner,
-        "purpose": s.purpose,
-        "content_type": s.content_type,
-        "environment": s.environment,
-        "tags": s.tags,
-        "rotation_period": s.rotation_period,
-        "current_version": s.current_version,
-        "created_at": s.created_at,
-        "updated_at": s.updated_at,
-        "deleted_at": s.deleted_at,
-        "purge_after": s.purge_after,
-        "overdue": overdue(s, current, now),
-        "versions": versions,
-    })
+pub(crate) fn metadata(
+    s: &SecretRecord,
+    current: Option<&SecretVersionRecord>,
+    versions: Option<&[SecretVersionRecord]>,
+    now: i64,
+) -> SecretMetadata {
+    SecretMetadata {
+        name: s.name.clone(),
+        owner: s.owner.clone(),
+        purpose: s.purpose.clone(),
+        content_type: s.content_type.clone(),
+        environment: s.environment.clone(),
+        tags: s.tags.clone(),
+        rotation_period: s.rotation_period,
+        current_version: s.current_version,
+        created_at: s.created_at,
+        updated_at: s.updated_at,
+        deleted_at: s.deleted_at,
+        purge_after: s.purge_after,
+        overdue: overdue(s, current, now)
+            .into_iter()
+            .map(str::to_owned)
+            .collect(),
+        versions: versions.map(|vs| {
+            vs.iter()
+                .map(|v| SecretVersionInfo {
+                    version: v.version,
+                    created_at: v.created_at,
+                    created_by: v.created_by.clone(),
+                    enabled: v.enabled,
+                    not_before: v.not_before,
+                    expires_at: v.expires_at,
+                })
+                .collect()
+        }),
+    }
 }
 
 // ---- Workload side --------------------------------------------------------------------------
