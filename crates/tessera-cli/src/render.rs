@@ -1,14 +1,16 @@
 //! Human-readable output. `--output json` prints the API's JSON instead.
-#![expect(
-    clippy::indexing_slicing,
-    reason = "indexing a serde_json::Value by key yields Null for a missing key; it cannot panic"
-)]
 
 use serde_json::Value;
 use tessera_core::admin_api::{
     AgentSummary, CaInfo, CaRotated, ClientSummary, GrantSummary, KeyInfo, KeyRotated,
     TrustSummary, WorkloadSummary,
 };
+use tessera_policy::Explanation;
+
+/// Member `k` of a JSON view, `null` when missing (never a panic, whatever the server sent).
+pub(crate) fn field<'a>(v: &'a Value, k: &str) -> &'a Value {
+    v.get(k).unwrap_or(&Value::Null)
+}
 
 fn s(v: &Value, k: &str) -> String {
     match v.get(k) {
@@ -248,7 +250,7 @@ pub(crate) fn describe(w: &Value) -> String {
     if w.get("revoked_at").is_some_and(|v| !v.is_null()) {
         o.push_str(&format!(
             "REVOKED:      {} (no new credentials)\n",
-            time(&w["revoked_at"])
+            time(field(w, "revoked_at"))
         ));
     }
     let grants = |title: &str, key: &str, arrow: &str, o: &mut String| {
@@ -347,8 +349,8 @@ pub(crate) fn describe(w: &Value) -> String {
                 "X.509-SVID:   serial {} via agent {}, issued {}, valid until {}\n",
                 s(v, "serial"),
                 s(v, "agent_id"),
-                time(&v["issued_at"]),
-                time(&v["not_after"])
+                time(field(v, "issued_at")),
+                time(field(v, "not_after"))
             ));
         }
     }
@@ -370,7 +372,7 @@ pub(crate) fn audit(rows: &Value) -> String {
         o.push_str(&format!(
             "#{} {} {} {} actor={} subject={} {}\n",
             s(&r, "seq"),
-            time(&r["at"]),
+            time(field(&r, "at")),
             s(&r, "kind"),
             s(&r, "outcome"),
             s(&r, "actor"),
@@ -389,31 +391,31 @@ pub(crate) fn describe_trust(t: &Value) -> String {
     o.push_str(&format!("Algorithms:   {}\n", list(t, "algorithms")));
     o.push_str(&format!(
         "Max age:      {} s{}\n",
-        t["max_age_seconds"],
-        if t["single_use"] == Value::Bool(true) {
+        field(t, "max_age_seconds"),
+        if *field(t, "single_use") == Value::Bool(true) {
             "; single use"
         } else {
             ""
         }
     ));
     o.push_str(&format!("Defined at:   {}\n", s(t, "source")));
-    let k = &t["keys"];
+    let k = field(t, "keys");
     o.push_str(&format!("\nKeys ({}):\n", s(k, "source")));
     if let Some(age) = k.get("fetched_seconds_ago").filter(|v| !v.is_null()) {
         o.push_str(&format!("  fetched {age} s ago\n"));
     }
-    for key in k["keys"].as_array().cloned().unwrap_or_default() {
+    for key in field(k, "keys").as_array().cloned().unwrap_or_default() {
         o.push_str(&format!("  {} ({})\n", s(&key, "kid"), s(&key, "alg")));
     }
     if let Some(e) = k.get("last_error").and_then(Value::as_str) {
         o.push_str(&format!("  last error: {e}\n"));
     }
     o.push_str("\nRules (first match wins):\n");
-    for r in t["rules"].as_array().cloned().unwrap_or_default() {
+    for r in field(t, "rules").as_array().cloned().unwrap_or_default() {
         o.push_str(&format!(
             "  {}. {} -> {} ({})\n",
-            r["rule"],
-            r["claims"],
+            field(&r, "rule"),
+            field(&r, "claims"),
             s(&r, "workload"),
             s(&r, "kind")
         ));
@@ -425,24 +427,14 @@ pub(crate) fn describe_trust(t: &Value) -> String {
     o
 }
 
-fn strings(v: &Value) -> Vec<String> {
-    v.as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|x| x.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-pub(crate) fn explanation(v: &Value) -> String {
-    let allowed = v["allowed"] == Value::Bool(true);
+pub(crate) fn explanation(x: &Explanation) -> String {
+    let allowed = x.decision.allowed;
     let mut o = format!(
         "{}\n{}\n",
-        v["request"].as_str().unwrap_or_default(),
+        x.request,
         if allowed { "ALLOW" } else { "DENY" }
     );
-    let by = strings(&v["determined_by"]);
+    let by = &x.decision.determined_by;
     if !by.is_empty() {
         o.push_str(if allowed {
             "  permitted by:\n"
@@ -453,10 +445,10 @@ pub(crate) fn explanation(v: &Value) -> String {
             o.push_str(&format!("    {b}\n"));
         }
     }
-    for e in strings(&v["errors"]) {
+    for e in &x.decision.errors {
         o.push_str(&format!("  error (denies): {e}\n"));
     }
-    let missing = strings(&v["missing"]);
+    let missing = &x.missing;
     if !missing.is_empty() {
         o.push_str("  to allow it:\n");
         for m in missing {

@@ -452,3 +452,106 @@ pub struct LeaseEnding {
     pub lease_id: String,
     pub state: String,
 }
+
+/// `POST /v1/explain`: why a token (scopes) or a call (method and path) would be allowed or
+/// denied, by the active set or the shadow one. The answer is `tessera_policy::Explanation`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExplainRequest {
+    pub from: SpiffeId,
+    pub to: SpiffeId,
+    #[serde(default)]
+    pub scopes: Vec<Scope>,
+    #[serde(default)]
+    pub method: Option<String>,
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Explain with the shadow set instead of the active one.
+    #[serde(default)]
+    pub shadow: bool,
+    /// The caller's address for `context.source_ip` (unknown, 0.0.0.0, by default).
+    #[serde(default)]
+    pub source_ip: Option<std::net::IpAddr>,
+}
+
+/// One stored policy set version.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PolicySetSummary {
+    pub version: i64,
+    /// `active`, `shadow`, `superseded`, `promoted` or `discarded`.
+    pub status: String,
+    pub created_at: i64,
+    pub actor: String,
+    pub note: String,
+    pub grants: usize,
+    pub policies: usize,
+}
+
+/// The shadow set loaded beside the active one.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ShadowInfo {
+    pub version: i64,
+    pub policies: usize,
+}
+
+/// `GET /v1/policy`: the active version, the shadow one, and the recent history.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PolicyStatus {
+    pub active_version: i64,
+    pub policies: usize,
+    pub shadow: Option<ShadowInfo>,
+    /// Why a loaded shadow set does not compile against today's workloads.
+    pub shadow_error: Option<String>,
+    pub history: Vec<PolicySetSummary>,
+}
+
+/// A (caller, target, action) whose decision the shadow set would change, with how often and
+/// one example.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShadowChange {
+    pub caller: String,
+    pub target: String,
+    pub action: String,
+    /// `allow` or `deny`.
+    pub active: String,
+    pub shadow: String,
+    pub count: u64,
+    /// One request that changed, e.g. `issue_token [b:read]` or `GET /api/x`.
+    pub example: String,
+    /// Why the shadow set decides as it does, for that example.
+    pub shadow_reason: String,
+}
+
+/// `GET /v1/policy/diff`: the shadow set against real decisions since it was loaded.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ShadowDiff {
+    pub active_version: i64,
+    pub shadow_version: i64,
+    pub evaluated: u64,
+    pub newly_denied: u64,
+    pub newly_allowed: u64,
+    /// Most frequent first.
+    pub changed: Vec<ShadowChange>,
+}
+
+/// `POST /v1/policy/rollback`: to a version that was active (default: the one before).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackRequest {
+    #[serde(default)]
+    pub to: Option<i64>,
+}
+
+/// A promote or rollback: the new active version.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PolicyActivated {
+    pub version: i64,
+    pub changed: usize,
+    pub note: String,
+}
+
+/// `POST /v1/policy/discard`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PolicyDiscarded {
+    pub discarded: i64,
+}

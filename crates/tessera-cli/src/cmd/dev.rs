@@ -1,10 +1,6 @@
 //! `tessera dev`: a server on loopback with embedded storage, a demo mesh applied, an allowed and
 //! a denied service-to-service token request shown with their audit records, and a node agent
 //! handing a local process its SVID.
-#![expect(
-    clippy::indexing_slicing,
-    reason = "indexing a serde_json::Value by key yields Null for a missing key; it cannot panic"
-)]
 
 use std::io::Write;
 use std::path::Path;
@@ -16,6 +12,7 @@ use tessera_verify::{JwksCache, Verifier, VerifierConfig};
 
 use crate::admin_client::AdminClient;
 use crate::cli::{DevArgs, LogFormat};
+use crate::render::field;
 use crate::support::{init_logs, wait_for_signal};
 
 const MESH: &str = r#"# The demo mesh of `tessera dev`.
@@ -313,7 +310,7 @@ async fn agent_demo(
             json!({"agent_id": "dev-node", "ttl": 600}),
         )
         .await?;
-    let token = token["token"]
+    let token = field(&token, "token")
         .as_str()
         .ok_or_else(|| anyhow!("no join token returned"))?;
     let socket = data.join("agent.sock");
@@ -341,12 +338,13 @@ async fn agent_demo(
         .output()
         .await?;
     let got: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-    let id = got[0]["spiffe_id"].as_str().unwrap_or_default();
+    let first = got.get(0).unwrap_or(&Value::Null);
+    let id = field(first, "spiffe_id").as_str().unwrap_or_default();
     if out.status.success() && id == "spiffe://example.org/dev/you" {
         steps.ok(&format!(
             "process {} (uid {uid}) received the X.509-SVID of {id}, valid until {}",
             "`tessera svid fetch`",
-            crate::render::time(&got[0]["not_after"])
+            crate::render::time(field(first, "not_after"))
         ));
     } else {
         steps.fail(&format!(
@@ -361,7 +359,10 @@ async fn agent_demo(
         .cloned()
         .unwrap_or_default()
         .into_iter()
-        .filter(|r| r["kind"] == "svid.issued" && r["subject"] == "spiffe://example.org/dev/you")
+        .filter(|r| {
+            field(r, "kind") == "svid.issued"
+                && field(r, "subject") == "spiffe://example.org/dev/you"
+        })
         .collect();
     print!(
         "{}",
@@ -386,9 +387,13 @@ async fn demo(steps: &mut Steps, data: &Path, url: &str, admin: AdminClient) -> 
             json!({"state": state, "dry_run": false, "prune": false}),
         )
         .await?;
-    let n = applied["changes"].as_array().map_or(0, Vec::len);
+    let n = field(&applied, "changes").as_array().map_or(0, Vec::len);
     println!("1. apply {}", files.join("mesh.toml").display());
-    for c in applied["changes"].as_array().cloned().unwrap_or_default() {
+    for c in field(&applied, "changes")
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+    {
         println!("        {}", c.as_str().unwrap_or_default());
     }
     if n == 6 {
@@ -401,7 +406,7 @@ async fn demo(steps: &mut Steps, data: &Path, url: &str, admin: AdminClient) -> 
     let secret = admin
         .post("/v1/client/secret", json!({"client_id": "order-processor"}))
         .await?;
-    let secret = secret["secret"]
+    let secret = field(&secret, "secret")
         .as_str()
         .ok_or_else(|| anyhow!("no secret returned"))?
         .to_owned();
@@ -427,11 +432,14 @@ async fn demo(steps: &mut Steps, data: &Path, url: &str, admin: AdminClient) -> 
         .await?;
     let status = resp.status();
     let body: Value = resp.json().await?;
-    let token = body["access_token"].as_str().unwrap_or_default().to_owned();
+    let token = field(&body, "access_token")
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     if status.is_success() && !token.is_empty() {
         steps.ok(&format!(
             "token issued, expires in {} s",
-            body["expires_in"]
+            field(&body, "expires_in")
         ));
     } else {
         steps.fail(&format!("token refused: {status} {body}"));
@@ -468,21 +476,23 @@ async fn demo(steps: &mut Steps, data: &Path, url: &str, admin: AdminClient) -> 
         .await?;
     let status = resp.status();
     let body: Value = resp.json().await?;
-    if status.as_u16() == 400 && body["error"] == "invalid_target" {
+    if status.as_u16() == 400 && field(&body, "error") == "invalid_target" {
         steps.ok(&format!(
             "denied: {} ({})",
-            body["error"].as_str().unwrap_or_default(),
-            body["error_description"].as_str().unwrap_or_default()
+            field(&body, "error").as_str().unwrap_or_default(),
+            field(&body, "error_description")
+                .as_str()
+                .unwrap_or_default()
         ));
     } else {
         steps.fail(&format!("expected invalid_target, got {status} {body}"));
     }
 
     println!("\n   tessera explain --from …/order-processor --to …/payments-api");
-    let x = admin
-        .post(
+    let x: tessera_policy::Explanation = admin
+        .send(
             "/v1/explain",
-            serde_json::json!({
+            &serde_json::json!({
                 "from": "spiffe://example.org/prod/order-processor",
                 "to": "spiffe://example.org/prod/payments-api",
             }),
@@ -495,14 +505,11 @@ async fn demo(steps: &mut Steps, data: &Path, url: &str, admin: AdminClient) -> 
             .map(|l| format!("        {l}\n"))
             .collect::<String>()
     );
-    let names_gap = x["missing"].as_array().is_some_and(|m| {
-        m.iter()
-            .any(|v| v.as_str().is_some_and(|t| t.starts_with("no grant from")))
-    });
-    if x["allowed"] == Value::Bool(false) && names_gap {
+    let names_gap = x.missing.iter().any(|t| t.starts_with("no grant from"));
+    if !x.decision.allowed && names_gap {
         steps.ok("the denial is explained: the grant that is missing");
     } else {
-        steps.fail(&format!("explain did not name the missing grant: {x}"));
+        steps.fail(&format!("explain did not name the missing grant: {x:?}"));
     }
 
     // 5. The audit trail.
@@ -517,7 +524,7 @@ async fn demo(steps: &mut Steps, data: &Path, url: &str, admin: AdminClient) -> 
     );
     let kinds: Vec<&str> = tail
         .as_array()
-        .map(|a| a.iter().filter_map(|r| r["kind"].as_str()).collect())
+        .map(|a| a.iter().filter_map(|r| field(r, "kind").as_str()).collect())
         .unwrap_or_default();
     if kinds.contains(&"token.issued") && kinds.last() == Some(&"token.denied") {
         steps.ok("the issuance and the denial are in the audit trail");
@@ -525,13 +532,13 @@ async fn demo(steps: &mut Steps, data: &Path, url: &str, admin: AdminClient) -> 
         steps.fail(&format!("audit trail does not show both calls: {kinds:?}"));
     }
     let verified = admin.get("/v1/audit/verify").await?;
-    if verified["ok"] == Value::Bool(true) {
+    if *field(&verified, "ok") == Value::Bool(true) {
         steps.ok(&format!(
             "audit chain intact ({} records)",
-            verified["records"]
+            field(&verified, "records")
         ));
     } else {
-        steps.fail(&format!("audit chain: {}", verified["error"]));
+        steps.fail(&format!("audit chain: {}", field(&verified, "error")));
     }
     Ok(())
 }

@@ -1,16 +1,15 @@
 //! `tessera explain` and `tessera policy …`.
-#![expect(
-    clippy::indexing_slicing,
-    reason = "indexing a serde_json::Value by key yields Null for a missing key; it cannot panic"
-)]
 
 use std::path::Path;
 
 use anyhow::Context;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use tessera_core::admin_api::{
+    ExplainRequest, PolicyActivated, PolicyDiscarded, PolicyStatus, RollbackRequest, ShadowDiff,
+};
 use tessera_core::{Scope, SpiffeId};
-use tessera_policy::{Authn, Call, Env, IssueContext, PolicyBundle, PolicyEngine};
+use tessera_policy::{Authn, Call, Env, Explanation, IssueContext, PolicyBundle, PolicyEngine};
 
 use crate::cli::{ExplainArgs, PolicyCommand, Target};
 use crate::render;
@@ -22,17 +21,22 @@ pub(crate) async fn explain(a: ExplainArgs) -> anyhow::Result<u8> {
         .iter()
         .flat_map(|s| s.split_whitespace().map(str::to_owned))
         .collect();
-    let body = json!({
-        "from": a.from, "to": a.to, "scopes": scopes,
-        "method": a.method, "path": a.path, "shadow": a.shadow, "source_ip": a.source_ip,
-    });
-    let v = admin(&a.target)?.post("/v1/explain", body).await?;
+    let req = ExplainRequest {
+        from: SpiffeId::parse(&a.from).map_err(|e| anyhow::anyhow!("--from: {e}"))?,
+        to: SpiffeId::parse(&a.to).map_err(|e| anyhow::anyhow!("--to: {e}"))?,
+        scopes: if scopes.is_empty() {
+            Vec::new()
+        } else {
+            Scope::parse_list(&scopes.join(" ")).map_err(|e| anyhow::anyhow!("--scope: {e}"))?
+        },
+        method: a.method,
+        path: a.path,
+        shadow: a.shadow,
+        source_ip: a.source_ip,
+    };
+    let v: Explanation = admin(&a.target)?.send("/v1/explain", &req).await?;
     print(&a.target, &v, || render::explanation(&v));
-    Ok(if v["allowed"] == Value::Bool(true) {
-        0
-    } else {
-        1
-    })
+    Ok(if v.decision.allowed { 0 } else { 1 })
 }
 
 pub(crate) async fn run(command: PolicyCommand) -> anyhow::Result<u8> {
@@ -45,35 +49,35 @@ pub(crate) async fn run(command: PolicyCommand) -> anyhow::Result<u8> {
             target,
         } => test(&cases, candidate.as_deref(), shadow, &target).await,
         PolicyCommand::Status { target } => {
-            let v = admin(&target)?.get("/v1/policy").await?;
+            let v: PolicyStatus = admin(&target)?.fetch("/v1/policy").await?;
             print(&target, &v, || render_status(&v));
             Ok(0)
         }
         PolicyCommand::Diff { target } => {
-            let v = admin(&target)?.get("/v1/policy/diff").await?;
+            let v: ShadowDiff = admin(&target)?.fetch("/v1/policy/diff").await?;
             print(&target, &v, || render_diff(&v));
             Ok(0)
         }
         PolicyCommand::Promote { target } => {
-            let v = admin(&target)?
-                .post("/v1/policy/promote", json!({}))
+            let v: PolicyActivated = admin(&target)?
+                .send("/v1/policy/promote", &json!({}))
                 .await?;
             print(&target, &v, || render_activated(&v));
             Ok(0)
         }
         PolicyCommand::Rollback { to, target } => {
-            let v = admin(&target)?
-                .post("/v1/policy/rollback", json!({ "to": to }))
+            let v: PolicyActivated = admin(&target)?
+                .send("/v1/policy/rollback", &RollbackRequest { to })
                 .await?;
             print(&target, &v, || render_activated(&v));
             Ok(0)
         }
         PolicyCommand::Discard { target } => {
-            let v = admin(&target)?
-                .post("/v1/policy/discard", json!({}))
+            let v: PolicyDiscarded = admin(&target)?
+                .send("/v1/policy/discard", &json!({}))
                 .await?;
             print(&target, &v, || {
-                format!("shadow policy set {} discarded\n", v["discarded"])
+                format!("shadow policy set {} discarded\n", v.discarded)
             });
             Ok(0)
         }
@@ -246,67 +250,52 @@ async fn test(
     Ok(u8::from(failed > 0))
 }
 
-fn render_activated(v: &Value) -> String {
+fn render_activated(v: &PolicyActivated) -> String {
     format!(
         "policy set {} is active ({}; {} change(s))\n",
-        v["version"],
-        v["note"].as_str().unwrap_or_default(),
-        v["changed"]
+        v.version, v.note, v.changed
     )
 }
 
-fn render_status(v: &Value) -> String {
+fn render_status(v: &PolicyStatus) -> String {
     let mut o = format!(
         "active policy set: {} ({} Cedar policies)\n",
-        v["active_version"], v["policies"]
+        v.active_version, v.policies
     );
-    match v["shadow"].as_object() {
+    match &v.shadow {
         Some(s) => o.push_str(&format!(
             "shadow policy set: {} ({} Cedar policies; see `tessera policy diff`)\n",
-            s.get("version").cloned().unwrap_or_default(),
-            s.get("policies").cloned().unwrap_or_default()
+            s.version, s.policies
         )),
         None => o.push_str("shadow policy set: none\n"),
     }
-    if let Some(e) = v["shadow_error"].as_str() {
+    if let Some(e) = &v.shadow_error {
         o.push_str(&format!("shadow error: {e}\n"));
     }
     o.push_str("\nVERSION  STATUS      GRANTS  FILES  BY                NOTE\n");
-    for h in v["history"].as_array().cloned().unwrap_or_default() {
+    for h in &v.history {
         o.push_str(&format!(
             "{:<8} {:<11} {:<7} {:<6} {:<17} {}\n",
-            h["version"],
-            h["status"].as_str().unwrap_or_default(),
-            h["grants"],
-            h["policies"],
-            h["actor"].as_str().unwrap_or_default(),
-            h["note"].as_str().unwrap_or_default()
+            h.version, h.status, h.grants, h.policies, h.actor, h.note
         ));
     }
     o
 }
 
-fn render_diff(v: &Value) -> String {
+fn render_diff(v: &ShadowDiff) -> String {
     let mut o = format!(
         "shadow {} vs active {}: {} decision(s) evaluated, {} would be newly denied, {} newly allowed\n",
-        v["shadow_version"], v["active_version"], v["evaluated"], v["newly_denied"], v["newly_allowed"]
+        v.shadow_version, v.active_version, v.evaluated, v.newly_denied, v.newly_allowed
     );
-    let changed = v["changed"].as_array().cloned().unwrap_or_default();
-    if changed.is_empty() {
+    if v.changed.is_empty() {
         o.push_str("no decision would change\n");
         return o;
     }
     o.push_str("\nCOUNT  ACTIVE  SHADOW  CALLER -> TARGET  (example; shadow reason)\n");
-    for c in changed {
+    for c in &v.changed {
         o.push_str(&format!(
             "{:<6} {:<7} {:<7} {} -> {}  ({}; {})\n",
-            c["count"],
-            c["active"].as_str().unwrap_or_default(),
-            c["shadow"].as_str().unwrap_or_default(),
-            c["caller"].as_str().unwrap_or_default(),
-            c["target"].as_str().unwrap_or_default(),
-            c["example"].as_str().unwrap_or_default(),
-            c["shadow_reason"].as_str().unwrap_or_default()
+            c.count, c.active, c.shadow, c.caller, c.target, c.example, c.shadow_reason
         ));
     }
     o

@@ -10,13 +10,16 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{json, Value};
-use tessera_core::{Scope, SpiffeId};
+use tessera_core::admin_api::{
+    ExplainRequest, PolicyActivated, PolicyDiscarded, PolicySetSummary, PolicyStatus,
+    RollbackRequest, ShadowChange, ShadowDiff, ShadowInfo,
+};
+use tessera_core::SpiffeId;
 use tessera_policy::{Authn, Call, DecisionRecord, Env, Explanation, IssueContext, PolicyBundle};
 use tessera_store::{AuditEvent, AuditKind, Op, Outcome, PolicySetRecord, PolicySetStatus};
 
-use crate::app::snapshot::DiffEntry;
 use crate::app::{App, Snapshot};
 use crate::domain::caller::Actor;
 use crate::domain::policy_sets::{activate, find_set, shadow_version, PolicySetError};
@@ -32,24 +35,6 @@ pub(crate) fn admin_routes() -> Router<Arc<App>> {
         .route("/v1/policy/promote", post(promote))
         .route("/v1/policy/rollback", post(rollback))
         .route("/v1/policy/discard", post(discard))
-}
-
-#[derive(Debug, Deserialize)]
-pub(crate) struct ExplainRequest {
-    pub from: SpiffeId,
-    pub to: SpiffeId,
-    #[serde(default)]
-    pub scopes: Vec<Scope>,
-    #[serde(default)]
-    pub method: Option<String>,
-    #[serde(default)]
-    pub path: Option<String>,
-    /// Explain with the shadow set instead of the active one.
-    #[serde(default)]
-    pub shadow: bool,
-    /// The caller's address for `context.source_ip` (unknown, 0.0.0.0, by default).
-    #[serde(default)]
-    pub source_ip: Option<std::net::IpAddr>,
 }
 
 async fn post_explain(
@@ -102,41 +87,31 @@ async fn post_explain(
     Ok(Json(x))
 }
 
-#[derive(Debug, Serialize)]
-struct SetSummary {
-    version: i64,
-    status: PolicySetStatus,
-    created_at: i64,
-    actor: String,
-    note: String,
-    grants: usize,
-    policies: usize,
-}
-
-impl From<&PolicySetRecord> for SetSummary {
-    fn from(r: &PolicySetRecord) -> Self {
-        Self {
-            version: r.version,
-            status: r.status,
-            created_at: r.created_at,
-            actor: r.actor.clone(),
-            note: r.note.clone(),
-            grants: r.grants.len(),
-            policies: r.policies.len(),
-        }
+fn summary(r: &PolicySetRecord) -> PolicySetSummary {
+    PolicySetSummary {
+        version: r.version,
+        status: r.status.to_string(),
+        created_at: r.created_at,
+        actor: r.actor.clone(),
+        note: r.note.clone(),
+        grants: r.grants.len(),
+        policies: r.policies.len(),
     }
 }
 
-async fn policy_status(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError> {
+async fn policy_status(State(app): State<Arc<App>>) -> Result<Json<PolicyStatus>, ApiError> {
     let snap = app.snapshot();
     let history = app.store.policy_sets(20).await?;
-    Ok(Json(json!({
-        "active_version": snap.policy_version,
-        "policies": snap.engine.policy_count(),
-        "shadow": snap.shadow.as_ref().map(|s| json!({"version": s.version, "policies": s.engine.policy_count()})),
-        "shadow_error": snap.shadow_error,
-        "history": history.iter().map(SetSummary::from).collect::<Vec<_>>(),
-    })))
+    Ok(Json(PolicyStatus {
+        active_version: snap.policy_version,
+        policies: snap.engine.policy_count(),
+        shadow: snap.shadow.as_ref().map(|s| ShadowInfo {
+            version: s.version,
+            policies: s.engine.policy_count(),
+        }),
+        shadow_error: snap.shadow_error.clone(),
+        history: history.iter().map(summary).collect(),
+    }))
 }
 
 #[derive(Debug, Deserialize)]
@@ -175,14 +150,14 @@ async fn admin_bundle(
     )))
 }
 
-async fn shadow_diff(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError> {
+async fn shadow_diff(State(app): State<Arc<App>>) -> Result<Json<ShadowDiff>, ApiError> {
     let snap = app.snapshot();
     let shadow = snap.shadow.as_ref().ok_or(PolicySetError::NoShadow)?;
     let d = shadow
         .diff
         .lock()
         .map_err(|_| ApiError::unavailable("shadow diff lock poisoned"))?;
-    let mut changed: Vec<&DiffEntry> = d.changed.values().collect();
+    let mut changed: Vec<&ShadowChange> = d.changed.values().collect();
     changed.sort_by_key(|e| std::cmp::Reverse(e.count));
     let newly_denied: u64 = changed
         .iter()
@@ -194,17 +169,20 @@ async fn shadow_diff(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiErro
         .filter(|e| e.shadow == "allow")
         .map(|e| e.count)
         .sum();
-    Ok(Json(json!({
-        "active_version": snap.policy_version,
-        "shadow_version": shadow.version,
-        "evaluated": d.evaluated,
-        "newly_denied": newly_denied,
-        "newly_allowed": newly_allowed,
-        "changed": changed,
-    })))
+    Ok(Json(ShadowDiff {
+        active_version: snap.policy_version,
+        shadow_version: shadow.version,
+        evaluated: d.evaluated,
+        newly_denied,
+        newly_allowed,
+        changed: changed.into_iter().cloned().collect(),
+    }))
 }
 
-async fn promote(State(app): State<Arc<App>>, actor: Actor) -> Result<Json<Value>, ApiError> {
+async fn promote(
+    State(app): State<Arc<App>>,
+    actor: Actor,
+) -> Result<Json<PolicyActivated>, ApiError> {
     let version = shadow_version(&app.snapshot())?;
     let rec = find_set(&app, version).await?;
     let activated = activate(
@@ -223,17 +201,11 @@ async fn promote(State(app): State<Arc<App>>, actor: Actor) -> Result<Json<Value
     Ok(Json(activated))
 }
 
-#[derive(Debug, Deserialize)]
-struct RollbackRequest {
-    #[serde(default)]
-    to: Option<i64>,
-}
-
 async fn rollback(
     State(app): State<Arc<App>>,
     actor: Actor,
     Json(req): Json<RollbackRequest>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<PolicyActivated>, ApiError> {
     let snap = app.snapshot();
     let sets = app.store.policy_sets(1_000).await?;
     let target = match req.to {
@@ -275,7 +247,10 @@ async fn rollback(
     Ok(Json(activated))
 }
 
-async fn discard(State(app): State<Arc<App>>, actor: Actor) -> Result<Json<Value>, ApiError> {
+async fn discard(
+    State(app): State<Arc<App>>,
+    actor: Actor,
+) -> Result<Json<PolicyDiscarded>, ApiError> {
     let version = shadow_version(&app.snapshot())?;
     app.change(
         &[Op::SetPolicySetStatus {
@@ -291,7 +266,7 @@ async fn discard(State(app): State<Arc<App>>, actor: Actor) -> Result<Json<Value
         },
     )
     .await?;
-    Ok(Json(json!({"discarded": version})))
+    Ok(Json(PolicyDiscarded { discarded: version }))
 }
 
 pub(crate) fn workload_routes() -> Router<Arc<App>> {

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
-use serde::{Deserialize, Serialize};
+use tessera_core::admin_api::ShadowChange;
 use tessera_core::agent_api::Registration;
 use tessera_core::manifest::{Client, Grant, PolicyFile, Trust};
 use tessera_core::SpiffeId;
@@ -276,21 +276,7 @@ pub struct Shadow {
 #[derive(Debug, Default)]
 pub struct DiffState {
     pub evaluated: u64,
-    pub changed: BTreeMap<(String, String, String), DiffEntry>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct DiffEntry {
-    pub caller: String,
-    pub target: String,
-    pub action: String,
-    pub active: String,
-    pub shadow: String,
-    pub count: u64,
-    /// One request that changed, e.g. `issue_token [b:read]` or `GET /api/x`.
-    pub example: String,
-    /// Why the shadow set decides as it does, for that example.
-    pub shadow_reason: String,
+    pub changed: BTreeMap<(String, String, String), ShadowChange>,
 }
 
 fn word(allowed: bool) -> &'static str {
@@ -325,7 +311,7 @@ impl Shadow {
         } else if d.changed.len() < MAX_DIFF_KEYS {
             d.changed.insert(
                 key,
-                DiffEntry {
+                ShadowChange {
                     caller: caller.to_owned(),
                     target: target.to_owned(),
                     action: action.to_owned(),

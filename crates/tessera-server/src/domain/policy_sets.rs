@@ -2,7 +2,8 @@
 //! superseded, promoted, discarded), so a candidate can be evaluated beside the active set,
 //! promoted, or the active set rolled back.
 
-use serde_json::{json, Value};
+use serde_json::json;
+use tessera_core::admin_api::PolicyActivated;
 use tessera_core::manifest::{Grant, PolicyFile};
 use tessera_policy::PolicyEngine;
 use tessera_store::{
@@ -161,7 +162,7 @@ pub(crate) async fn activate(
     mut extra: Vec<Op>,
     kind: AuditKind,
     note: String,
-) -> Result<Value, PolicySetError> {
+) -> Result<PolicyActivated, PolicySetError> {
     let snap = app.snapshot();
     let workloads: Vec<_> = snap.workloads.values().map(|w| w.spec.clone()).collect();
     PolicyEngine::from_files(&workloads, &grants, &policies).map_err(|e| {
@@ -186,7 +187,11 @@ pub(crate) async fn activate(
         },
     )
     .await?;
-    Ok(json!({"version": version, "changed": changed, "note": note}))
+    Ok(PolicyActivated {
+        version,
+        changed,
+        note,
+    })
 }
 
 pub(crate) async fn find_set(app: &App, version: i64) -> Result<PolicySetRecord, PolicySetError> {
