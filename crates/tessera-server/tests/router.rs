@@ -105,6 +105,31 @@ impl Server {
         body(r).await
     }
 
+    /// A form posted as the test client (`client_secret_basic`).
+    async fn as_client(
+        &self,
+        path: &str,
+        secret: &str,
+        form: &[(&str, &str)],
+    ) -> reqwest::Response {
+        self.http
+            .post(self.at(path))
+            .basic_auth("caller-client", Some(secret))
+            .form(form)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// `GET` on the admin API over HTTP, with `credential` as the bearer.
+    async fn admin_get(&self, path: &str, credential: Option<&str>) -> (StatusCode, Value) {
+        let mut req = self.http.get(self.at(path));
+        if let Some(c) = credential {
+            req = req.bearer_auth(c);
+        }
+        body(req.send().await.unwrap()).await
+    }
+
     /// Applies the test mesh and issues the client's secret.
     async fn with_mesh(&self) -> String {
         let state = tessera_core::manifest::parse_str(Path::new("mesh.toml"), MESH).unwrap();
@@ -287,16 +312,15 @@ async fn token_endpoint_errors_are_rfc6749() {
     // The genuine request: a token, not cached; under the trust domain's own path too.
     for path in ["/token", "/example.org/token"] {
         let r = s
-            .http
-            .post(s.at(path))
-            .basic_auth("caller-client", Some(&secret))
-            .form(&[
-                ("grant_type", "client_credentials"),
-                ("audience", "spiffe://example.org/prod/target"),
-            ])
-            .send()
-            .await
-            .unwrap();
+            .as_client(
+                path,
+                &secret,
+                &[
+                    ("grant_type", "client_credentials"),
+                    ("audience", "spiffe://example.org/prod/target"),
+                ],
+            )
+            .await;
         assert_eq!(r.headers()["cache-control"], "no-store");
         let (st, v) = body(r).await;
         assert_eq!(st, StatusCode::OK, "{path}: {v}");
@@ -355,16 +379,15 @@ async fn introspection_and_revocation() {
     let s = Server::start().await;
     let secret = s.with_mesh().await;
     let r = s
-        .http
-        .post(s.at("/token"))
-        .basic_auth("caller-client", Some(&secret))
-        .form(&[
-            ("grant_type", "client_credentials"),
-            ("audience", "spiffe://example.org/prod/target"),
-        ])
-        .send()
-        .await
-        .unwrap();
+        .as_client(
+            "/token",
+            &secret,
+            &[
+                ("grant_type", "client_credentials"),
+                ("audience", "spiffe://example.org/prod/target"),
+            ],
+        )
+        .await;
     let token = body(r).await.1["access_token"].as_str().unwrap().to_owned();
 
     let (st, v) = s.form("/introspect", &format!("token={token}")).await;
@@ -384,14 +407,7 @@ async fn introspection_and_revocation() {
     assert_eq!(v["active"], true);
     assert_eq!(v["sub"], "spiffe://example.org/prod/caller");
     // `token` is required.
-    let r = s
-        .http
-        .post(s.at("/introspect"))
-        .basic_auth("caller-client", Some(&secret))
-        .form(&[("x", "y")])
-        .send()
-        .await
-        .unwrap();
+    let r = s.as_client("/introspect", &secret, &[("x", "y")]).await;
     let (st, v) = body(r).await;
     assert_eq!(
         (st, error_of(&v)),
@@ -400,13 +416,8 @@ async fn introspection_and_revocation() {
 
     // RFC 7009: revoked by its holder, then inactive; the revocation list names its jti.
     let r = s
-        .http
-        .post(s.at("/revoke"))
-        .basic_auth("caller-client", Some(&secret))
-        .form(&[("token", token.as_str())])
-        .send()
-        .await
-        .unwrap();
+        .as_client("/revoke", &secret, &[("token", token.as_str())])
+        .await;
     assert_eq!(r.status(), StatusCode::OK);
     let (_, v) = body(introspect().await.unwrap()).await;
     assert_eq!(v, json!({"active": false}));
@@ -418,13 +429,7 @@ async fn introspection_and_revocation() {
 #[tokio::test]
 async fn admin_over_http_needs_the_credential() {
     let s = Server::start().await;
-    let r = s
-        .http
-        .get(s.at("/admin/v1/get/workloads"))
-        .send()
-        .await
-        .unwrap();
-    let (st, v) = body(r).await;
+    let (st, v) = s.admin_get("/admin/v1/get/workloads", None).await;
     assert_eq!(
         (st, error_of(&v)),
         (StatusCode::UNAUTHORIZED, "invalid_client")
@@ -449,24 +454,10 @@ async fn admin_over_http_needs_the_credential() {
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
 
     s.with_mesh().await;
-    let r = s
-        .http
-        .get(s.at("/admin/v1/get/workloads"))
-        .bearer_auth(&s.admin)
-        .send()
-        .await
-        .unwrap();
-    let (st, v) = body(r).await;
+    let (st, v) = s.admin_get("/admin/v1/get/workloads", Some(&s.admin)).await;
     assert_eq!(st, StatusCode::OK);
     assert_eq!(v.as_array().unwrap().len(), 2);
-    let r = s
-        .http
-        .get(s.at("/admin/v1/get/nothing"))
-        .bearer_auth(&s.admin)
-        .send()
-        .await
-        .unwrap();
-    let (st, v) = body(r).await;
+    let (st, v) = s.admin_get("/admin/v1/get/nothing", Some(&s.admin)).await;
     assert_eq!((st, error_of(&v)), (StatusCode::NOT_FOUND, "not_found"));
     // Typed refusals from the domain floor reach HTTP through error.rs.
     let (st, v) = s
