@@ -22,7 +22,7 @@ use tessera_core::{AgentId, SpiffeId, TrustDomain};
 use tessera_store::{AgentRecord, AuditEvent, AuditKind, Op, Outcome, StoreError, SvidRecord};
 
 use crate::app::{App, Snapshot};
-use crate::domain::caller::{in_good_standing, registration, visible};
+use crate::domain::caller::{in_good_standing, registration, visible, CallerError};
 use crate::domain::issue::{self, GrantType, IssueRequest, MintOptions};
 use crate::error::ApiError;
 use crate::extract::AgentCaller;
@@ -284,8 +284,19 @@ async fn get_sync(
     }))
 }
 
+/// Why one item of a sign batch got no SVID (the others still may).
+#[derive(Debug, thiserror::Error)]
+enum ItemError {
+    #[error(transparent)]
+    NotRegistered(#[from] CallerError),
+    #[error("`csr` is not base64")]
+    NotBase64,
+    #[error(transparent)]
+    Refused(#[from] tessera_ca::CaError),
+}
+
 /// A CSR to sign and the lifetime to give it, or why not.
-type SignJob = Result<(Vec<u8>, i64), String>;
+type SignJob = Result<(Vec<u8>, i64), ItemError>;
 
 /// `POST /agent/v1/sign`: X.509-SVIDs for workloads registered to this agent, from CSRs made
 /// on the node (private keys never leave it). Signed on blocking threads, recorded and audited
@@ -314,11 +325,11 @@ async fn post_sign(
         .into_iter()
         .map(|item| {
             let job = registration(&snap, &agent, &item.spiffe_id)
-                .map_err(|e| e.to_string())
+                .map_err(ItemError::from)
                 .and_then(|reg| {
                     let csr = STANDARD
                         .decode(&item.csr)
-                        .map_err(|_| "`csr` is not base64".to_owned())?;
+                        .map_err(|_| ItemError::NotBase64)?;
                     Ok((csr, i64::try_from(reg.x509_ttl_secs).unwrap_or(3600)))
                 });
             (item.spiffe_id, job)
@@ -338,7 +349,7 @@ async fn post_sign(
             part.into_iter()
                 .map(|(id, job)| {
                     let out = job.and_then(|(csr, ttl)| {
-                        ca.sign_csr(&csr, &id, now, ttl).map_err(|e| e.to_string())
+                        ca.sign_csr(&csr, &id, now, ttl).map_err(ItemError::from)
                     });
                     (id, out)
                 })
@@ -377,6 +388,8 @@ async fn post_sign(
                     });
                 }
                 Err(e) => {
+                    // The reason goes on the wire and into the record as text.
+                    let e = e.to_string();
                     events.push(AuditEvent {
                         kind: AuditKind::SvidDenied,
                         actor: agent.spiffe_id.to_string(),
