@@ -11,7 +11,7 @@ use crate::api::oauth::delegation;
 use crate::api::oauth::form::Form;
 use crate::app::{App, Issuer, Snapshot};
 use crate::domain::federation::{verify_outside, Refusal, LEEWAY};
-use crate::domain::issue::{self, GrantType, IssueError, IssueRequest, MintOptions, OAuthCode};
+use crate::domain::issue::{self, GrantType, IssueError, MintOptions, OAuthCode};
 use crate::error::ApiError;
 use crate::tls::ConnInfo;
 
@@ -124,31 +124,28 @@ async fn federated(
     detail.insert("outside_iss".into(), mapped.trust.issuer.clone().into());
     detail.insert("outside_sub".into(), mapped.subject.clone().into());
     detail.insert("rule".into(), (mapped.rule + 1).into());
-    let req = IssueRequest {
-        caller: mapped.workload.clone(),
-        client_id: client_id.clone(),
-        auth: "federation",
+    let mut req = form.issue_request(
+        conn,
+        mapped.workload.clone(),
+        client_id.clone(),
+        "federation",
         grant_type,
-        targets: form.targets().to_vec(),
-        scope: form.get("scope").map(str::to_owned),
-        source_ip: conn.source_ip,
-        options: MintOptions {
-            context: tessera_policy::IssueContext {
-                actor: None,
-                trust: Some(trust.clone()),
-            },
-            detail,
-            subject_iat: numeric_date(&mapped.claims, "iat").ok().flatten(),
-            ..MintOptions::default()
+    );
+    req.options = MintOptions {
+        context: tessera_policy::IssueContext {
+            actor: None,
+            trust: Some(trust.clone()),
         },
-        audit_actor: None,
-        // Single use where the trust asks: the outside token is claimed with the request's record.
-        claim: mapped.trust.single_use.then(|| AssertionClaim {
-            client_id,
-            jti: mapped.replay_key.clone(),
-            expires_at: mapped.exp + LEEWAY,
-        }),
+        detail,
+        subject_iat: numeric_date(&mapped.claims, "iat").ok().flatten(),
+        ..MintOptions::default()
     };
+    // Single use where the trust asks: the outside token is claimed with the request's record.
+    req.claim = mapped.trust.single_use.then(|| AssertionClaim {
+        client_id,
+        jti: mapped.replay_key.clone(),
+        expires_at: mapped.exp + LEEWAY,
+    });
     match issue::commit(app, snap, issuer, &req).await {
         Ok(minted) => Ok(minted.response()),
         Err(IssueError::Replayed) => {

@@ -7,8 +7,11 @@ use axum::body::Bytes;
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::Response;
 
-use crate::domain::issue::OAuthCode;
+use tessera_core::SpiffeId;
+
+use crate::domain::issue::{GrantType, IssueRequest, MintOptions, OAuthCode};
 use crate::error::ApiError;
+use crate::tls::ConnInfo;
 
 /// A parsed `application/x-www-form-urlencoded` body. RFC 6749 §3.2: parameters must not
 /// repeat (except the RFC 8707/8693 target parameters); empty values count as absent.
@@ -56,6 +59,30 @@ impl Form {
 
     pub fn get(&self, name: &str) -> Option<&str> {
         self.params.get(name).map(String::as_str)
+    }
+
+    /// The issuance request of a token-endpoint grant: its targets and scope from this form, the
+    /// address from the connection; options and claim as the grant sets them.
+    pub(crate) fn issue_request(
+        &self,
+        conn: &ConnInfo,
+        caller: SpiffeId,
+        client_id: String,
+        auth: &'static str,
+        grant_type: GrantType,
+    ) -> IssueRequest {
+        IssueRequest {
+            caller,
+            client_id,
+            auth,
+            grant_type,
+            targets: self.targets.clone(),
+            scope: self.get("scope").map(str::to_owned),
+            source_ip: conn.source_ip,
+            options: MintOptions::default(),
+            audit_actor: None,
+            claim: None,
+        }
     }
 
     /// The `audience` and `resource` values, in order.

@@ -19,7 +19,7 @@ use crate::api::oauth::client_auth::{
 use crate::api::oauth::federated;
 use crate::api::oauth::form::{no_store, truncate, Form};
 use crate::app::{App, Issuer, Snapshot};
-use crate::domain::issue::{self, GrantType, IssueError, IssueRequest, MintOptions, OAuthCode};
+use crate::domain::issue::{self, GrantType, IssueError, MintOptions, OAuthCode};
 use crate::error::ApiError;
 use crate::extract::IssuerPath;
 use crate::metrics::IssueLabels;
@@ -91,30 +91,6 @@ fn count(app: &App, grant_type: &'static str, result: &'static str) {
         .inc();
 }
 
-/// The issuance request of a token-endpoint grant: its targets, scope and address from the form
-/// and the connection.
-pub(crate) fn issue_request(
-    form: &Form,
-    conn: &ConnInfo,
-    caller: tessera_core::SpiffeId,
-    client_id: String,
-    auth: &'static str,
-    grant_type: GrantType,
-) -> IssueRequest {
-    IssueRequest {
-        caller,
-        client_id,
-        auth,
-        grant_type,
-        targets: form.targets().to_vec(),
-        scope: form.get("scope").map(str::to_owned),
-        source_ip: conn.source_ip,
-        options: MintOptions::default(),
-        audit_actor: None,
-        claim: None,
-    }
-}
-
 async fn client_credentials(
     app: &App,
     snap: &Snapshot,
@@ -135,8 +111,7 @@ async fn client_credentials(
         .clients
         .get(&client.id)
         .ok_or_else(|| ApiError::unavailable("authenticated client vanished"))?;
-    let mut req = issue_request(
-        form,
+    let mut req = form.issue_request(
         conn,
         entry.spec.workload.clone(),
         client.id.clone(),
@@ -196,8 +171,7 @@ async fn tls_client_credentials(
         // A keep-alive connection can outlast its certificate.
         _ => return Err(fail("the client certificate has expired").await),
     };
-    let mut req = issue_request(
-        form,
+    let mut req = form.issue_request(
         conn,
         id.clone(),
         id.to_string(),
