@@ -7,6 +7,13 @@
 //! the start time is checked again after the slow reads (the executable's digest) and on every
 //! later request, so a process that exits mid-attestation is never attested in its successor's
 //! name.
+//!
+//! Exec after connect: a pid and a start time survive `execve`, so a process could connect,
+//! fork, and exec a workload's binary while its child talks on the inherited connection. A
+//! [`Binding`] is therefore made at accept (the peer's pidfd, its executable's device and
+//! inode, its start time, and the inode of the socket at its end) and [`Binding::check`]ed on
+//! every request and every message of a stream: the image must be the one it connected with,
+//! and every process holding the connection must run that same image as the same user.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -26,6 +33,122 @@ pub enum AttestError {
     NoPeer,
     #[error("no process owns the connection from `{0}`")]
     NoSocketOwner(String),
+    #[error("process {0} executed another program after it connected")]
+    ImageChanged(i32),
+    #[error("the connection is also held by process {holder}, which is not the process that connected ({pid})")]
+    ForeignHolder { pid: i32, holder: i32 },
+    #[error("the connection's other end cannot be found in the kernel's socket tables")]
+    Unbound,
+}
+
+/// An executable image: the device and inode behind `/proc/PID/exe`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImageId {
+    dev: u64,
+    ino: u64,
+}
+
+/// The image `pid` runs now.
+pub fn image_of(pid: i32) -> Result<ImageId, AttestError> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(format!("/proc/{pid}/exe")).map_err(|_| AttestError::Gone(pid))?;
+    Ok(ImageId {
+        dev: m.dev(),
+        ino: m.ino(),
+    })
+}
+
+/// The effective uid of `pid`.
+fn euid_of(pid: i32) -> Option<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// What was true of a connection's peer when it was accepted, checked again on every use.
+#[derive(Debug, Clone)]
+pub struct Binding {
+    pub peer: Peer,
+    image: ImageId,
+    start_ticks: u64,
+    /// The process itself (where the kernel gives a pidfd): it cannot be confused with a later
+    /// process that reuses the pid.
+    pidfd: Option<std::sync::Arc<std::os::fd::OwnedFd>>,
+    /// The inode of the socket at the peer's end.
+    socket: u64,
+}
+
+impl Binding {
+    /// Binds a connection to its peer as it is now. `socket`: the inode of the peer's end.
+    pub fn new(
+        peer: Peer,
+        pidfd: Option<std::os::fd::OwnedFd>,
+        socket: Option<u64>,
+    ) -> Result<Self, AttestError> {
+        if peer.pid <= 0 {
+            return Err(AttestError::NoPeer);
+        }
+        let socket = socket.ok_or(AttestError::Unbound)?;
+        let start_ticks = start_ticks(peer.pid)?;
+        if start_ticks as f64 / clock_ticks() > peer.accepted_uptime + 0.01 {
+            return Err(AttestError::PidReused(peer.pid));
+        }
+        let b = Self {
+            peer,
+            image: image_of(peer.pid)?,
+            start_ticks,
+            pidfd: pidfd.map(std::sync::Arc::new),
+            socket,
+        };
+        b.check()?;
+        Ok(b)
+    }
+
+    /// The peer is still the process that connected, running the image it connected with, and
+    /// no other program holds the connection.
+    pub fn check(&self) -> Result<(), AttestError> {
+        let pid = self.peer.pid;
+        if let Some(fd) = &self.pidfd {
+            if pidfd_pid(fd) != Some(pid) {
+                return Err(AttestError::Gone(pid));
+            }
+        }
+        if start_ticks(pid)? != self.start_ticks {
+            return Err(AttestError::PidReused(pid));
+        }
+        if image_of(pid)? != self.image {
+            return Err(AttestError::ImageChanged(pid));
+        }
+        for holder in crate::sockets::holders(self.socket) {
+            if holder == pid {
+                continue;
+            }
+            let same = image_of(holder).is_ok_and(|i| i == self.image)
+                && euid_of(holder) == Some(self.peer.uid);
+            if !same {
+                return Err(AttestError::ForeignHolder { pid, holder });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The pid a pidfd refers to, from `/proc/self/fdinfo` (`-1`, so `None`, once it has exited).
+fn pidfd_pid(fd: &std::os::fd::OwnedFd) -> Option<i32> {
+    use std::os::fd::AsRawFd;
+    std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd()))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("Pid:"))?
+        .trim()
+        .parse()
+        .ok()
+        .filter(|p: &i32| *p > 0)
 }
 
 /// What the kernel says about the peer when the connection is accepted.
@@ -194,11 +317,6 @@ pub fn attest(peer: Peer, cache: &DigestCache, want_digest: bool) -> Result<Proc
 }
 
 impl Process {
-    /// Whether the process is still the one that was attested.
-    pub fn still_alive(&self) -> bool {
-        start_ticks(self.pid).is_ok_and(|t| t == self.start_ticks)
-    }
-
     /// Whether every selector matches (an empty list matches nothing: a registration without
     /// selectors is never handed out by an agent).
     pub fn matches_all(&self, selectors: &[Selector]) -> bool {
@@ -227,11 +345,14 @@ pub fn tcp_peer(
     peer: std::net::SocketAddr,
     local: std::net::SocketAddr,
     accepted_uptime: f64,
-) -> Result<Peer, AttestError> {
+) -> Result<Binding, AttestError> {
     let (uid, inode) =
         find_tcp_socket(peer, local).ok_or_else(|| AttestError::NoSocketOwner(peer.to_string()))?;
-    let pid =
-        pid_holding_socket(inode).ok_or_else(|| AttestError::NoSocketOwner(peer.to_string()))?;
+    // The oldest holder is the one that connected (a forked child has a larger start time).
+    let pid = crate::sockets::holders(inode)
+        .into_iter()
+        .min_by_key(|p| start_ticks(*p).unwrap_or(u64::MAX))
+        .ok_or_else(|| AttestError::NoSocketOwner(peer.to_string()))?;
     let gid = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
@@ -240,12 +361,16 @@ pub fn tcp_peer(
                 .and_then(|g| g.split_whitespace().next()?.parse().ok())
         })
         .ok_or(AttestError::Gone(pid))?;
-    Ok(Peer {
-        pid,
-        uid,
-        gid,
-        accepted_uptime,
-    })
+    Binding::new(
+        Peer {
+            pid,
+            uid,
+            gid,
+            accepted_uptime,
+        },
+        None,
+        Some(inode),
+    )
 }
 
 /// `/proc/net/tcp` writes addresses as hex of the in-memory (host order per 32-bit word) bytes.
@@ -291,28 +416,6 @@ fn find_tcp_socket(peer: std::net::SocketAddr, local: std::net::SocketAddr) -> O
     None
 }
 
-fn pid_holding_socket(inode: u64) -> Option<i32> {
-    let target = format!("socket:[{inode}]");
-    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
-            continue;
-        };
-        for fd in fds.flatten() {
-            if std::fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == target.as_str()) {
-                return Some(pid);
-            }
-        }
-    }
-    None
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -330,7 +433,6 @@ mod tests {
     #[test]
     fn attests_this_process() {
         let p = me();
-        assert!(p.still_alive());
         let exe = std::env::current_exe().unwrap();
         assert_eq!(p.exe.as_deref(), Some(exe.as_path()));
         let bytes = std::fs::read(&exe).unwrap();
@@ -385,7 +487,7 @@ mod tests {
         let client = std::net::TcpStream::connect(local).unwrap();
         let (_server_side, peer) = listener.accept().unwrap();
         assert_eq!(peer, client.local_addr().unwrap());
-        let found = tcp_peer(peer, local, uptime()).unwrap();
+        let found = tcp_peer(peer, local, uptime()).unwrap().peer;
         assert_eq!(found.pid, i32::try_from(std::process::id()).unwrap());
         assert_eq!(found.uid, nix::unistd::getuid().as_raw());
         let nobody: std::net::SocketAddr = "127.0.0.1:1".parse().unwrap();

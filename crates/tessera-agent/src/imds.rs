@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, Query, State};
+use axum::extract::{Extension, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -17,8 +17,12 @@ use serde_json::json;
 use tessera_core::SpiffeId;
 use tokio::net::TcpListener;
 
-use crate::attest;
+use crate::attest::{self, Binding};
 use crate::{Agent, AgentError};
+
+/// The connection's peer as bound at accept, or why it could not be.
+#[derive(Clone)]
+struct Bound(Arc<Result<Binding, String>>);
 
 pub(crate) async fn bind(addr: SocketAddr) -> Result<TcpListener, AgentError> {
     if !addr.ip().is_loopback() {
@@ -37,6 +41,8 @@ struct Ctx {
     local: SocketAddr,
 }
 
+/// Serves the endpoint: every connection admitted by the listener's gate and bound to the
+/// process at its other end when it is accepted.
 pub(crate) async fn serve(agent: Arc<Agent>, listener: TcpListener) {
     let Ok(local) = listener.local_addr() else {
         return;
@@ -45,13 +51,35 @@ pub(crate) async fn serve(agent: Arc<Agent>, listener: TcpListener) {
         .route("/metadata/identity/oauth2/token", get(imds_token))
         .route("/msi/token", get(app_service_token))
         .with_state(Ctx { agent, local });
-    if let Err(e) = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .await
-    {
-        tracing::error!(error = %e, "the managed-identity endpoint stopped");
+    let gate = tessera_listen::Gate::new(tessera_listen::Limits::from_nofile(0.25));
+    let mut backoff = tessera_listen::Backoff::new("managed identity");
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(s) => {
+                backoff.accepted();
+                s
+            }
+            Err(e) => {
+                backoff.failed(&e).await;
+                continue;
+            }
+        };
+        // Refused: closed at once (every connection has a request in flight).
+        let Ok(ticket) = gate.admit(tessera_listen::Source::Ip(peer.ip())) else {
+            continue;
+        };
+        let app = app.clone();
+        tokio::spawn(async move {
+            let uptime = attest::uptime();
+            let binding = tokio::task::spawn_blocking(move || {
+                attest::tcp_peer(peer, local, uptime).map_err(|e| e.to_string())
+            })
+            .await
+            .unwrap_or_else(|_| Err("attestation could not run".into()));
+            let app = app.layer(Extension(Bound(Arc::new(binding))));
+            let service = hyper_util::service::TowerToHyperService::new(app);
+            tessera_listen::serve_http(stream, service, ticket, std::future::pending()).await;
+        });
     }
 }
 
@@ -80,7 +108,7 @@ enum Protocol {
 
 async fn imds_token(
     State(ctx): State<Ctx>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Extension(bound): Extension<Bound>,
     headers: HeaderMap,
     Query(q): Query<TokenQuery>,
 ) -> Response {
@@ -92,12 +120,12 @@ async fn imds_token(
             "Required metadata header not specified",
         );
     }
-    token(ctx, peer, headers, q, Protocol::Imds, "2018-02-01").await
+    token(ctx, bound, headers, q, Protocol::Imds, "2018-02-01").await
 }
 
 async fn app_service_token(
     State(ctx): State<Ctx>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Extension(bound): Extension<Bound>,
     headers: HeaderMap,
     Query(q): Query<TokenQuery>,
 ) -> Response {
@@ -111,23 +139,71 @@ async fn app_service_token(
             "Required header X-IDENTITY-HEADER not specified",
         );
     }
-    token(ctx, peer, headers, q, Protocol::AppService, "2019-08-01").await
+    token(ctx, bound, headers, q, Protocol::AppService, "2019-08-01").await
+}
+
+/// Headers only a proxy or a relay adds: a request carrying one was relayed (SSRF), and the
+/// identity is the connecting process's, not its client's.
+const RELAY_HEADERS: [&str; 6] = [
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "forwarded",
+    "x-real-ip",
+    "via",
+];
+
+/// The `Host` a local client sends: the listen address, or `localhost` on its port. Any other
+/// name is a browser led here by DNS rebinding.
+fn host_is_local(headers: &HeaderMap, local: SocketAddr) -> bool {
+    let Some(host) = headers.get("host").and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let host = host.to_ascii_lowercase();
+    let port = local.port();
+    [
+        local.to_string(),
+        format!("localhost:{port}"),
+        // A client may omit the port only when it is the scheme's default.
+        if port == 80 {
+            local.ip().to_string()
+        } else {
+            String::new()
+        },
+        if port == 80 {
+            "localhost".to_owned()
+        } else {
+            String::new()
+        },
+    ]
+    .iter()
+    .any(|h| !h.is_empty() && *h == host)
 }
 
 async fn token(
     ctx: Ctx,
-    peer: SocketAddr,
+    bound: Bound,
     headers: HeaderMap,
     q: TokenQuery,
     protocol: Protocol,
     version: &str,
 ) -> Response {
-    // A request relayed by a proxy (SSRF) is refused: the identity is the connecting process's.
-    if headers.contains_key("x-forwarded-for") {
+    if let Some(h) = RELAY_HEADERS.iter().find(|h| headers.contains_key(**h)) {
         return error(
             StatusCode::BAD_REQUEST,
             "invalid_request",
-            "requests carrying X-Forwarded-For are refused",
+            &format!("requests carrying `{h}` are refused: they were relayed"),
+        );
+    }
+    if !host_is_local(&headers, ctx.local) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            &format!(
+                "the Host header must be `{}` or `localhost:{}`",
+                ctx.local,
+                ctx.local.port()
+            ),
         );
     }
     if q.api_version.as_deref() != Some(version) {
@@ -144,12 +220,14 @@ async fn token(
             "resource must be specified",
         );
     };
-    let uptime = attest::uptime();
-    let local = ctx.local;
     let agent = ctx.agent.clone();
     let attested = tokio::task::spawn_blocking(move || {
-        let p = attest::tcp_peer(peer, local, uptime)?;
-        attest::attest(p, agent.digests(), agent.state().want_digest)
+        let binding = bound.0.as_ref().as_ref().map_err(Clone::clone)?;
+        binding.check().map_err(|e| e.to_string())?;
+        let p = attest::attest(binding.peer, agent.digests(), agent.state().want_digest)
+            .map_err(|e| e.to_string())?;
+        binding.check().map_err(|e| e.to_string())?;
+        Ok::<_, String>(p)
     })
     .await;
     let process = match attested {

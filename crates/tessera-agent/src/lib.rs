@@ -17,6 +17,7 @@ use tokio::sync::{watch, Notify};
 
 pub mod attest;
 mod imds;
+pub mod sockets;
 pub mod upstream;
 pub mod workload;
 
@@ -191,6 +192,8 @@ fn save_identity(dir: &Path, id: &Identity) -> Result<(), AgentError> {
 impl Agent {
     /// Joins (or rejoins with the SVID kept in the data folder) and loads the first state.
     pub async fn start(config: &AgentConfig) -> Result<Arc<Self>, AgentError> {
+        // Listener caps are sized from the descriptor limit: use all the system allows.
+        tessera_listen::raise_nofile_limit();
         let dir = &config.data_dir;
         if !dir.exists() {
             std::fs::DirBuilder::new()

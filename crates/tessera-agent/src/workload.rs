@@ -14,7 +14,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tonic::transport::server::Connected;
 use tonic::{Request, Response, Status};
 
-use crate::attest::{self, Peer, Process};
+use crate::attest::{self, Binding, Peer, Process};
 use crate::proto::spiffe_workload_api_server::{SpiffeWorkloadApi, SpiffeWorkloadApiServer};
 use crate::proto::{
     JwtBundlesRequest, JwtBundlesResponse, Jwtsvid, JwtsvidRequest, JwtsvidResponse,
@@ -64,11 +64,16 @@ pub fn bind_socket(path: &Path) -> Result<UnixListener, AgentError> {
 pub struct PeerStream {
     inner: UnixStream,
     info: PeerInfo,
+    /// The connection's place under the listener's cap, held while it is open. Streams are
+    /// long-lived by design, so a Workload API connection counts as busy and is never evicted:
+    /// past its user's share, a new connection is refused instead.
+    _place: (tessera_listen::Ticket, tessera_listen::gate::BusyGuard),
 }
 
 #[derive(Clone, Debug)]
 pub struct PeerInfo {
-    peer: Option<Peer>,
+    /// The peer as it was at accept, or why it could not be bound.
+    binding: Result<Binding, String>,
     attested: Arc<OnceLock<Process>>,
 }
 
@@ -105,7 +110,7 @@ impl AsyncWrite for PeerStream {
     }
 }
 
-fn accept(stream: UnixStream) -> PeerStream {
+fn accept(stream: UnixStream, place: tessera_listen::Ticket) -> PeerStream {
     let accepted_uptime = attest::uptime();
     let peer = stream.peer_cred().ok().and_then(|c| {
         Some(Peer {
@@ -115,20 +120,56 @@ fn accept(stream: UnixStream) -> PeerStream {
             accepted_uptime,
         })
     });
+    let binding = match peer {
+        None => Err(attest::AttestError::NoPeer.to_string()),
+        Some(peer) => {
+            // The kernel's handle on the process that connected (Linux 6.5 and later).
+            let pidfd =
+                nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerPidfd).ok();
+            let socket = crate::sockets::unix_peer_inode(&stream);
+            Binding::new(peer, pidfd, socket).map_err(|e| e.to_string())
+        }
+    };
+    let busy = place.busy();
     PeerStream {
         inner: stream,
         info: PeerInfo {
-            peer,
+            binding,
             attested: Arc::new(OnceLock::new()),
         },
+        _place: (place, busy),
     }
 }
 
+/// The Workload API's cap: a quarter of the descriptor budget, an eighth of that per user.
+fn workload_gate() -> tessera_listen::Gate {
+    let mut limits = tessera_listen::Limits::from_nofile(0.25);
+    limits.max_per_source = (limits.max_connections / 8).max(4);
+    tessera_listen::Gate::new(limits)
+}
+
 pub async fn serve(agent: Arc<Agent>, listener: UnixListener) {
-    let incoming = futures_util::stream::unfold(listener, |l| async move {
-        let next = l.accept().await.map(|(s, _)| accept(s));
-        Some((next, l))
-    });
+    let gate = workload_gate();
+    let backoff = tessera_listen::Backoff::new("workload api");
+    let incoming = futures_util::stream::unfold(
+        (listener, gate, backoff),
+        |(l, gate, mut backoff)| async move {
+            loop {
+                match l.accept().await {
+                    Ok((s, _)) => {
+                        backoff.accepted();
+                        let uid = s.peer_cred().map_or(u32::MAX, |c| c.uid());
+                        // Refused: dropped, so closed.
+                        if let Ok(place) = gate.admit(tessera_listen::Source::Uid(uid)) {
+                            let next: io::Result<PeerStream> = Ok(accept(s, place));
+                            return Some((next, (l, gate, backoff)));
+                        }
+                    }
+                    Err(e) => backoff.failed(&e).await,
+                }
+            }
+        },
+    );
     let svc = SpiffeWorkloadApiServer::new(WorkloadApi { agent });
     if let Err(e) = tonic::transport::Server::builder()
         .add_service(svc)
@@ -154,28 +195,39 @@ fn check_header<T>(req: &Request<T>) -> Result<(), Status> {
     }
 }
 
+fn refused(e: &attest::AttestError) -> Status {
+    Status::permission_denied(format!("attestation failed: {e}"))
+}
+
 impl WorkloadApi {
-    fn caller<T>(&self, req: &Request<T>) -> Result<Process, Status> {
+    /// The caller, attested: its binding checked now (before and after the slow reads of a
+    /// first attestation), so what is attested is the process that connected, as it was.
+    async fn caller<T>(&self, req: &Request<T>) -> Result<(Process, Binding), Status> {
         let info = req
             .extensions()
             .get::<PeerInfo>()
-            .ok_or_else(|| Status::permission_denied("the caller cannot be attested"))?;
-        let peer = info.peer.ok_or_else(|| {
-            Status::permission_denied("the caller cannot be attested: no peer credentials")
+            .ok_or_else(|| Status::permission_denied("the caller cannot be attested"))?
+            .clone();
+        let binding = info.binding.clone().map_err(|e| {
+            Status::permission_denied(format!("the caller cannot be attested: {e}"))
         })?;
         let want_digest = self.agent.state().want_digest;
-        if let Some(p) = info.attested.get() {
-            if !p.still_alive() {
-                return Err(Status::permission_denied("the attested process is gone"));
+        let agent = self.agent.clone();
+        tokio::task::spawn_blocking(move || {
+            binding.check().map_err(|e| refused(&e))?;
+            if let Some(p) = info.attested.get() {
+                if p.sha256.is_some() || !want_digest {
+                    return Ok((p.clone(), binding));
+                }
             }
-            if p.sha256.is_some() || !want_digest {
-                return Ok(p.clone());
-            }
-        }
-        let p = attest::attest(peer, self.agent.digests(), want_digest)
-            .map_err(|e| Status::permission_denied(format!("attestation failed: {e}")))?;
-        let _ = info.attested.set(p.clone());
-        Ok(p)
+            let p = attest::attest(binding.peer, agent.digests(), want_digest)
+                .map_err(|e| refused(&e))?;
+            binding.check().map_err(|e| refused(&e))?;
+            let _ = info.attested.set(p.clone());
+            Ok((p, binding))
+        })
+        .await
+        .map_err(|_| Status::unavailable("attestation could not run; try again"))?
     }
 }
 
@@ -184,7 +236,7 @@ impl WorkloadApi {
     /// only to attested workloads); refused at once otherwise.
     fn bundle_stream<T, B>(
         &self,
-        p: Process,
+        (p, binding): (Process, Binding),
         bundles: B,
     ) -> Result<Response<ResponseStream<T>>, Status>
     where
@@ -198,7 +250,7 @@ impl WorkloadApi {
             Ok(Some(bundles(state)))
         };
         f(&self.agent.state(), &p)?;
-        Ok(Response::new(watch_stream(&self.agent, p, f)))
+        Ok(Response::new(watch_stream(&self.agent, p, binding, f)))
     }
 }
 
@@ -243,17 +295,18 @@ fn x509_for(state: &State, p: &Process) -> Result<Option<X509svidResponse>, Stat
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 /// A stream that sends `f(state)` at once and again whenever it changes, for as long as the
-/// attested process lives. `f` returning `Ok(None)` means "nothing to send yet".
-fn watch_stream<T, F>(agent: &Agent, process: Process, f: F) -> ResponseStream<T>
+/// connection stays bound to the attested process (checked before every message). `f`
+/// returning `Ok(None)` means "nothing to send yet".
+fn watch_stream<T, F>(agent: &Agent, process: Process, binding: Binding, f: F) -> ResponseStream<T>
 where
     T: PartialEq + Clone + Send + 'static,
     F: Fn(&State, &Process) -> Result<Option<T>, Status> + Send + 'static,
 {
     let rx = agent.subscribe();
-    let init = (rx, process, f, None::<T>, true, false);
+    let init = (rx, (process, binding), f, None::<T>, true, false);
     Box::pin(futures_util::stream::unfold(
         init,
-        |(mut rx, process, f, mut last, mut first, done)| async move {
+        |(mut rx, bound, f, mut last, mut first, done)| async move {
             if done {
                 return None;
             }
@@ -262,17 +315,18 @@ where
                     return None;
                 }
                 first = false;
-                if !process.still_alive() {
-                    return None;
+                let (process, binding) = &bound;
+                if let Err(e) = binding.check() {
+                    return Some((Err(refused(&e)), (rx, bound, f, last, first, true)));
                 }
                 let state = rx.borrow_and_update().clone();
-                match f(&state, &process) {
+                match f(&state, process) {
                     Ok(Some(msg)) if last.as_ref() != Some(&msg) => {
                         last = Some(msg.clone());
-                        return Some((Ok(msg), (rx, process, f, last, first, false)));
+                        return Some((Ok(msg), (rx, bound, f, last, first, false)));
                     }
                     Ok(_) => continue,
-                    Err(status) => return Some((Err(status), (rx, process, f, last, first, true))),
+                    Err(status) => return Some((Err(status), (rx, bound, f, last, first, true))),
                 }
             }
         },
@@ -319,10 +373,15 @@ impl SpiffeWorkloadApi for WorkloadApi {
         req: Request<X509svidRequest>,
     ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
         check_header(&req)?;
-        let p = self.caller(&req)?;
+        let (p, binding) = self.caller(&req).await?;
         // Refuse at once a caller that matches nothing.
         x509_for(&self.agent.state(), &p)?;
-        Ok(Response::new(watch_stream(&self.agent, p, x509_for)))
+        Ok(Response::new(watch_stream(
+            &self.agent,
+            p,
+            binding,
+            x509_for,
+        )))
     }
 
     async fn fetch_x509_bundles(
@@ -330,7 +389,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
         req: Request<X509BundlesRequest>,
     ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
         check_header(&req)?;
-        let p = self.caller(&req)?;
+        let p = self.caller(&req).await?;
         let td = self.agent.td.to_string();
         self.bundle_stream(p, move |state| X509BundlesResponse {
             crl: Vec::new(),
@@ -343,7 +402,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
         req: Request<JwtsvidRequest>,
     ) -> Result<Response<JwtsvidResponse>, Status> {
         check_header(&req)?;
-        let p = self.caller(&req)?;
+        let (p, _) = self.caller(&req).await?;
         let body = req.get_ref();
         if body.audience.is_empty() || body.audience.iter().any(String::is_empty) {
             return Err(Status::invalid_argument("audience must be specified"));
@@ -384,7 +443,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
         req: Request<JwtBundlesRequest>,
     ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
         check_header(&req)?;
-        let p = self.caller(&req)?;
+        let p = self.caller(&req).await?;
         let td = self.agent.td.to_string();
         self.bundle_stream(p, move |state| JwtBundlesResponse {
             bundles: HashMap::from([(td.clone(), jwt_bundle(state))]),
@@ -396,7 +455,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
         req: Request<ValidateJwtsvidRequest>,
     ) -> Result<Response<ValidateJwtsvidResponse>, Status> {
         check_header(&req)?;
-        self.caller(&req)?;
+        self.caller(&req).await?;
         let body = req.get_ref();
         if body.audience.is_empty() {
             return Err(Status::invalid_argument("audience must be specified"));

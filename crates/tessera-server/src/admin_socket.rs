@@ -6,9 +6,8 @@ use std::future::Future;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use axum::extract::connect_info::Connected;
-use axum::serve::IncomingStream;
-use axum::Router;
+use axum::extract::ConnectInfo;
+use axum::{Extension, Router};
 use tokio::net::UnixListener;
 use tokio::sync::watch;
 
@@ -18,14 +17,6 @@ use crate::start_error::StartError;
 #[derive(Clone, Debug)]
 pub(crate) struct Peer {
     pub uid: Option<u32>,
-}
-
-impl Connected<IncomingStream<'_, UnixListener>> for Peer {
-    fn connect_info(stream: IncomingStream<'_, UnixListener>) -> Self {
-        Self {
-            uid: stream.io().peer_cred().ok().map(|c| c.uid()),
-        }
-    }
 }
 
 /// Binds the socket now (refusing a data folder another server is using) and returns the
@@ -55,17 +46,38 @@ pub(crate) fn serve(
         .map_err(|e| listen_err(e.to_string()))?;
     let path = path.to_path_buf();
     Ok(async move {
-        let shutdown = async move {
-            let _ = stop.wait_for(|s| *s).await;
-        };
-        if let Err(e) = axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<Peer>(),
-        )
-        .with_graceful_shutdown(shutdown)
-        .await
-        {
-            tracing::error!(error = %e, "admin socket stopped");
+        // Only the server's own user can connect (0600); the cap still bounds what it holds.
+        let gate = tessera_listen::Gate::new(tessera_listen::Limits::from_nofile(0.1));
+        let mut backoff = tessera_listen::Backoff::new("admin socket");
+        loop {
+            let accepted = tokio::select! {
+                r = listener.accept() => r,
+                _ = stop.wait_for(|s| *s) => break,
+            };
+            let stream = match accepted {
+                Ok((s, _)) => {
+                    backoff.accepted();
+                    s
+                }
+                Err(e) => {
+                    backoff.failed(&e).await;
+                    continue;
+                }
+            };
+            let uid = stream.peer_cred().ok().map(|c| c.uid());
+            let Ok(ticket) = gate.admit(tessera_listen::Source::Uid(uid.unwrap_or(u32::MAX)))
+            else {
+                continue;
+            };
+            let router = router.clone().layer(Extension(ConnectInfo(Peer { uid })));
+            let mut stop = stop.clone();
+            tokio::spawn(async move {
+                let service = hyper_util::service::TowerToHyperService::new(router);
+                let stopped = async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                };
+                tessera_listen::serve_http(stream, service, ticket, stopped).await;
+            });
         }
         let _ = std::fs::remove_file(path);
     })

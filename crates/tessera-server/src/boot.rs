@@ -79,6 +79,9 @@ pub async fn start(
     kek_source: Option<KekSource>,
 ) -> Result<Running, StartError> {
     let config = config.finish()?;
+    // Connections are capped from the descriptor limit: use all the system allows.
+    let nofile = tessera_listen::raise_nofile_limit();
+    tracing::debug!(nofile, "descriptor limit");
     prepare_data_dir(&config.data_dir)?;
     let (kek, kek_created) = keys::load_kek(kek_source.as_ref(), &config.data_dir)?;
     let store = match &config.database_url {
@@ -270,6 +273,7 @@ pub async fn start(
             tls.config,
             app.config.dev,
             router::api_router(app.clone()),
+            tessera_listen::Gate::new(tessera_listen::Limits::from_nofile(0.75)),
             stop_rx.clone(),
         )),
         tokio::spawn(socket),

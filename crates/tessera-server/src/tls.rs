@@ -7,8 +7,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use axum::Router;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -116,26 +114,39 @@ fn generate(
 const TLS_HANDSHAKE: u8 = 0x16;
 
 /// Serves `router` on `tcp` until `stop`: TLS (and plain HTTP first-byte sniffed, with
-/// `allow_plain`), each connection on its own task.
+/// `allow_plain`), each connection on its own task, admitted by `gate` (which closes the
+/// oldest idle connection when the cap is reached, so held-open connections cannot lock
+/// legitimate clients out).
 pub(crate) async fn serve(
     tcp: tokio::net::TcpListener,
     config: Arc<rustls::ServerConfig>,
     allow_plain: bool,
     router: Router,
+    gate: tessera_listen::Gate,
     mut stop: watch::Receiver<bool>,
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let mut backoff = tessera_listen::Backoff::new("api");
+    let handshake_timeout = gate.limits().handshake_timeout;
     {
         loop {
-            let (stream, peer) = tokio::select! {
-                r = tcp.accept() => match r {
-                    Ok(s) => s,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        continue;
-                    }
-                },
+            let accepted = tokio::select! {
+                r = tcp.accept() => r,
                 _ = stop.wait_for(|s| *s) => return,
+            };
+            let (stream, peer) = match accepted {
+                Ok(s) => {
+                    backoff.accepted();
+                    s
+                }
+                Err(e) => {
+                    backoff.failed(&e).await;
+                    continue;
+                }
+            };
+            // Refused (every connection has a request in flight): dropped, so closed.
+            let Ok(ticket) = gate.admit(tessera_listen::Source::Ip(peer.ip())) else {
+                continue;
             };
             let _ = stream.set_nodelay(true);
             let source = SourceIp(peer.ip());
@@ -144,25 +155,23 @@ pub(crate) async fn serve(
             tokio::spawn(async move {
                 if allow_plain {
                     let mut first = [0u8; 1];
-                    let peeked = tokio::time::timeout(
-                        std::time::Duration::from_secs(10),
-                        stream.peek(&mut first),
-                    )
-                    .await;
+                    let peeked = tokio::select! {
+                        r = tokio::time::timeout(handshake_timeout, stream.peek(&mut first)) => r,
+                        () = ticket.evicted() => return,
+                    };
                     match peeked {
                         Ok(Ok(1)) if first[0] != TLS_HANDSHAKE => {
-                            serve_connection(TokioIo::new(stream), router, source).await;
+                            serve_connection(stream, router, source, ticket).await;
                             return;
                         }
                         Ok(Ok(1)) => {}
                         _ => return,
                     }
                 }
-                let handshake = tokio::time::timeout(
-                    std::time::Duration::from_secs(10),
-                    acceptor.accept(stream),
-                )
-                .await;
+                let handshake = tokio::select! {
+                    r = tokio::time::timeout(handshake_timeout, acceptor.accept(stream)) => r,
+                    () = ticket.evicted() => return,
+                };
                 let Ok(Ok(tls)) = handshake else {
                     tracing::debug!("TLS handshake failed or timed out");
                     return;
@@ -174,7 +183,7 @@ pub(crate) async fn serve(
                     Some(p) => router.layer(axum::Extension(p)),
                     None => router,
                 };
-                serve_connection(TokioIo::new(tls), router, source).await;
+                serve_connection(tls, router, source, ticket).await;
             });
         }
     }
@@ -206,8 +215,12 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ConnInfo {
     }
 }
 
-async fn serve_connection<I>(io: TokioIo<I>, router: Router, source: SourceIp)
-where
+async fn serve_connection<I>(
+    io: I,
+    router: Router,
+    source: SourceIp,
+    ticket: tessera_listen::Ticket,
+) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let router = tower::Layer::layer(
@@ -220,10 +233,5 @@ where
         router,
     );
     let service = TowerToHyperService::new(router);
-    if let Err(e) = auto::Builder::new(TokioExecutor::new())
-        .serve_connection(io, service)
-        .await
-    {
-        tracing::debug!(error = %e, "connection ended with an error");
-    }
+    tessera_listen::serve_http(io, service, ticket, std::future::pending()).await;
 }

@@ -93,6 +93,26 @@ pub(crate) fn server_on(data: &Path, db: Option<&str>, extra: &[&str]) -> Server
     }
 }
 
+/// Starts `tessera server --dev` on SQLite in `data`, limited to `nofile` descriptors (soft and
+/// hard, so the server cannot raise it).
+pub(crate) fn server_limited(data: &Path, nofile: u32) -> Server {
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(format!("ulimit -n {nofile} && exec \"$0\" \"$@\""))
+        .arg(BIN)
+        .args(["server", "--dev", "--listen", "127.0.0.1:0", "--data"])
+        .arg(data)
+        .env("TESSERA_LOG", "warn");
+    let proc = spawn_ready(cmd, "tessera: ready url=");
+    Server {
+        url: proc.ready.clone(),
+        proc,
+        data: data.to_path_buf(),
+        db: None,
+        _dir: None,
+    }
+}
+
 /// Runs an admin or user command against the server's data folder.
 pub(crate) fn tessera(data: &Path, args: &[&str]) -> Output {
     Command::new(BIN)

@@ -1,0 +1,151 @@
+//! The kernel's view of a connection's other end: which socket it is (the `sock_diag` netlink
+//! interface for unix sockets, as `ss -x` asks it) and every process that holds it (the
+//! `socket:[INODE]` links under `/proc/*/fd`, as `ss -p` finds them).
+
+use std::os::fd::{AsFd, AsRawFd};
+
+use nix::sys::socket::{
+    recv, sendto, socket, AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType,
+};
+
+const SOCK_DIAG_BY_FAMILY: u16 = 20;
+const NLM_F_REQUEST: u16 = 1;
+const NLMSG_ERROR: u16 = 2;
+const AF_UNIX: u8 = 1;
+const UDIAG_SHOW_PEER: u32 = 4;
+const UNIX_DIAG_PEER: u16 = 2;
+/// `struct nlmsghdr` and `struct unix_diag_msg`.
+const NLMSG_HDR_LEN: usize = 16;
+const UNIX_DIAG_MSG_LEN: usize = 16;
+
+/// The inode of the socket at the other end of the unix stream `local` (the server side).
+pub fn unix_peer_inode(local: &impl AsFd) -> Option<u64> {
+    let ino = u32::try_from(nix::sys::stat::fstat(local.as_fd()).ok()?.st_ino).ok()?;
+    let nl = socket(
+        AddressFamily::Netlink,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        SockProtocol::NetlinkSockDiag,
+    )
+    .ok()?;
+    let mut req = Vec::with_capacity(40);
+    req.extend_from_slice(&40u32.to_ne_bytes());
+    req.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    req.extend_from_slice(&NLM_F_REQUEST.to_ne_bytes());
+    req.extend_from_slice(&1u32.to_ne_bytes()); // sequence
+    req.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel
+                                                // struct unix_diag_req: family, protocol, pad, states (all), inode, show, cookie (any).
+    req.extend_from_slice(&[AF_UNIX, 0, 0, 0]);
+    req.extend_from_slice(&u32::MAX.to_ne_bytes());
+    req.extend_from_slice(&ino.to_ne_bytes());
+    req.extend_from_slice(&UDIAG_SHOW_PEER.to_ne_bytes());
+    req.extend_from_slice(&u32::MAX.to_ne_bytes());
+    req.extend_from_slice(&u32::MAX.to_ne_bytes());
+    sendto(
+        nl.as_raw_fd(),
+        &req,
+        &NetlinkAddr::new(0, 0),
+        MsgFlags::empty(),
+    )
+    .ok()?;
+    let mut buf = [0u8; 1024];
+    let n = recv(nl.as_raw_fd(), &mut buf, MsgFlags::empty()).ok()?;
+    parse_peer(buf.get(..n)?, ino)
+}
+
+fn u16_at(b: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_ne_bytes(b.get(at..at + 2)?.try_into().ok()?))
+}
+
+fn u32_at(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_ne_bytes(b.get(at..at + 4)?.try_into().ok()?))
+}
+
+/// The `UNIX_DIAG_PEER` attribute of the kernel's answer about socket `ino`.
+fn parse_peer(msg: &[u8], ino: u32) -> Option<u64> {
+    let len = usize::try_from(u32_at(msg, 0)?).ok()?;
+    let msg = msg.get(..len)?;
+    if u16_at(msg, 4)? == NLMSG_ERROR {
+        return None;
+    }
+    // The answer must be about the socket asked for.
+    if u32_at(msg, NLMSG_HDR_LEN + 4)? != ino {
+        return None;
+    }
+    let mut at = NLMSG_HDR_LEN + UNIX_DIAG_MSG_LEN;
+    while let (Some(alen), Some(atype)) = (u16_at(msg, at), u16_at(msg, at + 2)) {
+        let alen = usize::from(alen);
+        if alen < 4 {
+            return None;
+        }
+        if atype == UNIX_DIAG_PEER {
+            return u32_at(msg, at + 4).map(u64::from);
+        }
+        at = at.checked_add((alen + 3) & !3)?;
+    }
+    None
+}
+
+/// Every process that holds socket `inode` open (those this process may inspect: all of them
+/// when the agent runs as root).
+pub fn holders(inode: u64) -> Vec<i32> {
+    let target = format!("socket:[{inode}]");
+    let mut found = Vec::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in procs.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
+            continue;
+        };
+        if fds
+            .flatten()
+            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == target.as_str()))
+        {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_other_end_and_its_holders() {
+        use std::os::unix::fs::MetadataExt;
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let b_ino = std::fs::metadata(format!("/proc/self/fd/{}", b.as_raw_fd()))
+            .unwrap()
+            .ino();
+        assert_eq!(unix_peer_inode(&a), Some(b_ino));
+        let me = i32::try_from(std::process::id()).unwrap();
+        assert_eq!(holders(b_ino), vec![me]);
+        drop(b);
+        assert!(holders(b_ino).is_empty());
+    }
+
+    #[test]
+    fn malformed_answers_give_nothing() {
+        assert_eq!(parse_peer(&[], 1), None);
+        assert_eq!(parse_peer(&[255; 8], 1), None);
+        let mut m = vec![0u8; 40];
+        m[..4].copy_from_slice(&40u32.to_ne_bytes());
+        m[20..24].copy_from_slice(&7u32.to_ne_bytes());
+        // An attribute of length 0 would loop forever.
+        assert_eq!(parse_peer(&m, 7), None);
+        m[32..34].copy_from_slice(&8u16.to_ne_bytes());
+        m[34..36].copy_from_slice(&UNIX_DIAG_PEER.to_ne_bytes());
+        m[36..40].copy_from_slice(&99u32.to_ne_bytes());
+        assert_eq!(parse_peer(&m, 7), Some(99));
+        assert_eq!(parse_peer(&m, 8), None, "an answer about another socket");
+    }
+}
