@@ -193,6 +193,10 @@ pub(crate) enum ProxyCommand {
         /// client certificate names; its scopes reach the policy.
         #[arg(long)]
         require_token: bool,
+        /// The service's routes do not differ by case (`/ADMIN` is `/admin`): decide and
+        /// forward lower-case paths, so policies written for `/admin` see every spelling.
+        #[arg(long)]
+        case_insensitive_paths: bool,
         /// The upstream speaks HTTP/2 without TLS (h2c, e.g. a gRPC server); default HTTP/1.1.
         #[arg(long)]
         upstream_h2: bool,

@@ -1196,3 +1196,90 @@ async fn slow_and_oversized_clients_are_cut_off() {
     assert_eq!(code, 0, "{out}");
     assert!(out.ends_with("200") || out.ends_with("403"), "{out}");
 }
+
+/// Finding 4: a Cedar `forbid` on `/api/admin/*` holds against every spelling an upstream
+/// would decode to it (`%61dmin`, `..;/`, double encoding, case for a case-insensitive
+/// service); the upstream receives exactly the canonical path that was decided.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paths_are_decided_and_forwarded_in_one_canonical_form() {
+    let s = server(Backend::Sqlite, &[]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "policies/admin.cedar",
+        "forbid (principal, action in Action::\"call\", resource) when { resource.path like \"/api/admin/*\" };\n",
+    );
+    let p = write(
+        dir.path(),
+        "mesh.toml",
+        &format!("{}\n[policies]\nfiles = [\"policies/*.cedar\"]\n", mesh()),
+    );
+    let o = tessera(&s.data, &["apply", "-f", p.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (_agent, socket) = join_agent(&s, dir.path(), "agent");
+    let up = upstream().await.to_string();
+    let inbound = |extra: &[&str]| {
+        let mut args = vec![
+            "inbound",
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            &up,
+            "--server",
+            &s.url,
+        ];
+        args.extend_from_slice(extra);
+        proxy(&args, &socket, BACKEND)
+    };
+    let sensitive = inbound(&[]);
+    let insensitive = inbound(&["--case-insensitive-paths"]);
+    let (front_pem, front_key, _) = svid_files(&socket, FRONTEND, dir.path()).await;
+    let call = |addr: &str, path: &str| {
+        curl(&[
+            "-k",
+            "--path-as-is",
+            "--cert",
+            front_pem.to_str().unwrap(),
+            "--key",
+            front_key.to_str().unwrap(),
+            &format!("https://{addr}{path}"),
+        ])
+        .1
+    };
+    let (s_addr, _) = addrs(&sensitive);
+    let (i_addr, _) = addrs(&insensitive);
+    // Wait for both bundles: the control is allowed.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !(call(&s_addr, "/api/items").ends_with("200")
+        && call(&i_addr, "/api/items").ends_with("200"))
+    {
+        assert!(Instant::now() < deadline, "never allowed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The forbidden path, spelled as an upstream would decode it: denied.
+    for path in ["/api/admin/users", "/api/%61dmin/users", "/api/x/%2e%2e/admin/users"] {
+        let out = call(&s_addr, path);
+        assert!(out.ends_with("403"), "{path}: {out}");
+    }
+    // What the policy cannot see through: refused outright.
+    for path in [
+        "/api/admin;x=1/users",
+        "/api/x/..;/admin/users",
+        "/api/%2561dmin/users",
+        "/api/admin%2fusers",
+        "/api/%C0%AE%C0%AE/admin/users",
+    ] {
+        let out = call(&s_addr, path);
+        assert!(out.ends_with("400"), "{path}: {out}");
+    }
+    // The upstream receives the canonical path that was decided.
+    let out = call(&s_addr, "/api/%69tems/./7");
+    assert!(out.contains("\"path\":\"/api/items/7\""), "{out}");
+    // Case: distinct for this service, one for the case-insensitive one.
+    let out = call(&s_addr, "/API/admin/users");
+    assert!(out.ends_with("403"), "outside /api/* when case counts: {out}");
+    let out = call(&i_addr, "/API/ADMIN/users");
+    assert!(out.ends_with("403"), "{out}");
+    let out = call(&i_addr, "/API/Items");
+    assert!(out.contains("\"path\":\"/api/items\"") && out.ends_with("200"), "{out}");
+}

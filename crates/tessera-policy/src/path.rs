@@ -1,34 +1,104 @@
-//! Request paths as policies see them. A policy allowing `/api/v1/inventory/*` must not allow
-//! `/api/v1/inventory/../admin`, which the service behind may well resolve to `/api/admin`: the
-//! decision is made on the path with dot segments resolved, and paths that servers disagree
-//! about (encoded slashes, backslashes) are refused outright.
+//! Request paths as policies see them, in one canonical form (RFC 3986 §6.2.2): unreserved
+//! characters percent-decoded, other escapes in upper-case hex, dot segments resolved, empty
+//! segments collapsed. A policy allowing `/api/v1/inventory/*` must not allow
+//! `/api/v1/inventory/../admin`, nor forbid `/api/v1/admin/*` and let `/api/v1/%61dmin` pass,
+//! which the service behind decodes to the forbidden path.
+//!
+//! What servers read differently is refused rather than guessed at: an encoded `/` or `\`, a
+//! backslash, NUL and control characters, `;` (Tomcat and Spring drop `;params` from a segment,
+//! so `..;/` climbs), an encoded `%` (double encoding), and escapes that are not UTF-8 (the
+//! overlong `%C0%AE` some decoders read as `.`). Enforcement points forward exactly the
+//! canonical form they decided on.
 
-/// The path a decision is made on, or why the request path is refused.
-pub fn normalize(raw: &str) -> Result<String, String> {
+use std::fmt::Write as _;
+
+/// Whether a service's paths differ by case. `Insensitive` decides (and forwards) the
+/// lower-case form, for services that route `/ADMIN` to `/admin`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum PathCase {
+    #[default]
+    Sensitive,
+    Insensitive,
+}
+
+/// Why a request path is refused (a 400 at an enforcement point).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    #[error("path `{0}` does not start with `/`")]
+    NotAbsolute(String),
+    #[error("path `{0}` holds `{1}`, which servers read differently")]
+    Ambiguous(String, &'static str),
+    #[error("path `{0}` holds a malformed percent-encoding")]
+    BadEscape(String),
+    #[error("path `{0}` holds percent-encoded bytes that are not UTF-8")]
+    NotUtf8(String),
+}
+
+/// RFC 3986 `unreserved`: decoded wherever it was encoded.
+fn unreserved(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | '~')
+}
+
+/// Characters a path segment carries as they are (`pchar` less `%`, `;` and `/`).
+fn plain_in_segment(c: char) -> bool {
+    unreserved(c)
+        || matches!(
+            c,
+            '!' | '$' | '&' | '\'' | '(' | ')' | '*' | '+' | ',' | '=' | ':' | '@'
+        )
+}
+
+fn shown(raw: &str) -> String {
+    raw.chars().take(200).collect::<String>().escape_debug().to_string()
+}
+
+/// The canonical form of `raw` (a request target's path; a query or fragment is cut off).
+pub fn canonical(raw: &str, case: PathCase) -> Result<String, PathError> {
     let path = raw.split(['?', '#']).next().unwrap_or_default();
     if !path.starts_with('/') {
-        return Err(format!(
-            "path `{}` does not start with `/`",
-            path.escape_debug()
-        ));
+        return Err(PathError::NotAbsolute(shown(path)));
     }
-    let lower = path.to_ascii_lowercase();
-    if path.contains('\\')
-        || lower.contains("%2f")
-        || lower.contains("%5c")
-        || lower.contains("%00")
-    {
-        return Err(format!(
-            "path `{}` holds an encoded slash, a backslash or a NUL, which servers read differently",
-            path.escape_debug()
-        ));
+    let ambiguous = |what: &'static str| PathError::Ambiguous(shown(path), what);
+    // Decode every escape to bytes; refuse what must not be decoded.
+    let bytes = path.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        if b == b'%' {
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| PathError::BadEscape(shown(path)))?;
+            match hex {
+                b'/' => return Err(ambiguous("an encoded `/`")),
+                b'\\' => return Err(ambiguous("an encoded `\\`")),
+                b'%' => return Err(ambiguous("an encoded `%` (double encoding)")),
+                b';' => return Err(ambiguous("an encoded `;`")),
+                _ => {}
+            }
+            decoded.push(hex);
+            i += 3;
+        } else {
+            match b {
+                b'\\' => return Err(ambiguous("a backslash")),
+                b';' => return Err(ambiguous("`;` (path parameters)")),
+                _ => {}
+            }
+            decoded.push(b);
+            i += 1;
+        }
     }
-    if path.chars().any(char::is_control) {
-        return Err("path holds a control character".to_owned());
+    let text = String::from_utf8(decoded).map_err(|_| PathError::NotUtf8(shown(path)))?;
+    if text.chars().any(char::is_control) {
+        return Err(ambiguous("a control character or NUL"));
     }
-    let decoded = path.replace("%2e", ".").replace("%2E", ".");
+    let text = match case {
+        PathCase::Sensitive => text,
+        PathCase::Insensitive => text.to_lowercase(),
+    };
     let mut segments: Vec<&str> = Vec::new();
-    for segment in decoded.split('/') {
+    for segment in text.split('/') {
         match segment {
             "" | "." => {}
             ".." => {
@@ -37,21 +107,35 @@ pub fn normalize(raw: &str) -> Result<String, String> {
             s => segments.push(s),
         }
     }
-    let mut out = String::with_capacity(decoded.len());
+    let mut out = String::with_capacity(text.len() + 8);
     for s in &segments {
         out.push('/');
-        out.push_str(s);
+        for c in s.chars() {
+            if plain_in_segment(c) {
+                out.push(c);
+            } else {
+                let mut buf = [0u8; 4];
+                for b in c.encode_utf8(&mut buf).bytes() {
+                    let _ = write!(out, "%{b:02X}");
+                }
+            }
+        }
     }
-    let trailing = decoded.ends_with('/') || decoded.ends_with("/.") || decoded.ends_with("/..");
+    let trailing = text.ends_with('/') || text.ends_with("/.") || text.ends_with("/..");
     if out.is_empty() || trailing {
         out.push('/');
     }
     Ok(out)
 }
 
+/// The path a decision is made on (case-sensitive), or why the request path is refused.
+pub fn normalize(raw: &str) -> Result<String, String> {
+    canonical(raw, PathCase::Sensitive).map_err(|e| e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
-    use super::normalize;
+    use super::*;
 
     #[test]
     fn dot_segments_resolve_and_tricks_are_refused() {
@@ -77,6 +161,48 @@ mod tests {
             "/a\nb",
         ] {
             assert!(normalize(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn encodings_of_a_forbidden_path_all_reach_it_or_are_refused() {
+        let ok = |a: &str, b: &str| assert_eq!(normalize(a).unwrap(), b, "{a}");
+        ok("/api/v1/%61dmin", "/api/v1/admin");
+        ok("/api/v1/%61%64%6D%69%6E/x", "/api/v1/admin/x");
+        ok("/api/v1/x/%2e%2E/admin", "/api/v1/admin");
+        // Other escapes stay encoded, in one (upper-case) form.
+        ok("/a%20b", "/a%20b");
+        ok("/caf%c3%a9", "/caf%C3%A9");
+        ok("/caf\u{e9}", "/caf%C3%A9");
+        for bad in [
+            "/api/v1/admin;x=1",
+            "/api/v1/x/..;/admin",
+            "/api/v1/%2561dmin",
+            "/api/v1/%3Badmin",
+            "/api/%C0%AE%C0%AE/admin",
+            "/api/%zz",
+            "/api/%6",
+            "/api/%00/x",
+            "/api/%0a",
+        ] {
+            assert!(normalize(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(normalize("/ADMIN").unwrap(), "/ADMIN");
+        assert_eq!(
+            canonical("/ADMIN/%41", PathCase::Insensitive).unwrap(),
+            "/admin/a"
+        );
+    }
+
+    proptest::proptest! {
+        /// Canonicalization is idempotent: what was decided is what is forwarded, and a second
+        /// enforcement point downstream decides on the same path.
+        #[test]
+        fn canonical_is_a_fixed_point(raw in "/[a-zA-Z0-9%./;_~\\-\u{e9}]{0,40}") {
+            if let Ok(c) = canonical(&raw, PathCase::Sensitive) {
+                proptest::prop_assert_eq!(canonical(&c, PathCase::Sensitive).unwrap(), c.clone());
+                proptest::prop_assert!(!c.contains("/../") && !c.contains("/./") && !c.contains(';'));
+            }
         }
     }
 }

@@ -263,7 +263,7 @@ struct Conn {
     counters: crate::metrics::PairCounters,
 }
 
-async fn handle(ctx: &Ctx, conn: &Conn, req: Request<Incoming>) -> Response<Body> {
+async fn handle(ctx: &Ctx, conn: &Conn, mut req: Request<Incoming>) -> Response<Body> {
     let (caller, source) = (&conn.caller, conn.source);
     let declared = req
         .headers()
@@ -303,6 +303,11 @@ async fn handle(ctx: &Ctx, conn: &Conn, req: Request<Incoming>) -> Response<Body
             }
         },
     };
+    // The decision and the upstream see one path: the canonical form, or a 400.
+    if let Err(e) = ctx.authz.canonicalize(&mut req) {
+        conn.counters.deny.inc();
+        return plain(StatusCode::BAD_REQUEST, format!("{e}\n"));
+    }
     let d = ctx.authz.decide(
         caller,
         req.method().as_str(),

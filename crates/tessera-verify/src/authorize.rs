@@ -22,6 +22,7 @@ use prometheus_client::registry::Registry;
 use serde::Deserialize;
 use tessera_core::{Scope, SpiffeId};
 use tessera_policy::limit::{Limited, Limits};
+use tessera_policy::path::{PathCase, PathError};
 use tessera_policy::{Authn, Call, DecisionRecord, Env, PolicyBundle, PolicyEngine, PolicyError};
 use tokio::sync::mpsc;
 
@@ -92,6 +93,7 @@ struct Inner {
     /// Every how many allows one is recorded (0: none). Every denial is recorded.
     allow_every: u64,
     allows_seen: AtomicU64,
+    path_case: PathCase,
 }
 
 /// Decides calls to one service locally. Cheap to clone.
@@ -129,15 +131,60 @@ impl Authorizer {
                 records,
                 allow_every,
                 allows_seen: AtomicU64::new(0),
+                path_case: PathCase::Sensitive,
             }),
         }
     }
 
     pub fn with_metrics(self, metrics: AuthzMetrics) -> Self {
         let i = &self.inner;
-        let out = Self::build(i.service.clone(), metrics, i.records.clone(), i.allow_every);
+        let mut out = Self::build(i.service.clone(), metrics, i.records.clone(), i.allow_every);
+        if let Some(inner) = Arc::get_mut(&mut out.inner) {
+            inner.path_case = i.path_case;
+        }
         out.copy_bundle_from(&self);
         out
+    }
+
+    /// For a service whose routes do not differ by case: decide (and forward) lower-case
+    /// paths, so `/ADMIN` meets the policies written for `/admin`.
+    pub fn with_path_case(self, case: PathCase) -> Self {
+        let i = &self.inner;
+        let mut out = Self::build(
+            i.service.clone(),
+            i.metrics.clone(),
+            i.records.clone(),
+            i.allow_every,
+        );
+        if let Some(inner) = Arc::get_mut(&mut out.inner) {
+            inner.path_case = case;
+        }
+        out.copy_bundle_from(&self);
+        out
+    }
+
+    /// Rewrites the request's path to the canonical form decisions are made on, keeping its
+    /// query, so the service behind receives exactly the path that was decided. A path that
+    /// cannot be made canonical is refused (answer 400).
+    pub fn canonicalize<B>(&self, req: &mut http::Request<B>) -> Result<(), PathError> {
+        let path = req.uri().path();
+        let canonical = tessera_policy::path::canonical(path, self.inner.path_case)?;
+        if canonical == path {
+            return Ok(());
+        }
+        let target = match req.uri().query() {
+            Some(q) => format!("{canonical}?{q}"),
+            None => canonical,
+        };
+        let mut parts = req.uri().clone().into_parts();
+        parts.path_and_query = Some(
+            target
+                .parse()
+                .map_err(|_| PathError::BadEscape(target.chars().take(200).collect()))?,
+        );
+        *req.uri_mut() =
+            http::Uri::from_parts(parts).map_err(|_| PathError::BadEscape(target.clone()))?;
+        Ok(())
     }
 
     fn copy_bundle_from(&self, other: &Self) {

@@ -197,6 +197,11 @@ where
                     .iter()
                     .filter_map(|s| Scope::parse(s).ok())
                     .collect();
+                if authz.canonicalize(&mut req).is_err() {
+                    let mut r = Response::new(ResBody::default());
+                    *r.status_mut() = StatusCode::BAD_REQUEST;
+                    return Ok(r);
+                }
                 let d = authz.decide(
                     &caller,
                     req.method().as_str(),

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use anyhow::{anyhow, bail, Context};
 use axum::routing::get;
 use tessera_core::SpiffeId;
+use tessera_policy::path::PathCase;
 use tessera_proxy::inbound::InboundConfig;
 use tessera_proxy::outbound::{OutboundConfig, TokenSource};
 use tessera_proxy::{Identity, ProxyMetrics};
@@ -30,6 +31,7 @@ pub(crate) async fn run(command: ProxyCommand) -> anyhow::Result<u8> {
             sample_allows,
             max_body,
             require_token,
+            case_insensitive_paths,
             handshake_timeout,
             upstream_h2,
             common,
@@ -59,6 +61,11 @@ pub(crate) async fn run(command: ProxyCommand) -> anyhow::Result<u8> {
             let (authz, _log) = Authorizer::new(me.clone())
                 .with_metrics(authz_metrics)
                 .with_decision_log(source.clone(), sample_allows);
+            let authz = authz.with_path_case(if case_insensitive_paths {
+                PathCase::Insensitive
+            } else {
+                PathCase::Sensitive
+            });
             authz.spawn_bundle_sync(source);
             let listener = bind(listen).await?;
             let listen = listener.local_addr()?;
