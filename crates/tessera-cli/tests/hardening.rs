@@ -243,3 +243,53 @@ async fn held_connections_do_not_stop_issuance() {
     let log = s.proc.stderr();
     assert!(log.len() < 64 * 1024, "the log grew to {} bytes", log.len());
 }
+
+/// Finding 3, against the real binary: someone with write access to the database (not the
+/// KEK) deletes a record and re-chains the rest with SHA-256, as the unkeyed chain was built,
+/// head included. `tessera audit verify` finds it.
+#[tokio::test]
+async fn audit_records_cannot_be_removed_and_rechained_from_the_database() {
+    let s = server(Backend::Sqlite, &[]).unwrap();
+    let (secret, _) = setup_mesh(&s);
+    let form = [("audience", "spiffe://example.org/prod/inventory-api")];
+    for _ in 0..3 {
+        assert_eq!(token(&s, &secret, &form).await.0, 200);
+    }
+    let o = tessera(&s.data, &["audit", "verify"]);
+    assert!(
+        o.status.success(),
+        "the genuine trail verifies: {}",
+        stderr(&o)
+    );
+    let rechain = r#"
+import hashlib, json, sqlite3, sys
+db = sqlite3.connect(sys.argv[1])
+rows = db.execute("SELECT seq, at, kind, actor, subject, outcome, detail, prev_hash FROM audit ORDER BY seq").fetchall()
+victim = rows[-2][0]
+db.execute("DELETE FROM audit WHERE seq >= ?", (victim,))
+prev = db.execute("SELECT hash FROM audit WHERE seq = ?", (victim - 1,)).fetchone()[0]
+seq = victim
+for r in rows[-1:]:
+    fields = [seq, r[1], r[2], r[3], r[4], r[5], r[6], prev]
+    h = hashlib.sha256(json.dumps(fields, separators=(",", ":"), ensure_ascii=False).encode()).hexdigest()
+    db.execute("INSERT INTO audit (seq, at, kind, actor, subject, outcome, detail, prev_hash, hash) VALUES (?,?,?,?,?,?,?,?,?)", (seq, r[1], r[2], r[3], r[4], r[5], r[6], prev, h))
+    prev = h
+    seq += 1
+db.execute("UPDATE meta SET value = ? WHERE key = 'audit_head'", (f"{seq - 1} {prev}",))
+db.commit()
+"#;
+    let o = Command::new("python3")
+        .args(["-c", rechain])
+        .arg(s.data.join("tessera.db"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = tessera(&s.data, &["audit", "verify"]);
+    assert!(!o.status.success());
+    assert!(
+        format!("{}{}", stdout(&o), stderr(&o)).contains("it is not keyed"),
+        "{}{}",
+        stdout(&o),
+        stderr(&o)
+    );
+}

@@ -1257,7 +1257,11 @@ async fn paths_are_decided_and_forwarded_in_one_canonical_form() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // The forbidden path, spelled as an upstream would decode it: denied.
-    for path in ["/api/admin/users", "/api/%61dmin/users", "/api/x/%2e%2e/admin/users"] {
+    for path in [
+        "/api/admin/users",
+        "/api/%61dmin/users",
+        "/api/x/%2e%2e/admin/users",
+    ] {
         let out = call(&s_addr, path);
         assert!(out.ends_with("403"), "{path}: {out}");
     }
@@ -1277,9 +1281,15 @@ async fn paths_are_decided_and_forwarded_in_one_canonical_form() {
     assert!(out.contains("\"path\":\"/api/items/7\""), "{out}");
     // Case: distinct for this service, one for the case-insensitive one.
     let out = call(&s_addr, "/API/admin/users");
-    assert!(out.ends_with("403"), "outside /api/* when case counts: {out}");
+    assert!(
+        out.ends_with("403"),
+        "outside /api/* when case counts: {out}"
+    );
     let out = call(&i_addr, "/API/ADMIN/users");
     assert!(out.ends_with("403"), "{out}");
     let out = call(&i_addr, "/API/Items");
-    assert!(out.contains("\"path\":\"/api/items\"") && out.ends_with("200"), "{out}");
+    assert!(
+        out.contains("\"path\":\"/api/items\"") && out.ends_with("200"),
+        "{out}"
+    );
 }

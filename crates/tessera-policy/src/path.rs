@@ -49,7 +49,11 @@ fn plain_in_segment(c: char) -> bool {
 }
 
 fn shown(raw: &str) -> String {
-    raw.chars().take(200).collect::<String>().escape_debug().to_string()
+    raw.chars()
+        .take(200)
+        .collect::<String>()
+        .escape_debug()
+        .to_string()
 }
 
 /// The canonical form of `raw` (a request target's path; a query or fragment is cut off).

@@ -129,33 +129,13 @@ pub async fn start(
         }
     }
     // The key behind client secret hashes, shared by every server on the database.
-    let hmac_bytes = match store.meta("client_secret_key").await? {
-        Some(v) => v,
-        None => {
-            let fresh = kek
-                .seal(
-                    &tessera_token::seal::random_bytes::<32>()
-                        .map_err(|e| StartError::Kek(e.to_string()))?,
-                    "client-secret-key",
-                )
-                .map_err(|e| StartError::Kek(e.to_string()))?;
-            store
-                .commit(
-                    &[Op::InitMeta {
-                        key: "client_secret_key".into(),
-                        value: STANDARD.encode(fresh),
-                    }],
-                    &[],
-                )
-                .await?;
-            store.meta("client_secret_key").await?.unwrap_or_default()
-        }
-    };
-    let hmac_key = STANDARD
-        .decode(hmac_bytes)
-        .ok()
-        .and_then(|b| kek.open(&b, "client-secret-key").ok())
-        .ok_or_else(|| StartError::Kek("the client secret key does not open".into()))?;
+    let hmac_key =
+        sealed_random_key(&store, &kek, "client_secret_key", "client-secret-key").await?;
+    // The key behind the audit chain: records are keyed from here on.
+    let audit_key = sealed_random_key(&store, &kek, "audit_chain_key", "audit-chain-key").await?;
+    store
+        .key_audit_chain(tessera_store::AuditKey::new(&audit_key))
+        .await?;
     let hmac = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &hmac_key);
     let admin_token_tag = admin_credential(&store, &hmac, &config.data_dir).await?;
 
@@ -289,6 +269,44 @@ pub async fn start(
         stop,
         tasks,
     })
+}
+
+/// A random key shared by every server on the database, kept there sealed under the KEK (in
+/// meta `name`, AAD `aad`): the first server makes it.
+async fn sealed_random_key(
+    store: &Store,
+    kek: &tessera_token::seal::Kek,
+    name: &str,
+    aad: &str,
+) -> Result<Vec<u8>, StartError> {
+    let stored = match store.meta(name).await? {
+        Some(v) => v,
+        None => {
+            let fresh = kek
+                .seal(
+                    &tessera_token::seal::random_bytes::<32>()
+                        .map_err(|e| StartError::Kek(e.to_string()))?,
+                    aad,
+                )
+                .map_err(|e| StartError::Kek(e.to_string()))?;
+            store
+                .commit(
+                    &[Op::InitMeta {
+                        key: name.into(),
+                        value: STANDARD.encode(fresh),
+                    }],
+                    &[],
+                )
+                .await?;
+            // Another server may have made it first: its key is the one.
+            store.meta(name).await?.unwrap_or_default()
+        }
+    };
+    STANDARD
+        .decode(stored)
+        .ok()
+        .and_then(|b| kek.open(&b, aad).ok())
+        .ok_or_else(|| StartError::Kek(format!("the key in `{name}` does not open")))
 }
 
 /// The admin credential for `--server URL` use. The first server on a database makes it and

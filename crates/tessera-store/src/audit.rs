@@ -247,7 +247,50 @@ fn hex(bytes: &[u8]) -> String {
     s
 }
 
-fn record_hash(r: &AuditRecord) -> Result<String> {
+/// The prefix of a keyed record hash (HMAC-SHA256 under the audit key). Records without it were
+/// written before the chain was keyed.
+pub const KEYED: &str = "k1:";
+
+/// The key behind the chain: random, kept in the database sealed under the KEK, which is not
+/// in the database. Whoever can write the database but does not hold the KEK cannot compute a
+/// record's hash, so cannot remove, change or re-chain records unnoticed.
+#[derive(Clone)]
+pub struct AuditKey(ring::hmac::Key);
+
+impl std::fmt::Debug for AuditKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AuditKey(..)")
+    }
+}
+
+impl AuditKey {
+    pub fn new(bytes: &[u8]) -> Self {
+        Self(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, bytes))
+    }
+
+    fn tag(&self, data: &[u8]) -> String {
+        format!("{KEYED}{}", hex(ring::hmac::sign(&self.0, data).as_ref()))
+    }
+
+    /// The marker that records up to `seq` were written unkeyed (before the upgrade).
+    fn legacy_marker(&self, seq: i64) -> String {
+        format!(
+            "{seq} {}",
+            self.tag(format!("audit-legacy-until:{seq}").as_bytes())
+        )
+    }
+
+    /// The last unkeyed record a marker vouches for (0 when it does not verify).
+    fn legacy_until(&self, marker: Option<&str>) -> i64 {
+        marker
+            .and_then(|m| m.split_once(' '))
+            .and_then(|(seq, _)| seq.parse::<i64>().ok())
+            .filter(|seq| marker.is_some_and(|m| m == self.legacy_marker(*seq)))
+            .unwrap_or(0)
+    }
+}
+
+fn record_hash(r: &AuditRecord, key: Option<&AuditKey>) -> Result<String> {
     // A JSON array of the fields is an unambiguous encoding: no field can bleed into the next.
     let canonical = serde_json::to_vec(&(
         r.seq,
@@ -260,13 +303,20 @@ fn record_hash(r: &AuditRecord) -> Result<String> {
         &r.prev_hash,
     ))
     .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    Ok(hex(
-        ring::digest::digest(&ring::digest::SHA256, &canonical).as_ref()
-    ))
+    Ok(match key {
+        Some(k) => k.tag(&canonical),
+        None => hex(ring::digest::digest(&ring::digest::SHA256, &canonical).as_ref()),
+    })
 }
 
 impl AuditRecord {
-    pub(crate) fn chain(seq: i64, at: i64, e: &AuditEvent, prev: &str) -> Result<Self> {
+    pub(crate) fn chain(
+        seq: i64,
+        at: i64,
+        e: &AuditEvent,
+        prev: &str,
+        key: Option<&AuditKey>,
+    ) -> Result<Self> {
         let mut r = Self {
             seq,
             at,
@@ -279,7 +329,7 @@ impl AuditRecord {
             prev_hash: prev.to_owned(),
             hash: String::new(),
         };
-        r.hash = record_hash(&r)?;
+        r.hash = record_hash(&r, key)?;
         Ok(r)
     }
 }
@@ -297,13 +347,20 @@ pub enum ChainError {
     Truncated { found: i64, head: i64 },
     #[error("the recorded head does not match record {seq}")]
     HeadMismatch { seq: i64 },
+    #[error("record {seq}: it is not keyed, and the chain is keyed from before it (the record was rewritten by someone without the key)")]
+    Unkeyed { seq: i64 },
+    #[error("record {seq}: it is keyed, and this process does not hold the audit key")]
+    NoKey { seq: i64 },
 }
 
-/// Checks a run of records that continues from (`prev_seq`, `prev_hash`). Returns the last one.
+/// Checks a run of records that continues from (`prev_seq`, `prev_hash`): keyed records under
+/// `key`, unkeyed ones only up to `legacy_until`. Returns the last one.
 pub fn verify_chain(
     records: &[AuditRecord],
     mut prev_seq: i64,
     mut prev_hash: String,
+    key: Option<&AuditKey>,
+    legacy_until: i64,
 ) -> std::result::Result<(i64, String), ChainError> {
     for r in records {
         if r.seq != prev_seq + 1 {
@@ -312,7 +369,14 @@ pub fn verify_chain(
                 found: r.seq,
             });
         }
-        let recomputed = record_hash(r).map_err(|_| ChainError::Altered { seq: r.seq })?;
+        let keyed = r.hash.starts_with(KEYED);
+        let with = match (keyed, key) {
+            (true, None) => return Err(ChainError::NoKey { seq: r.seq }),
+            (true, Some(k)) => Some(k),
+            (false, _) if r.seq > legacy_until => return Err(ChainError::Unkeyed { seq: r.seq }),
+            (false, _) => None,
+        };
+        let recomputed = record_hash(r, with).map_err(|_| ChainError::Altered { seq: r.seq })?;
         if recomputed != r.hash {
             return Err(ChainError::Altered { seq: r.seq });
         }
@@ -329,15 +393,48 @@ pub fn verify_chain(
 }
 
 impl Store {
+    /// Keys the chain from now on (the server, after opening the KEK). A chain with no keyed
+    /// record yet (a store written before keying) gets a keyed marker vouching for its unkeyed
+    /// records; a chain that has keyed records never gets one, so unkeyed records written
+    /// after them are refused by [`Store::verify_audit`].
+    pub async fn key_audit_chain(&self, key: AuditKey) -> Result<()> {
+        let _ = self.audit_key.set(key.clone());
+        if self.meta("audit_legacy_until").await?.is_some() {
+            return Ok(());
+        }
+        let (keyed, last) = self.audit_keyed_and_last().await?;
+        if keyed == 0 {
+            self.commit(
+                &[crate::op::Op::InitMeta {
+                    key: "audit_legacy_until".into(),
+                    value: key.legacy_marker(last),
+                }],
+                &[],
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn audit_key(&self) -> Option<&AuditKey> {
+        self.audit_key.get()
+    }
+
     /// Walks the whole chain and compares its end with the recorded head.
     pub async fn verify_audit(&self) -> std::result::Result<i64, VerifyAuditError> {
         let (mut seq, mut hash) = (0, GENESIS.to_owned());
+        let key = self.audit_key.get();
+        // Without the key (a store opened by a tool, or tests), unkeyed records are all there is.
+        let legacy_until = match key {
+            Some(k) => k.legacy_until(self.meta("audit_legacy_until").await?.as_deref()),
+            None => i64::MAX,
+        };
         loop {
             let batch = self.audit_after(seq, 5000).await?;
             if batch.is_empty() {
                 break;
             }
-            (seq, hash) = verify_chain(&batch, seq, hash)?;
+            (seq, hash) = verify_chain(&batch, seq, hash, key, legacy_until)?;
         }
         if let Some(head) = self.meta("audit_head").await? {
             let (head_seq, head_hash) = head.split_once(' ').unwrap_or(("", ""));

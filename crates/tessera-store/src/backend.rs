@@ -31,6 +31,8 @@ pub(crate) enum Db {
 #[derive(Clone)]
 pub struct Store {
     pub(crate) db: std::sync::Arc<Db>,
+    /// Set once by the server; records are keyed from then on.
+    pub(crate) audit_key: std::sync::Arc<std::sync::OnceLock<crate::audit::AuditKey>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -106,6 +108,7 @@ impl Store {
             .await?;
         let store = Self {
             db: std::sync::Arc::new(Db::Sqlite { read, write }),
+            audit_key: std::sync::Arc::default(),
         };
         store.migrate().await?;
         Ok(store)
@@ -121,6 +124,7 @@ impl Store {
             .await?;
         let store = Self {
             db: std::sync::Arc::new(Db::Pg(pool)),
+            audit_key: std::sync::Arc::default(),
         };
         store.migrate().await?;
         Ok(store)
@@ -225,7 +229,7 @@ impl Store {
                 };
                 for event in events {
                     seq += 1;
-                    let record = AuditRecord::chain(seq, now, event, &prev)?;
+                    let record = AuditRecord::chain(seq, now, event, &prev, self.audit_key())?;
                     prev = record.hash.clone();
                     records.push(record);
                 }

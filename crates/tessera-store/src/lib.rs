@@ -19,8 +19,8 @@ mod queries;
 mod records;
 
 pub use audit::{
-    verify_chain, AuditEvent, AuditKind, AuditLog, AuditMetrics, AuditRecord, ChainError, Outcome,
-    VerifyAuditError, GENESIS,
+    verify_chain, AuditEvent, AuditKey, AuditKind, AuditLog, AuditMetrics, AuditRecord, ChainError,
+    Outcome, VerifyAuditError, GENESIS,
 };
 pub use backend::Store;
 pub use op::Op;

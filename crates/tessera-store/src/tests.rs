@@ -636,13 +636,14 @@ async fn reordered_records_are_found() {
         let mut prev = GENESIS.to_owned();
         (1..=3)
             .map(|i| {
-                let r = AuditRecord::chain(i, 0, &event(AuditKind::SvidIssued, i), &prev).unwrap();
+                let r = AuditRecord::chain(i, 0, &event(AuditKind::SvidIssued, i), &prev, None)
+                    .unwrap();
                 prev = r.hash.clone();
                 r
             })
             .collect()
     };
-    assert!(verify_chain(&recs, 0, GENESIS.into()).is_ok());
+    assert!(verify_chain(&recs, 0, GENESIS.into(), None, i64::MAX).is_ok());
     // Swap the contents of records 2 and 3 but keep their sequence numbers.
     let mut swapped = recs.clone();
     swapped[1] = AuditRecord {
@@ -653,7 +654,7 @@ async fn reordered_records_are_found() {
         seq: 3,
         ..recs[1].clone()
     };
-    assert!(verify_chain(&swapped, 0, GENESIS.into()).is_err());
+    assert!(verify_chain(&swapped, 0, GENESIS.into(), None, i64::MAX).is_err());
 }
 
 #[tokio::test]
@@ -823,4 +824,74 @@ fn audit_kinds_round_trip_by_name_and_are_unique() {
         assert_eq!(serde_json::to_value(k).unwrap(), json!(k.as_str()));
     }
     assert!("token.minted".parse::<AuditKind>().is_err());
+}
+
+/// Finding 3: whoever can write the database but does not hold the key cannot remove a
+/// record and re-chain the rest (with plain SHA-256, as the chain was before, or another key);
+/// records written before the chain was keyed still verify.
+#[tokio::test]
+async fn a_keyed_chain_cannot_be_rewritten_without_the_key() {
+    let (store, _dir) = sqlite().await;
+    let log = AuditLog::spawn(store.clone(), None);
+    for i in 1..=3 {
+        log.append(event(AuditKind::SvidIssued, i)).await.unwrap();
+    }
+    store
+        .key_audit_chain(AuditKey::new(&[7; 32]))
+        .await
+        .unwrap();
+    for i in 4..=8 {
+        log.append(event(AuditKind::SvidIssued, i)).await.unwrap();
+    }
+    assert_eq!(
+        store.verify_audit().await.unwrap(),
+        8,
+        "legacy records still verify"
+    );
+    let all = store.audit_after(0, 100).await.unwrap();
+    assert!(!all[2].hash.starts_with("k1:") && all[3].hash.starts_with("k1:"));
+
+    // Delete record 5 and re-chain 6..8 as the unkeyed chain would, head included.
+    let rechain = |key: Option<&AuditKey>| {
+        let mut prev = all[3].hash.clone();
+        let mut sql = String::from("DELETE FROM audit WHERE seq >= 5;");
+        for (n, r) in all[5..].iter().enumerate() {
+            let e = event(AuditKind::SvidIssued, 6 + n as i64);
+            let seq = 5 + n as i64;
+            let rec = AuditRecord::chain(seq, r.at, &e, &prev, key).unwrap();
+            sql.push_str(&format!(
+                "INSERT INTO audit (seq, at, kind, actor, subject, outcome, detail, prev_hash, hash) VALUES ({seq}, {}, '{}', '{}', '{}', '{}', '{}', '{}', '{}');",
+                rec.at, rec.kind, rec.actor, rec.subject, rec.outcome, rec.detail, rec.prev_hash, rec.hash
+            ));
+            prev = rec.hash;
+        }
+        sql.push_str(&format!(
+            "UPDATE meta SET value = '7 {prev}' WHERE key = 'audit_head';"
+        ));
+        sql
+    };
+    let snapshot = store.audit_after(0, 100).await.unwrap();
+    store.danger_execute_raw(&rechain(None)).await.unwrap();
+    let err = store.verify_audit().await.unwrap_err().to_string();
+    assert!(err.contains("record 5: it is not keyed"), "{err}");
+    store
+        .danger_execute_raw(&rechain(Some(&AuditKey::new(&[8; 32]))))
+        .await
+        .unwrap();
+    let err = store.verify_audit().await.unwrap_err().to_string();
+    assert!(
+        err.contains("record 5: its content does not match"),
+        "{err}"
+    );
+    // The legacy marker is keyed too: moving it forward does not cover rewritten records.
+    store
+        .danger_execute_raw(&format!(
+            "{} UPDATE meta SET value = '8 k1:00' WHERE key = 'audit_legacy_until';",
+            rechain(None)
+        ))
+        .await
+        .unwrap();
+    let err = store.verify_audit().await.unwrap_err().to_string();
+    assert!(err.contains("it is not keyed"), "{err}");
+    drop(snapshot);
 }

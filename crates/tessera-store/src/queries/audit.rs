@@ -41,3 +41,16 @@ impl Store {
         }))
     }
 }
+
+impl Store {
+    /// How many records are keyed, and the last record's sequence number (0 for none).
+    pub(crate) async fn audit_keyed_and_last(&self) -> Result<(i64, i64)> {
+        Ok(with_read!(self, |pool| {
+            sqlx::query_as(
+                "SELECT (SELECT COUNT(*) FROM audit WHERE hash LIKE 'k1:%'), COALESCE((SELECT MAX(seq) FROM audit), 0)",
+            )
+            .fetch_one(pool)
+            .await?
+        }))
+    }
+}
