@@ -126,7 +126,34 @@ why = "reads the orders table"
             "dba/orders-admin",
         ],
     );
-    assert!(stderr(&o).contains("no credentials"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("holds a credential"), "{}", stderr(&o));
+    // Finding 7: a credential in the query is a credential too, however it is spelled.
+    for query in [
+        "?user=postgres&password=x",
+        "?PASSWORD=x",
+        "?%70assword=x",
+        "?passfile=/tmp/p",
+    ] {
+        let o = tessera(
+            &s.data,
+            &[
+                "db",
+                "connection",
+                "orders",
+                "--url",
+                &format!("{db_url}{query}"),
+                "--admin-user",
+                "postgres",
+                "--password-secret",
+                "dba/orders-admin",
+            ],
+        );
+        assert!(
+            !o.status.success() && stderr(&o).contains("holds a credential"),
+            "{query}: {}",
+            stderr(&o)
+        );
+    }
     ok(&tessera(
         &s.data,
         &[

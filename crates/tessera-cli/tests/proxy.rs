@@ -100,7 +100,8 @@ async fn upstream() -> std::net::SocketAddr {
             .iter()
             .map(|v| v.to_str().unwrap().to_owned())
             .collect();
-        axum::Json(serde_json::json!({"path": uri.path(), "caller": caller, "version": format!("{version:?}")}))
+        let names: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
+        axum::Json(serde_json::json!({"path": uri.path(), "caller": caller, "version": format!("{version:?}"), "headers": names}))
     });
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();

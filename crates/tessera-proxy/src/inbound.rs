@@ -281,6 +281,13 @@ async fn handle(ctx: &Ctx, conn: &Conn, mut req: Request<Incoming>) -> Response<
     };
     let (scopes, authn) = match &ctx.cfg.require_token {
         None => (Vec::new(), Authn::Mtls),
+        // Only the first of several would be verified while the upstream may read another.
+        Some(_) if req.headers().get_all(header::AUTHORIZATION).iter().count() > 1 => {
+            return plain(
+                StatusCode::BAD_REQUEST,
+                "more than one Authorization header\n",
+            );
+        }
         Some(verifier) => match bearer(verifier, conn, &req).await {
             Ok(v) => {
                 let iat = v.claims.get("iat").and_then(serde_json::Value::as_i64);
@@ -364,6 +371,20 @@ async fn bearer(
     Ok(verified)
 }
 
+/// Removes the caller header and every header an upstream could merge into it: WSGI, CGI and
+/// PHP map `X_Tessera_Caller` and `x-tessera-caller` to the same variable (`_` and `-` are one
+/// there, and case never counts).
+fn drop_caller_lookalikes(headers: &mut http::HeaderMap) {
+    let lookalikes: Vec<http::HeaderName> = headers
+        .keys()
+        .filter(|name| name.as_str().replace('_', "-") == CALLER_HEADER)
+        .cloned()
+        .collect();
+    for name in lookalikes {
+        headers.remove(&name);
+    }
+}
+
 async fn forward(ctx: &Ctx, caller: &SpiffeId, req: Request<Incoming>) -> Response<Body> {
     let (mut parts, body) = req.into_parts();
     let Some(uri) = crate::retarget(&parts.uri, ctx.cfg.upstream) else {
@@ -371,7 +392,7 @@ async fn forward(ctx: &Ctx, caller: &SpiffeId, req: Request<Incoming>) -> Respon
     };
     parts.uri = uri;
     strip_hop_by_hop(&mut parts.headers);
-    parts.headers.remove(CALLER_HEADER);
+    drop_caller_lookalikes(&mut parts.headers);
     let Ok(who) = HeaderValue::from_str(caller.as_str()) else {
         return plain(StatusCode::BAD_REQUEST, "caller cannot be named\n");
     };

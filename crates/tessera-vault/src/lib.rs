@@ -3,10 +3,12 @@
 //! templates of dynamic credentials. The server stores and serves; this crate decides what the
 //! bytes are.
 
+pub mod db_url;
 pub mod envelope;
 pub mod reference;
 pub mod role;
 
+pub use db_url::{DbUrl, DbUrlError};
 pub use envelope::{Envelope, Sealed};
 pub use reference::SecretRef;
 pub use role::{RoleTemplate, TemplateError};

@@ -50,22 +50,16 @@ async fn put_connection(
     Json(req): Json<DbConnectionRequest>,
 ) -> Result<Json<DbConnectionDeclared>, ApiError> {
     let name = label(&req.name, "connection name")?;
-    let opts: PgConnectOptions = req
-        .url
-        .parse()
-        .map_err(|e| ApiError::BadRequest(format!("`url`: {e}")))?;
     let url =
-        reqwest::Url::parse(&req.url).map_err(|e| ApiError::BadRequest(format!("`url`: {e}")))?;
-    if url.password().is_some() || !url.username().is_empty() {
-        return Err(ApiError::BadRequest(
-            "`url` holds no credentials: the admin user is `admin_user`, its password a vault secret".into(),
-        ));
-    }
-    let _ = opts;
+        tessera_vault::DbUrl::parse(&req.url).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    // The driver must read it too (its own options parser).
+    url.as_str()
+        .parse::<PgConnectOptions>()
+        .map_err(|e| ApiError::BadRequest(format!("`url`: {e}")))?;
     SecretName::parse(&req.password_secret).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let conn = DbConnectionRecord {
         name: name.to_string(),
-        url: req.url,
+        url: url.to_string(),
         admin_user: req.admin_user,
         password_secret: req.password_secret,
         created_at: tessera_core::now_unix(),
@@ -295,7 +289,7 @@ async fn post_creds(
         "lease_id": id,
         "username": creds.username,
         "password": creds.password,
-        "database": c.url,
+        "database": tessera_vault::DbUrl::sanitized(&c.url),
         "expires_at": lease.expires_at,
         "max_expires_at": lease.max_expires_at,
         "lease_duration": ttl,
