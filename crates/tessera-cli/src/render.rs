@@ -12,9 +12,27 @@ pub(crate) fn field<'a>(v: &'a Value, k: &str) -> &'a Value {
     v.get(k).unwrap_or(&Value::Null)
 }
 
+/// Text from the server as a terminal may show it: control characters (newlines that would
+/// forge a line, escape sequences that would rewrite the screen) written as escapes. Every
+/// human renderer takes strings through here; `--output json` is escaped by JSON.
+pub(crate) fn clean(text: &str) -> String {
+    if !text.chars().any(char::is_control) {
+        return text.to_owned();
+    }
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 fn s(v: &Value, k: &str) -> String {
     match v.get(k) {
-        Some(Value::String(s)) => s.clone(),
+        Some(Value::String(s)) => clean(s),
         Some(Value::Null) | None => "-".into(),
         Some(other) => other.to_string(),
     }
@@ -25,7 +43,7 @@ fn list(v: &Value, k: &str) -> String {
         .and_then(Value::as_array)
         .map(|a| {
             a.iter()
-                .map(|x| x.as_str().map_or_else(|| x.to_string(), str::to_owned))
+                .map(|x| x.as_str().map_or_else(|| x.to_string(), clean))
                 .collect::<Vec<_>>()
                 .join(" ")
         })

@@ -31,7 +31,12 @@ pub(crate) fn print<T: Serialize>(target: &Target, v: &T, text: impl FnOnce() ->
 pub(crate) fn print_as<T: Serialize>(output: Output, v: &T, text: impl FnOnce() -> String) {
     let out = match output {
         Output::Json => format!("{}\n", serde_json::to_string_pretty(v).unwrap_or_default()),
-        Output::Text => text(),
+        // Last line of defence for renderers that print a server string without
+        // `render::clean`: no escape sequence reaches the terminal.
+        Output::Text => text()
+            .chars()
+            .filter(|c| !c.is_control() || matches!(c, '\n' | '\t'))
+            .collect(),
     };
     let mut stdout = std::io::stdout().lock();
     let _ = stdout.write_all(out.as_bytes());

@@ -293,3 +293,45 @@ db.commit()
         stderr(&o)
     );
 }
+
+/// Finding 10: an outside token's `iss` with a newline and terminal escapes does not forge a
+/// line of `tessera audit tail`, nor reach the operator's terminal.
+#[tokio::test]
+async fn attacker_text_cannot_forge_audit_lines() {
+    use base64::Engine;
+    let s = server(Backend::Sqlite, &[]).unwrap();
+    setup_mesh(&s);
+    let b64 = |v: serde_json::Value| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+    };
+    let evil = "https://idp.example\n#999 2026-01-01T00:00:00Z token.issued ok actor=admin subject=x\u{1b}[2J\u{1b}]0;owned\u{7}";
+    let jwt = format!(
+        "{}.{}.c2ln",
+        b64(serde_json::json!({"alg": "RS256", "typ": "JWT"})),
+        b64(serde_json::json!({"iss": evil, "sub": "x", "aud": "y", "exp": 4_000_000_000u64}))
+    );
+    let (status, _) = post_form(
+        &format!("{}/token", s.url),
+        None,
+        &[
+            (
+                "grant_type",
+                "urn:ietf:params:oauth:grant-type:token-exchange",
+            ),
+            ("subject_token", &jwt),
+            ("subject_token_type", "urn:ietf:params:oauth:token-type:jwt"),
+            ("audience", "spiffe://example.org/prod/inventory-api"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 400);
+    let o = tessera(&s.data, &["audit", "tail", "-n", "50"]);
+    let out = stdout(&o);
+    assert!(out.contains("federation"), "the refusal is recorded: {out}");
+    assert!(!out.contains('\u{1b}') && !out.contains('\u{7}'), "{out:?}");
+    assert!(
+        !out.lines().any(|l| l.starts_with("#999")),
+        "a forged line: {out}"
+    );
+    assert!(out.contains("malformed-issuer:sha256:"), "{out}");
+}

@@ -30,17 +30,34 @@ async fn audit_refusal(app: &App, grant_type: GrantType, r: &Refusal) {
             .map_or_else(|| "anonymous".to_owned(), |t| format!("trust:{t}")),
         subject: r
             .issuer
-            .clone()
-            .unwrap_or_else(|| "unknown".into())
-            .chars()
-            .take(200)
-            .collect(),
+            .as_deref()
+            .map_or_else(|| "unknown".into(), recorded_issuer),
         outcome: Outcome::Denied,
         detail: json!({"reason": r.reason, "grant_type": grant_type.as_str()}),
     };
     if let Err(e) = app.audit.append(event).await {
         tracing::error!(error = %e, "could not record a refused exchange");
     }
+}
+
+/// An unverified token's `iss` as the audit trail keeps it: a well-formed `https://` or
+/// `http://` URL as it is, anything else (newlines, terminal escapes, megabytes) as a digest,
+/// so nobody can write text of their choosing into the trail.
+fn recorded_issuer(iss: &str) -> String {
+    let well_formed = iss.len() <= 200
+        && iss.chars().all(|c| c.is_ascii_graphic())
+        && reqwest::Url::parse(iss).is_ok_and(|u| matches!(u.scheme(), "https" | "http"));
+    if well_formed {
+        return iss.to_owned();
+    }
+    let d = ring::digest::digest(&ring::digest::SHA256, iss.as_bytes());
+    let hex: String = d
+        .as_ref()
+        .iter()
+        .take(16)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("malformed-issuer:sha256:{hex}")
 }
 
 fn grant_err(reason: impl Into<String>) -> ApiError {
