@@ -97,6 +97,21 @@ pub fn check_times(claims: &Map<String, Value>, rules: &TimeRules) -> Result<i64
 }
 
 /// `aud` may be a string or an array of strings; it must contain `expected`.
+/// `aud` is one of `expected` and nothing else (a string, or an array of that one string). For
+/// credentials presented to the authority itself: a JWT-SVID minted for a service *and* the
+/// authority could be replayed to the authority by that service.
+pub fn audience_exactly(claims: &Map<String, Value>, expected: &[&str]) -> Result<(), TokenError> {
+    if let Some(Value::Array(list)) = claims.get("aud") {
+        if list.len() != 1 {
+            return Err(TokenError::Claims(format!(
+                "`aud` must name only this authority, not {} audiences",
+                list.len()
+            )));
+        }
+    }
+    audience_contains(claims, expected)
+}
+
 pub fn audience_contains(claims: &Map<String, Value>, expected: &[&str]) -> Result<(), TokenError> {
     let ok = match claims.get("aud") {
         Some(Value::String(a)) => expected.contains(&a.as_str()),
@@ -131,6 +146,17 @@ mod tests {
 
     fn obj(v: Value) -> Map<String, Value> {
         v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn an_authority_credential_names_only_the_authority() {
+        let a = "https://auth.example/td";
+        assert!(audience_exactly(&obj(json!({"aud": a})), &[a]).is_ok());
+        assert!(audience_exactly(&obj(json!({"aud": [a]})), &[a]).is_ok());
+        assert!(audience_exactly(&obj(json!({"aud": [a, "svc"]})), &[a]).is_err());
+        assert!(audience_exactly(&obj(json!({"aud": ["svc"]})), &[a]).is_err());
+        assert!(audience_exactly(&obj(json!({"aud": []})), &[a]).is_err());
+        assert!(audience_contains(&obj(json!({"aud": [a, "svc"]})), &[a]).is_ok());
     }
 
     const RULES: TimeRules = TimeRules {

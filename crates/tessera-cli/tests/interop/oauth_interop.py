@@ -115,6 +115,22 @@ def run(base, secret, d):
     t3 = verify_with_joserfc(tok3["access_token"], jwks, meta["issuer"])
     check("authlib private_key_jwt gets a token", t3.claims["client_id"] == "batch")
 
+    # authlib as it comes: its assertions name no `kid` (RFC 7523 does not require one).
+    no_kid = {k: v for k, v in private.items() if k != "kid"}
+    auth = PrivateKeyJWT(token_url, alg="ES256", claims={"exp": int(time.time()) + 120})
+    s4 = OAuth2Session("batch", ECKey.import_key(no_kid), token_endpoint_auth_method=auth)
+    tok4 = s4.fetch_token(token_url, grant_type="client_credentials", resource="inventory-api")
+    check("authlib private_key_jwt without a kid gets a token", verify_with_joserfc(tok4["access_token"], jwks, meta["issuer"]).claims["client_id"] == "batch")
+    stranger = ECKey.generate_key("P-256", private=True)
+    now = int(time.time())
+    forged = jose_jwt.encode({"alg": "ES256"},
+                             {"iss": "batch", "sub": "batch", "aud": token_url, "iat": now, "exp": now + 60, "jti": str(uuid.uuid4())},
+                             stranger)
+    r = requests.post(token_url, data={"grant_type": "client_credentials", "resource": "inventory-api",
+                                       "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                                       "client_assertion": forged})
+    check("an assertion without a kid from another key is refused", r.status_code == 401 and r.json()["error"] == "invalid_client", r.text)
+
     # An assertion made by joserfc, used twice: the second use is a replay.
     now = int(time.time())
     assertion = jose_jwt.encode({"alg": "ES256", "kid": private["kid"]},

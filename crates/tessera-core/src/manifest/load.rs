@@ -245,6 +245,17 @@ fn parse_into(state: &mut DesiredState, file: &Path, text: &str) -> Result<(), M
     for c in doc.client {
         let span = c.span();
         let c = c.into_inner();
+        // The audit trail names an outside issuer's trust `trust:NAME`: a client may not
+        // take a name that reads as one.
+        if c.id.as_str().to_ascii_lowercase().starts_with("trust:") {
+            return Err(loc.at(
+                span,
+                format!(
+                    "client id `{}`: the `trust:` prefix is reserved for trusts",
+                    c.id.as_str()
+                ),
+            ));
+        }
         let jwks = match (&c.auth, c.jwks_file) {
             (ClientAuth::PrivateKeyJwt, None) => {
                 return Err(loc.at(span, "a `private_key_jwt` client needs `jwks_file`"));
@@ -605,5 +616,14 @@ mod properties {
             let _ = Selector::parse(&s);
             let _ = Selector::parse(&format!("unix:{s}"));
         }
+    }
+
+    #[test]
+    fn the_trust_prefix_is_reserved() {
+        let text = "[[workload]]\nid = \"spiffe://example.org/a\"\nowner = \"o\"\npurpose = \"p\"\n\n[[client]]\nid = \"Trust:github\"\nworkload = \"spiffe://example.org/a\"\nauth = \"client_secret\"\n";
+        let err = crate::manifest::parse_str(std::path::Path::new("mesh.toml"), text)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("reserved for trusts"), "{err}");
     }
 }

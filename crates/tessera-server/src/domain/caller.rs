@@ -8,7 +8,7 @@ use serde_json::Value;
 use tessera_core::agent_api::Registration;
 use tessera_core::{AgentId, SpiffeId, TrustDomain};
 use tessera_policy::Authn;
-use tessera_token::claims::{audience_contains, check_times, TimeRules};
+use tessera_token::claims::{audience_exactly, check_times, TimeRules};
 use tessera_token::{Unverified, TYP_ACCESS_TOKEN};
 
 use crate::app::{authority_id, App, Issuer, Snapshot};
@@ -109,7 +109,7 @@ pub(crate) fn jwt_svid_of(
     .map_err(|e| unauthenticated(e.to_string()))?;
     let urls = app.issuer_urls(&issuer.td);
     let expected: Vec<&str> = urls.iter().map(String::as_str).collect();
-    audience_contains(&parsed.claims, &expected).map_err(|e| unauthenticated(e.to_string()))?;
+    audience_exactly(&parsed.claims, &expected).map_err(|e| unauthenticated(e.to_string()))?;
     let sub = parsed
         .claims
         .get("sub")
@@ -152,7 +152,7 @@ pub(crate) fn workload_caller(
             continue;
         };
         let aud_ok = authority_id(td.name.as_str()).is_some_and(|a| {
-            tessera_token::claims::audience_contains(&claims, &[a.as_str()]).is_ok()
+            tessera_token::claims::audience_exactly(&claims, &[a.as_str()]).is_ok()
         });
         let sub = claims
             .get("sub")

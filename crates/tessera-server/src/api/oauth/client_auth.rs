@@ -231,24 +231,19 @@ fn check_secret(
     secret: &str,
 ) -> Result<AuthedClient, Failure> {
     const WRONG: &str = "unknown client or wrong secret";
-    let Some(client) = snap.clients.get(id) else {
+    // Whatever is wrong before the secret is checked (no such client, a client without a
+    // secret) answers as a wrong secret does, after the same keyed-hash check: neither the
+    // words nor the time tell a client ID that exists from one that does not.
+    let found = snap.clients.get(id).and_then(|client| {
+        if client.spec.auth == ClientAuth::ClientSecret {
+            client.secret.as_ref()
+        } else {
+            None
+        }
+    });
+    let Some((record, tag)) = found else {
+        let _ = app.verify_secret(secret, &[0u8; 32]);
         return Err(refused(app, method, Some(id), WRONG));
-    };
-    if client.spec.auth != ClientAuth::ClientSecret {
-        return Err(refused(
-            app,
-            method,
-            Some(id),
-            "this client authenticates with private_key_jwt, not a secret",
-        ));
-    }
-    let Some((record, tag)) = &client.secret else {
-        return Err(refused(
-            app,
-            method,
-            Some(id),
-            "this client has no secret yet: issue one with `tessera client secret`",
-        ));
     };
     // Machine secrets are 256-bit random values: a keyed hash is the right cost, and
     // `hmac::verify` compares in constant time.
@@ -342,21 +337,39 @@ async fn check_assertion(
                 "unknown client, or not a private_key_jwt client",
             )
         })?;
-    let key = match &parsed.kid {
-        Some(kid) => client.keys.get(kid).cloned(),
-        None => None,
-    };
-    let key = key.ok_or_else(|| {
-        refused(
-            app,
-            M,
-            Some(iss),
-            "the assertion's `kid` is not among the client's registered keys",
-        )
-    })?;
-    parsed
-        .verify_with(&key)
-        .map_err(|e| refused(app, M, Some(iss), &format!("client assertion: {e}")))?;
+    match &parsed.kid {
+        Some(kid) => {
+            let key = client.keys.get(kid).ok_or_else(|| {
+                refused(
+                    app,
+                    M,
+                    Some(iss),
+                    "the assertion's `kid` is not among the client's registered keys",
+                )
+            })?;
+            parsed
+                .verify_with(key)
+                .map_err(|e| refused(app, M, Some(iss), &format!("client assertion: {e}")))?;
+        }
+        // RFC 7523 does not require a `kid` (authlib sends none): try the client's keys, a
+        // bounded number, as node-oidc-provider and Keycloak do. `verify_with` binds the
+        // algorithm to each key, so only keys of the header's `alg` can succeed.
+        None => {
+            let verified = client
+                .keys
+                .values()
+                .take(MAX_KEYS_WITHOUT_KID)
+                .any(|key| parsed.verify_with(key).is_ok());
+            if !verified {
+                return Err(refused(
+                    app,
+                    M,
+                    Some(iss),
+                    "client assertion: it names no `kid` and no registered key of the client verifies it",
+                ));
+            }
+        }
+    }
     let now = tessera_core::now_unix();
     let exp = check_times(
         &parsed.claims,
@@ -404,6 +417,9 @@ async fn check_assertion(
         claim: Some(claim),
     })
 }
+
+/// Keys tried for an assertion without a `kid` (each try is a signature verification).
+const MAX_KEYS_WITHOUT_KID: usize = 8;
 
 /// Records a refused client (best effort: the refusal stands either way); the error to answer.
 pub(crate) async fn audited(app: &App, (event, err): (AuditEvent, ApiError)) -> ApiError {
