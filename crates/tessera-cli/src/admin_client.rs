@@ -53,6 +53,22 @@ impl AdminClient {
                 .with_context(|| format!("`{}` is not a PEM certificate", ca.display()))?;
             builder = builder.add_root_certificate(cert);
         }
+        if let Ok(url) = reqwest::Url::parse(server) {
+            let host = url
+                .host_str()
+                .unwrap_or_default()
+                .trim_start_matches('[')
+                .trim_end_matches(']');
+            let loopback = host.eq_ignore_ascii_case("localhost")
+                || host
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback());
+            if url.scheme() == "http" && !loopback {
+                eprintln!(
+                    "warning: the admin credential goes to `{server}` over plain http://: anyone on the path can read it; use https://"
+                );
+            }
+        }
         Ok(Self::Http {
             base: server.trim_end_matches('/').to_owned(),
             token: token.trim().to_owned(),

@@ -249,7 +249,7 @@ fn hex(bytes: &[u8]) -> String {
 
 /// The prefix of a keyed record hash (HMAC-SHA256 under the audit key). Records without it were
 /// written before the chain was keyed.
-pub const KEYED: &str = "k1:";
+pub(crate) const KEYED: &str = "k1:";
 
 /// The key behind the chain: random, kept in the database sealed under the KEK, which is not
 /// in the database. Whoever can write the database but does not hold the KEK cannot compute a

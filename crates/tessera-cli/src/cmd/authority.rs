@@ -302,6 +302,21 @@ pub(crate) async fn server(a: ServerArgs) -> anyhow::Result<u8> {
 /// `tessera apply -f PATH`.
 pub(crate) async fn apply(a: ApplyArgs) -> anyhow::Result<u8> {
     let state = tessera_core::manifest::load(&a.path)?;
+    for trust in &state.trusts {
+        for map in &trust.map {
+            for (claim, want) in &map.claims {
+                let Some(pattern) = want.as_str().filter(|p| p.contains('*')) else {
+                    continue;
+                };
+                if let Some(w) = tessera_core::glob::partial_segment_warning(
+                    pattern,
+                    tessera_core::glob::CLAIM_SEPARATORS,
+                ) {
+                    eprintln!("warning: trust `{}`, claim `{claim}`: {w}", trust.name);
+                }
+            }
+        }
+    }
     let req = ApplyRequest {
         state,
         dry_run: a.dry_run,

@@ -57,7 +57,7 @@ fn rule_matches(
         match (want, have) {
             (toml::Value::String(w), Value::String(h)) => {
                 if top && GLOB_CLAIMS.contains(&name.as_str()) && w.contains('*') {
-                    tessera_core::glob::matches(w, h)
+                    tessera_core::glob::matches_segments(w, h, tessera_core::glob::CLAIM_SEPARATORS)
                 } else {
                     w == h
                 }

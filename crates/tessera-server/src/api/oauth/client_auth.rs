@@ -357,7 +357,7 @@ async fn check_assertion(
         None => {
             let verified = client
                 .keys
-                .values()
+                .keys()
                 .take(MAX_KEYS_WITHOUT_KID)
                 .any(|key| parsed.verify_with(key).is_ok());
             if !verified {

@@ -155,6 +155,8 @@ async fn federated(
         },
         detail,
         subject_iat: numeric_date(&mapped.claims, "iat").ok().flatten(),
+        // Trust withdrawn outside (the token expired there) is withdrawn here too.
+        not_after: Some(mapped.exp),
         ..MintOptions::default()
     };
     // Single use where the trust asks: the outside token is claimed with the request's record.
