@@ -59,5 +59,5 @@ fn python_oauth_and_jose_libraries() {
         "interop failed:\n{out}\n{}",
         String::from_utf8_lossy(&run.stderr)
     );
-    assert!(out.contains("interop: 17 passed, 0 failed"), "{out}");
+    assert!(out.contains("interop: 19 passed, 0 failed"), "{out}");
 }
