@@ -59,7 +59,8 @@ fuzz_target!(|data: &[u8]| {
         SpiffeId::parse("spiffe://example.org/b").unwrap(),
     );
     for method in ["GET", "POST"] {
-        let call = Call { method, path: raw_path, scopes: &[], authn: Authn::Jwt };
+        let call = Call {
+ actor: None, method, path: raw_path, scopes: &[], authn: Authn::Jwt };
         let _ = engine.decide_call(&a, &b, &call, &Env::at(1_800_000_000));
     }
     let _ = engine.decide_issue(&a, &b, &[], &Default::default(), &Env::at(1_800_000_000));

@@ -66,6 +66,7 @@ fn main() {
     let from = SpiffeId::parse("spiffe://example.org/w500").unwrap();
     let to = SpiffeId::parse("spiffe://example.org/w501").unwrap();
     let call = Call {
+        actor: None,
         method: "GET",
         path: "/api/v1/items/42",
         scopes: &[],

@@ -137,6 +137,9 @@ pub struct Call<'a> {
     /// The verified token's scopes; empty for mTLS alone.
     pub scopes: &'a [Scope],
     pub authn: Authn,
+    /// For a delegated token (RFC 8693 `act`): the workload acting for the token's subject.
+    /// Policies see it as `context.delegated` and `context.actor`.
+    pub actor: Option<&'a SpiffeId>,
 }
 
 /// What an authorization decided, and which policies or errors made it so.
@@ -233,7 +236,15 @@ pub struct PolicyEngine {
 }
 
 type DecisionKey = (SpiffeId, SpiffeId, Vec<Scope>);
-type CallKey = (SpiffeId, SpiffeId, String, String, Vec<Scope>, Authn);
+type CallKey = (
+    SpiffeId,
+    SpiffeId,
+    String,
+    String,
+    Vec<Scope>,
+    Authn,
+    Option<SpiffeId>,
+);
 
 /// Bounds the decision cache; when full it is cleared, not grown.
 const MAX_CACHED_DECISIONS: usize = 100_000;
@@ -656,6 +667,7 @@ impl PolicyEngine {
                 path.clone(),
                 scopes,
                 call.authn,
+                call.actor.cloned(),
             )
         });
         if let Some(k) = &key {
@@ -728,6 +740,16 @@ impl PolicyEngine {
         pairs.push((
             "authn".to_owned(),
             RestrictedExpression::new_string(call.authn.as_str().to_owned()),
+        ));
+        pairs.push((
+            "delegated".to_owned(),
+            RestrictedExpression::new_bool(call.actor.is_some()),
+        ));
+        pairs.push((
+            "actor".to_owned(),
+            RestrictedExpression::new_string(
+                call.actor.map(ToString::to_string).unwrap_or_default(),
+            ),
         ));
         let resource = route.uid();
         self.evaluate(from, Some(to), call.method, resource, Some(route), pairs)

@@ -106,6 +106,7 @@ fn call(e: &PolicyEngine, from: &str, to: &str, method: &str, path: &str) -> Dec
         &id(from),
         &id(to),
         &Call {
+            actor: None,
             method,
             path,
             scopes: &[],
@@ -322,6 +323,7 @@ fn calls_are_decided_by_method_and_normalised_path() {
         &id(A),
         &id(B),
         &Call {
+            actor: None,
             method: "PUT",
             path: "/api/v1/b/x",
             scopes: &[],
@@ -346,6 +348,7 @@ forbid (principal, action, resource) when { !context.source_ip.isInRange(ip("127
     let mut env = env();
     env.source_ip = Some("127.0.0.1".parse().unwrap());
     let mk = |authn, path| Call {
+        actor: None,
         method: "GET",
         path,
         scopes: &[],
@@ -570,6 +573,7 @@ fn cached_decisions_equal_fresh_ones() {
         (D, "GET", "/"),
     ] {
         let c = Call {
+            actor: None,
             method: m,
             path: p,
             scopes: &[],

@@ -279,8 +279,8 @@ async fn handle(ctx: &Ctx, conn: &Conn, mut req: Request<Incoming>) -> Response<
         source_ip: Some(source),
         token_age: 0,
     };
-    let (scopes, authn) = match &ctx.cfg.require_token {
-        None => (Vec::new(), Authn::Mtls),
+    let (scopes, authn, subject, actors) = match &ctx.cfg.require_token {
+        None => (Vec::new(), Authn::Mtls, caller.clone(), Vec::new()),
         // Only the first of several would be verified while the upstream may read another.
         Some(_) if req.headers().get_all(header::AUTHORIZATION).iter().count() > 1 => {
             return plain(
@@ -289,7 +289,7 @@ async fn handle(ctx: &Ctx, conn: &Conn, mut req: Request<Incoming>) -> Response<
             );
         }
         Some(verifier) => match bearer(verifier, conn, &req).await {
-            Ok(v) => {
+            Ok((v, subject, actors)) => {
                 let iat = v.claims.get("iat").and_then(serde_json::Value::as_i64);
                 env.token_age = iat.map_or(0, |iat| env.now - iat);
                 let scopes = v
@@ -297,7 +297,7 @@ async fn handle(ctx: &Ctx, conn: &Conn, mut req: Request<Incoming>) -> Response<
                     .iter()
                     .filter_map(|s| tessera_core::Scope::parse(s).ok())
                     .collect();
-                (scopes, Authn::MtlsJwt)
+                (scopes, Authn::MtlsJwt, subject, actors)
             }
             Err(why) => {
                 conn.counters.bad_token.inc();
@@ -315,8 +315,9 @@ async fn handle(ctx: &Ctx, conn: &Conn, mut req: Request<Incoming>) -> Response<
         conn.counters.deny.inc();
         return plain(StatusCode::BAD_REQUEST, format!("{e}\n"));
     }
-    let d = ctx.authz.decide(
-        caller,
+    let d = ctx.authz.decide_chain(
+        &subject,
+        &actors,
         req.method().as_str(),
         req.uri().path(),
         &scopes,
@@ -343,13 +344,15 @@ async fn handle(ctx: &Ctx, conn: &Conn, mut req: Request<Incoming>) -> Response<
     forward(ctx, caller, req).await
 }
 
-/// The request's bearer token, verified for this service and issued to the caller the client
-/// certificate names (a token passed on by another workload is refused).
+/// The request's bearer token, verified for this service and held by the workload the client
+/// certificate names: issued to it, or delegated to it (it is the token's current actor, RFC
+/// 8693 `act`). A token passed on by any other workload is refused. Returns the token, its
+/// subject and its actor chain (the current actor first).
 async fn bearer(
     verifier: &tessera_verify::Verifier,
     conn: &Conn,
     req: &Request<Incoming>,
-) -> Result<tessera_verify::Verified, &'static str> {
+) -> Result<(tessera_verify::Verified, SpiffeId, Vec<SpiffeId>), &'static str> {
     let token = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -362,13 +365,18 @@ async fn bearer(
         .verify(token)
         .await
         .map_err(|_| "the access token is not valid for this service\n")?;
-    if verified.subject != conn.caller.as_str() {
+    let subject = SpiffeId::parse(&verified.subject)
+        .map_err(|_| "the access token's subject is not a SPIFFE ID\n")?;
+    let actors = tessera_verify::actor_chain(&verified.claims)
+        .map_err(|_| "the access token's `act` chain cannot be read\n")?;
+    let holder = actors.first().unwrap_or(&subject);
+    if holder != &conn.caller {
         return Err("the access token was issued to another workload than the certificate's\n");
     }
     verified
         .check_certificate_binding(Some(conn.leaf.as_ref()))
         .map_err(|_| "the access token is bound to another certificate (RFC 8705)\n")?;
-    Ok(verified)
+    Ok((verified, subject, actors))
 }
 
 /// Removes the caller header and every header an upstream could merge into it: WSGI, CGI and

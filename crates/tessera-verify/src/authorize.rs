@@ -96,6 +96,28 @@ struct Inner {
     path_case: PathCase,
 }
 
+/// The workloads a delegated token's `act` claim names (RFC 8693 §4.1), the current actor
+/// first. Empty without `act`; an error when a member is not a SPIFFE ID or the chain is
+/// deeper than 8 (fail closed: a chain that cannot be read is not decided for).
+pub fn actor_chain(
+    claims: &serde_json::Map<String, serde_json::Value>,
+) -> Result<Vec<SpiffeId>, String> {
+    let mut chain = Vec::new();
+    let mut act = claims.get("act");
+    while let Some(a) = act {
+        if chain.len() >= 8 {
+            return Err("the `act` chain is deeper than 8".into());
+        }
+        let sub = a
+            .get("sub")
+            .and_then(serde_json::Value::as_str)
+            .ok_or("an `act` member has no `sub`")?;
+        chain.push(SpiffeId::parse(sub).map_err(|e| format!("`act`: {e}"))?);
+        act = a.get("act");
+    }
+    Ok(chain)
+}
+
 /// Decides calls to one service locally. Cheap to clone.
 #[derive(Clone)]
 pub struct Authorizer {
@@ -234,6 +256,61 @@ impl Authorizer {
         authn: Authn,
         env: &Env,
     ) -> AuthzDecision {
+        self.decide_chain(caller, &[], method, path, scopes, authn, env)
+    }
+
+    /// May `caller` make this call through `actors` (a delegated token's `act` chain, the
+    /// current actor first)? Every workload in the chain must not be revoked; the caller and
+    /// the current actor must each be allowed (the actor gets no route of the caller's it
+    /// lacks itself) and within their own call rate; policies see `context.delegated` and
+    /// `context.actor`.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the parts of one call, as `decide`"
+    )]
+    pub fn decide_chain(
+        &self,
+        caller: &SpiffeId,
+        actors: &[SpiffeId],
+        method: &str,
+        path: &str,
+        scopes: &[Scope],
+        authn: Authn,
+        env: &Env,
+    ) -> AuthzDecision {
+        let first = self.decide_one(
+            caller,
+            actors.first(),
+            actors,
+            method,
+            path,
+            scopes,
+            authn,
+            env,
+        );
+        match actors.first() {
+            Some(actor) if first.allowed => {
+                self.decide_one(actor, Some(actor), actors, method, path, scopes, authn, env)
+            }
+            _ => first,
+        }
+    }
+
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the parts of one call, as `decide`"
+    )]
+    fn decide_one(
+        &self,
+        caller: &SpiffeId,
+        actor: Option<&SpiffeId>,
+        chain: &[SpiffeId],
+        method: &str,
+        path: &str,
+        scopes: &[Scope],
+        authn: Authn,
+        env: &Env,
+    ) -> AuthzDecision {
         let loaded = self.inner.loaded.read().ok().and_then(|l| l.clone());
         let metrics = &self.inner.metrics;
         let Some(loaded) = loaded else {
@@ -251,7 +328,10 @@ impl Authorizer {
                 },
             );
         };
-        if loaded.revoked.contains(caller) {
+        if let Some(revoked) = std::iter::once(caller)
+            .chain(chain)
+            .find(|w| loaded.revoked.contains(*w))
+        {
             metrics.inc("deny");
             return self.finish(
                 caller,
@@ -261,12 +341,13 @@ impl Authorizer {
                 env,
                 AuthzDecision {
                     allowed: false,
-                    reason: format!("`{caller}` has been revoked"),
+                    reason: format!("`{revoked}` has been revoked"),
                     limited: None,
                 },
             );
         }
         let call = Call {
+            actor,
             method,
             path,
             scopes,

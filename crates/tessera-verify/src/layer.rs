@@ -192,6 +192,9 @@ where
                 let Ok(caller) = SpiffeId::parse(&verified.subject) else {
                     return Ok(denied());
                 };
+                let Ok(actors) = crate::authorize::actor_chain(&verified.claims) else {
+                    return Ok(denied());
+                };
                 let scopes: Vec<Scope> = verified
                     .scopes
                     .iter()
@@ -202,8 +205,9 @@ where
                     *r.status_mut() = StatusCode::BAD_REQUEST;
                     return Ok(r);
                 }
-                let d = authz.decide(
+                let d = authz.decide_chain(
                     &caller,
+                    &actors,
                     req.method().as_str(),
                     req.uri().path(),
                     &scopes,

@@ -31,7 +31,7 @@ use tokio::sync::{Mutex, RwLock};
 pub mod authorize;
 mod layer;
 mod metrics;
-pub use authorize::{Authorizer, AuthzDecision, AuthzMetrics, BundleSource};
+pub use authorize::{actor_chain, Authorizer, AuthzDecision, AuthzMetrics, BundleSource};
 pub use layer::{RequireToken, RequireTokenLayer};
 pub use metrics::VerifyMetrics;
 pub use tessera_policy::{Authn, Env, PolicyBundle};

@@ -4,6 +4,7 @@ use std::sync::{Arc, Mutex};
 use axum::routing::get;
 use axum::Router;
 use serde_json::json;
+use tessera_core::SpiffeId;
 use tessera_token::{sign, Alg, JwkSet, SigningKey};
 
 use super::*;
@@ -379,4 +380,87 @@ async fn certificate_bound_tokens_pass_only_over_their_certificate() {
         VerifyError::CertificateBinding.reason(),
         "certificate_binding"
     );
+}
+
+/// Finding 5: a delegated token is decided for its subject *and* its current actor (the
+/// actor gets no route of the subject's it lacks), policies see `context.actor`, the actor's
+/// call rate applies, and revoking any workload in the chain refuses the call.
+#[test]
+fn delegated_calls_are_decided_for_the_actor_too() {
+    let mesh = r#"
+[[workload]]
+id = "spiffe://example.org/user-svc"
+owner = "o"
+purpose = "p"
+
+[[workload]]
+id = "spiffe://example.org/batch"
+owner = "o"
+purpose = "p"
+
+[[workload]]
+id = "spiffe://example.org/api"
+owner = "o"
+purpose = "p"
+
+[[grant]]
+from = "spiffe://example.org/user-svc"
+to = "spiffe://example.org/api"
+routes = [{ methods = ["GET"], paths = ["/orders/*", "/admin/*"] }]
+why = "w"
+
+[[grant]]
+from = "spiffe://example.org/batch"
+to = "spiffe://example.org/api"
+routes = [{ methods = ["GET"], paths = ["/orders/*"] }]
+call_rate = "2/m"
+why = "w"
+"#;
+    let s = tessera_core::manifest::parse_str(std::path::Path::new("mesh.toml"), mesh).unwrap();
+    let files = vec![tessera_core::manifest::PolicyFile {
+        name: "no-delegated-deletes.cedar".into(),
+        text: "forbid (principal, action in Action::\"call\", resource) when { context.delegated && resource.path like \"/orders/42\" };\n".into(),
+    }];
+    let api = SpiffeId::parse("spiffe://example.org/api").unwrap();
+    let user = SpiffeId::parse("spiffe://example.org/user-svc").unwrap();
+    let batch = SpiffeId::parse("spiffe://example.org/batch").unwrap();
+    let mut bundle = PolicyBundle::cut(Some(&api), &s.workloads, &s.grants, &files);
+    let authz = Authorizer::new(api.clone());
+    authz.set_bundle(&bundle).unwrap();
+    let env = Env::now();
+    let decide = |subject: &SpiffeId, actors: &[SpiffeId], path: &str| {
+        authz.decide_chain(subject, actors, "GET", path, &[], Authn::Jwt, &env)
+    };
+    assert!(
+        decide(&user, &[], "/admin/x").allowed,
+        "the subject alone may"
+    );
+    assert!(
+        !decide(&user, &[batch.clone()], "/admin/x").allowed,
+        "the actor may not, so neither may the delegated call"
+    );
+    assert!(decide(&user, &[batch.clone()], "/orders/1").allowed);
+    assert!(
+        !decide(&user, &[batch.clone()], "/orders/42").allowed,
+        "a policy reads context.delegated"
+    );
+    assert!(decide(&user, &[], "/orders/42").allowed);
+    // The actor's rate (2 a minute) applies; one was spent above.
+    let limited = decide(&user, &[batch.clone()], "/orders/2");
+    assert!(limited.allowed);
+    let limited = decide(&user, &[batch.clone()], "/orders/3");
+    assert!(limited.limited.is_some(), "{limited:?}");
+    // Revoking a prior actor deep in the chain refuses the call.
+    let prior = SpiffeId::parse("spiffe://example.org/prior").unwrap();
+    bundle.revoked = vec![prior.clone()];
+    authz.set_bundle(&bundle).unwrap();
+    let d = decide(&user, &[batch.clone(), prior], "/orders/1");
+    assert!(!d.allowed && d.reason.contains("revoked"), "{d:?}");
+    // An `act` chain is read from the claims, the current actor first.
+    let claims = json!({"act": {"sub": "spiffe://example.org/batch", "act": {"sub": "spiffe://example.org/prior"}}});
+    let chain = actor_chain(claims.as_object().unwrap()).unwrap();
+    assert_eq!(chain.len(), 2);
+    assert_eq!(chain[0], batch);
+    let bad = json!({"act": {"sub": "not a spiffe id"}});
+    assert!(actor_chain(bad.as_object().unwrap()).is_err());
 }

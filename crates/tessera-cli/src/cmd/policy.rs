@@ -201,6 +201,7 @@ async fn test(
                 &c.from,
                 &c.to,
                 &Call {
+                    actor: None,
                     method: m,
                     path: p,
                     scopes: &c.scopes,

@@ -63,6 +63,7 @@ async fn post_explain(
                 &req.from,
                 &req.to,
                 &Call {
+                    actor: None,
                     method,
                     path,
                     scopes: &[],
@@ -341,6 +342,7 @@ fn record_detail(snap: &Snapshot, service: &SpiffeId, r: &DecisionRecord) -> Val
     let mut detail = json!({"method": r.method, "path": r.path, "reason": r.reason, "at": r.at});
     if !r.allowed {
         let call = Call {
+            actor: None,
             method: &r.method,
             path: &r.path,
             scopes: &r.scopes,
@@ -393,6 +395,7 @@ async fn post_decisions(
     if let Some(shadow) = &snap.shadow {
         for r in &batch.records {
             let call = Call {
+                actor: None,
                 method: &r.method,
                 path: &r.path,
                 scopes: &r.scopes,
