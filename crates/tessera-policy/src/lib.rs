@@ -905,6 +905,28 @@ impl PolicyEngine {
         extra: &IssueContext,
         env: &Env,
     ) -> Explanation {
+        let scope_list: Vec<&str> = scopes.iter().map(Scope::as_str).collect();
+        // As the token endpoint answers: scopes come from grants only. A Cedar `permit` may
+        // allow the pair, and a `forbid` take a scope away, but no policy gives a scope.
+        let granted = self.granted_scopes(from, to);
+        let ungranted: Vec<String> = scopes
+            .iter()
+            .filter(|s| !granted.contains(s))
+            .map(|s| format!("`{s}`"))
+            .collect();
+        if !ungranted.is_empty() {
+            return Explanation {
+                request: format!("`{from}` -> `{to}`: issue_token [{}]", scope_list.join(" ")),
+                decision: Decision::deny(format!(
+                    "invalid_scope: no grant gives `{from}` {} on `{to}` (scopes come from grants; a policy can allow a pair, not give a scope)",
+                    ungranted.join(", ")
+                )),
+                missing: vec![format!(
+                    "a grant from `{from}` to `{to}` with {}",
+                    ungranted.join(", ")
+                )],
+            };
+        }
         let decision = self.evaluate_issue(from, to, scopes, extra, env);
         let missing = self.missing(from, to, &decision, |g| {
             let lacking: Vec<String> = scopes
@@ -919,7 +941,6 @@ impl PolicyEngine {
                 lacking.join(", ")
             )
         });
-        let scope_list: Vec<&str> = scopes.iter().map(Scope::as_str).collect();
         Explanation {
             request: format!("`{from}` -> `{to}`: issue_token [{}]", scope_list.join(" ")),
             decision,

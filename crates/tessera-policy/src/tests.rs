@@ -817,3 +817,23 @@ why = "shows when the key rotates"
         assert!(parse_str(Path::new("mesh.toml"), &t).is_err(), "{pattern}");
     }
 }
+
+/// `explain` answers as the token endpoint does: a Cedar `permit` allows a pair, but only
+/// grants give scopes, so a scope no grant gives is `invalid_scope` in both places.
+#[test]
+fn explain_gives_no_scope_a_grant_does_not() {
+    let e = engine(&[(
+        "permit.cedar",
+        "permit (principal == Workload::\"spiffe://example.org/prod/a\", action == Action::\"issue_token\", resource == Service::\"spiffe://example.org/prod/b\");\n",
+    )]);
+    let env = Env::now();
+    let scope = |s: &str| Scope::parse(s).unwrap();
+    let ctx = IssueContext::default();
+    let x = e.explain_issue(&id(A), &id(B), &[scope("b:write")], &ctx, &env);
+    assert!(!x.decision.allowed);
+    assert!(x.decision.reason().contains("invalid_scope"), "{x:?}");
+    let x = e.explain_issue(&id(A), &id(B), &[scope("b:read")], &ctx, &env);
+    assert!(x.decision.allowed, "{x:?}");
+    let x = e.explain_issue(&id(A), &id(B), &[], &ctx, &env);
+    assert!(x.decision.allowed, "{x:?}");
+}
