@@ -373,6 +373,11 @@ pub fn tcp_peer(
     )
 }
 
+/// The unix user owning the client end of a loopback TCP connection from `peer` to `local`.
+pub fn tcp_socket_uid(peer: std::net::SocketAddr, local: std::net::SocketAddr) -> Option<u32> {
+    find_tcp_socket(peer, local).map(|(uid, _)| uid)
+}
+
 /// `/proc/net/tcp` writes addresses as hex of the in-memory (host order per 32-bit word) bytes.
 fn proc_net_addr(a: std::net::SocketAddr) -> String {
     match a {

@@ -229,6 +229,11 @@ pub(crate) enum ProxyCommand {
         /// A PEM CA certificate for the authority (e.g. `DATA/tls/ca.pem`).
         #[arg(long)]
         server_ca: Option<PathBuf>,
+        /// A unix user (uid) whose processes may use this sidecar's identity, besides the
+        /// sidecar's own; repeat for several. Other local users get 403: on a shared host a
+        /// loopback port is open to everyone.
+        #[arg(long = "allow-uid")]
+        allow_uid: Vec<u32>,
         #[command(flatten)]
         common: ProxyCommon,
     },

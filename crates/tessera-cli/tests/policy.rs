@@ -738,9 +738,10 @@ async fn library_authorizer_protects_an_axum_service() {
         raw_get(addr, "/api/v1/inventory/%2e%2e/%2e%2e/admin", &token).await,
         403
     );
+    // An encoded slash is read differently by servers: refused before any decision.
     assert_eq!(
         raw_get(addr, "/api/v1/inventory/x%2F..%2F..%2Fadmin", &token).await,
-        403
+        400
     );
     assert_eq!(
         http.get(format!("http://{addr}/api/v1/inventory/42"))
@@ -784,7 +785,9 @@ async fn library_authorizer_protects_an_axum_service() {
             .iter()
             .filter(|r| r["kind"] == "call.denied")
             .collect();
-        if recorded.len() >= 4 {
+        // Three denials: `/admin` and the two dot-segment spellings (the encoded slash was
+        // refused before any decision).
+        if recorded.len() >= 3 {
             assert!(recorded
                 .iter()
                 .all(|r| r["actor"] == INVENTORY && r["subject"] == ORDERS));

@@ -268,6 +268,30 @@ async fn sidecars_enforce_mtls_and_policy() {
         assert_eq!(r.status(), 200);
     }
 
+    // Finding 6: another unix user on this host cannot borrow the frontend's identity through
+    // its loopback port.
+    if uid() == "0" {
+        let o = Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "curl",
+                "-sS",
+                "-w",
+                "\n%{http_code}",
+            ])
+            .arg(format!("http://{out_addr}/api/items/7"))
+            .output()
+            .unwrap();
+        let out = stdout(&o);
+        assert!(
+            out.ends_with("403") && out.contains("not for your unix user"),
+            "{out}{}",
+            stderr(&o)
+        );
+    }
+
     // A caller with a valid SVID and no grant: curl with its certificate.
     let (stranger_pem, stranger_key, bundle) = svid_files(&socket, STRANGER, dir.path()).await;
     let url = format!("https://{in_addr}/api/items/7");

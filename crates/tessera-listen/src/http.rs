@@ -32,6 +32,7 @@ where
     let io = TokioIo::new(Tracked {
         inner: io,
         activity: ticket.activity(),
+        linger: None,
     });
     let service = Counted {
         inner: service,
@@ -85,7 +86,16 @@ where
 struct Tracked<I> {
     inner: I,
     activity: Activity,
+    /// Set once the connection is shut down: how long and how much more is read and thrown
+    /// away before the socket is dropped (nginx's lingering close). A response sent before the
+    /// whole request was read (413, 401) is then read by the client; without it the kernel
+    /// answers the unread bytes with a reset that can destroy the response in flight.
+    linger: Option<(Pin<Box<tokio::time::Sleep>>, usize)>,
 }
+
+/// Lingering close: at most this long, at most this many bytes.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
+const LINGER_BYTES: usize = 16 * 1024 * 1024;
 
 impl<I: AsyncRead + Unpin> AsyncRead for Tracked<I> {
     fn poll_read(
@@ -103,7 +113,7 @@ impl<I: AsyncRead + Unpin> AsyncRead for Tracked<I> {
     }
 }
 
-impl<I: AsyncWrite + Unpin> AsyncWrite for Tracked<I> {
+impl<I: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Tracked<I> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -120,7 +130,30 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Tracked<I> {
         Pin::new(&mut self.get_mut().inner).poll_flush(cx)
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+        let this = self.get_mut();
+        if this.linger.is_none() {
+            match Pin::new(&mut this.inner).poll_shutdown(cx) {
+                Poll::Ready(Ok(())) => {}
+                other => return other,
+            }
+            this.linger = Some((Box::pin(tokio::time::sleep(LINGER)), 0));
+        }
+        let Some((deadline, drained)) = this.linger.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        let mut scratch = [0u8; 8192];
+        loop {
+            if deadline.as_mut().poll(cx).is_ready() || *drained >= LINGER_BYTES {
+                return Poll::Ready(Ok(()));
+            }
+            let mut buf = ReadBuf::new(&mut scratch);
+            match Pin::new(&mut this.inner).poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) if buf.filled().is_empty() => return Poll::Ready(Ok(())),
+                Poll::Ready(Ok(())) => *drained += buf.filled().len(),
+                Poll::Ready(Err(_)) => return Poll::Ready(Ok(())),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
     }
 }
 

@@ -40,6 +40,15 @@ pub struct OutboundConfig {
     pub connect_timeout: Duration,
     /// Attach an access token for the target to requests that carry no `Authorization`.
     pub token: Option<TokenSource>,
+    /// The unix users whose processes may use this sidecar's identity (the owner of the
+    /// connecting loopback socket, from the kernel). Empty: the sidecar's own user only.
+    pub allowed_uids: Vec<u32>,
+}
+
+/// The user this process runs as (the owner of `/proc/self`).
+fn own_uid() -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").ok().map(|m| m.uid())
 }
 
 /// Where access tokens come from: the authority's URL and the CA its TLS certificate chains to.
@@ -416,35 +425,63 @@ pub async fn serve(
     });
     // The first generation now, so a misconfiguration is said at start.
     ctx.generation()?;
+    let allowed: std::sync::Arc<Vec<u32>> =
+        std::sync::Arc::new(if ctx.cfg.allowed_uids.is_empty() {
+            own_uid().into_iter().collect()
+        } else {
+            ctx.cfg.allowed_uids.clone()
+        });
+    tessera_listen::raise_nofile_limit();
+    let gate = tessera_listen::Gate::new(tessera_listen::Limits::from_nofile(0.5));
+    let mut backoff = tessera_listen::Backoff::new("outbound sidecar");
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => Some(r),
             () = crate::stopped(&mut stop) => None,
         };
-        let (stream, _) = match accepted {
+        let (mut stream, peer) = match accepted {
             None => return Ok(()),
-            Some(Ok(s)) => s,
+            Some(Ok(s)) => {
+                backoff.accepted();
+                s
+            }
             Some(Err(e)) => {
-                // E.g. out of file descriptors: wait a moment rather than spin.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                backoff.failed(&e).await;
                 continue;
             }
         };
+        let Ok(ticket) = gate.admit(tessera_listen::Source::Ip(peer.ip())) else {
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let ctx = ctx.clone();
+        let allowed = allowed.clone();
         tokio::spawn(async move {
+            // The identity is lent only to the processes of allowed users: the kernel says
+            // who owns the other end of this loopback connection.
+            let owner = match stream.local_addr() {
+                Ok(local) => tokio::task::spawn_blocking(move || {
+                    tessera_agent::attest::tcp_socket_uid(peer, local)
+                })
+                .await
+                .ok()
+                .flatten(),
+                Err(_) => None,
+            };
+            if !owner.is_some_and(|uid| allowed.contains(&uid)) {
+                ctx.metrics.handshake_failed("local_user_refused");
+                let _ = tokio::io::AsyncWriteExt::write_all(
+                    &mut stream,
+                    b"HTTP/1.1 403 Forbidden\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: 51\r\n\r\nthis sidecar's identity is not for your unix user\n",
+                )
+                .await;
+                return;
+            }
             let service = hyper::service::service_fn(move |req| {
                 let ctx = ctx.clone();
                 async move { Ok::<_, Infallible>(forward(&ctx, req).await) }
             });
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            if let Err(e) = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                tracing::debug!(error = %e, "connection ended with an error");
-            }
+            tessera_listen::serve_http(stream, service, ticket, std::future::pending()).await;
         });
     }
 }

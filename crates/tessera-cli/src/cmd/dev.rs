@@ -251,6 +251,7 @@ why = "The shop shows what is in stock"
             target_id: tessera_core::SpiffeId::parse(stock).map_err(|e| anyhow!("{e}"))?,
             connect_timeout: std::time::Duration::from_secs(5),
             token: None,
+            allowed_uids: Vec::new(),
         },
         shop_id,
         metrics,

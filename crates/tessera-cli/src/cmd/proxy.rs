@@ -93,6 +93,7 @@ pub(crate) async fn run(command: ProxyCommand) -> anyhow::Result<u8> {
             attach_token,
             server,
             server_ca,
+            allow_uid,
             common,
         } => {
             init_logs(common.log_format, "info");
@@ -113,6 +114,7 @@ pub(crate) async fn run(command: ProxyCommand) -> anyhow::Result<u8> {
                 target_id,
                 connect_timeout: std::time::Duration::from_secs(10),
                 token,
+                allowed_uids: allow_uid,
             };
             let (m, stop) = (metrics.clone(), stop.clone());
             let task = tokio::spawn(async move {
