@@ -219,6 +219,30 @@ impl KeySet {
     }
 }
 
+/// Reads a response body, stopping as soon as it passes `cap` bytes (a declared length is not
+/// trusted, and an undeclared one is counted as it arrives): a hostile server cannot make the
+/// reader hold more than `cap`.
+pub async fn read_capped(mut resp: reqwest::Response, cap: usize) -> Result<Vec<u8>, String> {
+    if resp
+        .content_length()
+        .is_some_and(|n| n > u64::try_from(cap).unwrap_or(u64::MAX))
+    {
+        return Err(format!("is larger than {} KiB", cap / 1024));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| e.without_url().to_string())?
+    {
+        if body.len() + chunk.len() > cap {
+            return Err(format!("is larger than {} KiB", cap / 1024));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
 /// Where a verifier gets keys: a fixed set, or an issuer's JWKS URL through a cache.
 #[derive(Debug, Clone)]
 pub enum Keys {
@@ -260,6 +284,8 @@ struct CacheState {
     keys: Arc<KeySet>,
     fetched: Option<Instant>,
     last_attempt: Option<Instant>,
+    /// Why the last fetch failed (cleared by a good one): said when no key set is in hand.
+    last_error: Option<String>,
 }
 
 impl JwksCache {
@@ -275,6 +301,7 @@ impl JwksCache {
                 keys: Arc::new(KeySet::default()),
                 fetched: None,
                 last_attempt: None,
+                last_error: None,
             }),
             refresh: Mutex::new(()),
             min_refresh: Duration::from_secs(10),
@@ -308,15 +335,9 @@ impl JwksCache {
                 resp.status()
             )));
         }
-        let body = resp
-            .bytes()
+        let body = read_capped(resp, 1024 * 1024)
             .await
-            .map_err(|e| VerifyError::KeysUnavailable(e.without_url().to_string()))?;
-        if body.len() > 1024 * 1024 {
-            return Err(VerifyError::KeysUnavailable(
-                "the JWKS is larger than 1 MiB".into(),
-            ));
-        }
+            .map_err(|e| VerifyError::KeysUnavailable(format!("the JWKS {e}")))?;
         let set = if self.allow_rsa {
             KeySet::from_jwks_with_rsa(&body)?
         } else {
@@ -350,9 +371,11 @@ impl JwksCache {
             Ok(set) => {
                 st.keys = Arc::new(set);
                 st.fetched = Some(Instant::now());
+                st.last_error = None;
             }
             Err(e) => {
-                tracing::warn!(error = %e, "JWKS refresh failed; keeping the last good key set")
+                tracing::warn!(error = %e, "JWKS refresh failed; keeping the last good key set");
+                st.last_error = Some(e.to_string());
             }
         }
         st.keys.clone()
@@ -373,9 +396,10 @@ impl JwksCache {
         let st = self.state.read().await;
         match st.fetched {
             None => {
-                return Err(VerifyError::KeysUnavailable(
-                    "no key set was ever fetched".into(),
-                ))
+                return Err(VerifyError::KeysUnavailable(match &st.last_error {
+                    Some(why) => format!("no key set was ever fetched ({why})"),
+                    None => "no key set was ever fetched".into(),
+                }))
             }
             Some(t) if t.elapsed() > self.max_stale => {
                 return Err(VerifyError::KeysUnavailable(

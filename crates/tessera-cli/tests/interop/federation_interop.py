@@ -51,7 +51,28 @@ class Issuer(BaseHTTPRequestHandler):
 
     def do_GET(self):
         base = f"http://127.0.0.1:{self.server.server_port}"
-        if self.path == "/.well-known/openid-configuration":
+        if self.path == "/redirect/.well-known/openid-configuration":
+            # A redirect to the real document (or anywhere): never followed.
+            self.send_response(302)
+            self.send_header("location", "/.well-known/openid-configuration")
+            self.send_header("content-length", "0")
+            self.end_headers()
+            return
+        if self.path == "/huge/.well-known/openid-configuration":
+            body = {"issuer": base + "/huge", "jwks_uri": base + "/huge/jwks"}
+        elif self.path == "/huge/jwks":
+            # 64 MiB with no declared length: the reader must stop counting, not buffer it.
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.end_headers()
+            try:
+                self.wfile.write(b'{"keys": [' + b" " * 1024)
+                for _ in range(64 * 1024):
+                    self.wfile.write(b" " * 1024)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            return
+        elif self.path == "/.well-known/openid-configuration":
             body = {"issuer": base, "jwks_uri": base + "/openid/v1/jwks",
                     "response_types_supported": ["id_token"], "subject_types_supported": ["public"],
                     "id_token_signing_alg_values_supported": ["RS256"]}
@@ -193,6 +214,8 @@ workload = "spiffe://example.org/deploy/orders-pipeline"
 name = "prod-cluster"
 issuer = "{K8S_ISS}"
 audience = "tessera"
+# The test issuer runs on loopback: a private address needs the trust's opt-in.
+private_network = true
 
 [[trust.map]]
 claims = {{ "kubernetes.io" = {{ namespace = "orders", serviceaccount = {{ name = "orders" }} }} }}
@@ -202,6 +225,37 @@ workload = "spiffe://example.org/prod/orders"
 name = "gone-cluster"
 issuer = "http://127.0.0.1:9"
 audience = "tessera"
+private_network = true
+
+[[trust.map]]
+claims = {{ sub = "system:serviceaccount:*" }}
+workload = "spiffe://example.org/prod/orders"
+
+# The same issuer, without the opt-in: its private address is refused.
+[[trust]]
+name = "sneaky"
+issuer = "{K8S_ISS}/sneaky"
+audience = "tessera"
+
+[[trust.map]]
+claims = {{ sub = "system:serviceaccount:*" }}
+workload = "spiffe://example.org/prod/orders"
+
+[[trust]]
+name = "redirecting"
+issuer = "{K8S_ISS}/redirect"
+audience = "tessera"
+private_network = true
+
+[[trust.map]]
+claims = {{ sub = "system:serviceaccount:*" }}
+workload = "spiffe://example.org/prod/orders"
+
+[[trust]]
+name = "huge"
+issuer = "{K8S_ISS}/huge"
+audience = "tessera"
+private_network = true
 
 [[trust.map]]
 claims = {{ sub = "system:serviceaccount:*" }}
@@ -351,6 +405,9 @@ cases = [
     ("not a JWT", "definitely-not-a-jwt", "not an acceptable JWT"),
     ("oversized", gh(gh_claims(padding="x" * 20000)), "not an acceptable JWT"),
     ("unreachable discovery", jwt.encode(k8s_claims(iss="http://127.0.0.1:9"), K8S_KEYS["keys"][0][0], algorithm="RS256", headers={"kid": "k8s-1"}), "unreachable"),
+    ("an issuer on a private address without the opt-in", k8s(k8s_claims(iss=K8S_ISS + "/sneaky")), "private address"),
+    ("a redirecting discovery document", k8s(k8s_claims(iss=K8S_ISS + "/redirect")), "HTTP 302"),
+    ("a 64 MiB JWKS", k8s(k8s_claims(iss=K8S_ISS + "/huge")), "larger than 1024 KiB"),
 ]
 for name, token, why in cases:
     r = exchange(token, "registry")

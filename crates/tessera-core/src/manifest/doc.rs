@@ -127,6 +127,8 @@ pub(super) struct TrustDoc {
     #[serde(default)]
     pub(super) single_use: bool,
     #[serde(default)]
+    pub(super) private_network: bool,
+    #[serde(default)]
     pub(super) map: Vec<TrustMap>,
 }
 

@@ -297,6 +297,7 @@ fn parse_into(state: &mut DesiredState, file: &Path, text: &str) -> Result<(), M
             algorithms: t.algorithms,
             max_age: t.max_age,
             single_use: t.single_use,
+            private_network: t.private_network,
             map: t.map,
             source: loc.source(span),
         });

@@ -113,6 +113,11 @@ pub struct Trust {
     pub algorithms: Vec<String>,
     pub max_age: Option<Ttl>,
     pub single_use: bool,
+    /// The issuer may be reached at a private, loopback or link-local address (an in-cluster
+    /// issuer). Off by default: an outside issuer's discovery could otherwise be pointed at
+    /// the authority's own network (SSRF).
+    #[serde(default)]
+    pub private_network: bool,
     pub map: Vec<TrustMap>,
     pub source: String,
 }

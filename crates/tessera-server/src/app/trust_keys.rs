@@ -41,14 +41,119 @@ enum KeySource {
 }
 
 /// Key sources by trust, rebuilt when a trust's issuer or key file changes.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct TrustKeys {
     by_name: Mutex<HashMap<String, (String, Arc<KeySource>)>>,
-    client: reqwest::Client,
+    /// For issuers on public addresses only (the default).
+    public: reqwest::Client,
+    /// For trusts that opt in with `private_network = true`.
+    private: reqwest::Client,
+}
+
+impl Default for TrustKeys {
+    fn default() -> Self {
+        Self {
+            by_name: Mutex::default(),
+            public: outside_client(false),
+            private: outside_client(true),
+        }
+    }
+}
+
+/// A client for outside issuers: no redirects (a discovery document or JWKS that redirects is
+/// refused, not followed to wherever it points), short timeouts, and unless `private` only
+/// public addresses, whatever a name resolves to.
+fn outside_client(private: bool) -> reqwest::Client {
+    let mut b = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(10));
+    if !private {
+        b = b.dns_resolver(Arc::new(PublicOnly));
+    }
+    b.build().unwrap_or_default()
+}
+
+/// Whether `ip` is on the public internet: not loopback, private, link-local, shared (CGNAT),
+/// unique-local, multicast or unspecified.
+pub(crate) fn is_public(ip: std::net::IpAddr) -> bool {
+    use std::net::IpAddr;
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            !(v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                || v4.is_documentation()
+                || (o[0] == 100 && (o[1] & 0xc0) == 64)
+                || o[0] == 0)
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_public(IpAddr::V4(v4));
+            }
+            let first = v6.segments()[0];
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (first & 0xfe00) == 0xfc00
+                || (first & 0xffc0) == 0xfe80)
+        }
+    }
+}
+
+/// A resolver that keeps only public addresses.
+#[derive(Debug)]
+struct PublicOnly;
+
+impl reqwest::dns::Resolve for PublicOnly {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let all: Vec<std::net::SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let public: Vec<std::net::SocketAddr> =
+                all.into_iter().filter(|a| is_public(a.ip())).collect();
+            if public.is_empty() {
+                return Err(format!(
+                    "`{host}` resolves only to private addresses (set `private_network = true` on the trust to allow it)"
+                )
+                .into());
+            }
+            let addrs: reqwest::dns::Addrs = Box::new(public.into_iter());
+            Ok(addrs)
+        })
+    }
+}
+
+/// Refuses a URL whose host is a private IP literal (a resolver never sees those).
+fn check_address(url: &reqwest::Url, private: bool) -> Result<(), TrustKeyError> {
+    if private {
+        return Ok(());
+    }
+    let literal = match url.host() {
+        Some(url::Host::Ipv4(ip)) => Some(std::net::IpAddr::V4(ip)),
+        Some(url::Host::Ipv6(ip)) => Some(std::net::IpAddr::V6(ip)),
+        _ => None,
+    };
+    match literal {
+        Some(ip) if !is_public(ip) => Err(TrustKeyError::Discovery(format!(
+            "`{url}` is a private address (set `private_network = true` on the trust to allow it)"
+        ))),
+        _ => Ok(()),
+    }
 }
 
 fn fingerprint(t: &Trust) -> String {
-    format!("{}\n{}", t.issuer, t.jwks.as_deref().unwrap_or(""))
+    format!(
+        "{}\n{}\n{}",
+        t.issuer,
+        t.jwks.as_deref().unwrap_or(""),
+        t.private_network
+    )
 }
 
 impl TrustKeys {
@@ -96,8 +201,13 @@ impl TrustKeys {
         }
         let result = cache
             .get_or_try_init(|| async {
-                let jwks_uri = discover(&self.client, &t.issuer).await?;
-                let mut c = JwksCache::with_client(jwks_uri, self.client.clone());
+                let client = if t.private_network {
+                    &self.private
+                } else {
+                    &self.public
+                };
+                let jwks_uri = discover(client, &t.issuer, t.private_network).await?;
+                let mut c = JwksCache::with_client(jwks_uri, client.clone());
                 c.allow_rsa = true;
                 Ok::<_, TrustKeyError>(Arc::new(c))
             })
@@ -187,9 +297,16 @@ fn pick(set: &KeySet, kid: Option<&Kid>, alg: Alg) -> Result<PublicKey, TrustKey
 
 /// `jwks_uri` from `<issuer>/.well-known/openid-configuration` (or the RFC 8414 document),
 /// whose `issuer` must be the trust's issuer exactly.
-async fn discover(client: &reqwest::Client, issuer: &str) -> Result<reqwest::Url, TrustKeyError> {
+async fn discover(
+    client: &reqwest::Client,
+    issuer: &str,
+    private: bool,
+) -> Result<reqwest::Url, TrustKeyError> {
     let base = issuer.trim_end_matches('/');
-    let mut last = String::new();
+    let issuer_url = reqwest::Url::parse(base)
+        .map_err(|_| TrustKeyError::Discovery(format!("`{issuer}` is not a URL")))?;
+    check_address(&issuer_url, private)?;
+    let mut tried: Vec<String> = Vec::new();
     for path in [
         "/.well-known/openid-configuration",
         "/.well-known/oauth-authorization-server",
@@ -203,22 +320,27 @@ async fn discover(client: &reqwest::Client, issuer: &str) -> Result<reqwest::Url
         {
             Ok(r) if r.status().is_success() => r,
             Ok(r) => {
-                last = format!("`{url}` answered HTTP {}", r.status());
+                // A redirect is answered as such: never followed.
+                tried.push(format!("`{url}` answered HTTP {}", r.status()));
                 continue;
             }
             Err(e) => {
-                last = format!("`{url}` is unreachable: {}", e.without_url());
+                // The innermost cause says why (a private address, a refused connection).
+                let e = e.without_url();
+                let mut why = e.to_string();
+                let mut source = std::error::Error::source(&e);
+                while let Some(s) = source {
+                    why = s.to_string();
+                    source = s.source();
+                }
+                tried.push(format!("`{url}` is unreachable: {why}"));
                 continue;
             }
         };
-        if resp.content_length().is_some_and(|n| n > 256 * 1024) {
-            return Err(TrustKeyError::Discovery(format!(
-                "`{url}` is larger than 256 KiB"
-            )));
-        }
-        let doc: Value = resp
-            .json()
+        let body = tessera_verify::read_capped(resp, 256 * 1024)
             .await
+            .map_err(|e| TrustKeyError::Discovery(format!("`{url}` {e}")))?;
+        let doc: Value = serde_json::from_slice(&body)
             .map_err(|_| TrustKeyError::Discovery(format!("`{url}` is not a JSON document")))?;
         if doc.get("issuer").and_then(Value::as_str) != Some(issuer) {
             return Err(TrustKeyError::Discovery(format!(
@@ -229,10 +351,13 @@ async fn discover(client: &reqwest::Client, issuer: &str) -> Result<reqwest::Url
             .get("jwks_uri")
             .and_then(Value::as_str)
             .ok_or_else(|| TrustKeyError::Discovery(format!("`{url}` has no `jwks_uri`")))?;
-        return reqwest::Url::parse(jwks)
-            .map_err(|_| TrustKeyError::Discovery(format!("`jwks_uri` `{jwks}` is not a URL")));
+        let jwks = reqwest::Url::parse(jwks)
+            .map_err(|_| TrustKeyError::Discovery(format!("`jwks_uri` `{jwks}` is not a URL")))?;
+        check_address(&jwks, private)?;
+        return Ok(jwks);
     }
     Err(TrustKeyError::Discovery(format!(
-        "cannot discover the keys of `{issuer}`: {last}"
+        "cannot discover the keys of `{issuer}`: {}",
+        tried.join("; ")
     )))
 }
