@@ -368,6 +368,33 @@ why = "reads the orders table"
     );
     assert!(!good);
 
+    // Finding 14: a holder that loses its grant can no longer renew, and its leases end.
+    let c5 = creds("1h");
+    let (user5, pass5) = (
+        c5["username"].as_str().unwrap().to_owned(),
+        c5["password"].as_str().unwrap().to_owned(),
+    );
+    let lease5 = c5["lease_id"].as_str().unwrap().to_owned();
+    let ungranted = mesh.split("[[secret_grant]]").next().unwrap().to_owned();
+    let p = write(dir.path(), "ungranted.toml", &ungranted);
+    ok(&tessera(
+        &s.data,
+        &["apply", "--prune", "-f", p.to_str().unwrap()],
+    ));
+    let o = Command::new(BIN)
+        .args([
+            "db", "renew", &lease5, "--ttl", "2h", "--server", &s.url, "--id", APP, "--socket",
+        ])
+        .arg(&socket)
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "renewed without a grant");
+    wait_until("the ungranted holder's role is dropped", 20, || {
+        !psql(&db_url, &user5, &pass5, "SELECT 1").0
+    });
+    let p = write(dir.path(), "mesh.toml", &mesh);
+    ok(&tessera(&s.data, &["apply", "-f", p.to_str().unwrap()]));
+
     // A lease that ends while the server is down is cleaned up when it starts again.
     let c4 = creds("1h");
     let c = creds("10s");

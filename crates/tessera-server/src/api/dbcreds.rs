@@ -323,7 +323,18 @@ async fn renew_lease(
     body: axum::body::Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let req = creds_request(&body)?;
-    let (lease, who) = own_lease(&app, caller, &id).await?;
+    let (lease, who) = own_lease(&app, caller.clone(), &id).await?;
+    // Renewing is reading again: the holder must still be granted the role.
+    let role = label(&lease.role, "role")?;
+    decide(
+        &app,
+        &app.snapshot(),
+        &caller,
+        &role_secret(&role)?,
+        None,
+        SecretAction::Read,
+    )
+    .await?;
     let r = app.store.db_role(&lease.role).await?;
     let ttl = req
         .ttl

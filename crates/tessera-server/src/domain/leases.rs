@@ -128,15 +128,43 @@ pub(crate) async fn end(app: &App, id: &str, actor: &str) -> Result<(), LeaseErr
 
 // ---- Workloads ------------------------------------------------------------------------------
 
-/// Ends the open leases of workloads that were revoked or removed.
+/// Ends the open leases of workloads that were revoked or removed, or that are no longer
+/// granted their role (decided as for a reader over mTLS with a token, the strongest proof:
+/// a holder that could renew under no circumstance loses its lease).
 pub(crate) async fn end_leases_of_revoked_workloads(app: &App) -> Result<(), LeaseError> {
     let snap = app.snapshot();
+    let env = tessera_policy::Env::now();
     for l in app.store.leases(LeaseFilter::Open).await? {
-        let revoked = tessera_core::SpiffeId::parse(&l.workload)
-            .ok()
-            .and_then(|id| snap.workloads.get(&id).map(|w| w.revoked_at.is_some()))
+        let holder = tessera_core::SpiffeId::parse(&l.workload).ok();
+        let revoked = holder
+            .as_ref()
+            .and_then(|id| snap.workloads.get(id).map(|w| w.revoked_at.is_some()))
             .unwrap_or(true);
-        if revoked && l.state == LeaseState::Active {
+        let ungranted = || {
+            let (Some(id), Ok(role)) = (holder.as_ref(), tessera_core::Label::parse(&l.role))
+            else {
+                return true;
+            };
+            let Ok(name) = role_secret(&role) else {
+                return true;
+            };
+            match crate::domain::secrets::entity(app, &name, None) {
+                Ok(e) => {
+                    !snap
+                        .engine
+                        .decide_secret(
+                            id,
+                            &e,
+                            tessera_policy::SecretAction::Read,
+                            tessera_policy::Authn::MtlsJwt,
+                            &env,
+                        )
+                        .allowed
+                }
+                Err(_) => false,
+            }
+        };
+        if l.state == LeaseState::Active && (revoked || ungranted()) {
             end(app, &l.id, "server").await?;
         }
     }
