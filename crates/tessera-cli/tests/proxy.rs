@@ -573,6 +573,26 @@ async fn sidecars_enforce_mtls_and_policy() {
         );
     }
 
+    // Finding 13: a token revoked at the authority (RFC 7009) is refused by the sidecar within
+    // its revocation poll.
+    let (status, _) = post_form(
+        &format!("{}/revoke", s.url),
+        Some(("frontend", &secret)),
+        &[("token", good)],
+    )
+    .await;
+    assert_eq!(status, 200);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (_, out) = with_front(&["-H", &auth]);
+        if out.ends_with("401") {
+            break;
+        }
+        assert!(out.ends_with("200"), "{out}");
+        assert!(Instant::now() < deadline, "the revoked token still passes");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
     // Revoking the frontend stops it at the point of use within a bundle poll, even on a
     // connection that is already open and with an SVID that has not expired.
     let o = tessera(&s.data, &["revoke", "workload", FRONTEND]);

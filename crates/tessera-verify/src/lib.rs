@@ -452,9 +452,18 @@ impl Verifier {
         url: reqwest::Url,
         every: Duration,
     ) -> tokio::task::JoinHandle<()> {
+        self.spawn_revocation_poller_with(reqwest::Client::new(), url, every)
+    }
+
+    /// [`Verifier::spawn_revocation_poller`] with a client of the caller's (its trust roots).
+    pub fn spawn_revocation_poller_with(
+        &self,
+        client: reqwest::Client,
+        url: reqwest::Url,
+        every: Duration,
+    ) -> tokio::task::JoinHandle<()> {
         let this = self.clone();
         tokio::spawn(async move {
-            let client = reqwest::Client::new();
             loop {
                 match fetch_revocations(&client, &url).await {
                     Ok(list) => this.set_revocations(list),

@@ -78,7 +78,14 @@ pub(crate) async fn run(command: ProxyCommand) -> anyhow::Result<u8> {
                     VerifierConfig::access_token(server.trim_end_matches('/'), me.as_str())
                         .map_err(|e| anyhow!("{e}"))?;
                 let jwks = JwksCache::with_client(base.join("jwks")?, http.clone());
-                cfg.require_token = Some(Verifier::new(config, jwks));
+                let verifier = Verifier::new(config, jwks);
+                // Revoked tokens and workloads are refused within the poll period.
+                verifier.spawn_revocation_poller_with(
+                    http.clone(),
+                    base.join("revocations")?,
+                    std::time::Duration::from_secs(5),
+                );
+                cfg.require_token = Some(verifier);
             }
             let (m, stop) = (metrics.clone(), stop.clone());
             let task = tokio::spawn(async move {
