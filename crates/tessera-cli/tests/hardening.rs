@@ -335,3 +335,54 @@ async fn attacker_text_cannot_forge_audit_lines() {
     );
     assert!(out.contains("malformed-issuer:sha256:"), "{out}");
 }
+
+/// Finding 9: a stream of failed client authentications is one record per client and minute
+/// (and the count of the rest), not one durable record each.
+#[tokio::test]
+async fn failed_authentications_cannot_flood_the_audit_trail() {
+    let s = server(Backend::Sqlite, &[]).unwrap();
+    setup_mesh(&s);
+    let form = [
+        ("grant_type", "client_credentials"),
+        ("audience", "spiffe://example.org/prod/inventory-api"),
+    ];
+    for _ in 0..300 {
+        let (status, _) = post_form(
+            &format!("{}/token", s.url),
+            Some(("orders", "tsk_wrong")),
+            &form,
+        )
+        .await;
+        assert_eq!(status, 401);
+    }
+    let o = tessera(
+        &s.data,
+        &["audit", "tail", "-n", "1000", "--output", "json"],
+    );
+    let rows: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let failures = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["kind"].as_str().unwrap_or("").contains("auth_failed"))
+        .count();
+    assert_eq!(
+        failures, 1,
+        "one record opens the window; the rest are counted"
+    );
+    let metrics = reqwest::get(format!("{}/metrics", s.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("tessera_refusals_aggregated_total 299"),
+        "{}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("refusals"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}

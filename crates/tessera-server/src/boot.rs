@@ -234,6 +234,7 @@ pub async fn start(
         lease_changes: tokio::sync::Notify::new(),
         metrics,
         registry,
+        failures: Default::default(),
     });
     app.reload()
         .await
@@ -381,6 +382,7 @@ async fn background(app: Arc<App>, mut stop: watch::Receiver<bool>) {
             _ = stop.wait_for(|s| *s) => return,
         }
         n += 1;
+        app.flush_refusals().await;
         match app.store.state_version().await {
             Ok(v) if v != app.snapshot().version => {
                 if let Err(e) = app.reload().await {

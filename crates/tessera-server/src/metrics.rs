@@ -83,6 +83,8 @@ pub(crate) struct Metrics {
     pub grants_overdue: Gauge,
     pub key_age_seconds: Family<TdLabels, Gauge>,
     pub audit_failures: Counter,
+    /// Refusals counted into a window's summary instead of a record of their own.
+    pub refusals_aggregated: Counter,
     pub svids_issued: Counter,
     pub ca_expiry_seconds: Family<TdLabels, Gauge>,
     pub secret_reads: Family<ResultLabels, Counter>,
@@ -101,6 +103,7 @@ impl Metrics {
             grants_overdue: Gauge::default(),
             key_age_seconds: Family::default(),
             audit_failures: Counter::default(),
+            refusals_aggregated: Counter::default(),
             svids_issued: Counter::default(),
             ca_expiry_seconds: Family::default(),
             secret_reads: Family::default(),
@@ -120,6 +123,11 @@ impl Metrics {
             "tessera_client_auth_failures",
             "Failed client authentications by method",
             m.client_auth_failures.clone(),
+        );
+        registry.register(
+            "tessera_refusals_aggregated",
+            "Refusals of unauthenticated callers counted into a per-minute summary record instead of one record each",
+            m.refusals_aggregated.clone(),
         );
         registry.register(
             "tessera_grants_overdue_review",

@@ -170,9 +170,7 @@ async fn post_join(State(app): State<Arc<App>>, Json(req): Json<JoinRequest>) ->
                 outcome: Outcome::Denied,
                 detail: json!({"reason": e.to_string()}),
             };
-            if let Err(err) = app.audit.append(event).await {
-                tracing::error!(error = %err, "could not record a refused join");
-            }
+            app.audit_refusal(event).await;
             e.into_response()
         }
     }

@@ -85,6 +85,8 @@ pub struct App {
     pub(crate) lease_changes: tokio::sync::Notify,
     pub(crate) metrics: Metrics,
     pub(crate) registry: Registry,
+    /// Refusals of unauthenticated callers, aggregated per window before they are recorded.
+    pub(crate) failures: super::failures::FailureLog,
 }
 
 impl std::fmt::Debug for App {
@@ -96,6 +98,32 @@ impl std::fmt::Debug for App {
 }
 
 impl App {
+    /// Records the refusal of an unauthenticated caller: at once when it opens a window, as a
+    /// count in the window's summary when it repeats (see `failures`). The refusal stands
+    /// whether or not its record could be written.
+    pub(crate) async fn audit_refusal(&self, event: tessera_store::AuditEvent) {
+        let now = self.failures.admit(event);
+        if now.is_empty() {
+            self.metrics.refusals_aggregated.inc();
+        }
+        for e in now {
+            if let Err(err) = self.audit.append(e).await {
+                self.metrics.audit_failures.inc();
+                tracing::error!(error = %err, "could not record a refusal");
+            }
+        }
+    }
+
+    /// Writes the summaries of closed refusal windows (the server's background loop).
+    pub(crate) async fn flush_refusals(&self) {
+        for e in self.failures.drain_closed() {
+            if let Err(err) = self.audit.append(e).await {
+                self.metrics.audit_failures.inc();
+                tracing::error!(error = %err, "could not record a refusal summary");
+            }
+        }
+    }
+
     /// Notified with the state version each time a new snapshot is swapped in.
     pub fn subscribe_changes(&self) -> watch::Receiver<i64> {
         self.changes.subscribe()

@@ -10,6 +10,7 @@
 pub(crate) mod app;
 pub(crate) mod ca;
 pub(crate) mod db_pools;
+pub(crate) mod failures;
 pub(crate) mod keys;
 pub(crate) mod snapshot;
 pub(crate) mod trust_keys;

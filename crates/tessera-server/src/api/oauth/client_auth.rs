@@ -98,10 +98,7 @@ pub(crate) async fn replayed(app: &App, client_id: &str) -> ApiError {
         Some(client_id),
         "client assertion: this `jti` was used before (replay)",
     );
-    if let Err(e) = app.audit.append(event).await {
-        app.metrics.audit_failures.inc();
-        tracing::error!(error = %e, "could not record a replayed client assertion");
-    }
+    app.audit_refusal(event).await;
     err
 }
 
@@ -119,11 +116,7 @@ pub(crate) async fn authenticate_deferred(
         Ok(c) => Ok(c),
         Err(Failure::Refused(refusal)) => {
             let (event, err) = *refusal;
-            // The refusal stands whether or not its record could be written.
-            if let Err(e) = app.audit.append(event).await {
-                app.metrics.audit_failures.inc();
-                tracing::error!(error = %e, "could not record a client authentication failure");
-            }
+            app.audit_refusal(event).await;
             Err(err)
         }
         Err(Failure::Api(err)) => Err(err),
@@ -423,10 +416,7 @@ const MAX_KEYS_WITHOUT_KID: usize = 8;
 
 /// Records a refused client (best effort: the refusal stands either way); the error to answer.
 pub(crate) async fn audited(app: &App, (event, err): (AuditEvent, ApiError)) -> ApiError {
-    if let Err(e) = app.audit.append(event).await {
-        app.metrics.audit_failures.inc();
-        tracing::error!(error = %e, "could not record a refused client");
-    }
+    app.audit_refusal(event).await;
     err
 }
 

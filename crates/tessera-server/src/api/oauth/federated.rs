@@ -35,9 +35,7 @@ async fn audit_refusal(app: &App, grant_type: GrantType, r: &Refusal) {
         outcome: Outcome::Denied,
         detail: json!({"reason": r.reason, "grant_type": grant_type.as_str()}),
     };
-    if let Err(e) = app.audit.append(event).await {
-        tracing::error!(error = %e, "could not record a refused exchange");
-    }
+    app.audit_refusal(event).await;
 }
 
 /// An unverified token's `iss` as the audit trail keeps it: a well-formed `https://` or
