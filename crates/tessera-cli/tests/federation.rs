@@ -67,7 +67,9 @@ fn run(backend: Backend) {
         .iter()
         .filter(|r| r["kind"] == "federation.refused")
         .count();
-    assert!(refused >= 10, "refusals are audited: {refused}");
+    // One record per trust and issuer a minute (repeats are counted into a summary), so the
+    // many refusals above are fewer records, one for each distinct refuser at least.
+    assert!(refused >= 6, "refusals are audited: {refused}");
     let delegated = records.iter().any(|r| {
         r["kind"] == "token.issued"
             && r["detail"]

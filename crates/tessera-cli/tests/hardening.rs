@@ -386,3 +386,81 @@ async fn failed_authentications_cannot_flood_the_audit_trail() {
             .join("\n")
     );
 }
+
+/// Finding 8: only a service reports decisions, about callers that exist, within a quota.
+#[tokio::test]
+async fn decision_records_come_only_from_services_within_a_quota() {
+    let s = server(Backend::Sqlite, &[]).unwrap();
+    let (orders, inventory) = setup_mesh(&s);
+    let token_of = |id: &'static str, secret: String| {
+        let url = format!("{}/token", s.url);
+        let aud = s.url.clone();
+        async move {
+            let (status, body) = post_form(
+                &url,
+                Some((id, &secret)),
+                &[("grant_type", "client_credentials"), ("audience", &aud)],
+            )
+            .await;
+            assert_eq!(status, 200, "{body}");
+            body["access_token"].as_str().unwrap().to_owned()
+        }
+    };
+    let orders_token = token_of("orders", orders).await;
+    let inventory_token = token_of("inventory", inventory).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let record = |caller: &str| serde_json::json!({"caller": caller, "method": "GET", "path": "/x", "allowed": false, "reason": "r", "at": now});
+    let post = |token: String, records: Vec<serde_json::Value>| {
+        let url = format!("{}/v1/policy/decisions", s.url);
+        async move {
+            let r = reqwest::Client::new()
+                .post(url)
+                .bearer_auth(token)
+                .json(&serde_json::json!({ "records": records }))
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            (
+                status,
+                r.json::<serde_json::Value>().await.unwrap_or_default(),
+            )
+        }
+    };
+    // The order processor calls services; it is none: it has no decisions to report.
+    let (status, _) = post(
+        orders_token,
+        vec![record("spiffe://example.org/prod/inventory-api")],
+    )
+    .await;
+    assert_eq!(status, 403);
+    // The inventory is a service; a record about a caller that is no workload is dropped.
+    let (status, body) = post(
+        inventory_token.clone(),
+        vec![
+            record("spiffe://example.org/prod/order-processor"),
+            record("spiffe://example.org/forged/caller"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(body["recorded"], 1);
+    assert_eq!(body["dropped"], 1);
+    // Past its quota (20,000 a minute), 429.
+    let full: Vec<_> = (0..1000)
+        .map(|_| record("spiffe://example.org/prod/order-processor"))
+        .collect();
+    let mut limited = false;
+    for _ in 0..21 {
+        let (status, _) = post(inventory_token.clone(), full.clone()).await;
+        if status == 429 {
+            limited = true;
+            break;
+        }
+        assert_eq!(status, 200);
+    }
+    assert!(limited, "no quota");
+}

@@ -99,7 +99,7 @@ pub fn matches_segments(pattern: &str, text: &str, separators: &[char]) -> bool 
 pub fn partial_segment_warning(pattern: &str, separators: &[char]) -> Option<String> {
     let partial = pattern
         .split(|c| separators.contains(&c))
-        .any(|seg| seg.contains('*') && seg.trim_matches('*') != "");
+        .any(|seg| seg.contains('*') && !seg.trim_matches('*').is_empty());
     partial.then(|| {
         format!(
             "`{pattern}`: a `*` inside a segment also matches other names that start or end alike (`orders*` matches `orders-fork`); name the segment whole or use `*` for all of it"

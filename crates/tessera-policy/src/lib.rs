@@ -921,10 +921,18 @@ impl PolicyEngine {
                     "invalid_scope: no grant gives `{from}` {} on `{to}` (scopes come from grants; a policy can allow a pair, not give a scope)",
                     ungranted.join(", ")
                 )),
-                missing: vec![format!(
-                    "a grant from `{from}` to `{to}` with {}",
-                    ungranted.join(", ")
-                )],
+                missing: vec![match self.grants.get(&(from.clone(), to.clone())) {
+                    Some(g) => format!(
+                        "the grant ({}) gives {}; not {}",
+                        g.source,
+                        list_or_none(g.scopes.iter().map(|s| format!("`{s}`"))),
+                        ungranted.join(", ")
+                    ),
+                    None => format!(
+                        "a grant from `{from}` to `{to}` with {}",
+                        ungranted.join(", ")
+                    ),
+                }],
             };
         }
         let decision = self.evaluate_issue(from, to, scopes, extra, env);

@@ -636,6 +636,11 @@ fn contexts_and_entities_conform_to_the_schema() {
         "authn".into(),
         RestrictedExpression::new_string("jwt".into()),
     ));
+    call_ctx.push(("delegated".into(), RestrictedExpression::new_bool(false)));
+    call_ctx.push((
+        "actor".into(),
+        RestrictedExpression::new_string(String::new()),
+    ));
     let mut secret_ctx = env().pairs();
     secret_ctx.push((
         "authn".into(),

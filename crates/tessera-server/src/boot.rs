@@ -235,6 +235,7 @@ pub async fn start(
         metrics,
         registry,
         failures: Default::default(),
+        record_quota: Default::default(),
     });
     app.reload()
         .await

@@ -425,30 +425,31 @@ why = "w"
     let user = SpiffeId::parse("spiffe://example.org/user-svc").unwrap();
     let batch = SpiffeId::parse("spiffe://example.org/batch").unwrap();
     let mut bundle = PolicyBundle::cut(Some(&api), &s.workloads, &s.grants, &files);
-    let authz = Authorizer::new(api.clone());
+    let authz = Authorizer::new(api);
     authz.set_bundle(&bundle).unwrap();
     let env = Env::now();
     let decide = |subject: &SpiffeId, actors: &[SpiffeId], path: &str| {
         authz.decide_chain(subject, actors, "GET", path, &[], Authn::Jwt, &env)
     };
+    let actor = std::slice::from_ref(&batch);
     assert!(
         decide(&user, &[], "/admin/x").allowed,
         "the subject alone may"
     );
     assert!(
-        !decide(&user, &[batch.clone()], "/admin/x").allowed,
+        !decide(&user, actor, "/admin/x").allowed,
         "the actor may not, so neither may the delegated call"
     );
-    assert!(decide(&user, &[batch.clone()], "/orders/1").allowed);
+    assert!(decide(&user, actor, "/orders/1").allowed);
     assert!(
-        !decide(&user, &[batch.clone()], "/orders/42").allowed,
+        !decide(&user, actor, "/orders/42").allowed,
         "a policy reads context.delegated"
     );
     assert!(decide(&user, &[], "/orders/42").allowed);
     // The actor's rate (2 a minute) applies; one was spent above.
-    let limited = decide(&user, &[batch.clone()], "/orders/2");
+    let limited = decide(&user, actor, "/orders/2");
     assert!(limited.allowed);
-    let limited = decide(&user, &[batch.clone()], "/orders/3");
+    let limited = decide(&user, actor, "/orders/3");
     assert!(limited.limited.is_some(), "{limited:?}");
     // Revoking a prior actor deep in the chain refuses the call.
     let prior = SpiffeId::parse("spiffe://example.org/prior").unwrap();

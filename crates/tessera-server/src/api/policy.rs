@@ -335,6 +335,36 @@ struct DecisionBatch {
 }
 
 const MAX_RECORDS: usize = 1_000;
+/// Decision records one service may report per minute (its audit share).
+const RECORDS_PER_MINUTE: u64 = 20_000;
+/// Longest path and reason kept from a record.
+const MAX_RECORD_TEXT: usize = 512;
+
+/// Whether `who` is a service: the target of some grant, or named by a policy file. Only a
+/// service decides calls, so only a service has decisions to report.
+fn is_service(snap: &Snapshot, who: &SpiffeId) -> bool {
+    snap.grants.iter().any(|g| &g.to == who)
+        || snap
+            .policies
+            .iter()
+            .any(|p| p.text.contains(&format!("\"{who}\"")))
+}
+
+/// A record as the trail keeps it, or `None` when it cannot be one a service's authorizer made:
+/// a caller that is no workload of this authority, an unknown method, a time far from now.
+fn bounded(snap: &Snapshot, r: &DecisionRecord, now: i64) -> Option<DecisionRecord> {
+    if !snap.workloads.contains_key(&r.caller)
+        || !tessera_policy::model::METHODS.contains(&r.method.as_str())
+        || r.at < now - 86_400
+        || r.at > now + 300
+    {
+        return None;
+    }
+    let mut r = r.clone();
+    r.path = r.path.chars().take(MAX_RECORD_TEXT).collect();
+    r.reason = r.reason.chars().take(MAX_RECORD_TEXT).collect();
+    Some(r)
+}
 
 /// A call's audit detail; a denial also gets the explanation from the active set (what decided,
 /// what is missing), as token denials do.
@@ -372,6 +402,32 @@ async fn post_decisions(
             "at most {MAX_RECORDS} decision records per request"
         )));
     }
+    if !is_service(&snap, &service) {
+        return Err(ApiError::Forbidden(format!(
+            "`{service}` is no service (no grant or policy names it as a target): it has no decisions to report"
+        )));
+    }
+    app.record_quota
+        .take(
+            service.as_str(),
+            u64::try_from(batch.records.len()).unwrap_or(u64::MAX),
+            RECORDS_PER_MINUTE,
+            Duration::from_secs(60),
+        )
+        .map_err(|retry_after_secs| ApiError::RateLimited {
+            description: format!(
+                "at most {RECORDS_PER_MINUTE} decision records a minute per service"
+            ),
+            retry_after_secs,
+        })?;
+    let now = tessera_core::now_unix();
+    let records: Vec<DecisionRecord> = batch
+        .records
+        .iter()
+        .filter_map(|r| bounded(&snap, r, now))
+        .collect();
+    let dropped = batch.records.len() - records.len();
+    let batch = DecisionBatch { records };
     let events: Vec<AuditEvent> = batch
         .records
         .iter()
@@ -414,5 +470,5 @@ async fn post_decisions(
             );
         }
     }
-    Ok(Json(json!({"recorded": events.len()})))
+    Ok(Json(json!({"recorded": events.len(), "dropped": dropped})))
 }

@@ -87,6 +87,8 @@ pub struct App {
     pub(crate) registry: Registry,
     /// Refusals of unauthenticated callers, aggregated per window before they are recorded.
     pub(crate) failures: super::failures::FailureLog,
+    /// Decision records accepted per reporting service per minute.
+    pub(crate) record_quota: super::failures::Quota,
 }
 
 impl std::fmt::Debug for App {

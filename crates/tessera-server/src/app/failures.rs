@@ -156,3 +156,52 @@ mod tests {
         assert!(log.windows.lock().unwrap().is_empty());
     }
 }
+
+/// A count per key per window, for quotas such as decision records per reporting service.
+#[derive(Debug, Default)]
+pub(crate) struct Quota {
+    windows: Mutex<HashMap<String, (Instant, u64)>>,
+}
+
+impl Quota {
+    /// Takes `n` from `key`'s allowance of `limit` per `window`: `Err(seconds until it renews)`
+    /// when that would pass the limit (nothing is taken then).
+    pub(crate) fn take(&self, key: &str, n: u64, limit: u64, window: Duration) -> Result<(), u64> {
+        let mut windows = match self.windows.lock() {
+            Ok(w) => w,
+            Err(p) => p.into_inner(),
+        };
+        let now = Instant::now();
+        if windows.len() >= MAX_KEYS {
+            windows.retain(|_, (opened, _)| now.duration_since(*opened) < window);
+        }
+        let entry = windows.entry(key.to_owned()).or_insert((now, 0));
+        if now.duration_since(entry.0) >= window {
+            *entry = (now, 0);
+        }
+        if entry.1.saturating_add(n) > limit {
+            let left = window.saturating_sub(now.duration_since(entry.0));
+            return Err(left.as_secs().max(1));
+        }
+        entry.1 += n;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod quota_tests {
+    use super::*;
+
+    #[test]
+    fn a_quota_refuses_past_its_limit_and_takes_nothing_then() {
+        let q = Quota::default();
+        let w = Duration::from_secs(60);
+        assert!(q.take("a", 600, 1000, w).is_ok());
+        assert!(q.take("a", 500, 1000, w).is_err());
+        assert!(
+            q.take("a", 400, 1000, w).is_ok(),
+            "the refused 500 were not taken"
+        );
+        assert!(q.take("b", 1000, 1000, w).is_ok(), "per key");
+    }
+}
