@@ -54,15 +54,8 @@ pub(crate) async fn serve(agent: Arc<Agent>, listener: TcpListener) {
     let gate = tessera_listen::Gate::new(tessera_listen::Limits::from_nofile(0.25));
     let mut backoff = tessera_listen::Backoff::new("managed identity");
     loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(s) => {
-                backoff.accepted();
-                s
-            }
-            Err(e) => {
-                backoff.failed(&e).await;
-                continue;
-            }
+        let Some((stream, peer)) = backoff.take(listener.accept().await).await else {
+            continue;
         };
         // Refused: closed at once (every connection has a request in flight).
         let Ok(ticket) = gate.admit(tessera_listen::Source::Ip(peer.ip())) else {

@@ -155,17 +155,14 @@ pub async fn serve(agent: Arc<Agent>, listener: UnixListener) {
         (listener, gate, backoff),
         |(l, gate, mut backoff)| async move {
             loop {
-                match l.accept().await {
-                    Ok((s, _)) => {
-                        backoff.accepted();
-                        let uid = s.peer_cred().map_or(u32::MAX, |c| c.uid());
-                        // Refused: dropped, so closed.
-                        if let Ok(place) = gate.admit(tessera_listen::Source::Uid(uid)) {
-                            let next: io::Result<PeerStream> = Ok(accept(s, place));
-                            return Some((next, (l, gate, backoff)));
-                        }
-                    }
-                    Err(e) => backoff.failed(&e).await,
+                let Some((s, _)) = backoff.take(l.accept().await).await else {
+                    continue;
+                };
+                let uid = s.peer_cred().map_or(u32::MAX, |c| c.uid());
+                // Refused: dropped, so closed.
+                if let Ok(place) = gate.admit(tessera_listen::Source::Uid(uid)) {
+                    let next: io::Result<PeerStream> = Ok(accept(s, place));
+                    return Some((next, (l, gate, backoff)));
                 }
             }
         },

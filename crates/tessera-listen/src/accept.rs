@@ -28,6 +28,21 @@ impl Backoff {
         }
     }
 
+    /// What `accept` gave: the connection (and the pause reset), or `None` after the failure
+    /// was logged and waited out, so the loop goes round again.
+    pub async fn take<T>(&mut self, accepted: std::io::Result<T>) -> Option<T> {
+        match accepted {
+            Ok(conn) => {
+                self.accepted();
+                Some(conn)
+            }
+            Err(e) => {
+                self.failed(&e).await;
+                None
+            }
+        }
+    }
+
     /// A connection was accepted: the next failure starts from a short pause again.
     pub fn accepted(&mut self) {
         self.pause = FIRST_PAUSE;

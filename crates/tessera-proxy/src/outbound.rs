@@ -439,16 +439,11 @@ pub async fn serve(
             r = listener.accept() => Some(r),
             () = crate::stopped(&mut stop) => None,
         };
-        let (mut stream, peer) = match accepted {
-            None => return Ok(()),
-            Some(Ok(s)) => {
-                backoff.accepted();
-                s
-            }
-            Some(Err(e)) => {
-                backoff.failed(&e).await;
-                continue;
-            }
+        let Some(accepted) = accepted else {
+            return Ok(());
+        };
+        let Some((mut stream, peer)) = backoff.take(accepted).await else {
+            continue;
         };
         let Ok(ticket) = gate.admit(tessera_listen::Source::Ip(peer.ip())) else {
             continue;

@@ -54,15 +54,8 @@ pub(crate) fn serve(
                 r = listener.accept() => r,
                 _ = stop.wait_for(|s| *s) => break,
             };
-            let stream = match accepted {
-                Ok((s, _)) => {
-                    backoff.accepted();
-                    s
-                }
-                Err(e) => {
-                    backoff.failed(&e).await;
-                    continue;
-                }
+            let Some((stream, _)) = backoff.take(accepted).await else {
+                continue;
             };
             let uid = stream.peer_cred().ok().map(|c| c.uid());
             let Ok(ticket) = gate.admit(tessera_listen::Source::Uid(uid.unwrap_or(u32::MAX)))

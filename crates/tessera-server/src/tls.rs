@@ -134,15 +134,8 @@ pub(crate) async fn serve(
                 r = tcp.accept() => r,
                 _ = stop.wait_for(|s| *s) => return,
             };
-            let (stream, peer) = match accepted {
-                Ok(s) => {
-                    backoff.accepted();
-                    s
-                }
-                Err(e) => {
-                    backoff.failed(&e).await;
-                    continue;
-                }
+            let Some((stream, peer)) = backoff.take(accepted).await else {
+                continue;
             };
             // Refused (every connection has a request in flight): dropped, so closed.
             let Ok(ticket) = gate.admit(tessera_listen::Source::Ip(peer.ip())) else {
