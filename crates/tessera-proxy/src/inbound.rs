@@ -107,26 +107,32 @@ pub async fn serve(
             .build(http1),
     });
     let live = Arc::new(());
+    tessera_listen::raise_nofile_limit();
+    let gate = tessera_listen::Gate::new(tessera_listen::Limits::from_nofile(0.75));
+    let mut backoff = tessera_listen::Backoff::new("inbound sidecar");
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => Some(r),
             () = crate::stopped(&mut stop) => None,
         };
-        let (stream, peer) = match accepted {
-            None => break,
-            Some(Ok(s)) => s,
-            Some(Err(e)) => {
-                // E.g. out of file descriptors: wait a moment rather than spin.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
+        let Some(accepted) = accepted else {
+            break;
+        };
+        let Some((stream, peer)) = backoff.take(accepted).await else {
+            continue;
+        };
+        // Past the cap the oldest idle connection is closed; none idle: this one is refused.
+        let Ok(ticket) = gate.admit(tessera_listen::Source::Ip(peer.ip())) else {
+            continue;
         };
         let _ = stream.set_nodelay(true);
         let (ctx, acceptor, stop, live) =
             (ctx.clone(), acceptor.clone(), stop.clone(), live.clone());
         tokio::spawn(async move {
-            connection(ctx, acceptor, stream, peer, stop).await;
+            tokio::select! {
+                () = connection(ctx, acceptor, stream, peer, stop, ticket.requests()) => {}
+                () = ticket.evicted() => {}
+            }
             drop(live);
         });
     }
@@ -143,6 +149,7 @@ async fn connection(
     mut stream: tokio::net::TcpStream,
     peer: SocketAddr,
     mut stop: watch::Receiver<bool>,
+    requests: tessera_listen::gate::Requests,
 ) {
     let timeout = ctx.cfg.handshake_timeout;
     let mut first = [0u8; 1];
@@ -202,7 +209,13 @@ async fn connection(
         let ctx = ctx.clone();
         hyper::service::service_fn(move |req| {
             let (ctx, conn) = (ctx.clone(), conn.clone());
-            async move { Ok::<_, Infallible>(handle(&ctx, &conn, req).await) }
+            // A request in flight keeps the connection from eviction.
+            let busy = requests.enter();
+            async move {
+                let r = handle(&ctx, &conn, req).await;
+                drop(busy);
+                Ok::<_, Infallible>(r)
+            }
         })
     };
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
