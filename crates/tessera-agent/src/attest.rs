@@ -112,6 +112,25 @@ impl Binding {
     /// The peer is still the process that connected, running the image it connected with, and
     /// no other program holds the connection.
     pub fn check(&self) -> Result<(), AttestError> {
+        self.check_process()?;
+        let pid = self.peer.pid;
+        for holder in crate::sockets::holders(self.socket) {
+            if holder == pid {
+                continue;
+            }
+            let same = image_of(holder).is_ok_and(|i| i == self.image)
+                && euid_of(holder) == Some(self.peer.uid);
+            if !same {
+                return Err(AttestError::ForeignHolder { pid, holder });
+            }
+        }
+        Ok(())
+    }
+
+    /// The cheap half of [`Binding::check`] (no walk of `/proc`): the peer is still the process
+    /// that connected, running the same image. After the slow reads of an attestation this is
+    /// what can have changed in between.
+    pub fn check_process(&self) -> Result<(), AttestError> {
         let pid = self.peer.pid;
         if let Some(fd) = &self.pidfd {
             if pidfd_pid(fd) != Some(pid) {
@@ -123,16 +142,6 @@ impl Binding {
         }
         if image_of(pid)? != self.image {
             return Err(AttestError::ImageChanged(pid));
-        }
-        for holder in crate::sockets::holders(self.socket) {
-            if holder == pid {
-                continue;
-            }
-            let same = image_of(holder).is_ok_and(|i| i == self.image)
-                && euid_of(holder) == Some(self.peer.uid);
-            if !same {
-                return Err(AttestError::ForeignHolder { pid, holder });
-            }
         }
         Ok(())
     }

@@ -154,23 +154,10 @@ fn host_is_local(headers: &HeaderMap, local: SocketAddr) -> bool {
     };
     let host = host.to_ascii_lowercase();
     let port = local.port();
-    [
-        local.to_string(),
-        format!("localhost:{port}"),
+    host == local.to_string()
+        || host == format!("localhost:{port}")
         // A client may omit the port only when it is the scheme's default.
-        if port == 80 {
-            local.ip().to_string()
-        } else {
-            String::new()
-        },
-        if port == 80 {
-            "localhost".to_owned()
-        } else {
-            String::new()
-        },
-    ]
-    .iter()
-    .any(|h| !h.is_empty() && *h == host)
+        || (port == 80 && (host == local.ip().to_string() || host == "localhost"))
 }
 
 async fn token(
@@ -219,7 +206,7 @@ async fn token(
         binding.check().map_err(|e| e.to_string())?;
         let p = attest::attest(binding.peer, agent.digests(), agent.state().want_digest)
             .map_err(|e| e.to_string())?;
-        binding.check().map_err(|e| e.to_string())?;
+        binding.check_process().map_err(|e| e.to_string())?;
         Ok::<_, String>(p)
     })
     .await;

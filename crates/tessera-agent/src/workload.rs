@@ -219,7 +219,7 @@ impl WorkloadApi {
             }
             let p = attest::attest(binding.peer, agent.digests(), want_digest)
                 .map_err(|e| refused(&e))?;
-            binding.check().map_err(|e| refused(&e))?;
+            binding.check_process().map_err(|e| refused(&e))?;
             let _ = info.attested.set(p.clone());
             Ok((p, binding))
         })

@@ -285,6 +285,8 @@ async fn sidecars_enforce_mtls_and_policy() {
             .output()
             .unwrap();
         let out = stdout(&o);
+        // A whole answer: curl fails (18) when fewer bytes come than Content-Length says.
+        assert!(o.status.success(), "{out}{}", stderr(&o));
         assert!(
             out.ends_with("403") && out.contains("not for your unix user"),
             "{out}{}",

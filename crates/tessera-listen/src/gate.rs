@@ -224,13 +224,6 @@ impl Ticket {
         self.conn.busy.load(Ordering::Acquire) == 0
     }
 
-    /// Records that bytes moved on the connection.
-    pub fn touch(&self) {
-        self.conn
-            .last_activity
-            .store(self.gate.now_ms(), Ordering::Relaxed);
-    }
-
     /// A cheap handle for the I/O wrapper to record activity with.
     pub(crate) fn activity(&self) -> Activity {
         Activity {

@@ -465,11 +465,12 @@ pub async fn serve(
             };
             if !owner.is_some_and(|uid| allowed.contains(&uid)) {
                 ctx.metrics.handshake_failed("local_user_refused");
-                let _ = tokio::io::AsyncWriteExt::write_all(
-                    &mut stream,
-                    b"HTTP/1.1 403 Forbidden\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: 51\r\n\r\nthis sidecar's identity is not for your unix user\n",
-                )
-                .await;
+                const BODY: &str = "this sidecar's identity is not for your unix user\n";
+                let answer = format!(
+                    "HTTP/1.1 403 Forbidden\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{BODY}",
+                    BODY.len()
+                );
+                let _ = tokio::io::AsyncWriteExt::write_all(&mut stream, answer.as_bytes()).await;
                 return;
             }
             let service = hyper::service::service_fn(move |req| {

@@ -228,7 +228,7 @@ pub async fn start(
         reload_lock: tokio::sync::Mutex::new(()),
         bundles,
         changes: watch::channel(0).0,
-        trust_keys: TrustKeys::default(),
+        trust_keys: TrustKeys::new().map_err(|e| StartError::Tls(e.to_string()))?,
         secret_changes: watch::channel(0).0,
         db_pools: Pools::default(),
         lease_changes: tokio::sync::Notify::new(),

@@ -36,6 +36,16 @@ pub struct AuthzDecision {
     pub limited: Option<Limited>,
 }
 
+impl AuthzDecision {
+    fn denied(reason: String) -> Self {
+        Self {
+            allowed: false,
+            reason,
+            limited: None,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DecisionLabels {
     result: &'static str,
@@ -321,11 +331,7 @@ impl Authorizer {
                 path,
                 scopes,
                 env,
-                AuthzDecision {
-                    allowed: false,
-                    reason: "no policy bundle has been loaded yet".into(),
-                    limited: None,
-                },
+                AuthzDecision::denied("no policy bundle has been loaded yet".into()),
             );
         };
         if let Some(revoked) = std::iter::once(caller)
@@ -339,11 +345,7 @@ impl Authorizer {
                 path,
                 scopes,
                 env,
-                AuthzDecision {
-                    allowed: false,
-                    reason: format!("`{revoked}` has been revoked"),
-                    limited: None,
-                },
+                AuthzDecision::denied(format!("`{revoked}` has been revoked")),
             );
         }
         let call = Call {

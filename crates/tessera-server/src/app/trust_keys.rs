@@ -50,20 +50,21 @@ pub struct TrustKeys {
     private: reqwest::Client,
 }
 
-impl Default for TrustKeys {
-    fn default() -> Self {
-        Self {
+impl TrustKeys {
+    /// Fails rather than fall back to a client that follows redirects to any address.
+    pub fn new() -> Result<Self, TrustKeyError> {
+        Ok(Self {
             by_name: Mutex::default(),
-            public: outside_client(false),
-            private: outside_client(true),
-        }
+            public: outside_client(false)?,
+            private: outside_client(true)?,
+        })
     }
 }
 
 /// A client for outside issuers: no redirects (a discovery document or JWKS that redirects is
 /// refused, not followed to wherever it points), short timeouts, and unless `private` only
 /// public addresses, whatever a name resolves to.
-fn outside_client(private: bool) -> reqwest::Client {
+fn outside_client(private: bool) -> Result<reqwest::Client, TrustKeyError> {
     let mut b = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(Duration::from_secs(5))
@@ -71,7 +72,8 @@ fn outside_client(private: bool) -> reqwest::Client {
     if !private {
         b = b.dns_resolver(Arc::new(PublicOnly));
     }
-    b.build().unwrap_or_default()
+    b.build()
+        .map_err(|e| TrustKeyError::Fetch(format!("cannot build the outside-issuer client: {e}")))
 }
 
 /// Whether `ip` is on the public internet: not loopback, private, link-local, shared (CGNAT),
