@@ -203,6 +203,11 @@ pub(crate) enum ProxyCommand {
         /// How long a client may take over its TLS handshake, and over each request's headers.
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         handshake_timeout: std::time::Duration,
+        /// Fail closed: refuse every call until the authority's revocation state is held, and
+        /// while its change stream has been silent for longer than this (e.g. `30s`). Default:
+        /// enforce what is known and keep serving (reported by `/readyz` and the metrics).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        revocation_fail_closed: Option<std::time::Duration>,
         #[command(flatten)]
         common: ProxyCommon,
     },
@@ -698,9 +703,14 @@ pub(crate) struct ServerArgs {
     /// How far ahead of signing a rotated key is published (e.g. `65m`).
     #[arg(long)]
     pub key_publish_ahead: Option<String>,
-    /// How often the server checks the database for changes by other servers.
+    /// How often the server checks the database for changes by other servers (a fallback:
+    /// on PostgreSQL each commit is also announced to every server at once).
     #[arg(long, default_value = "1s")]
     pub poll_interval: String,
+    /// A URL told of every workload revocation by a POST whose body is a JWT signed by the
+    /// trust domain's key (`application/jwt`; verify it with the JWKS). Repeatable.
+    #[arg(long = "notify-webhook")]
+    pub notify_webhooks: Vec<String>,
     /// Log format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -814,6 +824,10 @@ pub(crate) struct VerifyArgs {
     /// Allowed clock skew.
     #[arg(long, default_value = "30s")]
     pub leeway: String,
+    /// Do not ask the issuer whether the token or its subject has been revoked (by default
+    /// `tessera verify` does, and fails when it cannot).
+    #[arg(long)]
+    pub no_revocation_check: bool,
     /// The token, or `-` to read it from stdin.
     pub token: String,
 }

@@ -132,42 +132,6 @@ fn addrs(p: &tessera_testkit::Proc) -> (String, String) {
     (field("listen="), field("admin="))
 }
 
-/// Writes the SVID of `id` as PEM files for curl and openssl: (chain, key, bundle).
-async fn svid_files(socket: &Path, id: &str, dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    let client = spiffe::WorkloadApiClient::connect_to(format!("unix://{}", socket.display()))
-        .await
-        .unwrap();
-    let all = client.fetch_all_x509_svids().await.unwrap();
-    let svid = all
-        .iter()
-        .find(|s| s.spiffe_id().to_string() == id)
-        .unwrap();
-    let chain: String = svid
-        .cert_chain()
-        .iter()
-        .map(|c| pem("CERTIFICATE", c.as_bytes()))
-        .collect();
-    let bundles = client.fetch_x509_bundles().await.unwrap();
-    let td = spiffe::TrustDomain::new("example.org").unwrap();
-    let bundle: String = bundles
-        .get(&td)
-        .unwrap()
-        .authorities()
-        .iter()
-        .map(|c| pem("CERTIFICATE", c.as_bytes()))
-        .collect();
-    let name = id.rsplit('/').next().unwrap();
-    (
-        write(dir, &format!("{name}.pem"), &chain),
-        write(
-            dir,
-            &format!("{name}.key"),
-            &pem("PRIVATE KEY", svid.private_key().as_bytes()),
-        ),
-        write(dir, "bundle.pem", &bundle),
-    )
-}
-
 fn curl(args: &[&str]) -> (i32, String) {
     let o = Command::new("curl")
         .args(["-sS", "--max-time", "10", "-w", "\n%{http_code}"])

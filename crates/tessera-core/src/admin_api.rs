@@ -113,6 +113,10 @@ pub struct Revoked {
     pub id: String,
     pub revoked_at: i64,
     pub already: bool,
+    /// For a workload: who depended on it (granted callers and targets), as the change stream
+    /// and the webhooks tell them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dependents: Option<crate::change_api::Dependents>,
 }
 
 /// A token revoked by its ID.

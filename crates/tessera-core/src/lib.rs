@@ -3,6 +3,7 @@
 
 pub mod admin_api;
 pub mod agent_api;
+pub mod change_api;
 pub mod glob;
 pub mod id;
 pub mod manifest;
@@ -18,4 +19,11 @@ pub fn now_unix() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// Milliseconds since the Unix epoch: for propagation times measured across processes.
+pub fn now_unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }

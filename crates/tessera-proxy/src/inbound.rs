@@ -41,6 +41,9 @@ pub struct InboundConfig {
     /// The upstream speaks HTTP/2 without TLS (h2c, e.g. gRPC): requests go to it as HTTP/2.
     /// Otherwise every request, HTTP/2 ones included, goes to it as HTTP/1.1.
     pub upstream_h2: bool,
+    /// What the authority has withdrawn (kept current by its change stream): a revoked
+    /// workload's connections are refused at the handshake and closed when open.
+    pub revocations: tessera_verify::RevocationState,
 }
 
 impl InboundConfig {
@@ -52,6 +55,7 @@ impl InboundConfig {
             max_header_bytes: 64 * 1024,
             require_token: None,
             upstream_h2: false,
+            revocations: tessera_verify::RevocationState::default(),
         }
     }
 }
@@ -199,6 +203,33 @@ async fn connection(
     let Some(me) = ctx.identity.spiffe_id() else {
         return;
     };
+    // Listen before checking, so that a revocation between the two still closes it.
+    let mut withdrawals = ctx.cfg.revocations.withdrawals();
+    if ctx.cfg.revocations.workload_revoked(caller.as_str()) {
+        ctx.metrics.handshake_failed("revoked");
+        tracing::info!(%caller, %peer, "refused a revoked workload's certificate");
+        return;
+    }
+    let withdrawn = {
+        let (caller, revocations) = (caller.to_string(), ctx.cfg.revocations.clone());
+        async move {
+            loop {
+                match withdrawals.recv().await {
+                    Ok(tessera_verify::Withdrawn::Workload { id, .. }) if id == caller => return,
+                    Ok(_) => {}
+                    // Fell behind: ask the state itself.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        if revocations.workload_revoked(&caller) {
+                            return;
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                        std::future::pending::<()>().await;
+                    }
+                }
+            }
+        }
+    };
     let conn = Arc::new(Conn {
         counters: ctx.metrics.for_pair(caller.as_str(), me.as_str()),
         caller,
@@ -236,6 +267,12 @@ async fn connection(
             if let Err(e) = r {
                 tracing::debug!(error = %e, %peer, "connection ended with an error");
             }
+        }
+        // The caller's identity was withdrawn: the connection is dropped, requests in flight
+        // included.
+        () = withdrawn => {
+            ctx.metrics.closed_revoked.inc();
+            tracing::info!(%peer, "closed a revoked workload's open connection");
         }
         () = crate::stopped(&mut stop) => {
             conn.as_mut().graceful_shutdown();
@@ -278,6 +315,13 @@ struct Conn {
 
 async fn handle(ctx: &Ctx, conn: &Conn, mut req: Request<Incoming>) -> Response<Body> {
     let (caller, source) = (&conn.caller, conn.source);
+    if ctx.cfg.revocations.refuses_all() {
+        conn.counters.deny.inc();
+        return plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the sidecar does not know the authority's current revocations (fail closed)\n",
+        );
+    }
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)

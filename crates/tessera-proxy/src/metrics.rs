@@ -35,6 +35,8 @@ pub struct ProxyMetrics {
     pub requests: Family<RequestLabels, Counter>,
     pub handshake_failures: Family<ReasonLabels, Counter>,
     pub svid_expiry_seconds: Gauge,
+    /// Open connections closed because the identity they carried was withdrawn.
+    pub closed_revoked: Counter,
 }
 
 impl ProxyMetrics {
@@ -54,6 +56,11 @@ impl ProxyMetrics {
             "tessera_proxy_svid_expiry_seconds",
             "Seconds until the sidecar's X.509-SVID expires",
             m.svid_expiry_seconds.clone(),
+        );
+        registry.register(
+            "tessera_proxy_connections_closed_revoked",
+            "Open connections closed because the caller's identity was revoked",
+            m.closed_revoked.clone(),
         );
         m
     }

@@ -215,6 +215,7 @@ pub async fn start(
         .first()
         .map(|t| t.name.clone())
         .ok_or_else(|| StartError::Config("no trust domain configured".into()))?;
+    let (notices_tx, notices_rx) = tokio::sync::mpsc::channel(1024);
     let app = Arc::new(App {
         first_td,
         audit: AuditLog::spawn(store.clone(), Some(audit_metrics)),
@@ -228,6 +229,10 @@ pub async fn start(
         reload_lock: tokio::sync::Mutex::new(()),
         bundles,
         changes: watch::channel(0).0,
+        change_log: Default::default(),
+        notices: notices_tx,
+        status_index: crate::app::status_lists::StatusIndex::new()
+            .map_err(|e| StartError::Keys(e.to_string()))?,
         trust_keys: TrustKeys::new().map_err(|e| StartError::Tls(e.to_string()))?,
         secret_changes: watch::channel(0).0,
         db_pools: Pools::default(),
@@ -261,6 +266,8 @@ pub async fn start(
         tokio::spawn(socket),
         tokio::spawn(vault_upkeep(app.clone(), stop_rx.clone())),
         tokio::spawn(lease_revoker(app.clone(), stop_rx.clone())),
+        tokio::spawn(notified_reloads(app.clone(), stop_rx.clone())),
+        tokio::spawn(deliver_notices(app.clone(), notices_rx, stop_rx.clone())),
         tokio::spawn(background(app.clone(), stop_rx)),
     ];
     Ok(Running {
@@ -371,6 +378,110 @@ async fn bind_api(
             message: e.to_string(),
         })?;
     Ok((tcp, tls::load_or_create(config, bundles)?))
+}
+
+/// Reloads as soon as another server on the same PostgreSQL database commits a change (its
+/// notification), so that its subscribers hear of it within milliseconds; the background poll
+/// stays as the fallback for a notification lost with a connection. Nothing to do on SQLite.
+async fn notified_reloads(app: Arc<App>, mut stop: watch::Receiver<bool>) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let listener = tokio::select! {
+            l = app.store.listen_changes() => l,
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        let mut listener = match listener {
+            Ok(Some(l)) => l,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for other servers' changes; polling meanwhile");
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(100);
+        loop {
+            let n = tokio::select! {
+                n = listener.recv() => n,
+                _ = stop.wait_for(|s| *s) => return,
+            };
+            let committed_at_ms = match n {
+                Ok(at) => at.unwrap_or_else(tessera_core::now_unix_ms),
+                Err(e) => {
+                    // Notifications sent while disconnected are lost: reload once, then listen anew.
+                    tracing::warn!(error = %e, "lost the change notifications; reloading and listening again");
+                    if let Err(e) = app.reload().await {
+                        tracing::error!(error = %e, "reload failed; serving the previous state");
+                    }
+                    break;
+                }
+            };
+            // This server's own commits are already loaded.
+            match app.store.state_version().await {
+                Ok(v) if v == app.snapshot().version => continue,
+                _ => {}
+            }
+            if let Err(e) = app.reload_committed(committed_at_ms).await {
+                tracing::error!(error = %e, "reload failed; serving the previous state");
+            }
+        }
+    }
+}
+
+/// Posts each signed notice to every webhook: up to 5 attempts with back-off, then an error in
+/// the log. Ends when the server stops.
+async fn deliver_notices(
+    app: Arc<App>,
+    mut rx: tokio::sync::mpsc::Receiver<String>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let hooks = app.config.notify_webhooks.clone();
+    // Webhooks are the operator's own endpoints: no redirects, a short timeout.
+    let client = match reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(5))
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot build the webhook client; notices are not delivered");
+            return;
+        }
+    };
+    drop(app);
+    loop {
+        let jwt = tokio::select! {
+            j = rx.recv() => j,
+            _ = stop.wait_for(|s| *s) => None,
+        };
+        let Some(jwt) = jwt else { return };
+        for url in &hooks {
+            let mut delay = Duration::from_millis(200);
+            for attempt in 1..=5 {
+                let sent = client
+                    .post(url.clone())
+                    .header(reqwest::header::CONTENT_TYPE, "application/jwt")
+                    .body(jwt.clone())
+                    .send()
+                    .await;
+                match sent {
+                    Ok(r) if r.status().is_success() => break,
+                    Ok(r) => tracing::warn!(webhook = %url, status = %r.status(), attempt, "webhook refused the notice"),
+                    Err(e) => tracing::warn!(webhook = %url, error = %e.without_url(), attempt, "webhook unreachable"),
+                }
+                if attempt == 5 {
+                    tracing::error!(webhook = %url, "revocation notice not delivered after 5 attempts");
+                } else {
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+            }
+        }
+    }
 }
 
 /// Polls for changes by other servers, rotates keys on schedule, sweeps expired records.

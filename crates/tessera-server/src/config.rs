@@ -47,6 +47,8 @@ pub struct ServerConfig {
     pub ca_publish_ahead: Duration,
     /// Default lifetime of a node agent's own SVID.
     pub agent_svid_ttl: Duration,
+    /// Told of every workload revocation, with a body signed by the trust domain's key.
+    pub notify_webhooks: Vec<reqwest::Url>,
 }
 
 impl ServerConfig {
@@ -69,6 +71,7 @@ impl ServerConfig {
             ca_ttl: Duration::from_secs(90 * 86400),
             ca_publish_ahead: Duration::from_secs(3600),
             agent_svid_ttl: Duration::from_secs(3600),
+            notify_webhooks: Vec::new(),
         }
     }
 
@@ -101,6 +104,19 @@ impl ServerConfig {
                 "--dev serves plain HTTP and so listens on loopback only, not `{}`",
                 self.listen
             )));
+        }
+        for u in &self.notify_webhooks {
+            let loopback = match u.host() {
+                Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+                Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+                Some(url::Host::Domain(d)) => d == "localhost",
+                None => false,
+            };
+            if !(u.scheme() == "https" || (u.scheme() == "http" && loopback)) {
+                return Err(StartError::Config(format!(
+                    "webhook `{u}`: use https (plain http only to loopback)"
+                )));
+            }
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return Err(StartError::Config(
@@ -136,6 +152,8 @@ pub struct ConfigFile {
     pub admin_uids: Vec<u32>,
     pub ca_ttl: Option<Ttl>,
     pub ca_publish_ahead: Option<Ttl>,
+    #[serde(default)]
+    pub notify_webhooks: Vec<String>,
 }
 
 /// `trust_domains = ["prod.example.org", { name = "dev.example.org", environment = "dev" }]`

@@ -62,6 +62,33 @@ impl FromRequestParts<Arc<App>> for SecretReader {
     }
 }
 
+/// A subscriber to the change stream: a node agent by its X.509-SVID, or a workload by its
+/// token or X.509-SVID. Its own identity, never a shared credential.
+#[derive(Debug, Clone)]
+pub(crate) struct Subscriber(pub SpiffeId);
+
+impl FromRequestParts<Arc<App>> for Subscriber {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, ApiError> {
+        let snap = app.snapshot();
+        let peer = parts.extensions.get::<PeerCertificates>();
+        if authorization(parts).is_none() {
+            if let Ok(agent) = caller::agent_of(app, &snap, peer) {
+                return Ok(Self(agent.spiffe_id));
+            }
+        }
+        let reader = caller::reader(
+            app,
+            &snap,
+            authorization(parts),
+            peer,
+            parts.extensions.get::<SourceIp>().map(|s| s.0),
+        )?;
+        Ok(Self(reader.id))
+    }
+}
+
 /// A node agent, by the X.509-SVID of the connection: known and not revoked.
 #[derive(Debug, Clone)]
 pub(crate) struct AgentCaller(pub Agent);

@@ -89,6 +89,12 @@ pub(crate) struct Metrics {
     pub ca_expiry_seconds: Family<TdLabels, Gauge>,
     pub secret_reads: Family<ResultLabels, Counter>,
     pub secrets_overdue: Family<ReasonLabels, Gauge>,
+    /// Seed 003's "revocation propagation time", the authority's half: from the commit (on any
+    /// server of the database) to the change going out on this server's stream.
+    pub revocation_propagation: Histogram,
+    pub change_subscribers: Gauge,
+    /// Subscribers that fell too far behind the live stream and were sent a snapshot instead.
+    pub change_lagged: Counter,
 }
 
 impl Metrics {
@@ -108,6 +114,9 @@ impl Metrics {
             ca_expiry_seconds: Family::default(),
             secret_reads: Family::default(),
             secrets_overdue: Family::default(),
+            revocation_propagation: Histogram::new(PROPAGATION_BUCKETS),
+            change_subscribers: Gauge::default(),
+            change_lagged: Counter::default(),
         };
         registry.register(
             "tessera_tokens",
@@ -174,6 +183,26 @@ impl Metrics {
             "Secrets overdue for rotation or whose current version has expired, by reason",
             m.secrets_overdue.clone(),
         );
+        registry.register(
+            "tessera_revocation_propagation_seconds",
+            "Time from a change that withdraws trust being committed (on any server of the database) to its publication on this server's change stream",
+            m.revocation_propagation.clone(),
+        );
+        registry.register(
+            "tessera_change_subscribers",
+            "Subscribers connected to this server's change stream",
+            m.change_subscribers.clone(),
+        );
+        registry.register(
+            "tessera_change_subscribers_lagged",
+            "Subscribers that fell behind the live change stream and were sent a snapshot",
+            m.change_lagged.clone(),
+        );
         m
     }
 }
+
+/// Buckets for propagation times, from a millisecond to a minute (seed 003's starting SLO).
+pub(crate) const PROPAGATION_BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 60.0,
+];

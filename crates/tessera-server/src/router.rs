@@ -55,7 +55,9 @@ pub(crate) fn api_router(app: Arc<App>) -> Router {
         ))
         .nest("/agent/v1", limited(api::agents::routes(), MAX_AGENT_BODY))
         .merge(limited(
-            api::secrets::workload_routes().merge(api::dbcreds::workload_routes()),
+            api::secrets::workload_routes()
+                .merge(api::dbcreds::workload_routes())
+                .merge(api::changes::routes()),
             MAX_WORKLOAD_BODY,
         ))
         .nest(

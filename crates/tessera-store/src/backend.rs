@@ -41,6 +41,25 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// The PostgreSQL notification channel on which every commit that changes state is announced.
+pub(crate) const CHANGES_CHANNEL: &str = "tessera_changes";
+
+/// Commits by other servers on the same PostgreSQL database, as they happen.
+#[derive(Debug)]
+pub struct ChangeListener {
+    inner: sqlx::postgres::PgListener,
+}
+
+impl ChangeListener {
+    /// Waits for the next commit that changed state: its time (milliseconds since the epoch, by
+    /// the committing server's clock) when the payload says it. An error means the connection
+    /// was lost; notifications sent meanwhile are lost too, so the caller reloads anyway.
+    pub async fn recv(&mut self) -> Result<Option<i64>> {
+        let n = self.inner.recv().await?;
+        Ok(n.payload().parse::<i64>().ok())
+    }
+}
+
 /// Held during every write transaction on PostgreSQL, so that the audit chain of several servers
 /// on one database stays a single chain.
 pub(crate) const PG_WRITE_LOCK: i64 = 0x0074_6573_7365_7261;
@@ -130,6 +149,19 @@ impl Store {
         Ok(store)
     }
 
+    /// Listens for other servers' commits (PostgreSQL); `None` on SQLite, where this process is
+    /// the only writer.
+    pub async fn listen_changes(&self) -> Result<Option<ChangeListener>> {
+        match &*self.db {
+            Db::Sqlite { .. } => Ok(None),
+            Db::Pg(pool) => {
+                let mut inner = sqlx::postgres::PgListener::connect_with(pool).await?;
+                inner.listen(CHANGES_CHANNEL).await?;
+                Ok(Some(ChangeListener { inner }))
+            }
+        }
+    }
+
     pub fn backend(&self) -> &'static str {
         match &*self.db {
             Db::Sqlite { .. } => "sqlite",
@@ -217,6 +249,16 @@ impl Store {
                 )
                 .execute(&mut *tx)
                 .await?;
+                if is_pg {
+                    // Delivered at commit, to every server listening on this database: they
+                    // reload at once instead of at their next poll. The payload is the commit
+                    // time in milliseconds, for the propagation SLI.
+                    sqlx::query("SELECT pg_notify($1, $2)")
+                        .bind(CHANGES_CHANNEL)
+                        .bind(tessera_core::now_unix_ms().to_string())
+                        .execute(&mut *tx)
+                        .await?;
+                }
             }
             let mut records = Vec::with_capacity(events.len());
             if !events.is_empty() {

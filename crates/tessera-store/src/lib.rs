@@ -22,7 +22,7 @@ pub use audit::{
     verify_chain, AuditEvent, AuditKey, AuditKind, AuditLog, AuditMetrics, AuditRecord, ChainError,
     Outcome, VerifyAuditError, GENESIS,
 };
-pub use backend::Store;
+pub use backend::{ChangeListener, Store};
 pub use op::Op;
 pub use records::{
     AgentRecord, AssertionClaim, BatchItem, BatchResult, CaRecord, ClientRecord,

@@ -30,6 +30,7 @@ fn claims() -> AccessTokenClaims {
         environment: Some("prod".into()),
         act: None,
         cnf: None,
+        status: None,
     }
 }
 

@@ -29,6 +29,10 @@ pub struct AccessTokenClaims {
     /// was requested with; a resource then accepts it only over that certificate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cnf: Option<Value>,
+    /// draft-ietf-oauth-status-list: `{"status_list": {"idx": …, "uri": …}}`, where the token's
+    /// revocation can be checked by verifiers written by others.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<Value>,
 }
 
 /// The RFC 8705 §3.1 confirmation value of a certificate: base64url (no padding) of the SHA-256

@@ -612,6 +612,39 @@ impl BundleSource {
         }
     }
 
+    /// Opens the change stream, resuming after `version` when one is held.
+    pub(crate) async fn subscribe_changes(
+        &self,
+        version: Option<i64>,
+    ) -> Result<reqwest::Response, crate::changes::FeedError> {
+        use crate::changes::FeedError;
+        let token = (self.token)().await.map_err(FeedError::Connect)?;
+        let url = self
+            .server
+            .join("v1/changes")
+            .map_err(|e| FeedError::Connect(e.to_string()))?;
+        let mut req = self
+            .client
+            .get(url)
+            .bearer_auth(token)
+            .header(http::header::ACCEPT, "text/event-stream")
+            .timeout(Duration::from_secs(24 * 3600));
+        if let Some(v) = version {
+            req = req.header("last-event-id", v.to_string());
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| FeedError::Connect(e.without_url().to_string()))?;
+        if !resp.status().is_success() {
+            return Err(FeedError::Refused(format!(
+                "the authority answered {}",
+                resp.status()
+            )));
+        }
+        Ok(resp)
+    }
+
     async fn send_records(&self, records: &[DecisionRecord]) -> Result<(), String> {
         let token = (self.token)().await?;
         let url = self

@@ -29,9 +29,11 @@ use tessera_token::{JwkSet, PublicKey, TokenError, Unverified};
 use tokio::sync::{Mutex, RwLock};
 
 pub mod authorize;
+pub mod changes;
 mod layer;
 mod metrics;
 pub use authorize::{actor_chain, Authorizer, AuthzDecision, AuthzMetrics, BundleSource};
+pub use changes::{spawn_feed, FeedMetrics, Freshness, RevocationState, Withdrawn};
 pub use layer::{RequireToken, RequireTokenLayer};
 pub use metrics::VerifyMetrics;
 pub use tessera_policy::{Authn, Env, PolicyBundle};
@@ -92,6 +94,10 @@ pub enum VerifyError {
     },
     #[error("the token has been revoked")]
     Revoked,
+    /// Fail closed: the verifier does not know what has been revoked (no snapshot yet, or the
+    /// change stream has been silent for too long).
+    #[error("revocation state unknown or stale; refusing every token until it is current")]
+    RevocationStale,
     #[error("the token does not carry scope `{0}`")]
     Scope(String),
     #[error("the issuer's keys are not available: {0}")]
@@ -118,6 +124,7 @@ impl VerifyError {
             Self::Issuer { .. } => "issuer",
             Self::Type { .. } => "type",
             Self::Revoked => "revoked",
+            Self::RevocationStale => "revocation_stale",
             Self::Scope(_) => "scope",
             Self::KeysUnavailable(_) => "keys_unavailable",
             Self::Config(_) => "config",
@@ -419,7 +426,7 @@ impl JwksCache {
 pub struct Verifier {
     config: Arc<VerifierConfig>,
     keys: Keys,
-    revoked: Arc<std::sync::RwLock<Revocations>>,
+    revocations: RevocationState,
     metrics: Option<VerifyMetrics>,
 }
 
@@ -428,7 +435,7 @@ impl Verifier {
         Self {
             config: Arc::new(config),
             keys: keys.into(),
-            revoked: Arc::default(),
+            revocations: RevocationState::default(),
             metrics: None,
         }
     }
@@ -438,12 +445,34 @@ impl Verifier {
         self
     }
 
+    /// Shares `state` (kept current by [`spawn_feed`]) instead of the verifier's own.
+    pub fn with_revocations(mut self, state: RevocationState) -> Self {
+        self.revocations = state;
+        self
+    }
+
+    /// The revocation state this verifier consults.
+    pub fn revocations(&self) -> &RevocationState {
+        &self.revocations
+    }
+
+    /// Subscribes this verifier to the authority's change stream (see [`spawn_feed`]): revoked
+    /// tokens and workloads are refused within milliseconds of the revocation.
+    pub fn spawn_change_feed(&self, source: BundleSource) -> tokio::task::JoinHandle<()> {
+        spawn_feed(source, self.revocations.clone())
+    }
+
     /// Replaces the whole revocation state: token IDs, and workloads revoked at a time (their
     /// tokens issued at or before it are refused).
     pub fn set_revocations(&self, revocations: Revocations) {
-        if let Ok(mut r) = self.revoked.write() {
-            *r = revocations;
-        }
+        self.revocations.replace(
+            revocations
+                .jtis
+                .into_iter()
+                .map(|j| (j, i64::MAX))
+                .collect(),
+            revocations.workloads,
+        );
     }
 
     /// Polls the authority's revocation list (`GET <issuer>/revocations`) every `every`.
@@ -564,11 +593,13 @@ impl Verifier {
             }
         };
         let iat = numeric_date(&claims, "iat")?.unwrap_or(i64::MIN);
-        let revoked = self.revoked.read().is_ok_and(|r| {
-            jti.as_ref().is_some_and(|j| r.jtis.contains(j))
-                || r.workloads.get(&subject).is_some_and(|at| iat <= *at)
-        });
-        if revoked {
+        if self.revocations.refuses_all() {
+            return Err(VerifyError::RevocationStale);
+        }
+        if self
+            .revocations
+            .token_revoked(jti.as_deref(), &subject, iat)
+        {
             return Err(VerifyError::Revoked);
         }
         let scopes = match claims.get("scope") {
@@ -598,7 +629,8 @@ pub struct Revocations {
     pub workloads: HashMap<String, i64>,
 }
 
-async fn fetch_revocations(
+/// The authority's revocation list now (`GET <issuer>/revocations`), for one-shot checks.
+pub async fn fetch_revocations(
     client: &reqwest::Client,
     url: &reqwest::Url,
 ) -> Result<Revocations, String> {

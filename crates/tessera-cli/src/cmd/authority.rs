@@ -171,7 +171,21 @@ pub(crate) async fn revoke(kind: String, id: String, target: Target) -> anyhow::
             ..RevokeRequest::default()
         };
         let v: Revoked = admin.send(path, &req).await?;
-        print(&target, &v, text);
+        print(&target, &v, || {
+            let mut out = text();
+            if let Some(d) = &v.dependents {
+                if d.callers.is_empty() && d.targets.is_empty() {
+                    out.push_str("no workload depended on it by a grant\n");
+                }
+                for c in &d.callers {
+                    out.push_str(&format!("  caller that loses access: {c}\n"));
+                }
+                for t in &d.targets {
+                    out.push_str(&format!("  target it could call: {t}\n"));
+                }
+            }
+            out
+        });
     }
     Ok(0)
 }
@@ -266,6 +280,15 @@ pub(crate) async fn server(a: ServerArgs) -> anyhow::Result<u8> {
     }
     cfg.admin_uids = file.admin_uids.clone();
     cfg.poll_interval = parse_duration(&a.poll_interval)?;
+    let hooks = if a.notify_webhooks.is_empty() {
+        &file.notify_webhooks
+    } else {
+        &a.notify_webhooks
+    };
+    cfg.notify_webhooks = hooks
+        .iter()
+        .map(|u| reqwest::Url::parse(u).map_err(|e| anyhow!("--notify-webhook `{u}`: {e}")))
+        .collect::<anyhow::Result<_>>()?;
     cfg.trust_domains = if a.trust_domains.is_empty() {
         file.trust_domains
             .into_iter()
@@ -418,6 +441,23 @@ pub(crate) async fn verify(a: VerifyArgs) -> anyhow::Result<u8> {
         }
     };
     let verifier = Verifier::new(config, keys);
+    // One shot: the issuer's revocation state now (revoked tokens, revoked workloads).
+    match (&a.issuer, a.no_revocation_check) {
+        (_, true) => {}
+        (Some(iss), false) => {
+            let url = reqwest::Url::parse(&format!("{}/revocations", iss.trim_end_matches('/')))
+                .with_context(|| format!("--issuer `{iss}` is not a URL"))?;
+            let list = tessera_verify::fetch_revocations(&reqwest::Client::new(), &url)
+                .await
+                .map_err(|e| {
+                    anyhow!("cannot check revocation at `{url}`: {e} (--no-revocation-check skips it)")
+                })?;
+            verifier.set_revocations(list);
+        }
+        (None, false) => eprintln!(
+            "tessera: not checked for revocation: give --issuer (or --no-revocation-check)"
+        ),
+    }
     match verifier.verify(&token).await {
         Ok(v) => {
             for s in &a.scope {

@@ -13,7 +13,10 @@ use tessera_policy::path::PathCase;
 use tessera_proxy::inbound::InboundConfig;
 use tessera_proxy::outbound::{OutboundConfig, TokenSource};
 use tessera_proxy::{Identity, ProxyMetrics};
-use tessera_verify::{Authorizer, AuthzMetrics, BundleSource, JwksCache, Verifier, VerifierConfig};
+use tessera_verify::{
+    spawn_feed, Authorizer, AuthzMetrics, BundleSource, FeedMetrics, Freshness, JwksCache,
+    RevocationState, Verifier, VerifierConfig,
+};
 
 use crate::cli::{ProxyCommand, ProxyCommon};
 use crate::support::{init_logs, wait_for_signal};
@@ -22,6 +25,8 @@ pub(crate) async fn run(command: ProxyCommand) -> anyhow::Result<u8> {
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = ProxyMetrics::register(&mut registry);
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    // The change stream's state, for `/readyz`.
+    let mut health: Option<RevocationState> = None;
     let (task, listen, common) = match command {
         ProxyCommand::Inbound {
             listen,
@@ -34,6 +39,7 @@ pub(crate) async fn run(command: ProxyCommand) -> anyhow::Result<u8> {
             case_insensitive_paths,
             handshake_timeout,
             upstream_h2,
+            revocation_fail_closed,
             common,
         } => {
             init_logs(common.log_format, "info");
@@ -66,26 +72,28 @@ pub(crate) async fn run(command: ProxyCommand) -> anyhow::Result<u8> {
             } else {
                 PathCase::Sensitive
             });
-            authz.spawn_bundle_sync(source);
+            authz.spawn_bundle_sync(source.clone());
+            let feed_metrics = FeedMetrics::register(&mut registry);
+            let revocations = match revocation_fail_closed {
+                Some(max) => RevocationState::fail_closed(max, Some(feed_metrics)),
+                None => RevocationState::new(Some(feed_metrics)),
+            };
+            // Revocations arrive pushed, within milliseconds; the stream resumes after an outage.
+            spawn_feed(source, revocations.clone());
+            health = Some(revocations.clone());
             let listener = bind(listen).await?;
             let listen = listener.local_addr()?;
             let mut cfg = InboundConfig::new(upstream);
             cfg.max_body = max_body;
             cfg.handshake_timeout = handshake_timeout;
             cfg.upstream_h2 = upstream_h2;
+            cfg.revocations = revocations.clone();
             if require_token {
                 let config =
                     VerifierConfig::access_token(server.trim_end_matches('/'), me.as_str())
                         .map_err(|e| anyhow!("{e}"))?;
                 let jwks = JwksCache::with_client(base.join("jwks")?, http.clone());
-                let verifier = Verifier::new(config, jwks);
-                // Revoked tokens and workloads are refused within the poll period.
-                verifier.spawn_revocation_poller_with(
-                    http.clone(),
-                    base.join("revocations")?,
-                    std::time::Duration::from_secs(5),
-                );
-                cfg.require_token = Some(verifier);
+                cfg.require_token = Some(Verifier::new(config, jwks).with_revocations(revocations));
             }
             let (m, stop) = (metrics.clone(), stop.clone());
             let task = tokio::spawn(async move {
@@ -141,6 +149,13 @@ pub(crate) async fn run(command: ProxyCommand) -> anyhow::Result<u8> {
         let app = axum::Router::new()
             .route("/healthz", get(|| async { "ok\n" }))
             .route(
+                "/readyz",
+                get(move || {
+                    let health = health.clone();
+                    async move { readiness(health.as_ref()) }
+                }),
+            )
+            .route(
                 "/metrics",
                 get(move || {
                     let registry = registry.clone();
@@ -167,6 +182,23 @@ pub(crate) async fn run(command: ProxyCommand) -> anyhow::Result<u8> {
         }
     }
     Ok(0)
+}
+
+/// 200 while the revocation state is current (or there is none to keep), 503 before its first
+/// snapshot and while the change stream is silent.
+fn readiness(state: Option<&RevocationState>) -> (axum::http::StatusCode, String) {
+    match state.map(RevocationState::freshness) {
+        None | Some(Freshness::Fresh) => (axum::http::StatusCode::OK, "ready\n".into()),
+        Some(Freshness::Unknown) => (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "revocation state: no snapshot yet\n".into(),
+        ),
+        Some(Freshness::Stale) => (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "revocation state: stale (the change stream is silent); enforcing what is known\n"
+                .into(),
+        ),
+    }
 }
 
 /// Keeps `tessera_proxy_svid_expiry_seconds` current.

@@ -66,17 +66,15 @@ pub(crate) fn server(backend: Backend, extra: &[&str]) -> Option<Server> {
 }
 
 pub(crate) fn server_on(data: &Path, db: Option<&str>, extra: &[&str]) -> Server {
+    let mut args = vec!["--listen", "127.0.0.1:0", "--poll-interval", "200ms"];
+    args.extend_from_slice(extra);
+    server_with(data, db, &args)
+}
+
+/// `tessera server --dev` in `data` (on `db` when given) with exactly `args`.
+pub(crate) fn server_with(data: &Path, db: Option<&str>, extra: &[&str]) -> Server {
     let mut cmd = Command::new(BIN);
-    cmd.args([
-        "server",
-        "--dev",
-        "--listen",
-        "127.0.0.1:0",
-        "--poll-interval",
-        "200ms",
-        "--data",
-    ])
-    .arg(data);
+    cmd.args(["server", "--dev", "--data"]).arg(data);
     if let Some(db) = db {
         cmd.args(["--database-url", db]);
     }
@@ -287,4 +285,40 @@ pub(crate) fn join_agent(s: &Server, dir: &Path, name: &str) -> (Proc, PathBuf) 
 pub(crate) fn refused(o: &Output, why: &str) {
     assert_eq!(o.status.code(), Some(2), "{}\n{}", stdout(o), stderr(o));
     assert!(stderr(o).contains(why), "wanted `{why}`: {}", stderr(o));
+}
+
+/// Writes the SVID of `id` as PEM files for curl and openssl: (chain, key, bundle).
+pub(crate) async fn svid_files(socket: &Path, id: &str, dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let client = spiffe::WorkloadApiClient::connect_to(format!("unix://{}", socket.display()))
+        .await
+        .unwrap();
+    let all = client.fetch_all_x509_svids().await.unwrap();
+    let svid = all
+        .iter()
+        .find(|s| s.spiffe_id().to_string() == id)
+        .unwrap();
+    let chain: String = svid
+        .cert_chain()
+        .iter()
+        .map(|c| pem("CERTIFICATE", c.as_bytes()))
+        .collect();
+    let bundles = client.fetch_x509_bundles().await.unwrap();
+    let td = spiffe::TrustDomain::new("example.org").unwrap();
+    let bundle: String = bundles
+        .get(&td)
+        .unwrap()
+        .authorities()
+        .iter()
+        .map(|c| pem("CERTIFICATE", c.as_bytes()))
+        .collect();
+    let name = id.rsplit('/').next().unwrap();
+    (
+        write(dir, &format!("{name}.pem"), &chain),
+        write(
+            dir,
+            &format!("{name}.key"),
+            &pem("PRIVATE KEY", svid.private_key().as_bytes()),
+        ),
+        write(dir, "bundle.pem", &bundle),
+    )
 }

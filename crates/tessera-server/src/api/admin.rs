@@ -20,11 +20,11 @@ use tessera_core::manifest::ClientAuth;
 use tessera_core::{SpiffeId, TrustDomain};
 use tessera_store::{AuditEvent, AuditKind, ClientSecretRecord, Op, Outcome};
 
-use crate::app::App;
+use crate::app::{changes, App};
 use crate::domain::apply::{plan, sorted_lines, ApplyRequest, ApplyResponse};
 use crate::domain::caller::Actor;
 use crate::domain::federation::{verify_outside, DEFAULT_ALGORITHMS, DEFAULT_MAX_AGE, GLOB_CLAIMS};
-use crate::domain::{policy_sets, rotation};
+use crate::domain::{notices, policy_sets, rotation};
 use crate::error::ApiError;
 
 fn bad(msg: impl Into<String>) -> ApiError {
@@ -427,11 +427,13 @@ async fn revoke_workload(
         .workloads
         .get(&id)
         .ok_or_else(|| ApiError::NotFound(format!("no workload `{id}`")))?;
+    let dependents = changes::dependents(&snap, &id);
     if let Some(at) = w.revoked_at {
         return Ok(Json(Revoked {
             id: id.to_string(),
             revoked_at: at,
             already: true,
+            dependents: Some(dependents),
         }));
     }
     let now = tessera_core::now_unix();
@@ -445,14 +447,16 @@ async fn revoke_workload(
             actor: actor.0.clone(),
             subject: id.to_string(),
             outcome: Outcome::Ok,
-            detail: json!({"revoked_at": now}),
+            detail: json!({"revoked_at": now, "dependents": dependents}),
         },
     )
     .await?;
+    notices::workload_revoked(&app, &id, now, &dependents, &actor.0);
     Ok(Json(Revoked {
         id: id.to_string(),
         revoked_at: now,
         already: false,
+        dependents: Some(dependents),
     }))
 }
 
@@ -491,6 +495,7 @@ async fn revoke_agent(
             id: id.to_string(),
             revoked_at: at,
             already: true,
+            dependents: None,
         }));
     }
     let now = tessera_core::now_unix();
@@ -512,6 +517,7 @@ async fn revoke_agent(
         id: id.to_string(),
         revoked_at: now,
         already: false,
+        dependents: None,
     }))
 }
 

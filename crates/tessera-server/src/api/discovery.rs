@@ -10,7 +10,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
-use crate::app::{ca, App};
+use crate::app::{ca, status_lists, App};
 use crate::domain::issue::GrantType;
 use crate::error::ApiError;
 use crate::extract::IssuerPath;
@@ -33,6 +33,8 @@ pub(crate) fn routes() -> Router<Arc<App>> {
         .route("/bundle/{td}", get(bundle))
         .route("/revocations", get(revocations))
         .route("/{td}/revocations", get(revocations))
+        .route("/statuslists/{list}", get(status_list))
+        .route("/{td}/statuslists/{list}", get(status_list))
 }
 
 async fn readyz(State(app): State<Arc<App>>) -> Response {
@@ -118,6 +120,51 @@ async fn bundle(State(app): State<Arc<App>>, IssuerPath(issuer): IssuerPath) -> 
     let doc =
         json!({"keys": keys, "spiffe_sequence": snap.version, "spiffe_refresh_hint": refresh});
     cached(Json(doc).into_response(), refresh)
+}
+
+/// How long a verifier may cache a status list (the draft's `ttl`), and how long its
+/// signature holds.
+const STATUS_LIST_TTL: i64 = 30;
+const STATUS_LIST_LIFETIME: i64 = 600;
+
+/// A token status list (draft-ietf-oauth-status-list), signed by the issuer's current key.
+async fn status_list(
+    State(app): State<Arc<App>>,
+    IssuerPath(issuer): IssuerPath,
+    axum::extract::Path(params): axum::extract::Path<std::collections::HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let list = params.get("list").map(String::as_str).unwrap_or_default();
+    if !status_lists::valid_list_id(list) {
+        return Err(ApiError::NotFound(format!(
+            "no status list `{}`",
+            list.chars().take(40).collect::<String>()
+        )));
+    }
+    let snap = app.snapshot();
+    let now = tessera_core::now_unix();
+    let key = snap
+        .keys
+        .signing(&issuer.td, now)
+        .ok_or_else(|| ApiError::unavailable("no signing key"))?;
+    let lst = status_lists::compressed_bits(list, snap.revoked_jtis.keys())
+        .map_err(|e| ApiError::unavailable(format!("status list compression: {e}")))?;
+    let claims = json!({
+        "sub": issuer.endpoint(&format!("statuslists/{list}")),
+        "iat": now,
+        "exp": now + STATUS_LIST_LIFETIME,
+        "ttl": STATUS_LIST_TTL,
+        "status_list": {"bits": 1, "lst": tessera_token::strict::b64_encode(lst)},
+    });
+    let jwt = tessera_token::jws::sign(&key.key, "statuslist+jwt", &claims)
+        .map_err(|e| ApiError::unavailable(format!("signing the status list: {e}")))?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/statuslist+jwt".to_owned()),
+            (header::CACHE_CONTROL, format!("max-age={STATUS_LIST_TTL}")),
+        ],
+        jwt,
+    )
+        .into_response())
 }
 
 /// Unexpired revoked token IDs and revoked workloads, for verifiers that poll.

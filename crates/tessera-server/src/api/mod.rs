@@ -4,6 +4,7 @@
 
 pub(crate) mod admin;
 pub(crate) mod agents;
+pub(crate) mod changes;
 pub(crate) mod dbcreds;
 pub(crate) mod discovery;
 pub(crate) mod oauth;

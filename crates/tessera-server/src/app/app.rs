@@ -12,7 +12,10 @@ use tessera_store::{AuditEvent, AuditLog, Op, Store, StoreError};
 use tessera_token::Kek;
 use tokio::sync::watch;
 
+use tessera_core::change_api::ChangeBatch;
+
 use crate::app::ca::{Bundles, CaRing};
+use crate::app::changes;
 use crate::app::db_pools::Pools;
 use crate::app::keys::{KeyError, KeyRing};
 use crate::app::snapshot::Snapshot;
@@ -75,6 +78,12 @@ pub struct App {
     pub(crate) bundles: Arc<Bundles>,
     /// The version of each snapshot swapped in, for agents waiting on a change.
     pub(crate) changes: watch::Sender<i64>,
+    /// The change stream: batches diffed from consecutive snapshots, for subscribers.
+    pub(crate) change_log: super::changes::ChangeLog,
+    /// Places in this process's token status lists.
+    pub(crate) status_index: super::status_lists::StatusIndex,
+    /// Signed revocation notices waiting for the webhooks (`domain::notices`).
+    pub(crate) notices: tokio::sync::mpsc::Sender<String>,
     /// Outside issuers' keys, per trust (static, or discovered and cached).
     pub trust_keys: TrustKeys,
     /// Bumped on every secret write by this server, for readers waiting on a new version.
@@ -195,6 +204,12 @@ impl App {
 
     /// Reloads state from storage and swaps in a new snapshot.
     pub async fn reload(&self) -> Result<(), ReloadError> {
+        self.reload_committed(tessera_core::now_unix_ms()).await
+    }
+
+    /// [`App::reload`] after a commit at `committed_at_ms` (by this server or, as a notification
+    /// said, another one), which the change stream's batch carries.
+    pub async fn reload_committed(&self, committed_at_ms: i64) -> Result<(), ReloadError> {
         let _one = self.reload_lock.lock().await;
         let version = self.store.state_version().await?;
         let state = self.store.load_state().await?;
@@ -218,8 +233,27 @@ impl App {
                 .unwrap_or(i64::MAX),
         );
         let version = snap.version;
+        // The placeholder before the first load has no keys: nothing to diff against.
+        let batch = (!previous.keys.entries(&self.first_td).is_empty()).then(|| ChangeBatch {
+            from: previous.version,
+            version,
+            committed_at_ms,
+            changes: changes::diff(&previous, &snap, &self.trust_domain_names()),
+        });
         self.snapshot.store(snap);
         self.changes.send_replace(version);
+        if let Some(published) = batch.and_then(|b| self.change_log.publish(&b)) {
+            if published.withdraws {
+                let ms = tessera_core::now_unix_ms().saturating_sub(published.committed_at_ms);
+                #[expect(
+                    clippy::cast_precision_loss,
+                    reason = "a propagation time in milliseconds is far below 2^52"
+                )]
+                self.metrics
+                    .revocation_propagation
+                    .observe(ms.max(0) as f64 / 1000.0);
+            }
+        }
         Ok(())
     }
 

@@ -9,10 +9,12 @@
 )]
 pub(crate) mod app;
 pub(crate) mod ca;
+pub(crate) mod changes;
 pub(crate) mod db_pools;
 pub(crate) mod failures;
 pub(crate) mod keys;
 pub(crate) mod snapshot;
+pub(crate) mod status_lists;
 pub(crate) mod trust_keys;
 
 pub(crate) use app::{authority_id, App, Issuer, NotServed};

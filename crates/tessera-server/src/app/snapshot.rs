@@ -2,7 +2,7 @@
 //! (here or on another server sharing the database) builds a new one and swaps it in.
 
 use std::collections::BTreeMap;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use base64::engine::general_purpose::STANDARD;
@@ -110,7 +110,8 @@ pub struct Snapshot {
     /// Issuance rate limits from grants (`token_rate`); shared with `engine`'s lifetime, so
     /// reloads that change no grant do not reset the counts.
     pub token_limits: Arc<Limits>,
-    pub revoked_jtis: HashSet<String>,
+    /// Revoked token IDs to their expiry.
+    pub revoked_jtis: HashMap<String, i64>,
     pub keys: KeyRing,
     pub cas: CaRing,
     pub agents: HashMap<String, AgentRecord>,
@@ -235,7 +236,7 @@ impl Snapshot {
             policies: state.policies,
             engine,
             token_limits,
-            revoked_jtis: revoked.into_iter().map(|(j, _)| j).collect(),
+            revoked_jtis: revoked.into_iter().collect(),
             keys,
             cas,
             agents: state

@@ -168,7 +168,7 @@ pub(crate) fn workload_caller(
                 "the token is not for the authority (ask for `audience=<issuer URL>`)",
             ));
         }
-        if snap.revoked_jtis.contains(jti) || snap.workload_revoked(sub, iat) {
+        if snap.revoked_jtis.contains_key(jti) || snap.workload_revoked(sub, iat) {
             return Err(unauthenticated("the token has been revoked"));
         }
         return SpiffeId::parse(sub)

@@ -12,6 +12,7 @@ use tessera_policy::Explanation;
 use tessera_store::{AssertionClaim, AuditEvent, AuditKind, Outcome};
 use tessera_token::{sign, AccessTokenClaims, TYP_ACCESS_TOKEN};
 
+use crate::app::status_lists::StatusIndex;
 use crate::app::{authority_id, App, Issuer, Snapshot};
 
 /// RFC 6749 §5.2 error codes (plus RFC 8707's `invalid_target`).
@@ -144,7 +145,7 @@ pub(crate) async fn commit(
     issuer: &Issuer,
     req: &IssueRequest,
 ) -> Result<Minted, IssueError> {
-    match mint(snap, issuer, req) {
+    match mint(snap, issuer, req, &app.status_index) {
         Ok(minted) => {
             record(app, req, minted.event.clone()).await?;
             Ok(minted)
@@ -236,7 +237,12 @@ pub(crate) struct MintOptions {
 
 /// Decides and signs an access token; on refusal, the denial's audit record and the error.
 /// No I/O: [`commit`] records.
-fn mint(snap: &Snapshot, issuer: &Issuer, req: &IssueRequest) -> Result<Minted, Denied> {
+fn mint(
+    snap: &Snapshot,
+    issuer: &Issuer,
+    req: &IssueRequest,
+    status: &StatusIndex,
+) -> Result<Minted, Denied> {
     let IssueRequest {
         caller,
         client_id,
@@ -343,8 +349,15 @@ fn mint(snap: &Snapshot, issuer: &Issuer, req: &IssueRequest) -> Result<Minted, 
         .keys
         .signing(&issuer.td, now)
         .ok_or_else(|| unavailable(format!("no signing key for `{}`", issuer.td)))?;
-    let jti = tessera_token::strict::b64_encode(
-        tessera_token::seal::random_bytes::<16>().map_err(|e| unavailable(e.to_string()))?,
+    // The token's place in a status list is part of its ID (`app::status_lists`).
+    let (list, idx) = status
+        .allocate()
+        .map_err(|e| unavailable(e.to_string()))?;
+    let jti = format!(
+        "{list}.{idx}.{}",
+        tessera_token::strict::b64_encode(
+            tessera_token::seal::random_bytes::<16>().map_err(|e| unavailable(e.to_string()))?,
+        )
     );
     let sub = options.subject.as_ref().unwrap_or(caller);
     // The `environment` claim describes the subject (the original caller when delegated).
@@ -363,6 +376,10 @@ fn mint(snap: &Snapshot, issuer: &Issuer, req: &IssueRequest) -> Result<Minted, 
             .map(ToString::to_string),
         act: options.act.clone(),
         cnf: options.cnf.clone(),
+        status: Some(json!({"status_list": {
+            "idx": idx,
+            "uri": issuer.endpoint(&format!("statuslists/{list}")),
+        }})),
     };
     let token =
         sign(&signing.key, TYP_ACCESS_TOKEN, &claims).map_err(|e| unavailable(e.to_string()))?;

@@ -114,7 +114,7 @@ pub(crate) async fn delegate(
         get("jti").to_owned(),
     );
     let iat = original.get("iat").and_then(Value::as_i64).unwrap_or(0);
-    if snap.revoked_jtis.contains(&jti) || snap.workload_revoked(&sub, iat) {
+    if snap.revoked_jtis.contains_key(&jti) || snap.workload_revoked(&sub, iat) {
         return Err(refuse("the subject token has been revoked".into()).await);
     }
     // Only the service the token was for may pass it on.

@@ -61,7 +61,7 @@ pub(crate) async fn post_introspect(
             .and_then(Value::as_str)
             .unwrap_or_default();
         let iat = numeric_date(&claims, "iat").ok().flatten().unwrap_or(0);
-        if snap.revoked_jtis.contains(jti) || snap.workload_revoked(sub, iat) {
+        if snap.revoked_jtis.contains_key(jti) || snap.workload_revoked(sub, iat) {
             return Ok(inactive);
         }
         let caller_workload = snap
