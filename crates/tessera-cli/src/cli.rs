@@ -228,7 +228,8 @@ pub(crate) enum ProxyCommand {
         /// its life. Needs `--server` (https).
         #[arg(long, requires = "server")]
         attach_token: bool,
-        /// The authority's URL, for access tokens.
+        /// The authority's URL, for access tokens and for its change stream: with it, no call
+        /// leaves under a revoked identity or to a revoked target.
         #[arg(long, env = "TESSERA_SERVER")]
         server: Option<String>,
         /// A PEM CA certificate for the authority (e.g. `DATA/tls/ca.pem`).
@@ -239,6 +240,10 @@ pub(crate) enum ProxyCommand {
         /// loopback port is open to everyone.
         #[arg(long = "allow-uid")]
         allow_uid: Vec<u32>,
+        /// Fail closed (needs `--server`): refuse every call until the authority's revocation
+        /// state is held, and while its change stream has been silent for longer than this.
+        #[arg(long, requires = "server", value_parser = humantime::parse_duration)]
+        revocation_fail_closed: Option<std::time::Duration>,
         #[command(flatten)]
         common: ProxyCommon,
     },

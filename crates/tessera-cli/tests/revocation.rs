@@ -143,7 +143,10 @@ impl Held {
         stdin.flush().unwrap();
         let mut status = String::new();
         out.read_line(&mut status).unwrap();
-        assert!(status.starts_with("HTTP/1.1 200"), "held connection: {status}");
+        assert!(
+            status.starts_with("HTTP/1.1 200"),
+            "held connection: {status}"
+        );
         Self { child, out }
     }
 
@@ -171,7 +174,10 @@ impl Drop for Held {
 }
 
 /// A webhook receiver: the bodies it was posted.
-async fn webhook() -> (String, std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>) {
+async fn webhook() -> (
+    String,
+    std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>,
+) {
     let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let g = got.clone();
     let app = axum::Router::new().route(
@@ -216,7 +222,10 @@ async fn services(b_url: &str, secret: &str) -> (std::net::SocketAddr, String) {
     );
     verifier.spawn_change_feed(source);
     let app = axum::Router::new()
-        .route("/api/{*rest}", axum::routing::get(|| async { "verified\n" }))
+        .route(
+            "/api/{*rest}",
+            axum::routing::get(|| async { "verified\n" }),
+        )
         .layer(tessera_verify::RequireTokenLayer::new(verifier));
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let lib = format!("http://{}", l.local_addr().unwrap());
@@ -226,7 +235,16 @@ async fn services(b_url: &str, secret: &str) -> (std::net::SocketAddr, String) {
 
 fn curl_status(args: &[&str]) -> String {
     let o = Command::new("curl")
-        .args(["-s", "-k", "--max-time", "5", "-o", "/dev/null", "-w", "%{http_code}"])
+        .args([
+            "-s",
+            "-k",
+            "--max-time",
+            "5",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+        ])
         .args(args)
         .output()
         .unwrap();
@@ -329,13 +347,17 @@ async fn each_revocation_is_refused_everywhere_within_the_bound() {
     let jti = claims(&t1)["jti"].as_str().unwrap().to_owned();
     let o = tessera(&a.data, &["revoke", "token", &jti]);
     assert!(o.status.success(), "{}", stderr(&o));
-    eventually(Duration::from_secs(2), "sidecar refuses the revoked token", || async {
-        sidecar(&t1) == "401"
-    })
+    eventually(
+        Duration::from_secs(2),
+        "sidecar refuses the revoked token",
+        || async { sidecar(&t1) == "401" },
+    )
     .await;
-    eventually(Duration::from_secs(2), "library refuses the revoked token", || async {
-        library(t1.clone()).await == 401
-    })
+    eventually(
+        Duration::from_secs(2),
+        "library refuses the revoked token",
+        || async { library(t1.clone()).await == 401 },
+    )
     .await;
     let o = cli(&["verify", "--issuer", &b_url, "--audience", BACKEND, &t1]);
     assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
@@ -378,29 +400,94 @@ async fn each_revocation_is_refused_everywhere_within_the_bound() {
     let o = tessera(&a.data, &["revoke", "token", &jti2]);
     assert!(o.status.success(), "{}", stderr(&o));
     let _b2 = server_at(dbd.path(), &db, &b_listen, &[]);
-    eventually(Duration::from_secs(40), "the sidecar resumed and refuses", || async {
-        sidecar(&t2) == "401"
-    })
+    eventually(
+        Duration::from_secs(40),
+        "the sidecar resumed and refuses",
+        || async { sidecar(&t2) == "401" },
+    )
     .await;
-    eventually(Duration::from_secs(40), "the library resumed and refuses", || async {
-        library(t2.clone()).await == 401
-    })
+    eventually(
+        Duration::from_secs(40),
+        "the library resumed and refuses",
+        || async { library(t2.clone()).await == 401 },
+    )
     .await;
 
     // 3. A workload revoked on A: its open connection is closed, its certificate refused at a
     //    new handshake, its tokens refused, its dependents listed and told.
     let t3 = token_for(&b_url, &secret, BACKEND).await;
     let mut held = Held::open(&in_addr, &front_pem, &front_key, &t3);
+    // The frontend's outbound sidecar, subscribed to B too.
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "proxy",
+        "outbound",
+        "--listen",
+        "127.0.0.1:0",
+        "--target",
+        &in_addr,
+    ])
+    .args(["--target-id", BACKEND, "--server", &b_url, "--socket"])
+    .arg(&socket)
+    .args(["--id", FRONTEND])
+    .env("TESSERA_LOG", "warn");
+    let outbound = spawn_ready(cmd, "tessera: proxy ready listen=");
+    let out_addr = outbound
+        .line
+        .split_whitespace()
+        .find_map(|f| f.strip_prefix("listen="))
+        .unwrap()
+        .to_owned();
+    let through = |token: String| {
+        let (http, out_addr) = (http.clone(), out_addr.clone());
+        async move {
+            let r = http
+                .get(format!("http://{out_addr}/api/items"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    eventually(Duration::from_secs(10), "through both sidecars", || async {
+        through(t3.clone()).await.0 == 200
+    })
+    .await;
     let o = tessera(&a.data, &["revoke", "workload", FRONTEND]);
     assert!(o.status.success(), "{}", stderr(&o));
     let out = stdout(&o);
-    assert!(out.contains(&format!("caller that loses access: {REPORTS}")), "{out}");
-    assert!(out.contains(&format!("target it could call: {BACKEND}")), "{out}");
-    assert!(held.closed_within(Duration::from_secs(3)), "the open connection stayed open");
-    assert_eq!(sidecar(&t3), "000", "a new handshake with its certificate is refused");
-    eventually(Duration::from_secs(2), "library refuses its tokens", || async {
-        library(t3.clone()).await == 401
-    })
+    assert!(
+        out.contains(&format!("caller that loses access: {REPORTS}")),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("target it could call: {BACKEND}")),
+        "{out}"
+    );
+    assert!(
+        held.closed_within(Duration::from_secs(3)),
+        "the open connection stayed open"
+    );
+    assert_eq!(
+        sidecar(&t3),
+        "000",
+        "a new handshake with its certificate is refused"
+    );
+    eventually(
+        Duration::from_secs(2),
+        "the outbound refuses to call",
+        || async {
+            let (status, body) = through(t3.clone()).await;
+            status == 403 && body.contains("revoked")
+        },
+    )
+    .await;
+    eventually(
+        Duration::from_secs(2),
+        "library refuses its tokens",
+        || async { library(t3.clone()).await == 401 },
+    )
     .await;
     let o = cli(&["verify", "--issuer", &b_url, "--audience", BACKEND, &t3]);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));

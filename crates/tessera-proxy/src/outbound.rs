@@ -43,6 +43,10 @@ pub struct OutboundConfig {
     /// The unix users whose processes may use this sidecar's identity (the owner of the
     /// connecting loopback socket, from the kernel). Empty: the sidecar's own user only.
     pub allowed_uids: Vec<u32>,
+    /// What the authority has withdrawn (kept current by its change stream): no call leaves
+    /// under a revoked identity or to a revoked target, and the pooled connections are dropped
+    /// when either is withdrawn.
+    pub revocations: tessera_verify::RevocationState,
 }
 
 /// The user this process runs as (the owner of `/proc/self`).
@@ -425,6 +429,7 @@ pub async fn serve(
     });
     // The first generation now, so a misconfiguration is said at start.
     ctx.generation()?;
+    tokio::spawn(drop_pool_on_withdrawal(ctx.clone()));
     let allowed: std::sync::Arc<Vec<u32>> =
         std::sync::Arc::new(if ctx.cfg.allowed_uids.is_empty() {
             own_uid().into_iter().collect()
@@ -482,12 +487,51 @@ pub async fn serve(
     }
 }
 
+/// When this sidecar's identity or its target's is withdrawn, the generation (and with it the
+/// pool of connections that present the SVID) is dropped; requests under way finish on it.
+async fn drop_pool_on_withdrawal(ctx: Arc<Ctx>) {
+    let mut withdrawals = ctx.cfg.revocations.withdrawals();
+    loop {
+        let id = match withdrawals.recv().await {
+            Ok(tessera_verify::Withdrawn::Workload { id, .. }) => Some(id),
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => None,
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        };
+        let me = ctx.identity.spiffe_id().map(|s| s.to_string());
+        let ours = id.as_ref().is_none_or(|id| {
+            id.as_str() == ctx.cfg.target_id.as_str() || me.as_deref() == Some(id.as_str())
+        });
+        if ours {
+            if let Ok(mut g) = ctx.generation.write() {
+                *g = None;
+            }
+        }
+    }
+}
+
 async fn forward(ctx: &Ctx, req: Request<Incoming>) -> Response<Body> {
     let me = ctx
         .identity
         .spiffe_id()
         .map(|s| s.to_string())
         .unwrap_or_default();
+    let revoked = &ctx.cfg.revocations;
+    if revoked.workload_revoked(&me) || revoked.workload_revoked(ctx.cfg.target_id.as_str()) {
+        ctx.metrics
+            .request(&me, ctx.cfg.target_id.as_str(), "revoked");
+        return plain(
+            StatusCode::FORBIDDEN,
+            "this sidecar's identity or its target's has been revoked\n",
+        );
+    }
+    if revoked.refuses_all() {
+        ctx.metrics
+            .request(&me, ctx.cfg.target_id.as_str(), "revocation_stale");
+        return plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the sidecar does not know the authority's current revocations (fail closed)\n",
+        );
+    }
     let generation = match ctx.generation() {
         Ok(g) => g,
         Err(e) => {

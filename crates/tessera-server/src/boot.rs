@@ -470,8 +470,12 @@ async fn deliver_notices(
                     .await;
                 match sent {
                     Ok(r) if r.status().is_success() => break,
-                    Ok(r) => tracing::warn!(webhook = %url, status = %r.status(), attempt, "webhook refused the notice"),
-                    Err(e) => tracing::warn!(webhook = %url, error = %e.without_url(), attempt, "webhook unreachable"),
+                    Ok(r) => {
+                        tracing::warn!(webhook = %url, status = %r.status(), attempt, "webhook refused the notice")
+                    }
+                    Err(e) => {
+                        tracing::warn!(webhook = %url, error = %e.without_url(), attempt, "webhook unreachable")
+                    }
                 }
                 if attempt == 5 {
                     tracing::error!(webhook = %url, "revocation notice not delivered after 5 attempts");

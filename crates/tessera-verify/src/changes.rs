@@ -337,9 +337,12 @@ impl RevocationState {
         };
         match event.event.as_str() {
             "snapshot" => {
-                let s: Snapshot = serde_json::from_str(&event.data).map_err(|e| bad(e.to_string()))?;
+                let s: Snapshot =
+                    serde_json::from_str(&event.data).map_err(|e| bad(e.to_string()))?;
                 if !self.apply_snapshot(s) {
-                    tracing::warn!("the authority sent an older snapshot than the one held; kept the one held");
+                    tracing::warn!(
+                        "the authority sent an older snapshot than the one held; kept the one held"
+                    );
                 }
             }
             "change" => {
@@ -392,10 +395,7 @@ impl SseParser {
     pub fn push(&mut self, chunk: &[u8]) -> Result<Vec<SseEvent>, FeedError> {
         self.buf.extend_from_slice(chunk);
         let mut out = Vec::new();
-        loop {
-            let Some(end) = self.buf.iter().position(|b| *b == b'\n' || *b == b'\r') else {
-                break;
-            };
+        while let Some(end) = self.buf.iter().position(|b| *b == b'\n' || *b == b'\r') {
             // A CR LF pair is one line end; a CR at the very end may be the first half of one.
             let skip = match (self.buf.get(end), self.buf.get(end + 1)) {
                 (Some(b'\r'), Some(b'\n')) => 2,
@@ -408,13 +408,17 @@ impl SseParser {
                 out.push(e);
             }
         }
-        if self.buf.len() + self.current.data.len() > self.max {
+        // A line, and an event's data, are each capped: where the chunks were cut never matters.
+        if self.buf.len() > self.max {
             return Err(FeedError::Oversized(self.max));
         }
         Ok(out)
     }
 
     fn line(&mut self, line: &str) -> Result<Option<SseEvent>, FeedError> {
+        if line.len() > self.max {
+            return Err(FeedError::Oversized(self.max));
+        }
         if line.is_empty() {
             let e = std::mem::take(&mut self.current);
             let had = std::mem::replace(&mut self.has_data, false);
@@ -614,7 +618,9 @@ mod tests {
         let mut p = SseParser::new(1024);
         assert!(p.push(b"event: change\r").unwrap().is_empty());
         assert!(p.push(b"\nid: 7\ndata: {\"a\":").unwrap().is_empty());
-        let out = p.push(b"1}\n\n: comment\n\nevent:heartbeat\rdata:x\r\r").unwrap();
+        let out = p
+            .push(b"1}\n\n: comment\n\nevent:heartbeat\rdata:x\r\r\n")
+            .unwrap();
         assert_eq!(
             out,
             vec![
@@ -642,6 +648,31 @@ mod tests {
         assert_eq!(p.push(&[b'a'; 100]), Err(FeedError::Oversized(64)));
         let mut p = SseParser::new(64);
         assert_eq!(p.push(b"data: \xff\xfe\n"), Err(FeedError::NotText));
+    }
+
+    fn parse_in(chunks: &[&[u8]], cap: usize) -> Result<Vec<SseEvent>, FeedError> {
+        let mut p = SseParser::new(cap);
+        let mut out = Vec::new();
+        for c in chunks {
+            out.extend(p.push(c)?);
+        }
+        Ok(out)
+    }
+
+    proptest::proptest! {
+        /// Where the network cuts the stream never changes what is read.
+        #[test]
+        fn events_do_not_depend_on_chunking(
+            body in proptest::collection::vec(
+                proptest::sample::select(vec![b'a', b':', b' ', b'\n', b'\r', b'd', b'e', b'v', b't']),
+                0..300,
+            ),
+            cut in 0usize..300,
+        ) {
+            let cut = cut.min(body.len());
+            let (a, b) = body.split_at(cut);
+            proptest::prop_assert_eq!(parse_in(&[&body], 64), parse_in(&[a, b], 64));
+        }
     }
 
     #[test]
@@ -682,7 +713,8 @@ mod tests {
     fn replays_old_snapshots_and_gaps_keep_the_state_held() {
         let s = RevocationState::default();
         let mut w = s.withdrawals();
-        s.apply(&ev("snapshot", &snapshot(5, "spiffe://td/a"))).unwrap();
+        s.apply(&ev("snapshot", &snapshot(5, "spiffe://td/a")))
+            .unwrap();
         assert_eq!(s.version(), Some(5));
         assert!(s.token_revoked(Some("j1"), "spiffe://td/x", 0));
         assert!(s.token_revoked(None, "spiffe://td/a", 100));
@@ -695,7 +727,8 @@ mod tests {
             }
         );
         // An older snapshot is ignored.
-        s.apply(&ev("snapshot", &snapshot(4, "spiffe://td/b"))).unwrap();
+        s.apply(&ev("snapshot", &snapshot(4, "spiffe://td/b")))
+            .unwrap();
         assert_eq!(s.version(), Some(5));
         assert!(!s.workload_revoked("spiffe://td/b"));
         // A replayed batch is ignored; a batch past a gap is refused.
@@ -706,7 +739,8 @@ mod tests {
             },
             dependents: Default::default(),
         }];
-        s.apply(&ev("change", &batch(3, 5, revoke_c.clone()))).unwrap();
+        s.apply(&ev("change", &batch(3, 5, revoke_c.clone())))
+            .unwrap();
         assert!(!s.workload_revoked("spiffe://td/c"));
         assert_eq!(
             s.apply(&ev("change", &batch(6, 7, revoke_c.clone()))),

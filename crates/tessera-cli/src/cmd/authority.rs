@@ -450,7 +450,9 @@ pub(crate) async fn verify(a: VerifyArgs) -> anyhow::Result<u8> {
             let list = tessera_verify::fetch_revocations(&reqwest::Client::new(), &url)
                 .await
                 .map_err(|e| {
-                    anyhow!("cannot check revocation at `{url}`: {e} (--no-revocation-check skips it)")
+                    anyhow!(
+                        "cannot check revocation at `{url}`: {e} (--no-revocation-check skips it)"
+                    )
                 })?;
             verifier.set_revocations(list);
         }

@@ -252,6 +252,7 @@ why = "The shop shows what is in stock"
             connect_timeout: std::time::Duration::from_secs(5),
             token: None,
             allowed_uids: Vec::new(),
+            revocations: tessera_verify::RevocationState::default(),
         },
         shop_id,
         metrics,

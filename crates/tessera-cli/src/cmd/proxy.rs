@@ -47,22 +47,7 @@ pub(crate) async fn run(command: ProxyCommand) -> anyhow::Result<u8> {
             let me = identity
                 .spiffe_id()
                 .ok_or_else(|| anyhow!("the agent gave no SVID"))?;
-            let mut http = reqwest::Client::builder();
-            if let Some(ca) = &server_ca {
-                let pem =
-                    std::fs::read(ca).with_context(|| format!("cannot read `{}`", ca.display()))?;
-                http = http.add_root_certificate(reqwest::Certificate::from_pem(&pem)?);
-            }
-            let base: reqwest::Url = format!("{}/", server.trim_end_matches('/'))
-                .parse()
-                .with_context(|| format!("`{server}` is not a URL"))?;
-            let audience = server.trim_end_matches('/').to_owned();
-            let for_token = identity.clone();
-            let http = http.build()?;
-            let source = BundleSource::new(base.clone(), http.clone(), move || {
-                let (id, aud) = (for_token.clone(), audience.clone());
-                Box::pin(async move { id.jwt_svid(&aud).await.map_err(|e| e.to_string()) })
-            });
+            let (source, base, http) = authority(&server, server_ca.as_deref(), &identity)?;
             let authz_metrics = AuthzMetrics::register(&mut registry);
             let (authz, _log) = Authorizer::new(me.clone())
                 .with_metrics(authz_metrics)
@@ -73,13 +58,7 @@ pub(crate) async fn run(command: ProxyCommand) -> anyhow::Result<u8> {
                 PathCase::Sensitive
             });
             authz.spawn_bundle_sync(source.clone());
-            let feed_metrics = FeedMetrics::register(&mut registry);
-            let revocations = match revocation_fail_closed {
-                Some(max) => RevocationState::fail_closed(max, Some(feed_metrics)),
-                None => RevocationState::new(Some(feed_metrics)),
-            };
-            // Revocations arrive pushed, within milliseconds; the stream resumes after an outage.
-            spawn_feed(source, revocations.clone());
+            let revocations = subscribe(source, revocation_fail_closed, &mut registry);
             health = Some(revocations.clone());
             let listener = bind(listen).await?;
             let listen = listener.local_addr()?;
@@ -109,6 +88,7 @@ pub(crate) async fn run(command: ProxyCommand) -> anyhow::Result<u8> {
             server,
             server_ca,
             allow_uid,
+            revocation_fail_closed,
             common,
         } => {
             init_logs(common.log_format, "info");
@@ -120,9 +100,18 @@ pub(crate) async fn run(command: ProxyCommand) -> anyhow::Result<u8> {
             let identity = identity(&common, &metrics).await?;
             let listener = bind(listen).await?;
             let listen = listener.local_addr()?;
-            let token = match (attach_token, server) {
-                (true, Some(server)) => Some(token_source(&server, server_ca.as_deref())?),
+            let token = match (attach_token, &server) {
+                (true, Some(server)) => Some(token_source(server, server_ca.as_deref())?),
                 _ => None,
+            };
+            let revocations = match &server {
+                Some(server) => {
+                    let (source, _, _) = authority(server, server_ca.as_deref(), &identity)?;
+                    let r = subscribe(source, revocation_fail_closed, &mut registry);
+                    health = Some(r.clone());
+                    r
+                }
+                None => RevocationState::default(),
             };
             let cfg = OutboundConfig {
                 target,
@@ -130,6 +119,7 @@ pub(crate) async fn run(command: ProxyCommand) -> anyhow::Result<u8> {
                 connect_timeout: std::time::Duration::from_secs(10),
                 token,
                 allowed_uids: allow_uid,
+                revocations,
             };
             let (m, stop) = (metrics.clone(), stop.clone());
             let task = tokio::spawn(async move {
@@ -182,6 +172,47 @@ pub(crate) async fn run(command: ProxyCommand) -> anyhow::Result<u8> {
         }
     }
     Ok(0)
+}
+
+/// The authority at `server`, reached with `server_ca` (if given) and authenticated by this
+/// sidecar's JWT-SVID: (source for the policy bundle and the change stream, base URL, client).
+fn authority(
+    server: &str,
+    server_ca: Option<&Path>,
+    identity: &Arc<Identity>,
+) -> anyhow::Result<(BundleSource, reqwest::Url, reqwest::Client)> {
+    let mut http = reqwest::Client::builder();
+    if let Some(ca) = server_ca {
+        let pem = std::fs::read(ca).with_context(|| format!("cannot read `{}`", ca.display()))?;
+        http = http.add_root_certificate(reqwest::Certificate::from_pem(&pem)?);
+    }
+    let base: reqwest::Url = format!("{}/", server.trim_end_matches('/'))
+        .parse()
+        .with_context(|| format!("`{server}` is not a URL"))?;
+    let audience = server.trim_end_matches('/').to_owned();
+    let for_token = identity.clone();
+    let http = http.build()?;
+    let source = BundleSource::new(base.clone(), http.clone(), move || {
+        let (id, aud) = (for_token.clone(), audience.clone());
+        Box::pin(async move { id.jwt_svid(&aud).await.map_err(|e| e.to_string()) })
+    });
+    Ok((source, base, http))
+}
+
+/// A revocation state kept current from the authority's change stream (pushed, within
+/// milliseconds; resumed after an outage), its metrics in `registry`.
+fn subscribe(
+    source: BundleSource,
+    fail_closed: Option<std::time::Duration>,
+    registry: &mut prometheus_client::registry::Registry,
+) -> RevocationState {
+    let metrics = FeedMetrics::register(registry);
+    let state = match fail_closed {
+        Some(max) => RevocationState::fail_closed(max, Some(metrics)),
+        None => RevocationState::new(Some(metrics)),
+    };
+    spawn_feed(source, state.clone());
+    state
 }
 
 /// 200 while the revocation state is current (or there is none to keep), 503 before its first

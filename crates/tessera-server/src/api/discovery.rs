@@ -159,7 +159,10 @@ async fn status_list(
         .map_err(|e| ApiError::unavailable(format!("signing the status list: {e}")))?;
     Ok((
         [
-            (header::CONTENT_TYPE, "application/statuslist+jwt".to_owned()),
+            (
+                header::CONTENT_TYPE,
+                "application/statuslist+jwt".to_owned(),
+            ),
             (header::CACHE_CONTROL, format!("max-age={STATUS_LIST_TTL}")),
         ],
         jwt,

@@ -103,12 +103,9 @@ impl ChangeLog {
         };
         // The ring must reach back to `since`: its oldest batch starts at or before it.
         match ring.front() {
-            Some(first) if first.from <= since => Resume::Batches(
-                ring.iter()
-                    .filter(|b| b.version > since)
-                    .cloned()
-                    .collect(),
-            ),
+            Some(first) if first.from <= since => {
+                Resume::Batches(ring.iter().filter(|b| b.version > since).cloned().collect())
+            }
             _ => Resume::Snapshot,
         }
     }

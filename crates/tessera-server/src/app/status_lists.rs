@@ -139,6 +139,9 @@ mod tests {
         assert_eq!(bits.len(), (LIST_SIZE / 8) as usize);
         assert_eq!(bits[0], 0b0000_0001);
         assert_eq!(bits[1], 0b0000_0010);
-        assert!(bits[2..].iter().all(|b| *b == 0), "the other list's bit is not here");
+        assert!(
+            bits[2..].iter().all(|b| *b == 0),
+            "the other list's bit is not here"
+        );
     }
 }
