@@ -573,11 +573,15 @@ async fn vault_upkeep(app: Arc<App>, mut stop: watch::Receiver<bool>) {
 }
 
 /// Drops the roles of leases that ended (or whose workload was revoked), every second or when
-/// told; a failure is retried on the next round and said in the lease and the log.
+/// told; a failure is retried on the next round and said in the lease and the log. A new
+/// snapshot (a revocation, here or on another server) ends the leases of revoked workloads at
+/// once.
 async fn lease_revoker(app: Arc<App>, mut stop: watch::Receiver<bool>) {
     let mut round = 0u64;
+    let mut changes = app.subscribe_changes();
     loop {
-        if round.is_multiple_of(10) {
+        if round.is_multiple_of(10) || changes.has_changed().unwrap_or(false) {
+            changes.mark_unchanged();
             if let Err(e) = leases::end_leases_of_revoked_workloads(&app).await {
                 tracing::warn!(error = %e, "checking leases of revoked workloads failed");
             }
@@ -589,6 +593,7 @@ async fn lease_revoker(app: Arc<App>, mut stop: watch::Receiver<bool>) {
         let wake = tokio::time::timeout(Duration::from_secs(1), app.lease_changes.notified());
         tokio::select! {
             _ = wake => {}
+            _ = changes.changed() => {}
             _ = stop.wait_for(|s| *s) => return,
         }
     }

@@ -771,6 +771,95 @@ mod tests {
         assert!(!s.workload_revoked("spiffe://td/c"));
     }
 
+    /// A fake authority on a real socket answers each subscription differently: a good
+    /// snapshot, then an older one and a replayed batch, then garbage, then an event past the
+    /// cap, then the end of the stream mid-event. The subscriber keeps the good state through
+    /// all of it, counts each drop, and keeps coming back.
+    #[tokio::test]
+    async fn a_bad_stream_is_dropped_and_the_state_held_stays() {
+        use std::sync::atomic::AtomicUsize;
+        let n = Arc::new(AtomicUsize::new(0));
+        let seen_ids = Arc::new(std::sync::Mutex::new(Vec::<Option<String>>::new()));
+        let (n2, ids2) = (n.clone(), seen_ids.clone());
+        let app = axum::Router::new().route(
+            "/v1/changes",
+            axum::routing::get(move |headers: http::HeaderMap| {
+                let (n, ids) = (n2.clone(), ids2.clone());
+                async move {
+                    ids.lock().unwrap().push(
+                        headers
+                            .get("last-event-id")
+                            .map(|v| v.to_str().unwrap().to_owned()),
+                    );
+                    let body = match n.fetch_add(1, Ordering::SeqCst) {
+                        0 => format!(
+                            "event: snapshot\nid: 5\ndata: {}\n\n",
+                            snapshot(5, "spiffe://td/a")
+                        ),
+                        1 => format!(
+                            "event: snapshot\ndata: {}\n\nevent: change\ndata: {}\n\n",
+                            snapshot(3, "spiffe://td/b"),
+                            batch(
+                                4,
+                                5,
+                                vec![Change::WorkloadRestored {
+                                    sub: "spiffe://td/a".into()
+                                }]
+                            )
+                        ),
+                        2 => "event: change\ndata: {not json\n\n".to_owned(),
+                        3 => "a".repeat(MAX_EVENT_BYTES + 10),
+                        _ => "event: change\ndata: {\"from\":5,".to_owned(),
+                    };
+                    ([(http::header::CONTENT_TYPE, "text/event-stream")], body)
+                }
+            }),
+        );
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url: reqwest::Url = format!("http://{}/", l.local_addr().unwrap())
+            .parse()
+            .unwrap();
+        tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+        let mut registry = Registry::default();
+        let metrics = FeedMetrics::register(&mut registry);
+        let state = RevocationState::new(Some(metrics.clone()));
+        let source = BundleSource::new(url, reqwest::Client::new(), || {
+            Box::pin(async { Ok("token".to_owned()) })
+        });
+        let task = spawn_feed(source, state.clone());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while n.load(Ordering::SeqCst) < 6 {
+            assert!(
+                Instant::now() < deadline,
+                "the subscriber stopped coming back"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        task.abort();
+        assert_eq!(state.version(), Some(5));
+        assert!(
+            state.workload_revoked("spiffe://td/a"),
+            "a replay undid a revocation"
+        );
+        assert!(
+            !state.workload_revoked("spiffe://td/b"),
+            "an older snapshot was applied"
+        );
+        assert_eq!(metrics.drops("malformed"), 1, "the garbage");
+        assert!(
+            metrics.drops("ended") >= 3,
+            "a stream cut mid-event is only an end"
+        );
+        assert_eq!(metrics.drops("oversized"), 1);
+        // Every reconnection after the first resumed from the version held.
+        let ids = seen_ids.lock().unwrap().clone();
+        assert_eq!(ids[0], None);
+        assert!(
+            ids[1..].iter().all(|i| i.as_deref() == Some("5")),
+            "{ids:?}"
+        );
+    }
+
     #[test]
     fn fail_closed_refuses_until_a_snapshot_and_fail_open_does_not() {
         let closed = RevocationState::fail_closed(Duration::from_secs(10), None);

@@ -214,6 +214,10 @@ async fn main() -> anyhow::Result<()> {
     let within = a.poll.map_or(Duration::from_secs(30), |p| p * 3);
     let mut samples = Vec::new();
     let mut per_round_max = Vec::new();
+    // The same times counted from the moment the revoke command was started (its own run, a
+    // process start and an admin-socket round trip, included).
+    let mut from_start = Vec::new();
+    let mut command_ms = Vec::new();
     for round in 0..a.rounds {
         let got = match a.kind.as_str() {
             "token" => {
@@ -222,24 +226,32 @@ async fn main() -> anyhow::Result<()> {
                     .as_str()
                     .unwrap_or_default()
                     .to_owned();
+                let start = Instant::now();
                 revoke(&a, "token", &jti)?;
                 let t0 = Instant::now();
+                command_ms.push((t0 - start).as_secs_f64() * 1000.0);
                 propagation(&states, t0, within, |s| s.token_revoked(Some(&jti), "", 0)).await?
             }
             "workload" => {
                 let id = format!("{}{}", a.workload_prefix, a.first + round);
+                let start = Instant::now();
                 revoke(&a, "workload", &id)?;
                 let t0 = Instant::now();
+                command_ms.push((t0 - start).as_secs_f64() * 1000.0);
                 propagation(&states, t0, within, |s| s.workload_revoked(&id)).await?
             }
             k => bail!("--kind {k}: token or workload"),
         };
         per_round_max.push(got.iter().copied().fold(0.0, f64::max));
+        let cmd = command_ms.last().copied().unwrap_or(0.0);
+        from_start.extend(got.iter().map(|ms| ms + cmd));
         samples.extend(got);
     }
     let cpu_after = a.server_pid.and_then(cpu_ticks);
     samples.sort_by(f64::total_cmp);
     per_round_max.sort_by(f64::total_cmp);
+    from_start.sort_by(f64::total_cmp);
+    command_ms.sort_by(f64::total_cmp);
     let mut out = json!({
         "subscribers": a.subscribers,
         "rounds": a.rounds,
@@ -250,6 +262,9 @@ async fn main() -> anyhow::Result<()> {
         "p99_ms": pct(&samples, 0.99),
         "max_ms": pct(&samples, 1.0),
         "last_subscriber_p50_ms": pct(&per_round_max, 0.5),
+        "from_command_start_p50_ms": pct(&from_start, 0.5),
+        "from_command_start_p99_ms": pct(&from_start, 0.99),
+        "command_p50_ms": pct(&command_ms, 0.5),
     });
     if let (Some(b), Some(af)) = (rss_before, rss_after) {
         out["server_rss_per_subscriber_kib"] =

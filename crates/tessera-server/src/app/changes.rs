@@ -254,3 +254,63 @@ fn trust_material(snap: &Snapshot, td: &TrustDomain) -> Vec<(String, i64, Option
         .map(|c| (c.id.clone(), c.activate_at, c.retire_at));
     keys.chain(cas).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(from: i64, version: i64) -> ChangeBatch {
+        ChangeBatch {
+            from,
+            version,
+            committed_at_ms: 0,
+            changes: vec![Change::GrantsChanged {
+                policy_version: version,
+            }],
+        }
+    }
+
+    fn versions(r: Resume) -> Option<Vec<i64>> {
+        match r {
+            Resume::Batches(b) => Some(b.iter().map(|b| b.version).collect()),
+            Resume::Snapshot => None,
+        }
+    }
+
+    #[test]
+    fn a_subscriber_resumes_with_what_follows_or_gets_a_snapshot() {
+        let log = ChangeLog::default();
+        for v in 11..=13 {
+            assert!(log.publish(&batch(v - 1, v)).is_some());
+        }
+        // Nothing changed: nothing published.
+        assert!(log
+            .publish(&ChangeBatch {
+                from: 13,
+                version: 13,
+                committed_at_ms: 0,
+                changes: vec![]
+            })
+            .is_none());
+        assert_eq!(versions(log.resume(13, 13)), Some(vec![]));
+        assert_eq!(versions(log.resume(11, 13)), Some(vec![12, 13]));
+        assert_eq!(versions(log.resume(10, 13)), Some(vec![11, 12, 13]));
+        assert_eq!(versions(log.resume(9, 13)), None, "older than the ring");
+        assert_eq!(
+            versions(log.resume(20, 13)),
+            Some(vec![]),
+            "ahead of this server"
+        );
+    }
+
+    #[test]
+    fn the_ring_forgets_the_oldest_batches() {
+        let log = ChangeLog::default();
+        let n = i64::try_from(RING).unwrap_or(i64::MAX) + 1;
+        for v in 1..=n {
+            log.publish(&batch(v - 1, v));
+        }
+        assert_eq!(versions(log.resume(0, n)), None);
+        assert_eq!(versions(log.resume(1, n)).map(|v| v.len()), Some(RING));
+    }
+}
