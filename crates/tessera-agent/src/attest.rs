@@ -58,6 +58,10 @@ pub fn image_of(pid: i32) -> Result<ImageId, AttestError> {
     })
 }
 
+/// How many times a foreign holder is looked for again (2 ms apart) before it is refused: a
+/// child between `fork` and `execve` holds the connection for well under that.
+const FOREIGN_HOLDER_RECHECKS: usize = 10;
+
 /// The effective uid of `pid`.
 fn euid_of(pid: i32) -> Option<u32> {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -114,17 +118,33 @@ impl Binding {
     pub fn check(&self) -> Result<(), AttestError> {
         self.check_process()?;
         let pid = self.peer.pid;
-        for holder in crate::sockets::holders(self.socket) {
-            if holder == pid {
-                continue;
+        // A workload that starts a program while it talks to us lends the connection to the
+        // child for a moment: between `fork` and the end of `execve` the child holds every
+        // descriptor, close-on-exec ones included, and may already show the new image. Such a
+        // holder is gone within milliseconds; one that stays is refused.
+        let mut foreign = self.foreign_holder();
+        for _ in 0..FOREIGN_HOLDER_RECHECKS {
+            if foreign.is_none() {
+                break;
             }
-            let same = image_of(holder).is_ok_and(|i| i == self.image)
-                && euid_of(holder) == Some(self.peer.uid);
-            if !same {
-                return Err(AttestError::ForeignHolder { pid, holder });
-            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+            foreign = self.foreign_holder();
         }
-        Ok(())
+        match foreign {
+            Some(holder) => Err(AttestError::ForeignHolder { pid, holder }),
+            None => Ok(()),
+        }
+    }
+
+    /// A process other than the peer holding the connection while running another image or as
+    /// another user.
+    fn foreign_holder(&self) -> Option<i32> {
+        crate::sockets::holders(self.socket)
+            .into_iter()
+            .filter(|h| *h != self.peer.pid)
+            .find(|h| {
+                !(image_of(*h).is_ok_and(|i| i == self.image) && euid_of(*h) == Some(self.peer.uid))
+            })
     }
 
     /// The cheap half of [`Binding::check`] (no walk of `/proc`): the peer is still the process

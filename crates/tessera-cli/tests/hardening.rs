@@ -142,6 +142,10 @@ fn exec_after_connect_does_not_borrow_an_attestation() {
         "the genuine process gets its own SVID: {control}"
     );
     assert!(!control.contains("sleeper"), "{control}");
+    // A workload that starts programs while it calls lends its connections to each child for
+    // the moment between fork and exec: never refused for that.
+    let busy = attack(&["workload", sock, "spawning", sleep]);
+    assert!(busy.contains("spiffe://example.org/py"), "{busy}");
     for mode in ["fork", "fork-inherit"] {
         let out = attack(&["workload", sock, mode, sleep]);
         assert!(out.starts_with("REFUSED"), "{mode}: {out}");

@@ -7,7 +7,9 @@
 MODE `none`: this process asks for itself (the control). MODE `fork` / `fork-inherit`:
 exec after connect. This process connects, forks, and execs TARGET (the binary a workload's
 selectors name) while its child talks on the connection; with `fork-inherit` the exec'd
-program holds the connection too. Prints one line: `GOT <text>` or `REFUSED <why>`.
+program holds the connection too. MODE `spawning` is the legitimate use beside them: calls made
+while another thread starts TARGET again and again. Prints one line: `GOT <text>` or
+`REFUSED <why>`.
 """
 import os
 import socket
@@ -78,6 +80,28 @@ def http_get(sock, hostport, path):
 
 
 def run(connect, talk, mode, target):
+    if mode == "spawning":
+        # Not an attack: a workload that starts programs (TARGET) from another thread while it
+        # calls, so its connections are held for a moment by children between fork and exec.
+        # Every call must get its own answer.
+        import subprocess
+        import threading
+        done = threading.Event()
+
+        def spawn():
+            while not done.is_set():
+                subprocess.run([target, "0"])
+        for _ in range(3):
+            threading.Thread(target=spawn, daemon=True).start()
+        outs = []
+        for _ in range(150):
+            s = connect()
+            outs.append(talk(s))
+            s.close()
+        done.set()
+        refused = [o for o in outs if not o.startswith("GOT")]
+        print(refused[0] if refused else outs[-1], flush=True)
+        return
     sock = connect()
     if mode == "none":
         print(talk(sock), flush=True)
