@@ -55,17 +55,30 @@ async fn subscribe(
     let live = app.change_log.subscribe();
     let snap = app.snapshot();
     let mut first = VecDeque::new();
-    let mut last = snap.version;
-    match since {
+    // The version the subscriber will hold once `first` is sent. A batch is published just
+    // after its snapshot is swapped in, so the ring may not have the newest one yet: it then
+    // arrives live, above `last`.
+    let last = match since {
         // Ahead of this server (another one committed what this one has not loaded yet): the
         // subscriber keeps what it holds and gets the batches past it.
-        Some(v) if v > snap.version => last = v,
+        Some(v) if v > snap.version => v,
         Some(v) => match app.change_log.resume(v, snap.version) {
-            Resume::Batches(batches) => first.extend(batches.iter().map(|b| batch_event(b))),
-            Resume::Snapshot => first.push_back(snapshot_event(&app)),
+            Resume::Batches(batches) => {
+                first.extend(batches.iter().map(|b| batch_event(b)));
+                batches.last().map_or(v, |b| b.version)
+            }
+            Resume::Snapshot => {
+                let (e, version) = snapshot_event(&app);
+                first.push_back(e);
+                version
+            }
         },
-        None => first.push_back(snapshot_event(&app)),
-    }
+        None => {
+            let (e, version) = snapshot_event(&app);
+            first.push_back(e);
+            version
+        }
+    };
     tracing::debug!(subscriber = %who, since = ?since, "change stream opened");
     let state = Subscription {
         app: app.clone(),
@@ -122,8 +135,8 @@ fn events(state: Subscription) -> impl Stream<Item = Result<Event, Infallible>> 
                     }
                     Err(broadcast::error::RecvError::Lagged(_)) => {
                         st.app.metrics.change_lagged.inc();
-                        st.last = st.app.snapshot().version;
-                        let e = snapshot_event(&st.app);
+                        let (e, version) = snapshot_event(&st.app);
+                        st.last = version;
                         return Some((Ok(e), st));
                     }
                     Err(broadcast::error::RecvError::Closed) => return None,
@@ -145,11 +158,13 @@ fn batch_event(b: &Encoded) -> Event {
         .data(&b.json)
 }
 
-fn snapshot_event(app: &App) -> Event {
+/// The whole state now, and its version.
+fn snapshot_event(app: &App) -> (Event, i64) {
     let snap = app.snapshot();
     let state = changes::revocation_state(&snap, tessera_core::now_unix());
-    Event::default()
+    let e = Event::default()
         .event("snapshot")
         .id(state.version.to_string())
-        .data(serde_json::to_string(&state).unwrap_or_default())
+        .data(serde_json::to_string(&state).unwrap_or_default());
+    (e, state.version)
 }
