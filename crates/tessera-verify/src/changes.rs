@@ -860,6 +860,55 @@ mod tests {
         );
     }
 
+    /// A server whose certificate the subscriber's roots do not vouch for is never believed:
+    /// every attempt fails at the handshake, is counted, and is tried again later.
+    #[tokio::test]
+    async fn a_server_outside_the_trust_roots_is_refused() {
+        use std::sync::atomic::AtomicUsize;
+        let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+        let key = rustls::pki_types::PrivatePkcs8KeyDer::from(ck.signing_key.serialize_der());
+        let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![ck.cert.der().clone()], key.into())
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url: reqwest::Url = format!("https://{}/", l.local_addr().unwrap())
+            .parse()
+            .unwrap();
+        let (attempts, served) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (a2, s2) = (attempts.clone(), served.clone());
+        tokio::spawn(async move {
+            loop {
+                let (tcp, _) = l.accept().await.unwrap();
+                a2.fetch_add(1, Ordering::SeqCst);
+                if acceptor.accept(tcp).await.is_ok() {
+                    s2.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        });
+        let mut registry = Registry::default();
+        let metrics = FeedMetrics::register(&mut registry);
+        let state = RevocationState::new(Some(metrics.clone()));
+        let source = BundleSource::new(url, reqwest::Client::new(), || {
+            Box::pin(async { Ok("token".to_owned()) })
+        });
+        let task = spawn_feed(source, state.clone());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while attempts.load(Ordering::SeqCst) < 3 {
+            assert!(Instant::now() < deadline, "the subscriber stopped trying");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        task.abort();
+        assert_eq!(served.load(Ordering::SeqCst), 0, "a handshake completed");
+        assert_eq!(state.version(), None);
+        assert!(metrics.drops("connect") >= 2);
+    }
+
     #[test]
     fn fail_closed_refuses_until_a_snapshot_and_fail_open_does_not() {
         let closed = RevocationState::fail_closed(Duration::from_secs(10), None);
