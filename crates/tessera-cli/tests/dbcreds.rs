@@ -428,8 +428,9 @@ why = "reads the orders table"
         c4["password"].as_str().unwrap(),
     );
     assert!(psql(&db_url, user4, pass4, "SELECT 1").0);
+    // At the snapshot the revocation makes, not at the ten-second sweep.
     ok(&tessera(&s.data, &["revoke", "workload", APP]));
-    wait_until("the revoked workload's role is dropped", 20, || {
+    wait_until("the revoked workload's role is dropped", 5, || {
         !psql(&db_url, user4, pass4, "SELECT 1").0
     });
 
