@@ -579,13 +579,14 @@ async fn vault_upkeep(app: Arc<App>, mut stop: watch::Receiver<bool>) {
 async fn lease_revoker(app: Arc<App>, mut stop: watch::Receiver<bool>) {
     let mut round = 0u64;
     let mut changes = app.subscribe_changes();
+    let mut changed = false;
     loop {
-        if round.is_multiple_of(10) || changes.has_changed().unwrap_or(false) {
-            changes.mark_unchanged();
+        if round.is_multiple_of(10) || changed {
             if let Err(e) = leases::end_leases_of_revoked_workloads(&app).await {
                 tracing::warn!(error = %e, "checking leases of revoked workloads failed");
             }
         }
+        changed = false;
         round += 1;
         if let Err(e) = leases::revoke_due(&app).await {
             tracing::warn!(error = %e, "lease revocation round failed; retrying");
@@ -593,7 +594,13 @@ async fn lease_revoker(app: Arc<App>, mut stop: watch::Receiver<bool>) {
         let wake = tokio::time::timeout(Duration::from_secs(1), app.lease_changes.notified());
         tokio::select! {
             _ = wake => {}
-            _ = changes.changed() => {}
+            r = changes.changed() => {
+                // The sender lives as long as the `App`: an error means the server is going.
+                if r.is_err() {
+                    return;
+                }
+                changed = true;
+            }
             _ = stop.wait_for(|s| *s) => return,
         }
     }
