@@ -51,6 +51,14 @@ struct Args {
     /// The number of the first workload to revoke.
     #[arg(long, default_value_t = 0)]
     first: usize,
+    /// `--kind grant`: the service whose authorizers follow its policy bundle, an identity file
+    /// that grants it a caller, and one without that grant (applied with `--prune`).
+    #[arg(long)]
+    service: Option<String>,
+    #[arg(long)]
+    with_grant: Option<String>,
+    #[arg(long)]
+    without_grant: Option<String>,
     /// Measure a verifier polling `GET /revocations` this often instead of the stream.
     #[arg(long, value_parser = humantime::parse_duration)]
     poll: Option<Duration>,
@@ -109,6 +117,87 @@ fn claims(token: &str) -> anyhow::Result<Value> {
     )?)
 }
 
+fn apply(a: &Args, file: &str, prune: bool) -> anyhow::Result<()> {
+    let mut cmd = Command::new(&a.tessera);
+    cmd.arg("apply");
+    if prune {
+        cmd.arg("--prune");
+    }
+    let o = cmd.args(["-f", file, "--data", &a.data]).output()?;
+    if !o.status.success() {
+        bail!("apply: {}", String::from_utf8_lossy(&o.stderr));
+    }
+    Ok(())
+}
+
+/// A withdrawn grant at N authorizers of one service (each its own bundle long poll): from the
+/// `apply --prune` that withdraws it returning (and from its start) to every authorizer holding
+/// the bundle without it. Returns (after return, from start, command) in milliseconds.
+async fn grants(a: &Args, token: String) -> anyhow::Result<(Vec<f64>, Vec<f64>, Vec<f64>)> {
+    let service = tessera_core::SpiffeId::parse(a.service.as_deref().unwrap_or_default())
+        .map_err(|e| anyhow!("--service: {e}"))?;
+    let (with, without) = match (&a.with_grant, &a.without_grant) {
+        (Some(w), Some(wo)) => (w.clone(), wo.clone()),
+        _ => bail!("--kind grant needs --with-grant and --without-grant"),
+    };
+    let base: reqwest::Url = format!("{}/", a.subscribe.trim_end_matches('/')).parse()?;
+    let mut authz = Vec::new();
+    for i in 0..a.subscribers {
+        let last = u8::try_from(1 + i % usize::from(a.sources.max(1))).unwrap_or(1);
+        let client = reqwest::Client::builder()
+            .local_address(IpAddr::V4(Ipv4Addr::new(127, 0, 0, last)))
+            .build()?;
+        let t = token.clone();
+        let source = BundleSource::new(base.clone(), client, move || {
+            let t = t.clone();
+            Box::pin(async move { Ok(t) })
+        });
+        let z = tessera_verify::Authorizer::new(service.clone());
+        z.spawn_bundle_sync(source);
+        authz.push(z);
+    }
+    let (mut after, mut from_start, mut command) = (Vec::new(), Vec::new(), Vec::new());
+    let wait_all = |held: Vec<Option<String>>, within: Duration| {
+        let authz = &authz;
+        async move {
+            let t0 = Instant::now();
+            let mut out = Vec::new();
+            let mut pending: Vec<usize> = (0..authz.len()).collect();
+            while !pending.is_empty() {
+                pending.retain(|i| {
+                    let v = authz[*i].version();
+                    if v.is_some() && v != held[*i] {
+                        out.push(t0.elapsed().as_secs_f64() * 1000.0);
+                        false
+                    } else {
+                        true
+                    }
+                });
+                if t0.elapsed() > within {
+                    bail!("{} authorizers never got the new bundle", pending.len());
+                }
+                tokio::time::sleep(Duration::from_micros(200)).await;
+            }
+            Ok(out)
+        }
+    };
+    for _ in 0..a.rounds {
+        // The grant in force everywhere first (not measured).
+        let held: Vec<Option<String>> = authz.iter().map(|z| z.version()).collect();
+        apply(a, &with, false)?;
+        wait_all(held, Duration::from_secs(30)).await?;
+        let held: Vec<Option<String>> = authz.iter().map(|z| z.version()).collect();
+        let start = Instant::now();
+        apply(a, &without, true)?;
+        let cmd = start.elapsed().as_secs_f64() * 1000.0;
+        let got = wait_all(held, Duration::from_secs(30)).await?;
+        command.push(cmd);
+        from_start.extend(got.iter().map(|ms| ms + cmd));
+        after.extend(got);
+    }
+    Ok((after, from_start, command))
+}
+
 fn revoke(a: &Args, kind: &str, id: &str) -> anyhow::Result<()> {
     let o = Command::new(&a.tessera)
         .args(["revoke", kind, id, "--data", &a.data])
@@ -163,6 +252,28 @@ async fn main() -> anyhow::Result<()> {
         .as_str()
         .ok_or_else(|| anyhow!("no access_token"))?
         .to_owned();
+    if a.kind == "grant" {
+        let (mut after, mut from_start, mut command) = grants(&a, sub_token).await?;
+        for v in [&mut after, &mut from_start, &mut command] {
+            v.sort_by(f64::total_cmp);
+        }
+        println!(
+            "{}",
+            json!({
+                "subscribers": a.subscribers,
+                "rounds": a.rounds,
+                "kind": "grant",
+                "mode": "bundle long poll",
+                "p50_ms": pct(&after, 0.5),
+                "p99_ms": pct(&after, 0.99),
+                "max_ms": pct(&after, 1.0),
+                "from_command_start_p50_ms": pct(&from_start, 0.5),
+                "from_command_start_p99_ms": pct(&from_start, 0.99),
+                "command_p50_ms": pct(&command, 0.5),
+            })
+        );
+        return Ok(());
+    }
     let rss_before = a.server_pid.and_then(rss_kib);
     let started = Instant::now();
     let mut states = Vec::with_capacity(a.subscribers);
