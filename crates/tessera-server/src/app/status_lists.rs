@@ -82,18 +82,32 @@ pub(crate) fn compressed_bits<'a>(
     list: &str,
     revoked: impl Iterator<Item = &'a String>,
 ) -> Result<Vec<u8>, std::io::Error> {
+    let places: Vec<u32> = revoked
+        .filter_map(|jti| place_of(jti))
+        .filter(|(l, _)| *l == list)
+        .map(|(_, idx)| idx)
+        .collect();
+    // Most lists (and any list ID a stranger makes up) have nothing revoked: compressed once.
+    if places.is_empty() {
+        static EMPTY: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+        if let Some(z) = EMPTY.get() {
+            return Ok(z.clone());
+        }
+        let z = compress(&vec![0u8; (LIST_SIZE / 8) as usize])?;
+        return Ok(EMPTY.get_or_init(|| z).clone());
+    }
     let mut bits = vec![0u8; (LIST_SIZE / 8) as usize];
-    for jti in revoked {
-        if let Some((l, idx)) = place_of(jti) {
-            if l == list {
-                if let Some(byte) = bits.get_mut((idx / 8) as usize) {
-                    *byte |= 1 << (idx % 8);
-                }
-            }
+    for idx in places {
+        if let Some(byte) = bits.get_mut((idx / 8) as usize) {
+            *byte |= 1 << (idx % 8);
         }
     }
+    compress(&bits)
+}
+
+fn compress(bits: &[u8]) -> Result<Vec<u8>, std::io::Error> {
     let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
-    z.write_all(&bits)?;
+    z.write_all(bits)?;
     z.finish()
 }
 
