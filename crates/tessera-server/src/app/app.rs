@@ -7,12 +7,11 @@ use arc_swap::ArcSwap;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use prometheus_client::registry::Registry;
+use tessera_core::change_api::ChangeBatch;
 use tessera_core::{SpiffeId, TrustDomain};
 use tessera_store::{AuditEvent, AuditLog, Op, Store, StoreError};
 use tessera_token::Kek;
 use tokio::sync::watch;
-
-use tessera_core::change_api::ChangeBatch;
 
 use crate::app::ca::{Bundles, CaRing};
 use crate::app::changes;
