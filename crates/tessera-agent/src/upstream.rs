@@ -57,13 +57,10 @@ pub async fn resolve_server(
             ))
         })?,
         ("http", None) => {
-            let loopback = match parsed.host() {
-                Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-                Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-                Some(url::Host::Domain(d)) => d == "localhost",
-                None => false,
-            };
-            if !loopback {
+            if !parsed
+                .host_str()
+                .is_some_and(tessera_core::is_loopback_host)
+            {
                 return Err(AgentError::Config(
                     "plain HTTP to the server is allowed only on loopback against a --dev server; give --trust-bundle".into(),
                 ));

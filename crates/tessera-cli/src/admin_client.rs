@@ -54,15 +54,7 @@ impl AdminClient {
             builder = builder.add_root_certificate(cert);
         }
         if let Ok(url) = reqwest::Url::parse(server) {
-            let host = url
-                .host_str()
-                .unwrap_or_default()
-                .trim_start_matches('[')
-                .trim_end_matches(']');
-            let loopback = host.eq_ignore_ascii_case("localhost")
-                || host
-                    .parse::<std::net::IpAddr>()
-                    .is_ok_and(|ip| ip.is_loopback());
+            let loopback = url.host_str().is_some_and(tessera_core::is_loopback_host);
             if url.scheme() == "http" && !loopback {
                 eprintln!(
                     "warning: the admin credential goes to `{server}` over plain http://: anyone on the path can read it; use https://"

@@ -106,12 +106,7 @@ impl ServerConfig {
             )));
         }
         for u in &self.notify_webhooks {
-            let loopback = match u.host() {
-                Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-                Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-                Some(url::Host::Domain(d)) => d == "localhost",
-                None => false,
-            };
+            let loopback = u.host_str().is_some_and(tessera_core::is_loopback_host);
             if !(u.scheme() == "https" || (u.scheme() == "http" && loopback)) {
                 return Err(StartError::Config(format!(
                     "webhook `{u}`: use https (plain http only to loopback)"
