@@ -13,6 +13,13 @@ use serde::{Deserialize, Serialize};
 /// Seconds between heartbeats on an idle stream.
 pub const HEARTBEAT_SECS: u64 = 5;
 
+/// Histogram buckets (seconds) of `tessera_revocation_propagation_seconds`, the same on the
+/// server and every subscriber so the two halves can be read together: a millisecond to a
+/// minute (seed 003's starting SLO).
+pub const PROPAGATION_BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 60.0,
+];
+
 /// Largest event a subscriber accepts (a snapshot of many revocations included).
 pub const MAX_EVENT_BYTES: usize = 8 * 1024 * 1024;
 

@@ -429,7 +429,18 @@ pub async fn serve(
     });
     // The first generation now, so a misconfiguration is said at start.
     ctx.generation()?;
-    tokio::spawn(drop_pool_on_withdrawal(ctx.clone()));
+    // Ends with `serve`: a `JoinHandle` dropped would leave it waiting forever.
+    let watcher = tokio::spawn(drop_pool_on_withdrawal(ctx.clone()));
+    let result = accept_loop(&ctx, listener, &mut stop).await;
+    watcher.abort();
+    result
+}
+
+async fn accept_loop(
+    ctx: &Arc<Ctx>,
+    listener: TcpListener,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<(), ProxyError> {
     let allowed: std::sync::Arc<Vec<u32>> =
         std::sync::Arc::new(if ctx.cfg.allowed_uids.is_empty() {
             own_uid().into_iter().collect()
@@ -442,7 +453,7 @@ pub async fn serve(
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => Some(r),
-            () = crate::stopped(&mut stop) => None,
+            () = crate::stopped(stop) => None,
         };
         let Some(accepted) = accepted else {
             return Ok(());

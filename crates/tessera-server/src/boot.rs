@@ -267,7 +267,11 @@ pub async fn start(
         tokio::spawn(vault_upkeep(app.clone(), stop_rx.clone())),
         tokio::spawn(lease_revoker(app.clone(), stop_rx.clone())),
         tokio::spawn(notified_reloads(app.clone(), stop_rx.clone())),
-        tokio::spawn(deliver_notices(app.clone(), notices_rx, stop_rx.clone())),
+        tokio::spawn(deliver_notices(
+            app.config.notify_webhooks.clone(),
+            notices_rx,
+            stop_rx.clone(),
+        )),
         tokio::spawn(background(app.clone(), stop_rx)),
     ];
     Ok(Running {
@@ -435,11 +439,10 @@ async fn notified_reloads(app: Arc<App>, mut stop: watch::Receiver<bool>) {
 /// Posts each signed notice to every webhook: up to 5 attempts with back-off, then an error in
 /// the log. Ends when the server stops.
 async fn deliver_notices(
-    app: Arc<App>,
+    hooks: Vec<reqwest::Url>,
     mut rx: tokio::sync::mpsc::Receiver<String>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let hooks = app.config.notify_webhooks.clone();
     // Webhooks are the operator's own endpoints: no redirects, a short timeout.
     let client = match reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -452,7 +455,6 @@ async fn deliver_notices(
             return;
         }
     };
-    drop(app);
     loop {
         let jwt = tokio::select! {
             j = rx.recv() => j,

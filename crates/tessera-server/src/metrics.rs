@@ -114,7 +114,7 @@ impl Metrics {
             ca_expiry_seconds: Family::default(),
             secret_reads: Family::default(),
             secrets_overdue: Family::default(),
-            revocation_propagation: Histogram::new(PROPAGATION_BUCKETS),
+            revocation_propagation: Histogram::new(tessera_core::change_api::PROPAGATION_BUCKETS),
             change_subscribers: Gauge::default(),
             change_lagged: Counter::default(),
         };
@@ -201,8 +201,3 @@ impl Metrics {
         m
     }
 }
-
-/// Buckets for propagation times, from a millisecond to a minute (seed 003's starting SLO).
-pub(crate) const PROPAGATION_BUCKETS: [f64; 12] = [
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 60.0,
-];

@@ -22,6 +22,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use tessera_core::change_api::{
     Change, ChangeBatch, Heartbeat, RevocationState as Snapshot, HEARTBEAT_SECS, MAX_EVENT_BYTES,
+    PROPAGATION_BUCKETS,
 };
 use tokio::sync::broadcast;
 
@@ -86,7 +87,6 @@ struct Held {
     jtis: HashMap<String, i64>,
     /// Revoked workloads to the time of revocation.
     workloads: HashMap<String, i64>,
-    agents: HashMap<String, i64>,
 }
 
 #[derive(Debug)]
@@ -209,7 +209,7 @@ impl RevocationState {
 
     /// Replaces the whole state (a poll of `GET /revocations`, or a test).
     pub fn replace(&self, jtis: HashMap<String, i64>, workloads: HashMap<String, i64>) {
-        let added = self.set_held(jtis, workloads, HashMap::new());
+        let added = self.set_held(jtis, workloads);
         self.announce(added);
     }
 
@@ -217,7 +217,6 @@ impl RevocationState {
         &self,
         jtis: HashMap<String, i64>,
         workloads: HashMap<String, i64>,
-        agents: HashMap<String, i64>,
     ) -> Vec<Withdrawn> {
         let Ok(mut h) = self.inner.held.write() else {
             return Vec::new();
@@ -230,11 +229,7 @@ impl RevocationState {
                 at: *at,
             })
             .collect();
-        *h = Held {
-            jtis,
-            workloads,
-            agents,
-        };
+        *h = Held { jtis, workloads };
         added
     }
 
@@ -260,7 +255,6 @@ impl RevocationState {
         let added = self.set_held(
             s.tokens.into_iter().map(|t| (t.jti, t.exp)).collect(),
             s.workloads.into_iter().map(|w| (w.sub, w.at)).collect(),
-            s.agents.into_iter().map(|a| (a.agent, a.at)).collect(),
         );
         self.inner.version.store(s.version, Ordering::Release);
         self.inner
@@ -297,9 +291,8 @@ impl RevocationState {
                     Change::WorkloadRestored { sub } => {
                         h.workloads.remove(&sub);
                     }
-                    Change::AgentRevoked(a) => {
-                        h.agents.insert(a.agent, a.at);
-                    }
+                    // Agents are refused at the authority's own API; nothing to hold here.
+                    Change::AgentRevoked(_) => {}
                     Change::GrantsChanged { policy_version } => self
                         .inner
                         .policy_version
@@ -469,9 +462,7 @@ pub struct FeedMetrics {
 impl FeedMetrics {
     pub fn register(registry: &mut Registry) -> Self {
         let m = Self {
-            propagation: Histogram::new([
-                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 60.0,
-            ]),
+            propagation: Histogram::new(PROPAGATION_BUCKETS),
             staleness: Gauge::default(),
             fresh: Gauge::default(),
             drops: Family::default(),
@@ -559,12 +550,11 @@ fn report(state: &RevocationState) {
 }
 
 /// A uniformly random wait in `[0, max]` (full jitter), so that subscribers of a restarted
-/// server do not come back at once. Not cryptographic: the hasher's random seed suffices.
+/// server do not come back at once. Not cryptographic: a `RandomState` is seeded afresh each
+/// time, and that seed is the randomness.
 fn jitter(max: Duration) -> Duration {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(Instant::now().elapsed().as_nanos());
-    let frac = h.finish() % 10_000;
+    use std::hash::BuildHasher;
+    let frac = std::collections::hash_map::RandomState::new().hash_one(0u8) % 10_000;
     max * u32::try_from(frac).unwrap_or(0) / 10_000
 }
 
@@ -576,11 +566,10 @@ async fn follow(source: &BundleSource, state: &RevocationState) -> FeedError {
     };
     report(state);
     let mut parser = SseParser::new(MAX_EVENT_BYTES);
-    let silent = Duration::from_secs(3 * HEARTBEAT_SECS);
     let mut resp = resp;
     loop {
-        let chunk = match tokio::time::timeout(silent, resp.chunk()).await {
-            Err(_) => return FeedError::Silent(silent.as_secs()),
+        let chunk = match tokio::time::timeout(STALE_AFTER, resp.chunk()).await {
+            Err(_) => return FeedError::Silent(STALE_AFTER.as_secs()),
             Ok(Err(e)) => return FeedError::Connect(e.without_url().to_string()),
             Ok(Ok(None)) => return FeedError::Ended,
             Ok(Ok(Some(c))) => c,
@@ -771,6 +760,31 @@ mod tests {
         assert!(!s.workload_revoked("spiffe://td/c"));
     }
 
+    /// A subscriber to `url` (with a token the fake authorities ignore), followed until `done`
+    /// says the authority saw what the test needs (20 s at most), then stopped.
+    async fn subscribe_until(
+        url: reqwest::Url,
+        done: impl Fn() -> bool,
+    ) -> (RevocationState, FeedMetrics) {
+        let mut registry = Registry::default();
+        let metrics = FeedMetrics::register(&mut registry);
+        let state = RevocationState::new(Some(metrics.clone()));
+        let source = BundleSource::new(url, reqwest::Client::new(), || {
+            Box::pin(async { Ok("token".to_owned()) })
+        });
+        let task = spawn_feed(source, state.clone());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !done() {
+            assert!(
+                Instant::now() < deadline,
+                "the subscriber stopped coming back"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        task.abort();
+        (state, metrics)
+    }
+
     /// A fake authority on a real socket answers each subscription differently: a good
     /// snapshot, then an older one and a replayed batch, then garbage, then an event past the
     /// cap, then the end of the stream mid-event. The subscriber keeps the good state through
@@ -820,22 +834,7 @@ mod tests {
             .parse()
             .unwrap();
         tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
-        let mut registry = Registry::default();
-        let metrics = FeedMetrics::register(&mut registry);
-        let state = RevocationState::new(Some(metrics.clone()));
-        let source = BundleSource::new(url, reqwest::Client::new(), || {
-            Box::pin(async { Ok("token".to_owned()) })
-        });
-        let task = spawn_feed(source, state.clone());
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while n.load(Ordering::SeqCst) < 6 {
-            assert!(
-                Instant::now() < deadline,
-                "the subscriber stopped coming back"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        task.abort();
+        let (state, metrics) = subscribe_until(url, || n.load(Ordering::SeqCst) >= 6).await;
         assert_eq!(state.version(), Some(5));
         assert!(
             state.workload_revoked("spiffe://td/a"),
@@ -891,19 +890,7 @@ mod tests {
                 }
             }
         });
-        let mut registry = Registry::default();
-        let metrics = FeedMetrics::register(&mut registry);
-        let state = RevocationState::new(Some(metrics.clone()));
-        let source = BundleSource::new(url, reqwest::Client::new(), || {
-            Box::pin(async { Ok("token".to_owned()) })
-        });
-        let task = spawn_feed(source, state.clone());
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while attempts.load(Ordering::SeqCst) < 3 {
-            assert!(Instant::now() < deadline, "the subscriber stopped trying");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        task.abort();
+        let (state, metrics) = subscribe_until(url, || attempts.load(Ordering::SeqCst) >= 3).await;
         assert_eq!(served.load(Ordering::SeqCst), 0, "a handshake completed");
         assert_eq!(state.version(), None);
         assert!(metrics.drops("connect") >= 2);

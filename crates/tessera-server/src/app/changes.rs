@@ -4,7 +4,7 @@
 //! diff their own snapshots of the same state versions, so a subscriber may resume on any of
 //! them.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use tessera_core::change_api::{
@@ -156,19 +156,20 @@ pub(crate) fn revocation_state(snap: &Snapshot, now: i64) -> RevocationState {
 
 /// Who depended on `id` in `snap`: granted callers and granted targets.
 pub(crate) fn dependents(snap: &Snapshot, id: &SpiffeId) -> Dependents {
-    let mut callers: Vec<String> = Vec::new();
-    let mut targets: Vec<String> = Vec::new();
-    for g in &snap.grants {
-        if &g.to == id && !callers.contains(&g.from.to_string()) {
-            callers.push(g.from.to_string());
-        }
-        if &g.from == id && !targets.contains(&g.to.to_string()) {
-            targets.push(g.to.to_string());
-        }
+    let ids = |pick: fn(&tessera_core::manifest::Grant) -> (&SpiffeId, &SpiffeId)| {
+        snap.grants
+            .iter()
+            .map(pick)
+            .filter(|(this, _)| *this == id)
+            .map(|(_, other)| other.to_string())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect()
+    };
+    Dependents {
+        callers: ids(|g| (&g.to, &g.from)),
+        targets: ids(|g| (&g.from, &g.to)),
     }
-    callers.sort();
-    targets.sort();
-    Dependents { callers, targets }
 }
 
 /// The changes from `old` to `new`, in a fixed order: withdrawals first.

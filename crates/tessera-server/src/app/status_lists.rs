@@ -10,22 +10,21 @@
 //! token it holds (documented in SECURITY.md).
 
 use std::io::Write;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Places in one list: 2^20 bits, 128 KiB before compression (tens of bytes while sparse).
 pub(crate) const LIST_SIZE: u32 = 1 << 20;
 
-/// Hands out places in this process's lists.
+/// Hands out places in this process's lists: one counter, split into (generation, index).
 #[derive(Debug)]
 pub(crate) struct StatusIndex {
     instance: String,
-    /// (generation, next place).
-    next: Mutex<(u32, u32)>,
+    next: AtomicU64,
 }
 
-/// Why a place could not be handed out.
+/// Why the lists could not be set up.
 #[derive(Debug, thiserror::Error)]
-#[error("status list allocation failed: {0}")]
+#[error("status lists: {0}")]
 pub(crate) struct StatusError(String);
 
 impl StatusIndex {
@@ -33,22 +32,19 @@ impl StatusIndex {
         let b = tessera_token::seal::random_bytes::<4>().map_err(|e| StatusError(e.to_string()))?;
         Ok(Self {
             instance: b.iter().map(|x| format!("{x:02x}")).collect(),
-            next: Mutex::new((0, 0)),
+            next: AtomicU64::new(0),
         })
     }
 
-    /// The next place: (list ID, index).
-    pub(crate) fn allocate(&self) -> Result<(String, u32), StatusError> {
-        let mut n = self
-            .next
-            .lock()
-            .map_err(|_| StatusError("poisoned".into()))?;
-        if n.1 >= LIST_SIZE {
-            *n = (n.0.saturating_add(1), 0);
-        }
-        let place = (format!("{}-{}", self.instance, n.0), n.1);
-        n.1 += 1;
-        Ok(place)
+    /// The next place: (list ID, index). Lock-free: it is on every issuance.
+    pub(crate) fn allocate(&self) -> (String, u32) {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let size = u64::from(LIST_SIZE);
+        // INVARIANT: `n % size` < 2^20 fits a u32; the generation saturates only after 2^52
+        // tokens from one process.
+        let idx = u32::try_from(n % size).unwrap_or(0);
+        let generation = u32::try_from(n / size).unwrap_or(u32::MAX);
+        (format!("{}-{generation}", self.instance), idx)
     }
 }
 
@@ -118,8 +114,8 @@ mod tests {
     #[test]
     fn places_are_unique_and_parse_back() {
         let s = StatusIndex::new().unwrap();
-        let (l1, i1) = s.allocate().unwrap();
-        let (l2, i2) = s.allocate().unwrap();
+        let (l1, i1) = s.allocate();
+        let (l2, i2) = s.allocate();
         assert_eq!(l1, l2);
         assert_eq!(i2, i1 + 1);
         let jti = format!("{l1}.{i2}.abc");

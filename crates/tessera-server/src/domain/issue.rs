@@ -350,7 +350,7 @@ fn mint(
         .signing(&issuer.td, now)
         .ok_or_else(|| unavailable(format!("no signing key for `{}`", issuer.td)))?;
     // The token's place in a status list is part of its ID (`app::status_lists`).
-    let (list, idx) = status.allocate().map_err(|e| unavailable(e.to_string()))?;
+    let (list, idx) = status.allocate();
     let jti = format!(
         "{list}.{idx}.{}",
         tessera_token::strict::b64_encode(
