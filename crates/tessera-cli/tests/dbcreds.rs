@@ -95,37 +95,28 @@ why = "reads the orders table"
             "admin password of the orders database",
         ],
     ));
+    // Declares the `orders` connection with this URL and admin user.
+    let declare = |url: &str, user: &str| {
+        tessera(
+            &s.data,
+            &[
+                "db",
+                "connection",
+                "orders",
+                "--url",
+                url,
+                "--admin-user",
+                user,
+                "--password-secret",
+                "dba/orders-admin",
+            ],
+        )
+    };
     // A wrong admin user is refused at declaration (the server logs in to check).
-    let o = tessera(
-        &s.data,
-        &[
-            "db",
-            "connection",
-            "orders",
-            "--url",
-            &db_url,
-            "--admin-user",
-            "nobody",
-            "--password-secret",
-            "dba/orders-admin",
-        ],
-    );
+    let o = declare(&db_url, "nobody");
     refused(&o, "cannot log in");
     let with_password = db_url.replacen("postgres://", "postgres://postgres:x@", 1);
-    let o = tessera(
-        &s.data,
-        &[
-            "db",
-            "connection",
-            "orders",
-            "--url",
-            &with_password,
-            "--admin-user",
-            "postgres",
-            "--password-secret",
-            "dba/orders-admin",
-        ],
-    );
+    let o = declare(&with_password, "postgres");
     assert!(stderr(&o).contains("holds a credential"), "{}", stderr(&o));
     // Finding 7: a credential in the query is a credential too, however it is spelled.
     for query in [
@@ -134,40 +125,14 @@ why = "reads the orders table"
         "?%70assword=x",
         "?passfile=/tmp/p",
     ] {
-        let o = tessera(
-            &s.data,
-            &[
-                "db",
-                "connection",
-                "orders",
-                "--url",
-                &format!("{db_url}{query}"),
-                "--admin-user",
-                "postgres",
-                "--password-secret",
-                "dba/orders-admin",
-            ],
-        );
+        let o = declare(&format!("{db_url}{query}"), "postgres");
         assert!(
             !o.status.success() && stderr(&o).contains("holds a credential"),
             "{query}: {}",
             stderr(&o)
         );
     }
-    ok(&tessera(
-        &s.data,
-        &[
-            "db",
-            "connection",
-            "orders",
-            "--url",
-            &db_url,
-            "--admin-user",
-            &admin_user,
-            "--password-secret",
-            "dba/orders-admin",
-        ],
-    ));
+    ok(&declare(&db_url, &admin_user));
     ok(&tessera(
         &s.data,
         &[

@@ -374,12 +374,7 @@ async fn failed_authentications_cannot_flood_the_audit_trail() {
         failures, 1,
         "one record opens the window; the rest are counted"
     );
-    let metrics = reqwest::get(format!("{}/metrics", s.url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(&format!("{}/metrics", s.url)).await;
     assert!(
         metrics.contains("tessera_refusals_aggregated_total 299"),
         "{}",

@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::Value;
-use tessera_testkit::spawn_ready;
 
 const FRONTEND: &str = "spiffe://example.org/prod/frontend";
 const BACKEND: &str = "spiffe://example.org/prod/backend";
@@ -107,29 +106,6 @@ async fn upstream() -> std::net::SocketAddr {
     let addr = l.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
     addr
-}
-
-fn proxy(args: &[&str], socket: &Path, id: &str) -> tessera_testkit::Proc {
-    let mut cmd = Command::new(BIN);
-    cmd.arg("proxy")
-        .args(args)
-        .arg("--socket")
-        .arg(socket)
-        .args(["--id", id, "--admin-listen", "127.0.0.1:0"])
-        .env("TESSERA_LOG", "warn");
-    spawn_ready(cmd, "tessera: proxy ready listen=")
-}
-
-/// (listen address, admin URL) from a ready line `tessera: proxy ready listen=ADDR admin=URL`.
-fn addrs(p: &tessera_testkit::Proc) -> (String, String) {
-    let field = |name: &str| {
-        p.line
-            .split_whitespace()
-            .find_map(|f| f.strip_prefix(name))
-            .unwrap()
-            .to_owned()
-    };
-    (field("listen="), field("admin="))
 }
 
 fn curl(args: &[&str]) -> (i32, String) {

@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::Value;
-use tessera_testkit::spawn_ready;
 
 const FRONTEND: &str = "spiffe://example.org/prod/frontend";
 const BACKEND: &str = "spiffe://example.org/prod/backend";
@@ -118,7 +117,8 @@ fn claims(token: &str) -> Value {
 /// one request answered, then the connection stays open.
 struct Held {
     child: std::process::Child,
-    out: BufReader<std::process::ChildStdout>,
+    /// Kept open: with its stdout closed, s_client would die of SIGPIPE and look "closed".
+    _out: BufReader<std::process::ChildStdout>,
 }
 
 impl Held {
@@ -147,7 +147,7 @@ impl Held {
             status.starts_with("HTTP/1.1 200"),
             "held connection: {status}"
         );
-        Self { child, out }
+        Self { child, _out: out }
     }
 
     /// Whether the server closed the connection (s_client saw the end of the stream).
@@ -159,9 +159,6 @@ impl Held {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        // Drain what is left, so the answer is not a full pipe.
-        let mut rest = String::new();
-        let _ = self.out.read_line(&mut rest);
         false
     }
 }
@@ -281,23 +278,22 @@ async fn each_revocation_is_refused_everywhere_within_the_bound() {
     let (_agent, socket) = join_agent(&a, dir.path(), "agent");
 
     let (upstream, lib) = services(&b.url, &secret).await;
-    let mut cmd = Command::new(BIN);
-    cmd.args(["proxy", "inbound", "--listen", "127.0.0.1:0", "--upstream"])
-        .arg(upstream.to_string())
-        .args(["--server", &b.url, "--require-token", "--socket"])
-        .arg(&socket)
-        .args(["--id", BACKEND, "--admin-listen", "127.0.0.1:0"])
-        .env("TESSERA_LOG", "warn");
-    let inbound = spawn_ready(cmd, "tessera: proxy ready listen=");
-    let field = |name: &str| {
-        inbound
-            .line
-            .split_whitespace()
-            .find_map(|f| f.strip_prefix(name))
-            .unwrap()
-            .to_owned()
-    };
-    let (in_addr, in_admin) = (field("listen="), field("admin="));
+    let upstream = upstream.to_string();
+    let inbound = proxy(
+        &[
+            "inbound",
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            &upstream,
+            "--server",
+            &b.url,
+            "--require-token",
+        ],
+        &socket,
+        BACKEND,
+    );
+    let (in_addr, in_admin) = addrs(&inbound);
     let (front_pem, front_key, _) = svid_files(&socket, FRONTEND, dir.path()).await;
     let sidecar = |token: &str| {
         curl_status(&[
@@ -443,26 +439,22 @@ async fn each_revocation_is_refused_everywhere_within_the_bound() {
     let t3 = token_for(&b_url, &secret, BACKEND).await;
     let mut held = Held::open(&in_addr, &front_pem, &front_key, &t3);
     // The frontend's outbound sidecar, subscribed to B too.
-    let mut cmd = Command::new(BIN);
-    cmd.args([
-        "proxy",
-        "outbound",
-        "--listen",
-        "127.0.0.1:0",
-        "--target",
-        &in_addr,
-    ])
-    .args(["--target-id", BACKEND, "--server", &b_url, "--socket"])
-    .arg(&socket)
-    .args(["--id", FRONTEND])
-    .env("TESSERA_LOG", "warn");
-    let outbound = spawn_ready(cmd, "tessera: proxy ready listen=");
-    let out_addr = outbound
-        .line
-        .split_whitespace()
-        .find_map(|f| f.strip_prefix("listen="))
-        .unwrap()
-        .to_owned();
+    let outbound = proxy(
+        &[
+            "outbound",
+            "--listen",
+            "127.0.0.1:0",
+            "--target",
+            &in_addr,
+            "--target-id",
+            BACKEND,
+            "--server",
+            &b_url,
+        ],
+        &socket,
+        FRONTEND,
+    );
+    let (out_addr, _) = addrs(&outbound);
     let through = |token: String| {
         let (http, out_addr) = (http.clone(), out_addr.clone());
         async move {
@@ -561,14 +553,7 @@ print(json.dumps(claims))
     assert_eq!(notice["dependents"]["callers"][0], REPORTS);
 
     // The subscribers' side of the SLI is reported, and the sidecar counted the closed connection.
-    let metrics = http
-        .get(format!("{in_admin}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(&format!("{in_admin}/metrics")).await;
     assert!(
         metrics.contains("tessera_revocation_propagation_seconds_count"),
         "{metrics}"

@@ -322,3 +322,27 @@ pub(crate) async fn svid_files(socket: &Path, id: &str, dir: &Path) -> (PathBuf,
         write(dir, "bundle.pem", &bundle),
     )
 }
+
+/// `tessera proxy ARGS` for the SVID `id` from the agent at `socket`, with an admin port.
+pub(crate) fn proxy(args: &[&str], socket: &Path, id: &str) -> Proc {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("proxy")
+        .args(args)
+        .arg("--socket")
+        .arg(socket)
+        .args(["--id", id, "--admin-listen", "127.0.0.1:0"])
+        .env("TESSERA_LOG", "warn");
+    spawn_ready(cmd, "tessera: proxy ready listen=")
+}
+
+/// (listen address, admin URL) from a ready line `tessera: proxy ready listen=ADDR admin=URL`.
+pub(crate) fn addrs(p: &Proc) -> (String, String) {
+    let field = |name: &str| {
+        p.line
+            .split_whitespace()
+            .find_map(|f| f.strip_prefix(name))
+            .unwrap()
+            .to_owned()
+    };
+    (field("listen="), field("admin="))
+}

@@ -106,15 +106,29 @@ async fn token(http: &reqwest::Client, a: &Args) -> anyhow::Result<Value> {
     Ok(r.json().await?)
 }
 
-fn claims(token: &str) -> anyhow::Result<Value> {
+/// A fresh access token's `jti`, to revoke.
+async fn fresh_jti(http: &reqwest::Client, a: &Args) -> anyhow::Result<String> {
     use base64::Engine;
-    let part = token
-        .split('.')
-        .nth(1)
+    let t = token(http, a).await?;
+    let part = t["access_token"]
+        .as_str()
+        .and_then(|t| t.split('.').nth(1))
         .ok_or_else(|| anyhow!("not a JWT"))?;
-    Ok(serde_json::from_slice(
-        &base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(part)?,
-    )?)
+    let claims: Value =
+        serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(part)?)?;
+    claims["jti"]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow!("no jti"))
+}
+
+/// A client for subscriber `i`, its connections from one of `sources` loopback addresses so
+/// that the server's per-source share is not what is measured.
+fn subscriber_client(i: usize, sources: u8) -> anyhow::Result<reqwest::Client> {
+    let last = u8::try_from(1 + i % usize::from(sources.max(1))).unwrap_or(1);
+    Ok(reqwest::Client::builder()
+        .local_address(IpAddr::V4(Ipv4Addr::new(127, 0, 0, last)))
+        .build()?)
 }
 
 fn apply(a: &Args, file: &str, prune: bool) -> anyhow::Result<()> {
@@ -143,10 +157,7 @@ async fn grants(a: &Args, token: String) -> anyhow::Result<(Vec<f64>, Vec<f64>, 
     let base: reqwest::Url = format!("{}/", a.subscribe.trim_end_matches('/')).parse()?;
     let mut authz = Vec::new();
     for i in 0..a.subscribers {
-        let last = u8::try_from(1 + i % usize::from(a.sources.max(1))).unwrap_or(1);
-        let client = reqwest::Client::builder()
-            .local_address(IpAddr::V4(Ipv4Addr::new(127, 0, 0, last)))
-            .build()?;
+        let client = subscriber_client(i, a.sources)?;
         let t = token.clone();
         let source = BundleSource::new(base.clone(), client, move || {
             let t = t.clone();
@@ -279,10 +290,7 @@ async fn main() -> anyhow::Result<()> {
     let mut states = Vec::with_capacity(a.subscribers);
     let mut tasks = Vec::with_capacity(a.subscribers);
     for i in 0..a.subscribers {
-        let last = u8::try_from(1 + i % usize::from(a.sources.max(1))).unwrap_or(1);
-        let client = reqwest::Client::builder()
-            .local_address(IpAddr::V4(Ipv4Addr::new(127, 0, 0, last)))
-            .build()?;
+        let client = subscriber_client(i, a.sources)?;
         match a.poll {
             Some(every) => {
                 let v = tessera_verify::Verifier::new(
@@ -332,11 +340,7 @@ async fn main() -> anyhow::Result<()> {
     for round in 0..a.rounds {
         let got = match a.kind.as_str() {
             "token" => {
-                let t = token(&http, &a).await?;
-                let jti = claims(t["access_token"].as_str().unwrap_or_default())?["jti"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned();
+                let jti = fresh_jti(&http, &a).await?;
                 let start = Instant::now();
                 revoke(&a, "token", &jti)?;
                 let t0 = Instant::now();
@@ -405,11 +409,7 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         let ready_ms = killed.elapsed().as_secs_f64() * 1000.0;
-        let t = token(&http, &a).await?;
-        let jti = claims(t["access_token"].as_str().unwrap_or_default())?["jti"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
+        let jti = fresh_jti(&http, &a).await?;
         revoke(&a, "token", &jti)?;
         let t0 = Instant::now();
         let mut got = propagation(&states, t0, Duration::from_secs(120), |s| {
