@@ -113,6 +113,21 @@ impl SigningKey {
         })
     }
 
+    /// An Ed25519 key from its 32-byte seed (RFC 8032 §5.1.5), for keys kept as a seed (the
+    /// audit log's key and a witness's key, which sign notes rather than JWS).
+    pub fn ed25519_from_seed(seed: &[u8]) -> Result<Self, TokenError> {
+        let kp = Ed25519KeyPair::from_seed_unchecked(seed)
+            .map_err(|_| TokenError::Crypto("an Ed25519 seed is 32 bytes"))?;
+        let public = PublicKey::ed25519(kp.public_key().as_ref())?;
+        Ok(Self {
+            kid: public.kid.clone(),
+            alg: Alg::EdDSA,
+            inner: Inner::EdDsa(kp),
+            public,
+            rng: SystemRandom::new(),
+        })
+    }
+
     pub fn kid(&self) -> &Kid {
         &self.kid
     }
@@ -183,8 +198,14 @@ impl PublicKey {
         })
     }
 
-    fn ed25519(x: &[u8]) -> Result<Self, TokenError> {
+    /// An Ed25519 public key from its 32 bytes (RFC 8032).
+    pub fn ed25519(x: &[u8]) -> Result<Self, TokenError> {
         Self::ed25519_with_kid(x, None)
+    }
+
+    /// The 32 bytes of an Ed25519 key; `None` for other algorithms.
+    pub fn ed25519_bytes(&self) -> Option<&[u8]> {
+        (self.alg == Alg::EdDSA).then_some(self.bytes.as_slice())
     }
 
     fn ed25519_with_kid(x: &[u8], kid: Option<Kid>) -> Result<Self, TokenError> {
