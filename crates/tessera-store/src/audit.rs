@@ -236,6 +236,25 @@ pub struct AuditRecord {
     pub detail: String,
     pub prev_hash: String,
     pub hash: String,
+    /// The credential an issuance record is about (a token's `jti`, a certificate's serial),
+    /// indexed so that a proof for it is found without a scan.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+}
+
+impl AuditRecord {
+    /// The record as a leaf of the transparency log.
+    pub fn leaf(&self) -> tessera_log::LeafRecord {
+        tessera_log::LeafRecord {
+            seq: self.seq,
+            at: self.at,
+            kind: self.kind.clone(),
+            actor: self.actor.clone(),
+            subject: self.subject.clone(),
+            outcome: self.outcome.clone(),
+            detail: self.detail.clone(),
+        }
+    }
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -328,6 +347,11 @@ impl AuditRecord {
                 .map_err(|e| StoreError::Corrupt(e.to_string()))?,
             prev_hash: prev.to_owned(),
             hash: String::new(),
+            credential: matches!(e.kind, AuditKind::TokenIssued | AuditKind::SvidIssued)
+                .then(|| e.detail.get("jti").or_else(|| e.detail.get("serial")))
+                .flatten()
+                .and_then(|v| v.as_str())
+                .map(str::to_owned),
         };
         r.hash = record_hash(&r, key)?;
         Ok(r)
@@ -351,6 +375,14 @@ pub enum ChainError {
     Unkeyed { seq: i64 },
     #[error("record {seq}: it is keyed, and this process does not hold the audit key")]
     NoKey { seq: i64 },
+    #[error("record {seq}: it does not match its leaf in the log's tree (the record or the tree was changed)")]
+    LeafMismatch { seq: i64 },
+    #[error("the log ends at record {found} but checkpoint {size} covers {size} records (records {next} to {size} were removed)", next = found + 1)]
+    ShorterThanCheckpoint { found: i64, size: u64 },
+    #[error("records {from} to {to} do not hash to the root of checkpoint {to}: one of them was changed, removed or reordered, and the chain and tree recomputed to hide it")]
+    Rewritten { from: u64, to: u64 },
+    #[error("stored checkpoint {size} is not signed by this log's key")]
+    ForgedCheckpoint { size: u64 },
 }
 
 /// Checks a run of records that continues from (`prev_seq`, `prev_hash`): keyed records under
@@ -420,8 +452,22 @@ impl Store {
         self.audit_key.get()
     }
 
-    /// Walks the whole chain and compares its end with the recorded head.
+    /// Walks the whole chain and the log (as [`Store::verify_log`] with no checkpoint) and
+    /// compares the chain's end with the recorded head.
     pub async fn verify_audit(&self) -> std::result::Result<i64, VerifyAuditError> {
+        self.verify_log(None, &[]).await
+    }
+
+    /// Walks every record once: the keyed chain (names a record changed, removed or reordered
+    /// by anyone without the KEK), each record against its leaf in the stored tree, the root at
+    /// every stored checkpoint in `stored` (size and root, signatures already checked by the
+    /// caller), and at `external`'s size (a checkpoint kept outside the database, which no
+    /// writer of the database can change). Returns the number of records.
+    pub async fn verify_log(
+        &self,
+        external: Option<&tessera_log::Checkpoint>,
+        stored: &[(u64, tessera_log::Hash)],
+    ) -> std::result::Result<i64, VerifyAuditError> {
         let (mut seq, mut hash) = (0, GENESIS.to_owned());
         let key = self.audit_key.get();
         // Without the key (a store opened by a tool, or tests), unkeyed records are all there is.
@@ -429,13 +475,24 @@ impl Store {
             Some(k) => k.legacy_until(self.meta("audit_legacy_until").await?.as_deref()),
             None => i64::MAX,
         };
+        let log_size = self.log_size().await?;
+        let mut walk = crate::log::LogWalk::new(stored, external.map(|c| c.size));
         loop {
             let batch = self.audit_after(seq, 5000).await?;
             if batch.is_empty() {
                 break;
             }
             (seq, hash) = verify_chain(&batch, seq, hash, key, legacy_until)?;
+            for r in &batch {
+                let stored_leaf = if u64::try_from(r.seq).is_ok_and(|s| s <= log_size) {
+                    Some(self.stored_leaf(r.seq, &mut walk.tile).await?)
+                } else {
+                    None
+                };
+                walk.push(r, stored_leaf)?;
+            }
         }
+        walk.finish(seq, log_size, external)?;
         if let Some(head) = self.meta("audit_head").await? {
             let (head_seq, head_hash) = head.split_once(' ').unwrap_or(("", ""));
             let head_seq: i64 = head_seq.parse().unwrap_or(-1);

@@ -277,7 +277,7 @@ impl Store {
                 }
                 for chunk in records.chunks(400) {
                     let mut qb = sqlx::QueryBuilder::new(
-                        "INSERT INTO audit (seq, at, kind, actor, subject, outcome, detail, prev_hash, hash) ",
+                        "INSERT INTO audit (seq, at, kind, actor, subject, outcome, detail, prev_hash, hash, credential) ",
                     );
                     qb.push_values(chunk, |mut b, r| {
                         b.push_bind(r.seq)
@@ -288,7 +288,8 @@ impl Store {
                             .push_bind(r.outcome.clone())
                             .push_bind(r.detail.clone())
                             .push_bind(r.prev_hash.clone())
-                            .push_bind(r.hash.clone());
+                            .push_bind(r.hash.clone())
+                            .push_bind(r.credential.clone());
                     });
                     qb.build().execute(&mut *tx).await?;
                 }

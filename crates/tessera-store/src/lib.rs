@@ -13,6 +13,7 @@
 
 mod audit;
 mod backend;
+mod log;
 mod migrate;
 mod op;
 mod queries;

@@ -895,3 +895,147 @@ async fn a_keyed_chain_cannot_be_rewritten_without_the_key() {
     assert!(err.contains("it is not keyed"), "{err}");
     drop(snapshot);
 }
+
+/// What an attacker who can write the database does: replace the records with `records`
+/// re-chained under `key` (the real one when they hold the KEK, `None` or another when not),
+/// move the head, and, when `retile`, rebuild the whole tree from the new records.
+async fn rewrite(store: &Store, records: &[AuditRecord], key: Option<&AuditKey>, retile: bool) {
+    let mut sql = String::from("DELETE FROM audit;");
+    let mut prev = GENESIS.to_owned();
+    for (i, r) in records.iter().enumerate() {
+        let seq = i as i64 + 1;
+        let e = AuditEvent {
+            kind: r.kind.parse().unwrap(),
+            actor: r.actor.clone(),
+            subject: r.subject.clone(),
+            outcome: Outcome::Ok,
+            detail: serde_json::from_str(&r.detail).unwrap(),
+        };
+        let rec = AuditRecord::chain(seq, r.at, &e, &prev, key).unwrap();
+        sql.push_str(&format!(
+            "INSERT INTO audit (seq, at, kind, actor, subject, outcome, detail, prev_hash, hash) VALUES ({seq}, {}, '{}', '{}', '{}', '{}', '{}', '{}', '{}');",
+            rec.at, rec.kind, rec.actor, rec.subject, rec.outcome, rec.detail, rec.prev_hash, rec.hash
+        ));
+        prev = rec.hash;
+    }
+    sql.push_str(&format!(
+        "UPDATE meta SET value = '{} {prev}' WHERE key = 'audit_head';",
+        records.len()
+    ));
+    if retile {
+        sql.push_str("DELETE FROM audit_tiles; DELETE FROM meta WHERE key = 'log_size';");
+    }
+    store.danger_execute_raw(&sql).await.unwrap();
+    if retile {
+        store.extend_log(1_000_000).await.unwrap();
+    }
+}
+
+fn checkpoint_of(size: u64, root: tessera_log::Hash) -> tessera_log::Checkpoint {
+    tessera_log::Checkpoint {
+        origin: "test/audit".into(),
+        size,
+        root,
+        extensions: vec![],
+    }
+}
+
+/// The transparency log: grown in steps, proofs from its tiles, and every rewrite an attacker
+/// can make — with or without the audit key, tree rebuilt or not — refused against a
+/// checkpoint kept outside the database, naming the record or the narrowest range.
+async fn log_suite(store: Store) {
+    use tessera_log::tree::{inclusion_proof, root, verify_inclusion};
+    let key = AuditKey::new(&[7; 32]);
+    store.key_audit_chain(key.clone()).await.unwrap();
+    let log = AuditLog::spawn(store.clone(), None);
+    let base = store.audit_tail(1).await.unwrap().first().map_or(0, |r| r.seq);
+    for i in 0..600 {
+        log.append(event(AuditKind::TokenIssued, i)).await.unwrap();
+    }
+    assert_eq!(store.extend_log(100).await.unwrap(), 100);
+    let size = store.extend_log(100_000).await.unwrap();
+    assert_eq!(size, base as u64 + 600);
+    let root_at = |n: u64| {
+        let store = store.clone();
+        async move { store.with_tree(|src| root(src, n)).await.unwrap() }
+    };
+    let cp = checkpoint_of(size, root_at(size).await);
+    let early = (200, root_at(200).await);
+    assert_eq!(store.verify_log(Some(&cp), &[early]).await.unwrap(), size as i64);
+
+    let proof = store
+        .with_tree(|src| inclusion_proof(src, 299, size))
+        .await
+        .unwrap();
+    let rec = store.audit_record(300).await.unwrap().unwrap();
+    verify_inclusion(&tessera_log::leaf_hash(&rec.leaf().to_bytes()), 299, size, &proof, &cp.root)
+        .unwrap();
+
+    let original = store.audit_after(0, 100_000).await.unwrap();
+    let edited = |seq: usize| {
+        let mut v = original.clone();
+        v[seq - 1].detail = r#"{"n":-1}"#.into();
+        v
+    };
+    let verify = || {
+        let store = store.clone();
+        let cp = cp.clone();
+        async move { store.verify_log(Some(&cp), &[early]).await.unwrap_err().to_string() }
+    };
+
+    // Without the key: an edit re-chained unkeyed, or under another key, is named.
+    rewrite(&store, &edited(300), None, true).await;
+    assert!(verify().await.contains("record 1: it is not keyed"), "{}", verify().await);
+    rewrite(&store, &edited(300), Some(&AuditKey::new(&[8; 32])), true).await;
+    assert!(verify().await.starts_with("record 1: its content"), "{}", verify().await);
+    // With the key but the tree left alone: the record no longer matches its leaf.
+    rewrite(&store, &original, Some(&key), true).await;
+    rewrite(&store, &edited(300), Some(&key), false).await;
+    assert_eq!(
+        verify().await,
+        "record 300: it does not match its leaf in the log's tree (the record or the tree was changed)"
+    );
+    // With the key and the tree rebuilt: only the checkpoints kept elsewhere tell, and the
+    // stored one at 200 (signed; not re-signable without the log key) narrows it.
+    rewrite(&store, &edited(300), Some(&key), true).await;
+    assert_eq!(
+        verify().await,
+        format!("records 201 to {size} do not hash to the root of checkpoint {size}: one of them was changed, removed or reordered, and the chain and tree recomputed to hide it")
+    );
+    // Deleted, reordered: the same.
+    let mut deleted = original.clone();
+    deleted.remove(400);
+    deleted.push(original[400].clone());
+    rewrite(&store, &deleted, Some(&key), true).await;
+    assert!(verify().await.starts_with("records 201 to"), "{}", verify().await);
+    let mut reordered = original.clone();
+    reordered.swap(250, 251);
+    rewrite(&store, &reordered, Some(&key), true).await;
+    assert!(verify().await.starts_with("records 201 to"), "{}", verify().await);
+    // Truncated, head and tree recomputed: the checkpoint covers more than is left.
+    rewrite(&store, &original[..500], Some(&key), true).await;
+    assert_eq!(
+        verify().await,
+        format!("the log ends at record 500 but checkpoint {size} covers {size} records (records 501 to {size} were removed)")
+    );
+    // Put back exactly as it was: it verifies again.
+    rewrite(&store, &original, Some(&key), true).await;
+    assert_eq!(store.verify_log(Some(&cp), &[early]).await.unwrap(), size as i64);
+    let forged = checkpoint_of(size, [1; 32]);
+    assert!(store.verify_log(Some(&forged), &[]).await.is_err());
+    let credential = store.record_of_credential("nope").await.unwrap();
+    assert!(credential.is_none());
+}
+
+#[tokio::test]
+async fn sqlite_log_suite() {
+    let (store, _dir) = sqlite().await;
+    log_suite(store).await;
+}
+
+#[tokio::test]
+async fn postgres_log_suite() {
+    if let Some(store) = postgres().await {
+        log_suite(store).await;
+    }
+}
