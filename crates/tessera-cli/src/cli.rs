@@ -716,6 +716,13 @@ pub(crate) struct ServerArgs {
     /// trust domain's key (`application/jwt`; verify it with the JWKS). Repeatable.
     #[arg(long = "notify-webhook")]
     pub notify_webhooks: Vec<String>,
+    /// Also write each audit-log checkpoint here: `file:PATH` (the latest), `dir:PATH` (every
+    /// one), `syslog`, or an https URL (POST). Repeatable.
+    #[arg(long = "checkpoint-sink")]
+    pub checkpoint_sinks: Vec<String>,
+    /// A witness to cosign each checkpoint: `URL VKEY` (C2SP tlog-witness). Repeatable.
+    #[arg(long = "log-witness")]
+    pub log_witnesses: Vec<String>,
     /// Log format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -781,10 +788,77 @@ pub(crate) enum AuditCommand {
         #[command(flatten)]
         target: Target,
     },
-    /// Check the hash chain; exit 1 and the first broken record when it does not hold.
+    /// Check the stored log: the keyed chain, the Merkle tree, every stored checkpoint and,
+    /// with `--checkpoint`, a checkpoint kept outside the database. Exit 1 naming the first bad
+    /// record (or the narrowest range) when it does not hold.
     Verify {
+        /// A signed checkpoint saved earlier (`tessera audit checkpoint`, a sink's file, a
+        /// witness's copy); a folder checks every checkpoint in it.
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
         #[command(flatten)]
         target: Target,
+    },
+    /// Print the latest signed checkpoint (C2SP tlog-checkpoint).
+    Checkpoint {
+        /// Make one now instead of printing the latest.
+        #[arg(long)]
+        now: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// An inclusion proof of a record (by `jti`, certificate serial or record number) against
+    /// the latest checkpoint, checked here before it is printed.
+    Prove {
+        /// A token's `jti`, an X.509-SVID's serial (hex), or a record number.
+        what: String,
+        /// The log's verifier key to check with (`<origin>+<id>+<key>`; default: the server's).
+        #[arg(long)]
+        log_key: Option<String>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Follow the log (the certificate-transparency monitor role): check that each checkpoint
+    /// extends the last, that the records hash to it, and alert on credentials issued for
+    /// watched SPIFFE IDs or by unexpected paths.
+    Monitor {
+        /// Alert on every credential issued for a SPIFFE ID matching this glob. Repeatable.
+        #[arg(long = "watch")]
+        watch: Vec<String>,
+        /// The issuance paths expected (`client_credentials`, `jwt-bearer`, `token-exchange`,
+        /// `agent`, `x509`, `jwt-svid`, ...); any other alerts. Repeatable; none: no path check.
+        #[arg(long = "expect-path")]
+        expect_path: Vec<String>,
+        /// The log's verifier key (default: the server's, trusted on first use).
+        #[arg(long)]
+        log_key: Option<String>,
+        /// Read up to the latest checkpoint, then exit (1 when anything alerted).
+        #[arg(long)]
+        once: bool,
+        /// How often to poll for a new checkpoint.
+        #[arg(long, default_value = "2s")]
+        interval: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Run a witness (C2SP tlog-witness): cosign a log's checkpoints only when each is
+    /// consistent with the last one cosigned.
+    Witness {
+        #[arg(long, default_value = "127.0.0.1:7380")]
+        listen: std::net::SocketAddr,
+        /// The witness's key (a 32-byte seed; made, 0600, when missing).
+        #[arg(long)]
+        key: PathBuf,
+        /// The witness's name in its cosignatures.
+        #[arg(long, default_value = "tessera-witness")]
+        name: String,
+        /// A log to witness, by its verifier key (`tessera audit checkpoint --output json`
+        /// shows it as `log_key`). Repeatable.
+        #[arg(long = "log", required = true)]
+        logs: Vec<String>,
+        /// Where the last cosigned checkpoint of each log is kept.
+        #[arg(long)]
+        state: PathBuf,
     },
 }
 

@@ -44,7 +44,7 @@ fn main() -> std::process::ExitCode {
 
 /// One line per command.
 async fn dispatch(command: Command) -> anyhow::Result<u8> {
-    use cmd::{agent, authority, db, dev, exec, policy, proxy, secret};
+    use cmd::{agent, audit, authority, db, dev, exec, policy, proxy, secret};
     match command {
         Command::Server(a) => authority::server(a).await,
         Command::Dev(a) => dev::run(a).await,
@@ -57,7 +57,7 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
         Command::Federation { command } => authority::federation(command).await,
         Command::Client { command } => authority::client(command).await,
         Command::Revoke { kind, id, target } => authority::revoke(kind, id, target).await,
-        Command::Audit { command } => authority::audit(command).await,
+        Command::Audit { command } => audit::audit(command).await,
         Command::Keys { command } => authority::keys(command).await,
         Command::Verify(a) => authority::verify(a).await,
         Command::Explain(a) => policy::explain(a).await,

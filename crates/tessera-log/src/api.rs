@@ -101,3 +101,12 @@ pub struct Entries {
     pub start: u64,
     pub leaves: Vec<String>,
 }
+
+/// The admin API's answer for the latest checkpoint: its size, the signed note, and the log's
+/// verifier key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointResponse {
+    pub size: u64,
+    pub checkpoint: String,
+    pub log_key: String,
+}

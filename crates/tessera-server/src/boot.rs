@@ -136,6 +136,12 @@ pub async fn start(
     store
         .key_audit_chain(tessera_store::AuditKey::new(&audit_key))
         .await?;
+    // The transparency log's key and origin, the same on every server of the database.
+    let log_seed = sealed_random_key(&store, &kek, "audit_log_key", "audit-log-key").await?;
+    let origin = log_origin(&store, &config).await?;
+    let log_signer =
+        tessera_log::NoteSigner::from_seed(&origin, tessera_log::KeyType::Ed25519, &log_seed)
+            .map_err(|e| StartError::Keys(format!("the audit log key: {e}")))?;
     let hmac = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &hmac_key);
     let admin_token_tag = admin_credential(&store, &hmac, &config.data_dir).await?;
 
@@ -219,7 +225,6 @@ pub async fn start(
     let app = Arc::new(App {
         first_td,
         audit: AuditLog::spawn(store.clone(), Some(audit_metrics)),
-        config,
         base_url: base_url.clone(),
         store,
         kek,
@@ -240,6 +245,12 @@ pub async fn start(
         metrics,
         registry,
         failures: Default::default(),
+        log: crate::app::log::TransparencyLog::new(
+            log_signer,
+            config.checkpoint_sinks.clone(),
+            config.witnesses.clone(),
+        ),
+        config,
         record_quota: Default::default(),
     });
     app.reload()
@@ -272,6 +283,7 @@ pub async fn start(
             notices_rx,
             stop_rx.clone(),
         )),
+        tokio::spawn(checkpointer(app.clone(), stop_rx.clone())),
         tokio::spawn(background(app.clone(), stop_rx)),
     ];
     Ok(Running {
@@ -282,6 +294,58 @@ pub async fn start(
         stop,
         tasks,
     })
+}
+
+/// The log's origin (the name in its checkpoints and key): set by the first server on the
+/// database, `<first trust domain>/audit`, and kept.
+async fn log_origin(store: &Store, config: &ServerConfig) -> Result<String, StartError> {
+    if let Some(o) = store.meta("audit_log_origin").await? {
+        return Ok(o);
+    }
+    let first = config
+        .trust_domains
+        .first()
+        .map(|t| format!("{}/audit", t.name))
+        .ok_or_else(|| StartError::Config("no trust domain configured".into()))?;
+    store
+        .commit(
+            &[Op::InitMeta {
+                key: "audit_log_origin".into(),
+                value: first.clone(),
+            }],
+            &[],
+        )
+        .await?;
+    Ok(store.meta("audit_log_origin").await?.unwrap_or(first))
+}
+
+/// Grows the log's tree and signs a checkpoint every second while records arrive (at once when
+/// woken), and hands each new one to the sinks and witnesses.
+async fn checkpointer(app: Arc<App>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut published = 0u64;
+    let mut warned = None::<std::time::Instant>;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = app.log.wake.notified() => {}
+            _ = stop.changed() => return,
+        }
+        match crate::domain::log::make_checkpoint(&app).await {
+            Ok(Some((size, note))) if size > published => {
+                crate::domain::log::publish(&app, size, &note).await;
+                published = size;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                if warned.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                    tracing::error!(error = %e, "cannot make an audit log checkpoint");
+                    warned = Some(std::time::Instant::now());
+                }
+            }
+        }
+    }
 }
 
 /// A random key shared by every server on the database, kept there sealed under the KEK (in

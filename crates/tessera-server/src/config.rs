@@ -49,6 +49,82 @@ pub struct ServerConfig {
     pub agent_svid_ttl: Duration,
     /// Told of every workload revocation, with a body signed by the trust domain's key.
     pub notify_webhooks: Vec<reqwest::Url>,
+    /// Where each new checkpoint of the audit log is also written.
+    pub checkpoint_sinks: Vec<CheckpointSink>,
+    /// Witnesses asked to cosign each new checkpoint (C2SP tlog-witness).
+    pub witnesses: Vec<WitnessConfig>,
+}
+
+/// Where a checkpoint goes besides the database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckpointSink {
+    /// The latest checkpoint, replaced atomically.
+    File(PathBuf),
+    /// Every checkpoint, one file each, named by its size.
+    Dir(PathBuf),
+    /// One line per checkpoint to the local syslog (`/dev/log`).
+    Syslog,
+    /// POSTed as `text/plain` (https, or http to loopback).
+    Http(reqwest::Url),
+}
+
+impl CheckpointSink {
+    /// `file:PATH`, `dir:PATH`, `syslog`, or an http(s) URL.
+    pub fn parse(s: &str) -> Result<Self, StartError> {
+        if let Some(p) = s.strip_prefix("file:") {
+            return Ok(Self::File(PathBuf::from(p)));
+        }
+        if let Some(p) = s.strip_prefix("dir:") {
+            return Ok(Self::Dir(PathBuf::from(p)));
+        }
+        if s == "syslog" {
+            return Ok(Self::Syslog);
+        }
+        let url = reqwest::Url::parse(s).map_err(|e| {
+            StartError::Config(format!(
+                "checkpoint sink `{s}`: not file:PATH, dir:PATH, syslog or a URL ({e})"
+            ))
+        })?;
+        check_outbound_url(&url, "checkpoint sink")?;
+        Ok(Self::Http(url))
+    }
+}
+
+/// A witness: where it listens, and the key its cosignatures verify with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WitnessConfig {
+    pub url: reqwest::Url,
+    pub key: tessera_log::NoteVerifier,
+}
+
+impl WitnessConfig {
+    /// `URL VKEY` (a space between).
+    pub fn parse(s: &str) -> Result<Self, StartError> {
+        let bad = |why: String| StartError::Config(format!("witness `{s}`: {why}"));
+        let (url, key) = s
+            .trim()
+            .split_once(char::is_whitespace)
+            .ok_or_else(|| bad("give `URL VKEY`".into()))?;
+        let url = reqwest::Url::parse(url).map_err(|e| bad(e.to_string()))?;
+        check_outbound_url(&url, "witness")?;
+        let key = tessera_log::NoteVerifier::parse(key.trim()).map_err(|e| bad(e.to_string()))?;
+        if key.key_type() != tessera_log::KeyType::Cosignature {
+            return Err(bad("the key is not a cosignature (type 0x04) key".into()));
+        }
+        Ok(Self { url, key })
+    }
+}
+
+/// https, or plain http to loopback only.
+fn check_outbound_url(u: &reqwest::Url, what: &str) -> Result<(), StartError> {
+    let loopback = u.host_str().is_some_and(tessera_core::is_loopback_host);
+    if u.scheme() == "https" || (u.scheme() == "http" && loopback) {
+        Ok(())
+    } else {
+        Err(StartError::Config(format!(
+            "{what} `{u}`: use https (plain http only to loopback)"
+        )))
+    }
 }
 
 impl ServerConfig {
@@ -72,6 +148,8 @@ impl ServerConfig {
             ca_publish_ahead: Duration::from_secs(3600),
             agent_svid_ttl: Duration::from_secs(3600),
             notify_webhooks: Vec::new(),
+            checkpoint_sinks: Vec::new(),
+            witnesses: Vec::new(),
         }
     }
 
@@ -106,12 +184,7 @@ impl ServerConfig {
             )));
         }
         for u in &self.notify_webhooks {
-            let loopback = u.host_str().is_some_and(tessera_core::is_loopback_host);
-            if !(u.scheme() == "https" || (u.scheme() == "http" && loopback)) {
-                return Err(StartError::Config(format!(
-                    "webhook `{u}`: use https (plain http only to loopback)"
-                )));
-            }
+            check_outbound_url(u, "webhook")?;
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return Err(StartError::Config(
@@ -149,6 +222,12 @@ pub struct ConfigFile {
     pub ca_publish_ahead: Option<Ttl>,
     #[serde(default)]
     pub notify_webhooks: Vec<String>,
+    /// `file:PATH`, `dir:PATH`, `syslog` or a URL.
+    #[serde(default)]
+    pub checkpoint_sinks: Vec<String>,
+    /// `URL VKEY` each.
+    #[serde(default)]
+    pub log_witnesses: Vec<String>,
 }
 
 /// `trust_domains = ["prod.example.org", { name = "dev.example.org", environment = "dev" }]`

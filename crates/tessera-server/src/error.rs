@@ -156,6 +156,18 @@ impl From<RotationError> for ApiError {
     }
 }
 
+impl From<crate::domain::log::LogError> for ApiError {
+    fn from(e: crate::domain::log::LogError) -> Self {
+        use crate::domain::log::LogError;
+        match e {
+            LogError::NotFound(m) => Self::NotFound(m),
+            LogError::BadRequest(m) => Self::BadRequest(m),
+            LogError::Checkpoint(e) => Self::BadRequest(format!("checkpoint: {e}")),
+            e @ (LogError::Store(_) | LogError::Sign(_)) => Self::unavailable(e),
+        }
+    }
+}
+
 impl From<KeyError> for ApiError {
     fn from(e: KeyError) -> Self {
         Self::unavailable(e)

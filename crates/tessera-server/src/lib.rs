@@ -38,6 +38,6 @@ mod tls;
 pub use api::oauth::form::Form;
 pub use app::keys::KekSource;
 pub use boot::{start, Running};
-pub use config::{ConfigFile, ServerConfig, TrustDomainConfig};
+pub use config::{CheckpointSink, ConfigFile, ServerConfig, TrustDomainConfig, WitnessConfig};
 pub use error::ApiError;
 pub use start_error::StartError;

@@ -41,7 +41,8 @@ fn admin_routes() -> Router<Arc<App>> {
     let routes = api::admin::routes()
         .merge(api::secrets::admin_routes())
         .merge(api::dbcreds::admin_routes())
-        .merge(api::policy::admin_routes());
+        .merge(api::policy::admin_routes())
+        .merge(api::log::admin_routes());
     limited(routes, MAX_ADMIN_BODY)
 }
 
@@ -50,7 +51,9 @@ fn admin_routes() -> Router<Arc<App>> {
 pub(crate) fn api_router(app: Arc<App>) -> Router {
     Router::new()
         .merge(limited(
-            api::discovery::routes().merge(api::oauth::routes()),
+            api::discovery::routes()
+                .merge(api::oauth::routes())
+                .merge(api::log::routes()),
             MAX_OAUTH_BODY,
         ))
         .nest("/agent/v1", limited(api::agents::routes(), MAX_AGENT_BODY))

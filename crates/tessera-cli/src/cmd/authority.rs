@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context};
 use serde_json::Value;
 use tessera_core::admin_api::{
-    AgentSummary, ApplyRequest, ApplyResponse, AuditVerifyResponse, ClientSecretRequest,
+    AgentSummary, ApplyRequest, ApplyResponse, ClientSecretRequest,
     ClientSecretResponse, ClientSummary, FederationTestRequest, FederationTestResponse,
     GrantSummary, KeyInfo, KeyRotateRequest, KeyRotated, RevokeRequest, Revoked, TokenRevoked,
     TrustSummary, WorkloadSummary,
@@ -18,7 +18,7 @@ use tessera_server::{ConfigFile, ServerConfig, TrustDomainConfig};
 use tessera_verify::{JwksCache, KeySet, Keys, Verifier, VerifierConfig};
 
 use crate::cli::{
-    ApplyArgs, AuditCommand, ClientCommand, FederationCommand, KeysCommand, Kind, LogFormat,
+    ApplyArgs, ClientCommand, FederationCommand, KeysCommand, Kind, LogFormat,
     Output, ServerArgs, Target, VerifyArgs,
 };
 use crate::render;
@@ -190,36 +190,6 @@ pub(crate) async fn revoke(kind: String, id: String, target: Target) -> anyhow::
     Ok(0)
 }
 
-/// `tessera audit tail|verify` (exit 1 when the chain is broken).
-pub(crate) async fn audit(command: AuditCommand) -> anyhow::Result<u8> {
-    match command {
-        AuditCommand::Tail { n, target } => {
-            let v = admin(&target)?
-                .get(&format!("/v1/audit/tail?n={n}"))
-                .await?;
-            print(&target, &v, || render::audit(&v));
-            Ok(0)
-        }
-        AuditCommand::Verify { target } => {
-            let v: AuditVerifyResponse = admin(&target)?.fetch("/v1/audit/verify").await?;
-            print(&target, &v, || {
-                if v.ok {
-                    format!(
-                        "audit chain intact: {} records\n",
-                        v.records.unwrap_or_default()
-                    )
-                } else {
-                    format!(
-                        "audit chain BROKEN: {}\n",
-                        v.error.as_deref().unwrap_or("?")
-                    )
-                }
-            });
-            Ok(if v.ok { 0 } else { 1 })
-        }
-    }
-}
-
 /// `tessera keys list|rotate`.
 pub(crate) async fn keys(command: KeysCommand) -> anyhow::Result<u8> {
     match command {
@@ -288,6 +258,24 @@ pub(crate) async fn server(a: ServerArgs) -> anyhow::Result<u8> {
     cfg.notify_webhooks = hooks
         .iter()
         .map(|u| reqwest::Url::parse(u).map_err(|e| anyhow!("--notify-webhook `{u}`: {e}")))
+        .collect::<anyhow::Result<_>>()?;
+    let sinks = if a.checkpoint_sinks.is_empty() {
+        &file.checkpoint_sinks
+    } else {
+        &a.checkpoint_sinks
+    };
+    cfg.checkpoint_sinks = sinks
+        .iter()
+        .map(|s| tessera_server::CheckpointSink::parse(s).map_err(|e| anyhow!("{e}")))
+        .collect::<anyhow::Result<_>>()?;
+    let witnesses = if a.log_witnesses.is_empty() {
+        &file.log_witnesses
+    } else {
+        &a.log_witnesses
+    };
+    cfg.witnesses = witnesses
+        .iter()
+        .map(|s| tessera_server::WitnessConfig::parse(s).map_err(|e| anyhow!("{e}")))
         .collect::<anyhow::Result<_>>()?;
     cfg.trust_domains = if a.trust_domains.is_empty() {
         file.trust_domains

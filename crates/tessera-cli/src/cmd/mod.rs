@@ -2,6 +2,7 @@
 //! `admin_client`, `workload_client`, `support`) and never another `cmd/` file.
 
 pub(crate) mod agent;
+pub(crate) mod audit;
 pub(crate) mod authority;
 pub(crate) mod db;
 pub(crate) mod dev;

@@ -10,7 +10,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tessera_core::admin_api::{
-    AgentSummary, AuditVerifyResponse, CaInfo, CaRotateRequest, CaRotated, CaState,
+    AgentSummary, CaInfo, CaRotateRequest, CaRotated, CaState,
     ClientSecretRequest, ClientSecretResponse, ClientSummary, FederationTestRequest,
     FederationTestResponse, GrantSummary, JoinTokenRequest, JoinTokenResponse, KeyInfo,
     KeyRotateRequest, KeyRotated, KeyState, RevokeRequest, Revoked, TokenRevoked, TrustSummary,
@@ -45,7 +45,6 @@ pub(crate) fn routes() -> Router<Arc<App>> {
         .route("/v1/revoke/token", post(revoke_token))
         .route("/v1/revoke/agent", post(revoke_agent))
         .route("/v1/audit/tail", get(audit_tail))
-        .route("/v1/audit/verify", get(audit_verify))
         .route("/v1/keys", get(list_keys))
         .route("/v1/keys/rotate", post(rotate_keys))
         .route("/v1/agents/tokens", post(create_join_token))
@@ -645,22 +644,6 @@ async fn audit_tail(
 ) -> Result<Json<Value>, ApiError> {
     let n = q.n.unwrap_or(20).clamp(1, 10_000);
     Ok(Json(json!(app.store.audit_tail(n).await?)))
-}
-
-async fn audit_verify(State(app): State<Arc<App>>) -> Result<Json<AuditVerifyResponse>, ApiError> {
-    match app.store.verify_audit().await {
-        Ok(n) => Ok(Json(AuditVerifyResponse {
-            ok: true,
-            records: u64::try_from(n).ok(),
-            error: None,
-        })),
-        Err(tessera_store::VerifyAuditError::Chain(e)) => Ok(Json(AuditVerifyResponse {
-            ok: false,
-            records: None,
-            error: Some(e.to_string()),
-        })),
-        Err(tessera_store::VerifyAuditError::Store(e)) => Err(e.into()),
-    }
 }
 
 async fn list_keys(State(app): State<Arc<App>>) -> Json<Vec<KeyInfo>> {

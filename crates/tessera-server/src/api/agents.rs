@@ -375,7 +375,7 @@ async fn post_sign(
                             AuditKind::SvidIssued,
                             agent.spiffe_id.as_str(),
                             id.as_str(),
-                            json!({"kind": "x509", "serial": svid.serial, "not_after": svid.not_after, "agent": agent.id}),
+                            json!({"kind": "x509", "serial": svid.serial, "digest": tessera_log::credential_digest(&svid.cert), "not_after": svid.not_after, "agent": agent.id}),
                         ));
                     items.push(SignedItem {
                         spiffe_id: id,
@@ -465,7 +465,7 @@ async fn post_jwt_svid(
             AuditKind::SvidIssued,
             agent.spiffe_id.as_str(),
             req.spiffe_id.as_str(),
-            json!({"kind": "jwt", "jti": jti, "aud": req.audience, "exp": exp, "agent": agent.id}),
+            json!({"kind": "jwt", "jti": jti, "digest": tessera_log::credential_digest(token.as_bytes()), "aud": req.audience, "exp": exp, "agent": agent.id}),
         ))
         .await
         .inspect_err(|_| {

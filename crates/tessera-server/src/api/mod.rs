@@ -7,6 +7,7 @@ pub(crate) mod agents;
 pub(crate) mod changes;
 pub(crate) mod dbcreds;
 pub(crate) mod discovery;
+pub(crate) mod log;
 pub(crate) mod oauth;
 pub(crate) mod policy;
 pub(crate) mod secrets;

@@ -95,6 +95,8 @@ pub struct App {
     pub(crate) registry: Registry,
     /// Refusals of unauthenticated callers, aggregated per window before they are recorded.
     pub(crate) failures: super::failures::FailureLog,
+    /// The transparency log over the audit records.
+    pub(crate) log: super::log::TransparencyLog,
     /// Decision records accepted per reporting service per minute.
     pub(crate) record_quota: super::failures::Quota,
 }

@@ -13,6 +13,7 @@ pub(crate) mod changes;
 pub(crate) mod db_pools;
 pub(crate) mod failures;
 pub(crate) mod keys;
+pub(crate) mod log;
 pub(crate) mod snapshot;
 pub(crate) mod status_lists;
 pub(crate) mod trust_keys;

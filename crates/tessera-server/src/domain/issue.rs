@@ -381,7 +381,8 @@ fn mint(
     };
     let token =
         sign(&signing.key, TYP_ACCESS_TOKEN, &claims).map_err(|e| unavailable(e.to_string()))?;
-    let mut detail = json!({"jti": jti, "aud": claims.aud, "scope": claims.scope, "exp": claims.exp,
+    // The log names the token by its ID and digest, never holds it.
+    let mut detail = json!({"jti": jti, "digest": tessera_log::credential_digest(token.as_bytes()), "aud": claims.aud, "scope": claims.scope, "exp": claims.exp,
                        "grant_type": grant_type, "auth": auth, "iss": claims.iss});
     if let (Some(cnf), Value::Object(m)) = (&claims.cnf, &mut detail) {
         m.insert("cnf".into(), cnf.clone());
