@@ -17,8 +17,15 @@ fn grown(n: u64) -> TileSet {
 }
 
 fn bench(c: &mut Criterion) {
-    let signer = NoteSigner::from_seed("bench/audit", KeyType::Ed25519, &[1; 32]).unwrap_or_else(|_| std::process::exit(1));
-    let text = Checkpoint { origin: "bench/audit".into(), size: 1_000_000, root: [7; 32], extensions: vec![] }.text();
+    let signer = NoteSigner::from_seed("bench/audit", KeyType::Ed25519, &[1; 32])
+        .unwrap_or_else(|_| std::process::exit(1));
+    let text = Checkpoint {
+        origin: "bench/audit".into(),
+        size: 1_000_000,
+        root: [7; 32],
+        extensions: vec![],
+    }
+    .text();
     c.bench_function("checkpoint_sign", |b| b.iter(|| signer.sign_text(&text)));
 
     let n = 1_000_000u64;
@@ -32,7 +39,9 @@ fn bench(c: &mut Criterion) {
     });
     c.bench_function("root_1m", |b| b.iter(|| root(&set, n - 3)));
 
-    let leaves: Vec<_> = (0..20_000u64).map(|i| leaf_hash(&i.to_le_bytes())).collect();
+    let leaves: Vec<_> = (0..20_000u64)
+        .map(|i| leaf_hash(&i.to_le_bytes()))
+        .collect();
     c.bench_function("extend_by_20k", |b| {
         let edge: HashMap<_, _> = right_edge(n)
             .into_iter()

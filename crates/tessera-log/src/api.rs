@@ -49,7 +49,10 @@ fn hashes(list: &[String]) -> Result<Vec<Hash>, LogProofError> {
 impl InclusionProof {
     /// Checks the checkpoint's signature, that the leaf is the record at `leaf_index`, and the
     /// path; returns the record and the checkpoint.
-    pub fn verify(&self, log: &NoteVerifier) -> Result<(LeafRecord, SignedCheckpoint), LogProofError> {
+    pub fn verify(
+        &self,
+        log: &NoteVerifier,
+    ) -> Result<(LeafRecord, SignedCheckpoint), LogProofError> {
         let cp = SignedCheckpoint::open(&self.checkpoint, log)?;
         if cp.checkpoint.size != self.tree_size {
             return Err(LogProofError::SizeMismatch {
@@ -63,7 +66,9 @@ impl InclusionProof {
         let record = LeafRecord::from_bytes(&data)
             .ok_or(LogProofError::Malformed("the leaf is not an audit record"))?;
         if record.index() != Some(self.leaf_index) {
-            return Err(LogProofError::Malformed("the leaf's record is not at its index"));
+            return Err(LogProofError::Malformed(
+                "the leaf's record is not at its index",
+            ));
         }
         verify_inclusion(
             &leaf_hash(&data),
@@ -90,8 +95,14 @@ pub struct ConsistencyProof {
 
 impl ConsistencyProof {
     pub fn verify(&self, old_root: &Hash, new_root: &Hash) -> Result<(), LogProofError> {
-        verify_consistency(self.old, self.new, old_root, new_root, &hashes(&self.proof)?)
-            .map_err(LogProofError::Inconsistent)
+        verify_consistency(
+            self.old,
+            self.new,
+            old_root,
+            new_root,
+            &hashes(&self.proof)?,
+        )
+        .map_err(LogProofError::Inconsistent)
     }
 }
 

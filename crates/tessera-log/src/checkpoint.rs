@@ -26,7 +26,12 @@ pub struct Checkpoint {
 impl Checkpoint {
     /// The note text.
     pub fn text(&self) -> String {
-        let mut s = format!("{}\n{}\n{}\n", self.origin, self.size, hash_to_b64(&self.root));
+        let mut s = format!(
+            "{}\n{}\n{}\n",
+            self.origin,
+            self.size,
+            hash_to_b64(&self.root)
+        );
         for e in &self.extensions {
             s.push_str(e);
             s.push('\n');
@@ -52,11 +57,15 @@ impl Checkpoint {
                     && (s.len() == 1 || !s.starts_with('0'))
             })
             .and_then(|s| s.parse::<u64>().ok())
-            .ok_or(CheckpointError::Malformed("the size is not a decimal number"))?;
+            .ok_or(CheckpointError::Malformed(
+                "the size is not a decimal number",
+            ))?;
         let root = lines
             .next()
             .and_then(hash_from_b64)
-            .ok_or(CheckpointError::Malformed("the root is not a base64 SHA-256 hash"))?;
+            .ok_or(CheckpointError::Malformed(
+                "the root is not a base64 SHA-256 hash",
+            ))?;
         let extensions: Vec<String> = lines.map(str::to_owned).collect();
         if extensions.iter().any(String::is_empty) {
             return Err(CheckpointError::Malformed("an empty extension line"));
@@ -100,7 +109,8 @@ mod tests {
 
     #[test]
     fn checkpoints_are_checked_for_origin_signature_and_form() {
-        let log = NoteSigner::from_seed("tessera.example/audit", KeyType::Ed25519, &[5; 32]).unwrap();
+        let log =
+            NoteSigner::from_seed("tessera.example/audit", KeyType::Ed25519, &[5; 32]).unwrap();
         let cp = Checkpoint {
             origin: "tessera.example/audit".into(),
             size: 12,
@@ -120,7 +130,12 @@ mod tests {
             SignedCheckpoint::open(&note.render(), &other.verifier()),
             Err(CheckpointError::WrongOrigin { .. })
         ));
-        for bad in ["o\n012\nCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQk=\n", "o\n1\nAAAA\n", "\n1\nx\n", "o\n1\n"] {
+        for bad in [
+            "o\n012\nCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQk=\n",
+            "o\n1\nAAAA\n",
+            "\n1\nx\n",
+            "o\n1\n",
+        ] {
             assert!(Checkpoint::parse_text(bad).is_err(), "{bad:?}");
         }
     }

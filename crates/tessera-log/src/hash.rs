@@ -41,7 +41,9 @@ fn to_array(bytes: &[u8]) -> Hash {
 /// A hash from standard base64, as hashes appear in checkpoints and proofs.
 pub fn hash_from_b64(text: &str) -> Option<Hash> {
     use base64::Engine;
-    let bytes = base64::engine::general_purpose::STANDARD.decode(text).ok()?;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .ok()?;
     <Hash>::try_from(bytes.as_slice()).ok()
 }
 

@@ -32,7 +32,8 @@ impl LeafRecord {
     }
 
     pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
-        let (seq, at, kind, actor, subject, outcome, detail) = serde_json::from_slice(bytes).ok()?;
+        let (seq, at, kind, actor, subject, outcome, detail) =
+            serde_json::from_slice(bytes).ok()?;
         Some(Self {
             seq,
             at,

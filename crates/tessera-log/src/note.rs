@@ -74,7 +74,8 @@ impl NoteSigner {
     /// From a 32-byte Ed25519 seed.
     pub fn from_seed(name: &str, ty: KeyType, seed: &[u8]) -> Result<Self, NoteError> {
         check_name(name)?;
-        let key = SigningKey::ed25519_from_seed(seed).map_err(|e| NoteError::Sign(e.to_string()))?;
+        let key =
+            SigningKey::ed25519_from_seed(seed).map_err(|e| NoteError::Sign(e.to_string()))?;
         let public = key
             .public()
             .ed25519_bytes()
@@ -104,9 +105,14 @@ impl NoteSigner {
     /// Signs `text` (which must end in a newline) as a note.
     pub fn sign_text(&self, text: &str) -> Result<Signature, NoteError> {
         if self.ty != KeyType::Ed25519 {
-            return Err(NoteError::Sign("a cosigning key signs cosignatures only".into()));
+            return Err(NoteError::Sign(
+                "a cosigning key signs cosignatures only".into(),
+            ));
         }
-        let sig = self.key.sign(text.as_bytes()).map_err(|e| NoteError::Sign(e.to_string()))?;
+        let sig = self
+            .key
+            .sign(text.as_bytes())
+            .map_err(|e| NoteError::Sign(e.to_string()))?;
         Ok(Signature {
             name: self.name.clone(),
             id: self.id,
@@ -256,8 +262,12 @@ impl Signature {
     /// Parses one line (without its newline).
     pub fn parse_line(line: &str) -> Result<Self, NoteError> {
         let bad = |why: &str| NoteError::Malformed(format!("signature line: {why}"));
-        let rest = line.strip_prefix(DASH).ok_or_else(|| bad("it does not start with `— `"))?;
-        let (name, b64) = rest.split_once(' ').ok_or_else(|| bad("no space after the key name"))?;
+        let rest = line
+            .strip_prefix(DASH)
+            .ok_or_else(|| bad("it does not start with `— `"))?;
+        let (name, b64) = rest
+            .split_once(' ')
+            .ok_or_else(|| bad("no space after the key name"))?;
         check_name(name)?;
         let raw = STANDARD.decode(b64).map_err(|_| bad("not base64"))?;
         let (id, payload) = raw.split_at_checked(4).ok_or_else(|| bad("too short"))?;
@@ -325,7 +335,8 @@ impl Note {
 
     /// Adds `sig`, replacing any earlier signature by the same key.
     pub fn add_signature(&mut self, sig: Signature) {
-        self.signatures.retain(|s| !(s.name == sig.name && s.id == sig.id));
+        self.signatures
+            .retain(|s| !(s.name == sig.name && s.id == sig.id));
         self.signatures.push(sig);
     }
 }
@@ -353,16 +364,25 @@ mod tests {
 
         let mut edited = parsed.clone();
         edited.text = "example.com/log\n4\nAAAA\n".into();
-        assert_eq!(v.verify(&edited), Err(NoteError::BadSignature("example.com/log".into())));
+        assert_eq!(
+            v.verify(&edited),
+            Err(NoteError::BadSignature("example.com/log".into()))
+        );
         let other = signer("example.com/log", KeyType::Ed25519, 2).verifier();
-        assert_eq!(other.verify(&parsed), Err(NoteError::Unsigned("example.com/log".into())));
+        assert_eq!(
+            other.verify(&parsed),
+            Err(NoteError::Unsigned("example.com/log".into()))
+        );
     }
 
     #[test]
     fn cosignatures_bind_the_time_and_the_text() {
         let w = signer("witness.example", KeyType::Cosignature, 3);
         let text = "example.com/log\n3\nAAAA\n";
-        let mut note = Note { text: text.into(), signatures: vec![] };
+        let mut note = Note {
+            text: text.into(),
+            signatures: vec![],
+        };
         note.add_signature(w.cosign(text, 1_700_000_000).unwrap());
         let v = NoteVerifier::parse(&w.verifier().to_vkey()).unwrap();
         assert_eq!(v.verify_cosignature(&note).unwrap(), 1_700_000_000);

@@ -111,14 +111,17 @@ pub fn extend(
         let mut row: Vec<Hash> = if width == 0 {
             Vec::new()
         } else {
-            let id = TileId { level, index: first };
-            let have = edge
-                .get(&id)
-                .filter(|t| t.len() as u64 == width)
-                .ok_or(TreeError::Missing {
-                    level: level * TILE_HEIGHT,
-                    index: first * TILE_WIDTH,
-                })?;
+            let id = TileId {
+                level,
+                index: first,
+            };
+            let have =
+                edge.get(&id)
+                    .filter(|t| t.len() as u64 == width)
+                    .ok_or(TreeError::Missing {
+                        level: level * TILE_HEIGHT,
+                        index: first * TILE_WIDTH,
+                    })?;
             have.clone()
         };
         row.append(&mut new_hashes);
@@ -175,7 +178,9 @@ pub fn tile_from_bytes(bytes: &[u8]) -> Option<Vec<Hash>> {
 mod tests {
     use super::*;
     use crate::hash::leaf_hash;
-    use crate::tree::{consistency_proof, inclusion_proof, root, verify_consistency, verify_inclusion, Frontier};
+    use crate::tree::{
+        consistency_proof, inclusion_proof, root, verify_consistency, verify_inclusion, Frontier,
+    };
 
     fn grow(set: &mut TileSet, size: u64, leaves: &[Hash]) {
         let edge = right_edge(size)
@@ -189,7 +194,9 @@ mod tests {
 
     #[test]
     fn tiles_grown_in_uneven_steps_give_the_same_tree() {
-        let leaves: Vec<Hash> = (0..70_000u64).map(|i| leaf_hash(&i.to_le_bytes())).collect();
+        let leaves: Vec<Hash> = (0..70_000u64)
+            .map(|i| leaf_hash(&i.to_le_bytes()))
+            .collect();
         let mut set = TileSet::default();
         let mut f = Frontier::default();
         let mut size = 0u64;

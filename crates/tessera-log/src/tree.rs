@@ -356,7 +356,9 @@ mod tests {
 
     impl Mem {
         fn new(n: u64) -> Self {
-            let mut levels = vec![(0..n).map(|i| leaf_hash(&i.to_be_bytes())).collect::<Vec<_>>()];
+            let mut levels = vec![(0..n)
+                .map(|i| leaf_hash(&i.to_be_bytes()))
+                .collect::<Vec<_>>()];
             while levels.last().unwrap().len() > 1 {
                 let next = levels
                     .last()

@@ -123,7 +123,8 @@ impl Witness {
         req: &AddCheckpoint,
         now: u64,
     ) -> Result<String, WitnessError> {
-        let note = Note::parse(&req.checkpoint).map_err(|e| WitnessError::Malformed(e.to_string()))?;
+        let note =
+            Note::parse(&req.checkpoint).map_err(|e| WitnessError::Malformed(e.to_string()))?;
         let origin = note.text.split('\n').next().unwrap_or_default().to_owned();
         let log = self
             .logs
@@ -141,8 +142,9 @@ impl Witness {
         let (size, root) = match state.logs.get(&origin) {
             Some((size, root)) => (
                 *size,
-                hash_from_b64(root)
-                    .ok_or_else(|| WitnessError::Inconsistent("the stored root is unreadable".into()))?,
+                hash_from_b64(root).ok_or_else(|| {
+                    WitnessError::Inconsistent("the stored root is unreadable".into())
+                })?,
             ),
             None => (0, empty_root()),
         };
@@ -151,9 +153,7 @@ impl Witness {
         }
         verify_consistency(size, cp.size, &root, &cp.root, &req.proof)
             .map_err(|e| WitnessError::Inconsistent(e.to_string()))?;
-        state
-            .logs
-            .insert(origin, (cp.size, hash_to_b64(&cp.root)));
+        state.logs.insert(origin, (cp.size, hash_to_b64(&cp.root)));
         let sig = self
             .signer
             .cosign(&signed.note.text, now)
@@ -190,7 +190,11 @@ mod tests {
             extensions: vec![],
         };
         let text = cp.text();
-        Note { signatures: vec![log.sign_text(&text).unwrap()], text }.render()
+        Note {
+            signatures: vec![log.sign_text(&text).unwrap()],
+            text,
+        }
+        .render()
     }
 
     #[test]
@@ -204,15 +208,35 @@ mod tests {
         let leaves = Leaves((0..20u64).map(|i| leaf_hash(&i.to_be_bytes())).collect());
         let mut state = WitnessState::default();
 
-        let req = AddCheckpoint { old_size: 0, proof: vec![], checkpoint: signed(&log, &leaves, 10) };
-        let line = w.add(&mut state, &AddCheckpoint::parse(&req.render()).unwrap(), 100).unwrap();
+        let req = AddCheckpoint {
+            old_size: 0,
+            proof: vec![],
+            checkpoint: signed(&log, &leaves, 10),
+        };
+        let line = w
+            .add(
+                &mut state,
+                &AddCheckpoint::parse(&req.render()).unwrap(),
+                100,
+            )
+            .unwrap();
         let mut note = Note::parse(&req.checkpoint).unwrap();
         note.add_signature(crate::note::Signature::parse_line(line.trim_end()).unwrap());
-        assert_eq!(w.signer().verifier().verify_cosignature(&note).unwrap(), 100);
+        assert_eq!(
+            w.signer().verifier().verify_cosignature(&note).unwrap(),
+            100
+        );
 
         // Stale old size: 409 with the witness's size.
-        let stale = AddCheckpoint { old_size: 0, proof: vec![], checkpoint: signed(&log, &leaves, 15) };
-        assert_eq!(w.add(&mut state, &stale, 101), Err(WitnessError::Conflict { size: 10 }));
+        let stale = AddCheckpoint {
+            old_size: 0,
+            proof: vec![],
+            checkpoint: signed(&log, &leaves, 15),
+        };
+        assert_eq!(
+            w.add(&mut state, &stale, 101),
+            Err(WitnessError::Conflict { size: 10 })
+        );
 
         // A fork: size 15 over other leaves, with a proof from the forked tree.
         let mut forked = leaves.0.clone();
@@ -235,11 +259,20 @@ mod tests {
         assert_eq!(state.logs["log.example/audit"].0, 15);
 
         // Another key for the same origin: 403; an unknown origin: 404.
-        let impostor = NoteSigner::from_seed("log.example/audit", KeyType::Ed25519, &[9; 32]).unwrap();
-        let forged = AddCheckpoint { old_size: 15, proof: vec![], checkpoint: signed(&impostor, &leaves, 15) };
+        let impostor =
+            NoteSigner::from_seed("log.example/audit", KeyType::Ed25519, &[9; 32]).unwrap();
+        let forged = AddCheckpoint {
+            old_size: 15,
+            proof: vec![],
+            checkpoint: signed(&impostor, &leaves, 15),
+        };
         assert_eq!(w.add(&mut state, &forged, 104).unwrap_err().status(), 403);
         let unknown = NoteSigner::from_seed("elsewhere", KeyType::Ed25519, &[9; 32]).unwrap();
-        let req = AddCheckpoint { old_size: 0, proof: vec![], checkpoint: signed(&unknown, &leaves, 1) };
+        let req = AddCheckpoint {
+            old_size: 0,
+            proof: vec![],
+            checkpoint: signed(&unknown, &leaves, 1),
+        };
         assert_eq!(w.add(&mut state, &req, 105).unwrap_err().status(), 404);
         for bad in ["", "old x\n\n", "old 1\nnot-a-hash\n\nx", "new 1\n\nx"] {
             assert!(AddCheckpoint::parse(bad).is_err(), "{bad:?}");

@@ -49,7 +49,10 @@ impl Store {
             }
             leaves.push(leaf_hash(&r.leaf().to_bytes()));
         }
-        let edge_ids: Vec<TileId> = tiles::right_edge(size).into_iter().map(|(id, _)| id).collect();
+        let edge_ids: Vec<TileId> = tiles::right_edge(size)
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
         let edge = self.read_tiles(&edge_ids).await?;
         let changed = tiles::extend(size, &edge.tiles, &leaves).map_err(corrupt)?;
         let new_size = size + leaves.len() as u64;
@@ -75,7 +78,9 @@ impl Store {
                     let mut qb =
                         sqlx::QueryBuilder::new("INSERT INTO audit_tiles (level, idx, hashes) ");
                     qb.push_values(chunk, |mut b, (level, idx, hashes)| {
-                        b.push_bind(*level).push_bind(*idx).push_bind(hashes.as_str());
+                        b.push_bind(*level)
+                            .push_bind(*idx)
+                            .push_bind(hashes.as_str());
                     });
                     qb.push(" ON CONFLICT (level, idx) DO UPDATE SET hashes = excluded.hashes");
                     qb.build().execute(&mut *tx).await?;
@@ -112,7 +117,9 @@ impl Store {
                     .decode(text)
                     .ok()
                     .and_then(|b| tiles::tile_from_bytes(&b))
-                    .ok_or_else(|| corrupt(format!("tile {}/{} is unreadable", id.level, id.index)))?;
+                    .ok_or_else(|| {
+                        corrupt(format!("tile {}/{} is unreadable", id.level, id.index))
+                    })?;
                 set.tiles.insert(*id, hashes);
             }
         }
@@ -127,7 +134,9 @@ impl Store {
     ) -> Result<T> {
         let rec = NodesRead::default();
         let _ = f(&rec);
-        let set = self.read_tiles(&tiles::tiles_for(&rec.into_inner())).await?;
+        let set = self
+            .read_tiles(&tiles::tiles_for(&rec.into_inner()))
+            .await?;
         f(&set).map_err(corrupt)
     }
 
@@ -182,7 +191,11 @@ impl Store {
 
     /// Record `seq`.
     pub async fn audit_record(&self, seq: i64) -> Result<Option<AuditRecord>> {
-        Ok(self.audit_after(seq - 1, 1).await?.into_iter().find(|r| r.seq == seq))
+        Ok(self
+            .audit_after(seq - 1, 1)
+            .await?
+            .into_iter()
+            .find(|r| r.seq == seq))
     }
 
     /// The leaf hash the tree holds for record `seq`, through a one-tile cache.
@@ -194,7 +207,10 @@ impl Store {
         let index = u64::try_from(seq - 1).map_err(corrupt)?;
         let tile = index / tiles::TILE_WIDTH;
         if cache.as_ref().is_none_or(|(t, _)| *t != tile) {
-            let id = TileId { level: 0, index: tile };
+            let id = TileId {
+                level: 0,
+                index: tile,
+            };
             let mut set = self.read_tiles(&[id]).await?;
             *cache = Some((tile, set.tiles.remove(&id).unwrap_or_default()));
         }

@@ -948,7 +948,12 @@ async fn log_suite(store: Store) {
     let key = AuditKey::new(&[7; 32]);
     store.key_audit_chain(key.clone()).await.unwrap();
     let log = AuditLog::spawn(store.clone(), None);
-    let base = store.audit_tail(1).await.unwrap().first().map_or(0, |r| r.seq);
+    let base = store
+        .audit_tail(1)
+        .await
+        .unwrap()
+        .first()
+        .map_or(0, |r| r.seq);
     for i in 0..600 {
         log.append(event(AuditKind::TokenIssued, i)).await.unwrap();
     }
@@ -961,15 +966,24 @@ async fn log_suite(store: Store) {
     };
     let cp = checkpoint_of(size, root_at(size).await);
     let early = (200, root_at(200).await);
-    assert_eq!(store.verify_log(Some(&cp), &[early]).await.unwrap(), size as i64);
+    assert_eq!(
+        store.verify_log(Some(&cp), &[early]).await.unwrap(),
+        size as i64
+    );
 
     let proof = store
         .with_tree(|src| inclusion_proof(src, 299, size))
         .await
         .unwrap();
     let rec = store.audit_record(300).await.unwrap().unwrap();
-    verify_inclusion(&tessera_log::leaf_hash(&rec.leaf().to_bytes()), 299, size, &proof, &cp.root)
-        .unwrap();
+    verify_inclusion(
+        &tessera_log::leaf_hash(&rec.leaf().to_bytes()),
+        299,
+        size,
+        &proof,
+        &cp.root,
+    )
+    .unwrap();
 
     let original = store.audit_after(0, 100_000).await.unwrap();
     let edited = |seq: usize| {
@@ -980,14 +994,28 @@ async fn log_suite(store: Store) {
     let verify = || {
         let store = store.clone();
         let cp = cp.clone();
-        async move { store.verify_log(Some(&cp), &[early]).await.unwrap_err().to_string() }
+        async move {
+            store
+                .verify_log(Some(&cp), &[early])
+                .await
+                .unwrap_err()
+                .to_string()
+        }
     };
 
     // Without the key: an edit re-chained unkeyed, or under another key, is named.
     rewrite(&store, &edited(300), None, true).await;
-    assert!(verify().await.contains("record 1: it is not keyed"), "{}", verify().await);
+    assert!(
+        verify().await.contains("record 1: it is not keyed"),
+        "{}",
+        verify().await
+    );
     rewrite(&store, &edited(300), Some(&AuditKey::new(&[8; 32])), true).await;
-    assert!(verify().await.starts_with("record 1: its content"), "{}", verify().await);
+    assert!(
+        verify().await.starts_with("record 1: its content"),
+        "{}",
+        verify().await
+    );
     // With the key but the tree left alone: the record no longer matches its leaf.
     rewrite(&store, &original, Some(&key), true).await;
     rewrite(&store, &edited(300), Some(&key), false).await;
@@ -1007,11 +1035,19 @@ async fn log_suite(store: Store) {
     deleted.remove(400);
     deleted.push(original[400].clone());
     rewrite(&store, &deleted, Some(&key), true).await;
-    assert!(verify().await.starts_with("records 201 to"), "{}", verify().await);
+    assert!(
+        verify().await.starts_with("records 201 to"),
+        "{}",
+        verify().await
+    );
     let mut reordered = original.clone();
     reordered.swap(250, 251);
     rewrite(&store, &reordered, Some(&key), true).await;
-    assert!(verify().await.starts_with("records 201 to"), "{}", verify().await);
+    assert!(
+        verify().await.starts_with("records 201 to"),
+        "{}",
+        verify().await
+    );
     // Truncated, head and tree recomputed: the checkpoint covers more than is left.
     rewrite(&store, &original[..500], Some(&key), true).await;
     assert_eq!(
@@ -1020,7 +1056,10 @@ async fn log_suite(store: Store) {
     );
     // Put back exactly as it was: it verifies again.
     rewrite(&store, &original, Some(&key), true).await;
-    assert_eq!(store.verify_log(Some(&cp), &[early]).await.unwrap(), size as i64);
+    assert_eq!(
+        store.verify_log(Some(&cp), &[early]).await.unwrap(),
+        size as i64
+    );
     let forged = checkpoint_of(size, [1; 32]);
     assert!(store.verify_log(Some(&forged), &[]).await.is_err());
     let credential = store.record_of_credential("nope").await.unwrap();

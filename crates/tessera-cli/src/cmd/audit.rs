@@ -54,7 +54,15 @@ pub(crate) async fn audit(command: AuditCommand) -> anyhow::Result<u8> {
             target,
         } => {
             let interval = parse_duration(&interval)?;
-            monitor(&watch, &expect_path, log_key.as_deref(), once, interval, &target).await
+            monitor(
+                &watch,
+                &expect_path,
+                log_key.as_deref(),
+                once,
+                interval,
+                &target,
+            )
+            .await
         }
         AuditCommand::Witness {
             listen,
@@ -222,7 +230,10 @@ async fn monitor(
             Ok(s) => s,
             Err(e) => {
                 alerts += 1;
-                alert(json!({"alert": "bad_checkpoint", "reason": e.to_string()}), format!("checkpoint refused: {e}"));
+                alert(
+                    json!({"alert": "bad_checkpoint", "reason": e.to_string()}),
+                    format!("checkpoint refused: {e}"),
+                );
                 if once {
                     return Ok(1);
                 }
@@ -234,33 +245,54 @@ async fn monitor(
         if let Some((old, old_root)) = last {
             if size < old {
                 alerts += 1;
-                alert(json!({"alert": "log_shrank", "old": old, "new": size}), format!("the log shrank from {old} to {size}"));
+                alert(
+                    json!({"alert": "log_shrank", "old": old, "new": size}),
+                    format!("the log shrank from {old} to {size}"),
+                );
             } else if size > old {
                 let c: ConsistencyProof = client
                     .fetch(&format!("/v1/audit/consistency?old={old}&new={size}"))
                     .await?;
                 if let Err(e) = c.verify(&old_root, &signed.checkpoint.root) {
                     alerts += 1;
-                    alert(json!({"alert": "inconsistent", "old": old, "new": size, "reason": e.to_string()}), format!("checkpoint {size} does not extend checkpoint {old}: {e}"));
+                    alert(
+                        json!({"alert": "inconsistent", "old": old, "new": size, "reason": e.to_string()}),
+                        format!("checkpoint {size} does not extend checkpoint {old}: {e}"),
+                    );
                 }
             }
         }
         while frontier.size() < size {
             let e: Entries = client
-                .fetch(&format!("/v1/audit/entries?start={}&limit=1000", frontier.size()))
+                .fetch(&format!(
+                    "/v1/audit/entries?start={}&limit=1000",
+                    frontier.size()
+                ))
                 .await?;
             if e.leaves.is_empty() {
-                bail!("the server has no entries from {} (checkpoint size {size})", frontier.size());
+                bail!(
+                    "the server has no entries from {} (checkpoint size {size})",
+                    frontier.size()
+                );
             }
-            for b64 in e.leaves.iter().take(usize::try_from(size - frontier.size()).unwrap_or(usize::MAX)) {
+            for b64 in e
+                .leaves
+                .iter()
+                .take(usize::try_from(size - frontier.size()).unwrap_or(usize::MAX))
+            {
                 let data = STANDARD.decode(b64).context("an entry is not base64")?;
                 frontier.push(tessera_log::leaf_hash(&data));
                 let Some(leaf) = LeafRecord::from_bytes(&data) else {
                     alerts += 1;
-                    alert(json!({"alert": "unreadable_entry", "index": frontier.size() - 1}), format!("entry {} is not an audit record", frontier.size() - 1));
+                    alert(
+                        json!({"alert": "unreadable_entry", "index": frontier.size() - 1}),
+                        format!("entry {} is not an audit record", frontier.size() - 1),
+                    );
                     continue;
                 };
-                let Some(path) = issuance_path(&leaf) else { continue };
+                let Some(path) = issuance_path(&leaf) else {
+                    continue;
+                };
                 if leaf.outcome != "ok" {
                     continue;
                 }
@@ -271,17 +303,32 @@ async fn monitor(
                     .and_then(|v| v.as_str().map(str::to_owned))
                     .unwrap_or_default();
                 let fields = json!({"seq": leaf.seq, "kind": leaf.kind, "subject": leaf.subject, "actor": leaf.actor, "path": path, "credential": credential});
-                if watch.iter().any(|g| tessera_core::glob::matches(g, &leaf.subject)) {
+                if watch
+                    .iter()
+                    .any(|g| tessera_core::glob::matches(g, &leaf.subject))
+                {
                     alerts += 1;
                     let mut f = fields.clone();
                     f["alert"] = json!("watched");
-                    alert(f, format!("watched: record {} {} for {} by {} via {path} ({credential})", leaf.seq, leaf.kind, leaf.subject, leaf.actor));
+                    alert(
+                        f,
+                        format!(
+                            "watched: record {} {} for {} by {} via {path} ({credential})",
+                            leaf.seq, leaf.kind, leaf.subject, leaf.actor
+                        ),
+                    );
                 }
                 if !expect_path.is_empty() && !expect_path.iter().any(|p| p == &path) {
                     alerts += 1;
                     let mut f = fields;
                     f["alert"] = json!("unexpected_path");
-                    alert(f, format!("unexpected path: record {} {} for {} by {} via {path} ({credential})", leaf.seq, leaf.kind, leaf.subject, leaf.actor));
+                    alert(
+                        f,
+                        format!(
+                            "unexpected path: record {} {} for {} by {} via {path} ({credential})",
+                            leaf.seq, leaf.kind, leaf.subject, leaf.actor
+                        ),
+                    );
                 }
             }
         }
@@ -359,7 +406,12 @@ async fn witness(
             let shared = shared.clone();
             async move { Ok::<_, std::convert::Infallible>(shared.handle(req).await) }
         });
-        tokio::spawn(tessera_listen::serve_http(stream, service, ticket, std::future::pending()));
+        tokio::spawn(tessera_listen::serve_http(
+            stream,
+            service,
+            ticket,
+            std::future::pending(),
+        ));
     }
 }
 
@@ -387,7 +439,8 @@ impl WitnessService {
         if req.method() != hyper::Method::POST || req.uri().path() != "/add-checkpoint" {
             return reply(404, "text/plain", "POST /add-checkpoint\n".into());
         }
-        let limited = http_body_util::Limited::new(req.into_body(), tessera_log::note::MAX_NOTE_BYTES + 4096);
+        let limited =
+            http_body_util::Limited::new(req.into_body(), tessera_log::note::MAX_NOTE_BYTES + 4096);
         let body = match limited.collect().await {
             Ok(b) => b.to_bytes(),
             Err(_) => return reply(413, "text/plain", "the request is too large\n".into()),
@@ -396,22 +449,32 @@ impl WitnessService {
             return reply(400, "text/plain", "the body is not UTF-8\n".into());
         };
         let outcome = AddCheckpoint::parse(body).and_then(|req| {
-            let mut state = self.state.lock().map_err(|_| tessera_log::WitnessError::Malformed("state lock".into()))?;
+            let mut state = self
+                .state
+                .lock()
+                .map_err(|_| tessera_log::WitnessError::Malformed("state lock".into()))?;
             let mut next = state.clone();
-            let line = self.witness.add(&mut next, &req, tessera_core::now_unix().try_into().unwrap_or(0))?;
+            let line = self.witness.add(
+                &mut next,
+                &req,
+                tessera_core::now_unix().try_into().unwrap_or(0),
+            )?;
             // Durable before the cosignature leaves: a restart never cosigns a fork of what
             // it already vouched for.
             let bytes = serde_json::to_vec(&next).unwrap_or_default();
-            tessera_core::private_file::write_private(&self.path, &bytes)
-                .map_err(|e| tessera_log::WitnessError::Malformed(format!("cannot save the state: {e}")))?;
+            tessera_core::private_file::write_private(&self.path, &bytes).map_err(|e| {
+                tessera_log::WitnessError::Malformed(format!("cannot save the state: {e}"))
+            })?;
             *state = next;
             Ok(line)
         });
         match outcome {
             Ok(line) => reply(200, "text/plain; charset=utf-8", line),
-            Err(tessera_log::WitnessError::Conflict { size }) => {
-                reply(409, tessera_log::witness::SIZE_MEDIA_TYPE, format!("{size}\n"))
-            }
+            Err(tessera_log::WitnessError::Conflict { size }) => reply(
+                409,
+                tessera_log::witness::SIZE_MEDIA_TYPE,
+                format!("{size}\n"),
+            ),
             Err(e) => {
                 eprintln!("tessera: witness refused a checkpoint: {e}");
                 reply(e.status(), "text/plain", format!("{e}\n"))

@@ -9,17 +9,17 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context};
 use serde_json::Value;
 use tessera_core::admin_api::{
-    AgentSummary, ApplyRequest, ApplyResponse, ClientSecretRequest,
-    ClientSecretResponse, ClientSummary, FederationTestRequest, FederationTestResponse,
-    GrantSummary, KeyInfo, KeyRotateRequest, KeyRotated, RevokeRequest, Revoked, TokenRevoked,
-    TrustSummary, WorkloadSummary,
+    AgentSummary, ApplyRequest, ApplyResponse, ClientSecretRequest, ClientSecretResponse,
+    ClientSummary, FederationTestRequest, FederationTestResponse, GrantSummary, KeyInfo,
+    KeyRotateRequest, KeyRotated, RevokeRequest, Revoked, TokenRevoked, TrustSummary,
+    WorkloadSummary,
 };
 use tessera_server::{ConfigFile, ServerConfig, TrustDomainConfig};
 use tessera_verify::{JwksCache, KeySet, Keys, Verifier, VerifierConfig};
 
 use crate::cli::{
-    ApplyArgs, ClientCommand, FederationCommand, KeysCommand, Kind, LogFormat,
-    Output, ServerArgs, Target, VerifyArgs,
+    ApplyArgs, ClientCommand, FederationCommand, KeysCommand, Kind, LogFormat, Output, ServerArgs,
+    Target, VerifyArgs,
 };
 use crate::render;
 use crate::support::{

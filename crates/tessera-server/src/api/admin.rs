@@ -10,11 +10,10 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tessera_core::admin_api::{
-    AgentSummary, CaInfo, CaRotateRequest, CaRotated, CaState,
-    ClientSecretRequest, ClientSecretResponse, ClientSummary, FederationTestRequest,
-    FederationTestResponse, GrantSummary, JoinTokenRequest, JoinTokenResponse, KeyInfo,
-    KeyRotateRequest, KeyRotated, KeyState, RevokeRequest, Revoked, TokenRevoked, TrustSummary,
-    WorkloadSummary,
+    AgentSummary, CaInfo, CaRotateRequest, CaRotated, CaState, ClientSecretRequest,
+    ClientSecretResponse, ClientSummary, FederationTestRequest, FederationTestResponse,
+    GrantSummary, JoinTokenRequest, JoinTokenResponse, KeyInfo, KeyRotateRequest, KeyRotated,
+    KeyState, RevokeRequest, Revoked, TokenRevoked, TrustSummary, WorkloadSummary,
 };
 use tessera_core::manifest::ClientAuth;
 use tessera_core::{SpiffeId, TrustDomain};

@@ -138,7 +138,9 @@ async fn get_entries(
     State(app): State<Arc<App>>,
     Query(q): Query<EntriesQuery>,
 ) -> Result<Json<Entries>, ApiError> {
-    Ok(Json(log::entries(&app, q.start, q.limit.unwrap_or(1000)).await?))
+    Ok(Json(
+        log::entries(&app, q.start, q.limit.unwrap_or(1000)).await?,
+    ))
 }
 
 async fn verify_stored(State(app): State<Arc<App>>) -> Result<Json<AuditVerifyResponse>, ApiError> {
@@ -157,7 +159,10 @@ async fn verify_against(
     verify(&app, req.checkpoint.as_deref()).await
 }
 
-async fn verify(app: &App, checkpoint: Option<&str>) -> Result<Json<AuditVerifyResponse>, ApiError> {
+async fn verify(
+    app: &App,
+    checkpoint: Option<&str>,
+) -> Result<Json<AuditVerifyResponse>, ApiError> {
     Ok(Json(match log::verify(app, checkpoint).await? {
         Ok((n, _)) => AuditVerifyResponse {
             ok: true,

@@ -97,12 +97,14 @@ pub(crate) async fn publish(app: &App, size: u64, note: &str) {
 async fn write_sink(app: &App, sink: &CheckpointSink, size: u64, note: &str) -> Result<(), String> {
     match sink {
         CheckpointSink::File(path) => {
-            tessera_core::private_file::write_private(path, note.as_bytes()).map_err(|e| e.to_string())
-        }
-        CheckpointSink::Dir(dir) => {
-            tessera_core::private_file::write_private(&dir.join(format!("checkpoint.{size}")), note.as_bytes())
+            tessera_core::private_file::write_private(path, note.as_bytes())
                 .map_err(|e| e.to_string())
         }
+        CheckpointSink::Dir(dir) => tessera_core::private_file::write_private(
+            &dir.join(format!("checkpoint.{size}")),
+            note.as_bytes(),
+        )
+        .map_err(|e| e.to_string()),
         CheckpointSink::Syslog => {
             // RFC 3164 over the local socket; facility log audit (13), severity info.
             let line = format!(
@@ -110,7 +112,8 @@ async fn write_sink(app: &App, sink: &CheckpointSink, size: u64, note: &str) -> 
                 STANDARD.encode(note)
             );
             let sock = std::os::unix::net::UnixDatagram::unbound().map_err(|e| e.to_string())?;
-            sock.send_to(line.as_bytes(), "/dev/log").map_err(|e| e.to_string())?;
+            sock.send_to(line.as_bytes(), "/dev/log")
+                .map_err(|e| e.to_string())?;
             Ok(())
         }
         CheckpointSink::Http(url) => {
@@ -175,7 +178,9 @@ async fn cosign(
                 .parse()
                 .map_err(|_| format!("409 without a size: `{}`", text_body.trim()))?;
             if old > size {
-                return Err(format!("the witness holds size {old}, beyond this log's {size}"));
+                return Err(format!(
+                    "the witness holds size {old}, beyond this log's {size}"
+                ));
             }
             continue;
         }
@@ -191,7 +196,9 @@ async fn cosign(
             text: text.to_owned(),
             signatures: vec![sig.clone()],
         };
-        w.key.verify_cosignature(&check).map_err(|e| e.to_string())?;
+        w.key
+            .verify_cosignature(&check)
+            .map_err(|e| e.to_string())?;
         check.signatures.clear();
         if let Ok(mut m) = app.log.witnessed.lock() {
             m.insert(w.url.to_string(), size);
@@ -230,14 +237,15 @@ pub(crate) async fn prove(app: &App, of: &ProofOf) -> Result<InclusionProof, Log
             ProofOf::Credential(c) => format!("no credential `{c}` was issued by this authority"),
         })
     })?;
-    let index = u64::try_from(record.seq - 1).map_err(|_| LogError::NotFound("no such record".into()))?;
+    let index =
+        u64::try_from(record.seq - 1).map_err(|_| LogError::NotFound("no such record".into()))?;
     let mut latest = app.store.latest_checkpoint().await?;
     if latest.as_ref().is_none_or(|(s, _)| *s <= index) {
         latest = make_checkpoint(app).await?;
     }
-    let (size, note) = latest
-        .filter(|(s, _)| *s > index)
-        .ok_or_else(|| LogError::NotFound(format!("record {} is not in the log yet", record.seq)))?;
+    let (size, note) = latest.filter(|(s, _)| *s > index).ok_or_else(|| {
+        LogError::NotFound(format!("record {} is not in the log yet", record.seq))
+    })?;
     let proof = app
         .store
         .with_tree(|src| inclusion_proof(src, index, size))
@@ -252,7 +260,11 @@ pub(crate) async fn prove(app: &App, of: &ProofOf) -> Result<InclusionProof, Log
 }
 
 /// A consistency proof between two sizes the tree covers.
-pub(crate) async fn consistency(app: &App, old: u64, new: u64) -> Result<ConsistencyProof, LogError> {
+pub(crate) async fn consistency(
+    app: &App,
+    old: u64,
+    new: u64,
+) -> Result<ConsistencyProof, LogError> {
     let size = app.store.log_size().await?;
     if old > new || new > size {
         return Err(LogError::BadRequest(format!(
@@ -272,7 +284,8 @@ pub(crate) async fn consistency(app: &App, old: u64, new: u64) -> Result<Consist
 
 /// Leaves from `start` (0-based), at most `limit`, as the tree holds them.
 pub(crate) async fn entries(app: &App, start: u64, limit: i64) -> Result<Entries, LogError> {
-    let after = i64::try_from(start).map_err(|_| LogError::BadRequest("start is too large".into()))?;
+    let after =
+        i64::try_from(start).map_err(|_| LogError::BadRequest("start is too large".into()))?;
     let size = app.store.log_size().await?;
     let records = app.store.audit_after(after, limit.clamp(1, 1000)).await?;
     Ok(Entries {
@@ -287,7 +300,10 @@ pub(crate) async fn entries(app: &App, start: u64, limit: i64) -> Result<Entries
 
 /// Checks the stored log: the chain, the tree, every stored checkpoint (each must carry the
 /// log's signature), and `external` when given. `Ok(Err(..))` names what is wrong.
-pub(crate) async fn verify(app: &App, external: Option<&str>) -> Result<Result<(i64, Option<u64>), ChainError>, LogError> {
+pub(crate) async fn verify(
+    app: &App,
+    external: Option<&str>,
+) -> Result<Result<(i64, Option<u64>), ChainError>, LogError> {
     let log = app.log.verifier();
     let external = external
         .map(|text| SignedCheckpoint::open(text, &log))
