@@ -302,16 +302,14 @@ async fn monitor(
                     .or_else(|| detail.get("serial"))
                     .and_then(|v| v.as_str().map(str::to_owned))
                     .unwrap_or_default();
-                let fields = json!({"seq": leaf.seq, "kind": leaf.kind, "subject": leaf.subject, "actor": leaf.actor, "path": path, "credential": credential});
+                let fields = |alert: &str| json!({"alert": alert, "seq": leaf.seq, "kind": leaf.kind, "subject": leaf.subject, "actor": leaf.actor, "path": path, "credential": credential});
                 if watch
                     .iter()
                     .any(|g| tessera_core::glob::matches(g, &leaf.subject))
                 {
                     alerts += 1;
-                    let mut f = fields.clone();
-                    f["alert"] = json!("watched");
                     alert(
-                        f,
+                        fields("watched"),
                         format!(
                             "watched: record {} {} for {} by {} via {path} ({credential})",
                             leaf.seq, leaf.kind, leaf.subject, leaf.actor
@@ -320,10 +318,8 @@ async fn monitor(
                 }
                 if !expect_path.is_empty() && !expect_path.iter().any(|p| p == &path) {
                     alerts += 1;
-                    let mut f = fields;
-                    f["alert"] = json!("unexpected_path");
                     alert(
-                        f,
+                        fields("unexpected_path"),
                         format!(
                             "unexpected path: record {} {} for {} by {} via {path} ({credential})",
                             leaf.seq, leaf.kind, leaf.subject, leaf.actor
