@@ -58,6 +58,11 @@ pub struct AgentConfig {
     pub trust_bundle: Option<PathBuf>,
     pub imds_listen: Option<std::net::SocketAddr>,
     pub data_dir: PathBuf,
+    /// Serve an X.509-SVID only once the authority's transparency log proves its issuance.
+    pub require_logged: bool,
+    /// The log's verifier key for `require_logged` (default: fetched once from the server,
+    /// over the TLS connection that authenticates it).
+    pub log_key: Option<String>,
 }
 
 /// A workload's X.509-SVID with its private key.
@@ -124,6 +129,8 @@ pub struct Agent {
     /// Access tokens by (SPIFFE ID, resource): (response, fetched at).
     token_cache: Mutex<HashMap<(SpiffeId, String), (tessera_core::agent_api::TokenResponse, i64)>>,
     rotate_now: Notify,
+    /// With `require_logged`: the log key every new SVID's inclusion proof is checked with.
+    log: Option<tessera_log::NoteVerifier>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -228,6 +235,14 @@ impl Agent {
             }
         };
         upstream.set_identity(&identity)?;
+        let log = match (config.require_logged, &config.log_key) {
+            (false, _) => None,
+            (true, Some(k)) => Some(
+                tessera_log::NoteVerifier::parse(k)
+                    .map_err(|e| AgentError::Config(format!("--log-key: {e}")))?,
+            ),
+            (true, None) => Some(upstream.log_key().await?),
+        };
         let td = identity.svid.spiffe_id.trust_domain();
         let bundle = identity
             .svid
@@ -247,6 +262,7 @@ impl Agent {
             }))
             .0,
             data_dir: dir.clone(),
+            log,
             digests: attest::DigestCache::default(),
             jwt_cache: Mutex::new(HashMap::new()),
             token_cache: Mutex::new(HashMap::new()),
@@ -365,6 +381,14 @@ impl Agent {
                     .iter()
                     .filter_map(|c| STANDARD.decode(c).ok())
                     .collect();
+                if let Some(log) = &self.log {
+                    let der = chain.first().map(Vec::as_slice).unwrap_or_default();
+                    if let Err(e) = self.upstream.check_logged(log, &item.serial, der).await {
+                        // Fail closed: a certificate the log does not show is never served.
+                        tracing::error!(spiffe_id = %item.spiffe_id, serial = %item.serial, error = %e, "SVID refused: its issuance is not in the authority's transparency log");
+                        continue;
+                    }
+                }
                 fresh.push(Arc::new(Svid {
                     spiffe_id: item.spiffe_id,
                     chain,

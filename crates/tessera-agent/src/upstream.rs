@@ -228,6 +228,30 @@ impl Upstream {
         .await
     }
 
+    /// The authority's transparency-log key (`GET /log/key`), over the authenticated connection.
+    pub async fn log_key(&self) -> Result<tessera_log::NoteVerifier, AgentError> {
+        tessera_verify::logged::fetch_log_key(&self.client(), &self.base)
+            .await
+            .map_err(|e| AgentError::Unreachable(format!("the log key: {e}")))
+    }
+
+    /// Checks that the log proves the issuance of the certificate `der` with `serial`.
+    pub async fn check_logged(
+        &self,
+        log: &tessera_log::NoteVerifier,
+        serial: &str,
+        der: &[u8],
+    ) -> Result<(), tessera_verify::logged::LoggedError> {
+        tessera_verify::logged::check_logged(
+            &self.client(),
+            &self.base,
+            log,
+            tessera_verify::logged::Credential::Certificate { serial, der },
+        )
+        .await
+        .map(|_| ())
+    }
+
     pub async fn sign(&self, req: &SignRequest) -> Result<SignResponse, AgentError> {
         self.call("sign", Some(req), Duration::from_secs(30)).await
     }

@@ -366,6 +366,14 @@ pub(crate) struct AgentArgs {
     /// The agent's data folder: its key and SVID.
     #[arg(long, env = "TESSERA_AGENT_DATA", default_value = "./.tessera-agent")]
     pub data: PathBuf,
+    /// Serve an X.509-SVID only once the authority's transparency log proves its issuance
+    /// (an inclusion proof of a record naming its serial and digest): unlogged issuance is
+    /// refused, never handed to a workload.
+    #[arg(long)]
+    pub require_logged: bool,
+    /// The log's verifier key for `--require-logged` (default: fetched from the server).
+    #[arg(long, requires = "require_logged")]
+    pub log_key: Option<String>,
     /// Log format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -907,6 +915,14 @@ pub(crate) struct VerifyArgs {
     /// `tessera verify` does, and fails when it cannot).
     #[arg(long)]
     pub no_revocation_check: bool,
+    /// Refuse the token unless the issuer's transparency log proves its issuance (an
+    /// inclusion proof of a record naming its `jti` and digest, under a signed checkpoint).
+    #[arg(long)]
+    pub require_logged: bool,
+    /// The log's verifier key for `--require-logged` (default: fetched from the issuer's
+    /// `/log/key`, trusted on first use).
+    #[arg(long, requires = "require_logged")]
+    pub log_key: Option<String>,
     /// The token, or `-` to read it from stdin.
     pub token: String,
 }

@@ -24,6 +24,7 @@ const MESH: &str = r#"
 id = "spiffe://example.org/frontend"
 owner = "team-web"
 purpose = "Serves the web UI"
+selectors = ["unix:uid:UID"]
 
 [[workload]]
 id = "spiffe://example.org/backend"
@@ -143,12 +144,14 @@ async fn log_end_to_end(backend: Backend) {
             &witness_arg,
         ],
     );
+    let uid = String::from_utf8(Command::new("id").arg("-u").output().unwrap().stdout).unwrap();
+    let mesh = MESH.replace("UID", uid.trim());
     let o = tessera(
         &data,
         &[
             "apply",
             "-f",
-            write(wdir.path(), "mesh.toml", MESH).to_str().unwrap(),
+            write(wdir.path(), "mesh.toml", &mesh).to_str().unwrap(),
         ],
     );
     assert!(o.status.success(), "{}", stderr(&o));
@@ -188,6 +191,89 @@ async fn log_end_to_end(backend: Backend) {
         ],
     );
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+
+    // A relying party that requires logged issuance: `tessera verify --require-logged` passes
+    // the logged token, and refuses it when the proof is checked with another log's key.
+    let verify_logged = |token: &str, extra: &[&str]| {
+        let mut args = vec![
+            "verify",
+            "--issuer",
+            &s.url,
+            "--audience",
+            "spiffe://example.org/backend",
+            "--require-logged",
+        ];
+        args.extend_from_slice(extra);
+        args.push(token);
+        Command::new(BIN).args(&args).output().unwrap()
+    };
+    let o = verify_logged(&t1, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let other_log = tessera_log::NoteSigner::from_seed(
+        "example.org/audit",
+        tessera_log::KeyType::Ed25519,
+        &[9; 32],
+    )
+    .unwrap()
+    .verifier()
+    .to_vkey();
+    let o = verify_logged(&t1, &["--log-key", &other_log]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("not in the issuer's log: the proof does not hold"),
+        "{}",
+        stderr(&o)
+    );
+
+    // An agent that requires logged issuance serves the workload's SVID (its serial and digest
+    // proved from the log); one checking with another log's key serves nothing.
+    let agent = |name: &str, extra: &[&str]| {
+        let o = tessera(&data, &["agent", "token", "create"]);
+        let token = stdout(&o).lines().next().unwrap().to_owned();
+        let socket = wdir.path().join(format!("{name}.sock"));
+        let mut cmd = Command::new(BIN);
+        cmd.args([
+            "agent",
+            "--server",
+            &s.url,
+            "--join-token",
+            &token,
+            "--require-logged",
+            "--socket",
+        ])
+        .arg(&socket)
+        .args(extra)
+        .arg("--data")
+        .arg(wdir.path().join(format!("{name}-data")))
+        .env("TESSERA_LOG", "error");
+        (
+            tessera_testkit::spawn_ready(cmd, "tessera: agent ready socket="),
+            socket,
+        )
+    };
+    let (_logged, socket) = agent("logged", &[]);
+    let (pem, _, _) = svid_files(&socket, "spiffe://example.org/frontend", wdir.path()).await;
+    let serial = Command::new("openssl")
+        .args(["x509", "-noout", "-serial", "-in"])
+        .arg(&pem)
+        .output()
+        .unwrap();
+    assert!(
+        stdout(&serial).starts_with("serial="),
+        "{}",
+        stderr(&serial)
+    );
+    let (wrong, socket) = agent("wrong", &["--log-key", &other_log]);
+    let client = spiffe::WorkloadApiClient::connect_to(format!("unix://{}", socket.display()))
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(3), client.fetch_all_x509_svids()).await;
+    assert!(
+        !matches!(&got, Ok(Ok(all)) if !all.is_empty()),
+        "an SVID the log did not prove was served"
+    );
+    // It keeps asking (and refusing) at each rotation tick: stop it before the log is compared.
+    drop(wrong);
 
     // 2. Checkpoints reach the sink and the witness cosigns them.
     wait_for(Duration::from_secs(10), "a cosigned checkpoint", || {
@@ -271,6 +357,8 @@ async fn log_end_to_end(backend: Backend) {
             "--once",
             "--expect-path",
             "client_credentials",
+            "--expect-path",
+            "x509",
         ],
     );
     assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
@@ -355,9 +443,28 @@ async fn log_end_to_end(backend: Backend) {
     );
     assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
     assert!(
-        stdout(&o).contains("audit log BROKEN: record"),
+        stdout(&o).contains(&format!(
+            "audit log BROKEN: the log ends at record {} but checkpoint {size} covers {size} records",
+            size - 1
+        )),
         "{}",
         stdout(&o)
+    );
+
+    // 6. Issuance the log does not show (its record removed in SQL): refused by a relying party
+    //    that requires logged issuance.
+    let t3 = token(&s.url, &secret).await;
+    assert!(verify_logged(&t3, &[]).status.success());
+    s.danger_sql(&format!(
+        "DELETE FROM audit WHERE credential = '{}'",
+        jti(&t3)
+    ));
+    let o = verify_logged(&t3, &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("the issuer's log has no record of it"),
+        "{}",
+        stderr(&o)
     );
     drop(witness);
 }

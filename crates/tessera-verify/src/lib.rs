@@ -31,6 +31,7 @@ use tokio::sync::{Mutex, RwLock};
 pub mod authorize;
 pub mod changes;
 mod layer;
+pub mod logged;
 mod metrics;
 pub use authorize::{actor_chain, Authorizer, AuthzDecision, AuthzMetrics, BundleSource};
 pub use changes::{spawn_feed, FeedMetrics, Freshness, RevocationState, Withdrawn};

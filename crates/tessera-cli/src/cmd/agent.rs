@@ -62,6 +62,8 @@ pub(crate) async fn run(a: AgentArgs) -> anyhow::Result<u8> {
         trust_bundle: a.trust_bundle,
         imds_listen: a.imds_listen,
         data_dir: a.data,
+        require_logged: a.require_logged,
+        log_key: a.log_key,
     };
     let running = tessera_agent::run(config).await?;
     let mut line = format!("tessera: agent ready socket={}", running.socket.display());

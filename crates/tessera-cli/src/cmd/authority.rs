@@ -190,6 +190,51 @@ pub(crate) async fn revoke(kind: String, id: String, target: Target) -> anyhow::
     Ok(0)
 }
 
+/// `--require-logged`: `None` when the issuer's log proves the token's issuance, else the exit
+/// code after saying why.
+async fn require_logged(
+    a: &VerifyArgs,
+    token: &str,
+    claims: &serde_json::Map<String, Value>,
+) -> anyhow::Result<Option<u8>> {
+    use tessera_verify::logged::{check_logged, fetch_log_key, Credential, LoggedError};
+    let iss = a
+        .issuer
+        .as_deref()
+        .ok_or_else(|| anyhow!("--require-logged needs --issuer (the log is the issuer's)"))?;
+    let client = reqwest::Client::new();
+    let log = match &a.log_key {
+        Some(k) => tessera_log::NoteVerifier::parse(k).map_err(|e| anyhow!("--log-key: {e}"))?,
+        None => fetch_log_key(&client, iss)
+            .await
+            .map_err(|e| anyhow!("cannot fetch the log key from `{iss}`: {e}"))?,
+    };
+    let jti = claims
+        .get("jti")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    match check_logged(
+        &client,
+        iss,
+        &log,
+        Credential::Token {
+            jti,
+            compact: token,
+        },
+    )
+    .await
+    {
+        Ok(_) => Ok(None),
+        Err(LoggedError::Unavailable(e)) => {
+            bail!("cannot ask the issuer's log whether the token was logged: {e}")
+        }
+        Err(e) => {
+            eprintln!("tessera: token refused: its issuance is not in the issuer's log: {e}");
+            Ok(Some(1))
+        }
+    }
+}
+
 /// `tessera keys list|rotate`.
 pub(crate) async fn keys(command: KeysCommand) -> anyhow::Result<u8> {
     match command {
@@ -454,6 +499,11 @@ pub(crate) async fn verify(a: VerifyArgs) -> anyhow::Result<u8> {
                 if !v.has_scope(s) {
                     eprintln!("tessera: token refused: it does not carry scope `{s}`");
                     return Ok(1);
+                }
+            }
+            if a.require_logged {
+                if let Some(code) = require_logged(&a, &token, &v.claims).await? {
+                    return Ok(code);
                 }
             }
             println!("{}", serde_json::to_string_pretty(&v.claims)?);

@@ -323,6 +323,8 @@ async fn agent_demo(
         trust_bundle: None,
         imds_listen: None,
         data_dir: data.join("agent"),
+        require_logged: false,
+        log_key: None,
     })
     .await?;
     steps.ok(&format!(

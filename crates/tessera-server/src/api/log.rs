@@ -18,12 +18,18 @@ use tessera_log::{ConsistencyProof, Entries, InclusionProof};
 use crate::app::App;
 use crate::domain::log::{self as log, ProofOf};
 use crate::error::ApiError;
+use crate::extract::IssuerPath;
 
+/// At the base URL and under `/{td}` (one log for every trust domain the server serves), so a
+/// relying party finds it beside the issuer it knows.
 pub(crate) fn routes() -> Router<Arc<App>> {
     Router::new()
         .route("/log/checkpoint", get(public_checkpoint))
+        .route("/{td}/log/checkpoint", get(public_checkpoint))
         .route("/log/key", get(public_key))
+        .route("/{td}/log/key", get(public_key))
         .route("/log/proof", get(public_proof))
+        .route("/{td}/log/proof", get(public_proof))
         .route("/log/consistency", get(get_consistency))
 }
 
@@ -55,11 +61,14 @@ async fn latest(app: &App) -> Result<(u64, String), ApiError> {
     }
 }
 
-async fn public_checkpoint(State(app): State<Arc<App>>) -> Result<impl IntoResponse, ApiError> {
+async fn public_checkpoint(
+    State(app): State<Arc<App>>,
+    IssuerPath(_): IssuerPath,
+) -> Result<impl IntoResponse, ApiError> {
     Ok(text(latest(&app).await?.1))
 }
 
-async fn public_key(State(app): State<Arc<App>>) -> impl IntoResponse {
+async fn public_key(State(app): State<Arc<App>>, IssuerPath(_): IssuerPath) -> impl IntoResponse {
     text(format!("{}\n", app.log.verifier().to_vkey()))
 }
 
@@ -73,6 +82,7 @@ struct CredentialQuery {
 /// by number are the admin's.
 async fn public_proof(
     State(app): State<Arc<App>>,
+    IssuerPath(_): IssuerPath,
     Query(q): Query<CredentialQuery>,
 ) -> Result<Json<InclusionProof>, ApiError> {
     let c = match (q.jti, q.serial) {
