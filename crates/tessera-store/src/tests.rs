@@ -1078,3 +1078,80 @@ async fn postgres_log_suite() {
         log_suite(store).await;
     }
 }
+
+/// A database as the release before the log left it (schema up to 0005, records and a keyed
+/// chain, no tree): upgraded in place, every record kept, the old chain still verifying, and
+/// the records become the tree's first leaves.
+async fn upgrade_from_before_the_log(
+    store: Store,
+    reopen: impl std::future::Future<Output = Store>,
+) {
+    let key = AuditKey::new(&[5; 32]);
+    store.key_audit_chain(key.clone()).await.unwrap();
+    let log = AuditLog::spawn(store.clone(), None);
+    for i in 0..300 {
+        log.append(event(AuditKind::TokenIssued, i)).await.unwrap();
+    }
+    let before = store.audit_after(0, 10_000).await.unwrap();
+    // Back to the previous release's schema, records as they were.
+    store
+        .danger_execute_raw(
+            "DROP TABLE audit_tiles; DROP TABLE audit_checkpoints; DROP INDEX audit_credential; \
+             ALTER TABLE audit DROP COLUMN credential; DELETE FROM meta WHERE key = 'log_size'; \
+             DELETE FROM _sqlx_migrations WHERE version = 6;",
+        )
+        .await
+        .unwrap();
+    drop(log);
+    let store = reopen.await;
+    store.key_audit_chain(key).await.unwrap();
+    let after = store.audit_after(0, 10_000).await.unwrap();
+    assert_eq!(after.len(), before.len(), "no record lost");
+    assert!(after
+        .iter()
+        .zip(&before)
+        .all(|(a, b)| (a.seq, &a.hash, &a.detail) == (b.seq, &b.hash, &b.detail)));
+    assert_eq!(store.log_size().await.unwrap(), 0);
+    let n = before.len() as u64;
+    assert_eq!(store.extend_log(100_000).await.unwrap(), n);
+    let root = store
+        .with_tree(|src| tessera_log::tree::root(src, n))
+        .await
+        .unwrap();
+    let cp = checkpoint_of(n, root);
+    assert_eq!(store.verify_log(Some(&cp), &[]).await.unwrap(), n as i64);
+    // New records continue the same chain and the same tree.
+    AuditLog::spawn(store.clone(), None)
+        .append(event(AuditKind::TokenIssued, 1000))
+        .await
+        .unwrap();
+    assert_eq!(store.extend_log(100_000).await.unwrap(), n + 1);
+    assert_eq!(
+        store.verify_log(Some(&cp), &[]).await.unwrap(),
+        n as i64 + 1
+    );
+}
+
+#[tokio::test]
+async fn sqlite_upgrades_from_before_the_log() {
+    let (store, dir) = sqlite().await;
+    let path = dir.path().join("t.db");
+    upgrade_from_before_the_log(
+        store,
+        async move { Store::open_sqlite(&path).await.unwrap() },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn postgres_upgrades_from_before_the_log() {
+    let Some(url) = tessera_testkit::postgres_database() else {
+        return;
+    };
+    let store = Store::open_postgres(&url).await.unwrap();
+    upgrade_from_before_the_log(
+        store,
+        async move { Store::open_postgres(&url).await.unwrap() },
+    )
+    .await;
+}
