@@ -326,11 +326,18 @@ async fn checkpointer(app: Arc<App>, mut stop: watch::Receiver<bool>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut published = 0u64;
     let mut warned = None::<std::time::Instant>;
+    let mut pruned = std::time::Instant::now();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = app.log.wake.notified() => {}
             _ = stop.changed() => return,
+        }
+        if pruned.elapsed() > Duration::from_secs(60) {
+            pruned = std::time::Instant::now();
+            if let Err(e) = app.store.prune_checkpoints(tessera_core::now_unix()).await {
+                tracing::warn!(error = %e, "cannot thin the stored checkpoints");
+            }
         }
         match crate::domain::log::make_checkpoint(&app).await {
             Ok(Some((size, note))) if size > published => {

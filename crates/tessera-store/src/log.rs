@@ -156,6 +156,22 @@ impl Store {
         Ok(())
     }
 
+    /// Thins the stored checkpoints: all of the last hour, then the last of each hour before.
+    /// They narrow a rewrite down to a range (`verify_log`); older ranges may be an hour wide.
+    pub async fn prune_checkpoints(&self, now: i64) -> Result<u64> {
+        let cutoff = now - 3600;
+        Ok(with_write_tx!(self, |tx, is_pg| {
+            sqlx::query(
+                "DELETE FROM audit_checkpoints WHERE at < $1 AND size NOT IN \
+                 (SELECT MAX(size) FROM audit_checkpoints WHERE at < $1 GROUP BY at / 3600)",
+            )
+            .bind(cutoff)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+        }))
+    }
+
     /// The checkpoint of the largest size: (size, signed note).
     pub async fn latest_checkpoint(&self) -> Result<Option<(u64, String)>> {
         let row: Option<(i64, String)> = with_read!(self, |pool| {

@@ -1155,3 +1155,43 @@ async fn postgres_upgrades_from_before_the_log() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn old_checkpoints_are_thinned_to_one_an_hour() {
+    let (store, _dir) = sqlite().await;
+    // One every six minutes for four hours, up to now.
+    let now = 1_000_000;
+    let at = |i: i64| now - 4 * 3600 + i * 360;
+    let mut sql = String::new();
+    for i in 0..=40 {
+        sql.push_str(&format!(
+            "INSERT INTO audit_checkpoints (size, at, note) VALUES ({i}, {}, 'n');",
+            at(i)
+        ));
+    }
+    store.danger_execute_raw(&sql).await.unwrap();
+    let removed = store.prune_checkpoints(now).await.unwrap();
+    let after: Vec<u64> = store
+        .checkpoints()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(s, _)| s)
+        .collect();
+    assert_eq!(41 - removed, after.len() as u64);
+    // The last hour whole (i = 30..=40), then the last of each earlier hour.
+    let old: Vec<u64> = after
+        .iter()
+        .copied()
+        .filter(|&s| at(s as i64) < now - 3600)
+        .collect();
+    assert!(after.ends_with(&(30..=40).collect::<Vec<_>>()), "{after:?}");
+    assert!(!old.is_empty() && old.len() <= 4, "{old:?}");
+    for pair in old.windows(2) {
+        assert_ne!(
+            at(pair[0] as i64) / 3600,
+            at(pair[1] as i64) / 3600,
+            "{old:?}"
+        );
+    }
+}
