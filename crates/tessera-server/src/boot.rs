@@ -327,6 +327,7 @@ async fn checkpointer(app: Arc<App>, mut stop: watch::Receiver<bool>) {
     let mut published = 0u64;
     let mut warned = None::<std::time::Instant>;
     let mut pruned = std::time::Instant::now();
+    let publishing = Arc::new(tokio::sync::Mutex::new(()));
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -341,8 +342,17 @@ async fn checkpointer(app: Arc<App>, mut stop: watch::Receiver<bool>) {
         }
         match crate::domain::log::make_checkpoint(&app).await {
             Ok(Some((size, note))) if size > published => {
-                crate::domain::log::publish(&app, size, &note).await;
-                published = size;
+                // Sinks and witnesses answer at their pace (up to their timeouts): in a task of
+                // its own, one at a time, so checkpoints keep coming every second; one still
+                // sending skips this checkpoint, and the next carries it.
+                if let Ok(guard) = publishing.clone().try_lock_owned() {
+                    let app = app.clone();
+                    tokio::spawn(async move {
+                        crate::domain::log::publish(&app, size, &note).await;
+                        drop(guard);
+                    });
+                    published = size;
+                }
             }
             Ok(_) => {}
             Err(e) => {
