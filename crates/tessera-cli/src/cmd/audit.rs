@@ -144,7 +144,7 @@ async fn log_key(client: &AdminClient, pinned: Option<&str>) -> anyhow::Result<N
 async fn prove(what: &str, pinned: Option<&str>, target: &Target) -> anyhow::Result<u8> {
     let client = admin(target)?;
     let key = log_key(&client, pinned).await?;
-    let q: String = form_urlencoded_byte(what);
+    let q = percent_encode(what);
     let proof: InclusionProof = client.fetch(&format!("/v1/audit/prove?of={q}")).await?;
     match proof.verify(&key) {
         Ok((record, cp)) => {
@@ -170,7 +170,7 @@ async fn prove(what: &str, pinned: Option<&str>, target: &Target) -> anyhow::Res
     }
 }
 
-fn form_urlencoded_byte(s: &str) -> String {
+fn percent_encode(s: &str) -> String {
     s.bytes()
         .map(|b| {
             if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {

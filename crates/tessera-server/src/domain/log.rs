@@ -14,8 +14,9 @@ use tessera_store::{AuditRecord, ChainError, StoreError, VerifyAuditError};
 use crate::app::App;
 use crate::config::CheckpointSink;
 
-/// How many records one extension of the tree takes at most.
-const EXTEND_BATCH: i64 = 200_000;
+/// How many records one extension of the tree takes at most (read whole into memory: about
+/// 10 MB); four passes a tick catch up 80,000 records a second after an upgrade.
+const EXTEND_BATCH: i64 = 20_000;
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum LogError {
