@@ -227,31 +227,7 @@ async fn log_end_to_end(backend: Backend) {
 
     // An agent that requires logged issuance serves the workload's SVID (its serial and digest
     // proved from the log); one checking with another log's key serves nothing.
-    let agent = |name: &str, extra: &[&str]| {
-        let o = tessera(&data, &["agent", "token", "create"]);
-        let token = stdout(&o).lines().next().unwrap().to_owned();
-        let socket = wdir.path().join(format!("{name}.sock"));
-        let mut cmd = Command::new(BIN);
-        cmd.args([
-            "agent",
-            "--server",
-            &s.url,
-            "--join-token",
-            &token,
-            "--require-logged",
-            "--socket",
-        ])
-        .arg(&socket)
-        .args(extra)
-        .arg("--data")
-        .arg(wdir.path().join(format!("{name}-data")))
-        .env("TESSERA_LOG", "error");
-        (
-            tessera_testkit::spawn_ready(cmd, "tessera: agent ready socket="),
-            socket,
-        )
-    };
-    let (_logged, socket) = agent("logged", &[]);
+    let (_logged, socket) = join_agent_with(&s, wdir.path(), "logged", &["--require-logged"]);
     let (pem, _, _) = svid_files(&socket, "spiffe://example.org/frontend", wdir.path()).await;
     let serial = Command::new("openssl")
         .args(["x509", "-noout", "-serial", "-in"])
@@ -263,7 +239,12 @@ async fn log_end_to_end(backend: Backend) {
         "{}",
         stderr(&serial)
     );
-    let (wrong, socket) = agent("wrong", &["--log-key", &other_log]);
+    let (wrong, socket) = join_agent_with(
+        &s,
+        wdir.path(),
+        "wrong",
+        &["--require-logged", "--log-key", &other_log],
+    );
     let client = spiffe::WorkloadApiClient::connect_to(format!("unix://{}", socket.display()))
         .await
         .unwrap();
@@ -277,7 +258,7 @@ async fn log_end_to_end(backend: Backend) {
 
     // 2. Checkpoints reach the sink and the witness cosigns them.
     wait_for(Duration::from_secs(10), "a cosigned checkpoint", || {
-        let note = reqwest::blocking_get(&format!("{}/log/checkpoint", s.url));
+        let note = curl_get(&format!("{}/log/checkpoint", s.url));
         note.contains("\u{2014} tessera-witness ")
     });
     wait_for(Duration::from_secs(5), "a checkpoint in the sink", || {
@@ -300,7 +281,7 @@ async fn log_end_to_end(backend: Backend) {
         Duration::from_secs(10),
         "the witness cosigns the latest size",
         || {
-            let note = reqwest::blocking_get(&format!("{}/log/checkpoint", s.url));
+            let note = curl_get(&format!("{}/log/checkpoint", s.url));
             note.lines().nth(1) == Some(&last.to_string())
                 && note.contains("\u{2014} tessera-witness ")
         },
@@ -410,7 +391,7 @@ async fn log_end_to_end(backend: Backend) {
         },
     );
     std::thread::sleep(Duration::from_millis(1500));
-    let note = reqwest::blocking_get(&format!("{}/log/checkpoint", s.url));
+    let note = curl_get(&format!("{}/log/checkpoint", s.url));
     assert!(
         !note.contains("\u{2014} tessera-witness "),
         "the fork was cosigned: {note}"
@@ -469,14 +450,13 @@ async fn log_end_to_end(backend: Backend) {
     drop(witness);
 }
 
-mod reqwest {
-    pub(crate) fn blocking_get(url: &str) -> String {
-        let o = std::process::Command::new("curl")
-            .args(["-s", url])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&o.stdout).into_owned()
-    }
+/// The body of `GET url`, by curl: `wait_for` polls with plain closures.
+fn curl_get(url: &str) -> String {
+    let o = std::process::Command::new("curl")
+        .args(["-s", url])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -249,7 +249,8 @@ pub async fn start(
             log_signer,
             config.checkpoint_sinks.clone(),
             config.witnesses.clone(),
-        ),
+        )
+        .map_err(|e| StartError::Tls(format!("the audit log's HTTP client: {e}")))?,
         config,
         record_quota: Default::default(),
     });

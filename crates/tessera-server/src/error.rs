@@ -162,7 +162,6 @@ impl From<crate::domain::log::LogError> for ApiError {
         match e {
             LogError::NotFound(m) => Self::NotFound(m),
             LogError::BadRequest(m) => Self::BadRequest(m),
-            LogError::Checkpoint(e) => Self::BadRequest(format!("checkpoint: {e}")),
             e @ (LogError::Store(_) | LogError::Sign(_)) => Self::unavailable(e),
         }
     }

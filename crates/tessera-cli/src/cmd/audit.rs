@@ -95,37 +95,35 @@ fn checkpoint_files(path: &Path) -> anyhow::Result<Vec<(String, String)>> {
 }
 
 async fn verify(checkpoint: Option<&Path>, target: &Target) -> anyhow::Result<u8> {
-    let client = admin(target)?;
-    let checks = match checkpoint {
-        None => vec![(None, None)],
-        Some(p) => checkpoint_files(p)?
-            .into_iter()
-            .map(|(name, text)| (Some(name), Some(text)))
-            .collect(),
+    let files = match checkpoint {
+        None => Vec::new(),
+        Some(p) => checkpoint_files(p)?,
     };
-    for (name, text) in checks {
-        let v: AuditVerifyResponse = client
-            .send("/v1/audit/verify", &json!({ "checkpoint": text }))
-            .await?;
-        let against = name
-            .as_deref()
-            .map(|n| format!(" and consistent with checkpoint `{n}`"))
-            .unwrap_or_default();
-        print(target, &v, || {
-            if v.ok {
-                format!(
-                    "audit log intact: {} records{against}\n",
-                    v.records.unwrap_or_default()
-                )
-            } else {
-                format!("audit log BROKEN: {}\n", v.error.as_deref().unwrap_or("?"))
-            }
-        });
-        if !v.ok {
-            return Ok(1);
+    // One walk of the log checks them all: a sink folder holds a checkpoint a second.
+    let texts: Vec<&str> = files.iter().map(|(_, t)| t.as_str()).collect();
+    let v: AuditVerifyResponse = admin(target)?
+        .send("/v1/audit/verify", &json!({ "checkpoints": texts }))
+        .await?;
+    let against = match (checkpoint, files.as_slice()) {
+        (Some(_), [(name, _)]) => format!(" and consistent with checkpoint `{name}`"),
+        (Some(dir), all) => format!(
+            " and consistent with the {} checkpoints in `{}`",
+            all.len(),
+            dir.display()
+        ),
+        (None, _) => String::new(),
+    };
+    print(target, &v, || {
+        if v.ok {
+            format!(
+                "audit log intact: {} records{against}\n",
+                v.records.unwrap_or_default()
+            )
+        } else {
+            format!("audit log BROKEN: {}\n", v.error.as_deref().unwrap_or("?"))
         }
-    }
-    Ok(0)
+    });
+    Ok(if v.ok { 0 } else { 1 })
 }
 
 async fn log_key(client: &AdminClient, pinned: Option<&str>) -> anyhow::Result<NoteVerifier> {
@@ -302,26 +300,27 @@ async fn monitor(
                     .or_else(|| detail.get("serial"))
                     .and_then(|v| v.as_str().map(str::to_owned))
                     .unwrap_or_default();
-                let fields = |alert: &str| json!({"alert": alert, "seq": leaf.seq, "kind": leaf.kind, "subject": leaf.subject, "actor": leaf.actor, "path": path, "credential": credential});
-                if watch
-                    .iter()
-                    .any(|g| tessera_core::glob::matches(g, &leaf.subject))
-                {
+                // (name in JSON, words in text, whether it applies)
+                let reasons = [
+                    (
+                        "watched",
+                        "watched",
+                        watch
+                            .iter()
+                            .any(|g| tessera_core::glob::matches(g, &leaf.subject)),
+                    ),
+                    (
+                        "unexpected_path",
+                        "unexpected path",
+                        !expect_path.is_empty() && !expect_path.iter().any(|p| p == &path),
+                    ),
+                ];
+                for (name, words, _) in reasons.iter().filter(|r| r.2) {
                     alerts += 1;
                     alert(
-                        fields("watched"),
+                        json!({"alert": name, "seq": leaf.seq, "kind": leaf.kind, "subject": leaf.subject, "actor": leaf.actor, "path": path, "credential": credential}),
                         format!(
-                            "watched: record {} {} for {} by {} via {path} ({credential})",
-                            leaf.seq, leaf.kind, leaf.subject, leaf.actor
-                        ),
-                    );
-                }
-                if !expect_path.is_empty() && !expect_path.iter().any(|p| p == &path) {
-                    alerts += 1;
-                    alert(
-                        fields("unexpected_path"),
-                        format!(
-                            "unexpected path: record {} {} for {} by {} via {path} ({credential})",
+                            "{words}: record {} {} for {} by {} via {path} ({credential})",
                             leaf.seq, leaf.kind, leaf.subject, leaf.actor
                         ),
                     );

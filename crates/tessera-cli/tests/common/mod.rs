@@ -261,6 +261,16 @@ pub(crate) fn pem(label: &str, der: &[u8]) -> String {
 /// A node agent joined to `s` with a fresh join token; its socket is `dir/<name>.sock` and its
 /// data `dir/<name>-data`. Returns the running agent and its socket.
 pub(crate) fn join_agent(s: &Server, dir: &Path, name: &str) -> (Proc, PathBuf) {
+    join_agent_with(s, dir, name, &[])
+}
+
+/// [`join_agent`] with more agent flags (`extra`).
+pub(crate) fn join_agent_with(
+    s: &Server,
+    dir: &Path,
+    name: &str,
+    extra: &[&str],
+) -> (Proc, PathBuf) {
     let o = tessera(&s.data, &["agent", "token", "create"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let token = stdout(&o).lines().next().unwrap().to_owned();
@@ -275,6 +285,7 @@ pub(crate) fn join_agent(s: &Server, dir: &Path, name: &str) -> (Proc, PathBuf) 
         "--socket",
     ])
     .arg(&socket)
+    .args(extra)
     .arg("--data")
     .arg(dir.join(format!("{name}-data")))
     .env("TESSERA_LOG", "warn");

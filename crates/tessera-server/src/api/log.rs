@@ -154,27 +154,26 @@ async fn get_entries(
 }
 
 async fn verify_stored(State(app): State<Arc<App>>) -> Result<Json<AuditVerifyResponse>, ApiError> {
-    verify(&app, None).await
+    verify(&app, &[]).await
 }
 
 #[derive(Deserialize)]
 struct VerifyRequest {
-    checkpoint: Option<String>,
+    /// Signed checkpoints kept outside the database.
+    #[serde(default)]
+    checkpoints: Vec<String>,
 }
 
 async fn verify_against(
     State(app): State<Arc<App>>,
     Json(req): Json<VerifyRequest>,
 ) -> Result<Json<AuditVerifyResponse>, ApiError> {
-    verify(&app, req.checkpoint.as_deref()).await
+    verify(&app, &req.checkpoints).await
 }
 
-async fn verify(
-    app: &App,
-    checkpoint: Option<&str>,
-) -> Result<Json<AuditVerifyResponse>, ApiError> {
-    Ok(Json(match log::verify(app, checkpoint).await? {
-        Ok((n, _)) => AuditVerifyResponse {
+async fn verify(app: &App, outside: &[String]) -> Result<Json<AuditVerifyResponse>, ApiError> {
+    Ok(Json(match log::verify(app, outside).await? {
+        Ok(n) => AuditVerifyResponse {
             ok: true,
             records: u64::try_from(n).ok(),
             error: None,

@@ -25,12 +25,13 @@ pub(crate) struct TransparencyLog {
 }
 
 impl TransparencyLog {
+    /// Fails rather than fall back to a client that follows redirects.
     pub(crate) fn new(
         signer: NoteSigner,
         sinks: Vec<CheckpointSink>,
         witnesses: Vec<WitnessConfig>,
-    ) -> Self {
-        Self {
+    ) -> Result<Self, reqwest::Error> {
+        Ok(Self {
             signer,
             sinks,
             witnesses,
@@ -41,9 +42,8 @@ impl TransparencyLog {
                 .redirect(reqwest::redirect::Policy::none())
                 .connect_timeout(std::time::Duration::from_secs(5))
                 .timeout(std::time::Duration::from_secs(10))
-                .build()
-                .unwrap_or_default(),
-        }
+                .build()?,
+        })
     }
 
     /// The verifier key: `<origin>+<key ID>+<key>`.

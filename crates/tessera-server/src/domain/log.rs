@@ -6,8 +6,8 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use tessera_log::tree::{consistency_proof, inclusion_proof, root};
 use tessera_log::{
-    AddCheckpoint, Checkpoint, CheckpointError, ConsistencyProof, Entries, InclusionProof, Note,
-    NoteError, SignedCheckpoint,
+    AddCheckpoint, Checkpoint, ConsistencyProof, Entries, InclusionProof, Note, NoteError,
+    SignedCheckpoint,
 };
 use tessera_store::{AuditRecord, ChainError, StoreError, VerifyAuditError};
 
@@ -24,8 +24,6 @@ pub(crate) enum LogError {
     Store(#[from] StoreError),
     #[error("cannot sign the checkpoint: {0}")]
     Sign(#[from] NoteError),
-    #[error("checkpoint: {0}")]
-    Checkpoint(#[from] CheckpointError),
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -301,28 +299,35 @@ pub(crate) async fn entries(app: &App, start: u64, limit: i64) -> Result<Entries
 }
 
 /// Checks the stored log: the chain, the tree, every stored checkpoint (each must carry the
-/// log's signature), and `external` when given. `Ok(Err(..))` names what is wrong.
+/// log's signature), and the checkpoints kept outside (`outside`): the largest must be covered
+/// whole, the others narrow down where a rewrite is. One walk of the records for all of them.
+/// `Ok(Err(..))` names what is wrong.
 pub(crate) async fn verify(
     app: &App,
-    external: Option<&str>,
-) -> Result<Result<(i64, Option<u64>), ChainError>, LogError> {
+    outside: &[String],
+) -> Result<Result<i64, ChainError>, LogError> {
     let log = app.log.verifier();
-    let external = external
-        .map(|text| SignedCheckpoint::open(text, &log))
-        .transpose()?;
-    let mut stored = Vec::new();
+    let mut opened = Vec::with_capacity(outside.len());
+    for (i, text) in outside.iter().enumerate() {
+        let cp = SignedCheckpoint::open(text, &log).map_err(|e| {
+            LogError::BadRequest(match outside.len() {
+                1 => format!("checkpoint: {e}"),
+                n => format!("checkpoint {} of {n} (in file-name order): {e}", i + 1),
+            })
+        })?;
+        opened.push(cp.checkpoint);
+    }
+    opened.sort_by_key(|c| c.size);
+    let external = opened.pop();
+    let mut stored: Vec<_> = opened.iter().map(|c| (c.size, c.root)).collect();
     for (size, note) in app.store.checkpoints().await? {
         match SignedCheckpoint::open(&note, &log) {
             Ok(cp) if cp.checkpoint.size == size => stored.push((size, cp.checkpoint.root)),
             _ => return Ok(Err(ChainError::ForgedCheckpoint { size })),
         }
     }
-    match app
-        .store
-        .verify_log(external.as_ref().map(|c| &c.checkpoint), &stored)
-        .await
-    {
-        Ok(n) => Ok(Ok((n, external.map(|c| c.checkpoint.size)))),
+    match app.store.verify_log(external.as_ref(), &stored).await {
+        Ok(n) => Ok(Ok(n)),
         Err(VerifyAuditError::Chain(e)) => Ok(Err(e)),
         Err(VerifyAuditError::Store(e)) => Err(e.into()),
     }
