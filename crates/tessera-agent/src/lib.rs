@@ -17,6 +17,7 @@ use tokio::sync::{watch, Notify};
 
 pub mod attest;
 mod imds;
+pub mod metrics;
 pub mod sockets;
 pub mod upstream;
 pub mod workload;
@@ -129,6 +130,8 @@ pub struct Agent {
     /// Access tokens by (SPIFFE ID, resource): (response, fetched at).
     token_cache: Mutex<HashMap<(SpiffeId, String), (tessera_core::agent_api::TokenResponse, i64)>>,
     rotate_now: Notify,
+    /// When the last sync with the authority succeeded (unix seconds; 0: never).
+    last_sync: std::sync::atomic::AtomicI64,
     /// With `require_logged`: the log key every new SVID's inclusion proof is checked with.
     log: Option<tessera_log::NoteVerifier>,
 }
@@ -267,6 +270,7 @@ impl Agent {
             jwt_cache: Mutex::new(HashMap::new()),
             token_cache: Mutex::new(HashMap::new()),
             rotate_now: Notify::new(),
+            last_sync: std::sync::atomic::AtomicI64::new(0),
         });
         Ok(agent)
     }
@@ -327,8 +331,17 @@ impl Agent {
             }
             s.jwt_keys = resp.jwt_keys;
         });
+        self.last_sync.store(
+            tessera_core::now_unix(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         self.rotate_now.notify_one();
         Ok(())
+    }
+
+    /// When the last sync with the authority succeeded (unix seconds; 0: never).
+    pub fn last_sync(&self) -> i64 {
+        self.last_sync.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Signs SVIDs that are missing or due, in batches; renews the agent's own SVID at half-life.

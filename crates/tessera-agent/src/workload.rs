@@ -192,6 +192,18 @@ fn check_header<T>(req: &Request<T>) -> Result<(), Status> {
     }
 }
 
+/// The attested process on the current Workload API span (its pid and unix user only).
+fn trace_process(p: &Process) {
+    let span = tracing::Span::current();
+    span.record("process.pid", p.pid);
+    span.record("process.owner.uid", p.uid);
+}
+
+/// A refusal's gRPC code on the current span.
+fn trace_status(s: &Status) {
+    tracing::Span::current().record("error.type", format!("{:?}", s.code()).as_str());
+}
+
 fn refused(e: &attest::AttestError) -> Status {
     Status::permission_denied(format!("attestation failed: {e}"))
 }
@@ -365,14 +377,27 @@ impl SpiffeWorkloadApi for WorkloadApi {
     type FetchX509BundlesStream = ResponseStream<X509BundlesResponse>;
     type FetchJWTBundlesStream = ResponseStream<JwtBundlesResponse>;
 
+    #[tracing::instrument(target = "otel", name = "workload_api", skip_all, fields(
+        otel.name = "SpiffeWorkloadAPI/FetchX509SVID", otel.kind = "server",
+        rpc.system = "grpc", rpc.method = "FetchX509SVID", process.pid, process.owner.uid,
+        tessera.spiffe_ids, error.type))]
     async fn fetch_x509svid(
         &self,
         req: Request<X509svidRequest>,
     ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
         check_header(&req)?;
-        let (p, binding) = self.caller(&req).await?;
+        let (p, binding) = self.caller(&req).await.inspect_err(trace_status)?;
+        trace_process(&p);
         // Refuse at once a caller that matches nothing.
-        x509_for(&self.agent.state(), &p)?;
+        let first = x509_for(&self.agent.state(), &p).inspect_err(trace_status)?;
+        let span = tracing::Span::current();
+        if !span.is_disabled() {
+            let ids: Vec<&str> = first
+                .iter()
+                .flat_map(|r| r.svids.iter().map(|s| s.spiffe_id.as_str()))
+                .collect();
+            span.record("tessera.spiffe_ids", ids.join(",").as_str());
+        }
         Ok(Response::new(watch_stream(
             &self.agent,
             p,
@@ -394,12 +419,17 @@ impl SpiffeWorkloadApi for WorkloadApi {
         })
     }
 
+    #[tracing::instrument(target = "otel", name = "workload_api", skip_all, fields(
+        otel.name = "SpiffeWorkloadAPI/FetchJWTSVID", otel.kind = "server",
+        rpc.system = "grpc", rpc.method = "FetchJWTSVID", process.pid, process.owner.uid,
+        tessera.audience, tessera.spiffe_ids, error.type))]
     async fn fetch_jwtsvid(
         &self,
         req: Request<JwtsvidRequest>,
     ) -> Result<Response<JwtsvidResponse>, Status> {
         check_header(&req)?;
-        let (p, _) = self.caller(&req).await?;
+        let (p, _) = self.caller(&req).await.inspect_err(trace_status)?;
+        trace_process(&p);
         let body = req.get_ref();
         if body.audience.is_empty() || body.audience.iter().any(String::is_empty) {
             return Err(Status::invalid_argument("audience must be specified"));
@@ -418,6 +448,12 @@ impl SpiffeWorkloadApi for WorkloadApi {
                     body.spiffe_id.chars().take(200).collect::<String>()
                 )));
             }
+        }
+        let span = tracing::Span::current();
+        if !span.is_disabled() {
+            span.record("tessera.audience", body.audience.join(",").as_str());
+            let names: Vec<&str> = ids.iter().map(|i| i.as_str()).collect();
+            span.record("tessera.spiffe_ids", names.join(",").as_str());
         }
         let mut svids = Vec::new();
         for id in ids {

@@ -374,6 +374,9 @@ pub(crate) struct AgentArgs {
     /// The log's verifier key for `--require-logged` (default: fetched from the server).
     #[arg(long, requires = "require_logged")]
     pub log_key: Option<String>,
+    /// Serve `/metrics` and `/healthz` here (loopback only).
+    #[arg(long)]
+    pub admin_listen: Option<SocketAddr>,
     /// Log format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

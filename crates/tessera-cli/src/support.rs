@@ -60,16 +60,75 @@ pub(crate) fn parse_duration(s: &str) -> anyhow::Result<Duration> {
         .map_err(|e| anyhow!("`{s}` is not a duration such as `30s` or `5m`: {e}"))
 }
 
-pub(crate) fn init_logs(format: LogFormat, default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("TESSERA_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Text => builder.try_init(),
+/// Logs to stderr, and traces over OTLP when the standard `OTEL_*` variables (or `configured`, a
+/// config file's endpoint) ask for them. Keep the returned value alive: dropping it flushes the
+/// spans still buffered. While tracing is off, the fmt layer filters out the span target too, so
+/// a span costs only its callsite's cached check.
+pub(crate) fn init_logs(
+    format: LogFormat,
+    default: &str,
+    service: &str,
+    configured: Option<&str>,
+) -> anyhow::Result<Option<tessera_telemetry::Tracing>> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+
+    let settings = tessera_telemetry::Settings::from_env(service, configured);
+    let tracing = tessera_telemetry::Tracing::start(&settings)?;
+    let mut directives = default.to_owned();
+    if tracing.is_none() {
+        directives.push_str(&format!(",{}=off", tessera_telemetry::TARGET));
+    }
+    let filter = match std::env::var("TESSERA_LOG") {
+        Ok(v) if tracing.is_none() => format!("{v},{}=off", tessera_telemetry::TARGET),
+        Ok(v) => v,
+        Err(_) => directives,
     };
+    let filter = tracing_subscriber::EnvFilter::try_new(&filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = match format {
+        LogFormat::Json => fmt.json().with_current_span(true).boxed(),
+        LogFormat::Text => fmt.boxed(),
+    };
+    let registry = tracing_subscriber::registry().with(fmt.with_filter(filter));
+    let _ = match &tracing {
+        Some(t) => registry.with(t.layer()).try_init(),
+        None => registry.try_init(),
+    };
+    Ok(tracing)
+}
+
+/// Serves `/healthz`, `/metrics` (the registry, in the Prometheus text format) and any `extra`
+/// routes on `addr`, which must be loopback. Returns the URL it listens on.
+pub(crate) async fn serve_admin(
+    addr: std::net::SocketAddr,
+    registry: prometheus_client::registry::Registry,
+    extra: axum::Router,
+) -> anyhow::Result<String> {
+    use axum::routing::get;
+    if !addr.ip().is_loopback() {
+        anyhow::bail!("--admin-listen {addr}: loopback only");
+    }
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow!("cannot listen on {addr}: {e}"))?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let registry = std::sync::Arc::new(registry);
+    let app = extra.route("/healthz", get(|| async { "ok\n" })).route(
+        "/metrics",
+        get(move || {
+            let registry = registry.clone();
+            async move {
+                let mut out = String::new();
+                let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+                out
+            }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok(url)
 }
 
 /// The key-encryption key from the environment, if given there.

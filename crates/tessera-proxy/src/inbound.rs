@@ -17,6 +17,7 @@ use tessera_verify::Authorizer;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tracing::Instrument;
 
 use crate::{full, plain, provider, strip_hop_by_hop, Body, Identity, ProxyError, ProxyMetrics};
 
@@ -230,8 +231,10 @@ async fn connection(
             }
         }
     };
+    ctx.metrics.handshakes.inc();
     let conn = Arc::new(Conn {
         counters: ctx.metrics.for_pair(caller.as_str(), me.as_str()),
+        target: me,
         caller,
         leaf,
         source: peer.ip(),
@@ -243,7 +246,7 @@ async fn connection(
             // A request in flight keeps the connection from eviction.
             let busy = requests.enter();
             async move {
-                let r = handle(&ctx, &conn, req).await;
+                let r = traced(&ctx, &conn, req).await;
                 drop(busy);
                 Ok::<_, Infallible>(r)
             }
@@ -307,16 +310,67 @@ fn handshake_reason(e: &std::io::Error) -> &'static str {
 /// What a connection knows once its handshake is done.
 struct Conn {
     caller: SpiffeId,
+    /// This sidecar's own SPIFFE ID when the connection was accepted.
+    target: SpiffeId,
     /// The caller's certificate, to which a certificate-bound token must be bound.
     leaf: rustls::pki_types::CertificateDer<'static>,
     source: IpAddr,
     counters: crate::metrics::PairCounters,
 }
 
+impl Conn {
+    /// Counts a request's outcome and puts it on the request's span.
+    fn outcome(&self, decision: &'static str) {
+        let c = &self.counters;
+        match decision {
+            "allow" => c.allow.inc(),
+            "limited" => c.limited.inc(),
+            "too_large" => c.too_large.inc(),
+            "bad_token" => c.bad_token.inc(),
+            _ => c.deny.inc(),
+        };
+        tracing::Span::current().record("tessera.decision", decision);
+    }
+}
+
+/// [`handle`] inside the span of this hop: the caller's trace continued from `traceparent`,
+/// the identities, how the caller authenticated and the decision (never a header's value).
+async fn traced(ctx: &Ctx, conn: &Conn, req: Request<Incoming>) -> Response<Body> {
+    let span = tracing::info_span!(
+        target: tessera_telemetry::TARGET,
+        "inbound",
+        "otel.name" = "tessera.proxy.inbound",
+        "otel.kind" = "server",
+        "otel.status_code" = tracing::field::Empty,
+        "http.request.method" = %req.method(),
+        "network.peer.address" = %conn.source,
+        "tessera.caller" = %conn.caller,
+        "tessera.target" = %conn.target,
+        "tessera.authn" = tracing::field::Empty,
+        "tessera.decision" = tracing::field::Empty,
+        "tessera.decision.reason" = tracing::field::Empty,
+        "tessera.verify.result" = tracing::field::Empty,
+        "tessera.verify.reason" = tracing::field::Empty,
+        "http.response.status_code" = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+    );
+    if span.is_disabled() {
+        return handle(ctx, conn, req).await;
+    }
+    tessera_telemetry::continue_trace(&span, req.headers());
+    let res = handle(ctx, conn, req).instrument(span.clone()).await;
+    span.record("http.response.status_code", res.status().as_u16());
+    if res.status().is_server_error() {
+        span.record("otel.status_code", "ERROR");
+    }
+    res
+}
+
 async fn handle(ctx: &Ctx, conn: &Conn, mut req: Request<Incoming>) -> Response<Body> {
     let (caller, source) = (&conn.caller, conn.source);
+    let started = std::time::Instant::now();
     if ctx.cfg.revocations.refuses_all() {
-        conn.counters.deny.inc();
+        conn.outcome("revocation_stale");
         return plain(
             StatusCode::SERVICE_UNAVAILABLE,
             "the sidecar does not know the authority's current revocations (fail closed)\n",
@@ -328,7 +382,7 @@ async fn handle(ctx: &Ctx, conn: &Conn, mut req: Request<Incoming>) -> Response<
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|n| n > ctx.cfg.max_body) {
-        conn.counters.too_large.inc();
+        conn.outcome("too_large");
         return plain(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
     }
     let mut env = Env {
@@ -357,7 +411,7 @@ async fn handle(ctx: &Ctx, conn: &Conn, mut req: Request<Incoming>) -> Response<
                 (scopes, Authn::MtlsJwt, subject, actors)
             }
             Err(why) => {
-                conn.counters.bad_token.inc();
+                conn.outcome("bad_token");
                 let mut r = plain(StatusCode::UNAUTHORIZED, why);
                 r.headers_mut().insert(
                     header::WWW_AUTHENTICATE,
@@ -368,8 +422,10 @@ async fn handle(ctx: &Ctx, conn: &Conn, mut req: Request<Incoming>) -> Response<
         },
     };
     // The decision and the upstream see one path: the canonical form, or a 400.
+    let span = tracing::Span::current();
+    span.record("tessera.authn", authn.as_str());
     if let Err(e) = ctx.authz.canonicalize(&mut req) {
-        conn.counters.deny.inc();
+        conn.outcome("bad_path");
         return plain(StatusCode::BAD_REQUEST, format!("{e}\n"));
     }
     let d = ctx.authz.decide_chain(
@@ -381,8 +437,10 @@ async fn handle(ctx: &Ctx, conn: &Conn, mut req: Request<Incoming>) -> Response<
         authn,
         &env,
     );
+    ctx.metrics.observe_decision(started.elapsed());
+    span.record("tessera.decision.reason", d.reason.as_str());
     if let Some(limited) = &d.limited {
-        conn.counters.limited.inc();
+        conn.outcome("limited");
         let mut r = plain(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded\n");
         r.headers_mut().insert(
             header::RETRY_AFTER,
@@ -391,13 +449,13 @@ async fn handle(ctx: &Ctx, conn: &Conn, mut req: Request<Incoming>) -> Response<
         return r;
     }
     if !d.allowed {
-        conn.counters.deny.inc();
+        conn.outcome("deny");
         let mut r = plain(StatusCode::FORBIDDEN, "denied by policy\n");
         r.headers_mut()
             .insert("tessera-decision", HeaderValue::from_static("deny"));
         return r;
     }
-    conn.counters.allow.inc();
+    conn.outcome("allow");
     forward(ctx, caller, req).await
 }
 
@@ -418,10 +476,13 @@ async fn bearer(
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
         .map(|(_, t)| t.trim())
         .ok_or("a bearer access token is required\n")?;
-    let verified = verifier
-        .verify(token)
-        .await
-        .map_err(|_| "the access token is not valid for this service\n")?;
+    let span = tracing::Span::current();
+    let verified = verifier.verify(token).await.map_err(|e| {
+        span.record("tessera.verify.result", "refused");
+        span.record("tessera.verify.reason", e.reason());
+        "the access token is not valid for this service\n"
+    })?;
+    span.record("tessera.verify.result", "valid");
     let subject = SpiffeId::parse(&verified.subject)
         .map_err(|_| "the access token's subject is not a SPIFFE ID\n")?;
     let actors = tessera_verify::actor_chain(&verified.claims)
@@ -462,6 +523,9 @@ async fn forward(ctx: &Ctx, caller: &SpiffeId, req: Request<Incoming>) -> Respon
         return plain(StatusCode::BAD_REQUEST, "caller cannot be named\n");
     };
     parts.headers.insert(CALLER_HEADER, who);
+    // The upstream continues this hop's trace (while tracing is off, the caller's header passes
+    // through as it came).
+    tessera_telemetry::inject(&tracing::Span::current(), &mut parts.headers);
     // Most services speak HTTP/1.1 only: an HTTP/2 caller is translated unless the upstream is
     // declared h2c (gRPC needs HTTP/2, and its trailers, end to end).
     let h2 = ctx.cfg.upstream_h2;

@@ -30,6 +30,7 @@ use tessera_core::SpiffeId;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_rustls::client::TlsStream;
+use tracing::Instrument;
 
 use crate::{plain, provider, strip_hop_by_hop, Body, Identity, ProxyError, ProxyMetrics};
 
@@ -491,7 +492,7 @@ async fn accept_loop(
             }
             let service = hyper::service::service_fn(move |req| {
                 let ctx = ctx.clone();
-                async move { Ok::<_, Infallible>(forward(&ctx, req).await) }
+                async move { Ok::<_, Infallible>(traced(&ctx, req).await) }
             });
             tessera_listen::serve_http(stream, service, ticket, std::future::pending()).await;
         });
@@ -520,6 +521,39 @@ async fn drop_pool_on_withdrawal(ctx: Arc<Ctx>) {
     }
 }
 
+/// [`forward`] inside the span of this hop (the client side of the mTLS call): the
+/// application's trace continued, the target's identity and what became of the request.
+async fn traced(ctx: &Ctx, req: Request<Incoming>) -> Response<Body> {
+    let span = tracing::info_span!(
+        target: tessera_telemetry::TARGET,
+        "outbound",
+        "otel.name" = "tessera.proxy.outbound",
+        "otel.kind" = "client",
+        "otel.status_code" = tracing::field::Empty,
+        "http.request.method" = %req.method(),
+        "server.address" = %ctx.cfg.target,
+        "tessera.caller" = tracing::field::Empty,
+        "tessera.target" = %ctx.cfg.target_id,
+        "tessera.authn" = if ctx.cfg.token.is_some() { "mtls+jwt" } else { "mtls" },
+        "tessera.outcome" = tracing::field::Empty,
+        "http.response.status_code" = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+    );
+    if span.is_disabled() {
+        return forward(ctx, req).await;
+    }
+    if let Some(me) = ctx.identity.spiffe_id() {
+        span.record("tessera.caller", me.as_str());
+    }
+    tessera_telemetry::continue_trace(&span, req.headers());
+    let res = forward(ctx, req).instrument(span.clone()).await;
+    span.record("http.response.status_code", res.status().as_u16());
+    if res.status().is_server_error() {
+        span.record("otel.status_code", "ERROR");
+    }
+    res
+}
+
 async fn forward(ctx: &Ctx, req: Request<Incoming>) -> Response<Body> {
     let me = ctx
         .identity
@@ -528,16 +562,14 @@ async fn forward(ctx: &Ctx, req: Request<Incoming>) -> Response<Body> {
         .unwrap_or_default();
     let revoked = &ctx.cfg.revocations;
     if revoked.workload_revoked(&me) || revoked.workload_revoked(ctx.cfg.target_id.as_str()) {
-        ctx.metrics
-            .request(&me, ctx.cfg.target_id.as_str(), "revoked");
+        outcome(ctx, &me, "revoked");
         return plain(
             StatusCode::FORBIDDEN,
             "this sidecar's identity or its target's has been revoked\n",
         );
     }
     if revoked.refuses_all() {
-        ctx.metrics
-            .request(&me, ctx.cfg.target_id.as_str(), "revocation_stale");
+        outcome(ctx, &me, "revocation_stale");
         return plain(
             StatusCode::SERVICE_UNAVAILABLE,
             "the sidecar does not know the authority's current revocations (fail closed)\n",
@@ -567,26 +599,25 @@ async fn forward(ctx: &Ctx, req: Request<Incoming>) -> Response<Body> {
                 parts.headers.insert(header::AUTHORIZATION, value);
             }
             Err(e) => {
-                ctx.metrics
-                    .request(&me, ctx.cfg.target_id.as_str(), "no_token");
+                outcome(ctx, &me, "no_token");
                 tracing::warn!(error = %e, target = %ctx.cfg.target_id, "no access token");
                 return plain(StatusCode::BAD_GATEWAY, format!("{e}\n"));
             }
         }
     }
+    // The inbound sidecar continues this hop's trace.
+    tessera_telemetry::inject(&tracing::Span::current(), &mut parts.headers);
     let out = Request::from_parts(
         parts,
         body.map_err(|e| Box::new(e) as crate::BoxError).boxed(),
     );
     match generation.client.request(out).await {
         Ok(resp) => {
-            ctx.metrics
-                .request(&me, ctx.cfg.target_id.as_str(), "forwarded");
+            outcome(ctx, &me, "forwarded");
             crate::relay(resp)
         }
         Err(e) => {
-            ctx.metrics
-                .request(&me, ctx.cfg.target_id.as_str(), "upstream_error");
+            outcome(ctx, &me, "upstream_error");
             tracing::warn!(error = %e, target = %ctx.cfg.target_id, "the target refused or failed");
             plain(
                 StatusCode::BAD_GATEWAY,
@@ -594,4 +625,10 @@ async fn forward(ctx: &Ctx, req: Request<Incoming>) -> Response<Body> {
             )
         }
     }
+}
+
+/// Counts what became of a request and puts it on the request's span.
+fn outcome(ctx: &Ctx, me: &str, what: &'static str) {
+    ctx.metrics.request(me, ctx.cfg.target_id.as_str(), what);
+    tracing::Span::current().record("tessera.outcome", what);
 }

@@ -228,6 +228,8 @@ pub struct ConfigFile {
     /// `URL VKEY` each.
     #[serde(default)]
     pub log_witnesses: Vec<String>,
+    /// The OTLP/HTTP collector traces go to (`OTEL_EXPORTER_OTLP_ENDPOINT` wins over it).
+    pub otlp_endpoint: Option<String>,
 }
 
 /// `trust_domains = ["prod.example.org", { name = "dev.example.org", environment = "dev" }]`

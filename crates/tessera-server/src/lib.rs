@@ -16,6 +16,7 @@
 //!   oauth/        token.rs -> federated.rs -> delegation.rs -> client_auth.rs -> form.rs
 //! admin_socket.rs serves the admin Router it is given on DATA/admin.sock (peer uid)
 //! extract.rs      axum extractors for the caller and the issuer (asks domain/caller.rs)
+//! trace.rs        the span of every API request (W3C trace context in), for router.rs
 //! error.rs        the one place errors become HTTP: ApiError and a From for every domain error
 //! domain/         what the authority does, no axum; each module returns its own error enum
 //! app/            the bottom: App, the Snapshot, the key/CA/trust-key rings, DB pools
@@ -34,6 +35,7 @@ mod metrics;
 mod router;
 mod start_error;
 mod tls;
+mod trace;
 
 pub use api::oauth::form::Form;
 pub use app::keys::KekSource;

@@ -86,6 +86,10 @@ pub(crate) struct Metrics {
     /// Refusals counted into a window's summary instead of a record of their own.
     pub refusals_aggregated: Counter,
     pub svids_issued: Counter,
+    /// X.509-SVID requests refused (not registered to the agent, a bad CSR): M1 for SVIDs.
+    pub svids_refused: Counter,
+    /// One agent's sign request, from arrival to the durable record (M6 for SVIDs).
+    pub svid_sign_seconds: Histogram,
     pub ca_expiry_seconds: Family<TdLabels, Gauge>,
     pub secret_reads: Family<ResultLabels, Counter>,
     pub secrets_overdue: Family<ReasonLabels, Gauge>,
@@ -111,6 +115,10 @@ impl Metrics {
             audit_failures: Counter::default(),
             refusals_aggregated: Counter::default(),
             svids_issued: Counter::default(),
+            svids_refused: Counter::default(),
+            svid_sign_seconds: Histogram::new([
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2.0,
+            ]),
             ca_expiry_seconds: Family::default(),
             secret_reads: Family::default(),
             secrets_overdue: Family::default(),
@@ -157,6 +165,16 @@ impl Metrics {
             "tessera_x509_svids_issued",
             "X.509-SVIDs signed for workloads",
             m.svids_issued.clone(),
+        );
+        registry.register(
+            "tessera_x509_svids_refused",
+            "X.509-SVID requests refused (not registered to the agent, a CSR that asks for more)",
+            m.svids_refused.clone(),
+        );
+        registry.register(
+            "tessera_svid_sign_duration_seconds",
+            "Time from an agent's sign request to its durable record",
+            m.svid_sign_seconds.clone(),
         );
         registry.register(
             "tessera_policy_decisions",

@@ -73,6 +73,7 @@ pub(crate) fn api_router(app: Arc<App>) -> Router {
                 "no such endpoint; see /.well-known/oauth-authorization-server".into(),
             )
         })
+        .layer(middleware::from_fn(crate::trace::request_span))
         .with_state(app)
 }
 

@@ -17,6 +17,7 @@ use std::task::{Context, Poll};
 
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use tower::{Layer, Service};
+use tracing::Instrument;
 
 use tessera_core::{Scope, SpiffeId};
 use tessera_policy::{Authn, Env};
@@ -125,7 +126,24 @@ where
         let verifier = self.verifier.clone();
         let scope = self.scope.clone();
         let authorizer = self.authorizer.clone();
+        let span = tracing::info_span!(
+            target: tessera_telemetry::TARGET,
+            "verify",
+            "otel.name" = "tessera.verify",
+            "otel.kind" = "server",
+            "http.request.method" = %req.method(),
+            "tessera.caller" = tracing::field::Empty,
+            "tessera.authn" = "jwt",
+            "tessera.verify.result" = tracing::field::Empty,
+            "tessera.verify.reason" = tracing::field::Empty,
+            "tessera.decision" = tracing::field::Empty,
+            "tessera.decision.reason" = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
+        );
+        tessera_telemetry::continue_trace(&span, req.headers());
+        let traced = span.clone();
         Box::pin(async move {
+            let span = traced;
             let token = req
                 .headers()
                 .get(header::AUTHORIZATION)
@@ -137,6 +155,8 @@ where
                         .then(|| rest.trim().to_owned())
                 });
             let Some(token) = token else {
+                span.record("tessera.verify.result", "refused");
+                span.record("tessera.verify.reason", "no_token");
                 let mut r = refuse(
                     StatusCode::UNAUTHORIZED,
                     "invalid_request",
@@ -146,7 +166,18 @@ where
                     .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
                 return Ok(r);
             };
-            let verified: Verified = match verifier.verify(&token).await {
+            let result = verifier.verify(&token).await;
+            match &result {
+                Ok(v) => {
+                    span.record("tessera.verify.result", "valid");
+                    span.record("tessera.caller", v.subject.as_str());
+                }
+                Err(e) => {
+                    span.record("tessera.verify.result", "refused");
+                    span.record("tessera.verify.reason", e.reason());
+                }
+            }
+            let verified: Verified = match result {
                 Ok(v) => v,
                 Err(VerifyError::KeysUnavailable(_)) => {
                     return Ok(refuse(
@@ -214,6 +245,15 @@ where
                     Authn::Jwt,
                     &env,
                 );
+                span.record(
+                    "tessera.decision",
+                    match (d.allowed, d.limited.is_some()) {
+                        (_, true) => "limited",
+                        (true, false) => "allow",
+                        (false, false) => "deny",
+                    },
+                );
+                span.record("tessera.decision.reason", d.reason.as_str());
                 if let Some(limited) = &d.limited {
                     let mut r = Response::new(ResBody::default());
                     *r.status_mut() = StatusCode::TOO_MANY_REQUESTS;
@@ -229,7 +269,9 @@ where
                 req.extensions_mut().insert(d);
             }
             req.extensions_mut().insert(verified);
-            inner.call(req).await
+            // The service's own spans and calls continue this one.
+            tessera_telemetry::inject(&span, req.headers_mut());
+            inner.call(req).instrument(span).await
         })
     }
 }

@@ -16,7 +16,7 @@ use tessera_core::admin_api::{
 
 use crate::cli::{AgentArgs, AgentCommand, AgentTokenCommand, CaCommand, Output};
 use crate::render;
-use crate::support::{admin, init_logs, parse_duration, print, wait_for_signal};
+use crate::support::{admin, init_logs, parse_duration, print, serve_admin, wait_for_signal};
 
 pub(crate) async fn run(a: AgentArgs) -> anyhow::Result<u8> {
     if let Some(AgentCommand::Token {
@@ -48,7 +48,7 @@ pub(crate) async fn run(a: AgentArgs) -> anyhow::Result<u8> {
         });
         return Ok(0);
     }
-    init_logs(a.log_format, "info");
+    let _tracing = init_logs(a.log_format, "info", "tessera-agent", None)?;
     let server = a
         .server
         .ok_or_else(|| anyhow!("--server URL is required to run the agent"))?;
@@ -69,6 +69,13 @@ pub(crate) async fn run(a: AgentArgs) -> anyhow::Result<u8> {
     let mut line = format!("tessera: agent ready socket={}", running.socket.display());
     if let Some(u) = &running.imds_url {
         line.push_str(&format!(" imds={u}"));
+    }
+    if let Some(addr) = a.admin_listen {
+        let mut registry = prometheus_client::registry::Registry::default();
+        let metrics = tessera_agent::metrics::AgentMetrics::register(&mut registry);
+        tokio::spawn(metrics.keep_current(running.agent.clone()));
+        let url = serve_admin(addr, registry, axum::Router::new()).await?;
+        line.push_str(&format!(" admin={url}"));
     }
     let stop = wait_for_signal();
     println!("{line}");

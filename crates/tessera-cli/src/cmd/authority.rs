@@ -257,11 +257,16 @@ pub(crate) async fn keys(command: KeysCommand) -> anyhow::Result<u8> {
 
 /// `tessera server`.
 pub(crate) async fn server(a: ServerArgs) -> anyhow::Result<u8> {
-    init_logs(a.log_format, "info,sqlx=warn");
     let file = match &a.config {
         Some(p) => ConfigFile::load(p)?,
         None => ConfigFile::default(),
     };
+    let _tracing = init_logs(
+        a.log_format,
+        "info,sqlx=warn",
+        "tessera-server",
+        file.otlp_endpoint.as_deref(),
+    )?;
     let data = a
         .data
         .clone()
@@ -413,7 +418,7 @@ fn metadata_url(issuer: &str) -> anyhow::Result<reqwest::Url> {
 
 /// `tessera verify TOKEN` (exit 1 when refused).
 pub(crate) async fn verify(a: VerifyArgs) -> anyhow::Result<u8> {
-    init_logs(LogFormat::Text, "error");
+    let _tracing = init_logs(LogFormat::Text, "error", "tessera-verify", None)?;
     let token = if a.token == "-" {
         let mut s = String::new();
         std::io::stdin()

@@ -78,7 +78,7 @@ impl Steps {
 }
 
 pub(crate) async fn run(a: DevArgs) -> anyhow::Result<u8> {
-    init_logs(LogFormat::Text, "warn,sqlx=warn");
+    let _tracing = init_logs(LogFormat::Text, "warn,sqlx=warn", "tessera-dev", None)?;
     let temp;
     let data = match &a.data {
         Some(d) => d.clone(),

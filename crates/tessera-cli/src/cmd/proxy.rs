@@ -19,7 +19,7 @@ use tessera_verify::{
 };
 
 use crate::cli::{ProxyCommand, ProxyCommon};
-use crate::support::{init_logs, wait_for_signal};
+use crate::support::{init_logs, serve_admin, wait_for_signal};
 
 pub(crate) async fn run(command: ProxyCommand) -> anyhow::Result<u8> {
     let mut registry = prometheus_client::registry::Registry::default();
@@ -42,7 +42,7 @@ pub(crate) async fn run(command: ProxyCommand) -> anyhow::Result<u8> {
             revocation_fail_closed,
             common,
         } => {
-            init_logs(common.log_format, "info");
+            let _tracing = init_logs(common.log_format, "info", "tessera-proxy", None)?;
             let identity = identity(&common, &metrics).await?;
             let me = identity
                 .spiffe_id()
@@ -91,7 +91,7 @@ pub(crate) async fn run(command: ProxyCommand) -> anyhow::Result<u8> {
             revocation_fail_closed,
             common,
         } => {
-            init_logs(common.log_format, "info");
+            let _tracing = init_logs(common.log_format, "info", "tessera-proxy", None)?;
             if !listen.ip().is_loopback() {
                 bail!("--listen {listen}: the outbound side speaks plain HTTP, so it listens on loopback only");
             }
@@ -130,33 +130,15 @@ pub(crate) async fn run(command: ProxyCommand) -> anyhow::Result<u8> {
     };
     let mut line = format!("tessera: proxy ready listen={listen}");
     if let Some(addr) = common.admin_listen {
-        if !addr.ip().is_loopback() {
-            bail!("--admin-listen {addr}: loopback only");
-        }
-        let registry = Arc::new(registry);
-        let admin = bind(addr).await?;
-        line.push_str(&format!(" admin=http://{}", admin.local_addr()?));
-        let app = axum::Router::new()
-            .route("/healthz", get(|| async { "ok\n" }))
-            .route(
-                "/readyz",
-                get(move || {
-                    let health = health.clone();
-                    async move { readiness(health.as_ref()) }
-                }),
-            )
-            .route(
-                "/metrics",
-                get(move || {
-                    let registry = registry.clone();
-                    async move {
-                        let mut out = String::new();
-                        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
-                        out
-                    }
-                }),
-            );
-        tokio::spawn(async move { axum::serve(admin, app).await });
+        let ready = axum::Router::new().route(
+            "/readyz",
+            get(move || {
+                let health = health.clone();
+                async move { readiness(health.as_ref()) }
+            }),
+        );
+        let url = serve_admin(addr, registry, ready).await?;
+        line.push_str(&format!(" admin={url}"));
     }
     let signal = wait_for_signal();
     println!("{line}");

@@ -299,11 +299,18 @@ type SignJob = Result<(Vec<u8>, i64), ItemError>;
 /// `POST /agent/v1/sign`: X.509-SVIDs for workloads registered to this agent, from CSRs made
 /// on the node (private keys never leave it). Signed on blocking threads, recorded and audited
 /// in one commit before any is returned.
+#[tracing::instrument(target = "otel", name = "svid_sign", skip_all, fields(
+    otel.name = "tessera.svid.sign", tessera.agent, tessera.svid.requested,
+    tessera.svid.signed, tessera.audit.wait_us))]
 async fn post_sign(
     State(app): State<Arc<App>>,
     AgentCaller(agent): AgentCaller,
     Json(req): Json<SignRequest>,
 ) -> Result<Json<SignResponse>, ApiError> {
+    let started = std::time::Instant::now();
+    let span = tracing::Span::current();
+    span.record("tessera.agent", agent.spiffe_id.as_str());
+    span.record("tessera.svid.requested", req.csrs.len());
     let snap = app.snapshot();
     if req.csrs.len() > MAX_SIGN_BATCH {
         return Err(ApiError::BadRequest(format!(
@@ -407,15 +414,28 @@ async fn post_sign(
         }
     }
     // Fail closed: nothing is handed out unless its record and audit are durable.
+    let waited = std::time::Instant::now();
     app.store
         .commit(&[Op::RecordSvids(records)], &events)
         .await
         .inspect_err(|_| {
             app.metrics.audit_failures.inc();
         })?;
+    span.record(
+        "tessera.audit.wait_us",
+        u64::try_from(waited.elapsed().as_micros()).unwrap_or(u64::MAX),
+    );
+    let signed = items.iter().filter(|i| i.error.is_none()).count();
+    span.record("tessera.svid.signed", signed);
     app.metrics
         .svids_issued
-        .inc_by(u64::try_from(items.iter().filter(|i| i.error.is_none()).count()).unwrap_or(0));
+        .inc_by(u64::try_from(signed).unwrap_or(0));
+    app.metrics
+        .svids_refused
+        .inc_by(u64::try_from(items.len().saturating_sub(signed)).unwrap_or(0));
+    app.metrics
+        .svid_sign_seconds
+        .observe(started.elapsed().as_secs_f64());
     Ok(Json(SignResponse { svids: items }))
 }
 

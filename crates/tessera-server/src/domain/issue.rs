@@ -11,6 +11,7 @@ use tessera_core::{Scope, SpiffeId};
 use tessera_policy::Explanation;
 use tessera_store::{AssertionClaim, AuditEvent, AuditKind, Outcome};
 use tessera_token::{sign, AccessTokenClaims, TYP_ACCESS_TOKEN};
+use tracing::field::Empty;
 
 use crate::app::status_lists::StatusIndex;
 use crate::app::{authority_id, App, Issuer, Snapshot};
@@ -126,6 +127,17 @@ pub enum IssueError {
 }
 
 impl IssueError {
+    /// A bounded word for metrics and spans: the RFC 6749 code, `rate_limited`, `replayed` or
+    /// `unavailable`.
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            Self::Refused { code, .. } => code.as_str(),
+            Self::Limited { .. } => "rate_limited",
+            Self::Replayed => "replayed",
+            Self::Unavailable(_) => "unavailable",
+        }
+    }
+
     fn refused(code: OAuthCode, reason: impl Into<String>) -> Self {
         Self::Refused {
             code,
@@ -145,13 +157,34 @@ pub(crate) async fn commit(
     issuer: &Issuer,
     req: &IssueRequest,
 ) -> Result<Minted, IssueError> {
-    match mint(snap, issuer, req, &app.status_index) {
+    let span = tracing::info_span!(
+        target: tessera_telemetry::TARGET,
+        "issue",
+        "otel.name" = "tessera.issue",
+        "tessera.grant_type" = req.grant_type.as_str(),
+        "tessera.client.auth_method" = req.auth,
+        "tessera.caller" = %req.caller,
+        "tessera.target" = Empty,
+        "tessera.decision" = Empty,
+        "tessera.determined_by" = Empty,
+        "tessera.audit.wait_us" = Empty,
+        "error.type" = Empty,
+    );
+    let minted = span.in_scope(|| mint(snap, issuer, req, &app.status_index));
+    let started = std::time::Instant::now();
+    let out = match minted {
         Ok(minted) => {
-            record(app, req, minted.event.clone()).await?;
-            Ok(minted)
+            span.record("tessera.target", minted.claims.aud.as_str());
+            span.record("tessera.decision", "allow");
+            record(app, req, minted.event.clone())
+                .await
+                .map(|()| minted)
         }
         Err(denied) => {
             let (event, err) = *denied;
+            if !span.is_disabled() {
+                trace_refusal(&span, &event, &err);
+            }
             match record(app, req, event).await {
                 // A replayed credential is refused as such, whatever else was wrong.
                 Err(IssueError::Replayed) => Err(IssueError::Replayed),
@@ -162,6 +195,33 @@ pub(crate) async fn commit(
                 Ok(()) => Err(err),
             }
         }
+    };
+    span.record(
+        "tessera.audit.wait_us",
+        u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+    );
+    if let Err(e) = &out {
+        span.record("error.type", e.kind());
+    }
+    out
+}
+
+/// A refusal's target and deciding policies on the issuance span (names only, from the record).
+fn trace_refusal(span: &tracing::Span, event: &AuditEvent, err: &IssueError) {
+    span.record(
+        "tessera.decision",
+        match err {
+            IssueError::Limited { .. } => "limited",
+            IssueError::Unavailable(_) => "error",
+            _ => "deny",
+        },
+    );
+    if let Some(t) = event.detail.get("target").and_then(Value::as_str) {
+        span.record("tessera.target", t);
+    }
+    if let Some(by) = event.detail.get("determined_by").and_then(Value::as_array) {
+        let by: Vec<&str> = by.iter().filter_map(Value::as_str).collect();
+        span.record("tessera.determined_by", by.join(",").as_str());
     }
 }
 
@@ -438,6 +498,13 @@ fn decide(
         .engine
         .decide_issue(caller, &target, &scopes, context, env);
     snap.counters.decision("issue", &decision);
+    let span = tracing::Span::current();
+    if !span.is_disabled() && decision.allowed {
+        span.record(
+            "tessera.determined_by",
+            decision.determined_by.join(",").as_str(),
+        );
+    }
     if let Some(shadow) = &snap.shadow {
         let candidate = shadow
             .engine

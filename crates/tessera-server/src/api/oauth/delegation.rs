@@ -77,6 +77,8 @@ fn chain_len(act: Option<&Value>) -> usize {
     }
 }
 
+#[tracing::instrument(target = "otel", name = "delegation", skip_all, fields(
+    otel.name = "tessera.delegation"))]
 pub(crate) async fn delegate(
     app: &App,
     snap: &Snapshot,

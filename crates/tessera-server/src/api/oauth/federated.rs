@@ -67,6 +67,8 @@ fn invalid_request(reason: impl Into<String>) -> ApiError {
 }
 
 /// RFC 8693 token exchange and RFC 7523 `jwt-bearer`.
+#[tracing::instrument(target = "otel", name = "federation", skip_all, fields(
+    otel.name = "tessera.federation.exchange", tessera.grant_type = grant_type.as_str()))]
 pub(crate) async fn exchange(
     app: &App,
     snap: &Snapshot,
