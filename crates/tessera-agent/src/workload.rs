@@ -196,7 +196,7 @@ fn check_header<T>(req: &Request<T>) -> Result<(), Status> {
 fn trace_process(p: &Process) {
     let span = tracing::Span::current();
     span.record("process.pid", p.pid);
-    span.record("process.owner.uid", p.uid);
+    span.record("process.owner.uid", i64::from(p.uid));
 }
 
 /// A refusal's gRPC code on the current span.

@@ -135,6 +135,11 @@ pub(crate) enum Command {
     /// Why a token or a call is allowed or denied: the decision, the policies (file and line)
     /// that made it, and for a denial what is missing. Exit 0 allowed, 1 denied.
     Explain(ExplainArgs),
+    /// Check a deployment from the outside: the authority's reachability and clock, its trust
+    /// bundle's expiry, bundles held locally, and agents' and sidecars' metrics (revocation stream,
+    /// policy bundle, SVID expiry, sync). Prints what is wrong and which runbook applies; exit 1
+    /// when anything fails.
+    Doctor(DoctorArgs),
     /// Policy sets: validate, test, diff the shadow set, promote it, roll back.
     Policy {
         #[command(subcommand)]
@@ -263,6 +268,30 @@ pub(crate) fn parse_size(s: &str) -> Result<usize, String> {
         .ok()
         .and_then(|n| n.checked_mul(mult))
         .ok_or_else(|| format!("`{s}` is not a size such as `10MiB`, `64KiB` or `512`"))
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DoctorArgs {
+    /// The authority's base URL.
+    #[arg(long, env = "TESSERA_SERVER")]
+    pub server: String,
+    /// A PEM CA certificate to trust for `--server https://...` (e.g. `DATA/tls/ca.pem`).
+    #[arg(long, env = "TESSERA_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// A trust bundle this deployment holds (PEM certificates, or a SPIFFE bundle in JSON):
+    /// checked for expiry and against the authority's current bundle. Repeatable.
+    #[arg(long = "bundle", value_name = "FILE")]
+    pub bundles: Vec<PathBuf>,
+    /// The `/metrics` URL of an agent or sidecar (`--admin-listen`): its revocation stream,
+    /// policy bundle, SVIDs and sync. Repeatable.
+    #[arg(long = "metrics", value_name = "URL")]
+    pub metrics: Vec<String>,
+    /// The clock difference tolerated between this host and the authority.
+    #[arg(long, default_value = "5s")]
+    pub max_skew: String,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
 }
 
 #[derive(Debug, Args)]

@@ -44,7 +44,7 @@ fn main() -> std::process::ExitCode {
 
 /// One line per command.
 async fn dispatch(command: Command) -> anyhow::Result<u8> {
-    use cmd::{agent, audit, authority, db, dev, exec, policy, proxy, secret};
+    use cmd::{agent, audit, authority, db, dev, doctor, exec, policy, proxy, secret};
     match command {
         Command::Server(a) => authority::server(a).await,
         Command::Dev(a) => dev::run(a).await,
@@ -61,6 +61,7 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
         Command::Keys { command } => authority::keys(command).await,
         Command::Verify(a) => authority::verify(a).await,
         Command::Explain(a) => policy::explain(a).await,
+        Command::Doctor(a) => doctor::run(a).await,
         Command::Policy { command } => policy::run(command).await,
         Command::Proxy { command } => proxy::run(command).await,
         Command::Agent(a) => agent::run(a).await,

@@ -475,3 +475,45 @@ pub(crate) fn explanation(x: &Explanation) -> String {
     }
     o
 }
+
+/// How one `tessera doctor` check came out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Status {
+    Ok,
+    Warn,
+    Fail,
+}
+
+/// One `tessera doctor` finding: what was checked, how it came out, and the runbook to follow.
+#[derive(Debug, Clone, serde::Serialize)]
+pub(crate) struct Finding {
+    pub check: &'static str,
+    pub status: Status,
+    pub detail: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub runbook: Option<&'static str>,
+}
+
+pub(crate) fn findings(rows: &[Finding]) -> String {
+    let mut out = String::new();
+    for f in rows {
+        let status = match f.status {
+            Status::Ok => "ok  ",
+            Status::Warn => "WARN",
+            Status::Fail => "FAIL",
+        };
+        out.push_str(&format!("{status}  {:<18} {}", f.check, clean(&f.detail)));
+        if let (Some(r), false) = (f.runbook, f.status == Status::Ok) {
+            out.push_str(&format!("\n      runbook: {r}"));
+        }
+        out.push('\n');
+    }
+    let failed = rows.iter().filter(|f| f.status == Status::Fail).count();
+    let warned = rows.iter().filter(|f| f.status == Status::Warn).count();
+    out.push_str(&format!(
+        "\n{} checks: {failed} failed, {warned} warnings\n",
+        rows.len()
+    ));
+    out
+}

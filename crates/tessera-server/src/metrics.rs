@@ -24,6 +24,12 @@ pub(crate) struct TdLabels {
     pub trust_domain: String,
 }
 
+/// A configured trust's name: as many series as trusts in the identity files.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct TrustLabels {
+    pub trust: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DecisionLabels {
     pub point: &'static str,
@@ -86,6 +92,8 @@ pub(crate) struct Metrics {
     /// Refusals counted into a window's summary instead of a record of their own.
     pub refusals_aggregated: Counter,
     pub svids_issued: Counter,
+    /// An outside issuer's keys could not be discovered or fetched (federation issuer outage).
+    pub trust_key_failures: Family<TrustLabels, Counter>,
     /// X.509-SVID requests refused (not registered to the agent, a bad CSR): M1 for SVIDs.
     pub svids_refused: Counter,
     /// One agent's sign request, from arrival to the durable record (M6 for SVIDs).
@@ -116,6 +124,7 @@ impl Metrics {
             refusals_aggregated: Counter::default(),
             svids_issued: Counter::default(),
             svids_refused: Counter::default(),
+            trust_key_failures: Family::default(),
             svid_sign_seconds: Histogram::new([
                 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2.0,
             ]),
@@ -170,6 +179,11 @@ impl Metrics {
             "tessera_x509_svids_refused",
             "X.509-SVID requests refused (not registered to the agent, a CSR that asks for more)",
             m.svids_refused.clone(),
+        );
+        registry.register(
+            "tessera_trust_key_failures",
+            "Federated exchanges refused because the outside issuer's keys could not be discovered or fetched, by trust",
+            m.trust_key_failures.clone(),
         );
         registry.register(
             "tessera_svid_sign_duration_seconds",

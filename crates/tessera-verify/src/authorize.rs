@@ -18,6 +18,7 @@ use std::time::Duration;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use serde::Deserialize;
 use tessera_core::{Scope, SpiffeId};
@@ -51,12 +52,15 @@ struct DecisionLabels {
     result: &'static str,
 }
 
-/// `tessera_authz_decisions_total{result=allow|deny|error|limited|no_bundle}` and
-/// `tessera_authz_records_dropped_total`.
+/// `tessera_authz_decisions_total{result=allow|deny|error|limited|no_bundle}`,
+/// `tessera_authz_records_dropped_total` and `tessera_policy_bundle_synced_timestamp_seconds`.
 #[derive(Clone, Debug, Default)]
 pub struct AuthzMetrics {
     decisions: Family<DecisionLabels, Counter>,
     dropped: Counter,
+    /// When the authority last answered a bundle poll (unix seconds): the policy in force is
+    /// current as of then.
+    synced: Gauge,
 }
 
 impl AuthzMetrics {
@@ -71,6 +75,11 @@ impl AuthzMetrics {
             "tessera_authz_records_dropped",
             "Decision records not sent to the authority because the queue was full",
             m.dropped.clone(),
+        );
+        registry.register(
+            "tessera_policy_bundle_synced_timestamp_seconds",
+            "When the authority last answered this service's policy bundle poll (unix seconds)",
+            m.synced.clone(),
         );
         m
     }
@@ -433,6 +442,7 @@ impl Authorizer {
                 {
                     Ok(Some(bundle)) => match this.set_bundle(&bundle) {
                         Ok(()) => {
+                            this.inner.metrics.synced.set(tessera_core::now_unix());
                             tracing::info!(version = %bundle.version, "policy bundle loaded");
                             backoff = Duration::from_millis(200);
                         }
@@ -441,7 +451,10 @@ impl Authorizer {
                             tokio::time::sleep(Duration::from_secs(5)).await;
                         }
                     },
-                    Ok(None) => backoff = Duration::from_millis(200),
+                    Ok(None) => {
+                        this.inner.metrics.synced.set(tessera_core::now_unix());
+                        backoff = Duration::from_millis(200);
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "policy bundle fetch failed; keeping the last good one");
                         tokio::time::sleep(backoff).await;

@@ -6,6 +6,7 @@ pub(crate) mod audit;
 pub(crate) mod authority;
 pub(crate) mod db;
 pub(crate) mod dev;
+pub(crate) mod doctor;
 pub(crate) mod exec;
 pub(crate) mod policy;
 pub(crate) mod proxy;

@@ -15,7 +15,7 @@ use tessera_proxy::outbound::{OutboundConfig, TokenSource};
 use tessera_proxy::{Identity, ProxyMetrics};
 use tessera_verify::{
     spawn_feed, Authorizer, AuthzMetrics, BundleSource, FeedMetrics, Freshness, JwksCache,
-    RevocationState, Verifier, VerifierConfig,
+    RevocationState, Verifier, VerifierConfig, VerifyMetrics,
 };
 
 use crate::cli::{ProxyCommand, ProxyCommon};
@@ -72,7 +72,11 @@ pub(crate) async fn run(command: ProxyCommand) -> anyhow::Result<u8> {
                     VerifierConfig::access_token(server.trim_end_matches('/'), me.as_str())
                         .map_err(|e| anyhow!("{e}"))?;
                 let jwks = JwksCache::with_client(base.join("jwks")?, http.clone());
-                cfg.require_token = Some(Verifier::new(config, jwks).with_revocations(revocations));
+                cfg.require_token = Some(
+                    Verifier::new(config, jwks)
+                        .with_revocations(revocations)
+                        .with_metrics(VerifyMetrics::register(&mut registry)),
+                );
             }
             let (m, stop) = (metrics.clone(), stop.clone());
             let task = tokio::spawn(async move {

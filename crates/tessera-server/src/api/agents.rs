@@ -310,7 +310,10 @@ async fn post_sign(
     let started = std::time::Instant::now();
     let span = tracing::Span::current();
     span.record("tessera.agent", agent.spiffe_id.as_str());
-    span.record("tessera.svid.requested", req.csrs.len());
+    span.record(
+        "tessera.svid.requested",
+        i64::try_from(req.csrs.len()).unwrap_or(i64::MAX),
+    );
     let snap = app.snapshot();
     if req.csrs.len() > MAX_SIGN_BATCH {
         return Err(ApiError::BadRequest(format!(
@@ -423,10 +426,13 @@ async fn post_sign(
         })?;
     span.record(
         "tessera.audit.wait_us",
-        u64::try_from(waited.elapsed().as_micros()).unwrap_or(u64::MAX),
+        i64::try_from(waited.elapsed().as_micros()).unwrap_or(i64::MAX),
     );
     let signed = items.iter().filter(|i| i.error.is_none()).count();
-    span.record("tessera.svid.signed", signed);
+    span.record(
+        "tessera.svid.signed",
+        i64::try_from(signed).unwrap_or(i64::MAX),
+    );
     app.metrics
         .svids_issued
         .inc_by(u64::try_from(signed).unwrap_or(0));

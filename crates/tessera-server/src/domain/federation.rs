@@ -9,6 +9,7 @@ use tessera_core::SpiffeId;
 use tessera_token::claims::{audience_contains, check_times, numeric_date, TimeRules};
 use tessera_token::Unverified;
 
+use crate::app::trust_keys::TrustKeyError;
 use crate::app::{App, Snapshot};
 
 /// A trust's mapping rules break the documented rules (checked at apply time).
@@ -162,6 +163,14 @@ pub(crate) async fn verify_outside(
         let key = match app.trust_keys.key(t, parsed.kid.as_ref(), parsed.alg).await {
             Ok(k) => k,
             Err(e) => {
+                if matches!(e, TrustKeyError::Discovery(_) | TrustKeyError::Fetch(_)) {
+                    app.metrics
+                        .trust_key_failures
+                        .get_or_create(&crate::metrics::TrustLabels {
+                            trust: t.name.to_string(),
+                        })
+                        .inc();
+                }
                 last = Some(refuse(format!("trust `{}`: {e}", t.name)));
                 continue;
             }

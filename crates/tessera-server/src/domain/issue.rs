@@ -198,7 +198,7 @@ pub(crate) async fn commit(
     };
     span.record(
         "tessera.audit.wait_us",
-        u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+        i64::try_from(started.elapsed().as_micros()).unwrap_or(i64::MAX),
     );
     if let Err(e) = &out {
         span.record("error.type", e.kind());
