@@ -15,57 +15,12 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
-use serde_json::Value;
-
-const FRONTEND: &str = "spiffe://example.org/prod/frontend";
-const BACKEND: &str = "spiffe://example.org/prod/backend";
-const STRANGER: &str = "spiffe://example.org/prod/stranger";
-
-fn uid() -> String {
-    String::from_utf8(Command::new("id").arg("-u").output().unwrap().stdout)
-        .unwrap()
-        .trim()
-        .to_owned()
-}
 
 fn mesh() -> String {
-    let uid = uid();
-    format!(
-        r#"
-[[workload]]
-id = "{FRONTEND}"
-owner = "team-web"
-purpose = "Calls the backend"
-environment = "prod"
-selectors = ["unix:uid:{uid}"]
-
-[[workload]]
-id = "{BACKEND}"
-owner = "team-api"
-purpose = "Serves the API"
-environment = "prod"
-selectors = ["unix:uid:{uid}"]
-
-[[workload]]
-id = "{STRANGER}"
-owner = "team-x"
-purpose = "Has an SVID, has no grant"
-environment = "prod"
-selectors = ["unix:uid:{uid}"]
-
-[[grant]]
-from = "{FRONTEND}"
-to = "{BACKEND}"
-routes = [{{ methods = ["GET", "POST"], paths = ["/api/*"] }}]
-why = "The web tier reads the API"
-
-[[client]]
-id = "frontend"
-workload = "{FRONTEND}"
-auth = "client_secret"
-"#
-    )
+    sidecar_mesh()
 }
+
+use serde_json::Value;
 
 /// A server with `mesh` applied and a node agent joined, whose Workload API serves this process.
 struct Mesh {

@@ -357,3 +357,55 @@ pub(crate) fn addrs(p: &Proc) -> (String, String) {
     };
     (field("listen="), field("admin="))
 }
+
+pub(crate) const FRONTEND: &str = "spiffe://example.org/prod/frontend";
+pub(crate) const BACKEND: &str = "spiffe://example.org/prod/backend";
+pub(crate) const STRANGER: &str = "spiffe://example.org/prod/stranger";
+
+pub(crate) fn uid() -> String {
+    String::from_utf8(Command::new("id").arg("-u").output().unwrap().stdout)
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+/// Three workloads of this unix user for the sidecar tests: the frontend may call the backend's
+/// `/api/*` with GET and POST; the stranger has an SVID and no grant; `frontend` is also a client.
+pub(crate) fn sidecar_mesh() -> String {
+    let uid = uid();
+    format!(
+        r#"
+[[workload]]
+id = "{FRONTEND}"
+owner = "team-web"
+purpose = "Calls the backend"
+environment = "prod"
+selectors = ["unix:uid:{uid}"]
+
+[[workload]]
+id = "{BACKEND}"
+owner = "team-api"
+purpose = "Serves the API"
+environment = "prod"
+selectors = ["unix:uid:{uid}"]
+
+[[workload]]
+id = "{STRANGER}"
+owner = "team-x"
+purpose = "Has an SVID, has no grant"
+environment = "prod"
+selectors = ["unix:uid:{uid}"]
+
+[[grant]]
+from = "{FRONTEND}"
+to = "{BACKEND}"
+routes = [{{ methods = ["GET", "POST"], paths = ["/api/*"] }}]
+why = "The web tier reads the API"
+
+[[client]]
+id = "frontend"
+workload = "{FRONTEND}"
+auth = "client_secret"
+"#
+    )
+}
