@@ -76,15 +76,14 @@ pub(crate) fn init_logs(
 
     let settings = tessera_telemetry::Settings::from_env(service, configured);
     let tracing = tessera_telemetry::Tracing::start(&settings)?;
-    let mut directives = default.to_owned();
-    if tracing.is_none() {
-        directives.push_str(&format!(",{}=off", tessera_telemetry::TARGET));
-    }
-    let filter = match std::env::var("TESSERA_LOG") {
-        Ok(v) if tracing.is_none() => format!("{v},{}=off", tessera_telemetry::TARGET),
-        Ok(v) => v,
-        Err(_) => directives,
-    };
+    // Tracing off: the fmt layer drops the span target too, so no layer enables a span. On: it
+    // sees the spans (it prints events only), so that a log line carries its span's `trace_id`.
+    let spans = if tracing.is_some() { "trace" } else { "off" };
+    let filter = format!(
+        "{},{}={spans}",
+        std::env::var("TESSERA_LOG").unwrap_or_else(|_| default.to_owned()),
+        tessera_telemetry::TARGET
+    );
     let filter = tracing_subscriber::EnvFilter::try_new(&filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);

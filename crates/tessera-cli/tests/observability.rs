@@ -549,8 +549,14 @@ async fn prometheus_scrapes_every_component_and_evaluates_every_rule_and_panel()
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         // Calls while Prometheus watches, so that the counters move between scrapes.
-        http.get(format!("http://{out_addr}/api/a")).send().await.unwrap();
-        http.get(format!("http://{out_addr}/admin")).send().await.unwrap();
+        http.get(format!("http://{out_addr}/api/a"))
+            .send()
+            .await
+            .unwrap();
+        http.get(format!("http://{out_addr}/admin"))
+            .send()
+            .await
+            .unwrap();
         let m1 = prom(
             &http,
             &base,

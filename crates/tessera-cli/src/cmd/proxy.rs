@@ -27,6 +27,13 @@ pub(crate) async fn run(command: ProxyCommand) -> anyhow::Result<u8> {
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     // The change stream's state, for `/readyz`.
     let mut health: Option<RevocationState> = None;
+    let format = match &command {
+        ProxyCommand::Inbound { common, .. } | ProxyCommand::Outbound { common, .. } => {
+            common.log_format
+        }
+    };
+    // Held until the sidecar stops: dropping it flushes and ends the trace export.
+    let _tracing = init_logs(format, "info", "tessera-proxy", None)?;
     let (task, listen, common) = match command {
         ProxyCommand::Inbound {
             listen,
@@ -42,7 +49,6 @@ pub(crate) async fn run(command: ProxyCommand) -> anyhow::Result<u8> {
             revocation_fail_closed,
             common,
         } => {
-            let _tracing = init_logs(common.log_format, "info", "tessera-proxy", None)?;
             let identity = identity(&common, &metrics).await?;
             let me = identity
                 .spiffe_id()
@@ -95,7 +101,6 @@ pub(crate) async fn run(command: ProxyCommand) -> anyhow::Result<u8> {
             revocation_fail_closed,
             common,
         } => {
-            let _tracing = init_logs(common.log_format, "info", "tessera-proxy", None)?;
             if !listen.ip().is_loopback() {
                 bail!("--listen {listen}: the outbound side speaks plain HTTP, so it listens on loopback only");
             }
