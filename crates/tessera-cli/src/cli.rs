@@ -278,6 +278,9 @@ pub(crate) struct DoctorArgs {
     /// A PEM CA certificate to trust for `--server https://...` (e.g. `DATA/tls/ca.pem`).
     #[arg(long, env = "TESSERA_CA_FILE")]
     pub ca_file: Option<PathBuf>,
+    /// A trust domain whose bundle to check (repeatable; default: the one the base URL issues for).
+    #[arg(long = "trust-domain", value_name = "TD")]
+    pub trust_domains: Vec<String>,
     /// A trust bundle this deployment holds (PEM certificates, or a SPIFFE bundle in JSON):
     /// checked for expiry and against the authority's current bundle. Repeatable.
     #[arg(long = "bundle", value_name = "FILE")]

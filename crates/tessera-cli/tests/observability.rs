@@ -92,6 +92,12 @@ fn alert_rules_pass_promtool_check_and_unit_tests() {
         .expect("promtool (Debian's `prometheus` package) is needed");
     assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
     let o = Command::new("promtool")
+        .args(["check", "config", "prometheus.yml"])
+        .current_dir(rules_dir())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    let o = Command::new("promtool")
         .args([
             "test",
             "rules",

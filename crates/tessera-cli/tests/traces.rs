@@ -6,7 +6,7 @@
 //! decision on the right spans. Issuance, the Workload API and SVID signing are traced too; no
 //! span carries a token or a secret; JSON logs carry the trace id.
 //!
-//! Its own test binary: the OTEL variables are set on this process, for the children to inherit.
+//! Its own test binary: the OTEL variables are given to every child the helpers start.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -75,13 +75,14 @@ async fn one_trace_spans_client_both_sidecars_and_the_upstream() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("spans.jsonl");
     let otlp = receiver(&out);
-    // SAFETY of the environment: this test binary holds this one test, and every child started
-    // below inherits these.
-    std::env::set_var(
-        "OTEL_EXPORTER_OTLP_ENDPOINT",
-        format!("http://127.0.0.1:{}", otlp.ready),
-    );
-    std::env::set_var("OTEL_BSP_SCHEDULE_DELAY", "100");
+    // Every child started below gets these (and only they export traces).
+    set_child_env(vec![
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT".into(),
+            format!("http://127.0.0.1:{}", otlp.ready),
+        ),
+        ("OTEL_BSP_SCHEDULE_DELAY".into(), "100".into()),
+    ]);
 
     let s = server(Backend::Sqlite, &[]).unwrap();
     let p = write(dir.path(), "mesh.toml", &sidecar_mesh());
@@ -192,6 +193,7 @@ async fn one_trace_spans_client_both_sidecars_and_the_upstream() {
     assert_eq!(attr(inbound_span, "tessera.target"), BACKEND);
     assert_eq!(attr(inbound_span, "tessera.authn"), "mtls");
     assert_eq!(attr(inbound_span, "tessera.decision"), "allow");
+    assert_eq!(attr(inbound_span, "url.path"), "/api/items");
     assert_eq!(attr(inbound_span, "http.response.status_code"), 200);
     // The upstream was told to continue the inbound's span.
     let want = format!(

@@ -349,6 +349,7 @@ async fn traced(ctx: &Ctx, conn: &Conn, req: Request<Incoming>) -> Response<Body
         "tessera.authn" = tracing::field::Empty,
         "tessera.decision" = tracing::field::Empty,
         "tessera.decision.reason" = tracing::field::Empty,
+        "url.path" = tracing::field::Empty,
         "tessera.verify.result" = tracing::field::Empty,
         "tessera.verify.reason" = tracing::field::Empty,
         "http.response.status_code" = tracing::field::Empty,
@@ -431,6 +432,7 @@ async fn handle(ctx: &Ctx, conn: &Conn, mut req: Request<Incoming>) -> Response<
         conn.outcome("bad_path");
         return plain(StatusCode::BAD_REQUEST, format!("{e}\n"));
     }
+    span.record("url.path", req.uri().path());
     let d = ctx.authz.decide_chain(
         &subject,
         &actors,

@@ -52,8 +52,14 @@ struct DecisionLabels {
     result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BundleLabels {
+    version: String,
+}
+
 /// `tessera_authz_decisions_total{result=allow|deny|error|limited|no_bundle}`,
-/// `tessera_authz_records_dropped_total` and `tessera_policy_bundle_synced_timestamp_seconds`.
+/// `tessera_authz_records_dropped_total`, `tessera_policy_bundle_synced_timestamp_seconds` and
+/// `tessera_policy_bundle_info{version}`.
 #[derive(Clone, Debug, Default)]
 pub struct AuthzMetrics {
     decisions: Family<DecisionLabels, Counter>,
@@ -61,6 +67,8 @@ pub struct AuthzMetrics {
     /// When the authority last answered a bundle poll (unix seconds): the policy in force is
     /// current as of then.
     synced: Gauge,
+    /// 1 for the version of the bundle in force (one series at a time).
+    bundle: Family<BundleLabels, Gauge>,
 }
 
 impl AuthzMetrics {
@@ -81,7 +89,21 @@ impl AuthzMetrics {
             "When the authority last answered this service's policy bundle poll (unix seconds)",
             m.synced.clone(),
         );
+        registry.register(
+            "tessera_policy_bundle_info",
+            "The version (a digest) of the policy bundle in force",
+            m.bundle.clone(),
+        );
         m
+    }
+
+    fn loaded(&self, version: &str) {
+        self.bundle.clear();
+        self.bundle
+            .get_or_create(&BundleLabels {
+                version: version.to_owned(),
+            })
+            .set(1);
     }
 
     pub fn count(&self, result: &'static str) -> u64 {
@@ -262,6 +284,7 @@ impl Authorizer {
         if let Ok(mut l) = self.inner.loaded.write() {
             *l = Some(loaded);
         }
+        self.inner.metrics.loaded(&bundle.version);
         Ok(())
     }
 

@@ -138,12 +138,11 @@ where
             "tessera.verify.reason" = tracing::field::Empty,
             "tessera.decision" = tracing::field::Empty,
             "tessera.decision.reason" = tracing::field::Empty,
+            "url.path" = tracing::field::Empty,
             trace_id = tracing::field::Empty,
         );
         tessera_telemetry::continue_trace(&span, req.headers());
-        let traced = span.clone();
         Box::pin(async move {
-            let span = traced;
             let token = req
                 .headers()
                 .get(header::AUTHORIZATION)
@@ -236,6 +235,7 @@ where
                     *r.status_mut() = StatusCode::BAD_REQUEST;
                     return Ok(r);
                 }
+                span.record("url.path", req.uri().path());
                 let d = authz.decide_chain(
                     &caller,
                     &actors,

@@ -465,3 +465,99 @@ why = "w"
     let bad = json!({"act": {"sub": "not a spiffe id"}});
     assert!(actor_chain(bad.as_object().unwrap()).is_err());
 }
+
+/// The layer is the service's side of a hop: it continues the caller's `traceparent`, records the
+/// verification and the caller, never the token, and hands the service its own context.
+#[tokio::test]
+async fn layer_continues_the_callers_trace_and_records_the_verification() {
+    use opentelemetry::trace::TracerProvider as _;
+    use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
+    use tower::ServiceExt;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::Layer as _;
+
+    let exporter = InMemorySpanExporter::default();
+    let provider = SdkTracerProvider::builder()
+        .with_simple_exporter(exporter.clone())
+        .build();
+    let subscriber = tracing_subscriber::registry().with(
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("test"))
+            .with_filter(
+                tracing_subscriber::filter::Targets::new()
+                    .with_target(tessera_telemetry::TARGET, tracing::Level::TRACE),
+            ),
+    );
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let (k, _) = SigningKey::generate(Alg::ES256).unwrap();
+    let seen: Arc<Mutex<Option<String>>> = Arc::default();
+    let app = {
+        let seen = seen.clone();
+        Router::new()
+            .route(
+                "/data",
+                get(move |headers: http::HeaderMap| async move {
+                    *seen.lock().unwrap() = headers
+                        .get("traceparent")
+                        .map(|v| v.to_str().unwrap().to_owned());
+                    "ok"
+                }),
+            )
+            .layer(RequireTokenLayer::new(verifier(&[&k])))
+    };
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let parent = "00f067aa0ba902b7";
+    let good = sign(&k, "at+jwt", &claims(tessera_core::now_unix())).unwrap();
+    let request = |token: &str| {
+        http::Request::builder()
+            .uri("/data")
+            .header("authorization", format!("Bearer {token}"))
+            .header("traceparent", format!("00-{trace}-{parent}-01"))
+            .body(axum::body::Body::empty())
+            .unwrap()
+    };
+    let r = app.clone().oneshot(request(&good)).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = app.oneshot(request("x.y.z")).await.unwrap();
+    assert_eq!(r.status(), 401);
+
+    let spans = exporter.get_finished_spans().unwrap();
+    assert_eq!(spans.len(), 2, "{spans:#?}");
+    let attr = |s: &opentelemetry_sdk::trace::SpanData, k: &str| {
+        s.attributes
+            .iter()
+            .find(|kv| kv.key.as_str() == k)
+            .map(|kv| kv.value.to_string())
+    };
+    for s in &spans {
+        assert_eq!(s.name, "tessera.verify");
+        assert_eq!(s.span_context.trace_id().to_string(), trace);
+        assert_eq!(s.parent_span_id.to_string(), parent);
+        for kv in &s.attributes {
+            assert!(
+                !kv.value.to_string().contains(&good),
+                "the token is in a span"
+            );
+        }
+    }
+    assert_eq!(
+        attr(&spans[0], "tessera.verify.result").as_deref(),
+        Some("valid")
+    );
+    assert_eq!(
+        attr(&spans[0], "tessera.caller").as_deref(),
+        Some("spiffe://example.org/caller")
+    );
+    assert_eq!(
+        attr(&spans[1], "tessera.verify.result").as_deref(),
+        Some("refused")
+    );
+    assert_eq!(
+        attr(&spans[1], "tessera.verify.reason").as_deref(),
+        Some("malformed")
+    );
+    // The service saw the verification span as its parent, in the same trace.
+    let want = format!("00-{trace}-{}-01", spans[0].span_context.span_id());
+    assert_eq!(seen.lock().unwrap().as_deref(), Some(want.as_str()));
+}

@@ -32,11 +32,17 @@ pub(crate) async fn run(a: DoctorArgs) -> anyhow::Result<u8> {
     let now = tessera_core::now_unix();
     let mut out = Vec::new();
     let reachable = authority(&http, &base, max_skew, &mut out).await;
-    let served = if reachable {
-        served_bundle(&http, &base, now, &mut out).await
-    } else {
-        Vec::new()
-    };
+    let mut served = Vec::new();
+    if reachable {
+        let tds = if a.trust_domains.is_empty() {
+            vec![None]
+        } else {
+            a.trust_domains.iter().map(|t| Some(t.as_str())).collect()
+        };
+        for td in tds {
+            served.extend(served_bundle(&http, &base, td, now, &mut out).await);
+        }
+    }
     for file in &a.bundles {
         out.push(local_bundle(file, &served, now));
     }
@@ -159,27 +165,35 @@ async fn authority(
     true
 }
 
-/// The trust domain's bundle as the authority serves it now: its CA certificates' expiry.
-/// Returns the certificates (DER), for comparing bundles held elsewhere.
+/// A trust domain's bundle as the authority serves it now (`td`, or the one the base URL issues
+/// for): its CA certificates' expiry. Returns the certificates (DER), for comparing bundles held
+/// elsewhere.
 async fn served_bundle(
     http: &reqwest::Client,
     base: &str,
+    td: Option<&str>,
     now: i64,
     out: &mut Vec<Finding>,
 ) -> Vec<Vec<u8>> {
     let fetched = async {
-        let meta: Value = http
-            .get(format!("{base}/.well-known/oauth-authorization-server"))
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
-        let td = meta
-            .get("tessera_trust_domain")
-            .and_then(Value::as_str)
-            .ok_or_else(|| anyhow!("its metadata names no trust domain"))?
-            .to_owned();
+        let td = match td {
+            Some(td) => tessera_core::TrustDomain::parse(td)
+                .map_err(|e| anyhow!("--trust-domain `{td}`: {e}"))?
+                .to_string(),
+            None => {
+                let meta: Value = http
+                    .get(format!("{base}/.well-known/oauth-authorization-server"))
+                    .send()
+                    .await?
+                    .error_for_status()?
+                    .json()
+                    .await?;
+                meta.get("tessera_trust_domain")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| anyhow!("its metadata names no trust domain"))?
+                    .to_owned()
+            }
+        };
         let bundle: Value = http
             .get(format!("{base}/bundle/{td}"))
             .send()
@@ -332,6 +346,13 @@ fn samples(text: &str) -> Vec<(&str, f64)> {
         .collect()
 }
 
+/// The `version` label of `tessera_policy_bundle_info`.
+fn bundle_version(text: &str) -> Option<&str> {
+    text.lines()
+        .find_map(|l| l.strip_prefix("tessera_policy_bundle_info{version=\""))
+        .and_then(|rest| rest.split('"').next())
+}
+
 /// What an agent's or sidecar's metrics say about its link to the authority and what it holds.
 async fn metrics(http: &reqwest::Client, url: &str, now: i64) -> Vec<Finding> {
     let text = match http
@@ -380,18 +401,19 @@ async fn metrics(http: &reqwest::Client, url: &str, now: i64) -> Vec<Finding> {
     }
     if let Some(at) = get("tessera_policy_bundle_synced_timestamp_seconds") {
         let age = now - secs(at);
+        let version = bundle_version(&text).unwrap_or("none");
         out.push(if at > 0.0 && age <= 120 {
             finding(
                 "policy bundle",
                 Status::Ok,
-                format!("`{url}`: the authority answered its bundle poll {age} s ago"),
+                format!("`{url}`: version `{version}`, confirmed current {age} s ago"),
                 None,
             )
         } else {
             finding(
                 "policy bundle",
                 Status::Warn,
-                format!("`{url}`: its policy bundle has not been confirmed current for {age} s"),
+                format!("`{url}`: its policy bundle (version `{version}`) has not been confirmed current for {age} s"),
                 Some(POLICY),
             )
         });
@@ -456,6 +478,13 @@ async fn metrics(http: &reqwest::Client, url: &str, now: i64) -> Vec<Finding> {
 #[cfg(test)]
 mod tests {
     use super::samples;
+
+    #[test]
+    fn the_bundle_version_is_read_from_its_label() {
+        let text = "tessera_policy_bundle_info{version=\"9f2c\"} 1\n";
+        assert_eq!(super::bundle_version(text), Some("9f2c"));
+        assert_eq!(super::bundle_version("x 1\n"), None);
+    }
 
     #[test]
     fn samples_are_read_by_name_with_or_without_labels() {

@@ -15,6 +15,22 @@ use tessera_testkit::{spawn_ready, Proc};
 
 pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_tessera");
 
+/// Variables for every process the helpers start (the environment itself is never mutated).
+static CHILD_ENV: std::sync::OnceLock<Vec<(String, String)>> = std::sync::OnceLock::new();
+
+/// Sets [`CHILD_ENV`] once, before the first child is started.
+pub(crate) fn set_child_env(vars: Vec<(String, String)>) {
+    assert!(CHILD_ENV.set(vars).is_ok(), "the child environment is set once");
+}
+
+fn child_env() -> impl Iterator<Item = (&'static str, &'static str)> {
+    CHILD_ENV
+        .get()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Backend {
     Sqlite,
@@ -79,7 +95,7 @@ pub(crate) fn server_with(data: &Path, db: Option<&str>, extra: &[&str]) -> Serv
         cmd.args(["--database-url", db]);
     }
     cmd.args(extra);
-    cmd.env("TESSERA_LOG", "warn");
+    cmd.env("TESSERA_LOG", "warn").envs(child_env());
     let proc = spawn_ready(cmd, "tessera: ready url=");
     let url = proc.ready.clone();
     Server {
@@ -288,7 +304,8 @@ pub(crate) fn join_agent_with(
     .args(extra)
     .arg("--data")
     .arg(dir.join(format!("{name}-data")))
-    .env("TESSERA_LOG", "warn");
+    .env("TESSERA_LOG", "warn")
+    .envs(child_env());
     (spawn_ready(cmd, "tessera: agent ready socket="), socket)
 }
 
@@ -342,7 +359,8 @@ pub(crate) fn proxy(args: &[&str], socket: &Path, id: &str) -> Proc {
         .arg("--socket")
         .arg(socket)
         .args(["--id", id, "--admin-listen", "127.0.0.1:0"])
-        .env("TESSERA_LOG", "warn");
+        .env("TESSERA_LOG", "warn")
+        .envs(child_env());
     spawn_ready(cmd, "tessera: proxy ready listen=")
 }
 
