@@ -312,39 +312,10 @@ async fn prometheus_scrapes_every_component_and_evaluates_every_rule_and_panel()
         .to_owned();
     let upstream = {
         let app = axum::Router::new().fallback(|| async { "ok" });
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
-        addr.to_string()
+        serve_app(app).await.to_string()
     };
-    let inbound = proxy(
-        &[
-            "inbound",
-            "--listen",
-            "127.0.0.1:0",
-            "--upstream",
-            &upstream,
-            "--server",
-            &s.url,
-        ],
-        &socket,
-        BACKEND,
-    );
-    let (in_addr, in_admin) = addrs(&inbound);
-    let outbound = proxy(
-        &[
-            "outbound",
-            "--listen",
-            "127.0.0.1:0",
-            "--target",
-            &in_addr,
-            "--target-id",
-            BACKEND,
-        ],
-        &socket,
-        FRONTEND,
-    );
-    let (out_addr, out_admin) = addrs(&outbound);
+    let (inbound, in_addr, outbound, out_addr) = sidecar_pair(&s, &upstream, &socket);
+    let (in_admin, out_admin) = (addrs(&inbound).1, addrs(&outbound).1);
     // A service that verifies tokens too (M2's token half), idle.
     let verifying = proxy(
         &[
@@ -362,20 +333,7 @@ async fn prometheus_scrapes_every_component_and_evaluates_every_rule_and_panel()
     );
     let (_, verifying_admin) = addrs(&verifying);
     let http = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while http
-        .get(format!("http://{out_addr}/api/a"))
-        .send()
-        .await
-        .map(|r| r.status() != 200)
-        .unwrap_or(true)
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the sidecars never allowed a call"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_allowed(&http, &[&out_addr]).await;
     let r = http
         .get(format!("http://{out_addr}/admin"))
         .send()

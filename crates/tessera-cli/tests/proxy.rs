@@ -534,61 +534,6 @@ fn short_lived_mesh() -> String {
     mesh().replace("selectors = [", "x509_ttl = \"10s\"\nselectors = [")
 }
 
-/// An inbound for the backend and an outbound for the frontend pointed at it:
-/// (inbound, its address, outbound, its address).
-fn sidecar_pair(
-    s: &Server,
-    upstream: &str,
-    socket: &Path,
-) -> (tessera_testkit::Proc, String, tessera_testkit::Proc, String) {
-    let inbound = proxy(
-        &[
-            "inbound",
-            "--listen",
-            "127.0.0.1:0",
-            "--upstream",
-            upstream,
-            "--server",
-            &s.url,
-        ],
-        socket,
-        BACKEND,
-    );
-    let (in_addr, _) = addrs(&inbound);
-    let outbound = proxy(
-        &[
-            "outbound",
-            "--listen",
-            "127.0.0.1:0",
-            "--target",
-            &in_addr,
-            "--target-id",
-            BACKEND,
-        ],
-        socket,
-        FRONTEND,
-    );
-    let (out_addr, _) = addrs(&outbound);
-    (inbound, in_addr, outbound, out_addr)
-}
-
-/// Waits (15 s at most) until a request through each outbound is allowed.
-async fn wait_allowed(http: &reqwest::Client, outbounds: &[&str]) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    for addr in outbounds {
-        while http
-            .get(format!("http://{addr}/api/warmup"))
-            .send()
-            .await
-            .map(|r| r.status() != 200)
-            .unwrap_or(true)
-        {
-            assert!(Instant::now() < deadline, "never allowed through {addr}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
-
 /// A field of the certificate the TLS server at `addr` presents, as openssl prints it
 /// (`-serial`, `-ext authorityKeyIdentifier`).
 fn served_cert(addr: &str, field: &str) -> String {

@@ -103,54 +103,11 @@ async fn one_trace_spans_client_both_sidecars_and_the_upstream() {
                 "ok"
             }
         });
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
-        addr.to_string()
+        serve_app(app).await.to_string()
     };
-    let inbound = proxy(
-        &[
-            "inbound",
-            "--listen",
-            "127.0.0.1:0",
-            "--upstream",
-            &upstream,
-            "--server",
-            &s.url,
-        ],
-        &socket,
-        BACKEND,
-    );
-    let (in_addr, _) = addrs(&inbound);
-    let outbound = proxy(
-        &[
-            "outbound",
-            "--listen",
-            "127.0.0.1:0",
-            "--target",
-            &in_addr,
-            "--target-id",
-            BACKEND,
-        ],
-        &socket,
-        FRONTEND,
-    );
-    let (out_addr, _) = addrs(&outbound);
+    let (inbound, _, outbound, out_addr) = sidecar_pair(&s, &upstream, &socket);
     let http = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while http
-        .get(format!("http://{out_addr}/api/warmup"))
-        .send()
-        .await
-        .map(|r| r.status() != 200)
-        .unwrap_or(true)
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the sidecars never allowed a call"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_allowed(&http, &[&out_addr]).await;
 
     // The client's span: a trace id and span id of its own, sent as W3C `traceparent`.
     let (trace, client_span) = (hex(16), hex(8));

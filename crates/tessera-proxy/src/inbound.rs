@@ -360,13 +360,7 @@ async fn traced(ctx: &Ctx, conn: &Conn, req: Request<Incoming>) -> Response<Body
     }
     tessera_telemetry::continue_trace(&span, req.headers());
     let res = handle(ctx, conn, req).instrument(span.clone()).await;
-    span.record(
-        "http.response.status_code",
-        i64::from(res.status().as_u16()),
-    );
-    if res.status().is_server_error() {
-        span.record("otel.status_code", "ERROR");
-    }
+    tessera_telemetry::record_status(&span, res.status());
     res
 }
 

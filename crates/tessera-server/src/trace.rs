@@ -32,12 +32,6 @@ pub(crate) async fn request_span(req: Request, next: Next) -> Response {
     span.record("http.route", route.as_str());
     tessera_telemetry::continue_trace(&span, req.headers());
     let res = next.run(req).instrument(span.clone()).await;
-    span.record(
-        "http.response.status_code",
-        i64::from(res.status().as_u16()),
-    );
-    if res.status().is_server_error() {
-        span.record("otel.status_code", "ERROR");
-    }
+    tessera_telemetry::record_status(&span, res.status());
     res
 }

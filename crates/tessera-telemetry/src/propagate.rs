@@ -33,6 +33,15 @@ pub fn inject(span: &tracing::Span, headers: &mut http::HeaderMap) {
     TraceContextPropagator::new().inject_context(&span.context(), &mut HeaderInjector(headers));
 }
 
+/// A server or client span's outcome: `http.response.status_code`, and status ERROR on a 5xx
+/// (OpenTelemetry's HTTP conventions leave 4xx unset on servers: a refusal is an answer).
+pub fn record_status(span: &tracing::Span, status: http::StatusCode) {
+    span.record("http.response.status_code", i64::from(status.as_u16()));
+    if status.is_server_error() {
+        span.record("otel.status_code", "ERROR");
+    }
+}
+
 /// The span's trace id as 32 hex digits, when it is being traced.
 pub fn trace_id(span: &tracing::Span) -> Option<String> {
     if span.is_disabled() {

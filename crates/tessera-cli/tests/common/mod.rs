@@ -9,6 +9,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tessera_testkit::{spawn_ready, Proc};
@@ -20,7 +21,10 @@ static CHILD_ENV: std::sync::OnceLock<Vec<(String, String)>> = std::sync::OnceLo
 
 /// Sets [`CHILD_ENV`] once, before the first child is started.
 pub(crate) fn set_child_env(vars: Vec<(String, String)>) {
-    assert!(CHILD_ENV.set(vars).is_ok(), "the child environment is set once");
+    assert!(
+        CHILD_ENV.set(vars).is_ok(),
+        "the child environment is set once"
+    );
 }
 
 fn child_env() -> impl Iterator<Item = (&'static str, &'static str)> {
@@ -426,4 +430,67 @@ workload = "{FRONTEND}"
 auth = "client_secret"
 "#
     )
+}
+
+/// An inbound for the backend and an outbound for the frontend pointed at it:
+/// (inbound, its address, outbound, its address).
+pub(crate) fn sidecar_pair(
+    s: &Server,
+    upstream: &str,
+    socket: &Path,
+) -> (tessera_testkit::Proc, String, tessera_testkit::Proc, String) {
+    let inbound = proxy(
+        &[
+            "inbound",
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            upstream,
+            "--server",
+            &s.url,
+        ],
+        socket,
+        BACKEND,
+    );
+    let (in_addr, _) = addrs(&inbound);
+    let outbound = proxy(
+        &[
+            "outbound",
+            "--listen",
+            "127.0.0.1:0",
+            "--target",
+            &in_addr,
+            "--target-id",
+            BACKEND,
+        ],
+        socket,
+        FRONTEND,
+    );
+    let (out_addr, _) = addrs(&outbound);
+    (inbound, in_addr, outbound, out_addr)
+}
+
+/// Waits (15 s at most) until a request through each outbound is allowed.
+pub(crate) async fn wait_allowed(http: &reqwest::Client, outbounds: &[&str]) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    for addr in outbounds {
+        while http
+            .get(format!("http://{addr}/api/warmup"))
+            .send()
+            .await
+            .map(|r| r.status() != 200)
+            .unwrap_or(true)
+        {
+            assert!(Instant::now() < deadline, "never allowed through {addr}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// Serves `app` on a free loopback port in this process; returns its address.
+pub(crate) async fn serve_app(app: axum::Router) -> std::net::SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+    addr
 }
