@@ -76,16 +76,18 @@ pub(crate) fn init_logs(
 
     let settings = tessera_telemetry::Settings::from_env(service, configured);
     let tracing = tessera_telemetry::Tracing::start(&settings)?;
-    // Tracing off: the fmt layer drops the span target too, so no layer enables a span. On: it
-    // sees the spans (it prints events only), so that a log line carries its span's `trace_id`.
-    let spans = if tracing.is_some() { "trace" } else { "off" };
-    let filter = format!(
-        "{},{}={spans}",
-        std::env::var("TESSERA_LOG").unwrap_or_else(|_| default.to_owned()),
-        tessera_telemetry::TARGET
+    // Tracing off: the fmt layer drops the span target too, so no layer enables a span. On, with
+    // JSON logs: it sees the spans (it prints events only), so that a line carries its span's
+    // `trace_id`; text logs, for people, skip that cost (it formats every span's fields).
+    let seen = tracing.is_some() && format == LogFormat::Json;
+    let spans = format!(
+        "{}={}",
+        tessera_telemetry::TARGET,
+        if seen { "trace" } else { "off" }
     );
-    let filter = tracing_subscriber::EnvFilter::try_new(&filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let asked = std::env::var("TESSERA_LOG").unwrap_or_else(|_| default.to_owned());
+    let filter = tracing_subscriber::EnvFilter::try_new(format!("{asked},{spans}"))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{default},{spans}")));
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let fmt = match format {
         LogFormat::Json => fmt.json().with_current_span(true).boxed(),

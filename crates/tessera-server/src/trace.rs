@@ -15,7 +15,7 @@ pub(crate) async fn request_span(req: Request, next: Next) -> Response {
         "otel.name" = Empty,
         "otel.kind" = "server",
         "otel.status_code" = Empty,
-        "http.request.method" = %req.method(),
+        "http.request.method" = req.method().as_str(),
         "http.route" = Empty,
         "http.response.status_code" = Empty,
         trace_id = Empty,

@@ -61,8 +61,16 @@ impl Tracing {
     where
         S: tracing::Subscriber + for<'a> LookupSpan<'a>,
     {
+        // Only the attributes we set: no code location, thread, target or busy/idle timings
+        // (each an attribute on every span, and the timings a clock read on every poll), and no
+        // OpenTelemetry context made current on every poll (propagation reads the span's own).
         tracing_opentelemetry::layer()
             .with_tracer(self.provider.tracer("tessera"))
+            .with_location(false)
+            .with_threads(false)
+            .with_target(false)
+            .with_tracked_inactivity(false)
+            .with_context_activation(false)
             .with_filter(Targets::new().with_target(TARGET, tracing::Level::TRACE))
     }
 }

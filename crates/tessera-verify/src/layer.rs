@@ -131,7 +131,7 @@ where
             "verify",
             "otel.name" = "tessera.verify",
             "otel.kind" = "server",
-            "http.request.method" = %req.method(),
+            "http.request.method" = req.method().as_str(),
             "tessera.caller" = tracing::field::Empty,
             "tessera.authn" = "jwt",
             "tessera.verify.result" = tracing::field::Empty,

@@ -163,7 +163,7 @@ pub(crate) async fn commit(
         "otel.name" = "tessera.issue",
         "tessera.grant_type" = req.grant_type.as_str(),
         "tessera.client.auth_method" = req.auth,
-        "tessera.caller" = %req.caller,
+        "tessera.caller" = req.caller.as_str(),
         "tessera.target" = Empty,
         "tessera.decision" = Empty,
         "tessera.determined_by" = Empty,
