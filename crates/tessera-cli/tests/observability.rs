@@ -459,17 +459,8 @@ async fn prometheus_scrapes_every_component_and_evaluates_every_rule_and_panel()
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     // Every panel's expression runs.
-    for (board, title, expr) in panel_exprs() {
-        let v: Value = http
-            .get(format!("{base}/api/v1/query"))
-            .query(&[("query", expr.as_str())])
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        assert_eq!(v["status"], "success", "{board} / {title}: `{expr}`: {v}");
+    for (_, _, expr) in panel_exprs() {
+        prom(&http, &base, "/api/v1/query", &[("query", expr.as_str())]).await;
     }
     // And reads only metrics that exist: a series Prometheus scraped, or a family whose
     // metadata a target declared (one with no sample yet, such as failures not seen).
