@@ -22,29 +22,6 @@ fn mesh() -> String {
 
 use serde_json::Value;
 
-/// A server with `mesh` applied and a node agent joined, whose Workload API serves this process.
-struct Mesh {
-    s: Server,
-    dir: tempfile::TempDir,
-    socket: PathBuf,
-    _agent: tessera_testkit::Proc,
-}
-
-fn start(mesh: &str) -> Mesh {
-    let s = server(Backend::Sqlite, &[]).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let p = write(dir.path(), "mesh.toml", mesh);
-    let o = tessera(&s.data, &["apply", "-f", p.to_str().unwrap()]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let (_agent, socket) = join_agent(&s, dir.path(), "agent");
-    Mesh {
-        s,
-        dir,
-        socket,
-        _agent,
-    }
-}
-
 /// The upstream: an unmodified HTTP service that reports what it received.
 async fn upstream() -> std::net::SocketAddr {
     use axum::http::HeaderMap;
@@ -57,10 +34,7 @@ async fn upstream() -> std::net::SocketAddr {
         let names: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
         axum::Json(serde_json::json!({"path": uri.path(), "caller": caller, "version": format!("{version:?}"), "headers": names}))
     });
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
-    addr
+    serve_app(app).await
 }
 
 fn curl(args: &[&str]) -> (i32, String) {
@@ -82,8 +56,8 @@ async fn sidecars_enforce_mtls_and_policy() {
         s,
         dir,
         socket,
-        _agent,
-    } = start(&mesh());
+        agent: _agent,
+    } = start_mesh(&mesh(), &[]);
 
     let up = upstream().await;
     let up = up.to_string();
@@ -636,8 +610,8 @@ async fn rotation_under_load_fails_no_request() {
         s,
         dir,
         socket,
-        _agent,
-    } = start(&short_lived_mesh());
+        agent: _agent,
+    } = start_mesh(&short_lived_mesh(), &[]);
     let up = upstream().await.to_string();
     let (_inbound, in_addr, _outbound, out_addr) = sidecar_pair(&s, &up, &socket);
     // A second pair where every call also carries a token bound to the SVID it travels with.
@@ -670,8 +644,8 @@ async fn ca_rotation_under_load_fails_no_handshake() {
         s,
         dir,
         socket,
-        _agent,
-    } = start(&short_lived_mesh());
+        agent: _agent,
+    } = start_mesh(&short_lived_mesh(), &[]);
     let up = upstream().await.to_string();
     let (_inbound, in_addr, _outbound, out_addr) = sidecar_pair(&s, &up, &socket);
     let http = reqwest::Client::new();
@@ -780,8 +754,8 @@ async fn certificate_bound_tokens() {
         s,
         dir,
         socket,
-        _agent,
-    } = start(&mesh());
+        agent: _agent,
+    } = start_mesh(&mesh(), &[]);
     let up = upstream().await.to_string();
     let (inbound, outbound) = token_pair(&s, &up, &socket);
     let (in_addr, in_admin) = addrs(&inbound);
@@ -980,8 +954,8 @@ async fn slow_and_oversized_clients_are_cut_off() {
         s,
         dir,
         socket,
-        _agent,
-    } = start(&mesh());
+        agent: _agent,
+    } = start_mesh(&mesh(), &[]);
     let up = upstream().await.to_string();
     let inbound = proxy(
         &[

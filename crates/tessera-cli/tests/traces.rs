@@ -84,11 +84,12 @@ async fn one_trace_spans_client_both_sidecars_and_the_upstream() {
         ("OTEL_BSP_SCHEDULE_DELAY".into(), "100".into()),
     ]);
 
-    let s = server(Backend::Sqlite, &[]).unwrap();
-    let p = write(dir.path(), "mesh.toml", &sidecar_mesh());
-    let o = tessera(&s.data, &["apply", "-f", p.to_str().unwrap()]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let (_agent, socket) = join_agent(&s, dir.path(), "agent");
+    let Mesh {
+        s,
+        dir: _mesh_dir,
+        socket,
+        agent: _agent,
+    } = start_mesh(&sidecar_mesh(), &[]);
 
     // The upstream: an unmodified service that keeps the `traceparent` each request brought.
     let seen: Arc<Mutex<Vec<String>>> = Arc::default();

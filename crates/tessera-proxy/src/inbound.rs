@@ -17,7 +17,6 @@ use tessera_verify::Authorizer;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tracing::Instrument;
 
 use crate::{full, plain, provider, strip_hop_by_hop, Body, Identity, ProxyError, ProxyMetrics};
 
@@ -355,13 +354,8 @@ async fn traced(ctx: &Ctx, conn: &Conn, req: Request<Incoming>) -> Response<Body
         "http.response.status_code" = tracing::field::Empty,
         trace_id = tracing::field::Empty,
     );
-    if span.is_disabled() {
-        return handle(ctx, conn, req).await;
-    }
     tessera_telemetry::continue_trace(&span, req.headers());
-    let res = handle(ctx, conn, req).instrument(span.clone()).await;
-    tessera_telemetry::record_status(&span, res.status());
-    res
+    tessera_telemetry::within(span, handle(ctx, conn, req)).await
 }
 
 async fn handle(ctx: &Ctx, conn: &Conn, mut req: Request<Incoming>) -> Response<Body> {

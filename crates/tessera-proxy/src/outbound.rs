@@ -30,7 +30,6 @@ use tessera_core::SpiffeId;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_rustls::client::TlsStream;
-use tracing::Instrument;
 
 use crate::{plain, provider, strip_hop_by_hop, Body, Identity, ProxyError, ProxyMetrics};
 
@@ -546,9 +545,7 @@ async fn traced(ctx: &Ctx, req: Request<Incoming>) -> Response<Body> {
         span.record("tessera.caller", me.as_str());
     }
     tessera_telemetry::continue_trace(&span, req.headers());
-    let res = forward(ctx, req).instrument(span.clone()).await;
-    tessera_telemetry::record_status(&span, res.status());
-    res
+    tessera_telemetry::within(span, forward(ctx, req)).await
 }
 
 async fn forward(ctx: &Ctx, req: Request<Incoming>) -> Response<Body> {

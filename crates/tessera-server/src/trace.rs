@@ -5,7 +5,6 @@ use axum::extract::{MatchedPath, Request};
 use axum::middleware::Next;
 use axum::response::Response;
 use tracing::field::Empty;
-use tracing::Instrument;
 
 /// `axum::middleware::from_fn` over every API route.
 pub(crate) async fn request_span(req: Request, next: Next) -> Response {
@@ -31,7 +30,5 @@ pub(crate) async fn request_span(req: Request, next: Next) -> Response {
     span.record("otel.name", format!("{} {route}", req.method()));
     span.record("http.route", route.as_str());
     tessera_telemetry::continue_trace(&span, req.headers());
-    let res = next.run(req).instrument(span.clone()).await;
-    tessera_telemetry::record_status(&span, res.status());
-    res
+    tessera_telemetry::within(span, next.run(req)).await
 }

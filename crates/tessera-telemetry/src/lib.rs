@@ -16,7 +16,7 @@ mod propagate;
 mod settings;
 
 pub use export::{Tracing, TracingError};
-pub use propagate::{continue_trace, inject, record_status, trace_id};
+pub use propagate::{continue_trace, inject, within};
 pub use settings::Settings;
 
 /// The `tracing` target of every span meant for export.

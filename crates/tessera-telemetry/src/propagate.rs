@@ -4,6 +4,7 @@ use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::TraceContextExt;
 use opentelemetry_http::{HeaderExtractor, HeaderInjector};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
+use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// Makes `span` a child of the caller's span named by `traceparent`, if the request carries a
@@ -33,17 +34,27 @@ pub fn inject(span: &tracing::Span, headers: &mut http::HeaderMap) {
     TraceContextPropagator::new().inject_context(&span.context(), &mut HeaderInjector(headers));
 }
 
-/// A server or client span's outcome: `http.response.status_code`, and status ERROR on a 5xx
-/// (OpenTelemetry's HTTP conventions leave 4xx unset on servers: a refusal is an answer).
-pub fn record_status(span: &tracing::Span, status: http::StatusCode) {
+/// Runs one hop's handling inside `span` and records its outcome there:
+/// `http.response.status_code`, and status ERROR on a 5xx (OpenTelemetry's HTTP conventions
+/// leave 4xx unset on servers: a refusal is an answer). A disabled span costs nothing more.
+pub async fn within<B>(
+    span: tracing::Span,
+    handling: impl std::future::Future<Output = http::Response<B>>,
+) -> http::Response<B> {
+    if span.is_disabled() {
+        return handling.await;
+    }
+    let res = handling.instrument(span.clone()).await;
+    let status = res.status();
     span.record("http.response.status_code", i64::from(status.as_u16()));
     if status.is_server_error() {
         span.record("otel.status_code", "ERROR");
     }
+    res
 }
 
 /// The span's trace id as 32 hex digits, when it is being traced.
-pub fn trace_id(span: &tracing::Span) -> Option<String> {
+fn trace_id(span: &tracing::Span) -> Option<String> {
     if span.is_disabled() {
         return None;
     }

@@ -494,3 +494,27 @@ pub(crate) async fn serve_app(app: axum::Router) -> std::net::SocketAddr {
     tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
     addr
 }
+
+/// A server with a mesh applied and a node agent joined, whose Workload API serves this process.
+pub(crate) struct Mesh {
+    pub s: Server,
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    pub agent: Proc,
+}
+
+/// [`Mesh`] on SQLite: `mesh` applied, the agent started with `agent_flags`.
+pub(crate) fn start_mesh(mesh: &str, agent_flags: &[&str]) -> Mesh {
+    let s = server(Backend::Sqlite, &[]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(dir.path(), "mesh.toml", mesh);
+    let o = tessera(&s.data, &["apply", "-f", p.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (agent, socket) = join_agent_with(&s, dir.path(), "agent", agent_flags);
+    Mesh {
+        s,
+        dir,
+        socket,
+        agent,
+    }
+}
