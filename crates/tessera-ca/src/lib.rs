@@ -3,12 +3,14 @@
 //! (rustls-webpki), one trust domain's bundle at a time.
 
 mod ca;
+pub mod custody;
 pub mod svid;
 pub mod verifier;
 
 pub use ca::{
     new_key_and_bare_csr, new_key_and_csr, CertificateAuthority, IssuedSvid, MAX_SVID_TTL_SECS,
 };
+pub use custody::{CertKey, TlsKey};
 pub use svid::{
     leaf_spiffe_id, p256_coordinates, split_certificates, validity, verify_chain, BundleSource,
     StaticBundles, Usage,
@@ -35,6 +37,13 @@ pub enum CaError {
     CsrForeignName(String),
     #[error("the CA has expired; it cannot issue")]
     CaExpired,
+    #[error("a CA key is P-256 (ES256) or Ed25519")]
+    KeyAlgorithm,
+    #[error("the key: {0}")]
+    Key(tessera_token::TokenError),
+    /// The CA's key could not sign (its PKCS#11 token failed): nothing was issued.
+    #[error("the CA key is unavailable: {0}")]
+    KeyUnavailable(String),
     #[error("not a valid X.509-SVID: {0}")]
     BadSvid(String),
     #[error("trust domain `{0}` is not trusted here")]

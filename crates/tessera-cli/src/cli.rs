@@ -680,6 +680,34 @@ pub(crate) enum CaCommand {
         #[command(flatten)]
         target: Target,
     },
+    /// Make the key of a trust domain's next CA (in the token, with `[pkcs11]`) and print a
+    /// CSR for a root outside Tessera to sign.
+    Csr {
+        #[arg(long)]
+        trust_domain: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Install the certificate an outside root signed for `tessera ca csr` (PEM: the
+    /// intermediate first, then any CA certificates up to, not including, the root).
+    Install {
+        #[arg(long)]
+        trust_domain: String,
+        /// The signed certificate (PEM).
+        #[arg(long)]
+        cert: PathBuf,
+        /// How long it is in the bundle before it signs (default: `ca_publish_ahead`; at once
+        /// when the trust domain has no CA).
+        #[arg(long)]
+        activate_in: Option<String>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Print the root CA over the trust domains' CAs (PEM), when the authority has one.
+    Root {
+        #[command(flatten)]
+        target: Target,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -916,6 +944,13 @@ pub(crate) enum KeysCommand {
     },
     /// List signing keys and their state.
     List {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Every private key the authority holds (token-signing keys, CAs, the root, the log's key,
+    /// the TLS key): kind, where it lives (software or PKCS#11 token and label), algorithm, age,
+    /// state and next rotation.
+    Status {
         #[command(flatten)]
         target: Target,
     },

@@ -2,7 +2,7 @@
 
 use serde_json::Value;
 use tessera_core::admin_api::{
-    AgentSummary, CaInfo, CaRotated, ClientSummary, GrantSummary, KeyInfo, KeyRotated,
+    AgentSummary, CaInfo, CaRotated, ClientSummary, GrantSummary, KeyInfo, KeyRotated, KeyStatus,
     TrustSummary, WorkloadSummary,
 };
 use tessera_policy::Explanation;
@@ -182,6 +182,35 @@ pub(crate) fn keys(rows: &[KeyInfo]) -> String {
             state.as_str().unwrap_or("-"),
             at(Some(k.activate_at)),
             at(k.retire_at)
+        ));
+    }
+    o
+}
+
+/// `tessera keys status`.
+pub(crate) fn key_status(rows: &[KeyStatus]) -> String {
+    let now = tessera_core::now_unix();
+    let mut o = String::from("KIND\tTRUST DOMAIN\tID\tALG\tLOCATION\tAGE\tSTATE\tNEXT ROTATION\n");
+    for k in rows {
+        let age = k
+            .created_at
+            .map(|c| format!("{}d", (now - c).max(0) / 86400))
+            .unwrap_or_else(|| "-".into());
+        let next = match (k.next_rotation, &k.rotation) {
+            (Some(t), _) => at(Some(t)),
+            (None, Some(why)) => why.clone(),
+            (None, None) => "-".into(),
+        };
+        o.push_str(&format!(
+            "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\n",
+            k.kind,
+            k.trust_domain.as_deref().unwrap_or("-"),
+            clean(&k.id),
+            k.alg,
+            clean(&k.location),
+            age,
+            k.state,
+            next
         ));
     }
     o

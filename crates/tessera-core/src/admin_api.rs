@@ -225,6 +225,55 @@ pub struct CaInfo {
     pub not_after: i64,
 }
 
+/// `GET /v1/keys/status`: one private key Tessera holds, wherever it lives.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KeyStatus {
+    /// `signing`, `ca`, `root`, `audit` or `tls`.
+    pub kind: String,
+    /// The trust domain it serves; none for the root, the log's and the TLS key.
+    pub trust_domain: Option<String>,
+    /// Key id (signing), CA id, or a name.
+    pub id: String,
+    pub alg: String,
+    /// `software (sealed)`, or the PKCS#11 token, slot and label.
+    pub location: String,
+    pub created_at: Option<i64>,
+    /// `signing`, `next`, `retiring`, `withdrawn` (keys), `active`, `prepared`, ... (CAs), or
+    /// `in use`.
+    pub state: String,
+    /// When it is next rotated on schedule, if it is.
+    pub next_rotation: Option<i64>,
+    /// Why it is not rotated on schedule, when it is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation: Option<String>,
+}
+
+/// `POST /v1/ca/csr`: a key for `trust_domain`'s next CA is made (in the token, if it holds
+/// CA keys) and a CSR for it returned, for a root outside Tessera to sign.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaCsrRequest {
+    pub trust_domain: String,
+}
+
+/// The CSR, PEM.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CaCsr {
+    pub trust_domain: String,
+    pub csr_pem: String,
+}
+
+/// `POST /v1/ca/install`: the certificate an outside root signed for the CSR (PEM; the
+/// intermediate first, then any CA certificates between it and the root).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaInstallRequest {
+    pub trust_domain: String,
+    pub chain_pem: String,
+    /// Seconds until it signs; default `ca_publish_ahead` (at once if the domain has no CA).
+    pub activate_in: Option<i64>,
+}
+
 /// `GET /v1/audit/verify`: whether the chain verifies, over how many records, or where not.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AuditVerifyResponse {

@@ -4,6 +4,8 @@
 //! `<name>+<hex key ID>+<base64(type || public key)>` form. The primitives are `ring`'s, through
 //! `tessera_token`.
 
+use std::sync::Arc;
+
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use ring::digest::{Context, SHA256};
@@ -67,15 +69,20 @@ pub struct NoteSigner {
     name: String,
     ty: KeyType,
     id: [u8; 4],
-    key: SigningKey,
+    key: Arc<SigningKey>,
 }
 
 impl NoteSigner {
     /// From a 32-byte Ed25519 seed.
     pub fn from_seed(name: &str, ty: KeyType, seed: &[u8]) -> Result<Self, NoteError> {
-        check_name(name)?;
         let key =
             SigningKey::ed25519_from_seed(seed).map_err(|e| NoteError::Sign(e.to_string()))?;
+        Self::from_key(name, ty, Arc::new(key))
+    }
+
+    /// From an Ed25519 signing key wherever it lives (a PKCS#11 token, say).
+    pub fn from_key(name: &str, ty: KeyType, key: Arc<SigningKey>) -> Result<Self, NoteError> {
+        check_name(name)?;
         let public = key
             .public()
             .ed25519_bytes()
@@ -90,6 +97,11 @@ impl NoteSigner {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The key that signs (for where it lives).
+    pub fn key(&self) -> &SigningKey {
+        &self.key
     }
 
     /// The verifier key that checks this signer's signatures.

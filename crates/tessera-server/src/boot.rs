@@ -16,12 +16,13 @@ use tessera_store::{AuditEvent, AuditKind, AuditLog, Op, Outcome, Store};
 use tokio::sync::watch;
 
 use crate::app::ca::{self, Bundles, CaRing};
+use crate::app::custody::{Custody, StoredKey};
 use crate::app::db_pools::Pools;
 use crate::app::keys::{self, KekSource, KeyRing};
 use crate::app::snapshot::Snapshot;
 use crate::app::trust_keys::TrustKeys;
 use crate::app::App;
-use crate::config::ServerConfig;
+use crate::config::{KeyKind, ServerConfig};
 use crate::domain::{leases, rotation, secrets};
 use crate::metrics::{Metrics, TdLabels};
 use crate::start_error::StartError;
@@ -79,6 +80,7 @@ pub async fn start(
     kek_source: Option<KekSource>,
 ) -> Result<Running, StartError> {
     let config = config.finish()?;
+    let token = Custody::open_token(&config)?;
     // Connections are capped from the descriptor limit: use all the system allows.
     let nofile = tessera_listen::raise_nofile_limit();
     tracing::debug!(nofile, "descriptor limit");
@@ -128,30 +130,39 @@ pub async fn start(
                 .await?;
         }
     }
+    // Where every private key lives: the token (opened and logged in to here, so a wrong PIN or
+    // a missing token stops the start with one line) or sealed under the KEK.
+    let custody = Custody::new(kek, token);
     // The key behind client secret hashes, shared by every server on the database.
-    let hmac_key =
-        sealed_random_key(&store, &kek, "client_secret_key", "client-secret-key").await?;
+    let hmac_key = sealed_random_key(
+        &store,
+        custody.kek(),
+        "client_secret_key",
+        "client-secret-key",
+    )
+    .await?;
     // The key behind the audit chain: records are keyed from here on.
-    let audit_key = sealed_random_key(&store, &kek, "audit_chain_key", "audit-chain-key").await?;
+    let audit_key =
+        sealed_random_key(&store, custody.kek(), "audit_chain_key", "audit-chain-key").await?;
     store
         .key_audit_chain(tessera_store::AuditKey::new(&audit_key))
         .await?;
     // The transparency log's key and origin, the same on every server of the database.
-    let log_seed = sealed_random_key(&store, &kek, "audit_log_key", "audit-log-key").await?;
+    let log_key = log_key(&store, &custody).await?;
     let origin = log_origin(&store, &config).await?;
     let log_signer =
-        tessera_log::NoteSigner::from_seed(&origin, tessera_log::KeyType::Ed25519, &log_seed)
+        tessera_log::NoteSigner::from_key(&origin, tessera_log::KeyType::Ed25519, log_key)
             .map_err(|e| StartError::Keys(format!("the audit log key: {e}")))?;
     let hmac = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &hmac_key);
     let admin_token_tag = admin_credential(&store, &hmac, &config.data_dir).await?;
 
     // Every trust domain needs a key that signs now.
     let now = tessera_core::now_unix();
-    let ring =
-        KeyRing::load(&store.keys().await?, &kek).map_err(|e| StartError::Kek(e.to_string()))?;
+    let ring = KeyRing::load(&store.keys().await?, &custody)
+        .map_err(|e| StartError::Keys(e.to_string()))?;
     for td in &config.trust_domains {
         if ring.signing(&td.name, now).is_none() {
-            let rec = keys::new_key_record(&td.name, config.key_alg, &kek, now, now)
+            let rec = keys::new_key_record(&td.name, config.key_alg, &custody, now, now)
                 .map_err(|e| StartError::Keys(e.to_string()))?;
             store
                 .commit(
@@ -169,12 +180,17 @@ pub async fn start(
     }
 
     // Every trust domain needs a CA that signs now.
+    let root = if config.has_root() {
+        Some(Arc::new(root_ca(&store, &custody, now).await?))
+    } else {
+        None
+    };
     let cas =
-        CaRing::load(&store.cas().await?, &kek).map_err(|e| StartError::Kek(e.to_string()))?;
+        CaRing::load(&store.cas().await?, &custody).map_err(|e| StartError::Keys(e.to_string()))?;
     let ca_ttl = i64::try_from(config.ca_ttl.as_secs()).unwrap_or(i64::MAX / 4);
     for td in &config.trust_domains {
         if cas.signing(&td.name, now).is_none() {
-            let rec = ca::new_ca_record(&td.name, &kek, now, now, ca_ttl)
+            let rec = ca::new_ca_record(&td.name, &custody, root.as_deref(), now, now, ca_ttl)
                 .map_err(|e| StartError::Keys(e.to_string()))?;
             store
                 .commit(
@@ -192,7 +208,12 @@ pub async fn start(
     }
 
     let bundles = Arc::new(Bundles::default());
-    let (tcp, tls) = bind_api(&config, bundles.clone()).await?;
+    let tls_key = if custody.in_token(KeyKind::Tls) && config.tls_cert.is_none() {
+        Some(tls_key(&store, &custody).await?)
+    } else {
+        None
+    };
+    let (tcp, tls) = bind_api(&config, bundles.clone(), tls_key.clone()).await?;
     let local = tcp.local_addr().map_err(|e| StartError::Listen {
         addr: config.listen.to_string(),
         message: e.to_string(),
@@ -227,7 +248,9 @@ pub async fn start(
         audit: AuditLog::spawn(store.clone(), Some(audit_metrics)),
         base_url: base_url.clone(),
         store,
-        kek,
+        custody,
+        root,
+        tls_key,
         hmac,
         admin_token_tag,
         snapshot: ArcSwap::new(snapshot),
@@ -368,6 +391,140 @@ async fn checkpointer(app: Arc<App>, mut stop: watch::Receiver<bool>) {
 
 /// A random key shared by every server on the database, kept there sealed under the KEK (in
 /// meta `name`, AAD `aad`): the first server makes it.
+/// Where the database names a key that lives in the token: its label.
+const LOG_KEY_IN_TOKEN: &str = "audit_log_key_token";
+const TLS_KEY_IN_TOKEN: &str = "tls_key_token";
+
+/// A key of `kind` the database names by one meta entry (the log's, the API's TLS key): made
+/// in the token on the first start, found by its label after. Another server may have made
+/// it first: its key is the one.
+async fn token_key(
+    store: &Store,
+    custody: &Custody,
+    kind: KeyKind,
+    meta: &str,
+    alg: tessera_token::Alg,
+) -> Result<Arc<tessera_token::SigningKey>, StartError> {
+    let keys =
+        |e: &dyn std::fmt::Display| StartError::Keys(format!("the {} key: {e}", kind.as_str()));
+    let stored = match store.meta(meta).await? {
+        Some(v) => v,
+        None => {
+            let new = custody
+                .generate(kind, "server", alg)
+                .map_err(|e| keys(&e))?;
+            let stored = new
+                .stored(custody.kek(), "")
+                .map_err(|e| keys(&e))?
+                .to_text();
+            store
+                .commit(
+                    &[Op::InitMeta {
+                        key: meta.into(),
+                        value: stored.clone(),
+                    }],
+                    &[],
+                )
+                .await?;
+            store.meta(meta).await?.unwrap_or(stored)
+        }
+    };
+    let stored = StoredKey::parse(&stored).map_err(|e| keys(&e))?;
+    custody.open_key(&stored, alg, "").map_err(|e| keys(&e))
+}
+
+/// The transparency log's key: in the token when `[pkcs11]` holds `audit` (or when it was
+/// made there), else a seed sealed under the KEK. A log's key never changes, so one made in
+/// software does not move into the token.
+async fn log_key(
+    store: &Store,
+    custody: &Custody,
+) -> Result<Arc<tessera_token::SigningKey>, StartError> {
+    let in_token = store.meta(LOG_KEY_IN_TOKEN).await?.is_some();
+    if in_token || custody.in_token(KeyKind::Audit) {
+        if !in_token && store.meta("audit_log_key").await?.is_some() {
+            return Err(StartError::Keys(
+                "the audit log's key was made in software before [pkcs11] held `audit`, and a log's key never changes: take `audit` out of [pkcs11] keys".into(),
+            ));
+        }
+        return token_key(
+            store,
+            custody,
+            KeyKind::Audit,
+            LOG_KEY_IN_TOKEN,
+            tessera_token::Alg::EdDSA,
+        )
+        .await;
+    }
+    let seed = sealed_random_key(store, custody.kek(), "audit_log_key", "audit-log-key").await?;
+    tessera_token::SigningKey::ed25519_from_seed(&seed)
+        .map(Arc::new)
+        .map_err(|e| StartError::Keys(format!("the audit log key: {e}")))
+}
+
+/// The API's TLS key in the token.
+async fn tls_key(
+    store: &Store,
+    custody: &Custody,
+) -> Result<Arc<tessera_token::SigningKey>, StartError> {
+    token_key(
+        store,
+        custody,
+        KeyKind::Tls,
+        TLS_KEY_IN_TOKEN,
+        tessera_token::Alg::ES256,
+    )
+    .await
+}
+
+/// The root over the trust domains' CAs: made on the first start (ten years), kept after.
+async fn root_ca(
+    store: &Store,
+    custody: &Custody,
+    now: i64,
+) -> Result<tessera_ca::CertificateAuthority, StartError> {
+    let keys = |e: &dyn std::fmt::Display| StartError::Keys(format!("the root CA: {e}"));
+    if let (Some(cert), Some(key)) = (
+        store.meta(ca::ROOT_CERT_META).await?,
+        store.meta(ca::ROOT_KEY_META).await?,
+    ) {
+        return ca::load_root(custody, &cert, &key).map_err(|e| keys(&e));
+    }
+    let (_, cert, key) = ca::new_root(custody, now, ROOT_TTL_SECS).map_err(|e| keys(&e))?;
+    store
+        .commit(
+            &[
+                Op::InitMeta {
+                    key: ca::ROOT_KEY_META.into(),
+                    value: key,
+                },
+                Op::InitMeta {
+                    key: ca::ROOT_CERT_META.into(),
+                    value: cert,
+                },
+            ],
+            &[AuditEvent {
+                kind: AuditKind::CaCreated,
+                actor: "server".into(),
+                subject: "root".into(),
+                outcome: Outcome::Ok,
+                detail: json!({"root": true}),
+            }],
+        )
+        .await?;
+    // Another server may have made it first: what the database holds is the root.
+    match (
+        store.meta(ca::ROOT_CERT_META).await?,
+        store.meta(ca::ROOT_KEY_META).await?,
+    ) {
+        (Some(cert), Some(key)) => ca::load_root(custody, &cert, &key).map_err(|e| keys(&e)),
+        _ => Err(keys(&"it was not stored")),
+    }
+}
+
+/// A root lives ten years; it signs only the trust domains' CAs.
+const ROOT_TTL_SECS: i64 = 10 * 365 * 86400;
+
 async fn sealed_random_key(
     store: &Store,
     kek: &tessera_token::seal::Kek,
@@ -456,6 +613,7 @@ fn display_addr(a: SocketAddr) -> String {
 async fn bind_api(
     config: &ServerConfig,
     bundles: Arc<Bundles>,
+    tls_key: Option<Arc<tessera_token::SigningKey>>,
 ) -> Result<(tokio::net::TcpListener, tls::Tls), StartError> {
     let tcp = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -463,7 +621,7 @@ async fn bind_api(
             addr: config.listen.to_string(),
             message: e.to_string(),
         })?;
-    Ok((tcp, tls::load_or_create(config, bundles)?))
+    Ok((tcp, tls::load_or_create(config, bundles, tls_key)?))
 }
 
 /// Reloads as soon as another server on the same PostgreSQL database commits a change (its
@@ -611,7 +769,10 @@ async fn background(app: Arc<App>, mut stop: watch::Receiver<bool>) {
                     .entries(&td.name)
                     .iter()
                     .any(|o| o.activate_at > c.activate_at);
-                if now >= half && !prepared && n.is_multiple_of(60) {
+                // A CA an outside root signed is renewed by its operator (`tessera ca csr`,
+                // `tessera ca install`): replacing it here would leave that hierarchy.
+                let external = c.ca.is_intermediate() && app.root.is_none();
+                if now >= half && !prepared && !external && n.is_multiple_of(60) {
                     let ahead =
                         i64::try_from(app.config.ca_publish_ahead.as_secs()).unwrap_or(3600);
                     if let Err(e) = rotation::rotate_ca(&app, &td.name, ahead, "server").await {

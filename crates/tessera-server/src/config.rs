@@ -53,6 +53,66 @@ pub struct ServerConfig {
     pub checkpoint_sinks: Vec<CheckpointSink>,
     /// Witnesses asked to cosign each new checkpoint (C2SP tlog-witness).
     pub witnesses: Vec<WitnessConfig>,
+    /// Private keys that live in a PKCS#11 token instead of sealed in the database.
+    pub pkcs11: Option<Pkcs11Config>,
+    /// Whether one root CA signs each trust domain's CA (an intermediate). Default: with a
+    /// PKCS#11 token that holds the root.
+    pub ca_root: Option<bool>,
+}
+
+/// The kinds of private key Tessera holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyKind {
+    /// Token-signing keys (JWS), per trust domain.
+    Signing,
+    /// Each trust domain's CA.
+    Ca,
+    /// The root over the trust domains' CAs.
+    Root,
+    /// The transparency log's key.
+    Audit,
+    /// The API's own TLS key.
+    Tls,
+}
+
+impl KeyKind {
+    pub const ALL: [Self; 5] = [Self::Signing, Self::Ca, Self::Root, Self::Audit, Self::Tls];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Signing => "signing",
+            Self::Ca => "ca",
+            Self::Root => "root",
+            Self::Audit => "audit",
+            Self::Tls => "tls",
+        }
+    }
+}
+
+/// `[pkcs11]` in the config file.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pkcs11Config {
+    /// The PKCS#11 library.
+    pub module: PathBuf,
+    /// The token's label.
+    pub token_label: String,
+    /// The environment variable that holds the user PIN.
+    pub pin_env: String,
+    /// The kinds of key that live in the token (default: all).
+    #[serde(default = "all_kinds")]
+    pub keys: Vec<KeyKind>,
+}
+
+fn all_kinds() -> Vec<KeyKind> {
+    KeyKind::ALL.to_vec()
+}
+
+impl Pkcs11Config {
+    pub fn holds(&self, kind: KeyKind) -> bool {
+        self.keys.contains(&kind)
+    }
 }
 
 /// Where a checkpoint goes besides the database.
@@ -150,7 +210,19 @@ impl ServerConfig {
             notify_webhooks: Vec::new(),
             checkpoint_sinks: Vec::new(),
             witnesses: Vec::new(),
+            pkcs11: None,
+            ca_root: None,
         }
+    }
+
+    /// Whether `kind` lives in the PKCS#11 token.
+    pub fn in_token(&self, kind: KeyKind) -> bool {
+        self.pkcs11.as_ref().is_some_and(|p| p.holds(kind))
+    }
+
+    /// Whether a root CA signs the trust domains' CAs.
+    pub fn has_root(&self) -> bool {
+        self.ca_root.unwrap_or(self.in_token(KeyKind::Root))
     }
 
     /// Checks the combination; fills `--dev` defaults.
@@ -230,6 +302,10 @@ pub struct ConfigFile {
     pub log_witnesses: Vec<String>,
     /// The OTLP/HTTP collector traces go to (`OTEL_EXPORTER_OTLP_ENDPOINT` wins over it).
     pub otlp_endpoint: Option<String>,
+    /// Key custody in a PKCS#11 token.
+    pub pkcs11: Option<Pkcs11Config>,
+    /// One root CA over the trust domains' CAs.
+    pub ca_root: Option<bool>,
 }
 
 /// `trust_domains = ["prod.example.org", { name = "dev.example.org", environment = "dev" }]`

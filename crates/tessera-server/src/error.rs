@@ -6,7 +6,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use crate::app::keys::KeyError;
+use crate::app::custody::KeyError;
 use crate::app::NotServed;
 use crate::domain::apply::ApplyError;
 use crate::domain::caller::CallerError;
@@ -152,7 +152,12 @@ impl From<ApplyError> for ApiError {
 
 impl From<RotationError> for ApiError {
     fn from(e: RotationError) -> Self {
-        Self::unavailable(e)
+        match e {
+            RotationError::NoPendingCsr(_) | RotationError::BadCertificate(_) => {
+                Self::BadRequest(e.to_string())
+            }
+            RotationError::Keys(_) | RotationError::Store(_) => Self::unavailable(e),
+        }
     }
 }
 

@@ -31,7 +31,11 @@ pub(crate) struct PeerCertificates(pub Arc<Vec<CertificateDer<'static>>>);
 pub(crate) fn load_or_create(
     config: &ServerConfig,
     bundles: Arc<dyn tessera_ca::BundleSource>,
+    token_key: Option<Arc<tessera_token::SigningKey>>,
 ) -> Result<Tls, StartError> {
+    if let Some(key) = token_key {
+        return in_token(config, bundles, key);
+    }
     let (cert, key, ca_path) = match (&config.tls_cert, &config.tls_key) {
         (Some(c), Some(k)) => (c.clone(), k.clone(), None),
         _ => {
@@ -54,18 +58,72 @@ pub(crate) fn load_or_create(
     let key_der = PrivateKeyDer::from_pem_file(&key)
         .map_err(|e| StartError::Tls(format!("`{}`: {e}", key.display())))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+    let mut cfg = builder(bundles)?
+        .with_single_cert(chain, key_der)
+        .map_err(tls_err)?;
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let _ = provider;
+    Ok(Tls {
+        config: Arc::new(cfg),
+        ca_path,
+    })
+}
+
+type Builder = rustls::ConfigBuilder<rustls::ServerConfig, rustls::server::WantsServerCert>;
+
+fn builder(bundles: Arc<dyn tessera_ca::BundleSource>) -> Result<Builder, StartError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(tls_err)?
         .with_client_cert_verifier(Arc::new(tessera_ca::SpiffeClientVerifier::new(
             bundles, false,
-        )))
-        .with_single_cert(chain, key_der)
-        .map_err(tls_err)?;
+        ))))
+}
+
+/// The API's key is in the PKCS#11 token: the certificate for it is made (or kept, while it
+/// is for that key) under `DATA/tls/`, and rustls signs each handshake through the token. No
+/// key file is written, and one left from before is removed.
+fn in_token(
+    config: &ServerConfig,
+    bundles: Arc<dyn tessera_ca::BundleSource>,
+    key: Arc<tessera_token::SigningKey>,
+) -> Result<Tls, StartError> {
+    let dir = config.data_dir.join("tls");
+    let (cert, old_key, ca) = (
+        dir.join("server.pem"),
+        dir.join("server.key"),
+        dir.join("ca.pem"),
+    );
+    let signer = tessera_ca::CertKey::new(key.clone())
+        .ok_or_else(|| StartError::Tls("the TLS key is not ES256 or EdDSA".into()))?;
+    let current = CertificateDer::pem_file_iter(&cert)
+        .ok()
+        .and_then(|mut it| it.next())
+        .and_then(Result::ok)
+        .filter(|c| {
+            tessera_ca::p256_coordinates(c).is_some_and(|(x, y)| {
+                let point: Vec<u8> = [&[4u8][..], &x, &y].concat();
+                point == key.public().raw()
+            })
+        });
+    if current.is_none() {
+        generate_for(&dir, &cert, &ca, config, &signer)?;
+    }
+    if old_key.exists() {
+        std::fs::remove_file(&old_key).map_err(tls_err)?;
+    }
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert)
+        .map_err(|e| StartError::Tls(format!("`{}`: {e}", cert.display())))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| StartError::Tls(format!("`{}`: {e}", cert.display())))?;
+    let certified = rustls::sign::CertifiedKey::new(chain, Arc::new(tessera_ca::TlsKey::new(key)));
+    let mut cfg = builder(bundles)?
+        .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(certified)));
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Tls {
         config: Arc::new(cfg),
-        ca_path,
+        ca_path: Some(ca),
     })
 }
 
@@ -75,6 +133,20 @@ fn generate(
     key: &Path,
     ca: &Path,
     config: &ServerConfig,
+) -> Result<(), StartError> {
+    let leaf_key = rcgen::KeyPair::generate().map_err(tls_err)?;
+    generate_for(dir, cert, ca, config, &leaf_key)?;
+    tessera_core::private_file::write_private(key, leaf_key.serialize_pem().as_bytes())
+        .map_err(tls_err)
+}
+
+/// A new API CA (its key dropped once it signed) and a certificate for `leaf_key`.
+fn generate_for(
+    dir: &Path,
+    cert: &Path,
+    ca: &Path,
+    config: &ServerConfig,
+    leaf_key: &impl rcgen::SigningKey,
 ) -> Result<(), StartError> {
     use rcgen::{
         BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
@@ -92,7 +164,6 @@ fn generate(
     let ca_cert = ca_params.self_signed(&ca_key).map_err(tls_err)?;
     let issuer = Issuer::new(ca_params, ca_key);
 
-    let leaf_key = KeyPair::generate().map_err(tls_err)?;
     let mut leaf = CertificateParams::new(vec!["localhost".to_owned()]).map_err(tls_err)?;
     leaf.subject_alt_names
         .push(SanType::IpAddress(config.listen.ip()));
@@ -102,9 +173,7 @@ fn generate(
     }
     leaf.distinguished_name
         .push(DnType::CommonName, "tessera server");
-    let leaf_cert = leaf.signed_by(&leaf_key, &issuer).map_err(tls_err)?;
-    tessera_core::private_file::write_private(key, leaf_key.serialize_pem().as_bytes())
-        .map_err(tls_err)?;
+    let leaf_cert = leaf.signed_by(leaf_key, &issuer).map_err(tls_err)?;
     std::fs::write(cert, leaf_cert.pem()).map_err(tls_err)?;
     std::fs::write(ca, ca_cert.pem()).map_err(tls_err)?;
     Ok(())

@@ -7,7 +7,7 @@
 
 use std::fs::{self, File};
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -312,5 +312,96 @@ pub fn spawn_ready(mut cmd: Command, prefix: &str) -> Proc {
                 fs::read_to_string(&stderr_path).unwrap_or_default()
             );
         }
+    }
+}
+
+/// Debian's SoftHSM2 module: a real PKCS#11 library, software inside.
+pub const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+
+/// A SoftHSM2 installation of its own (its own config and token folder) holding any number of
+/// tokens, each with user PIN `1234`. Processes reach it through `SOFTHSM2_CONF` (see
+/// [`SoftHsm::env`]); the test's own environment is never changed.
+pub struct SoftHsm {
+    pub dir: tempfile::TempDir,
+    pub conf: PathBuf,
+    pub pin: String,
+}
+
+impl SoftHsm {
+    /// Panics when SoftHSM2 is missing: `.ci/run` installs it (Debian `softhsm2`).
+    pub fn new() -> Self {
+        assert!(
+            Path::new(SOFTHSM_MODULE).exists(),
+            "SoftHSM2 is not installed (`apt-get install softhsm2 opensc`)"
+        );
+        let dir = tempfile::Builder::new()
+            .prefix("tessera-hsm-")
+            .tempdir()
+            .unwrap();
+        let tokens = dir.path().join("tokens");
+        fs::create_dir_all(&tokens).unwrap();
+        let conf = dir.path().join("softhsm2.conf");
+        fs::write(
+            &conf,
+            format!(
+                "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
+                tokens.display()
+            ),
+        )
+        .unwrap();
+        Self {
+            dir,
+            conf,
+            pin: "1234".into(),
+        }
+    }
+
+    /// Initialises a fresh token labelled `label`.
+    pub fn add_token(&self, label: &str) {
+        let out = Command::new("softhsm2-util")
+            .args(["--init-token", "--free", "--label", label])
+            .args(["--pin", &self.pin, "--so-pin", "5678"])
+            .env("SOFTHSM2_CONF", &self.conf)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "softhsm2-util: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// What a process needs to see these tokens (and the PIN, in `TEST_HSM_PIN`).
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![
+            ("SOFTHSM2_CONF".into(), self.conf.display().to_string()),
+            ("TEST_HSM_PIN".into(), self.pin.clone()),
+        ]
+    }
+
+    /// `pkcs11-tool` (OpenSC), logged in to token `label`, with `args`.
+    pub fn tool(&self, label: &str, args: &[&str]) -> std::process::Output {
+        Command::new("pkcs11-tool")
+            .args(["--module", SOFTHSM_MODULE, "--token-label", label])
+            .args(["--login", "--pin", &self.pin])
+            .args(args)
+            .env("SOFTHSM2_CONF", &self.conf)
+            .output()
+            .unwrap()
+    }
+
+    /// The `[pkcs11]` table of a server config for token `label` holding `keys`.
+    pub fn config(&self, label: &str, keys: &[&str]) -> String {
+        let keys: Vec<String> = keys.iter().map(|k| format!("\"{k}\"")).collect();
+        format!(
+            "[pkcs11]\nmodule = \"{SOFTHSM_MODULE}\"\ntoken_label = \"{label}\"\npin_env = \"TEST_HSM_PIN\"\nkeys = [{}]\n",
+            keys.join(", ")
+        )
+    }
+}
+
+impl Default for SoftHsm {
+    fn default() -> Self {
+        Self::new()
     }
 }

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tessera_core::Kid;
 
+use crate::pkcs11::HsmKey;
 use crate::strict::{b64_decode, b64_encode};
 use crate::TokenError;
 
@@ -56,6 +57,32 @@ pub struct SigningKey {
 enum Inner {
     Es256(EcdsaKeyPair),
     EdDsa(Ed25519KeyPair),
+    /// In a PKCS#11 token: signing calls the module.
+    Token(HsmKey),
+}
+
+/// Where a private key lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyLocation {
+    /// In this process's memory (sealed under the KEK at rest).
+    Software,
+    /// In a PKCS#11 token, by the token's label and the key's label.
+    Pkcs11 {
+        token: String,
+        slot: u64,
+        label: String,
+    },
+}
+
+impl std::fmt::Display for KeyLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Software => f.write_str("software (sealed)"),
+            Self::Pkcs11 { token, slot, label } => {
+                write!(f, "pkcs11 token `{token}` slot {slot} label `{label}`")
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for SigningKey {
@@ -128,6 +155,22 @@ impl SigningKey {
         })
     }
 
+    /// A key held in a PKCS#11 token; its public half is the one the token reports.
+    pub fn in_token(key: HsmKey) -> Result<Self, TokenError> {
+        let public = match key.alg() {
+            Alg::ES256 => PublicKey::from_ec_point(key.public_bytes())?,
+            Alg::EdDSA => PublicKey::ed25519(key.public_bytes())?,
+            Alg::RS256 => return Err(TokenError::Crypto("RS256 keys verify only")),
+        };
+        Ok(Self {
+            kid: public.kid.clone(),
+            alg: key.alg(),
+            inner: Inner::Token(key),
+            public,
+            rng: SystemRandom::new(),
+        })
+    }
+
     pub fn kid(&self) -> &Kid {
         &self.kid
     }
@@ -140,6 +183,18 @@ impl SigningKey {
         &self.public
     }
 
+    pub fn location(&self) -> KeyLocation {
+        match &self.inner {
+            Inner::Token(k) => KeyLocation::Pkcs11 {
+                token: k.hsm().token().to_owned(),
+                slot: k.hsm().slot_id(),
+                label: k.label().to_owned(),
+            },
+            Inner::Es256(_) | Inner::EdDsa(_) => KeyLocation::Software,
+        }
+    }
+
+    /// The signature in JWS form: ES256 as `r || s`, EdDSA as RFC 8032's 64 bytes.
     pub fn sign(&self, message: &[u8]) -> Result<Vec<u8>, TokenError> {
         match &self.inner {
             Inner::Es256(kp) => kp
@@ -147,8 +202,49 @@ impl SigningKey {
                 .map(|s| s.as_ref().to_vec())
                 .map_err(|_| TokenError::Crypto("signing failed")),
             Inner::EdDsa(kp) => Ok(kp.sign(message).as_ref().to_vec()),
+            Inner::Token(k) => k.sign(message).map_err(TokenError::Hsm),
         }
     }
+
+    /// The signature in X.509 and TLS form: ES256 as a DER `ECDSA-Sig-Value` (RFC 3279
+    /// §2.2.3), EdDSA unchanged.
+    pub fn sign_der(&self, message: &[u8]) -> Result<Vec<u8>, TokenError> {
+        let sig = self.sign(message)?;
+        match self.alg {
+            Alg::ES256 => ecdsa_fixed_to_der(&sig),
+            Alg::EdDSA | Alg::RS256 => Ok(sig),
+        }
+    }
+}
+
+/// `r || s` (32 bytes each) as DER `SEQUENCE { INTEGER r, INTEGER s }`. Encoding only: the
+/// signature itself comes from ring or the token.
+fn ecdsa_fixed_to_der(sig: &[u8]) -> Result<Vec<u8>, TokenError> {
+    if sig.len() != 64 {
+        return Err(TokenError::Crypto("an ES256 signature is 64 bytes"));
+    }
+    let (r, s) = sig.split_at(32);
+    let integer = |v: &[u8]| -> Vec<u8> {
+        // The minimal encoding: no leading zero octets, but at least one octet.
+        let start = v
+            .iter()
+            .position(|b| *b != 0)
+            .unwrap_or(v.len().saturating_sub(1));
+        let v = v.get(start..).unwrap_or_default();
+        let pad = v.first().is_some_and(|b| b & 0x80 != 0);
+        let mut out = vec![0x02, u8::try_from(v.len() + usize::from(pad)).unwrap_or(0)];
+        if pad {
+            out.push(0);
+        }
+        out.extend_from_slice(v);
+        out
+    };
+    let (r, s) = (integer(r), integer(s));
+    // INVARIANT: each INTEGER is at most 2 + 33 bytes, so the sequence's length fits one octet.
+    let mut out = vec![0x30, u8::try_from(r.len() + s.len()).unwrap_or(0)];
+    out.extend_from_slice(&r);
+    out.extend_from_slice(&s);
+    Ok(out)
 }
 
 /// A public verification key with the algorithm it is for and its RFC 7638 thumbprint.
@@ -201,6 +297,12 @@ impl PublicKey {
     /// An Ed25519 public key from its 32 bytes (RFC 8032).
     pub fn ed25519(x: &[u8]) -> Result<Self, TokenError> {
         Self::ed25519_with_kid(x, None)
+    }
+
+    /// The key as X.509 puts it in a SubjectPublicKeyInfo: the uncompressed point (ES256), the
+    /// 32 bytes (EdDSA), the modulus (RS256).
+    pub fn raw(&self) -> &[u8] {
+        &self.bytes
     }
 
     /// The 32 bytes of an Ed25519 key; `None` for other algorithms.

@@ -1,16 +1,19 @@
 //! JOSE for Tessera, on `ring`: signing keys and JWKs, compact JWS with RFC 8725's rules applied
 //! while parsing, claim checks, and sealing of private keys at rest. No cryptography is written
-//! here; `ring` does all of it.
+//! here; `ring` does all of it, or a PKCS#11 token
+//! (`pkcs11`) for keys that never leave it.
 
 pub mod claims;
 pub mod jws;
 pub mod key;
+pub mod pkcs11;
 pub mod seal;
 pub mod strict;
 
 pub use claims::{x5t_s256, AccessTokenClaims, TimeRules, TYP_ACCESS_TOKEN};
 pub use jws::{sign, Unverified, MAX_TOKEN_BYTES};
-pub use key::{Alg, JwkSet, PublicKey, SigningKey};
+pub use key::{Alg, JwkSet, KeyLocation, PublicKey, SigningKey};
+pub use pkcs11::{Hsm, HsmError, HsmKey};
 pub use seal::Kek;
 
 /// Why a token or key was refused. Each message is one a person can act on.
@@ -36,4 +39,7 @@ pub enum TokenError {
     Crypto(&'static str),
     #[error("a sealed key does not open with this key-encryption key")]
     Unseal,
+    /// The key is in a PKCS#11 token and the token failed or refused.
+    #[error("{0}")]
+    Hsm(HsmError),
 }

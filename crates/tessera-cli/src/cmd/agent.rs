@@ -11,7 +11,8 @@ use tessera_agent::proto::{JwtsvidRequest, X509svidRequest};
 use tessera_agent::workload::{connect, request};
 use tessera_agent::AgentConfig;
 use tessera_core::admin_api::{
-    CaInfo, CaRotateRequest, CaRotated, JoinTokenRequest, JoinTokenResponse,
+    CaCsr, CaCsrRequest, CaInfo, CaInstallRequest, CaRotateRequest, CaRotated, JoinTokenRequest,
+    JoinTokenResponse,
 };
 
 use crate::cli::{AgentArgs, AgentCommand, AgentTokenCommand, CaCommand, Output};
@@ -106,6 +107,44 @@ pub(crate) async fn ca(command: CaCommand) -> anyhow::Result<u8> {
         CaCommand::List { target } => {
             let v: Vec<CaInfo> = admin(&target)?.fetch("/v1/ca").await?;
             print(&target, &v, || render::cas(&v));
+        }
+        CaCommand::Csr {
+            trust_domain,
+            target,
+        } => {
+            let v: CaCsr = admin(&target)?
+                .send("/v1/ca/csr", &CaCsrRequest { trust_domain })
+                .await?;
+            print(&target, &v, || v.csr_pem.clone());
+        }
+        CaCommand::Install {
+            trust_domain,
+            cert,
+            activate_in,
+            target,
+        } => {
+            let chain_pem = std::fs::read_to_string(&cert)
+                .map_err(|e| anyhow::anyhow!("cannot read `{}`: {e}", cert.display()))?;
+            let activate_in = activate_in
+                .map(|s| parse_duration(&s).map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX)))
+                .transpose()?;
+            let req = CaInstallRequest {
+                trust_domain,
+                chain_pem,
+                activate_in,
+            };
+            let v: CaRotated = admin(&target)?.send("/v1/ca/install", &req).await?;
+            let rows = vec![v];
+            print(&target, &rows, || render::ca_rotation(&rows));
+        }
+        CaCommand::Root { target } => {
+            let v: serde_json::Value = admin(&target)?.get("/v1/ca/root").await?;
+            print(&target, &v, || {
+                v.get("pem")
+                    .and_then(serde_json::Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned()
+            });
         }
     }
     Ok(0)

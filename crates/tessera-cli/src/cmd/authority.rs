@@ -11,7 +11,7 @@ use serde_json::Value;
 use tessera_core::admin_api::{
     AgentSummary, ApplyRequest, ApplyResponse, ClientSecretRequest, ClientSecretResponse,
     ClientSummary, FederationTestRequest, FederationTestResponse, GrantSummary, KeyInfo,
-    KeyRotateRequest, KeyRotated, RevokeRequest, Revoked, TokenRevoked, TrustSummary,
+    KeyRotateRequest, KeyRotated, KeyStatus, RevokeRequest, Revoked, TokenRevoked, TrustSummary,
     WorkloadSummary,
 };
 use tessera_server::{ConfigFile, ServerConfig, TrustDomainConfig};
@@ -251,6 +251,10 @@ pub(crate) async fn keys(command: KeysCommand) -> anyhow::Result<u8> {
             let v: Vec<KeyInfo> = admin(&target)?.fetch("/v1/keys").await?;
             print(&target, &v, || render::keys(&v));
         }
+        KeysCommand::Status { target } => {
+            let v: Vec<KeyStatus> = admin(&target)?.fetch("/v1/keys/status").await?;
+            print(&target, &v, || render::key_status(&v));
+        }
     }
     Ok(0)
 }
@@ -299,6 +303,8 @@ pub(crate) async fn server(a: ServerArgs) -> anyhow::Result<u8> {
         cfg.ca_publish_ahead = t.0;
     }
     cfg.admin_uids = file.admin_uids.clone();
+    cfg.pkcs11 = file.pkcs11.clone();
+    cfg.ca_root = file.ca_root;
     cfg.poll_interval = parse_duration(&a.poll_interval)?;
     let hooks = if a.notify_webhooks.is_empty() {
         &file.notify_webhooks

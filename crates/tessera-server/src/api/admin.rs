@@ -10,16 +10,18 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tessera_core::admin_api::{
-    AgentSummary, CaInfo, CaRotateRequest, CaRotated, CaState, ClientSecretRequest,
-    ClientSecretResponse, ClientSummary, FederationTestRequest, FederationTestResponse,
-    GrantSummary, JoinTokenRequest, JoinTokenResponse, KeyInfo, KeyRotateRequest, KeyRotated,
-    KeyState, RevokeRequest, Revoked, TokenRevoked, TrustSummary, WorkloadSummary,
+    AgentSummary, CaCsr, CaCsrRequest, CaInfo, CaInstallRequest, CaRotateRequest, CaRotated,
+    CaState, ClientSecretRequest, ClientSecretResponse, ClientSummary, FederationTestRequest,
+    FederationTestResponse, GrantSummary, JoinTokenRequest, JoinTokenResponse, KeyInfo,
+    KeyRotateRequest, KeyRotated, KeyState, KeyStatus, RevokeRequest, Revoked, TokenRevoked,
+    TrustSummary, WorkloadSummary,
 };
 use tessera_core::manifest::ClientAuth;
 use tessera_core::{SpiffeId, TrustDomain};
 use tessera_store::{AuditEvent, AuditKind, ClientSecretRecord, Op, Outcome};
 
 use crate::app::{changes, App};
+use crate::config::KeyKind;
 use crate::domain::apply::{plan, sorted_lines, ApplyRequest, ApplyResponse};
 use crate::domain::caller::Actor;
 use crate::domain::federation::{verify_outside, DEFAULT_ALGORITHMS, DEFAULT_MAX_AGE, GLOB_CLAIMS};
@@ -49,6 +51,10 @@ pub(crate) fn routes() -> Router<Arc<App>> {
         .route("/v1/agents/tokens", post(create_join_token))
         .route("/v1/ca", get(list_cas))
         .route("/v1/ca/rotate", post(rotate_cas))
+        .route("/v1/ca/csr", post(ca_csr))
+        .route("/v1/ca/install", post(ca_install))
+        .route("/v1/ca/root", get(ca_root))
+        .route("/v1/keys/status", get(keys_status))
 }
 
 async fn post_apply(
@@ -677,6 +683,194 @@ async fn list_keys(State(app): State<Arc<App>>) -> Json<Vec<KeyInfo>> {
         }
     }
     Json(out)
+}
+
+/// `GET /v1/keys/status`: every private key, where it lives, its age, state and next rotation.
+async fn keys_status(State(app): State<Arc<App>>) -> Json<Vec<KeyStatus>> {
+    let snap = app.snapshot();
+    let now = tessera_core::now_unix();
+    let mut out = Vec::new();
+    let period = app
+        .config
+        .key_rotation_period
+        .and_then(|p| i64::try_from(p.as_secs()).ok());
+    for td in &app.config.trust_domains {
+        let signing = snap
+            .keys
+            .signing(&td.name, now)
+            .map(|k| k.key.kid().clone());
+        for k in snap.keys.entries(&td.name) {
+            let is_signing = signing.as_ref() == Some(k.key.kid());
+            let state = if is_signing {
+                "signing"
+            } else if k.activate_at > now {
+                "next"
+            } else if k.retire_at.is_some_and(|r| r <= now) {
+                "withdrawn"
+            } else {
+                "retiring"
+            };
+            out.push(KeyStatus {
+                kind: KeyKind::Signing.as_str().into(),
+                trust_domain: Some(td.name.to_string()),
+                id: k.key.kid().to_string(),
+                alg: k.key.alg().as_str().into(),
+                location: k.key.location().to_string(),
+                created_at: Some(k.created_at),
+                state: state.into(),
+                next_rotation: period
+                    .filter(|_| is_signing)
+                    .map(|p| (k.activate_at + p).max(now)),
+                rotation: (is_signing && period.is_none())
+                    .then(|| "on request (`tessera keys rotate`)".into()),
+            });
+        }
+        let active = snap.cas.signing(&td.name, now).map(|c| c.id.clone());
+        for c in snap.cas.entries(&td.name) {
+            let is_active = active.as_deref() == Some(c.id.as_str());
+            let state = if is_active {
+                "active"
+            } else if c.activate_at > now {
+                "prepared"
+            } else if c.retire_at.is_some_and(|r| r <= now) || c.not_after <= now {
+                "withdrawn"
+            } else {
+                "retiring"
+            };
+            let external = c.ca.is_intermediate() && app.root.is_none();
+            out.push(KeyStatus {
+                kind: KeyKind::Ca.as_str().into(),
+                trust_domain: Some(td.name.to_string()),
+                id: c.id.clone(),
+                alg: c.ca.key().alg().as_str().into(),
+                location: c.ca.key().location().to_string(),
+                created_at: Some(c.created_at),
+                state: state.into(),
+                next_rotation: (is_active && !external)
+                    .then(|| (c.activate_at + (c.not_after - c.activate_at) / 2).max(now)),
+                rotation: (is_active && external).then(|| {
+                    "signed outside: renew with `tessera ca csr` and `tessera ca install`".into()
+                }),
+            });
+        }
+    }
+    if let Some(root) = &app.root {
+        out.push(KeyStatus {
+            kind: KeyKind::Root.as_str().into(),
+            trust_domain: None,
+            id: "root".into(),
+            alg: root.key().alg().as_str().into(),
+            location: root.key().location().to_string(),
+            created_at: None,
+            state: if root.not_after() > now {
+                "active"
+            } else {
+                "expired"
+            }
+            .into(),
+            next_rotation: None,
+            rotation: Some(format!("by hand before it expires at {}", root.not_after())),
+        });
+    }
+    let log_key = app.log.signer.key();
+    out.push(KeyStatus {
+        kind: KeyKind::Audit.as_str().into(),
+        trust_domain: None,
+        id: app.log.verifier().to_vkey(),
+        alg: log_key.alg().as_str().into(),
+        location: log_key.location().to_string(),
+        created_at: None,
+        state: "in use".into(),
+        next_rotation: None,
+        rotation: Some("never: a log's key does not change".into()),
+    });
+    let (tls_alg, tls_location) = match (&app.tls_key, &app.config.tls_key) {
+        (Some(k), _) => (k.alg().as_str().to_owned(), k.location().to_string()),
+        (None, Some(path)) => ("-".into(), format!("file `{}`", path.display())),
+        (None, None) => (
+            "ES256".into(),
+            format!(
+                "file `{}`",
+                app.config.data_dir.join("tls/server.key").display()
+            ),
+        ),
+    };
+    out.push(KeyStatus {
+        kind: KeyKind::Tls.as_str().into(),
+        trust_domain: None,
+        id: "api".into(),
+        alg: tls_alg,
+        location: tls_location,
+        created_at: None,
+        state: "in use".into(),
+        next_rotation: None,
+        rotation: Some("with the API certificate".into()),
+    });
+    Json(out)
+}
+
+/// `POST /v1/ca/csr`.
+async fn ca_csr(
+    State(app): State<Arc<App>>,
+    actor: Actor,
+    Json(req): Json<CaCsrRequest>,
+) -> Result<Json<CaCsr>, ApiError> {
+    let td = app.served(&req.trust_domain)?.clone();
+    let der = rotation::ca_csr(&app, &td, &actor.0).await?;
+    Ok(Json(CaCsr {
+        trust_domain: td.to_string(),
+        csr_pem: pem_block("CERTIFICATE REQUEST", &der),
+    }))
+}
+
+/// `POST /v1/ca/install`.
+async fn ca_install(
+    State(app): State<Arc<App>>,
+    actor: Actor,
+    Json(req): Json<CaInstallRequest>,
+) -> Result<Json<CaRotated>, ApiError> {
+    use rustls::pki_types::pem::PemObject;
+    let td = app.served(&req.trust_domain)?.clone();
+    let certs: Vec<rustls::pki_types::CertificateDer<'static>> =
+        rustls::pki_types::CertificateDer::pem_slice_iter(req.chain_pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .map_err(|e| {
+                ApiError::BadRequest(format!("`chain_pem` is not PEM certificates: {e}"))
+            })?;
+    if certs.is_empty() {
+        return Err(ApiError::BadRequest(
+            "`chain_pem` holds no certificate".into(),
+        ));
+    }
+    let der: Vec<u8> = certs.iter().flat_map(|c| c.to_vec()).collect();
+    let ahead = req
+        .activate_in
+        .unwrap_or_else(|| i64::try_from(app.config.ca_publish_ahead.as_secs()).unwrap_or(3600))
+        .max(0);
+    Ok(Json(
+        rotation::ca_install(&app, &td, der, ahead, &actor.0).await?,
+    ))
+}
+
+/// `GET /v1/ca/root`: the root over the trust domains' CAs, PEM.
+async fn ca_root(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError> {
+    let root = app
+        .root
+        .as_ref()
+        .ok_or_else(|| ApiError::NotFound("this authority has no root CA (`ca_root`)".into()))?;
+    Ok(Json(json!({"pem": pem_block("CERTIFICATE", root.cert())})))
+}
+
+fn pem_block(label: &str, der: &[u8]) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(chunk).unwrap_or_default());
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
 }
 
 async fn rotate_keys(

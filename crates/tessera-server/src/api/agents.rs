@@ -91,7 +91,11 @@ fn sign_agent(
         .ok_or_else(|| ApiError::unavailable(format!("no CA signs for `{td}`")))?;
     ca.ca
         .sign_csr(&csr, spiffe_id, now, ttl)
-        .map_err(|e| ApiError::BadRequest(e.to_string()))
+        .map_err(|e| match e {
+            // The CA's token failed: the agent may retry; its CSR was fine.
+            tessera_ca::CaError::KeyUnavailable(_) => ApiError::unavailable(e.to_string()),
+            e => ApiError::BadRequest(e.to_string()),
+        })
 }
 
 async fn post_join(State(app): State<Arc<App>>, Json(req): Json<JoinRequest>) -> Response {
@@ -154,7 +158,7 @@ async fn post_join(State(app): State<Arc<App>>, Json(req): Json<JoinRequest>) ->
         Ok(AgentSvid {
             agent_id,
             spiffe_id,
-            chain: vec![STANDARD.encode(&svid.cert)],
+            chain: svid.chain().iter().map(|c| STANDARD.encode(c)).collect(),
             not_after: svid.not_after,
             bundle: bundle_b64(&snap, &td, now),
         })
@@ -213,7 +217,7 @@ async fn post_renew(
     Ok(Json(AgentSvid {
         agent_id: agent.id,
         spiffe_id: agent.spiffe_id,
-        chain: vec![STANDARD.encode(&svid.cert)],
+        chain: svid.chain().iter().map(|c| STANDARD.encode(c)).collect(),
         not_after: svid.not_after,
         bundle: bundle_b64(&snap, &agent.td, now),
     }))
@@ -367,6 +371,7 @@ async fn post_sign(
     let mut items = Vec::new();
     let mut records = Vec::new();
     let mut events = Vec::new();
+    let mut key_failure = None;
     for h in handles {
         let part = h
             .await
@@ -389,20 +394,25 @@ async fn post_sign(
                         ));
                     items.push(SignedItem {
                         spiffe_id: id,
-                        chain: vec![STANDARD.encode(&svid.cert)],
+                        chain: svid.chain().iter().map(|c| STANDARD.encode(c)).collect(),
                         serial: svid.serial,
                         not_after: svid.not_after,
                         error: None,
                     });
                 }
                 Err(e) => {
+                    let mut outcome = Outcome::Denied;
+                    if let ItemError::Refused(tessera_ca::CaError::KeyUnavailable(why)) = &e {
+                        key_failure = Some(why.clone());
+                        outcome = Outcome::Error;
+                    }
                     // The reason goes on the wire and into the record as text.
                     let e = e.to_string();
                     events.push(AuditEvent {
                         kind: AuditKind::SvidDenied,
                         actor: agent.spiffe_id.to_string(),
                         subject: id.to_string(),
-                        outcome: Outcome::Denied,
+                        outcome,
                         detail: json!({"kind": "x509", "reason": e, "agent": agent.id}),
                     });
                     items.push(SignedItem {
@@ -415,6 +425,19 @@ async fn post_sign(
                 }
             }
         }
+    }
+    // The CA's key failed (its token went away): the whole request fails closed, with the
+    // failures recorded, and the agent retries.
+    if let Some(why) = key_failure {
+        app.store.commit(&[], &events).await.inspect_err(|_| {
+            app.metrics.audit_failures.inc();
+        })?;
+        app.metrics
+            .svids_refused
+            .inc_by(u64::try_from(items.len()).unwrap_or(0));
+        return Err(ApiError::unavailable(format!(
+            "the CA key is unavailable: {why}"
+        )));
     }
     // Fail closed: nothing is handed out unless its record and audit are durable.
     let waited = std::time::Instant::now();

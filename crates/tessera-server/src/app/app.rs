@@ -15,8 +15,10 @@ use tokio::sync::watch;
 
 use crate::app::ca::{Bundles, CaRing};
 use crate::app::changes;
+use crate::app::custody::Custody;
+use crate::app::custody::KeyError;
 use crate::app::db_pools::Pools;
-use crate::app::keys::{KeyError, KeyRing};
+use crate::app::keys::KeyRing;
 use crate::app::snapshot::Snapshot;
 use crate::app::trust_keys::TrustKeys;
 use crate::config::ServerConfig;
@@ -67,7 +69,13 @@ pub struct App {
     pub store: Store,
     pub audit: AuditLog,
     pub(crate) first_td: TrustDomain,
-    pub(crate) kek: Kek,
+    /// The KEK and the PKCS#11 token: where every private key lives.
+    pub(crate) custody: Custody,
+    /// The API's TLS key when it is in the token (else it is a file under `DATA/tls/` or the
+    /// configured `tls_key`).
+    pub(crate) tls_key: Option<Arc<tessera_token::SigningKey>>,
+    /// The root over the trust domains' CAs, when configured.
+    pub(crate) root: Option<Arc<tessera_ca::CertificateAuthority>>,
     pub(crate) hmac: ring::hmac::Key,
     /// HMAC of the admin credential accepted on `/admin/v1/...`.
     pub(crate) admin_token_tag: Vec<u8>,
@@ -147,7 +155,7 @@ impl App {
 
     /// The key-encryption key, for the vault's envelope.
     pub(crate) fn kek(&self) -> &Kek {
-        &self.kek
+        self.custody.kek()
     }
 
     /// The trust domain that is also the issuer at the base URL.
@@ -216,8 +224,8 @@ impl App {
         let state = self.store.load_state().await?;
         let now = tessera_core::now_unix();
         let revoked = self.store.revoked_tokens(now).await?;
-        let keys = KeyRing::load(&self.store.keys().await?, &self.kek)?;
-        let cas = CaRing::load(&self.store.cas().await?, &self.kek)?;
+        let keys = KeyRing::load(&self.store.keys().await?, &self.custody)?;
+        let cas = CaRing::load(&self.store.cas().await?, &self.custody)?;
         let previous = self.snapshot();
         let snap = Snapshot::build(
             version,

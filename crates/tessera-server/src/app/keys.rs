@@ -16,37 +16,9 @@ use tessera_core::{Kid, TrustDomain};
 use tessera_store::{KeyRecord, Op};
 use tessera_token::{Alg, Kek, PublicKey, SigningKey};
 
+use crate::app::custody::{Custody, KeyError, StoredKey};
+use crate::config::KeyKind;
 use crate::start_error::StartError;
-
-/// A stored key or CA that does not load, or a new one that cannot be made.
-#[derive(Debug, thiserror::Error)]
-pub enum KeyError {
-    #[error("stored {what} `{id}`: {reason}")]
-    Stored {
-        what: &'static str,
-        id: String,
-        reason: String,
-    },
-    #[error("cannot make a new {what}: {reason}")]
-    Make { what: &'static str, reason: String },
-}
-
-impl KeyError {
-    pub(crate) fn stored(what: &'static str, id: &str, reason: impl std::fmt::Display) -> Self {
-        Self::Stored {
-            what,
-            id: id.to_owned(),
-            reason: reason.to_string(),
-        }
-    }
-
-    pub(crate) fn make(what: &'static str, reason: impl std::fmt::Display) -> Self {
-        Self::Make {
-            what,
-            reason: reason.to_string(),
-        }
-    }
-}
 
 /// Where the key-encryption key comes from.
 #[derive(Debug, Clone)]
@@ -134,25 +106,22 @@ pub struct KeyRing {
 }
 
 impl KeyRing {
-    pub fn load(records: &[KeyRecord], kek: &Kek) -> Result<Self, KeyError> {
+    pub fn load(records: &[KeyRecord], custody: &Custody) -> Result<Self, KeyError> {
         let mut by_td: HashMap<TrustDomain, Vec<KeyEntry>> = HashMap::new();
         for r in records {
             let bad = |reason: &dyn std::fmt::Display| KeyError::stored("key", &r.kid, reason);
             let td = TrustDomain::parse(&r.trust_domain).map_err(|e| bad(&e))?;
             let alg =
                 Alg::parse(&r.alg).ok_or_else(|| bad(&format!("unknown algorithm `{}`", r.alg)))?;
-            let sealed = STANDARD
-                .decode(&r.sealed)
-                .map_err(|_| bad(&"it is not base64"))?;
-            let pkcs8 = kek
-                .open(&sealed, &key_aad(&r.trust_domain, &r.kid))
-                .map_err(|_| bad(&"it does not open with this key-encryption key"))?;
-            let key = SigningKey::from_pkcs8(alg, &pkcs8).map_err(|e| bad(&e))?;
+            let stored = StoredKey::parse(&r.sealed).map_err(|e| bad(&e))?;
+            let key = custody
+                .open_key(&stored, alg, &key_aad(&r.trust_domain, &r.kid))
+                .map_err(|e| bad(&e))?;
             if key.kid().as_str() != r.kid {
                 return Err(bad(&"it does not match its stored id"));
             }
             by_td.entry(td).or_default().push(KeyEntry {
-                key: Arc::new(key),
+                key,
                 created_at: r.created_at,
                 activate_at: r.activate_at,
                 retire_at: r.retire_at,
@@ -196,26 +165,25 @@ impl KeyRing {
     }
 }
 
-/// A freshly generated key, sealed for storage.
+/// A freshly generated key: in the token, or sealed for storage.
 pub(crate) fn new_key_record(
     td: &TrustDomain,
     alg: Alg,
-    kek: &Kek,
+    custody: &Custody,
     now: i64,
     activate_at: i64,
 ) -> Result<KeyRecord, KeyError> {
     let make = |e: &dyn std::fmt::Display| KeyError::make("signing key", e);
-    let (key, pkcs8) = SigningKey::generate(alg).map_err(|e| make(&e))?;
+    let new = custody.generate(KeyKind::Signing, td.as_str(), alg)?;
+    let key = new.key();
     let kid = key.kid().to_string();
-    let sealed = kek
-        .seal(&pkcs8, &key_aad(td.as_str(), &kid))
-        .map_err(|e| make(&e))?;
+    let stored = new.stored(custody.kek(), &key_aad(td.as_str(), &kid))?;
     let jwk = serde_json::to_string(&key.public().to_jwk()).map_err(|e| make(&e))?;
     Ok(KeyRecord {
         kid,
         trust_domain: td.to_string(),
         alg: alg.as_str().to_owned(),
-        sealed: STANDARD.encode(sealed),
+        sealed: stored.to_text(),
         public_jwk: jwk,
         created_at: now,
         activate_at,
@@ -229,12 +197,12 @@ pub(crate) fn rotation_ops(
     ring: &KeyRing,
     td: &TrustDomain,
     alg: Alg,
-    kek: &Kek,
+    custody: &Custody,
     now: i64,
     publish_ahead: i64,
 ) -> Result<(KeyRecord, Vec<Op>), KeyError> {
     let activate_at = now + publish_ahead;
-    let record = new_key_record(td, alg, kek, now, activate_at)?;
+    let record = new_key_record(td, alg, custody, now, activate_at)?;
     let last_token_expiry = activate_at + i64::try_from(MAX_JWT_TTL.as_secs()).unwrap_or(3600) + 60;
     let mut ops = vec![Op::InsertKey(record.clone())];
     for k in ring.entries(td) {
@@ -254,7 +222,7 @@ mod tests {
 
     #[test]
     fn rotation_publishes_before_signing_and_retires_after_expiry() {
-        let kek = Kek::from_bytes(&[7u8; 32]).unwrap();
+        let kek = Custody::software(Kek::from_bytes(&[7u8; 32]).unwrap());
         let td = TrustDomain::parse("example.org").unwrap();
         let first = new_key_record(&td, Alg::ES256, &kek, 0, 0).unwrap();
         let ring = KeyRing::load(std::slice::from_ref(&first), &kek).unwrap();
@@ -284,10 +252,10 @@ mod tests {
 
     #[test]
     fn wrong_kek_is_refused() {
-        let kek = Kek::from_bytes(&[7u8; 32]).unwrap();
+        let kek = Custody::software(Kek::from_bytes(&[7u8; 32]).unwrap());
         let td = TrustDomain::parse("example.org").unwrap();
         let rec = new_key_record(&td, Alg::EdDSA, &kek, 0, 0).unwrap();
-        let other = Kek::from_bytes(&[8u8; 32]).unwrap();
+        let other = Custody::software(Kek::from_bytes(&[8u8; 32]).unwrap());
         assert!(KeyRing::load(&[rec], &other)
             .unwrap_err()
             .to_string()
