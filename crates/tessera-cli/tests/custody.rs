@@ -658,3 +658,70 @@ fn a_bad_token_is_refused_at_start_with_one_line() {
         &format!("no private key labelled `{audit}`"),
     );
 }
+
+/// The token goes away under a running server (its folder moved out of SoftHSM's reach): each
+/// request that needs a signature fails closed with 503 and an audit record naming the token,
+/// never signed by anything else; once the token is back, the server reconnects by itself.
+#[tokio::test]
+async fn a_token_that_fails_fails_requests_closed_then_reconnects() {
+    let (s, _files) = hsm_server(Backend::Sqlite, "failing", ALL).unwrap();
+    let (orders, _) = setup_mesh(&s);
+    let form = [("resource", "https://inventory.internal.example.org")];
+    let (st, body) = token(&s, &orders, &form).await;
+    assert_eq!(st, 200, "{body}");
+    let kid_of = |t: &str| -> String {
+        use base64::Engine;
+        let header = t.split('.').next().unwrap();
+        let header = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(header)
+            .unwrap();
+        serde_json::from_slice::<Value>(&header).unwrap()["kid"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let kid = kid_of(body["access_token"].as_str().unwrap());
+
+    // The token's folder: the one whose token.object carries the label.
+    let tokens = hsm().dir.path().join("tokens");
+    let folder = std::fs::read_dir(&tokens)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            std::fs::read(p.join("token.object"))
+                .unwrap_or_default()
+                .windows(b"failing".len())
+                .any(|w| w == b"failing")
+        })
+        .unwrap();
+    let aside = hsm().dir.path().join("aside-failing");
+    std::fs::rename(&folder, &aside).unwrap();
+    for _ in 0..3 {
+        let (st, body) = token(&s, &orders, &form).await;
+        assert_eq!(st, 503, "{body}");
+        assert!(body.get("access_token").is_none());
+    }
+    let o = tessera(&s.data, &["audit", "tail", "-n", "20"]);
+    let tail = stdout(&o);
+    assert!(
+        tail.lines()
+            .any(|l| l.contains("token.failed error") && l.contains("PKCS#11 token `failing`")),
+        "{tail}"
+    );
+
+    std::fs::rename(&aside, &folder).unwrap();
+    let mut back = None;
+    for _ in 0..20 {
+        let (st, body) = token(&s, &orders, &form).await;
+        if st == 200 {
+            back = Some(body);
+            break;
+        }
+        assert_eq!(st, 503, "{body}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let body = back.expect("the server reconnected to the token");
+    // The same key in the token signs again.
+    assert_eq!(kid_of(body["access_token"].as_str().unwrap()), kid);
+}

@@ -3,12 +3,13 @@
 //! A key is generated inside the token as sensitive and non-extractable and is found again by
 //! its label; Tessera keeps only its public half. Signing borrows a logged-in session from a
 //! small pool (one session serves one thread at a time, so the pool is what lets signatures run
-//! in parallel). A call that fails because the token went away drops every pooled session and
-//! forgets every cached object handle, so the next call opens fresh ones: the failing request
-//! fails (closed), later ones reconnect. Nothing here ever falls back to a software key.
+//! in parallel). A call that fails because the token went away fails (closed) and marks the
+//! module broken; the next call reconnects first (the pooled sessions dropped, the library
+//! finalized and initialized again, the token found by its label, logged in, object handles
+//! found afresh). Nothing here ever falls back to a software key.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 
 use cryptoki::context::{CInitializeArgs, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
@@ -60,15 +61,23 @@ pub enum HsmError {
 
 /// An open PKCS#11 module, logged in to one token.
 pub struct Hsm {
-    ctx: Pkcs11,
+    /// The library and the token's slot; replaced whole on a reconnection. Calls hold it
+    /// shared, a reconnection exclusively.
+    conn: RwLock<Option<Conn>>,
     module: String,
-    slot: Slot,
     token: String,
     pin: AuthPin,
     pool: Mutex<Vec<Session>>,
     pool_size: usize,
     /// Bumped when the token failed: cached object handles of older generations are stale.
     generation: AtomicU64,
+    /// Set when a call failed as if the token went away: the next call reconnects first.
+    broken: AtomicBool,
+}
+
+struct Conn {
+    ctx: Pkcs11,
+    slot: Slot,
 }
 
 impl std::fmt::Debug for Hsm {
@@ -76,8 +85,39 @@ impl std::fmt::Debug for Hsm {
         f.debug_struct("Hsm")
             .field("module", &self.module)
             .field("token", &self.token)
-            .field("slot", &self.slot.id())
+            .field("slot", &self.slot_id())
             .finish_non_exhaustive()
+    }
+}
+
+impl Conn {
+    /// Loads `module`, initializes it and finds the token labelled `token`.
+    fn open(module: &str, token: &str) -> Result<Self, HsmError> {
+        let ctx = Pkcs11::new(module).map_err(|e| HsmError::NotAModule {
+            module: module.to_owned(),
+            reason: one_line(&e),
+        })?;
+        match ctx.initialize(CInitializeArgs::OsThreads) {
+            Ok(()) | Err(CkError::AlreadyInitialized) => {}
+            Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
+            Err(e) => {
+                return Err(HsmError::Init {
+                    module: module.to_owned(),
+                    reason: one_line(&e),
+                })
+            }
+        }
+        let init = |e: CkError| HsmError::Init {
+            module: module.to_owned(),
+            reason: one_line(&e),
+        };
+        for slot in ctx.get_slots_with_initialized_token().map_err(init)? {
+            let info = ctx.get_token_info(slot).map_err(init)?;
+            if info.label().trim_end() == token {
+                return Ok(Self { ctx, slot });
+            }
+        }
+        Err(HsmError::NoToken(token.to_owned()))
     }
 }
 
@@ -112,71 +152,69 @@ impl Hsm {
         pin: &str,
         pool_size: usize,
     ) -> Result<Arc<Self>, HsmError> {
-        let ctx = Pkcs11::new(module).map_err(|e| HsmError::NotAModule {
-            module: module.to_owned(),
-            reason: one_line(&e),
-        })?;
-        match ctx.initialize(CInitializeArgs::OsThreads) {
-            Ok(()) | Err(CkError::AlreadyInitialized) => {}
-            Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
-            Err(e) => {
-                return Err(HsmError::Init {
-                    module: module.to_owned(),
-                    reason: one_line(&e),
-                })
-            }
-        }
-        let init = |e: CkError| HsmError::Init {
-            module: module.to_owned(),
-            reason: one_line(&e),
-        };
-        let mut found = None;
-        for slot in ctx.get_slots_with_initialized_token().map_err(init)? {
-            let info = ctx.get_token_info(slot).map_err(init)?;
-            if info.label().trim_end() == token {
-                found = Some(slot);
-                break;
-            }
-        }
-        let slot = found.ok_or_else(|| HsmError::NoToken(token.to_owned()))?;
+        let conn = Conn::open(module, token)?;
         let hsm = Arc::new(Self {
-            ctx,
+            conn: RwLock::new(Some(conn)),
             module: module.to_owned(),
-            slot,
             token: token.to_owned(),
             pin: AuthPin::from(pin.to_owned()),
             pool: Mutex::new(Vec::new()),
             pool_size: pool_size.max(1),
             generation: AtomicU64::new(0),
+            broken: AtomicBool::new(false),
         });
         // Log in now, so a wrong PIN stops the start rather than the first request.
-        let session = hsm.open_session()?;
-        hsm.give_back(session);
+        hsm.with_session("login", |_| Ok(()))?;
         Ok(hsm)
+    }
+
+    /// Starts over after the token went away: drops every session, finalizes the library
+    /// (the old context's last reference), initializes it again and finds the token.
+    fn reconnect(&self) -> Result<(), HsmError> {
+        let mut conn = self.conn.write().unwrap_or_else(|p| p.into_inner());
+        if !self.broken.load(Ordering::SeqCst) {
+            return Ok(()); // another thread did it
+        }
+        self.pool.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        // INVARIANT: no session of the old context is left (the pool is empty and every call
+        // holds `conn` shared), so taking it drops its last reference: C_Finalize runs before
+        // the next C_Initialize (the library's state is global, one per process).
+        drop(conn.take());
+        *conn = Some(Conn::open(&self.module, &self.token)?);
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.broken.store(false, Ordering::SeqCst);
+        Ok(())
     }
 
     pub fn token(&self) -> &str {
         &self.token
     }
 
+    /// The token's slot (0 while it is being reconnected).
     pub fn slot_id(&self) -> u64 {
-        self.slot.id()
+        self.conn
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map_or(0, |c| c.slot.id())
     }
 
-    fn call_error(&self, op: &'static str, e: &CkError) -> HsmError {
+    /// Takes the slot from the caller, who holds `conn` already (taking it again could wait
+    /// behind a reconnection that waits for the caller).
+    fn call_error(&self, slot: u64, op: &'static str, e: &CkError) -> HsmError {
         HsmError::Call {
             token: self.token.clone(),
-            slot: self.slot.id(),
+            slot,
             op,
             reason: one_line(e),
         }
     }
 
-    fn open_session(&self) -> Result<Session, HsmError> {
-        let session = self
+    fn open_session(&self, conn: &Conn) -> Result<Session, HsmError> {
+        let session = conn
             .ctx
-            .open_rw_session(self.slot)
-            .map_err(|e| self.call_error("opening a session", &e))?;
+            .open_rw_session(conn.slot)
+            .map_err(|e| self.call_error(conn.slot.id(), "opening a session", &e))?;
         // Login is per application, not per session: another session may have done it.
         match session.login(UserType::User, Some(&self.pin)) {
             Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(session),
@@ -192,10 +230,10 @@ impl Hsm {
                 ),
             ) => Err(HsmError::Pin {
                 token: self.token.clone(),
-                slot: self.slot.id(),
+                slot: conn.slot.id(),
                 reason: one_line(&e),
             }),
-            Err(e) => Err(self.call_error("login", &e)),
+            Err(e) => Err(self.call_error(conn.slot.id(), "login", &e)),
         }
     }
 
@@ -213,10 +251,24 @@ impl Hsm {
         op: &'static str,
         f: impl FnOnce(&Session) -> Result<T, CkError>,
     ) -> Result<T, HsmError> {
+        if self.broken.load(Ordering::SeqCst) {
+            self.reconnect()?;
+        }
+        let guard = self.conn.read().unwrap_or_else(|p| p.into_inner());
+        let conn = guard.as_ref().ok_or_else(|| HsmError::Call {
+            token: self.token.clone(),
+            slot: 0,
+            op,
+            reason: "the token is being reconnected".into(),
+        })?;
         let pooled = self.pool.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let session = match pooled {
             Some(s) => s,
-            None => self.open_session()?,
+            None => self.open_session(conn).inspect_err(|e| {
+                if matches!(e, HsmError::Call { .. }) {
+                    self.broken.store(true, Ordering::SeqCst);
+                }
+            })?,
         };
         match f(&session) {
             Ok(v) => {
@@ -225,13 +277,13 @@ impl Hsm {
             }
             Err(e) => {
                 if is_connection_error(&e) {
+                    self.broken.store(true, Ordering::SeqCst);
                     self.pool.lock().unwrap_or_else(|p| p.into_inner()).clear();
-                    self.generation.fetch_add(1, Ordering::SeqCst);
                     drop(session);
                 } else {
                     self.give_back(session);
                 }
-                Err(self.call_error(op, &e))
+                Err(self.call_error(conn.slot.id(), op, &e))
             }
         }
     }
