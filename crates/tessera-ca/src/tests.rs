@@ -233,8 +233,11 @@ fn a_look_alike_ca_with_another_key_is_not_trusted() {
     p.not_before = time::OffsetDateTime::from_unix_timestamp(NOW - 10).unwrap();
     p.not_after = time::OffsetDateTime::from_unix_timestamp(NOW + 1000).unwrap();
     let fake_cert = p.self_signed(&fake_key).unwrap();
-    let fake =
-        CertificateAuthority::load(fake_cert.der().to_vec(), &fake_key.serialize_der()).unwrap();
+    let fake_key = std::sync::Arc::new(
+        tessera_token::SigningKey::from_pkcs8(tessera_token::Alg::ES256, &fake_key.serialize_der())
+            .unwrap(),
+    );
+    let fake = CertificateAuthority::load(fake_cert.der().to_vec(), fake_key).unwrap();
     let forged = issue(&fake, "spiffe://example.org/api");
     let bundles = StaticBundles::new(vec![(td("example.org"), real.cert().clone())]);
     assert!(verify_chain(
@@ -266,10 +269,55 @@ fn two_cas_of_one_domain_have_distinct_subjects_and_a_key_must_match_its_cert() 
             .to_string()
     };
     assert_ne!(subject(a.cert()), subject(b.cert()));
+    let ka = std::sync::Arc::new(
+        tessera_token::SigningKey::from_pkcs8(tessera_token::Alg::ES256, &ka).unwrap(),
+    );
     assert!(matches!(
-        CertificateAuthority::load(b.cert().to_vec(), &ka),
+        CertificateAuthority::load(b.cert().to_vec(), ka),
         Err(CaError::BadCaCert(_))
     ));
+}
+
+/// The DER form of an ECDSA signature made by a key in memory (ring's fixed form re-encoded)
+/// verifies as X.509 expects: a certificate signed that way validates with webpki.
+#[test]
+fn a_ca_signs_with_der_signatures_and_an_intermediate_is_sent_after_the_leaf() {
+    let key = |alg| std::sync::Arc::new(tessera_token::SigningKey::generate(alg).unwrap().0);
+    let root = CertificateAuthority::root(key(tessera_token::Alg::ES256), NOW, 86400).unwrap();
+    assert!(!root.is_intermediate());
+    let inter = root
+        .sign_intermediate(
+            &td("example.org"),
+            key(tessera_token::Alg::ES256),
+            NOW,
+            10 * 86400,
+        )
+        .unwrap();
+    assert!(inter.is_intermediate());
+    // Cut to the root's life.
+    assert_eq!(inter.not_after(), root.not_after());
+    inter.check_installable(&td("example.org"), NOW).unwrap();
+    assert!(inter.check_installable(&td("other.org"), NOW).is_err());
+    let svid = issue(&inter, "spiffe://example.org/api");
+    let bundles = StaticBundles::new(vec![(td("example.org"), inter.cert().clone())]);
+    let full = [svid.clone(), inter.cert().clone()];
+    assert!(verify_chain(&full, &bundles, at(NOW), Usage::Client).is_ok());
+    // The root alone does not make a bundle of example.org accept it: the bundle is per domain.
+    let roots = StaticBundles::new(vec![(td("other.org"), root.cert().clone())]);
+    assert!(verify_chain(&full, &roots, at(NOW), Usage::Client).is_err());
+    // A CSR for an outside root names the trust domain and verifies with its own key.
+    let csr =
+        CertificateAuthority::csr(&td("example.org"), &key(tessera_token::Alg::ES256)).unwrap();
+    let parsed = rcgen::CertificateSigningRequestParams::from_der(&csr.as_slice().into()).unwrap();
+    assert!(matches!(parsed.params.is_ca, IsCa::Ca(_)));
+    // EdDSA keys sign CAs too.
+    assert!(CertificateAuthority::self_signed(
+        &td("example.org"),
+        key(tessera_token::Alg::EdDSA),
+        NOW,
+        60
+    )
+    .is_ok());
 }
 
 proptest::proptest! {

@@ -566,6 +566,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn fixed_ecdsa_signatures_become_minimal_der() {
+        // r = 1 (31 leading zeros dropped), s with its top bit set (a zero octet added).
+        let mut sig = [0u8; 64];
+        sig[31] = 1;
+        sig[32] = 0x80;
+        let der = ecdsa_fixed_to_der(&sig).unwrap();
+        let mut want = vec![0x30, 3 + 35, 0x02, 0x01, 0x01, 0x02, 0x21, 0x00, 0x80];
+        want.extend_from_slice(&[0u8; 31]);
+        assert_eq!(der, want);
+        // r = 0 is one zero octet.
+        let der = ecdsa_fixed_to_der(&[0u8; 64]).unwrap();
+        assert_eq!(der, [0x30, 6, 0x02, 0x01, 0x00, 0x02, 0x01, 0x00]);
+        assert!(ecdsa_fixed_to_der(&[1u8; 63]).is_err());
+    }
+
+    #[test]
     fn rfc7638_thumbprint_of_ec_key() {
         // RFC 7638 gives an RSA example only; this EC value is cross-checked with python joserfc
         // (`ECKey.import_key(jwk).thumbprint()`), an independent implementation.

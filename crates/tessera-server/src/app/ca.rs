@@ -291,6 +291,7 @@ pub(crate) fn x509_jwk(cert: &CertificateDer<'_>) -> Option<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tessera_token::Kek;
 
     #[test]
     fn rotation_prepares_then_activates_then_retires() {
