@@ -30,6 +30,8 @@ fn hsm() -> &'static SoftHsm {
 }
 
 const ALL: &[&str] = &["signing", "ca", "root", "audit", "tls"];
+/// Every kind, the key-encryption key too.
+const ALL_AND_KEK: &[&str] = &["signing", "ca", "root", "audit", "tls", "kek"];
 
 /// A server config for token `label` holding `keys`, serving example.org and dev.example.org.
 fn config(dir: &Path, label: &str, keys: &[&str]) -> String {
@@ -94,13 +96,13 @@ print(jwt.decode(sys.argv[2], keys, algorithms=["ES256"]).claims["sub"])
 }
 
 async fn every_key_in_the_token(backend: Backend, label: &str) {
-    let Some((s, files)) = hsm_server(backend, label, ALL) else {
+    let Some((s, files)) = hsm_server(backend, label, ALL_AND_KEK) else {
         return;
     };
     // `keys status`: every kind, each in the token.
     let status = keys_status(&s);
     let kinds: Vec<&str> = status.iter().map(|k| k["kind"].as_str().unwrap()).collect();
-    for kind in ALL {
+    for kind in ALL_AND_KEK {
         assert!(kinds.contains(kind), "{kind} missing: {status:?}");
     }
     for k in &status {
@@ -121,6 +123,13 @@ async fn every_key_in_the_token(backend: Backend, label: &str) {
         assert!(access.contains("never extractable"), "{l}: {access}");
         assert!(access.contains("always sensitive"), "{l}: {access}");
     }
+
+    // The KEK is an AES key in the token: no key file, and it cannot leave either.
+    assert!(!s.data.join("kek").exists());
+    let o = hsm().tool(label, &["--list-objects", "--type", "secrkey"]);
+    let secret = stdout(&o);
+    assert!(secret.contains("tessera-kek"), "{secret}");
+    assert!(secret.contains("never extractable"), "{secret}");
 
     // A token signed in the token verifies with joserfc.
     let (orders, _) = setup_mesh(&s);
@@ -188,7 +197,29 @@ async fn every_key_in_the_token(backend: Backend, label: &str) {
     }
     assert!(!software_log_key);
     assert_no_private_keys(&s.data);
-    drop(s);
+
+    // Restarted on the same data: what the KEK in the token sealed opens, the keys are found
+    // by their labels, and issuance goes on with the same key.
+    let data = s.data.clone();
+    let db = s.db.clone();
+    let mut s = s;
+    s.proc.terminate();
+    let cfg = files.path().join("server.toml");
+    let again = server_on(&data, db.as_deref(), &["--config", cfg.to_str().unwrap()]);
+    let (st, body) = token(
+        &again,
+        &orders,
+        &[("resource", "https://inventory.internal.example.org")],
+    )
+    .await;
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(
+        joserfc_verifies(
+            &format!("{}/example.org/jwks", again.url),
+            body["access_token"].as_str().unwrap()
+        ),
+        "spiffe://example.org/prod/order-processor"
+    );
 }
 
 /// Every stored key reference: the keys' and CAs' (two trust domains each), the root's, the
@@ -591,6 +622,27 @@ fn a_bad_token_is_refused_at_start_with_one_line() {
         "is not a PKCS#11 module",
     );
     assert!(!data.exists(), "nothing was written");
+    // The KEK in the token and one given as well: which one is meant is not guessed.
+    let with_kek = write(
+        files.path(),
+        "kek.toml",
+        &std::fs::read_to_string(&good)
+            .unwrap()
+            .replace("\"tls\"]", "\"tls\", \"kek\"]"),
+    );
+    let o = Command::new(BIN)
+        .args(["server", "--dev", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&with_kek)
+        .arg("--data")
+        .arg(&data)
+        .envs(h.env())
+        .env(
+            "TESSERA_KEK",
+            "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+        )
+        .output()
+        .unwrap();
+    one_line(&o, "the KEK is in the token");
 
     // A first good start makes the keys; then a key is swapped in the token for one of the
     // wrong kind, and then for one that can leave the token: each refused by label.

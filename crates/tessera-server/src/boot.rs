@@ -85,7 +85,16 @@ pub async fn start(
     let nofile = tessera_listen::raise_nofile_limit();
     tracing::debug!(nofile, "descriptor limit");
     prepare_data_dir(&config.data_dir)?;
-    let (kek, kek_created) = keys::load_kek(kek_source.as_ref(), &config.data_dir)?;
+    let kek_in_token = token.as_ref().filter(|t| t.holds(KeyKind::Kek));
+    if kek_in_token.is_some() && kek_source.is_some() {
+        return Err(StartError::Kek(
+            "TESSERA_KEK or TESSERA_KEK_FILE is set but [pkcs11] keys holds `kek`: the KEK is in the token; unset one".into(),
+        ));
+    }
+    let (kek, kek_created) = match kek_in_token {
+        Some(t) => (t.kek()?, false),
+        None => keys::load_kek(kek_source.as_ref(), &config.data_dir)?,
+    };
     let store = match &config.database_url {
         Some(url) => Store::open_postgres(url).await?,
         None => Store::open_sqlite(&config.data_dir.join("tessera.db")).await?,

@@ -74,9 +74,13 @@ pub enum KeyKind {
     Audit,
     /// The API's own TLS key.
     Tls,
+    /// The key-encryption key (AES-256, sealing in the token). Only when listed: a database
+    /// sealed under a KEK from a file cannot move to another KEK.
+    Kek,
 }
 
 impl KeyKind {
+    /// The signing kinds: what `keys` holds when not given.
     pub const ALL: [Self; 5] = [Self::Signing, Self::Ca, Self::Root, Self::Audit, Self::Tls];
 
     pub fn as_str(self) -> &'static str {
@@ -86,6 +90,7 @@ impl KeyKind {
             Self::Root => "root",
             Self::Audit => "audit",
             Self::Tls => "tls",
+            Self::Kek => "kek",
         }
     }
 }
@@ -100,7 +105,8 @@ pub struct Pkcs11Config {
     pub token_label: String,
     /// The environment variable that holds the user PIN.
     pub pin_env: String,
-    /// The kinds of key that live in the token (default: all).
+    /// The kinds of key that live in the token (default: every signing kind; `kek` only when
+    /// listed).
     #[serde(default = "all_kinds")]
     pub keys: Vec<KeyKind>,
 }

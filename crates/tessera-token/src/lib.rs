@@ -13,7 +13,7 @@ pub mod strict;
 pub use claims::{x5t_s256, AccessTokenClaims, TimeRules, TYP_ACCESS_TOKEN};
 pub use jws::{sign, Unverified, MAX_TOKEN_BYTES};
 pub use key::{Alg, JwkSet, KeyLocation, PublicKey, SigningKey};
-pub use pkcs11::{Hsm, HsmError, HsmKey};
+pub use pkcs11::{Hsm, HsmAesKey, HsmError, HsmKey};
 pub use seal::Kek;
 
 /// Why a token or key was refused. Each message is one a person can act on.

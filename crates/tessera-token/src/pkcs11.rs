@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use cryptoki::context::{CInitializeArgs, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::mechanism::aead::GcmParams;
 use cryptoki::mechanism::eddsa::{EddsaParams, EddsaSignatureScheme};
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
@@ -441,6 +442,79 @@ impl Hsm {
         })
     }
 
+    /// Generates an AES-256 key in the token under `label` for sealing (the KEK): sensitive,
+    /// non-extractable, for encryption and decryption only.
+    pub fn generate_aes(self: &Arc<Self>, label: &str) -> Result<HsmAesKey, HsmError> {
+        if self.find_handles(label, ObjectClass::SECRET_KEY)?.is_some() {
+            return Err(self.bad_key(label, "already exists; labels are never reused"));
+        }
+        let template = [
+            Attribute::Token(true),
+            Attribute::Private(true),
+            Attribute::Sensitive(true),
+            Attribute::Extractable(false),
+            Attribute::Encrypt(true),
+            Attribute::Decrypt(true),
+            Attribute::Sign(false),
+            Attribute::Wrap(false),
+            Attribute::Unwrap(false),
+            Attribute::Derive(false),
+            Attribute::ValueLen(32.into()),
+            Attribute::Label(label.as_bytes().to_vec()),
+            Attribute::Id(label.as_bytes().to_vec()),
+        ];
+        self.with_session("generating a key", |s| {
+            s.generate_key(&Mechanism::AesKeyGen, &template)
+        })?;
+        self.find_aes(label)
+    }
+
+    /// Finds the AES-256 key labelled `label` and checks it cannot leave the token.
+    pub fn find_aes(self: &Arc<Self>, label: &str) -> Result<HsmAesKey, HsmError> {
+        let handle = self
+            .find_handles(label, ObjectClass::SECRET_KEY)?
+            .ok_or_else(|| HsmError::Missing {
+                token: self.token.clone(),
+                label: label.to_owned(),
+            })?;
+        let attrs = self.with_session("reading a key's attributes", |s| {
+            s.get_attributes(
+                handle,
+                &[
+                    AttributeType::KeyType,
+                    AttributeType::ValueLen,
+                    AttributeType::Sensitive,
+                    AttributeType::Extractable,
+                ],
+            )
+        })?;
+        let (mut sensitive, mut extractable) = (false, true);
+        for a in &attrs {
+            match a {
+                Attribute::KeyType(t) if *t != KeyType::AES => {
+                    return Err(self.bad_key(label, format!("is of type {t}, not AES")))
+                }
+                Attribute::ValueLen(n) if u64::from(*n) != 32 => {
+                    return Err(self.bad_key(label, "is not a 256-bit AES key"))
+                }
+                Attribute::Sensitive(v) => sensitive = *v,
+                Attribute::Extractable(v) => extractable = *v,
+                _ => {}
+            }
+        }
+        if extractable || !sensitive {
+            return Err(self.bad_key(
+                label,
+                "can leave the token (CKA_EXTRACTABLE set or CKA_SENSITIVE unset); Tessera uses only non-extractable keys",
+            ));
+        }
+        Ok(HsmAesKey {
+            hsm: self.clone(),
+            label: label.to_owned(),
+            handle: Mutex::new(Some((self.generation.load(Ordering::SeqCst), handle))),
+        })
+    }
+
     /// Whether the private key labelled `label` exists (for `tessera keys status`).
     pub fn has(&self, label: &str) -> Result<bool, HsmError> {
         Ok(self
@@ -553,6 +627,90 @@ impl HsmKey {
                 })
             }
         }
+    }
+}
+
+/// An AES-256 key in the token that seals and opens (AES-GCM inside the token).
+pub struct HsmAesKey {
+    hsm: Arc<Hsm>,
+    label: String,
+    handle: Mutex<Option<(u64, ObjectHandle)>>,
+}
+
+impl std::fmt::Debug for HsmAesKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HsmAesKey")
+            .field("token", &self.hsm.token)
+            .field("label", &self.label)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HsmAesKey {
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    pub fn hsm(&self) -> &Arc<Hsm> {
+        &self.hsm
+    }
+
+    fn handle(&self) -> Result<ObjectHandle, HsmError> {
+        let generation = self.hsm.generation.load(Ordering::SeqCst);
+        let mut cached = self.handle.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((g, h)) = *cached {
+            if g == generation {
+                return Ok(h);
+            }
+        }
+        let h = self
+            .hsm
+            .find_handles(&self.label, ObjectClass::SECRET_KEY)?
+            .ok_or_else(|| HsmError::Missing {
+                token: self.hsm.token.clone(),
+                label: self.label.clone(),
+            })?;
+        *cached = Some((generation, h));
+        Ok(h)
+    }
+
+    /// AES-256-GCM in the token: `ciphertext || tag` (128-bit tag) under the 12-byte `nonce`.
+    pub fn encrypt(
+        &self,
+        nonce: &[u8; 12],
+        aad: &[u8],
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, HsmError> {
+        let handle = self.handle()?;
+        let mut iv = *nonce;
+        self.hsm.with_session("sealing", |s| {
+            let params = GcmParams::new(&mut iv, aad, 128.into())?;
+            s.encrypt(&Mechanism::AesGcm(params), handle, plaintext)
+        })
+    }
+
+    /// The reverse of [`HsmAesKey::encrypt`]; `Ok(None)` when the tag does not verify (wrong
+    /// key, other AAD, changed bytes), an error when the token failed.
+    pub fn decrypt(
+        &self,
+        nonce: &[u8; 12],
+        aad: &[u8],
+        sealed: &[u8],
+    ) -> Result<Option<Vec<u8>>, HsmError> {
+        let handle = self.handle()?;
+        let mut iv = *nonce;
+        let result = self.hsm.with_session("opening", |s| {
+            let params = GcmParams::new(&mut iv, aad, 128.into())?;
+            match s.decrypt(&Mechanism::AesGcm(params), handle, sealed) {
+                Ok(v) => Ok(Some(v)),
+                Err(CkError::Pkcs11(
+                    RvError::EncryptedDataInvalid | RvError::EncryptedDataLenRange,
+                    _,
+                )) => Ok(None),
+                Err(e) => Err(e),
+            }
+        });
+        result
     }
 }
 

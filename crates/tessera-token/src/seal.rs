@@ -4,12 +4,20 @@
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
 use ring::rand::{SecureRandom, SystemRandom};
 
+use crate::pkcs11::HsmAesKey;
 use crate::TokenError;
 
-/// The key-encryption key. It never leaves memory except in the 0600 file it came from.
+/// The key-encryption key: in memory (from the 0600 file or variable it came from), or an
+/// AES-256 key in a PKCS#11 token that seals and opens inside it. Both write the same
+/// `nonce || ciphertext || tag`.
 pub struct Kek {
-    key: LessSafeKey,
+    key: KekKey,
     rng: SystemRandom,
+}
+
+enum KekKey {
+    Memory(Box<LessSafeKey>),
+    Token(HsmAesKey),
 }
 
 impl std::fmt::Debug for Kek {
@@ -25,9 +33,25 @@ impl Kek {
         let unbound = UnboundKey::new(&AES_256_GCM, bytes)
             .map_err(|_| TokenError::Crypto("a key-encryption key is 32 bytes"))?;
         Ok(Self {
-            key: LessSafeKey::new(unbound),
+            key: KekKey::Memory(Box::new(LessSafeKey::new(unbound))),
             rng: SystemRandom::new(),
         })
+    }
+
+    /// A KEK that never leaves a PKCS#11 token.
+    pub fn in_token(key: HsmAesKey) -> Self {
+        Self {
+            key: KekKey::Token(key),
+            rng: SystemRandom::new(),
+        }
+    }
+
+    /// Where it lives: `None` in memory, else the token's key.
+    pub fn token_key(&self) -> Option<&HsmAesKey> {
+        match &self.key {
+            KekKey::Memory(_) => None,
+            KekKey::Token(k) => Some(k),
+        }
     }
 
     /// Fresh random key material for a new KEK.
@@ -41,14 +65,21 @@ impl Kek {
         self.rng
             .fill(&mut nonce)
             .map_err(|_| TokenError::Crypto("no randomness"))?;
-        let mut buf = plaintext.to_vec();
-        self.key
-            .seal_in_place_append_tag(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(aad.as_bytes()),
-                &mut buf,
-            )
-            .map_err(|_| TokenError::Crypto("sealing failed"))?;
+        let buf = match &self.key {
+            KekKey::Memory(key) => {
+                let mut buf = plaintext.to_vec();
+                key.seal_in_place_append_tag(
+                    Nonce::assume_unique_for_key(nonce),
+                    Aad::from(aad.as_bytes()),
+                    &mut buf,
+                )
+                .map_err(|_| TokenError::Crypto("sealing failed"))?;
+                buf
+            }
+            KekKey::Token(key) => key
+                .encrypt(&nonce, aad.as_bytes(), plaintext)
+                .map_err(TokenError::Hsm)?,
+        };
         let mut out = nonce.to_vec();
         out.extend_from_slice(&buf);
         Ok(out)
@@ -59,13 +90,23 @@ impl Kek {
             return Err(TokenError::Unseal);
         }
         let (nonce, ct) = sealed.split_at(NONCE_LEN);
-        let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| TokenError::Unseal)?;
-        let mut buf = ct.to_vec();
-        let plain = self
-            .key
-            .open_in_place(nonce, Aad::from(aad.as_bytes()), &mut buf)
-            .map_err(|_| TokenError::Unseal)?;
-        Ok(plain.to_vec())
+        match &self.key {
+            KekKey::Memory(key) => {
+                let nonce =
+                    Nonce::try_assume_unique_for_key(nonce).map_err(|_| TokenError::Unseal)?;
+                let mut buf = ct.to_vec();
+                let plain = key
+                    .open_in_place(nonce, Aad::from(aad.as_bytes()), &mut buf)
+                    .map_err(|_| TokenError::Unseal)?;
+                Ok(plain.to_vec())
+            }
+            KekKey::Token(key) => {
+                let nonce: [u8; NONCE_LEN] = nonce.try_into().map_err(|_| TokenError::Unseal)?;
+                key.decrypt(&nonce, aad.as_bytes(), ct)
+                    .map_err(TokenError::Hsm)?
+                    .ok_or(TokenError::Unseal)
+            }
+        }
     }
 }
 

@@ -769,7 +769,7 @@ async fn keys_status(State(app): State<Arc<App>>) -> Json<Vec<KeyStatus>> {
             }
             .into(),
             next_rotation: None,
-            rotation: Some(format!("by hand before it expires at {}", root.not_after())),
+            rotation: Some("by hand, before it expires (`tessera ca root`)".into()),
         });
     }
     let log_key = app.log.signer.key();
@@ -795,6 +795,29 @@ async fn keys_status(State(app): State<Arc<App>>) -> Json<Vec<KeyStatus>> {
             ),
         ),
     };
+    let (kek_location, kek_id) = match app.kek().token_key() {
+        Some(k) => (
+            tessera_token::KeyLocation::Pkcs11 {
+                token: k.hsm().token().to_owned(),
+                slot: k.hsm().slot_id(),
+                label: k.label().to_owned(),
+            }
+            .to_string(),
+            "kek",
+        ),
+        None => ("software (a file or TESSERA_KEK)".to_owned(), "kek"),
+    };
+    out.push(KeyStatus {
+        kind: KeyKind::Kek.as_str().into(),
+        trust_domain: None,
+        id: kek_id.into(),
+        alg: "A256GCM".into(),
+        location: kek_location,
+        created_at: None,
+        state: "in use".into(),
+        next_rotation: None,
+        rotation: Some("never: what it sealed would not open".into()),
+    });
     out.push(KeyStatus {
         kind: KeyKind::Tls.as_str().into(),
         trust_domain: None,

@@ -114,6 +114,28 @@ pub(crate) struct Token {
     kinds: Vec<KeyKind>,
 }
 
+/// The label of the KEK in the token: one per token, found by every server that shares it.
+pub(crate) const KEK_LABEL: &str = "tessera-kek";
+
+impl Token {
+    pub(crate) fn holds(&self, kind: KeyKind) -> bool {
+        self.kinds.contains(&kind)
+    }
+
+    /// The KEK in the token: found by its label, made on the first start.
+    pub(crate) fn kek(&self) -> Result<Kek, StartError> {
+        let found = match self.hsm.find_aes(KEK_LABEL) {
+            Ok(k) => k,
+            Err(tessera_token::HsmError::Missing { .. }) => self
+                .hsm
+                .generate_aes(KEK_LABEL)
+                .map_err(|e| StartError::Kek(e.to_string()))?,
+            Err(e) => return Err(StartError::Kek(e.to_string())),
+        };
+        Ok(Kek::in_token(found))
+    }
+}
+
 /// The KEK, the token (if configured) and which kinds of key live in it.
 pub struct Custody {
     kek: Kek,
