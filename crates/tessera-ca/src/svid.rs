@@ -36,6 +36,20 @@ impl BundleSource for StaticBundles {
     }
 }
 
+/// DER as PEM under `label` (`CERTIFICATE`, `CERTIFICATE REQUEST`, `PRIVATE KEY`): base64 in
+/// lines of 64 (RFC 7468).
+pub fn pem(label: &str, der: &[u8]) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(chunk).unwrap_or_default());
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
 /// Splits the concatenated DER certificates of the Workload API (`x509_svid`, `bundle`), with
 /// x509-parser reading each one's extent: a trailing fragment or garbage is an error.
 pub fn split_certificates(mut bytes: &[u8]) -> Result<Vec<CertificateDer<'static>>, CaError> {

@@ -654,57 +654,37 @@ fn a_bad_token_is_refused_at_start_with_one_line() {
         let loc = k["location"].as_str().unwrap();
         loc.rsplit('`').nth(1).unwrap().to_owned()
     };
-    // A signing key that can leave the token.
-    let signing = label_of("signing");
-    let o = h.tool(
-        "refusals",
-        &["--delete-object", "--type", "privkey", "--label", &signing],
-    );
-    assert!(o.status.success(), "{}", stderr(&o));
-    let o = h.tool(
-        "refusals",
-        &[
+    // Runs pkcs11-tool on the token; it must succeed.
+    let tool = |args: &[&str]| {
+        let o = h.tool("refusals", args);
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+    };
+    let delete = |label: &str| tool(&["--delete-object", "--type", "privkey", "--label", label]);
+    let replace = |label: &str, flag: &str| {
+        delete(label);
+        tool(&[
             "--keypairgen",
             "--key-type",
             "EC:prime256v1",
             "--label",
-            &signing,
+            label,
             "--usage-sign",
-            "--extractable",
-        ],
-    );
-    assert!(o.status.success(), "{}", stderr(&o));
+            flag,
+        ]);
+    };
+    // A signing key that can leave the token.
+    let signing = label_of("signing");
+    replace(&signing, "--extractable");
     one_line(
         &start(&good, None),
         &format!("key `{signing}` can leave the token"),
     );
     // The log's key of the wrong type (P-256 where Ed25519 is needed); it is checked first.
     let audit = label_of("audit");
-    let o = h.tool(
-        "refusals",
-        &["--delete-object", "--type", "privkey", "--label", &audit],
-    );
-    assert!(o.status.success(), "{}", stderr(&o));
-    let o = h.tool(
-        "refusals",
-        &[
-            "--keypairgen",
-            "--key-type",
-            "EC:prime256v1",
-            "--label",
-            &audit,
-            "--usage-sign",
-            "--sensitive",
-        ],
-    );
-    assert!(o.status.success(), "{}", stderr(&o));
+    replace(&audit, "--sensitive");
     one_line(&start(&good, None), &format!("key `{audit}` is of type"));
     // And gone: never replaced by a software key.
-    let o = h.tool(
-        "refusals",
-        &["--delete-object", "--type", "privkey", "--label", &audit],
-    );
-    assert!(o.status.success(), "{}", stderr(&o));
+    delete(&audit);
     one_line(
         &start(&good, None),
         &format!("no private key labelled `{audit}`"),

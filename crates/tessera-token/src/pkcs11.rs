@@ -438,7 +438,7 @@ impl Hsm {
             label: label.to_owned(),
             alg,
             public,
-            handle: Mutex::new(Some((self.generation.load(Ordering::SeqCst), private))),
+            handle: CachedHandle::new(self, private),
         })
     }
 
@@ -511,7 +511,7 @@ impl Hsm {
         Ok(HsmAesKey {
             hsm: self.clone(),
             label: label.to_owned(),
-            handle: Mutex::new(Some((self.generation.load(Ordering::SeqCst), handle))),
+            handle: CachedHandle::new(self, handle),
         })
     }
 
@@ -529,6 +529,37 @@ const ED25519_NAME: &[u8] = b"\x13\x0cedwards25519";
 /// Whether a key's `CKA_EC_PARAMS` names the curve `want`. Ed25519 has two spellings.
 fn same_curve(params: &[u8], want: &[u8]) -> bool {
     params == want || (want == ED25519_PARAMS && params == ED25519_NAME)
+}
+
+/// An object's handle as last found, valid while the module was not reconnected since.
+struct CachedHandle(Mutex<Option<(u64, ObjectHandle)>>);
+
+impl CachedHandle {
+    fn new(hsm: &Hsm, handle: ObjectHandle) -> Self {
+        Self(Mutex::new(Some((
+            hsm.generation.load(Ordering::SeqCst),
+            handle,
+        ))))
+    }
+
+    /// The cached handle, or the object found again by `label` after a reconnection.
+    fn get(&self, hsm: &Hsm, label: &str, class: ObjectClass) -> Result<ObjectHandle, HsmError> {
+        let generation = hsm.generation.load(Ordering::SeqCst);
+        let mut cached = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((g, h)) = *cached {
+            if g == generation {
+                return Ok(h);
+            }
+        }
+        let h = hsm
+            .find_handles(label, class)?
+            .ok_or_else(|| HsmError::Missing {
+                token: hsm.token.clone(),
+                label: label.to_owned(),
+            })?;
+        *cached = Some((generation, h));
+        Ok(h)
+    }
 }
 
 /// `CKA_EC_POINT` is a DER OCTET STRING around the point; some modules return the bare point.
@@ -559,7 +590,7 @@ pub struct HsmKey {
     alg: Alg,
     /// The point (ES256, uncompressed) or the 32-byte key (EdDSA), as read from the token.
     public: Vec<u8>,
-    handle: Mutex<Option<(u64, ObjectHandle)>>,
+    handle: CachedHandle,
 }
 
 impl std::fmt::Debug for HsmKey {
@@ -590,22 +621,8 @@ impl HsmKey {
     }
 
     fn handle(&self) -> Result<ObjectHandle, HsmError> {
-        let generation = self.hsm.generation.load(Ordering::SeqCst);
-        let mut cached = self.handle.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((g, h)) = *cached {
-            if g == generation {
-                return Ok(h);
-            }
-        }
-        let h = self
-            .hsm
-            .find_handles(&self.label, ObjectClass::PRIVATE_KEY)?
-            .ok_or_else(|| HsmError::Missing {
-                token: self.hsm.token.clone(),
-                label: self.label.clone(),
-            })?;
-        *cached = Some((generation, h));
-        Ok(h)
+        self.handle
+            .get(&self.hsm, &self.label, ObjectClass::PRIVATE_KEY)
     }
 
     /// The signature over `message`: ES256 as `r || s` (64 bytes, JWS form), EdDSA as 64 bytes.
@@ -634,7 +651,7 @@ impl HsmKey {
 pub struct HsmAesKey {
     hsm: Arc<Hsm>,
     label: String,
-    handle: Mutex<Option<(u64, ObjectHandle)>>,
+    handle: CachedHandle,
 }
 
 impl std::fmt::Debug for HsmAesKey {
@@ -656,22 +673,8 @@ impl HsmAesKey {
     }
 
     fn handle(&self) -> Result<ObjectHandle, HsmError> {
-        let generation = self.hsm.generation.load(Ordering::SeqCst);
-        let mut cached = self.handle.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((g, h)) = *cached {
-            if g == generation {
-                return Ok(h);
-            }
-        }
-        let h = self
-            .hsm
-            .find_handles(&self.label, ObjectClass::SECRET_KEY)?
-            .ok_or_else(|| HsmError::Missing {
-                token: self.hsm.token.clone(),
-                label: self.label.clone(),
-            })?;
-        *cached = Some((generation, h));
-        Ok(h)
+        self.handle
+            .get(&self.hsm, &self.label, ObjectClass::SECRET_KEY)
     }
 
     /// AES-256-GCM in the token: `ciphertext || tag` (128-bit tag) under the 12-byte `nonce`.

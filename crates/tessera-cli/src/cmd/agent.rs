@@ -4,8 +4,6 @@ use std::io::Write;
 use std::path::Path;
 
 use anyhow::{anyhow, bail, Context};
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine;
 use serde_json::{json, Value};
 use tessera_agent::proto::{JwtsvidRequest, X509svidRequest};
 use tessera_agent::workload::{connect, request};
@@ -14,6 +12,8 @@ use tessera_core::admin_api::{
     CaCsr, CaCsrRequest, CaInfo, CaInstallRequest, CaRotateRequest, CaRotated, JoinTokenRequest,
     JoinTokenResponse,
 };
+
+use tessera_ca::pem;
 
 use crate::cli::{AgentArgs, AgentCommand, AgentTokenCommand, CaCommand, Output};
 use crate::render;
@@ -148,17 +148,6 @@ pub(crate) async fn ca(command: CaCommand) -> anyhow::Result<u8> {
         }
     }
     Ok(0)
-}
-
-fn pem(label: &str, der: &[u8]) -> String {
-    let b64 = STANDARD.encode(der);
-    let mut out = format!("-----BEGIN {label}-----\n");
-    for chunk in b64.as_bytes().chunks(64) {
-        out.push_str(std::str::from_utf8(chunk).unwrap_or_default());
-        out.push('\n');
-    }
-    out.push_str(&format!("-----END {label}-----\n"));
-    out
 }
 
 /// Splits concatenated DER certificates.

@@ -842,7 +842,7 @@ async fn ca_csr(
     let der = rotation::ca_csr(&app, &td, &actor.0).await?;
     Ok(Json(CaCsr {
         trust_domain: td.to_string(),
-        csr_pem: pem_block("CERTIFICATE REQUEST", &der),
+        csr_pem: tessera_ca::pem("CERTIFICATE REQUEST", &der),
     }))
 }
 
@@ -881,19 +881,9 @@ async fn ca_root(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError> {
         .root
         .as_ref()
         .ok_or_else(|| ApiError::NotFound("this authority has no root CA (`ca_root`)".into()))?;
-    Ok(Json(json!({"pem": pem_block("CERTIFICATE", root.cert())})))
-}
-
-fn pem_block(label: &str, der: &[u8]) -> String {
-    use base64::Engine;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut out = format!("-----BEGIN {label}-----\n");
-    for chunk in b64.as_bytes().chunks(64) {
-        out.push_str(std::str::from_utf8(chunk).unwrap_or_default());
-        out.push('\n');
-    }
-    out.push_str(&format!("-----END {label}-----\n"));
-    out
+    Ok(Json(
+        json!({"pem": tessera_ca::pem("CERTIFICATE", root.cert())}),
+    ))
 }
 
 async fn rotate_keys(

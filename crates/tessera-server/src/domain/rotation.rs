@@ -28,6 +28,17 @@ pub enum RotationError {
     BadCertificate(String),
 }
 
+/// The record of a change to `td`'s CAs.
+fn ca_event(actor: &str, td: &TrustDomain, detail: serde_json::Value) -> AuditEvent {
+    AuditEvent {
+        kind: AuditKind::CaRotated,
+        actor: actor.to_owned(),
+        subject: td.to_string(),
+        outcome: Outcome::Ok,
+        detail,
+    }
+}
+
 /// Makes the key of `td`'s next CA (in the token when it holds CA keys) and a CSR for a root
 /// outside Tessera to sign. A CSR asked again replaces the pending one.
 pub(crate) async fn ca_csr(
@@ -45,13 +56,11 @@ pub(crate) async fn ca_csr(
                 key: ca::pending_meta(td),
                 value: stored.to_text(),
             }],
-            &[AuditEvent {
-                kind: AuditKind::CaRotated,
-                actor: actor.to_owned(),
-                subject: td.to_string(),
-                outcome: Outcome::Ok,
-                detail: json!({"csr": true, "key": new.key().location().to_string()}),
-            }],
+            &[ca_event(
+                actor,
+                td,
+                json!({"csr": true, "key": new.key().location().to_string()}),
+            )],
         )
         .await?;
     Ok(csr)
@@ -114,13 +123,11 @@ pub(crate) async fn ca_install(
     });
     app.change(
         &ops,
-        AuditEvent {
-            kind: AuditKind::CaRotated,
-            actor: actor.to_owned(),
-            subject: td.to_string(),
-            outcome: Outcome::Ok,
-            detail: json!({"ca": id, "installed": true, "activate_at": activate_at, "not_after": authority.not_after()}),
-        },
+        ca_event(
+            actor,
+            td,
+            json!({"ca": id, "installed": true, "activate_at": activate_at, "not_after": authority.not_after()}),
+        ),
     )
     .await?;
     Ok(CaRotated {
@@ -152,13 +159,11 @@ pub(crate) async fn rotate_ca(
     )?;
     app.change(
         &ops,
-        AuditEvent {
-            kind: AuditKind::CaRotated,
-            actor: actor.to_owned(),
-            subject: td.to_string(),
-            outcome: Outcome::Ok,
-            detail: json!({"ca": rec.id, "activate_at": rec.activate_at, "not_after": rec.not_after}),
-        },
+        ca_event(
+            actor,
+            td,
+            json!({"ca": rec.id, "activate_at": rec.activate_at, "not_after": rec.not_after}),
+        ),
     )
     .await?;
     Ok(CaRotated {
