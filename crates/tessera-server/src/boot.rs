@@ -398,8 +398,6 @@ async fn checkpointer(app: Arc<App>, mut stop: watch::Receiver<bool>) {
     }
 }
 
-/// A random key shared by every server on the database, kept there sealed under the KEK (in
-/// meta `name`, AAD `aad`): the first server makes it.
 /// Where the database names a key that lives in the token: its label.
 const LOG_KEY_IN_TOKEN: &str = "audit_log_key_token";
 const TLS_KEY_IN_TOKEN: &str = "tls_key_token";
@@ -534,6 +532,8 @@ async fn root_ca(
 /// A root lives ten years; it signs only the trust domains' CAs.
 const ROOT_TTL_SECS: i64 = 10 * 365 * 86400;
 
+/// A random key shared by every server on the database, kept there sealed under the KEK (in
+/// meta `name`, AAD `aad`): the first server makes it.
 async fn sealed_random_key(
     store: &Store,
     kek: &tessera_token::seal::Kek,

@@ -57,12 +57,10 @@ pub(crate) fn load_or_create(
         .map_err(|e| StartError::Tls(format!("`{}`: {e}", cert.display())))?;
     let key_der = PrivateKeyDer::from_pem_file(&key)
         .map_err(|e| StartError::Tls(format!("`{}`: {e}", key.display())))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut cfg = builder(bundles)?
         .with_single_cert(chain, key_der)
         .map_err(tls_err)?;
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    let _ = provider;
     Ok(Tls {
         config: Arc::new(cfg),
         ca_path,

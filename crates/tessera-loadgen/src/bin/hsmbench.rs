@@ -67,10 +67,7 @@ fn paired(n: usize, mut a: impl FnMut(), mut b: impl FnMut()) -> (f64, f64, f64)
         let t1 = Instant::now();
         b();
         let t2 = Instant::now();
-        let (da, db) = (
-            (t1 - t0).as_secs_f64() * 1e6,
-            (t2 - t1).as_secs_f64() * 1e6,
-        );
+        let (da, db) = ((t1 - t0).as_secs_f64() * 1e6, (t2 - t1).as_secs_f64() * 1e6);
         ta += da;
         tb += db;
         diffs.push(db - da);

@@ -589,15 +589,7 @@ async fn list_cas(State(app): State<Arc<App>>) -> Json<Vec<CaInfo>> {
     for td in &app.config.trust_domains {
         let signing = snap.cas.signing(&td.name, now).map(|c| c.id.clone());
         for c in snap.cas.entries(&td.name) {
-            let state = if signing.as_deref() == Some(c.id.as_str()) {
-                CaState::Active
-            } else if c.activate_at > now {
-                CaState::Prepared
-            } else if c.retire_at.is_some_and(|r| r <= now) || c.not_after <= now {
-                CaState::Withdrawn
-            } else {
-                CaState::Retiring
-            };
+            let state = ca_state(c, signing.as_deref() == Some(c.id.as_str()), now);
             out.push(CaInfo {
                 trust_domain: td.name.to_string(),
                 id: c.id.clone(),
@@ -662,15 +654,7 @@ async fn list_keys(State(app): State<Arc<App>>) -> Json<Vec<KeyInfo>> {
             .map(|k| k.key.kid().to_string());
         for k in snap.keys.entries(&td.name) {
             let kid = k.key.kid().to_string();
-            let state = if signing.as_deref() == Some(kid.as_str()) {
-                KeyState::Signing
-            } else if k.activate_at > now {
-                KeyState::Next
-            } else if k.retire_at.is_some_and(|r| r <= now) {
-                KeyState::Withdrawn
-            } else {
-                KeyState::Retiring
-            };
+            let state = key_state(k, signing.as_deref() == Some(kid.as_str()), now);
             out.push(KeyInfo {
                 trust_domain: td.name.to_string(),
                 kid,
@@ -683,6 +667,40 @@ async fn list_keys(State(app): State<Arc<App>>) -> Json<Vec<KeyInfo>> {
         }
     }
     Json(out)
+}
+
+/// Where a signing key is in its life (`signing`: it is the one that signs now).
+fn key_state(k: &crate::app::keys::KeyEntry, signing: bool, now: i64) -> KeyState {
+    if signing {
+        KeyState::Signing
+    } else if k.activate_at > now {
+        KeyState::Next
+    } else if k.retire_at.is_some_and(|r| r <= now) {
+        KeyState::Withdrawn
+    } else {
+        KeyState::Retiring
+    }
+}
+
+/// Where a CA is in its life (`active`: it is the one that signs now).
+fn ca_state(c: &crate::app::ca::CaEntry, active: bool, now: i64) -> CaState {
+    if active {
+        CaState::Active
+    } else if c.activate_at > now {
+        CaState::Prepared
+    } else if c.retire_at.is_some_and(|r| r <= now) || c.not_after <= now {
+        CaState::Withdrawn
+    } else {
+        CaState::Retiring
+    }
+}
+
+/// A state as its wire word (`signing`, `prepared`, ...).
+fn word(state: impl serde::Serialize) -> String {
+    serde_json::to_value(state)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
 }
 
 /// `GET /v1/keys/status`: every private key, where it lives, its age, state and next rotation.
@@ -701,15 +719,7 @@ async fn keys_status(State(app): State<Arc<App>>) -> Json<Vec<KeyStatus>> {
             .map(|k| k.key.kid().clone());
         for k in snap.keys.entries(&td.name) {
             let is_signing = signing.as_ref() == Some(k.key.kid());
-            let state = if is_signing {
-                "signing"
-            } else if k.activate_at > now {
-                "next"
-            } else if k.retire_at.is_some_and(|r| r <= now) {
-                "withdrawn"
-            } else {
-                "retiring"
-            };
+            let state = word(key_state(k, is_signing, now));
             out.push(KeyStatus {
                 kind: KeyKind::Signing.as_str().into(),
                 trust_domain: Some(td.name.to_string()),
@@ -717,7 +727,7 @@ async fn keys_status(State(app): State<Arc<App>>) -> Json<Vec<KeyStatus>> {
                 alg: k.key.alg().as_str().into(),
                 location: k.key.location().to_string(),
                 created_at: Some(k.created_at),
-                state: state.into(),
+                state,
                 next_rotation: period
                     .filter(|_| is_signing)
                     .map(|p| (k.activate_at + p).max(now)),
@@ -728,15 +738,7 @@ async fn keys_status(State(app): State<Arc<App>>) -> Json<Vec<KeyStatus>> {
         let active = snap.cas.signing(&td.name, now).map(|c| c.id.clone());
         for c in snap.cas.entries(&td.name) {
             let is_active = active.as_deref() == Some(c.id.as_str());
-            let state = if is_active {
-                "active"
-            } else if c.activate_at > now {
-                "prepared"
-            } else if c.retire_at.is_some_and(|r| r <= now) || c.not_after <= now {
-                "withdrawn"
-            } else {
-                "retiring"
-            };
+            let state = word(ca_state(c, is_active, now));
             let external = c.ca.is_intermediate() && app.root.is_none();
             out.push(KeyStatus {
                 kind: KeyKind::Ca.as_str().into(),
@@ -745,7 +747,7 @@ async fn keys_status(State(app): State<Arc<App>>) -> Json<Vec<KeyStatus>> {
                 alg: c.ca.key().alg().as_str().into(),
                 location: c.ca.key().location().to_string(),
                 created_at: Some(c.created_at),
-                state: state.into(),
+                state,
                 next_rotation: (is_active && !external)
                     .then(|| (c.activate_at + (c.not_after - c.activate_at) / 2).max(now)),
                 rotation: (is_active && external).then(|| {
