@@ -756,4 +756,27 @@ async fn a_token_that_fails_fails_requests_closed_then_reconnects() {
     let body = back.expect("the server reconnected to the token");
     // The same key in the token signs again.
     assert_eq!(kid_of(body["access_token"].as_str().unwrap()), kid);
+    // And the metrics say so (the alert TesseraKeyCustodyFailing reads the first).
+    let counter = |text: &str, name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    let mut text = String::new();
+    for _ in 0..30 {
+        text = get_text(&format!("{}/metrics", s.url)).await;
+        if counter(&text, "tessera_key_custody_reconnects_total") >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        counter(&text, "tessera_key_custody_failures_total") >= 3.0,
+        "{text}"
+    );
+    assert!(
+        counter(&text, "tessera_key_custody_reconnects_total") >= 1.0,
+        "{text}"
+    );
 }

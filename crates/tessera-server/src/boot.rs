@@ -761,6 +761,16 @@ async fn background(app: Arc<App>, mut stop: watch::Receiver<bool>) {
         }
         let now = tessera_core::now_unix();
         let snap = app.snapshot();
+        if let Some(hsm) = app.custody.hsm() {
+            // The token counts; the counters catch up with it.
+            let m = &app.metrics;
+            m.key_custody_failures
+                .inc_by(hsm.failures().saturating_sub(m.key_custody_failures.get()));
+            m.key_custody_reconnects.inc_by(
+                hsm.reconnects()
+                    .saturating_sub(m.key_custody_reconnects.get()),
+            );
+        }
         // CAs enter and leave the bundle with time, not only with changes.
         app.bundles.set(&snap.cas, &app.trust_domain_names(), now);
         for td in &app.config.trust_domains {

@@ -89,6 +89,11 @@ pub(crate) struct Metrics {
     pub grants_overdue: Gauge,
     pub key_age_seconds: Family<TdLabels, Gauge>,
     pub audit_failures: Counter,
+    /// PKCS#11 calls that failed because the token or its session went away (each failed a
+    /// request closed, or a reconnection attempt).
+    pub key_custody_failures: Counter,
+    /// Reconnections to the PKCS#11 token after it failed.
+    pub key_custody_reconnects: Counter,
     /// Refusals counted into a window's summary instead of a record of their own.
     pub refusals_aggregated: Counter,
     pub svids_issued: Counter,
@@ -121,6 +126,8 @@ impl Metrics {
             grants_overdue: Gauge::default(),
             key_age_seconds: Family::default(),
             audit_failures: Counter::default(),
+            key_custody_failures: Counter::default(),
+            key_custody_reconnects: Counter::default(),
             refusals_aggregated: Counter::default(),
             svids_issued: Counter::default(),
             svids_refused: Counter::default(),
@@ -169,6 +176,16 @@ impl Metrics {
             "tessera_audit_write_failures",
             "Audit writes that failed (each one refused its request)",
             m.audit_failures.clone(),
+        );
+        registry.register(
+            "tessera_key_custody_failures",
+            "PKCS#11 calls that failed because the token or its session went away",
+            m.key_custody_failures.clone(),
+        );
+        registry.register(
+            "tessera_key_custody_reconnects",
+            "Reconnections to the PKCS#11 token after it failed",
+            m.key_custody_reconnects.clone(),
         );
         registry.register(
             "tessera_x509_svids_issued",

@@ -74,6 +74,10 @@ pub struct Hsm {
     generation: AtomicU64,
     /// Set when a call failed as if the token went away: the next call reconnects first.
     broken: AtomicBool,
+    /// Calls that failed because the token or its session went away, and reconnections that
+    /// succeeded (for metrics).
+    failures: AtomicU64,
+    reconnects: AtomicU64,
 }
 
 struct Conn {
@@ -163,6 +167,8 @@ impl Hsm {
             pool_size: pool_size.max(1),
             generation: AtomicU64::new(0),
             broken: AtomicBool::new(false),
+            failures: AtomicU64::new(0),
+            reconnects: AtomicU64::new(0),
         });
         // Log in now, so a wrong PIN stops the start rather than the first request.
         hsm.with_session("login", |_| Ok(()))?;
@@ -184,7 +190,24 @@ impl Hsm {
         *conn = Some(Conn::open(&self.module, &self.token)?);
         self.generation.fetch_add(1, Ordering::SeqCst);
         self.broken.store(false, Ordering::SeqCst);
+        self.reconnects.fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Calls that failed because the token or its session went away, since the start.
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
+    /// Reconnections to the token that succeeded, since the start.
+    pub fn reconnects(&self) -> u64 {
+        self.reconnects.load(Ordering::Relaxed)
+    }
+
+    /// Marks the module broken: the next call reconnects first.
+    fn mark_broken(&self) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        self.broken.store(true, Ordering::SeqCst);
     }
 
     pub fn token(&self) -> &str {
@@ -253,7 +276,9 @@ impl Hsm {
         f: impl FnOnce(&Session) -> Result<T, CkError>,
     ) -> Result<T, HsmError> {
         if self.broken.load(Ordering::SeqCst) {
-            self.reconnect()?;
+            self.reconnect().inspect_err(|_| {
+                self.failures.fetch_add(1, Ordering::Relaxed);
+            })?;
         }
         let guard = self.conn.read().unwrap_or_else(|p| p.into_inner());
         let conn = guard.as_ref().ok_or_else(|| HsmError::Call {
@@ -267,7 +292,7 @@ impl Hsm {
             Some(s) => s,
             None => self.open_session(conn).inspect_err(|e| {
                 if matches!(e, HsmError::Call { .. }) {
-                    self.broken.store(true, Ordering::SeqCst);
+                    self.mark_broken();
                 }
             })?,
         };
@@ -278,7 +303,7 @@ impl Hsm {
             }
             Err(e) => {
                 if is_connection_error(&e) {
-                    self.broken.store(true, Ordering::SeqCst);
+                    self.mark_broken();
                     self.pool.lock().unwrap_or_else(|p| p.into_inner()).clear();
                     drop(session);
                 } else {

@@ -204,6 +204,11 @@ impl Custody {
         &self.kek
     }
 
+    /// The token, when one is configured.
+    pub(crate) fn hsm(&self) -> Option<&Arc<Hsm>> {
+        self.hsm.as_ref()
+    }
+
     /// The token, when `kind` lives in it.
     fn token_for(&self, kind: KeyKind) -> Option<&Arc<Hsm>> {
         self.hsm.as_ref().filter(|_| self.in_token.contains(&kind))
