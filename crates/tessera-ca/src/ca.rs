@@ -1,11 +1,11 @@
 //! One signing CA of a trust domain, and X.509-SVIDs issued from certificate signing requests.
 
+use std::sync::Arc;
+
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DnType,
     ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
-use std::sync::Arc;
-
 use rustls::pki_types::{CertificateDer, CertificateSigningRequestDer};
 use tessera_core::{SpiffeId, TrustDomain};
 use tessera_token::{Alg, SigningKey};
