@@ -74,6 +74,17 @@ pub enum KeyLocation {
     },
 }
 
+impl KeyLocation {
+    /// The key labelled `label` in `hsm`'s token.
+    pub fn in_token(hsm: &crate::pkcs11::Hsm, label: &str) -> Self {
+        Self::Pkcs11 {
+            token: hsm.token().to_owned(),
+            slot: hsm.slot_id(),
+            label: label.to_owned(),
+        }
+    }
+}
+
 impl std::fmt::Display for KeyLocation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -185,11 +196,7 @@ impl SigningKey {
 
     pub fn location(&self) -> KeyLocation {
         match &self.inner {
-            Inner::Token(k) => KeyLocation::Pkcs11 {
-                token: k.hsm().token().to_owned(),
-                slot: k.hsm().slot_id(),
-                label: k.label().to_owned(),
-            },
+            Inner::Token(k) => KeyLocation::in_token(k.hsm(), k.label()),
             Inner::Es256(_) | Inner::EdDsa(_) => KeyLocation::Software,
         }
     }

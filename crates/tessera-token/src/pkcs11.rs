@@ -357,6 +357,22 @@ impl Hsm {
         self.find(label, alg)
     }
 
+    /// Tessera uses only keys that cannot leave the token.
+    fn refuse_extractable(
+        &self,
+        label: &str,
+        sensitive: bool,
+        extractable: bool,
+    ) -> Result<(), HsmError> {
+        if extractable || !sensitive {
+            return Err(self.bad_key(
+                label,
+                "can leave the token (CKA_EXTRACTABLE set or CKA_SENSITIVE unset); Tessera uses only non-extractable keys",
+            ));
+        }
+        Ok(())
+    }
+
     fn bad_key(&self, label: &str, problem: impl Into<String>) -> HsmError {
         HsmError::BadKey {
             token: self.token.clone(),
@@ -434,12 +450,7 @@ impl Hsm {
                 _ => {}
             }
         }
-        if extractable || !sensitive {
-            return Err(self.bad_key(
-                label,
-                "can leave the token (CKA_EXTRACTABLE set or CKA_SENSITIVE unset); Tessera uses only non-extractable keys",
-            ));
-        }
+        self.refuse_extractable(label, sensitive, extractable)?;
         if !sign {
             return Err(self.bad_key(label, "is not a signing key (CKA_SIGN unset)"));
         }
@@ -527,24 +538,12 @@ impl Hsm {
                 _ => {}
             }
         }
-        if extractable || !sensitive {
-            return Err(self.bad_key(
-                label,
-                "can leave the token (CKA_EXTRACTABLE set or CKA_SENSITIVE unset); Tessera uses only non-extractable keys",
-            ));
-        }
+        self.refuse_extractable(label, sensitive, extractable)?;
         Ok(HsmAesKey {
             hsm: self.clone(),
             label: label.to_owned(),
             handle: CachedHandle::new(self, handle),
         })
-    }
-
-    /// Whether the private key labelled `label` exists (for `tessera keys status`).
-    pub fn has(&self, label: &str) -> Result<bool, HsmError> {
-        Ok(self
-            .find_handles(label, ObjectClass::PRIVATE_KEY)?
-            .is_some())
     }
 }
 

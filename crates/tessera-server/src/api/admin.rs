@@ -797,22 +797,14 @@ async fn keys_status(State(app): State<Arc<App>>) -> Json<Vec<KeyStatus>> {
             ),
         ),
     };
-    let (kek_location, kek_id) = match app.kek().token_key() {
-        Some(k) => (
-            tessera_token::KeyLocation::Pkcs11 {
-                token: k.hsm().token().to_owned(),
-                slot: k.hsm().slot_id(),
-                label: k.label().to_owned(),
-            }
-            .to_string(),
-            "kek",
-        ),
-        None => ("software (a file or TESSERA_KEK)".to_owned(), "kek"),
+    let kek_location = match app.kek().token_key() {
+        Some(k) => tessera_token::KeyLocation::in_token(k.hsm(), k.label()).to_string(),
+        None => "software (a file or TESSERA_KEK)".to_owned(),
     };
     out.push(KeyStatus {
         kind: KeyKind::Kek.as_str().into(),
         trust_domain: None,
-        id: kek_id.into(),
+        id: "kek".into(),
         alg: "A256GCM".into(),
         location: kek_location,
         created_at: None,
