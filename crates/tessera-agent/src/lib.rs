@@ -100,6 +100,9 @@ pub struct State {
     pub bundle: Vec<Vec<u8>>,
     /// The JWT-SVID keys of the trust domain (a JWKS).
     pub jwt_keys: serde_json::Value,
+    /// The bundles of federated trust domains, each handed only to workloads whose
+    /// registration federates with it.
+    pub federated: std::collections::BTreeMap<TrustDomain, FederatedBundle>,
     /// Whether any registration selects by executable digest (so it is worth computing).
     pub want_digest: bool,
 }
@@ -113,6 +116,29 @@ impl State {
         self.registrations
             .values()
             .filter(move |r| p.matches_all(&r.selectors))
+    }
+}
+
+/// A federated trust domain's bundle as the agent holds it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FederatedBundle {
+    /// DER CA certificates.
+    pub x509: Vec<Vec<u8>>,
+    /// A JWKS.
+    pub jwt_keys: serde_json::Value,
+}
+
+impl State {
+    /// The federated trust domains a process may trust: those its registrations federate with
+    /// and whose bundle the agent holds.
+    pub fn federated_for<'a>(
+        &'a self,
+        p: &'a attest::Process,
+    ) -> std::collections::BTreeMap<&'a TrustDomain, &'a FederatedBundle> {
+        self.matching(p)
+            .flat_map(|r| r.federates_with.iter())
+            .filter_map(|td| self.federated.get_key_value(td))
+            .collect()
     }
 }
 
@@ -307,6 +333,19 @@ impl Agent {
             .iter()
             .filter_map(|c| STANDARD.decode(c).ok())
             .collect();
+        let federated = resp
+            .federated_bundles
+            .into_iter()
+            .filter_map(|(td, b)| {
+                let td = TrustDomain::parse(&td).ok()?;
+                let x509 = b
+                    .x509_authorities
+                    .iter()
+                    .filter_map(|c| STANDARD.decode(c).ok())
+                    .collect();
+                Some((td, FederatedBundle { x509, jwt_keys: b.jwt_keys }))
+            })
+            .collect();
         self.update(|s| {
             if resp.full {
                 s.registrations.clear();
@@ -330,6 +369,7 @@ impl Agent {
                 s.bundle = bundle;
             }
             s.jwt_keys = resp.jwt_keys;
+            s.federated = federated;
         });
         self.last_sync.store(
             tessera_core::now_unix(),

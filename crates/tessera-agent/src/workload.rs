@@ -250,13 +250,13 @@ impl WorkloadApi {
     ) -> Result<Response<ResponseStream<T>>, Status>
     where
         T: PartialEq + Clone + Send + 'static,
-        B: Fn(&State) -> T + Send + 'static,
+        B: Fn(&State, &Process) -> T + Send + 'static,
     {
         let f = move |state: &State, p: &Process| {
             if state.matching(p).next().is_none() {
                 return Err(Status::permission_denied("no identity issued"));
             }
-            Ok(Some(bundles(state)))
+            Ok(Some(bundles(state, p)))
         };
         f(&self.agent.state(), &p)?;
         Ok(Response::new(watch_stream(&self.agent, p, binding, f)))
@@ -297,7 +297,11 @@ fn x509_for(state: &State, p: &Process) -> Result<Option<X509svidResponse>, Stat
     Ok(Some(X509svidResponse {
         svids,
         crl: Vec::new(),
-        federated_bundles: HashMap::new(),
+        federated_bundles: state
+            .federated_for(p)
+            .into_iter()
+            .map(|(td, b)| (td.to_string(), concat(&b.x509)))
+            .collect(),
     }))
 }
 
@@ -413,9 +417,15 @@ impl SpiffeWorkloadApi for WorkloadApi {
         check_header(&req)?;
         let p = self.caller(&req).await?;
         let td = self.agent.td.to_string();
-        self.bundle_stream(p, move |state| X509BundlesResponse {
-            crl: Vec::new(),
-            bundles: HashMap::from([(td.clone(), concat(&state.bundle))]),
+        self.bundle_stream(p, move |state, p| {
+            let mut bundles = HashMap::from([(td.clone(), concat(&state.bundle))]);
+            for (ftd, b) in state.federated_for(p) {
+                bundles.insert(ftd.to_string(), concat(&b.x509));
+            }
+            X509BundlesResponse {
+                crl: Vec::new(),
+                bundles,
+            }
         })
     }
 
@@ -478,8 +488,12 @@ impl SpiffeWorkloadApi for WorkloadApi {
         check_header(&req)?;
         let p = self.caller(&req).await?;
         let td = self.agent.td.to_string();
-        self.bundle_stream(p, move |state| JwtBundlesResponse {
-            bundles: HashMap::from([(td.clone(), jwt_bundle(state))]),
+        self.bundle_stream(p, move |state, p| {
+            let mut bundles = HashMap::from([(td.clone(), jwt_bundle(state))]);
+            for (ftd, b) in state.federated_for(p) {
+                bundles.insert(ftd.to_string(), serde_json::to_vec(&b.jwt_keys).unwrap_or_default());
+            }
+            JwtBundlesResponse { bundles }
         })
     }
 
@@ -488,7 +502,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
         req: Request<ValidateJwtsvidRequest>,
     ) -> Result<Response<ValidateJwtsvidResponse>, Status> {
         check_header(&req)?;
-        self.caller(&req).await?;
+        let (p, _) = self.caller(&req).await?;
         let body = req.get_ref();
         if body.audience.is_empty() {
             return Err(Status::invalid_argument("audience must be specified"));
@@ -496,23 +510,25 @@ impl SpiffeWorkloadApi for WorkloadApi {
         if body.svid.is_empty() {
             return Err(Status::invalid_argument("svid must be specified"));
         }
+        // The caller's own trust domain, and the federated ones its registrations trust: each
+        // JWT-SVID is checked against the bundle of its own trust domain only.
         let state = self.agent.state();
-        let keys = tessera_verify::KeySet::from_jwks(&jwt_bundle(&state))
+        let bundles = tessera_verify::JwtBundles::new();
+        bundles
+            .set(self.agent.td.clone(), &jwt_bundle(&state))
             .map_err(|e| Status::unavailable(format!("no usable JWT bundle: {e}")))?;
+        for (td, b) in state.federated_for(&p) {
+            if let Ok(jwks) = serde_json::to_vec(&b.jwt_keys) {
+                // A federated bundle whose keys do not parse trusts nobody from there.
+                let _ = bundles.set(td.clone(), &jwks);
+            }
+        }
         let config = tessera_verify::VerifierConfig::jwt_svid(&body.audience)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let verified = tessera_verify::Verifier::new(config, keys)
+        let verified = tessera_verify::Verifier::new(config, bundles)
             .verify(&body.svid)
             .await
             .map_err(|e| Status::invalid_argument(format!("the JWT-SVID is not valid: {e}")))?;
-        if !verified
-            .subject
-            .starts_with(&format!("spiffe://{}/", self.agent.td))
-        {
-            return Err(Status::invalid_argument(
-                "the JWT-SVID is from another trust domain",
-            ));
-        }
         Ok(Response::new(ValidateJwtsvidResponse {
             spiffe_id: verified.subject.clone(),
             claims: Some(prost_types::Struct {

@@ -65,6 +65,43 @@ pub fn split_certificates(mut bytes: &[u8]) -> Result<Vec<CertificateDer<'static
     Ok(out)
 }
 
+/// Checks a certificate a federated trust domain's bundle lists as an X.509 authority: a CA
+/// certificate usable as a trust anchor, naming no SPIFFE ID outside `td` (a bundle endpoint
+/// serving another trust domain's bundle is found out here).
+pub fn check_federated_authority(cert: &[u8], td: &TrustDomain) -> Result<(), CaError> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert)
+        .map_err(|e| CaError::BadCaCert(format!("not a certificate: {e}")))?;
+    let mut is_ca = false;
+    for ext in parsed.extensions() {
+        match ext.parsed_extension() {
+            ParsedExtension::BasicConstraints(bc) => is_ca = bc.ca,
+            ParsedExtension::SubjectAlternativeName(san) => {
+                for name in &san.general_names {
+                    let GeneralName::URI(u) = name else { continue };
+                    let Some(rest) = u.strip_prefix("spiffe://") else {
+                        continue;
+                    };
+                    let named = rest.split('/').next().unwrap_or_default();
+                    if named != td.as_str() {
+                        return Err(CaError::BadCaCert(format!(
+                            "it names trust domain `{}`, not `{td}`",
+                            named.chars().take(100).collect::<String>()
+                        )));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    if !is_ca {
+        return Err(CaError::BadCaCert("it is not a CA certificate".into()));
+    }
+    let der = CertificateDer::from(cert);
+    webpki::anchor_from_trusted_cert(&der)
+        .map_err(|e| CaError::BadCaCert(format!("not usable as a trust anchor: {e:?}")))?;
+    Ok(())
+}
+
 /// The SPIFFE ID of an X.509-SVID leaf, with the leaf rules that precede chain validation:
 /// exactly one URI SAN, which is a SPIFFE ID; not a CA; no `keyCertSign` or `cRLSign`.
 pub fn leaf_spiffe_id(cert: &[u8]) -> Result<SpiffeId, CaError> {

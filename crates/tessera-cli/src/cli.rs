@@ -57,18 +57,19 @@ pub(crate) enum Command {
     Dev(DevArgs),
     /// Apply identity files (a TOML file or a folder of them).
     Apply(ApplyArgs),
-    /// List workloads, clients, grants, trusts or agents.
+    /// List workloads, clients, grants, trusts, agents or federations.
     Get {
-        #[arg(value_parser = ["workloads", "clients", "grants", "trusts", "agents"])]
+        #[arg(value_parser = ["workloads", "clients", "grants", "trusts", "agents", "federations"])]
         kind: String,
         #[command(flatten)]
         target: Target,
     },
     /// Explain an identity: owner, purpose, what it can reach and why, how to revoke it.
     Describe {
-        #[arg(value_parser = ["workload", "trust", "secret"])]
+        #[arg(value_parser = ["workload", "trust", "secret", "federation"])]
         kind: String,
-        /// The workload's SPIFFE ID, the trust's name, or the secret's name.
+        /// The workload's SPIFFE ID, the trust's name, the secret's name, or the federated
+        /// trust domain.
         id: String,
         #[command(flatten)]
         target: Target,

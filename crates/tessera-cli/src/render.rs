@@ -2,7 +2,7 @@
 
 use serde_json::Value;
 use tessera_core::admin_api::{
-    AgentSummary, CaInfo, CaRotated, ClientSummary, GrantSummary, KeyInfo, KeyRotated, KeyStatus,
+    AgentSummary, CaInfo, CaRotated, ClientSummary, FederationSummary, GrantSummary, KeyInfo, KeyRotated, KeyStatus,
     TrustSummary, WorkloadSummary,
 };
 use tessera_policy::Explanation;
@@ -167,6 +167,60 @@ pub(crate) fn trusts(rows: &[TrustSummary]) -> String {
         ));
     }
     out
+}
+
+/// `tessera get federations`.
+pub(crate) fn federations(rows: &[FederationSummary]) -> String {
+    let mut out =
+        String::from("TRUST DOMAIN\tPROFILE\tBUNDLE\tSEQUENCE\tLAST REFRESH\tCA EXPIRES\tSTATUS\n");
+    for r in rows {
+        out.push_str(&format!(
+            "{}\t{}\t{}\t{}\t{}\t{}\t{}\n",
+            r.trust_domain,
+            r.profile,
+            r.bundle,
+            or_dash(r.spiffe_sequence.as_ref()),
+            at(r.last_success),
+            at(r.ca_expiries.iter().min().copied()),
+            r.last_error.as_deref().map_or("ok".to_owned(), |e| format!("failing: {e}")),
+        ));
+    }
+    out
+}
+
+/// `tessera describe federation TD`.
+pub(crate) fn describe_federation(f: &FederationSummary) -> String {
+    let mut o = String::new();
+    o.push_str(&format!("Federation:    {}\n", f.trust_domain));
+    o.push_str(&format!("Endpoint:      {} ({})\n", f.bundle_endpoint, f.profile));
+    if let Some(id) = &f.endpoint_spiffe_id {
+        o.push_str(&format!("Endpoint ID:   {id}\n"));
+    }
+    if let Some(t) = &f.token_issuer {
+        o.push_str(&format!("Token issuer:  {t} (identity chaining)\n"));
+    }
+    o.push_str(&format!("Defined at:    {}\n", f.source));
+    o.push_str(&format!(
+        "\nBundle:        {} (sequence {}, stored {})\n",
+        f.bundle,
+        or_dash(f.spiffe_sequence.as_ref()),
+        at(f.fetched_at)
+    ));
+    for e in &f.ca_expiries {
+        o.push_str(&format!("  X.509 authority, expires {}\n", at(Some(*e))));
+    }
+    o.push_str(&format!("  JWT keys: {}\n", f.jwt_keys));
+    o.push_str(&format!(
+        "\nRefresh:       last tried {}, last good {}, next {}\n",
+        at(f.last_attempt),
+        at(f.last_success),
+        at(f.next_refresh)
+    ));
+    if let Some(e) = &f.last_error {
+        o.push_str(&format!("  failing: {e} (the last good bundle stays in force)\n"));
+    }
+    o.push_str(&format!("\nWorkloads that federate with it: {}\n", joined(&f.workloads)));
+    o
 }
 
 /// `tessera keys list`.

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::manifest::{ClientAuth, Date, DesiredState, WorkloadKind};
-use crate::{Audience, ClientId, Label, Scope, SpiffeId};
+use crate::{Audience, ClientId, Label, Scope, SpiffeId, TrustDomain};
 
 /// `POST /v1/apply`: identity files to make so (or to load as a shadow policy set).
 #[derive(Debug, Serialize, Deserialize)]
@@ -67,6 +67,32 @@ pub struct TrustSummary {
     pub issuer: String,
     pub audience: Audience,
     pub maps_to: Vec<SpiffeId>,
+}
+
+/// `GET /v1/get/federations` (and `/v1/describe/federation`): a federation relationship, the
+/// bundle in force for it and how its refreshes went on the server that answered.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FederationSummary {
+    pub trust_domain: TrustDomain,
+    pub bundle_endpoint: String,
+    pub profile: String,
+    pub endpoint_spiffe_id: Option<SpiffeId>,
+    pub token_issuer: Option<String>,
+    /// `fetched`, `initial` (the `initial_bundle`, before a first good fetch) or `none`.
+    pub bundle: String,
+    pub spiffe_sequence: Option<u64>,
+    /// When the bundle in force was stored.
+    pub fetched_at: Option<i64>,
+    pub last_attempt: Option<i64>,
+    pub last_success: Option<i64>,
+    pub last_error: Option<String>,
+    pub next_refresh: Option<i64>,
+    /// The `not_after` (unix seconds) of each X.509 authority in the bundle in force.
+    pub ca_expiries: Vec<i64>,
+    pub jwt_keys: usize,
+    /// Local workloads that federate with this trust domain.
+    pub workloads: Vec<SpiffeId>,
+    pub source: String,
 }
 
 /// `GET /v1/get/agents`.

@@ -3,8 +3,10 @@
 
 use serde::{Deserialize, Serialize};
 
+use std::collections::BTreeMap;
+
 use crate::manifest::Selector;
-use crate::{AgentId, SpiffeId};
+use crate::{AgentId, SpiffeId, TrustDomain};
 
 /// What an agent may hand out: a workload's SPIFFE ID to the processes its selectors match.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -17,6 +19,9 @@ pub struct Registration {
     /// a change of it is a change of the entry, which incremental sync then carries.
     #[serde(default)]
     pub nodes: Vec<AgentId>,
+    /// Federated trust domains whose bundles the workload receives.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub federates_with: Vec<TrustDomain>,
     /// The state version at which this entry last changed.
     pub revision: i64,
 }
@@ -56,6 +61,19 @@ pub struct SyncResponse {
     /// The X.509 authorities of the agent's trust domain (DER, base64).
     pub x509_authorities: Vec<String>,
     /// The JWT-SVID signing keys of the agent's trust domain (a JWKS).
+    pub jwt_keys: serde_json::Value,
+    /// The bundle in force for each federated trust domain, whole on every response (a
+    /// relationship removed is a bundle gone).
+    #[serde(default)]
+    pub federated_bundles: BTreeMap<String, FederatedBundle>,
+}
+
+/// A federated trust domain's bundle as agents receive it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FederatedBundle {
+    /// DER, base64.
+    pub x509_authorities: Vec<String>,
+    /// A JWKS.
     pub jwt_keys: serde_json::Value,
 }
 

@@ -3,6 +3,7 @@
 
 pub mod admin_api;
 pub mod agent_api;
+pub mod bundle;
 pub mod change_api;
 pub mod glob;
 pub mod id;

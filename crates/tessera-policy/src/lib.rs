@@ -325,7 +325,13 @@ impl PolicyEngine {
         let mut global = PolicySet::new();
         // Where each policy's text lives, to turn a validation error into `file:line`.
         let mut texts: HashMap<String, (String, String, usize)> = HashMap::new();
-        let known: HashSet<&str> = workloads.iter().map(|w| w.id.as_str()).collect();
+        // Grants may come from workloads of a federated trust domain, which no local identity
+        // file declares (the server checks at apply that their trust domain is federated).
+        let known: HashSet<&str> = workloads
+            .iter()
+            .map(|w| w.id.as_str())
+            .chain(grants.iter().map(|g| g.from.as_str()))
+            .collect();
         let mut cacheable = true;
 
         let mut add_file = |name: &str, text: &str, shipped: bool| -> Result<(), PolicyError> {
@@ -426,6 +432,17 @@ impl PolicyEngine {
             let d = deploys.get(&w.id).map(Vec::as_slice).unwrap_or_default();
             principals.insert(w.id.clone(), model::workload_entity(w, d).map_err(err)?);
             services.insert(w.id.clone(), model::service_entity(w).map_err(err)?);
+        }
+        for g in grants {
+            if !principals.contains_key(&g.from) {
+                let entity = model::federated_entity(&g.from).map_err(|message| {
+                    PolicyError::Entity {
+                        id: g.from.to_string(),
+                        message,
+                    }
+                })?;
+                principals.insert(g.from.clone(), entity);
+            }
         }
 
         // Every grant's policies, validated together with the global ones below.
@@ -1032,7 +1049,7 @@ impl PolicyEngine {
 
     fn unknown(&self, from: &SpiffeId, to: &SpiffeId) -> Vec<String> {
         let mut out = Vec::new();
-        if !self.workloads.contains_key(from) {
+        if !self.workloads.contains_key(from) && !self.principals.contains_key(from) {
             out.push(format!(
                 "`{from}` is not a workload any identity file declares"
             ));

@@ -82,6 +82,21 @@ pub fn workload_entity(w: &Workload, deploys_to: &[&SpiffeId]) -> Result<Entity,
     .map_err(|e| e.to_string())
 }
 
+/// A caller of another, federated trust domain: known here only by its SPIFFE ID (its
+/// authority's identity files are not ours), so it has no owner, environment or tags, and is
+/// never a deployment workload.
+pub fn federated_entity(id: &SpiffeId) -> Result<Entity, String> {
+    let s = |v: &str| RestrictedExpression::new_string(v.to_owned());
+    let attrs = HashMap::from([
+        ("environment".to_owned(), s("")),
+        ("owner".to_owned(), s("")),
+        ("kind".to_owned(), s("runtime")),
+        ("trust_domain".to_owned(), s(id.trust_domain_str())),
+        ("deploys_to".to_owned(), RestrictedExpression::new_set([])),
+    ]);
+    Entity::new(uid("Workload", id.as_str())?, attrs, HashSet::new()).map_err(|e| e.to_string())
+}
+
 pub fn service_entity(w: &Workload) -> Result<Entity, String> {
     Entity::new_with_tags(
         uid("Service", w.id.as_str())?,

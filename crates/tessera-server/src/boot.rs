@@ -23,7 +23,7 @@ use crate::app::snapshot::Snapshot;
 use crate::app::trust_keys::TrustKeys;
 use crate::app::App;
 use crate::config::{KeyKind, ServerConfig};
-use crate::domain::{leases, rotation, secrets};
+use crate::domain::{bundle_federation, leases, rotation, secrets};
 use crate::metrics::{Metrics, TdLabels};
 use crate::start_error::StartError;
 use crate::{admin_socket, router, tls};
@@ -285,10 +285,13 @@ pub async fn start(
         .map_err(|e| StartError::Tls(format!("the audit log's HTTP client: {e}")))?,
         config,
         record_quota: Default::default(),
+        bundle_refreshes: Default::default(),
+        server_svids: tls.svids.clone(),
     });
     app.reload()
         .await
         .map_err(|e| StartError::Keys(e.to_string()))?;
+    bundle_federation::renew_server_svids(&app, tessera_core::now_unix());
 
     let (stop, stop_rx) = watch::channel(false);
     let tls_ca = tls.ca_path.clone();
@@ -317,6 +320,7 @@ pub async fn start(
             stop_rx.clone(),
         )),
         tokio::spawn(checkpointer(app.clone(), stop_rx.clone())),
+        tokio::spawn(bundle_refresher(app.clone(), stop_rx.clone())),
         tokio::spawn(background(app.clone(), stop_rx)),
     ];
     Ok(Running {
@@ -739,6 +743,54 @@ async fn deliver_notices(
     }
 }
 
+/// Refreshes every federated trust domain's bundle as its refresh hint asks (sooner after a
+/// failure), and at once when a relationship is added or changed.
+async fn bundle_refresher(app: Arc<App>, mut stop: watch::Receiver<bool>) {
+    use std::collections::HashMap;
+    use tessera_core::manifest::Federation;
+    let mut changes = app.subscribe_changes();
+    let mut due: HashMap<tessera_core::TrustDomain, (Federation, i64)> = HashMap::new();
+    loop {
+        let snap = app.snapshot();
+        due.retain(|td, _| snap.federations.contains_key(td));
+        app.bundle_refreshes
+            .retain(|td| snap.federations.contains_key(td));
+        let now = tessera_core::now_unix();
+        for (td, d) in &snap.federations {
+            let changed = due.get(td).is_none_or(|(spec, _)| spec != &d.spec);
+            let at = due.get(td).map_or(now, |(_, at)| *at);
+            if !changed && at > now {
+                continue;
+            }
+            let next = match bundle_federation::refresh(&app, td).await {
+                Ok(hint) => hint,
+                Err(_) => bundle_federation::RETRY_SECS,
+            };
+            let next_at = tessera_core::now_unix() + i64::try_from(next).unwrap_or(3600);
+            due.insert(td.clone(), (d.spec.clone(), next_at));
+            app.bundle_refreshes
+                .update(td, |s| s.next_refresh = Some(next_at));
+        }
+        for (td, (_, _)) in due.iter() {
+            if let Some(at) = app.bundle_refreshes.get(td).last_success {
+                app.metrics
+                    .bundle_age_seconds
+                    .get_or_create(&TdLabels {
+                        trust_domain: td.to_string(),
+                    })
+                    .set(now - at);
+            }
+        }
+        let soonest = due.values().map(|(_, at)| *at).min().unwrap_or(now + 60);
+        let wait = Duration::from_secs(u64::try_from((soonest - now).clamp(1, 60)).unwrap_or(1));
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = changes.changed() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
 /// Polls for changes by other servers, rotates keys on schedule, sweeps expired records.
 async fn background(app: Arc<App>, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(app.config.poll_interval);
@@ -773,6 +825,7 @@ async fn background(app: Arc<App>, mut stop: watch::Receiver<bool>) {
         }
         // CAs enter and leave the bundle with time, not only with changes.
         app.bundles.set(&snap.cas, &app.trust_domain_names(), now);
+        bundle_federation::renew_server_svids(&app, now);
         for td in &app.config.trust_domains {
             if let Some(c) = snap.cas.signing(&td.name, now) {
                 app.metrics

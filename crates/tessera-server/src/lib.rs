@@ -13,7 +13,8 @@
 //! router.rs       top: every route group, every body limit, both admin guards. The only file
 //!                 that mounts.
 //! api/            HTTP features: handlers + `routes()`. Never another api/ feature
-//!   oauth/        token.rs -> federated.rs -> delegation.rs -> client_auth.rs -> form.rs
+//!   oauth/        token.rs -> federated.rs -> delegation.rs -> client_auth.rs -> form.rs;
+//!                 federated.rs -> chaining.rs -> form.rs
 //! admin_socket.rs serves the admin Router it is given on DATA/admin.sock (peer uid)
 //! extract.rs      axum extractors for the caller and the issuer (asks domain/caller.rs)
 //! trace.rs        the span of every API request (W3C trace context in), for router.rs

@@ -112,6 +112,11 @@ pub(crate) struct Metrics {
     pub change_subscribers: Gauge,
     /// Subscribers that fell too far behind the live stream and were sent a snapshot instead.
     pub change_lagged: Counter,
+    /// A federated trust domain's bundle could not be fetched, or was refused (the last good one
+    /// stays in force).
+    pub bundle_refresh_failures: Family<TdLabels, Counter>,
+    /// Seconds since a federated trust domain's bundle was last confirmed (fetched and good).
+    pub bundle_age_seconds: Family<TdLabels, Gauge>,
 }
 
 impl Metrics {
@@ -141,7 +146,19 @@ impl Metrics {
             revocation_propagation: Histogram::new(tessera_core::change_api::PROPAGATION_BUCKETS),
             change_subscribers: Gauge::default(),
             change_lagged: Counter::default(),
+            bundle_refresh_failures: Family::default(),
+            bundle_age_seconds: Family::default(),
         };
+        registry.register(
+            "tessera_federated_bundle_refresh_failures",
+            "Refreshes of a federated trust domain's bundle that failed or were refused",
+            m.bundle_refresh_failures.clone(),
+        );
+        registry.register(
+            "tessera_federated_bundle_age_seconds",
+            "Seconds since a federated trust domain's bundle was last fetched and accepted",
+            m.bundle_age_seconds.clone(),
+        );
         registry.register(
             "tessera_tokens",
             "Token requests by grant type and result",

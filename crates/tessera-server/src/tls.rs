@@ -18,6 +18,74 @@ use crate::start_error::StartError;
 pub(crate) struct Tls {
     pub config: Arc<rustls::ServerConfig>,
     pub ca_path: Option<PathBuf>,
+    /// The bundle endpoint's X.509-SVIDs (`https_spiffe`), kept current by boot.
+    pub svids: Arc<ServerSvids>,
+}
+
+/// For the `https_spiffe` bundle endpoint profile: an X.509-SVID
+/// `spiffe://<td>/tessera/server` per served trust domain, presented to a client whose SNI
+/// names that trust domain (one API serves several trust domains, each with its own CA, and an
+/// SVID has one SPIFFE ID). Every other client gets the API's own certificate.
+#[derive(Debug, Default)]
+pub(crate) struct ServerSvids {
+    by_td: arc_swap::ArcSwap<std::collections::HashMap<String, Arc<ServerSvid>>>,
+}
+
+/// One trust domain's endpoint SVID: the key rustls serves, the CA that signed it, and when to
+/// make the next one.
+#[derive(Debug)]
+pub(crate) struct ServerSvid {
+    pub key: Arc<rustls::sign::CertifiedKey>,
+    pub ca_id: String,
+    pub renew_at: i64,
+}
+
+impl ServerSvids {
+    pub(crate) fn set(&self, td: &str, svid: ServerSvid) {
+        let svid = Arc::new(svid);
+        self.by_td.rcu(|m| {
+            let mut m = (**m).clone();
+            m.insert(td.to_owned(), svid.clone());
+            m
+        });
+    }
+
+    pub(crate) fn get(&self, td: &str) -> Option<Arc<ServerSvid>> {
+        self.by_td.load().get(td).cloned()
+    }
+}
+
+#[derive(Debug)]
+struct ApiCerts {
+    svids: Arc<ServerSvids>,
+    api: Arc<dyn rustls::server::ResolvesServerCert>,
+}
+
+impl rustls::server::ResolvesServerCert for ApiCerts {
+    fn resolve(
+        &self,
+        hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        match hello.server_name().and_then(|n| self.svids.get(n)) {
+            Some(svid) => Some(svid.key.clone()),
+            None => self.api.resolve(hello),
+        }
+    }
+}
+
+/// Puts the SVID resolver in front of the API's certificate.
+fn with_svids(mut cfg: rustls::ServerConfig) -> Tls {
+    let svids = Arc::new(ServerSvids::default());
+    cfg.cert_resolver = Arc::new(ApiCerts {
+        svids: svids.clone(),
+        api: cfg.cert_resolver.clone(),
+    });
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Tls {
+        config: Arc::new(cfg),
+        ca_path: None,
+        svids,
+    }
 }
 
 fn tls_err(e: impl std::fmt::Display) -> StartError {
@@ -57,13 +125,12 @@ pub(crate) fn load_or_create(
         .map_err(|e| StartError::Tls(format!("`{}`: {e}", cert.display())))?;
     let key_der = PrivateKeyDer::from_pem_file(&key)
         .map_err(|e| StartError::Tls(format!("`{}`: {e}", key.display())))?;
-    let mut cfg = builder(bundles)?
+    let cfg = builder(bundles)?
         .with_single_cert(chain, key_der)
         .map_err(tls_err)?;
-    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Tls {
-        config: Arc::new(cfg),
         ca_path,
+        ..with_svids(cfg)
     })
 }
 
@@ -116,12 +183,11 @@ fn in_token(
         .collect::<Result<_, _>>()
         .map_err(|e| StartError::Tls(format!("`{}`: {e}", cert.display())))?;
     let certified = rustls::sign::CertifiedKey::new(chain, Arc::new(tessera_ca::TlsKey::new(key)));
-    let mut cfg = builder(bundles)?
+    let cfg = builder(bundles)?
         .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(certified)));
-    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Tls {
-        config: Arc::new(cfg),
         ca_path: Some(ca),
+        ..with_svids(cfg)
     })
 }
 

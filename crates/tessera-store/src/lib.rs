@@ -27,7 +27,8 @@ pub use backend::{ChangeListener, Store};
 pub use op::Op;
 pub use records::{
     AgentRecord, AssertionClaim, BatchItem, BatchResult, CaRecord, ClientRecord,
-    ClientSecretRecord, DbConnectionRecord, DbRoleRecord, JoinTokenRecord, KeyRecord, LeaseFilter,
+    ClientSecretRecord, DbConnectionRecord, DbRoleRecord, FederatedBundleRecord, JoinTokenRecord,
+    KeyRecord, LeaseFilter,
     LeaseRecord, LeaseState, PolicySetRecord, PolicySetStatus, SecretRecord, SecretVersionRecord,
     StoredState, SvidRecord, WorkloadRecord,
 };

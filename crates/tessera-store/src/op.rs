@@ -2,10 +2,11 @@
 //! inside the transaction that appends its audit records.
 
 use serde::Serialize;
-use tessera_core::manifest::{Client, Grant, PolicyFile, Trust, Workload};
+use tessera_core::manifest::{Client, Federation, Grant, PolicyFile, Trust, Workload};
 
 use crate::records::{
-    AgentRecord, CaRecord, ClientSecretRecord, DbConnectionRecord, DbRoleRecord, JoinTokenRecord,
+    AgentRecord, CaRecord, ClientSecretRecord, DbConnectionRecord, DbRoleRecord,
+    FederatedBundleRecord, JoinTokenRecord,
     KeyRecord, LeaseRecord, PolicySetRecord, PolicySetStatus, SecretRecord, SecretVersionRecord,
     SvidRecord,
 };
@@ -27,6 +28,10 @@ pub enum Op {
     DeleteTrust(String),
     UpsertPolicy(PolicyFile),
     DeletePolicy(String),
+    UpsertFederation(Federation),
+    /// Removes the relationship and its stored bundle, in one step.
+    DeleteFederation(String),
+    StoreFederatedBundle(FederatedBundleRecord),
     SetClientSecret {
         client: String,
         secret: ClientSecretRecord,
@@ -199,6 +204,20 @@ macro_rules! apply_op {
             }
             $crate::op::Op::DeletePolicy(name) => {
                 sqlx::query("DELETE FROM policy_files WHERE name = $1").bind(name).execute(&mut *$tx).await?;
+            }
+            $crate::op::Op::UpsertFederation(f) => {
+                sqlx::query("INSERT INTO federations (trust_domain, spec) VALUES ($1, $2) ON CONFLICT (trust_domain) DO UPDATE SET spec = excluded.spec")
+                    .bind(f.trust_domain.as_str()).bind($crate::op::json(f)?)
+                    .execute(&mut *$tx).await?;
+            }
+            $crate::op::Op::DeleteFederation(td) => {
+                sqlx::query("DELETE FROM federations WHERE trust_domain = $1").bind(td).execute(&mut *$tx).await?;
+                sqlx::query("DELETE FROM federated_bundles WHERE trust_domain = $1").bind(td).execute(&mut *$tx).await?;
+            }
+            $crate::op::Op::StoreFederatedBundle(b) => {
+                sqlx::query("INSERT INTO federated_bundles (trust_domain, bundle, sequence, fetched_at) VALUES ($1, $2, $3, $4) ON CONFLICT (trust_domain) DO UPDATE SET bundle = excluded.bundle, sequence = excluded.sequence, fetched_at = excluded.fetched_at")
+                    .bind(&b.trust_domain).bind(&b.bundle).bind(b.sequence).bind(b.fetched_at)
+                    .execute(&mut *$tx).await?;
             }
             $crate::op::Op::SetClientSecret { client, secret } => {
                 let n = sqlx::query("UPDATE clients SET secret_hash = $1, secret_created_at = $2, secret_expires_at = $3 WHERE id = $4")

@@ -2,7 +2,7 @@
 //! `sqlx::FromRow`; JSON documents stored as text decode through [`JsonText`].
 
 use serde::{Deserialize, Serialize};
-use tessera_core::manifest::{Client, Grant, PolicyFile, Trust, Workload};
+use tessera_core::manifest::{Client, Federation, Grant, PolicyFile, Trust, Workload};
 
 use crate::audit::{AuditEvent, AuditRecord};
 
@@ -91,6 +91,16 @@ pub struct ClientSecretRecord {
 pub struct ClientRecord {
     pub spec: Client,
     pub secret: Option<ClientSecretRecord>,
+}
+
+/// The last good bundle of a federated trust domain, as fetched (SPIFFE bundle JSON).
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct FederatedBundleRecord {
+    pub trust_domain: String,
+    pub bundle: String,
+    pub sequence: Option<i64>,
+    /// When this content was first stored.
+    pub fetched_at: i64,
 }
 
 /// A CA of a trust domain as stored: the private key sealed under the key-encryption key.
@@ -244,6 +254,8 @@ pub struct StoredState {
     pub clients: Vec<ClientRecord>,
     pub trusts: Vec<Trust>,
     pub policies: Vec<PolicyFile>,
+    pub federations: Vec<Federation>,
+    pub federated_bundles: Vec<FederatedBundleRecord>,
     pub agents: Vec<AgentRecord>,
     /// The policy set loaded in shadow, if any.
     pub shadow: Option<PolicySetRecord>,

@@ -107,6 +107,8 @@ pub enum VerifyError {
     Config(String),
     /// RFC 8705 §3: the token is bound to a certificate other than the one presented (or none
     /// was presented).
+    #[error("the JWT-SVID's trust domain `{0}` is not trusted here")]
+    UntrustedDomain(String),
     #[error("the token is bound to another client certificate")]
     CertificateBinding,
 }
@@ -130,6 +132,7 @@ impl VerifyError {
             Self::KeysUnavailable(_) => "keys_unavailable",
             Self::Config(_) => "config",
             Self::CertificateBinding => "certificate_binding",
+            Self::UntrustedDomain(_) => "untrusted_domain",
         }
     }
 }
@@ -251,11 +254,59 @@ pub async fn read_capped(mut resp: reqwest::Response, cap: usize) -> Result<Vec<
     Ok(body)
 }
 
-/// Where a verifier gets keys: a fixed set, or an issuer's JWKS URL through a cache.
+/// Where a verifier gets keys: a fixed set, an issuer's JWKS URL through a cache, or (for
+/// JWT-SVIDs) a JWT bundle per trust domain.
 #[derive(Debug, Clone)]
 pub enum Keys {
     Static(Arc<KeySet>),
     Remote(Arc<JwksCache>),
+    PerTrustDomain(Arc<JwtBundles>),
+}
+
+/// JWT bundles per trust domain (the local one and federated ones), as the Workload API's
+/// FetchJWTBundles gives them: a JWT-SVID is verified with the keys of its `sub`'s trust domain
+/// and no other (SPIFFE JWT-SVID §7), so a federated authority's key never vouches for a local
+/// identity. Updated in place as bundles rotate.
+#[derive(Debug, Default)]
+pub struct JwtBundles {
+    by_td: std::sync::RwLock<HashMap<tessera_core::TrustDomain, Arc<KeySet>>>,
+}
+
+impl JwtBundles {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Puts `td`'s JWT bundle (a JWKS document) in force, replacing the one held.
+    pub fn set(&self, td: tessera_core::TrustDomain, jwks: &[u8]) -> Result<(), VerifyError> {
+        let keys = Arc::new(KeySet::from_jwks_with_rsa(jwks)?);
+        match self.by_td.write() {
+            Ok(mut m) => m.insert(td, keys),
+            Err(p) => p.into_inner().insert(td, keys),
+        };
+        Ok(())
+    }
+
+    /// Stops trusting `td` (its federation relationship was removed).
+    pub fn remove(&self, td: &tessera_core::TrustDomain) {
+        match self.by_td.write() {
+            Ok(mut m) => m.remove(td),
+            Err(p) => p.into_inner().remove(td),
+        };
+    }
+
+    pub fn get(&self, td: &tessera_core::TrustDomain) -> Option<Arc<KeySet>> {
+        match self.by_td.read() {
+            Ok(m) => m.get(td).cloned(),
+            Err(p) => p.into_inner().get(td).cloned(),
+        }
+    }
+}
+
+impl From<JwtBundles> for Keys {
+    fn from(b: JwtBundles) -> Self {
+        Self::PerTrustDomain(Arc::new(b))
+    }
 }
 
 impl From<KeySet> for Keys {
@@ -533,6 +584,24 @@ impl Verifier {
             Keys::Remote(cache) => {
                 let key = cache.key(kid).await?;
                 parsed.verify_with(&key)?;
+            }
+            Keys::PerTrustDomain(bundles) => {
+                if self.config.kind != TokenKind::JwtSvid {
+                    return Err(VerifyError::Config(
+                        "keys per trust domain verify JWT-SVIDs only".into(),
+                    ));
+                }
+                let sub = string_claim(&parsed.claims, "sub")?;
+                let td = tessera_core::SpiffeId::parse(sub)
+                    .map_err(|e| TokenError::Claims(format!("`sub` is not a SPIFFE ID: {e}")))?
+                    .trust_domain();
+                let set = bundles
+                    .get(&td)
+                    .ok_or_else(|| VerifyError::UntrustedDomain(td.to_string()))?;
+                let key = set
+                    .get(kid)
+                    .ok_or_else(|| VerifyError::UnknownKey(kid.to_string()))?;
+                parsed.verify_with(key)?;
             }
         }
         self.check_claims(parsed.into_claims(), now)

@@ -125,6 +125,47 @@ async fn jwt_svid_rules_are_apart() {
 }
 
 #[tokio::test]
+async fn jwt_svids_of_federated_domains_verify_with_their_own_bundle_only() {
+    let (local, _) = SigningKey::generate(Alg::ES256).unwrap();
+    let (partner, _) = SigningKey::generate(Alg::ES256).unwrap();
+    let jwks = |k: &SigningKey| serde_json::to_vec(&JwkSet::from_keys([k.public()])).unwrap();
+    let bundles = JwtBundles::new();
+    let td = |s: &str| tessera_core::TrustDomain::parse(s).unwrap();
+    bundles.set(td("example.org"), &jwks(&local)).unwrap();
+    bundles.set(td("partner.example"), &jwks(&partner)).unwrap();
+    let bundles = Arc::new(bundles);
+    let v = Verifier::new(
+        VerifierConfig::jwt_svid(AUD).unwrap(),
+        Keys::PerTrustDomain(bundles.clone()),
+    );
+    let now = tessera_core::now_unix();
+    let svid = |k: &SigningKey, sub: &str| {
+        sign(k, "JWT", &json!({"sub": sub, "aud": AUD, "exp": now + 60})).unwrap()
+    };
+    let ok = v.verify(&svid(&partner, "spiffe://partner.example/orders")).await.unwrap();
+    assert_eq!(ok.subject, "spiffe://partner.example/orders");
+    assert!(v.verify(&svid(&local, "spiffe://example.org/x")).await.is_ok());
+    // The partner's key does not vouch for a local identity, nor the local key for theirs.
+    let forged = svid(&partner, "spiffe://example.org/x");
+    assert_eq!(v.verify(&forged).await.unwrap_err().reason(), "unknown_key");
+    let crossed = svid(&local, "spiffe://partner.example/orders");
+    assert_eq!(v.verify(&crossed).await.unwrap_err().reason(), "unknown_key");
+    // An unfederated trust domain, and a relationship removed.
+    let stranger = svid(&partner, "spiffe://elsewhere.example/x");
+    assert_eq!(v.verify(&stranger).await.unwrap_err().reason(), "untrusted_domain");
+    bundles.remove(&td("partner.example"));
+    let again = svid(&partner, "spiffe://partner.example/orders");
+    assert_eq!(v.verify(&again).await.unwrap_err().reason(), "untrusted_domain");
+    // Access tokens are not verified by trust domain.
+    let at = Verifier::new(
+        VerifierConfig::access_token(ISS, AUD).unwrap(),
+        Keys::PerTrustDomain(bundles),
+    );
+    let t = sign(&local, "at+jwt", &claims(now)).unwrap();
+    assert_eq!(at.verify(&t).await.unwrap_err().reason(), "config");
+}
+
+#[tokio::test]
 async fn revoked_jti_is_refused() {
     let (k, _) = SigningKey::generate(Alg::ES256).unwrap();
     let v = verifier(&[&k]);

@@ -10,7 +10,7 @@ use anyhow::{anyhow, bail, Context};
 use serde_json::Value;
 use tessera_core::admin_api::{
     AgentSummary, ApplyRequest, ApplyResponse, ClientSecretRequest, ClientSecretResponse,
-    ClientSummary, FederationTestRequest, FederationTestResponse, GrantSummary, KeyInfo,
+    ClientSummary, FederationSummary, FederationTestRequest, FederationTestResponse, GrantSummary, KeyInfo,
     KeyRotateRequest, KeyRotated, KeyStatus, RevokeRequest, Revoked, TokenRevoked, TrustSummary,
     WorkloadSummary,
 };
@@ -51,6 +51,10 @@ pub(crate) async fn get(kind: String, target: Target) -> anyhow::Result<u8> {
             let rows: Vec<AgentSummary> = admin.fetch(&path).await?;
             print(&target, &rows, || render::agents(&rows));
         }
+        "federations" => {
+            let rows: Vec<FederationSummary> = admin.fetch(&path).await?;
+            print(&target, &rows, || render::federations(&rows));
+        }
         // The server names what can be listed.
         _ => {
             admin.get(&path).await?;
@@ -61,6 +65,14 @@ pub(crate) async fn get(kind: String, target: Target) -> anyhow::Result<u8> {
 
 /// `tessera describe workload|trust ID`.
 pub(crate) async fn describe(kind: String, id: String, target: Target) -> anyhow::Result<u8> {
+    if kind == "federation" {
+        let q = form_query("trust_domain", &id);
+        let f: FederationSummary = admin(&target)?
+            .fetch(&format!("/v1/describe/federation?{q}"))
+            .await?;
+        print(&target, &f, || render::describe_federation(&f));
+        return Ok(0);
+    }
     if kind == "trust" {
         let q = form_query("name", &id);
         let v = admin(&target)?

@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::model::{JitScope, Route, TrustMap};
+use super::model::{BundleProfile, JitScope, Route, TrustMap};
 use super::values::{ClientAuth, Date, Rate, Selector, Ttl, WorkloadKind};
-use crate::id::{AgentId, Audience, ClientId, Label, Scope, SecretPattern, SpiffeId};
+use crate::id::{AgentId, Audience, ClientId, Label, Scope, SecretPattern, SpiffeId, TrustDomain};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -25,6 +25,24 @@ pub(super) struct FileDoc {
     pub(super) policies: Option<PoliciesDoc>,
     #[serde(default)]
     pub(super) secret_grant: Vec<Spanned<SecretGrantDoc>>,
+    #[serde(default)]
+    pub(super) federation: Vec<Spanned<FederationDoc>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FederationDoc {
+    pub(super) trust_domain: TrustDomain,
+    pub(super) bundle_endpoint: Spanned<String>,
+    pub(super) profile: BundleProfile,
+    #[serde(default)]
+    pub(super) endpoint_spiffe_id: Option<SpiffeId>,
+    #[serde(default)]
+    pub(super) initial_bundle: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) ca_file: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) token_issuer: Option<Spanned<String>>,
 }
 
 /// Who may read which vault secrets. Compiled into Cedar `read_secret` / `describe_secret`
@@ -78,6 +96,8 @@ pub(super) struct WorkloadDoc {
     pub(super) nodes: Vec<AgentId>,
     #[serde(default)]
     pub(super) jit: Vec<Spanned<JitScope>>,
+    #[serde(default)]
+    pub(super) federates_with: Vec<TrustDomain>,
 }
 
 #[derive(Debug, Deserialize)]

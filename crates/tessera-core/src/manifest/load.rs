@@ -194,6 +194,12 @@ fn parse_into(state: &mut DesiredState, file: &Path, text: &str) -> Result<(), M
             kind: w.kind,
             nodes: w.nodes,
             jit,
+            federates_with: {
+                let mut f = w.federates_with;
+                f.sort();
+                f.dedup();
+                f
+            },
             source: loc.source(span),
         });
     }
@@ -302,6 +308,11 @@ fn parse_into(state: &mut DesiredState, file: &Path, text: &str) -> Result<(), M
             source: loc.source(span),
         });
     }
+    for f in doc.federation {
+        let span = f.span();
+        let f = f.into_inner();
+        state.federations.push(federation(&loc, base, span, f)?);
+    }
     if !doc.secret_grant.is_empty() {
         let mut text = String::new();
         for g in doc.secret_grant {
@@ -369,6 +380,75 @@ fn parse_into(state: &mut DesiredState, file: &Path, text: &str) -> Result<(), M
         }
     }
     Ok(())
+}
+
+/// One `[[federation]]`: its endpoint a URL, the profile's own fields present and the other's
+/// absent, its files read and the initial bundle parsed (so a bad file fails here, at its line).
+fn federation(
+    loc: &Locator<'_>,
+    base: &Path,
+    span: Range<usize>,
+    f: FederationDoc,
+) -> Result<Federation, ManifestError> {
+    let endpoint = f.bundle_endpoint.get_ref();
+    if !(endpoint.starts_with("https://") || endpoint.starts_with("http://")) {
+        return Err(loc.at(
+            f.bundle_endpoint.span(),
+            format!("`bundle_endpoint` `{endpoint}` must be an https:// URL"),
+        ));
+    }
+    let td = &f.trust_domain;
+    let (initial_bundle, ca) = match f.profile {
+        BundleProfile::HttpsSpiffe => {
+            if f.ca_file.is_some() {
+                return Err(loc.at(span, "`ca_file` is for the `https_web` profile only"));
+            }
+            let Some(id) = &f.endpoint_spiffe_id else {
+                return Err(loc.at(span, format!("federation with `{td}`: the `https_spiffe` profile needs `endpoint_spiffe_id`")));
+            };
+            let Some(file) = &f.initial_bundle else {
+                return Err(loc.at(span, format!("federation with `{td}`: the `https_spiffe` profile needs `initial_bundle` (the bundle that authenticates `{id}` the first time)")));
+            };
+            let text = read_relative(loc, base, file)?;
+            crate::bundle::SpiffeBundle::parse(text.as_bytes()).map_err(|e| {
+                loc.at(
+                    file.span(),
+                    format!("`{}` is not a SPIFFE bundle: {e}", file.get_ref()),
+                )
+            })?;
+            (Some(text), None)
+        }
+        BundleProfile::HttpsWeb => {
+            if f.endpoint_spiffe_id.is_some() || f.initial_bundle.is_some() {
+                return Err(loc.at(span, "`endpoint_spiffe_id` and `initial_bundle` are for the `https_spiffe` profile only"));
+            }
+            let ca = f
+                .ca_file
+                .as_ref()
+                .map(|c| read_relative(loc, base, c))
+                .transpose()?;
+            (None, ca)
+        }
+    };
+    let token_issuer = match f.token_issuer {
+        Some(t) if !(t.get_ref().starts_with("https://") || t.get_ref().starts_with("http://")) => {
+            return Err(loc.at(
+                t.span(),
+                format!("`token_issuer` `{}` must be a URL", t.get_ref()),
+            ))
+        }
+        t => t.map(Spanned::into_inner),
+    };
+    Ok(Federation {
+        trust_domain: f.trust_domain,
+        bundle_endpoint: f.bundle_endpoint.into_inner(),
+        profile: f.profile,
+        endpoint_spiffe_id: f.endpoint_spiffe_id,
+        initial_bundle,
+        ca,
+        token_issuer,
+        source: loc.source(span),
+    })
 }
 
 fn read_relative(
@@ -461,6 +541,15 @@ fn check_duplicates(state: &DesiredState) -> Result<(), ManifestError> {
             return Err(dup(
                 &c.source,
                 format!("client `{}` is defined twice", c.id),
+            ));
+        }
+    }
+    let mut federated = BTreeSet::new();
+    for f in &state.federations {
+        if !federated.insert(f.trust_domain.as_str()) {
+            return Err(dup(
+                &f.source,
+                format!("a second federation with `{}`", f.trust_domain),
             ));
         }
     }

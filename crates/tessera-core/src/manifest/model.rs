@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::values::{ClientAuth, Date, Hours, Rate, Selector, Ttl, WorkloadKind};
-use crate::id::{AgentId, Audience, ClientId, Label, Scope, SpiffeId};
+use crate::id::{AgentId, Audience, ClientId, Label, Scope, SpiffeId, TrustDomain};
 
 /// A just-in-time scope: issued only on its own, for a short lifetime, under conditions.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -62,6 +62,9 @@ pub struct Workload {
     /// Scopes of this service issued only just in time: alone, briefly, under conditions.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub jit: Vec<JitScope>,
+    /// Federated trust domains whose bundles this workload receives (and so may trust).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub federates_with: Vec<TrustDomain>,
     pub source: String,
 }
 
@@ -122,6 +125,49 @@ pub struct Trust {
     pub source: String,
 }
 
+/// How a federated authority's bundle endpoint is authenticated (SPIFFE Federation §5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BundleProfile {
+    /// Web PKI (or `ca_file`): the endpoint's certificate names its host.
+    HttpsWeb,
+    /// The endpoint presents an X.509-SVID with `endpoint_spiffe_id`, checked against the
+    /// federated trust domain's own bundle (bootstrapped from `initial_bundle`).
+    HttpsSpiffe,
+}
+
+impl BundleProfile {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::HttpsWeb => "https_web",
+            Self::HttpsSpiffe => "https_spiffe",
+        }
+    }
+}
+
+/// A federation relationship: another authority's trust domain, whose bundle this one fetches
+/// and follows, so that its workloads' SVIDs can be verified here.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Federation {
+    pub trust_domain: TrustDomain,
+    pub bundle_endpoint: String,
+    pub profile: BundleProfile,
+    /// `https_spiffe`: the SPIFFE ID the endpoint's certificate must carry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint_spiffe_id: Option<SpiffeId>,
+    /// `https_spiffe`: the bundle (SPIFFE format) trusted until the first fetch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial_bundle: Option<String>,
+    /// `https_web`: the PEM certificates of a private CA the endpoint's chain ends in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<String>,
+    /// The other authority's OAuth issuer: workloads that federate with this trust domain may
+    /// obtain from this authority a JWT authorization grant for it (identity chaining).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_issuer: Option<String>,
+    pub source: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PolicyFile {
     /// The file name, relative to the identity file that listed it.
@@ -137,4 +183,6 @@ pub struct DesiredState {
     pub clients: Vec<Client>,
     pub trusts: Vec<Trust>,
     pub policies: Vec<PolicyFile>,
+    #[serde(default)]
+    pub federations: Vec<Federation>,
 }

@@ -10,6 +10,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tessera_core::admin_api::{
+    FederationSummary,
     AgentSummary, CaCsr, CaCsrRequest, CaInfo, CaInstallRequest, CaRotateRequest, CaRotated,
     CaState, ClientSecretRequest, ClientSecretResponse, ClientSummary, FederationTestRequest,
     FederationTestResponse, GrantSummary, JoinTokenRequest, JoinTokenResponse, KeyInfo,
@@ -20,7 +21,7 @@ use tessera_core::manifest::ClientAuth;
 use tessera_core::{SpiffeId, TrustDomain};
 use tessera_store::{AuditEvent, AuditKind, ClientSecretRecord, Op, Outcome};
 
-use crate::app::{changes, App};
+use crate::app::{changes, App, Snapshot};
 use crate::config::KeyKind;
 use crate::domain::apply::{plan, sorted_lines, ApplyRequest, ApplyResponse};
 use crate::domain::caller::Actor;
@@ -40,6 +41,7 @@ pub(crate) fn routes() -> Router<Arc<App>> {
         .route("/v1/get/{kind}", get(get_list))
         .route("/v1/describe/workload", get(describe_workload))
         .route("/v1/describe/trust", get(describe_trust))
+        .route("/v1/describe/federation", get(describe_federation))
         .route("/v1/federation/test", post(federation_test))
         .route("/v1/client/secret", post(client_secret))
         .route("/v1/revoke/workload", post(revoke_workload))
@@ -189,14 +191,88 @@ async fn get_list(
                     .collect::<Vec<_>>(),
             )?
         }
+        "federations" => to_json(
+            snap.federations
+                .values()
+                .map(|d| federation_summary(&app, &snap, d))
+                .collect::<Vec<_>>(),
+        )?,
         other => {
             return Err(ApiError::NotFound(format!(
-                "`{}` is not something to list (workloads, clients, grants, trusts, agents)",
+                "`{}` is not something to list (workloads, clients, grants, trusts, agents, federations)",
                 other.chars().take(40).collect::<String>()
             )))
         }
     };
     Ok(Json(v))
+}
+
+fn federation_summary(
+    app: &App,
+    snap: &Snapshot,
+    d: &crate::app::federated::FederatedDomain,
+) -> FederationSummary {
+    let td = &d.spec.trust_domain;
+    let status = app.bundle_refreshes.get(td);
+    FederationSummary {
+        trust_domain: td.clone(),
+        bundle_endpoint: d.spec.bundle_endpoint.clone(),
+        profile: d.spec.profile.as_str().to_owned(),
+        endpoint_spiffe_id: d.spec.endpoint_spiffe_id.clone(),
+        token_issuer: d.spec.token_issuer.clone(),
+        bundle: match (&d.bundle, d.fetched_at) {
+            (Some(_), Some(_)) => "fetched",
+            (Some(_), None) => "initial",
+            (None, _) => "none",
+        }
+        .to_owned(),
+        spiffe_sequence: d.sequence(),
+        fetched_at: d.fetched_at,
+        last_attempt: status.last_attempt,
+        last_success: status.last_success,
+        last_error: status.last_error,
+        next_refresh: status.next_refresh,
+        ca_expiries: d
+            .x509_authorities()
+            .iter()
+            .filter_map(|c| tessera_ca::validity(c).map(|(_, not_after)| not_after))
+            .collect(),
+        jwt_keys: d.bundle.as_ref().map_or(0, |b| b.jwt_authorities.len()),
+        workloads: {
+            let mut ws: Vec<SpiffeId> = snap
+                .workloads
+                .values()
+                .filter(|w| w.spec.federates_with.contains(td))
+                .map(|w| w.spec.id.clone())
+                .collect();
+            ws.sort();
+            ws
+        },
+        source: d.spec.source.clone(),
+    }
+}
+
+/// `GET /v1/describe/federation?trust_domain=TD`.
+async fn describe_federation(
+    State(app): State<Arc<App>>,
+    Query(q): Query<TrustDomainQuery>,
+) -> Result<Json<FederationSummary>, ApiError> {
+    let snap = app.snapshot();
+    let d = TrustDomain::parse(&q.trust_domain)
+        .ok()
+        .and_then(|td| snap.federations.get(&td))
+        .ok_or_else(|| {
+            ApiError::NotFound(format!(
+                "no federation with `{}` (see `tessera get federations`)",
+                q.trust_domain.chars().take(80).collect::<String>()
+            ))
+        })?;
+    Ok(Json(federation_summary(&app, &snap, d)))
+}
+
+#[derive(Deserialize)]
+struct TrustDomainQuery {
+    trust_domain: String,
 }
 
 /// A listing of one of the typed summaries, as the JSON array `GET /v1/get/{kind}` answers.

@@ -21,7 +21,7 @@ use tessera_core::agent_api::{
 use tessera_core::{AgentId, SpiffeId, TrustDomain};
 use tessera_store::{AgentRecord, AuditEvent, AuditKind, Op, Outcome, StoreError, SvidRecord};
 
-use crate::app::{App, Snapshot};
+use crate::app::{federated, App, Snapshot};
 use crate::domain::caller::{in_good_standing, registration, visible, CallerError};
 use crate::domain::issue::{self, GrantType, IssueRequest, MintOptions};
 use crate::error::ApiError;
@@ -283,6 +283,7 @@ async fn get_sync(
         x509_authorities: bundle_b64(&snap, &agent.td, now),
         jwt_keys: serde_json::to_value(jwt_keys)
             .map_err(|e| ApiError::unavailable(e.to_string()))?,
+        federated_bundles: federated::wire(&snap.federations),
     }))
 }
 

@@ -107,6 +107,10 @@ pub struct App {
     pub(crate) log: super::log::TransparencyLog,
     /// Decision records accepted per reporting service per minute.
     pub(crate) record_quota: super::failures::Quota,
+    /// How refreshing each federated trust domain's bundle last went, on this server.
+    pub(crate) bundle_refreshes: super::federated::RefreshLog,
+    /// The bundle endpoint's X.509-SVIDs (`https_spiffe`), presented by the API's TLS.
+    pub(crate) server_svids: Arc<crate::tls::ServerSvids>,
 }
 
 impl std::fmt::Debug for App {

@@ -13,6 +13,7 @@ pub(crate) mod changes;
 pub(crate) mod custody;
 pub(crate) mod db_pools;
 pub(crate) mod failures;
+pub(crate) mod federated;
 pub(crate) mod keys;
 pub(crate) mod log;
 pub(crate) mod snapshot;

@@ -10,13 +10,14 @@ use base64::Engine;
 use tessera_core::admin_api::ShadowChange;
 use tessera_core::agent_api::Registration;
 use tessera_core::manifest::{Client, Grant, PolicyFile, Trust};
-use tessera_core::SpiffeId;
+use tessera_core::{SpiffeId, TrustDomain};
 use tessera_policy::limit::Limits;
 use tessera_policy::PolicyEngine;
 use tessera_store::{AgentRecord, ClientSecretRecord, StoredState, WorkloadRecord};
 use tessera_verify::KeySet;
 
 use crate::app::ca::CaRing;
+use crate::app::federated::{self, FederatedDomain};
 use crate::app::keys::KeyRing;
 use crate::metrics::PolicyCounters;
 
@@ -47,6 +48,7 @@ impl Registrations {
                 x509_ttl_secs: w.spec.x509_ttl.as_secs(),
                 jwt_ttl_secs: w.spec.jwt_ttl.as_secs(),
                 nodes: w.spec.nodes.clone(),
+                federates_with: w.spec.federates_with.clone(),
                 revision: version,
             };
             if let Some(old) = previous.and_then(|p| p.entries.get(&w.spec.id)) {
@@ -104,6 +106,8 @@ pub struct Snapshot {
     pub grants: Vec<Grant>,
     pub trusts: Vec<Trust>,
     pub policies: Vec<PolicyFile>,
+    /// Federation relationships with other authorities, with the bundle in force for each.
+    pub federations: BTreeMap<TrustDomain, FederatedDomain>,
     /// Shared with the previous snapshot when no workload, grant or policy changed: building it
     /// costs about 70 µs per grant, and most reloads (secrets, revocations, keys) change none.
     pub engine: Arc<PolicyEngine>,
@@ -234,6 +238,7 @@ impl Snapshot {
             grants: state.grants,
             trusts: state.trusts,
             policies: state.policies,
+            federations: federated::build(state.federations, &state.federated_bundles),
             engine,
             token_limits,
             revoked_jtis: revoked.into_iter().collect(),

@@ -8,11 +8,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 pub(crate) use tessera_core::admin_api::{ApplyRequest, ApplyResponse};
-use tessera_core::manifest::{ClientAuth, DesiredState, Grant, PolicyFile, Workload};
+use tessera_core::manifest::{ClientAuth, DesiredState, Federation, Grant, PolicyFile, Workload};
 use tessera_store::Op;
 use tessera_verify::KeySet;
 
 use crate::app::{App, Snapshot};
+use crate::domain::bundle_federation;
 use crate::domain::federation::check_rules;
 
 /// Why a desired state cannot be applied; nothing was changed.
@@ -148,6 +149,25 @@ pub(crate) fn plan(
             }
         }
     }
+    for f in &desired.federations {
+        let td = f.trust_domain.as_str();
+        if app.serves(td).is_some() {
+            return Err(invalid(
+                &f.source,
+                format!("federation with `{td}`: this authority serves that trust domain itself"),
+            ));
+        }
+        bundle_federation::endpoint_url(f, app.config.dev)
+            .map_err(|e| invalid(&f.source, format!("federation with `{td}`: {e}")))?;
+        if let Some(t) = &f.token_issuer {
+            if url::Url::parse(t).is_err() {
+                return Err(invalid(
+                    &f.source,
+                    format!("federation with `{td}`: `token_issuer` `{t}` is not a URL"),
+                ));
+            }
+        }
+    }
     for t in &desired.trusts {
         check_rules(t).map_err(|e| invalid(&t.source, e.to_string()))?;
         if let Some(j) = &t.jwks {
@@ -201,8 +221,38 @@ pub(crate) fn plan(
             .collect()
     };
     clients.extend(desired.clients.iter().map(|c| (c.id.to_string(), c)));
+    let mut federations: BTreeMap<&str, &Federation> = if prune {
+        BTreeMap::new()
+    } else {
+        current
+            .federations
+            .iter()
+            .map(|(td, f)| (td.as_str(), &f.spec))
+            .collect()
+    };
+    federations.extend(
+        desired
+            .federations
+            .iter()
+            .map(|f| (f.trust_domain.as_str(), f)),
+    );
 
     // 3. The result must be whole.
+    for w in workloads.values() {
+        if let Some(td) = w
+            .federates_with
+            .iter()
+            .find(|td| !federations.contains_key(td.as_str()))
+        {
+            return Err(invalid(
+                &w.source,
+                format!(
+                    "workload `{}` federates with `{td}`, with which no `[[federation]]` is declared",
+                    w.id
+                ),
+            ));
+        }
+    }
     let mut names: BTreeMap<&str, &str> = BTreeMap::new();
     for w in workloads.values() {
         names.insert(w.id.as_str(), w.id.as_str());
@@ -222,10 +272,12 @@ pub(crate) fn plan(
     for g in grants.values() {
         let from = workloads.get(g.from.as_str());
         let to = workloads.get(g.to.as_str());
-        if from.is_none() {
+        // A caller of a federated trust domain is declared by its own authority, not here.
+        let federated = federations.contains_key(g.from.trust_domain_str());
+        if from.is_none() && !federated {
             return Err(invalid(
                 &g.source,
-                format!("grant from `{}`: no such workload", g.from),
+                format!("grant from `{}`: no such workload (nor a trust domain this authority federates with)", g.from),
             ));
         }
         let Some(to) = to else {
@@ -359,6 +411,19 @@ pub(crate) fn plan(
             }
         }
     }
+    for f in &desired.federations {
+        match current.federations.get(&f.trust_domain) {
+            Some(cur) if same(&cur.spec, f, |x| x.source.clear()) => {}
+            found => {
+                lines.push(format!(
+                    "{} federation {}",
+                    if found.is_some() { "~" } else { "+" },
+                    f.trust_domain
+                ));
+                ops.push(Op::UpsertFederation(f.clone()));
+            }
+        }
+    }
     for p in &desired.policies {
         match current.policies.iter().find(|x| x.name == p.name) {
             Some(cur) if cur.text == p.text => {}
@@ -415,6 +480,19 @@ pub(crate) fn plan(
         {
             lines.push(format!("- trust {}", t.name));
             ops.push(Op::DeleteTrust(t.name.to_string()));
+        }
+        let keep: BTreeSet<&str> = desired
+            .federations
+            .iter()
+            .map(|f| f.trust_domain.as_str())
+            .collect();
+        for td in current
+            .federations
+            .keys()
+            .filter(|td| !keep.contains(td.as_str()))
+        {
+            lines.push(format!("- federation {td}"));
+            ops.push(Op::DeleteFederation(td.to_string()));
         }
         let keep: BTreeSet<&str> = desired.policies.iter().map(|p| p.name.as_str()).collect();
         for p in current

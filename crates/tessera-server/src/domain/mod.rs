@@ -4,6 +4,7 @@
 //! `error.rs` maps them to HTTP. Imports `app/` and the ground files, never `api/`.
 
 pub(crate) mod apply;
+pub(crate) mod bundle_federation;
 pub(crate) mod caller;
 pub(crate) mod federation;
 pub(crate) mod issue;

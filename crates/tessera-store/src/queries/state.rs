@@ -1,7 +1,7 @@
 //! The configuration state every server loads whole, its version, revocations, and the sweep
 //! of what has expired.
 
-use tessera_core::manifest::{Client, Grant, PolicyFile, Trust};
+use tessera_core::manifest::{Client, Federation, Grant, PolicyFile, Trust};
 
 use crate::backend::{with_read, with_write_tx};
 use crate::queries::policy_sets::POLICY_SET_COLUMNS;
@@ -75,6 +75,17 @@ impl Store {
                 .into_iter()
                 .map(|j: JsonText<Trust>| j.0)
                 .collect();
+            state.federations = sqlx::query_scalar("SELECT spec FROM federations ORDER BY trust_domain")
+                .fetch_all(pool)
+                .await?
+                .into_iter()
+                .map(|j: JsonText<Federation>| j.0)
+                .collect();
+            state.federated_bundles = sqlx::query_as(
+                "SELECT trust_domain, bundle, sequence, fetched_at FROM federated_bundles ORDER BY trust_domain",
+            )
+            .fetch_all(pool)
+            .await?;
             state.policies = sqlx::query_as("SELECT name, body FROM policy_files ORDER BY name")
                 .fetch_all(pool)
                 .await?

@@ -7,7 +7,7 @@ use serde_json::{json, Map, Value};
 use tessera_store::{AssertionClaim, AuditEvent, AuditKind, Outcome};
 use tessera_token::claims::numeric_date;
 
-use crate::api::oauth::delegation;
+use crate::api::oauth::{chaining, delegation};
 use crate::api::oauth::form::Form;
 use crate::app::{App, Issuer, Snapshot};
 use crate::domain::federation::{verify_outside, Refusal, LEEWAY};
@@ -90,11 +90,31 @@ pub(crate) async fn exchange(
         let tt = form
             .get("subject_token_type")
             .ok_or_else(|| invalid_request("`subject_token_type` is missing"))?;
-        if let Some(r) = form.get("requested_token_type") {
-            if r != TT_ACCESS_TOKEN && r != TT_JWT {
+        match form.get("requested_token_type") {
+            None | Some(TT_ACCESS_TOKEN) => {}
+            // Identity chaining: a JWT authorization grant for a federated authority.
+            Some(TT_JWT) => {
+                let federated = match form.targets() {
+                    [one] => chaining::chained_domain(snap, one).cloned(),
+                    _ => None,
+                };
+                let Some(federated) = federated else {
+                    return Err(ApiError::oauth(
+                        OAuthCode::InvalidTarget,
+                        "a JWT authorization grant (`requested_token_type` …:jwt) is issued only for the OAuth issuer of an authority this one federates with (`token_issuer`), named as the one `audience`",
+                    ));
+                };
+                if tt != TT_JWT {
+                    return Err(invalid_request(
+                        "identity chaining takes the workload's JWT-SVID as `subject_token` (…:jwt)",
+                    ));
+                }
+                return chaining::grant(app, snap, issuer, form, t, &federated).await;
+            }
+            Some(_) => {
                 return Err(invalid_request(
-                    "only access tokens are issued (`requested_token_type` …:access_token)",
-                ));
+                    "only access tokens (…:access_token) and, for a federated authority, JWT authorization grants (…:jwt) are issued",
+                ))
             }
         }
         (t, tt)

@@ -1,6 +1,6 @@
 //! The OAuth 2.0 endpoints. Inside this feature imports run one way:
-//! `token.rs` -> `federated.rs` -> `delegation.rs` -> `client_auth.rs` -> `form.rs`, and
-//! `introspection.rs` -> `client_auth.rs`.
+//! `token.rs` -> `federated.rs` -> `delegation.rs` -> `client_auth.rs` -> `form.rs`,
+//! `federated.rs` -> `chaining.rs` -> `form.rs`, and `introspection.rs` -> `client_auth.rs`.
 
 use std::sync::Arc;
 
@@ -9,6 +9,7 @@ use axum::Router;
 
 use crate::app::App;
 
+pub(crate) mod chaining;
 pub(crate) mod client_auth;
 pub(crate) mod delegation;
 pub(crate) mod federated;
