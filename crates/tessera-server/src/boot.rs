@@ -749,7 +749,9 @@ async fn bundle_refresher(app: Arc<App>, mut stop: watch::Receiver<bool>) {
     use std::collections::HashMap;
     use tessera_core::manifest::Federation;
     let mut changes = app.subscribe_changes();
-    let mut due: HashMap<tessera_core::TrustDomain, (Federation, i64)> = HashMap::new();
+    // Per trust domain: the relationship as last refreshed, when to refresh next, and the
+    // last refresh hint (a failure is retried no later than that, nor than RETRY_SECS).
+    let mut due: HashMap<tessera_core::TrustDomain, (Federation, i64, u64)> = HashMap::new();
     loop {
         let snap = app.snapshot();
         due.retain(|td, _| snap.federations.contains_key(td));
@@ -757,21 +759,24 @@ async fn bundle_refresher(app: Arc<App>, mut stop: watch::Receiver<bool>) {
             .retain(|td| snap.federations.contains_key(td));
         let now = tessera_core::now_unix();
         for (td, d) in &snap.federations {
-            let changed = due.get(td).is_none_or(|(spec, _)| spec != &d.spec);
-            let at = due.get(td).map_or(now, |(_, at)| *at);
+            let changed = due.get(td).is_none_or(|(spec, _, _)| spec != &d.spec);
+            let at = due.get(td).map_or(now, |(_, at, _)| *at);
             if !changed && at > now {
                 continue;
             }
-            let next = match bundle_federation::refresh(&app, td).await {
-                Ok(hint) => hint,
-                Err(_) => bundle_federation::RETRY_SECS,
+            let last_hint = due
+                .get(td)
+                .map_or(bundle_federation::RETRY_SECS, |(_, _, h)| *h);
+            let (next, hint) = match bundle_federation::refresh(&app, td).await {
+                Ok(hint) => (hint, hint),
+                Err(_) => (last_hint.min(bundle_federation::RETRY_SECS), last_hint),
             };
             let next_at = tessera_core::now_unix() + i64::try_from(next).unwrap_or(3600);
-            due.insert(td.clone(), (d.spec.clone(), next_at));
+            due.insert(td.clone(), (d.spec.clone(), next_at, hint));
             app.bundle_refreshes
                 .update(td, |s| s.next_refresh = Some(next_at));
         }
-        for (td, (_, _)) in due.iter() {
+        for td in due.keys() {
             if let Some(at) = app.bundle_refreshes.get(td).last_success {
                 app.metrics
                     .bundle_age_seconds
@@ -781,7 +786,7 @@ async fn bundle_refresher(app: Arc<App>, mut stop: watch::Receiver<bool>) {
                     .set(now - at);
             }
         }
-        let soonest = due.values().map(|(_, at)| *at).min().unwrap_or(now + 60);
+        let soonest = due.values().map(|(_, at, _)| *at).min().unwrap_or(now + 60);
         let wait = Duration::from_secs(u64::try_from((soonest - now).clamp(1, 60)).unwrap_or(1));
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}

@@ -161,6 +161,14 @@ async fn federated(
     detail.insert("outside_iss".into(), mapped.trust.issuer.clone().into());
     detail.insert("outside_sub".into(), mapped.subject.clone().into());
     detail.insert("rule".into(), (mapped.rule + 1).into());
+    // An identity chained from another authority keeps that authority's grant ID, so the two
+    // audit trails can be joined.
+    if let Some(jti) = mapped.claims.get("jti").and_then(Value::as_str) {
+        detail.insert(
+            "outside_jti".into(),
+            jti.chars().take(256).collect::<String>().into(),
+        );
+    }
     let mut req = form.issue_request(
         conn,
         mapped.workload.clone(),
