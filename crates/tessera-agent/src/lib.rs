@@ -343,7 +343,13 @@ impl Agent {
                     .iter()
                     .filter_map(|c| STANDARD.decode(c).ok())
                     .collect();
-                Some((td, FederatedBundle { x509, jwt_keys: b.jwt_keys }))
+                Some((
+                    td,
+                    FederatedBundle {
+                        x509,
+                        jwt_keys: b.jwt_keys,
+                    },
+                ))
             })
             .collect();
         self.update(|s| {

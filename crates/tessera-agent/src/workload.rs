@@ -491,7 +491,10 @@ impl SpiffeWorkloadApi for WorkloadApi {
         self.bundle_stream(p, move |state, p| {
             let mut bundles = HashMap::from([(td.clone(), jwt_bundle(state))]);
             for (ftd, b) in state.federated_for(p) {
-                bundles.insert(ftd.to_string(), serde_json::to_vec(&b.jwt_keys).unwrap_or_default());
+                bundles.insert(
+                    ftd.to_string(),
+                    serde_json::to_vec(&b.jwt_keys).unwrap_or_default(),
+                );
             }
             JwtBundlesResponse { bundles }
         })

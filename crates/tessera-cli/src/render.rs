@@ -2,8 +2,8 @@
 
 use serde_json::Value;
 use tessera_core::admin_api::{
-    AgentSummary, CaInfo, CaRotated, ClientSummary, FederationSummary, GrantSummary, KeyInfo, KeyRotated, KeyStatus,
-    TrustSummary, WorkloadSummary,
+    AgentSummary, CaInfo, CaRotated, ClientSummary, FederationSummary, GrantSummary, KeyInfo,
+    KeyRotated, KeyStatus, TrustSummary, WorkloadSummary,
 };
 use tessera_policy::Explanation;
 
@@ -182,7 +182,9 @@ pub(crate) fn federations(rows: &[FederationSummary]) -> String {
             or_dash(r.spiffe_sequence.as_ref()),
             at(r.last_success),
             at(r.ca_expiries.iter().min().copied()),
-            r.last_error.as_deref().map_or("ok".to_owned(), |e| format!("failing: {e}")),
+            r.last_error
+                .as_deref()
+                .map_or("ok".to_owned(), |e| format!("failing: {e}")),
         ));
     }
     out
@@ -192,7 +194,10 @@ pub(crate) fn federations(rows: &[FederationSummary]) -> String {
 pub(crate) fn describe_federation(f: &FederationSummary) -> String {
     let mut o = String::new();
     o.push_str(&format!("Federation:    {}\n", f.trust_domain));
-    o.push_str(&format!("Endpoint:      {} ({})\n", f.bundle_endpoint, f.profile));
+    o.push_str(&format!(
+        "Endpoint:      {} ({})\n",
+        f.bundle_endpoint, f.profile
+    ));
     if let Some(id) = &f.endpoint_spiffe_id {
         o.push_str(&format!("Endpoint ID:   {id}\n"));
     }
@@ -217,9 +222,14 @@ pub(crate) fn describe_federation(f: &FederationSummary) -> String {
         at(f.next_refresh)
     ));
     if let Some(e) = &f.last_error {
-        o.push_str(&format!("  failing: {e} (the last good bundle stays in force)\n"));
+        o.push_str(&format!(
+            "  failing: {e} (the last good bundle stays in force)\n"
+        ));
     }
-    o.push_str(&format!("\nWorkloads that federate with it: {}\n", joined(&f.workloads)));
+    o.push_str(&format!(
+        "\nWorkloads that federate with it: {}\n",
+        joined(&f.workloads)
+    ));
     o
 }
 

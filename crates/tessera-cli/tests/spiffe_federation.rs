@@ -158,8 +158,22 @@ async fn upstream() -> std::net::SocketAddr {
 /// curl with a client certificate to the inbound: (curl's exit code, HTTP status or error).
 fn curl_mtls(chain: &Path, key: &Path, addr: &str) -> (i32, String) {
     let o = Command::new("curl")
-        .args(["-sS", "-k", "--max-time", "10", "-o", "/dev/null", "-w", "%{http_code}"])
-        .args(["--cert", chain.to_str().unwrap(), "--key", key.to_str().unwrap()])
+        .args([
+            "-sS",
+            "-k",
+            "--max-time",
+            "10",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+        ])
+        .args([
+            "--cert",
+            chain.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+        ])
         .arg(format!("https://{addr}/api/curl"))
         .output()
         .unwrap();
@@ -302,7 +316,9 @@ async fn two_authorities_federate_through_their_sidecars() {
     assert_eq!(at_b["profile"], "https_spiffe");
     assert_eq!(at_b["workloads"][0], INVENTORY);
     assert!(!at_b["ca_expiries"].as_array().unwrap().is_empty());
-    wait_federation(&a, "b.example", "fetched at A", |f| f["bundle"] == "fetched");
+    wait_federation(&a, "b.example", "fetched at A", |f| {
+        f["bundle"] == "fetched"
+    });
     let o = tessera(&b.data, &["describe", "federation", "a.example"]);
     let text = stdout(&o);
     assert!(
@@ -439,14 +455,22 @@ async fn two_authorities_federate_through_their_sidecars() {
         ok as usize + failed.len(),
         &failed[..failed.len().min(5)]
     );
-    assert!(ok > 50 && handshakes >= 10, "{ok} requests, {handshakes} handshakes");
-    eprintln!("drill: A's CA rotation seen from B: {ok} requests, {handshakes} new handshakes, 0 failed");
+    assert!(
+        ok > 50 && handshakes >= 10,
+        "{ok} requests, {handshakes} handshakes"
+    );
+    eprintln!(
+        "drill: A's CA rotation seen from B: {ok} requests, {handshakes} new handshakes, 0 failed"
+    );
     let after = federation(&b, "a.example").unwrap();
     assert!(
         after["spiffe_sequence"].as_u64().unwrap() > seq_before,
         "B follows A's rotation: {after}"
     );
-    assert!(after["ca_expiries"].as_array().unwrap().len() >= 2, "{after}");
+    assert!(
+        after["ca_expiries"].as_array().unwrap().len() >= 2,
+        "{after}"
+    );
 
     // Removing the relationship (and its grant) stops acceptance at once: new handshakes from
     // A's workloads are refused, and so are requests on the connections already open.
@@ -554,14 +578,30 @@ why = "The partner reads"
         &a,
         dir.path(),
         "a.toml",
-        &side("a.example", "b.example", &tls_url(&b), &b_issuer, LEDGER, "spiffe://a.example/books", PARTNER_REPORTS),
+        &side(
+            "a.example",
+            "b.example",
+            &tls_url(&b),
+            &b_issuer,
+            LEDGER,
+            "spiffe://a.example/books",
+            PARTNER_REPORTS,
+        ),
         &[],
     );
     apply_ok(
         &b,
         dir.path(),
         "b.toml",
-        &side("b.example", "a.example", &tls_url(&a), &a_issuer, REPORTS, INVENTORY, PARTNER_ORDERS),
+        &side(
+            "b.example",
+            "a.example",
+            &tls_url(&a),
+            &a_issuer,
+            REPORTS,
+            INVENTORY,
+            PARTNER_ORDERS,
+        ),
         &[],
     );
     let (_agent_a, socket_a) = join_agent(&a, dir.path(), "agent-a");
@@ -576,10 +616,16 @@ why = "The partner reads"
                 &url,
                 None,
                 &[
-                    ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange"),
+                    (
+                        "grant_type",
+                        "urn:ietf:params:oauth:grant-type:token-exchange",
+                    ),
                     ("subject_token", &svid),
                     ("subject_token_type", "urn:ietf:params:oauth:token-type:jwt"),
-                    ("requested_token_type", "urn:ietf:params:oauth:token-type:jwt"),
+                    (
+                        "requested_token_type",
+                        "urn:ietf:params:oauth:token-type:jwt",
+                    ),
                     ("audience", &audience),
                 ],
             )
@@ -606,12 +652,25 @@ why = "The partner reads"
     // A -> B before B trusts A's issuer: A issues the grant, B refuses it.
     let (code, g) = grant(&a, socket_a.clone(), LEDGER, b_issuer.clone()).await;
     assert_eq!(code, 200, "{g}");
-    assert_eq!(g["issued_token_type"], "urn:ietf:params:oauth:token-type:jwt");
+    assert_eq!(
+        g["issued_token_type"],
+        "urn:ietf:params:oauth:token-type:jwt"
+    );
     assert_eq!(g["token_type"], "N_A");
     let grant_a = g["access_token"].as_str().unwrap().to_owned();
     let (code, e) = exchange(&b, grant_a.clone(), INVENTORY).await;
-    assert_eq!((code, e["error"].as_str()), (400, Some("invalid_grant")), "{e}");
-    assert!(e["error_description"].as_str().unwrap().contains("no trust for issuer"), "{e}");
+    assert_eq!(
+        (code, e["error"].as_str()),
+        (400, Some("invalid_grant")),
+        "{e}"
+    );
+    assert!(
+        e["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("no trust for issuer"),
+        "{e}"
+    );
 
     // Each side trusts the other's issuer for the other's chaining workload.
     let trust = |name: &str, other_issuer: &str, me_issuer: &str, from: &str, mapped: &str| {
@@ -627,12 +686,46 @@ map = [{{ claims = {{ sub = "{from}" }}, workload = "{mapped}" }}]
 "#
         )
     };
-    apply_ok(&b, dir.path(), "b-trust.toml", &trust("authority-a", &a_issuer, &b_issuer, LEDGER, PARTNER_ORDERS), &[]);
-    apply_ok(&a, dir.path(), "a-trust.toml", &trust("authority-b", &b_issuer, &a_issuer, REPORTS, PARTNER_REPORTS), &[]);
+    apply_ok(
+        &b,
+        dir.path(),
+        "b-trust.toml",
+        &trust("authority-a", &a_issuer, &b_issuer, LEDGER, PARTNER_ORDERS),
+        &[],
+    );
+    apply_ok(
+        &a,
+        dir.path(),
+        "a-trust.toml",
+        &trust(
+            "authority-b",
+            &b_issuer,
+            &a_issuer,
+            REPORTS,
+            PARTNER_REPORTS,
+        ),
+        &[],
+    );
 
     for (home, socket, who, away, away_issuer, target, mapped) in [
-        (&a, socket_a.clone(), LEDGER, &b, b_issuer.clone(), INVENTORY, PARTNER_ORDERS),
-        (&b, socket_b.clone(), REPORTS, &a, a_issuer.clone(), "spiffe://a.example/books", PARTNER_REPORTS),
+        (
+            &a,
+            socket_a.clone(),
+            LEDGER,
+            &b,
+            b_issuer.clone(),
+            INVENTORY,
+            PARTNER_ORDERS,
+        ),
+        (
+            &b,
+            socket_b.clone(),
+            REPORTS,
+            &a,
+            a_issuer.clone(),
+            "spiffe://a.example/books",
+            PARTNER_REPORTS,
+        ),
     ] {
         let (code, g) = grant(home, socket, who, away_issuer.clone()).await;
         assert_eq!(code, 200, "{g}");
@@ -642,7 +735,11 @@ map = [{{ claims = {{ sub = "{from}" }}, workload = "{mapped}" }}]
         let (code, t) = exchange(away, assertion, target).await;
         assert_eq!(code, 200, "{t}");
         let at = jwt_claims(t["access_token"].as_str().unwrap());
-        assert_eq!((at["sub"].as_str(), at["aud"].as_str()), (Some(mapped), Some(target)), "{at}");
+        assert_eq!(
+            (at["sub"].as_str(), at["aud"].as_str()),
+            (Some(mapped), Some(target)),
+            "{at}"
+        );
         assert_eq!(at["scope"], "read");
         // The chain in both audit trails, joined by the grant's `jti`.
         let jti = claims["jti"].as_str().unwrap();
@@ -668,11 +765,37 @@ map = [{{ claims = {{ sub = "{from}" }}, workload = "{mapped}" }}]
     }
 
     // Refused at home: an authority not configured, and a workload that does not federate.
-    let (code, e) = grant(&a, socket_a.clone(), LEDGER, "https://elsewhere.example".into()).await;
-    assert_eq!((code, e["error"].as_str()), (400, Some("invalid_target")), "{e}");
-    let (code, e) = grant(&a, socket_a.clone(), "spiffe://a.example/homebody", b_issuer.clone()).await;
-    assert_eq!((code, e["error"].as_str()), (400, Some("invalid_grant")), "{e}");
-    assert!(e["error_description"].as_str().unwrap().contains("does not federate"), "{e}");
+    let (code, e) = grant(
+        &a,
+        socket_a.clone(),
+        LEDGER,
+        "https://elsewhere.example".into(),
+    )
+    .await;
+    assert_eq!(
+        (code, e["error"].as_str()),
+        (400, Some("invalid_target")),
+        "{e}"
+    );
+    let (code, e) = grant(
+        &a,
+        socket_a.clone(),
+        "spiffe://a.example/homebody",
+        b_issuer.clone(),
+    )
+    .await;
+    assert_eq!(
+        (code, e["error"].as_str()),
+        (400, Some("invalid_grant")),
+        "{e}"
+    );
+    assert!(
+        e["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("does not federate"),
+        "{e}"
+    );
     // A grant for B is no token at A, nor at B for another audience.
     let (_, g) = grant(&a, socket_a, LEDGER, b_issuer.clone()).await;
     let assertion = g["access_token"].as_str().unwrap().to_owned();
@@ -735,7 +858,17 @@ fn spire_bundle(dir: &Path, td: &str, sequence: u64) -> Vec<u8> {
     let cert = dir.join("spire-ca.pem");
     if !cert.exists() {
         let o = Command::new("openssl")
-            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/C=US/O=SPIFFE"])
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/C=US/O=SPIFFE",
+            ])
             .args(["-addext", &format!("subjectAltName=URI:spiffe://{td}")])
             .args(["-addext", "basicConstraints=critical,CA:TRUE"])
             .args(["-addext", "keyUsage=critical,keyCertSign,cRLSign"])
@@ -818,17 +951,49 @@ initial_bundle = "a-bundle.json"
         &[],
     );
     let good = wait_federation(&b, "spire.example", "taken", |f| f["bundle"] == "fetched");
+    // The shipped example applies as it is (to an authority serving its trust domain).
+    let (ex, _ex_dir) = authority("example.org");
+    let o = tessera(
+        &ex.data,
+        &[
+            "apply",
+            "-f",
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../examples/authorities/partner.toml"
+            ),
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let f = federation(&ex, "partner.example").unwrap();
+    assert_eq!(
+        (f["bundle"].as_str(), f["spiffe_sequence"].as_u64()),
+        (Some("initial"), Some(1)),
+        "{f}"
+    );
     assert_eq!(good["spiffe_sequence"], 5);
     assert_eq!(good["jwt_keys"], 1);
 
     // Each bad bundle in turn: refused with its reason, the good one (sequence 5) kept.
-    let other_domain = get_text(&format!("{}/bundle/a.example", a.url)).await.into_bytes();
+    let other_domain = get_text(&format!("{}/bundle/a.example", a.url))
+        .await
+        .into_bytes();
     let cases: Vec<(Vec<u8>, &str)> = vec![
         (other_domain, "names trust domain `a.example`"),
-        (spire_bundle(dir.path(), "spire.example", 4), "older than the one in force"),
+        (
+            spire_bundle(dir.path(), "spire.example", 4),
+            "older than the one in force",
+        ),
         (vec![b' '; 300 * 1024], "larger"),
-        (b"{\"keys\": [{\"use\": \"x509-svid\"".to_vec(), "not a JSON object"),
-        (br#"{"keys": [{"use": "jwt-svid", "kty": "EC", "kid": "k", "d": "c2VjcmV0"}]}"#.to_vec(), "private member"),
+        (
+            b"{\"keys\": [{\"use\": \"x509-svid\"".to_vec(),
+            "not a JSON object",
+        ),
+        (
+            br#"{"keys": [{"use": "jwt-svid", "kty": "EC", "kid": "k", "d": "c2VjcmV0"}]}"#
+                .to_vec(),
+            "private member",
+        ),
     ];
     for (bad, why) in cases {
         *body.lock().unwrap() = bad;
@@ -838,8 +1003,14 @@ initial_bundle = "a-bundle.json"
         assert_eq!(f["spiffe_sequence"], 5, "{f}");
         assert_eq!(f["bundle"], "fetched");
     }
-    let log = stdout(&tessera(&b.data, &["audit", "tail", "-n", "100", "--output", "json"]));
-    assert!(log.contains("bundle.refused") && log.contains("bundle.updated"), "{log}");
+    let log = stdout(&tessera(
+        &b.data,
+        &["audit", "tail", "-n", "100", "--output", "json"],
+    ));
+    assert!(
+        log.contains("bundle.refused") && log.contains("bundle.updated"),
+        "{log}"
+    );
     // A good one again is taken.
     *body.lock().unwrap() = spire_bundle(dir.path(), "spire.example", 6);
     wait_federation(&b, "spire.example", "taken again", |f| {
@@ -848,7 +1019,9 @@ initial_bundle = "a-bundle.json"
 
     // https_spiffe: A's endpoint presents `.../tessera/server`, not the ID configured.
     let f = wait_federation(&b, "a.example", "refused by ID", |f| {
-        f["last_error"].as_str().is_some_and(|e| e.contains("spiffe://a.example/orders"))
+        f["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("spiffe://a.example/orders"))
     });
     assert_eq!(f["bundle"], "initial", "{f}");
     // The endpoint's SVID, as openssl sees it when asked for the trust domain by SNI.

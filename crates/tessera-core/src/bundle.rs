@@ -109,10 +109,10 @@ impl SpiffeBundle {
                     bundle.keys.push(key.clone());
                 }
                 Some("jwt-svid") => {
-                    if !key
+                    if key
                         .get("kid")
                         .and_then(Value::as_str)
-                        .is_some_and(|k| !k.is_empty())
+                        .is_none_or(str::is_empty)
                     {
                         return Err(bad("a `jwt-svid` key without `kid`"));
                     }
@@ -173,13 +173,34 @@ mod tests {
     #[test]
     fn refuses_malformed_and_private_keys() {
         let cases = [
-            (json!({"keys": [{"use": "jwt-svid", "kty": "EC", "kid": "k", "d": "secret"}]}), "private member `d`"),
-            (json!({"keys": [{"use": "x509-svid", "kty": "EC"}]}), "without `x5c`"),
-            (json!({"keys": [{"use": "x509-svid", "kty": "EC", "x5c": ["MIIB", "MIIB"]}]}), "exactly one"),
-            (json!({"keys": [{"use": "x509-svid", "kty": "EC", "x5c": ["***"]}]}), "not base64"),
-            (json!({"keys": [{"use": "jwt-svid", "kty": "EC"}]}), "without `kid`"),
-            (json!({"keys": [{"use": "jwt-svid", "kid": "k"}]}), "no `kty`"),
-            (json!({"keys": [], "spiffe_sequence": -1}), "spiffe_sequence"),
+            (
+                json!({"keys": [{"use": "jwt-svid", "kty": "EC", "kid": "k", "d": "secret"}]}),
+                "private member `d`",
+            ),
+            (
+                json!({"keys": [{"use": "x509-svid", "kty": "EC"}]}),
+                "without `x5c`",
+            ),
+            (
+                json!({"keys": [{"use": "x509-svid", "kty": "EC", "x5c": ["MIIB", "MIIB"]}]}),
+                "exactly one",
+            ),
+            (
+                json!({"keys": [{"use": "x509-svid", "kty": "EC", "x5c": ["***"]}]}),
+                "not base64",
+            ),
+            (
+                json!({"keys": [{"use": "jwt-svid", "kty": "EC"}]}),
+                "without `kid`",
+            ),
+            (
+                json!({"keys": [{"use": "jwt-svid", "kid": "k"}]}),
+                "no `kty`",
+            ),
+            (
+                json!({"keys": [], "spiffe_sequence": -1}),
+                "spiffe_sequence",
+            ),
             (json!({"keys": []}), "no X.509 authority"),
             (json!({"nokeys": []}), "no `keys`"),
             (json!([1]), "not a JSON object"),

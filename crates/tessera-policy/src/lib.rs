@@ -435,12 +435,11 @@ impl PolicyEngine {
         }
         for g in grants {
             if !principals.contains_key(&g.from) {
-                let entity = model::federated_entity(&g.from).map_err(|message| {
-                    PolicyError::Entity {
+                let entity =
+                    model::federated_entity(&g.from).map_err(|message| PolicyError::Entity {
                         id: g.from.to_string(),
                         message,
-                    }
-                })?;
+                    })?;
                 principals.insert(g.from.clone(), entity);
             }
         }

@@ -777,7 +777,8 @@ async fn bundle_refresher(app: Arc<App>, mut stop: watch::Receiver<bool>) {
                 .update(td, |s| s.next_refresh = Some(next_at));
         }
         for td in due.keys() {
-            if let Some(at) = app.bundle_refreshes.get(td).last_success {
+            let status = app.bundle_refreshes.get(td);
+            if let Some(at) = status.last_success.or(status.first_attempt) {
                 app.metrics
                     .bundle_age_seconds
                     .get_or_create(&TdLabels {

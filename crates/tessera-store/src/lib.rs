@@ -28,9 +28,8 @@ pub use op::Op;
 pub use records::{
     AgentRecord, AssertionClaim, BatchItem, BatchResult, CaRecord, ClientRecord,
     ClientSecretRecord, DbConnectionRecord, DbRoleRecord, FederatedBundleRecord, JoinTokenRecord,
-    KeyRecord, LeaseFilter,
-    LeaseRecord, LeaseState, PolicySetRecord, PolicySetStatus, SecretRecord, SecretVersionRecord,
-    StoredState, SvidRecord, WorkloadRecord,
+    KeyRecord, LeaseFilter, LeaseRecord, LeaseState, PolicySetRecord, PolicySetStatus,
+    SecretRecord, SecretVersionRecord, StoredState, SvidRecord, WorkloadRecord,
 };
 
 #[derive(Debug, thiserror::Error)]

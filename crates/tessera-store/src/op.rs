@@ -6,9 +6,8 @@ use tessera_core::manifest::{Client, Federation, Grant, PolicyFile, Trust, Workl
 
 use crate::records::{
     AgentRecord, CaRecord, ClientSecretRecord, DbConnectionRecord, DbRoleRecord,
-    FederatedBundleRecord, JoinTokenRecord,
-    KeyRecord, LeaseRecord, PolicySetRecord, PolicySetStatus, SecretRecord, SecretVersionRecord,
-    SvidRecord,
+    FederatedBundleRecord, JoinTokenRecord, KeyRecord, LeaseRecord, PolicySetRecord,
+    PolicySetStatus, SecretRecord, SecretVersionRecord, SvidRecord,
 };
 use crate::{Result, StoreError};
 

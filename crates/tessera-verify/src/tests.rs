@@ -142,20 +142,35 @@ async fn jwt_svids_of_federated_domains_verify_with_their_own_bundle_only() {
     let svid = |k: &SigningKey, sub: &str| {
         sign(k, "JWT", &json!({"sub": sub, "aud": AUD, "exp": now + 60})).unwrap()
     };
-    let ok = v.verify(&svid(&partner, "spiffe://partner.example/orders")).await.unwrap();
+    let ok = v
+        .verify(&svid(&partner, "spiffe://partner.example/orders"))
+        .await
+        .unwrap();
     assert_eq!(ok.subject, "spiffe://partner.example/orders");
-    assert!(v.verify(&svid(&local, "spiffe://example.org/x")).await.is_ok());
+    assert!(v
+        .verify(&svid(&local, "spiffe://example.org/x"))
+        .await
+        .is_ok());
     // The partner's key does not vouch for a local identity, nor the local key for theirs.
     let forged = svid(&partner, "spiffe://example.org/x");
     assert_eq!(v.verify(&forged).await.unwrap_err().reason(), "unknown_key");
     let crossed = svid(&local, "spiffe://partner.example/orders");
-    assert_eq!(v.verify(&crossed).await.unwrap_err().reason(), "unknown_key");
+    assert_eq!(
+        v.verify(&crossed).await.unwrap_err().reason(),
+        "unknown_key"
+    );
     // An unfederated trust domain, and a relationship removed.
     let stranger = svid(&partner, "spiffe://elsewhere.example/x");
-    assert_eq!(v.verify(&stranger).await.unwrap_err().reason(), "untrusted_domain");
+    assert_eq!(
+        v.verify(&stranger).await.unwrap_err().reason(),
+        "untrusted_domain"
+    );
     bundles.remove(&td("partner.example"));
     let again = svid(&partner, "spiffe://partner.example/orders");
-    assert_eq!(v.verify(&again).await.unwrap_err().reason(), "untrusted_domain");
+    assert_eq!(
+        v.verify(&again).await.unwrap_err().reason(),
+        "untrusted_domain"
+    );
     // Access tokens are not verified by trust domain.
     let at = Verifier::new(
         VerifierConfig::access_token(ISS, AUD).unwrap(),

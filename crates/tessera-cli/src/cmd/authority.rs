@@ -10,9 +10,9 @@ use anyhow::{anyhow, bail, Context};
 use serde_json::Value;
 use tessera_core::admin_api::{
     AgentSummary, ApplyRequest, ApplyResponse, ClientSecretRequest, ClientSecretResponse,
-    ClientSummary, FederationSummary, FederationTestRequest, FederationTestResponse, GrantSummary, KeyInfo,
-    KeyRotateRequest, KeyRotated, KeyStatus, RevokeRequest, Revoked, TokenRevoked, TrustSummary,
-    WorkloadSummary,
+    ClientSummary, FederationSummary, FederationTestRequest, FederationTestResponse, GrantSummary,
+    KeyInfo, KeyRotateRequest, KeyRotated, KeyStatus, RevokeRequest, Revoked, TokenRevoked,
+    TrustSummary, WorkloadSummary,
 };
 use tessera_server::{ConfigFile, ServerConfig, TrustDomainConfig};
 use tessera_verify::{JwksCache, KeySet, Keys, Verifier, VerifierConfig};

@@ -10,12 +10,11 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tessera_core::admin_api::{
-    FederationSummary,
     AgentSummary, CaCsr, CaCsrRequest, CaInfo, CaInstallRequest, CaRotateRequest, CaRotated,
-    CaState, ClientSecretRequest, ClientSecretResponse, ClientSummary, FederationTestRequest,
-    FederationTestResponse, GrantSummary, JoinTokenRequest, JoinTokenResponse, KeyInfo,
-    KeyRotateRequest, KeyRotated, KeyState, KeyStatus, RevokeRequest, Revoked, TokenRevoked,
-    TrustSummary, WorkloadSummary,
+    CaState, ClientSecretRequest, ClientSecretResponse, ClientSummary, FederationSummary,
+    FederationTestRequest, FederationTestResponse, GrantSummary, JoinTokenRequest,
+    JoinTokenResponse, KeyInfo, KeyRotateRequest, KeyRotated, KeyState, KeyStatus, RevokeRequest,
+    Revoked, TokenRevoked, TrustSummary, WorkloadSummary,
 };
 use tessera_core::manifest::ClientAuth;
 use tessera_core::{SpiffeId, TrustDomain};

@@ -89,7 +89,11 @@ pub(crate) fn wire(
             Some((
                 td.to_string(),
                 tessera_core::agent_api::FederatedBundle {
-                    x509_authorities: b.x509_authorities.iter().map(|c| STANDARD.encode(c)).collect(),
+                    x509_authorities: b
+                        .x509_authorities
+                        .iter()
+                        .map(|c| STANDARD.encode(c))
+                        .collect(),
                     jwt_keys: b.jwks(),
                 },
             ))
@@ -100,6 +104,8 @@ pub(crate) fn wire(
 /// How refreshing one federated bundle went on this server.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct RefreshStatus {
+    /// When this server first tried (the age of a bundle never fetched counts from here).
+    pub first_attempt: Option<i64>,
     pub last_attempt: Option<i64>,
     pub last_success: Option<i64>,
     /// Why the last attempt failed (cleared by a success).

@@ -182,23 +182,33 @@ async fn fetch_spiffe(
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
             .await
             .map_err(|e| fail(e.to_string()))?;
-    let driver = tokio::spawn(conn);
     let req = http::Request::get(path)
         .header(http::header::HOST, host_header)
         .header(http::header::ACCEPT, "application/json")
         .body(Empty::<bytes::Bytes>::new())
         .map_err(|e| fail(e.to_string()))?;
-    let resp = sender
-        .send_request(req)
-        .await
-        .map_err(|e| fail(e.to_string()))?;
-    if !resp.status().is_success() {
-        driver.abort();
-        return Err(fail(format!("status {}", resp.status())));
+    let url_text = url.to_string();
+    let request = async {
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        if !resp.status().is_success() {
+            return Err(fail(format!("status {}", resp.status())));
+        }
+        body_capped(resp.into_body(), &url_text).await
+    };
+    // The connection is driven here, beside the request (no task of its own): once it has
+    // ended, what it received is already queued for the request.
+    let mut conn = std::pin::pin!(conn);
+    let mut request = std::pin::pin!(request);
+    tokio::select! {
+        r = &mut request => r,
+        c = &mut conn => match c {
+            Ok(()) => request.await,
+            Err(e) => Err(fail(e.to_string())),
+        },
     }
-    let body = body_capped(resp.into_body(), url.as_str()).await;
-    driver.abort();
-    body
 }
 
 /// `https_web` (and plain http on loopback for `--dev`): the endpoint's certificate chains to
@@ -273,7 +283,10 @@ pub(crate) async fn refresh(app: &App, td: &TrustDomain) -> Result<u64, BundleRe
         return Ok(MAX_REFRESH_SECS);
     };
     let now = tessera_core::now_unix();
-    app.bundle_refreshes.update(td, |s| s.last_attempt = Some(now));
+    app.bundle_refreshes.update(td, |s| {
+        s.last_attempt = Some(now);
+        s.first_attempt.get_or_insert(now);
+    });
     match fetch(app, &snap, domain).await {
         Ok(bundle) => {
             let hint = bundle
@@ -389,7 +402,9 @@ pub(crate) fn renew_server_svids(app: &App, now: i64) {
         })();
         match made {
             Ok(svid) => app.server_svids.set(td.as_str(), svid),
-            Err(e) => tracing::warn!(trust_domain = %td, error = %e, "the bundle endpoint's SVID could not be made"),
+            Err(e) => {
+                tracing::warn!(trust_domain = %td, error = %e, "the bundle endpoint's SVID could not be made")
+            }
         }
     }
 }
@@ -428,7 +443,8 @@ mod tests {
 
     fn ca_der(td: &str) -> Vec<u8> {
         let td = TrustDomain::parse(td).unwrap();
-        let (ca, _) = tessera_ca::CertificateAuthority::generate(&td, 1_700_000_000, 86_400).unwrap();
+        let (ca, _) =
+            tessera_ca::CertificateAuthority::generate(&td, 1_700_000_000, 86_400).unwrap();
         ca.cert().to_vec()
     }
 
@@ -438,8 +454,12 @@ mod tests {
             .iter()
             .map(|d| json!({"use": "x509-svid", "kty": "EC", "x5c": [base64::engine::general_purpose::STANDARD.encode(d)]}))
             .collect();
-        SpiffeBundle::parse(json!({"keys": keys, "spiffe_sequence": sequence}).to_string().as_bytes())
-            .unwrap()
+        SpiffeBundle::parse(
+            json!({"keys": keys, "spiffe_sequence": sequence})
+                .to_string()
+                .as_bytes(),
+        )
+        .unwrap()
     }
 
     #[test]
@@ -449,7 +469,10 @@ mod tests {
         assert!(check(&td, None, &ours).is_ok());
         let theirs = bundle(&[ca_der("other.example")], Some(6));
         let e = check(&td, Some(&ours), &theirs).unwrap_err();
-        assert!(e.to_string().contains("names trust domain `other.example`"), "{e}");
+        assert!(
+            e.to_string().contains("names trust domain `other.example`"),
+            "{e}"
+        );
         let older = bundle(&[ca_der("partner.example")], Some(4));
         assert!(matches!(
             check(&td, Some(&ours), &older),
@@ -459,7 +482,8 @@ mod tests {
         assert!(check(&td, Some(&ours), &ours).is_ok());
         // A leaf is no authority.
         let id = tessera_core::SpiffeId::parse("spiffe://partner.example/w").unwrap();
-        let (ca, _) = tessera_ca::CertificateAuthority::generate(&td, 1_700_000_000, 86_400).unwrap();
+        let (ca, _) =
+            tessera_ca::CertificateAuthority::generate(&td, 1_700_000_000, 86_400).unwrap();
         let (_, csr) = tessera_ca::new_key_and_csr(&id).unwrap();
         let leaf = ca.sign_csr(&csr, &id, 1_700_000_000, 600).unwrap();
         let e = check(&td, None, &bundle(&[leaf.cert.to_vec()], None)).unwrap_err();

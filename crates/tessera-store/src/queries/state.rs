@@ -75,12 +75,13 @@ impl Store {
                 .into_iter()
                 .map(|j: JsonText<Trust>| j.0)
                 .collect();
-            state.federations = sqlx::query_scalar("SELECT spec FROM federations ORDER BY trust_domain")
-                .fetch_all(pool)
-                .await?
-                .into_iter()
-                .map(|j: JsonText<Federation>| j.0)
-                .collect();
+            state.federations =
+                sqlx::query_scalar("SELECT spec FROM federations ORDER BY trust_domain")
+                    .fetch_all(pool)
+                    .await?
+                    .into_iter()
+                    .map(|j: JsonText<Federation>| j.0)
+                    .collect();
             state.federated_bundles = sqlx::query_as(
                 "SELECT trust_domain, bundle, sequence, fetched_at FROM federated_bundles ORDER BY trust_domain",
             )

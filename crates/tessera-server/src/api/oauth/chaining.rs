@@ -59,7 +59,9 @@ pub(crate) async fn grant(
         Err(e) => {
             return Err(refuse(
                 "unknown".into(),
-                format!("the subject token is not a JWT-SVID of this trust domain for this issuer: {e}"),
+                format!(
+                    "the subject token is not a JWT-SVID of this trust domain for this issuer: {e}"
+                ),
             )
             .await)
         }

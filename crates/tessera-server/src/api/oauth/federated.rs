@@ -7,8 +7,8 @@ use serde_json::{json, Map, Value};
 use tessera_store::{AssertionClaim, AuditEvent, AuditKind, Outcome};
 use tessera_token::claims::numeric_date;
 
-use crate::api::oauth::{chaining, delegation};
 use crate::api::oauth::form::Form;
+use crate::api::oauth::{chaining, delegation};
 use crate::app::{App, Issuer, Snapshot};
 use crate::domain::federation::{verify_outside, Refusal, LEEWAY};
 use crate::domain::issue::{self, GrantType, IssueError, MintOptions, OAuthCode};
