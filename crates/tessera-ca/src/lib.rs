@@ -12,8 +12,8 @@ pub use ca::{
 };
 pub use custody::{CertKey, TlsKey};
 pub use svid::{
-    check_federated_authority, leaf_spiffe_id, p256_coordinates, pem, split_certificates, validity,
-    verify_chain, BundleSource, StaticBundles, Usage,
+    check_federated_authority, dns_names, leaf_spiffe_id, p256_coordinates, pem,
+    split_certificates, validity, verify_chain, BundleSource, StaticBundles, Usage,
 };
 pub use verifier::{SpiffeClientVerifier, SpiffeServerVerifier};
 

@@ -210,3 +210,21 @@ pub fn validity(cert: &[u8]) -> Option<(i64, i64)> {
     let v = parsed.validity();
     Some((v.not_before.timestamp(), v.not_after.timestamp()))
 }
+
+/// The DNS names a certificate's subjectAltName lists (none when it cannot be read).
+pub fn dns_names(cert: &[u8]) -> Vec<String> {
+    let Ok((_, parsed)) = x509_parser::parse_x509_certificate(cert) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for ext in parsed.extensions() {
+        if let ParsedExtension::SubjectAlternativeName(san) = ext.parsed_extension() {
+            for name in &san.general_names {
+                if let GeneralName::DNSName(d) = name {
+                    out.push(d.to_ascii_lowercase());
+                }
+            }
+        }
+    }
+    out
+}

@@ -358,6 +358,15 @@ pub(crate) fn describe(w: &Value) -> String {
         ));
     }
     o.push_str(&format!("Token TTL:    {}\n", s(w, "jwt_ttl")));
+    if field(w, "federates_with")
+        .as_array()
+        .is_some_and(|a| !a.is_empty())
+    {
+        o.push_str(&format!(
+            "Federates:    {} (their bundles are handed to it)\n",
+            list(w, "federates_with")
+        ));
+    }
     if w.get("revoked_at").is_some_and(|v| !v.is_null()) {
         o.push_str(&format!(
             "REVOKED:      {} (no new credentials)\n",

@@ -328,6 +328,13 @@ async fn two_authorities_federate_through_their_sidecars() {
         "{text}"
     );
 
+    let o = tessera(&a.data, &["describe", "workload", ORDERS]);
+    assert!(
+        stdout(&o).contains("Federates:    b.example"),
+        "{}",
+        stdout(&o)
+    );
+
     // One agent per authority; both serve this unix user.
     let (_agent_a, socket_a) = join_agent(&a, dir.path(), "agent-a");
     let (_agent_b, socket_b) = join_agent(&b, dir.path(), "agent-b");

@@ -4,7 +4,7 @@
 use ring::digest;
 use serde::{Deserialize, Serialize};
 use tessera_core::manifest::{Grant, PolicyFile, Workload};
-use tessera_core::SpiffeId;
+use tessera_core::{SpiffeId, TrustDomain};
 
 use tessera_core::Scope;
 
@@ -40,6 +40,9 @@ pub struct PolicyBundle {
     /// SVID stays valid until it expires; this stops it at the point of use within a poll).
     #[serde(default)]
     pub revoked: Vec<SpiffeId>,
+    /// Trust domains of other authorities the server federates with: their workloads may call.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub federated: Vec<TrustDomain>,
 }
 
 #[derive(Serialize)]
@@ -49,6 +52,8 @@ struct Content<'a> {
     grants: &'a [Grant],
     policies: &'a [PolicyFile],
     revoked: &'a [SpiffeId],
+    #[serde(skip_serializing_if = "<[TrustDomain]>::is_empty")]
+    federated: &'a [TrustDomain],
 }
 
 fn digest(content: &Content<'_>) -> String {
@@ -89,6 +94,7 @@ impl PolicyBundle {
             grants,
             policies,
             revoked: Vec::new(),
+            federated: Vec::new(),
         };
         out.version = out.compute_version();
         out
@@ -103,6 +109,15 @@ impl PolicyBundle {
         self
     }
 
+    /// The bundle for an authority federating with these trust domains.
+    pub fn with_federated(mut self, mut federated: Vec<TrustDomain>) -> Self {
+        federated.sort();
+        federated.dedup();
+        self.federated = federated;
+        self.version = self.compute_version();
+        self
+    }
+
     fn compute_version(&self) -> String {
         digest(&Content {
             service: &self.service,
@@ -110,11 +125,17 @@ impl PolicyBundle {
             grants: &self.grants,
             policies: &self.policies,
             revoked: &self.revoked,
+            federated: &self.federated,
         })
     }
 
     /// Compiles the bundle, validating it exactly as the server validated it.
     pub fn engine(&self) -> Result<PolicyEngine, PolicyError> {
-        PolicyEngine::from_files(&self.workloads, &self.grants, &self.policies)
+        PolicyEngine::from_files_federated(
+            &self.workloads,
+            &self.grants,
+            &self.policies,
+            &self.federated,
+        )
     }
 }

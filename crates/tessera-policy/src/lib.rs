@@ -25,7 +25,7 @@ use cedar_policy::{
 };
 use serde::{Deserialize, Serialize};
 use tessera_core::manifest::{Grant, Workload};
-use tessera_core::{Scope, SpiffeId};
+use tessera_core::{Scope, SpiffeId, TrustDomain};
 
 pub mod bundle;
 pub mod limit;
@@ -219,6 +219,9 @@ pub struct PolicyEngine {
     global: PolicySet,
     principals: HashMap<SpiffeId, Entity>,
     services: HashMap<SpiffeId, Entity>,
+    /// Trust domains of other authorities this one federates with: their workloads may be
+    /// callers (principals) though no local identity file declares them.
+    federated: HashSet<String>,
     workloads: HashMap<SpiffeId, Workload>,
     grants: HashMap<(SpiffeId, SpiffeId), Grant>,
     origins: HashMap<String, Origin>,
@@ -320,6 +323,18 @@ impl PolicyEngine {
         grants: &[Grant],
         files: &[(String, String)],
     ) -> Result<Self, PolicyError> {
+        Self::build_federated(workloads, grants, files, &[])
+    }
+
+    /// [`PolicyEngine::build`] for an authority that federates with `federated` trust domains:
+    /// a grant or a policy may name a workload of one of them as a caller.
+    pub fn build_federated(
+        workloads: &[Workload],
+        grants: &[Grant],
+        files: &[(String, String)],
+        federated: &[TrustDomain],
+    ) -> Result<Self, PolicyError> {
+        let federated: HashSet<String> = federated.iter().map(|t| t.to_string()).collect();
         let schema = model::schema().map_err(PolicyError::Model)?;
         let mut origins: HashMap<String, Origin> = HashMap::new();
         let mut global = PolicySet::new();
@@ -340,7 +355,12 @@ impl PolicyEngine {
                 let at = format!("{name}:{line}");
                 for e in p.entity_literals() {
                     let t = e.type_name().to_string();
-                    if (t == "Workload" || t == "Service") && !known.contains(e.id().unescaped()) {
+                    let id = e.id().unescaped();
+                    let foreign_caller = t == "Workload"
+                        && SpiffeId::parse(id)
+                            .is_ok_and(|i| federated.contains(i.trust_domain_str()));
+                    if (t == "Workload" || t == "Service") && !known.contains(id) && !foreign_caller
+                    {
                         return Err(PolicyError::Invalid {
                             at,
                             message: format!(
@@ -532,6 +552,7 @@ impl PolicyEngine {
             global,
             principals,
             services,
+            federated,
             workloads: workloads
                 .iter()
                 .map(|w| (w.id.clone(), w.clone()))
@@ -542,6 +563,18 @@ impl PolicyEngine {
             decided_calls: std::sync::RwLock::new(HashMap::new()),
             cacheable,
         })
+    }
+
+    /// The caller's entity: a declared workload's, or, for a caller of a federated trust
+    /// domain that no grant names, one made for it (it has only its trust domain).
+    fn principal(&self, from: &SpiffeId) -> Option<Entity> {
+        match self.principals.get(from) {
+            Some(p) => Some(p.clone()),
+            None if self.federated.contains(from.trust_domain_str()) => {
+                model::federated_entity(from).ok()
+            }
+            None => None,
+        }
     }
 
     /// [`PolicyEngine::build`] from policy files as identity files and the store hold them.
@@ -555,6 +588,20 @@ impl PolicyEngine {
             .map(|p| (p.name.clone(), p.text.clone()))
             .collect();
         Self::build(workloads, grants, &files)
+    }
+
+    /// [`PolicyEngine::build_federated`] from policy files as the store holds them.
+    pub fn from_files_federated(
+        workloads: &[Workload],
+        grants: &[Grant],
+        files: &[tessera_core::manifest::PolicyFile],
+        federated: &[TrustDomain],
+    ) -> Result<Self, PolicyError> {
+        let files: Vec<(String, String)> = files
+            .iter()
+            .map(|p| (p.name.clone(), p.text.clone()))
+            .collect();
+        Self::build_federated(workloads, grants, &files, federated)
     }
 
     /// How many Cedar policies the whole set holds (shipped, files, grants, jit).
@@ -852,7 +899,7 @@ impl PolicyEngine {
             },
             (None, extra) => {
                 let members = [
-                    self.principals.get(from).cloned(),
+                    self.principal(from),
                     to.and_then(|t| self.services.get(t).cloned()),
                     extra,
                     action_entity,
@@ -1048,7 +1095,10 @@ impl PolicyEngine {
 
     fn unknown(&self, from: &SpiffeId, to: &SpiffeId) -> Vec<String> {
         let mut out = Vec::new();
-        if !self.workloads.contains_key(from) && !self.principals.contains_key(from) {
+        if !self.workloads.contains_key(from)
+            && !self.principals.contains_key(from)
+            && !self.federated.contains(from.trust_domain_str())
+        {
             out.push(format!(
                 "`{from}` is not a workload any identity file declares"
             ));

@@ -842,3 +842,74 @@ fn explain_gives_no_scope_a_grant_does_not() {
     let x = e.explain_issue(&id(A), &id(B), &[], &ctx, &env);
     assert!(x.decision.allowed, "{x:?}");
 }
+
+#[test]
+fn callers_of_federated_trust_domains_are_principals_under_policy() {
+    let s = parse_str(Path::new("mesh.toml"), MESH).unwrap();
+    let partner = TrustDomain::parse("partner.example").unwrap();
+    // A grant from a federated workload: its caller is known by its SPIFFE ID alone.
+    let mut grants = s.grants.clone();
+    grants.push(
+        parse_str(
+            Path::new("g.toml"),
+            r#"
+[[grant]]
+from = "spiffe://partner.example/shipping"
+to = "spiffe://example.org/prod/b"
+routes = [{ methods = ["GET"], paths = ["/invoices/*"] }]
+why = "the partner prints invoices"
+"#,
+        )
+        .unwrap()
+        .grants
+        .remove(0),
+    );
+    let e =
+        PolicyEngine::build_federated(&s.workloads, &grants, &[], std::slice::from_ref(&partner))
+            .unwrap();
+    let shipping = "spiffe://partner.example/shipping";
+    let b = "spiffe://example.org/prod/b";
+    assert!(call(&e, shipping, b, "GET", "/invoices/7").allowed);
+    assert!(!call(&e, shipping, b, "POST", "/invoices/7").allowed);
+    // Deny by default: another workload of the partner, and one of an unfederated domain.
+    assert!(
+        !call(
+            &e,
+            "spiffe://partner.example/other",
+            b,
+            "GET",
+            "/invoices/7"
+        )
+        .allowed
+    );
+    assert!(!call(&e, "spiffe://stranger.example/x", b, "GET", "/invoices/7").allowed);
+
+    // A policy may name a partner's workload, or its trust domain, only when federated.
+    let by_domain = (
+        "partner.cedar",
+        r#"permit (principal, action == Action::"GET", resource)
+when { principal.trust_domain == "partner.example" && resource.path like "/status*" };"#,
+    );
+    let literal = (
+        "literal.cedar",
+        r#"forbid (principal == Workload::"spiffe://partner.example/shipping", action in Action::"call", resource)
+when { resource.path like "/invoices/7*" };"#,
+    );
+    let files: Vec<(String, String)> = [by_domain, literal]
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+    let e = PolicyEngine::build_federated(&s.workloads, &grants, &files, &[partner]).unwrap();
+    assert!(call(&e, "spiffe://partner.example/other", b, "GET", "/status").allowed);
+    assert!(!call(&e, "spiffe://stranger.example/x", b, "GET", "/status").allowed);
+    assert!(
+        !call(&e, shipping, b, "GET", "/invoices/7").allowed,
+        "the forbid holds"
+    );
+    assert!(call(&e, shipping, b, "GET", "/invoices/8").allowed);
+    let err = PolicyEngine::build(&s.workloads, &s.grants, &files[1..])
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("no identity file declares"), "{err}");
+}

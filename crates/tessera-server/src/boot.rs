@@ -754,27 +754,45 @@ async fn bundle_refresher(app: Arc<App>, mut stop: watch::Receiver<bool>) {
     let mut due: HashMap<tessera_core::TrustDomain, (Federation, i64, u64)> = HashMap::new();
     loop {
         let snap = app.snapshot();
-        due.retain(|td, _| snap.federations.contains_key(td));
+        due.retain(|td, _| {
+            let kept = snap.federations.contains_key(td);
+            if !kept {
+                // A relationship removed is no longer stale.
+                app.metrics.bundle_age_seconds.remove(&TdLabels {
+                    trust_domain: td.to_string(),
+                });
+            }
+            kept
+        });
         app.bundle_refreshes
             .retain(|td| snap.federations.contains_key(td));
         let now = tessera_core::now_unix();
+        // Due relationships are refreshed together: a slow endpoint delays no other.
+        let mut todo = Vec::new();
         for (td, d) in &snap.federations {
             let changed = due.get(td).is_none_or(|(spec, _, _)| spec != &d.spec);
             let at = due.get(td).map_or(now, |(_, at, _)| *at);
-            if !changed && at > now {
-                continue;
+            if changed || at <= now {
+                let last_hint = due
+                    .get(td)
+                    .map_or(bundle_federation::RETRY_SECS, |(_, _, h)| *h);
+                todo.push((td.clone(), d.spec.clone(), last_hint));
             }
-            let last_hint = due
-                .get(td)
-                .map_or(bundle_federation::RETRY_SECS, |(_, _, h)| *h);
-            let (next, hint) = match bundle_federation::refresh(&app, td).await {
+        }
+        let results = futures_util::future::join_all(
+            todo.iter()
+                .map(|(td, _, _)| bundle_federation::refresh(&app, td)),
+        )
+        .await;
+        for ((td, spec, last_hint), result) in todo.into_iter().zip(results) {
+            let (next, hint) = match result {
                 Ok(hint) => (hint, hint),
                 Err(_) => (last_hint.min(bundle_federation::RETRY_SECS), last_hint),
             };
             let next_at = tessera_core::now_unix() + i64::try_from(next).unwrap_or(3600);
-            due.insert(td.clone(), (d.spec.clone(), next_at, hint));
             app.bundle_refreshes
-                .update(td, |s| s.next_refresh = Some(next_at));
+                .update(&td, |s| s.next_refresh = Some(next_at));
+            due.insert(td, (spec, next_at, hint));
         }
         for td in due.keys() {
             let status = app.bundle_refreshes.get(td);

@@ -59,6 +59,10 @@ impl ServerSvids {
 struct ApiCerts {
     svids: Arc<ServerSvids>,
     api: Arc<dyn rustls::server::ResolvesServerCert>,
+    /// The API certificate's own DNS names: a client asking for one of them gets that
+    /// certificate, even when a trust domain has the same name (an authority reached at
+    /// `https://example.org` serving `example.org`).
+    api_names: Vec<String>,
 }
 
 impl rustls::server::ResolvesServerCert for ApiCerts {
@@ -66,19 +70,24 @@ impl rustls::server::ResolvesServerCert for ApiCerts {
         &self,
         hello: rustls::server::ClientHello<'_>,
     ) -> Option<Arc<rustls::sign::CertifiedKey>> {
-        match hello.server_name().and_then(|n| self.svids.get(n)) {
+        let svid = hello
+            .server_name()
+            .filter(|n| !self.api_names.iter().any(|a| a.eq_ignore_ascii_case(n)))
+            .and_then(|n| self.svids.get(n));
+        match svid {
             Some(svid) => Some(svid.key.clone()),
             None => self.api.resolve(hello),
         }
     }
 }
 
-/// Puts the SVID resolver in front of the API's certificate.
-fn with_svids(mut cfg: rustls::ServerConfig) -> Tls {
+/// Puts the SVID resolver in front of the API's certificate (`leaf`).
+fn with_svids(mut cfg: rustls::ServerConfig, leaf: Option<&CertificateDer<'_>>) -> Tls {
     let svids = Arc::new(ServerSvids::default());
     cfg.cert_resolver = Arc::new(ApiCerts {
         svids: svids.clone(),
         api: cfg.cert_resolver.clone(),
+        api_names: leaf.map(|c| tessera_ca::dns_names(c)).unwrap_or_default(),
     });
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Tls {
@@ -125,12 +134,13 @@ pub(crate) fn load_or_create(
         .map_err(|e| StartError::Tls(format!("`{}`: {e}", cert.display())))?;
     let key_der = PrivateKeyDer::from_pem_file(&key)
         .map_err(|e| StartError::Tls(format!("`{}`: {e}", key.display())))?;
+    let leaf = chain.first().cloned();
     let cfg = builder(bundles)?
         .with_single_cert(chain, key_der)
         .map_err(tls_err)?;
     Ok(Tls {
         ca_path,
-        ..with_svids(cfg)
+        ..with_svids(cfg, leaf.as_ref())
     })
 }
 
@@ -182,12 +192,13 @@ fn in_token(
         .map_err(|e| StartError::Tls(format!("`{}`: {e}", cert.display())))?
         .collect::<Result<_, _>>()
         .map_err(|e| StartError::Tls(format!("`{}`: {e}", cert.display())))?;
+    let leaf = chain.first().cloned();
     let certified = rustls::sign::CertifiedKey::new(chain, Arc::new(tessera_ca::TlsKey::new(key)));
     let cfg = builder(bundles)?
         .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(certified)));
     Ok(Tls {
         ca_path: Some(ca),
-        ..with_svids(cfg)
+        ..with_svids(cfg, leaf.as_ref())
     })
 }
 

@@ -613,12 +613,77 @@ async fn vault_suite(store: Store) {
         .is_none());
 }
 
+/// Federation relationships and their bundles: stored, replaced, and removed together.
+async fn federation_suite(store: Store) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("b.json"),
+        r#"{"keys": [{"use": "jwt-svid", "kty": "EC", "kid": "k", "crv": "P-256", "x": "a", "y": "b"}]}"#,
+    )
+    .unwrap();
+    let s = parse_str(
+        &dir.path().join("f.toml"),
+        r#"
+[[federation]]
+trust_domain = "partner.example"
+bundle_endpoint = "https://partner/bundle"
+profile = "https_spiffe"
+endpoint_spiffe_id = "spiffe://partner.example/tessera/server"
+initial_bundle = "b.json"
+"#,
+    )
+    .unwrap();
+    let f = s.federations[0].clone();
+    let bundle = |seq: i64| FederatedBundleRecord {
+        trust_domain: "partner.example".into(),
+        bundle: format!("{{\"keys\": [], \"spiffe_sequence\": {seq}}}"),
+        sequence: Some(seq),
+        fetched_at: 100 + seq,
+    };
+    let before = store.state_version().await.unwrap();
+    store
+        .commit(
+            &[
+                Op::UpsertFederation(f.clone()),
+                Op::StoreFederatedBundle(bundle(1)),
+            ],
+            &[event(AuditKind::BundleUpdated, 0)],
+        )
+        .await
+        .unwrap();
+    store
+        .commit(
+            &[Op::StoreFederatedBundle(bundle(2))],
+            &[event(AuditKind::BundleUpdated, 0)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.state_version().await.unwrap(),
+        before + 2,
+        "agents must hear of it"
+    );
+    let loaded = store.load_state().await.unwrap();
+    assert_eq!(loaded.federations, vec![f]);
+    assert_eq!(loaded.federated_bundles, vec![bundle(2)]);
+    store
+        .commit(
+            &[Op::DeleteFederation("partner.example".into())],
+            &[event(AuditKind::Apply, 0)],
+        )
+        .await
+        .unwrap();
+    let loaded = store.load_state().await.unwrap();
+    assert!(loaded.federations.is_empty() && loaded.federated_bundles.is_empty());
+}
+
 #[tokio::test]
 async fn sqlite_suite() {
     let (store, _dir) = sqlite().await;
     suite(store.clone()).await;
     identity_suite(store.clone()).await;
-    vault_suite(store).await;
+    vault_suite(store.clone()).await;
+    federation_suite(store).await;
 }
 
 #[tokio::test]
@@ -626,7 +691,8 @@ async fn postgres_suite() {
     if let Some(store) = postgres().await {
         suite(store.clone()).await;
         identity_suite(store.clone()).await;
-        vault_suite(store).await;
+        vault_suite(store.clone()).await;
+        federation_suite(store).await;
     }
 }
 

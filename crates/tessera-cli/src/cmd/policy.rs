@@ -87,7 +87,16 @@ pub(crate) async fn run(command: PolicyCommand) -> anyhow::Result<u8> {
 fn engine_from_files(path: &Path) -> anyhow::Result<Result<(PolicyEngine, String), String>> {
     let state = tessera_core::manifest::load(path)?;
     Ok(
-        match PolicyEngine::from_files(&state.workloads, &state.grants, &state.policies) {
+        match PolicyEngine::from_files_federated(
+            &state.workloads,
+            &state.grants,
+            &state.policies,
+            &state
+                .federations
+                .iter()
+                .map(|f| f.trust_domain.clone())
+                .collect::<Vec<_>>(),
+        ) {
             Ok(e) => {
                 let summary = format!(
                     "{} workload(s), {} grant(s), {} policy file(s): {} Cedar policies, valid against the Tessera schema",

@@ -432,6 +432,7 @@ async fn describe_workload(
         "aliases": w.spec.aliases,
         "scopes": w.spec.scopes,
         "jit": w.spec.jit,
+        "federates_with": w.spec.federates_with,
         "jwt_ttl": w.spec.jwt_ttl,
         "source": w.spec.source,
         "revoked_at": w.revoked_at,

@@ -136,19 +136,15 @@ async fn admin_bundle(
             .into_iter()
             .find(|r| Some(r.version) == snap.shadow.as_ref().map(|s| s.version))
             .ok_or(PolicySetError::NoShadow)?;
-        return Ok(Json(PolicyBundle::cut(
-            None,
-            &workloads,
-            &rec.grants,
-            &rec.policies,
-        )));
+        return Ok(Json(
+            PolicyBundle::cut(None, &workloads, &rec.grants, &rec.policies)
+                .with_federated(snap.federated_domains()),
+        ));
     }
-    Ok(Json(PolicyBundle::cut(
-        None,
-        &workloads,
-        &snap.grants,
-        &snap.policies,
-    )))
+    Ok(Json(
+        PolicyBundle::cut(None, &workloads, &snap.grants, &snap.policies)
+            .with_federated(snap.federated_domains()),
+    ))
 }
 
 async fn shadow_diff(State(app): State<Arc<App>>) -> Result<Json<ShadowDiff>, ApiError> {
@@ -314,7 +310,8 @@ async fn service_bundle(
             .map(|w| w.spec.id.clone())
             .collect();
         let b = PolicyBundle::cut(Some(&q.service), &workloads, &snap.grants, &snap.policies)
-            .with_revoked(revoked);
+            .with_revoked(revoked)
+            .with_federated(snap.federated_domains());
         if known.as_deref() != Some(b.version.as_str()) {
             let etag = HeaderValue::from_str(&format!("\"{}\"", b.version))
                 .map_err(|e| ApiError::unavailable(e.to_string()))?;

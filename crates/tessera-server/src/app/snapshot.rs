@@ -153,8 +153,17 @@ impl Snapshot {
                         .is_some_and(|old| old.spec == w.spec)
                 })
         });
-        let reusable = previous
-            .filter(|p| same_workloads && p.grants == state.grants && p.policies == state.policies);
+        let federated: Vec<TrustDomain> = state
+            .federations
+            .iter()
+            .map(|f| f.trust_domain.clone())
+            .collect();
+        let reusable = previous.filter(|p| {
+            same_workloads
+                && p.grants == state.grants
+                && p.policies == state.policies
+                && p.federated_domains() == federated
+        });
         let (shadow, shadow_error) = match &state.shadow {
             None => (None, None),
             Some(rec) => match previous
@@ -171,7 +180,12 @@ impl Snapshot {
                 ),
                 None => {
                     let specs: Vec<_> = state.workloads.iter().map(|w| w.spec.clone()).collect();
-                    match PolicyEngine::from_files(&specs, &rec.grants, &rec.policies) {
+                    match PolicyEngine::from_files_federated(
+                        &specs,
+                        &rec.grants,
+                        &rec.policies,
+                        &federated,
+                    ) {
                         Ok(engine) => (
                             Some(Shadow {
                                 version: rec.version,
@@ -190,10 +204,11 @@ impl Snapshot {
             None => {
                 let specs: Vec<_> = state.workloads.iter().map(|w| w.spec.clone()).collect();
                 (
-                    Arc::new(PolicyEngine::from_files(
+                    Arc::new(PolicyEngine::from_files_federated(
                         &specs,
                         &state.grants,
                         &state.policies,
+                        &federated,
                     )?),
                     Arc::new(Limits::from_grants(&state.grants, |g| g.token_rate)),
                 )
@@ -255,6 +270,11 @@ impl Snapshot {
             shadow_error,
             counters,
         }))
+    }
+
+    /// The trust domains of the authorities this one federates with, sorted.
+    pub fn federated_domains(&self) -> Vec<TrustDomain> {
+        self.federations.keys().cloned().collect()
     }
 
     /// Whether a token issued at `iat` to `sub` is cut off by a workload revocation.

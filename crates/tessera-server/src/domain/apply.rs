@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 pub(crate) use tessera_core::admin_api::{ApplyRequest, ApplyResponse};
 use tessera_core::manifest::{ClientAuth, DesiredState, Federation, Grant, PolicyFile, Workload};
+use tessera_core::TrustDomain;
 use tessera_store::Op;
 use tessera_verify::KeySet;
 
@@ -347,7 +348,11 @@ pub(crate) fn plan(
     };
     let ws: Vec<Workload> = workloads.values().cloned().collect();
     let gs: Vec<Grant> = grants.values().cloned().collect();
-    tessera_policy::PolicyEngine::build(&ws, &gs, &policies)
+    let federated: Vec<TrustDomain> = federations
+        .values()
+        .map(|f| f.trust_domain.clone())
+        .collect();
+    tessera_policy::PolicyEngine::build_federated(&ws, &gs, &policies, &federated)
         .map_err(|e| ApplyError::Incomplete(e.to_string()))?;
 
     // 4. The operations, and a line for each change.

@@ -165,7 +165,8 @@ pub(crate) async fn activate(
 ) -> Result<PolicyActivated, PolicySetError> {
     let snap = app.snapshot();
     let workloads: Vec<_> = snap.workloads.values().map(|w| w.spec.clone()).collect();
-    PolicyEngine::from_files(&workloads, &grants, &policies).map_err(|e| {
+    PolicyEngine::from_files_federated(&workloads, &grants, &policies, &snap.federated_domains())
+        .map_err(|e| {
         PolicySetError::Invalid(format!(
             "the set no longer applies to today's workloads: {e}"
         ))
