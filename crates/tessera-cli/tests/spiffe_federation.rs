@@ -102,32 +102,6 @@ fn wait_federation(s: &Server, td: &str, what: &str, ok: impl Fn(&Value) -> bool
     }
 }
 
-/// The X.509-SVID of `id` from the agent at `socket`, as PEM files (chain, key).
-async fn svid_pem(socket: &Path, id: &str, dir: &Path) -> (PathBuf, PathBuf) {
-    let client = spiffe::WorkloadApiClient::connect_to(format!("unix://{}", socket.display()))
-        .await
-        .unwrap();
-    let all = client.fetch_all_x509_svids().await.unwrap();
-    let svid = all
-        .iter()
-        .find(|s| s.spiffe_id().to_string() == id)
-        .unwrap();
-    let chain: String = svid
-        .cert_chain()
-        .iter()
-        .map(|c| pem("CERTIFICATE", c.as_bytes()))
-        .collect();
-    let name = id.rsplit('/').next().unwrap();
-    (
-        write(dir, &format!("{name}-chain.pem"), &chain),
-        write(
-            dir,
-            &format!("{name}.key"),
-            &pem("PRIVATE KEY", svid.private_key().as_bytes()),
-        ),
-    )
-}
-
 async fn jwt_svid(socket: &Path, id: &str, audience: &str) -> String {
     let client = spiffe::WorkloadApiClient::connect_to(format!("unix://{}", socket.display()))
         .await
@@ -665,18 +639,10 @@ why = "The partner reads"
     );
     assert_eq!(g["token_type"], "N_A");
     let grant_a = g["access_token"].as_str().unwrap().to_owned();
-    let (code, e) = exchange(&b, grant_a.clone(), INVENTORY).await;
-    assert_eq!(
-        (code, e["error"].as_str()),
-        (400, Some("invalid_grant")),
-        "{e}"
-    );
-    assert!(
-        e["error_description"]
-            .as_str()
-            .unwrap()
-            .contains("no trust for issuer"),
-        "{e}"
+    oauth_refused(
+        &exchange(&b, grant_a.clone(), INVENTORY).await,
+        "invalid_grant",
+        "no trust for issuer",
     );
 
     // Each side trusts the other's issuer for the other's chaining workload.
@@ -772,42 +738,46 @@ map = [{{ claims = {{ sub = "{from}" }}, workload = "{mapped}" }}]
     }
 
     // Refused at home: an authority not configured, and a workload that does not federate.
-    let (code, e) = grant(
-        &a,
-        socket_a.clone(),
-        LEDGER,
-        "https://elsewhere.example".into(),
-    )
-    .await;
-    assert_eq!(
-        (code, e["error"].as_str()),
-        (400, Some("invalid_target")),
-        "{e}"
+    let elsewhere = "https://elsewhere.example".to_owned();
+    oauth_refused(
+        &grant(&a, socket_a.clone(), LEDGER, elsewhere).await,
+        "invalid_target",
+        "an authority this one federates with",
     );
-    let (code, e) = grant(
-        &a,
-        socket_a.clone(),
-        "spiffe://a.example/homebody",
-        b_issuer.clone(),
-    )
-    .await;
-    assert_eq!(
-        (code, e["error"].as_str()),
-        (400, Some("invalid_grant")),
-        "{e}"
+    let homebody = "spiffe://a.example/homebody";
+    oauth_refused(
+        &grant(&a, socket_a.clone(), homebody, b_issuer.clone()).await,
+        "invalid_grant",
+        "does not federate",
     );
-    assert!(
-        e["error_description"]
-            .as_str()
-            .unwrap()
-            .contains("does not federate"),
-        "{e}"
-    );
-    // A grant for B is no token at A, nor at B for another audience.
+    // A grant for B is no token at A; at B it gets only what B's grants allow.
     let (_, g) = grant(&a, socket_a, LEDGER, b_issuer.clone()).await;
     let assertion = g["access_token"].as_str().unwrap().to_owned();
-    let (code, _) = exchange(&a, assertion, "spiffe://a.example/books").await;
-    assert_eq!(code, 400, "a grant for B is refused at A");
+    oauth_refused(
+        &exchange(&a, assertion.clone(), "spiffe://a.example/books").await,
+        "invalid_grant",
+        "no trust for issuer",
+    );
+    let (code, e) = exchange(&b, assertion, REPORTS).await;
+    assert_ne!(
+        code, 200,
+        "no grant from the mapped workload to {REPORTS}: {e}"
+    );
+}
+
+/// An RFC 6749 refusal: 400, `error`, and a description that says `says`.
+fn oauth_refused((code, body): &(u16, Value), error: &str, says: &str) {
+    assert_eq!(
+        (*code, body["error"].as_str()),
+        (400, Some(error)),
+        "{body}"
+    );
+    assert!(
+        body["error_description"]
+            .as_str()
+            .is_some_and(|d| d.contains(says)),
+        "{body}"
+    );
 }
 
 /// The audit trail's latest records as (kind, detail).

@@ -319,8 +319,8 @@ pub(crate) fn refused(o: &Output, why: &str) {
     assert!(stderr(o).contains(why), "wanted `{why}`: {}", stderr(o));
 }
 
-/// Writes the SVID of `id` as PEM files for curl and openssl: (chain, key, bundle).
-pub(crate) async fn svid_files(socket: &Path, id: &str, dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+/// Writes the X.509-SVID of `id` from the agent at `socket` as PEM files: (chain, key).
+pub(crate) async fn svid_pem(socket: &Path, id: &str, dir: &Path) -> (PathBuf, PathBuf) {
     let client = spiffe::WorkloadApiClient::connect_to(format!("unix://{}", socket.display()))
         .await
         .unwrap();
@@ -334,6 +334,24 @@ pub(crate) async fn svid_files(socket: &Path, id: &str, dir: &Path) -> (PathBuf,
         .iter()
         .map(|c| pem("CERTIFICATE", c.as_bytes()))
         .collect();
+    let name = id.rsplit('/').next().unwrap();
+    (
+        write(dir, &format!("{name}.pem"), &chain),
+        write(
+            dir,
+            &format!("{name}.key"),
+            &pem("PRIVATE KEY", svid.private_key().as_bytes()),
+        ),
+    )
+}
+
+/// Writes the SVID of `id` as PEM files for curl and openssl: (chain, key, bundle of
+/// example.org).
+pub(crate) async fn svid_files(socket: &Path, id: &str, dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let (chain, key) = svid_pem(socket, id, dir).await;
+    let client = spiffe::WorkloadApiClient::connect_to(format!("unix://{}", socket.display()))
+        .await
+        .unwrap();
     let bundles = client.fetch_x509_bundles().await.unwrap();
     let td = spiffe::TrustDomain::new("example.org").unwrap();
     let bundle: String = bundles
@@ -343,16 +361,7 @@ pub(crate) async fn svid_files(socket: &Path, id: &str, dir: &Path) -> (PathBuf,
         .iter()
         .map(|c| pem("CERTIFICATE", c.as_bytes()))
         .collect();
-    let name = id.rsplit('/').next().unwrap();
-    (
-        write(dir, &format!("{name}.pem"), &chain),
-        write(
-            dir,
-            &format!("{name}.key"),
-            &pem("PRIVATE KEY", svid.private_key().as_bytes()),
-        ),
-        write(dir, "bundle.pem", &bundle),
-    )
+    (chain, key, write(dir, "bundle.pem", &bundle))
 }
 
 /// `tessera proxy ARGS` for the SVID `id` from the agent at `socket`, with an admin port.
