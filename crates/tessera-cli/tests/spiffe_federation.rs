@@ -370,6 +370,37 @@ async fn two_authorities_federate_through_their_sidecars() {
         .unwrap();
     assert_eq!(r.status(), 403, "the grant allows GET only");
 
+    // Explained at B like any other caller.
+    let explain = |from: &str| {
+        let o = tessera(
+            &b.data,
+            &[
+                "explain",
+                "--from",
+                from,
+                "--to",
+                INVENTORY,
+                "--method",
+                "GET",
+                "--path",
+                "/api/stock",
+            ],
+        );
+        (o.status.code(), stdout(&o))
+    };
+    let (code, text) = explain(ORDERS);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("mesh.toml") || text.contains("b.toml"),
+        "{text}"
+    );
+    let (code, text) = explain(STRANGER_A);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        !text.contains("is not a workload any identity file declares") && text.contains("grant"),
+        "a known federated caller, lacking a grant: {text}"
+    );
+
     // py-spiffe at B's agent: the federated bundles, and A's SVIDs validated with them.
     let (chain, _) = svid_pem(&socket_a, ORDERS, dir.path()).await;
     let jwt = jwt_svid(&socket_a, ORDERS, INVENTORY).await;
