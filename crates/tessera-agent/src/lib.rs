@@ -16,6 +16,7 @@ use tessera_core::{SpiffeId, TrustDomain};
 use tokio::sync::{watch, Notify};
 
 pub mod attest;
+pub mod cgroup;
 mod imds;
 pub mod metrics;
 pub mod sockets;
