@@ -203,6 +203,9 @@ pub struct Process {
     pub sha256: Option<String>,
     /// Start time in clock ticks since boot (`/proc/PID/stat` field 22).
     pub start_ticks: u64,
+    /// Where the process runs (container, pod, systemd unit), from its cgroup file; `None`
+    /// when that cannot be read or is ambiguous, and then no selector that needs it matches.
+    pub placement: Option<crate::cgroup::Placement>,
 }
 
 pub fn uptime() -> f64 {
@@ -329,6 +332,9 @@ pub fn attest(peer: Peer, cache: &DigestCache, want_digest: bool) -> Result<Proc
                 .map(|g| g.name)
         })
         .collect();
+    let placement = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .ok()
+        .and_then(|text| crate::cgroup::Placement::parse(&text).ok());
     if start_ticks(pid)? != before {
         return Err(AttestError::PidReused(pid));
     }
@@ -342,6 +348,7 @@ pub fn attest(peer: Peer, cache: &DigestCache, want_digest: bool) -> Result<Proc
         exe,
         sha256,
         start_ticks: before,
+        placement,
     })
 }
 
@@ -364,6 +371,14 @@ impl Process {
                 .sha256
                 .as_deref()
                 .is_some_and(|d| d.eq_ignore_ascii_case(v)),
+            SelectorKind::SystemdUnit => self
+                .placement
+                .as_ref()
+                .is_some_and(|p| p.unit.as_deref() == Some(v)),
+            SelectorKind::SystemdSlice => self
+                .placement
+                .as_ref()
+                .is_some_and(|p| p.slice.as_deref() == Some(v)),
         }
     }
 }

@@ -636,6 +636,43 @@ review_by = "2027-06-30"
     }
 
     #[test]
+    fn systemd_selectors() {
+        for good in [
+            "systemd:unit:nginx.service",
+            "systemd:unit:getty@tty1.service",
+            "systemd:unit:session-3.scope",
+            "systemd:unit:dev-disk-by\\x2duuid.swap",
+            "systemd:slice:system.slice",
+        ] {
+            let sel = Selector::parse(good).unwrap();
+            assert_eq!(sel.to_string(), good);
+        }
+        assert_eq!(
+            Selector::parse("systemd:unit:a:b.service").unwrap().value(),
+            "a:b.service",
+            "a unit name may hold `:`"
+        );
+        for bad in [
+            "systemd:unit:nginx",
+            "systemd:unit:system.slice",
+            "systemd:slice:nginx.service",
+            "systemd:unit:",
+            "systemd:unit:a b.service",
+            "systemd:unit:../x.service",
+            "systemd:cgroup:/x",
+        ] {
+            assert!(Selector::parse(bad).is_err(), "{bad}");
+        }
+        let e = parse(&GOOD.replace("unix:uid:1001", "systemd:unit:nginx"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("mesh.toml:7:") && e.contains("systemd:unit"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn unknown_selector_refused() {
         let e = parse(&GOOD.replace("unix:uid:1001", "k8s:ns:default"))
             .unwrap_err()

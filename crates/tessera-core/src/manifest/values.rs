@@ -36,7 +36,17 @@ pub enum SelectorKind {
     Group,
     Path,
     Sha256,
+    /// The systemd unit whose cgroup holds the process (`nginx.service`).
+    SystemdUnit,
+    /// The innermost systemd slice above it (`system.slice`).
+    SystemdSlice,
 }
+
+/// Every selector type, as identity files write it.
+const KNOWN_SELECTORS: &str = "unix:uid, unix:gid, unix:user, unix:group, unix:path, unix:sha256, systemd:unit, systemd:slice";
+
+/// The systemd unit types whose cgroups hold processes.
+const UNIT_SUFFIXES: [&str; 5] = [".service", ".scope", ".socket", ".mount", ".swap"];
 
 impl SelectorKind {
     pub fn as_str(self) -> &'static str {
@@ -47,8 +57,19 @@ impl SelectorKind {
             Self::Group => "unix:group",
             Self::Path => "unix:path",
             Self::Sha256 => "unix:sha256",
+            Self::SystemdUnit => "systemd:unit",
+            Self::SystemdSlice => "systemd:slice",
         }
     }
+}
+
+/// A systemd unit name's characters (systemd.unit(5)), at most 255 of them.
+fn unit_name(value: &str) -> bool {
+    !value.is_empty()
+        && value.len() <= 255
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b":-_.@\\".contains(&b))
 }
 
 impl Selector {
@@ -57,11 +78,38 @@ impl Selector {
     }
 
     fn parse_text(input: &str) -> Result<Self, String> {
+        // systemd unit names may hold `:` themselves: their type is a fixed prefix.
+        for (prefix, kind) in [
+            ("systemd:unit:", SelectorKind::SystemdUnit),
+            ("systemd:slice:", SelectorKind::SystemdSlice),
+        ] {
+            if let Some(value) = input.strip_prefix(prefix) {
+                let ok = unit_name(value)
+                    && match kind {
+                        SelectorKind::SystemdSlice => value.ends_with(".slice"),
+                        _ => UNIT_SUFFIXES.iter().any(|s| value.ends_with(s)),
+                    };
+                if !ok {
+                    return Err(format!(
+                        "`{input}` has a value that is not valid for `{}` (a unit name ending in {})",
+                        kind.as_str(),
+                        match kind {
+                            SelectorKind::SystemdSlice => ".slice".to_owned(),
+                            _ => UNIT_SUFFIXES.join(", "),
+                        }
+                    ));
+                }
+                return Ok(Self {
+                    kind,
+                    value: value.to_owned(),
+                });
+            }
+        }
         let (kind, value) = match input.rsplit_once(':') {
-            Some((k, v)) if k.starts_with("unix:") => (k, v),
+            Some((k, v)) if k.starts_with("unix:") || k.starts_with("systemd:") => (k, v),
             _ => {
                 return Err(format!(
-                    "`{input}` is not a selector: expected `unix:<type>:<value>`"
+                    "`{input}` is not a selector: expected `<type>:<value>` with a type of {KNOWN_SELECTORS}"
                 ))
             }
         };
@@ -81,7 +129,7 @@ impl Selector {
             "unix:sha256" => SelectorKind::Sha256,
             other => {
                 return Err(format!(
-                    "`{other}` is not a known selector type (known: unix:uid, unix:gid, unix:user, unix:group, unix:path, unix:sha256)"
+                    "`{other}` is not a known selector type (known: {KNOWN_SELECTORS})"
                 ))
             }
         };
@@ -93,6 +141,8 @@ impl Selector {
             SelectorKind::Sha256 => {
                 value.len() == 64 && value.bytes().all(|b| b.is_ascii_hexdigit())
             }
+            // Parsed above, by prefix.
+            SelectorKind::SystemdUnit | SelectorKind::SystemdSlice => false,
             SelectorKind::User | SelectorKind::Group => {
                 !value.is_empty()
                     && value.len() <= 64
