@@ -77,7 +77,7 @@ fn systemd_unit_attestation_from_a_real_cgroup() {
         );
         return;
     }
-    let _cleanup = TestCgroup(vec![slice.clone(), dir.clone()]);
+    let _cleanup = TestCgroup(vec![slice, dir.clone()]);
 
     let s = server(Backend::Sqlite, &[]).unwrap();
     let files = tempfile::tempdir().unwrap();
