@@ -206,6 +206,9 @@ pub struct Process {
     /// Where the process runs (container, pod, systemd unit), from its cgroup file; `None`
     /// when that cannot be read or is ambiguous, and then no selector that needs it matches.
     pub placement: Option<crate::cgroup::Placement>,
+    /// The caller's container as its runtime describes it (set by the Workload API after the
+    /// runtime answered; `None` outside containers or without a runtime).
+    pub container: Option<std::sync::Arc<crate::runtime::ContainerInfo>>,
 }
 
 pub fn uptime() -> f64 {
@@ -349,6 +352,7 @@ pub fn attest(peer: Peer, cache: &DigestCache, want_digest: bool) -> Result<Proc
         sha256,
         start_ticks: before,
         placement,
+        container: None,
     })
 }
 
@@ -379,7 +383,27 @@ impl Process {
                 .placement
                 .as_ref()
                 .is_some_and(|p| p.slice.as_deref() == Some(v)),
+            kind => self
+                .container
+                .as_ref()
+                .is_some_and(|c| container_matches(c, kind, v)),
         }
+    }
+}
+
+/// Whether a container's metadata (from its runtime) satisfies a `container:` selector.
+fn container_matches(c: &crate::runtime::ContainerInfo, kind: SelectorKind, v: &str) -> bool {
+    let pair = |map: &std::collections::BTreeMap<String, String>| {
+        v.split_once(':')
+            .is_some_and(|(k, want)| map.get(k).is_some_and(|have| have == want))
+    };
+    match kind {
+        SelectorKind::ContainerImageId => c.image_id == v,
+        SelectorKind::ContainerImage => c.image == v,
+        SelectorKind::ContainerName => c.name == v,
+        SelectorKind::ContainerLabel => pair(&c.labels),
+        SelectorKind::ContainerEnv => pair(&c.env),
+        _ => false,
     }
 }
 

@@ -19,6 +19,7 @@ pub mod attest;
 pub mod cgroup;
 mod imds;
 pub mod metrics;
+pub mod runtime;
 pub mod sockets;
 pub mod upstream;
 pub mod workload;
@@ -65,6 +66,12 @@ pub struct AgentConfig {
     /// The log's verifier key for `require_logged` (default: fetched once from the server,
     /// over the TLS connection that authenticates it).
     pub log_key: Option<String>,
+    /// The container runtime's API socket (Docker Engine API, which Podman also serves): with
+    /// it, callers in containers are attested by their container's metadata.
+    pub container_runtime: Option<PathBuf>,
+    /// Environment variables of a container's configuration that `container:env` selectors
+    /// may read; no other is read.
+    pub container_env: Vec<String>,
 }
 
 /// A workload's X.509-SVID with its private key.
@@ -152,6 +159,8 @@ pub struct Agent {
     state: watch::Sender<Arc<State>>,
     data_dir: PathBuf,
     digests: attest::DigestCache,
+    /// The container runtime, when configured.
+    runtime: Option<runtime::Runtime>,
     /// JWT-SVIDs by (SPIFFE ID, audiences): (token, expiry, issued at).
     jwt_cache: Mutex<HashMap<JwtKey, (String, i64, i64)>>,
     /// Access tokens by (SPIFFE ID, resource): (response, fetched at).
@@ -294,6 +303,10 @@ impl Agent {
             data_dir: dir.clone(),
             log,
             digests: attest::DigestCache::default(),
+            runtime: config
+                .container_runtime
+                .clone()
+                .map(|s| runtime::Runtime::new(s, config.container_env.clone())),
             jwt_cache: Mutex::new(HashMap::new()),
             token_cache: Mutex::new(HashMap::new()),
             rotate_now: Notify::new(),
@@ -602,6 +615,11 @@ impl Agent {
 
     pub fn digests(&self) -> &attest::DigestCache {
         &self.digests
+    }
+
+    /// The container runtime, when configured.
+    pub fn runtime(&self) -> Option<&runtime::Runtime> {
+        self.runtime.as_ref()
     }
 }
 

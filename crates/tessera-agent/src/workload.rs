@@ -222,21 +222,36 @@ impl WorkloadApi {
         })?;
         let want_digest = self.agent.state().want_digest;
         let agent = self.agent.clone();
-        tokio::task::spawn_blocking(move || {
-            binding.check().map_err(|e| refused(&e))?;
-            if let Some(p) = info.attested.get() {
-                if p.sha256.is_some() || !want_digest {
-                    return Ok((p.clone(), binding));
+        let (mut p, binding) =
+            tokio::task::spawn_blocking(move || -> Result<(Process, Binding), Status> {
+                binding.check().map_err(|e| refused(&e))?;
+                if let Some(p) = info.attested.get() {
+                    if p.sha256.is_some() || !want_digest {
+                        return Ok((p.clone(), binding));
+                    }
                 }
-            }
-            let p = attest::attest(binding.peer, agent.digests(), want_digest)
-                .map_err(|e| refused(&e))?;
-            binding.check_process().map_err(|e| refused(&e))?;
-            let _ = info.attested.set(p.clone());
-            Ok((p, binding))
-        })
-        .await
-        .map_err(|_| Status::unavailable("attestation could not run; try again"))?
+                let p = attest::attest(binding.peer, agent.digests(), want_digest)
+                    .map_err(|e| refused(&e))?;
+                binding.check_process().map_err(|e| refused(&e))?;
+                let _ = info.attested.set(p.clone());
+                Ok((p, binding))
+            })
+            .await
+            .map_err(|_| Status::unavailable("attestation could not run; try again"))??;
+        // A caller in a container is attested by what its runtime says about that container
+        // (cached there briefly); a runtime that cannot say refuses the caller outright rather
+        // than leaving it the weaker unix selectors.
+        if let (Some(rt), Some((_, id))) = (
+            self.agent.runtime(),
+            p.placement.as_ref().and_then(|pl| pl.container.as_ref()),
+        ) {
+            let info = rt
+                .inspect(id)
+                .await
+                .map_err(|e| Status::permission_denied(format!("attestation failed: {e}")))?;
+            p.container = Some(info);
+        }
+        Ok((p, binding))
     }
 }
 

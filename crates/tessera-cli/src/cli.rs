@@ -407,6 +407,19 @@ pub(crate) struct AgentArgs {
     /// The log's verifier key for `--require-logged` (default: fetched from the server).
     #[arg(long, requires = "require_logged")]
     pub log_key: Option<String>,
+    /// The container runtime's API socket (Docker's `/run/docker.sock`, or Podman's
+    /// `/run/podman/podman.sock`): callers in containers are then attested by their
+    /// container's image, name and labels, read from the runtime.
+    #[arg(long, value_name = "SOCKET")]
+    pub container_runtime: Option<PathBuf>,
+    /// An environment variable of containers' configuration that `container:env` selectors may
+    /// read (repeatable); no other is read.
+    #[arg(
+        long = "container-env",
+        value_name = "KEY",
+        requires = "container_runtime"
+    )]
+    pub container_env: Vec<String>,
     /// Serve `/metrics` and `/healthz` here (loopback only).
     #[arg(long)]
     pub admin_listen: Option<SocketAddr>,

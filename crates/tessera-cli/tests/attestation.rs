@@ -1,6 +1,9 @@
 //! Attestation beyond unix users, against the real kernel: a process placed in a systemd unit's
 //! cgroup (made here, on the cgroup v2 hierarchy) gets the SVID registered for that unit through
-//! the agent's Workload API, read by py-spiffe; the same client outside it gets none.
+//! the agent's Workload API, read by py-spiffe; the same client outside it gets none. A process
+//! placed in a container's cgroup (`docker-<id>.scope`) is attested by what the container
+//! runtime's API says of that container: here a Docker Engine API played by the test on a unix
+//! socket (the real runtime is tested with Podman where it can run).
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -121,4 +124,192 @@ selectors = ["systemd:unit:nginx.service"]
     );
     let outside = python_ids(&socket, None).unwrap_err();
     assert!(outside.contains("no identity"), "{outside}");
+}
+
+/// What the played runtime answers for the container: its inspect document, a status, or a
+/// delay first.
+#[derive(Clone)]
+struct Played {
+    status: u16,
+    body: String,
+    delay: std::time::Duration,
+}
+
+async fn played_runtime(socket: &Path, answer: std::sync::Arc<std::sync::Mutex<Played>>) {
+    let l = tokio::net::UnixListener::bind(socket).unwrap();
+    let app = axum::Router::new().fallback(move || {
+        let a = answer.lock().unwrap().clone();
+        async move {
+            tokio::time::sleep(a.delay).await;
+            (
+                axum::http::StatusCode::from_u16(a.status).unwrap(),
+                [(axum::http::header::CONTENT_TYPE, "application/json")],
+                a.body,
+            )
+        }
+    });
+    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+}
+
+fn inspect(id: &str, running: bool) -> String {
+    serde_json::json!({
+        "Id": id, "Name": "/orders-1",
+        "Image": "sha256:1111111111111111111111111111111111111111111111111111111111111111",
+        "State": {"Running": running},
+        "Config": {"Image": "localhost/orders:1", "Labels": {"team": "orders"},
+                   "Env": ["ROLE=api", "SECRET=hunter2"]}
+    })
+    .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn container_attestation_reads_the_runtime_not_the_process() {
+    let root = cgroup2_root().expect("no cgroup v2 hierarchy is mounted");
+    let id: String = format!("{:064x}", u128::from(std::process::id()) * 7919 + 12345);
+    let slice = root.join("tessera-test-containers.slice");
+    let dir = slice.join(format!("docker-{id}.scope"));
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        eprintln!(
+            "skipped: cannot make a cgroup under `{}`: {e}",
+            root.display()
+        );
+        return;
+    }
+    let _cleanup = TestCgroup(vec![slice, dir.clone()]);
+    let files = tempfile::tempdir().unwrap();
+    let runtime_socket = files.path().join("docker.sock");
+    let answer = std::sync::Arc::new(std::sync::Mutex::new(Played {
+        status: 200,
+        body: inspect(&id, true),
+        delay: std::time::Duration::ZERO,
+    }));
+    played_runtime(&runtime_socket, answer.clone()).await;
+
+    let s = server(Backend::Sqlite, &[]).unwrap();
+    let uid = uid();
+    let mesh = write(
+        files.path(),
+        "mesh.toml",
+        &format!(
+            r#"
+[[workload]]
+id = "spiffe://example.org/prod/orders"
+owner = "team-orders"
+purpose = "The orders container"
+selectors = ["container:image:localhost/orders:1", "container:label:team:orders", "container:env:ROLE:api"]
+
+[[workload]]
+id = "spiffe://example.org/prod/named-other"
+owner = "team-x"
+purpose = "Another container's name"
+selectors = ["container:name:other"]
+
+[[workload]]
+id = "spiffe://example.org/prod/secret-reader"
+owner = "team-x"
+purpose = "A variable the agent is not told to read"
+selectors = ["container:env:SECRET:hunter2"]
+
+[[workload]]
+id = "spiffe://example.org/prod/by-uid"
+owner = "team-x"
+purpose = "Anything of this unix user"
+selectors = ["unix:uid:{uid}"]
+"#
+        ),
+    );
+    let o = tessera(&s.data, &["apply", "-f", mesh.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (_agent, socket) = join_agent_with(
+        &s,
+        files.path(),
+        "agent",
+        &[
+            "--container-runtime",
+            runtime_socket.to_str().unwrap(),
+            "--container-env",
+            "ROLE",
+        ],
+    );
+    let inside = |socket: PathBuf, dir: PathBuf| {
+        tokio::task::spawn_blocking(move || python_ids(&socket, Some(&dir)))
+    };
+
+    let got = inside(socket.clone(), dir.clone()).await.unwrap().unwrap();
+    assert_eq!(
+        got,
+        ["spiffe://example.org/prod/by-uid", "spiffe://example.org/prod/orders"],
+        "the runtime's image, label and listed variable; not an unlisted variable, not another name"
+    );
+    let outside = {
+        let socket = socket.clone();
+        tokio::task::spawn_blocking(move || python_ids(&socket, None))
+            .await
+            .unwrap()
+            .unwrap()
+    };
+    assert_eq!(
+        outside,
+        ["spiffe://example.org/prod/by-uid"],
+        "no container's identity outside it"
+    );
+
+    // The runtime failing in any way refuses the caller outright: not even its unix identity.
+    // (A good answer is cached for 10 s, which the first case waits out; refusals are not.)
+    let cases = [
+        (
+            Played {
+                status: 500,
+                body: "{}".into(),
+                delay: std::time::Duration::ZERO,
+            },
+            "answered 500",
+        ),
+        (
+            Played {
+                status: 200,
+                body: "<html>".into(),
+                delay: std::time::Duration::ZERO,
+            },
+            "not usable",
+        ),
+        (
+            Played {
+                status: 200,
+                body: inspect(&"b".repeat(64), true),
+                delay: std::time::Duration::ZERO,
+            },
+            "another container",
+        ),
+        (
+            Played {
+                status: 200,
+                body: inspect(&id, false),
+                delay: std::time::Duration::ZERO,
+            },
+            "not running",
+        ),
+        (
+            Played {
+                status: 200,
+                body: inspect(&id, true),
+                delay: std::time::Duration::from_secs(5),
+            },
+            "did not answer",
+        ),
+    ];
+    for (n, (played, why)) in cases.into_iter().enumerate() {
+        *answer.lock().unwrap() = played;
+        if n == 0 {
+            tokio::time::sleep(std::time::Duration::from_secs(11)).await;
+        }
+        let e = inside(socket.clone(), dir.clone())
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(
+            e.contains("attestation failed") && e.contains(why),
+            "{why}: {e}"
+        );
+    }
 }

@@ -65,6 +65,8 @@ pub(crate) async fn run(a: AgentArgs) -> anyhow::Result<u8> {
         data_dir: a.data,
         require_logged: a.require_logged,
         log_key: a.log_key,
+        container_runtime: a.container_runtime,
+        container_env: a.container_env,
     };
     let running = tessera_agent::run(config).await?;
     let mut line = format!("tessera: agent ready socket={}", running.socket.display());

@@ -325,6 +325,8 @@ async fn agent_demo(
         data_dir: data.join("agent"),
         require_logged: false,
         log_key: None,
+        container_runtime: None,
+        container_env: Vec::new(),
     })
     .await?;
     steps.ok(&format!(

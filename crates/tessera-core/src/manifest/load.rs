@@ -673,6 +673,45 @@ review_by = "2027-06-30"
     }
 
     #[test]
+    fn container_selectors() {
+        let id = "sha256:3f1c5e0a9b8d7c6e5f4a3b2c1d0e9f8a7b6c5d4e3f2a1b0c9d8e7f6a5b4c3d2e";
+        for good in [
+            format!("container:image_id:{id}"),
+            "container:image:docker.io/library/nginx:1.25".to_owned(),
+            "container:image:localhost/tessera-test:latest".to_owned(),
+            "container:name:orders-1".to_owned(),
+            "container:label:app.kubernetes.io/name:orders".to_owned(),
+            "container:label:team:".to_owned(),
+            "container:env:SERVICE_ROLE:api:v2".to_owned(),
+        ] {
+            let sel = Selector::parse(&good).unwrap();
+            assert_eq!(sel.to_string(), good);
+        }
+        assert_eq!(
+            Selector::parse("container:label:com.example.tier:web")
+                .unwrap()
+                .value(),
+            "com.example.tier:web"
+        );
+        for bad in [
+            "container:image_id:3f1c",
+            "container:image_id:sha256:XYZ",
+            "container:image:",
+            "container:image:a b",
+            "container:name:-x",
+            "container:name:a/b",
+            "container:label:nokey",
+            "container:label::v",
+            "container:env:1X:v",
+            "container:env:A-B:v",
+            "container:env:A",
+            "container:id:abc",
+        ] {
+            assert!(Selector::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn unknown_selector_refused() {
         let e = parse(&GOOD.replace("unix:uid:1001", "k8s:ns:default"))
             .unwrap_err()

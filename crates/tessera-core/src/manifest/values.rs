@@ -40,10 +40,21 @@ pub enum SelectorKind {
     SystemdUnit,
     /// The innermost systemd slice above it (`system.slice`).
     SystemdSlice,
+    /// The container's image ID (`sha256:<64 hex>`), as its runtime reports it.
+    ContainerImageId,
+    /// The container's image name as it was started (`registry/name:tag`).
+    ContainerImage,
+    /// The container's name.
+    ContainerName,
+    /// A container label, `KEY:VALUE`.
+    ContainerLabel,
+    /// An environment variable of the container's configuration, `KEY:VALUE` (only for keys
+    /// the agent is told to read).
+    ContainerEnv,
 }
 
 /// Every selector type, as identity files write it.
-const KNOWN_SELECTORS: &str = "unix:uid, unix:gid, unix:user, unix:group, unix:path, unix:sha256, systemd:unit, systemd:slice";
+const KNOWN_SELECTORS: &str = "unix:uid, unix:gid, unix:user, unix:group, unix:path, unix:sha256, systemd:unit, systemd:slice, container:image_id, container:image, container:name, container:label, container:env";
 
 /// The systemd unit types whose cgroups hold processes.
 const UNIT_SUFFIXES: [&str; 5] = [".service", ".scope", ".socket", ".mount", ".swap"];
@@ -59,7 +70,43 @@ impl SelectorKind {
             Self::Sha256 => "unix:sha256",
             Self::SystemdUnit => "systemd:unit",
             Self::SystemdSlice => "systemd:slice",
+            Self::ContainerImageId => "container:image_id",
+            Self::ContainerImage => "container:image",
+            Self::ContainerName => "container:name",
+            Self::ContainerLabel => "container:label",
+            Self::ContainerEnv => "container:env",
         }
+    }
+}
+
+/// Whether `value` is valid for a container selector of `kind` (whose values may hold `:`).
+fn container_value(kind: SelectorKind, value: &str) -> bool {
+    let printable = |v: &str| !v.is_empty() && v.len() <= 1024 && !v.chars().any(char::is_control);
+    match kind {
+        SelectorKind::ContainerImageId => value.strip_prefix("sha256:").is_some_and(|h| {
+            h.len() == 64
+                && h.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        }),
+        SelectorKind::ContainerImage => printable(value) && !value.contains(char::is_whitespace),
+        SelectorKind::ContainerName => {
+            value.len() <= 255
+                && value.starts_with(|c: char| c.is_ascii_alphanumeric())
+                && value
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+        }
+        SelectorKind::ContainerLabel => value.split_once(':').is_some_and(|(k, v)| {
+            printable(k) && !k.contains(char::is_whitespace) && !v.chars().any(char::is_control)
+        }),
+        SelectorKind::ContainerEnv => value.split_once(':').is_some_and(|(k, v)| {
+            !k.is_empty()
+                && !k.starts_with(|c: char| c.is_ascii_digit())
+                && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                && v.len() <= 1024
+                && !v.chars().any(char::is_control)
+        }),
+        _ => false,
     }
 }
 
@@ -105,8 +152,38 @@ impl Selector {
                 });
             }
         }
+        for (prefix, kind) in [
+            ("container:image_id:", SelectorKind::ContainerImageId),
+            ("container:image:", SelectorKind::ContainerImage),
+            ("container:name:", SelectorKind::ContainerName),
+            ("container:label:", SelectorKind::ContainerLabel),
+            ("container:env:", SelectorKind::ContainerEnv),
+        ] {
+            if let Some(value) = input.strip_prefix(prefix) {
+                if !container_value(kind, value) {
+                    return Err(format!(
+                        "`{input}` has a value that is not valid for `{}`{}",
+                        kind.as_str(),
+                        match kind {
+                            SelectorKind::ContainerLabel | SelectorKind::ContainerEnv =>
+                                " (`KEY:VALUE`)",
+                            SelectorKind::ContainerImageId => " (`sha256:` and 64 hex digits)",
+                            _ => "",
+                        }
+                    ));
+                }
+                return Ok(Self {
+                    kind,
+                    value: value.to_owned(),
+                });
+            }
+        }
         let (kind, value) = match input.rsplit_once(':') {
-            Some((k, v)) if k.starts_with("unix:") || k.starts_with("systemd:") => (k, v),
+            Some((k, v))
+                if k.starts_with("unix:") || k.starts_with("systemd:") || k.starts_with("container:") =>
+            {
+                (k, v)
+            }
             _ => {
                 return Err(format!(
                     "`{input}` is not a selector: expected `<type>:<value>` with a type of {KNOWN_SELECTORS}"
@@ -142,7 +219,13 @@ impl Selector {
                 value.len() == 64 && value.bytes().all(|b| b.is_ascii_hexdigit())
             }
             // Parsed above, by prefix.
-            SelectorKind::SystemdUnit | SelectorKind::SystemdSlice => false,
+            SelectorKind::SystemdUnit
+            | SelectorKind::SystemdSlice
+            | SelectorKind::ContainerImageId
+            | SelectorKind::ContainerImage
+            | SelectorKind::ContainerName
+            | SelectorKind::ContainerLabel
+            | SelectorKind::ContainerEnv => false,
             SelectorKind::User | SelectorKind::Group => {
                 !value.is_empty()
                     && value.len() <= 64
