@@ -18,16 +18,45 @@ const UNIX_DIAG_PEER: u16 = 2;
 const NLMSG_HDR_LEN: usize = 16;
 const UNIX_DIAG_MSG_LEN: usize = 16;
 
-/// The inode of the socket at the other end of the unix stream `local` (the server side).
-pub fn unix_peer_inode(local: &impl AsFd) -> Option<u64> {
+/// The inode of the socket at the other end of the unix stream `local` (the server side), whose
+/// peer is process `peer_pid`.
+///
+/// The kernel makes the accepted end of a connection in the *client's* network namespace, so
+/// for a client in a container with a network of its own (the socket mounted into it) the
+/// question is asked there: from a netlink socket made on a short-lived thread that entered the
+/// peer's namespace (root only; otherwise `None`, and the caller is not attested).
+pub fn unix_peer_inode(local: &impl AsFd, peer_pid: i32) -> Option<u64> {
     let ino = u32::try_from(nix::sys::stat::fstat(local.as_fd()).ok()?.st_ino).ok()?;
-    let nl = socket(
+    if let Some(peer) = socket(
         AddressFamily::Netlink,
         SockType::Datagram,
         SockFlag::SOCK_CLOEXEC,
         SockProtocol::NetlinkSockDiag,
     )
-    .ok()?;
+    .ok()
+    .and_then(|nl| ask_peer(&nl, ino))
+    {
+        return Some(peer);
+    }
+    let ns = std::fs::File::open(format!("/proc/{peer_pid}/ns/net")).ok()?;
+    let nl = std::thread::spawn(move || {
+        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).ok()?;
+        socket(
+            AddressFamily::Netlink,
+            SockType::Datagram,
+            SockFlag::SOCK_CLOEXEC,
+            SockProtocol::NetlinkSockDiag,
+        )
+        .ok()
+    })
+    .join()
+    .ok()
+    .flatten()?;
+    ask_peer(&nl, ino)
+}
+
+/// Asks `sock_diag` on `nl` for the peer of the unix socket with inode `ino`.
+fn ask_peer(nl: &std::os::fd::OwnedFd, ino: u32) -> Option<u64> {
     let mut req = Vec::with_capacity(40);
     req.extend_from_slice(&40u32.to_ne_bytes());
     req.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
@@ -126,7 +155,8 @@ mod tests {
         let b_ino = std::fs::metadata(format!("/proc/self/fd/{}", b.as_raw_fd()))
             .unwrap()
             .ino();
-        assert_eq!(unix_peer_inode(&a), Some(b_ino));
+        let me = i32::try_from(std::process::id()).unwrap();
+        assert_eq!(unix_peer_inode(&a, me), Some(b_ino));
         let me = i32::try_from(std::process::id()).unwrap();
         assert_eq!(holders(b_ino), vec![me]);
         drop(b);

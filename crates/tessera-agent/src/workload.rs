@@ -126,7 +126,7 @@ fn accept(stream: UnixStream, place: tessera_listen::Ticket) -> PeerStream {
             // The kernel's handle on the process that connected (Linux 6.5 and later).
             let pidfd =
                 nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerPidfd).ok();
-            let socket = crate::sockets::unix_peer_inode(&stream);
+            let socket = crate::sockets::unix_peer_inode(&stream, peer.pid);
             Binding::new(peer, pidfd, socket).map_err(|e| e.to_string())
         }
     };

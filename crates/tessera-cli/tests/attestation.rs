@@ -313,3 +313,227 @@ selectors = ["unix:uid:{uid}"]
         );
     }
 }
+
+/// `podman` as this machine runs it (runc; cgroupfs, as its hybrid cgroups require).
+fn podman(args: &[&str]) -> std::process::Output {
+    Command::new("podman")
+        .args(["--runtime", "runc", "--cgroup-manager=cgroupfs"])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// A child process killed when dropped (a failing test leaves no service behind).
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// An image made here with `podman import`: busybox and the `tessera` binary with the libraries
+/// it loads, tagged `name`.
+fn import_image(dir: &Path, name: &str) {
+    let root = dir.join(format!("rootfs-{}", name.replace(['/', ':'], "-")));
+    for d in ["bin", "lib/x86_64-linux-gnu", "lib64", "run/spiffe", "tmp"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
+    std::fs::copy(BIN, root.join("bin/tessera")).unwrap();
+    let ldd = Command::new("ldd").arg(BIN).output().unwrap();
+    for lib in stdout(&ldd)
+        .split_whitespace()
+        .filter(|w| w.starts_with('/'))
+    {
+        let dest = root.join(lib.trim_start_matches('/'));
+        std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+        std::fs::copy(lib, dest).unwrap();
+    }
+    let tar = dir.join(format!("{}.tar", name.replace(['/', ':'], "-")));
+    let o = Command::new("tar")
+        .arg("-C")
+        .arg(&root)
+        .arg("-cf")
+        .arg(&tar)
+        .arg(".")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = podman(&["import", tar.to_str().unwrap(), name]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+/// `tessera svid fetch` in a new container of `image` with the agent's socket folder mounted:
+/// the SPIFFE IDs it got, or its error.
+fn in_container(image: &str, spiffe_dir: &Path, extra: &[&str]) -> Result<String, String> {
+    let mount = format!("{}:/run/spiffe", spiffe_dir.display());
+    let mut args = vec![
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--ulimit",
+        "nofile=1024:1024",
+        "--ulimit",
+        "nproc=1024:1024",
+        "-v",
+        &mount,
+    ];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&[
+        image,
+        "/bin/tessera",
+        "svid",
+        "fetch",
+        "--socket",
+        "unix:///run/spiffe/agent.sock",
+    ]);
+    let o = podman(&args);
+    if o.status.success() {
+        Ok(stdout(&o))
+    } else {
+        Err(format!("{}{}", stdout(&o), stderr(&o)))
+    }
+}
+
+/// Two containers of different images on one host get different SVIDs through the mounted
+/// socket, labels come from the runtime (Podman's Docker-compatible API), a process outside any
+/// container gets none of theirs, and a container started after a registration change gets its
+/// new identity.
+#[test]
+fn podman_containers_get_their_own_identities() {
+    if Command::new("podman").arg("--version").output().is_err() {
+        panic!("podman is not installed (.ci/run installs it)");
+    }
+    let files = tempfile::tempdir().unwrap();
+    let spiffe_dir = files.path().join("spiffe");
+    std::fs::create_dir_all(&spiffe_dir).unwrap();
+    import_image(files.path(), "localhost/tessera-orders:1");
+    import_image(files.path(), "localhost/tessera-billing:1");
+
+    // Podman's API service on a socket of its own.
+    let api = files.path().join("podman.sock");
+    let _service = Killed(
+        Command::new("podman")
+            .args([
+                "--runtime",
+                "runc",
+                "--cgroup-manager=cgroupfs",
+                "system",
+                "service",
+                "--time",
+                "0",
+            ])
+            .arg(format!("unix://{}", api.display()))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !api.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "podman's API socket never appeared"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+
+    let s = server(Backend::Sqlite, &[]).unwrap();
+    let mesh = |orders_extra: &str| {
+        format!(
+            r#"
+[[workload]]
+id = "spiffe://example.org/prod/orders"
+owner = "team-orders"
+purpose = "The orders image"
+selectors = ["container:image:localhost/tessera-orders:1"{orders_extra}]
+
+[[workload]]
+id = "spiffe://example.org/prod/billing"
+owner = "team-billing"
+purpose = "The billing image, labelled by its deployer"
+selectors = ["container:image:localhost/tessera-billing:1", "container:label:team:billing"]
+"#
+        )
+    };
+    let apply = |text: &str| {
+        let p = write(files.path(), "mesh.toml", text);
+        let o = tessera(&s.data, &["apply", "-f", p.to_str().unwrap()]);
+        assert!(o.status.success(), "{}", stderr(&o));
+    };
+    apply(&mesh(""));
+    let token = {
+        let o = tessera(&s.data, &["agent", "token", "create"]);
+        stdout(&o).lines().next().unwrap().to_owned()
+    };
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "agent",
+        "--server",
+        &s.url,
+        "--join-token",
+        &token,
+        "--socket",
+    ])
+    .arg(spiffe_dir.join("agent.sock"))
+    .arg("--container-runtime")
+    .arg(&api)
+    .arg("--data")
+    .arg(files.path().join("agent-data"))
+    .env("TESSERA_LOG", "warn");
+    let _agent = tessera_testkit::spawn_ready(cmd, "tessera: agent ready socket=");
+
+    let orders = in_container("localhost/tessera-orders:1", &spiffe_dir, &[]).unwrap();
+    assert!(
+        orders.contains("spiffe://example.org/prod/orders") && !orders.contains("billing"),
+        "{orders}"
+    );
+    let billing = in_container(
+        "localhost/tessera-billing:1",
+        &spiffe_dir,
+        &["--label", "team=billing"],
+    )
+    .unwrap();
+    assert!(
+        billing.contains("spiffe://example.org/prod/billing") && !billing.contains("orders"),
+        "{billing}"
+    );
+    // The label is the runtime's: the same image without it gets nothing.
+    let unlabelled = in_container("localhost/tessera-billing:1", &spiffe_dir, &[]).unwrap_err();
+    assert!(unlabelled.contains("no identity"), "{unlabelled}");
+    // Outside any container: none of theirs.
+    let o = Command::new(BIN)
+        .args(["svid", "fetch", "--socket"])
+        .arg(format!(
+            "unix://{}",
+            spiffe_dir.join("agent.sock").display()
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        !o.status.success() && stderr(&o).contains("no identity"),
+        "{}{}",
+        stdout(&o),
+        stderr(&o)
+    );
+
+    // A registration change reaches the next container started.
+    apply(&mesh(", \"container:label:tier:gold\""));
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let plain = in_container("localhost/tessera-orders:1", &spiffe_dir, &[]).unwrap_err();
+    assert!(plain.contains("no identity"), "{plain}");
+    let gold = in_container(
+        "localhost/tessera-orders:1",
+        &spiffe_dir,
+        &["--label", "tier=gold"],
+    )
+    .unwrap();
+    assert!(gold.contains("spiffe://example.org/prod/orders"), "{gold}");
+
+    for image in ["localhost/tessera-orders:1", "localhost/tessera-billing:1"] {
+        let _ = podman(&["rmi", "-f", image]);
+    }
+}
