@@ -157,7 +157,6 @@ mod tests {
             .ino();
         let me = i32::try_from(std::process::id()).unwrap();
         assert_eq!(unix_peer_inode(&a, me), Some(b_ino));
-        let me = i32::try_from(std::process::id()).unwrap();
         assert_eq!(holders(b_ino), vec![me]);
         drop(b);
         assert!(holders(b_ino).is_empty());
