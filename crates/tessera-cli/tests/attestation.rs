@@ -84,11 +84,8 @@ fn systemd_unit_attestation_from_a_real_cgroup() {
 
     let s = server(Backend::Sqlite, &[]).unwrap();
     let files = tempfile::tempdir().unwrap();
-    let mesh = write(
-        files.path(),
-        "mesh.toml",
-        &format!(
-            r#"
+    let mesh = format!(
+        r#"
 [[workload]]
 id = "spiffe://example.org/prod/unit"
 owner = "team-a"
@@ -107,10 +104,8 @@ owner = "team-b"
 purpose = "Another unit"
 selectors = ["systemd:unit:nginx.service"]
 "#
-        ),
     );
-    let o = tessera(&s.data, &["apply", "-f", mesh.to_str().unwrap()]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    apply_ok(&s, files.path(), "mesh.toml", &mesh, &[]);
     let (_agent, socket) = join_agent(&s, files.path(), "agent");
 
     let inside = python_ids(&socket, Some(&dir)).unwrap();
@@ -187,11 +182,8 @@ async fn container_attestation_reads_the_runtime_not_the_process() {
 
     let s = server(Backend::Sqlite, &[]).unwrap();
     let uid = uid();
-    let mesh = write(
-        files.path(),
-        "mesh.toml",
-        &format!(
-            r#"
+    let mesh = format!(
+        r#"
 [[workload]]
 id = "spiffe://example.org/prod/orders"
 owner = "team-orders"
@@ -216,10 +208,8 @@ owner = "team-x"
 purpose = "Anything of this unix user"
 selectors = ["unix:uid:{uid}"]
 "#
-        ),
     );
-    let o = tessera(&s.data, &["apply", "-f", mesh.to_str().unwrap()]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    apply_ok(&s, files.path(), "mesh.toml", &mesh, &[]);
     let (_agent, socket) = join_agent_with(
         &s,
         files.path(),
@@ -367,8 +357,9 @@ fn import_image(dir: &Path, name: &str) {
 
 /// `tessera svid fetch` in a new container of `image` with the agent's socket folder mounted:
 /// the SPIFFE IDs it got, or its error.
-fn in_container(image: &str, spiffe_dir: &Path, extra: &[&str]) -> Result<String, String> {
-    let mount = format!("{}:/run/spiffe", spiffe_dir.display());
+fn in_container(image: &str, socket: &Path, extra: &[&str]) -> Result<String, String> {
+    // The socket alone is mounted: nothing else of the agent's is the container's to see.
+    let mount = format!("{}:/run/spiffe/agent.sock", socket.display());
     let mut args = vec![
         "run",
         "--rm",
@@ -408,8 +399,6 @@ fn podman_containers_get_their_own_identities() {
         panic!("podman is not installed (.ci/run installs it)");
     }
     let files = tempfile::tempdir().unwrap();
-    let spiffe_dir = files.path().join("spiffe");
-    std::fs::create_dir_all(&spiffe_dir).unwrap();
     import_image(files.path(), "localhost/tessera-orders:1");
     import_image(files.path(), "localhost/tessera-billing:1");
 
@@ -460,40 +449,24 @@ selectors = ["container:image:localhost/tessera-billing:1", "container:label:tea
         )
     };
     let apply = |text: &str| {
-        let p = write(files.path(), "mesh.toml", text);
-        let o = tessera(&s.data, &["apply", "-f", p.to_str().unwrap()]);
-        assert!(o.status.success(), "{}", stderr(&o));
+        apply_ok(&s, files.path(), "mesh.toml", text, &[]);
     };
     apply(&mesh(""));
-    let token = {
-        let o = tessera(&s.data, &["agent", "token", "create"]);
-        stdout(&o).lines().next().unwrap().to_owned()
-    };
-    let mut cmd = Command::new(BIN);
-    cmd.args([
+    let (_agent, socket) = join_agent_with(
+        &s,
+        files.path(),
         "agent",
-        "--server",
-        &s.url,
-        "--join-token",
-        &token,
-        "--socket",
-    ])
-    .arg(spiffe_dir.join("agent.sock"))
-    .arg("--container-runtime")
-    .arg(&api)
-    .arg("--data")
-    .arg(files.path().join("agent-data"))
-    .env("TESSERA_LOG", "warn");
-    let _agent = tessera_testkit::spawn_ready(cmd, "tessera: agent ready socket=");
+        &["--container-runtime", api.to_str().unwrap()],
+    );
 
-    let orders = in_container("localhost/tessera-orders:1", &spiffe_dir, &[]).unwrap();
+    let orders = in_container("localhost/tessera-orders:1", &socket, &[]).unwrap();
     assert!(
         orders.contains("spiffe://example.org/prod/orders") && !orders.contains("billing"),
         "{orders}"
     );
     let billing = in_container(
         "localhost/tessera-billing:1",
-        &spiffe_dir,
+        &socket,
         &["--label", "team=billing"],
     )
     .unwrap();
@@ -502,15 +475,12 @@ selectors = ["container:image:localhost/tessera-billing:1", "container:label:tea
         "{billing}"
     );
     // The label is the runtime's: the same image without it gets nothing.
-    let unlabelled = in_container("localhost/tessera-billing:1", &spiffe_dir, &[]).unwrap_err();
+    let unlabelled = in_container("localhost/tessera-billing:1", &socket, &[]).unwrap_err();
     assert!(unlabelled.contains("no identity"), "{unlabelled}");
     // Outside any container: none of theirs.
     let o = Command::new(BIN)
         .args(["svid", "fetch", "--socket"])
-        .arg(format!(
-            "unix://{}",
-            spiffe_dir.join("agent.sock").display()
-        ))
+        .arg(format!("unix://{}", socket.display()))
         .output()
         .unwrap();
     assert!(
@@ -523,11 +493,11 @@ selectors = ["container:image:localhost/tessera-billing:1", "container:label:tea
     // A registration change reaches the next container started.
     apply(&mesh(", \"container:label:tier:gold\""));
     std::thread::sleep(std::time::Duration::from_secs(2));
-    let plain = in_container("localhost/tessera-orders:1", &spiffe_dir, &[]).unwrap_err();
+    let plain = in_container("localhost/tessera-orders:1", &socket, &[]).unwrap_err();
     assert!(plain.contains("no identity"), "{plain}");
     let gold = in_container(
         "localhost/tessera-orders:1",
-        &spiffe_dir,
+        &socket,
         &["--label", "tier=gold"],
     )
     .unwrap();

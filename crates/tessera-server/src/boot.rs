@@ -794,6 +794,8 @@ async fn bundle_refresher(app: Arc<App>, mut stop: watch::Receiver<bool>) {
                 .update(&td, |s| s.next_refresh = Some(next_at));
             due.insert(td, (spec, next_at, hint));
         }
+        // The age gauge, set in this one place, after this round's refreshes.
+        let now = tessera_core::now_unix();
         for td in due.keys() {
             let status = app.bundle_refreshes.get(td);
             if let Some(at) = status.last_success.or(status.first_attempt) {

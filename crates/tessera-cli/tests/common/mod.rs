@@ -131,6 +131,17 @@ pub(crate) fn server_limited(data: &Path, nofile: u32) -> Server {
     }
 }
 
+/// Writes `text` as identity file `dir/name` and applies it (with `extra` flags); it must apply.
+/// Returns the plan `apply` printed.
+pub(crate) fn apply_ok(s: &Server, dir: &Path, name: &str, text: &str, extra: &[&str]) -> String {
+    let p = write(dir, name, text);
+    let mut args = vec!["apply", "-f", p.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let o = tessera(&s.data, &args);
+    assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+    stdout(&o)
+}
+
 /// Runs an admin or user command against the server's data folder.
 pub(crate) fn tessera(data: &Path, args: &[&str]) -> Output {
     Command::new(BIN)

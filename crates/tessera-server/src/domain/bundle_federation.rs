@@ -330,12 +330,6 @@ pub(crate) async fn refresh(app: &App, td: &TrustDomain) -> Result<u64, BundleRe
                 s.last_success = Some(now);
                 s.last_error = None;
             });
-            app.metrics
-                .bundle_age_seconds
-                .get_or_create(&TdLabels {
-                    trust_domain: td.to_string(),
-                })
-                .set(0);
             Ok(hint)
         }
         Err(e) => {
