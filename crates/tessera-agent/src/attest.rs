@@ -209,6 +209,9 @@ pub struct Process {
     /// The caller's container as its runtime describes it (set by the Workload API after the
     /// runtime answered; `None` outside containers or without a runtime).
     pub container: Option<std::sync::Arc<crate::runtime::ContainerInfo>>,
+    /// The caller's pod and container as its kubelet describes them (`None` outside pods or
+    /// without a kubelet).
+    pub pod: Option<std::sync::Arc<crate::kubelet::PodContainer>>,
 }
 
 pub fn uptime() -> f64 {
@@ -301,6 +304,29 @@ impl DigestCache {
     }
 }
 
+/// The peer as `pid` is now, for attesting a process that did not connect (`agent attest`).
+pub fn peer_of(pid: i32) -> Result<Peer, AttestError> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .map_err(|_| AttestError::Gone(pid))?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| AttestError::Proc {
+                pid,
+                message: format!("no {name} in status"),
+            })
+    };
+    Ok(Peer {
+        pid,
+        uid: field("Uid:")?,
+        gid: field("Gid:")?,
+        accepted_uptime: uptime(),
+    })
+}
+
 /// Attests the peer process. `want_digest`: only compute the executable digest when some
 /// registration asks for `unix:sha256`.
 pub fn attest(peer: Peer, cache: &DigestCache, want_digest: bool) -> Result<Process, AttestError> {
@@ -353,10 +379,55 @@ pub fn attest(peer: Peer, cache: &DigestCache, want_digest: bool) -> Result<Proc
         start_ticks: before,
         placement,
         container: None,
+        pod: None,
     })
 }
 
 impl Process {
+    /// Every selector the process has, as identity files write them (for `agent attest`).
+    pub fn selectors(&self) -> Vec<String> {
+        let mut out = vec![format!("unix:uid:{}", self.uid)];
+        out.extend(self.groups.iter().map(|g| format!("unix:gid:{g}")));
+        out.extend(self.user.iter().map(|u| format!("unix:user:{u}")));
+        out.extend(self.group_names.iter().map(|g| format!("unix:group:{g}")));
+        out.extend(
+            self.exe
+                .iter()
+                .map(|e| format!("unix:path:{}", e.display())),
+        );
+        out.extend(self.sha256.iter().map(|d| format!("unix:sha256:{d}")));
+        if let Some(p) = &self.placement {
+            out.extend(p.unit.iter().map(|u| format!("systemd:unit:{u}")));
+            out.extend(p.slice.iter().map(|s| format!("systemd:slice:{s}")));
+        }
+        if let Some(c) = &self.container {
+            out.push(format!("container:image_id:{}", c.image_id));
+            out.push(format!("container:image:{}", c.image));
+            out.push(format!("container:name:{}", c.name));
+            out.extend(
+                c.labels
+                    .iter()
+                    .map(|(k, v)| format!("container:label:{k}:{v}")),
+            );
+            out.extend(c.env.iter().map(|(k, v)| format!("container:env:{k}:{v}")));
+        }
+        if let Some(c) = &self.pod {
+            out.push(format!("k8s:ns:{}", c.namespace));
+            out.push(format!("k8s:sa:{}", c.service_account));
+            out.push(format!("k8s:pod_name:{}", c.pod_name));
+            out.extend(
+                c.labels
+                    .iter()
+                    .map(|(k, v)| format!("k8s:pod_label:{k}:{v}")),
+            );
+            out.push(format!("k8s:container_name:{}", c.container_name));
+            out.push(format!("k8s:container_image:{}", c.image));
+            out.push(format!("k8s:container_image:{}", c.image_id));
+            out.push(format!("k8s:node_name:{}", c.node_name));
+        }
+        out
+    }
+
     /// Whether every selector matches (an empty list matches nothing: a registration without
     /// selectors is never handed out by an agent).
     pub fn matches_all(&self, selectors: &[Selector]) -> bool {
@@ -383,6 +454,15 @@ impl Process {
                 .placement
                 .as_ref()
                 .is_some_and(|p| p.slice.as_deref() == Some(v)),
+            kind @ (SelectorKind::K8sNs
+            | SelectorKind::K8sSa
+            | SelectorKind::K8sPodLabel
+            | SelectorKind::K8sPodName
+            | SelectorKind::K8sContainerName
+            | SelectorKind::K8sContainerImage
+            | SelectorKind::K8sNodeName) => self.pod.as_ref().is_some_and(|c| c.matches(kind, v)),
+            // Node selectors describe agents, never processes.
+            SelectorKind::K8sCluster | SelectorKind::K8sAgentNs | SelectorKind::K8sAgentSa => false,
             kind => self
                 .container
                 .as_ref()

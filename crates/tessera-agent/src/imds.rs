@@ -210,7 +210,7 @@ async fn token(
         Ok::<_, String>(p)
     })
     .await;
-    let process = match attested {
+    let mut process = match attested {
         Ok(Ok(p)) => p,
         Ok(Err(e)) => {
             return error(
@@ -228,6 +228,13 @@ async fn token(
             )
         }
     };
+    if let Err(e) = ctx.agent.enrich(&mut process).await {
+        return error(
+            StatusCode::FORBIDDEN,
+            "invalid_request",
+            &format!("the caller cannot be attested: {e}"),
+        );
+    }
     let state = ctx.agent.state();
     let mut ids: Vec<SpiffeId> = state
         .matching(&process)

@@ -15,9 +15,11 @@ use tessera_core::agent_api::{AgentSvid, Registration, SignItem, SignRequest};
 use tessera_core::{SpiffeId, TrustDomain};
 use tokio::sync::{watch, Notify};
 
+pub mod admin;
 pub mod attest;
 pub mod cgroup;
 mod imds;
+pub mod kubelet;
 pub mod metrics;
 pub mod runtime;
 pub mod sockets;
@@ -72,6 +74,11 @@ pub struct AgentConfig {
     /// Environment variables of a container's configuration that `container:env` selectors
     /// may read; no other is read.
     pub container_env: Vec<String>,
+    /// A projected service-account token file (audience: the authority): the agent joins by it
+    /// instead of a join token, and joins again by it when its SVID has expired.
+    pub k8s_token_file: Option<PathBuf>,
+    /// The kubelet whose pod list attests callers in Kubernetes pods.
+    pub kubelet: Option<kubelet::KubeletConfig>,
 }
 
 /// A workload's X.509-SVID with its private key.
@@ -161,6 +168,8 @@ pub struct Agent {
     digests: attest::DigestCache,
     /// The container runtime, when configured.
     runtime: Option<runtime::Runtime>,
+    /// The kubelet, when configured.
+    kubelet: Option<kubelet::Kubelet>,
     /// JWT-SVIDs by (SPIFFE ID, audiences): (token, expiry, issued at).
     jwt_cache: Mutex<HashMap<JwtKey, (String, i64, i64)>>,
     /// Access tokens by (SPIFFE ID, resource): (response, fetched at).
@@ -257,6 +266,16 @@ impl Agent {
                 tracing::info!(agent = %id.svid.spiffe_id, "rejoining with the SVID kept in the data folder");
                 id
             }
+            kept if config.k8s_token_file.is_some() && config.join_token.is_none() => {
+                let path = config.k8s_token_file.as_deref().unwrap_or(Path::new(""));
+                let token = std::fs::read_to_string(path).map_err(|e| file_err(path, e))?;
+                let (key, csr) = tessera_ca::new_key_and_bare_csr()?;
+                let svid = upstream.attest_k8s_psat(token.trim(), &csr).await?;
+                let id = Identity { key, svid };
+                save_identity(dir, &id)?;
+                tracing::info!(agent = %id.svid.spiffe_id, again = kept.is_some(), "attested by the node's service-account token");
+                id
+            }
             kept => {
                 let Some(token) = config.join_token.as_deref() else {
                     return Err(AgentError::Config(if kept.is_some() {
@@ -307,6 +326,10 @@ impl Agent {
                 .container_runtime
                 .clone()
                 .map(|s| runtime::Runtime::new(s, config.container_env.clone())),
+            kubelet: match &config.kubelet {
+                Some(k) => Some(kubelet::Kubelet::new(k.clone())?),
+                None => None,
+            },
             jwt_cache: Mutex::new(HashMap::new()),
             token_cache: Mutex::new(HashMap::new()),
             rotate_now: Notify::new(),
@@ -621,6 +644,25 @@ impl Agent {
     pub fn runtime(&self) -> Option<&runtime::Runtime> {
         self.runtime.as_ref()
     }
+
+    /// Completes a process's attestation with what its container runtime and its kubelet say
+    /// of it. Either one failing refuses the caller outright rather than leaving it the weaker
+    /// selectors: the error says why.
+    pub async fn enrich(&self, p: &mut attest::Process) -> Result<(), String> {
+        let Some(placement) = p.placement.clone() else {
+            return Ok(());
+        };
+        if let (Some(rt), Some((_, id))) = (self.runtime(), placement.container.as_ref()) {
+            p.container = Some(rt.inspect(id).await.map_err(|e| e.to_string())?);
+        }
+        if let (Some(k), Some(pod)) = (self.kubelet.as_ref(), placement.pod.as_ref()) {
+            let Some((_, id)) = placement.container.as_ref() else {
+                return Err("the caller is in a pod but in none of its containers".into());
+            };
+            p.pod = Some(k.container(pod, id).await.map_err(|e| e.to_string())?);
+        }
+        Ok(())
+    }
 }
 
 /// A running agent.
@@ -648,6 +690,7 @@ pub async fn run(config: AgentConfig) -> Result<Running, AgentError> {
         None => None,
     };
     let agent = Agent::start(&config).await?;
+    let admin = admin::bind(&config.data_dir)?;
     match agent.sync_once(0).await {
         Ok(()) => {
             if let Err(e) = agent.rotate_once().await {
@@ -662,6 +705,7 @@ pub async fn run(config: AgentConfig) -> Result<Running, AgentError> {
         tokio::spawn(agent.clone().sync_loop()),
         tokio::spawn(agent.clone().rotation_loop()),
         tokio::spawn(workload::serve(agent.clone(), listener)),
+        tokio::spawn(admin::serve(agent.clone(), admin)),
     ];
     let imds_url = match imds {
         Some(l) => {

@@ -211,6 +211,16 @@ impl Upstream {
         self.call("join", Some(&req), Duration::from_secs(10)).await
     }
 
+    /// Joins by the node's Kubernetes projected service-account token.
+    pub async fn attest_k8s_psat(&self, token: &str, csr: &[u8]) -> Result<AgentSvid, AgentError> {
+        let req = tessera_core::agent_api::K8sPsatRequest {
+            token: token.to_owned(),
+            csr: STANDARD.encode(csr),
+        };
+        self.call("attest/k8s_psat", Some(&req), Duration::from_secs(10))
+            .await
+    }
+
     pub async fn renew(&self, csr: &[u8]) -> Result<AgentSvid, AgentError> {
         let req = RenewRequest {
             csr: STANDARD.encode(csr),

@@ -238,19 +238,13 @@ impl WorkloadApi {
             })
             .await
             .map_err(|_| Status::unavailable("attestation could not run; try again"))??;
-        // A caller in a container is attested by what its runtime says about that container
-        // (cached there briefly); a runtime that cannot say refuses the caller outright rather
-        // than leaving it the weaker unix selectors.
-        if let (Some(rt), Some((_, id))) = (
-            self.agent.runtime(),
-            p.placement.as_ref().and_then(|pl| pl.container.as_ref()),
-        ) {
-            let info = rt
-                .inspect(id)
-                .await
-                .map_err(|e| Status::permission_denied(format!("attestation failed: {e}")))?;
-            p.container = Some(info);
-        }
+        // A caller in a container or pod is attested by what its runtime and kubelet say of it
+        // (cached there briefly); one that cannot say refuses the caller outright rather than
+        // leaving it the weaker unix selectors.
+        self.agent
+            .enrich(&mut p)
+            .await
+            .map_err(|e| Status::permission_denied(format!("attestation failed: {e}")))?;
         Ok((p, binding))
     }
 }

@@ -420,6 +420,24 @@ pub(crate) struct AgentArgs {
         requires = "container_runtime"
     )]
     pub container_env: Vec<String>,
+    /// Join by this Kubernetes projected service-account token (audience: the authority's
+    /// URL) instead of a join token; read again whenever the agent must join anew.
+    #[arg(long, value_name = "FILE", conflicts_with = "join_token")]
+    pub k8s_token_file: Option<PathBuf>,
+    /// The node's kubelet (its authenticated port, `https://127.0.0.1:10250`): callers in pods
+    /// are then attested by their pod's namespace, service account, labels and container.
+    #[arg(long, value_name = "URL")]
+    pub kubelet: Option<String>,
+    /// PEM CA certificate(s) that sign the kubelet's serving certificate.
+    #[arg(long, value_name = "FILE", requires = "kubelet")]
+    pub kubelet_ca: Option<PathBuf>,
+    /// A file holding the bearer token the kubelet accepts (the agent's service-account token).
+    #[arg(long, value_name = "FILE", requires = "kubelet")]
+    pub kubelet_token_file: Option<PathBuf>,
+    /// Do not verify the kubelet's certificate (many kubelets serve a self-signed one); anyone
+    /// able to intercept the connection could then choose callers' pod metadata.
+    #[arg(long, requires = "kubelet", conflicts_with = "kubelet_ca")]
+    pub danger_kubelet_skip_verify: bool,
     /// Serve `/metrics` and `/healthz` here (loopback only).
     #[arg(long)]
     pub admin_listen: Option<SocketAddr>,
@@ -434,6 +452,17 @@ pub(crate) enum AgentCommand {
     Token {
         #[command(subcommand)]
         command: AgentTokenCommand,
+    },
+    /// The selectors a process has and which registrations they match, asked of the running
+    /// agent (through its admin socket, `DATA/admin.sock`).
+    Attest {
+        #[arg(long)]
+        pid: i32,
+        /// The agent's data folder.
+        #[arg(long, env = "TESSERA_AGENT_DATA", default_value = "./.tessera-agent")]
+        data: PathBuf,
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
     },
 }
 

@@ -619,3 +619,30 @@ pub(crate) fn findings(rows: &[Finding]) -> String {
     ));
     out
 }
+
+/// `tessera agent attest`: the selectors, then what they match and nearly match.
+pub(crate) fn attest_report(v: &tessera_agent::admin::AttestReport) -> String {
+    let mut out = format!("process {}\n\nselectors:\n", v.pid);
+    for s in &v.selectors {
+        out.push_str(&format!("  {s}\n"));
+    }
+    if let Some(why) = &v.refused {
+        out.push_str(&format!(
+            "\nrefused: {why}\n(the Workload API gives this process nothing)\n"
+        ));
+    }
+    out.push_str("\nmatches:\n");
+    if v.matches.is_empty() {
+        out.push_str("  (none)\n");
+    }
+    for m in &v.matches {
+        out.push_str(&format!("  {m}\n"));
+    }
+    if !v.near.is_empty() {
+        out.push_str("\nnearly (selectors missing):\n");
+        for n in &v.near {
+            out.push_str(&format!("  {}: {}\n", n.spiffe_id, n.missing.join(", ")));
+        }
+    }
+    out
+}

@@ -19,6 +19,9 @@ pub struct Registration {
     /// a change of it is a change of the entry, which incremental sync then carries.
     #[serde(default)]
     pub nodes: Vec<AgentId>,
+    /// Selectors an agent must have been attested with to serve it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub node_selectors: Vec<Selector>,
     /// Federated trust domains whose bundles the workload receives.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub federates_with: Vec<TrustDomain>,
@@ -30,6 +33,15 @@ pub struct Registration {
 #[serde(deny_unknown_fields)]
 pub struct JoinRequest {
     pub join_token: String,
+    pub csr: String,
+}
+
+/// Node attestation by a Kubernetes projected service-account token whose audience is the
+/// authority (`POST /agent/v1/attest/k8s_psat`): no join token.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct K8sPsatRequest {
+    pub token: String,
     pub csr: String,
 }
 

@@ -271,6 +271,7 @@ pub async fn start(
         status_index: crate::app::status_lists::StatusIndex::new()
             .map_err(|e| StartError::Keys(e.to_string()))?,
         trust_keys: TrustKeys::new().map_err(|e| StartError::Tls(e.to_string()))?,
+        cluster_keys: TrustKeys::new().map_err(|e| StartError::Tls(e.to_string()))?,
         secret_changes: watch::channel(0).0,
         db_pools: Pools::default(),
         lease_changes: tokio::sync::Notify::new(),

@@ -2,7 +2,7 @@
 //! inside the transaction that appends its audit records.
 
 use serde::Serialize;
-use tessera_core::manifest::{Client, Federation, Grant, PolicyFile, Trust, Workload};
+use tessera_core::manifest::{Client, Cluster, Federation, Grant, PolicyFile, Trust, Workload};
 
 use crate::records::{
     AgentRecord, CaRecord, ClientSecretRecord, DbConnectionRecord, DbRoleRecord,
@@ -31,6 +31,8 @@ pub enum Op {
     /// Removes the relationship and its stored bundle, in one step.
     DeleteFederation(String),
     StoreFederatedBundle(FederatedBundleRecord),
+    UpsertCluster(Cluster),
+    DeleteCluster(String),
     SetClientSecret {
         client: String,
         secret: ClientSecretRecord,
@@ -72,6 +74,10 @@ pub enum Op {
         at: i64,
     },
     InsertAgent(AgentRecord),
+    /// An agent attested by its node (not a one-time token): joins, or joins again with a new
+    /// SVID and what it was attested with now. Fails with [`StoreError::Conflict`] for a revoked
+    /// agent: attesting again does not undo a revocation.
+    AttestAgent(AgentRecord),
     /// A renewed agent SVID. Fails with [`StoreError::Conflict`] for a revoked agent.
     RenewAgent {
         id: String,
@@ -213,6 +219,14 @@ macro_rules! apply_op {
                 sqlx::query("DELETE FROM federations WHERE trust_domain = $1").bind(td).execute(&mut *$tx).await?;
                 sqlx::query("DELETE FROM federated_bundles WHERE trust_domain = $1").bind(td).execute(&mut *$tx).await?;
             }
+            $crate::op::Op::UpsertCluster(c) => {
+                sqlx::query("INSERT INTO clusters (name, spec) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET spec = excluded.spec")
+                    .bind(c.name.as_str()).bind($crate::op::json(c)?)
+                    .execute(&mut *$tx).await?;
+            }
+            $crate::op::Op::DeleteCluster(name) => {
+                sqlx::query("DELETE FROM clusters WHERE name = $1").bind(name).execute(&mut *$tx).await?;
+            }
             $crate::op::Op::StoreFederatedBundle(b) => {
                 sqlx::query("INSERT INTO federated_bundles (trust_domain, bundle, sequence, fetched_at) VALUES ($1, $2, $3, $4) ON CONFLICT (trust_domain) DO UPDATE SET bundle = excluded.bundle, sequence = excluded.sequence, fetched_at = excluded.fetched_at")
                     .bind(&b.trust_domain).bind(&b.bundle).bind(b.sequence).bind(b.fetched_at)
@@ -280,9 +294,17 @@ macro_rules! apply_op {
                 }
             }
             $crate::op::Op::InsertAgent(a) => {
-                sqlx::query("INSERT INTO agents (id, trust_domain, joined_at, svid_serial, svid_not_after, last_seen, revoked_at) VALUES ($1, $2, $3, $4, $5, $6, $7)")
-                    .bind(&a.id).bind(&a.trust_domain).bind(a.joined_at).bind(&a.svid_serial).bind(a.svid_not_after).bind(a.last_seen).bind(a.revoked_at)
+                sqlx::query("INSERT INTO agents (id, trust_domain, joined_at, svid_serial, svid_not_after, last_seen, revoked_at, selectors) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
+                    .bind(&a.id).bind(&a.trust_domain).bind(a.joined_at).bind(&a.svid_serial).bind(a.svid_not_after).bind(a.last_seen).bind(a.revoked_at).bind($crate::op::json(&a.selectors)?)
                     .execute(&mut *$tx).await?;
+            }
+            $crate::op::Op::AttestAgent(a) => {
+                let n = sqlx::query("INSERT INTO agents (id, trust_domain, joined_at, svid_serial, svid_not_after, last_seen, revoked_at, selectors) VALUES ($1, $2, $3, $4, $5, $6, NULL, $7) ON CONFLICT (id) DO UPDATE SET svid_serial = excluded.svid_serial, svid_not_after = excluded.svid_not_after, last_seen = excluded.last_seen, selectors = excluded.selectors WHERE agents.revoked_at IS NULL AND agents.trust_domain = excluded.trust_domain")
+                    .bind(&a.id).bind(&a.trust_domain).bind(a.joined_at).bind(&a.svid_serial).bind(a.svid_not_after).bind(a.last_seen).bind($crate::op::json(&a.selectors)?)
+                    .execute(&mut *$tx).await?.rows_affected();
+                if n != 1 {
+                    return Err($crate::StoreError::Conflict(format!("agent `{}` has been revoked", a.id)));
+                }
             }
             $crate::op::Op::RenewAgent { id, svid_serial, svid_not_after, at } => {
                 let n = sqlx::query("UPDATE agents SET svid_serial = $1, svid_not_after = $2, last_seen = $3 WHERE id = $4 AND revoked_at IS NULL")

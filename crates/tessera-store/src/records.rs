@@ -2,7 +2,9 @@
 //! `sqlx::FromRow`; JSON documents stored as text decode through [`JsonText`].
 
 use serde::{Deserialize, Serialize};
-use tessera_core::manifest::{Client, Federation, Grant, PolicyFile, Trust, Workload};
+use tessera_core::manifest::{
+    Client, Cluster, Federation, Grant, PolicyFile, Selector, Trust, Workload,
+};
 
 use crate::audit::{AuditEvent, AuditRecord};
 
@@ -53,6 +55,7 @@ from_json_text!(
     Vec<String>,
     Vec<Grant>,
     Vec<PolicyFile>,
+    Vec<Selector>,
     Workload,
 );
 
@@ -139,6 +142,10 @@ pub struct AgentRecord {
     pub svid_not_after: i64,
     pub last_seen: i64,
     pub revoked_at: Option<i64>,
+    /// What the agent was attested with (`k8s:cluster:prod`, ...); empty for a join token.
+    #[sqlx(try_from = "JsonText<Vec<Selector>>")]
+    #[serde(default)]
+    pub selectors: Vec<Selector>,
 }
 
 /// One version of the policy set (grants and policy files), as applied or loaded in shadow.
@@ -256,6 +263,7 @@ pub struct StoredState {
     pub policies: Vec<PolicyFile>,
     pub federations: Vec<Federation>,
     pub federated_bundles: Vec<FederatedBundleRecord>,
+    pub clusters: Vec<Cluster>,
     pub agents: Vec<AgentRecord>,
     /// The policy set loaded in shadow, if any.
     pub shadow: Option<PolicySetRecord>,

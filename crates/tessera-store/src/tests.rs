@@ -335,6 +335,7 @@ async fn identity_suite(store: Store) {
         svid_not_after: 3750,
         last_seen: 150,
         revoked_at: None,
+        selectors: vec![],
     };
     store
         .commit(&[redeem(150), Op::InsertAgent(agent.clone())], &[])
@@ -342,7 +343,10 @@ async fn identity_suite(store: Store) {
         .unwrap();
     let again = store.commit(&[redeem(151)], &[]).await;
     assert!(matches!(again, Err(StoreError::Conflict(_))), "{again:?}");
-    assert_eq!(store.load_state().await.unwrap().agents, vec![agent]);
+    assert_eq!(
+        store.load_state().await.unwrap().agents,
+        vec![agent.clone()]
+    );
     assert_ne!(
         store.state_version().await.unwrap(),
         v0,
@@ -385,6 +389,37 @@ async fn identity_suite(store: Store) {
     );
     assert!(matches!(
         store.commit(&[renew], &[]).await,
+        Err(StoreError::Conflict(_))
+    ));
+    // Attesting again by the node does not undo a revocation.
+    let again = store.commit(&[Op::AttestAgent(agent.clone())], &[]).await;
+    assert!(matches!(again, Err(StoreError::Conflict(_))), "{again:?}");
+    let sel = |s: &str| tessera_core::manifest::Selector::parse(s).unwrap();
+    let mut node = AgentRecord {
+        id: "k8s_prod_node-a".into(),
+        selectors: vec![sel("k8s:cluster:prod"), sel("k8s:node_name:node-a")],
+        ..agent.clone()
+    };
+    node.revoked_at = None;
+    store
+        .commit(&[Op::AttestAgent(node.clone())], &[])
+        .await
+        .unwrap();
+    node.svid_serial = "03".into();
+    node.selectors.pop();
+    store
+        .commit(&[Op::AttestAgent(node.clone())], &[])
+        .await
+        .unwrap();
+    let agents = store.load_state().await.unwrap().agents;
+    assert_eq!(agents.iter().find(|a| a.id == node.id), Some(&node));
+    // Not into another trust domain under the same name.
+    let moved = AgentRecord {
+        trust_domain: "other.org".into(),
+        ..node.clone()
+    };
+    assert!(matches!(
+        store.commit(&[Op::AttestAgent(moved)], &[]).await,
         Err(StoreError::Conflict(_))
     ));
 
@@ -675,6 +710,36 @@ initial_bundle = "b.json"
         .unwrap();
     let loaded = store.load_state().await.unwrap();
     assert!(loaded.federations.is_empty() && loaded.federated_bundles.is_empty());
+
+    // Kubernetes clusters whose agents attest by token: stored whole, removed by name.
+    let c = parse_str(
+        &dir.path().join("c.toml"),
+        r#"
+[[cluster]]
+name = "prod"
+trust_domain = "example.org"
+issuer = "https://oidc.prod.example"
+service_accounts = ["tessera:agent"]
+"#,
+    )
+    .unwrap()
+    .clusters;
+    store
+        .commit(
+            &[Op::UpsertCluster(c[0].clone())],
+            &[event(AuditKind::Apply, 0)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.load_state().await.unwrap().clusters, c);
+    store
+        .commit(
+            &[Op::DeleteCluster("prod".into())],
+            &[event(AuditKind::Apply, 0)],
+        )
+        .await
+        .unwrap();
+    assert!(store.load_state().await.unwrap().clusters.is_empty());
 }
 
 #[tokio::test]

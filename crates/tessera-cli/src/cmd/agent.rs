@@ -49,6 +49,9 @@ pub(crate) async fn run(a: AgentArgs) -> anyhow::Result<u8> {
         });
         return Ok(0);
     }
+    if let Some(AgentCommand::Attest { pid, data, output }) = a.command {
+        return attest(pid, &data, output).await;
+    }
     let _tracing = init_logs(a.log_format, "info", "tessera-agent", None)?;
     let server = a
         .server
@@ -62,11 +65,18 @@ pub(crate) async fn run(a: AgentArgs) -> anyhow::Result<u8> {
         socket,
         trust_bundle: a.trust_bundle,
         imds_listen: a.imds_listen,
-        data_dir: a.data,
+        data_dir: a.data.clone(),
         require_logged: a.require_logged,
         log_key: a.log_key,
         container_runtime: a.container_runtime,
         container_env: a.container_env,
+        k8s_token_file: a.k8s_token_file,
+        kubelet: a.kubelet.map(|url| tessera_agent::kubelet::KubeletConfig {
+            url,
+            ca_file: a.kubelet_ca,
+            token_file: a.kubelet_token_file,
+            danger_skip_verify: a.danger_kubelet_skip_verify,
+        }),
     };
     let running = tessera_agent::run(config).await?;
     let mut line = format!("tessera: agent ready socket={}", running.socket.display());
@@ -86,7 +96,28 @@ pub(crate) async fn run(a: AgentArgs) -> anyhow::Result<u8> {
     stop.await;
     running.abort();
     let _ = std::fs::remove_file(&running.socket);
+    let _ = std::fs::remove_file(tessera_agent::admin::socket_path(&a.data));
     Ok(0)
+}
+
+/// `tessera agent attest --pid PID`: asks the running agent.
+async fn attest(pid: i32, data: &Path, output: Output) -> anyhow::Result<u8> {
+    let socket = tessera_agent::admin::socket_path(data);
+    if !socket.exists() {
+        bail!(
+            "no agent is running on this data folder (no admin socket at `{}`); pass --data",
+            socket.display()
+        );
+    }
+    let v = crate::admin_client::AdminClient::at(socket)
+        .fetch::<tessera_agent::admin::AttestReport>(&format!("/v1/attest?pid={pid}"))
+        .await?;
+    if output == Output::Json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        print!("{}", render::attest_report(&v));
+    }
+    Ok(if v.matches.is_empty() { 1 } else { 0 })
 }
 
 pub(crate) async fn ca(command: CaCommand) -> anyhow::Result<u8> {

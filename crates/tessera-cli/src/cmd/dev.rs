@@ -327,6 +327,8 @@ async fn agent_demo(
         log_key: None,
         container_runtime: None,
         container_env: Vec::new(),
+        k8s_token_file: None,
+        kubelet: None,
     })
     .await?;
     steps.ok(&format!(

@@ -27,6 +27,21 @@ pub(super) struct FileDoc {
     pub(super) secret_grant: Vec<Spanned<SecretGrantDoc>>,
     #[serde(default)]
     pub(super) federation: Vec<Spanned<FederationDoc>>,
+    #[serde(default)]
+    pub(super) cluster: Vec<Spanned<ClusterDoc>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ClusterDoc {
+    pub(super) name: Label,
+    pub(super) trust_domain: TrustDomain,
+    pub(super) issuer: Spanned<String>,
+    #[serde(default)]
+    pub(super) jwks_file: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) private_network: bool,
+    pub(super) service_accounts: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -94,6 +109,8 @@ pub(super) struct WorkloadDoc {
     pub(super) kind: WorkloadKind,
     #[serde(default)]
     pub(super) nodes: Vec<AgentId>,
+    #[serde(default)]
+    pub(super) node_selectors: Vec<Selector>,
     #[serde(default)]
     pub(super) jit: Vec<Spanned<JitScope>>,
     #[serde(default)]

@@ -148,6 +148,18 @@ fn parse_into(state: &mut DesiredState, file: &Path, text: &str) -> Result<(), M
         };
         let jwt_ttl = ttl(w.jwt_ttl, DEFAULT_JWT_TTL, MAX_JWT_TTL, "jwt_ttl")?;
         let x509_ttl = ttl(w.x509_ttl, DEFAULT_X509_TTL, MAX_X509_TTL, "x509_ttl")?;
+        if let Some(s) = w.selectors.iter().find(|s| !s.kind().for_workloads()) {
+            return Err(loc.at(
+                span,
+                format!("`{s}` describes a node agent, not a process: put it in `node_selectors`"),
+            ));
+        }
+        if let Some(s) = w.node_selectors.iter().find(|s| !s.kind().for_agents()) {
+            return Err(loc.at(
+                span,
+                format!("`{s}` is not a node selector (known: k8s:cluster, k8s:agent_ns, k8s:agent_sa, k8s:node_name)"),
+            ));
+        }
         let mut scopes = w.scopes;
         scopes.sort();
         scopes.dedup();
@@ -193,6 +205,7 @@ fn parse_into(state: &mut DesiredState, file: &Path, text: &str) -> Result<(), M
             scopes,
             kind: w.kind,
             nodes: w.nodes,
+            node_selectors: w.node_selectors,
             jit,
             federates_with: {
                 let mut f = w.federates_with;
@@ -313,6 +326,11 @@ fn parse_into(state: &mut DesiredState, file: &Path, text: &str) -> Result<(), M
         let f = f.into_inner();
         state.federations.push(federation(&loc, base, span, f)?);
     }
+    for c in doc.cluster {
+        let span = c.span();
+        let c = c.into_inner();
+        state.clusters.push(cluster(&loc, base, span, c)?);
+    }
     if !doc.secret_grant.is_empty() {
         let mut text = String::new();
         for g in doc.secret_grant {
@@ -380,6 +398,60 @@ fn parse_into(state: &mut DesiredState, file: &Path, text: &str) -> Result<(), M
         }
     }
     Ok(())
+}
+
+/// One `[[cluster]]`: an https issuer (http only on loopback, for tests and `--dev`), at least
+/// one service account.
+fn cluster(
+    loc: &Locator<'_>,
+    base: &Path,
+    span: Range<usize>,
+    c: ClusterDoc,
+) -> Result<Cluster, ManifestError> {
+    // The server checks the rest at apply (https, or http on loopback with `--dev`).
+    let issuer = c.issuer.get_ref();
+    if !(issuer.starts_with("https://") || issuer.starts_with("http://")) {
+        return Err(loc.at(
+            c.issuer.span(),
+            format!(
+                "cluster `{}`: `issuer` `{issuer}` must be an https:// URL",
+                c.name
+            ),
+        ));
+    }
+    if c.service_accounts.is_empty() {
+        return Err(loc.at(
+            span,
+            format!("cluster `{}`: `service_accounts` names no `namespace:name` allowed to attest agents", c.name),
+        ));
+    }
+    let mut service_accounts = Vec::new();
+    for sa in &c.service_accounts {
+        let parsed = ServiceAccount::parse(sa.get_ref()).ok_or_else(|| {
+            loc.at(
+                sa.span(),
+                format!(
+                    "`{}` is not a service account as `namespace:name`",
+                    sa.get_ref()
+                ),
+            )
+        })?;
+        service_accounts.push(parsed);
+    }
+    let jwks = c
+        .jwks_file
+        .as_ref()
+        .map(|f| read_relative(loc, base, f))
+        .transpose()?;
+    Ok(Cluster {
+        name: c.name,
+        trust_domain: c.trust_domain,
+        issuer: c.issuer.into_inner(),
+        jwks,
+        private_network: c.private_network,
+        service_accounts,
+        source: loc.source(span),
+    })
 }
 
 /// One `[[federation]]`: its endpoint a URL, the profile's own fields present and the other's
@@ -553,6 +625,23 @@ fn check_duplicates(state: &DesiredState) -> Result<(), ManifestError> {
             ));
         }
     }
+    let mut clusters = BTreeSet::new();
+    let mut issuers = BTreeSet::new();
+    for c in &state.clusters {
+        if !clusters.insert(c.name.as_str()) {
+            return Err(dup(
+                &c.source,
+                format!("cluster `{}` is defined twice", c.name),
+            ));
+        }
+        // A token is matched to its cluster by its issuer: two clusters cannot share one.
+        if !issuers.insert(c.issuer.as_str()) {
+            return Err(dup(
+                &c.source,
+                format!("a second cluster with issuer `{}`", c.issuer),
+            ));
+        }
+    }
     let mut trusts = BTreeSet::new();
     for t in &state.trusts {
         if !trusts.insert(t.name.as_str()) {
@@ -713,7 +802,7 @@ review_by = "2027-06-30"
 
     #[test]
     fn unknown_selector_refused() {
-        let e = parse(&GOOD.replace("unix:uid:1001", "k8s:ns:default"))
+        let e = parse(&GOOD.replace("unix:uid:1001", "k8s:pod_uid:default"))
             .unwrap_err()
             .to_string();
         assert!(

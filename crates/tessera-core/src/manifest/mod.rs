@@ -17,8 +17,8 @@ mod values;
 
 pub use load::{load, parse_str};
 pub use model::{
-    BundleProfile, Client, DesiredState, Federation, Grant, JitScope, PolicyFile, Route, Trust,
-    TrustMap, Workload,
+    BundleProfile, Client, Cluster, DesiredState, Federation, Grant, JitScope, PolicyFile, Route,
+    ServiceAccount, Trust, TrustMap, Workload,
 };
 pub use values::{
     ClientAuth, Date, Hours, Rate, Selector, SelectorKind, Ttl, ValueError, WorkloadKind,

@@ -59,6 +59,10 @@ pub struct Workload {
     /// trust domain.
     #[serde(default)]
     pub nodes: Vec<AgentId>,
+    /// Selectors every agent that hands out this workload's SVIDs must have been attested with
+    /// (`k8s:cluster:prod`); empty means no condition.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub node_selectors: Vec<Selector>,
     /// Scopes of this service issued only just in time: alone, briefly, under conditions.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub jit: Vec<JitScope>,
@@ -125,6 +129,45 @@ pub struct Trust {
     pub source: String,
 }
 
+/// A service account allowed to attest node agents, `namespace:name`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceAccount {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ServiceAccount {
+    /// `namespace:name`, each a Kubernetes name.
+    pub fn parse(input: &str) -> Option<Self> {
+        let (ns, name) = input.split_once(':')?;
+        (super::values::k8s_name(ns) && super::values::k8s_name(name)).then(|| Self {
+            namespace: ns.to_owned(),
+            name: name.to_owned(),
+        })
+    }
+}
+
+/// A Kubernetes cluster whose node agents attest with a projected service-account token
+/// (audience: this authority), verified against the cluster's service-account issuer (OIDC
+/// discovery and JWKS, or `jwks`), as trusts verify outside tokens.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Cluster {
+    /// The `k8s:cluster` selector's value and part of each agent's ID.
+    pub name: Label,
+    /// The trust domain such agents join.
+    pub trust_domain: TrustDomain,
+    /// The cluster's service-account issuer (`--service-account-issuer`).
+    pub issuer: String,
+    /// The issuer's keys as a JWKS document, instead of discovery.
+    pub jwks: Option<String>,
+    /// The issuer may be reached at a private or loopback address (an in-cluster issuer).
+    #[serde(default)]
+    pub private_network: bool,
+    /// The service accounts whose tokens may attest an agent.
+    pub service_accounts: Vec<ServiceAccount>,
+    pub source: String,
+}
+
 /// How a federated authority's bundle endpoint is authenticated (SPIFFE Federation §5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -185,4 +228,6 @@ pub struct DesiredState {
     pub policies: Vec<PolicyFile>,
     #[serde(default)]
     pub federations: Vec<Federation>,
+    #[serde(default)]
+    pub clusters: Vec<Cluster>,
 }

@@ -51,10 +51,28 @@ pub enum SelectorKind {
     /// An environment variable of the container's configuration, `KEY:VALUE` (only for keys
     /// the agent is told to read).
     ContainerEnv,
+    /// The pod's namespace (workload, from the kubelet).
+    K8sNs,
+    /// The pod's service account.
+    K8sSa,
+    /// A pod label, `KEY:VALUE`.
+    K8sPodLabel,
+    K8sPodName,
+    /// The container's name in its pod's spec.
+    K8sContainerName,
+    /// The container's image as the kubelet reports it.
+    K8sContainerImage,
+    /// The node the pod runs on (workloads), or the agent's node (agents).
+    K8sNodeName,
+    /// Node selectors, of agents attested by a projected service-account token: the cluster's
+    /// name in the authority's `[[cluster]]`, the agent pod's namespace and service account.
+    K8sCluster,
+    K8sAgentNs,
+    K8sAgentSa,
 }
 
 /// Every selector type, as identity files write it.
-const KNOWN_SELECTORS: &str = "unix:uid, unix:gid, unix:user, unix:group, unix:path, unix:sha256, systemd:unit, systemd:slice, container:image_id, container:image, container:name, container:label, container:env";
+const KNOWN_SELECTORS: &str = "unix:uid, unix:gid, unix:user, unix:group, unix:path, unix:sha256, systemd:unit, systemd:slice, container:image_id, container:image, container:name, container:label, container:env, k8s:ns, k8s:sa, k8s:pod_label, k8s:pod_name, k8s:container_name, k8s:container_image, k8s:node_name; for agents (`node_selectors`): k8s:cluster, k8s:agent_ns, k8s:agent_sa, k8s:node_name";
 
 /// The systemd unit types whose cgroups hold processes.
 const UNIT_SUFFIXES: [&str; 5] = [".service", ".scope", ".socket", ".mount", ".swap"];
@@ -75,7 +93,69 @@ impl SelectorKind {
             Self::ContainerName => "container:name",
             Self::ContainerLabel => "container:label",
             Self::ContainerEnv => "container:env",
+            Self::K8sNs => "k8s:ns",
+            Self::K8sSa => "k8s:sa",
+            Self::K8sPodLabel => "k8s:pod_label",
+            Self::K8sPodName => "k8s:pod_name",
+            Self::K8sContainerName => "k8s:container_name",
+            Self::K8sContainerImage => "k8s:container_image",
+            Self::K8sNodeName => "k8s:node_name",
+            Self::K8sCluster => "k8s:cluster",
+            Self::K8sAgentNs => "k8s:agent_ns",
+            Self::K8sAgentSa => "k8s:agent_sa",
         }
+    }
+
+    /// Whether a workload's `selectors` may hold it (a process has it).
+    pub fn for_workloads(self) -> bool {
+        !matches!(self, Self::K8sCluster | Self::K8sAgentNs | Self::K8sAgentSa)
+    }
+
+    /// Whether a workload's `node_selectors` may hold it (an attested agent has it).
+    pub fn for_agents(self) -> bool {
+        matches!(
+            self,
+            Self::K8sCluster | Self::K8sAgentNs | Self::K8sAgentSa | Self::K8sNodeName
+        )
+    }
+}
+
+/// A Kubernetes object name (RFC 1123 subdomain: namespaces, service accounts, pods, nodes),
+/// at most 253 characters.
+pub(super) fn k8s_name(value: &str) -> bool {
+    !value.is_empty()
+        && value.len() <= 253
+        && value.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && value.ends_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-.".contains(&b))
+}
+
+/// Whether `value` is valid for a Kubernetes selector of `kind`.
+fn k8s_value(kind: SelectorKind, value: &str) -> bool {
+    match kind {
+        SelectorKind::K8sPodLabel => value.split_once(':').is_some_and(|(k, v)| {
+            // A label key: an optional DNS prefix and `/`, then a name of at most 63.
+            let name = k
+                .rsplit_once('/')
+                .map_or(k, |(prefix, n)| if k8s_name(prefix) { n } else { "" });
+            !name.is_empty()
+                && name.len() <= 63
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+                && v.len() <= 63
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        }),
+        SelectorKind::K8sContainerImage => {
+            !value.is_empty()
+                && value.len() <= 1024
+                && !value.chars().any(|c| c.is_control() || c.is_whitespace())
+        }
+        SelectorKind::K8sCluster => crate::Label::parse(value).is_ok(),
+        _ => k8s_name(value),
     }
 }
 
@@ -178,9 +258,42 @@ impl Selector {
                 });
             }
         }
+        for (prefix, kind) in [
+            ("k8s:ns:", SelectorKind::K8sNs),
+            ("k8s:sa:", SelectorKind::K8sSa),
+            ("k8s:pod_label:", SelectorKind::K8sPodLabel),
+            ("k8s:pod_name:", SelectorKind::K8sPodName),
+            ("k8s:container_name:", SelectorKind::K8sContainerName),
+            ("k8s:container_image:", SelectorKind::K8sContainerImage),
+            ("k8s:node_name:", SelectorKind::K8sNodeName),
+            ("k8s:cluster:", SelectorKind::K8sCluster),
+            ("k8s:agent_ns:", SelectorKind::K8sAgentNs),
+            ("k8s:agent_sa:", SelectorKind::K8sAgentSa),
+        ] {
+            if let Some(value) = input.strip_prefix(prefix) {
+                if !k8s_value(kind, value) {
+                    return Err(format!(
+                        "`{input}` has a value that is not valid for `{}`{}",
+                        kind.as_str(),
+                        match kind {
+                            SelectorKind::K8sPodLabel => " (`KEY:VALUE`, a Kubernetes label)",
+                            SelectorKind::K8sContainerImage | SelectorKind::K8sCluster => "",
+                            _ => " (a Kubernetes name: lowercase letters, digits, `-` and `.`)",
+                        }
+                    ));
+                }
+                return Ok(Self {
+                    kind,
+                    value: value.to_owned(),
+                });
+            }
+        }
         let (kind, value) = match input.rsplit_once(':') {
             Some((k, v))
-                if k.starts_with("unix:") || k.starts_with("systemd:") || k.starts_with("container:") =>
+                if k.starts_with("unix:")
+                    || k.starts_with("systemd:")
+                    || k.starts_with("container:")
+                    || k.starts_with("k8s:") =>
             {
                 (k, v)
             }
@@ -225,7 +338,17 @@ impl Selector {
             | SelectorKind::ContainerImage
             | SelectorKind::ContainerName
             | SelectorKind::ContainerLabel
-            | SelectorKind::ContainerEnv => false,
+            | SelectorKind::ContainerEnv
+            | SelectorKind::K8sNs
+            | SelectorKind::K8sSa
+            | SelectorKind::K8sPodLabel
+            | SelectorKind::K8sPodName
+            | SelectorKind::K8sContainerName
+            | SelectorKind::K8sContainerImage
+            | SelectorKind::K8sNodeName
+            | SelectorKind::K8sCluster
+            | SelectorKind::K8sAgentNs
+            | SelectorKind::K8sAgentSa => false,
             SelectorKind::User | SelectorKind::Group => {
                 !value.is_empty()
                     && value.len() <= 64

@@ -15,8 +15,8 @@ use base64::Engine;
 use serde::Deserialize;
 use serde_json::json;
 use tessera_core::agent_api::{
-    AgentSvid, JoinRequest, JwtSvidRequest, JwtSvidResponse, RenewRequest, SignRequest,
-    SignResponse, SignedItem, SyncResponse, TokenRequest, TokenResponse,
+    AgentSvid, JoinRequest, JwtSvidRequest, JwtSvidResponse, K8sPsatRequest, RenewRequest,
+    SignRequest, SignResponse, SignedItem, SyncResponse, TokenRequest, TokenResponse,
 };
 use tessera_core::{AgentId, SpiffeId, TrustDomain};
 use tessera_store::{AgentRecord, AuditEvent, AuditKind, Op, Outcome, StoreError, SvidRecord};
@@ -24,6 +24,7 @@ use tessera_store::{AgentRecord, AuditEvent, AuditKind, Op, Outcome, StoreError,
 use crate::app::{federated, App, Snapshot};
 use crate::domain::caller::{in_good_standing, registration, visible, CallerError};
 use crate::domain::issue::{self, GrantType, IssueRequest, MintOptions};
+use crate::domain::node_attestation;
 use crate::error::ApiError;
 use crate::extract::AgentCaller;
 
@@ -36,6 +37,7 @@ const MAX_SYNC_WAIT: u64 = 60;
 pub(crate) fn routes() -> Router<Arc<App>> {
     Router::new()
         .route("/join", post(post_join))
+        .route("/attest/k8s_psat", post(post_attest_k8s_psat))
         .route("/renew", post(post_renew))
         .route("/sync", get(get_sync))
         .route("/sign", post(post_sign))
@@ -132,6 +134,7 @@ async fn post_join(State(app): State<Arc<App>>, Json(req): Json<JoinRequest>) ->
                 svid_not_after: svid.not_after,
                 last_seen: now,
                 revoked_at: None,
+                selectors: vec![],
             }),
             Op::RecordSvids(vec![SvidRecord {
                 serial: svid.serial.clone(),
@@ -173,6 +176,85 @@ async fn post_join(State(app): State<Arc<App>>, Json(req): Json<JoinRequest>) ->
                 subject: "agent".into(),
                 outcome: Outcome::Denied,
                 detail: json!({"reason": e.to_string()}),
+            };
+            app.audit_refusal(event).await;
+            e.into_response()
+        }
+    }
+}
+
+/// Joins (or joins again) an agent attested by its node's Kubernetes service-account token.
+async fn post_attest_k8s_psat(
+    State(app): State<Arc<App>>,
+    Json(req): Json<K8sPsatRequest>,
+) -> Response {
+    let result = async {
+        let snap = app.snapshot();
+        let node = node_attestation::k8s_psat(&app, &snap, req.token.trim())
+            .await
+            .map_err(|e| unauthenticated(e.to_string()))?;
+        let now = tessera_core::now_unix();
+        let ttl = i64::try_from(app.config.agent_svid_ttl.as_secs()).unwrap_or(3600);
+        let svid = sign_agent(&snap, &node.td, &node.spiffe_id, &req.csr, ttl, now)?;
+        let ops = [
+            Op::AttestAgent(AgentRecord {
+                id: node.agent_id.to_string(),
+                trust_domain: node.td.to_string(),
+                joined_at: now,
+                svid_serial: svid.serial.clone(),
+                svid_not_after: svid.not_after,
+                last_seen: now,
+                revoked_at: None,
+                selectors: node.selectors.clone(),
+            }),
+            Op::RecordSvids(vec![SvidRecord {
+                serial: svid.serial.clone(),
+                spiffe_id: node.spiffe_id.to_string(),
+                agent_id: node.agent_id.to_string(),
+                issued_at: now,
+                not_after: svid.not_after,
+            }]),
+        ];
+        let selectors: Vec<String> = node.selectors.iter().map(ToString::to_string).collect();
+        let event = audit(
+            AuditKind::AgentJoined,
+            node.spiffe_id.as_str(),
+            node.spiffe_id.as_str(),
+            json!({"agent": node.agent_id, "serial": svid.serial, "not_after": svid.not_after,
+                   "attestation": "k8s_psat", "cluster": node.cluster, "node": node.node,
+                   "pod": node.pod, "token_exp": node.exp, "selectors": selectors}),
+        );
+        match app.store.commit(&ops, &[event]).await {
+            Err(StoreError::Conflict(_)) => {
+                return Err(unauthenticated(format!(
+                    "agent `{}` has been revoked; attesting again does not undo that",
+                    node.agent_id
+                )))
+            }
+            r => r?,
+        };
+        if let Err(e) = app.reload().await {
+            tracing::error!(error = %e, "agent attested, reload failed; the next poll retries");
+        }
+        let snap = app.snapshot();
+        Ok(AgentSvid {
+            agent_id: node.agent_id,
+            spiffe_id: node.spiffe_id,
+            chain: svid.chain().iter().map(|c| STANDARD.encode(c)).collect(),
+            not_after: svid.not_after,
+            bundle: bundle_b64(&snap, &node.td, now),
+        })
+    }
+    .await;
+    match result {
+        Ok(body) => Json(body).into_response(),
+        Err(e) => {
+            let event = AuditEvent {
+                kind: AuditKind::AgentJoinRefused,
+                actor: "anonymous".into(),
+                subject: "agent".into(),
+                outcome: Outcome::Denied,
+                detail: json!({"attestation": "k8s_psat", "reason": e.to_string()}),
             };
             app.audit_refusal(event).await;
             e.into_response()

@@ -93,6 +93,9 @@ pub struct App {
     pub(crate) notices: tokio::sync::mpsc::Sender<String>,
     /// Outside issuers' keys, per trust (static, or discovered and cached).
     pub trust_keys: TrustKeys,
+    /// Kubernetes clusters' service-account issuers' keys (apart from trusts': a cluster and a
+    /// trust may share a name).
+    pub cluster_keys: TrustKeys,
     /// Bumped on every secret write by this server, for readers waiting on a new version.
     pub secret_changes: watch::Sender<u64>,
     /// Admin pools to the databases of dynamic credentials.

@@ -48,6 +48,7 @@ impl Registrations {
                 x509_ttl_secs: w.spec.x509_ttl.as_secs(),
                 jwt_ttl_secs: w.spec.jwt_ttl.as_secs(),
                 nodes: w.spec.nodes.clone(),
+                node_selectors: w.spec.node_selectors.clone(),
                 federates_with: w.spec.federates_with.clone(),
                 revision: version,
             };
@@ -105,6 +106,8 @@ pub struct Snapshot {
     pub clients: HashMap<String, ClientEntry>,
     pub grants: Vec<Grant>,
     pub trusts: Vec<Trust>,
+    /// Kubernetes clusters whose agents attest by projected service-account token.
+    pub clusters: Vec<tessera_core::manifest::Cluster>,
     pub policies: Vec<PolicyFile>,
     /// Federation relationships with other authorities, with the bundle in force for each.
     pub federations: BTreeMap<TrustDomain, FederatedDomain>,
@@ -252,6 +255,7 @@ impl Snapshot {
             clients,
             grants: state.grants,
             trusts: state.trusts,
+            clusters: state.clusters,
             policies: state.policies,
             federations: federated::build(state.federations, &state.federated_bundles),
             engine,

@@ -169,6 +169,54 @@ pub(crate) fn plan(
             }
         }
     }
+    for c in &desired.clusters {
+        let name = &c.name;
+        if app.serves(c.trust_domain.as_str()).is_none() {
+            return Err(invalid(
+                &c.source,
+                format!(
+                    "cluster `{name}`: trust domain `{}` is not served here",
+                    c.trust_domain
+                ),
+            ));
+        }
+        let ok = url::Url::parse(&c.issuer).is_ok_and(|u| {
+            u.username().is_empty()
+                && u.password().is_none()
+                && (u.scheme() == "https"
+                    || (u.scheme() == "http"
+                        && app.config.dev
+                        && u.host_str().is_some_and(tessera_core::is_loopback_host)))
+        });
+        if !ok {
+            return Err(invalid(
+                &c.source,
+                format!("cluster `{name}`: `issuer` `{}` must be an https URL without credentials (plain http only for a --dev server, on loopback)", c.issuer),
+            ));
+        }
+        if let Some(j) = &c.jwks {
+            KeySet::from_jwks_with_rsa(j.as_bytes()).map_err(|e| {
+                invalid(
+                    &c.source,
+                    format!("cluster `{name}`: its JWKS is not usable: {e}"),
+                )
+            })?;
+        }
+        if let Some(other) = current
+            .clusters
+            .iter()
+            .find(|o| o.issuer == c.issuer && o.name != c.name)
+            .filter(|o| !desired.clusters.iter().any(|d| d.name == o.name) || !prune)
+        {
+            return Err(invalid(
+                &c.source,
+                format!(
+                    "cluster `{name}`: cluster `{}` already has issuer `{}`",
+                    other.name, c.issuer
+                ),
+            ));
+        }
+    }
     for t in &desired.trusts {
         check_rules(t).map_err(|e| invalid(&t.source, e.to_string()))?;
         if let Some(j) = &t.jwks {
@@ -429,6 +477,19 @@ pub(crate) fn plan(
             }
         }
     }
+    for c in &desired.clusters {
+        match current.clusters.iter().find(|x| x.name == c.name) {
+            Some(cur) if same(cur, c, |x| x.source.clear()) => {}
+            found => {
+                lines.push(format!(
+                    "{} cluster {}",
+                    if found.is_some() { "~" } else { "+" },
+                    c.name
+                ));
+                ops.push(Op::UpsertCluster(c.clone()));
+            }
+        }
+    }
     for p in &desired.policies {
         match current.policies.iter().find(|x| x.name == p.name) {
             Some(cur) if cur.text == p.text => {}
@@ -498,6 +559,15 @@ pub(crate) fn plan(
         {
             lines.push(format!("- federation {td}"));
             ops.push(Op::DeleteFederation(td.to_string()));
+        }
+        let keep: BTreeSet<&str> = desired.clusters.iter().map(|c| c.name.as_str()).collect();
+        for c in current
+            .clusters
+            .iter()
+            .filter(|c| !keep.contains(c.name.as_str()))
+        {
+            lines.push(format!("- cluster {}", c.name));
+            ops.push(Op::DeleteCluster(c.name.to_string()));
         }
         let keep: BTreeSet<&str> = desired.policies.iter().map(|p| p.name.as_str()).collect();
         for p in current

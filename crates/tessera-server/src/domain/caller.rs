@@ -230,6 +230,8 @@ pub(crate) struct Agent {
     pub id: AgentId,
     pub td: TrustDomain,
     pub spiffe_id: SpiffeId,
+    /// What the agent was attested with (none for a join token), as the snapshot holds it.
+    pub selectors: Vec<tessera_core::manifest::Selector>,
 }
 
 /// The node agent whose SVID the connection presented.
@@ -255,7 +257,17 @@ pub(crate) fn agent_of(
             "trust domain `{td}` is not served here"
         )));
     }
-    let agent = Agent { id, td, spiffe_id };
+    let selectors = snap
+        .agents
+        .get(id.as_str())
+        .map(|a| a.selectors.clone())
+        .unwrap_or_default();
+    let agent = Agent {
+        id,
+        td,
+        spiffe_id,
+        selectors,
+    };
     in_good_standing(snap, &agent)?;
     Ok(agent)
 }
@@ -279,6 +291,10 @@ pub(crate) fn in_good_standing(snap: &Snapshot, agent: &Agent) -> Result<(), Cal
 pub(crate) fn visible(reg: &Registration, agent: &Agent) -> bool {
     reg.spiffe_id.trust_domain_str() == agent.td.as_str()
         && (reg.nodes.is_empty() || reg.nodes.contains(&agent.id))
+        && reg
+            .node_selectors
+            .iter()
+            .all(|s| agent.selectors.contains(s))
 }
 
 /// The registration `id` if `agent` may hand it out.

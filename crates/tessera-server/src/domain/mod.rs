@@ -10,6 +10,7 @@ pub(crate) mod federation;
 pub(crate) mod issue;
 pub(crate) mod leases;
 pub(crate) mod log;
+pub(crate) mod node_attestation;
 pub(crate) mod notices;
 pub(crate) mod policy_sets;
 pub(crate) mod rotation;

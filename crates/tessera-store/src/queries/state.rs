@@ -1,7 +1,7 @@
 //! The configuration state every server loads whole, its version, revocations, and the sweep
 //! of what has expired.
 
-use tessera_core::manifest::{Client, Federation, Grant, PolicyFile, Trust};
+use tessera_core::manifest::{Client, Cluster, Federation, Grant, PolicyFile, Trust};
 
 use crate::backend::{with_read, with_write_tx};
 use crate::queries::policy_sets::POLICY_SET_COLUMNS;
@@ -82,6 +82,12 @@ impl Store {
                     .into_iter()
                     .map(|j: JsonText<Federation>| j.0)
                     .collect();
+            state.clusters = sqlx::query_scalar("SELECT spec FROM clusters ORDER BY name")
+                .fetch_all(pool)
+                .await?
+                .into_iter()
+                .map(|j: JsonText<Cluster>| j.0)
+                .collect();
             state.federated_bundles = sqlx::query_as(
                 "SELECT trust_domain, bundle, sequence, fetched_at FROM federated_bundles ORDER BY trust_domain",
             )
@@ -94,7 +100,7 @@ impl Store {
                 .map(|(name, text): (String, String)| PolicyFile { name, text })
                 .collect();
             state.agents = sqlx::query_as(
-                "SELECT id, trust_domain, joined_at, svid_serial, svid_not_after, last_seen, revoked_at FROM agents ORDER BY id",
+                "SELECT id, trust_domain, joined_at, svid_serial, svid_not_after, last_seen, revoked_at, selectors FROM agents ORDER BY id",
             )
             .fetch_all(pool)
             .await?;
