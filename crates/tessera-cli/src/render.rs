@@ -138,14 +138,20 @@ pub(crate) fn grants(rows: &[GrantSummary]) -> String {
 }
 
 pub(crate) fn agents(rows: &[AgentSummary]) -> String {
-    let mut out = String::from("ID\tTRUST DOMAIN\tJOINED\tSVID VALID UNTIL\tREVOKED\n");
+    let mut out =
+        String::from("ID\tTRUST DOMAIN\tJOINED\tSVID VALID UNTIL\tREVOKED\tATTESTED BY\n");
     for r in rows {
         let revoked = match r.revoked_at {
             Some(t) => at(Some(t)),
             None => "no".into(),
         };
+        let by = if r.selectors.is_empty() {
+            "join token".to_owned()
+        } else {
+            r.selectors.join(" ")
+        };
         out.push_str(&format!(
-            "{}\t{}\t{}\t{}\t{revoked}\n",
+            "{}\t{}\t{}\t{}\t{revoked}\t{by}\n",
             r.id,
             r.trust_domain,
             at(Some(r.joined_at)),

@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::*;
+use tessera_testkit::spawn_ready;
 
 /// The cgroup v2 hierarchy's mount point (`/sys/fs/cgroup`, or `/sys/fs/cgroup/unified` on a
 /// hybrid host), from this process's mount table.
@@ -506,4 +507,289 @@ selectors = ["container:image:localhost/tessera-billing:1", "container:label:tea
     for image in ["localhost/tessera-orders:1", "localhost/tessera-billing:1"] {
         let _ = podman(&["rmi", "-f", image]);
     }
+}
+
+/// The cluster's issuer and kubelet, played by `interop/k8s_cluster.py`.
+const K8S_CLUSTER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/k8s_cluster.py");
+
+/// A kubelet `/pods` answer kept as a fixture: hand-written in the shape of Kubernetes 1.30's,
+/// not captured from a live kubelet (no cluster runs here).
+const KUBELET_PODS: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../tessera-agent/tests/fixtures/kubelet-pods.json"
+);
+
+/// The fixture's pod (as a systemd slice writes its UID) and two of its containers.
+const POD: &str = "6b3a1c2e_9f4d_4e8a_b1c7_2d5e8f0a3b6c";
+const ORDERS: &str = "a9f8e7d6c5b4a3f2e1d0c9b8a7f6e5d4c3b2a1f0e9d8c7b6a5f4e3d2c1b0a9f8";
+const PROXY: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0";
+
+/// Kubernetes: an agent attested by its node's projected service-account token (no join token),
+/// verified by the authority against the cluster's OIDC discovery and JWKS; tokens refused for
+/// each reason; processes placed in a pod's containers' cgroups (made here, the layout of
+/// containerd under the kubelet's systemd driver) attested by the kubelet's pod list over
+/// authenticated HTTPS; node selectors deciding which agents serve a workload; `agent attest`.
+#[test]
+fn kubernetes_node_and_pod_attestation() {
+    let root = cgroup2_root().expect("no cgroup v2 hierarchy is mounted");
+    let base = root.join("tessera-test-k8s.slice");
+    let kubepods = base.join("kubepods.slice");
+    let qos = kubepods.join("kubepods-besteffort.slice");
+    let pod = qos.join(format!("kubepods-besteffort-pod{POD}.slice"));
+    let orders = pod.join(format!("cri-containerd-{ORDERS}.scope"));
+    let proxy = pod.join(format!("cri-containerd-{PROXY}.scope"));
+    for d in [&orders, &proxy] {
+        if let Err(e) = std::fs::create_dir_all(d) {
+            eprintln!(
+                "skipped: cannot make a cgroup under `{}`: {e}",
+                root.display()
+            );
+            return;
+        }
+    }
+    let _cleanup = TestCgroup(vec![
+        base,
+        kubepods,
+        qos,
+        pod,
+        orders.clone(),
+        proxy.clone(),
+    ]);
+
+    let s = server(Backend::Sqlite, &[]).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let mut child = Command::new("python3")
+        .arg(K8S_CLUSTER)
+        .arg(w)
+        .arg(&s.url)
+        .arg(KUBELET_PODS)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let _cluster = Killed(child);
+    let urls: serde_json::Value =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("k8s_cluster.py: {e}: {line}"));
+    let issuer = urls["issuer"].as_str().unwrap();
+    let kubelet = urls["kubelet"].as_str().unwrap().to_owned();
+
+    let mesh = format!(
+        r#"
+[[cluster]]
+name = "prod"
+trust_domain = "example.org"
+issuer = "{issuer}"
+private_network = true
+service_accounts = ["tessera:tessera-agent"]
+
+[[workload]]
+id = "spiffe://example.org/prod/orders"
+owner = "team-orders"
+purpose = "The orders container, only from prod's node-a"
+selectors = ["k8s:ns:shop", "k8s:sa:orders", "k8s:container_name:orders"]
+node_selectors = ["k8s:cluster:prod", "k8s:node_name:node-a"]
+
+[[workload]]
+id = "spiffe://example.org/prod/orders-proxy"
+owner = "team-orders"
+purpose = "The sidecar of orders pods"
+selectors = ["k8s:container_name:proxy", "k8s:pod_label:app.kubernetes.io/name:orders"]
+
+[[workload]]
+id = "spiffe://example.org/prod/payments"
+owner = "team-billing"
+purpose = "Anything in billing"
+selectors = ["k8s:ns:billing"]
+
+[[workload]]
+id = "spiffe://example.org/staging/orders"
+owner = "team-orders"
+purpose = "Orders, from staging's nodes only"
+selectors = ["k8s:ns:shop"]
+node_selectors = ["k8s:cluster:staging"]
+"#
+    );
+    apply_ok(&s, w, "mesh.toml", &mesh, &[]);
+    let file = |n: &str| w.join(n).to_str().unwrap().to_owned();
+
+    for (token, why) in [
+        ("wrong-audience", "not for this authority"),
+        (
+            "wrong-account",
+            "service account `tessera:default` may not attest agents in cluster `prod`",
+        ),
+        ("expired", "not valid now"),
+        ("no-node", "kubernetes.io.node.name"),
+        ("forged", "signature does not verify"),
+    ] {
+        let (mut cmd, _) = agent_cmd(
+            &s,
+            w,
+            &format!("bad-{token}"),
+            &["--k8s-token-file", &file(&format!("{token}.jwt"))],
+        );
+        let o = cmd.output().unwrap();
+        assert!(
+            !o.status.success() && stderr(&o).contains(why),
+            "{token}: {}",
+            stderr(&o)
+        );
+    }
+
+    let kubelet_args = [
+        "--kubelet",
+        kubelet.as_str(),
+        "--kubelet-ca",
+        &file("kubelet-ca.pem"),
+        "--kubelet-token-file",
+        &file("kubelet-token"),
+    ]
+    .map(str::to_owned);
+    let kubelet_args: Vec<&str> = kubelet_args.iter().map(String::as_str).collect();
+    let good = file("good.jwt");
+    let (cmd, socket) = agent_cmd(
+        &s,
+        w,
+        "node-a",
+        &[&["--k8s-token-file", good.as_str()], kubelet_args.as_slice()].concat(),
+    );
+    let agent = spawn_ready(cmd, "tessera: agent ready socket=");
+    let o = tessera(&s.data, &["get", "agents", "--output", "json"]);
+    let agents: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(agents[0]["id"], "k8s_prod_node-a", "{agents}");
+    assert_eq!(
+        agents[0]["selectors"],
+        serde_json::json!([
+            "k8s:cluster:prod",
+            "k8s:agent_ns:tessera",
+            "k8s:agent_sa:tessera-agent",
+            "k8s:node_name:node-a"
+        ])
+    );
+
+    assert_eq!(
+        python_ids(&socket, Some(&orders)).unwrap(),
+        ["spiffe://example.org/prod/orders"],
+        "the kubelet's namespace, service account and container name; not staging's workload"
+    );
+    assert_eq!(
+        python_ids(&socket, Some(&proxy)).unwrap(),
+        ["spiffe://example.org/prod/orders-proxy"]
+    );
+    let outside = python_ids(&socket, None).unwrap_err();
+    assert!(outside.contains("no identity"), "{outside}");
+
+    // `agent attest --pid`: a process left in the orders container's cgroup.
+    let sleeper = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "echo $$ > '{}/cgroup.procs' && exec sleep 120",
+            orders.display()
+        ))
+        .spawn()
+        .unwrap();
+    let pid = sleeper.id().to_string();
+    let _sleeper = Killed(sleeper);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !std::fs::read_to_string(format!("/proc/{pid}/cgroup")).is_ok_and(|c| c.contains(ORDERS))
+    {
+        assert!(std::time::Instant::now() < deadline, "the sleeper never entered its cgroup");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let data = file("node-a-data");
+    let o = Command::new(BIN)
+        .args(["agent", "attest", "--pid", &pid, "--data", &data, "--output", "json"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let selectors = report["selectors"].as_array().unwrap();
+    for want in [
+        "k8s:ns:shop",
+        "k8s:sa:orders",
+        "k8s:pod_name:orders-7d9f8c6b5-x2k4q",
+        "k8s:pod_label:app.kubernetes.io/name:orders",
+        "k8s:container_name:orders",
+        "k8s:container_image:registry.example/shop/orders:1.4.2",
+        "k8s:node_name:node-a",
+    ] {
+        assert!(selectors.iter().any(|s| s == want), "{want}: {report}");
+    }
+    assert_eq!(
+        report["matches"],
+        serde_json::json!(["spiffe://example.org/prod/orders"])
+    );
+    assert!(
+        report["near"].as_array().unwrap().iter().any(|n| {
+            n["spiffe_id"] == "spiffe://example.org/prod/orders-proxy"
+                && n["missing"] == serde_json::json!(["k8s:container_name:proxy"])
+        }),
+        "{report}"
+    );
+    let text = Command::new(BIN)
+        .args(["agent", "attest", "--pid", &pid, "--data", &data])
+        .output()
+        .unwrap();
+    assert!(
+        stdout(&text).contains("matches:\n  spiffe://example.org/prod/orders\n"),
+        "{}",
+        stdout(&text)
+    );
+    let o = Command::new(BIN)
+        .args(["agent", "attest", "--pid", "999999999", "--data", &data])
+        .output()
+        .unwrap();
+    refused(&o, "is gone");
+    // Another unix user cannot ask the agent (its data folder and socket are its own).
+    if stdout(&Command::new("id").arg("-u").output().unwrap()).trim() == "0" {
+        let o = Command::new("setpriv")
+            .args(["--reuid", "65534", "--regid", "65534", "--clear-groups", BIN])
+            .args(["agent", "attest", "--pid", &pid, "--data", &data])
+            .output()
+            .unwrap();
+        assert!(!o.status.success() && stdout(&o).is_empty(), "{}", stdout(&o));
+    }
+
+    // A kubelet that fails refuses the caller outright (after the 2 s a good list is reused).
+    std::fs::write(w.join("kubelet-mode"), "garbage").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let e = python_ids(&socket, Some(&orders)).unwrap_err();
+    assert!(e.contains("attestation failed") && e.contains("not usable"), "{e}");
+    std::fs::write(w.join("kubelet-mode"), "unauthorized").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let e = python_ids(&socket, Some(&orders)).unwrap_err();
+    assert!(e.contains("answered 401"), "{e}");
+    std::fs::write(w.join("kubelet-mode"), "ok").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+
+    // An agent joined by a join token reads the same kubelet but has no node selectors: it
+    // serves the sidecar's identity, not the one meant for prod's node-a.
+    let (_joined, joined) = join_agent_with(&s, w, "joined", &kubelet_args);
+    assert!(python_ids(&joined, Some(&orders))
+        .unwrap_err()
+        .contains("no identity"));
+    assert_eq!(
+        python_ids(&joined, Some(&proxy)).unwrap(),
+        ["spiffe://example.org/prod/orders-proxy"]
+    );
+
+    // Revoking the node's agent sticks: its token does not bring it back.
+    drop(agent);
+    let o = tessera(&s.data, &["revoke", "agent", "k8s_prod_node-a"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (mut cmd, _) = agent_cmd(&s, w, "again", &["--k8s-token-file", good.as_str()]);
+    let o = cmd.output().unwrap();
+    assert!(stderr(&o).contains("has been revoked"), "{}", stderr(&o));
+    // Another node of the cluster joins as its own agent.
+    let node_b = file("node-b.jwt");
+    let (cmd, _) = agent_cmd(&s, w, "node-b", &["--k8s-token-file", node_b.as_str()]);
+    let _b = spawn_ready(cmd, "tessera: agent ready socket=");
+    let o = tessera(&s.data, &["get", "agents"]);
+    assert!(stdout(&o).contains("k8s_prod_node-b"), "{}", stdout(&o));
 }

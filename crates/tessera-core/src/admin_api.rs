@@ -106,6 +106,9 @@ pub struct AgentSummary {
     pub svid_serial: String,
     pub svid_not_after: i64,
     pub revoked_at: Option<i64>,
+    /// What the agent was attested with (`k8s:cluster:prod`, ...); empty for a join token.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub selectors: Vec<String>,
 }
 
 /// `POST /v1/client/secret`: a new secret for a `client_secret` client.

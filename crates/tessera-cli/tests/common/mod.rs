@@ -305,23 +305,23 @@ pub(crate) fn join_agent_with(
     let o = tessera(&s.data, &["agent", "token", "create"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let token = stdout(&o).lines().next().unwrap().to_owned();
+    let (mut cmd, socket) = agent_cmd(s, dir, name, &["--join-token", &token]);
+    cmd.args(extra);
+    (spawn_ready(cmd, "tessera: agent ready socket="), socket)
+}
+
+/// `tessera agent` against `s` with `args`, its socket `DIR/NAME.sock` and data `DIR/NAME-data`.
+pub(crate) fn agent_cmd(s: &Server, dir: &Path, name: &str, args: &[&str]) -> (Command, PathBuf) {
     let socket = dir.join(format!("{name}.sock"));
     let mut cmd = Command::new(BIN);
-    cmd.args([
-        "agent",
-        "--server",
-        &s.url,
-        "--join-token",
-        &token,
-        "--socket",
-    ])
-    .arg(&socket)
-    .args(extra)
-    .arg("--data")
-    .arg(dir.join(format!("{name}-data")))
-    .env("TESSERA_LOG", "warn")
-    .envs(child_env());
-    (spawn_ready(cmd, "tessera: agent ready socket="), socket)
+    cmd.args(["agent", "--server", &s.url, "--socket"])
+        .arg(&socket)
+        .args(args)
+        .arg("--data")
+        .arg(dir.join(format!("{name}-data")))
+        .env("TESSERA_LOG", "warn")
+        .envs(child_env());
+    (cmd, socket)
 }
 
 /// The command was refused as a usage or operational error (exit 2) saying `why` on stderr.

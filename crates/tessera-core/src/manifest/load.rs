@@ -801,6 +801,53 @@ review_by = "2027-06-30"
     }
 
     #[test]
+    fn kubernetes_selectors_and_clusters() {
+        let ok = parse(&GOOD.replace(
+            r#"selectors = ["unix:uid:1001", "unix:path:/usr/bin/a"]"#,
+            r#"selectors = ["k8s:ns:shop", "k8s:sa:orders", "k8s:pod_label:app.kubernetes.io/name:orders", "k8s:container_image:registry.example/shop/orders:1.4.2"]
+node_selectors = ["k8s:cluster:prod", "k8s:node_name:node-a"]"#,
+        ))
+        .unwrap();
+        assert_eq!(ok.workloads[0].node_selectors.len(), 2);
+        for (bad, why) in [
+            (r#"selectors = ["k8s:cluster:prod"]"#, "put it in `node_selectors`"),
+            (r#"selectors = ["k8s:ns:Shop"]"#, "a Kubernetes name"),
+            (r#"selectors = ["k8s:pod_label:app"]"#, "`KEY:VALUE`"),
+            (
+                "selectors = [\"unix:uid:1\"]\nnode_selectors = [\"k8s:ns:shop\"]",
+                "is not a node selector",
+            ),
+        ] {
+            let e = parse(&GOOD.replace(
+                r#"selectors = ["unix:uid:1001", "unix:path:/usr/bin/a"]"#,
+                bad,
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains(why) && e.contains("mesh.toml:"), "{bad}: {e}");
+        }
+        let cluster = |sa: &str, issuer: &str| {
+            format!(
+                "[[cluster]]\nname = \"prod\"\ntrust_domain = \"example.org\"\nissuer = \"{issuer}\"\nservice_accounts = [{sa}]\n"
+            )
+        };
+        let c = parse(&cluster("\"tessera:agent\"", "https://oidc.example")).unwrap();
+        assert_eq!(c.clusters[0].service_accounts[0].name, "agent");
+        for (text, why) in [
+            (cluster("", "https://oidc.example"), "names no `namespace:name`"),
+            (cluster("\"agent\"", "https://oidc.example"), "mesh.toml:5:21: `agent` is not a service account"),
+            (cluster("\"a:b\"", "oidc.example"), "must be an https:// URL"),
+            (
+                format!("{}{}", cluster("\"a:b\"", "https://x"), cluster("\"a:b\"", "https://y")),
+                "cluster `prod` is defined twice",
+            ),
+        ] {
+            let e = parse(&text).unwrap_err().to_string();
+            assert!(e.contains(why), "{text}: {e}");
+        }
+    }
+
+    #[test]
     fn unknown_selector_refused() {
         let e = parse(&GOOD.replace("unix:uid:1001", "k8s:pod_uid:default"))
             .unwrap_err()

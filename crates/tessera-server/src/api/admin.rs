@@ -186,6 +186,7 @@ async fn get_list(
                         svid_serial: a.svid_serial.clone(),
                         svid_not_after: a.svid_not_after,
                         revoked_at: a.revoked_at,
+                        selectors: a.selectors.iter().map(ToString::to_string).collect(),
                     })
                     .collect::<Vec<_>>(),
             )?
