@@ -645,6 +645,26 @@ impl Agent {
         self.runtime.as_ref()
     }
 
+    /// Follows the container runtime's events for as long as the agent runs, reconnecting
+    /// after a failure (1 s, doubling to 30 s). Without the stream, metadata still ages out.
+    async fn follow_runtime_events(self: Arc<Self>) {
+        let Some(rt) = self.runtime() else {
+            return;
+        };
+        let mut wait = Duration::from_secs(1);
+        loop {
+            let started = std::time::Instant::now();
+            if let Err(e) = rt.follow_events().await {
+                tracing::warn!(error = %e, "container events unavailable; cached metadata ages out instead");
+            }
+            if started.elapsed() > Duration::from_secs(60) {
+                wait = Duration::from_secs(1);
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(30));
+        }
+    }
+
     /// Completes a process's attestation with what its container runtime and its kubelet say
     /// of it. Either one failing refuses the caller outright rather than leaving it the weaker
     /// selectors: the error says why.
@@ -707,6 +727,9 @@ pub async fn run(config: AgentConfig) -> Result<Running, AgentError> {
         tokio::spawn(workload::serve(agent.clone(), listener)),
         tokio::spawn(admin::serve(agent.clone(), admin)),
     ];
+    if agent.runtime().is_some() {
+        tasks.push(tokio::spawn(agent.clone().follow_runtime_events()));
+    }
     let imds_url = match imds {
         Some(l) => {
             let url = format!(

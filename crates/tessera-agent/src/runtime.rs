@@ -24,6 +24,9 @@ const MAX_INSPECT_BYTES: usize = 1024 * 1024;
 /// name can (`docker rename`), so this bounds how long an old name still matches.
 const CACHE_FOR: Duration = Duration::from_secs(10);
 
+/// The longest event line kept (an event with many labels is a few KB).
+const MAX_EVENT_BYTES: usize = 64 * 1024;
+
 /// The most containers cached; past it the cache starts over.
 const MAX_CACHED: usize = 10_000;
 
@@ -175,6 +178,111 @@ impl Runtime {
         self.read(id, &body).map(Arc::new)
     }
 
+    /// Follows the runtime's container events (`GET /events`, which Docker and Podman both
+    /// stream), dropping a container's metadata the moment it stops, is renamed or removed, so a
+    /// renamed container's old name stops matching at once rather than when its entry ages out.
+    /// Returns when the stream ends or fails; the caller reconnects.
+    pub async fn follow_events(&self) -> Result<(), RuntimeError> {
+        let unreachable = |reason: String| RuntimeError::Unreachable {
+            socket: self.socket.display().to_string(),
+            reason,
+        };
+        let stream = tokio::net::UnixStream::connect(&self.socket)
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .map_err(|e| unreachable(e.to_string()))?;
+        // `{"type":["container"]}`, URL-encoded.
+        let req = http::Request::get("/events?filters=%7B%22type%22%3A%5B%22container%22%5D%7D")
+            .header(http::header::HOST, "docker")
+            .body(Empty::<bytes::Bytes>::new())
+            .map_err(|e| unreachable(e.to_string()))?;
+        let follow = async {
+            let resp = tokio::time::timeout(TIMEOUT, sender.send_request(req))
+                .await
+                .map_err(|_| RuntimeError::Timeout)?
+                .map_err(|e| unreachable(e.to_string()))?;
+            if !resp.status().is_success() {
+                return Err(RuntimeError::Status(resp.status().as_u16()));
+            }
+            let mut body = resp.into_body();
+            let mut line = Vec::new();
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(|e| unreachable(e.to_string()))?;
+                let Some(data) = frame.data_ref() else {
+                    continue;
+                };
+                for &b in data.iter() {
+                    if b == b'\n' {
+                        self.on_event(&line);
+                        line.clear();
+                    } else if line.len() < MAX_EVENT_BYTES {
+                        line.push(b);
+                    }
+                }
+                // Podman ends each event with a newline; Docker may not: a whole JSON object
+                // without one is an event too.
+                if !line.is_empty() && serde_json::from_slice::<serde_json::Value>(&line).is_ok() {
+                    self.on_event(&line);
+                    line.clear();
+                }
+            }
+            Ok(())
+        };
+        let mut conn = std::pin::pin!(conn);
+        let mut follow = std::pin::pin!(follow);
+        tokio::select! {
+            r = &mut follow => r,
+            c = &mut conn => match c {
+                Ok(()) => follow.await,
+                Err(e) => Err(unreachable(e.to_string())),
+            },
+        }
+    }
+
+    /// Drops the metadata of the container an event names, when the event changes what the
+    /// metadata says or ends the container.
+    fn on_event(&self, line: &[u8]) {
+        #[derive(Deserialize)]
+        struct Actor {
+            #[serde(rename = "ID")]
+            id: String,
+        }
+        #[derive(Deserialize)]
+        struct Event {
+            #[serde(rename = "Action", default)]
+            action: String,
+            #[serde(rename = "Actor")]
+            actor: Actor,
+        }
+        let Ok(e) = serde_json::from_slice::<Event>(line) else {
+            return;
+        };
+        if matches!(
+            e.action.as_str(),
+            "die"
+                | "stop"
+                | "kill"
+                | "destroy"
+                | "remove"
+                | "rename"
+                | "update"
+                | "died"
+                | "cleanup"
+        ) {
+            if let Ok(mut c) = self.cache.lock() {
+                c.remove(&e.actor.id);
+            }
+        }
+    }
+
+    /// Whether the metadata of container `id` is cached (for tests and `agent attest`).
+    pub fn is_cached(&self, id: &str) -> bool {
+        self.cache.lock().is_ok_and(|c| c.contains_key(id))
+    }
+
     /// The inspect document, checked: it must be about `id`, which must be running.
     fn read(&self, id: &ContainerId, body: &[u8]) -> Result<ContainerInfo, RuntimeError> {
         let doc: Inspect =
@@ -263,6 +371,36 @@ mod tests {
             rt.read(&id(), b"<html>"),
             Err(RuntimeError::Garbage(_))
         ));
+    }
+
+    #[test]
+    fn a_stop_or_rename_event_drops_the_container() {
+        let rt = Runtime::new(PathBuf::from("/nonexistent"), vec![]);
+        let info = Arc::new(rt.read(&id(), &doc(true, ID)).unwrap());
+        let put = || {
+            rt.cache
+                .lock()
+                .unwrap()
+                .insert(ID.to_owned(), (info.clone(), Instant::now()));
+        };
+        put();
+        let event = |action: &str, who: &str| {
+            json!({"Type": "container", "Action": action, "Actor": {"ID": who, "Attributes": {"name": "x"}}})
+                .to_string()
+                .into_bytes()
+        };
+        rt.on_event(&event("start", ID));
+        rt.on_event(&event("die", &"b".repeat(64)));
+        rt.on_event(b"garbage");
+        assert!(
+            rt.is_cached(ID),
+            "other events and other containers leave it"
+        );
+        for action in ["die", "rename", "destroy"] {
+            put();
+            rt.on_event(&event(action, ID));
+            assert!(!rt.is_cached(ID), "{action}");
+        }
     }
 
     #[tokio::test]

@@ -432,6 +432,7 @@ fn podman_containers_get_their_own_identities() {
     }
 
     let s = server(Backend::Sqlite, &[]).unwrap();
+    let named = format!("tessera-named-{}", std::process::id());
     let mesh = |orders_extra: &str| {
         format!(
             r#"
@@ -446,6 +447,12 @@ id = "spiffe://example.org/prod/billing"
 owner = "team-billing"
 purpose = "The billing image, labelled by its deployer"
 selectors = ["container:image:localhost/tessera-billing:1", "container:label:team:billing"]
+
+[[workload]]
+id = "spiffe://example.org/prod/named"
+owner = "team-orders"
+purpose = "The container of this name, while it has it"
+selectors = ["container:name:{named}"]
 "#
         )
     };
@@ -503,6 +510,60 @@ selectors = ["container:image:localhost/tessera-billing:1", "container:label:tea
     )
     .unwrap();
     assert!(gold.contains("spiffe://example.org/prod/orders"), "{gold}");
+
+    // A renamed container loses the old name's identity at once: the runtime's `rename` event
+    // drops its cached metadata (which would otherwise be reused for 10 s).
+    let mount = format!("{}:/run/spiffe/agent.sock", socket.display());
+    let o = podman(&[
+        "run",
+        "-d",
+        "--name",
+        &named,
+        "--network",
+        "none",
+        "--ulimit",
+        "nofile=1024:1024",
+        "--ulimit",
+        "nproc=1024:1024",
+        "-v",
+        &mount,
+        "localhost/tessera-orders:1",
+        "/bin/busybox",
+        "sleep",
+        "300",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let exec_fetch = |name: &str| {
+        podman(&[
+            "exec",
+            name,
+            "/bin/tessera",
+            "svid",
+            "fetch",
+            "--socket",
+            "unix:///run/spiffe/agent.sock",
+        ])
+    };
+    let before = exec_fetch(&named);
+    assert!(
+        stdout(&before).contains("prod/named"),
+        "{}{}",
+        stdout(&before),
+        stderr(&before)
+    );
+    let renamed = format!("{named}-renamed");
+    let o = podman(&["rename", &named, &renamed]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let after = exec_fetch(&renamed);
+    let _ = podman(&["rm", "-f", "-t", "0", &renamed]);
+    // (Orders now also wants a label this container lacks: nothing else is its.)
+    assert!(
+        !after.status.success() && stderr(&after).contains("no identity"),
+        "{}{}",
+        stdout(&after),
+        stderr(&after)
+    );
 
     for image in ["localhost/tessera-orders:1", "localhost/tessera-billing:1"] {
         let _ = podman(&["rmi", "-f", image]);
@@ -657,7 +718,11 @@ node_selectors = ["k8s:cluster:staging"]
         &s,
         w,
         "node-a",
-        &[&["--k8s-token-file", good.as_str()], kubelet_args.as_slice()].concat(),
+        &[
+            &["--k8s-token-file", good.as_str()],
+            kubelet_args.as_slice(),
+        ]
+        .concat(),
     );
     let agent = spawn_ready(cmd, "tessera: agent ready socket=");
     let o = tessera(&s.data, &["get", "agents", "--output", "json"]);
@@ -699,12 +764,17 @@ node_selectors = ["k8s:cluster:staging"]
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     while !std::fs::read_to_string(format!("/proc/{pid}/cgroup")).is_ok_and(|c| c.contains(ORDERS))
     {
-        assert!(std::time::Instant::now() < deadline, "the sleeper never entered its cgroup");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sleeper never entered its cgroup"
+        );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     let data = file("node-a-data");
     let o = Command::new(BIN)
-        .args(["agent", "attest", "--pid", &pid, "--data", &data, "--output", "json"])
+        .args([
+            "agent", "attest", "--pid", &pid, "--data", &data, "--output", "json",
+        ])
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
@@ -749,18 +819,32 @@ node_selectors = ["k8s:cluster:staging"]
     // Another unix user cannot ask the agent (its data folder and socket are its own).
     if stdout(&Command::new("id").arg("-u").output().unwrap()).trim() == "0" {
         let o = Command::new("setpriv")
-            .args(["--reuid", "65534", "--regid", "65534", "--clear-groups", BIN])
+            .args([
+                "--reuid",
+                "65534",
+                "--regid",
+                "65534",
+                "--clear-groups",
+                BIN,
+            ])
             .args(["agent", "attest", "--pid", &pid, "--data", &data])
             .output()
             .unwrap();
-        assert!(!o.status.success() && stdout(&o).is_empty(), "{}", stdout(&o));
+        assert!(
+            !o.status.success() && stdout(&o).is_empty(),
+            "{}",
+            stdout(&o)
+        );
     }
 
     // A kubelet that fails refuses the caller outright (after the 2 s a good list is reused).
     std::fs::write(w.join("kubelet-mode"), "garbage").unwrap();
     std::thread::sleep(std::time::Duration::from_millis(2100));
     let e = python_ids(&socket, Some(&orders)).unwrap_err();
-    assert!(e.contains("attestation failed") && e.contains("not usable"), "{e}");
+    assert!(
+        e.contains("attestation failed") && e.contains("not usable"),
+        "{e}"
+    );
     std::fs::write(w.join("kubelet-mode"), "unauthorized").unwrap();
     std::thread::sleep(std::time::Duration::from_millis(300));
     let e = python_ids(&socket, Some(&orders)).unwrap_err();

@@ -810,7 +810,10 @@ node_selectors = ["k8s:cluster:prod", "k8s:node_name:node-a"]"#,
         .unwrap();
         assert_eq!(ok.workloads[0].node_selectors.len(), 2);
         for (bad, why) in [
-            (r#"selectors = ["k8s:cluster:prod"]"#, "put it in `node_selectors`"),
+            (
+                r#"selectors = ["k8s:cluster:prod"]"#,
+                "put it in `node_selectors`",
+            ),
             (r#"selectors = ["k8s:ns:Shop"]"#, "a Kubernetes name"),
             (r#"selectors = ["k8s:pod_label:app"]"#, "`KEY:VALUE`"),
             (
@@ -834,11 +837,24 @@ node_selectors = ["k8s:cluster:prod", "k8s:node_name:node-a"]"#,
         let c = parse(&cluster("\"tessera:agent\"", "https://oidc.example")).unwrap();
         assert_eq!(c.clusters[0].service_accounts[0].name, "agent");
         for (text, why) in [
-            (cluster("", "https://oidc.example"), "names no `namespace:name`"),
-            (cluster("\"agent\"", "https://oidc.example"), "mesh.toml:5:21: `agent` is not a service account"),
-            (cluster("\"a:b\"", "oidc.example"), "must be an https:// URL"),
             (
-                format!("{}{}", cluster("\"a:b\"", "https://x"), cluster("\"a:b\"", "https://y")),
+                cluster("", "https://oidc.example"),
+                "names no `namespace:name`",
+            ),
+            (
+                cluster("\"agent\"", "https://oidc.example"),
+                "mesh.toml:5:21: `agent` is not a service account",
+            ),
+            (
+                cluster("\"a:b\"", "oidc.example"),
+                "must be an https:// URL",
+            ),
+            (
+                format!(
+                    "{}{}",
+                    cluster("\"a:b\"", "https://x"),
+                    cluster("\"a:b\"", "https://y")
+                ),
                 "cluster `prod` is defined twice",
             ),
         ] {
