@@ -160,8 +160,8 @@ struct ContainerState {
     running: Option<serde_json::Value>,
 }
 
-/// A pod list as read, indexed by pod UID.
-type Pods = BTreeMap<String, Pod>;
+/// A kubelet's pod list as read, indexed by pod UID.
+pub struct Pods(BTreeMap<String, Pod>);
 
 /// A node's kubelet, with the agent's cache of its pod list.
 pub struct Kubelet {
@@ -303,27 +303,39 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// A pod list, indexed by pod UID.
-fn parse(body: &[u8]) -> Result<Pods, KubeletError> {
-    let list: PodList =
-        serde_json::from_slice(body).map_err(|e| KubeletError::Garbage(e.to_string()))?;
-    let mut pods = Pods::new();
-    for p in list.items {
-        // Two pods under one UID is no list a kubelet writes: refuse rather than pick one.
-        if pods.contains_key(&p.metadata.uid) {
-            return Err(KubeletError::Garbage(format!(
-                "two pods have UID `{}`",
-                p.metadata.uid.chars().take(64).collect::<String>()
-            )));
+impl Pods {
+    /// A `/pods` answer (a PodList), indexed by pod UID.
+    pub fn parse(body: &[u8]) -> Result<Self, KubeletError> {
+        let list: PodList =
+            serde_json::from_slice(body).map_err(|e| KubeletError::Garbage(e.to_string()))?;
+        let mut pods = BTreeMap::new();
+        for p in list.items {
+            // Two pods under one UID is no list a kubelet writes: refuse rather than pick one.
+            if pods.contains_key(&p.metadata.uid) {
+                return Err(KubeletError::Garbage(format!(
+                    "two pods have UID `{}`",
+                    p.metadata.uid.chars().take(64).collect::<String>()
+                )));
+            }
+            pods.insert(p.metadata.uid.clone(), p);
         }
-        pods.insert(p.metadata.uid.clone(), p);
+        Ok(Self(pods))
     }
-    Ok(pods)
+
+    /// The running container `id` of pod `uid`.
+    pub fn container(&self, uid: &PodUid, id: &ContainerId) -> Result<PodContainer, KubeletError> {
+        find(self, uid, id)
+    }
+}
+
+fn parse(body: &[u8]) -> Result<Pods, KubeletError> {
+    Pods::parse(body)
 }
 
 /// The running container `id` of pod `uid`.
 fn find(pods: &Pods, uid: &PodUid, id: &ContainerId) -> Result<PodContainer, KubeletError> {
     let pod = pods
+        .0
         .get(uid.as_str())
         .ok_or_else(|| KubeletError::NoPod(uid.as_str().to_owned()))?;
     let status = pod

@@ -272,9 +272,14 @@ impl Runtime {
                 | "died"
                 | "cleanup"
         ) {
-            if let Ok(mut c) = self.cache.lock() {
-                c.remove(&e.actor.id);
-            }
+            self.forget(&e.actor.id);
+        }
+    }
+
+    /// Drops what is cached of container `id`: the next attestation asks the runtime.
+    pub fn forget(&self, id: &str) {
+        if let Ok(mut c) = self.cache.lock() {
+            c.remove(id);
         }
     }
 

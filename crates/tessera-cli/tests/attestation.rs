@@ -876,4 +876,50 @@ node_selectors = ["k8s:cluster:staging"]
     let _b = spawn_ready(cmd, "tessera: agent ready socket=");
     let o = tessera(&s.data, &["get", "agents"]);
     assert!(stdout(&o).contains("k8s_prod_node-b"), "{}", stdout(&o));
+
+    // With TokenReview, the cluster's API server must confirm each token too: a token whose pod
+    // was deleted is refused, though its signature and claims are fine.
+    let reviewed = mesh.replace(
+        "service_accounts = [\"tessera:tessera-agent\"]",
+        &format!(
+            "service_accounts = [\"tessera:tessera-agent\"]\ntoken_review = {{ url = \"{kubelet}\", ca_file = \"kubelet-ca.pem\", token_file = \"{}\" }}",
+            file("reviewer-token")
+        ),
+    );
+    let out = apply_ok(&s, w, "mesh.toml", &reviewed, &[]);
+    assert!(out.contains("~ cluster prod"), "{out}");
+    let node_c = file("node-c.jwt");
+    let (cmd, _) = agent_cmd(&s, w, "node-c", &["--k8s-token-file", node_c.as_str()]);
+    let _c = spawn_ready(cmd, "tessera: agent ready socket=");
+    std::fs::write(w.join("deleted"), "node-b\n").unwrap();
+    let (mut cmd, _) = agent_cmd(
+        &s,
+        w,
+        "node-b-again",
+        &["--k8s-token-file", node_b.as_str()],
+    );
+    let o = cmd.output().unwrap();
+    assert!(
+        !o.status.success()
+            && stderr(&o).contains(
+                "did not confirm the token (TokenReview): [invalid bearer token, pod not found]"
+            ),
+        "{}",
+        stderr(&o)
+    );
+
+    // The shipped example applies as it is.
+    let o = tessera(
+        &s.data,
+        &[
+            "apply",
+            "-f",
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../examples/kubernetes/cluster.toml"
+            ),
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("+ cluster prod-eu"), "{}", stdout(&o));
 }

@@ -7,7 +7,10 @@ tests/attestation.rs:
 - the kubelet's authenticated port: `GET /pods` over https (a certificate made here with the
   `cryptography` package), a bearer token required, answering with a kubelet pod list kept as a
   fixture (hand-written in the shape of Kubernetes 1.30's, not captured from a live kubelet).
-  What it answers is steered by the file WORK/kubelet-mode: `ok`, `garbage`, `unauthorized`.
+  What it answers is steered by the file WORK/kubelet-mode: `ok`, `garbage`, `unauthorized`;
+- the API server's TokenReview (`POST /apis/authentication.k8s.io/v1/tokenreviews`, the same TLS
+  server, another bearer token): a token is authenticated unless its name is a line of
+  WORK/deleted (its pod deleted, as the API server would then say).
 
 Usage: k8s_cluster.py WORK AUTHORITY_URL FIXTURE. Writes the tokens and the kubelet's CA into
 WORK, prints one JSON line (issuer, kubelet URL), then serves until killed.
@@ -31,6 +34,7 @@ from cryptography.x509.oid import NameOID
 
 WORK, AUTHORITY, FIXTURE = sys.argv[1], sys.argv[2], sys.argv[3]
 KUBELET_TOKEN = "kubelet-bearer-token-for-the-test"
+REVIEWER_TOKEN = "token-reviewer-bearer-token-for-the-test"
 
 key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 stranger = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -86,6 +90,7 @@ def token(ns="tessera", sa="tessera-agent", node="node-a", aud=AUTHORITY, exp_in
 tokens = {
     "good": token(),
     "node-b": token(node="node-b"),
+    "node-c": token(node="node-c"),
     "wrong-audience": token(aud="https://some-other-authority.example"),
     "wrong-account": token(sa="default"),
     "expired": token(exp_in=-120),
@@ -97,6 +102,11 @@ for name, t in tokens.items():
         f.write(t + "\n")
 with open(os.path.join(WORK, "kubelet-token"), "w") as f:
     f.write(KUBELET_TOKEN + "\n")
+with open(os.path.join(WORK, "reviewer-token"), "w") as f:
+    f.write(REVIEWER_TOKEN + "\n")
+with open(os.path.join(WORK, "deleted"), "w") as f:
+    f.write("")
+NAMES = {t: name for name, t in tokens.items()}
 with open(os.path.join(WORK, "kubelet-mode"), "w") as f:
     f.write("ok")
 
@@ -158,6 +168,34 @@ class Kubelet(BaseHTTPRequestHandler):
         self.send_header("content-length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+
+    def do_POST(self):
+        review = json.loads(self.rfile.read(int(self.headers.get("content-length", "0"))))
+        if self.path != "/apis/authentication.k8s.io/v1/tokenreviews":
+            status, body = 404, {}
+        elif self.headers.get("authorization") != "Bearer " + REVIEWER_TOKEN:
+            status, body = 401, {"kind": "Status", "status": "Failure", "code": 401}
+        else:
+            t = review["spec"]["token"]
+            with open(os.path.join(WORK, "deleted")) as f:
+                deleted = f.read().split()
+            claims = jwt.decode(t, options={"verify_signature": False})
+            status = 201
+            if NAMES.get(t) in deleted or t not in NAMES:
+                body = {"kind": "TokenReview", "status": {"authenticated": False,
+                        "error": "[invalid bearer token, pod not found]"}}
+            else:
+                body = {"kind": "TokenReview", "status": {
+                    "authenticated": True, "audiences": review["spec"].get("audiences", []),
+                    "user": {"username": claims["sub"], "groups": ["system:serviceaccounts"],
+                             "extra": {"authentication.kubernetes.io/node-name":
+                                       [claims["kubernetes.io"]["node"]["name"]]}}}}
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
 
 
 kubelet_srv = ThreadingHTTPServer(("127.0.0.1", 0), Kubelet)

@@ -42,6 +42,17 @@ pub(super) struct ClusterDoc {
     #[serde(default)]
     pub(super) private_network: bool,
     pub(super) service_accounts: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub(super) token_review: Option<Spanned<TokenReviewDoc>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct TokenReviewDoc {
+    pub(super) url: String,
+    #[serde(default)]
+    pub(super) ca_file: Option<Spanned<String>>,
+    pub(super) token_file: String,
 }
 
 #[derive(Debug, Deserialize)]

@@ -443,6 +443,35 @@ fn cluster(
         .as_ref()
         .map(|f| read_relative(loc, base, f))
         .transpose()?;
+    let token_review = match c.token_review {
+        None => None,
+        Some(t) => {
+            let tspan = t.span();
+            let t = t.into_inner();
+            if !t.url.starts_with("https://") && !t.url.starts_with("http://") {
+                return Err(loc.at(
+                    tspan,
+                    format!(
+                        "cluster `{}`: `token_review.url` `{}` must be an https:// URL",
+                        c.name, t.url
+                    ),
+                ));
+            }
+            if !t.token_file.starts_with('/') {
+                return Err(loc.at(tspan, format!("cluster `{}`: `token_review.token_file` must be an absolute path on the authority's host (it is read there, at each review)", c.name)));
+            }
+            let ca = t
+                .ca_file
+                .as_ref()
+                .map(|f| read_relative(loc, base, f))
+                .transpose()?;
+            Some(TokenReview {
+                url: t.url,
+                ca,
+                token_file: t.token_file,
+            })
+        }
+    };
     Ok(Cluster {
         name: c.name,
         trust_domain: c.trust_domain,
@@ -450,6 +479,7 @@ fn cluster(
         jwks,
         private_network: c.private_network,
         service_accounts,
+        token_review,
         source: loc.source(span),
     })
 }

@@ -18,7 +18,7 @@ mod values;
 pub use load::{load, parse_str};
 pub use model::{
     BundleProfile, Client, Cluster, DesiredState, Federation, Grant, JitScope, PolicyFile, Route,
-    ServiceAccount, Trust, TrustMap, Workload,
+    ServiceAccount, TokenReview, Trust, TrustMap, Workload,
 };
 pub use values::{
     ClientAuth, Date, Hours, Rate, Selector, SelectorKind, Ttl, ValueError, WorkloadKind,

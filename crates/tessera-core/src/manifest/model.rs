@@ -165,7 +165,23 @@ pub struct Cluster {
     pub private_network: bool,
     /// The service accounts whose tokens may attest an agent.
     pub service_accounts: Vec<ServiceAccount>,
+    /// Also ask the cluster's API server (TokenReview) whether each token is still valid (its
+    /// pod not deleted, its service account not removed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_review: Option<TokenReview>,
     pub source: String,
+}
+
+/// Where and how the authority asks a cluster's API server to review a token.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenReview {
+    /// The API server (`https://10.0.0.1:6443`).
+    pub url: String,
+    /// The PEM CA that signs the API server's certificate (the file's content).
+    pub ca: Option<String>,
+    /// A file on the authority's host holding the bearer token it reviews with (a service
+    /// account bound to `system:auth-delegator`); read at each review, never stored.
+    pub token_file: String,
 }
 
 /// How a federated authority's bundle endpoint is authenticated (SPIFFE Federation §5).

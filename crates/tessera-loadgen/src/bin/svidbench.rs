@@ -5,6 +5,8 @@
 //! - `cfssl`: the same against `cfssl serve` (one CSR per request, its only form);
 //! - `workload`: Workload API latency from a warm agent (FetchJWTSVID, first FetchX509SVID
 //!   message);
+//! - `x509`: from inside a cgroup given (a container's), the first FetchX509SVID message on a new
+//!   connection (the caller's first attestation) and then the latency of further ones;
 //! - `fetch-loop`: fetches in a loop for a while and counts failures (run during rotations).
 #![allow(
     clippy::unwrap_used,
@@ -47,6 +49,7 @@ async fn main() {
         Some("sign") => sign(&args).await,
         Some("cfssl") => cfssl(&args).await,
         Some("workload") => workload(&args).await,
+        Some("x509") => x509(&args).await,
         Some("fetch-loop") => fetch_loop(&args).await,
         Some("watch") => watch(&args).await,
         _ => {
@@ -221,6 +224,56 @@ async fn workload(args: &[String]) {
         pct(&jwt, 0.99),
         pct(&x509, 0.5),
         pct(&x509, 0.99)
+    );
+}
+
+/// `x509 --socket PATH [--cgroup DIR] [--iterations N]`: moves itself into cgroup DIR first (a
+/// container's, so the agent attests it as that container), then times the first FetchX509SVID
+/// message of a new connection, and N more on it.
+async fn x509(args: &[String]) {
+    let socket = arg(args, "--socket").unwrap();
+    if let Some(dir) = arg(args, "--cgroup") {
+        std::fs::write(
+            std::path::Path::new(&dir).join("cgroup.procs"),
+            std::process::id().to_string(),
+        )
+        .unwrap();
+    }
+    let n = num(args, "--iterations", 0) as usize;
+    let fetch =
+        |client: &mut tessera_agent::proto::spiffe_workload_api_client::SpiffeWorkloadApiClient<
+            tonic::transport::Channel,
+        >| {
+            let mut client = client.clone();
+            async move {
+                let mut s = client
+                    .fetch_x509svid(request(X509svidRequest {}))
+                    .await
+                    .unwrap()
+                    .into_inner();
+                let m = s.message().await.unwrap().unwrap();
+                assert!(!m.svids.is_empty());
+            }
+        };
+    let t = Instant::now();
+    let mut client = connect(std::path::Path::new(&socket)).await.unwrap();
+    fetch(&mut client).await;
+    let first = t.elapsed();
+    let mut times = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        fetch(&mut client).await;
+        times.push(t.elapsed());
+    }
+    times.sort();
+    let (p50, p99) = if times.is_empty() {
+        (0.0, 0.0)
+    } else {
+        (pct(&times, 0.5), pct(&times, 0.99))
+    };
+    println!(
+        "{{\"first_us\": {:.0}, \"p50_us\": {p50:.0}, \"p99_us\": {p99:.0}, \"iterations\": {n}}}",
+        first.as_secs_f64() * 1e6
     );
 }
 

@@ -41,6 +41,8 @@ pub(crate) enum NodeAttestError {
     },
     #[error("cluster `{cluster}`: {reason}")]
     Unusable { cluster: String, reason: String },
+    #[error("cluster `{cluster}`'s API server did not confirm the token (TokenReview): {reason}")]
+    Review { cluster: String, reason: String },
 }
 
 /// An agent attested by its node.
@@ -206,6 +208,14 @@ pub(crate) async fn k8s_psat(
             name: sa.chars().take(64).collect(),
         });
     }
+    if let Some(review) = &cluster.token_review {
+        token_review(review, token, &wanted, sub.unwrap_or_default(), node)
+            .await
+            .map_err(|reason| NodeAttestError::Review {
+                cluster: name.clone(),
+                reason,
+            })?;
+    }
     let selector = |kind: &str, v: &str| {
         Selector::parse(&format!("k8s:{kind}:{v}"))
             .map_err(|e| NodeAttestError::Claims(e.to_string()))
@@ -230,6 +240,88 @@ pub(crate) async fn k8s_psat(
         pod: pod.chars().take(253).collect(),
         exp,
     })
+}
+
+/// The most a TokenReview may take.
+const REVIEW_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Asks the cluster's API server whether `token` is valid now (its pod and service account
+/// still exist) for one of `audiences`, and for the same user and node the token names.
+async fn token_review(
+    review: &tessera_core::manifest::TokenReview,
+    token: &str,
+    audiences: &[&str],
+    sub: &str,
+    node: &str,
+) -> Result<(), String> {
+    let credential = std::fs::read_to_string(&review.token_file)
+        .map_err(|e| format!("cannot read `{}`: {e}", review.token_file))?;
+    let mut b = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(REVIEW_TIMEOUT);
+    if let Some(pem) = &review.ca {
+        let certs = reqwest::Certificate::from_pem_bundle(pem.as_bytes())
+            .map_err(|e| format!("its `ca_file` is not PEM: {e}"))?;
+        b = b.tls_built_in_root_certs(false);
+        for c in certs {
+            b = b.add_root_certificate(c);
+        }
+    }
+    let client = b.build().map_err(|e| e.to_string())?;
+    let url = format!(
+        "{}/apis/authentication.k8s.io/v1/tokenreviews",
+        review.url.trim_end_matches('/')
+    );
+    let body = serde_json::json!({
+        "apiVersion": "authentication.k8s.io/v1",
+        "kind": "TokenReview",
+        "spec": {"token": token, "audiences": audiences},
+    });
+    let resp = client
+        .post(&url)
+        .bearer_auth(credential.trim())
+        .json(&body)
+        .send()
+        .await
+        .map_err(|e| {
+            let mut s = e.to_string();
+            let mut cause = std::error::Error::source(&e);
+            while let Some(c) = cause {
+                s.push_str(&format!(": {c}"));
+                cause = c.source();
+            }
+            s
+        })?;
+    let status = resp.status();
+    if !status.is_success() {
+        return Err(format!("it answered {}", status.as_u16()));
+    }
+    let v: Value = resp
+        .json()
+        .await
+        .map_err(|e| format!("its answer is not a TokenReview: {e}"))?;
+    let st = &v["status"];
+    if st["authenticated"] != Value::Bool(true) {
+        let why = st["error"].as_str().unwrap_or("not authenticated");
+        return Err(why.chars().take(200).collect());
+    }
+    if st["user"]["username"].as_str() != Some(sub) {
+        return Err("it names another user".into());
+    }
+    if let Some(aud) = st["audiences"].as_array() {
+        if !aud
+            .iter()
+            .any(|a| a.as_str().is_some_and(|a| audiences.contains(&a)))
+        {
+            return Err("it confirms the token for another audience".into());
+        }
+    }
+    if let Some(n) = st["user"]["extra"]["authentication.kubernetes.io/node-name"].as_array() {
+        if n.first().and_then(Value::as_str) != Some(node) {
+            return Err("it names another node".into());
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
