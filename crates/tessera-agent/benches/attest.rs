@@ -1,5 +1,6 @@
-//! Workload attestation in process: a process's own selectors from `/proc`, and its container's
-//! metadata cached (among 1,000) and asked of a runtime for the first time. The runtime is a
+//! Workload attestation in process: a process's own selectors from `/proc`, its container's
+//! metadata cached (among 1,000) and asked of a runtime for the first time, and a pod's found in
+//! the kubelet's cached pod list. The runtime is a
 //! Docker Engine API played on a unix socket here; with `TESSERA_BENCH_RUNTIME=SOCKET` and
 //! `TESSERA_BENCH_CONTAINER=ID` a real one (Podman's, Docker's) is asked as well.
 //!
@@ -77,6 +78,14 @@ fn benches(c: &mut Criterion) {
             rt.block_on(runtime.inspect(&id(&format!("{next:064x}"))))
                 .unwrap()
         })
+    });
+    let pods =
+        tessera_agent::kubelet::Pods::parse(include_bytes!("../tests/fixtures/kubelet-pods.json"))
+            .unwrap();
+    let placed = Placement::parse("0::/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod6b3a1c2e_9f4d_4e8a_b1c7_2d5e8f0a3b6c.slice/cri-containerd-a9f8e7d6c5b4a3f2e1d0c9b8a7f6e5d4c3b2a1f0e9d8c7b6a5f4e3d2c1b0a9f8.scope\n").unwrap();
+    let (uid, cid) = (placed.pod.unwrap(), placed.container.unwrap().1);
+    g.bench_function("pod metadata: from the kubelet's cached list", |b| {
+        b.iter(|| pods.container(&uid, &cid).unwrap())
     });
     if let (Ok(s), Ok(cid)) = (
         std::env::var("TESSERA_BENCH_RUNTIME"),

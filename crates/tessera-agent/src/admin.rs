@@ -109,11 +109,12 @@ async fn get_attest(State(agent): State<Arc<Agent>>, Query(q): Query<AttestQuery
     .into_response()
 }
 
-/// Binds the admin socket (mode 0600; a stale one is replaced).
-pub(crate) fn bind(data_dir: &Path) -> Result<tokio::net::UnixListener, AgentError> {
+/// Binds the admin socket (mode 0600; a stale one is replaced). Another agent serving on the
+/// same data folder stops this one; a socket that cannot be made (a data path too long for a
+/// socket's name, say) only costs `agent attest`: the agent still serves workloads.
+pub(crate) fn bind(data_dir: &Path) -> Result<Option<tokio::net::UnixListener>, AgentError> {
     use std::os::unix::fs::PermissionsExt;
     let path = socket_path(data_dir);
-    let err = |e: std::io::Error| crate::file_err(&path, e);
     if std::os::unix::net::UnixStream::connect(&path).is_ok() {
         return Err(crate::file_err(
             &path,
@@ -121,9 +122,17 @@ pub(crate) fn bind(data_dir: &Path) -> Result<tokio::net::UnixListener, AgentErr
         ));
     }
     let _ = std::fs::remove_file(&path);
-    let l = tokio::net::UnixListener::bind(&path).map_err(err)?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
-    Ok(l)
+    let bound = tokio::net::UnixListener::bind(&path).and_then(|l| {
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map(|()| l)
+    });
+    match bound {
+        Ok(l) => Ok(Some(l)),
+        Err(e) => {
+            let _ = std::fs::remove_file(&path);
+            tracing::warn!(socket = %path.display(), error = %e, "no admin socket: `tessera agent attest` cannot reach this agent");
+            Ok(None)
+        }
+    }
 }
 
 /// Serves the admin socket to the agent's own user and root only (the file mode says so too;

@@ -139,7 +139,7 @@ impl Binding {
     /// A process other than the peer holding the connection while running another image or as
     /// another user.
     fn foreign_holder(&self) -> Option<i32> {
-        crate::sockets::holders(self.socket)
+        crate::sockets::holders_but(self.socket, i32::try_from(std::process::id()).ok())
             .into_iter()
             .filter(|h| *h != self.peer.pid)
             .find(|h| {

@@ -163,6 +163,12 @@ struct ContainerState {
 /// A kubelet's pod list as read, indexed by pod UID.
 pub struct Pods(BTreeMap<String, Pod>);
 
+impl std::fmt::Debug for Pods {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pods").field("pods", &self.0.len()).finish()
+    }
+}
+
 /// A node's kubelet, with the agent's cache of its pod list.
 pub struct Kubelet {
     config: KubeletConfig,

@@ -725,8 +725,10 @@ pub async fn run(config: AgentConfig) -> Result<Running, AgentError> {
         tokio::spawn(agent.clone().sync_loop()),
         tokio::spawn(agent.clone().rotation_loop()),
         tokio::spawn(workload::serve(agent.clone(), listener)),
-        tokio::spawn(admin::serve(agent.clone(), admin)),
     ];
+    if let Some(admin) = admin {
+        tasks.push(tokio::spawn(admin::serve(agent.clone(), admin)));
+    }
     if agent.runtime().is_some() {
         tasks.push(tokio::spawn(agent.clone().follow_runtime_events()));
     }

@@ -30,6 +30,12 @@ const MAX_EVENT_BYTES: usize = 64 * 1024;
 /// The most containers cached; past it the cache starts over.
 const MAX_CACHED: usize = 10_000;
 
+type Sender = hyper::client::conn::http1::SendRequest<Empty<bytes::Bytes>>;
+type Connection = hyper::client::conn::http1::Connection<
+    hyper_util::rt::TokioIo<tokio::net::UnixStream>,
+    Empty<bytes::Bytes>,
+>;
+
 /// What the runtime says about a running container.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContainerInfo {
@@ -135,22 +141,54 @@ impl Runtime {
         result
     }
 
-    async fn ask(&self, id: &ContainerId) -> Result<Arc<ContainerInfo>, RuntimeError> {
-        let unreachable = |reason: String| RuntimeError::Unreachable {
+    fn unreachable(&self, reason: impl std::fmt::Display) -> RuntimeError {
+        RuntimeError::Unreachable {
             socket: self.socket.display().to_string(),
-            reason,
-        };
+            reason: reason.to_string(),
+        }
+    }
+
+    /// A connection to the runtime and `GET path` to send on it.
+    async fn connect(
+        &self,
+        path: &str,
+    ) -> Result<(Sender, Connection, http::Request<Empty<bytes::Bytes>>), RuntimeError> {
         let stream = tokio::net::UnixStream::connect(&self.socket)
             .await
-            .map_err(|e| unreachable(e.to_string()))?;
-        let (mut sender, conn) =
+            .map_err(|e| self.unreachable(e))?;
+        let (sender, conn) =
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
                 .await
-                .map_err(|e| unreachable(e.to_string()))?;
-        let req = http::Request::get(format!("/containers/{}/json", id.as_str()))
+                .map_err(|e| self.unreachable(e))?;
+        let req = http::Request::get(path)
             .header(http::header::HOST, "docker")
             .body(Empty::<bytes::Bytes>::new())
-            .map_err(|e| unreachable(e.to_string()))?;
+            .map_err(|e| self.unreachable(e))?;
+        Ok((sender, conn, req))
+    }
+
+    /// Runs `work` while driving `conn` beside it, on this task.
+    async fn driven<T>(
+        &self,
+        conn: Connection,
+        work: impl std::future::Future<Output = Result<T, RuntimeError>>,
+    ) -> Result<T, RuntimeError> {
+        let mut conn = std::pin::pin!(conn);
+        let mut work = std::pin::pin!(work);
+        tokio::select! {
+            r = &mut work => r,
+            c = &mut conn => match c {
+                Ok(()) => work.await,
+                Err(e) => Err(self.unreachable(e)),
+            },
+        }
+    }
+
+    async fn ask(&self, id: &ContainerId) -> Result<Arc<ContainerInfo>, RuntimeError> {
+        let unreachable = |reason: String| self.unreachable(reason);
+        let (mut sender, conn, req) = self
+            .connect(&format!("/containers/{}/json", id.as_str()))
+            .await?;
         let request = async {
             let resp = sender
                 .send_request(req)
@@ -165,16 +203,7 @@ impl Runtime {
                 .map(|b| b.to_bytes())
                 .map_err(|e| RuntimeError::Garbage(e.to_string()))
         };
-        // The connection is driven beside the request, on this task.
-        let mut conn = std::pin::pin!(conn);
-        let mut request = std::pin::pin!(request);
-        let body = tokio::select! {
-            r = &mut request => r,
-            c = &mut conn => match c {
-                Ok(()) => request.await,
-                Err(e) => Err(unreachable(e.to_string())),
-            },
-        }?;
+        let body = self.driven(conn, request).await?;
         self.read(id, &body).map(Arc::new)
     }
 
@@ -183,22 +212,11 @@ impl Runtime {
     /// renamed container's old name stops matching at once rather than when its entry ages out.
     /// Returns when the stream ends or fails; the caller reconnects.
     pub async fn follow_events(&self) -> Result<(), RuntimeError> {
-        let unreachable = |reason: String| RuntimeError::Unreachable {
-            socket: self.socket.display().to_string(),
-            reason,
-        };
-        let stream = tokio::net::UnixStream::connect(&self.socket)
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                .await
-                .map_err(|e| unreachable(e.to_string()))?;
+        let unreachable = |reason: String| self.unreachable(reason);
         // `{"type":["container"]}`, URL-encoded.
-        let req = http::Request::get("/events?filters=%7B%22type%22%3A%5B%22container%22%5D%7D")
-            .header(http::header::HOST, "docker")
-            .body(Empty::<bytes::Bytes>::new())
-            .map_err(|e| unreachable(e.to_string()))?;
+        let (mut sender, conn, req) = self
+            .connect("/events?filters=%7B%22type%22%3A%5B%22container%22%5D%7D")
+            .await?;
         let follow = async {
             let resp = tokio::time::timeout(TIMEOUT, sender.send_request(req))
                 .await
@@ -231,15 +249,7 @@ impl Runtime {
             }
             Ok(())
         };
-        let mut conn = std::pin::pin!(conn);
-        let mut follow = std::pin::pin!(follow);
-        tokio::select! {
-            r = &mut follow => r,
-            c = &mut conn => match c {
-                Ok(()) => follow.await,
-                Err(e) => Err(unreachable(e.to_string())),
-            },
-        }
+        self.driven(conn, follow).await
     }
 
     /// Drops the metadata of the container an event names, when the event changes what the

@@ -115,72 +115,21 @@ async fn post_join(State(app): State<Arc<App>>, Json(req): Json<JoinRequest>) ->
             .map_err(|e| ApiError::unavailable(e.to_string()))?;
         let agent_id =
             AgentId::parse(&record.agent_id).map_err(|e| ApiError::unavailable(e.to_string()))?;
-        let spiffe_id = agent_id
-            .spiffe_id(&td)
-            .map_err(|e| ApiError::unavailable(e.to_string()))?;
-        let snap = app.snapshot();
-        let ttl = i64::try_from(app.config.agent_svid_ttl.as_secs()).unwrap_or(3600);
-        let svid = sign_agent(&snap, &td, &spiffe_id, &req.csr, ttl, now)?;
-        let ops = [
-            Op::RedeemJoinToken {
-                token_hash: hash,
-                at: now,
-            },
-            Op::InsertAgent(AgentRecord {
-                id: agent_id.to_string(),
-                trust_domain: td.to_string(),
-                joined_at: now,
-                svid_serial: svid.serial.clone(),
-                svid_not_after: svid.not_after,
-                last_seen: now,
-                revoked_at: None,
-                selectors: vec![],
-            }),
-            Op::RecordSvids(vec![SvidRecord {
-                serial: svid.serial.clone(),
-                spiffe_id: spiffe_id.to_string(),
-                agent_id: agent_id.to_string(),
-                issued_at: now,
-                not_after: svid.not_after,
-            }]),
-        ];
-        let event = audit(
-            AuditKind::AgentJoined,
-            spiffe_id.as_str(),
-            spiffe_id.as_str(),
-            json!({"agent": agent_id, "serial": svid.serial, "not_after": svid.not_after, "attestation": "join_token"}),
-        );
-        match app.store.commit(&ops, &[event]).await {
-            Err(StoreError::Conflict(_)) => return Err(refused()),
-            r => r?,
-        };
-        if let Err(e) = app.reload().await {
-            tracing::error!(error = %e, "agent joined, reload failed; the next poll retries");
-        }
-        let snap = app.snapshot();
-        Ok(AgentSvid {
+        let joining = Joining {
+            td,
             agent_id,
-            spiffe_id,
-            chain: svid.chain().iter().map(|c| STANDARD.encode(c)).collect(),
-            not_after: svid.not_after,
-            bundle: bundle_b64(&snap, &td, now),
-        })
+            selectors: vec![],
+            detail: json!({"attestation": "join_token"}),
+        };
+        // The token is redeemed in the same commit; a second use conflicts.
+        let redeem = Op::RedeemJoinToken {
+            token_hash: hash,
+            at: now,
+        };
+        admit(&app, joining, &req.csr, Some(redeem), refused()).await
     }
     .await;
-    match result {
-        Ok(body) => Json(body).into_response(),
-        Err(e) => {
-            let event = AuditEvent {
-                kind: AuditKind::AgentJoinRefused,
-                actor: "anonymous".into(),
-                subject: "agent".into(),
-                outcome: Outcome::Denied,
-                detail: json!({"reason": e.to_string()}),
-            };
-            app.audit_refusal(event).await;
-            e.into_response()
-        }
-    }
+    answer_join(&app, result, "join_token").await
 }
 
 /// Joins (or joins again) an agent attested by its node's Kubernetes service-account token.
@@ -189,63 +138,112 @@ async fn post_attest_k8s_psat(
     Json(req): Json<K8sPsatRequest>,
 ) -> Response {
     let result = async {
-        let snap = app.snapshot();
-        let node = node_attestation::k8s_psat(&app, &snap, req.token.trim())
+        let node = node_attestation::k8s_psat(&app, &app.snapshot(), req.token.trim())
             .await
             .map_err(|e| unauthenticated(e.to_string()))?;
-        let now = tessera_core::now_unix();
-        let ttl = i64::try_from(app.config.agent_svid_ttl.as_secs()).unwrap_or(3600);
-        let svid = sign_agent(&snap, &node.td, &node.spiffe_id, &req.csr, ttl, now)?;
-        let ops = [
-            Op::AttestAgent(AgentRecord {
-                id: node.agent_id.to_string(),
-                trust_domain: node.td.to_string(),
-                joined_at: now,
-                svid_serial: svid.serial.clone(),
-                svid_not_after: svid.not_after,
-                last_seen: now,
-                revoked_at: None,
-                selectors: node.selectors.clone(),
-            }),
-            Op::RecordSvids(vec![SvidRecord {
-                serial: svid.serial.clone(),
-                spiffe_id: node.spiffe_id.to_string(),
-                agent_id: node.agent_id.to_string(),
-                issued_at: now,
-                not_after: svid.not_after,
-            }]),
-        ];
+        let revoked = unauthenticated(format!(
+            "agent `{}` has been revoked; attesting again does not undo that",
+            node.agent_id
+        ));
         let selectors: Vec<String> = node.selectors.iter().map(ToString::to_string).collect();
-        let event = audit(
-            AuditKind::AgentJoined,
-            node.spiffe_id.as_str(),
-            node.spiffe_id.as_str(),
-            json!({"agent": node.agent_id, "serial": svid.serial, "not_after": svid.not_after,
-                   "attestation": "k8s_psat", "cluster": node.cluster, "node": node.node,
-                   "pod": node.pod, "token_exp": node.exp, "selectors": selectors}),
-        );
-        match app.store.commit(&ops, &[event]).await {
-            Err(StoreError::Conflict(_)) => {
-                return Err(unauthenticated(format!(
-                    "agent `{}` has been revoked; attesting again does not undo that",
-                    node.agent_id
-                )))
-            }
-            r => r?,
-        };
-        if let Err(e) = app.reload().await {
-            tracing::error!(error = %e, "agent attested, reload failed; the next poll retries");
-        }
-        let snap = app.snapshot();
-        Ok(AgentSvid {
+        let joining = Joining {
+            td: node.td,
             agent_id: node.agent_id,
-            spiffe_id: node.spiffe_id,
-            chain: svid.chain().iter().map(|c| STANDARD.encode(c)).collect(),
-            not_after: svid.not_after,
-            bundle: bundle_b64(&snap, &node.td, now),
-        })
+            selectors: node.selectors,
+            detail: json!({"attestation": "k8s_psat", "cluster": node.cluster, "node": node.node,
+                           "pod": node.pod, "token_exp": node.exp, "selectors": selectors}),
+        };
+        admit(&app, joining, &req.csr, None, revoked).await
     }
     .await;
+    answer_join(&app, result, "k8s_psat").await
+}
+
+/// An agent being admitted, however it proved itself.
+struct Joining {
+    td: TrustDomain,
+    agent_id: AgentId,
+    selectors: Vec<tessera_core::manifest::Selector>,
+    /// How it was attested, for the audit record.
+    detail: serde_json::Value,
+}
+
+/// Signs a joining agent's SVID from its CSR and records the agent, its SVID and an
+/// `agent.joined` record in one commit (with `redeem`, the join token's redemption: a new
+/// agent; without, an agent attested by its node, which joins again under the same ID unless
+/// revoked). `conflict` is the answer when the commit conflicts.
+async fn admit(
+    app: &App,
+    j: Joining,
+    csr: &str,
+    redeem: Option<Op>,
+    conflict: ApiError,
+) -> Result<AgentSvid, ApiError> {
+    let now = tessera_core::now_unix();
+    let spiffe_id = j
+        .agent_id
+        .spiffe_id(&j.td)
+        .map_err(|e| ApiError::unavailable(e.to_string()))?;
+    let snap = app.snapshot();
+    let ttl = i64::try_from(app.config.agent_svid_ttl.as_secs()).unwrap_or(3600);
+    let svid = sign_agent(&snap, &j.td, &spiffe_id, csr, ttl, now)?;
+    let agent = AgentRecord {
+        id: j.agent_id.to_string(),
+        trust_domain: j.td.to_string(),
+        joined_at: now,
+        svid_serial: svid.serial.clone(),
+        svid_not_after: svid.not_after,
+        last_seen: now,
+        revoked_at: None,
+        selectors: j.selectors,
+    };
+    let mut ops = Vec::with_capacity(3);
+    match redeem {
+        Some(r) => ops.extend([r, Op::InsertAgent(agent)]),
+        None => ops.push(Op::AttestAgent(agent)),
+    }
+    ops.push(Op::RecordSvids(vec![SvidRecord {
+        serial: svid.serial.clone(),
+        spiffe_id: spiffe_id.to_string(),
+        agent_id: j.agent_id.to_string(),
+        issued_at: now,
+        not_after: svid.not_after,
+    }]));
+    let mut detail = j.detail;
+    if let Some(d) = detail.as_object_mut() {
+        d.insert("agent".into(), json!(j.agent_id));
+        d.insert("serial".into(), json!(svid.serial));
+        d.insert("not_after".into(), json!(svid.not_after));
+    }
+    let event = audit(
+        AuditKind::AgentJoined,
+        spiffe_id.as_str(),
+        spiffe_id.as_str(),
+        detail,
+    );
+    match app.store.commit(&ops, &[event]).await {
+        Err(StoreError::Conflict(_)) => return Err(conflict),
+        r => r?,
+    };
+    if let Err(e) = app.reload().await {
+        tracing::error!(error = %e, "agent joined, reload failed; the next poll retries");
+    }
+    let snap = app.snapshot();
+    Ok(AgentSvid {
+        agent_id: j.agent_id,
+        spiffe_id,
+        chain: svid.chain().iter().map(|c| STANDARD.encode(c)).collect(),
+        not_after: svid.not_after,
+        bundle: bundle_b64(&snap, &j.td, now),
+    })
+}
+
+/// The joining agent's answer; a refusal is audited (aggregated) with how it tried to join.
+async fn answer_join(
+    app: &App,
+    result: Result<AgentSvid, ApiError>,
+    attestation: &str,
+) -> Response {
     match result {
         Ok(body) => Json(body).into_response(),
         Err(e) => {
@@ -254,7 +252,7 @@ async fn post_attest_k8s_psat(
                 actor: "anonymous".into(),
                 subject: "agent".into(),
                 outcome: Outcome::Denied,
-                detail: json!({"attestation": "k8s_psat", "reason": e.to_string()}),
+                detail: json!({"attestation": attestation, "reason": e.to_string()}),
             };
             app.audit_refusal(event).await;
             e.into_response()

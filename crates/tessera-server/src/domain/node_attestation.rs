@@ -6,7 +6,7 @@
 
 use serde_json::{Map, Value};
 use tessera_core::manifest::{Cluster, Selector, Trust};
-use tessera_core::{AgentId, Audience, SpiffeId, TrustDomain};
+use tessera_core::{AgentId, Audience, TrustDomain};
 use tessera_token::claims::{audience_contains, check_times, numeric_date, TimeRules};
 use tessera_token::Unverified;
 
@@ -51,7 +51,6 @@ pub(crate) struct AttestedNode {
     pub cluster: String,
     pub td: TrustDomain,
     pub agent_id: AgentId,
-    pub spiffe_id: SpiffeId,
     pub selectors: Vec<Selector>,
     pub node: String,
     pub pod: String,
@@ -227,14 +226,10 @@ pub(crate) async fn k8s_psat(
         selector("node_name", node)?,
     ];
     let agent_id = agent_id(&name, node).map_err(NodeAttestError::Claims)?;
-    let spiffe_id = agent_id
-        .spiffe_id(&td)
-        .map_err(|e| NodeAttestError::Claims(e.to_string()))?;
     Ok(AttestedNode {
         cluster: name,
         td,
         agent_id,
-        spiffe_id,
         selectors,
         node: node.to_owned(),
         pod: pod.chars().take(253).collect(),
