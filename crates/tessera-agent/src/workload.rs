@@ -224,7 +224,7 @@ impl WorkloadApi {
         let agent = self.agent.clone();
         let (mut p, binding) =
             tokio::task::spawn_blocking(move || -> Result<(Process, Binding), Status> {
-                binding.check().map_err(|e| refused(&e))?;
+                binding.check_process().map_err(|e| refused(&e))?;
                 if let Some(p) = info.attested.get() {
                     if p.sha256.is_some() || !want_digest {
                         return Ok((p.clone(), binding));
@@ -245,6 +245,14 @@ impl WorkloadApi {
             .enrich(&mut p)
             .await
             .map_err(|e| Status::permission_denied(format!("attestation failed: {e}")))?;
+        // Last, just before the answer (a stream's first message relies on it): no other
+        // program holds the connection. This walks every process's descriptors, once a request.
+        let binding = tokio::task::spawn_blocking(move || {
+            binding.check().map_err(|e| refused(&e))?;
+            Ok::<_, Status>(binding)
+        })
+        .await
+        .map_err(|_| Status::unavailable("attestation could not run; try again"))??;
         Ok((p, binding))
     }
 }
@@ -336,10 +344,19 @@ where
                 if !first && rx.changed().await.is_err() {
                     return None;
                 }
+                // The caller was checked just before its stream began (`caller`): a second walk
+                // of every descriptor table for the first message would only double its cost.
+                let checked_just_now = first;
                 first = false;
                 let (process, binding) = &bound;
-                if let Err(e) = binding.check() {
-                    return Some((Err(refused(&e)), (rx, bound, f, last, first, true)));
+                if !checked_just_now {
+                    let b = binding.clone();
+                    let checked = tokio::task::spawn_blocking(move || b.check())
+                        .await
+                        .unwrap_or(Err(crate::attest::AttestError::Unbound));
+                    if let Err(e) = checked {
+                        return Some((Err(refused(&e)), (rx, bound, f, last, first, true)));
+                    }
                 }
                 let state = rx.borrow_and_update().clone();
                 match f(&state, process) {

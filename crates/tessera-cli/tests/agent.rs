@@ -691,7 +691,7 @@ fn socket_paths_are_checked() {
     let bad = write(
         dir.path(),
         "bad.toml",
-        "[[workload]]\nid = \"spiffe://example.org/x\"\nowner = \"o\"\npurpose = \"p\"\nselectors = [\"k8s:ns:default\"]\n",
+        "[[workload]]\nid = \"spiffe://example.org/x\"\nowner = \"o\"\npurpose = \"p\"\nselectors = [\"k8s:pod_uid:default\"]\n",
     );
     let o = tessera(&s.data, &["apply", "-f", bad.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2));
