@@ -67,6 +67,11 @@ fn benches(c: &mut Criterion) {
     g.bench_function("process: /proc, cgroup, user and group names", |b| {
         b.iter(|| attest::attest(me, &digests, false).unwrap())
     });
+    // What every Workload API request pays to close the exec-after-connect race: a walk of every
+    // process's descriptor table, here for a socket nobody holds.
+    g.bench_function("foreign-holder scan: every descriptor table", |b| {
+        b.iter(|| tessera_agent::sockets::holders_but(u64::MAX, None))
+    });
     let cached = id(&format!("{:064x}", 500));
     g.bench_function("container metadata: cached, 1,000 cached", |b| {
         b.iter(|| rt.block_on(runtime.inspect(&cached)).unwrap())
