@@ -295,15 +295,17 @@ async fn token_review(
         .json()
         .await
         .map_err(|e| format!("its answer is not a TokenReview: {e}"))?;
-    let st = &v["status"];
-    if st["authenticated"] != Value::Bool(true) {
-        let why = st["error"].as_str().unwrap_or("not authenticated");
+    let at = |path: &str| v.pointer(path);
+    if at("/status/authenticated") != Some(&Value::Bool(true)) {
+        let why = at("/status/error")
+            .and_then(Value::as_str)
+            .unwrap_or("not authenticated");
         return Err(why.chars().take(200).collect());
     }
-    if st["user"]["username"].as_str() != Some(sub) {
+    if at("/status/user/username").and_then(Value::as_str) != Some(sub) {
         return Err("it names another user".into());
     }
-    if let Some(aud) = st["audiences"].as_array() {
+    if let Some(aud) = at("/status/audiences").and_then(Value::as_array) {
         if !aud
             .iter()
             .any(|a| a.as_str().is_some_and(|a| audiences.contains(&a)))
@@ -311,7 +313,10 @@ async fn token_review(
             return Err("it confirms the token for another audience".into());
         }
     }
-    if let Some(n) = st["user"]["extra"]["authentication.kubernetes.io/node-name"].as_array() {
+    // JSON pointer escapes `/` as `~1`.
+    if let Some(n) =
+        at("/status/user/extra/authentication.kubernetes.io~1node-name").and_then(Value::as_array)
+    {
         if n.first().and_then(Value::as_str) != Some(node) {
             return Err("it names another node".into());
         }
