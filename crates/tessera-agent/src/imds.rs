@@ -201,9 +201,10 @@ async fn token(
         );
     };
     let agent = ctx.agent.clone();
+    let bound_again = bound.clone();
     let attested = tokio::task::spawn_blocking(move || {
         let binding = bound.0.as_ref().as_ref().map_err(Clone::clone)?;
-        binding.check().map_err(|e| e.to_string())?;
+        binding.check_process().map_err(|e| e.to_string())?;
         let p = attest::attest(binding.peer, agent.digests(), agent.state().want_digest)
             .map_err(|e| e.to_string())?;
         binding.check_process().map_err(|e| e.to_string())?;
@@ -234,6 +235,30 @@ async fn token(
             "invalid_request",
             &format!("the caller cannot be attested: {e}"),
         );
+    }
+    // Last, just before the answer: no other program holds the connection (a walk of every
+    // process's descriptors).
+    let held = tokio::task::spawn_blocking(move || {
+        let binding = bound_again.0.as_ref().as_ref().map_err(Clone::clone)?;
+        binding.check().map_err(|e| e.to_string())
+    })
+    .await;
+    match held {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            return error(
+                StatusCode::FORBIDDEN,
+                "invalid_request",
+                &format!("the caller cannot be attested: {e}"),
+            )
+        }
+        Err(_) => {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                "attestation could not run; try again",
+            )
+        }
     }
     let state = ctx.agent.state();
     let mut ids: Vec<SpiffeId> = state

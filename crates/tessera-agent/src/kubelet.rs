@@ -174,6 +174,9 @@ pub struct Kubelet {
     config: KubeletConfig,
     client: reqwest::Client,
     cache: Mutex<Option<(Arc<Pods>, Instant)>>,
+    /// The last fetch's failure: callers queued behind it get it at once rather than each
+    /// waiting out the kubelet's timeout in turn.
+    failed: Mutex<Option<(KubeletError, Instant)>>,
     /// One fetch at a time: callers arriving while one runs use its answer.
     fetching: tokio::sync::Mutex<()>,
 }
@@ -221,6 +224,7 @@ impl Kubelet {
             config,
             client,
             cache: Mutex::default(),
+            failed: Mutex::default(),
             fetching: tokio::sync::Mutex::new(()),
         })
     }
@@ -242,10 +246,19 @@ impl Kubelet {
         let _one = self.fetching.lock().await;
         // Another caller may have fetched while this one waited.
         let cached = self.cache.lock().ok().and_then(|c| c.clone());
+        if let Some((e, at)) = self.failed.lock().ok().and_then(|f| f.clone()) {
+            if at.elapsed() < REFETCH_AFTER {
+                return Err(e);
+            }
+        }
         let pods = match cached {
             Some((pods, at)) if at.elapsed() < REFETCH_AFTER => pods,
             _ => {
-                let pods = Arc::new(self.fetch().await?);
+                let fetched = self.fetch().await;
+                if let Ok(mut f) = self.failed.lock() {
+                    *f = fetched.as_ref().err().map(|e| (e.clone(), Instant::now()));
+                }
+                let pods = Arc::new(fetched?);
                 if let Ok(mut c) = self.cache.lock() {
                     *c = Some((pods.clone(), Instant::now()));
                 }
