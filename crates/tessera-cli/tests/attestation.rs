@@ -908,6 +908,15 @@ node_selectors = ["k8s:cluster:staging"]
         stderr(&o)
     );
 
+    // One cluster per issuer: a token names its cluster by its issuer.
+    let twin = write(
+        w,
+        "twin.toml",
+        &format!("[[cluster]]\nname = \"twin\"\ntrust_domain = \"example.org\"\nissuer = \"{issuer}\"\nservice_accounts = [\"a:b\"]\n"),
+    );
+    let o = tessera(&s.data, &["apply", "-f", twin.to_str().unwrap()]);
+    refused(&o, "cluster `prod` already has issuer");
+
     // The shipped example applies as it is.
     let o = tessera(
         &s.data,

@@ -206,7 +206,8 @@ pub(crate) fn plan(
             .clusters
             .iter()
             .find(|o| o.issuer == c.issuer && o.name != c.name)
-            .filter(|o| !desired.clusters.iter().any(|d| d.name == o.name) || !prune)
+            // Unless that cluster is redeclared here (then with another issuer) or pruned.
+            .filter(|o| !prune && !desired.clusters.iter().any(|d| d.name == o.name))
         {
             return Err(invalid(
                 &c.source,
