@@ -18,7 +18,7 @@ use tessera_core::SpiffeId;
 use tokio::net::TcpListener;
 
 use crate::attest::{self, Binding};
-use crate::{Agent, AgentError};
+use crate::{Agent, AgentError, CallerRefusal};
 
 /// The connection's peer as bound at accept, or why it could not be.
 #[derive(Clone)]
@@ -200,66 +200,33 @@ async fn token(
             "resource must be specified",
         );
     };
-    let agent = ctx.agent.clone();
-    let bound_again = bound.clone();
-    let attested = tokio::task::spawn_blocking(move || {
-        let binding = bound.0.as_ref().as_ref().map_err(Clone::clone)?;
-        binding.check_process().map_err(|e| e.to_string())?;
-        let p = attest::attest(binding.peer, agent.digests(), agent.state().want_digest)
-            .map_err(|e| e.to_string())?;
-        binding.check_process().map_err(|e| e.to_string())?;
-        Ok::<_, String>(p)
-    })
-    .await;
-    let mut process = match attested {
-        Ok(Ok(p)) => p,
-        Ok(Err(e)) => {
+    let binding = match bound.0.as_ref() {
+        Ok(b) => b.clone(),
+        Err(e) => {
             return error(
                 StatusCode::FORBIDDEN,
                 "invalid_request",
                 &format!("the caller cannot be attested: {e}"),
-            )
-        }
-        // The attestation task itself failed (it does not panic; this is defensive).
-        Err(_) => {
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "temporarily_unavailable",
-                "attestation could not run; try again",
             )
         }
     };
-    if let Err(e) = ctx.agent.enrich(&mut process).await {
-        return error(
-            StatusCode::FORBIDDEN,
-            "invalid_request",
-            &format!("the caller cannot be attested: {e}"),
-        );
-    }
-    // Last, just before the answer: no other program holds the connection (a walk of every
-    // process's descriptors).
-    let held = tokio::task::spawn_blocking(move || {
-        let binding = bound_again.0.as_ref().as_ref().map_err(Clone::clone)?;
-        binding.check().map_err(|e| e.to_string())
-    })
-    .await;
-    match held {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => {
+    let process = match ctx.agent.attest_caller(binding, None).await {
+        Ok((p, _)) => p,
+        Err(CallerRefusal::Refused(why)) => {
             return error(
                 StatusCode::FORBIDDEN,
                 "invalid_request",
-                &format!("the caller cannot be attested: {e}"),
+                &format!("the caller cannot be attested: {why}"),
             )
         }
-        Err(_) => {
+        Err(e @ CallerRefusal::Unavailable) => {
             return error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "temporarily_unavailable",
-                "attestation could not run; try again",
+                &e.to_string(),
             )
         }
-    }
+    };
     let state = ctx.agent.state();
     let mut ids: Vec<SpiffeId> = state
         .matching(&process)

@@ -81,6 +81,17 @@ pub struct AgentConfig {
     pub kubelet: Option<kubelet::KubeletConfig>,
 }
 
+/// Why a caller was not attested.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CallerRefusal {
+    /// The process, its runtime or its kubelet says it is not (or cannot say who it is).
+    #[error("{0}")]
+    Refused(String),
+    /// The attestation task could not run; the caller may retry.
+    #[error("attestation could not run; try again")]
+    Unavailable,
+}
+
 /// A workload's X.509-SVID with its private key.
 #[derive(Clone)]
 pub struct Svid {
@@ -663,6 +674,42 @@ impl Agent {
             tokio::time::sleep(wait).await;
             wait = (wait * 2).min(Duration::from_secs(30));
         }
+    }
+
+    /// Attests the peer of a connection bound at accept, in the order every endpoint needs:
+    /// the process checked and attested (or taken from `known`, what this connection's first
+    /// request attested), completed by its runtime and kubelet, and last, just before the
+    /// answer, the walk of every descriptor table: no other program holds the connection.
+    pub async fn attest_caller(
+        self: &Arc<Self>,
+        binding: attest::Binding,
+        known: Option<Arc<std::sync::OnceLock<attest::Process>>>,
+    ) -> Result<(attest::Process, attest::Binding), CallerRefusal> {
+        let want_digest = self.state().want_digest;
+        let agent = self.clone();
+        let (mut p, binding) = tokio::task::spawn_blocking(move || {
+            binding.check_process()?;
+            if let Some(p) = known.as_ref().and_then(|k| k.get()) {
+                if p.sha256.is_some() || !want_digest {
+                    return Ok((p.clone(), binding));
+                }
+            }
+            let p = attest::attest(binding.peer, agent.digests(), want_digest)?;
+            binding.check_process()?;
+            if let Some(k) = &known {
+                let _ = k.set(p.clone());
+            }
+            Ok::<_, attest::AttestError>((p, binding))
+        })
+        .await
+        .map_err(|_| CallerRefusal::Unavailable)?
+        .map_err(|e| CallerRefusal::Refused(e.to_string()))?;
+        self.enrich(&mut p).await.map_err(CallerRefusal::Refused)?;
+        let binding = tokio::task::spawn_blocking(move || binding.check().map(|()| binding))
+            .await
+            .map_err(|_| CallerRefusal::Unavailable)?
+            .map_err(|e| CallerRefusal::Refused(e.to_string()))?;
+        Ok((p, binding))
     }
 
     /// Completes a process's attestation with what its container runtime and its kubelet say

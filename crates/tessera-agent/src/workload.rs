@@ -21,7 +21,7 @@ use crate::proto::{
     ValidateJwtsvidRequest, ValidateJwtsvidResponse, X509BundlesRequest, X509BundlesResponse,
     X509svid, X509svidRequest, X509svidResponse,
 };
-use crate::{Agent, AgentError, State};
+use crate::{Agent, AgentError, CallerRefusal, State};
 
 /// Binds the Workload API socket. A stale socket file (no one answers on it) is replaced; a
 /// live one, a non-socket file, or a missing folder is refused with a clear message.
@@ -220,40 +220,15 @@ impl WorkloadApi {
         let binding = info.binding.clone().map_err(|e| {
             Status::permission_denied(format!("the caller cannot be attested: {e}"))
         })?;
-        let want_digest = self.agent.state().want_digest;
-        let agent = self.agent.clone();
-        let (mut p, binding) =
-            tokio::task::spawn_blocking(move || -> Result<(Process, Binding), Status> {
-                binding.check_process().map_err(|e| refused(&e))?;
-                if let Some(p) = info.attested.get() {
-                    if p.sha256.is_some() || !want_digest {
-                        return Ok((p.clone(), binding));
-                    }
-                }
-                let p = attest::attest(binding.peer, agent.digests(), want_digest)
-                    .map_err(|e| refused(&e))?;
-                binding.check_process().map_err(|e| refused(&e))?;
-                let _ = info.attested.set(p.clone());
-                Ok((p, binding))
-            })
-            .await
-            .map_err(|_| Status::unavailable("attestation could not run; try again"))??;
-        // A caller in a container or pod is attested by what its runtime and kubelet say of it
-        // (cached there briefly); one that cannot say refuses the caller outright rather than
-        // leaving it the weaker unix selectors.
         self.agent
-            .enrich(&mut p)
+            .attest_caller(binding, Some(info.attested))
             .await
-            .map_err(|e| Status::permission_denied(format!("attestation failed: {e}")))?;
-        // Last, just before the answer (a stream's first message relies on it): no other
-        // program holds the connection. This walks every process's descriptors, once a request.
-        let binding = tokio::task::spawn_blocking(move || {
-            binding.check().map_err(|e| refused(&e))?;
-            Ok::<_, Status>(binding)
-        })
-        .await
-        .map_err(|_| Status::unavailable("attestation could not run; try again"))??;
-        Ok((p, binding))
+            .map_err(|e| match e {
+                CallerRefusal::Refused(why) => {
+                    Status::permission_denied(format!("attestation failed: {why}"))
+                }
+                CallerRefusal::Unavailable => Status::unavailable(e.to_string()),
+            })
     }
 }
 
