@@ -637,3 +637,224 @@ pub struct PolicyActivated {
 pub struct PolicyDiscarded {
     pub discarded: i64,
 }
+
+// ---- The console's views (also `tessera advise`) ------------------------------------------------
+
+/// `GET /v1/overview`: seed 003's SLIs over the last `window_seconds`, and what is coming due.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Overview {
+    pub window_seconds: i64,
+    /// Tokens and SVIDs issued, and issuance refused (denied, failed, rate-limited).
+    pub issued: i64,
+    pub issuance_refused: i64,
+    /// M1: issued / (issued + refused); none when nothing was asked.
+    pub issuance_success: Option<f64>,
+    /// Calls the services' verifiers allowed and denied (their decision records).
+    pub calls_allowed: i64,
+    pub calls_denied: i64,
+    /// M2: allowed / (allowed + denied).
+    pub verification_success: Option<f64>,
+    /// M8: refused client authentications, outside tokens, agent joins and console sign-ins.
+    pub unauthorized_attempts: i64,
+    /// Workloads, tokens and agents revoked.
+    pub revocations: i64,
+    pub workloads: usize,
+    pub revoked_workloads: usize,
+    pub grants: usize,
+    pub grants_overdue: usize,
+    /// Items of `GET /v1/expiries` within 6, 24 and 72 hours.
+    pub expiring_6h: usize,
+    pub expiring_24h: usize,
+    pub expiring_72h: usize,
+    pub policy_version: i64,
+    pub shadow_version: Option<i64>,
+}
+
+/// `GET /v1/workloads`: one page of workloads matching a search.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkloadPage {
+    pub total: usize,
+    pub offset: usize,
+    pub rows: Vec<WorkloadRow>,
+    /// Every environment, owner and trust domain there is, for the filters.
+    pub environments: Vec<String>,
+    pub owners: Vec<String>,
+    pub trust_domains: Vec<String>,
+}
+
+/// A workload in a listing.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkloadRow {
+    pub id: SpiffeId,
+    pub owner: Label,
+    pub environment: Option<Label>,
+    pub kind: WorkloadKind,
+    pub purpose: String,
+    pub selectors: Vec<String>,
+    pub grants_out: usize,
+    pub grants_in: usize,
+    /// Grants of or to it past their review date.
+    pub overdue: usize,
+    pub last_issued: Option<i64>,
+    pub revoked_at: Option<i64>,
+}
+
+/// `GET /v1/graph`: who may call whom (grants, each as the policy in force decides it) and who
+/// did (decision records), around one workload or among the workloads of a filter.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AccessGraph {
+    pub center: Option<SpiffeId>,
+    pub nodes: Vec<GraphNode>,
+    pub edges: Vec<GraphEdge>,
+    /// Nodes left out past the limit.
+    pub truncated: usize,
+    pub window_seconds: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GraphNode {
+    pub id: String,
+    pub owner: Option<String>,
+    pub environment: Option<String>,
+    pub trust_domain: String,
+    pub revoked: bool,
+    /// Not a registered workload (a caller named only in decision records).
+    pub unknown: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GraphEdge {
+    pub from: String,
+    pub to: String,
+    /// A grant says `from` may call `to`.
+    pub granted: bool,
+    /// What the policy in force makes of the grant: `allowed`, or why not.
+    pub effective: Option<String>,
+    pub scopes: Vec<Scope>,
+    pub why: Option<String>,
+    pub review_by: Option<Date>,
+    pub overdue: bool,
+    /// Calls observed in the window.
+    pub calls_allowed: i64,
+    pub calls_denied: i64,
+    pub last_call: Option<i64>,
+}
+
+/// `GET /v1/expiries`: what ends or falls due within the window, soonest first.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Expiries {
+    pub now: i64,
+    pub items: Vec<Expiry>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Expiry {
+    /// `svid`, `agent_svid`, `ca`, `signing_key`, `client_secret`, `grant_review`,
+    /// `secret_rotation`.
+    pub kind: String,
+    pub subject: String,
+    pub at: i64,
+    /// `overdue`, `6h`, `24h` or `72h`: the first mark it is within.
+    pub mark: String,
+    pub detail: String,
+}
+
+/// `GET /v1/audit/search`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuditPage {
+    pub records: Vec<AuditEntry>,
+    /// Pass as `before` for the next (older) page.
+    pub next_before: Option<i64>,
+}
+
+/// An audit record as the console shows it (the hashes are `tessera audit verify`'s business).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub seq: i64,
+    pub at: i64,
+    pub kind: String,
+    pub actor: String,
+    pub subject: String,
+    pub outcome: String,
+    pub detail: serde_json::Value,
+}
+
+/// `POST /v1/grants/review`: a reviewer's decision on a grant.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrantReviewRequest {
+    pub from: SpiffeId,
+    pub to: SpiffeId,
+    pub action: ReviewAction,
+    /// The new review date (extend only).
+    pub review_by: Option<Date>,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReviewAction {
+    Extend,
+    Withdraw,
+}
+
+/// The decision, recorded, and the identity-file change that makes it so.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GrantReviewed {
+    /// The file (and line) the grant came from.
+    pub source: String,
+    /// A unified diff of that file, when the server has it (`identity_dir`); else the change
+    /// described for the owner to make.
+    pub change: String,
+    /// Whether the server applied the change itself (it manages the identity files).
+    pub applied: bool,
+}
+
+/// `GET /v1/advise`: the least-privilege advisor's findings over a window.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Advice {
+    pub window_seconds: i64,
+    /// Decision and issuance records read.
+    pub records_read: u64,
+    pub findings: Vec<Finding>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Finding {
+    /// `unused_grant`, `unused_scopes`, `unused_routes`, `idle_workload`, `idle_client`,
+    /// `shared_identity`, `shared_client`, `deployment_reaches_runtime`.
+    pub kind: String,
+    pub subject: String,
+    /// The grant's target, for grant findings.
+    pub target: Option<String>,
+    pub summary: String,
+    /// What the records show, one fact per line.
+    pub evidence: Vec<String>,
+    /// The narrower identity-file text, where there is one (a grant's replacement; empty for
+    /// "remove it").
+    pub suggestion: Option<String>,
+    pub source: Option<String>,
+}
+
+impl Advice {
+    /// The narrower identity file: each grant with a suggestion, narrowed, and those never used
+    /// left out (as comments), for `tessera advise --write DIR`.
+    pub fn narrower_file(&self) -> String {
+        let mut by_grant: std::collections::BTreeMap<(&str, &str), &Finding> =
+            std::collections::BTreeMap::new();
+        for f in &self.findings {
+            if let (Some(t), Some(_)) = (&f.target, &f.suggestion) {
+                by_grant.entry((f.subject.as_str(), t.as_str())).or_insert(f);
+            }
+        }
+        let mut out = String::from("# Grants narrowed by `tessera advise`: review, then apply.\n");
+        for ((from, to), f) in by_grant {
+            out.push_str(&format!("\n# {from} -> {to}: {}\n", f.summary));
+            match f.suggestion.as_deref() {
+                Some("") | None => out.push_str("# (remove this grant)\n"),
+                Some(s) => out.push_str(s),
+            }
+        }
+        out
+    }
+}

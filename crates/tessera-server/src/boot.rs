@@ -252,7 +252,12 @@ pub async fn start(
         .map(|t| t.name.clone())
         .ok_or_else(|| StartError::Config("no trust domain configured".into()))?;
     let (notices_tx, notices_rx) = tokio::sync::mpsc::channel(1024);
+    let console = crate::app::console::Console {
+        oidc_secret: console_secret(&config)?,
+        ..Default::default()
+    };
     let app = Arc::new(App {
+        console,
         first_td,
         audit: AuditLog::spawn(store.clone(), Some(audit_metrics)),
         base_url: base_url.clone(),
@@ -615,6 +620,31 @@ async fn admin_credential(
         },
     )?;
     Ok(tag)
+}
+
+/// The console's OIDC client secret, from its file (trimmed).
+fn console_secret(config: &ServerConfig) -> Result<Option<String>, StartError> {
+    let Some(path) = config
+        .console_oidc
+        .as_ref()
+        .and_then(|o| o.client_secret_file.as_ref())
+    else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        StartError::Config(format!(
+            "console.oidc.client_secret_file `{}`: {e}",
+            path.display()
+        ))
+    })?;
+    let secret = text.trim();
+    if secret.is_empty() {
+        return Err(StartError::Config(format!(
+            "console.oidc.client_secret_file `{}` is empty",
+            path.display()
+        )));
+    }
+    Ok(Some(secret.to_owned()))
 }
 
 fn display_addr(a: SocketAddr) -> String {

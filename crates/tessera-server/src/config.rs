@@ -58,6 +58,68 @@ pub struct ServerConfig {
     /// Whether one root CA signs each trust domain's CA (an intermediate). Default: with a
     /// PKCS#11 token that holds the root.
     pub ca_root: Option<bool>,
+    /// The web console's sign-in by an outside OIDC provider (the admin credential always works).
+    pub console_oidc: Option<ConsoleOidc>,
+    /// The folder of identity files this server manages itself: a grant review in the console
+    /// is written to its file there as well as applied.
+    pub identity_dir: Option<PathBuf>,
+}
+
+/// `[console.oidc]`: people sign in to the console at an outside OpenID Connect provider
+/// (authorization code with PKCE); its groups claim decides their role.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleOidc {
+    /// The provider's issuer URL (its discovery document is at
+    /// `ISSUER/.well-known/openid-configuration`). https, or http to loopback.
+    pub issuer: String,
+    pub client_id: String,
+    /// A file holding the client secret (none: a public client, PKCE only).
+    pub client_secret_file: Option<PathBuf>,
+    /// The claim listing the person's groups.
+    #[serde(default = "default_groups_claim")]
+    pub groups_claim: String,
+    /// Members of any of these groups are admins.
+    #[serde(default)]
+    pub admin_groups: Vec<String>,
+    /// Members of any of these groups (and not of an admin group) are viewers. Nobody else may
+    /// sign in.
+    #[serde(default)]
+    pub viewer_groups: Vec<String>,
+    /// The provider may be at a private or loopback address.
+    #[serde(default)]
+    pub private_network: bool,
+}
+
+fn default_groups_claim() -> String {
+    "groups".into()
+}
+
+impl ConsoleOidc {
+    fn check(&self) -> Result<(), StartError> {
+        let url = reqwest::Url::parse(&self.issuer).map_err(|e| {
+            StartError::Config(format!("console.oidc.issuer `{}`: {e}", self.issuer))
+        })?;
+        check_outbound_url(&url, "console.oidc.issuer")?;
+        if self.client_id.trim().is_empty() {
+            return Err(StartError::Config("console.oidc.client_id is empty".into()));
+        }
+        if self.admin_groups.is_empty() && self.viewer_groups.is_empty() {
+            return Err(StartError::Config(
+                "console.oidc: name at least one of admin_groups and viewer_groups (nobody could sign in)".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `[console]` in the config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleFile {
+    pub oidc: Option<ConsoleOidc>,
+    /// The identity files' folder, when this server manages them (see `ServerConfig`).
+    pub identity_dir: Option<PathBuf>,
 }
 
 /// The kinds of private key Tessera holds.
@@ -218,6 +280,8 @@ impl ServerConfig {
             witnesses: Vec::new(),
             pkcs11: None,
             ca_root: None,
+            console_oidc: None,
+            identity_dir: None,
         }
     }
 
@@ -263,6 +327,9 @@ impl ServerConfig {
         }
         for u in &self.notify_webhooks {
             check_outbound_url(u, "webhook")?;
+        }
+        if let Some(o) = &self.console_oidc {
+            o.check()?;
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return Err(StartError::Config(
@@ -312,6 +379,8 @@ pub struct ConfigFile {
     pub pkcs11: Option<Pkcs11Config>,
     /// One root CA over the trust domains' CAs.
     pub ca_root: Option<bool>,
+    /// The web console.
+    pub console: Option<ConsoleFile>,
 }
 
 /// `trust_domains = ["prod.example.org", { name = "dev.example.org", environment = "dev" }]`

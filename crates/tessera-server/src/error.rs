@@ -8,11 +8,13 @@ use serde_json::json;
 
 use crate::app::custody::KeyError;
 use crate::app::NotServed;
+use crate::domain::access::AccessError;
 use crate::domain::apply::ApplyError;
 use crate::domain::caller::CallerError;
 use crate::domain::issue::{IssueError, OAuthCode};
 use crate::domain::leases::LeaseError;
 use crate::domain::policy_sets::PolicySetError;
+use crate::domain::review::ReviewError;
 use crate::domain::rotation::RotationError;
 use crate::domain::secrets::SecretsError;
 
@@ -140,6 +142,29 @@ impl From<PolicySetError> for ApiError {
             PolicySetError::NotFound(d) => Self::NotFound(d),
             PolicySetError::Invalid(d) => Self::BadRequest(d),
             PolicySetError::Store(e) => Self::unavailable(e),
+        }
+    }
+}
+
+impl From<AccessError> for ApiError {
+    fn from(e: AccessError) -> Self {
+        match e {
+            AccessError::Invalid(d) => Self::BadRequest(d),
+            AccessError::NotFound(d) => Self::NotFound(d),
+            AccessError::Store(e) => Self::unavailable(e),
+        }
+    }
+}
+
+impl From<ReviewError> for ApiError {
+    fn from(e: ReviewError) -> Self {
+        match e {
+            ReviewError::Invalid(d) => Self::BadRequest(d),
+            ReviewError::NotFound(d) => Self::NotFound(d),
+            // The path is the server's; the reviewer is told the file could not be changed.
+            e @ ReviewError::File { .. } => Self::unavailable(e),
+            ReviewError::PolicySet(e) => e.into(),
+            ReviewError::Store(e) => Self::unavailable(e),
         }
     }
 }

@@ -142,3 +142,54 @@ impl FromRequestParts<Arc<App>> for IssuerPath {
         Ok(Self(app.issuer_for(td.as_deref())?))
     }
 }
+
+/// The console's session cookie: `__Host-` prefixed (Secure, path `/`, no domain) outside
+/// `--dev`, whose plain HTTP cannot carry a Secure cookie.
+pub(crate) fn session_cookie_name(app: &App) -> &'static str {
+    if app.config.dev {
+        "tessera_console"
+    } else {
+        "__Host-tessera_console"
+    }
+}
+
+/// The value of cookie `name` in the request's `Cookie` headers.
+pub(crate) fn cookie_value(headers: &axum::http::HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(cookie::Cookie::split_parse)
+        .filter_map(Result::ok)
+        .find(|c| c.name() == name)
+        .map(|c| c.value().to_owned())
+}
+
+/// A person signed in to the console (their session cookie names a live session). Refused with
+/// 401 otherwise.
+#[derive(Debug, Clone)]
+pub(crate) struct ConsoleSession {
+    pub view: crate::app::console::SessionView,
+    /// The cookie's value, to end the session.
+    pub cookie: String,
+}
+
+impl ConsoleSession {
+    /// The session of a request's cookie, if any.
+    pub(crate) fn of(app: &App, headers: &axum::http::HeaderMap) -> Option<Self> {
+        let cookie = cookie_value(headers, session_cookie_name(app))?;
+        let view = app.console.sessions.get(&cookie)?;
+        Some(Self { view, cookie })
+    }
+}
+
+impl FromRequestParts<Arc<App>> for ConsoleSession {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, ApiError> {
+        Self::of(app, &parts.headers).ok_or_else(|| ApiError::Client {
+            description: "sign in to the console first".into(),
+            basic: false,
+        })
+    }
+}

@@ -5,17 +5,19 @@ use std::os::unix::fs::MetadataExt;
 use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Request};
-use axum::http::header;
+use axum::http::{header, HeaderValue, Method};
 use axum::middleware::{self, Next};
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Redirect};
 use axum::Router;
 use tower_http::limit::RequestBodyLimitLayer;
 
 use crate::admin_socket::Peer;
 use crate::api;
+use crate::app::console::Role;
 use crate::app::App;
 use crate::domain::caller::{bearer, Actor};
 use crate::error::ApiError;
+use crate::extract::ConsoleSession;
 
 /// OAuth and discovery requests: a form or nothing.
 pub(crate) const MAX_OAUTH_BODY: usize = 64 * 1024;
@@ -27,6 +29,11 @@ pub(crate) const MAX_AGENT_BODY: usize = 1024 * 1024;
 pub(crate) const MAX_RECORDS_BODY: usize = 2 * 1024 * 1024;
 /// The admin API, over HTTP and on the socket alike: identity files can be large.
 pub(crate) const MAX_ADMIN_BODY: usize = 64 * 1024 * 1024;
+/// The console's own routes: a sign-in carries one credential.
+pub(crate) const MAX_CONSOLE_BODY: usize = 16 * 1024;
+
+/// Admin routes a console viewer may use besides reading: `explain` changes nothing.
+const VIEWER_POSTS: &[&str] = &["/v1/explain"];
 
 /// Caps a group of routes: extractors refuse a larger body (413), and so does the body itself
 /// when it is streamed.
@@ -42,7 +49,9 @@ fn admin_routes() -> Router<Arc<App>> {
         .merge(api::secrets::admin_routes())
         .merge(api::dbcreds::admin_routes())
         .merge(api::policy::admin_routes())
-        .merge(api::log::admin_routes());
+        .merge(api::log::admin_routes())
+        .merge(api::console::admin_routes())
+        .merge(api::access::admin_routes());
     limited(routes, MAX_ADMIN_BODY)
 }
 
@@ -68,6 +77,8 @@ pub(crate) fn api_router(app: Arc<App>) -> Router {
             limited(api::policy::workload_routes(), MAX_RECORDS_BODY),
         )
         .nest("/admin", admin_over_http(app.clone()))
+        .nest("/ui", console_routes())
+        .route("/ui", axum::routing::get(|| async { Redirect::permanent("/ui/") }))
         .fallback(|| async {
             ApiError::NotFound(
                 "no such endpoint; see /.well-known/oauth-authorization-server".into(),
@@ -77,18 +88,51 @@ pub(crate) fn api_router(app: Arc<App>) -> Router {
         .with_state(app)
 }
 
+/// The console: its assets and sign-in, with the headers every console page carries.
+fn console_routes() -> Router<Arc<App>> {
+    limited(api::console::routes(), MAX_CONSOLE_BODY).layer(middleware::from_fn(
+        |req: Request, next: Next| async move {
+            let mut resp = next.run(req).await;
+            let h = resp.headers_mut();
+            h.insert(
+                header::CONTENT_SECURITY_POLICY,
+                HeaderValue::from_static(api::console::CONTENT_SECURITY_POLICY),
+            );
+            h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+            h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+            h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+            h.insert(
+                "cross-origin-opener-policy",
+                HeaderValue::from_static("same-origin"),
+            );
+            resp
+        },
+    ))
+}
+
 /// The admin API over HTTP: `Authorization: Bearer <admin credential>`, checked against its
-/// keyed hash in constant time.
+/// keyed hash in constant time; or, without an `Authorization` header, a console session
+/// (SameSite=Strict cookie) whose CSRF token comes with every state change, and whose viewers
+/// only read.
 fn admin_over_http(app: Arc<App>) -> Router<Arc<App>> {
     admin_routes().layer(middleware::from_fn(move |mut req: Request, next: Next| {
         let app = app.clone();
         async move {
-            let token = bearer(
-                req.headers()
-                    .get(header::AUTHORIZATION)
-                    .and_then(|v| v.to_str().ok()),
-            );
-            match token {
+            let authorization = req.headers().get(header::AUTHORIZATION);
+            if authorization.is_none() {
+                if let Some(session) = ConsoleSession::of(&app, req.headers()) {
+                    if let Err(refusal) = console_may(&session, &req) {
+                        return refusal.into_response();
+                    }
+                    req.extensions_mut()
+                        .insert(Actor(session.view.person.actor()));
+                    let mut resp = next.run(req).await;
+                    resp.headers_mut()
+                        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                    return resp;
+                }
+            }
+            match bearer(authorization.and_then(|v| v.to_str().ok())) {
                 Some(t) if app.is_admin_token(t) => {
                     req.extensions_mut().insert(Actor("admin:token".into()));
                     next.run(req).await
@@ -101,6 +145,27 @@ fn admin_over_http(app: Arc<App>) -> Router<Arc<App>> {
             }
         }
     }))
+}
+
+/// What a console session may do on the admin API: read; change state with its CSRF token;
+/// and, as a viewer, nothing that changes state.
+fn console_may(session: &ConsoleSession, req: &Request) -> Result<(), ApiError> {
+    let reading = matches!(*req.method(), Method::GET | Method::HEAD);
+    if reading {
+        return Ok(());
+    }
+    if !api::console::csrf_ok(req.headers(), &session.view.csrf) {
+        return Err(ApiError::Forbidden(
+            "the console's CSRF token is missing or wrong".into(),
+        ));
+    }
+    if session.view.person.role == Role::Viewer && !VIEWER_POSTS.contains(&req.uri().path()) {
+        return Err(ApiError::Forbidden(format!(
+            "`{}` is a viewer: only an admin may change anything",
+            session.view.person.name
+        )));
+    }
+    Ok(())
 }
 
 /// The admin API on the unix socket: the caller's unix user must be the server's own, root, or

@@ -25,6 +25,7 @@ pub use audit::{
 };
 pub use backend::{ChangeListener, Store};
 pub use op::Op;
+pub use queries::audit::{AuditFilter, ObservedCall};
 pub use records::{
     AgentRecord, AssertionClaim, BatchItem, BatchResult, CaRecord, ClientRecord,
     ClientSecretRecord, DbConnectionRecord, DbRoleRecord, FederatedBundleRecord, JoinTokenRecord,

@@ -317,6 +317,8 @@ pub(crate) async fn server(a: ServerArgs) -> anyhow::Result<u8> {
     cfg.admin_uids = file.admin_uids.clone();
     cfg.pkcs11 = file.pkcs11.clone();
     cfg.ca_root = file.ca_root;
+    cfg.console_oidc = file.console.as_ref().and_then(|c| c.oidc.clone());
+    cfg.identity_dir = file.console.as_ref().and_then(|c| c.identity_dir.clone());
     cfg.poll_interval = parse_duration(&a.poll_interval)?;
     let hooks = if a.notify_webhooks.is_empty() {
         &file.notify_webhooks

@@ -2,9 +2,11 @@
 //! `error`, `domain/`, `app/` and the ground files, and never another feature (`oauth/` is one
 //! feature in several files). `router.rs` mounts them.
 
+pub(crate) mod access;
 pub(crate) mod admin;
 pub(crate) mod agents;
 pub(crate) mod changes;
+pub(crate) mod console;
 pub(crate) mod dbcreds;
 pub(crate) mod discovery;
 pub(crate) mod log;

@@ -114,6 +114,8 @@ pub struct App {
     pub(crate) bundle_refreshes: super::federated::RefreshLog,
     /// The bundle endpoint's X.509-SVIDs (`https_spiffe`), presented by the API's TLS.
     pub(crate) server_svids: Arc<crate::tls::ServerSvids>,
+    /// The web console's sessions and OIDC sign-in.
+    pub(crate) console: super::console::Console,
 }
 
 impl std::fmt::Debug for App {

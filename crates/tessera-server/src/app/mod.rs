@@ -10,6 +10,7 @@
 pub(crate) mod app;
 pub(crate) mod ca;
 pub(crate) mod changes;
+pub(crate) mod console;
 pub(crate) mod custody;
 pub(crate) mod db_pools;
 pub(crate) mod failures;

@@ -51,6 +51,15 @@ pub struct TrustKeys {
 }
 
 impl TrustKeys {
+    /// The client for outside issuers: public addresses only unless `private`, no redirects.
+    pub(crate) fn client(&self, private: bool) -> &reqwest::Client {
+        if private {
+            &self.private
+        } else {
+            &self.public
+        }
+    }
+
     /// Fails rather than fall back to a client that follows redirects to any address.
     pub fn new() -> Result<Self, TrustKeyError> {
         Ok(Self {
@@ -132,7 +141,7 @@ impl reqwest::dns::Resolve for PublicOnly {
 }
 
 /// Refuses a URL whose host is a private IP literal (a resolver never sees those).
-fn check_address(url: &reqwest::Url, private: bool) -> Result<(), TrustKeyError> {
+pub(crate) fn check_address(url: &reqwest::Url, private: bool) -> Result<(), TrustKeyError> {
     if private {
         return Ok(());
     }

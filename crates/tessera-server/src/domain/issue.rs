@@ -312,9 +312,14 @@ fn mint(
         ..
     } = req;
     let grant_type = grant_type.as_str();
+    // Where the request came from: the advisor tells a client used from many places.
+    let source_ip = req.source_ip;
     let with_detail = |mut v: Value| {
         if let Value::Object(m) = &mut v {
             m.extend(options.detail.clone());
+            if let Some(ip) = source_ip {
+                m.insert("source_ip".into(), ip.to_string().into());
+            }
         }
         v
     };

@@ -30,3 +30,18 @@ impl Store {
         }))
     }
 }
+
+impl Store {
+    /// Each workload whose newest X.509-SVID ends in `[from, until)`: not renewed yet.
+    pub async fn svids_ending(&self, from: i64, until: i64) -> Result<Vec<(String, i64)>> {
+        Ok(with_read!(self, |pool| {
+            sqlx::query_as(
+                "SELECT spiffe_id, MAX(not_after) AS ends FROM x509_svids GROUP BY spiffe_id HAVING MAX(not_after) >= $1 AND MAX(not_after) < $2 ORDER BY ends LIMIT 1000",
+            )
+            .bind(from)
+            .bind(until)
+            .fetch_all(pool)
+            .await?
+        }))
+    }
+}

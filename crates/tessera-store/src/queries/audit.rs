@@ -54,3 +54,142 @@ impl Store {
         }))
     }
 }
+
+/// What `audit_search` looks for; every part optional but the limit.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    pub subject: Option<String>,
+    pub actor: Option<String>,
+    pub kind: Option<String>,
+    /// Records at or after this time (Unix seconds).
+    pub since: Option<i64>,
+    /// Records before this time.
+    pub until: Option<i64>,
+    /// Records with a lower sequence number (the next page).
+    pub before_seq: Option<i64>,
+    pub limit: i64,
+}
+
+/// Calls between two workloads as the decision records tell them: `caller` called `service`,
+/// `allowed` times allowed and `denied` times denied, last at `last_at`.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct ObservedCall {
+    pub caller: String,
+    pub service: String,
+    pub allowed: i64,
+    pub denied: i64,
+    pub last_at: i64,
+}
+
+impl Store {
+    /// Records matching `f`, newest first. Each filter is an exact match on an indexed column
+    /// (subject, actor, kind) or a range (time, sequence).
+    pub async fn audit_search(&self, f: &AuditFilter) -> Result<Vec<AuditRecord>> {
+        let mut sql = String::from("SELECT * FROM audit WHERE 1 = 1");
+        let mut texts: Vec<&str> = Vec::new();
+        let mut n = 0;
+        for (column, value) in [
+            ("subject", &f.subject),
+            ("actor", &f.actor),
+            ("kind", &f.kind),
+        ] {
+            if let Some(v) = value {
+                n += 1;
+                sql.push_str(&format!(" AND {column} = ${n}"));
+                texts.push(v);
+            }
+        }
+        let mut numbers: Vec<i64> = Vec::new();
+        for (cond, value) in [
+            ("at >=", f.since),
+            ("at <", f.until),
+            ("seq <", f.before_seq),
+        ] {
+            if let Some(v) = value {
+                n += 1;
+                sql.push_str(&format!(" AND {cond} ${n}"));
+                numbers.push(v);
+            }
+        }
+        sql.push_str(&format!(" ORDER BY seq DESC LIMIT ${}", n + 1));
+        Ok(with_read!(self, |pool| {
+            let mut q = sqlx::query_as(&sql);
+            for t in &texts {
+                q = q.bind(*t);
+            }
+            for v in &numbers {
+                q = q.bind(*v);
+            }
+            q.bind(f.limit.clamp(1, 1000)).fetch_all(pool).await?
+        }))
+    }
+
+    /// How many records of `kind` are at or after `since`.
+    pub async fn audit_count_since(&self, kind: &str, since: i64) -> Result<i64> {
+        let (n,): (i64,) = with_read!(self, |pool| {
+            sqlx::query_as("SELECT COUNT(*) FROM audit WHERE kind = $1 AND at >= $2")
+                .bind(kind)
+                .bind(since)
+                .fetch_one(pool)
+                .await?
+        });
+        Ok(n)
+    }
+
+    /// Calls reported in decision records since `since`: those of or to `workload` when given,
+    /// else all (at most `limit` pairs, the busiest first).
+    pub async fn observed_calls(
+        &self,
+        workload: Option<&str>,
+        since: i64,
+        limit: i64,
+    ) -> Result<Vec<ObservedCall>> {
+        const SELECT: &str = "SELECT subject AS caller, actor AS service, \
+             SUM(CASE WHEN kind = 'call.allowed' THEN 1 ELSE 0 END) AS allowed, \
+             SUM(CASE WHEN kind = 'call.denied' THEN 1 ELSE 0 END) AS denied, MAX(at) AS last_at \
+             FROM audit WHERE kind IN ('call.allowed', 'call.denied') AND at >= $1";
+        Ok(match workload {
+            Some(w) => with_read!(self, |pool| {
+                sqlx::query_as(&format!(
+                    "{SELECT} AND (subject = $2 OR actor = $2) GROUP BY subject, actor ORDER BY COUNT(*) DESC LIMIT $3"
+                ))
+                .bind(since)
+                .bind(w)
+                .bind(limit)
+                .fetch_all(pool)
+                .await?
+            }),
+            None => with_read!(self, |pool| {
+                sqlx::query_as(&format!(
+                    "{SELECT} GROUP BY subject, actor ORDER BY COUNT(*) DESC LIMIT $2"
+                ))
+                .bind(since)
+                .bind(limit)
+                .fetch_all(pool)
+                .await?
+            }),
+        })
+    }
+
+    /// Up to `limit` records of `kind` at or after `since` with `seq > after`, in order: the
+    /// advisor reads a window page by page.
+    pub async fn audit_kind_page(
+        &self,
+        kind: &str,
+        since: i64,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<AuditRecord>> {
+        Ok(with_read!(self, |pool| {
+            sqlx::query_as(
+                "SELECT * FROM audit WHERE kind = $1 AND at >= $2 AND seq > $3 ORDER BY seq LIMIT $4",
+            )
+            .bind(kind)
+            .bind(since)
+            .bind(after)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?
+        }))
+    }
+}

@@ -1,7 +1,7 @@
 //! The store's reads, one file per concern. Each is an `impl Store` block over both backends.
 
 mod agents;
-mod audit;
+pub(crate) mod audit;
 mod keys;
 mod leases;
 pub(crate) mod policy_sets;
