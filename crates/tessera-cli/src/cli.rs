@@ -136,6 +136,16 @@ pub(crate) enum Command {
     /// Why a token or a call is allowed or denied: the decision, the policies (file and line)
     /// that made it, and for a denial what is missing. Exit 0 allowed, 1 denied.
     Explain(ExplainArgs),
+    /// The least-privilege advisor: grants, scopes and methods granted against those used in the
+    /// audit trail, grants never used, idle workloads and clients, identities that look shared,
+    /// deployment identities reaching run-time services; each with its evidence. Exit 1 when
+    /// there are findings.
+    Advise(AdviseArgs),
+    /// The web console (`/ui/` on the server's listener).
+    Console {
+        #[command(subcommand)]
+        command: ConsoleCommand,
+    },
     /// Check a deployment from the outside: the authority's reachability and clock, its trust
     /// bundle's expiry, bundles held locally, and agents' and sidecars' metrics (revocation stream,
     /// policy bundle, SVID expiry, sync). Prints what is wrong and which runbook applies; exit 1
@@ -296,6 +306,27 @@ pub(crate) struct DoctorArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Output::Text)]
     pub output: Output,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct AdviseArgs {
+    /// How far back to read the audit trail.
+    #[arg(long, default_value = "30d")]
+    pub window: String,
+    /// Write the narrower identity file (`advised-grants.toml`) into this folder.
+    #[arg(long)]
+    pub write: Option<PathBuf>,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ConsoleCommand {
+    /// Print a one-time sign-in link to the console (valid for ten minutes, usable once).
+    Link {
+        #[command(flatten)]
+        target: Target,
+    },
 }
 
 #[derive(Debug, Args)]

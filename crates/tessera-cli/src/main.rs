@@ -44,7 +44,7 @@ fn main() -> std::process::ExitCode {
 
 /// One line per command.
 async fn dispatch(command: Command) -> anyhow::Result<u8> {
-    use cmd::{agent, audit, authority, db, dev, doctor, exec, policy, proxy, secret};
+    use cmd::{agent, audit, authority, console, db, dev, doctor, exec, policy, proxy, secret};
     match command {
         Command::Server(a) => authority::server(a).await,
         Command::Dev(a) => dev::run(a).await,
@@ -62,6 +62,8 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
         Command::Verify(a) => authority::verify(a).await,
         Command::Explain(a) => policy::explain(a).await,
         Command::Doctor(a) => doctor::run(a).await,
+        Command::Advise(a) => console::advise(a).await,
+        Command::Console { command } => console::run(command).await,
         Command::Policy { command } => policy::run(command).await,
         Command::Proxy { command } => proxy::run(command).await,
         Command::Agent(a) => agent::run(a).await,

@@ -584,6 +584,40 @@ pub(crate) fn explanation(x: &Explanation) -> String {
     o
 }
 
+/// `tessera advise`: each finding, its evidence and the narrower grant.
+pub(crate) fn advice(a: &tessera_core::admin_api::Advice) -> String {
+    let mut o = format!(
+        "{} records read over {} days; {} findings\n",
+        a.records_read,
+        a.window_seconds / 86_400,
+        a.findings.len()
+    );
+    for f in &a.findings {
+        o.push_str(&format!("\n{}  {}", f.kind, clean(&f.subject)));
+        if let Some(t) = &f.target {
+            o.push_str(&format!(" -> {}", clean(t)));
+        }
+        o.push_str(&format!("\n  {}\n", clean(&f.summary)));
+        for e in &f.evidence {
+            o.push_str(&format!("  - {}\n", clean(e)));
+        }
+        if let Some(src) = &f.source {
+            o.push_str(&format!("  from {}\n", clean(src)));
+        }
+        match f.suggestion.as_deref() {
+            Some("") => o.push_str("  suggested: remove it\n"),
+            Some(s) => {
+                o.push_str("  suggested:\n");
+                for line in s.lines() {
+                    o.push_str(&format!("    {}\n", clean(line)));
+                }
+            }
+            None => {}
+        }
+    }
+    o
+}
+
 /// How one `tessera doctor` check came out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]

@@ -58,6 +58,11 @@ pub struct GrantSummary {
     pub review_by: Option<Date>,
     pub overdue: bool,
     pub source: String,
+    /// The owners of the caller and the target (whose list an overdue grant shows on).
+    #[serde(default)]
+    pub from_owner: Option<Label>,
+    #[serde(default)]
+    pub to_owner: Option<Label>,
 }
 
 /// `GET /v1/get/trusts`.
@@ -857,4 +862,11 @@ impl Advice {
         }
         out
     }
+}
+
+/// `POST /v1/console/link`: a one-time sign-in link to the console.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConsoleLink {
+    pub url: String,
+    pub expires_in: u64,
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Request};
 use axum::http::{header, HeaderValue, Method};
 use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Redirect};
+use axum::response::IntoResponse;
 use axum::Router;
 use tower_http::limit::RequestBodyLimitLayer;
 
@@ -77,8 +77,7 @@ pub(crate) fn api_router(app: Arc<App>) -> Router {
             limited(api::policy::workload_routes(), MAX_RECORDS_BODY),
         )
         .nest("/admin", admin_over_http(app.clone()))
-        .nest("/ui", console_routes())
-        .route("/ui", axum::routing::get(|| async { Redirect::permanent("/ui/") }))
+        .merge(console_routes())
         .fallback(|| async {
             ApiError::NotFound(
                 "no such endpoint; see /.well-known/oauth-authorization-server".into(),

@@ -7,6 +7,7 @@ use std::path::Path;
 
 use anyhow::{anyhow, Context};
 use serde_json::{json, Value};
+use tessera_core::admin_api::ConsoleLink;
 use tessera_server::ServerConfig;
 use tessera_verify::{JwksCache, Verifier, VerifierConfig};
 
@@ -105,6 +106,18 @@ pub(crate) async fn run(a: DevArgs) -> anyhow::Result<u8> {
 
     let mut steps = Steps { failed: 0 };
     let admin = AdminClient::at(running.admin_socket.clone());
+    println!("Console: {url}/ui/");
+    match admin
+        .send::<_, ConsoleLink>("/v1/console/link", &json!({}))
+        .await
+    {
+        Ok(link) => println!(
+            "Sign in once, within {} minutes: {}\n",
+            link.expires_in / 60,
+            link.url
+        ),
+        Err(e) => steps.fail(&format!("no console sign-in link: {e:#}")),
+    }
     let result = demo(&mut steps, &data, &url, admin.clone()).await;
     if let Err(e) = &result {
         steps.fail(&format!("the demo stopped: {e:#}"));

@@ -4,6 +4,7 @@
 pub(crate) mod agent;
 pub(crate) mod audit;
 pub(crate) mod authority;
+pub(crate) mod console;
 pub(crate) mod db;
 pub(crate) mod dev;
 pub(crate) mod doctor;

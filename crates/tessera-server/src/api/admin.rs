@@ -157,6 +157,8 @@ async fn get_list(
                     review_by: g.review_by,
                     overdue: g.review_by.is_some_and(|d| d.end_unix() < now),
                     source: g.source.clone(),
+                    from_owner: snap.workloads.get(&g.from).map(|w| w.spec.owner.clone()),
+                    to_owner: snap.workloads.get(&g.to).map(|w| w.spec.owner.clone()),
                 })
                 .collect::<Vec<_>>(),
         )?,

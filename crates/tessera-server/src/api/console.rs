@@ -12,6 +12,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
+use tessera_core::admin_api::ConsoleLink;
 use tessera_store::{AuditEvent, AuditKind, Outcome};
 
 use crate::app::console::{random_token, same_secret, Person, Role, SESSION_IDLE};
@@ -32,18 +33,19 @@ const LOGIN_COOKIE: &str = "tessera_console_login";
 /// address leaks in a `Referer`.
 pub(crate) const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
-/// The console's routes, under `/ui`.
+/// The console's routes, all under `/ui/`.
 pub(crate) fn routes() -> Router<Arc<App>> {
     Router::new()
-        .route("/", get(index))
-        .route("/app.js", get(app_js))
-        .route("/app.css", get(app_css))
-        .route("/session", get(get_session))
-        .route("/signin", post(post_signin))
-        .route("/signin/link", get(link_signin))
-        .route("/signout", post(post_signout))
-        .route("/oidc/start", get(oidc_start))
-        .route("/oidc/callback", get(oidc_callback))
+        .route("/ui", get(|| async { Redirect::permanent("/ui/") }))
+        .route("/ui/", get(index))
+        .route("/ui/app.js", get(app_js))
+        .route("/ui/app.css", get(app_css))
+        .route("/ui/session", get(get_session))
+        .route("/ui/signin", post(post_signin))
+        .route("/ui/signin/link", get(link_signin))
+        .route("/ui/signout", post(post_signout))
+        .route("/ui/oidc/start", get(oidc_start))
+        .route("/ui/oidc/callback", get(oidc_callback))
 }
 
 /// The admin route that makes one-time sign-in links (`tessera dev`, `tessera console link`).
@@ -312,7 +314,10 @@ async fn oidc_callback(
 }
 
 /// `POST /admin/v1/console/link`: a one-time sign-in link, valid for ten minutes.
-async fn post_link(State(app): State<Arc<App>>, actor: Actor) -> Result<Json<serde_json::Value>, ApiError> {
+async fn post_link(
+    State(app): State<Arc<App>>,
+    actor: Actor,
+) -> Result<Json<ConsoleLink>, ApiError> {
     let code = app
         .console
         .sessions
@@ -322,8 +327,11 @@ async fn post_link(State(app): State<Arc<App>>, actor: Actor) -> Result<Json<ser
             retry_after_secs: 60,
         })?;
     tracing::info!(actor = %actor.0, "console: one-time sign-in link made");
-    Ok(Json(json!({
-        "url": format!("{}/ui/signin/link?code={code}", app.base_url.trim_end_matches('/')),
-        "expires_in": crate::app::console::PENDING_MAX.as_secs(),
-    })))
+    Ok(Json(ConsoleLink {
+        url: format!(
+            "{}/ui/signin/link?code={code}",
+            app.base_url.trim_end_matches('/')
+        ),
+        expires_in: crate::app::console::PENDING_MAX.as_secs(),
+    }))
 }

@@ -436,16 +436,27 @@ pub(crate) async fn expiries(
             });
         }
     };
-    for (id, ends) in app.store.svids_ending(now, until).await? {
-        push("svid", id, ends, "the newest X.509-SVID, not renewed yet".into());
+    // Short-lived SVIDs renew themselves at half-life: one is listed only when its renewal is
+    // late (a workload or agent that stopped, or cannot reach the authority).
+    for (id, issued, ends) in app.store.svids_ending(now, until).await? {
+        push(
+            "svid",
+            id,
+            ends,
+            format!(
+                "the newest X.509-SVID (issued {}) was not renewed at half its life",
+                issued
+            ),
+        );
     }
+    let agent_ttl = i64::try_from(app.config.agent_svid_ttl.as_secs()).unwrap_or(i64::MAX);
     for a in snap.agents.values().filter(|a| a.revoked_at.is_none()) {
-        if a.svid_not_after >= now {
+        if a.svid_not_after >= now && a.svid_not_after - now < agent_ttl / 2 {
             push(
                 "agent_svid",
                 a.id.clone(),
                 a.svid_not_after,
-                "the agent's own SVID".into(),
+                "the agent's own SVID, not renewed at half its life".into(),
             );
         }
     }

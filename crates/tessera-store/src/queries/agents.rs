@@ -32,11 +32,16 @@ impl Store {
 }
 
 impl Store {
-    /// Each workload whose newest X.509-SVID ends in `[from, until)`: not renewed yet.
-    pub async fn svids_ending(&self, from: i64, until: i64) -> Result<Vec<(String, i64)>> {
+    /// Each workload whose newest X.509-SVID ends in `[from, until)` and is past half its life:
+    /// its renewal (due at half-life) is late. `(spiffe_id, issued_at, not_after)`.
+    pub async fn svids_ending(&self, from: i64, until: i64) -> Result<Vec<(String, i64, i64)>> {
         Ok(with_read!(self, |pool| {
             sqlx::query_as(
-                "SELECT spiffe_id, MAX(not_after) AS ends FROM x509_svids GROUP BY spiffe_id HAVING MAX(not_after) >= $1 AND MAX(not_after) < $2 ORDER BY ends LIMIT 1000",
+                "SELECT s.spiffe_id, s.issued_at, s.not_after FROM x509_svids s \
+                 JOIN (SELECT spiffe_id, MAX(not_after) AS ends FROM x509_svids GROUP BY spiffe_id) n \
+                 ON s.spiffe_id = n.spiffe_id AND s.not_after = n.ends \
+                 WHERE n.ends >= $1 AND n.ends < $2 AND s.issued_at + (s.not_after - s.issued_at) / 2 < $1 \
+                 ORDER BY s.not_after LIMIT 1000",
             )
             .bind(from)
             .bind(until)
