@@ -84,7 +84,7 @@ async function api(method, path, body) {
     init.body = JSON.stringify(body);
   }
   const resp = await fetch(path, init);
-  if (resp.status === 401) {
+  if (resp.status === 401 && path.startsWith('/admin/')) {
     state.session = null;
     location.hash = '#/signin';
     throw new ApiError('your session ended: sign in again');
@@ -338,7 +338,7 @@ async function workload(params) {
     const button = h('button', { type: 'submit', class: 'danger', disabled: true }, 'Revoke this workload');
     confirmInput.addEventListener('input', () => { button.disabled = confirmInput.value !== d.id; });
     const out = h('div', { 'aria-live': 'polite' });
-    revokeBox.appendChild(h('form', { class: 'stack', onsubmit: async (ev) => {
+    append(revokeBox, [h('form', { class: 'stack', onsubmit: async (ev) => {
       ev.preventDefault();
       if (confirmInput.value !== d.id) return;
       out.replaceChildren();
@@ -348,7 +348,7 @@ async function workload(params) {
         button.disabled = true;
       } catch (e) { out.appendChild(errorBox(e)); }
     } },
-    h('label', { for: 'revoke-confirm' }, 'Type the workload’s SPIFFE ID to confirm'), confirmInput, button), out);
+    h('label', { for: 'revoke-confirm' }, 'Type the workload’s SPIFFE ID to confirm'), confirmInput, button), out]);
   }
   show(
     h('h1', {}, 'Workload ', h('span', { class: 'mono' }, d.id)),
@@ -471,7 +471,7 @@ function drawGraph(g) {
     H = Math.max(160, Math.ceil(n / cols) * 40 + 40);
     g.nodes.forEach((node, i) => { pos[node.id] = [20 + (i % cols) * ((W - boxW - 40) / (cols - 1)), 30 + Math.floor(i / cols) * 40]; });
   }
-  const svg = s('svg', { class: 'graph', viewBox: '0 0 ' + W + ' ' + H, role: 'img', 'aria-label': 'Access graph' + (center ? ' around ' + center : '') });
+  const svg = s('svg', { class: 'graph', viewBox: '0 0 ' + W + ' ' + H, role: 'group', 'aria-label': 'Access graph' + (center ? ' around ' + center : '') });
   svg.appendChild(s('defs', {}, s('marker', { id: 'arrow', viewBox: '0 0 10 10', refX: 10, refY: 5, markerWidth: 7, markerHeight: 7, orient: 'auto-start-reverse' },
     s('path', { d: 'M 0 0 L 10 5 L 0 10 z', fill: '#53606d' }))));
   for (const e of g.edges) {
