@@ -849,7 +849,9 @@ impl Advice {
             std::collections::BTreeMap::new();
         for f in &self.findings {
             if let (Some(t), Some(_)) = (&f.target, &f.suggestion) {
-                by_grant.entry((f.subject.as_str(), t.as_str())).or_insert(f);
+                by_grant
+                    .entry((f.subject.as_str(), t.as_str()))
+                    .or_insert(f);
             }
         }
         let mut out = String::from("# Grants narrowed by `tessera advise`: review, then apply.\n");

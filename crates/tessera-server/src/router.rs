@@ -97,9 +97,15 @@ fn console_routes() -> Router<Arc<App>> {
                 header::CONTENT_SECURITY_POLICY,
                 HeaderValue::from_static(api::console::CONTENT_SECURITY_POLICY),
             );
-            h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+            h.insert(
+                header::X_CONTENT_TYPE_OPTIONS,
+                HeaderValue::from_static("nosniff"),
+            );
             h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-            h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+            h.insert(
+                header::REFERRER_POLICY,
+                HeaderValue::from_static("no-referrer"),
+            );
             h.insert(
                 "cross-origin-opener-policy",
                 HeaderValue::from_static("same-origin"),

@@ -15,7 +15,8 @@ pub(crate) async fn advise(a: AdviseArgs) -> anyhow::Result<u8> {
         .fetch(&format!("/v1/advise?window={window}"))
         .await?;
     if let Some(dir) = &a.write {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create `{}`", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create `{}`", dir.display()))?;
         let path = dir.join("advised-grants.toml");
         std::fs::write(&path, v.narrower_file())
             .with_context(|| format!("cannot write `{}`", path.display()))?;

@@ -219,17 +219,18 @@ pub(crate) fn csrf_ok(headers: &HeaderMap, expected: &str) -> bool {
     headers
         .get("x-csrf-token")
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|got| {
-            same_secret(got, expected)
-        })
+        .is_some_and(|got| same_secret(got, expected))
 }
 
 /// `GET /ui/oidc/start`: off to the provider, with state, nonce and a PKCE challenge; the state
 /// is bound to this browser by a short-lived cookie.
 async fn oidc_start(State(app): State<Arc<App>>) -> Response {
-    let (Some(state), Some(verifier), Some(nonce), Some(browser)) =
-        (random_token(), random_token(), random_token(), random_token())
-    else {
+    let (Some(state), Some(verifier), Some(nonce), Some(browser)) = (
+        random_token(),
+        random_token(),
+        random_token(),
+        random_token(),
+    ) else {
         return ApiError::unavailable("no randomness for a sign-in").into_response();
     };
     if !app
@@ -272,7 +273,11 @@ async fn oidc_callback(
 ) -> Response {
     let back = |code: &str| {
         let gone = set_cookie(&app, LOGIN_COOKIE, "", 0, "Lax");
-        ([(header::SET_COOKIE, gone)], Redirect::to(&format!("/ui/?error={code}"))).into_response()
+        (
+            [(header::SET_COOKIE, gone)],
+            Redirect::to(&format!("/ui/?error={code}")),
+        )
+            .into_response()
     };
     if q.error.is_some() {
         refused(&app, "oidc", "the provider refused the sign-in").await;

@@ -192,7 +192,13 @@ impl Sessions {
     }
 
     /// Remembers an OIDC sign-in under way by its `state`.
-    pub(crate) fn start_login(&self, state: &str, verifier: String, nonce: String, browser: String) -> bool {
+    pub(crate) fn start_login(
+        &self,
+        state: &str,
+        verifier: String,
+        nonce: String,
+        browser: String,
+    ) -> bool {
         let now = Instant::now();
         let mut p = lock(&self.pending);
         p.retain(|_, v| now.duration_since(v.created) < PENDING_MAX);

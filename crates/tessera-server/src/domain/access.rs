@@ -54,12 +54,21 @@ fn ratio(good: i64, bad: i64) -> Option<f64> {
 }
 
 /// `GET /v1/overview`.
-pub(crate) async fn overview(app: &App, snap: &Snapshot, now: i64) -> Result<Overview, AccessError> {
+pub(crate) async fn overview(
+    app: &App,
+    snap: &Snapshot,
+    now: i64,
+) -> Result<Overview, AccessError> {
     let since = now - DAY;
     let issued = count(app, &["token.issued", "svid.issued"], since).await?;
     let issuance_refused = count(
         app,
-        &["token.denied", "token.failed", "token.limited", "svid.denied"],
+        &[
+            "token.denied",
+            "token.failed",
+            "token.limited",
+            "svid.denied",
+        ],
         since,
     )
     .await?;
@@ -165,7 +174,12 @@ pub(crate) async fn workloads(
     now: i64,
 ) -> Result<WorkloadPage, AccessError> {
     let words: Vec<String> = nonempty(&q.q)
-        .map(|s| s.split_whitespace().map(str::to_lowercase).take(8).collect())
+        .map(|s| {
+            s.split_whitespace()
+                .map(str::to_lowercase)
+                .take(8)
+                .collect()
+        })
         .unwrap_or_default();
     let counts = grant_counts(snap, now);
     let (env, owner, td) = (
@@ -180,8 +194,8 @@ pub(crate) async fn workloads(
         .filter(|w| !q.overdue || counts.get(&w.spec.id).is_some_and(|c| c.2 > 0))
         .filter(|w| {
             words.is_empty() || {
-                let hay = format!("{} {} {}", w.spec.id, w.spec.owner, w.spec.purpose)
-                    .to_lowercase();
+                let hay =
+                    format!("{} {} {}", w.spec.id, w.spec.owner, w.spec.purpose).to_lowercase();
                 words.iter().all(|word| hay.contains(word.as_str()))
             }
         })
@@ -243,7 +257,9 @@ pub(crate) struct GraphQuery {
 }
 
 fn node(snap: &Snapshot, id: &str) -> GraphNode {
-    let w = SpiffeId::parse(id).ok().and_then(|i| snap.workloads.get(&i));
+    let w = SpiffeId::parse(id)
+        .ok()
+        .and_then(|i| snap.workloads.get(&i));
     GraphNode {
         id: id.to_owned(),
         owner: w.map(|w| w.spec.owner.to_string()),
@@ -366,9 +382,9 @@ pub(crate) async fn graph(
     for o in observed {
         let wanted = match &center {
             Some(_) => {
-                let other_is_kept = [&o.caller, &o.service].iter().all(|x| {
-                    SpiffeId::parse(x).map_or(true, |id| keep(&id))
-                });
+                let other_is_kept = [&o.caller, &o.service]
+                    .iter()
+                    .all(|x| SpiffeId::parse(x).map_or(true, |id| keep(&id)));
                 other_is_kept && admit(&mut ids, &o.caller) && admit(&mut ids, &o.service)
             }
             None => ids.contains(&o.caller) && ids.contains(&o.service),

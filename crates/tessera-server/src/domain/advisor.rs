@@ -89,7 +89,10 @@ async fn read(app: &App, since: i64) -> Result<Seen, StoreError> {
             }
         }
         if let Some(aud) = text(d, "aud") {
-            let u = s.pairs.entry((r.subject.clone(), aud.to_owned())).or_default();
+            let u = s
+                .pairs
+                .entry((r.subject.clone(), aud.to_owned()))
+                .or_default();
             u.tokens += 1;
             u.last = u.last.max(r.at);
             for sc in text(d, "scope").unwrap_or("").split_whitespace() {
@@ -147,7 +150,12 @@ fn grant_toml(g: &Grant, scopes: &[String], methods: Option<&BTreeSet<String>>) 
             .map(|r| {
                 let mut m = toml::map::Map::new();
                 let ms: Vec<String> = match methods {
-                    Some(used) => r.methods.iter().filter(|x| used.contains(*x)).cloned().collect(),
+                    Some(used) => r
+                        .methods
+                        .iter()
+                        .filter(|x| used.contains(*x))
+                        .cloned()
+                        .collect(),
                     None => r.methods.clone(),
                 };
                 if !ms.is_empty() {
@@ -244,7 +252,11 @@ pub(crate) async fn advise(
             ));
             x.evidence.push(format!(
                 "never asked: {}",
-                unused.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" ")
+                unused
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" ")
             ));
             x.suggestion = Some(grant_toml(g, &used_scopes, None));
             findings.push(x);
@@ -260,7 +272,11 @@ pub(crate) async fn advise(
                 "unused_routes",
                 format!(
                     "methods never called: {}",
-                    unused_methods.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" ")
+                    unused_methods
+                        .iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join(" ")
                 ),
             );
             x.evidence.push(format!(
@@ -278,7 +294,9 @@ pub(crate) async fn advise(
         }
         let caller_kind = snap.workloads.get(&g.from).map(|w| w.spec.kind);
         let target_kind = snap.workloads.get(&g.to).map(|w| w.spec.kind);
-        if caller_kind == Some(WorkloadKind::Deployment) && target_kind != Some(WorkloadKind::Deployment) {
+        if caller_kind == Some(WorkloadKind::Deployment)
+            && target_kind != Some(WorkloadKind::Deployment)
+        {
             let mut x = f(
                 "deployment_reaches_runtime",
                 "a deployment identity may reach a run-time service".into(),
@@ -300,7 +318,8 @@ pub(crate) async fn advise(
                 id.clone(),
                 format!("no token or SVID issued in {days} days"),
             );
-            x.evidence.push(format!("owner {}: {}", w.spec.owner, w.spec.purpose));
+            x.evidence
+                .push(format!("owner {}: {}", w.spec.owner, w.spec.purpose));
             x.source = Some(w.spec.source.clone());
             findings.push(x);
         }

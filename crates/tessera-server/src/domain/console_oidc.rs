@@ -151,7 +151,9 @@ pub(crate) async fn finish(
         ("code_verifier", verifier),
     ];
     let client = app.trust_keys.client(p.private_network);
-    let mut req = client.post(token_url.clone()).timeout(Duration::from_secs(10));
+    let mut req = client
+        .post(token_url.clone())
+        .timeout(Duration::from_secs(10));
     match &app.console.oidc_secret {
         Some(secret) => req = req.basic_auth(form_encode(&p.client_id), Some(form_encode(secret))),
         None => form.push(("client_id", p.client_id.as_str())),
@@ -164,7 +166,7 @@ pub(crate) async fn finish(
     let status = resp.status();
     let body = tessera_verify::read_capped(resp, 256 * 1024)
         .await
-        .map_err(|e| SignInError::Exchange(e.to_string()))?;
+        .map_err(SignInError::Exchange)?;
     let doc: Value = serde_json::from_slice(&body)
         .map_err(|_| SignInError::Exchange(format!("HTTP {status}, not JSON")))?;
     if !status.is_success() {
@@ -244,13 +246,14 @@ async fn check_id_token(
 fn person(p: &ConsoleOidc, claims: &Map<String, Value>) -> Result<Person, SignInError> {
     let raw = ["preferred_username", "email", "sub"]
         .iter()
-        .find_map(|c| claims.get(*c).and_then(Value::as_str).filter(|s| !s.is_empty()))
+        .find_map(|c| {
+            claims
+                .get(*c)
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty())
+        })
         .ok_or_else(|| SignInError::IdToken("no `sub`".into()))?;
-    let name: String = raw
-        .chars()
-        .filter(|c| !c.is_control())
-        .take(100)
-        .collect();
+    let name: String = raw.chars().filter(|c| !c.is_control()).take(100).collect();
     let groups: Vec<&str> = match claims.get(&p.groups_claim) {
         Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).collect(),
         Some(Value::String(s)) => vec![s.as_str()],
@@ -299,10 +302,26 @@ mod tests {
     #[test]
     fn the_groups_decide_the_role() {
         let p = provider();
-        let admin = person(&p, &claims(json!({"sub": "1", "preferred_username": "alice", "groups": ["eng", "platform"]}))).unwrap();
-        assert_eq!((admin.name.as_str(), admin.role), ("oidc:alice", Role::Admin));
-        let viewer = person(&p, &claims(json!({"sub": "2", "email": "bob@x", "groups": "eng"}))).unwrap();
-        assert_eq!((viewer.name.as_str(), viewer.role), ("oidc:bob@x", Role::Viewer));
+        let admin = person(
+            &p,
+            &claims(
+                json!({"sub": "1", "preferred_username": "alice", "groups": ["eng", "platform"]}),
+            ),
+        )
+        .unwrap();
+        assert_eq!(
+            (admin.name.as_str(), admin.role),
+            ("oidc:alice", Role::Admin)
+        );
+        let viewer = person(
+            &p,
+            &claims(json!({"sub": "2", "email": "bob@x", "groups": "eng"})),
+        )
+        .unwrap();
+        assert_eq!(
+            (viewer.name.as_str(), viewer.role),
+            ("oidc:bob@x", Role::Viewer)
+        );
         assert!(matches!(
             person(&p, &claims(json!({"sub": "3", "groups": ["sales"]}))),
             Err(SignInError::NoRole(n)) if n == "3"

@@ -121,11 +121,12 @@ pub(crate) async fn review(
     let (change, written) = match &managed {
         Some(path) => {
             let old = std::fs::read_to_string(path).map_err(|e| file_error(path, &e))?;
-            let new = edit(&old, &grant, req.action, req.review_by, &note)
-                .map_err(|message| ReviewError::File {
+            let new = edit(&old, &grant, req.action, req.review_by, &note).map_err(|message| {
+                ReviewError::File {
                     path: path.display().to_string(),
                     message,
-                })?;
+                }
+            })?;
             write_file(path, &new)?;
             let diff = similar::TextDiff::from_lines(&old, &new)
                 .unified_diff()
@@ -225,7 +226,9 @@ fn edit(
         }
         ReviewAction::Extend => {
             let date = review_by.ok_or("no review date")?;
-            let t = grants.get_mut(index).ok_or("the grant is not in its file")?;
+            let t = grants
+                .get_mut(index)
+                .ok_or("the grant is not in its file")?;
             let mut value = toml_edit::value(date.to_string());
             if let Some(v) = value.as_value_mut() {
                 v.decor_mut().set_suffix(format!("  # {note}"));
@@ -327,6 +330,13 @@ why = "A writes C"
             "n"
         )
         .is_err());
-        assert!(edit("x = 1", &grant("spiffe://example.org/b"), ReviewAction::Withdraw, None, "n").is_err());
+        assert!(edit(
+            "x = 1",
+            &grant("spiffe://example.org/b"),
+            ReviewAction::Withdraw,
+            None,
+            "n"
+        )
+        .is_err());
     }
 }
