@@ -324,6 +324,67 @@ private_network = true
         assert!(shots.join(format!("{png}.png")).exists(), "{png}");
     }
 
+    // The callback by hand: a state from another browser, and an answer naming another
+    // issuer (RFC 9207), are both refused, and a state works once.
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let start = || async {
+        let r = http
+            .get(format!("{}/ui/oidc/start", s.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 303);
+        let location = r.headers()["location"].to_str().unwrap().to_owned();
+        assert!(
+            location.starts_with(&format!("{issuer}/auth?")),
+            "{location}"
+        );
+        assert!(
+            location.contains("code_challenge_method=S256"),
+            "{location}"
+        );
+        let cookie = r.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_owned();
+        let state = reqwest::Url::parse(&location)
+            .unwrap()
+            .query_pairs()
+            .find(|(k, _)| k == "state")
+            .unwrap()
+            .1
+            .into_owned();
+        (state, cookie)
+    };
+    let callback = |query: String, cookie: String| {
+        let http = http.clone();
+        let url = format!("{}/ui/oidc/callback?{query}", s.url);
+        async move {
+            let r = http.get(url).header("cookie", cookie).send().await.unwrap();
+            r.headers()["location"].to_str().unwrap().to_owned()
+        }
+    };
+    let (state, _) = start().await;
+    let (_, other_browser) = start().await;
+    assert_eq!(
+        callback(format!("code=x&state={state}"), other_browser).await,
+        "/ui/?error=state"
+    );
+    let (state, cookie) = start().await;
+    let evil = format!("code=x&state={state}&iss=https%3A%2F%2Fevil.example");
+    assert_eq!(callback(evil, cookie.clone()).await, "/ui/?error=provider");
+    assert_eq!(
+        callback(format!("code=x&state={state}"), cookie).await,
+        "/ui/?error=state",
+        "used up"
+    );
+
     // What the browser did is in the audit trail under the person's name.
     assert!(!audited(&s, "console.signin", "console:admin:credential").is_empty());
     assert!(!audited(&s, "console.signin", "console:oidc:alice").is_empty());

@@ -262,6 +262,8 @@ struct Callback {
     code: Option<String>,
     state: Option<String>,
     error: Option<String>,
+    /// RFC 9207: the provider that answered, when it says.
+    iss: Option<String>,
 }
 
 /// `GET /ui/oidc/callback`: the provider's answer. The state must be one this server issued to
@@ -290,6 +292,13 @@ async fn oidc_callback(
         refused(&app, "oidc", "an unknown or expired sign-in state").await;
         return back("state");
     };
+    // A mix-up: an answer from another provider than the one configured (RFC 9207). The state
+    // is used up either way.
+    let ours = app.config.console_oidc.as_ref().map(|o| o.issuer.as_str());
+    if q.iss.is_some() && q.iss.as_deref() != ours {
+        refused(&app, "oidc", "the answer names another issuer").await;
+        return back("provider");
+    }
     let browser = cookie_value(&headers, LOGIN_COOKIE).unwrap_or_default();
     if !same_secret(&browser, &pending.browser) {
         refused(&app, "oidc", "the sign-in was started by another browser").await;

@@ -338,6 +338,24 @@ mod tests {
         assert!(!who.name.contains('\n'));
     }
 
+    proptest::proptest! {
+        /// Any claims: a person with a printable name of at most 100 characters, or a refusal;
+        /// never a panic.
+        #[test]
+        fn any_claims_make_a_person_or_a_refusal(
+            sub in ".{0,300}",
+            groups in proptest::collection::vec(".{0,20}", 0..5),
+        ) {
+            let p = provider();
+            let mut all = groups.clone();
+            all.push("eng".into());
+            if let Ok(who) = person(&p, &claims(json!({"sub": sub, "groups": all}))) {
+                proptest::prop_assert!(who.name.chars().count() <= "oidc:".len() + 100);
+                proptest::prop_assert!(!who.name.chars().any(char::is_control));
+            }
+        }
+    }
+
     #[test]
     fn the_challenge_is_rfc_7636s() {
         // RFC 7636 appendix B.

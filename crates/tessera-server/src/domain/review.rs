@@ -320,6 +320,22 @@ why = "A writes C"
         assert_eq!(grants[0]["to"].as_str(), Some("spiffe://example.org/b"));
     }
 
+    proptest::proptest! {
+        /// Whatever a file holds, an edit is an error or TOML that still parses, with the
+        /// other grant untouched.
+        #[test]
+        fn edits_never_break_a_file(junk in ".{0,200}", extend in proptest::bool::ANY) {
+            let text = format!("{FILE}\n{junk}\n");
+            let d = Date::parse("2027-03-01").ok();
+            let action = if extend { ReviewAction::Extend } else { ReviewAction::Withdraw };
+            if let Ok(out) = edit(&text, &grant("spiffe://example.org/b"), action, d, "note") {
+                let parsed: toml::Value = toml::from_str(&out).unwrap();
+                let grants = parsed["grant"].as_array().unwrap();
+                proptest::prop_assert!(grants.iter().any(|g| g["to"].as_str() == Some("spiffe://example.org/c")));
+            }
+        }
+    }
+
     #[test]
     fn a_grant_not_in_the_file_is_an_error() {
         assert!(edit(
