@@ -378,18 +378,10 @@ async fn describe_workload(
         .ok_or_else(|| ApiError::NotFound(format!("no workload `{id}`")))?;
     let now = tessera_core::now_unix();
     let grant = |g: &tessera_core::manifest::Grant, other: &SpiffeId| {
-        // What the policy in force makes of the grant: a forbid may override it.
-        let effective = snap.engine.explain_issue(
-            &g.from,
-            &g.to,
-            &[],
-            &tessera_policy::IssueContext::default(),
-            &tessera_policy::Env::now(),
-        );
         json!({"workload": other, "scopes": g.scopes, "routes": g.routes, "why": g.why, "review_by": g.review_by,
                "overdue": g.review_by.is_some_and(|d| d.end_unix() < now), "source": g.source,
                "token_rate": g.token_rate, "call_rate": g.call_rate, "deployment": g.deployment,
-               "effective": if effective.decision.allowed { "allowed".to_owned() } else { effective.decision.reason() }})
+               "effective": crate::domain::access::effective(&snap, g)})
     };
     let out: Vec<Value> = snap
         .grants

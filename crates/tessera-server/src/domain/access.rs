@@ -272,23 +272,28 @@ fn node(snap: &Snapshot, id: &str) -> GraphNode {
     }
 }
 
-fn grant_edge(snap: &Snapshot, g: &Grant, now: i64) -> GraphEdge {
-    let effective = snap.engine.explain_issue(
+/// What the policy in force makes of a grant: `allowed`, or why not (a forbid may override it).
+pub(crate) fn effective(snap: &Snapshot, g: &Grant) -> String {
+    let x = snap.engine.explain_issue(
         &g.from,
         &g.to,
         &[],
         &tessera_policy::IssueContext::default(),
         &tessera_policy::Env::now(),
     );
+    if x.decision.allowed {
+        "allowed".to_owned()
+    } else {
+        x.decision.reason()
+    }
+}
+
+fn grant_edge(snap: &Snapshot, g: &Grant, now: i64) -> GraphEdge {
     GraphEdge {
         from: g.from.to_string(),
         to: g.to.to_string(),
         granted: true,
-        effective: Some(if effective.decision.allowed {
-            "allowed".to_owned()
-        } else {
-            effective.decision.reason()
-        }),
+        effective: Some(effective(snap, g)),
         scopes: g.scopes.clone(),
         why: Some(g.why.clone()),
         review_by: g.review_by,
