@@ -489,6 +489,13 @@ async fn views(backend: Backend) {
     );
     assert_eq!(admin_get(&s, "/v1/graph?center=%3Cscript%3E").await.0, 400);
 
+    // The review list: overdue grants, of or to an owner's workloads.
+    let (_, due) = admin_get(&s, "/v1/get/grants?overdue=true").await;
+    assert_eq!(due.as_array().unwrap().len(), 2, "{due}");
+    let (_, due) = admin_get(&s, "/v1/get/grants?overdue=true&owner=team-payments").await;
+    assert_eq!(due.as_array().unwrap().len(), 1, "{due}");
+    assert_eq!(due[0]["to_owner"], "team-payments");
+
     // Expiries: overdue reviews, marked.
     let (_, x) = admin_get(&s, "/v1/expiries").await;
     let reviews: Vec<&Value> = x["items"]

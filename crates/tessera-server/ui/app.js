@@ -418,9 +418,8 @@ function reviewDialog(from, to) {
 
 async function reviews(params) {
   const owner = params.get('owner') || '';
-  const grants = await admin('/v1/get/grants');
+  const due = await admin('/v1/get/grants', { overdue: 'true', owner });
   const page = await admin('/v1/workloads', { limit: 1 });
-  const due = grants.filter((g) => g.overdue && (!owner || g.from_owner === owner || g.to_owner === owner));
   const form = h('form', { class: 'inline', onsubmit: (ev) => { ev.preventDefault(); go('/reviews', { owner: new FormData(form).get('owner') }); } },
     select('owner', 'Owner', page.owners, owner), h('button', { type: 'submit' }, 'Show'));
   show(

@@ -108,9 +108,19 @@ async fn post_apply(
     }))
 }
 
+/// `GET /v1/get/grants?overdue=true&owner=TEAM`: only grants past review, of or to an owner's
+/// workloads (the console's review list).
+#[derive(Deserialize, Default)]
+struct ListFilter {
+    #[serde(default)]
+    overdue: bool,
+    owner: Option<String>,
+}
+
 async fn get_list(
     State(app): State<Arc<App>>,
     axum::extract::Path(kind): axum::extract::Path<String>,
+    Query(filter): Query<ListFilter>,
 ) -> Result<Json<Value>, ApiError> {
     let snap = app.snapshot();
     let now = tessera_core::now_unix();
@@ -149,6 +159,16 @@ async fn get_list(
         "grants" => to_json(
             snap.grants
                 .iter()
+                .filter(|g| !filter.overdue || g.review_by.is_some_and(|d| d.end_unix() < now))
+                .filter(|g| {
+                    filter.owner.as_deref().is_none_or(|o| {
+                        [&g.from, &g.to].iter().any(|id| {
+                            snap.workloads
+                                .get(*id)
+                                .is_some_and(|w| w.spec.owner.as_str() == o)
+                        })
+                    })
+                })
                 .map(|g| GrantSummary {
                     from: g.from.clone(),
                     to: g.to.clone(),

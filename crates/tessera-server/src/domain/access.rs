@@ -380,10 +380,13 @@ pub(crate) async fn graph(
             }
         }
     }
-    let observed = app
-        .store
-        .observed_calls(center.as_ref().map(SpiffeId::as_str), now - window, 2_000)
-        .await?;
+    let observed = match &center {
+        Some(c) => app.store.observed_calls(c.as_str(), now - window).await?,
+        None => {
+            let callers: Vec<&str> = ids.iter().map(String::as_str).collect();
+            app.store.observed_calls_of(&callers, now - window).await?
+        }
+    };
     for o in observed {
         let wanted = match &center {
             Some(_) => {

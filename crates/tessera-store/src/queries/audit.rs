@@ -136,39 +136,61 @@ impl Store {
         Ok(n)
     }
 
-    /// Calls reported in decision records since `since`: those of or to `workload` when given,
-    /// else all (at most `limit` pairs, the busiest first).
-    pub async fn observed_calls(
+    /// Calls reported in decision records since `since` in which `workload` is the caller or
+    /// the service (two queries, each on its own index).
+    pub async fn observed_calls(&self, workload: &str, since: i64) -> Result<Vec<ObservedCall>> {
+        let mut out = self.observed_by("subject", &[workload], since).await?;
+        out.extend(self.observed_by("actor", &[workload], since).await?);
+        out.sort_by(|a, b| (&a.caller, &a.service).cmp(&(&b.caller, &b.service)));
+        out.dedup_by(|a, b| a.caller == b.caller && a.service == b.service);
+        Ok(out)
+    }
+
+    /// Calls reported since `since` by any of `callers` (at most 1,000 of them).
+    pub async fn observed_calls_of(
         &self,
-        workload: Option<&str>,
+        callers: &[&str],
         since: i64,
-        limit: i64,
     ) -> Result<Vec<ObservedCall>> {
-        const SELECT: &str = "SELECT subject AS caller, actor AS service, \
+        let mut out = Vec::new();
+        for chunk in callers.chunks(1000) {
+            out.extend(self.observed_by("subject", chunk, since).await?);
+        }
+        Ok(out)
+    }
+
+    /// Decision records grouped by (caller, service), where `column` (`subject`: the caller,
+    /// `actor`: the service) is one of `ids`.
+    async fn observed_by(
+        &self,
+        column: &str,
+        ids: &[&str],
+        since: i64,
+    ) -> Result<Vec<ObservedCall>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let column = if column == "actor" {
+            "actor"
+        } else {
+            "subject"
+        };
+        let list: Vec<String> = (0..ids.len()).map(|i| format!("${}", i + 2)).collect();
+        let sql = format!(
+            "SELECT subject AS caller, actor AS service, \
              SUM(CASE WHEN kind = 'call.allowed' THEN 1 ELSE 0 END) AS allowed, \
              SUM(CASE WHEN kind = 'call.denied' THEN 1 ELSE 0 END) AS denied, MAX(at) AS last_at \
-             FROM audit WHERE kind IN ('call.allowed', 'call.denied') AND at >= $1";
-        Ok(match workload {
-            Some(w) => with_read!(self, |pool| {
-                sqlx::query_as(&format!(
-                    "{SELECT} AND (subject = $2 OR actor = $2) GROUP BY subject, actor ORDER BY COUNT(*) DESC LIMIT $3"
-                ))
-                .bind(since)
-                .bind(w)
-                .bind(limit)
-                .fetch_all(pool)
-                .await?
-            }),
-            None => with_read!(self, |pool| {
-                sqlx::query_as(&format!(
-                    "{SELECT} GROUP BY subject, actor ORDER BY COUNT(*) DESC LIMIT $2"
-                ))
-                .bind(since)
-                .bind(limit)
-                .fetch_all(pool)
-                .await?
-            }),
-        })
+             FROM audit WHERE {column} IN ({}) AND kind IN ('call.allowed', 'call.denied') AND at >= $1 \
+             GROUP BY subject, actor",
+            list.join(", ")
+        );
+        Ok(with_read!(self, |pool| {
+            let mut q = sqlx::query_as(&sql).bind(since);
+            for id in ids {
+                q = q.bind(*id);
+            }
+            q.fetch_all(pool).await?
+        }))
     }
 
     /// Up to `limit` records of `kind` at or after `since` with `seq > after`, in order: the
