@@ -57,14 +57,15 @@ async fn each(
     since: i64,
     mut f: impl FnMut(&tessera_store::AuditRecord, &Value),
 ) -> Result<u64, StoreError> {
-    let mut after = 0;
+    // Just before the window: `at >= since` is `(at, seq) > (since - 1, MAX)`.
+    let mut after = (since - 1, i64::MAX);
     let mut n = 0;
     loop {
-        let page = app.store.audit_kind_page(kind, since, after, PAGE).await?;
+        let page = app.store.audit_kind_page(kind, after, PAGE).await?;
         let Some(last) = page.last() else {
             return Ok(n);
         };
-        after = last.seq;
+        after = (last.at, last.seq);
         for r in &page {
             let detail: Value = serde_json::from_str(&r.detail).unwrap_or(Value::Null);
             f(r, &detail);

@@ -176,12 +176,16 @@ impl Store {
             "subject"
         };
         let list: Vec<String> = (0..ids.len()).map(|i| format!("${}", i + 2)).collect();
+        // The kind is filtered by the CASEs and HAVING, not in WHERE: a condition on `kind` there
+        // would tempt the planner onto the (kind, at) index, a scan of every call reported.
         let sql = format!(
             "SELECT subject AS caller, actor AS service, \
              SUM(CASE WHEN kind = 'call.allowed' THEN 1 ELSE 0 END) AS allowed, \
-             SUM(CASE WHEN kind = 'call.denied' THEN 1 ELSE 0 END) AS denied, MAX(at) AS last_at \
-             FROM audit WHERE {column} IN ({}) AND kind IN ('call.allowed', 'call.denied') AND at >= $1 \
-             GROUP BY subject, actor",
+             SUM(CASE WHEN kind = 'call.denied' THEN 1 ELSE 0 END) AS denied, \
+             COALESCE(MAX(CASE WHEN kind IN ('call.allowed', 'call.denied') THEN at END), 0) AS last_at \
+             FROM audit WHERE {column} IN ({}) AND at >= $1 \
+             GROUP BY subject, actor \
+             HAVING SUM(CASE WHEN kind IN ('call.allowed', 'call.denied') THEN 1 ELSE 0 END) > 0",
             list.join(", ")
         );
         Ok(with_read!(self, |pool| {
@@ -193,22 +197,22 @@ impl Store {
         }))
     }
 
-    /// Up to `limit` records of `kind` at or after `since` with `seq > after`, in order: the
-    /// advisor reads a window page by page.
+    /// Up to `limit` records of `kind` after the position `after` (`(at, seq)`; start with
+    /// `(since, 0)`), in time order: the advisor reads a window page by page, each page a range
+    /// of the (kind, at, seq) index.
     pub async fn audit_kind_page(
         &self,
         kind: &str,
-        since: i64,
-        after: i64,
+        after: (i64, i64),
         limit: i64,
     ) -> Result<Vec<AuditRecord>> {
         Ok(with_read!(self, |pool| {
             sqlx::query_as(
-                "SELECT * FROM audit WHERE kind = $1 AND at >= $2 AND seq > $3 ORDER BY seq LIMIT $4",
+                "SELECT * FROM audit WHERE kind = $1 AND (at > $2 OR (at = $2 AND seq > $3)) ORDER BY at, seq LIMIT $4",
             )
             .bind(kind)
-            .bind(since)
-            .bind(after)
+            .bind(after.0)
+            .bind(after.1)
             .bind(limit)
             .fetch_all(pool)
             .await?
