@@ -25,12 +25,12 @@ pub use audit::{
 };
 pub use backend::{ChangeListener, Store};
 pub use op::Op;
-pub use queries::audit::{AuditFilter, ObservedCall};
+pub use queries::audit::{AuditFilter, AuditLine, ObservedCall};
 pub use records::{
     AgentRecord, AssertionClaim, BatchItem, BatchResult, CaRecord, ClientRecord,
     ClientSecretRecord, DbConnectionRecord, DbRoleRecord, FederatedBundleRecord, JoinTokenRecord,
-    KeyRecord, LeaseFilter, LeaseRecord, LeaseState, PolicySetRecord, PolicySetStatus,
-    SecretRecord, SecretVersionRecord, StoredState, SvidRecord, WorkloadRecord,
+    KeyRecord, LeaseFilter, LeaseRecord, LeaseState, PolicySetCounts, PolicySetRecord,
+    PolicySetStatus, SecretRecord, SecretVersionRecord, StoredState, SvidRecord, WorkloadRecord,
 };
 
 #[derive(Debug, thiserror::Error)]

@@ -163,6 +163,20 @@ pub struct PolicySetRecord {
     pub note: String,
 }
 
+/// A policy set version's summary: what [`PolicySetRecord`] says but the grants and policy
+/// files themselves, counted.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct PolicySetCounts {
+    pub version: i64,
+    #[sqlx(try_from = "String")]
+    pub status: PolicySetStatus,
+    pub created_at: i64,
+    pub actor: String,
+    pub note: String,
+    pub grants: i64,
+    pub policies: i64,
+}
+
 /// One X.509-SVID as issued, for review: who got it, through which agent, until when.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
 pub struct SvidRecord {

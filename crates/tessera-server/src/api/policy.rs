@@ -18,7 +18,7 @@ use tessera_core::admin_api::{
 };
 use tessera_core::SpiffeId;
 use tessera_policy::{Authn, Call, DecisionRecord, Env, Explanation, IssueContext, PolicyBundle};
-use tessera_store::{AuditEvent, AuditKind, Op, Outcome, PolicySetRecord, PolicySetStatus};
+use tessera_store::{AuditEvent, AuditKind, Op, Outcome, PolicySetCounts, PolicySetStatus};
 
 use crate::app::{App, Snapshot};
 use crate::domain::caller::Actor;
@@ -88,21 +88,21 @@ async fn post_explain(
     Ok(Json(x))
 }
 
-fn summary(r: &PolicySetRecord) -> PolicySetSummary {
+fn summary(r: &PolicySetCounts) -> PolicySetSummary {
     PolicySetSummary {
         version: r.version,
         status: r.status.to_string(),
         created_at: r.created_at,
         actor: r.actor.clone(),
         note: r.note.clone(),
-        grants: r.grants.len(),
-        policies: r.policies.len(),
+        grants: usize::try_from(r.grants).unwrap_or(0),
+        policies: usize::try_from(r.policies).unwrap_or(0),
     }
 }
 
 async fn policy_status(State(app): State<Arc<App>>) -> Result<Json<PolicyStatus>, ApiError> {
     let snap = app.snapshot();
-    let history = app.store.policy_sets(20).await?;
+    let history = app.store.policy_set_summaries(20).await?;
     Ok(Json(PolicyStatus {
         active_version: snap.policy_version,
         policies: snap.engine.policy_count(),

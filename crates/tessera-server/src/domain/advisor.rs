@@ -4,18 +4,19 @@
 //! run-time services. Each finding carries its evidence and, where there is one, the narrower
 //! grant to write instead. Reads only; decides nothing.
 
+use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap};
 
-use serde_json::Value;
+use serde::Deserialize;
 use tessera_core::admin_api::{Advice, Finding};
 use tessera_core::manifest::{Grant, WorkloadKind};
 use tessera_core::Scope;
-use tessera_store::StoreError;
+use tessera_store::{AuditLine, StoreError};
 
 use crate::app::{App, Snapshot};
 
 /// Records read per query.
-const PAGE: i64 = 5_000;
+const PAGE: i64 = 20_000;
 /// Default window: 30 days.
 pub(crate) const DEFAULT_WINDOW: i64 = 30 * 86_400;
 /// Distinct hosts (agents) or source addresses past which an identity looks shared.
@@ -35,8 +36,8 @@ struct Use {
 
 #[derive(Debug, Default)]
 struct Seen {
-    /// (caller, target) -> what was used.
-    pairs: HashMap<(String, String), Use>,
+    /// caller -> target -> what was used (two levels: found by `&str`, no key built per record).
+    pairs: HashMap<String, HashMap<String, Use>>,
     /// workload -> tokens and SVIDs issued for it.
     issued: HashMap<String, u64>,
     /// workload -> agents that obtained its X.509-SVIDs.
@@ -46,8 +47,49 @@ struct Seen {
     read: u64,
 }
 
-fn text<'a>(d: &'a Value, k: &str) -> Option<&'a str> {
-    d.get(k).and_then(Value::as_str)
+impl Seen {
+    /// The use of (caller, target), made on first sight; keys are copied only then.
+    fn pair(&mut self, caller: &str, target: &str) -> Option<&mut Use> {
+        if !self.pairs.contains_key(caller) {
+            self.pairs.insert(caller.to_owned(), HashMap::new());
+        }
+        let targets = self.pairs.get_mut(caller)?;
+        if !targets.contains_key(target) {
+            targets.insert(target.to_owned(), Use::default());
+        }
+        targets.get_mut(target)
+    }
+
+    fn get(&self, caller: &str, target: &str) -> Option<&Use> {
+        self.pairs.get(caller).and_then(|t| t.get(target))
+    }
+}
+
+/// What the advisor reads of a `token.issued` record's detail (borrowed from its text).
+#[derive(Deserialize)]
+struct Issued<'a> {
+    #[serde(borrow, default)]
+    aud: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    scope: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    source_ip: Option<Cow<'a, str>>,
+}
+
+/// Of an `svid.issued` record's detail.
+#[derive(Deserialize)]
+struct Svid<'a> {
+    #[serde(borrow, default)]
+    agent: Option<Cow<'a, str>>,
+}
+
+/// Of a `call.allowed` record's detail.
+#[derive(Deserialize)]
+struct Called<'a> {
+    #[serde(borrow, default)]
+    method: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    path: Option<Cow<'a, str>>,
 }
 
 /// Reads every record of `kind` in the window, a page at a time, handing each to `f`.
@@ -55,7 +97,7 @@ async fn each(
     app: &App,
     kind: &str,
     since: i64,
-    mut f: impl FnMut(&tessera_store::AuditRecord, &Value),
+    mut f: impl FnMut(&AuditLine),
 ) -> Result<u64, StoreError> {
     // Just before the window: `at >= since` is `(at, seq) > (since - 1, MAX)`.
     let mut after = (since - 1, i64::MAX);
@@ -67,8 +109,7 @@ async fn each(
         };
         after = (last.at, last.seq);
         for r in &page {
-            let detail: Value = serde_json::from_str(&r.detail).unwrap_or(Value::Null);
-            f(r, &detail);
+            f(r);
             n += 1;
         }
         if page.len() < usize::try_from(PAGE).unwrap_or(0) {
@@ -80,51 +121,57 @@ async fn each(
 async fn read(app: &App, since: i64) -> Result<Seen, StoreError> {
     let mut s = Seen::default();
     let mut read = 0;
-    read += each(app, "token.issued", since, |r, d| {
+    read += each(app, "token.issued", since, |r| {
+        let Ok(d) = serde_json::from_str::<Issued<'_>>(&r.detail) else {
+            return;
+        };
         *s.issued.entry(r.subject.clone()).or_default() += 1;
         let c = s.clients.entry(r.actor.clone()).or_default();
         c.0 += 1;
-        if let Some(ip) = text(d, "source_ip") {
+        if let Some(ip) = d.source_ip {
             if c.1.len() <= SHARED_AT * 4 {
-                c.1.insert(ip.to_owned());
+                c.1.insert(ip.into_owned());
             }
         }
-        if let Some(aud) = text(d, "aud") {
-            let u = s
-                .pairs
-                .entry((r.subject.clone(), aud.to_owned()))
-                .or_default();
+        if let Some(u) = d.aud.and_then(|aud| s.pair(&r.subject, &aud)) {
             u.tokens += 1;
             u.last = u.last.max(r.at);
-            for sc in text(d, "scope").unwrap_or("").split_whitespace() {
-                u.scopes.insert(sc.to_owned());
+            for sc in d.scope.as_deref().unwrap_or("").split_whitespace() {
+                if !u.scopes.contains(sc) {
+                    u.scopes.insert(sc.to_owned());
+                }
             }
         }
     })
     .await?;
-    read += each(app, "svid.issued", since, |r, d| {
+    read += each(app, "svid.issued", since, |r| {
         *s.issued.entry(r.subject.clone()).or_default() += 1;
-        if let Some(agent) = text(d, "agent") {
+        if let Ok(Svid { agent: Some(agent) }) = serde_json::from_str::<Svid<'_>>(&r.detail) {
             let h = s.hosts.entry(r.subject.clone()).or_default();
-            if h.len() <= SHARED_AT * 4 {
-                h.insert(agent.to_owned());
+            if h.len() <= SHARED_AT * 4 && !h.contains(agent.as_ref()) {
+                h.insert(agent.into_owned());
             }
         }
     })
     .await?;
-    read += each(app, "call.allowed", since, |r, d| {
-        let u = s
-            .pairs
-            .entry((r.subject.clone(), r.actor.clone()))
-            .or_default();
+    read += each(app, "call.allowed", since, |r| {
+        let d = serde_json::from_str::<Called<'_>>(&r.detail).ok();
+        let Some(u) = s.pair(&r.subject, &r.actor) else {
+            return;
+        };
         u.calls += 1;
         u.last = u.last.max(r.at);
-        if let Some(m) = text(d, "method") {
-            u.methods.insert(m.to_owned());
+        let Some(d) = d else {
+            return;
+        };
+        if let Some(m) = d.method {
+            if !u.methods.contains(m.as_ref()) {
+                u.methods.insert(m.into_owned());
+            }
         }
-        if let Some(p) = text(d, "path") {
-            if u.paths.len() < MAX_PATHS {
-                u.paths.insert(p.to_owned());
+        if let Some(p) = d.path {
+            if u.paths.len() < MAX_PATHS && !u.paths.contains(p.as_ref()) {
+                u.paths.insert(p.into_owned());
             }
         }
     })
@@ -214,10 +261,7 @@ pub(crate) async fn advise(
     let mut findings = Vec::new();
     let empty = Use::default();
     for g in &snap.grants {
-        let u = seen
-            .pairs
-            .get(&(g.from.to_string(), g.to.to_string()))
-            .unwrap_or(&empty);
+        let u = seen.get(g.from.as_str(), g.to.as_str()).unwrap_or(&empty);
         let f = |kind: &str, summary: String| {
             let mut x = finding(kind, g.from.to_string(), summary);
             x.target = Some(g.to.to_string());

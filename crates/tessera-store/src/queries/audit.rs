@@ -70,6 +70,17 @@ pub struct AuditFilter {
     pub limit: i64,
 }
 
+/// What a reader of many records of one kind needs of each (no hashes, no credential).
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct AuditLine {
+    pub seq: i64,
+    pub at: i64,
+    pub actor: String,
+    pub subject: String,
+    /// The detail as stored JSON text.
+    pub detail: String,
+}
+
 /// Calls between two workloads as the decision records tell them: `caller` called `service`,
 /// `allowed` times allowed and `denied` times denied, last at `last_at`.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
@@ -205,10 +216,10 @@ impl Store {
         kind: &str,
         after: (i64, i64),
         limit: i64,
-    ) -> Result<Vec<AuditRecord>> {
+    ) -> Result<Vec<AuditLine>> {
         Ok(with_read!(self, |pool| {
             sqlx::query_as(
-                "SELECT * FROM audit WHERE kind = $1 AND (at > $2 OR (at = $2 AND seq > $3)) ORDER BY at, seq LIMIT $4",
+                "SELECT seq, at, actor, subject, detail FROM audit WHERE kind = $1 AND (at > $2 OR (at = $2 AND seq > $3)) ORDER BY at, seq LIMIT $4",
             )
             .bind(kind)
             .bind(after.0)
