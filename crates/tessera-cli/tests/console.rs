@@ -681,7 +681,7 @@ async fn console_session_cookie_outside_dev() {
         "HttpOnly",
         "SameSite=Strict",
         "Secure",
-        "Max-Age=1800",
+        "Max-Age=28800",
     ] {
         assert!(cookie.contains(part), "{part}: {cookie}");
     }

@@ -258,6 +258,7 @@ pub async fn start(
     };
     let app = Arc::new(App {
         console,
+        policy_counts: Default::default(),
         first_td,
         audit: AuditLog::spawn(store.clone(), Some(audit_metrics)),
         base_url: base_url.clone(),

@@ -29,7 +29,7 @@ pub use queries::audit::{AuditFilter, AuditLine, ObservedCall};
 pub use records::{
     AgentRecord, AssertionClaim, BatchItem, BatchResult, CaRecord, ClientRecord,
     ClientSecretRecord, DbConnectionRecord, DbRoleRecord, FederatedBundleRecord, JoinTokenRecord,
-    KeyRecord, LeaseFilter, LeaseRecord, LeaseState, PolicySetCounts, PolicySetRecord,
+    KeyRecord, LeaseFilter, LeaseRecord, LeaseState, PolicySetHead, PolicySetRecord,
     PolicySetStatus, SecretRecord, SecretVersionRecord, StoredState, SvidRecord, WorkloadRecord,
 };
 

@@ -163,18 +163,15 @@ pub struct PolicySetRecord {
     pub note: String,
 }
 
-/// A policy set version's summary: what [`PolicySetRecord`] says but the grants and policy
-/// files themselves, counted.
+/// A policy set version without its grants and policy files.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
-pub struct PolicySetCounts {
+pub struct PolicySetHead {
     pub version: i64,
     #[sqlx(try_from = "String")]
     pub status: PolicySetStatus,
     pub created_at: i64,
     pub actor: String,
     pub note: String,
-    pub grants: i64,
-    pub policies: i64,
 }
 
 /// One X.509-SVID as issued, for review: who got it, through which agent, until when.

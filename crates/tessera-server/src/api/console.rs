@@ -15,7 +15,7 @@ use serde_json::json;
 use tessera_core::admin_api::ConsoleLink;
 use tessera_store::{AuditEvent, AuditKind, Outcome};
 
-use crate::app::console::{random_token, same_secret, Person, Role, SESSION_IDLE};
+use crate::app::console::{random_token, same_secret, Person, Role, SESSION_MAX};
 use crate::app::App;
 use crate::domain::caller::Actor;
 use crate::domain::console_oidc;
@@ -115,7 +115,9 @@ async fn start_session(app: &App, person: Person, how: &str) -> Result<HeaderVal
         .sessions
         .create(person)
         .ok_or_else(|| ApiError::unavailable("no randomness for a session"))?;
-    let max_age = i64::try_from(SESSION_IDLE.as_secs()).unwrap_or(1800);
+    // The browser keeps the cookie for the session's longest life; the server ends it sooner
+    // when it is idle.
+    let max_age = i64::try_from(SESSION_MAX.as_secs()).unwrap_or(28_800);
     Ok(set_cookie(
         app,
         session_cookie_name(app),
@@ -233,17 +235,9 @@ async fn oidc_start(State(app): State<Arc<App>>) -> Response {
     ) else {
         return ApiError::unavailable("no randomness for a sign-in").into_response();
     };
-    if !app
-        .console
+    app.console
         .sessions
-        .start_login(&state, verifier.clone(), nonce.clone(), browser.clone())
-    {
-        return ApiError::RateLimited {
-            description: "too many sign-ins under way; try again in a minute".into(),
-            retry_after_secs: 60,
-        }
-        .into_response();
-    }
+        .start_login(&state, verifier.clone(), nonce.clone(), browser.clone());
     match console_oidc::authorization_url(&app, &state, &verifier, &nonce).await {
         Ok(url) => {
             // Lax: the provider sends the browser back by a top-level navigation from its site.

@@ -13,16 +13,16 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tessera_core::admin_api::{
-    ExplainRequest, PolicyActivated, PolicyDiscarded, PolicySetSummary, PolicyStatus,
-    RollbackRequest, ShadowChange, ShadowDiff, ShadowInfo,
+    ExplainRequest, PolicyActivated, PolicyDiscarded, PolicyStatus, RollbackRequest, ShadowChange,
+    ShadowDiff, ShadowInfo,
 };
 use tessera_core::SpiffeId;
 use tessera_policy::{Authn, Call, DecisionRecord, Env, Explanation, IssueContext, PolicyBundle};
-use tessera_store::{AuditEvent, AuditKind, Op, Outcome, PolicySetCounts, PolicySetStatus};
+use tessera_store::{AuditEvent, AuditKind, Op, Outcome, PolicySetStatus};
 
 use crate::app::{App, Snapshot};
 use crate::domain::caller::Actor;
-use crate::domain::policy_sets::{activate, find_set, shadow_version, PolicySetError};
+use crate::domain::policy_sets::{activate, find_set, history, shadow_version, PolicySetError};
 use crate::error::ApiError;
 use crate::extract::WorkloadCaller;
 
@@ -88,21 +88,9 @@ async fn post_explain(
     Ok(Json(x))
 }
 
-fn summary(r: &PolicySetCounts) -> PolicySetSummary {
-    PolicySetSummary {
-        version: r.version,
-        status: r.status.to_string(),
-        created_at: r.created_at,
-        actor: r.actor.clone(),
-        note: r.note.clone(),
-        grants: usize::try_from(r.grants).unwrap_or(0),
-        policies: usize::try_from(r.policies).unwrap_or(0),
-    }
-}
-
 async fn policy_status(State(app): State<Arc<App>>) -> Result<Json<PolicyStatus>, ApiError> {
     let snap = app.snapshot();
-    let history = app.store.policy_set_summaries(20).await?;
+    let history = history(&app, 20).await?;
     Ok(Json(PolicyStatus {
         active_version: snap.policy_version,
         policies: snap.engine.policy_count(),
@@ -111,7 +99,7 @@ async fn policy_status(State(app): State<Arc<App>>) -> Result<Json<PolicyStatus>
             policies: s.engine.policy_count(),
         }),
         shadow_error: snap.shadow_error.clone(),
-        history: history.iter().map(summary).collect(),
+        history,
     }))
 }
 

@@ -116,6 +116,8 @@ pub struct App {
     pub(crate) server_svids: Arc<crate::tls::ServerSvids>,
     /// The web console's sessions and OIDC sign-in.
     pub(crate) console: super::console::Console,
+    /// How many grants and policy files each policy-set version holds (versions never change).
+    pub(crate) policy_counts: std::sync::Mutex<std::collections::HashMap<i64, (usize, usize)>>,
 }
 
 impl std::fmt::Debug for App {

@@ -14,9 +14,12 @@ pub(crate) const SESSION_MAX: Duration = Duration::from_secs(8 * 3600);
 pub(crate) const SESSION_IDLE: Duration = Duration::from_secs(30 * 60);
 /// How long a one-time sign-in link or an OIDC sign-in under way may wait.
 pub(crate) const PENDING_MAX: Duration = Duration::from_secs(10 * 60);
-/// Bounds on what unauthenticated requests can make the server hold.
+/// Bounds on what requests can make the server hold: sessions (signed in), one-time links
+/// (made by admins), OIDC sign-ins under way (anyone can start one: past the bound the oldest is
+/// dropped, so a flood cannot lock people out for ten minutes, only race them).
 const MAX_SESSIONS: usize = 10_000;
-const MAX_PENDING: usize = 1_000;
+const MAX_LINKS: usize = 1_000;
+const MAX_PENDING: usize = 10_000;
 
 /// What a person may do in the console.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -177,7 +180,7 @@ impl Sessions {
         let now = Instant::now();
         let mut l = lock(&self.links);
         l.retain(|_, t| now.duration_since(*t) < PENDING_MAX);
-        if l.len() >= MAX_PENDING {
+        if l.len() >= MAX_LINKS {
             return None;
         }
         l.insert(key(&code), now);
@@ -198,12 +201,18 @@ impl Sessions {
         verifier: String,
         nonce: String,
         browser: String,
-    ) -> bool {
+    ) {
         let now = Instant::now();
         let mut p = lock(&self.pending);
         p.retain(|_, v| now.duration_since(v.created) < PENDING_MAX);
         if p.len() >= MAX_PENDING {
-            return false;
+            if let Some(oldest) = p
+                .iter()
+                .min_by_key(|(_, v)| v.created)
+                .map(|(k, _)| k.clone())
+            {
+                p.remove(&oldest);
+            }
         }
         p.insert(
             state.to_owned(),
@@ -214,7 +223,6 @@ impl Sessions {
                 created: now,
             },
         );
-        true
     }
 
     /// Takes the sign-in under way for `state` (once), if fresh.
@@ -264,10 +272,21 @@ mod tests {
     #[test]
     fn a_login_finishes_once() {
         let s = Sessions::default();
-        assert!(s.start_login("st", "v".into(), "n".into(), "b".into()));
+        s.start_login("st", "v".into(), "n".into(), "b".into());
         assert!(s.finish_login("other").is_none());
         assert_eq!(s.finish_login("st").unwrap().verifier, "v");
         assert!(s.finish_login("st").is_none());
+    }
+
+    #[test]
+    fn a_flood_of_logins_drops_the_oldest() {
+        let s = Sessions::default();
+        s.start_login("first", "v".into(), "n".into(), "b".into());
+        for i in 0..MAX_PENDING {
+            s.start_login(&format!("s{i}"), "v".into(), "n".into(), "b".into());
+        }
+        assert!(s.finish_login("first").is_none(), "the oldest was dropped");
+        assert!(s.finish_login(&format!("s{}", MAX_PENDING - 1)).is_some());
     }
 
     #[test]

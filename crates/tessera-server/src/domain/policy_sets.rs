@@ -197,11 +197,48 @@ pub(crate) async fn activate(
 
 pub(crate) async fn find_set(app: &App, version: i64) -> Result<PolicySetRecord, PolicySetError> {
     app.store
-        .policy_sets(1_000)
+        .policy_set_at(version)
         .await?
-        .into_iter()
-        .find(|r| r.version == version)
         .ok_or_else(|| PolicySetError::NotFound(format!("policy set {version} is not stored")))
+}
+
+/// The newest `limit` versions, with how many grants and policy files each holds. A version's
+/// contents never change once recorded, so each is decoded once per process and its counts
+/// remembered.
+pub(crate) async fn history(
+    app: &App,
+    limit: i64,
+) -> Result<Vec<tessera_core::admin_api::PolicySetSummary>, PolicySetError> {
+    let heads = app.store.policy_set_heads(limit).await?;
+    let mut out = Vec::with_capacity(heads.len());
+    for h in heads {
+        let known = app
+            .policy_counts
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&h.version).copied());
+        let (grants, policies) = match known {
+            Some(c) => c,
+            None => {
+                let rec = find_set(app, h.version).await?;
+                let c = (rec.grants.len(), rec.policies.len());
+                if let Ok(mut m) = app.policy_counts.lock() {
+                    m.insert(h.version, c);
+                }
+                c
+            }
+        };
+        out.push(tessera_core::admin_api::PolicySetSummary {
+            version: h.version,
+            status: h.status.to_string(),
+            created_at: h.created_at,
+            actor: h.actor,
+            note: h.note,
+            grants,
+            policies,
+        });
+    }
+    Ok(out)
 }
 
 // ---- Workload APIs -----------------------------------------------------------------------------

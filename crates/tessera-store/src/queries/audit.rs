@@ -135,16 +135,29 @@ impl Store {
         }))
     }
 
-    /// How many records of `kind` are at or after `since`.
-    pub async fn audit_count_since(&self, kind: &str, since: i64) -> Result<i64> {
-        let (n,): (i64,) = with_read!(self, |pool| {
-            sqlx::query_as("SELECT COUNT(*) FROM audit WHERE kind = $1 AND at >= $2")
-                .bind(kind)
-                .bind(since)
-                .fetch_one(pool)
-                .await?
+    /// How many records of each of `kinds` are at or after `since`, in one query (each kind a
+    /// range of the `(kind, at, seq)` index). Kinds with none are missing from the answer.
+    pub async fn audit_counts_since(
+        &self,
+        kinds: &[&str],
+        since: i64,
+    ) -> Result<std::collections::HashMap<String, i64>> {
+        if kinds.is_empty() {
+            return Ok(std::collections::HashMap::new());
+        }
+        let list: Vec<String> = (0..kinds.len()).map(|i| format!("${}", i + 2)).collect();
+        let sql = format!(
+            "SELECT kind, COUNT(*) FROM audit WHERE kind IN ({}) AND at >= $1 GROUP BY kind",
+            list.join(", ")
+        );
+        let rows: Vec<(String, i64)> = with_read!(self, |pool| {
+            let mut q = sqlx::query_as(&sql).bind(since);
+            for k in kinds {
+                q = q.bind(*k);
+            }
+            q.fetch_all(pool).await?
         });
-        Ok(n)
+        Ok(rows.into_iter().collect())
     }
 
     /// Calls reported in decision records since `since` in which `workload` is the caller or

@@ -1,7 +1,7 @@
 //! Policy set versions.
 
-use crate::backend::{with_read, Db};
-use crate::records::{PolicySetCounts, PolicySetRecord};
+use crate::backend::with_read;
+use crate::records::{PolicySetHead, PolicySetRecord};
 use crate::{Result, Store};
 
 /// The columns of a [`PolicySetRecord`].
@@ -18,32 +18,28 @@ impl Store {
         }))
     }
 
-    /// Policy set versions, newest first, with how many grants and policy files each holds
-    /// (counted by the database's JSON functions: a history is read without decoding every
-    /// grant of every version).
-    pub async fn policy_set_summaries(&self, limit: i64) -> Result<Vec<PolicySetCounts>> {
-        const COLUMNS: &str = "version, status, created_at, actor, note";
-        Ok(match &*self.db {
-            Db::Sqlite { read, .. } => {
-                sqlx::query_as(&format!(
-                    "SELECT {COLUMNS}, json_array_length(grants) AS grants, json_array_length(policies) AS policies \
-                     FROM policy_sets ORDER BY version DESC LIMIT $1"
-                ))
-                .bind(limit)
-                .fetch_all(read)
+    /// Policy set versions, newest first, without their grants and policy files (a history
+    /// is read without decoding every grant of every version).
+    pub async fn policy_set_heads(&self, limit: i64) -> Result<Vec<PolicySetHead>> {
+        Ok(with_read!(self, |pool| {
+            sqlx::query_as(
+                "SELECT version, status, created_at, actor, note FROM policy_sets ORDER BY version DESC LIMIT $1",
+            )
+            .bind(limit)
+            .fetch_all(pool)
+            .await?
+        }))
+    }
+
+    /// One policy set version, whole.
+    pub async fn policy_set_at(&self, version: i64) -> Result<Option<PolicySetRecord>> {
+        let sql = format!("SELECT {POLICY_SET_COLUMNS} FROM policy_sets WHERE version = $1");
+        Ok(with_read!(self, |pool| {
+            sqlx::query_as(&sql)
+                .bind(version)
+                .fetch_optional(pool)
                 .await?
-            }
-            Db::Pg(pool) => {
-                sqlx::query_as(&format!(
-                    "SELECT {COLUMNS}, json_array_length(grants::json)::BIGINT AS grants, \
-                     json_array_length(policies::json)::BIGINT AS policies \
-                     FROM policy_sets ORDER BY version DESC LIMIT $1"
-                ))
-                .bind(limit)
-                .fetch_all(pool)
-                .await?
-            }
-        })
+        }))
     }
 
     /// The highest policy set version recorded, whatever its status.
