@@ -478,6 +478,10 @@ async fn views(backend: Backend) {
     )
     .await;
     assert_eq!(g["nodes"].as_array().unwrap().len(), 2, "{g}");
+    assert_eq!(
+        g["edges"][0]["calls_allowed"], 2,
+        "the calls of a kept neighbour stay: {g}"
+    );
     let (_, g) = admin_get(&s, "/v1/graph?environment=prod").await;
     assert_eq!(g["nodes"].as_array().unwrap().len(), 5, "{g}");
     assert_eq!(g["edges"].as_array().unwrap().len(), 5, "{g}");

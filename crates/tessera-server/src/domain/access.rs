@@ -385,10 +385,14 @@ pub(crate) async fn graph(
     };
     for o in observed {
         let wanted = match &center {
-            Some(_) => {
-                let other_is_kept = [&o.caller, &o.service]
-                    .iter()
-                    .all(|x| SpiffeId::parse(x).map_or(true, |id| keep(&id)));
+            Some(c) => {
+                // The filters choose the neighbours; the centre is always drawn.
+                let other = if o.caller == c.as_str() {
+                    &o.service
+                } else {
+                    &o.caller
+                };
+                let other_is_kept = SpiffeId::parse(other).map_or(true, |id| keep(&id));
                 other_is_kept && admit(&mut ids, &o.caller) && admit(&mut ids, &o.service)
             }
             None => ids.contains(&o.caller) && ids.contains(&o.service),

@@ -347,7 +347,7 @@ mod tests {
             groups in proptest::collection::vec(".{0,20}", 0..5),
         ) {
             let p = provider();
-            let mut all = groups.clone();
+            let mut all = groups;
             all.push("eng".into());
             if let Ok(who) = person(&p, &claims(json!({"sub": sub, "groups": all}))) {
                 proptest::prop_assert!(who.name.chars().count() <= "oidc:".len() + 100);
