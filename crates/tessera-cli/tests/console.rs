@@ -198,14 +198,6 @@ async fn traffic(s: &Server) {
     assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn npm_root() -> String {
     let o = Command::new("npm").args(["root", "-g"]).output().unwrap();
     String::from_utf8(o.stdout).unwrap().trim().to_owned()

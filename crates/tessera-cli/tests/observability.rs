@@ -259,15 +259,6 @@ async fn runbook_commands_are_real_and_the_read_only_ones_run() {
     assert!(ran >= 10, "only {ran} runbook commands ran");
 }
 
-/// A free loopback port for a process that takes a port number.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn host_port(url: &str) -> String {
     url.split("://")
         .nth(1)

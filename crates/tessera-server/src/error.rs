@@ -161,8 +161,8 @@ impl From<ReviewError> for ApiError {
         match e {
             ReviewError::Invalid(d) => Self::BadRequest(d),
             ReviewError::NotFound(d) => Self::NotFound(d),
-            // The path is the server's; the reviewer is told the file could not be changed.
-            e @ ReviewError::File { .. } => Self::unavailable(e),
+            // Retrying will not help: the reviewer is told which file and why.
+            e @ ReviewError::File { .. } => Self::Conflict(e.to_string()),
             ReviewError::PolicySet(e) => e.into(),
             ReviewError::Store(e) => Self::unavailable(e),
         }

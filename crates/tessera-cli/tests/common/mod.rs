@@ -538,3 +538,12 @@ pub(crate) fn start_mesh(mesh: &str, agent_flags: &[&str]) -> Mesh {
         agent,
     }
 }
+
+/// A free loopback port for a process that takes a port number.
+pub(crate) fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

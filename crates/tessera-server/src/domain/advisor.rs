@@ -31,7 +31,6 @@ struct Use {
     calls: u64,
     methods: BTreeSet<String>,
     paths: BTreeSet<String>,
-    last: i64,
 }
 
 #[derive(Debug, Default)]
@@ -135,7 +134,6 @@ async fn read(app: &App, since: i64) -> Result<Seen, StoreError> {
         }
         if let Some(u) = d.aud.and_then(|aud| s.pair(&r.subject, &aud)) {
             u.tokens += 1;
-            u.last = u.last.max(r.at);
             for sc in d.scope.as_deref().unwrap_or("").split_whitespace() {
                 if !u.scopes.contains(sc) {
                     u.scopes.insert(sc.to_owned());
@@ -160,7 +158,6 @@ async fn read(app: &App, since: i64) -> Result<Seen, StoreError> {
             return;
         };
         u.calls += 1;
-        u.last = u.last.max(r.at);
         let Some(d) = d else {
             return;
         };

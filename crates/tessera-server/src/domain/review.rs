@@ -22,7 +22,7 @@ pub(crate) enum ReviewError {
     #[error("{0}")]
     NotFound(String),
     /// The managed file cannot be read or written; nothing was changed.
-    #[error("identity file `{path}`: {message}")]
+    #[error("identity file `{path}`: {message}; nothing was changed")]
     File { path: String, message: String },
     #[error(transparent)]
     PolicySet(#[from] PolicySetError),
