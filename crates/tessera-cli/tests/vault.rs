@@ -376,6 +376,110 @@ async fn vault_postgres() {
     vault_flow(Backend::Postgres).await;
 }
 
+/// Two servers on one PostgreSQL database: a read on B is served from B's memory, and a change
+/// made through A (a new version, a disabled one, a deletion) reaches B's readers as soon as A's
+/// notice does, never the old value for longer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vault_cache_follows_another_servers_changes() {
+    let Some(db) = tessera_testkit::postgres_database() else {
+        return;
+    };
+    let (da, dbb) = (tessera_testkit::data_dir(), tessera_testkit::data_dir());
+    let a = server_on(da.path(), Some(&db), &[]);
+    // One key-encryption key for both: B opens what A sealed.
+    std::fs::copy(da.path().join("kek"), dbb.path().join("kek")).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(
+            dbb.path().join("kek"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+    }
+    // A poll interval far longer than the test: only the notice can tell B.
+    let b = server_with(
+        dbb.path(),
+        Some(&db),
+        &["--listen", "127.0.0.1:0", "--poll-interval", "10m"],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(dir.path(), "mesh.toml", &mesh());
+    ok(&tessera(&a.data, &["apply", "-f", p.to_str().unwrap()]));
+    let v1 = write(dir.path(), "v1", "first-value");
+    ok(&tessera(
+        &a.data,
+        &[
+            "secret",
+            "put",
+            "legacy/db",
+            "--value-file",
+            v1.to_str().unwrap(),
+            "--owner",
+            "team-pay",
+            "--purpose",
+            "test",
+        ],
+    ));
+    // A token for B (its own issuer URL), the client's secret set through B.
+    let pay = authority_token(&b, "payments").await;
+    let on_b = format!("{}/v1/secrets/legacy/db", b.url);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = get(&on_b, &pay).await;
+        if status == 200 {
+            assert_eq!(body["value"], "first-value");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "B never served the secret: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Served from memory now; A writes a new version.
+    for _ in 0..5 {
+        assert_eq!(get(&on_b, &pay).await.1["value"], "first-value");
+    }
+    let v2 = write(dir.path(), "v2", "second-value");
+    ok(&tessera(
+        &a.data,
+        &[
+            "secret",
+            "put",
+            "legacy/db",
+            "--value-file",
+            v2.to_str().unwrap(),
+        ],
+    ));
+    seen(&on_b, &pay, |st, b| {
+        st == 200 && b["value"] == "second-value"
+    })
+    .await;
+    ok(&tessera(
+        &a.data,
+        &["secret", "disable", "legacy/db", "--version", "2"],
+    ));
+    seen(&on_b, &pay, |st, _| st == 403).await;
+    ok(&tessera(&a.data, &["secret", "delete", "legacy/db"]));
+    seen(&on_b, &pay, |st, _| st == 404).await;
+}
+
+/// Waits (3 s at most) until a read of `url` gives what `want` accepts.
+async fn seen(url: &str, token: &str, want: impl Fn(u16, &Value) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let (status, body) = get(url, token).await;
+        if want(status, &body) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "B kept serving the old state: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// `tessera exec` as a workload attested by the node agent: secrets into the environment and into
 /// a 0600 file on tmpfs, a reference without a grant stops before the program starts, a rotation
 /// rewrites the file and signals the program; and a read with the X.509-SVID over mTLS.

@@ -15,6 +15,7 @@ use sqlx::Row;
 use crate::audit::{AuditEvent, AuditRecord, GENESIS};
 use crate::op::{apply_op, Op};
 use crate::records::{AssertionClaim, BatchItem, BatchResult};
+use crate::secret_cache::SecretCache;
 use crate::{Result, StoreError};
 
 pub(crate) enum Db {
@@ -33,6 +34,8 @@ pub struct Store {
     pub(crate) db: std::sync::Arc<Db>,
     /// Set once by the server; records are keyed from then on.
     pub(crate) audit_key: std::sync::Arc<std::sync::OnceLock<crate::audit::AuditKey>>,
+    /// The vault's read path in memory (`secret_cache.rs`).
+    pub(crate) secrets: std::sync::Arc<SecretCache>,
 }
 
 impl std::fmt::Debug for Store {
@@ -43,20 +46,53 @@ impl std::fmt::Debug for Store {
 
 /// The PostgreSQL notification channel on which every commit that changes state is announced.
 pub(crate) const CHANGES_CHANNEL: &str = "tessera_changes";
+/// The channel on which every commit that changes a vault secret is announced.
+pub(crate) const SECRETS_CHANNEL: &str = "tessera_secrets";
 
-/// Commits by other servers on the same PostgreSQL database, as they happen.
+/// Commits by other servers on the same PostgreSQL database, as they happen. While it is
+/// connected, this server's vault reads may be served from memory; a notice of a secret change
+/// clears them as it arrives (and is not returned).
 #[derive(Debug)]
 pub struct ChangeListener {
     inner: sqlx::postgres::PgListener,
+    secrets: std::sync::Arc<SecretCache>,
+    /// Whether the cache was told this listener is gone (once, by an error or the drop).
+    lost: bool,
 }
 
 impl ChangeListener {
     /// Waits for the next commit that changed state: its time (milliseconds since the epoch, by
     /// the committing server's clock) when the payload says it. An error means the connection
-    /// was lost; notifications sent meanwhile are lost too, so the caller reloads anyway.
+    /// was lost; notifications sent meanwhile are lost too, so the caller reloads anyway (and
+    /// the vault reads from the database until a new listener connects).
     pub async fn recv(&mut self) -> Result<Option<i64>> {
-        let n = self.inner.recv().await?;
-        Ok(n.payload().parse::<i64>().ok())
+        loop {
+            let n = match self.inner.recv().await {
+                Ok(n) => n,
+                Err(e) => {
+                    self.lose();
+                    return Err(e.into());
+                }
+            };
+            if n.channel() == SECRETS_CHANNEL {
+                self.secrets.clear();
+                continue;
+            }
+            return Ok(n.payload().parse::<i64>().ok());
+        }
+    }
+
+    fn lose(&mut self) {
+        if !self.lost {
+            self.lost = true;
+            self.secrets.listener_lost();
+        }
+    }
+}
+
+impl Drop for ChangeListener {
+    fn drop(&mut self) {
+        self.lose();
     }
 }
 
@@ -128,6 +164,7 @@ impl Store {
         let store = Self {
             db: std::sync::Arc::new(Db::Sqlite { read, write }),
             audit_key: std::sync::Arc::default(),
+            secrets: std::sync::Arc::new(SecretCache::new(false)),
         };
         store.migrate().await?;
         Ok(store)
@@ -144,6 +181,7 @@ impl Store {
         let store = Self {
             db: std::sync::Arc::new(Db::Pg(pool)),
             audit_key: std::sync::Arc::default(),
+            secrets: std::sync::Arc::new(SecretCache::new(true)),
         };
         store.migrate().await?;
         Ok(store)
@@ -156,8 +194,13 @@ impl Store {
             Db::Sqlite { .. } => Ok(None),
             Db::Pg(pool) => {
                 let mut inner = sqlx::postgres::PgListener::connect_with(pool).await?;
-                inner.listen(CHANGES_CHANNEL).await?;
-                Ok(Some(ChangeListener { inner }))
+                inner.listen_all([CHANGES_CHANNEL, SECRETS_CHANNEL]).await?;
+                self.secrets.listener_connected();
+                Ok(Some(ChangeListener {
+                    inner,
+                    secrets: self.secrets.clone(),
+                    lost: false,
+                }))
             }
         }
     }
@@ -196,6 +239,7 @@ impl Store {
     pub async fn commit_batch(&self, ops: &[Op], items: &[BatchItem]) -> Result<Vec<BatchResult>> {
         let now = tessera_core::now_unix();
         let bump = ops.iter().any(Op::changes_state);
+        let secrets = ops.iter().any(Op::changes_secret);
         // A jti that appears twice in one batch: only its first occurrence may be fresh.
         let mut first = std::collections::HashSet::new();
         let mut fresh: Vec<bool> = items
@@ -260,6 +304,13 @@ impl Store {
                         .await?;
                 }
             }
+            if secrets && is_pg {
+                // Every server's vault cache is cleared at commit (`secret_cache.rs`).
+                sqlx::query("SELECT pg_notify($1, '')")
+                    .bind(SECRETS_CHANNEL)
+                    .execute(&mut *tx)
+                    .await?;
+            }
             let mut records = Vec::with_capacity(events.len());
             if !events.is_empty() {
                 let head = sqlx::query("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
@@ -316,6 +367,10 @@ impl Store {
                 })
                 .collect::<Vec<_>>()
         });
+        if secrets {
+            // After the commit: a read that fetched the old state before it cannot keep it.
+            self.secrets.clear();
+        }
         Ok(results)
     }
 

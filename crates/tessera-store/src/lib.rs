@@ -8,7 +8,8 @@
 //!
 //! Files: `records.rs` (what is stored, decoded with `FromRow`), `op.rs` (every mutation),
 //! `backend.rs` (the two backends and the one write path), `migrate.rs` (the schema),
-//! `queries/` (the reads, one file per concern), `audit.rs` (the chain and its group-commit
+//! `queries/` (the reads, one file per concern), `secret_cache.rs` (the vault's read path in
+//! memory, cleared by every secret change), `audit.rs` (the chain and its group-commit
 //! writer).
 
 mod audit;
@@ -18,6 +19,7 @@ mod migrate;
 mod op;
 mod queries;
 mod records;
+mod secret_cache;
 
 pub use audit::{
     verify_chain, AuditEvent, AuditKey, AuditKind, AuditLog, AuditMetrics, AuditRecord, ChainError,

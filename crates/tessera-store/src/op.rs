@@ -136,6 +136,19 @@ pub enum Op {
 
 impl Op {
     /// Whether servers must reload their in-memory state after this change.
+    /// Whether this changes a vault secret (the vault's read cache is cleared).
+    pub(crate) fn changes_secret(&self) -> bool {
+        matches!(
+            self,
+            Op::UpsertSecret(_)
+                | Op::InsertSecretVersion(_)
+                | Op::SetSecretVersion { .. }
+                | Op::DeleteSecret { .. }
+                | Op::RestoreSecret(_)
+                | Op::PurgeSecret(_)
+        )
+    }
+
     pub(crate) fn changes_state(&self) -> bool {
         !matches!(
             self,

@@ -19,7 +19,25 @@ impl Store {
 
     /// A secret's metadata and one of its versions (the current one when `version` is `None`) in
     /// one round trip: the vault's read path.
+    ///
+    /// Served from memory when it can be (`secret_cache.rs`): cleared by every secret change
+    /// on this server and, on PostgreSQL, by every other server's, as its notice arrives.
     pub async fn secret_with_version(
+        &self,
+        name: &str,
+        version: Option<i64>,
+    ) -> Result<Option<(SecretRecord, Option<SecretVersionRecord>)>> {
+        if let Some(kept) = self.secrets.get(name, version) {
+            return Ok(kept.as_ref().clone());
+        }
+        let generation = self.secrets.generation();
+        let found = self.secret_with_version_stored(name, version).await?;
+        self.secrets.fill(generation, name, version, &found);
+        Ok(found)
+    }
+
+    /// [`Store::secret_with_version`] from the database itself.
+    pub async fn secret_with_version_stored(
         &self,
         name: &str,
         version: Option<i64>,
