@@ -33,6 +33,17 @@ auth = "client_secret"
 """
 
 
+def summary(benchmark, measured, peer="", goal="", met=None):
+    """One row of the table `bench/all` prints at the end (appended to the file named by
+    `TESSERA_BENCH_SUMMARY`; nothing when a benchmark runs alone)."""
+    path = os.environ.get("TESSERA_BENCH_SUMMARY")
+    if not path:
+        return
+    verdict = "" if met is None else ("met" if met else "**not met**")
+    with open(path, "a") as f:
+        f.write(json.dumps({"benchmark": benchmark, "measured": measured, "peer": peer, "goal": goal, "verdict": verdict}) + "\n")
+
+
 def build(*packages):
     """Builds the release binaries of these packages (the CLI always)."""
     args = ["cargo", "build", "--release", "-q", "-p", "tessera-cli"]

@@ -20,6 +20,7 @@ pub mod attest;
 pub mod cgroup;
 mod imds;
 pub mod kubelet;
+pub mod matching;
 pub mod metrics;
 pub mod runtime;
 pub mod sockets;
@@ -120,7 +121,9 @@ impl std::fmt::Debug for Svid {
 #[derive(Debug, Default, Clone)]
 pub struct State {
     pub version: i64,
+    /// Changed only together with `index` (rebuilt from it; a stale one is not used).
     pub registrations: HashMap<SpiffeId, Registration>,
+    pub index: matching::RegistrationIndex,
     pub svids: HashMap<SpiffeId, Arc<Svid>>,
     /// DER CA certificates of the agent's trust domain.
     pub bundle: Vec<Vec<u8>>,
@@ -139,9 +142,7 @@ impl State {
         &'a self,
         p: &'a attest::Process,
     ) -> impl Iterator<Item = &'a Registration> + 'a {
-        self.registrations
-            .values()
-            .filter(move |r| p.matches_all(&r.selectors))
+        self.index.matching(&self.registrations, p)
     }
 }
 
@@ -410,6 +411,7 @@ impl Agent {
             for r in resp.registrations {
                 s.registrations.insert(r.spiffe_id.clone(), r);
             }
+            s.index = matching::RegistrationIndex::build(&s.registrations);
             // An SVID whose registration is gone or changed is not handed out again.
             let regs = &s.registrations;
             s.svids.retain(|id, _| regs.contains_key(id));
@@ -687,29 +689,52 @@ impl Agent {
     ) -> Result<(attest::Process, attest::Binding), CallerRefusal> {
         let want_digest = self.state().want_digest;
         let agent = self.clone();
-        let (mut p, binding) = tokio::task::spawn_blocking(move || {
-            binding.check_process()?;
-            if let Some(p) = known.as_ref().and_then(|k| k.get()) {
-                if p.sha256.is_some() || !want_digest {
-                    return Ok((p.clone(), binding));
+        let (has_runtime, has_kubelet) = (self.runtime.is_some(), self.kubelet.is_some());
+        // One trip to the blocking pool when nothing is asked of a runtime or a kubelet: the
+        // whole check (process, image, holders of the connection) made there at once.
+        let (mut p, binding, checked) = tokio::task::spawn_blocking(move || {
+            let p = match known.as_ref().and_then(|k| k.get()) {
+                // (The whole check below starts with the process's.)
+                Some(p) if p.sha256.is_some() || !want_digest => p.clone(),
+                _ => {
+                    binding.check_process()?;
+                    let p = attest::attest(binding.peer, agent.digests(), want_digest)?;
+                    binding.check_process()?;
+                    if let Some(k) = &known {
+                        let _ = k.set(p.clone());
+                    }
+                    p
                 }
+            };
+            let checked = !Self::needs_enrichment(&p, has_runtime, has_kubelet);
+            if checked {
+                binding.check()?;
+            } else {
+                binding.check_process()?;
             }
-            let p = attest::attest(binding.peer, agent.digests(), want_digest)?;
-            binding.check_process()?;
-            if let Some(k) = &known {
-                let _ = k.set(p.clone());
-            }
-            Ok::<_, attest::AttestError>((p, binding))
+            Ok::<_, attest::AttestError>((p, binding, checked))
         })
         .await
         .map_err(|_| CallerRefusal::Unavailable)?
         .map_err(|e| CallerRefusal::Refused(e.to_string()))?;
+        if checked {
+            return Ok((p, binding));
+        }
         self.enrich(&mut p).await.map_err(CallerRefusal::Refused)?;
         let binding = tokio::task::spawn_blocking(move || binding.check().map(|()| binding))
             .await
             .map_err(|_| CallerRefusal::Unavailable)?
             .map_err(|e| CallerRefusal::Refused(e.to_string()))?;
         Ok((p, binding))
+    }
+
+    /// Whether [`Agent::enrich`] has anything to ask (or to refuse) for `p`: exactly its
+    /// conditions.
+    fn needs_enrichment(p: &attest::Process, has_runtime: bool, has_kubelet: bool) -> bool {
+        p.placement.as_ref().is_some_and(|placement| {
+            (has_runtime && placement.container.is_some())
+                || (has_kubelet && placement.pod.is_some())
+        })
     }
 
     /// Completes a process's attestation with what its container runtime and its kubelet say

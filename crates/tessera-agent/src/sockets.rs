@@ -131,22 +131,37 @@ pub fn holders_but(inode: u64, skip: Option<i32>) -> Vec<i32> {
     use std::os::unix::ffi::OsStrExt;
     let target = format!("socket:[{inode}]");
     let mut found = Vec::new();
-    let Ok(procs) = std::fs::read_dir("/proc") else {
+    // `/proc` opened once, each table relative to it: no path walk from `/` per process, no
+    // allocation per entry.
+    let Ok(mut procs) = nix::dir::Dir::open(
+        "/proc",
+        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    ) else {
         return found;
     };
-    for entry in procs.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
-            continue;
-        };
+    let pids: Vec<i32> = procs
+        .iter()
+        .flatten()
+        .filter_map(|e| {
+            std::str::from_utf8(e.file_name().to_bytes())
+                .ok()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    let mut path = String::with_capacity(24);
+    let mut names: Vec<std::ffi::CString> = Vec::new();
+    for pid in pids {
         if Some(pid) == skip {
             continue;
         }
-        let Ok(mut dir) = nix::dir::Dir::open(
-            format!("/proc/{pid}/fd").as_str(),
+        path.clear();
+        // INVARIANT: writing to a String cannot fail.
+        let _ = std::fmt::Write::write_fmt(&mut path, format_args!("{pid}/fd"));
+        let Ok(mut dir) = nix::dir::Dir::openat(
+            &procs,
+            path.as_str(),
             nix::fcntl::OFlag::O_RDONLY
                 | nix::fcntl::OFlag::O_DIRECTORY
                 | nix::fcntl::OFlag::O_CLOEXEC,
@@ -155,12 +170,13 @@ pub fn holders_but(inode: u64, skip: Option<i32>) -> Vec<i32> {
             continue;
         };
         // Descriptor numbers are short: listing them first costs no system call.
-        let names: Vec<std::ffi::CString> = dir
-            .iter()
-            .flatten()
-            .filter(|e| e.file_name().to_bytes().first() != Some(&b'.'))
-            .map(|e| e.file_name().to_owned())
-            .collect();
+        names.clear();
+        names.extend(
+            dir.iter()
+                .flatten()
+                .filter(|e| e.file_name().to_bytes().first() != Some(&b'.'))
+                .map(|e| e.file_name().to_owned()),
+        );
         let holds = names.iter().any(|name| {
             nix::fcntl::readlinkat(&dir, name.as_c_str())
                 .is_ok_and(|l| l.as_bytes() == target.as_bytes())

@@ -8,8 +8,6 @@ use std::time::Duration;
 use http::{header, HeaderValue, Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tessera_core::SpiffeId;
 use tessera_policy::{Authn, Env};
@@ -18,6 +16,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::upstream::Upstream;
 use crate::{full, plain, provider, strip_hop_by_hop, Body, Identity, ProxyError, ProxyMetrics};
 
 /// The header that tells the upstream who called; any incoming one is removed first.
@@ -65,8 +64,6 @@ struct Ctx {
     identity: Arc<Identity>,
     authz: Authorizer,
     metrics: ProxyMetrics,
-    http1: Client<HttpConnector, Body>,
-    http2: Client<HttpConnector, Body>,
 }
 
 /// The TLS configuration: the SVID in force (resolved per handshake, so rotation needs no
@@ -98,17 +95,11 @@ pub async fn serve(
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), ProxyError> {
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls_config(identity.clone())?));
-    let mut http1 = HttpConnector::new();
-    http1.set_nodelay(true);
     let ctx = Arc::new(Ctx {
         cfg,
         identity,
         authz,
         metrics,
-        http1: Client::builder(TokioExecutor::new()).build(http1.clone()),
-        http2: Client::builder(TokioExecutor::new())
-            .http2_only(true)
-            .build(http1),
     });
     let live = Arc::new(());
     tessera_listen::raise_nofile_limit();
@@ -238,14 +229,18 @@ async fn connection(
         leaf,
         source: peer.ip(),
     });
+    // This connection's own way to the upstream, driven by this task (`upstream.rs`).
+    let (upstream, driver) = Upstream::new(ctx.cfg.upstream, ctx.cfg.upstream_h2);
+    let driver = driver.run();
+    tokio::pin!(driver);
     let service = {
         let ctx = ctx.clone();
         hyper::service::service_fn(move |req| {
-            let (ctx, conn) = (ctx.clone(), conn.clone());
+            let (ctx, conn, upstream) = (ctx.clone(), conn.clone(), upstream.clone());
             // A request in flight keeps the connection from eviction.
             let busy = requests.enter();
             async move {
-                let r = traced(&ctx, &conn, req).await;
+                let r = traced(&ctx, &conn, &upstream, req).await;
                 drop(busy);
                 Ok::<_, Infallible>(r)
             }
@@ -270,6 +265,8 @@ async fn connection(
                 tracing::debug!(error = %e, %peer, "connection ended with an error");
             }
         }
+        // Never completes; polled so that the upstream connections make progress.
+        () = driver.as_mut() => {}
         // The caller's identity was withdrawn: the connection is dropped, requests in flight
         // included.
         () = withdrawn => {
@@ -278,7 +275,11 @@ async fn connection(
         }
         () = crate::stopped(&mut stop) => {
             conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
+            // The requests in flight still need their upstream connections driven.
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                () = driver.as_mut() => {}
+            }
         }
     }
 }
@@ -334,7 +335,12 @@ impl Conn {
 
 /// [`handle`] inside the span of this hop: the caller's trace continued from `traceparent`,
 /// the identities, how the caller authenticated and the decision (never a header's value).
-async fn traced(ctx: &Ctx, conn: &Conn, req: Request<Incoming>) -> Response<Body> {
+async fn traced(
+    ctx: &Ctx,
+    conn: &Conn,
+    upstream: &Upstream,
+    req: Request<Incoming>,
+) -> Response<Body> {
     let span = tracing::info_span!(
         target: tessera_telemetry::TARGET,
         "inbound",
@@ -355,10 +361,15 @@ async fn traced(ctx: &Ctx, conn: &Conn, req: Request<Incoming>) -> Response<Body
         trace_id = tracing::field::Empty,
     );
     tessera_telemetry::continue_trace(&span, req.headers());
-    tessera_telemetry::within(span, handle(ctx, conn, req)).await
+    tessera_telemetry::within(span, handle(ctx, conn, upstream, req)).await
 }
 
-async fn handle(ctx: &Ctx, conn: &Conn, mut req: Request<Incoming>) -> Response<Body> {
+async fn handle(
+    ctx: &Ctx,
+    conn: &Conn,
+    upstream: &Upstream,
+    mut req: Request<Incoming>,
+) -> Response<Body> {
     let (caller, source) = (&conn.caller, conn.source);
     let started = std::time::Instant::now();
     if ctx.cfg.revocations.refuses_all() {
@@ -449,7 +460,7 @@ async fn handle(ctx: &Ctx, conn: &Conn, mut req: Request<Incoming>) -> Response<
         return r;
     }
     conn.outcome("allow");
-    forward(ctx, caller, req).await
+    forward(ctx, upstream, caller, req).await
 }
 
 /// The request's bearer token, verified for this service and held by the workload the client
@@ -504,11 +515,31 @@ fn drop_caller_lookalikes(headers: &mut http::HeaderMap) {
     }
 }
 
-async fn forward(ctx: &Ctx, caller: &SpiffeId, req: Request<Incoming>) -> Response<Body> {
+async fn forward(
+    ctx: &Ctx,
+    upstream: &Upstream,
+    caller: &SpiffeId,
+    req: Request<Incoming>,
+) -> Response<Body> {
     let (mut parts, body) = req.into_parts();
-    let Some(uri) = crate::retarget(&parts.uri, ctx.cfg.upstream) else {
+    let h2 = ctx.cfg.upstream_h2;
+    // HTTP/2 names the upstream in the request (`:authority`); HTTP/1.1 sends the origin form,
+    // with a `Host` (an HTTP/2 caller sent none) naming the upstream.
+    let uri = if h2 {
+        crate::retarget(&parts.uri, ctx.cfg.upstream)
+    } else {
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        path.parse().ok()
+    };
+    let Some(uri) = uri else {
         return plain(StatusCode::BAD_REQUEST, "bad request target\n");
     };
+    if !h2 && !parts.headers.contains_key(header::HOST) {
+        let Ok(host) = HeaderValue::from_str(&ctx.cfg.upstream.to_string()) else {
+            return plain(StatusCode::BAD_REQUEST, "bad request target\n");
+        };
+        parts.headers.insert(header::HOST, host);
+    }
     parts.uri = uri;
     strip_hop_by_hop(&mut parts.headers);
     drop_caller_lookalikes(&mut parts.headers);
@@ -521,7 +552,6 @@ async fn forward(ctx: &Ctx, caller: &SpiffeId, req: Request<Incoming>) -> Respon
     tessera_telemetry::inject(&tracing::Span::current(), &mut parts.headers);
     // Most services speak HTTP/1.1 only: an HTTP/2 caller is translated unless the upstream is
     // declared h2c (gRPC needs HTTP/2, and its trailers, end to end).
-    let h2 = ctx.cfg.upstream_h2;
     parts.version = if h2 {
         Version::HTTP_2
     } else {
@@ -531,9 +561,8 @@ async fn forward(ctx: &Ctx, caller: &SpiffeId, req: Request<Incoming>) -> Respon
     // A new request: the incoming one's extensions belong to the server connection.
     parts.extensions = http::Extensions::new();
     let out = Request::from_parts(parts, body);
-    let client = if h2 { &ctx.http2 } else { &ctx.http1 };
-    match client.request(out).await {
-        Ok(resp) => crate::relay(resp),
+    match upstream.request(out).await {
+        Ok(resp) => resp,
         Err(e) => {
             tracing::warn!(error = %e, "upstream request failed");
             let mut r = Response::new(full(bytes::Bytes::from_static(b"upstream unavailable\n")));

@@ -21,7 +21,7 @@ use tessera_verify::{KeySet, Verifier, VerifierConfig};
 const ISSUER: &str = "https://tessera.example.org";
 const TARGET: &str = "spiffe://example.org/target";
 
-const OPS: &str = "ring_sign | ring_verify | sign_token | verify_token | decide_issue | decide_issue_cached | sign_csr | verify_chain";
+const OPS: &str = "ring_sign | ring_verify | sign_token | verify_token | decide_issue | decide_issue_cached | sign_csr | verify_chain | match_registrations | match_registrations_scan";
 
 fn claims(now: i64) -> serde_json::Value {
     json!({"iss": ISSUER, "sub": "spiffe://example.org/caller", "aud": TARGET, "client_id": "caller",
@@ -137,6 +137,67 @@ fn main() -> Result<()> {
                         t,
                         Usage::Client,
                     )?);
+                }
+            }
+        }
+        "match_registrations" | "match_registrations_scan" => {
+            // The Workload API's first step with 10,000 registrations on the agent (as in
+            // `bench/identity`): which of them the caller matches. `_scan` tries every one, as
+            // the agent did before its index.
+            use tessera_agent::matching::RegistrationIndex;
+            use tessera_core::agent_api::Registration;
+            use tessera_core::manifest::Selector;
+            let reg = |id: String, sel: String| -> Result<(SpiffeId, Registration)> {
+                let id = SpiffeId::parse(&id)?;
+                Ok((
+                    id.clone(),
+                    Registration {
+                        spiffe_id: id,
+                        selectors: vec![Selector::parse(&sel)?],
+                        x509_ttl_secs: 3600,
+                        jwt_ttl_secs: 300,
+                        nodes: Vec::new(),
+                        node_selectors: Vec::new(),
+                        federates_with: Vec::new(),
+                        revision: 1,
+                    },
+                ))
+            };
+            let mut regs = std::collections::HashMap::new();
+            for i in 0..10_000 {
+                let (id, r) = reg(
+                    format!("spiffe://example.org/w/{i:05}"),
+                    "unix:uid:54321".into(),
+                )?;
+                regs.insert(id, r);
+            }
+            let (id, r) = reg("spiffe://example.org/me".into(), "unix:uid:1000".into())?;
+            regs.insert(id, r);
+            let p = tessera_agent::attest::Process {
+                pid: 1,
+                uid: 1000,
+                gid: 1000,
+                groups: vec![1000],
+                user: Some("me".into()),
+                group_names: vec!["me".into()],
+                exe: Some("/usr/bin/me".into()),
+                sha256: None,
+                start_ticks: 0,
+                placement: None,
+                container: None,
+                pod: None,
+            };
+            let idx = RegistrationIndex::build(&regs);
+            for _ in 0..n {
+                let found = if op == "match_registrations" {
+                    idx.matching(black_box(&regs), black_box(&p)).count()
+                } else {
+                    regs.values()
+                        .filter(|r| p.matches_all(&r.selectors))
+                        .count()
+                };
+                if black_box(found) != 1 {
+                    bail!("the caller should match one registration");
                 }
             }
         }
