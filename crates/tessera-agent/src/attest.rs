@@ -488,7 +488,7 @@ fn container_matches(c: &crate::runtime::ContainerInfo, kind: SelectorKind, v: &
 }
 
 /// The owner of a loopback TCP connection from `peer` to `local`, from the kernel's socket
-/// tables (`/proc/net/tcp`, `/proc/net/tcp6`): its uid, then the process holding the socket.
+/// tables (`sock_diag`, or `/proc/net/tcp{,6}`): its uid, then the process holding the socket.
 pub fn tcp_peer(
     peer: std::net::SocketAddr,
     local: std::net::SocketAddr,
@@ -547,7 +547,12 @@ fn proc_net_addr(a: std::net::SocketAddr) -> String {
     }
 }
 
+/// The uid and inode of the client's socket (local end `peer`, remote end `local`): asked of the
+/// kernel by address (`sockets::tcp_owner`); read from `/proc/net` only where it cannot be asked.
 fn find_tcp_socket(peer: std::net::SocketAddr, local: std::net::SocketAddr) -> Option<(u32, u64)> {
+    if let Some(found) = crate::sockets::tcp_owner(peer, local) {
+        return Some(found);
+    }
     let (want_local, want_rem) = (proc_net_addr(peer), proc_net_addr(local));
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
         let Ok(text) = std::fs::read_to_string(table) else {

@@ -82,6 +82,99 @@ fn ask_peer(nl: &std::os::fd::OwnedFd, ino: u32) -> Option<u64> {
     parse_peer(buf.get(..n)?, ino)
 }
 
+const IPPROTO_TCP: u8 = 6;
+const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
+/// `struct inet_diag_req_v2` and the offsets in `struct inet_diag_msg` of what is read.
+const INET_DIAG_REQ_LEN: usize = 56;
+const INET_DIAG_SOCKID_AT: usize = 4;
+const INET_DIAG_UID_AT: usize = 64;
+const INET_DIAG_INODE_AT: usize = 68;
+
+/// The uid and inode of the TCP socket whose local end is `local` and remote end `remote`, asked
+/// of the kernel by that exact address pair (`sock_diag`, as `ss` does): one question, whatever
+/// the number of sockets on the host, where reading `/proc/net/tcp` grows with every socket (and
+/// with every connection in `TIME_WAIT`). `None` when the kernel knows no such socket or cannot
+/// be asked.
+pub fn tcp_owner(local: std::net::SocketAddr, remote: std::net::SocketAddr) -> Option<(u32, u64)> {
+    let family = match (local, remote) {
+        (std::net::SocketAddr::V4(_), std::net::SocketAddr::V4(_)) => AF_INET,
+        (std::net::SocketAddr::V6(_), std::net::SocketAddr::V6(_)) => AF_INET6,
+        _ => return None,
+    };
+    let id = inet_sockid(local, remote);
+    let mut req = Vec::with_capacity(NLMSG_HDR_LEN + INET_DIAG_REQ_LEN);
+    let len = u32::try_from(NLMSG_HDR_LEN + INET_DIAG_REQ_LEN).ok()?;
+    req.extend_from_slice(&len.to_ne_bytes());
+    req.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    req.extend_from_slice(&NLM_F_REQUEST.to_ne_bytes());
+    req.extend_from_slice(&1u32.to_ne_bytes()); // sequence
+    req.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel
+                                                // struct inet_diag_req_v2: family, protocol, extensions (none), pad, states (all), the id.
+    req.extend_from_slice(&[family, IPPROTO_TCP, 0, 0]);
+    req.extend_from_slice(&u32::MAX.to_ne_bytes());
+    req.extend_from_slice(&id);
+    let nl = socket(
+        AddressFamily::Netlink,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        SockProtocol::NetlinkSockDiag,
+    )
+    .ok()?;
+    sendto(
+        nl.as_raw_fd(),
+        &req,
+        &NetlinkAddr::new(0, 0),
+        MsgFlags::empty(),
+    )
+    .ok()?;
+    let mut buf = [0u8; 1024];
+    let n = recv(nl.as_raw_fd(), &mut buf, MsgFlags::empty()).ok()?;
+    parse_inet_owner(buf.get(..n)?, &id)
+}
+
+/// `struct inet_diag_sockid` for a socket: ports and addresses in network order, any
+/// interface, no cookie.
+fn inet_sockid(local: std::net::SocketAddr, remote: std::net::SocketAddr) -> Vec<u8> {
+    let addr = |a: std::net::SocketAddr| -> [u8; 16] {
+        let mut out = [0u8; 16];
+        match a.ip() {
+            std::net::IpAddr::V4(v) => out[..4].copy_from_slice(&v.octets()),
+            std::net::IpAddr::V6(v) => out = v.octets(),
+        }
+        out
+    };
+    let mut id = Vec::with_capacity(48);
+    id.extend_from_slice(&local.port().to_be_bytes());
+    id.extend_from_slice(&remote.port().to_be_bytes());
+    id.extend_from_slice(&addr(local));
+    id.extend_from_slice(&addr(remote));
+    id.extend_from_slice(&0u32.to_ne_bytes()); // interface
+    id.extend_from_slice(&u32::MAX.to_ne_bytes()); // INET_DIAG_NOCOOKIE
+    id.extend_from_slice(&u32::MAX.to_ne_bytes());
+    id
+}
+
+/// The uid and inode in the kernel's answer, if it is about the socket `id` names.
+fn parse_inet_owner(msg: &[u8], id: &[u8]) -> Option<(u32, u64)> {
+    let len = usize::try_from(u32_at(msg, 0)?).ok()?;
+    let msg = msg.get(..len)?;
+    if u16_at(msg, 4)? != SOCK_DIAG_BY_FAMILY {
+        return None;
+    }
+    let body = msg.get(NLMSG_HDR_LEN..)?;
+    // Ports and addresses must be the ones asked for (the interface and cookie are the
+    // kernel's to fill in).
+    let asked = id.get(..36)?;
+    if body.get(INET_DIAG_SOCKID_AT..INET_DIAG_SOCKID_AT + 36)? != asked {
+        return None;
+    }
+    Some((
+        u32_at(body, INET_DIAG_UID_AT)?,
+        u64::from(u32_at(body, INET_DIAG_INODE_AT)?),
+    ))
+}
+
 fn u16_at(b: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_ne_bytes(b.get(at..at + 2)?.try_into().ok()?))
 }
@@ -204,6 +297,45 @@ mod tests {
         assert_eq!(holders(b_ino), vec![me]);
         drop(b);
         assert!(holders(b_ino).is_empty());
+    }
+
+    #[test]
+    fn finds_the_owner_of_a_tcp_connection_by_its_addresses() {
+        use std::os::unix::fs::MetadataExt;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (_server, _) = listener.accept().unwrap();
+        let ino = std::fs::metadata(format!("/proc/self/fd/{}", client.as_raw_fd()))
+            .unwrap()
+            .ino();
+        let (local, remote) = (client.local_addr().unwrap(), client.peer_addr().unwrap());
+        let uid = nix::unistd::getuid().as_raw();
+        assert_eq!(tcp_owner(local, remote), Some((uid, ino)));
+        // The other direction is the server's end: another socket.
+        assert_ne!(tcp_owner(remote, local).map(|(_, i)| i), Some(ino));
+        let gone = std::net::SocketAddr::from(([127, 0, 0, 1], 1));
+        assert_eq!(tcp_owner(gone, remote), None);
+    }
+
+    #[test]
+    fn inet_answers_about_another_socket_give_nothing() {
+        let a: std::net::SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        let b: std::net::SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let id = inet_sockid(a, b);
+        let mut m = vec![0u8; NLMSG_HDR_LEN + 72];
+        let len = u32::try_from(m.len()).unwrap();
+        m[..4].copy_from_slice(&len.to_ne_bytes());
+        m[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+        let body = NLMSG_HDR_LEN;
+        m[body + 4..body + 52].copy_from_slice(&id);
+        m[body + 64..body + 68].copy_from_slice(&1000u32.to_ne_bytes());
+        m[body + 68..body + 72].copy_from_slice(&77u32.to_ne_bytes());
+        assert_eq!(parse_inet_owner(&m, &id), Some((1000, 77)));
+        let other = inet_sockid(b, a);
+        assert_eq!(parse_inet_owner(&m, &other), None);
+        assert_eq!(parse_inet_owner(&m[..20], &id), None);
+        m[4..6].copy_from_slice(&NLMSG_ERROR.to_ne_bytes());
+        assert_eq!(parse_inet_owner(&m, &id), None);
     }
 
     #[test]

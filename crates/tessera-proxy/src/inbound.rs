@@ -16,7 +16,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::upstream::Upstream;
+use crate::upstream::{Pool, Upstream};
 use crate::{full, plain, provider, strip_hop_by_hop, Body, Identity, ProxyError, ProxyMetrics};
 
 /// The header that tells the upstream who called; any incoming one is removed first.
@@ -64,6 +64,8 @@ struct Ctx {
     identity: Arc<Identity>,
     authz: Authorizer,
     metrics: ProxyMetrics,
+    /// Upstream connections for downstream connections' first requests (`upstream.rs`).
+    pool: Arc<Pool>,
 }
 
 /// The TLS configuration: the SVID in force (resolved per handshake, so rotation needs no
@@ -100,6 +102,7 @@ pub async fn serve(
         identity,
         authz,
         metrics,
+        pool: Arc::new(Pool::new()),
     });
     let live = Arc::new(());
     tessera_listen::raise_nofile_limit();
@@ -230,7 +233,7 @@ async fn connection(
         source: peer.ip(),
     });
     // This connection's own way to the upstream, driven by this task (`upstream.rs`).
-    let (upstream, driver) = Upstream::new(ctx.cfg.upstream, ctx.cfg.upstream_h2);
+    let (upstream, driver) = Upstream::new(ctx.cfg.upstream, ctx.cfg.upstream_h2, ctx.pool.clone());
     let driver = driver.run();
     tokio::pin!(driver);
     let service = {

@@ -4,8 +4,8 @@
 //! - [`inbound`]: terminates mTLS with the workload's X.509-SVID, takes the caller's identity
 //!   from its client certificate (chain checked against the bundle of the caller's own trust
 //!   domain), decides (caller, method, path) with the local policy bundle, and forwards allowed
-//!   requests to the upstream with `X-Tessera-Caller`, on connections that belong to the
-//!   downstream connection and are driven by its task (`upstream.rs`).
+//!   requests to the upstream with `X-Tessera-Caller`; from a connection's second request on,
+//!   on upstream connections that belong to it and are driven by its task (`upstream.rs`).
 //! - [`outbound`]: the application speaks plain HTTP to a loopback port; the proxy originates
 //!   mTLS to the target and accepts only a server presenting exactly `--target-id`.
 //!

@@ -5,6 +5,11 @@
 //! task of its own, so every request crossed two tasks and usually both cores. Here the
 //! upstream connections are driven by the downstream connection's own task ([`Driver`], polled
 //! beside it), reused only by it, bounded, and closed with it.
+//!
+//! A downstream connection's first request goes through a [`Pool`] shared by all of them
+//! instead: a client that opens a connection per request would otherwise open an upstream
+//! connection per request too. From its second request on, a connection has shown it is kept
+//! alive, and gets its own.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -15,6 +20,8 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::sync::mpsc;
 
@@ -33,6 +40,30 @@ pub(crate) enum UpstreamError {
     },
     #[error("upstream HTTP: {0}")]
     Http(#[from] hyper::Error),
+    #[error("upstream HTTP: {0}")]
+    Pooled(#[from] hyper_util::client::legacy::Error),
+    #[error("bad request target")]
+    Target,
+}
+
+/// Upstream connections shared by every downstream connection, each driven by a task of its
+/// own: for first requests.
+pub(crate) struct Pool {
+    http1: Client<HttpConnector, Body>,
+    http2: Client<HttpConnector, Body>,
+}
+
+impl Pool {
+    pub(crate) fn new() -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        Self {
+            http1: Client::builder(TokioExecutor::new()).build(connector.clone()),
+            http2: Client::builder(TokioExecutor::new())
+                .http2_only(true)
+                .build(connector),
+        }
+    }
 }
 
 type Driving = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -45,6 +76,9 @@ enum Sender {
 struct Shared {
     addr: SocketAddr,
     h2: bool,
+    pool: Arc<Pool>,
+    /// Whether a request went through the shared pool already.
+    first_sent: std::sync::atomic::AtomicBool,
     idle: Mutex<Vec<Sender>>,
     drive: mpsc::UnboundedSender<Driving>,
 }
@@ -80,11 +114,13 @@ impl Driver {
 }
 
 impl Upstream {
-    pub(crate) fn new(addr: SocketAddr, h2: bool) -> (Self, Driver) {
+    pub(crate) fn new(addr: SocketAddr, h2: bool, pool: Arc<Pool>) -> (Self, Driver) {
         let (drive, rx) = mpsc::unbounded_channel();
         let shared = Shared {
             addr,
             h2,
+            pool,
+            first_sent: std::sync::atomic::AtomicBool::new(false),
             idle: Mutex::new(Vec::new()),
             drive,
         };
@@ -97,6 +133,10 @@ impl Upstream {
         &self,
         req: Request<Body>,
     ) -> Result<Response<Body>, UpstreamError> {
+        use std::sync::atomic::Ordering;
+        if !self.0.first_sent.swap(true, Ordering::Relaxed) {
+            return self.pooled(req).await;
+        }
         let sender = match self.idle_sender().await {
             Some(s) => s,
             None => self.connect().await?,
@@ -115,6 +155,16 @@ impl Upstream {
                 Ok(relay_returning(resp, back))
             }
         }
+    }
+
+    /// Through the shared pool, which needs the upstream named in the request.
+    async fn pooled(&self, req: Request<Body>) -> Result<Response<Body>, UpstreamError> {
+        let (mut parts, body) = req.into_parts();
+        parts.uri = crate::retarget(&parts.uri, self.0.addr).ok_or(UpstreamError::Target)?;
+        let pool = &self.0.pool;
+        let client = if self.0.h2 { &pool.http2 } else { &pool.http1 };
+        let resp = client.request(Request::from_parts(parts, body)).await?;
+        Ok(crate::relay(resp))
     }
 
     async fn idle_sender(&self) -> Option<Sender> {
@@ -215,4 +265,122 @@ fn relay_returning(resp: Response<Incoming>, back: Back) -> Response<Body> {
         })
         .boxed();
     Response::from_parts(parts, body)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use http_body_util::BodyExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// An HTTP/1.1 upstream that counts its connections and the ones closed, answering each
+    /// request `ok`.
+    async fn upstream() -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let (opened, closed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (o, c) = (opened.clone(), closed.clone());
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = l.accept().await.unwrap();
+                o.fetch_add(1, Ordering::SeqCst);
+                let c = c.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        let n = s.read(&mut chunk).await.unwrap_or(0);
+                        if n == 0 {
+                            c.fetch_add(1, Ordering::SeqCst);
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            buf.drain(..end + 4);
+                            let _ = s
+                                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                                .await;
+                        }
+                    }
+                });
+            }
+        });
+        (addr, opened, closed)
+    }
+
+    fn get(path: &str) -> Request<Body> {
+        let body = crate::full(bytes::Bytes::new());
+        Request::builder()
+            .uri(path)
+            .header(http::header::HOST, "upstream")
+            .body(body)
+            .unwrap()
+    }
+
+    async fn text(r: Response<Body>) -> String {
+        let b = r.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8(b.to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_kept_alive_connection_reuses_its_own_upstream_connection_and_closes_it() {
+        let (addr, opened, closed) = upstream().await;
+        let pool = Arc::new(Pool::new());
+        let (up, driver) = Upstream::new(addr, false, pool.clone());
+        let downstream = async {
+            // The first request through the shared pool, then five on one connection of its own.
+            for _ in 0..6 {
+                let r = up.request(get("/x")).await.unwrap();
+                assert_eq!(r.status(), 200);
+                assert_eq!(text(r).await, "ok");
+            }
+            // Two at once: a second connection of its own.
+            let (a, b) = tokio::join!(up.request(get("/a")), up.request(get("/b")));
+            assert_eq!(text(a.unwrap()).await, "ok");
+            assert_eq!(text(b.unwrap()).await, "ok");
+        };
+        tokio::select! {
+            () = downstream => {}
+            () = driver.run() => unreachable!("the driver never ends on its own"),
+        }
+        assert_eq!(
+            opened.load(Ordering::SeqCst),
+            3,
+            "the pool's, then two of its own"
+        );
+        // The downstream connection ends (its task drops the driver and the handle): its own
+        // upstream connections close; the pool's stays.
+        drop(up);
+        for _ in 0..100 {
+            if closed.load(Ordering::SeqCst) == 2 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(closed.load(Ordering::SeqCst), 2);
+        drop(pool);
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_upstream_is_an_error_not_a_hang() {
+        let addr = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        let (up, driver) = Upstream::new(addr, false, Arc::new(Pool::new()));
+        let requests = async {
+            assert!(up.request(get("/first")).await.is_err());
+            assert!(matches!(
+                up.request(get("/second")).await,
+                Err(UpstreamError::Connect { .. })
+            ));
+        };
+        tokio::select! {
+            () = requests => {}
+            () = driver.run() => unreachable!(),
+        }
+    }
 }
