@@ -27,27 +27,13 @@ const UNIX_DIAG_MSG_LEN: usize = 16;
 /// peer's namespace (root only; otherwise `None`, and the caller is not attested).
 pub fn unix_peer_inode(local: &impl AsFd, peer_pid: i32) -> Option<u64> {
     let ino = u32::try_from(nix::sys::stat::fstat(local.as_fd()).ok()?.st_ino).ok()?;
-    if let Some(peer) = socket(
-        AddressFamily::Netlink,
-        SockType::Datagram,
-        SockFlag::SOCK_CLOEXEC,
-        SockProtocol::NetlinkSockDiag,
-    )
-    .ok()
-    .and_then(|nl| ask_peer(&nl, ino))
-    {
+    if let Some(peer) = diag_socket().and_then(|nl| ask_peer(&nl, ino)) {
         return Some(peer);
     }
     let ns = std::fs::File::open(format!("/proc/{peer_pid}/ns/net")).ok()?;
     let nl = std::thread::spawn(move || {
         nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).ok()?;
-        socket(
-            AddressFamily::Netlink,
-            SockType::Datagram,
-            SockFlag::SOCK_CLOEXEC,
-            SockProtocol::NetlinkSockDiag,
-        )
-        .ok()
+        diag_socket()
     })
     .join()
     .ok()
@@ -57,19 +43,43 @@ pub fn unix_peer_inode(local: &impl AsFd, peer_pid: i32) -> Option<u64> {
 
 /// Asks `sock_diag` on `nl` for the peer of the unix socket with inode `ino`.
 fn ask_peer(nl: &std::os::fd::OwnedFd, ino: u32) -> Option<u64> {
-    let mut req = Vec::with_capacity(40);
-    req.extend_from_slice(&40u32.to_ne_bytes());
+    // struct unix_diag_req: family, protocol, pad, states (all), inode, show, cookie (any).
+    let mut body = Vec::with_capacity(24);
+    body.extend_from_slice(&[AF_UNIX, 0, 0, 0]);
+    body.extend_from_slice(&u32::MAX.to_ne_bytes());
+    body.extend_from_slice(&ino.to_ne_bytes());
+    body.extend_from_slice(&UDIAG_SHOW_PEER.to_ne_bytes());
+    body.extend_from_slice(&u32::MAX.to_ne_bytes());
+    body.extend_from_slice(&u32::MAX.to_ne_bytes());
+    ask(nl, &body, |answer| parse_peer(answer, ino))
+}
+
+/// A `sock_diag` netlink socket, in the calling thread's network namespace.
+fn diag_socket() -> Option<std::os::fd::OwnedFd> {
+    socket(
+        AddressFamily::Netlink,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        SockProtocol::NetlinkSockDiag,
+    )
+    .ok()
+}
+
+/// Sends one `SOCK_DIAG_BY_FAMILY` request with `body` on `nl` and reads the kernel's answer
+/// with `parse`.
+fn ask<T>(
+    nl: &std::os::fd::OwnedFd,
+    body: &[u8],
+    parse: impl FnOnce(&[u8]) -> Option<T>,
+) -> Option<T> {
+    let len = u32::try_from(NLMSG_HDR_LEN + body.len()).ok()?;
+    let mut req = Vec::with_capacity(NLMSG_HDR_LEN + body.len());
+    req.extend_from_slice(&len.to_ne_bytes());
     req.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
     req.extend_from_slice(&NLM_F_REQUEST.to_ne_bytes());
     req.extend_from_slice(&1u32.to_ne_bytes()); // sequence
     req.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel
-                                                // struct unix_diag_req: family, protocol, pad, states (all), inode, show, cookie (any).
-    req.extend_from_slice(&[AF_UNIX, 0, 0, 0]);
-    req.extend_from_slice(&u32::MAX.to_ne_bytes());
-    req.extend_from_slice(&ino.to_ne_bytes());
-    req.extend_from_slice(&UDIAG_SHOW_PEER.to_ne_bytes());
-    req.extend_from_slice(&u32::MAX.to_ne_bytes());
-    req.extend_from_slice(&u32::MAX.to_ne_bytes());
+    req.extend_from_slice(body);
     sendto(
         nl.as_raw_fd(),
         &req,
@@ -79,7 +89,7 @@ fn ask_peer(nl: &std::os::fd::OwnedFd, ino: u32) -> Option<u64> {
     .ok()?;
     let mut buf = [0u8; 1024];
     let n = recv(nl.as_raw_fd(), &mut buf, MsgFlags::empty()).ok()?;
-    parse_peer(buf.get(..n)?, ino)
+    parse(buf.get(..n)?)
 }
 
 const IPPROTO_TCP: u8 = 6;
@@ -103,34 +113,14 @@ pub fn tcp_owner(local: std::net::SocketAddr, remote: std::net::SocketAddr) -> O
         _ => return None,
     };
     let id = inet_sockid(local, remote);
-    let mut req = Vec::with_capacity(NLMSG_HDR_LEN + INET_DIAG_REQ_LEN);
-    let len = u32::try_from(NLMSG_HDR_LEN + INET_DIAG_REQ_LEN).ok()?;
-    req.extend_from_slice(&len.to_ne_bytes());
-    req.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-    req.extend_from_slice(&NLM_F_REQUEST.to_ne_bytes());
-    req.extend_from_slice(&1u32.to_ne_bytes()); // sequence
-    req.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel
-                                                // struct inet_diag_req_v2: family, protocol, extensions (none), pad, states (all), the id.
-    req.extend_from_slice(&[family, IPPROTO_TCP, 0, 0]);
-    req.extend_from_slice(&u32::MAX.to_ne_bytes());
-    req.extend_from_slice(&id);
-    let nl = socket(
-        AddressFamily::Netlink,
-        SockType::Datagram,
-        SockFlag::SOCK_CLOEXEC,
-        SockProtocol::NetlinkSockDiag,
-    )
-    .ok()?;
-    sendto(
-        nl.as_raw_fd(),
-        &req,
-        &NetlinkAddr::new(0, 0),
-        MsgFlags::empty(),
-    )
-    .ok()?;
-    let mut buf = [0u8; 1024];
-    let n = recv(nl.as_raw_fd(), &mut buf, MsgFlags::empty()).ok()?;
-    parse_inet_owner(buf.get(..n)?, &id)
+    // struct inet_diag_req_v2: family, protocol, extensions (none), pad, states (all), the id.
+    let mut body = Vec::with_capacity(INET_DIAG_REQ_LEN);
+    body.extend_from_slice(&[family, IPPROTO_TCP, 0, 0]);
+    body.extend_from_slice(&u32::MAX.to_ne_bytes());
+    body.extend_from_slice(&id);
+    ask(&diag_socket()?, &body, |answer| {
+        parse_inet_owner(answer, &id)
+    })
 }
 
 /// `struct inet_diag_sockid` for a socket: ports and addresses in network order, any
