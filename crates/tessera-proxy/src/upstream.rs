@@ -201,6 +201,10 @@ impl Upstream {
         let io = TokioIo::new(tcp);
         let (sender, driving): (Sender, Driving) = if self.0.h2 {
             let (s, c) = http2::handshake(TokioExecutor::new(), io).await?;
+            // Multiplexed: every later request of this downstream connection shares it.
+            if let Ok(mut idle) = self.0.idle.lock() {
+                idle.push(Sender::H2(s.clone()));
+            }
             let s = Sender::H2(s);
             (
                 s,
@@ -362,6 +366,52 @@ mod tests {
         }
         assert_eq!(closed.load(Ordering::SeqCst), 2);
         drop(pool);
+    }
+
+    #[tokio::test]
+    async fn an_h2c_upstream_connection_carries_every_later_request() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let opened = Arc::new(AtomicUsize::new(0));
+        let o = opened.clone();
+        tokio::spawn(async move {
+            loop {
+                let (s, _) = l.accept().await.unwrap();
+                o.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(|_req| async {
+                        Ok::<_, std::convert::Infallible>(Response::new(crate::full(
+                            bytes::Bytes::from_static(b"ok"),
+                        )))
+                    });
+                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(s), svc)
+                        .await;
+                });
+            }
+        });
+        let (up, driver) = Upstream::new(addr, true, Arc::new(Pool::new()));
+        let requests = async {
+            for _ in 0..5 {
+                let r = up.request(get("http://upstream/x")).await.unwrap();
+                assert_eq!(text(r).await, "ok");
+            }
+            let (a, b) = tokio::join!(
+                up.request(get("http://upstream/a")),
+                up.request(get("http://upstream/b"))
+            );
+            assert_eq!(text(a.unwrap()).await, "ok");
+            assert_eq!(text(b.unwrap()).await, "ok");
+        };
+        tokio::select! {
+            () = requests => {}
+            () = driver.run() => unreachable!(),
+        }
+        assert_eq!(
+            opened.load(Ordering::SeqCst),
+            2,
+            "the pool's, then one of its own for every later request"
+        );
     }
 
     #[tokio::test]
