@@ -17,6 +17,14 @@ const UNIX_DIAG_PEER: u16 = 2;
 /// `struct nlmsghdr` and `struct unix_diag_msg`.
 const NLMSG_HDR_LEN: usize = 16;
 const UNIX_DIAG_MSG_LEN: usize = 16;
+const IPPROTO_TCP: u8 = 6;
+const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
+/// `struct inet_diag_req_v2` and the offsets in `struct inet_diag_msg` of what is read.
+const INET_DIAG_REQ_LEN: usize = 56;
+const INET_DIAG_SOCKID_AT: usize = 4;
+const INET_DIAG_UID_AT: usize = 64;
+const INET_DIAG_INODE_AT: usize = 68;
 
 /// The inode of the socket at the other end of the unix stream `local` (the server side), whose
 /// peer is process `peer_pid`.
@@ -91,15 +99,6 @@ fn ask<T>(
     let n = recv(nl.as_raw_fd(), &mut buf, MsgFlags::empty()).ok()?;
     parse(buf.get(..n)?)
 }
-
-const IPPROTO_TCP: u8 = 6;
-const AF_INET: u8 = 2;
-const AF_INET6: u8 = 10;
-/// `struct inet_diag_req_v2` and the offsets in `struct inet_diag_msg` of what is read.
-const INET_DIAG_REQ_LEN: usize = 56;
-const INET_DIAG_SOCKID_AT: usize = 4;
-const INET_DIAG_UID_AT: usize = 64;
-const INET_DIAG_INODE_AT: usize = 68;
 
 /// The uid and inode of the TCP socket whose local end is `local` and remote end `remote`, asked
 /// of the kernel by that exact address pair (`sock_diag`, as `ss` does): one question, whatever

@@ -27,15 +27,7 @@ async fn two_servers_share_one_postgres() {
     let (da, db_dir) = (tessera_testkit::data_dir(), tessera_testkit::data_dir());
     // Both servers need the same key-encryption key: share the first one's file.
     let a = server_on(da.path(), Some(&db), &[]);
-    std::fs::copy(da.path().join("kek"), db_dir.path().join("kek")).unwrap();
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(
-            db_dir.path().join("kek"),
-            std::fs::Permissions::from_mode(0o600),
-        )
-        .unwrap();
-    }
+    share_kek(da.path(), db_dir.path());
     let b = server_on(db_dir.path(), Some(&db), &[]);
     let (orders, inventory) = setup_mesh(&a);
 

@@ -256,15 +256,7 @@ async fn each_revocation_is_refused_everywhere_within_the_bound() {
     let (hook, notices) = webhook().await;
     let (da, dbd) = (tessera_testkit::data_dir(), tessera_testkit::data_dir());
     let a = server_at(da.path(), &db, "127.0.0.1:0", &["--notify-webhook", &hook]);
-    std::fs::copy(da.path().join("kek"), dbd.path().join("kek")).unwrap();
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(
-            dbd.path().join("kek"),
-            std::fs::Permissions::from_mode(0o600),
-        )
-        .unwrap();
-    }
+    share_kek(da.path(), dbd.path());
     let b = server_at(dbd.path(), &db, "127.0.0.1:0", &[]);
     // Tokens come from B (the issuer the subscribers know); every change is made on A.
     let b_url = b.url.clone();

@@ -387,15 +387,7 @@ async fn vault_cache_follows_another_servers_changes() {
     let (da, dbb) = (tessera_testkit::data_dir(), tessera_testkit::data_dir());
     let a = server_on(da.path(), Some(&db), &[]);
     // One key-encryption key for both: B opens what A sealed.
-    std::fs::copy(da.path().join("kek"), dbb.path().join("kek")).unwrap();
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(
-            dbb.path().join("kek"),
-            std::fs::Permissions::from_mode(0o600),
-        )
-        .unwrap();
-    }
+    share_kek(da.path(), dbb.path());
     // A poll interval far longer than the test: only the notice can tell B.
     let b = server_with(
         dbb.path(),

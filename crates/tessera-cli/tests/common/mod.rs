@@ -71,6 +71,14 @@ impl Server {
     }
 }
 
+/// Gives a second server on the same database the first one's key-encryption key (0600), so
+/// that it opens what the first sealed.
+pub(crate) fn share_kek(from: &Path, to: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::copy(from.join("kek"), to.join("kek")).unwrap();
+    std::fs::set_permissions(to.join("kek"), std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
 /// Starts `tessera server --dev` on a free loopback port. `None` when PostgreSQL was opted out.
 pub(crate) fn server(backend: Backend, extra: &[&str]) -> Option<Server> {
     let db = match backend {

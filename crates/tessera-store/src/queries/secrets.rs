@@ -37,7 +37,7 @@ impl Store {
     }
 
     /// [`Store::secret_with_version`] from the database itself.
-    pub async fn secret_with_version_stored(
+    async fn secret_with_version_stored(
         &self,
         name: &str,
         version: Option<i64>,
